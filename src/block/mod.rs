@@ -1,0 +1,89 @@
+//! The block-device trait that every logical unit is backed by, and its simple backends.
+//!
+//! The SCSI layer knows nothing but this trait: raw files, RAM disks and overlaybd images all
+//! implement it. Offsets and lengths are in bytes; the SCSI layer only issues requests that are
+//! aligned to [`BlockDevice::block_size`] and inside [`BlockDevice::size`].
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Why a block-device operation failed; the SCSI layer maps each kind to its sense data.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The device refuses writes (SCSI: DATA PROTECT / WRITE PROTECTED).
+    #[error("device is read-only")]
+    ReadOnly,
+    /// The request lies (partly) beyond the end of the device (SCSI: LBA OUT OF RANGE).
+    #[error("offset {offset} + length {len} is beyond the device size {size}")]
+    OutOfRange {
+        /// Byte offset of the request.
+        offset: u64,
+        /// Byte length of the request.
+        len: u64,
+        /// Size of the device in bytes.
+        size: u64,
+    },
+    /// The operation is not supported by this backend (SCSI: INVALID COMMAND OPERATION CODE).
+    #[error("operation not supported: {0}")]
+    Unsupported(&'static str),
+    /// Stored data failed an integrity check, e.g. a CRC (SCSI: MEDIUM ERROR).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// An I/O error in the backend, local or remote (SCSI: MEDIUM ERROR).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result of a block-device operation.
+pub type BlockResult<T> = Result<T, BlockError>;
+
+/// Provisioning state of a run of bytes, as reported by GET LBA STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Backed by stored data.
+    Mapped,
+    /// Not stored anywhere; reads return zeros.
+    Deallocated,
+}
+
+/// The provisioning state of the run that starts at the queried offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStatus {
+    /// Whether the run is mapped or deallocated.
+    pub state: Provisioning,
+    /// Length of the run in bytes (at least one block, never past the end of the device).
+    pub len: u64,
+}
+
+/// An async random-access block device.
+#[async_trait]
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Size of the device in bytes (a multiple of [`BlockDevice::block_size`]).
+    fn size(&self) -> u64;
+
+    /// Logical block size in bytes.
+    fn block_size(&self) -> u32 {
+        512
+    }
+
+    /// True when writes, unmaps and flushes that change data are refused.
+    fn read_only(&self) -> bool;
+
+    /// True when [`BlockDevice::unmap`] really deallocates (thin provisioning).
+    fn can_unmap(&self) -> bool;
+
+    /// Reads `len` bytes at `offset`.
+    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes>;
+
+    /// Writes `data` at `offset`; when `fua` is set the data is durable on return.
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()>;
+
+    /// Makes every completed write durable.
+    async fn flush(&self) -> BlockResult<()>;
+
+    /// Deallocates `len` bytes at `offset`; later reads of the range return zeros.
+    async fn unmap(&self, offset: u64, len: u64) -> BlockResult<()>;
+
+    /// Provisioning state of the run starting at `offset`.
+    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus>;
+}

@@ -1,0 +1,20 @@
+//! Layer bytes: random-access sources for layer blobs (local files, registry blobs) and the
+//! memory and disk caches in front of remote ones.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Random-access bytes of one immutable blob (a layer file, a registry blob, a ZFile's
+/// decompressed view). ZFile and LSMT read through this trait, whatever stores the bytes.
+#[async_trait]
+pub trait LayerSource: Send + Sync + 'static {
+    /// Total size of the blob in bytes.
+    fn size(&self) -> u64;
+
+    /// Reads exactly `len` bytes at `offset`; a range past the end is an error
+    /// (`std::io::ErrorKind::UnexpectedEof`).
+    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes>;
+
+    /// A short human-readable name for errors and logs (a path or a digest).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,1 @@
+//! iSCSI (RFC 7143): PDU codec, login and key negotiation, sessions, and the tokio transport.

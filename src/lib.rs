@@ -1,0 +1,16 @@
+//! overlaybd-target: an async iSCSI target that serves overlaybd container images as SCSI disks.
+//!
+//! The crate is layered from the wire inward (see `../shared/design.md`):
+//! - [`iscsi`]: the RFC 7143 protocol, sans-IO, plus a thin tokio transport;
+//! - [`scsi`]: CDB parsing and the SPC/SBC command set executed against a logical unit;
+//! - [`block`]: the block-device trait every logical unit is backed by, with file and RAM backends;
+//! - [`overlaybd`]: the LSMT layer stack and image configs, as a block device;
+//! - [`zfile`]: random-access ZFile decompression;
+//! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches.
+
+pub mod block;
+pub mod cache;
+pub mod iscsi;
+pub mod overlaybd;
+pub mod scsi;
+pub mod zfile;

@@ -1,0 +1,5 @@
+//! The `overlaybd-target` binary.
+
+fn main() {
+    println!("overlaybd-target: under construction");
+}
