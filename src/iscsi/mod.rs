@@ -1,1 +1,3 @@
 //! iSCSI (RFC 7143): PDU codec, login and key negotiation, sessions, and the tokio transport.
+
+pub mod pdu;
