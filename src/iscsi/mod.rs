@@ -2,3 +2,4 @@
 
 pub mod pdu;
 pub mod session;
+pub mod transport;

@@ -16,6 +16,7 @@
 
 pub mod data_in;
 pub mod data_out;
+pub mod registry;
 pub mod status;
 mod tasks;
 pub mod tmf;
