@@ -106,7 +106,8 @@ fn probe_punch_hole(file: &File, size: u64) -> bool {
 
 /// `lseek` with SEEK_DATA / SEEK_HOLE; `Ok(None)` when there is no such region (ENXIO).
 fn seek_region(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: plain system call on a valid descriptor.
     let rc = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
     if rc < 0 {
@@ -173,7 +174,8 @@ impl BlockDevice for FileDevice {
             return Err(BlockError::Unsupported("unmap"));
         }
         check_range(offset, len, self.size)?;
-        self.blocking(move |file| punch_hole(file, offset, len)).await
+        self.blocking(move |file| punch_hole(file, offset, len))
+            .await
     }
 
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
@@ -231,7 +233,9 @@ mod tests {
         let tmp = temp_file(1 << 20);
         let dev = FileDevice::open(tmp.path(), false).unwrap();
         assert_eq!(dev.size(), 1 << 20);
-        dev.write(4096, Bytes::from(vec![0x5a; 8192]), true).await.unwrap();
+        dev.write(4096, Bytes::from(vec![0x5a; 8192]), true)
+            .await
+            .unwrap();
         dev.flush().await.unwrap();
         let back = dev.read(0, 16384).await.unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0));
@@ -251,7 +255,10 @@ mod tests {
             dev.write(0, Bytes::from_static(&[0; 512]), false).await,
             Err(BlockError::ReadOnly)
         ));
-        assert!(matches!(dev.read(512, 512).await, Err(BlockError::OutOfRange { .. })));
+        assert!(matches!(
+            dev.read(512, 512).await,
+            Err(BlockError::OutOfRange { .. })
+        ));
     }
 
     #[tokio::test]
@@ -261,7 +268,9 @@ mod tests {
         if !dev.can_unmap() {
             panic!("the temp directory's file system cannot punch holes; run on ext4/xfs/tmpfs");
         }
-        dev.write(0, Bytes::from(vec![9u8; 2 << 20]), true).await.unwrap();
+        dev.write(0, Bytes::from(vec![9u8; 2 << 20]), true)
+            .await
+            .unwrap();
         let before = allocated_bytes(tmp.path());
         assert!(before >= 2 << 20);
         let s = dev.block_status(0).await.unwrap();
@@ -273,7 +282,10 @@ mod tests {
 
         dev.unmap(1 << 20, 1 << 20).await.unwrap();
         let after = allocated_bytes(tmp.path());
-        assert!(after + (1 << 20) <= before, "punch freed nothing: {before} -> {after}");
+        assert!(
+            after + (1 << 20) <= before,
+            "punch freed nothing: {before} -> {after}"
+        );
         let back = dev.read((1 << 20) - 512, 1024).await.unwrap();
         assert!(back[..512].iter().all(|&b| b == 9));
         assert!(back[512..].iter().all(|&b| b == 0));

@@ -165,7 +165,9 @@ mod tests {
         assert_eq!(dev.allocated_chunks(), 0);
         let data = Bytes::from(vec![0xabu8; 1024]);
         // Straddles the boundary between chunk 0 and chunk 1.
-        dev.write(CHUNK_SIZE - 512, data.clone(), false).await.unwrap();
+        dev.write(CHUNK_SIZE - 512, data.clone(), false)
+            .await
+            .unwrap();
         assert_eq!(dev.allocated_chunks(), 2);
         let back = dev.read(CHUNK_SIZE - 1024, 2048).await.unwrap();
         assert_eq!(&back[..512], &[0u8; 512][..]);
@@ -181,7 +183,9 @@ mod tests {
             .unwrap();
         assert_eq!(dev.allocated_chunks(), 3);
         // Frees chunk 1 entirely and zeroes the tail of chunk 0 and head of chunk 2.
-        dev.unmap(CHUNK_SIZE - 512, CHUNK_SIZE + 1024).await.unwrap();
+        dev.unmap(CHUNK_SIZE - 512, CHUNK_SIZE + 1024)
+            .await
+            .unwrap();
         assert_eq!(dev.allocated_chunks(), 2);
         let back = dev.read(0, 3 * CHUNK_SIZE as usize).await.unwrap();
         let zero_start = (CHUNK_SIZE - 512) as usize;
@@ -220,7 +224,8 @@ mod tests {
             Err(BlockError::OutOfRange { .. })
         ));
         assert!(matches!(
-            dev.write(u64::MAX - 10, Bytes::from_static(&[0; 512]), false).await,
+            dev.write(u64::MAX - 10, Bytes::from_static(&[0; 512]), false)
+                .await,
             Err(BlockError::OutOfRange { .. })
         ));
         let ro = RamDevice::new_read_only(4096);

@@ -67,6 +67,9 @@ mod tests {
             parse_size("99999999999999999999"),
             Err(SizeError::Overflow(_))
         ));
-        assert!(matches!(parse_size("16777216T"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("16777216T"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 }
