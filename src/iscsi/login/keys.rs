@@ -45,9 +45,22 @@ fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+@_".contains(&b))
 }
 
-/// Parses NUL-separated `key=value` pairs in order. Empty entries (padding, doubled NULs) are
-/// skipped and a final entry without its NUL is accepted; a key may appear only once.
+/// Parses NUL-separated `key=value` pairs in order, like [`parse_entries`], where a key may
+/// appear only once (the rule for requests and negotiation).
 pub fn parse(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
+    let entries = parse_entries(text)?;
+    for (i, (key, _)) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|(k, _)| k == key) {
+            return Err(KeyError::DuplicateKey(key.clone()));
+        }
+    }
+    Ok(entries)
+}
+
+/// Parses NUL-separated `key=value` entries in order, allowing repeated keys (as in a
+/// SendTargets response). Empty entries (padding, doubled NULs) are skipped and a final entry
+/// without its NUL is accepted.
+pub fn parse_entries(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
     if text.len() > MAX_TEXT_LEN {
         return Err(KeyError::TextTooLong);
     }
@@ -66,9 +79,6 @@ pub fn parse(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
             return Err(KeyError::ValueTooLong { key: key.to_owned() });
         }
         let value = std::str::from_utf8(value).map_err(|_| KeyError::NotUtf8)?;
-        if out.iter().any(|(k, _)| k == key) {
-            return Err(KeyError::DuplicateKey(key.to_owned()));
-        }
         out.push((key.to_owned(), value.to_owned()));
     }
     Ok(out)
@@ -227,6 +237,7 @@ mod tests {
         assert_eq!(parse(b"a b=v\0"), Err(KeyError::BadKeyName));
         assert_eq!(parse(b"K=\xff\0"), Err(KeyError::NotUtf8));
         assert_eq!(parse(b"K=1\0K=2\0"), Err(KeyError::DuplicateKey("K".into())));
+        assert_eq!(parse_entries(b"K=1\0K=2\0").map(|e| e.len()), Ok(2));
         let long_key = format!("{}=v\0", "k".repeat(MAX_KEY_LEN + 1));
         assert_eq!(parse(long_key.as_bytes()), Err(KeyError::KeyTooLong));
         let ok_key = format!("{}=v\0", "k".repeat(MAX_KEY_LEN));

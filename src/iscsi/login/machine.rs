@@ -224,27 +224,12 @@ impl Login {
 
     fn failure(&mut self, req: &LoginRequest, status: LoginStatus) -> LoginResponse {
         self.phase = Phase::Finished;
-        LoginResponse {
-            transit: false,
-            continues: false,
-            csg: req.csg,
-            nsg: Stage::Security,
-            version_max: ISCSI_VERSION,
-            version_active: ISCSI_VERSION,
-            isid: req.isid,
-            tsih: req.tsih,
-            itt: req.itt,
-            stat_sn: self.stat_sn,
-            exp_cmd_sn: self.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn,
-            status,
-            data: Bytes::new(),
-        }
+        LoginResponse { nsg: Stage::Security, status, ..self.base_response(req, false, false, Bytes::new()) }
     }
 
-    /// Builds a success-status response and advances StatSN.
-    fn response(&mut self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginResponse {
-        let rsp = LoginResponse {
+    /// A success-status response echoing the request's identifying fields.
+    fn base_response(&self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginResponse {
+        LoginResponse {
             transit,
             continues,
             csg: req.csg,
@@ -259,7 +244,12 @@ impl Login {
             max_cmd_sn: self.max_cmd_sn,
             status: LoginStatus::SUCCESS,
             data,
-        };
+        }
+    }
+
+    /// Builds a success-status response and advances StatSN.
+    fn response(&mut self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginResponse {
+        let rsp = self.base_response(req, transit, continues, data);
         self.stat_sn = self.stat_sn.wrapping_add(1);
         rsp
     }

@@ -63,6 +63,10 @@ fn chap_dir(mutual: bool) -> StaticDirectory {
     StaticDirectory::new(LoginSettings::default(), [t])
 }
 
+fn leading_keys() -> [String; 2] {
+    [format!("InitiatorName={INITIATOR}"), format!("TargetName={TARGET}")]
+}
+
 fn respond(step: LoginStep) -> LoginResponse {
     match step {
         LoginStep::Respond(r) => r,
@@ -470,7 +474,7 @@ fn unsupported_chap_algorithms_fail() {
 #[test]
 fn chap_required_but_not_offered_fails() {
     let dir = chap_dir(false);
-    let lead = [format!("InitiatorName={INITIATOR}"), format!("TargetName={TARGET}")];
+    let lead = leading_keys();
     // Only AuthMethod=None offered.
     let mut l = Login::new();
     let status = fail_status(l.handle(
@@ -617,7 +621,7 @@ fn later_pdu_rule_failures() {
 #[test]
 fn chap_keys_out_of_order_are_protocol_errors() {
     let dir = chap_dir(false);
-    let lead = [format!("InitiatorName={INITIATOR}"), format!("TargetName={TARGET}")];
+    let lead = leading_keys();
     let mut l = Login::new();
     let s = fail_status(l.handle(
         &dir,
