@@ -35,48 +35,22 @@ use crate::iscsi::pdu::{
     NopOut, Pdu, PduCodec, Reject, RejectReason, TextRequest, TextResponse,
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
+use crate::iscsi::text::{TextError, TextReply};
 use crate::scsi::ScsiRequest;
+
+pub use crate::iscsi::login::SessionParams;
 
 use self::data_out::WriteLimits;
 use self::tasks::Task;
 use self::window::CommandWindow;
-
-/// Operational values negotiated at login that the full-feature phase obeys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionParams {
-    /// The initiator's MaxRecvDataSegmentLength: the largest data segment we may send.
-    pub max_xmit_data_segment_length: u32,
-    /// MaxBurstLength.
-    pub max_burst_length: u32,
-    /// FirstBurstLength.
-    pub first_burst_length: u32,
-    /// ImmediateData.
-    pub immediate_data: bool,
-    /// InitialR2T.
-    pub initial_r2t: bool,
-    /// MaxOutstandingR2T.
-    pub max_outstanding_r2t: u32,
-}
-
-impl Default for SessionParams {
-    /// The RFC 7143 defaults (what applies when a key was not negotiated).
-    fn default() -> Self {
-        SessionParams {
-            max_xmit_data_segment_length: 8192,
-            max_burst_length: 262_144,
-            first_burst_length: 65_536,
-            immediate_data: true,
-            initial_r2t: true,
-            max_outstanding_r2t: 1,
-        }
-    }
-}
 
 /// Everything a session needs to start.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Negotiated parameters.
     pub params: SessionParams,
+    /// A discovery session: only Text, NOP-Out and Logout are allowed.
+    pub discovery: bool,
     /// Commands that may be outstanding (the CmdSN window size).
     pub queue_depth: u32,
     /// Idle time before the target pings with a NOP-In; `None`: never.
@@ -178,8 +152,12 @@ pub struct Session {
     last_rx: Instant,
     ping: Option<Ping>,
     closing: Option<CloseReason>,
-    text: Option<Box<dyn FnMut(&TextRequest) -> Bytes + Send>>,
+    text: Option<TextHandler>,
 }
+
+/// Answers a Text Request (SendTargets and other keys) given the initiator's current
+/// MaxRecvDataSegmentLength; see [`crate::iscsi::text::TextExchange`].
+pub type TextHandler = Box<dyn FnMut(&TextRequest, u32) -> Result<TextReply, TextError> + Send>;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,7 +174,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Starts the full-feature phase at `now`.
     pub fn new(opts: SessionOptions, now: Instant) -> Self {
-        let p = opts.params;
+        let p = &opts.params;
         Session {
             limits: WriteLimits {
                 immediate_data: p.immediate_data,
@@ -221,9 +199,9 @@ impl Session {
         }
     }
 
-    /// Installs the answerer for Text Requests (e.g. SendTargets); it returns the key=value
-    /// text of the response. Without one, Text Requests get an empty response.
-    pub fn set_text_handler(&mut self, handler: Box<dyn FnMut(&TextRequest) -> Bytes + Send>) {
+    /// Installs the answerer for Text Requests (e.g. SendTargets). Without one, Text Requests
+    /// get an empty final response.
+    pub fn set_text_handler(&mut self, handler: TextHandler) {
         self.text = Some(handler);
     }
 
@@ -276,6 +254,12 @@ impl Session {
             return;
         }
         match pdu {
+            // Discovery sessions carry no SCSI traffic (RFC 7143 §4.3).
+            Pdu::ScsiCommand(_) | Pdu::DataOut(_) | Pdu::TaskMgmtRequest(_)
+                if self.opts.discovery =>
+            {
+                self.reject_pdu(RejectReason::PROTOCOL_ERROR, &pdu)
+            }
             Pdu::ScsiCommand(cmd) => self.on_command(cmd),
             Pdu::DataOut(data) => self.on_data_out(data),
             Pdu::NopOut(nop) if nop.itt == RESERVED_TAG => self.on_ping_reply(&nop),
@@ -437,7 +421,7 @@ impl Session {
             self.on_ping_reply(&nop);
         }
         let mut data = nop.data;
-        data.truncate(self.opts.params.max_xmit_data_segment_length as usize);
+        data.truncate(self.opts.params.max_send_data_segment_length as usize);
         let reply = NopIn {
             lun: nop.lun,
             itt: nop.itt,
@@ -457,21 +441,35 @@ impl Session {
     }
 
     fn on_text(&mut self, req: TextRequest) {
-        let data = match self.text.as_mut() {
-            Some(handler) => handler(&req),
-            None => Bytes::new(),
+        let max_send = self.opts.params.max_send_data_segment_length;
+        let mut resp = match self.text.as_mut().map(|handler| handler(&req, max_send)) {
+            Some(Ok(reply)) => {
+                if let Some(limit) = reply.max_send_data_segment_length {
+                    // A declarative MaxRecvDataSegmentLength in full-feature phase.
+                    self.opts.params.max_send_data_segment_length = limit;
+                }
+                reply.response
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "text request refused");
+                self.reject_pdu(RejectReason::PROTOCOL_ERROR, &Pdu::TextRequest(req));
+                return;
+            }
+            None => TextResponse {
+                is_final: true,
+                continues: false,
+                lun: req.lun,
+                itt: req.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data: Bytes::new(),
+            },
         };
-        let resp = TextResponse {
-            is_final: true,
-            continues: false,
-            lun: req.lun,
-            itt: req.itt,
-            ttt: RESERVED_TAG,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-            data,
-        };
+        resp.stat_sn = self.next_stat_sn();
+        resp.exp_cmd_sn = self.window.exp_cmd_sn();
+        resp.max_cmd_sn = self.window.max_cmd_sn();
         self.transmit.push_back(Pdu::TextResponse(resp));
     }
 

@@ -65,12 +65,12 @@ impl<H> SessionTable<H> {
         self.sessions.get(key).map(|(t, _)| *t)
     }
 
-    /// Handles of every session of `target` (for a TARGET COLD RESET).
-    pub fn of_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a H> + 'a {
+    /// TSIHs and handles of every session of `target` (for a TARGET COLD RESET).
+    pub fn of_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = (u16, &'a H)> + 'a {
         self.sessions
             .iter()
             .filter(move |(k, _)| k.target == target)
-            .map(|(_, (_, h))| h)
+            .map(|(_, (tsih, h))| (*tsih, h))
     }
 
     /// Handles of every session.

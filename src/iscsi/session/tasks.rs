@@ -273,7 +273,7 @@ impl Session {
             stat_sn: self.next_stat_sn(),
             exp_cmd_sn: self.window.exp_cmd_sn(),
             max_cmd_sn: self.window.max_cmd_sn(),
-            max_segment: self.opts.params.max_xmit_data_segment_length,
+            max_segment: self.opts.params.max_send_data_segment_length,
             max_burst: self.opts.params.max_burst_length,
         };
         self.transmit.extend(status_pdus(cmd, response, stamp));

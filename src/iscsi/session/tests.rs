@@ -16,13 +16,15 @@ const K: u32 = 1024;
 fn options() -> SessionOptions {
     SessionOptions {
         params: SessionParams {
-            max_xmit_data_segment_length: 4096,
+            max_send_data_segment_length: 4096,
             max_burst_length: 16 * K,
             first_burst_length: 8 * K,
             immediate_data: true,
             initial_r2t: true,
             max_outstanding_r2t: 1,
+            ..SessionParams::default()
         },
+        discovery: false,
         queue_depth: 8,
         nop_interval: Some(Duration::from_secs(10)),
         nop_timeout: Duration::from_secs(5),

@@ -33,28 +33,34 @@ pub enum Ended {
     Shutdown,
 }
 
-/// What the driver needs besides the session itself.
-pub struct DriverContext {
+/// The SCSI side of a normal session.
+pub struct ScsiBinding {
     /// The SCSI target the session's commands run against.
     pub target: Arc<ScsiTarget>,
     /// The I_T nexus of the session.
     pub nexus: Nexus,
+    /// Called when this session performs a TARGET COLD RESET, so the server can end the
+    /// target's other sessions.
+    pub on_cold_reset: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// What the driver needs besides the session itself.
+pub struct DriverContext {
+    /// The target and nexus; `None` for discovery sessions, which run no SCSI commands.
+    pub scsi: Option<ScsiBinding>,
     /// Encodes outgoing PDUs (digests as negotiated).
     pub codec: PduCodec,
     /// Cancelled to end this session at once (reinstatement, cold reset).
     pub kill: CancellationToken,
     /// Cancelled when the server shuts down: ask for logout, then end.
     pub shutdown: CancellationToken,
-    /// Called when this session performs a TARGET COLD RESET, so the server can end the
-    /// target's other sessions.
-    pub cold_reset: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Runs `session` until it ends. Incoming PDUs come from `rx` (the reader task), outgoing
 /// ones go to `tx` (the writer task).
 pub async fn drive(
     mut session: Session,
-    ctx: DriverContext,
+    mut ctx: DriverContext,
     mut rx: mpsc::Receiver<Incoming>,
     tx: mpsc::Sender<EncodedPdu>,
 ) -> Ended {
@@ -68,8 +74,11 @@ pub async fn drive(
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Execute { task, request } => {
-                    let target = ctx.target.clone();
-                    let nexus = ctx.nexus.clone();
+                    let Some(scsi) = &ctx.scsi else {
+                        continue;
+                    };
+                    let target = scsi.target.clone();
+                    let nexus = scsi.nexus.clone();
                     let handle = running.spawn(async move {
                         let response = target.execute(&nexus, request).await;
                         (task, response)
@@ -83,12 +92,14 @@ pub async fn drive(
                     }
                 }
                 Event::LunReset { lun } => {
-                    ctx.target.lun_reset(lun, &ctx.nexus);
+                    if let Some(scsi) = &ctx.scsi {
+                        scsi.target.lun_reset(lun, &scsi.nexus);
+                    }
                 }
                 Event::TargetReset { cold } => {
-                    ctx.target.target_reset(cold, &ctx.nexus);
-                    if cold {
-                        if let Some(notify) = &ctx.cold_reset {
+                    if let Some(scsi) = &mut ctx.scsi {
+                        scsi.target.target_reset(cold, &scsi.nexus);
+                        if let Some(notify) = scsi.on_cold_reset.take().filter(|_| cold) {
                             notify();
                         }
                     }
@@ -162,7 +173,9 @@ pub async fn drive(
         }
     };
     running.abort_all();
-    ctx.target.nexus_gone(&ctx.nexus);
+    if let Some(scsi) = &ctx.scsi {
+        scsi.target.nexus_gone(&scsi.nexus);
+    }
     ended
 }
 
