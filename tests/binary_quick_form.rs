@@ -1,0 +1,189 @@
+//! The `overlaybd-target` binary's quick command-line form, probed with libiscsi's tools
+//! (`iscsi-ls`, `iscsi-inq`, `iscsi-readcapacity16` from the Debian package libiscsi-bin).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2026-11.io.overlaybd:quick";
+
+fn tool(name: &str) -> Command {
+    let path = format!("/usr/bin/{name}");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: install libiscsi-bin (conformance/install-deps.sh does)"
+    );
+    Command::new(path)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Target {
+    child: Child,
+    port: u16,
+}
+
+impl Target {
+    fn start(args: &[&str]) -> Target {
+        let port = free_port();
+        let portal = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
+            .args(["--portal", &portal, "--log-level", "warn"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = portal.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the target did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Target { child, port }
+    }
+
+    fn url(&self, lun: u32) -> String {
+        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the target ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    let out = String::from_utf8_lossy(&stdout).to_string();
+    assert!(
+        status.success(),
+        "{cmd:?} failed: {out}{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    out
+}
+
+#[test]
+fn quick_form_serves_luns_in_order_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let ro = dir.path().join("ro.img");
+    std::fs::File::create(&ro)
+        .unwrap()
+        .write_all(&[0u8; 8192])
+        .unwrap();
+    let target = Target::start(&[
+        "--target",
+        IQN,
+        "--lun",
+        &format!("file:{}", file.display()),
+        "--lun",
+        "ram:2M",
+        "--lun",
+        &format!("ro:file:{}", ro.display()),
+    ]);
+
+    let listing = run(tool("iscsi-ls").args(["-s", &format!("iscsi://127.0.0.1:{}", target.port)]));
+    assert!(
+        listing.contains(&format!("Target:{IQN} Portal:127.0.0.1:{},1", target.port)),
+        "{listing}"
+    );
+    let luns: Vec<&str> = listing.lines().filter(|l| l.starts_with("Lun:")).collect();
+    assert_eq!(luns.len(), 3, "{listing}");
+    // iscsi-ls prints the last LBA times the block size, one block short of the capacity, and
+    // rounds down: 4 MiB shows as 3M, 8 KiB as 7k.
+    assert!(
+        luns[0].starts_with("Lun:0") && luns[0].contains("(Size:3M)"),
+        "{listing}"
+    );
+    assert!(
+        luns[1].starts_with("Lun:1") && luns[1].contains("(Size:1M)"),
+        "{listing}"
+    );
+    assert!(
+        luns[2].starts_with("Lun:2") && luns[2].contains("(Size:7k)"),
+        "{listing}"
+    );
+
+    let inq = run(tool("iscsi-inq").arg(target.url(1)));
+    assert!(
+        inq.contains("Peripheral Device Type:DIRECT_ACCESS"),
+        "{inq}"
+    );
+
+    let cap = run(tool("iscsi-readcapacity16").arg(target.url(2)));
+    assert!(cap.contains("RETURNED LOGICAL BLOCK ADDRESS:15"), "{cap}");
+
+    let status = target.stop();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn bad_arguments_exit_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
+        .args([
+            "--portal",
+            "127.0.0.1:1",
+            "--lun",
+            "file:/nonexistent/overlaybd-test.img",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/overlaybd-test.img"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("targets.toml");
+    std::fs::write(
+        &config,
+        "[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"tape:1\" }]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("targets.toml") && err.contains("targets[0].luns[0].backing"),
+        "{err}"
+    );
+}

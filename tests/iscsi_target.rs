@@ -1,0 +1,241 @@
+//! The real server on 127.0.0.1 driven by a small initiator over TCP: discovery, login, data
+//! integrity through R2T and Data-In splitting, NOP, Reject, reinstatement, pings, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{pattern, Initiator, LoginKeys, TestServer, IQN};
+use overlaybd_target::config::Tuning;
+use overlaybd_target::iscsi::pdu::{
+    LoginStatus, LogoutResponseCode, Lun, NopOut, Pdu, RejectReason, TextRequest, RESERVED_TAG,
+};
+
+fn quiet() -> Tuning {
+    Tuning {
+        nop_interval: None,
+        ..Tuning::default()
+    }
+}
+
+#[tokio::test]
+async fn discovery_reports_the_target_at_the_accepting_address() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let rsp = ini.login(None, &LoginKeys::default()).await;
+    assert_eq!(rsp.status, LoginStatus::SUCCESS);
+    assert_ne!(rsp.tsih, 0);
+    let req = TextRequest {
+        immediate: true,
+        is_final: true,
+        continues: false,
+        lun: Lun::default(),
+        itt: 0x77,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::from_static(b"SendTargets=All\0"),
+    };
+    ini.send(&Pdu::TextRequest(req)).await;
+    let Some(Pdu::TextResponse(rsp)) = ini.recv().await else {
+        panic!("no text response")
+    };
+    let text = String::from_utf8_lossy(&rsp.data).to_string();
+    assert!(rsp.is_final);
+    assert!(text.contains(&format!("TargetName={IQN}\0")), "{text:?}");
+    assert!(
+        text.contains(&format!("TargetAddress={},1\0", server.addr)),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_target_is_refused() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let rsp = ini
+        .login(Some("iqn.2026-11.io.overlaybd:nope"), &LoginKeys::default())
+        .await;
+    assert_eq!(rsp.status, LoginStatus::NOT_FOUND);
+    assert!(
+        ini.recv().await.is_none(),
+        "connection closed after a failed login"
+    );
+}
+
+#[tokio::test]
+async fn large_write_and_read_back_through_r2t_and_data_in_splits() {
+    let server = TestServer::start(&["ram:8M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    // The target declares its own MaxRecvDataSegmentLength.
+    assert_eq!(ini.key("MaxRecvDataSegmentLength"), Some("262144"));
+
+    // 1 MiB: 4 KiB immediate, then R2Ts of at most MaxBurstLength (64 KiB).
+    let data = pattern(1 << 20, 1);
+    let (status, sense) = ini.write10(0, 100, &data, 4096, 4096).await;
+    assert_eq!(status, 0, "{sense:?}");
+    // Read back in one command: Data-In PDUs of our 4 KiB MaxRecvDataSegmentLength.
+    let back = ini.read10(0, 100, 2048).await;
+    assert_eq!(back, data);
+    // A neighbouring block is untouched.
+    assert_eq!(ini.read10(0, 99, 1).await, Bytes::from(vec![0u8; 512]));
+}
+
+#[tokio::test]
+async fn unsolicited_data_out_when_initial_r2t_is_off() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        initial_r2t: false,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    assert_eq!(ini.key("InitialR2T"), Some("No"));
+    let data = pattern(8192, 2);
+    let cdb = [0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0];
+    let itt = ini
+        .command(0, &cdb, false, true, 8192, data.slice(..1024), false)
+        .await;
+    ini.unsolicited(itt, 0, 1024, data.slice(1024..5120), false)
+        .await;
+    ini.unsolicited(itt, 1, 5120, data.slice(5120..), true)
+        .await;
+    let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+        panic!("no response")
+    };
+    assert_eq!((r.itt, r.status), (itt, 0));
+    ini.exp_stat_sn = r.stat_sn + 1;
+    assert_eq!(ini.read10(0, 8, 16).await, data);
+}
+
+#[tokio::test]
+async fn nop_out_is_echoed_and_unknown_opcodes_are_rejected() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let nop = NopOut {
+        immediate: true,
+        lun: Lun::default(),
+        itt: 0x1234,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::from_static(b"nopping\0"),
+    };
+    ini.send(&Pdu::NopOut(nop)).await;
+    let Some(Pdu::NopIn(reply)) = ini.recv().await else {
+        panic!("no NOP-In")
+    };
+    assert_eq!((reply.itt, reply.ttt), (0x1234, RESERVED_TAG));
+    assert_eq!(&reply.data[..], b"nopping\0");
+    assert_eq!(reply.stat_sn, ini.exp_stat_sn);
+
+    let mut odd = [0u8; 48];
+    odd[0] = 0x1d;
+    odd[16..20].copy_from_slice(&0x55u32.to_be_bytes());
+    ini.send(&Pdu::Unknown(overlaybd_target::iscsi::pdu::UnknownPdu {
+        bhs: odd,
+        ahs: Bytes::new(),
+        data: Bytes::new(),
+    }))
+    .await;
+    let Some(Pdu::Reject(reject)) = ini.recv().await else {
+        panic!("no Reject")
+    };
+    assert_eq!(reject.reason, RejectReason::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&reject.data[..], &odd[..]);
+    // The session still works.
+    assert_eq!(ini.read10(0, 0, 1).await.len(), 512);
+}
+
+#[tokio::test]
+async fn logout_is_answered_then_the_connection_closes() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+    assert!(ini.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_new_login_of_the_same_initiator_port_reinstates_the_session() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut old = Initiator::connect(server.addr).await;
+    old.login_normal(IQN, &LoginKeys::default()).await;
+    let data = pattern(512, 3);
+    assert_eq!(old.write10(0, 5, &data, 512, 512).await.0, 0);
+    let old_tsih = old.tsih;
+
+    // Same InitiatorName and ISID, TSIH 0: the host reconnecting.
+    let mut new = Initiator::connect(server.addr).await;
+    new.login_normal(IQN, &LoginKeys::default()).await;
+    assert_ne!(new.tsih, old_tsih);
+    assert!(
+        old.recv().await.is_none(),
+        "the old session's connection is closed"
+    );
+    assert_eq!(new.read10(0, 5, 1).await, data);
+
+    // Another ISID is another session and leaves this one alone.
+    let mut other = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 2],
+        ..LoginKeys::default()
+    };
+    other.login_normal(IQN, &keys).await;
+    assert_eq!(other.read10(0, 5, 1).await, data);
+    assert_eq!(new.read10(0, 5, 1).await, data);
+}
+
+#[tokio::test]
+async fn idle_initiator_is_pinged_and_dropped_when_silent() {
+    let tuning = Tuning {
+        nop_interval: Some(Duration::from_millis(300)),
+        nop_timeout: Duration::from_millis(300),
+        ..Tuning::default()
+    };
+    let server = TestServer::start(&["ram:1M"], tuning).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let Some(Pdu::NopIn(ping)) = ini.recv().await else {
+        panic!("no ping")
+    };
+    assert_eq!(ping.itt, RESERVED_TAG);
+    assert_ne!(ping.ttt, RESERVED_TAG);
+    // Answer the first ping: the connection stays.
+    let reply = NopOut {
+        immediate: true,
+        lun: ping.lun,
+        itt: RESERVED_TAG,
+        ttt: ping.ttt,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::new(),
+    };
+    ini.send(&Pdu::NopOut(reply)).await;
+    let Some(Pdu::NopIn(second)) = ini.recv().await else {
+        panic!("no second ping")
+    };
+    assert_ne!(second.ttt, ping.ttt);
+    // Ignore the second one: the target gives up on us.
+    assert!(ini.recv().await.is_none(), "dropped after the NOP timeout");
+}
+
+#[tokio::test]
+async fn shutdown_asks_initiators_to_log_out() {
+    let mut server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    server.shutdown();
+    let Some(Pdu::AsyncMessage(msg)) = ini.recv().await else {
+        panic!("no Async Message")
+    };
+    assert_eq!(msg.event, 1, "target requests logout");
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("server stopped after the last logout")
+        .unwrap();
+}
