@@ -239,3 +239,73 @@ async fn shutdown_asks_initiators_to_log_out() {
         .expect("server stopped after the last logout")
         .unwrap();
 }
+
+/// One initiator with many commands in flight on its own LUN; responses may come back in any
+/// order.
+async fn pipelined_writes_then_reads(addr: std::net::SocketAddr, lun: u64) {
+    let mut ini = Initiator::connect(addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 1, lun as u8],
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    ini.clear_unit_attention(lun).await;
+    const N: u32 = 16;
+    let blocks: Vec<Bytes> = (0..N)
+        .map(|i| pattern(4096, 100 * lun as u32 + i))
+        .collect();
+    let mut itts = std::collections::HashMap::new();
+    for (i, data) in blocks.iter().enumerate() {
+        let lba = (i as u32) * 8;
+        let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        // All of it as immediate data (FirstBurstLength is 8 KiB): no R2T.
+        let itt = ini
+            .command(lun, &cdb, false, true, 4096, data.clone(), true)
+            .await;
+        itts.insert(itt, i);
+    }
+    while !itts.is_empty() {
+        let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+            panic!("no response")
+        };
+        assert_eq!(r.status, 0);
+        assert!(itts.remove(&r.itt).is_some(), "response for an unknown ITT");
+    }
+    let mut reads = std::collections::HashMap::new();
+    for i in 0..N {
+        let lba = i * 8;
+        let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        let itt = ini
+            .command(lun, &cdb, true, false, 4096, Bytes::new(), true)
+            .await;
+        reads.insert(itt, (i as usize, Vec::new()));
+    }
+    let mut done = 0;
+    while done < N {
+        let Some(Pdu::DataIn(d)) = ini.recv().await else {
+            panic!("expected Data-In")
+        };
+        let (i, buf) = reads.get_mut(&d.itt).expect("Data-In for an unknown ITT");
+        assert_eq!(d.buffer_offset as usize, buf.len());
+        buf.extend_from_slice(&d.data);
+        if d.status.is_some() {
+            assert_eq!(Bytes::from(std::mem::take(buf)), blocks[*i]);
+            done += 1;
+        }
+    }
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_sessions_and_luns_at_once() {
+    let server = TestServer::start(&["ram:1M", "ram:1M", "ram:1M", "ram:1M"], quiet()).await;
+    let addr = server.addr;
+    let runs: Vec<_> = (0..4)
+        .map(|lun| tokio::spawn(pipelined_writes_then_reads(addr, lun)))
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+}

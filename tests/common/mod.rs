@@ -243,8 +243,14 @@ impl Initiator {
             rsp.status,
             overlaybd_target::iscsi::pdu::LoginStatus::SUCCESS
         );
+        self.clear_unit_attention(0).await;
+        rsp
+    }
+
+    /// Sends TEST UNIT READY to `lun`, accepting the one power-on UNIT ATTENTION.
+    pub async fn clear_unit_attention(&mut self, lun: u64) {
         let itt = self
-            .command(0, &[0; 6], false, false, 0, Bytes::new(), true)
+            .command(lun, &[0; 6], false, false, 0, Bytes::new(), true)
             .await;
         let (status, _, sense) = self.finish_read(itt).await;
         if status != 0 {
@@ -255,7 +261,6 @@ impl Initiator {
                 "expected a power-on UA"
             );
         }
-        rsp
     }
 
     /// The value the target answered for `key`.

@@ -1,5 +1,5 @@
-//! The `overlaybd-target` binary's quick command-line form, probed with libiscsi's tools
-//! (`iscsi-ls`, `iscsi-inq`, `iscsi-readcapacity16` from the Debian package libiscsi-bin).
+//! The `overlaybd-target` binary (quick command-line form and TOML config), probed with
+//! libiscsi's tools (`iscsi-ls`, `iscsi-inq`, `iscsi-readcapacity16` from libiscsi-bin).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,7 +32,10 @@ struct Target {
 
 impl Target {
     fn start(args: &[&str]) -> Target {
-        let port = free_port();
+        Self::start_on(free_port(), args)
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> Target {
         let portal = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
             .args(["--portal", &portal, "--log-level", "warn"])
@@ -186,4 +189,56 @@ fn bad_arguments_exit_with_a_message() {
         err.contains("targets.toml") && err.contains("targets[0].luns[0].backing"),
         "{err}"
     );
+}
+
+#[test]
+fn config_file_targets_with_chap_and_access_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("targets.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[global]
+portals = ["127.0.0.1:{port}"]
+queue_depth = 16
+
+[[targets]]
+name = "{IQN}"
+chap = {{ user = "alice", secret = "alice-secret-1" }}
+luns = [{{ backing = "ram:1M" }}, {{ backing = "ram:1M", read_only = true }}]
+
+[[targets]]
+name = "iqn.2026-11.io.overlaybd:other"
+allowed_initiators = ["iqn.2026-11.io.overlaybd:nobody"]
+luns = [{{ backing = "ram:1M" }}]
+"#
+        ),
+    )
+    .unwrap();
+    let target = Target::start_on(port, &["--config", config.to_str().unwrap()]);
+    let with_chap = format!("iscsi://alice%alice-secret-1@127.0.0.1:{port}/{IQN}/0");
+    let inq = run(tool("iscsi-inq").arg(&with_chap));
+    assert!(inq.contains("DIRECT_ACCESS"), "{inq}");
+
+    let denied = tool("iscsi-inq").arg(target.url(0)).output().unwrap();
+    assert!(!denied.status.success(), "login without CHAP must fail");
+    let wrong = format!("iscsi://alice%not-the-secret@127.0.0.1:{port}/{IQN}/0");
+    assert!(!tool("iscsi-inq")
+        .arg(&wrong)
+        .output()
+        .unwrap()
+        .status
+        .success());
+
+    // Discovery lists only targets this initiator may log in to.
+    let listing = tool("iscsi-ls")
+        .arg(format!("iscsi://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(listing.contains(IQN), "{listing}");
+    assert!(!listing.contains("overlaybd:other"), "{listing}");
+    assert!(target.stop().success());
 }
