@@ -56,6 +56,14 @@ pub enum PduError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// When encoding: a SCSI Command's CDB is longer than an Extended CDB AHS can carry.
+    #[error("CDB of {len} bytes exceeds {max} bytes")]
+    CdbTooLong {
+        /// The CDB length given.
+        len: usize,
+        /// The largest encodable CDB.
+        max: usize,
+    },
     /// The transport failed (only produced through the `tokio_util` codec adapter).
     #[error("transport error: {0}")]
     Io(#[from] std::io::Error),
