@@ -30,7 +30,8 @@ pub enum PduError {
         computed: u32,
     },
     /// DataSegmentLength exceeds our MaxRecvDataSegmentLength (or, when encoding, the 24-bit
-    /// field).
+    /// field). When decoding, nothing is consumed: the offending header is still at the front
+    /// of the buffer, so the caller can copy it into a Reject before closing.
     #[error("data segment of {len} bytes exceeds the limit of {limit} bytes")]
     SegmentTooLong {
         /// The announced (or given) data segment length.
