@@ -216,6 +216,25 @@ pub fn format_bool(v: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn written_text_parses_back(pairs in prop::collection::btree_map("[A-Za-z0-9.+@_-]{1,63}", "[^\\x00]{0,300}", 0..20)) {
+            let mut w = TextWriter::new();
+            for (k, v) in &pairs {
+                w.push(k, v);
+            }
+            let parsed = parse(&w.finish()).expect("valid text");
+            let expected: Vec<(String, String)> = pairs.into_iter().collect();
+            prop_assert_eq!(parsed, expected);
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes);
+        }
+    }
 
     #[test]
     fn parses_pairs_in_order() {

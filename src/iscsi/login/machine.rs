@@ -224,7 +224,8 @@ impl Login {
 
     fn failure(&mut self, req: &LoginRequest, status: LoginStatus) -> LoginResponse {
         self.phase = Phase::Finished;
-        LoginResponse { nsg: Stage::Security, status, ..self.base_response(req, false, false, Bytes::new()) }
+        // T, CSG and NSG are reserved in a failure response, so they are sent as zero.
+        LoginResponse { csg: Stage::Security, nsg: Stage::Security, status, ..self.base_response(req, false, false, Bytes::new()) }
     }
 
     /// A success-status response echoing the request's identifying fields.

@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::bhs::{Bhs, Invalid, BHS_LEN};
-use super::{Pdu, PduError, UnknownPdu};
+use super::{Pdu, PduError, UnknownPdu, MAX_CDB_LEN};
 
 /// The RFC 7143 default MaxRecvDataSegmentLength, in force during login.
 pub const DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH: u32 = 8192;
@@ -189,10 +189,15 @@ impl PduCodec {
 
     /// Encodes `pdu` for a vectored write; the data segment is shared, not copied.
     ///
-    /// Fails only when the data segment exceeds the 24-bit length field or the AHS exceeds
-    /// 1020 bytes; keeping segments within the peer's MaxRecvDataSegmentLength is the
+    /// Fails only when the data segment exceeds the 24-bit length field or a CDB exceeds
+    /// [`MAX_CDB_LEN`]; keeping segments within the peer's MaxRecvDataSegmentLength is the
     /// caller's job.
     pub fn encode(&self, pdu: &Pdu) -> Result<EncodedPdu, PduError> {
+        if let Pdu::ScsiCommand(cmd) = pdu {
+            if cmd.cdb.len() > MAX_CDB_LEN {
+                return Err(PduError::CdbTooLong { len: cmd.cdb.len(), max: MAX_CDB_LEN });
+            }
+        }
         let (mut bhs, mut ahs, data) = pdu.to_wire();
         let data_len = u32::try_from(data.len())
             .ok()

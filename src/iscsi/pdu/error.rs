@@ -30,7 +30,8 @@ pub enum PduError {
         computed: u32,
     },
     /// DataSegmentLength exceeds our MaxRecvDataSegmentLength (or, when encoding, the 24-bit
-    /// field).
+    /// field). When decoding, nothing is consumed: the offending header is still at the front
+    /// of the buffer, so the caller can copy it into a Reject before closing.
     #[error("data segment of {len} bytes exceeds the limit of {limit} bytes")]
     SegmentTooLong {
         /// The announced (or given) data segment length.
@@ -55,6 +56,14 @@ pub enum PduError {
         bhs: Box<[u8; BHS_LEN]>,
         /// What was wrong.
         reason: &'static str,
+    },
+    /// When encoding: a SCSI Command's CDB is longer than an Extended CDB AHS can carry.
+    #[error("CDB of {len} bytes exceeds {max} bytes")]
+    CdbTooLong {
+        /// The CDB length given.
+        len: usize,
+        /// The largest encodable CDB.
+        max: usize,
     },
     /// The transport failed (only produced through the `tokio_util` codec adapter).
     #[error("transport error: {0}")]

@@ -255,6 +255,12 @@ impl Pdu {
         }
     }
 
+    /// Whether the opcode is one an initiator sends (below 0x20). Target-side opcodes arriving
+    /// at the target decode fine but must be rejected by the session as protocol errors.
+    pub fn is_initiator_opcode(&self) -> bool {
+        self.opcode() < 0x20
+    }
+
     /// The I (immediate) bit; always false for target PDUs, always true for Login Requests.
     pub fn immediate(&self) -> bool {
         match self {

@@ -39,7 +39,8 @@ pub struct ScsiCommand {
     /// ExpStatSN.
     pub exp_stat_sn: u32,
     /// The whole CDB: 16 bytes from the BHS (zero padded as on the wire), followed by the bytes
-    /// of an Extended CDB AHS if there was one.
+    /// of an Extended CDB AHS if there was one. When encoding, a shorter CDB is zero padded and
+    /// bytes beyond 16 go into an Extended CDB AHS.
     pub cdb: Bytes,
     /// From the Bidirectional Read Expected Data Transfer Length AHS, if present.
     pub bidi_read_length: Option<u32>,
@@ -134,9 +135,8 @@ impl WirePdu for ScsiCommand {
     fn ahs(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if let Some(ext) = self.cdb.get(BHS_CDB_LEN..).filter(|e| !e.is_empty()) {
-            // AHSLength counts the reserved byte plus the CDB bytes beyond the first 16. The
-            // encoder trims anything past MAX_CDB_LEN so the length always fits.
-            let ext = &ext[..ext.len().min(MAX_CDB_LEN - BHS_CDB_LEN)];
+            // AHSLength counts the reserved byte plus the CDB bytes beyond the first 16; the
+            // codec refuses CDBs over MAX_CDB_LEN, so it fits in 16 bits.
             out.extend_from_slice(&((ext.len() + 1) as u16).to_be_bytes());
             out.push(AHS_EXTENDED_CDB);
             out.push(0);
