@@ -1076,3 +1076,32 @@ proptest! {
         });
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Arbitrary CDBs (mostly with a known opcode) and Data-Out never panic, never return more
+    /// Data-In than expected, and always carry sense data with CHECK CONDITION.
+    #[test]
+    fn arbitrary_commands_never_panic(
+        opcode_index in 0..cdb::SUPPORTED.len() + 1,
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..20),
+        expected_len in prop_oneof![0u32..2048, any::<u32>().prop_map(|v| v % (4 << 20))],
+        out_len in 0usize..2048,
+    ) {
+        if let (Some(info), Some(first)) = (cdb::SUPPORTED.get(opcode_index), bytes.first_mut()) {
+            *first = info.opcode;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let t = ram_target();
+        let n = rt.block_on(ready(&t, "fuzz"));
+        let r = rt.block_on(t.execute(&n, ScsiRequest {
+            lun: 0,
+            cdb: Bytes::from(bytes),
+            direction: DataDirection::Bidirectional,
+            expected_len,
+            data_out: Bytes::from(vec![0x5a; out_len.min(expected_len as usize)]),
+        }));
+        prop_assert!(r.data_in.len() <= expected_len as usize);
+        prop_assert_eq!(r.status == status::CHECK_CONDITION, r.sense.is_some());
+    }
+}
