@@ -1221,3 +1221,19 @@ async fn file_backed_lun_punches_holes() {
     assert!(back.data_in[..512].iter().all(|&b| b == 0x77));
     assert!(back.data_in[512..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn execute_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let t = ram_target();
+    let n = nexus("a");
+    let req = ScsiRequest {
+        lun: 0,
+        cdb: Bytes::from_static(&[0; 16]),
+        direction: DataDirection::None,
+        expected_len: 0,
+        data_out: Bytes::new(),
+    };
+    let fut = t.execute(&n, req);
+    assert_send(&fut);
+}
