@@ -801,4 +801,34 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn every_bit_outside_the_usage_map_is_rejected_with_its_pointer() {
+        for info in SUPPORTED {
+            let mut base = vec![0u8; info.usage.len()];
+            base[0] = info.opcode;
+            if let Some(sa) = info.service_action {
+                base[1] = sa as u8;
+            }
+            for byte in 1..info.usage.len() {
+                for bit in 0..8u8 {
+                    if info.usage[byte] & (1 << bit) != 0 {
+                        continue;
+                    }
+                    let mut cdb = base.clone();
+                    cdb[byte] |= 1 << bit;
+                    let err = parse(&cdb).unwrap_err();
+                    assert_eq!(err.asc, asc::INVALID_FIELD_IN_CDB, "{cdb:02x?}");
+                    let field = err.field.unwrap();
+                    assert_eq!(
+                        (field.byte, field.bit),
+                        (byte as u16, Some(bit)),
+                        "{cdb:02x?}"
+                    );
+                }
+            }
+            // With only the service action set the command parses.
+            assert!(parse(&base).is_ok(), "{base:02x?}");
+        }
+    }
 }

@@ -1076,3 +1076,164 @@ proptest! {
         });
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Arbitrary CDBs (mostly with a known opcode) and Data-Out never panic, never return more
+    /// Data-In than expected, and always carry sense data with CHECK CONDITION.
+    #[test]
+    fn arbitrary_commands_never_panic(
+        opcode_index in 0..cdb::SUPPORTED.len() + 1,
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..20),
+        expected_len in prop_oneof![0u32..2048, any::<u32>().prop_map(|v| v % (4 << 20))],
+        out_len in 0usize..2048,
+    ) {
+        if let (Some(info), Some(first)) = (cdb::SUPPORTED.get(opcode_index), bytes.first_mut()) {
+            *first = info.opcode;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let t = ram_target();
+        let n = rt.block_on(ready(&t, "fuzz"));
+        let r = rt.block_on(t.execute(&n, ScsiRequest {
+            lun: 0,
+            cdb: Bytes::from(bytes),
+            direction: DataDirection::Bidirectional,
+            expected_len,
+            data_out: Bytes::from(vec![0x5a; out_len.min(expected_len as usize)]),
+        }));
+        prop_assert!(r.data_in.len() <= expected_len as usize);
+        prop_assert_eq!(r.status == status::CHECK_CONDITION, r.sense.is_some());
+    }
+}
+
+/// A RAM disk whose reported size can change under the target.
+struct Resizable {
+    inner: RamDevice,
+    size: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl BlockDevice for Resizable {
+    fn size(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn can_unmap(&self) -> bool {
+        false
+    }
+    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
+        self.inner.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Ok(())
+    }
+    async fn unmap(&self, _: u64, _: u64) -> BlockResult<()> {
+        Err(BlockError::Unsupported("unmap"))
+    }
+    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
+        self.inner.block_status(offset).await
+    }
+}
+
+#[tokio::test]
+async fn capacity_change_raises_unit_attention() {
+    let dev = Arc::new(Resizable {
+        inner: RamDevice::new(1 << 20),
+        size: std::sync::atomic::AtomicU64::new(1 << 19),
+    });
+    let t = ScsiTarget::new(vec![lun_config(dev.clone())]);
+    let a = ready(&t, "a").await;
+    let b = ready(&t, "b").await;
+    dev.size
+        .store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+    assert_sense(
+        &exec(&t, &a, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
+        6,
+        0x2a,
+        0x09,
+    );
+    assert_sense(
+        &exec(&t, &b, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
+        6,
+        0x2a,
+        0x09,
+    );
+    let r = exec(&t, &a, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, &[]).await;
+    assert_eq!(&r.data_in[..4], &[0, 0, 0x07, 0xff]);
+}
+
+#[tokio::test]
+async fn cold_reset_clears_persistent_reservations() {
+    let t = ram_target();
+    let a = ready(&t, "a").await;
+    let b = ready(&t, "b").await;
+    exec(&t, &a, &prout(0, 0), 24, &pr_params(0, 0xa)).await;
+    exec(&t, &a, &prout(1, 3), 24, &pr_params(0xa, 0)).await;
+    assert_eq!(
+        exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
+        status::RESERVATION_CONFLICT
+    );
+    t.target_reset(false, &a);
+    assert_sense(&exec(&t, &b, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x03);
+    assert_eq!(
+        exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
+        status::RESERVATION_CONFLICT
+    );
+    t.target_reset(true, &a);
+    assert_sense(&exec(&t, &b, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x00);
+    assert_eq!(
+        exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
+        status::GOOD
+    );
+    let keys = exec(&t, &b, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(&keys.data_in[4..8], &[0, 0, 0, 0]);
+}
+
+#[tokio::test]
+async fn file_backed_lun_punches_holes() {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    tmp.as_file().set_len(4 << 20).unwrap();
+    let dev = crate::block::FileDevice::open(tmp.path(), false).unwrap();
+    assert!(
+        dev.can_unmap(),
+        "temp dir file system must support hole punching"
+    );
+    let t = ScsiTarget::new(vec![lun_config(Arc::new(dev))]);
+    let n = ready(&t, "a").await;
+    let r = exec(&t, &n, &write_same16(0, 4096, 0), 512, &[0x77; 512]).await;
+    assert_eq!(r.status, status::GOOD);
+    let r = exec(&t, &n, &get_lba_status_cdb(0, 24), 24, &[]).await;
+    assert_eq!(
+        (&r.data_in[16..20], r.data_in[20]),
+        (&4096u32.to_be_bytes()[..], 0)
+    );
+    let r = exec(&t, &n, &write_same16(2048, 2048, 0x08), 512, &[0; 512]).await;
+    assert_eq!(r.status, status::GOOD);
+    let r = exec(&t, &n, &get_lba_status_cdb(2048, 24), 24, &[]).await;
+    assert_eq!(&r.data_in[8..16], &2048u64.to_be_bytes());
+    assert_eq!(r.data_in[20], 1, "deallocated after WRITE SAME with UNMAP");
+    let back = exec(&t, &n, &read10(2047, 2), 1024, &[]).await;
+    assert!(back.data_in[..512].iter().all(|&b| b == 0x77));
+    assert!(back.data_in[512..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn execute_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let t = ram_target();
+    let n = nexus("a");
+    let req = ScsiRequest {
+        lun: 0,
+        cdb: Bytes::from_static(&[0; 16]),
+        direction: DataDirection::None,
+        expected_len: 0,
+        data_out: Bytes::new(),
+    };
+    let fut = t.execute(&n, req);
+    assert_send(&fut);
+}
