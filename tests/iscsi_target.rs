@@ -309,3 +309,72 @@ async fn several_sessions_and_luns_at_once() {
         run.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
+    use overlaybd_target::iscsi::pdu::{DataOut, TaskMgmtRequest, TmfFunction, TmfResponseCode};
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut b = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 9],
+        ..LoginKeys::default()
+    };
+    b.login_normal(IQN, &keys).await;
+
+    // A's write waits for its Data-Out.
+    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+    let itt = a
+        .command(0, &cdb, false, true, 4096, Bytes::new(), true)
+        .await;
+    let Some(Pdu::R2t(r2t)) = a.recv().await else {
+        panic!("no R2T")
+    };
+
+    let reset = TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::LOGICAL_UNIT_RESET,
+        lun: Lun::from_number(0).unwrap(),
+        itt: b.itt(),
+        referenced_task_tag: RESERVED_TAG,
+        cmd_sn: b.cmd_sn,
+        exp_stat_sn: b.exp_stat_sn,
+        ref_cmd_sn: 0,
+        exp_data_sn: 0,
+    };
+    b.send(&Pdu::TaskMgmtRequest(reset)).await;
+    let Some(Pdu::TaskMgmtResponse(rsp)) = b.recv().await else {
+        panic!("no TMF response")
+    };
+    assert_eq!(rsp.response, TmfResponseCode::COMPLETE);
+
+    // A's task is gone: its data is ignored and it never gets a response.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = DataOut {
+        is_final: true,
+        lun: Lun::from_number(0).unwrap(),
+        itt,
+        ttt: r2t.ttt,
+        exp_stat_sn: a.exp_stat_sn,
+        data_sn: 0,
+        buffer_offset: 0,
+        data: pattern(4096, 7),
+    };
+    a.send(&Pdu::DataOut(out)).await;
+    assert!(
+        a.recv_within(Duration::from_millis(500)).await.is_err(),
+        "no response for the aborted task"
+    );
+    // The reset shows up as a UNIT ATTENTION for A; the block was never written.
+    let tur = a
+        .command(0, &[0; 6], false, false, 0, Bytes::new(), true)
+        .await;
+    let (status, _, sense) = a.finish_read(tur).await;
+    let sense = sense.expect("sense");
+    assert_eq!(
+        (status, sense[2] & 0x0f, sense[12], sense[13]),
+        (2, 6, 0x29, 0x03)
+    );
+    assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
+}

@@ -321,4 +321,11 @@ impl Session {
     pub(super) fn abort_all(&mut self) {
         self.drop_tasks_where(|_| true);
     }
+
+    /// Another session reset LUN `lun` (or, with `None`, the whole target): this session's
+    /// tasks there are aborted without a response (SAM-5 with TAS=0); the initiator learns of
+    /// it from the UNIT ATTENTION the reset raised. Returns how many tasks were dropped.
+    pub fn abort_for_foreign_reset(&mut self, lun: Option<u64>) -> usize {
+        self.drop_tasks_where(|t| lun.is_none() || t.lun.number() == lun)
+    }
 }

@@ -641,3 +641,25 @@ fn shutdown_asks_for_logout() {
     };
     assert_eq!((m.event, m.parameter3, m.stat_sn), (1, 5, 100));
 }
+
+#[test]
+fn a_reset_through_another_session_drops_tasks_silently() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let mut on_lun1 = command(2, 2, true, false, 512, Bytes::new());
+    on_lun1.lun = lun(1);
+    s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
+    let ids: Vec<TaskId> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Execute { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(s.abort_for_foreign_reset(Some(1)), 1);
+    assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == ids[1]));
+    assert!(sent(&mut s).is_empty(), "no response for aborted tasks");
+    assert_eq!(s.max_cmd_sn(), 9, "the slot is free again");
+    assert_eq!(s.abort_for_foreign_reset(None), 1);
+    assert_eq!(s.task_count(), 0);
+}

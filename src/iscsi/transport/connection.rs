@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -279,10 +279,8 @@ async fn full_feature(
         outcome.initiator_name.clone(),
         served.as_ref().map(|t| t.login.name.clone()),
     ));
-    let target_name = key.target.clone();
     let ended = async {
         tracing::info!(session_type = ?outcome.session_type, "logged in");
-        let (cold_tx, cold_rx) = oneshot::channel::<()>();
         let scsi = served.map(|target| ScsiBinding {
             target: target.scsi.clone(),
             nexus: Nexus {
@@ -290,9 +288,8 @@ async fn full_feature(
                 isid: outcome.isid.0,
                 tpgt: shared.catalog.settings().target_portal_group_tag,
             },
-            on_cold_reset: Some(Box::new(move || {
-                let _ = cold_tx.send(());
-            })),
+            tsih,
+            resets: target.resets.clone(),
         });
         let ctx = DriverContext {
             scsi,
@@ -302,10 +299,6 @@ async fn full_feature(
         };
         let ended = drive(session, ctx, in_rx, tx).await;
         tracing::info!(?ended, "session ended");
-        if cold_rx.await.is_ok() {
-            // RFC 7143 §11.5.1: a cold reset ends every session of the target.
-            shared.end_target_sessions(&target_name, tsih).await;
-        }
         ended
     }
     .instrument(span)

@@ -53,22 +53,6 @@ pub struct Shared {
     shutdown: CancellationToken,
 }
 
-impl Shared {
-    /// Ends every session of `target` except the one with `except_tsih` (a cold reset).
-    async fn end_target_sessions(&self, target: &str, except_tsih: u16) {
-        let handles: Vec<SessionHandle> = self
-            .sessions
-            .lock()
-            .of_target(target)
-            .filter(|(tsih, _)| *tsih != except_tsih)
-            .map(|(_, h)| h.clone())
-            .collect();
-        for h in handles {
-            h.kill.cancel();
-        }
-    }
-}
-
 /// A bound iSCSI server.
 pub struct Server {
     listeners: Vec<TcpListener>,
