@@ -129,6 +129,17 @@ fn good(data: Bytes, residual: i64) -> ScsiResponse {
     }
 }
 
+/// The tasks started by Execute events (other events are dropped).
+fn started(s: &mut Session) -> Vec<TaskId> {
+    events(s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Execute { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The single Execute event expected, as (task, request).
 fn executed(s: &mut Session) -> (TaskId, ScsiRequest) {
     match &events(s)[..] {
@@ -232,13 +243,7 @@ fn window_closes_at_queue_depth_and_reopens_on_completion() {
     );
     s.handle_pdu(read(1, 1, 0), now);
     s.handle_pdu(read(2, 2, 0), now);
-    let tasks: Vec<TaskId> = events(&mut s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Execute { task, .. } => Some(task),
-            _ => None,
-        })
-        .collect();
+    let tasks: Vec<TaskId> = started(&mut s);
     assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (3, 2), "closed window");
     s.handle_pdu(read(3, 3, 0), now);
     assert!(events(&mut s).is_empty(), "CmdSN 3 is above MaxCmdSN");
@@ -438,13 +443,7 @@ fn lun_reset_cancels_that_luns_tasks_only() {
     on_lun1.lun = lun(1);
     s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
     s.handle_pdu(read(2, 2, 512), now);
-    let ids: Vec<TaskId> = events(&mut s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Execute { task, .. } => Some(task),
-            _ => None,
-        })
-        .collect();
+    let ids: Vec<TaskId> = started(&mut s);
     s.handle_pdu(
         tmf(9, TmfFunction::LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0, 3),
         now,
@@ -649,13 +648,7 @@ fn a_reset_through_another_session_drops_tasks_silently() {
     let mut on_lun1 = command(2, 2, true, false, 512, Bytes::new());
     on_lun1.lun = lun(1);
     s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
-    let ids: Vec<TaskId> = events(&mut s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Execute { task, .. } => Some(task),
-            _ => None,
-        })
-        .collect();
+    let ids: Vec<TaskId> = started(&mut s);
     assert_eq!(s.abort_for_foreign_reset(Some(1)), 1);
     assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == ids[1]));
     assert!(sent(&mut s).is_empty(), "no response for aborted tasks");
