@@ -12,7 +12,9 @@ use overlaybd_target::iscsi::session::{Event, Session, SessionOptions, SessionPa
 use overlaybd_target::scsi::ScsiResponse;
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&flags, wire)) = input.split_first() else { return };
+    let Some((&flags, wire)) = input.split_first() else {
+        return;
+    };
     let params = SessionParams {
         max_send_data_segment_length: 512,
         max_burst_length: 2048,
@@ -43,7 +45,7 @@ fuzz_target!(|input: &[u8]| {
             Ok(Some(pdu)) => session.handle_pdu(pdu, now),
             Ok(None) => break,
             Err(e) => match e.rejected_header().zip(e.reject_reason()) {
-                Some((bhs, reason)) => session.reject_header(reason, bhs),
+                Some((bhs, reason)) => session.reject_corrupt(reason, bhs),
                 None => break,
             },
         }
@@ -54,7 +56,8 @@ fuzz_target!(|input: &[u8]| {
                 let len = request.expected_len.min(4096) as usize;
                 let response = ScsiResponse {
                     status: if len % 3 == 0 { 0x02 } else { 0 },
-                    sense: (len % 3 == 0).then(|| Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10])),
+                    sense: (len % 3 == 0)
+                        .then(|| Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10])),
                     data_in: Bytes::from(vec![0xa5; len]),
                     residual: i64::from(request.expected_len) - len as i64,
                 };

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::iscsi::pdu::{
-    AsyncMessage, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, Lun, NopIn,
-    NopOut, Pdu, PduCodec, Reject, RejectReason, TextRequest, TextResponse,
+    opcode, AsyncMessage, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, Lun,
+    NopIn, NopOut, Pdu, PduCodec, Reject, RejectReason, TextRequest, TextResponse,
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::text::{TextError, TextReply};
@@ -291,7 +291,36 @@ impl Session {
         self.run_window();
     }
 
-    /// Answers a PDU the codec could not decode but skipped cleanly (its header is `bhs`).
+    /// Answers a PDU the codec consumed but could not use (data digest error, malformed AHS or
+    /// field; its header is `bhs`) with a Reject, and keeps the session consistent at
+    /// ErrorRecoveryLevel 0: a lost Data-Out terminates its task with CHECK CONDITION (ABORTED
+    /// COMMAND, PROTOCOL SERVICE CRC ERROR), and a lost numbered command gives up its CmdSN so
+    /// the window does not stall.
+    pub fn reject_corrupt(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
+        let field =
+            |at: usize| u32::from_be_bytes([bhs[at], bhs[at + 1], bhs[at + 2], bhs[at + 3]]);
+        let opcode = bhs[0] & 0x3f;
+        let immediate = bhs[0] & 0x40 != 0;
+        match opcode {
+            opcode::DATA_OUT => {
+                self.fail_task(field(16), status::check_condition(0x0b, 0x47, 0x05))
+            }
+            opcode::SCSI_COMMAND
+            | opcode::NOP_OUT
+            | opcode::TASK_MGMT_REQUEST
+            | opcode::TEXT_REQUEST
+            | opcode::LOGOUT_REQUEST
+                if !immediate =>
+            {
+                self.window.void(field(24));
+            }
+            _ => {}
+        }
+        self.reject_header(reason, bhs);
+        self.run_window();
+    }
+
+    /// Sends a Reject echoing `bhs`.
     pub fn reject_header(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
         let mut reject = Reject::of_header(reason, bhs);
         reject.stat_sn = self.next_stat_sn();

@@ -216,6 +216,20 @@ impl Session {
         });
     }
 
+    /// Ends the task `itt` with `verdict` as soon as its CmdSN turn has come (at once if it
+    /// has); its remaining Data-Out is ignored.
+    pub(super) fn fail_task(&mut self, itt: u32, verdict: ScsiResponse) {
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if task.phase == Phase::Running {
+            return;
+        }
+        task.transfer = None;
+        task.verdict = Some(verdict);
+        self.advance(itt);
+    }
+
     pub(super) fn on_data_out(&mut self, data: DataOut) {
         let Some(task) = self.tasks.get_mut(&data.itt) else {
             // Data for a task that was aborted, failed or never accepted.
@@ -235,9 +249,7 @@ impl Session {
             Ok(()) => self.advance(data.itt),
             Err(e) => {
                 tracing::info!(itt = data.itt, error = %e, "Data-Out sequence error, task terminated");
-                task.transfer = None;
-                task.verdict = Some(data_out_failure(e));
-                self.advance(data.itt);
+                self.fail_task(data.itt, data_out_failure(e));
             }
         }
     }

@@ -656,3 +656,36 @@ fn a_reset_through_another_session_drops_tasks_silently() {
     assert_eq!(s.abort_for_foreign_reset(None), 1);
     assert_eq!(s.task_count(), 0);
 }
+
+#[test]
+fn data_out_lost_to_a_digest_error_terminates_its_task() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(8, 1, 1024, Bytes::new()), now);
+    let out = sent(&mut s);
+    let [Pdu::R2t(r2t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let bad = header_of(&data_out(8, r2t.ttt, 0, 0, 1024, true));
+    s.reject_corrupt(RejectReason::DATA_DIGEST_ERROR, &bad);
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r), Pdu::Reject(j)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.itt, r.status), (8, 0x02));
+    let sense = r.sense().unwrap();
+    assert_eq!((sense[2], sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    assert_eq!(j.reason, RejectReason::DATA_DIGEST_ERROR);
+    assert_eq!(&j.data[..], &bad[..]);
+    assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn numbered_command_lost_to_a_digest_error_does_not_stall_the_window() {
+    let (mut s, now) = session();
+    let bad = header_of(&write(1, 1, 512, Bytes::from(vec![0u8; 512])));
+    s.reject_corrupt(RejectReason::DATA_DIGEST_ERROR, &bad);
+    assert!(matches!(&sent(&mut s)[..], [Pdu::Reject(_)]));
+    assert_eq!(s.exp_cmd_sn(), 2);
+    s.handle_pdu(read(2, 2, 512), now);
+    assert_eq!(started(&mut s).len(), 1);
+}

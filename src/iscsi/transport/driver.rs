@@ -134,7 +134,7 @@ pub async fn drive(
                 Some(Incoming::Bad(e)) => {
                     tracing::debug!(error = %e, "undecodable PDU rejected");
                     if let (Some(bhs), Some(reason)) = (e.rejected_header(), e.reject_reason()) {
-                        session.reject_header(reason, bhs);
+                        session.reject_corrupt(reason, bhs);
                     }
                 }
                 Some(Incoming::TooLong(bhs)) => {
