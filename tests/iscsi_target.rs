@@ -378,3 +378,64 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
     );
     assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
 }
+
+#[tokio::test]
+async fn crc32c_digests_when_the_initiator_requires_them() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        crc32c: true,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    assert_eq!(ini.key("HeaderDigest"), Some("CRC32C"));
+    assert_eq!(ini.key("DataDigest"), Some("CRC32C"));
+    let data = pattern(64 * 1024, 11);
+    assert_eq!(ini.write10(0, 0, &data, 4096, 4096).await.0, 0);
+    assert_eq!(ini.read10(0, 0, 128).await, data);
+}
+
+#[tokio::test]
+async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
+    use overlaybd_target::iscsi::pdu::DataOut;
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        crc32c: true,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let itt = ini
+        .command(0, &cdb, false, true, 512, Bytes::new(), true)
+        .await;
+    let Some(Pdu::R2t(r2t)) = ini.recv().await else {
+        panic!("no R2T")
+    };
+    let out = DataOut {
+        is_final: true,
+        lun: Lun::from_number(0).unwrap(),
+        itt,
+        ttt: r2t.ttt,
+        exp_stat_sn: ini.exp_stat_sn,
+        data_sn: 0,
+        buffer_offset: 0,
+        data: pattern(512, 5),
+    };
+    // BHS (48) + header digest (4), then the data: flip one data byte.
+    ini.send_tampered(&Pdu::DataOut(out), |wire| wire[60] ^= 1)
+        .await;
+    let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+        panic!("no SCSI Response")
+    };
+    assert_eq!((r.itt, r.status), (itt, 2));
+    let sense = r.sense().unwrap();
+    assert_eq!((sense[2] & 0x0f, sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    ini.exp_stat_sn = r.stat_sn + 1;
+    let Some(Pdu::Reject(j)) = ini.recv().await else {
+        panic!("no Reject")
+    };
+    assert_eq!(j.reason, RejectReason::DATA_DIGEST_ERROR);
+    // The block was not written and the session carries on.
+    assert_eq!(ini.read10(0, 0, 1).await, Bytes::from(vec![0u8; 512]));
+}

@@ -75,6 +75,8 @@ pub struct LoginKeys {
     pub initial_r2t: bool,
     pub first_burst: u32,
     pub max_burst: u32,
+    /// Offer only CRC32C header and data digests.
+    pub crc32c: bool,
 }
 
 impl Default for LoginKeys {
@@ -86,6 +88,7 @@ impl Default for LoginKeys {
             initial_r2t: true,
             first_burst: 8192,
             max_burst: 65536,
+            crc32c: false,
         }
     }
 }
@@ -141,6 +144,15 @@ impl Initiator {
         }
     }
 
+    /// Encodes `pdu` with the connection's digests, lets `tamper` change the wire bytes, and
+    /// sends them.
+    pub async fn send_tampered(&mut self, pdu: &Pdu, tamper: impl FnOnce(&mut [u8])) {
+        let mut out = BytesMut::new();
+        self.codec.encode_into(pdu, &mut out).unwrap();
+        tamper(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
     pub async fn send(&mut self, pdu: &Pdu) {
         let mut out = BytesMut::new();
         self.codec.encode_into(pdu, &mut out).unwrap();
@@ -178,6 +190,7 @@ impl Initiator {
     /// A one-round-trip login (operational stage straight to full feature, like open-iscsi
     /// without CHAP). `target` None logs in to a discovery session.
     pub async fn login(&mut self, target: Option<&str>, keys: &LoginKeys) -> LoginResponse {
+        let digest = if keys.crc32c { "CRC32C" } else { "None" };
         let mut pairs = vec![("InitiatorName", keys.initiator.clone())];
         match target {
             Some(t) => {
@@ -187,8 +200,8 @@ impl Initiator {
             None => pairs.push(("SessionType", "Discovery".into())),
         }
         pairs.extend([
-            ("HeaderDigest", "None".into()),
-            ("DataDigest", "None".into()),
+            ("HeaderDigest", digest.into()),
+            ("DataDigest", digest.into()),
             ("ErrorRecoveryLevel", "0".into()),
             (
                 "MaxRecvDataSegmentLength",
@@ -229,6 +242,14 @@ impl Initiator {
                 self.exp_stat_sn = rsp.stat_sn.wrapping_add(1);
                 self.tsih = rsp.tsih;
                 self.keys = parse_text(&rsp.data);
+                if rsp.status == overlaybd_target::iscsi::pdu::LoginStatus::SUCCESS {
+                    // Digests apply from the first PDU after the final Login Response.
+                    self.codec
+                        .set_digests(overlaybd_target::iscsi::pdu::Digests {
+                            header: self.key("HeaderDigest") == Some("CRC32C"),
+                            data: self.key("DataDigest") == Some("CRC32C"),
+                        });
+                }
                 rsp
             }
             other => panic!("expected a Login Response, got {other:?}"),
