@@ -312,7 +312,7 @@ async fn several_sessions_and_luns_at_once() {
 
 #[tokio::test]
 async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
-    use overlaybd_target::iscsi::pdu::{DataOut, TaskMgmtRequest, TmfFunction, TmfResponseCode};
+    use overlaybd_target::iscsi::pdu::{TaskMgmtRequest, TmfFunction, TmfResponseCode};
     let server = TestServer::start(&["ram:1M"], quiet()).await;
     let mut a = Initiator::connect(server.addr).await;
     a.login_normal(IQN, &LoginKeys::default()).await;
@@ -324,13 +324,7 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
     b.login_normal(IQN, &keys).await;
 
     // A's write waits for its Data-Out.
-    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
-    let itt = a
-        .command(0, &cdb, false, true, 4096, Bytes::new(), true)
-        .await;
-    let Some(Pdu::R2t(r2t)) = a.recv().await else {
-        panic!("no R2T")
-    };
+    let (_, r2t) = a.start_write(0, 8).await;
 
     let reset = TaskMgmtRequest {
         immediate: true,
@@ -351,17 +345,7 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
 
     // A's task is gone: its data is ignored and it never gets a response.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let out = DataOut {
-        is_final: true,
-        lun: Lun::from_number(0).unwrap(),
-        itt,
-        ttt: r2t.ttt,
-        exp_stat_sn: a.exp_stat_sn,
-        data_sn: 0,
-        buffer_offset: 0,
-        data: pattern(4096, 7),
-    };
-    a.send(&Pdu::DataOut(out)).await;
+    a.send(&a.answer(&r2t, pattern(4096, 7))).await;
     assert!(
         a.recv_within(Duration::from_millis(500)).await.is_err(),
         "no response for the aborted task"
@@ -397,7 +381,6 @@ async fn crc32c_digests_when_the_initiator_requires_them() {
 
 #[tokio::test]
 async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
-    use overlaybd_target::iscsi::pdu::DataOut;
     let server = TestServer::start(&["ram:1M"], quiet()).await;
     let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
@@ -405,26 +388,10 @@ async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
         ..LoginKeys::default()
     };
     ini.login_normal(IQN, &keys).await;
-    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    let itt = ini
-        .command(0, &cdb, false, true, 512, Bytes::new(), true)
-        .await;
-    let Some(Pdu::R2t(r2t)) = ini.recv().await else {
-        panic!("no R2T")
-    };
-    let out = DataOut {
-        is_final: true,
-        lun: Lun::from_number(0).unwrap(),
-        itt,
-        ttt: r2t.ttt,
-        exp_stat_sn: ini.exp_stat_sn,
-        data_sn: 0,
-        buffer_offset: 0,
-        data: pattern(512, 5),
-    };
+    let (itt, r2t) = ini.start_write(0, 1).await;
+    let out = ini.answer(&r2t, pattern(512, 5));
     // BHS (48) + header digest (4), then the data: flip one data byte.
-    ini.send_tampered(&Pdu::DataOut(out), |wire| wire[60] ^= 1)
-        .await;
+    ini.send_tampered(&out, |wire| wire[60] ^= 1).await;
     let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
         panic!("no SCSI Response")
     };

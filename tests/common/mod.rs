@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    Lun, Pdu, PduCodec, ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
+    Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
 };
 use overlaybd_target::iscsi::transport::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -443,6 +443,35 @@ impl Initiator {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    /// Starts a WRITE(10) on LUN 0 without immediate data and returns its ITT and first R2T.
+    pub async fn start_write(&mut self, lba: u32, blocks: u16) -> (u32, R2t) {
+        let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let len = u32::from(blocks) * 512;
+        let itt = self
+            .command(0, &cdb, false, true, len, Bytes::new(), true)
+            .await;
+        match self.recv().await {
+            Some(Pdu::R2t(r2t)) => (itt, r2t),
+            other => panic!("expected an R2T, got {other:?}"),
+        }
+    }
+
+    /// The single Data-Out PDU answering `r2t` with `data` (LUN 0).
+    pub fn answer(&self, r2t: &R2t, data: Bytes) -> Pdu {
+        Pdu::DataOut(DataOut {
+            is_final: true,
+            lun: Lun::from_number(0).unwrap(),
+            itt: r2t.itt,
+            ttt: r2t.ttt,
+            exp_stat_sn: self.exp_stat_sn,
+            data_sn: 0,
+            buffer_offset: r2t.buffer_offset,
+            data,
+        })
     }
 
     /// Sends unsolicited Data-Out for `itt` (TTT reserved).
