@@ -169,11 +169,15 @@ async fn login(
                 let admitted = admit(*outcome, shared).await;
                 return match admitted {
                     Ok(a) => {
-                        let rsp = login.accept(a.tsih)?;
-                        if send(tx, codec, rsp).await {
+                        let sent = match login.accept(a.tsih) {
+                            Some(rsp) => send(tx, codec, rsp).await,
+                            None => false,
+                        };
+                        if sent {
                             Some(a)
                         } else {
                             shared.sessions.lock().remove(&a.key, a.tsih);
+                            a.handle.mark_ended();
                             None
                         }
                     }
