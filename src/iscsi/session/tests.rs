@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::iscsi::pdu::{
-    DataIn, DataOut, LogoutResponse, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
-    TmfFunction, TmfResponseCode,
+    DataIn, DataOut, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopOut,
+    ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
 use crate::scsi::{DataDirection, ScsiResponse};
 
