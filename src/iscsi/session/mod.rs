@@ -1,9 +1,11 @@
-//! The full-feature phase of a normal session, sans-IO (the quinn-proto model).
+//! The full-feature phase of a session (normal or discovery), sans-IO (the quinn-proto
+//! model).
 //!
 //! A [`Session`] owns everything RFC 7143 asks the target to track once login is over: the
 //! CmdSN window ([`window`]), the task table keyed by Initiator Task Tag, Data-Out collection
 //! and R2T generation ([`data_out`]), Data-In cutting and status delivery ([`data_in`],
-//! [`status`]), StatSN, NOP pings, task management ([`tmf`]) and logout. It never touches a
+//! [`status`]), StatSN, NOP pings, task management (`tmf.rs`), and NOP-Out, Text and Logout
+//! requests (`control.rs`); [`registry`] tracks live sessions across connections. It never touches a
 //! socket or a clock: the driver feeds it PDUs ([`Session::handle_pdu`]), command completions
 //! ([`Session::complete`]) and the current time, and drains
 //! - [`Session::poll_transmit`]: PDUs to send, in order;
@@ -20,7 +22,7 @@ pub mod data_out;
 pub mod registry;
 pub mod status;
 mod tasks;
-pub mod tmf;
+mod tmf;
 pub mod window;
 
 #[cfg(test)]
