@@ -10,9 +10,9 @@ use super::unit_attention::UnitAttentions;
 use super::LunConfig;
 use crate::block::BlockDevice;
 
-/// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH); bounds the
-/// buffers a single command can make us allocate.
-pub const MAX_TRANSFER_BLOCKS: u32 = 16384;
+/// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH, 32 MiB of
+/// 512-byte blocks); bounds the buffers a single command can make us allocate.
+pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
 /// Largest COMPARE AND WRITE in blocks (VPD b0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 /// Largest WRITE SAME in blocks (VPD b0 MAXIMUM WRITE SAME LENGTH).

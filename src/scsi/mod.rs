@@ -125,7 +125,10 @@ pub struct ScsiTarget {
 
 /// How many Data-Out bytes a command needs.
 enum DataOut {
-    /// Exactly this many; any other transport length is refused (SPDTL != EDTL).
+    /// Whole blocks to write; a shorter or longer transport length moves only what both sides
+    /// allow.
+    Blocks(u64),
+    /// Exactly this many; any other transport length is refused.
     Exact(u64),
     /// A parameter list of up to this many bytes.
     Parameters(u32),
@@ -178,21 +181,41 @@ impl ScsiTarget {
             return respond(Err(Sense::write_protected().into()), &req, None);
         }
         let bs = u64::from(lun.block_size());
-        let (data, wanted_out) = match data_out(&cmd, bs) {
-            DataOut::Exact(want) => {
-                if u64::from(req.expected_len) != want || (req.data_out.len() as u64) < want {
-                    // SPDTL != EDTL: refuse without writing anything (libiscsi's residual
-                    // tests accept this answer, and no partial write can happen).
+        let edtl = u64::from(req.expected_len);
+        let (cmd, data, wanted_out) = match data_out(&cmd, bs) {
+            DataOut::Blocks(want) if edtl != want => {
+                // SPDTL != EDTL (FCP-4 9.4.2 a): move only what both allow, in whole blocks,
+                // and report the difference as a residual. A partial block cannot be written.
+                let moved = edtl.min(want);
+                let residual = Some(want);
+                if moved % bs != 0 || (req.data_out.len() as u64) < moved {
                     let sense = Sense::illegal(asc::INVALID_FIELD_IN_CDB_IU);
+                    return respond(Err(sense.into()), &req, residual);
+                }
+                let blocks = (moved / bs) as u32;
+                (
+                    with_blocks(cmd, blocks),
+                    req.data_out.slice(..moved as usize),
+                    residual,
+                )
+            }
+            DataOut::Blocks(want) | DataOut::Exact(want) => {
+                if edtl != want || (req.data_out.len() as u64) < want {
+                    // A buffer that must match exactly (COMPARE AND WRITE, WRITE SAME,
+                    // VERIFY with BYTCHK): refuse without touching the medium.
+                    let sense = match cmd {
+                        Command::CompareAndWrite(_) => Sense::invalid_cdb_field(13, None),
+                        _ => Sense::illegal(asc::INVALID_FIELD_IN_CDB_IU),
+                    };
                     return respond(Err(sense.into()), &req, Some(want));
                 }
-                (req.data_out.slice(..want as usize), Some(want))
+                (cmd, req.data_out.slice(..want as usize), Some(want))
             }
             DataOut::Parameters(len) => {
                 let take = req.data_out.len().min(len as usize);
-                (req.data_out.slice(..take), Some(u64::from(len)))
+                (cmd, req.data_out.slice(..take), Some(u64::from(len)))
             }
-            DataOut::Nothing => (Bytes::new(), None),
+            DataOut::Nothing => (cmd, Bytes::new(), None),
         };
         let result = self.run(lun, nexus, cmd, data).await;
         respond(result, &req, wanted_out)
@@ -438,11 +461,22 @@ fn modifies_medium(cmd: &Command) -> bool {
     )
 }
 
+/// A block write command cut down to `blocks` blocks.
+fn with_blocks(cmd: Command, blocks: u32) -> Command {
+    let cut = |e: cdb::Extent| cdb::Extent { blocks, ..e };
+    match cmd {
+        Command::Write(e) => Command::Write(cut(e)),
+        Command::WriteAndVerify(e) => Command::WriteAndVerify(cut(e)),
+        Command::OrWrite(e) => Command::OrWrite(cut(e)),
+        other => other,
+    }
+}
+
 /// Data-Out the command expects, given the block size.
 fn data_out(cmd: &Command, bs: u64) -> DataOut {
     match cmd {
         Command::Write(e) | Command::WriteAndVerify(e) | Command::OrWrite(e) => {
-            DataOut::Exact(u64::from(e.blocks) * bs)
+            DataOut::Blocks(u64::from(e.blocks) * bs)
         }
         Command::CompareAndWrite(e) => DataOut::Exact(2 * u64::from(e.blocks) * bs),
         Command::Verify { extent, bytchk } => match bytchk {

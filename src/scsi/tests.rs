@@ -90,7 +90,8 @@ fn assert_sense(r: &ScsiResponse, key: u8, asc: u8, ascq: u8) {
     assert_eq!(
         r.status,
         status::CHECK_CONDITION,
-        "expected CHECK CONDITION: {r:?}"
+        "expected CHECK CONDITION, got status {:#x}",
+        r.status
     );
     let s = r.sense.as_ref().expect("sense data");
     assert_eq!(
@@ -195,7 +196,7 @@ async fn vpd_pages() {
     let d = &r.data_in;
     assert_eq!(&d[..4], &[0, 0xb0, 0, 0x3c]);
     assert_eq!(d[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
-    assert_eq!(&d[8..12], &16384u32.to_be_bytes());
+    assert_eq!(&d[8..12], &65536u32.to_be_bytes());
     assert_eq!(&d[20..24], &u32::MAX.to_be_bytes());
     assert_eq!(&d[24..28], &256u32.to_be_bytes());
     assert_eq!(&d[36..44], &65536u64.to_be_bytes());
@@ -364,8 +365,8 @@ async fn lba_out_of_range_and_limits() {
     // Past MAXIMUM TRANSFER LENGTH on a LUN big enough to hold it.
     let big = ScsiTarget::new(vec![lun_config(Arc::new(RamDevice::new(64 << 20)))]);
     let n = ready(&big, "a").await;
-    let r16 = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x01, 0, 0];
-    let r = exec(&big, &n, &r16, 16385 * 512, &[]).await;
+    let r16 = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x01, 0, 0];
+    let r = exec(&big, &n, &r16, 65537 * 512, &[]).await;
     assert_sense(&r, 5, 0x24, 0);
     assert_field(&r, 10, None);
 }
@@ -422,23 +423,34 @@ async fn read_residuals() {
 }
 
 #[tokio::test]
-async fn write_residual_mismatch_is_refused_untouched() {
+async fn write_residuals_move_only_whole_blocks_both_sides_allow() {
     let t = ram_target();
     let n = ready(&t, "a").await;
-    exec(&t, &n, &write10(0, 2), 1024, &[b'a'; 1024]).await;
-    for (blocks, edtl, residual) in [
-        (1u16, 0u32, -512i64),
-        (1, 1024, 512),
-        (2, 512, -512),
-        (1, 200, -312),
+    for (blocks, edtl, residual, written) in [
+        (1u16, 0u32, -512i64, 0usize),
+        (1, 1024, 512, 512),
+        (2, 512, -512, 512),
+        (1, 10000, 10000 - 512, 512),
     ] {
+        exec(&t, &n, &write10(0, 2), 1024, &[b'a'; 1024]).await;
         let out = vec![b'b'; edtl as usize];
         let r = exec(&t, &n, &write10(0, blocks), edtl, &out).await;
-        assert_sense(&r, 5, 0x0e, 0x03);
-        assert_eq!(r.residual, residual);
+        assert_eq!(
+            (r.status, r.residual),
+            (status::GOOD, residual),
+            "{blocks} {edtl}"
+        );
+        let back = exec(&t, &n, &read10(0, 2), 1024, &[]).await;
+        assert!(back.data_in[..written].iter().all(|&b| b == b'b'));
+        assert!(back.data_in[written..].iter().all(|&b| b == b'a'));
     }
-    let r = exec(&t, &n, &read10(0, 2), 1024, &[]).await;
-    assert!(r.data_in.iter().all(|&b| b == b'a'));
+    // EDTL of 200 bytes cannot be a whole block: refused, nothing written.
+    exec(&t, &n, &write10(0, 1), 512, &[b'a'; 512]).await;
+    let r = exec(&t, &n, &write10(0, 1), 200, &[b'b'; 200]).await;
+    assert_sense(&r, 5, 0x0e, 0x03);
+    assert_eq!(r.residual, -312);
+    let back = exec(&t, &n, &read10(0, 1), 512, &[]).await;
+    assert!(back.data_in.iter().all(|&b| b == b'a'));
 }
 
 #[tokio::test]
@@ -629,8 +641,10 @@ async fn compare_and_write() {
     assert_eq!(&r.sense.unwrap()[3..7], &[0, 0, 0, 0]);
     let back = exec(&t, &n, &read10(7, 1), 512, &[]).await;
     assert!(back.data_in.iter().all(|&b| b == 2));
-    // Data-Out of four blocks for one block of CAW.
-    assert_sense(&exec(&t, &n, &caw, 2048, &[2; 2048]).await, 5, 0x0e, 0x03);
+    // Data-Out of four blocks for one block of CAW: the NUMBER OF LOGICAL BLOCKS is wrong.
+    let r = exec(&t, &n, &caw, 2048, &[2; 2048]).await;
+    assert_sense(&r, 5, 0x24, 0);
+    assert_field(&r, 13, None);
 }
 
 #[tokio::test]
@@ -1054,7 +1068,8 @@ proptest! {
                     Op::WriteSame { lba, blocks, fill, unmap } => {
                         let flags = if unmap { 0x08 } else { 0 };
                         let r = exec(&t, &n, &write_same16(u64::from(lba), u32::from(blocks), flags), 512, &[fill; 512]).await;
-                        (lba, blocks, (r, Some(fill)))
+                        // UNMAP deallocates whatever the block holds; reads then give zeros.
+                        (lba, blocks, (r, Some(if unmap { 0 } else { fill })))
                     }
                 };
                 let (resp, fill) = r;
