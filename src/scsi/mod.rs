@@ -383,20 +383,22 @@ impl ScsiTarget {
         }
     }
 
-    /// LOGICAL UNIT RESET: clears RESERVE(6) reservations and raises UNIT ATTENTION 29/03 for every
-    /// nexus other than `by`. Returns false when the LUN does not exist.
+    /// LOGICAL UNIT RESET requested through `by`: clears RESERVE(6) reservations and raises UNIT
+    /// ATTENTION 29/03 for every nexus, `by` included (SAM-5 7.7; libiscsi's multipath reset
+    /// test checks every path). Returns false when the LUN does not exist.
     pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
         let Some(lun) = usize::try_from(lun).ok().and_then(|i| self.luns.get(i)) else {
             return false;
         };
         let mut state = lun.state.lock();
         state.reservations.clear_legacy();
-        state.ua.raise_others(Some(by), asc::BUS_DEVICE_RESET);
+        state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
+        tracing::debug!(initiator = %by.initiator_name, "logical unit reset");
         true
     }
 
-    /// TARGET WARM/COLD RESET: a LUN reset of every LUN (cold also clears persistent state that
-    /// SPC says a power-on clears).
+    /// TARGET WARM/COLD RESET requested through `by`: a LUN reset of every LUN (cold also clears
+    /// persistent state that SPC says a power-on clears, and reports a power-on instead).
     pub fn target_reset(&self, cold: bool, by: &Nexus) {
         for lun in &self.luns {
             let mut state = lun.state.lock();
@@ -405,11 +407,12 @@ impl ScsiTarget {
                 // No APTPL support: a power cycle forgets persistent reservations too.
                 state.reservations.clear_all();
                 lun.set_write_cache(true);
-                state.ua.raise_others(Some(by), asc::POWER_ON_RESET);
+                state.ua.raise_others(None, asc::POWER_ON_RESET);
             } else {
-                state.ua.raise_others(Some(by), asc::BUS_DEVICE_RESET);
+                state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
             }
         }
+        tracing::debug!(initiator = %by.initiator_name, cold, "target reset");
     }
 
     /// Number of logical units.

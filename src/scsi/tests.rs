@@ -863,6 +863,8 @@ async fn reserve6_conflicts_and_lun_reset() {
         exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
         status::GOOD
     );
+    // The nexus that asked for the reset is told too.
+    assert_sense(&exec(&t, &a, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x03);
     assert_eq!(
         exec(&t, &a, &read10(0, 1), 512, &[]).await.status,
         status::GOOD
@@ -879,12 +881,9 @@ async fn reserve6_conflicts_and_lun_reset() {
         exec(&t, &a, &write10(0, 1), 512, &[0; 512]).await.status,
         status::GOOD
     );
-    // After a cold target reset everyone but the initiator of the reset sees a power-on.
+    // After a cold target reset everyone sees a power-on.
     t.target_reset(true, &a);
-    assert_eq!(
-        exec(&t, &a, &read10(0, 1), 512, &[]).await.status,
-        status::GOOD
-    );
+    assert_sense(&exec(&t, &a, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x00);
 }
 
 fn prout(action: u8, pr_type: u8) -> Vec<u8> {
