@@ -762,6 +762,12 @@ async fn write_same_variants() {
     assert_eq!(r.status, status::GOOD);
     let back = exec(&t, &n, &read10(600, 4), 2048, &[]).await;
     assert!(back.data_in.iter().all(|&b| b == 0));
+    // UNMAP = 1 is an unmap operation whatever the block holds (reads then give zeros).
+    exec(&t, &n, &write_same16(700, 4, 0), 512, &[1; 512]).await;
+    let r = exec(&t, &n, &write_same16(700, 4, 0x08), 512, &[0xee; 512]).await;
+    assert_eq!(r.status, status::GOOD);
+    let back = exec(&t, &n, &read10(700, 4), 2048, &[]).await;
+    assert!(back.data_in.iter().all(|&b| b == 0));
     // WRITE SAME(10) to the end of the medium with 0 blocks.
     let ws10 = [0x41, 0, 0, 0, 0x07, 0xf0, 0, 0, 0, 0];
     assert_eq!(
