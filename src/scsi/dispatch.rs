@@ -209,11 +209,7 @@ impl ScsiTarget {
                 Ok(Bytes::new())
             }
             Command::PersistentReserveIn { action, alloc_len } => {
-                let data = lun
-                    .state
-                    .lock()
-                    .reservations
-                    .persistent_in(action, nexus.tpgt)?;
+                let data = lun.state.lock().reservations.persistent_in(action)?;
                 Ok(cut(data, alloc_len))
             }
             Command::PersistentReserveOut {
