@@ -85,6 +85,12 @@ impl Record {
         }
     }
 
+    /// True when the record's mapped range lies in the data area `[lo, hi)` (sectors): data
+    /// must fit entirely; a zeroed record only needs `lo ≤ moffset ≤ hi` (§5.2, §6.5).
+    pub fn mapped_within(&self, lo: u64, hi: u64) -> bool {
+        self.moffset >= lo && self.mapped_end() <= hi
+    }
+
     /// True for a padding record, which readers skip.
     pub fn is_padding(&self) -> bool {
         self.offset == INVALID_OFFSET

@@ -130,12 +130,7 @@ impl SealedLayout {
                     format!("index record {i} at sector {} has length 0", r.offset),
                 ));
             }
-            let ok = if r.zeroed {
-                r.moffset >= DATA_START_SECTOR && r.moffset <= data_end
-            } else {
-                r.moffset >= DATA_START_SECTOR && r.mapped_end() <= data_end
-            };
-            if !ok {
+            if !r.mapped_within(DATA_START_SECTOR, data_end) {
                 return Err(LsmtError::corrupt(
                     file,
                     format!(

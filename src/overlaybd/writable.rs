@@ -450,12 +450,7 @@ pub fn replay_records(
     let data_end = data_size / SECTOR;
     for r in decode_records(bytes) {
         let r = r.with_tag(0);
-        let ok = if r.zeroed {
-            r.moffset >= DATA_START_SECTOR && r.moffset <= data_end
-        } else {
-            r.moffset >= DATA_START_SECTOR && r.moffset < data_end && r.mapped_end() <= data_end
-        };
-        if !ok {
+        if !r.mapped_within(DATA_START_SECTOR, data_end) {
             return Err(LsmtError::corrupt(
                 file,
                 format!(
