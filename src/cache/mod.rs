@@ -18,3 +18,25 @@ pub trait LayerSource: Send + Sync + 'static {
     /// A short human-readable name for errors and logs (a path or a digest).
     fn describe(&self) -> String;
 }
+
+pub mod bytes_source;
+pub mod file;
+
+/// Checks that `[offset, offset + len)` lies inside a blob of `size` bytes, as
+/// [`LayerSource::read_at`] requires, and returns the end offset. Errors are `UnexpectedEof`
+/// (past the end) or `InvalidInput` (the range overflows u64).
+pub fn check_range(size: u64, offset: u64, len: usize) -> std::io::Result<u64> {
+    let end = u64::try_from(len)
+        .ok()
+        .and_then(|len| offset.checked_add(len))
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "read range overflows")
+        })?;
+    if end > size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("read [{offset}, {end}) past the end ({size} bytes)"),
+        ));
+    }
+    Ok(end)
+}
