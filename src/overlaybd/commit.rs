@@ -240,6 +240,36 @@ async fn emit<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> LsmtResult<()
         .map_err(|e| LsmtError::io("commit output", e))
 }
 
+/// Adapts a synchronous [`Write`](std::io::Write) sink (a file, a [`crate::zfile::ZFileWriter`])
+/// to [`write_commit`]. Writes run inline on the calling task, which suits tools; a server
+/// committing in the background should wrap a blocking writer in its own task instead.
+#[derive(Debug)]
+pub struct SyncSink<W>(pub W);
+
+impl<W: std::io::Write + Unpin> AsyncWrite for SyncSink<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(self.get_mut().0.write(buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(self.get_mut().0.flush())
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
 /// Seals a writable layer in place (`overlaybd-commit --seal`, §8.1): appends its index and a
 /// trailer to the data file, which then opens as a [`SealedLayer`]. The layer must not be
 /// written afterwards; the index file is left for the caller to delete.

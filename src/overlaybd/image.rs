@@ -15,7 +15,9 @@ use super::layer::SealedLayer;
 use super::stack::{read_extents, sector_range, LayerStack};
 use super::writable::WritableLayer;
 use crate::block::{BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
+use crate::cache::file::FileSource;
 use crate::cache::LayerSource;
+use crate::zfile::{open_payload, ZFileError};
 
 /// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
 const STATUS_WINDOW_SECTORS: u64 = 1 << 21; // 1 GiB
@@ -30,6 +32,49 @@ pub trait LayerOpener: Send + Sync {
         index: usize,
         location: &LayerLocation,
     ) -> LsmtResult<Arc<dyn LayerSource>>;
+}
+
+/// Opens lower layers stored locally: a file, tar-unwrapped and ZFile-decompressed when
+/// needed. Registry blobs are refused; a registry-aware opener handles those.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalOpener;
+
+impl LocalOpener {
+    /// The uncompressed LSMT bytes of the layer file at `path`.
+    pub async fn open_path(path: &Path) -> LsmtResult<Arc<dyn LayerSource>> {
+        let name = path.display().to_string();
+        let file = FileSource::open(path)
+            .await
+            .map_err(|e| LsmtError::io(&name, e))?;
+        let zfile_err = |e: ZFileError| match e {
+            ZFileError::Io(io) => LsmtError::io(&name, io),
+            other => LsmtError::corrupt(&name, other.to_string()),
+        };
+        let payload = open_payload(Arc::new(file)).await.map_err(zfile_err)?;
+        payload.decompressed().await.map_err(zfile_err)
+    }
+
+    /// Opens and validates the sealed layer file at `path`.
+    pub async fn open_layer(path: &Path) -> LsmtResult<SealedLayer> {
+        SealedLayer::open(Self::open_path(path).await?).await
+    }
+}
+
+#[async_trait]
+impl LayerOpener for LocalOpener {
+    async fn open(
+        &self,
+        _config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        match location {
+            LayerLocation::Local(path) => Self::open_path(path).await,
+            LayerLocation::Remote { url, .. } => Err(LsmtError::Unsupported(format!(
+                "lowers[{index}] is a registry blob ({url}); this opener reads local files only"
+            ))),
+        }
+    }
 }
 
 /// A stack of read-only layers with an optional writable layer on top.

@@ -21,12 +21,10 @@ pub mod writable_index;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod testutil;
 
 pub use config::ImageConfig;
 pub use error::{LsmtError, LsmtResult};
-pub use image::{Image, LayerOpener};
+pub use image::{Image, LayerOpener, LocalOpener};
 pub use layer::SealedLayer;
 pub use stack::LayerStack;
 pub use writable::WritableLayer;

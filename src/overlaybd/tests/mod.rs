@@ -2,6 +2,8 @@
 //! (live, reopened, committed, stacked), the spec's worked examples end to end, corruption
 //! handling, and the image block device.
 
+mod fixture;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,10 +16,12 @@ use super::image::Image;
 use super::index::{decode_records, Record, RECORD_SIZE};
 use super::layer::SealedLayer;
 use super::stack::LayerStack;
-use super::testutil::{FileSource, MemSource};
 use super::writable::{CreateOptions, WritableLayer};
 use super::LsmtError;
 use crate::block::{BlockDevice, BlockError, Provisioning};
+use crate::cache::bytes_source::BytesSource;
+use crate::cache::file::FileSource;
+use crate::cache::LayerSource;
 
 const S: u64 = 512;
 
@@ -85,8 +89,12 @@ async fn commit_bytes(src: &CommitSource, opts: &CommitOptions) -> Vec<u8> {
     out
 }
 
+fn mem(bytes: Vec<u8>) -> Arc<dyn LayerSource> {
+    Arc::new(BytesSource::new(bytes, "mem"))
+}
+
 async fn sealed(bytes: Vec<u8>) -> SealedLayer {
-    SealedLayer::open(MemSource::arc(bytes)).await.unwrap()
+    SealedLayer::open(mem(bytes)).await.unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -130,7 +138,7 @@ proptest! {
             let stack = LayerStack::new(vec![committed]).unwrap();
             assert_eq!(stack.read(0, vsize as usize).await.unwrap(), model, "committed");
             seal_in_place(layer).await.unwrap();
-            let s = SealedLayer::open(FileSource::open(dir.path().join("w.data"))).await.unwrap();
+            let s = SealedLayer::open(Arc::new(FileSource::open(dir.path().join("w.data")).await.unwrap())).await.unwrap();
             let stack = LayerStack::new(vec![s]).unwrap();
             assert_eq!(stack.read(0, vsize as usize).await.unwrap(), model, "sealed in place");
         });
@@ -190,7 +198,7 @@ proptest! {
                 let len = blob.len();
                 blob.truncate(len - cut * 100);
             }
-            if let Ok(layer) = SealedLayer::open(MemSource::arc(blob)).await {
+            if let Ok(layer) = SealedLayer::open(mem(blob)).await {
                 let stack = LayerStack::new(vec![layer]).unwrap();
                 let want = 64 * S as usize;
                 if let Ok(b) = stack.read(0, want).await {
@@ -405,12 +413,7 @@ async fn reopen_ignores_torn_record_and_rejects_dangling_data() {
 #[tokio::test]
 async fn sealed_layer_corruptions_give_clear_errors() {
     let blob = sample_blob().await;
-    let open = |b: Vec<u8>| async move {
-        SealedLayer::open(MemSource::arc(b))
-            .await
-            .unwrap_err()
-            .to_string()
-    };
+    let open = |b: Vec<u8>| async move { SealedLayer::open(mem(b)).await.unwrap_err().to_string() };
     let n = blob.len();
     let mut b = blob.clone();
     b[3] ^= 0x20;
