@@ -18,3 +18,6 @@ pub trait LayerSource: Send + Sync + 'static {
     /// A short human-readable name for errors and logs (a path or a digest).
     fn describe(&self) -> String;
 }
+
+pub mod http;
+pub mod settings;
