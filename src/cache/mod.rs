@@ -17,7 +17,18 @@ pub trait LayerSource: Send + Sync + 'static {
 
     /// A short human-readable name for errors and logs (a path or a digest).
     fn describe(&self) -> String;
+
+    /// Drops any cached copy of `[offset, offset + len)` so the next read fetches it again
+    /// (called once when a block read through this source fails its checksum). Sources
+    /// without a cache have nothing to drop.
+    async fn invalidate(&self, _offset: u64, _len: u64) {}
 }
 
+pub mod cached_source;
+pub mod disk;
 pub mod http;
+pub mod key;
+pub mod memory;
 pub mod settings;
+
+pub use cached_source::{CacheTiers, CachedSource};
