@@ -26,9 +26,13 @@ pub trait LayerSource: Send + Sync + 'static {
 
 pub mod cached_source;
 pub mod disk;
+pub mod download;
 pub mod http;
 pub mod key;
 pub mod memory;
+pub mod remote;
 pub mod settings;
 
 pub use cached_source::{CacheTiers, CachedSource};
+pub use remote::{RemoteLayer, RemoteLayers};
+pub use settings::DaemonSettings;
