@@ -15,7 +15,7 @@ use reqwest::{StatusCode, Url};
 
 use super::auth::{basic_header, parse_challenge, parse_token_response, BearerChallenge, Challenge};
 use super::credentials::CredentialStore;
-use super::range::{plan_body, range_header, RangeError};
+use super::range::{plan_body, probe_total, range_header, RangeError};
 use crate::cache::settings::{DaemonSettings, HttpConfig};
 use crate::cache::LayerSource;
 
@@ -120,16 +120,23 @@ impl RegistryClient {
             size: 0,
             p2p_prefix: p2p_prefix.map(|p| p.trim_end_matches('/').to_string()),
             location: Mutex::new(None),
+            probed_total: Mutex::new(None),
         };
-        let (_, total) = blob.fetch(0, 1, None).await?;
+        blob.retrying("open", || blob.location()).await?;
+        let probed = blob.probed_total.lock().take();
+        let total = match probed {
+            Some(t) => Some(t),
+            None => blob.fetch(0, 1, None).await?.1,
+        };
         blob.size = total.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{}: the server did not tell the blob size", blob.describe())))?;
         Ok(blob)
     }
 
-    async fn token(&self, challenge: &BearerChallenge, blob_url: &Url) -> Result<String, Failure> {
+    /// A token for the challenge, from the cache or the token service, with its expiry.
+    async fn token(&self, challenge: &BearerChallenge, blob_url: &Url) -> Result<(String, Instant), Failure> {
         if let Some((token, expiry)) = self.tokens.lock().get(challenge) {
             if Instant::now() < *expiry {
-                return Ok(token.clone());
+                return Ok((token.clone(), *expiry));
             }
         }
         let url = challenge.token_url().map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), false))?;
@@ -145,8 +152,9 @@ impl RegistryClient {
         }
         let body = resp.bytes().await.map_err(Failure::transport)?;
         let token = parse_token_response(&body).map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), true))?;
-        self.tokens.lock().insert(challenge.clone(), (token.token.clone(), Instant::now() + token.lifetime));
-        Ok(token.token)
+        let expiry = Instant::now() + token.lifetime;
+        self.tokens.lock().insert(challenge.clone(), (token.token.clone(), expiry));
+        Ok((token.token, expiry))
     }
 
     fn forget_token(&self, challenge: &BearerChallenge) {
@@ -195,14 +203,23 @@ pub struct HttpBlobSource {
     size: u64,
     p2p_prefix: Option<String>,
     location: Mutex<Option<Location>>,
+    /// The size revealed by an anonymous probe that needed no authorization (saves a request
+    /// at open).
+    probed_total: Mutex<Option<u64>>,
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: reqwest::header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl std::fmt::Debug for HttpBlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBlobSource").field("url", &self.blob_url.as_str()).field("size", &self.size).finish_non_exhaustive()
+    }
 }
 
 impl HttpBlobSource {
@@ -219,22 +236,28 @@ impl HttpBlobSource {
     /// Reads `len` bytes at `offset` with retries; also returns the blob size if the answer
     /// told it. `len` must be > 0.
     async fn fetch(&self, offset: u64, len: u64, known_total: Option<u64>) -> io::Result<(Bytes, Option<u64>)> {
+        let last = offset.saturating_add(len.saturating_sub(1));
+        self.retrying(&format!("bytes {offset}-{last}"), || self.fetch_once(offset, len, known_total)).await
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retries are used up (with
+    /// exponential back-off between attempts); the final error names the blob and `what`.
+    async fn retrying<T, Fut>(&self, what: &str, mut op: impl FnMut() -> Fut) -> io::Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let retries = self.client.config.retries;
         let mut attempt = 0;
         loop {
-            match self.fetch_once(offset, len, known_total).await {
+            match op().await {
                 Ok(ok) => return Ok(ok),
                 Err(f) if f.retry && attempt < retries => {
-                    tracing::debug!(blob = %self.describe(), offset, len, attempt, error = %f.message, "retrying blob read");
+                    tracing::debug!(blob = %self.describe(), what, attempt, error = %f.message, "retrying");
                     tokio::time::sleep(self.client.backoff(attempt)).await;
                     attempt += 1;
                 }
                 Err(f) => {
-                    let last = offset.saturating_add(len.saturating_sub(1));
-                    return Err(io::Error::new(
-                        f.kind,
-                        format!("{}: bytes {offset}-{last}: {} (after {} attempts)", self.describe(), f.message, attempt + 1),
-                    ));
+                    return Err(io::Error::new(f.kind, format!("{}: {what}: {} (after {} attempts)", self.describe(), f.message, attempt + 1)));
                 }
             }
         }
@@ -267,22 +290,35 @@ impl HttpBlobSource {
         let probe = self.client.http.get(self.blob_url.clone()).header(RANGE, "bytes=0-0").send().await.map_err(Failure::transport)?;
         let status = probe.status();
         if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+            if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
+                let headers = probe.headers();
+                let length = header_str(headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
+                *self.probed_total.lock() = probe_total(status.as_u16(), header_str(headers, CONTENT_RANGE), length).ok();
+            }
             return Ok(self.new_location(self.blob_url.clone(), None, None));
         }
         let header = header_str(probe.headers(), WWW_AUTHENTICATE).unwrap_or("").to_string();
         drop(probe);
         let challenge = parse_challenge(&header).map_err(|e| Failure::new(io::ErrorKind::PermissionDenied, format!("Authentication failed: {e}"), false))?;
-        let (value, bearer) = match challenge {
+        let (value, bearer, expiry) = match challenge {
             Challenge::Basic => {
                 let creds = self.client.lookup_credentials(&self.blob_url).await?.ok_or_else(|| {
                     Failure::new(io::ErrorKind::PermissionDenied, "Authentication failed: registry wants Basic auth and no credentials match", false)
                 })?;
-                (basic_header(&creds.username, &creds.password), None)
+                (basic_header(&creds.username, &creds.password), None, None)
             }
-            Challenge::Bearer(b) => (format!("Bearer {}", self.client.token(&b, &self.blob_url).await?), Some(b)),
+            Challenge::Bearer(b) => {
+                let (token, expiry) = self.client.token(&b, &self.blob_url).await?;
+                (format!("Bearer {token}"), Some(b), Some(expiry))
+            }
         };
         let value = HeaderValue::from_str(&value).map_err(|_| Failure::new(io::ErrorKind::InvalidData, "credentials are not a valid header value", false))?;
-        Ok(self.new_location(self.blob_url.clone(), Some(value), bearer))
+        let mut loc = self.new_location(self.blob_url.clone(), Some(value), bearer);
+        // Re-resolve when the token lapses, rather than waiting for a 401.
+        if let Some(expiry) = expiry {
+            loc.expires = loc.expires.min(expiry);
+        }
+        Ok(loc)
     }
 
     /// One attempt: a ranged GET at the resolved location, following redirects by hand.
@@ -311,7 +347,11 @@ impl HttpBlobSource {
                 // Authorization stays with the registry: a redirect to another origin (object
                 // storage, CDN) carries its own pre-signed credentials.
                 let keep_auth = same_origin(&loc.url, &next);
+                let token_expiry = loc.expires;
                 loc = self.new_location(next, loc.auth.filter(|_| keep_auth), loc.bearer.filter(|_| keep_auth));
+                if keep_auth {
+                    loc.expires = loc.expires.min(token_expiry);
+                }
                 *self.location.lock() = Some(loc.clone());
                 continue;
             }
