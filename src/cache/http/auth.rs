@@ -222,4 +222,15 @@ mod tests {
     fn basic_header_encodes_user_and_password() {
         assert_eq!(basic_header("username", "password"), "Basic dXNlcm5hbWU6cGFzc3dvcmQ=");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn challenge_parsing_never_panics(text in ".{0,80}", realm in "[a-z:/.0-9]{1,20}", scope in "[a-z:/,0-9 ]{0,20}") {
+            let _ = parse_challenge(&text);
+            let _ = parse_challenge(&format!("Bearer {text}"));
+            let h = format!(r#"Bearer realm="{realm}",service="s",scope="{scope}""#);
+            let Ok(Challenge::Bearer(b)) = parse_challenge(&h) else { panic!("{h}") };
+            proptest::prop_assert_eq!((b.realm.as_str(), b.scope.as_str()), (realm.as_str(), scope.as_str()));
+        }
+    }
 }

@@ -195,4 +195,18 @@ mod tests {
         assert!(probe_total(206, Some("bytes 0-0/*"), None).is_err());
         assert!(probe_total(200, None, None).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn content_range_roundtrips_and_never_panics(first in 0u64..1 << 40, n in 1u64..1 << 20, extra in 0u64..1 << 20, junk in ".{0,40}") {
+            let last = first + n - 1;
+            let total = last + 1 + extra;
+            let parsed = parse_content_range(&format!("bytes {first}-{last}/{total}")).unwrap();
+            proptest::prop_assert_eq!(parsed, ContentRange { first, last, total: Some(total) });
+            let plan = plan_body(206, Some(&format!("bytes {first}-{last}/{total}")), Some(n), first, n, Some(total)).unwrap();
+            proptest::prop_assert_eq!(plan.skip, 0);
+            let _ = parse_content_range(&junk);
+            let _ = plan_body(206, Some(&junk), None, first, n, None);
+        }
+    }
 }
