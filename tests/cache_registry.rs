@@ -501,3 +501,53 @@ async fn disk_cache_survives_restart_over_http() {
     check_reads(src.as_ref(), &blob).await;
     assert_eq!(server.requests().len(), 1, "only the open probe after a restart");
 }
+
+#[tokio::test]
+async fn two_devices_sharing_a_layer_download_it_once() {
+    let blob = Arc::new(make_blob(64 * 1024, 15));
+    let digest = sha256_digest(&blob);
+    let server = blob_server(&blob).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layer_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let download = DownloadConfig { enable: true, delay: 0, delay_extra: 1, max_mbps: 0, try_cnt: 2, block_size: 16384 };
+    let url = format!("{}{REPO}", server.url());
+    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: Some(layer_dir.path()), download: Some(&download) };
+    let (a, b) = (layers.open(&layer).await.unwrap(), layers.open(&layer).await.unwrap());
+    let data_reads = |s: &TestServer| s.requests().iter().filter(|r| r.header("range") != Some("bytes=0-0")).count();
+    wait_for(|| layer_dir.path().join("overlaybd.commit").exists(), "overlaybd.commit").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(data_reads(&server), 4, "one download of 4 blocks");
+    server.clear();
+    check_reads(a.as_ref(), &blob).await;
+    check_reads(b.as_ref(), &blob).await;
+    assert!(server.requests().is_empty(), "both devices read the local copy");
+}
+
+#[tokio::test]
+async fn credential_service_mode_supplies_basic_credentials() {
+    let blob = Arc::new(make_blob(20_000, 16));
+    let registry = TestServer::start(basic_registry(Arc::clone(&blob), "YWxpY2U6czNjcmV0")).await;
+    let host = registry.addr.to_string();
+    let creds = TestServer::start(move |req| {
+        if req.target.contains("refuse") {
+            return Reply::new(200, &[], r#"{"success": false}"#);
+        }
+        let body = format!(r#"{{"traceId": "t1", "success": true, "data": {{"auths": {{"{host}": {{"username": "alice", "password": "s3cret"}}}}}}}}"#);
+        Reply::new(200, &[], body)
+    })
+    .await;
+    let mut settings = DaemonSettings::default();
+    settings.credential_config.mode = "http".into();
+    settings.credential_config.path = format!("{}/auth", creds.url());
+    settings.http_config = http_config();
+    let src = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap();
+    check_reads(&src, &blob).await;
+    let asked = creds.requests();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|r| r.target == format!("/auth?remote_url={}{REPO}/sha256:ab", registry.url())), "{:?}", asked[0].target);
+
+    settings.credential_config.path = format!("{}/refuse", creds.url());
+    let err = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap_err();
+    assert!(err.to_string().contains("success=false"), "{err}");
+}

@@ -142,10 +142,19 @@ pub async fn download(source: &dyn LayerSource, job: &DownloadJob, alive: &(dyn 
 /// Starts the background download of a cached remote layer: waits `job.delay`, downloads
 /// from the layer's uncached source, then serves the layer from the verified file. The task
 /// holds only a weak reference, so closing the layer stops it. Returns the final path.
-pub fn spawn_background_download(layer: &Arc<CachedSource>, job: DownloadJob) -> tokio::task::JoinHandle<io::Result<PathBuf>> {
+///
+/// `queue` serialises downloads (overlaybd processes layers one at a time): a task waits for
+/// a permit after its delay, so two devices sharing a layer folder never write the same
+/// `.download` at once, and the second finds the first one's verified copy and just switches.
+pub fn spawn_background_download(
+    layer: &Arc<CachedSource>,
+    job: DownloadJob,
+    queue: Arc<tokio::sync::Semaphore>,
+) -> tokio::task::JoinHandle<io::Result<PathBuf>> {
     let weak: Weak<CachedSource> = Arc::downgrade(layer);
     tokio::spawn(async move {
         tokio::time::sleep(job.delay).await;
+        let _turn = queue.acquire_owned().await.map_err(|_| io::Error::new(io::ErrorKind::Interrupted, "download queue closed"))?;
         let inner = weak.upgrade().map(|l| Arc::clone(l.inner())).ok_or_else(|| io::Error::new(io::ErrorKind::Interrupted, "layer closed"))?;
         let alive = || weak.strong_count() > 0;
         download(inner.as_ref(), &job, &alive).await?;

@@ -33,6 +33,8 @@ pub struct RemoteLayers {
     settings: DaemonSettings,
     client: Arc<RegistryClient>,
     tiers: Arc<CacheTiers>,
+    /// One background download at a time, as in overlaybd.
+    download_queue: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long the P2P proxy's TCP port may take to accept before we read directly.
@@ -48,7 +50,7 @@ impl RemoteLayers {
 
     /// Uses an existing client and tiers (tests, or several settings sharing one cache).
     pub fn with_parts(settings: DaemonSettings, client: Arc<RegistryClient>, tiers: Arc<CacheTiers>) -> Self {
-        Self { settings, client, tiers }
+        Self { settings, client, tiers, download_queue: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     /// The shared cache tiers.
@@ -80,7 +82,7 @@ impl RemoteLayers {
         if let (true, Some(dir)) = (download.enable, layer.dir) {
             let job = DownloadJob::for_layer_dir(dir, layer.digest, download);
             // Detached: the task holds a weak reference and ends when the layer is closed.
-            drop(spawn_background_download(&cached, job));
+            drop(spawn_background_download(&cached, job, Arc::clone(&self.download_queue)));
         }
         Ok(cached)
     }
