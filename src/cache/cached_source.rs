@@ -192,9 +192,12 @@ impl CachedSource {
         };
         let mut units = Vec::with_capacity(claims.len());
         let mut at = 0;
+        let merged = claims.len() > 1;
         for claim in &claims {
             let n = self.unit_len(claim.key.index);
-            let unit = data.slice(at..at + n);
+            // Units of a merged fetch get their own buffers: a slice would keep the whole
+            // fetch alive after its siblings are evicted, beyond the memory tier's bound.
+            let unit = if merged { Bytes::copy_from_slice(&data[at..at + n]) } else { data.slice(at..at + n) };
             at += n;
             self.tiers.memory.insert(claim.key.clone(), unit.clone());
             claim.tx.send_replace(Some(Ok(unit.clone())));

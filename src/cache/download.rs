@@ -10,7 +10,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::cached_source::CachedSource;
 use super::settings::DownloadConfig;
@@ -68,34 +67,78 @@ async fn throttle(start: Instant, done: u64, rate: Option<u64>) {
     }
 }
 
+/// Whether `[offset, offset + len)` of `file` is all data (no hole), i.e. was written by an
+/// earlier, interrupted attempt. Uses `SEEK_DATA`/`SEEK_HOLE`; any error counts as absent.
+fn block_present(file: &std::fs::File, offset: u64, len: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let end = offset.checked_add(len).and_then(|e| libc::off_t::try_from(e).ok());
+    let (Ok(off), Some(end)) = (libc::off_t::try_from(offset), end) else { return false };
+    // SAFETY: lseek on a descriptor we own; it only moves the file offset, which we never use
+    // (all I/O here is positional).
+    let data = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_HOLE) };
+    data == off && hole >= end
+}
+
+/// Runs a blocking file operation off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
 /// Copies `source` into `job.temp` once and checks the digest; on success renames it to
-/// `job.dest`. `alive` is polled between reads so an abandoned layer stops downloading.
+/// `job.dest`. Blocks already written to an existing `job.temp` by an interrupted attempt
+/// are reused (overlaybd skips them the same way); the digest check covers them too.
+/// `alive` is polled between reads so an abandoned layer stops downloading.
 async fn attempt(source: &dyn LayerSource, job: &DownloadJob, hex: &str, alive: &(dyn Fn() -> bool + Sync)) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let size = source.size();
-    let mut file = tokio::fs::File::create(&job.temp).await?;
+    let temp = job.temp.clone();
+    let (file, resumed) = blocking(move || {
+        let resumed = temp.exists();
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&temp)?;
+        file.set_len(size)?;
+        Ok((Arc::new(file), resumed))
+    })
+    .await?;
     let mut hasher = Sha256::new();
     let start = Instant::now();
-    let mut offset = 0u64;
+    let (mut offset, mut fetched) = (0u64, 0u64);
     while offset < size {
         if !alive() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "layer closed"));
         }
-        let n = job.block_size.min(size - offset) as usize;
-        let block = source.read_at(offset, n).await?;
-        if block.len() != n {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {offset}")));
-        }
+        let n = job.block_size.min(size - offset);
+        let f = Arc::clone(&file);
+        let local = resumed && blocking(move || Ok(block_present(&f, offset, n))).await?;
+        let block = if local {
+            let f = Arc::clone(&file);
+            blocking(move || {
+                let mut buf = vec![0u8; n as usize];
+                f.read_exact_at(&mut buf, offset)?;
+                Ok(bytes::Bytes::from(buf))
+            })
+            .await?
+        } else {
+            let block = source.read_at(offset, n as usize).await?;
+            if block.len() as u64 != n {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {offset}")));
+            }
+            let (f, b) = (Arc::clone(&file), block.clone());
+            blocking(move || f.write_all_at(&b, offset)).await?;
+            fetched += n;
+            throttle(start, fetched, job.bytes_per_sec).await;
+            block
+        };
         hasher.update(&block);
-        file.write_all(&block).await?;
-        offset += n as u64;
-        throttle(start, offset, job.bytes_per_sec).await;
+        offset += n;
     }
     let got = hex::encode(hasher.finalize());
     if got != hex {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("downloaded blob has sha256:{got}, expected {}", job.digest)));
     }
     // Durable before it takes over from the network copy.
-    file.sync_all().await?;
+    let f = Arc::clone(&file);
+    blocking(move || f.sync_all()).await?;
     drop(file);
     tokio::fs::rename(&job.temp, &job.dest).await
 }
@@ -125,13 +168,15 @@ pub async fn download(source: &dyn LayerSource, job: &DownloadJob, alive: &(dyn 
     for n in 1..=job.tries.max(1) {
         match attempt(source, job, &hex, alive).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                let _ = tokio::fs::remove_file(&job.temp).await;
-                return Err(e);
-            }
+            // Closed layer: keep the partial copy, a later open resumes it.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
                 tracing::warn!(blob = %source.describe(), attempt = n, error = %e, "background download failed");
-                let _ = tokio::fs::remove_file(&job.temp).await;
+                // A copy that failed its digest is discarded whole; after a network error the
+                // blocks written so far are good (or caught by the final digest) and are kept.
+                if e.kind() == io::ErrorKind::InvalidData {
+                    let _ = tokio::fs::remove_file(&job.temp).await;
+                }
                 last = e;
             }
         }
@@ -236,6 +281,53 @@ mod tests {
         let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&[0; 100]), None);
         let err = download(&Mem(vec![0; 100]), &j, &|| false).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Interrupted);
-        assert!(!j.temp.exists());
+        assert!(!j.dest.exists());
+    }
+
+    /// A blob source that counts the bytes it serves.
+    struct Counting(Vec<u8>, parking_lot::Mutex<Vec<u64>>);
+
+    #[async_trait::async_trait]
+    impl LayerSource for Counting {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+            self.1.lock().push(offset);
+            Ok(Bytes::copy_from_slice(&self.0[offset as usize..offset as usize + len]))
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn interrupted_copy_is_resumed_and_still_verified() {
+        use std::os::unix::fs::FileExt;
+        let data: Vec<u8> = (0..8 * 4096u32).map(|i| (i * 13) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&data), None);
+        // An earlier attempt wrote blocks 0-2 and 5, then stopped.
+        let f = std::fs::File::create(&j.temp).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        for b in [0usize, 1, 2, 5] {
+            f.write_all_at(&data[b * 4096..(b + 1) * 4096], (b * 4096) as u64).unwrap();
+        }
+        drop(f);
+        let src = Counting(data.clone(), Default::default());
+        download(&src, &j, &|| true).await.unwrap();
+        assert_eq!(std::fs::read(&j.dest).unwrap(), data);
+        assert_eq!(*src.1.lock(), vec![3 * 4096, 4 * 4096, 6 * 4096, 7 * 4096], "only the missing blocks were fetched");
+
+        // A resumed copy with a corrupt block fails its digest and is then fetched whole.
+        std::fs::remove_file(&j.dest).unwrap();
+        let f = std::fs::File::create(&j.temp).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        f.write_all_at(&[0xEE; 4096], 0).unwrap();
+        drop(f);
+        let src = Counting(data.clone(), Default::default());
+        download(&src, &j, &|| true).await.unwrap();
+        assert_eq!(std::fs::read(&j.dest).unwrap(), data);
+        assert_eq!(src.1.lock().len(), 7 + 8, "7 blocks in the first attempt, all 8 in the second");
     }
 }
