@@ -71,6 +71,18 @@ pub struct DaemonSettings {
     pub user_agent: String,
     /// `httpConfig` (ours): timeouts, retries and proxy of the registry client.
     pub http_config: HttpConfig,
+    /// `certConfig`: TLS client certificate presented to registries.
+    pub cert_config: CertConfig,
+}
+
+/// `certConfig`: a TLS client certificate (both files are needed).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CertConfig {
+    /// PEM certificate (chain) file.
+    pub cert_file: String,
+    /// PEM private key file.
+    pub key_file: String,
 }
 
 impl Default for DaemonSettings {
@@ -86,6 +98,7 @@ impl Default for DaemonSettings {
             p2p_config: P2pConfig::default(),
             user_agent: concat!("overlaybd-target/", env!("CARGO_PKG_VERSION")).into(),
             http_config: HttpConfig::default(),
+            cert_config: CertConfig::default(),
         }
     }
 }
@@ -216,6 +229,8 @@ pub struct HttpConfig {
     pub proxy: String,
     /// Seconds a resolved blob location (redirect target, auth header) is reused.
     pub resolve_ttl_sec: u64,
+    /// PEM file of extra CA certificates to trust for registries (besides the system's).
+    pub ca_file: String,
 }
 
 impl Default for HttpConfig {
@@ -228,6 +243,7 @@ impl Default for HttpConfig {
             retry_backoff_max_ms: 2_000,
             proxy: String::new(),
             resolve_ttl_sec: 300,
+            ca_file: String::new(),
         }
     }
 }
@@ -311,7 +327,16 @@ impl DaemonSettings {
         if !self.http_config.proxy.is_empty() && reqwest::Url::parse(&self.http_config.proxy).is_err() {
             return Err(invalid("httpConfig.proxy", format!("not a URL: {:?}", self.http_config.proxy)));
         }
+        if self.cert_config.cert_file.is_empty() != self.cert_config.key_file.is_empty() {
+            return Err(invalid("certConfig", "certFile and keyFile must be given together".into()));
+        }
         Ok(())
+    }
+
+    /// The TLS client certificate and key files, when configured.
+    pub fn client_cert(&self) -> Option<(PathBuf, PathBuf)> {
+        let c = &self.cert_config;
+        (!c.cert_file.is_empty() && !c.key_file.is_empty()).then(|| (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file)))
     }
 
     /// The cache settings in force: `cacheConfig`, or the legacy keys when its type is empty.
@@ -415,6 +440,7 @@ mod tests {
             (r#"{"cacheConfig": {"cacheType": "ram"}}"#, "cacheConfig.cacheType"),
             (r#"{"credentialConfig": {"mode": "file"}}"#, "credentialConfig.path"),
             (r#"{"p2pConfig": {"enable": true, "address": "not a url"}}"#, "p2pConfig.address"),
+            (r#"{"certConfig": {"certFile": "/c.pem"}}"#, "certConfig"),
         ] {
             match DaemonSettings::from_json(text, "x.json") {
                 Err(SettingsError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),

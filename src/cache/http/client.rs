@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,14 @@ impl Failure {
 impl RegistryClient {
     /// A client following `config`, sending `user_agent`, authenticating with `credentials`.
     pub fn new(config: HttpConfig, user_agent: &str, credentials: CredentialStore) -> io::Result<Arc<Self>> {
+        Self::with_client_cert(config, user_agent, credentials, None)
+    }
+
+    /// Like [`RegistryClient::new`], also presenting a TLS client certificate
+    /// (`(certificate PEM file, key PEM file)`, overlaybd's `certConfig`).
+    pub fn with_client_cert(config: HttpConfig, user_agent: &str, credentials: CredentialStore, client_cert: Option<(PathBuf, PathBuf)>) -> io::Result<Arc<Self>> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())));
+        let bad_pem = |p: &Path, e: reqwest::Error| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()));
         let mut builder = reqwest::Client::builder()
             // Redirects are followed by hand: the target is cached per blob and must not get
             // the registry's Authorization header.
@@ -93,6 +102,18 @@ impl RegistryClient {
             let proxy = reqwest::Proxy::all(&config.proxy).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("proxy {:?}: {e}", config.proxy)))?;
             builder = builder.proxy(proxy);
         }
+        if !config.ca_file.is_empty() {
+            let path = Path::new(&config.ca_file);
+            for cert in reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| bad_pem(path, e))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &client_cert {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend_from_slice(&read(key)?);
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad_pem(cert, e))?);
+        }
         let http = builder.build().map_err(|e| io::Error::other(format!("HTTP client: {e}")))?;
         Ok(Arc::new(Self { http, credentials, config, tokens: Mutex::new(HashMap::new()) }))
     }
@@ -100,7 +121,7 @@ impl RegistryClient {
     /// A client for the daemon settings (`httpConfig`, `userAgent`, credential source).
     pub fn from_settings(settings: &DaemonSettings) -> io::Result<Arc<Self>> {
         let creds = CredentialStore::from_settings(&settings.credentials());
-        Self::new(settings.http_config.clone(), &settings.user_agent, creds)
+        Self::with_client_cert(settings.http_config.clone(), &settings.user_agent, creds, settings.client_cert())
     }
 
     /// The underlying HTTP client (redirects off, same timeouts and proxy).
