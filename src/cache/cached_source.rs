@@ -308,7 +308,7 @@ impl LayerSource for CachedSource {
                 }
             }
             for run in runs {
-                let base = (run[0].key.index - first) as usize;
+                let base = run.first().map_or(0, |c| (c.key.index - first) as usize);
                 for (j, b) in self.fetch_run(run).await?.into_iter().enumerate() {
                     units[base + j] = Some(b);
                 }
@@ -466,7 +466,9 @@ mod tests {
             let s = Arc::clone(&src);
             async move { s.read_at(0, 10).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        while fake.calls().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let waiter = tokio::spawn({
             let s = Arc::clone(&src);
             async move { s.read_at(0, 10).await }

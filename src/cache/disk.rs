@@ -45,10 +45,10 @@ fn encode_header(index: u64, unit_size: u64, payload: &[u8]) -> [u8; HEADER_LEN]
 fn check_entry(bytes: &[u8], index: u64, unit_size: u64, expected_len: usize) -> Result<std::ops::Range<usize>, &'static str> {
     let h = bytes.get(..HEADER_LEN).ok_or("short header")?;
     let word = |r: std::ops::Range<usize>| -> u32 { h.get(r).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes) };
-    if &h[..8] != MAGIC {
+    if h.get(..8) != Some(MAGIC.as_slice()) {
         return Err("bad magic");
     }
-    if crc32c::crc32c(&h[..28]) != word(28..32) {
+    if crc32c::crc32c(h.get(..28).unwrap_or_default()) != word(28..32) {
         return Err("header CRC mismatch");
     }
     let got_index = h.get(8..16).and_then(|s| s.try_into().ok()).map_or(u64::MAX, u64::from_le_bytes);
@@ -60,7 +60,7 @@ fn check_entry(bytes: &[u8], index: u64, unit_size: u64, expected_len: usize) ->
         return Err("length mismatch (torn entry)");
     }
     let payload = HEADER_LEN..HEADER_LEN + len;
-    if crc32c::crc32c(&bytes[payload.clone()]) != word(24..28) {
+    if crc32c::crc32c(bytes.get(payload.clone()).ok_or("length mismatch (torn entry)")?) != word(24..28) {
         return Err("payload CRC mismatch");
     }
     Ok(payload)
