@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,12 +28,41 @@ use super::LayerSource;
 type UnitResult = Result<Bytes, (io::ErrorKind, Arc<str>)>;
 type UnitWatch = watch::Receiver<Option<UnitResult>>;
 
+/// Counters of where units came from, since the tiers were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Units found in memory.
+    pub memory_hits: u64,
+    /// Units read from the disk tier.
+    pub disk_hits: u64,
+    /// Units a reader waited for while another reader fetched them.
+    pub shared_fetches: u64,
+    /// Requests sent to the source (each covers one or more adjacent units).
+    pub source_requests: u64,
+    /// Bytes received from the source.
+    pub source_bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    shared_fetches: AtomicU64,
+    source_requests: AtomicU64,
+    source_bytes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 /// The tiers and the in-flight table shared by every cached blob of the daemon.
 pub struct CacheTiers {
     memory: MemoryTier,
     disk: Option<Arc<DiskTier>>,
     unit: u64,
     inflight: Mutex<HashMap<UnitKey, UnitWatch>>,
+    counters: Counters,
 }
 
 impl CacheTiers {
@@ -47,6 +77,7 @@ impl CacheTiers {
             disk: disk.map(Arc::new),
             unit,
             inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
         }))
     }
 
@@ -70,6 +101,19 @@ impl CacheTiers {
     /// Bytes held by the disk tier (0 without one).
     pub fn disk_used(&self) -> u64 {
         self.disk.as_ref().map_or(0, |d| d.used_bytes())
+    }
+
+    /// Where units came from so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            memory_hits: get(&c.memory_hits),
+            disk_hits: get(&c.disk_hits),
+            shared_fetches: get(&c.shared_fetches),
+            source_requests: get(&c.source_requests),
+            source_bytes: get(&c.source_bytes),
+        }
     }
 
     async fn disk_get(&self, key: &UnitKey, expected: usize) -> Option<Bytes> {
@@ -178,8 +222,12 @@ impl CachedSource {
         let Some(first) = claims.first().map(|c| c.key.index) else { return Ok(Vec::new()) };
         let start = first * self.tiers.unit;
         let len: usize = claims.iter().map(|c| self.unit_len(c.key.index)).sum();
+        bump(&self.tiers.counters.source_requests, 1);
         let data = match self.inner.read_at(start, len).await {
-            Ok(d) if d.len() == len => d,
+            Ok(d) if d.len() == len => {
+                bump(&self.tiers.counters.source_bytes, len as u64);
+                d
+            }
             Ok(d) => {
                 let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: source returned {} of {len} bytes", self.describe(), d.len()));
                 publish_error(&claims, &e);
@@ -270,9 +318,12 @@ impl LayerSource for CachedSource {
         let mut units: Vec<Option<Bytes>> = Vec::new();
         for index in first..=last {
             let mut got = self.tiers.memory.get(&self.key(index));
-            if got.is_none() {
+            if got.is_some() {
+                bump(&self.tiers.counters.memory_hits, 1);
+            } else {
                 got = self.tiers.disk_get(&self.key(index), self.unit_len(index)).await;
                 if let Some(b) = &got {
+                    bump(&self.tiers.counters.disk_hits, 1);
                     self.tiers.memory.insert(self.key(index), b.clone());
                 }
             }
@@ -316,7 +367,10 @@ impl LayerSource for CachedSource {
             for (i, mut rx) in waits {
                 let Ok(value) = rx.wait_for(Option::is_some).await else { continue };
                 match value.clone() {
-                    Some(Ok(b)) => units[i] = Some(b),
+                    Some(Ok(b)) => {
+                        bump(&self.tiers.counters.shared_fetches, 1);
+                        units[i] = Some(b);
+                    }
                     Some(Err((kind, msg))) => return Err(io::Error::new(kind, msg.to_string())),
                     None => {}
                 }
@@ -346,7 +400,7 @@ impl LayerSource for CachedSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -440,6 +494,9 @@ mod tests {
             assert_eq!(&b[..], &fake.data[i as usize * 10..i as usize * 10 + 100]);
         }
         assert_eq!(fake.calls(), vec![(0, 1024)]);
+        let stats = tiers.stats();
+        assert_eq!((stats.source_requests, stats.source_bytes), (1, 1024));
+        assert_eq!(stats.shared_fetches + stats.memory_hits, 7, "{stats:?}");
     }
 
     #[tokio::test]
@@ -494,6 +551,7 @@ mod tests {
         let src = cached(&fake, &tiers);
         assert_eq!(&src.read_at(0, 5000).await.unwrap()[..], &fake.data[..]);
         assert!(fake.calls().is_empty(), "all from disk");
+        assert_eq!(tiers.stats().disk_hits, 5);
         src.invalidate(1500, 1000).await; // units 1 and 2
         assert_eq!(&src.read_at(0, 5000).await.unwrap()[..], &fake.data[..]);
         assert_eq!(fake.calls(), vec![(1024, 2048)]);
@@ -529,5 +587,47 @@ mod tests {
     fn unit_must_be_a_power_of_two() {
         assert!(CacheTiers::new(0, None, 1000).is_err());
         assert!(CacheTiers::new(0, None, 256).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Concurrent reads under memory and disk pressure, with invalidations and injected
+        /// source failures, always return the blob's bytes or an error, never other bytes.
+        #[test]
+        fn concurrent_reads_under_pressure_return_true_bytes(
+            ops in proptest::collection::vec((0u64..20_000, 1usize..3000, 0u8..10), 1..40),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let fake = Fake::new(20_000, Duration::ZERO);
+                let dir = tempfile::tempdir().unwrap();
+                let disk = DiskTier::open(dir.path(), 6 * 1024).unwrap();
+                let tiers = CacheTiers::new(3 * 512, Some(disk), 512).unwrap();
+                let src = Arc::new(cached(&fake, &tiers));
+                let mut tasks = tokio::task::JoinSet::new();
+                for (off, len, action) in ops {
+                    let len = len.min((20_000 - off) as usize);
+                    let (src, fake) = (Arc::clone(&src), Arc::clone(&fake));
+                    tasks.spawn(async move {
+                        match action {
+                            0 => src.invalidate(off, len as u64).await,
+                            1 => fake.fail_next.store(1, Ordering::SeqCst),
+                            _ => {
+                                if let Ok(got) = src.read_at(off, len).await {
+                                    assert_eq!(&got[..], &fake.data[off as usize..off as usize + len], "{off}+{len}");
+                                }
+                            }
+                        }
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.unwrap();
+                }
+                // With failures off, everything reads back right.
+                fake.fail_next.store(0, Ordering::SeqCst);
+                assert_eq!(&src.read_at(0, 20_000).await.unwrap()[..], &fake.data[..]);
+                assert!(tiers.memory_used() <= 3 * 512 && tiers.disk_used() <= 6 * 1024);
+            });
+        }
     }
 }

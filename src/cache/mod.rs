@@ -33,6 +33,6 @@ pub mod memory;
 pub mod remote;
 pub mod settings;
 
-pub use cached_source::{CacheTiers, CachedSource};
+pub use cached_source::{CacheStats, CacheTiers, CachedSource};
 pub use remote::{RemoteLayer, RemoteLayers};
 pub use settings::DaemonSettings;
