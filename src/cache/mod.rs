@@ -1,5 +1,12 @@
 //! Layer bytes: random-access sources for layer blobs (local files, registry blobs) and the
 //! memory and disk caches in front of remote ones.
+//!
+//! A remote layer is opened with [`RemoteLayers::open`] and read like any other
+//! [`LayerSource`]. A read goes [`CachedSource`] (aligned refill units, single-flight) ->
+//! [`memory::MemoryTier`] -> [`disk::DiskTier`] -> [`http::HttpBlobSource`] (ranged GETs with
+//! registry auth, redirects, proxies and retries), until [`download`] has a verified local
+//! copy. [`settings`] reads the daemon's `overlaybd.json`; [`key`] names cached units by blob
+//! digest, so images that share a layer share its cache.
 
 use async_trait::async_trait;
 use bytes::Bytes;
