@@ -60,9 +60,11 @@ impl ScsiTarget {
             Ok(cmd) => cmd,
             Err(sense) => return respond(Err(sense.into()), &req, None),
         };
-        if lun.read_only() && modifies_medium(&cmd) {
+        if modifies_medium(&cmd) {
             // Checked before the Data-Out length so a read-only LUN always says why.
-            return respond(Err(Sense::write_protected().into()), &req, None);
+            if let Err(sense) = lun.check_writable() {
+                return respond(Err(sense.into()), &req, None);
+            }
         }
         let bs = u64::from(lun.block_size());
         let edtl = u64::from(req.expected_len);
@@ -173,7 +175,7 @@ impl ScsiTarget {
                     options,
                     opcode,
                     service_action,
-                    lun.read_only() || lun.can_unmap(),
+                    lun.offers_unmap(),
                 )?,
                 alloc_len,
             )),

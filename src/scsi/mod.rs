@@ -168,6 +168,7 @@ impl ScsiTarget {
                 // No APTPL support: a power cycle forgets persistent reservations too.
                 state.reservations.clear_all();
                 lun.set_write_cache(true);
+                lun.set_software_write_protect(false);
                 state.ua.raise_others(None, asc::POWER_ON_RESET);
             } else {
                 state.ua.raise_others(None, asc::BUS_DEVICE_RESET);

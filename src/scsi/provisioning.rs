@@ -24,9 +24,7 @@ pub async fn write_same(
     ndob: bool,
     data: &Bytes,
 ) -> Result<(), Sense> {
-    if lun.read_only() {
-        return Err(Sense::write_protected());
-    }
+    lun.check_writable()?;
     if anchor {
         // ANC_SUP = 0: anchored blocks are not supported.
         return Err(Sense::invalid_cdb_field(1, Some(4)));
@@ -83,9 +81,7 @@ pub async fn write_same(
 
 /// UNMAP: validates the whole parameter list before deallocating anything.
 pub async fn unmap(lun: &Lun, anchor: bool, params: &[u8]) -> Result<(), Sense> {
-    if lun.read_only() {
-        return Err(Sense::write_protected());
-    }
+    lun.check_writable()?;
     if !lun.can_unmap() {
         return Err(Sense::invalid_opcode());
     }

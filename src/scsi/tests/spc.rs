@@ -315,3 +315,68 @@ async fn capacity_change_raises_unit_attention() {
     let r = exec(&t, &a, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, &[]).await;
     assert_eq!(&r.data_in[..4], &[0, 0, 0x07, 0xff]);
 }
+
+/// MODE SELECT(6) parameter list holding just the Control page with `byte4`.
+fn control_page_params(byte4: u8) -> Vec<u8> {
+    vec![
+        0u8, 0, 0, 0, 0x0a, 10, 0, 0x10, byte4, 0, 0, 0, 0xff, 0xff, 0, 0,
+    ]
+}
+
+#[tokio::test]
+async fn software_write_protect_through_control_page() {
+    let t = ram_target();
+    let a = ready(&t, "a").await;
+    let b = ready(&t, "b").await;
+    // Changeable values advertise SWP.
+    let r = exec(&t, &a, &[0x1a, 0x08, 0x4a, 0, 255, 0], 255, &[]).await;
+    assert_eq!(&r.data_in[4..9], &[0x0a, 10, 0, 0, 0x08]);
+    let params = control_page_params(0x08);
+    let r = exec(&t, &a, &[0x15, 0x10, 0, 0, 16, 0], 16, &params).await;
+    assert_eq!(r.status, status::GOOD);
+    assert_sense(
+        &exec(&t, &b, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
+        6,
+        0x2a,
+        0x01,
+    );
+    let ms = exec(&t, &b, &[0x1a, 0x08, 0x0a, 0, 255, 0], 255, &[]).await;
+    assert_eq!(ms.data_in[2], 0x90, "WP set in the header");
+    assert_eq!(ms.data_in[8] & 0x08, 0x08, "SWP set in the page");
+    assert_sense(
+        &exec(&t, &b, &write10(0, 1), 512, &[1; 512]).await,
+        7,
+        0x27,
+        0x02,
+    );
+    assert_eq!(
+        exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
+        status::GOOD
+    );
+    // Clearing SWP makes the LUN writable again.
+    let params = control_page_params(0);
+    assert_eq!(
+        exec(&t, &a, &[0x15, 0x10, 0, 0, 16, 0], 16, &params)
+            .await
+            .status,
+        status::GOOD
+    );
+    assert_eq!(
+        exec(&t, &a, &write10(0, 1), 512, &[1; 512]).await.status,
+        status::GOOD
+    );
+    // A read-only device cannot change SWP.
+    let ro = ro_target();
+    let n = ready(&ro, "a").await;
+    let r = exec(&ro, &n, &[0x1a, 0x08, 0x4a, 0, 255, 0], 255, &[]).await;
+    assert_eq!(r.data_in[8], 0);
+    let r = exec(
+        &ro,
+        &n,
+        &[0x15, 0x10, 0, 0, 16, 0],
+        16,
+        &control_page_params(0x08),
+    )
+    .await;
+    assert_sense(&r, 5, 0x26, 0);
+}
