@@ -1,2 +1,30 @@
-//! overlaybd images: the LSMT layer stack (read-only lowers, optional writable upper) and the
-//! `config.v1.json` image config, exposed as a block device.
+//! overlaybd images: the LSMT layer format (sealed and writable layers), the merged layer stack,
+//! commits, and the `config.v1.json` image config, exposed as a block device.
+//!
+//! Layout: [`header`] and [`index`] are the on-disk structures (sans-IO); [`layer`] opens sealed
+//! layers; [`stack`] merges them; [`writable`] is the append-only upper layer whose in-memory
+//! map is [`writable_index`]; [`commit`] writes sealed blobs; [`config`] parses image configs;
+//! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`raw`] converts to and from
+//! raw disk images. Layer bytes are always read through [`crate::cache::LayerSource`].
+
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod header;
+pub mod image;
+pub mod index;
+pub mod layer;
+pub mod raw;
+pub mod stack;
+pub mod writable;
+pub mod writable_index;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::ImageConfig;
+pub use error::{LsmtError, LsmtResult};
+pub use image::{Image, LayerOpener, LocalOpener};
+pub use layer::SealedLayer;
+pub use stack::LayerStack;
+pub use writable::WritableLayer;

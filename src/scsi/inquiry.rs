@@ -16,6 +16,8 @@ const REVISION: &[u8; 4] = b"0001";
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 /// Supported VPD pages, in ascending order.
 const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+/// Relative target port identifier of our single target port (VPD 0x83, PR full status).
+pub const RELATIVE_TARGET_PORT: u16 = 1;
 /// Length of the standard INQUIRY data we return.
 const STANDARD_LEN: usize = 96;
 
@@ -73,8 +75,9 @@ fn device_identification(lun: &Lun) -> Bytes {
     d.put_slice(&[0x02, 0x01, 0x00, (8 + serial.len()) as u8]);
     d.put_slice(VENDOR);
     d.put_slice(serial);
-    // Relative target port 1, iSCSI, associated with the target port (PIV set).
-    d.put_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0, 0, 1]);
+    // Relative target port identifier, iSCSI, associated with the target port (PIV set).
+    d.put_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0]);
+    d.put_u16(RELATIVE_TARGET_PORT);
     d.freeze()
 }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::reservations::Reservations;
+use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
 use super::LunConfig;
 use crate::block::BlockDevice;
 
-/// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH); bounds the
-/// buffers a single command can make us allocate.
-pub const MAX_TRANSFER_BLOCKS: u32 = 16384;
+/// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH, 32 MiB of
+/// 512-byte blocks); bounds the buffers a single command can make us allocate.
+pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
 /// Largest COMPARE AND WRITE in blocks (VPD b0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 /// Largest WRITE SAME in blocks (VPD b0 MAXIMUM WRITE SAME LENGTH).
@@ -49,6 +50,8 @@ pub struct Lun {
     pub rmw_lock: tokio::sync::Mutex<()>,
     /// Caching mode page WCE: when clear every write is forced to media (FUA).
     write_cache: AtomicBool,
+    /// Control mode page SWP: software write protection set by MODE SELECT.
+    software_write_protect: AtomicBool,
 }
 
 /// Space-pads `text` (printable ASCII only) to `N` bytes.
@@ -82,6 +85,7 @@ impl Lun {
             }),
             rmw_lock: tokio::sync::Mutex::new(()),
             write_cache: AtomicBool::new(true),
+            software_write_protect: AtomicBool::new(false),
             device: config.device,
         }
     }
@@ -96,14 +100,42 @@ impl Lun {
         self.device.size() / u64::from(self.block_size().max(1))
     }
 
-    /// True when the LUN is write protected.
+    /// True when the LUN is write protected (by its device or by SWP).
     pub fn read_only(&self) -> bool {
-        self.device.read_only()
+        self.device.read_only() || self.software_write_protected()
     }
 
-    /// True when UNMAP and WRITE SAME with UNMAP really deallocate (thin provisioning).
+    /// DATA PROTECT sense when the LUN is write protected, saying by what.
+    pub fn check_writable(&self) -> Result<(), Sense> {
+        if self.device.read_only() {
+            Err(Sense::write_protected())
+        } else if self.software_write_protected() {
+            Err(Sense::new(key::DATA_PROTECT, asc::SOFTWARE_WRITE_PROTECTED))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Current SWP bit of the Control mode page.
+    pub fn software_write_protected(&self) -> bool {
+        self.software_write_protect.load(Ordering::Relaxed)
+    }
+
+    /// Sets SWP (MODE SELECT).
+    pub fn set_software_write_protect(&self, on: bool) {
+        self.software_write_protect.store(on, Ordering::Relaxed);
+    }
+
+    /// True when UNMAP and WRITE SAME with UNMAP really deallocate (thin provisioning). SWP does
+    /// not change this, so what the LUN advertises stays stable.
     pub fn can_unmap(&self) -> bool {
         !self.device.read_only() && self.device.can_unmap()
+    }
+
+    /// True when UNMAP is a supported command here: it deallocates, or the device is read-only
+    /// and UNMAP answers WRITE PROTECTED (REPORT SUPPORTED OPERATION CODES lists it then).
+    pub fn offers_unmap(&self) -> bool {
+        self.device.read_only() || self.can_unmap()
     }
 
     /// Current WCE bit of the caching mode page.

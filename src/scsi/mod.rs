@@ -9,6 +9,7 @@
 //!   session teardown and task management.
 
 pub mod cdb;
+mod dispatch;
 mod inquiry;
 mod lun;
 mod mode;
@@ -24,9 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::block::BlockDevice;
-use cdb::Command;
 use lun::Lun;
-use reservations::Access;
 use sense::{asc, Sense};
 
 /// One I_T nexus: an initiator port (iSCSI initiator name + ISID) talking to this target.
@@ -123,16 +122,6 @@ pub struct ScsiTarget {
     luns: Vec<Lun>,
 }
 
-/// How many Data-Out bytes a command needs.
-enum DataOut {
-    /// Exactly this many; any other transport length is refused (SPDTL != EDTL).
-    Exact(u64),
-    /// A parameter list of up to this many bytes.
-    Parameters(u32),
-    /// None.
-    Nothing,
-}
-
 impl ScsiTarget {
     /// Builds a target; LUN numbers are the indexes of `luns`.
     pub fn new(luns: Vec<LunConfig>) -> Self {
@@ -143,212 +132,7 @@ impl ScsiTarget {
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.
     pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
-        let lun = usize::try_from(req.lun).ok().and_then(|i| self.luns.get(i));
-        let Some(lun) = lun else {
-            return self.missing_lun(&req);
-        };
-        let parsed = cdb::parse(&req.cdb);
-        // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear unit attentions.
-        let opcode = req.cdb.first().copied().unwrap_or(0);
-        let ua_exempt = matches!(opcode, 0x12 | 0xa0 | 0x03);
-        let access = parsed.as_ref().map_or(Access::Always, access_of);
-        {
-            let mut state = lun.state.lock();
-            state.ua.note_nexus(nexus);
-            let size = lun.device.size();
-            if size != state.last_size {
-                state.last_size = size;
-                state.ua.raise_others(None, asc::CAPACITY_DATA_CHANGED);
-            }
-            if !ua_exempt {
-                if let Some(code) = state.ua.take(nexus) {
-                    return respond(Err(Sense::unit_attention(code).into()), &req, None);
-                }
-            }
-            if state.reservations.conflicts(nexus, access) {
-                return respond(Err(Failure::Conflict), &req, None);
-            }
-        }
-        let cmd = match parsed {
-            Ok(cmd) => cmd,
-            Err(sense) => return respond(Err(sense.into()), &req, None),
-        };
-        if lun.read_only() && modifies_medium(&cmd) {
-            // Checked before the Data-Out length so a read-only LUN always says why.
-            return respond(Err(Sense::write_protected().into()), &req, None);
-        }
-        let bs = u64::from(lun.block_size());
-        let (data, wanted_out) = match data_out(&cmd, bs) {
-            DataOut::Exact(want) => {
-                if u64::from(req.expected_len) != want || (req.data_out.len() as u64) < want {
-                    // SPDTL != EDTL: refuse without writing anything (libiscsi's residual
-                    // tests accept this answer, and no partial write can happen).
-                    let sense = Sense::illegal(asc::INVALID_FIELD_IN_CDB_IU);
-                    return respond(Err(sense.into()), &req, Some(want));
-                }
-                (req.data_out.slice(..want as usize), Some(want))
-            }
-            DataOut::Parameters(len) => {
-                let take = req.data_out.len().min(len as usize);
-                (req.data_out.slice(..take), Some(u64::from(len)))
-            }
-            DataOut::Nothing => (Bytes::new(), None),
-        };
-        let result = self.run(lun, nexus, cmd, data).await;
-        respond(result, &req, wanted_out)
-    }
-
-    /// Commands addressed to a LUN that does not exist (SPC-4 5.1: INQUIRY answers with
-    /// peripheral qualifier 3, REPORT LUNS works, REQUEST SENSE reports the error as data).
-    fn missing_lun(&self, req: &ScsiRequest) -> ScsiResponse {
-        let not_supported = Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED);
-        let result = match cdb::parse(&req.cdb) {
-            Ok(Command::Inquiry {
-                evpd: false,
-                page: 0,
-                alloc_len,
-            }) => Ok(cut(
-                inquiry::standard(&lun::ascii_field(""), false),
-                alloc_len,
-            )),
-            Ok(Command::ReportLuns { select, alloc_len }) => {
-                report::report_luns(self.luns.len(), select, alloc_len)
-                    .map(|d| cut(d, alloc_len))
-                    .map_err(Failure::from)
-            }
-            Ok(Command::RequestSense { alloc_len, .. }) => {
-                Ok(cut(not_supported.encode(), alloc_len))
-            }
-            _ => Err(not_supported.into()),
-        };
-        respond(result, req, None)
-    }
-
-    /// Runs a parsed command that passed the unit attention and reservation checks.
-    async fn run(
-        &self,
-        lun: &Lun,
-        nexus: &Nexus,
-        cmd: Command,
-        data: Bytes,
-    ) -> Result<Bytes, Failure> {
-        let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(Failure::from);
-        match cmd {
-            Command::TestUnitReady
-            | Command::StartStopUnit { .. }
-            | Command::PreventAllow { .. } => Ok(Bytes::new()),
-            Command::RequestSense { alloc_len, .. } => {
-                let pending = lun.state.lock().ua.take(nexus);
-                let sense = match pending {
-                    Some(code) => Sense::unit_attention(code),
-                    None => Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
-                };
-                Ok(cut(sense.encode(), alloc_len))
-            }
-            Command::Inquiry {
-                evpd,
-                page,
-                alloc_len,
-            } => Ok(cut(inquiry::inquiry(lun, evpd, page)?, alloc_len)),
-            Command::ReportLuns { select, alloc_len } => Ok(cut(
-                report::report_luns(self.luns.len(), select, alloc_len)?,
-                alloc_len,
-            )),
-            Command::ReportSupportedOpcodes {
-                rctd,
-                options,
-                opcode,
-                service_action,
-                alloc_len,
-            } => Ok(cut(
-                report::report_supported_opcodes(
-                    rctd,
-                    options,
-                    opcode,
-                    service_action,
-                    lun.read_only() || lun.can_unmap(),
-                )?,
-                alloc_len,
-            )),
-            Command::ModeSense {
-                long,
-                dbd,
-                llbaa,
-                pc,
-                page,
-                subpage,
-                alloc_len,
-            } => Ok(cut(
-                mode::mode_sense(lun, long, dbd, llbaa, pc, page, subpage)?,
-                alloc_len,
-            )),
-            Command::ModeSelect { long, pf, .. } => {
-                if mode::mode_select(lun, long, pf, &data)? {
-                    lun.state
-                        .lock()
-                        .ua
-                        .raise_others(Some(nexus), asc::MODE_PARAMETERS_CHANGED);
-                }
-                Ok(Bytes::new())
-            }
-            Command::Reserve => lun
-                .state
-                .lock()
-                .reservations
-                .reserve(nexus)
-                .map(|()| Bytes::new()),
-            Command::Release => {
-                lun.state.lock().reservations.release(nexus);
-                Ok(Bytes::new())
-            }
-            Command::PersistentReserveIn { action, alloc_len } => {
-                let data = lun
-                    .state
-                    .lock()
-                    .reservations
-                    .persistent_in(action, nexus.tpgt)?;
-                Ok(cut(data, alloc_len))
-            }
-            Command::PersistentReserveOut {
-                action,
-                scope,
-                pr_type,
-                ..
-            } => {
-                let mut state = lun.state.lock();
-                let lun::LunState {
-                    ua, reservations, ..
-                } = &mut *state;
-                reservations
-                    .persistent_out(nexus, action, scope, pr_type, &data, ua)
-                    .map(|()| Bytes::new())
-            }
-            Command::ReadCapacity10 { lba, pmi } => Ok(sbc::read_capacity10(lun, lba, pmi)?),
-            Command::ReadCapacity16 { alloc_len } => Ok(cut(sbc::read_capacity16(lun), alloc_len)),
-            Command::Read(e) => Ok(sbc::read(lun, &e).await?),
-            Command::Write(e) | Command::WriteAndVerify(e) => none(sbc::write(lun, &e, data).await),
-            Command::Verify { extent, bytchk } => {
-                none(sbc::verify(lun, &extent, bytchk, &data).await)
-            }
-            Command::OrWrite(e) => none(sbc::or_write(lun, &e, data).await),
-            Command::CompareAndWrite(e) => none(sbc::compare_and_write(lun, &e, data).await),
-            Command::SyncCache { lba, blocks } => {
-                none(sbc::synchronize_cache(lun, lba, blocks).await)
-            }
-            Command::PreFetch { lba, blocks } => none(sbc::pre_fetch(lun, lba, blocks)),
-            Command::WriteSame {
-                extent,
-                unmap,
-                anchor,
-                ndob,
-            } => none(provisioning::write_same(lun, &extent, unmap, anchor, ndob, &data).await),
-            Command::Unmap { anchor, .. } => none(provisioning::unmap(lun, anchor, &data).await),
-            Command::GetLbaStatus { lba, alloc_len } => Ok(cut(
-                provisioning::get_lba_status(lun, lba, alloc_len).await?,
-                alloc_len,
-            )),
-            Command::Unsupported { .. } => Err(Sense::invalid_opcode().into()),
-        }
+        self.execute_command(nexus, req).await
     }
 
     /// The nexus has ended (session closed): drop its unit attentions and RESERVE(6) state.
@@ -360,20 +144,22 @@ impl ScsiTarget {
         }
     }
 
-    /// LOGICAL UNIT RESET: clears RESERVE(6) reservations and raises UNIT ATTENTION 29/03 for every
-    /// nexus other than `by`. Returns false when the LUN does not exist.
+    /// LOGICAL UNIT RESET requested through `by`: clears RESERVE(6) reservations and raises UNIT
+    /// ATTENTION 29/03 for every nexus, `by` included (SAM-5 7.7; libiscsi's multipath reset
+    /// test checks every path). Returns false when the LUN does not exist.
     pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
         let Some(lun) = usize::try_from(lun).ok().and_then(|i| self.luns.get(i)) else {
             return false;
         };
         let mut state = lun.state.lock();
         state.reservations.clear_legacy();
-        state.ua.raise_others(Some(by), asc::BUS_DEVICE_RESET);
+        state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
+        tracing::debug!(initiator = %by.initiator_name, "logical unit reset");
         true
     }
 
-    /// TARGET WARM/COLD RESET: a LUN reset of every LUN (cold also clears persistent state that
-    /// SPC says a power-on clears).
+    /// TARGET WARM/COLD RESET requested through `by`: a LUN reset of every LUN (cold also clears
+    /// persistent state that SPC says a power-on clears, and reports a power-on instead).
     pub fn target_reset(&self, cold: bool, by: &Nexus) {
         for lun in &self.luns {
             let mut state = lun.state.lock();
@@ -382,116 +168,18 @@ impl ScsiTarget {
                 // No APTPL support: a power cycle forgets persistent reservations too.
                 state.reservations.clear_all();
                 lun.set_write_cache(true);
-                state.ua.raise_others(Some(by), asc::POWER_ON_RESET);
+                lun.set_software_write_protect(false);
+                state.ua.raise_others(None, asc::POWER_ON_RESET);
             } else {
-                state.ua.raise_others(Some(by), asc::BUS_DEVICE_RESET);
+                state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
             }
         }
+        tracing::debug!(initiator = %by.initiator_name, cold, "target reset");
     }
 
     /// Number of logical units.
     pub fn lun_count(&self) -> usize {
         self.luns.len()
-    }
-}
-
-/// Cuts command data to the CDB's allocation length.
-fn cut(data: Bytes, alloc_len: u32) -> Bytes {
-    let keep = data.len().min(alloc_len as usize);
-    data.slice(..keep)
-}
-
-/// Reservation class of a command (SPC-4 5.13.1 table 63, simplified to three classes).
-fn access_of(cmd: &Command) -> Access {
-    match cmd {
-        Command::Inquiry { .. }
-        | Command::ReportLuns { .. }
-        | Command::RequestSense { .. }
-        | Command::ReportSupportedOpcodes { .. }
-        | Command::Unsupported { .. } => Access::Always,
-        Command::TestUnitReady
-        | Command::ReadCapacity10 { .. }
-        | Command::ReadCapacity16 { .. }
-        | Command::PersistentReserveIn { .. }
-        | Command::PersistentReserveOut { .. }
-        | Command::PreventAllow { prevent: 0 } => Access::Status,
-        Command::Read(_)
-        | Command::Verify { .. }
-        | Command::ModeSense { .. }
-        | Command::GetLbaStatus { .. }
-        | Command::PreFetch { .. } => Access::Read,
-        Command::Release => Access::Release,
-        _ => Access::Write,
-    }
-}
-
-/// Commands that change the medium (refused with WRITE PROTECTED on read-only LUNs).
-fn modifies_medium(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Write(_)
-            | Command::WriteAndVerify(_)
-            | Command::OrWrite(_)
-            | Command::CompareAndWrite(_)
-            | Command::WriteSame { .. }
-            | Command::Unmap { .. }
-    )
-}
-
-/// Data-Out the command expects, given the block size.
-fn data_out(cmd: &Command, bs: u64) -> DataOut {
-    match cmd {
-        Command::Write(e) | Command::WriteAndVerify(e) | Command::OrWrite(e) => {
-            DataOut::Exact(u64::from(e.blocks) * bs)
-        }
-        Command::CompareAndWrite(e) => DataOut::Exact(2 * u64::from(e.blocks) * bs),
-        Command::Verify { extent, bytchk } => match bytchk {
-            1 => DataOut::Exact(u64::from(extent.blocks) * bs),
-            3 => DataOut::Exact(bs),
-            _ => DataOut::Exact(0),
-        },
-        Command::WriteSame { ndob: true, .. } => DataOut::Exact(0),
-        Command::WriteSame { .. } => DataOut::Exact(bs),
-        Command::ModeSelect { param_len, .. }
-        | Command::Unmap { param_len, .. }
-        | Command::PersistentReserveOut { param_len, .. } => DataOut::Parameters(*param_len),
-        _ => DataOut::Nothing,
-    }
-}
-
-/// Builds the response: Data-In cut to the transport's expected length, and the residual
-/// between that length and what the command wanted to move (`wanted_out` bytes of Data-Out, or
-/// else the full Data-In).
-fn respond(
-    result: Result<Bytes, Failure>,
-    req: &ScsiRequest,
-    wanted_out: Option<u64>,
-) -> ScsiResponse {
-    let expected = i64::from(req.expected_len);
-    let residual_for = |moved: u64| expected - i64::try_from(moved).unwrap_or(i64::MAX);
-    match result {
-        Ok(data) => {
-            let residual = residual_for(wanted_out.unwrap_or(data.len() as u64));
-            let keep = data.len().min(req.expected_len as usize);
-            ScsiResponse {
-                status: status::GOOD,
-                sense: None,
-                data_in: data.slice(..keep),
-                residual,
-            }
-        }
-        Err(failure) => {
-            let (status, sense) = match failure {
-                Failure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode())),
-                Failure::Conflict => (status::RESERVATION_CONFLICT, None),
-            };
-            ScsiResponse {
-                status,
-                sense,
-                data_in: Bytes::new(),
-                residual: residual_for(wanted_out.unwrap_or(0)),
-            }
-        }
     }
 }
 

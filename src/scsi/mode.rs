@@ -12,6 +12,10 @@ const CACHING: u8 = 0x08;
 const CONTROL: u8 = 0x0a;
 const INFO_EXCEPTIONS: u8 = 0x1c;
 const ALL_PAGES: u8 = 0x3f;
+/// Control mode page byte 4: software write protect.
+const SWP: u8 = 0x08;
+/// Caching mode page byte 2: write cache enable.
+const WCE: u8 = 0x04;
 
 /// Page control values of MODE SENSE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +33,9 @@ fn page(lun: &Lun, code: u8, pc: PageControl) -> Vec<u8> {
             p[0] = CACHING;
             p[1] = 18;
             p[2] = match pc {
-                PageControl::Changeable => 0x04,
-                PageControl::Default => 0x04,
-                PageControl::Current => {
-                    if lun.write_cache_enabled() {
-                        0x04
-                    } else {
-                        0
-                    }
-                }
+                PageControl::Changeable | PageControl::Default => WCE,
+                PageControl::Current if lun.write_cache_enabled() => WCE,
+                PageControl::Current => 0,
             };
             p
         }
@@ -45,12 +43,20 @@ fn page(lun: &Lun, code: u8, pc: PageControl) -> Vec<u8> {
             let mut p = vec![0u8; 12];
             p[0] = CONTROL;
             p[1] = 10;
-            if pc != PageControl::Changeable {
+            if pc == PageControl::Changeable {
+                // SWP can be changed unless the device itself is read-only.
+                if !lun.device.read_only() {
+                    p[4] = SWP;
+                }
+            } else {
                 // Queue algorithm modifier 1 (unrestricted reordering), QERR 0.
                 p[3] = 0x10;
                 // Busy timeout: unlimited.
                 p[8] = 0xff;
                 p[9] = 0xff;
+            }
+            if pc == PageControl::Current && lun.software_write_protected() {
+                p[4] |= SWP;
             }
             p
         }
@@ -149,7 +155,7 @@ fn block_descriptor(lun: &Lun, long_lba: bool) -> Vec<u8> {
 }
 
 /// MODE SELECT: accepts parameter data whose pages match the current values except for the
-/// changeable WCE bit. Returns true when something changed.
+/// changeable bits (WCE, SWP). Returns true when something changed.
 pub fn mode_select(lun: &Lun, long: bool, pf: bool, data: &[u8]) -> Result<bool, Sense> {
     if data.is_empty() {
         return Ok(false);
@@ -190,6 +196,7 @@ pub fn mode_select(lun: &Lun, long: bool, pf: bool, data: &[u8]) -> Result<bool,
         return Err(Sense::invalid_cdb_field(1, Some(4)));
     }
     let mut new_wce = None;
+    let mut new_swp = None;
     let mut at = pages_at;
     while at < data.len() {
         let rest = &data[at..];
@@ -220,16 +227,22 @@ pub fn mode_select(lun: &Lun, long: bool, pf: bool, data: &[u8]) -> Result<bool,
                 return Err(Sense::invalid_param_field((at + i) as u16, Some(bit)));
             }
         }
-        if code == CACHING {
-            new_wce = Some(given[2] & 0x04 != 0);
+        match code {
+            CACHING => new_wce = Some(given[2] & WCE != 0),
+            CONTROL => new_swp = Some(given[4] & SWP != 0),
+            _ => {}
         }
         at += current.len();
     }
-    match new_wce {
-        Some(wce) if wce != lun.write_cache_enabled() => {
-            lun.set_write_cache(wce);
-            Ok(true)
-        }
-        _ => Ok(false),
+    // Nothing is applied before every page has been validated.
+    let mut changed = false;
+    if let Some(wce) = new_wce.filter(|&w| w != lun.write_cache_enabled()) {
+        lun.set_write_cache(wce);
+        changed = true;
     }
+    if let Some(swp) = new_swp.filter(|&s| s != lun.software_write_protected()) {
+        lun.set_software_write_protect(swp);
+        changed = true;
+    }
+    Ok(changed)
 }

@@ -24,9 +24,7 @@ pub async fn write_same(
     ndob: bool,
     data: &Bytes,
 ) -> Result<(), Sense> {
-    if lun.read_only() {
-        return Err(Sense::write_protected());
-    }
+    lun.check_writable()?;
     if anchor {
         // ANC_SUP = 0: anchored blocks are not supported.
         return Err(Sense::invalid_cdb_field(1, Some(4)));
@@ -55,9 +53,10 @@ pub async fn write_same(
     if len == 0 {
         return Ok(());
     }
-    let zeros = block.iter().all(|&b| b == 0);
-    if unmap && zeros && lun.can_unmap() {
-        // Deallocated blocks read back as zeros (LBPRZ), so unmapping is the same as writing.
+    if unmap && lun.can_unmap() {
+        // UNMAP = 1, ANCHOR = 0 asks for an unmap operation whatever the block holds (SBC-3
+        // table "ANCHOR bit, UNMAP bit and ANC_SUP bit relationships"); reads then return
+        // zeros (LBPRZ). A LUN that cannot deallocate writes the block instead.
         return lun.device.unmap(offset, len).await.map_err(write_error);
     }
     // Build one chunk of the repeated pattern and write it as many times as needed.
@@ -82,9 +81,7 @@ pub async fn write_same(
 
 /// UNMAP: validates the whole parameter list before deallocating anything.
 pub async fn unmap(lun: &Lun, anchor: bool, params: &[u8]) -> Result<(), Sense> {
-    if lun.read_only() {
-        return Err(Sense::write_protected());
-    }
+    lun.check_writable()?;
     if !lun.can_unmap() {
         return Err(Sense::invalid_opcode());
     }

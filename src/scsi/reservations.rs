@@ -6,6 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::inquiry::RELATIVE_TARGET_PORT;
 use super::sense::{asc, Sense};
 use super::unit_attention::UnitAttentions;
 use super::{Failure, Nexus};
@@ -406,7 +407,7 @@ impl Reservations {
 
     /// PERSISTENT RESERVE IN; the full parameter data (the caller applies the allocation
     /// length).
-    pub fn persistent_in(&self, act: u8, tpgt: u16) -> Result<Bytes, Failure> {
+    pub fn persistent_in(&self, act: u8) -> Result<Bytes, Failure> {
         let mut out = BytesMut::new();
         match act {
             0 => {
@@ -461,7 +462,7 @@ impl Reservations {
                     };
                     body.put_u8(scope_type);
                     body.put_u32(0);
-                    body.put_u16(tpgt);
+                    body.put_u16(RELATIVE_TARGET_PORT);
                     body.put_u32(tid.len() as u32);
                     body.put_slice(&tid);
                 }
@@ -588,7 +589,7 @@ mod tests {
             .persistent_out(&f.a, action::REGISTER, 0, 0, &[0; 20], &mut f.ua)
             .unwrap_err();
         assert!(matches!(err, Failure::Check(s) if s.asc == asc::PARAMETER_LIST_LENGTH_ERROR));
-        let keys = f.res.persistent_in(0, 1).unwrap();
+        let keys = f.res.persistent_in(0).unwrap();
         assert_eq!(
             &keys[..],
             &[0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xc]
@@ -631,7 +632,7 @@ mod tests {
         f.out('b', action::PREEMPT, pr_type::WRITE_EXCLUSIVE, 0xb, 0xa)
             .unwrap();
         assert_eq!(f.ua.take(&f.a), Some(asc::REGISTRATIONS_PREEMPTED));
-        let rr = f.res.persistent_in(1, 1).unwrap();
+        let rr = f.res.persistent_in(1).unwrap();
         assert_eq!(&rr[8..16], &0xbu64.to_be_bytes());
         assert_eq!(rr[21], pr_type::WRITE_EXCLUSIVE);
         assert!(f.res.conflicts(&f.a, Access::Write));
@@ -663,12 +664,12 @@ mod tests {
         f.out('a', action::REGISTER, 0, 0, 0xa).unwrap();
         f.out('a', action::RESERVE, pr_type::WRITE_EXCLUSIVE, 0xa, 0)
             .unwrap();
-        let data = f.res.persistent_in(3, 7).unwrap();
+        let data = f.res.persistent_in(3).unwrap();
         // Header, then one descriptor: key, R_HOLDER, type, port id, TransportID.
         assert_eq!(&data[8..16], &0xau64.to_be_bytes());
         assert_eq!(data[20], 1);
         assert_eq!(data[21], pr_type::WRITE_EXCLUSIVE);
-        assert_eq!(&data[26..28], &[0, 7]);
+        assert_eq!(&data[26..28], &[0, 1]);
         let tid_len = u32::from_be_bytes(data[28..32].try_into().unwrap()) as usize;
         assert_eq!(tid_len % 4, 0);
         assert_eq!(data[32], 0x45);

@@ -49,13 +49,6 @@ fn transfer_range(lun: &Lun, e: &Extent) -> Result<(u64, u64), Sense> {
     Ok(range)
 }
 
-fn check_writable(lun: &Lun) -> Result<(), Sense> {
-    if lun.read_only() {
-        return Err(Sense::write_protected());
-    }
-    Ok(())
-}
-
 /// READ(6/10/12/16).
 pub async fn read(lun: &Lun, e: &Extent) -> Result<Bytes, Sense> {
     let (offset, len) = transfer_range(lun, e)?;
@@ -85,7 +78,7 @@ async fn write_medium(lun: &Lun, offset: u64, data: Bytes, fua: bool) -> Result<
 
 /// WRITE(6/10/12/16) and WRITE AND VERIFY; `data` holds exactly the blocks to write.
 pub async fn write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
-    check_writable(lun)?;
+    lun.check_writable()?;
     let (offset, len) = transfer_range(lun, e)?;
     if len == 0 {
         return Ok(());
@@ -128,7 +121,7 @@ pub async fn verify(lun: &Lun, e: &Extent, bytchk: u8, data: &Bytes) -> Result<(
 
 /// COMPARE AND WRITE: `data` is the verify blocks followed by the write blocks.
 pub async fn compare_and_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
-    check_writable(lun)?;
+    lun.check_writable()?;
     if e.blocks > u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
         return Err(Sense::invalid_cdb_field(13, None));
     }
@@ -147,7 +140,7 @@ pub async fn compare_and_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(),
 
 /// ORWRITE(16): ORs `data` into the medium.
 pub async fn or_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
-    check_writable(lun)?;
+    lun.check_writable()?;
     let (offset, len) = transfer_range(lun, e)?;
     if len == 0 {
         return Ok(());

@@ -57,6 +57,8 @@ pub mod asc {
     pub const INVALID_RELEASE_OF_PR: Asc = Asc(0x26, 0x04);
     /// WRITE PROTECTED.
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
+    /// LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
+    pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc(0x27, 0x02);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
     /// BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).

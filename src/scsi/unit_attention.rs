@@ -25,7 +25,9 @@ pub struct UnitAttentions {
 impl UnitAttentions {
     /// Registers `nexus` on its first command by queueing POWER ON / RESET for it.
     pub fn note_nexus(&mut self, nexus: &Nexus) {
-        if self.seen.insert(nexus.clone()) {
+        // Checked first so the common case (a known nexus) allocates nothing.
+        if !self.seen.contains(nexus) {
+            self.seen.insert(nexus.clone());
             self.pending
                 .entry(nexus.clone())
                 .or_default()

@@ -1,0 +1,593 @@
+//! The per-device image config `config.v1.json`, as the overlaybd snapshotter writes it
+//! (spec `image-config.md` §2), and where its layers live (§2.2, §8).
+//!
+//! Parsing is lenient like the reference (unknown keys ignored, missing keys take defaults) but
+//! strict about types: a wrong JSON type is an error that names the field and the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::{LsmtError, LsmtResult};
+use super::stack::MAX_LAYERS;
+
+/// A read-only layer entry of `lowers` (§2.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LowerLayer {
+    /// Local blob path, used first when it exists.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub file: String,
+    /// Layer directory: holds `overlaybd.commit` (or `.commit`, `overlaybd.sealed`) and downloads.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+    /// `sha256:<64 hex>` of the registry blob.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// Byte size of the registry blob (0 = unknown).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// TurboOCI: local path of the original OCI layer.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target_file: String,
+    /// TurboOCI: digest of the original OCI layer.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target_digest: String,
+    /// TurboOCI: gzip index making a gzip target seekable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gzip_index: String,
+}
+
+impl LowerLayer {
+    /// True for a warp / TurboOCI layer (data in an external target file).
+    pub fn is_turbo_oci(&self) -> bool {
+        !self.target_file.is_empty() || !self.target_digest.is_empty()
+    }
+}
+
+/// The writable layer entry `upper` (§2.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpperLayer {
+    /// The writable index file.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub index: String,
+    /// The writable data file.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    /// TurboOCI build only: target file.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// TurboOCI build only: gzip index of the target.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gzip_index: String,
+    /// Size in GB as written by the snapshotter; informational (sizes come from LSMT headers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsize: Option<i64>,
+}
+
+/// The background download policy of a device (§2.1 `download`, §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadConfig {
+    /// Download whole blobs in the background.
+    pub enable: bool,
+    /// Seconds to wait before starting.
+    pub delay: i64,
+    /// Random extra delay range in seconds.
+    pub delay_extra: i64,
+    /// Throughput limit per download in MB/s (≤ 0 = unlimited).
+    #[serde(rename = "maxMBps")]
+    pub max_mbps: i64,
+    /// Attempts per layer.
+    pub try_cnt: i64,
+    /// Read size per request in bytes.
+    pub block_size: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            enable: false,
+            delay: 300,
+            delay_extra: 30,
+            max_mbps: 100,
+            try_cnt: 5,
+            block_size: 262_144,
+        }
+    }
+}
+
+/// A parsed `config.v1.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageConfig {
+    /// Blob URL prefix `<scheme>://<host>/v2/<repository>/blobs`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub repo_blob_url: String,
+    /// Read-only layers, bottom first.
+    pub lowers: Vec<LowerLayer>,
+    /// Writable layer; see [`ImageConfig::writable`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<UpperLayer>,
+    /// File receiving `success` or `failed:<reason>` after an open attempt.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub result_file: String,
+    /// Per-device download policy; `None` = use the daemon-wide one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<DownloadConfig>,
+    /// The last lower is an acceleration (trace) layer, not data.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub acceleration_layer: bool,
+    /// Trace file for recording or replaying prefetch.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub record_trace_path: String,
+}
+
+/// Where a lower layer's blob is found (§2.2 resolution order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerLocation {
+    /// A local file (`file`, or a blob inside `dir`).
+    Local(PathBuf),
+    /// A registry blob.
+    Remote {
+        /// Full blob URL: `repoBlobUrl/digest`.
+        url: String,
+        /// The blob digest (`sha256:…`).
+        digest: String,
+        /// Blob size when known (0 otherwise).
+        size: u64,
+        /// Directory for downloads, when given.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Names of a committed blob inside a layer directory, in the order they are tried.
+pub const LAYER_DIR_CANDIDATES: [&str; 3] = ["overlaybd.commit", ".commit", "overlaybd.sealed"];
+
+impl ImageConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> LsmtResult<Self> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| LsmtError::io(&name, e))?;
+        Self::from_json(&text, &name)
+    }
+
+    /// Parses config text; `file` names it in errors.
+    pub fn from_json(text: &str, file: &str) -> LsmtResult<Self> {
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| cfg_err(file, "(document)", format!("invalid JSON: {e}")))?;
+        let p = Fields {
+            file,
+            obj: as_object(&root, file, "(document)")?,
+            path: String::new(),
+        };
+        let mut lowers = Vec::new();
+        if let Some(v) = p.obj.get("lowers") {
+            let arr = v
+                .as_array()
+                .ok_or_else(|| cfg_err(file, "lowers", "expected an array"))?;
+            for (i, item) in arr.iter().enumerate() {
+                let path = format!("lowers[{i}]");
+                let l = Fields {
+                    file,
+                    obj: as_object(item, file, &path)?,
+                    path,
+                };
+                lowers.push(LowerLayer {
+                    file: l.string("file")?,
+                    dir: l.string("dir")?,
+                    digest: l.string("digest")?,
+                    size: l.u64("size")?,
+                    target_file: l.string("targetFile")?,
+                    target_digest: l.string("targetDigest")?,
+                    gzip_index: l.string("gzipIndex")?,
+                });
+            }
+        }
+        let upper = match p.obj.get("upper") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let u = Fields {
+                    file,
+                    obj: as_object(v, file, "upper")?,
+                    path: "upper".into(),
+                };
+                Some(UpperLayer {
+                    index: u.string("index")?,
+                    data: u.string("data")?,
+                    target: u.string("target")?,
+                    gzip_index: u.string("gzipIndex")?,
+                    vsize: u.opt_i64("vsize")?,
+                })
+            }
+        };
+        let download = match p.obj.get("download") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let d = Fields {
+                    file,
+                    obj: as_object(v, file, "download")?,
+                    path: "download".into(),
+                };
+                let def = DownloadConfig::default();
+                Some(DownloadConfig {
+                    enable: d.bool("enable")?,
+                    delay: d.opt_i64("delay")?.unwrap_or(def.delay),
+                    delay_extra: d.opt_i64("delayExtra")?.unwrap_or(def.delay_extra),
+                    max_mbps: d.opt_i64("maxMBps")?.unwrap_or(def.max_mbps),
+                    try_cnt: d.opt_i64("tryCnt")?.unwrap_or(def.try_cnt),
+                    block_size: d.opt_u64("blockSize")?.unwrap_or(def.block_size),
+                })
+            }
+        };
+        let cfg = ImageConfig {
+            repo_blob_url: p.string("repoBlobUrl")?,
+            lowers,
+            upper,
+            result_file: p.string("resultFile")?,
+            download,
+            acceleration_layer: p.bool("accelerationLayer")?,
+            record_trace_path: p.string("recordTracePath")?,
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Checks the rules the reference enforces at open time.
+    fn validate(&self, file: &str) -> LsmtResult<()> {
+        if self.acceleration_layer && !self.record_trace_path.is_empty() {
+            return Err(cfg_err(
+                file,
+                "recordTracePath",
+                "cannot be combined with accelerationLayer",
+            ));
+        }
+        if self.acceleration_layer && self.lowers.is_empty() {
+            return Err(cfg_err(
+                file,
+                "accelerationLayer",
+                "set, but `lowers` is empty",
+            ));
+        }
+        if self.data_lowers().len() > MAX_LAYERS {
+            return Err(cfg_err(
+                file,
+                "lowers",
+                format!("{} layers, at most {MAX_LAYERS}", self.data_lowers().len()),
+            ));
+        }
+        for (i, l) in self.lowers.iter().enumerate() {
+            if l.file.is_empty() && l.dir.is_empty() && l.digest.is_empty() {
+                return Err(cfg_err(
+                    file,
+                    &format!("lowers[{i}]"),
+                    "names no `file`, `dir` or `digest`",
+                ));
+            }
+            if !l.digest.is_empty() && !is_sha256_digest(&l.digest) {
+                return Err(cfg_err(
+                    file,
+                    &format!("lowers[{i}].digest"),
+                    format!("{:?} is not sha256:<64 hex digits>", l.digest),
+                ));
+            }
+        }
+        if let Some(u) = &self.upper {
+            if u.index.is_empty() != u.data.is_empty() {
+                let field = if u.index.is_empty() {
+                    "upper.index"
+                } else {
+                    "upper.data"
+                };
+                return Err(cfg_err(
+                    file,
+                    field,
+                    "empty while the other upper file is set",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data layers of `lowers` (bottom first), without a trailing acceleration layer.
+    pub fn data_lowers(&self) -> &[LowerLayer] {
+        match (self.acceleration_layer, self.lowers.split_last()) {
+            (true, Some((_, rest))) => rest,
+            _ => &self.lowers,
+        }
+    }
+
+    /// The writable layer, when `upper` names both files.
+    pub fn writable(&self) -> Option<&UpperLayer> {
+        self.upper
+            .as_ref()
+            .filter(|u| !u.index.is_empty() && !u.data.is_empty())
+    }
+
+    /// Where lower layer `i` lives: `file` → `dir/overlaybd.commit` → `dir/.commit` →
+    /// `dir/overlaybd.sealed` → the registry. `file` names the config in errors.
+    pub fn locate(&self, i: usize, file: &str) -> LsmtResult<LayerLocation> {
+        let field = format!("lowers[{i}]");
+        let l = self
+            .lowers
+            .get(i)
+            .ok_or_else(|| cfg_err(file, &field, "no such layer"))?;
+        if !l.file.is_empty() && Path::new(&l.file).exists() {
+            return Ok(LayerLocation::Local(PathBuf::from(&l.file)));
+        }
+        if !l.dir.is_empty() {
+            for name in LAYER_DIR_CANDIDATES {
+                let p = Path::new(&l.dir).join(name);
+                if p.exists() {
+                    return Ok(LayerLocation::Local(p));
+                }
+            }
+        }
+        if l.digest.is_empty() {
+            let what = if l.file.is_empty() {
+                format!("no blob in dir {:?}", l.dir)
+            } else {
+                format!("file {:?} does not exist", l.file)
+            };
+            return Err(cfg_err(
+                file,
+                &field,
+                format!("{what} and no `digest` to fetch it"),
+            ));
+        }
+        if self.repo_blob_url.is_empty() {
+            return Err(cfg_err(
+                file,
+                "repoBlobUrl",
+                format!("empty, but {field} must be fetched from the registry"),
+            ));
+        }
+        Ok(LayerLocation::Remote {
+            url: blob_url(&self.repo_blob_url, &l.digest),
+            digest: l.digest.clone(),
+            size: l.size,
+            dir: (!l.dir.is_empty()).then(|| PathBuf::from(&l.dir)),
+        })
+    }
+
+    /// Compact JSON, as the snapshotter writes it.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, numbers and bools cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes the result file (if configured): `success`, or `failed:<reason>`.
+    pub fn write_result(&self, outcome: Result<(), &str>) -> std::io::Result<()> {
+        if self.result_file.is_empty() {
+            return Ok(());
+        }
+        let text = match outcome {
+            Ok(()) => "success".to_string(),
+            Err(reason) => format!("failed:{reason}"),
+        };
+        std::fs::write(&self.result_file, text)
+    }
+}
+
+/// `repoBlobUrl` + `/` (unless present) + digest (§4.1).
+pub fn blob_url(repo_blob_url: &str, digest: &str) -> String {
+    if repo_blob_url.ends_with('/') {
+        format!("{repo_blob_url}{digest}")
+    } else {
+        format!("{repo_blob_url}/{digest}")
+    }
+}
+
+fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn cfg_err(file: &str, field: &str, reason: impl Into<String>) -> LsmtError {
+    LsmtError::Config {
+        file: file.to_string(),
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn as_object<'a>(v: &'a Value, file: &str, path: &str) -> LsmtResult<&'a Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| cfg_err(file, path, "expected an object"))
+}
+
+/// Typed access to the keys of one JSON object, naming `path.key` in errors.
+struct Fields<'a> {
+    file: &'a str,
+    obj: &'a Map<String, Value>,
+    path: String,
+}
+
+impl Fields<'_> {
+    fn name(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, key: &str) -> LsmtResult<String> {
+        match self.get(key) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(cfg_err(self.file, &self.name(key), "expected a string")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> LsmtResult<bool> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(cfg_err(
+                self.file,
+                &self.name(key),
+                "expected true or false",
+            )),
+        }
+    }
+
+    fn u64(&self, key: &str) -> LsmtResult<u64> {
+        Ok(self.opt_u64(key)?.unwrap_or(0))
+    }
+
+    fn opt_u64(&self, key: &str) -> LsmtResult<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                cfg_err(
+                    self.file,
+                    &self.name(key),
+                    "expected a non-negative integer",
+                )
+            }),
+        }
+    }
+
+    fn opt_i64(&self, key: &str) -> LsmtResult<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| cfg_err(self.file, &self.name(key), "expected an integer")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SNAPSHOTTER: &str = r#"{"repoBlobUrl":"https://registry-1.docker.io/v2/overlaybd/redis/blobs","lowers":[{"file":"/opt/overlaybd/baselayers/ext4_64"},{"digest":"sha256:a8b5fa1b0e2d0a4b4f1b7e8e2c4a6c1d3e5f7a9b0c2d4e6f8a0b2c4d6e8f0a21","size":4739584,"dir":"/var/lib/x/snapshots/1/fs"}],"upper":{"index":"/b/writable_index","data":"/b/writable_data","vsize":64},"resultFile":"/b/init-debug.log","unknownKey":{"x":1}}"#;
+
+    #[test]
+    fn parses_snapshotter_config_and_roundtrips() {
+        let c = ImageConfig::from_json(SNAPSHOTTER, "cfg.json").unwrap();
+        assert_eq!(c.lowers.len(), 2);
+        assert_eq!(c.lowers[1].size, 4_739_584);
+        assert_eq!(c.writable().unwrap().data, "/b/writable_data");
+        assert_eq!(c.upper.as_ref().unwrap().vsize, Some(64));
+        assert_eq!(c.result_file, "/b/init-debug.log");
+        let again = ImageConfig::from_json(&c.to_json(), "again").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn wrong_types_name_field_and_file() {
+        let e = ImageConfig::from_json(
+            r#"{"lowers":[{"file":"/a"},{"size":"12","digest":"sha256:00"}]}"#,
+            "/x/config.v1.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/x/config.v1.json") && e.contains("lowers[1].size"),
+            "{e}"
+        );
+        let e = ImageConfig::from_json(r#"{"lowers":[{"digest":"sha256:00"}]}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lowers[0].digest"), "{e}");
+        let e = ImageConfig::from_json(r#"{"lowers":{}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`lowers`"), "{e}");
+        let e = ImageConfig::from_json("{", "c").unwrap_err().to_string();
+        assert!(e.contains("invalid JSON"), "{e}");
+        let e = ImageConfig::from_json(r#"{"upper":{"index":"/i"}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upper.data"), "{e}");
+        let e = ImageConfig::from_json(r#"{"lowers":[{}]}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lowers[0]"), "{e}");
+    }
+
+    #[test]
+    fn empty_upper_means_read_only_and_acceleration_layer_is_dropped() {
+        let c = ImageConfig::from_json(
+            r#"{"lowers":[{"file":"/a"},{"dir":"/trace"}],"upper":{},"accelerationLayer":true}"#,
+            "c",
+        )
+        .unwrap();
+        assert!(c.writable().is_none());
+        assert_eq!(c.data_lowers().len(), 1);
+        assert!(ImageConfig::from_json(
+            r#"{"lowers":[{"file":"/a"}],"accelerationLayer":true,"recordTracePath":"/t"}"#,
+            "c"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn layer_resolution_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let mut c = ImageConfig::from_json(
+            &format!(r#"{{"repoBlobUrl":"https://r/v2/a/blobs/","lowers":[{{"file":"{d}/missing","dir":"{d}","digest":"sha256:{}"}}]}}"#, "ab".repeat(32)),
+            "c",
+        )
+        .unwrap();
+        let remote = c.locate(0, "c").unwrap();
+        assert_eq!(
+            remote,
+            LayerLocation::Remote {
+                url: format!("https://r/v2/a/blobs/sha256:{}", "ab".repeat(32)),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                size: 0,
+                dir: Some(dir.path().to_path_buf())
+            }
+        );
+        std::fs::write(dir.path().join("overlaybd.sealed"), b"x").unwrap();
+        assert_eq!(
+            c.locate(0, "c").unwrap(),
+            LayerLocation::Local(dir.path().join("overlaybd.sealed"))
+        );
+        std::fs::write(dir.path().join("overlaybd.commit"), b"x").unwrap();
+        assert_eq!(
+            c.locate(0, "c").unwrap(),
+            LayerLocation::Local(dir.path().join("overlaybd.commit"))
+        );
+        c.repo_blob_url.clear();
+        c.lowers[0].dir.clear();
+        let e = c.locate(0, "c").unwrap_err().to_string();
+        assert!(e.contains("repoBlobUrl"), "{e}");
+        assert_eq!(
+            blob_url("https://h/v2/r/blobs", "sha256:1"),
+            "https://h/v2/r/blobs/sha256:1"
+        );
+    }
+
+    #[test]
+    fn result_file_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ImageConfig {
+            result_file: dir.path().join("r").display().to_string(),
+            ..Default::default()
+        };
+        c.write_result(Err("boom")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&c.result_file).unwrap(),
+            "failed:boom"
+        );
+        c.write_result(Ok(())).unwrap();
+        assert_eq!(std::fs::read_to_string(&c.result_file).unwrap(), "success");
+    }
+}

@@ -1,0 +1,323 @@
+//! An overlaybd image as a block device: read-only layers merged into a [`LayerStack`], topped
+//! by an optional [`WritableLayer`] that takes all writes and discards (spec `lsmt.md` §9.7).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+
+use super::config::{ImageConfig, LayerLocation};
+use super::error::{LsmtError, LsmtResult};
+use super::index::{Record, SECTOR};
+use super::layer::SealedLayer;
+use super::stack::{read_extents, sector_range, LayerStack};
+use super::writable::WritableLayer;
+use crate::block::{BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
+use crate::cache::file::FileSource;
+use crate::cache::LayerSource;
+use crate::zfile::{open_payload, ZFileError};
+
+/// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
+const STATUS_WINDOW_SECTORS: u64 = 1 << 21; // 1 GiB
+
+/// Turns a located lower layer into its (decompressed) bytes: local file, ZFile, registry blob.
+#[async_trait]
+pub trait LayerOpener: Send + Sync {
+    /// Opens lower layer `index` of `config` found at `location`.
+    async fn open(
+        &self,
+        config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>>;
+}
+
+/// Opens lower layers stored locally: a file, tar-unwrapped and ZFile-decompressed when
+/// needed. Registry blobs are refused; a registry-aware opener handles those.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalOpener;
+
+impl LocalOpener {
+    /// The uncompressed LSMT bytes of the layer file at `path`.
+    pub async fn open_path(path: &Path) -> LsmtResult<Arc<dyn LayerSource>> {
+        let name = path.display().to_string();
+        let file = FileSource::open(path)
+            .await
+            .map_err(|e| LsmtError::io(&name, e))?;
+        let zfile_err = |e: ZFileError| match e {
+            ZFileError::Io(io) => LsmtError::io(&name, io),
+            other => LsmtError::corrupt(&name, other.to_string()),
+        };
+        let payload = open_payload(Arc::new(file)).await.map_err(zfile_err)?;
+        payload.decompressed().await.map_err(zfile_err)
+    }
+
+    /// Opens and validates the sealed layer file at `path`.
+    pub async fn open_layer(path: &Path) -> LsmtResult<SealedLayer> {
+        SealedLayer::open(Self::open_path(path).await?).await
+    }
+}
+
+#[async_trait]
+impl LayerOpener for LocalOpener {
+    async fn open(
+        &self,
+        _config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        match location {
+            LayerLocation::Local(path) => Self::open_path(path).await,
+            LayerLocation::Remote { url, .. } => Err(LsmtError::Unsupported(format!(
+                "lowers[{index}] is a registry blob ({url}); this opener reads local files only"
+            ))),
+        }
+    }
+}
+
+/// A stack of read-only layers with an optional writable layer on top.
+#[derive(Debug)]
+pub struct Image {
+    stack: LayerStack,
+    upper: Option<WritableLayer>,
+    size: u64,
+}
+
+impl Image {
+    /// Assembles an image. A writable layer with virtual size 0 takes the stack's size, which is
+    /// written into its headers (§6.6).
+    pub async fn new(stack: LayerStack, upper: Option<WritableLayer>) -> LsmtResult<Self> {
+        let size = match &upper {
+            Some(u) if u.virtual_size() == 0 && stack.virtual_size() != 0 => {
+                u.set_virtual_size(stack.virtual_size()).await?;
+                stack.virtual_size()
+            }
+            Some(u) => u.virtual_size(),
+            None => stack.virtual_size(),
+        };
+        // The device exposes whole sectors only.
+        let size = size - size % SECTOR;
+        Ok(Image { stack, upper, size })
+    }
+
+    /// Opens the image a config describes; `config_file` names the config in errors. Lowers are
+    /// opened concurrently through `opener`.
+    pub async fn open(
+        config: &ImageConfig,
+        config_file: &str,
+        opener: &dyn LayerOpener,
+    ) -> LsmtResult<Self> {
+        let lowers = config.data_lowers();
+        for (i, l) in lowers.iter().enumerate() {
+            if l.is_turbo_oci() {
+                return Err(LsmtError::Config {
+                    file: config_file.into(),
+                    field: format!("lowers[{i}].targetFile"),
+                    reason: "TurboOCI layers are not supported".into(),
+                });
+            }
+        }
+        let opening = (0..lowers.len()).map(|i| async move {
+            let location = config.locate(i, config_file)?;
+            let source = opener.open(config, i, &location).await?;
+            SealedLayer::open(source).await
+        });
+        let layers = try_join_all(opening).await?;
+        let stack = LayerStack::new(layers)?;
+        let upper = match config.writable() {
+            Some(u) if !u.target.is_empty() => {
+                return Err(LsmtError::Config {
+                    file: config_file.into(),
+                    field: "upper.target".into(),
+                    reason: "writable TurboOCI layers are not supported".into(),
+                })
+            }
+            Some(u) => Some(WritableLayer::open(
+                Path::new(&u.data),
+                Path::new(&u.index),
+            )?),
+            None => None,
+        };
+        Image::new(stack, upper).await
+    }
+
+    /// The read-only layers.
+    pub fn stack(&self) -> &LayerStack {
+        &self.stack
+    }
+
+    /// The writable layer, if any.
+    pub fn upper(&self) -> Option<&WritableLayer> {
+        self.upper.as_ref()
+    }
+
+    /// Tag of the writable layer's records in [`Image::extents`] (the number of lowers, §9.7).
+    fn upper_tag(&self) -> u8 {
+        // A stack holds at most 255 layers, so this fits.
+        self.stack.len() as u8
+    }
+
+    /// The visible extents in `[start, start + sectors)`: writable records first, gaps between
+    /// them filled from the merged read-only map. Tags below the layer count name read-only
+    /// layers, the layer count names the writable layer. Uncovered sectors are holes.
+    pub fn extents(&self, start: u64, sectors: u64) -> Vec<Record> {
+        let Some(upper) = &self.upper else {
+            return self.stack.lookup(start, sectors);
+        };
+        let end = start + sectors;
+        let tag = self.upper_tag();
+        let mut out = Vec::new();
+        let mut cur = start;
+        for r in upper.lookup(start, sectors) {
+            if r.offset > cur {
+                out.extend(self.stack.lookup(cur, r.offset - cur));
+            }
+            out.push(r.with_tag(tag));
+            cur = r.end();
+        }
+        if cur < end {
+            out.extend(self.stack.lookup(cur, end - cur));
+        }
+        out
+    }
+
+    /// The byte source of an extent's tag.
+    pub fn source(&self, tag: u8) -> Option<Arc<dyn LayerSource>> {
+        match &self.upper {
+            Some(u) if tag == self.upper_tag() => Some(u.data_source()),
+            _ => self.stack.source(tag),
+        }
+    }
+
+    /// Reads `len` bytes of the virtual disk at `offset` (both multiples of 512); no range check
+    /// against the device size (sectors past every layer read as zeros).
+    pub async fn read_at(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
+        let (start, sectors) = sector_range(offset, len)?;
+        let extents = self.extents(start, sectors);
+        read_extents(start, sectors, &extents, |tag| self.source(tag)).await
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> BlockResult<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(BlockError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    fn writable(&self) -> BlockResult<&WritableLayer> {
+        self.upper.as_ref().ok_or(BlockError::ReadOnly)
+    }
+}
+
+#[async_trait]
+impl BlockDevice for Image {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    fn can_unmap(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
+        self.check_range(offset, len as u64)?;
+        Ok(self.read_at(offset, len).await?)
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
+        let upper = self.writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        upper.write(offset, data).await?;
+        if fua {
+            upper.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        match &self.upper {
+            Some(u) => Ok(u.flush().await?),
+            None => Ok(()),
+        }
+    }
+
+    async fn unmap(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let upper = self.writable()?;
+        self.check_range(offset, len)?;
+        Ok(upper.discard(offset, len).await?)
+    }
+
+    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
+        if offset % SECTOR != 0 || offset >= self.size {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len: SECTOR,
+                size: self.size,
+            });
+        }
+        let start = offset / SECTOR;
+        let window = (self.size / SECTOR - start).min(STATUS_WINDOW_SECTORS);
+        let extents = self.extents(start, window);
+        let (state, run) = status_run(start, window, &extents);
+        Ok(BlockStatus {
+            state,
+            len: run * SECTOR,
+        })
+    }
+}
+
+/// State at `start` and how many sectors keep it, within `window` sectors: data extents are
+/// mapped; holes and zeroed extents are deallocated (they read as zeros without storage).
+fn status_run(start: u64, window: u64, extents: &[Record]) -> (Provisioning, u64) {
+    let end = start + window;
+    let mapped_at_start = extents
+        .first()
+        .is_some_and(|r| r.offset == start && !r.zeroed);
+    let mut cur = start;
+    for r in extents {
+        if mapped_at_start {
+            if r.offset != cur || r.zeroed {
+                break;
+            }
+            cur = r.end();
+        } else if !r.zeroed {
+            return (Provisioning::Deallocated, r.offset - start);
+        }
+    }
+    if mapped_at_start {
+        (Provisioning::Mapped, cur - start)
+    } else {
+        (Provisioning::Deallocated, end - start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_runs() {
+        let ex = [
+            Record::data(10, 5, 8),
+            Record::data(15, 5, 100),
+            Record::zeroed(20, 5, 8),
+            Record::data(30, 5, 8),
+        ];
+        assert_eq!(status_run(10, 100, &ex), (Provisioning::Mapped, 10));
+        assert_eq!(status_run(0, 100, &[]), (Provisioning::Deallocated, 100));
+        assert_eq!(
+            status_run(20, 90, &ex[2..]),
+            (Provisioning::Deallocated, 10)
+        );
+    }
+}

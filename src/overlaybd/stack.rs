@@ -1,0 +1,320 @@
+//! A stack of sealed layers merged into one sorted extent map (spec `lsmt.md` §9), and the
+//! read path shared with images: a read becomes per-layer reads issued concurrently.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::try_join_all;
+
+use super::error::{LsmtError, LsmtResult};
+use super::index::{clip, first_ending_after, lookup, Record, SECTOR};
+use super::layer::{read, SealedLayer};
+use crate::cache::LayerSource;
+
+/// Most read-only layers one stack accepts.
+pub const MAX_LAYERS: usize = 255;
+/// The reference's limit on records in a merged index.
+pub const MAX_MERGED_RECORDS: usize = 128_000_000;
+
+/// One index taking part in a merge: its sorted records and the tag its records get.
+#[derive(Debug, Clone, Copy)]
+pub struct MergeInput<'a> {
+    /// Sorted, disjoint records of one layer.
+    pub records: &'a [Record],
+    /// Tag stamped on every record taken from this layer.
+    pub tag: u8,
+}
+
+/// Merges indexes given **top first** into one sorted, disjoint array (§9.3): for every sector
+/// the topmost covering record wins; zeroed records mask lower ones; uncovered sectors stay holes.
+/// Records are clipped but never coalesced.
+pub fn merge_indexes(inputs: &[MergeInput<'_>]) -> Vec<Record> {
+    let mut out = Vec::new();
+    merge_level(inputs, 0, 0, u64::MAX, &mut out);
+    out
+}
+
+/// Fills `[begin, end)` from layers `level..`; recursion depth is bounded by the layer count.
+fn merge_level(
+    inputs: &[MergeInput<'_>],
+    level: usize,
+    begin: u64,
+    end: u64,
+    out: &mut Vec<Record>,
+) {
+    let Some(input) = inputs.get(level) else {
+        return;
+    };
+    if begin >= end {
+        return;
+    }
+    let start = out.len();
+    let mut cur = begin;
+    let from = first_ending_after(input.records, begin);
+    for r in input.records.get(from..).unwrap_or(&[]) {
+        if r.offset >= end {
+            break;
+        }
+        if r.offset > cur {
+            merge_level(inputs, level + 1, cur, r.offset, out);
+        }
+        out.push(r.with_tag(input.tag));
+        cur = r.end();
+    }
+    if cur < end {
+        merge_level(inputs, level + 1, cur, end, out);
+    }
+    if let Some(produced) = out.get_mut(start..) {
+        clip(produced, begin, end);
+    }
+}
+
+/// Read-only layers merged into one extent map. A record's tag is the position of its layer in
+/// the top-first list (0 = topmost), as in the reference.
+#[derive(Debug)]
+pub struct LayerStack {
+    layers: Vec<SealedLayer>,
+    merged: Vec<Record>,
+    virtual_size: u64,
+}
+
+impl LayerStack {
+    /// Builds the stack from layers given **bottom first** (the order of `lowers` in
+    /// `config.v1.json`).
+    pub fn new(bottom_first: Vec<SealedLayer>) -> LsmtResult<Self> {
+        if bottom_first.len() > MAX_LAYERS {
+            return Err(LsmtError::Invalid(format!(
+                "{} read-only layers, at most {MAX_LAYERS} can be stacked",
+                bottom_first.len()
+            )));
+        }
+        let mut layers = bottom_first;
+        layers.reverse();
+        let total: usize = layers.iter().map(|l| l.records().len()).sum();
+        if total > MAX_MERGED_RECORDS {
+            return Err(LsmtError::Invalid(format!(
+                "the layers hold {total} index records, more than the {MAX_MERGED_RECORDS} a merged index may hold"
+            )));
+        }
+        let inputs: Vec<MergeInput<'_>> = layers
+            .iter()
+            .enumerate()
+            // At most 255 layers, so the position fits a u8.
+            .map(|(i, l)| MergeInput {
+                records: l.records(),
+                tag: i as u8,
+            })
+            .collect();
+        let merged = merge_indexes(&inputs);
+        let virtual_size = layers
+            .iter()
+            .map(|l| l.virtual_size())
+            .find(|&v| v != 0)
+            .unwrap_or(0);
+        Ok(LayerStack {
+            layers,
+            merged,
+            virtual_size,
+        })
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True for a stack without layers (everything reads as zeros).
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Virtual size: that of the topmost layer with a non-zero size.
+    pub fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    /// The merged extent map, sorted and disjoint, tags = top-first layer positions.
+    pub fn merged(&self) -> &[Record] {
+        &self.merged
+    }
+
+    /// The layer a merged record's tag names.
+    pub fn layer(&self, tag: u8) -> Option<&SealedLayer> {
+        self.layers.get(usize::from(tag))
+    }
+
+    /// The layers, topmost first (position = tag).
+    pub fn layers_top_first(&self) -> &[SealedLayer] {
+        &self.layers
+    }
+
+    /// Merged records intersecting `[start, start + sectors)`, clipped (§9.5).
+    pub fn lookup(&self, start: u64, sectors: u64) -> Vec<Record> {
+        lookup(&self.merged, start, sectors)
+    }
+
+    /// The source a merged record's tag reads data from.
+    pub fn source(&self, tag: u8) -> Option<Arc<dyn LayerSource>> {
+        self.layer(tag).map(|l| Arc::clone(l.source()))
+    }
+
+    /// Reads `len` bytes of the virtual disk at byte `offset` (both multiples of 512).
+    pub async fn read(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
+        let (start, sectors) = sector_range(offset, len)?;
+        let records = self.lookup(start, sectors);
+        read_extents(start, sectors, &records, |tag| self.source(tag)).await
+    }
+}
+
+/// Converts a byte range into sectors, refusing misaligned requests.
+pub(crate) fn sector_range(offset: u64, len: usize) -> LsmtResult<(u64, u64)> {
+    let len = len as u64;
+    if offset % SECTOR != 0 || len % SECTOR != 0 {
+        return Err(LsmtError::Invalid(format!(
+            "offset {offset} / length {len} are not multiples of 512"
+        )));
+    }
+    Ok((offset / SECTOR, len / SECTOR))
+}
+
+/// Assembles `[start, start + sectors)` from clipped, sorted records: data records read from the
+/// source their tag resolves to (all concurrently), zeroed records and holes yield zeros.
+pub(crate) async fn read_extents(
+    start: u64,
+    sectors: u64,
+    records: &[Record],
+    resolve: impl Fn(u8) -> Option<Arc<dyn LayerSource>>,
+) -> LsmtResult<Bytes> {
+    let total = usize::try_from(sectors * SECTOR)
+        .map_err(|_| LsmtError::Invalid(format!("read of {sectors} sectors is too large")))?;
+    let mut reads = Vec::new();
+    for r in records.iter().filter(|r| !r.zeroed) {
+        let source = resolve(r.tag).ok_or_else(|| {
+            LsmtError::corrupt(
+                "layer stack",
+                format!(
+                    "extent at sector {} names unknown layer {}",
+                    r.offset, r.tag
+                ),
+            )
+        })?;
+        // Positions relative to the request fit in `total`, which fits usize.
+        let at = ((r.offset - start) * SECTOR) as usize;
+        let len = u64::from(r.length) * SECTOR;
+        reads.push(async move {
+            let b = read(&*source, r.moffset * SECTOR, len as usize).await?;
+            Ok::<_, LsmtError>((at, b))
+        });
+    }
+    let pieces = try_join_all(reads).await?;
+    // One data extent covering the whole request: hand its bytes over without a copy.
+    if let [(0, b)] = pieces.as_slice() {
+        if b.len() == total {
+            return Ok(b.clone());
+        }
+    }
+    let mut buf = BytesMut::zeroed(total);
+    for (at, b) in pieces {
+        buf[at..at + b.len()].copy_from_slice(&b);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(r: Record, tag: u8) -> Record {
+        r.with_tag(tag)
+    }
+
+    #[test]
+    fn worked_example_9_4() {
+        let l0 = [Record::data(0, 100, 8)];
+        let l1 = [Record::data(20, 10, 8), Record::zeroed(50, 30, 18)];
+        let l2 = [Record::data(25, 30, 8)];
+        let merged = merge_indexes(&[
+            MergeInput {
+                records: &l2,
+                tag: 0,
+            },
+            MergeInput {
+                records: &l1,
+                tag: 1,
+            },
+            MergeInput {
+                records: &l0,
+                tag: 2,
+            },
+        ]);
+        let expect = vec![
+            t(Record::data(0, 20, 8), 2),
+            t(Record::data(20, 5, 8), 1),
+            t(Record::data(25, 30, 8), 0),
+            t(Record::zeroed(55, 25, 18), 1),
+            t(Record::data(80, 20, 88), 2),
+        ];
+        assert_eq!(merged, expect);
+        // §9.5 lookup example.
+        assert_eq!(
+            lookup(&merged, 22, 40),
+            vec![
+                t(Record::data(22, 3, 10), 1),
+                t(Record::data(25, 30, 8), 0),
+                t(Record::zeroed(55, 7, 18), 1)
+            ]
+        );
+        assert_eq!(lookup(&merged, 100, 50), vec![]);
+    }
+
+    #[test]
+    fn merge_of_section_11_example_keeps_tags() {
+        let a = [Record::data(0, 8, 8)];
+        let b = [Record::data(4, 8, 8)];
+        let merged = merge_indexes(&[
+            MergeInput {
+                records: &b,
+                tag: 0,
+            },
+            MergeInput {
+                records: &a,
+                tag: 1,
+            },
+        ]);
+        assert_eq!(
+            merged,
+            vec![t(Record::data(0, 4, 8), 1), t(Record::data(4, 8, 8), 0)]
+        );
+    }
+
+    #[test]
+    fn holes_between_layers_stay_holes() {
+        let low = [Record::data(10, 5, 8), Record::data(40, 5, 13)];
+        let top = [Record::zeroed(20, 5, 8)];
+        let merged = merge_indexes(&[
+            MergeInput {
+                records: &top,
+                tag: 0,
+            },
+            MergeInput {
+                records: &low,
+                tag: 1,
+            },
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                t(Record::data(10, 5, 8), 1),
+                t(Record::zeroed(20, 5, 8), 0),
+                t(Record::data(40, 5, 13), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn misaligned_requests_are_refused() {
+        assert!(sector_range(1, 512).is_err());
+        assert!(sector_range(512, 100).is_err());
+        assert_eq!(sector_range(1024, 1536).unwrap(), (2, 3));
+    }
+}

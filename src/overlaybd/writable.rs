@@ -1,0 +1,529 @@
+//! An append-only writable layer: a data file and an index file (spec `lsmt.md` §6).
+//!
+//! Writes append their bytes to the data file and a record to the index file; discards append
+//! a zeroed record. Nothing already written is ever modified, so a reader that looked up a
+//! record before a concurrent overwrite still reads consistent (older) bytes.
+//!
+//! Durability: [`WritableLayer::flush`] fdatasyncs the data file, then the index file. After it
+//! returns, every acknowledged write and discard survives a crash: reopening replays the index
+//! log, whose records all point at data that reached the disk first.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::error::{LsmtError, LsmtResult};
+use super::header::{flags, Header, LayerUuid, HEADER_SIZE, USER_TAG_LEN};
+use super::index::{decode_records, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
+use super::layer::DATA_START_SECTOR;
+use super::stack::{read_extents, sector_range};
+use super::writable_index::WritableIndex;
+use crate::cache::LayerSource;
+
+/// The reference's limit on records in a writable index file.
+pub const MAX_WRITABLE_RECORDS: u64 = 128_000_000;
+/// Writes larger than this are split into pieces of this size (one record each).
+pub const WRITE_PIECE: usize = 4 << 20;
+/// `index_offset` stored in every index-file header.
+const INDEX_FILE_OFFSET: u64 = HEADER_SIZE as u64;
+/// Records read per chunk while replaying an index file.
+const REPLAY_CHUNK: u64 = 65_536;
+
+/// Parameters of a new writable layer.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Virtual size in bytes (0 = take the size of the lower stack when stacked).
+    pub virtual_size: u64,
+    /// The layer's UUID; `None` draws a random one, as `overlaybd-create` does.
+    pub uuid: Option<uuid::Uuid>,
+    /// UUID of the layer below (nil for none).
+    pub parent_uuid: LayerUuid,
+    /// Optional user tag (at most 256 bytes).
+    pub user_tag: Vec<u8>,
+}
+
+impl CreateOptions {
+    /// Options for a layer of `virtual_size` bytes with a random UUID and no parent.
+    pub fn new(virtual_size: u64) -> Self {
+        CreateOptions {
+            virtual_size,
+            uuid: None,
+            parent_uuid: LayerUuid::nil(),
+            user_tag: Vec::new(),
+        }
+    }
+}
+
+/// The data file, readable as a [`LayerSource`] (what is written there never changes).
+#[derive(Debug)]
+pub(crate) struct DataFile {
+    file: Arc<File>,
+    name: String,
+    /// Bytes known to be written (the append position).
+    len: AtomicU64,
+}
+
+#[async_trait]
+impl LayerSource for DataFile {
+    fn size(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let file = Arc::clone(&self.file);
+        blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Append positions, guarded together so the index log's order equals the insert order.
+#[derive(Debug)]
+struct Tail {
+    data_end: u64,
+    index_end: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    data: Arc<DataFile>,
+    data_path: PathBuf,
+    index_file: File,
+    index_path: PathBuf,
+    header: Mutex<Header>,
+    tail: Mutex<Tail>,
+    map: RwLock<WritableIndex>,
+    vsize: AtomicU64,
+}
+
+/// An open append-only writable layer. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct WritableLayer {
+    inner: Arc<Inner>,
+}
+
+impl WritableLayer {
+    /// Creates the data and index files (they must not exist) as `overlaybd-create` does.
+    pub fn create(data_path: &Path, index_path: &Path, opts: &CreateOptions) -> LsmtResult<Self> {
+        if opts.user_tag.len() > USER_TAG_LEN {
+            return Err(LsmtError::Invalid(format!(
+                "user tag is {} bytes, at most {USER_TAG_LEN}",
+                opts.user_tag.len()
+            )));
+        }
+        let mut header = Header::new(flags::HEADER | flags::DATA, opts.virtual_size);
+        header.uuid = LayerUuid::from_uuid(&opts.uuid.unwrap_or_else(uuid::Uuid::new_v4));
+        header.parent_uuid = opts.parent_uuid;
+        header.user_tag = opts.user_tag.clone();
+        let mut index_header = header.clone();
+        index_header.flags = flags::HEADER;
+        index_header.index_offset = INDEX_FILE_OFFSET;
+        let data = create_new(data_path, &header)?;
+        let index = create_new(index_path, &index_header)?;
+        sync_parent(data_path)?;
+        sync_parent(index_path)?;
+        Ok(Self::assemble(
+            data,
+            data_path,
+            index,
+            index_path,
+            header,
+            WritableIndex::new(),
+            HEADER_SIZE as u64,
+            INDEX_FILE_OFFSET,
+            opts.virtual_size,
+        ))
+    }
+
+    /// Opens an existing layer, replaying its index log (§6.5).
+    pub fn open(data_path: &Path, index_path: &Path) -> LsmtResult<Self> {
+        let dname = data_path.display().to_string();
+        let iname = index_path.display().to_string();
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(data_path)
+            .map_err(|e| LsmtError::io(&dname, e))?;
+        let index = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(index_path)
+            .map_err(|e| LsmtError::io(&iname, e))?;
+        let header = Header::decode(&read_header(&data, &dname)?, &dname)?;
+        if !header.is_header() {
+            return Err(LsmtError::corrupt(
+                &dname,
+                format!("flags {:#x}: header bit not set", header.flags),
+            ));
+        }
+        if header.is_sparse() {
+            return Err(LsmtError::Unsupported(format!(
+                "{dname}: sparse writable layers (flags {:#x})",
+                header.flags
+            )));
+        }
+        let index_header = Header::decode(&read_header(&index, &iname)?, &iname)?;
+        check_index_header(&index_header, &iname)?;
+        let dsize = data.metadata().map_err(|e| LsmtError::io(&dname, e))?.len();
+        let isize = index
+            .metadata()
+            .map_err(|e| LsmtError::io(&iname, e))?
+            .len();
+        let n = (isize.saturating_sub(INDEX_FILE_OFFSET)) / RECORD_SIZE as u64;
+        if n > MAX_WRITABLE_RECORDS {
+            return Err(LsmtError::corrupt(
+                &iname,
+                format!("{n} index records exceed the limit {MAX_WRITABLE_RECORDS}"),
+            ));
+        }
+        let mut map = WritableIndex::new();
+        let mut done = 0u64;
+        while done < n {
+            let count = (n - done).min(REPLAY_CHUNK);
+            // count ≤ 65536 records, so the buffer is at most 1 MiB.
+            let mut buf = vec![0u8; (count as usize) * RECORD_SIZE];
+            index
+                .read_exact_at(&mut buf, INDEX_FILE_OFFSET + done * RECORD_SIZE as u64)
+                .map_err(|e| LsmtError::io(&iname, e))?;
+            replay_records(&mut map, &buf, dsize, &iname)?;
+            done += count;
+        }
+        // A torn final data write may leave a partial sector; the next append starts aligned.
+        let data_end = dsize
+            .div_ceil(SECTOR)
+            .saturating_mul(SECTOR)
+            .max(HEADER_SIZE as u64);
+        let index_end = INDEX_FILE_OFFSET + n * RECORD_SIZE as u64;
+        let vsize = index_header.virtual_size;
+        Ok(Self::assemble(
+            data, data_path, index, index_path, header, map, data_end, index_end, vsize,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        data: File,
+        data_path: &Path,
+        index: File,
+        index_path: &Path,
+        header: Header,
+        map: WritableIndex,
+        data_end: u64,
+        index_end: u64,
+        vsize: u64,
+    ) -> Self {
+        let data = Arc::new(DataFile {
+            file: Arc::new(data),
+            name: data_path.display().to_string(),
+            len: AtomicU64::new(data_end),
+        });
+        WritableLayer {
+            inner: Arc::new(Inner {
+                data,
+                data_path: data_path.to_path_buf(),
+                index_file: index,
+                index_path: index_path.to_path_buf(),
+                header: Mutex::new(header),
+                tail: Mutex::new(Tail {
+                    data_end,
+                    index_end,
+                }),
+                map: RwLock::new(map),
+                vsize: AtomicU64::new(vsize),
+            }),
+        }
+    }
+
+    /// The data file's header as last written (uuid, parent, virtual size).
+    pub fn header(&self) -> Header {
+        self.inner.header.lock().clone()
+    }
+
+    /// Current virtual size in bytes (grows in memory when a write extends past it, §6.2).
+    pub fn virtual_size(&self) -> u64 {
+        self.inner.vsize.load(Ordering::Acquire)
+    }
+
+    /// Path of the data file.
+    pub fn data_path(&self) -> &Path {
+        &self.inner.data_path
+    }
+
+    /// Path of the index file.
+    pub fn index_path(&self) -> &Path {
+        &self.inner.index_path
+    }
+
+    /// The data file as a read-only byte source (for stacking and committing).
+    pub fn data_source(&self) -> Arc<dyn LayerSource> {
+        Arc::clone(&self.inner.data) as Arc<dyn LayerSource>
+    }
+
+    /// Size of the data file's written part in bytes.
+    pub fn data_size(&self) -> u64 {
+        self.inner.data.size()
+    }
+
+    /// All records of the in-memory index, in logical order (tags 0).
+    pub fn records(&self) -> Vec<Record> {
+        self.inner.map.read().records()
+    }
+
+    /// Records intersecting `[start, start + sectors)`, clipped.
+    pub fn lookup(&self, start: u64, sectors: u64) -> Vec<Record> {
+        self.inner.map.read().lookup(start, sectors)
+    }
+
+    /// Reads this layer alone (holes and zeroed ranges read as zeros).
+    pub async fn read(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
+        let (start, sectors) = sector_range(offset, len)?;
+        let records = self.lookup(start, sectors);
+        let source = self.data_source();
+        read_extents(start, sectors, &records, |_| Some(Arc::clone(&source))).await
+    }
+
+    /// Writes `data` at byte `offset` (both multiples of 512), in pieces of at most 4 MiB.
+    pub async fn write(&self, offset: u64, data: Bytes) -> LsmtResult<()> {
+        let (start, sectors) = sector_range(offset, data.len())?;
+        check_span(start, sectors)?;
+        let inner = Arc::clone(&self.inner);
+        blocking_lsmt(move || inner.write(start, &data)).await
+    }
+
+    /// Discards `len` bytes at byte `offset`: the range reads as zeros and hides lower layers.
+    pub async fn discard(&self, offset: u64, len: u64) -> LsmtResult<()> {
+        let len = usize::try_from(len)
+            .map_err(|_| LsmtError::Invalid(format!("discard length {len} too large")))?;
+        let (start, sectors) = sector_range(offset, len)?;
+        check_span(start, sectors)?;
+        let inner = Arc::clone(&self.inner);
+        blocking_lsmt(move || inner.discard(start, sectors)).await
+    }
+
+    /// Makes every completed write and discard durable: fdatasync data, then index.
+    pub async fn flush(&self) -> LsmtResult<()> {
+        let inner = Arc::clone(&self.inner);
+        blocking_lsmt(move || {
+            inner
+                .data
+                .file
+                .sync_data()
+                .map_err(|e| LsmtError::io(&inner.data.name, e))?;
+            inner.index_file.sync_data().map_err(|e| inner.index_err(e))
+        })
+        .await
+    }
+
+    /// Rewrites the virtual size in both headers (`update_vsize`, §6.6) and syncs them.
+    pub async fn set_virtual_size(&self, vsize: u64) -> LsmtResult<()> {
+        let inner = Arc::clone(&self.inner);
+        blocking_lsmt(move || inner.set_virtual_size(vsize)).await
+    }
+
+    /// Shared state for the commit code (seal in place needs the files themselves).
+    pub(crate) fn files(&self) -> (&File, &str, u64) {
+        let tail = self.inner.tail.lock();
+        (&self.inner.data.file, &self.inner.data.name, tail.data_end)
+    }
+}
+
+impl Inner {
+    fn index_err(&self, e: std::io::Error) -> LsmtError {
+        LsmtError::io(self.index_path.display().to_string(), e)
+    }
+
+    fn write(&self, start: u64, data: &[u8]) -> LsmtResult<()> {
+        let mut tail = self.tail.lock();
+        let mut sector = start;
+        for piece in data.chunks(WRITE_PIECE) {
+            let pos = tail.data_end;
+            self.data
+                .file
+                .write_all_at(piece, pos)
+                .map_err(|e| LsmtError::io(&self.data.name, e))?;
+            // A piece is at most 8192 sectors, below MAX_LENGTH.
+            let len = (piece.len() as u64 / SECTOR) as u32;
+            let rec = Record::data(sector, len, pos / SECTOR);
+            self.append_record(&mut tail, rec)?;
+            tail.data_end = pos + piece.len() as u64;
+            self.data.len.store(tail.data_end, Ordering::Release);
+            self.map.write().insert(rec);
+            sector += u64::from(len);
+        }
+        self.vsize.fetch_max(sector * SECTOR, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn discard(&self, start: u64, sectors: u64) -> LsmtResult<()> {
+        let mut tail = self.tail.lock();
+        let mut sector = start;
+        let end = start + sectors;
+        while sector < end {
+            // Bounded by MAX_LENGTH, so the cast is lossless.
+            let len = (end - sector).min(u64::from(MAX_LENGTH)) as u32;
+            let rec = Record::zeroed(sector, len, tail.data_end / SECTOR);
+            self.append_record(&mut tail, rec)?;
+            self.map.write().insert(rec);
+            sector += u64::from(len);
+        }
+        Ok(())
+    }
+
+    /// Appends one record to the index log. On failure the position is not advanced, so a
+    /// partly written record is overwritten by the next append.
+    fn append_record(&self, tail: &mut Tail, rec: Record) -> LsmtResult<()> {
+        self.index_file
+            .write_all_at(&rec.encode(), tail.index_end)
+            .map_err(|e| self.index_err(e))?;
+        tail.index_end += RECORD_SIZE as u64;
+        Ok(())
+    }
+
+    fn set_virtual_size(&self, vsize: u64) -> LsmtResult<()> {
+        let _tail = self.tail.lock();
+        let iname = self.index_path.display().to_string();
+        let mut ih = Header::decode(&read_header(&self.index_file, &iname)?, &iname)?;
+        ih.virtual_size = vsize;
+        let mut dh = self.header.lock();
+        dh.virtual_size = vsize;
+        self.data
+            .file
+            .write_all_at(&dh.encode(), 0)
+            .map_err(|e| LsmtError::io(&self.data.name, e))?;
+        self.index_file
+            .write_all_at(&ih.encode(), 0)
+            .map_err(|e| self.index_err(e))?;
+        self.data
+            .file
+            .sync_data()
+            .map_err(|e| LsmtError::io(&self.data.name, e))?;
+        self.index_file.sync_data().map_err(|e| self.index_err(e))?;
+        self.vsize.store(vsize, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Checks an index-file header (§6.5 step 2).
+fn check_index_header(h: &Header, file: &str) -> LsmtResult<()> {
+    if !h.is_header() || h.is_data() || h.is_sealed() {
+        return Err(LsmtError::corrupt(
+            file,
+            format!(
+                "flags {:#x}: not the header of a writable index file",
+                h.flags
+            ),
+        ));
+    }
+    if h.index_offset != INDEX_FILE_OFFSET {
+        return Err(LsmtError::corrupt(
+            file,
+            format!(
+                "index_offset {} (expected {INDEX_FILE_OFFSET})",
+                h.index_offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Replays a run of index-log records into `map` (§6.5 steps 4–6): padding is dropped, tags
+/// reset, and every record is checked against the data file size `data_size` before insertion.
+pub fn replay_records(
+    map: &mut WritableIndex,
+    bytes: &[u8],
+    data_size: u64,
+    file: &str,
+) -> LsmtResult<()> {
+    let data_end = data_size / SECTOR;
+    for r in decode_records(bytes) {
+        let r = r.with_tag(0);
+        if !r.mapped_within(DATA_START_SECTOR, data_end) {
+            return Err(LsmtError::corrupt(
+                file,
+                format!(
+                    "index record (offset {}, length {}, moffset {}) points outside the data file of {data_end} sectors",
+                    r.offset, r.length, r.moffset
+                ),
+            ));
+        }
+        map.insert(r);
+    }
+    Ok(())
+}
+
+/// Refuses ranges that cannot be expressed in index records.
+fn check_span(start: u64, sectors: u64) -> LsmtResult<()> {
+    match start.checked_add(sectors) {
+        Some(end) if end <= super::index::MAX_OFFSET => Ok(()),
+        _ => Err(LsmtError::Invalid(format!(
+            "range at sector {start} + {sectors} is beyond the LSMT address space"
+        ))),
+    }
+}
+
+fn create_new(path: &Path, header: &Header) -> LsmtResult<File> {
+    let name = path.display().to_string();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| LsmtError::io(&name, e))?;
+    f.write_all_at(&header.encode(), 0)
+        .map_err(|e| LsmtError::io(&name, e))?;
+    f.sync_all().map_err(|e| LsmtError::io(&name, e))?;
+    Ok(f)
+}
+
+/// Makes a newly created file's directory entry durable.
+fn sync_parent(path: &Path) -> LsmtResult<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LsmtError::io(dir.display().to_string(), e))
+}
+
+fn read_header(f: &File, name: &str) -> LsmtResult<[u8; HEADER_SIZE]> {
+    let mut buf = [0u8; HEADER_SIZE];
+    f.read_exact_at(&mut buf, 0).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            LsmtError::corrupt(name, "file is shorter than the 4096-byte LSMT header")
+        } else {
+            LsmtError::io(name, e)
+        }
+    })?;
+    Ok(buf)
+}
+
+/// Runs blocking file I/O off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+async fn blocking_lsmt<T: Send + 'static>(
+    f: impl FnOnce() -> LsmtResult<T> + Send + 'static,
+) -> LsmtResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LsmtError::io("writable layer", std::io::Error::other(e)))?
+}

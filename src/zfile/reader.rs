@@ -1,0 +1,259 @@
+//! Random-access reads through a ZFile (zfile.md §9.1, §9.2): the reader opens any
+//! [`LayerSource`] holding a ZFile and is itself a [`LayerSource`] of the uncompressed stream.
+
+use std::io;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+
+use super::codec::decode_block;
+use super::error::ZFileError;
+use super::header::{flag, parse_header, parse_trailer, ZFileInfo, STRUCT_SIZE};
+use super::jump_table::{JumpTable, JumpTableBuilder, ENTRY_LEN};
+use crate::cache::{check_range, LayerSource};
+
+/// The jump table is fetched in pieces of this size, so a huge table never needs one huge read.
+const TABLE_PIECE: u64 = 1 << 20;
+/// Reads covering at least this many blocks per worker are decoded on blocking threads in
+/// parallel; smaller ones are decoded inline (a 4 KiB LZ4 block takes microseconds).
+const PARALLEL_MIN_BLOCKS: u64 = 64;
+
+/// What is needed to decode: the validated description and the block offsets. Shared with
+/// blocking decode tasks.
+#[derive(Debug)]
+struct Layout {
+    info: ZFileInfo,
+    table: JumpTable,
+}
+
+/// A ZFile opened for random access; reads return uncompressed bytes.
+pub struct ZFileReader {
+    source: Arc<dyn LayerSource>,
+    layout: Arc<Layout>,
+}
+
+impl std::fmt::Debug for ZFileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZFileReader")
+            .field("source", &self.source.describe())
+            .field("info", &self.layout.info)
+            .finish()
+    }
+}
+
+impl ZFileReader {
+    /// Opens the ZFile stored in `source`: reads and validates the header (and the trailer
+    /// unless the header already holds the index fields), then loads and checks the jump table.
+    pub async fn open(source: Arc<dyn LayerSource>) -> Result<ZFileReader, ZFileError> {
+        let size = source.size();
+        let struct_len = STRUCT_SIZE as u64;
+        if size < struct_len {
+            return Err(ZFileError::Truncated {
+                what: "header",
+                needed: struct_len,
+                size,
+            });
+        }
+        let header = parse_header(&source.read_at(0, STRUCT_SIZE).await?)?;
+        let overwrite = header.has(flag::HEADER_OVERWRITE);
+        let used = if overwrite {
+            header
+        } else {
+            if !header.has(flag::DATA) {
+                return Err(ZFileError::Corrupt("header lacks the data flag".into()));
+            }
+            if size < 2 * struct_len {
+                return Err(ZFileError::Truncated {
+                    what: "trailer",
+                    needed: 2 * struct_len,
+                    size,
+                });
+            }
+            parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?
+        };
+        let info = ZFileInfo::from_structure(&used, size, overwrite)?;
+        let table = load_table(source.as_ref(), &info).await?;
+        Ok(ZFileReader {
+            source,
+            layout: Arc::new(Layout { info, table }),
+        })
+    }
+
+    /// The validated header/trailer values.
+    pub fn info(&self) -> &ZFileInfo {
+        &self.layout.info
+    }
+
+    /// File range of stored block `index` (tests inspect the jump table through this).
+    #[cfg(test)]
+    pub(crate) fn block_span(&self, index: u64) -> Option<(u64, u64)> {
+        self.layout.table.span(index, index)
+    }
+
+    /// Reads `len` uncompressed bytes at `offset`: one source read for all covered blocks,
+    /// then checksum and decode of each block.
+    async fn read_range(&self, offset: u64, len: usize) -> Result<Bytes, ZFileError> {
+        let info = &self.layout.info;
+        let end = check_range(info.original_file_size, offset, len)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let bs = u64::from(info.block_size);
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let (start, stop) = self.layout.span(first, last)?;
+        let stored_len = usize::try_from(stop - start)
+            .map_err(|_| ZFileError::Corrupt("stored range exceeds memory".into()))?;
+        let stored = self.source.read_at(start, stored_len).await?;
+        if stored.len() != stored_len {
+            return Err(ZFileError::Corrupt(format!(
+                "source returned {} bytes for a {stored_len}-byte read",
+                stored.len()
+            )));
+        }
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(workers);
+        let mut out = BytesMut::zeroed(len);
+        if chunks <= 1 {
+            self.layout.decode_into(&stored, start, offset, &mut out)?;
+            return Ok(out.freeze());
+        }
+        self.decode_parallel(stored, start, offset, out, first, last, chunks)
+            .await
+    }
+
+    /// Splits a large read at block boundaries into `chunks` pieces decoded on blocking
+    /// threads; the pieces are views of one buffer, rejoined without copying.
+    #[allow(clippy::too_many_arguments)]
+    async fn decode_parallel(
+        &self,
+        stored: Bytes,
+        start: u64,
+        offset: u64,
+        mut out: BytesMut,
+        first: u64,
+        last: u64,
+        chunks: u64,
+    ) -> Result<Bytes, ZFileError> {
+        let bs = u64::from(self.layout.info.block_size);
+        let per_chunk = (last - first + 1).div_ceil(chunks);
+        let mut tasks = Vec::new();
+        let mut raw = offset;
+        let mut block = first;
+        while !out.is_empty() {
+            let next_block = block.saturating_add(per_chunk).min(last + 1);
+            let piece_len = (next_block * bs).min(raw + out.len() as u64) - raw;
+            let piece = out.split_to(piece_len as usize);
+            let (s, e) = self.layout.span(block, next_block - 1)?;
+            let stored_piece = stored.slice((s - start) as usize..(e - start) as usize);
+            let layout = Arc::clone(&self.layout);
+            let at = raw;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let mut piece = piece;
+                layout
+                    .decode_into(&stored_piece, s, at, &mut piece)
+                    .map(|()| piece)
+            }));
+            raw += piece_len;
+            block = next_block;
+        }
+        let mut joined = BytesMut::new();
+        for task in tasks {
+            let piece = task.await.map_err(io::Error::other)??;
+            joined.unsplit(piece);
+        }
+        Ok(joined.freeze())
+    }
+}
+
+/// Fetches the jump table in bounded pieces and builds the block offsets.
+async fn load_table(source: &dyn LayerSource, info: &ZFileInfo) -> Result<JumpTable, ZFileError> {
+    // Already checked by ZFileInfo::from_structure to fit inside the blob.
+    let table_len = info.block_count * ENTRY_LEN;
+    let mut builder = JumpTableBuilder::new(info.data_offset, info.block_count, info.verify);
+    let mut pos = 0;
+    while pos < table_len {
+        let piece = (table_len - pos).min(TABLE_PIECE);
+        builder.push(
+            &source
+                .read_at(info.index_offset + pos, piece as usize)
+                .await?,
+        )?;
+        pos += piece;
+    }
+    builder.finish(info.index_crc, info.index_offset)
+}
+
+impl Layout {
+    fn span(&self, first: u64, last: u64) -> Result<(u64, u64), ZFileError> {
+        self.table.span(first, last).ok_or_else(|| {
+            ZFileError::Corrupt(format!("blocks {first}..={last} outside the jump table"))
+        })
+    }
+
+    /// Decodes raw bytes `[raw_offset, raw_offset + out.len())` from `stored`, which holds the
+    /// stored bytes of the covering blocks starting at file offset `stored_base`.
+    fn decode_into(
+        &self,
+        stored: &[u8],
+        stored_base: u64,
+        raw_offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), ZFileError> {
+        let info = &self.info;
+        let bs = u64::from(info.block_size);
+        let mut scratch = Vec::new();
+        let mut pos = 0usize;
+        while pos < out.len() {
+            let raw = raw_offset + pos as u64;
+            let index = raw / bs;
+            let within = (raw - index * bs) as usize;
+            let raw_len = info.raw_len(index);
+            let take = raw_len.saturating_sub(within).min(out.len() - pos);
+            if take == 0 {
+                return Err(ZFileError::Corrupt(format!(
+                    "raw offset {raw} lies past block {index}"
+                )));
+            }
+            let (s, e) = self.span(index, index)?;
+            let block = s
+                .checked_sub(stored_base)
+                .zip(e.checked_sub(stored_base))
+                .and_then(|(a, b)| stored.get(a as usize..b as usize))
+                .ok_or_else(|| {
+                    ZFileError::Corrupt(format!("block {index} outside the fetched range"))
+                })?;
+            let fault = |fault| ZFileError::Block { index, fault };
+            if take == raw_len {
+                decode_block(
+                    info.algorithm,
+                    info.verify,
+                    block,
+                    &mut out[pos..pos + take],
+                )
+                .map_err(fault)?;
+            } else {
+                scratch.resize(raw_len, 0);
+                decode_block(info.algorithm, info.verify, block, &mut scratch).map_err(fault)?;
+                out[pos..pos + take].copy_from_slice(&scratch[within..within + take]);
+            }
+            pos += take;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LayerSource for ZFileReader {
+    fn size(&self) -> u64 {
+        self.layout.info.original_file_size
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        self.read_range(offset, len).await.map_err(io::Error::from)
+    }
+
+    fn describe(&self) -> String {
+        format!("zfile:{}", self.source.describe())
+    }
+}
