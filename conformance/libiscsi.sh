@@ -95,7 +95,7 @@ classify() {
             if ($0 ~ /^  Test: /) { name = suite "." $2; skipped = 0; notimpl = 0 }
             if ($0 ~ /\[SKIPPED\]/) { if ($0 ~ /not implemented/) notimpl = 1; else skipped = 1 }
             if ($0 ~ /FAILED$/) finish("fail")
-            else if ($0 ~ /passed$/ || $0 ~ /\.\.\.passed/) finish("pass")
+            else if ($0 ~ /passed$/ || $0 ~ /^passed/ || $0 ~ /\.\.\.passed/) finish("pass")
         }
     ' "$1"
 }
