@@ -70,7 +70,15 @@ impl ZFileReader {
                     size,
                 });
             }
-            parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?
+            let trailer = parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?;
+            // Current writers set the digest flag in both structures, legacy ones in neither;
+            // a mismatch means a flipped flag, which would silently disable digest checks.
+            if header.has(flag::DIGEST) != trailer.has(flag::DIGEST) {
+                return Err(ZFileError::Corrupt(
+                    "header and trailer disagree on the digest flag".into(),
+                ));
+            }
+            trailer
         };
         let info = ZFileInfo::from_structure(&used, size, overwrite)?;
         let table = load_table(source.as_ref(), &info).await?;

@@ -30,17 +30,26 @@ fn sample_data(len: usize, seed: u64) -> Vec<u8> {
             0 => out.extend(std::iter::repeat(0u8).take(run)),
             1 => out.extend(b"overlaybd zfile ".iter().cycle().take(run)),
             _ => {
-                for _ in 0..run {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    out.push((state >> 56) as u8);
-                }
+                out.extend(noise(run, state));
+                state = state.rotate_left(17);
             }
         }
     }
     out.truncate(len);
     out
+}
+
+/// Incompressible pseudo-random bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
 }
 
 /// Compresses `data` into an in-memory ZFile; with `header` the final header is rewritten.

@@ -157,15 +157,7 @@ fn writer_refuses_bad_block_sizes() {
 #[test]
 fn writer_refuses_stored_blocks_over_64k() {
     // 64 KiB of random bytes grows under both codecs beyond what the reference can read (§5).
-    let mut state = 0x1234_5678_9ABC_DEF1u64;
-    let noise: Vec<u8> = (0..65_536)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect();
+    let noise = super::noise(65_536, 0x1234_5678_9ABC_DEF1u64);
     for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
         let options = WriterOptions {
             algorithm,
@@ -282,15 +274,7 @@ async fn reader_accepts_small_block_sizes() {
 #[tokio::test]
 async fn reader_decodes_stored_blocks_over_64k() {
     // The reference writer makes these with --bs 64 and cannot read them back; we can (§5).
-    let mut state = 77u64;
-    let noise: Vec<u8> = (0..100_000)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect();
+    let noise = super::noise(100_000, 77u64);
     for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
         let reader = ZFileReader::open(mem(super::assemble(&noise, algorithm, 65_536, true)))
             .await
