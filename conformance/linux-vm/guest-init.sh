@@ -65,7 +65,7 @@ finish() {
     [ -n "$DISK" ] && umount /mnt 2>/dev/null
     iscsiadm -m node -U all > /dev/null 2>&1
     show DMESG dmesg
-    say "VMI: done failed=$FAILED uptime=$(secs $(now_cs))s"
+    say "VMI: done failed=$FAILED uptime=$(secs "$(now_cs)")s"
     sync
     poweroff -f
     sleep 5
@@ -115,9 +115,9 @@ PORTAL="$PORTAL_HOST:$PORTAL_PORT"
 if [ "$SCSI_LOG" = 1 ]; then
     mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
     T=/sys/kernel/tracing
-    echo 8192 > $T/buffer_size_kb
-    echo 1 > $T/events/scsi/scsi_dispatch_cmd_start/enable
-    echo 1 > $T/events/scsi/scsi_dispatch_cmd_done/enable
+    echo 8192 > "$T/buffer_size_kb"
+    echo 1 > "$T/events/scsi/scsi_dispatch_cmd_start/enable"
+    echo 1 > "$T/events/scsi/scsi_dispatch_cmd_done/enable"
     # SCSI_LOG_MLCOMPLETE level 1 (bits 12-14): sd logs every command that did not complete GOOD,
     # with its CDB and decoded sense, to the kernel log.
     echo 4096 > /proc/sys/dev/scsi/logging_level
@@ -230,25 +230,59 @@ fi
 
 # --- size and first MiB -------------------------------------------------------------------------
 start
-size=$(($(cat /sys/block/$DISK/size) * 512))
-lbs=$(cat /sys/block/$DISK/queue/logical_block_size)
+size=$(($(cat "/sys/block/$DISK/size") * 512))
+lbs=$(cat "/sys/block/$DISK/queue/logical_block_size")
 if [ "$size" = "$EXP_SIZE" ]; then
     result size PASS "$size bytes, logical block $lbs"
 else
     result size FAIL "disk has $size bytes, image $EXP_SIZE"
 fi
 
-# One O_DIRECT read of 1 MiB (so the page cache cannot answer), hashed.
+# One O_DIRECT read of 1 MiB (so the page cache cannot answer) into memory, hashed afterwards:
+# a hash running while the data arrives slows TCG's network a lot (see --full-md5 in run.sh).
 read_first_mib() {
-    dd if=/dev/$DISK bs=1048576 count=1 iflag=direct 2>/dev/null ||
-        { echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/$DISK bs=1048576 count=1 2>/dev/null; }
+    dd if="/dev/$DISK" of=/tmp/first bs=1048576 count=1 iflag=direct 2>/dev/null ||
+        { echo 3 > /proc/sys/vm/drop_caches; dd if="/dev/$DISK" of=/tmp/first bs=1048576 count=1 2>/dev/null; }
+    cat /tmp/first
+    rm -f /tmp/first
 }
 start
-got=$(read_first_mib | md5sum | cut -d' ' -f1)
-if [ "$got" = "$EXP_MD5_1M" ]; then
-    result md5_first_mib PASS "$got"
+# 32 hex digits: md5; 64: sha256 (the fixtures' READMEs give sha256).
+if [ "${#EXP_1M}" = 64 ]; then hash=sha256sum; else hash=md5sum; fi
+got=$(read_first_mib | $hash | cut -d' ' -f1)
+if [ "$got" = "$EXP_1M" ]; then
+    result first_mib PASS "${hash%sum} $got"
 else
-    result md5_first_mib FAIL "disk $got, image $EXP_MD5_1M"
+    result first_mib FAIL "${hash%sum}: disk $got, expected $EXP_1M"
+fi
+
+if [ "$FS" = auto ]; then
+    FS=none
+    magic=$(dd if="/dev/$DISK" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
+    [ "$magic" = 53ef ] && FS=ext4
+    info "fs $FS (magic at byte 1080: $magic)"
+fi
+
+# The whole disk, in 8 MiB chunks read into memory first (see run.sh's --full-md5).
+if [ -s /etc/vmi.chunks ]; then
+    start
+    bad=""
+    n=0
+    while read -r i sum; do
+        dd if="/dev/$DISK" of=/tmp/chunk bs=1048576 skip=$((i * 8)) count=8 iflag=direct 2>/dev/null
+        got=$(md5sum < /tmp/chunk | cut -d' ' -f1)
+        rm -f /tmp/chunk
+        n=$((n + 1))
+        if [ "$got" != "$sum" ]; then
+            bad="$bad $i"
+            info "chunk_mismatch $i (bytes from $((i * 8)) MiB) disk=$got image=$sum"
+        fi
+    done < /etc/vmi.chunks
+    if [ -z "$bad" ]; then
+        result md5_full PASS "$n chunks of 8 MiB match"
+    else
+        result md5_full FAIL "chunks differ:$bad"
+    fi
 fi
 
 # --- ext4 ---------------------------------------------------------------------------------------
@@ -270,7 +304,7 @@ check_files() {
 
 if [ "$FS" = ext4 ]; then
     start
-    if mount -t ext4 -o ro /dev/$DISK /mnt 2> /tmp/mount.err; then
+    if mount -t ext4 -o ro "/dev/$DISK" /mnt 2> /tmp/mount.err; then
         show LS ls -laR /mnt
         list=$(cd /mnt && find . -type f | sort | md5sum | cut -d' ' -f1)
         if [ -z "$EXP_LIST_MD5" ] || [ "$list" = "$EXP_LIST_MD5" ]; then
@@ -295,9 +329,9 @@ fi
 if [ "$RW" = 1 ] && [ "$FS" = ext4 ]; then
     start
     : > /tmp/written
-    if mount -t ext4 /dev/$DISK /mnt 2> /tmp/mount.err; then
+    if mount -t ext4 "/dev/$DISK" /mnt 2> /tmp/mount.err; then
         mkdir -p /mnt/vmi-rw
-        dd if=/dev/urandom of=/mnt/vmi-rw/random.bin bs=1024 count=$RW_KIB 2>/dev/null
+        dd if=/dev/urandom of=/mnt/vmi-rw/random.bin bs=1024 count="$RW_KIB" 2>/dev/null
         echo "written by the overlaybd-target VM test at uptime $(now_cs)" > /mnt/vmi-rw/note.txt
         (cd /mnt && md5sum vmi-rw/random.bin vmi-rw/note.txt) > /tmp/written
         sync
@@ -314,7 +348,7 @@ if [ "$RW" = 1 ] && [ "$FS" = ext4 ]; then
     if login relogin; then
         start
         echo 3 > /proc/sys/vm/drop_caches
-        if mount -t ext4 -o ro /dev/$DISK /mnt 2> /tmp/mount.err; then
+        if mount -t ext4 -o ro "/dev/$DISK" /mnt 2> /tmp/mount.err; then
             if [ -s /tmp/written ] && (cd /mnt && md5sum -c -s /tmp/written); then
                 result rw_readback PASS "$(wc -l < /tmp/written) files read back after re-login"
             else
@@ -332,15 +366,33 @@ logout logout
 # --- SCSI command log ---------------------------------------------------------------------------
 if [ "$SCSI_LOG" = 1 ]; then
     start
-    cat $T/trace > /tmp/trace
+    cat "$T/trace" > /tmp/trace
     n=$(grep -c scsi_dispatch_cmd_start /tmp/trace)
     sed -n 's/^.*scsi_dispatch_cmd_\(start\|done\): /\1 /p' /tmp/trace | sed 's/^/SCSI /' > /dev/console
-    grep scsi_dispatch_cmd_done /tmp/trace | grep CHECK_CONDITION | sed 's/^.*lun=\([0-9]*\).*cmnd=(\([^)]*\)).*$/lun=\1 \2/' > /tmp/cc
-    while read -r l; do info "check_condition $l"; done < /tmp/cc
-    # The sense sd decoded for those commands (kernel log lines with "Sense Key"/"Add. Sense").
-    dmesg | grep -E 'Sense Key|Add\. Sense|ASC=' | sed 's/^\[[^]]*\] //' | while read -r l; do info "sense $l"; done
+    grep scsi_dispatch_cmd_done /tmp/trace | grep -v 'host=DID_OK.*status=SAM_STAT_GOOD)' > /tmp/bad
+    dmesg | grep -E 'tag#[0-9]+ (Sense Key|Add\. Sense)' > /tmp/sense
+    # One line per command that did not complete GOOD: LUN, CDB, result and the sense sd decoded.
+    # sd logs the sense with the same tag the trace shows as driver_tag; tags are reused, so the
+    # n-th failed command with tag X takes the n-th "Sense Key"/"Add. Sense" pair logged for X.
+    awk '
+        FILENAME == "/tmp/sense" {
+            match($0, /tag#[0-9]+/); t = substr($0, RSTART + 4, RLENGTH - 4)
+            line = $0; sub(/^.*tag#[0-9]+ /, "", line)
+            if (line ~ /^Sense Key/) { nk[t]++; key[t, nk[t]] = line } else { na[t]++; asc[t, na[t]] = line }
+            next
+        }
+        {
+            match($0, /lun=[0-9]+/); lun = substr($0, RSTART, RLENGTH)
+            match($0, /driver_tag=[0-9-]+/); t = substr($0, RSTART + 11, RLENGTH - 11)
+            match($0, /cmnd=\([^)]*\)/); cmd = substr($0, RSTART + 6, RLENGTH - 7)
+            match($0, /result=\([^)]*\)/); res = substr($0, RSTART + 8, RLENGTH - 9)
+            sense = ""
+            if (res ~ /CHECK_CONDITION/) { used[t]++; sense = " | " key[t, used[t]] " | " asc[t, used[t]] }
+            print lun " " cmd " -> " res sense
+        }' /tmp/sense /tmp/bad > /tmp/cc
+    while read -r l; do info "not_good $l"; done < /tmp/cc
     if [ "$n" -gt 0 ]; then
-        result scsi_log PASS "$n commands, $(wc -l < /tmp/cc) CHECK CONDITION"
+        result scsi_log PASS "$n commands, $(grep -c CHECK_CONDITION /tmp/cc) CHECK CONDITION, $(grep -vc CHECK_CONDITION /tmp/cc) other not GOOD"
     else
         result scsi_log FAIL "no scsi_dispatch_cmd_start events recorded"
     fi

@@ -9,13 +9,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
     cat <<'EOF'
-usage: run.sh --portal HOST:PORT --iqn IQN --image PATH [options]
+usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --expect-first-mib HASH)
+              [options]
 
   --portal HOST:PORT     the target's portal as seen from this host (127.0.0.1 is reached from the
                          guest as 10.0.2.2)
   --iqn IQN              target name expected in SendTargets and used for login
   --image PATH           the target's backing image on this host: size, first-MiB md5 and (for ext4)
                          file hashes are computed from it before the guest boots
+  --expect-size N, --expect-first-mib HASH
+                         instead of --image (e.g. for an overlaybd image): the disk size in bytes
+                         and the md5 (32 hex digits) or sha256 (64) of its first MiB
+  --fs ext4|none|auto    whether to mount the disk (default: from the image's superblock magic; without
+                         --image, auto: the guest looks at the disk's magic itself)
   --lun N                LUN that must show up as the disk (default 0; tgt uses 1)
   --chap-user U --chap-secret S
                          log in with CHAP (one-way)
@@ -29,6 +35,8 @@ usage: run.sh --portal HOST:PORT --iqn IQN --image PATH [options]
   --rw-kib N             size of the random file written by --rw (default 256)
   --no-host-verify       with --rw, do not check the written files in the image on the host after
                          the run (for targets whose writes do not land in PATH)
+  --full-md5             also compare the whole disk with the image, as md5s of 8 MiB chunks (reads
+                         under TCG run at 2-100 MB/s, depending on the load)
   --scsi-log             record every SCSI command (tracefs) and report CHECK CONDITIONs with sense
   --timeout SECS         bound for the whole run (default 300)
   --disk-wait SECS       how long the guest waits for the disk after login (default 20)
@@ -44,13 +52,16 @@ die() {
     exit 2
 }
 
-portal="" iqn="" image="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
-rw=0 rw_kib=256 host_verify=1 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
+portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
+rw=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --portal) portal=$2; shift ;;
         --iqn) iqn=$2; shift ;;
         --image) image=$2; shift ;;
+        --expect-size) exp_size=$2; shift ;;
+        --expect-first-mib) exp_1m=$2; shift ;;
+        --fs) fs=$2; shift ;;
         --lun) lun=$2; shift ;;
         --chap-user) chap_user=$2; shift ;;
         --chap-secret) chap_secret=$2; shift ;;
@@ -67,6 +78,7 @@ while [ $# -gt 0 ]; do
         --rw) rw=1 ;;
         --rw-kib) rw_kib=$2; shift ;;
         --no-host-verify) host_verify=0 ;;
+        --full-md5) full_md5=1 ;;
         --scsi-log) scsi_log=1 ;;
         --timeout) timeout=$2; shift ;;
         --disk-wait) disk_wait=$2; shift ;;
@@ -79,10 +91,22 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$portal" ] && [ -n "$iqn" ] && [ -n "$image" ] || { usage >&2; die "--portal, --iqn and --image are required"; }
-[ -r "$image" ] || die "cannot read image $image"
+if [ -z "$portal" ] || [ -z "$iqn" ]; then usage >&2; die "--portal and --iqn are required"; fi
+if [ -n "$image" ]; then
+    [ -r "$image" ] || die "cannot read image $image"
+    [ -z "$exp_size$exp_1m" ] || die "--image and --expect-* exclude each other"
+else
+    [[ "$exp_size" =~ ^[0-9]+$ ]] || die "without --image, --expect-size BYTES is required"
+    [[ "$exp_1m" =~ ^([0-9a-f]{32}|[0-9a-f]{64})$ ]] || die "--expect-first-mib takes an md5 or sha256 in hex"
+    [ "$full_md5" = 0 ] || die "--full-md5 needs --image"
+    [ -z "$files" ] || die "--files needs --image"
+    host_verify=0
+fi
+case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
 [[ "$portal" == *:* ]] || die "--portal must be HOST:PORT"
-[[ "$lun" =~ ^[0-9]+$ ]] || die "--lun must be a number"
+for n in "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
+done
 [ -z "$chap_user" ] || [ -n "$chap_secret" ] || die "--chap-user needs --chap-secret"
 for d in "$hdig" "$ddig"; do
     case "$d" in None | CRC32C | CRC32C,None | None,CRC32C) ;; *) die "digest must be None, CRC32C or CRC32C,None" ;; esac
@@ -99,11 +123,22 @@ else
 fi
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/vmi-scratch.XXXXXX")
 qemu_pid=""
+# wait_gone SECS: waits until QEMU has exited, at most SECS seconds.
+wait_gone() {
+    local until=$((SECONDS + $1))
+    while [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null && [ "$SECONDS" -lt "$until" ]; do
+        sleep 0.1
+    done
+}
+stop_qemu() {
+    [ -n "$qemu_pid" ] || return 0
+    kill "$qemu_pid" 2>/dev/null || true
+    wait_gone 5
+    kill -0 "$qemu_pid" 2>/dev/null && kill -9 "$qemu_pid" 2>/dev/null || true
+    qemu_pid=""
+}
 cleanup() {
-    if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
-        kill "$qemu_pid" 2>/dev/null || true
-        wait "$qemu_pid" 2>/dev/null || true
-    fi
+    stop_qemu
     rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -113,13 +148,28 @@ trap 'exit 130' INT TERM
 guest=$(bash "$here/build-guest.sh" --quiet) || die "build-guest.sh failed"
 
 # --- expected values, computed before the guest can change the image ----------------------------
-exp_size=$(stat -L -c %s "$image")
-exp_md5=$(head -c 1048576 "$image" | md5sum | cut -d' ' -f1)
-fs=none
-[ "$(od -An -tx1 -j1080 -N2 "$image" | tr -d ' \n')" = "53ef" ] && fs=ext4
+if [ -n "$image" ]; then
+    exp_size=$(stat -L -c %s "$image")
+    exp_1m=$(head -c 1048576 "$image" | md5sum | cut -d' ' -f1)
+fi
+# --full-md5 compares 8 MiB chunks: reading a chunk into guest memory and hashing it afterwards
+# is several times faster under TCG than piping dd into md5sum (the busy guest CPU lets slirp's
+# receive window close, and the host's TCP then backs off), and a mismatch names its chunk.
+: > "$scratch/chunks"
+if [ "$full_md5" = 1 ]; then
+    chunks=$(((exp_size + (8 << 20) - 1) / (8 << 20)))
+    for ((i = 0; i < chunks; i++)); do
+        echo "$i $(dd if="$image" bs=1M skip=$((i * 8)) count=8 2>/dev/null | md5sum | cut -d' ' -f1)"
+    done > "$scratch/chunks"
+fi
+if [ -z "$fs" ] && [ -n "$image" ]; then
+    fs=none
+    [ "$(od -An -tx1 -j1080 -N2 "$image" | tr -d ' \n')" = "53ef" ] && fs=ext4
+fi
+[ -n "$fs" ] || fs=auto
 list_md5=""
 : > "$scratch/files"
-if [ "$fs" = ext4 ]; then
+if [ "$fs" = ext4 ] && [ -n "$image" ]; then
     if [ -n "$files" ]; then
         IFS=, read -r -a want <<< "$files"
         for p in "${want[@]}"; do
@@ -138,7 +188,7 @@ if [ "$fs" = ext4 ]; then
         done) >> "$scratch/files"
     fi
 fi
-[ "$rw" = 1 ] && [ "$fs" != ext4 ] && echo "run.sh: warning: --rw needs an ext4 image; skipping it" >&2
+if [ "$rw" = 1 ] && [ "$fs" = none ]; then echo "run.sh: warning: --rw needs ext4; skipping it" >&2; fi
 
 # --- the per-run archive: /init plus parameters, appended to the cached base initramfs ----------
 host=${portal%:*}
@@ -149,6 +199,7 @@ mkdir -p "$scratch/run/etc"
 cp "$here/guest-init.sh" "$scratch/run/init"
 chmod 755 "$scratch/run/init"
 cp "$scratch/files" "$scratch/run/etc/vmi.files"
+cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
 {
     echo "PORTAL_HOST=$(sq "$ghost")"
     echo "PORTAL_PORT=$(sq "$port")"
@@ -159,7 +210,7 @@ cp "$scratch/files" "$scratch/run/etc/vmi.files"
     echo "HEADER_DIGEST=$(sq "$hdig")"
     echo "DATA_DIGEST=$(sq "$ddig")"
     echo "EXP_SIZE=$exp_size"
-    echo "EXP_MD5_1M=$exp_md5"
+    echo "EXP_1M=$exp_1m"
     echo "EXP_LIST_MD5=$list_md5"
     echo "FS=$fs"
     echo "RW=$rw"
@@ -193,26 +244,27 @@ boot() {
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
         > "$logs/qemu-$a.log" 2>&1 &
     qemu_pid=$!
+    # Not a job of ours any more: bash would print "Aborted" when a KVM attempt dies; it still
+    # reaps the process, so `kill -0` below sees it go.
+    disown "$qemu_pid"
     local up_by=$((SECONDS + 25))
     while kill -0 "$qemu_pid" 2>/dev/null; do
         grep -q '^VMI: done' "$logs/results.log" && break
         if [ "$a" = kvm ] && [ "$SECONDS" -ge "$up_by" ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
             echo "run.sh: KVM guest not up in 25 s; falling back to TCG" >&2
-            kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true
+            stop_qemu
             return 3
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             echo "run.sh: timeout after ${timeout}s; killing QEMU" >&2
-            kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true
+            stop_qemu
             return 1
         fi
         sleep 0.2
     done
-    local rc=0
     # After "VMI: done" the guest powers off at once; give QEMU a moment, then stop it.
-    for _ in $(seq 50); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.1; done
-    kill "$qemu_pid" 2>/dev/null || true
-    wait "$qemu_pid" 2>/dev/null || rc=$?
+    wait_gone 5
+    stop_qemu
     if [ "$a" = kvm ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
         echo "run.sh: QEMU with KVM failed ($(tail -1 "$logs/qemu-$a.log")); falling back to TCG" >&2
         return 3
@@ -247,7 +299,14 @@ tr -d '\r' < "$logs/results.log" > "$scratch/results"
 sed -n 's/^SESSION //p' "$logs/console.log" | tr -d '\r' > "$logs/session.txt"
 [ "$scsi_log" = 1 ] && sed -n 's/^SCSI //p' "$logs/console.log" | tr -d '\r' > "$logs/scsi.log"
 
-if [ "$rw" = 1 ] && [ "$fs" = ext4 ] && [ "$host_verify" = 1 ]; then
+# With --fs auto the guest decides from the disk's superblock magic and says so.
+efs=$fs
+if [ "$fs" = auto ]; then
+    efs=none
+    grep -q '^INFO fs ext4' "$scratch/results" && efs=ext4
+fi
+
+if [ "$rw" = 1 ] && [ "$efs" = ext4 ] && [ "$host_verify" = 1 ]; then
     t0=$(date +%s.%N)
     n=0 bad=0
     while read -r _ _ path sum; do
@@ -265,9 +324,10 @@ if [ "$rw" = 1 ] && [ "$fs" = ext4 ] && [ "$host_verify" = 1 ]; then
     fi
 fi
 
-expected=(boot discovery login login_disk session_params size md5_first_mib)
-[ "$fs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
-if [ "$rw" = 1 ] && [ "$fs" = ext4 ]; then
+expected=(boot discovery login login_disk session_params size first_mib)
+[ "$full_md5" = 1 ] && expected+=(md5_full)
+[ "$efs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
+if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then
     expected+=(rw_write rw_logout relogin relogin_disk rw_readback)
     [ "$host_verify" = 1 ] && expected+=(rw_host_verify)
 fi
