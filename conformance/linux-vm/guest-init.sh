@@ -102,13 +102,20 @@ echo "InitiatorName=$INITIATOR_NAME" > /etc/iscsi/initiatorname.iscsi
     echo "node.conn[0].timeo.noop_out_timeout = 15"
     echo "node.session.timeo.replacement_timeout = 15"
 } > /etc/iscsi/iscsid.conf
+start
 iscsid -f > /tmp/iscsid.log 2>&1 &
 # iscsiadm exits 20 (ISCSI_ERR_ISCSID_NOTCONN) until iscsid listens; 21 means "no sessions".
 iscsid_up() {
     iscsiadm -m session > /dev/null 2>&1
     [ $? != 20 ]
 }
-wait_until 10 iscsid_up || info "iscsid did not answer in 10 s"
+if wait_until 10 iscsid_up; then
+    result iscsid PASS "answering"
+else
+    show ISCSID cat /tmp/iscsid.log
+    result iscsid FAIL "iscsid did not answer in 10 s"
+    finish
+fi
 
 PORTAL="$PORTAL_HOST:$PORTAL_PORT"
 

@@ -89,7 +89,7 @@ if [ "$quick" = 0 ]; then
     case_ digests_refused fail --lun 1 --digests on
     tgtadm --op update --mode target --tid 1 --name HeaderDigest --value CRC32C,None
     tgtadm --op update --mode target --tid 1 --name DataDigest --value CRC32C,None
-    case_ digests pass --lun 1 --digests on --rw
+    case_ digests pass --lun 1 --digests on --rw --full-md5 --scsi-log
     case_ wrong_iqn fail --lun 1 --iqn iqn.2026-11.test:nosuch
     case_ missing_lun fail --lun 5 --disk-wait 5
 fi
