@@ -147,7 +147,9 @@ if [ "$ok" = 1 ] && grep -q " $IQN\$" /tmp/disc.out; then
 elif [ "$ok" = 1 ]; then
     result discovery FAIL "$IQN not in SendTargets reply: $(tr '\n' ' ' < /tmp/disc.out)"
 else
+    # Nothing answered SendTargets: a login to the same portal could only time out (30 s).
     result discovery FAIL "iscsiadm: $(tail -1 /tmp/disc.err)"
+    finish
 fi
 
 # The reported address is the target's own view (often 127.0.0.1, the guest's loopback here), so

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the VM harness itself against tgtd, a known-good target: every case run.sh offers must pass,
-# and runs that ought to fail (wrong CHAP secret, wrong IQN, missing LUN, digest refused) must fail.
+# and runs that ought to fail (wrong CHAP secret, digests refused, wrong IQN, missing LUN, an image
+# that is not the target's, nothing listening) must fail.
 # Starts its own tgtd on a private control port and a random loopback portal; needs root for tgtd.
 # Usage: selftest-tgt.sh [--quick]   (--quick: only the read-only and read-write cases)
 set -euo pipefail
@@ -42,6 +43,8 @@ echo "hello from the host" > "$work/tree/hello.txt"
 head -c 300000 /dev/urandom > "$work/tree/sub/random.bin"
 seq 1 20000 > "$work/tree/sub/seq.txt"
 mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/disk.img" 32M
+# Same size and files, different filesystem UUID and timestamps: the data checks must notice.
+mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/other.img" 32M
 
 tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$port > "$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
@@ -92,6 +95,8 @@ if [ "$quick" = 0 ]; then
     case_ digests pass --lun 1 --digests on --rw --full-md5 --scsi-log
     case_ wrong_iqn fail --lun 1 --iqn iqn.2026-11.test:nosuch
     case_ missing_lun fail --lun 5 --disk-wait 5
+    case_ wrong_image fail --lun 1 --image "$work/other.img"
+    case_ no_listener fail --lun 1 --portal "127.0.0.1:$((port == 60000 ? 20001 : port + 1))"
 fi
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
