@@ -95,6 +95,14 @@ fi
 
 log "building guest $key ($versions)"
 mkdir -p "$cache_root/debs"
+# One build at a time (parallel runs share the cache); the loser of the race finds it built.
+exec 9> "$cache_root/.lock"
+flock 9
+if [ -f "$out/done" ]; then
+    echo "$(lists_stamp) $out" > "$cache_root/current"
+    echo "$out"
+    exit 0
+fi
 work=$(mktemp -d "$cache_root/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

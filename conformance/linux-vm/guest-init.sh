@@ -131,13 +131,22 @@ if [ "$SCSI_LOG" = 1 ]; then
 fi
 
 # --- discovery ----------------------------------------------------------------------------------
+# Up to 3 tries within 30 s: a refused connection fails a try in about a second, a target that
+# accepts and never answers would hold iscsiadm for its login timeouts, so `timeout` cuts it off.
 start
-ok=0
-for try in 1 2 3; do
-    if iscsiadm -m discovery -t sendtargets -p "$PORTAL" > /tmp/disc.out 2> /tmp/disc.err; then
+ok=0 try=0
+disc_deadline=$(($(now_cs) + 3000))
+while [ "$try" -lt 3 ]; do
+    try=$((try + 1))
+    left=$(((disc_deadline - $(now_cs)) / 100))
+    [ "$left" -ge 1 ] || break
+    timeout -s KILL "$left" iscsiadm -m discovery -t sendtargets -p "$PORTAL" > /tmp/disc.out 2> /tmp/disc.err
+    rc=$?
+    if [ "$rc" = 0 ]; then
         ok=1
         break
     fi
+    [ "$rc" = 137 ] && echo "no SendTargets answer within 30 s (iscsiadm killed)" >> /tmp/disc.err
 done
 show DISCOVERY cat /tmp/disc.out /tmp/disc.err
 if [ "$ok" = 1 ] && grep -q " $IQN\$" /tmp/disc.out; then
@@ -188,9 +197,11 @@ find_disk() {
 login() {
     start
     DISK=""
-    if ! iscsiadm -m node -T "$IQN" -p "$PORTAL" --login > /tmp/login.out 2>&1; then
+    # iscsid retries a login that times out (2 x 15 s); 45 s bounds a target that never answers.
+    if ! timeout -s KILL 45 iscsiadm -m node -T "$IQN" -p "$PORTAL" --login > /tmp/login.out 2>&1; then
         show LOGIN cat /tmp/login.out
-        result "$1" FAIL "$(grep -i 'error\|fail' /tmp/login.out | tail -1)"
+        why=$(grep -i 'error\|fail' /tmp/login.out | tail -1)
+        result "$1" FAIL "${why:-no login answer within 45 s}"
         return 1
     fi
     result "$1" PASS "session up"
@@ -206,7 +217,7 @@ login() {
 
 logout() {
     start
-    if iscsiadm -m node -T "$IQN" -p "$PORTAL" --logout > /tmp/logout.out 2>&1; then
+    if timeout -s KILL 30 iscsiadm -m node -T "$IQN" -p "$PORTAL" --logout > /tmp/logout.out 2>&1; then
         result "$1" PASS "session closed"
     else
         show LOGOUT cat /tmp/logout.out
@@ -265,6 +276,44 @@ else
     result first_mib FAIL "${hash%sum}: disk $got, expected $EXP_1M"
 fi
 
+# --- raw writes: 4 x 1 MiB O_DIRECT at the end of the disk, read back, then the old data restored --
+# (1 MiB writes are what make the initiator use R2Ts and Data-Out sequences.)
+# direct_region OP FILE: reads (OP=read) or writes (OP=write) the region with O_DIRECT.
+direct_region() {
+    if [ "$1" = read ]; then
+        dd if="/dev/$DISK" of="$2" bs=1048576 skip="$RAW_AT" count=4 iflag=direct 2>/dev/null
+    else
+        dd if="$2" of="/dev/$DISK" bs=1048576 seek="$RAW_AT" count=4 oflag=direct conv=fsync,notrunc 2>/dev/null
+    fi
+}
+if [ "$RAW_WRITE" = 1 ]; then
+    start
+    RAW_AT=$((size / 1048576 - 4))
+    if [ "$RAW_AT" -lt 1 ]; then
+        result raw_write FAIL "disk smaller than 5 MiB"
+    elif ! direct_region read /tmp/orig; then
+        result raw_write FAIL "reading the original data failed"
+    else
+        dd if=/dev/urandom of=/tmp/pat bs=1048576 count=4 2>/dev/null
+        want=$(md5sum < /tmp/pat | cut -d' ' -f1)
+        if direct_region write /tmp/pat && echo 3 > /proc/sys/vm/drop_caches && direct_region read /tmp/back &&
+            [ "$(md5sum < /tmp/back | cut -d' ' -f1)" = "$want" ]; then
+            result raw_write PASS "4 MiB at MiB $RAW_AT written and read back"
+        else
+            result raw_write FAIL "4 MiB at MiB $RAW_AT: readback differs or I/O failed"
+        fi
+        start
+        want=$(md5sum < /tmp/orig | cut -d' ' -f1)
+        if direct_region write /tmp/orig && direct_region read /tmp/back &&
+            [ "$(md5sum < /tmp/back | cut -d' ' -f1)" = "$want" ]; then
+            result raw_restore PASS "original data back"
+        else
+            result raw_restore FAIL "could not restore MiB $RAW_AT..$((RAW_AT + 3))"
+        fi
+        rm -f /tmp/orig /tmp/pat /tmp/back
+    fi
+fi
+
 if [ "$FS" = auto ]; then
     FS=none
     magic=$(dd if="/dev/$DISK" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
@@ -314,7 +363,8 @@ check_files() {
 if [ "$FS" = ext4 ]; then
     start
     if mount -t ext4 -o ro "/dev/$DISK" /mnt 2> /tmp/mount.err; then
-        show LS ls -laR /mnt
+        ls -laR /mnt > /tmp/ls.out 2>&1
+        show LS sed -n 1,500p /tmp/ls.out
         list=$(cd /mnt && find . -type f | sort | md5sum | cut -d' ' -f1)
         if [ -z "$EXP_LIST_MD5" ] || [ "$list" = "$EXP_LIST_MD5" ]; then
             result ext4_ro_mount PASS "mounted, $(cd /mnt && find . -type f | wc -l) files"
@@ -400,6 +450,8 @@ if [ "$SCSI_LOG" = 1 ]; then
             print lun " " cmd " -> " res sense
         }' /tmp/sense /tmp/bad > /tmp/cc
     while read -r l; do info "not_good $l"; done < /tmp/cc
+    info "commands $(sed -n 's/^.*scsi_dispatch_cmd_start: .*cmnd=(\([A-Z_0-9]*\).*$/\1/p' /tmp/trace |
+        sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')"
     if [ "$n" -gt 0 ]; then
         result scsi_log PASS "$n commands, $(grep -c CHECK_CONDITION /tmp/cc) CHECK CONDITION, $(grep -vc CHECK_CONDITION /tmp/cc) other not GOOD"
     else

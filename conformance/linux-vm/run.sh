@@ -32,6 +32,8 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          image is at most 512 MiB, hashing files up to 4 MiB)
   --rw                   also mount read-write, write files, log out, log in again and read them back
                          (CHANGES THE IMAGE: point the target at a scratch copy)
+  --raw-write            write 4 x 1 MiB (O_DIRECT) at the end of the disk, read it back, then restore
+                         the old data (needs a writable LUN; works on any image)
   --rw-kib N             size of the random file written by --rw (default 256)
   --no-host-verify       with --rw, do not check the written files in the image on the host after
                          the run (for targets whose writes do not land in PATH)
@@ -53,7 +55,7 @@ die() {
 }
 
 portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
-rw=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
+rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --portal) portal=$2; shift ;;
@@ -76,6 +78,7 @@ while [ $# -gt 0 ]; do
         --data-digest) ddig=$2; shift ;;
         --files) files=$2; shift ;;
         --rw) rw=1 ;;
+        --raw-write) raw_write=1 ;;
         --rw-kib) rw_kib=$2; shift ;;
         --no-host-verify) host_verify=0 ;;
         --full-md5) full_md5=1 ;;
@@ -214,6 +217,7 @@ cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
     echo "EXP_LIST_MD5=$list_md5"
     echo "FS=$fs"
     echo "RW=$rw"
+    echo "RAW_WRITE=$raw_write"
     echo "RW_KIB=$(sq "$rw_kib")"
     echo "SCSI_LOG=$scsi_log"
     echo "DISK_WAIT=$(sq "$disk_wait")"
@@ -327,6 +331,7 @@ if [ "$rw" = 1 ] && [ "$efs" = ext4 ] && [ "$host_verify" = 1 ]; then
 fi
 
 expected=(boot iscsid discovery login login_disk session_params size first_mib)
+[ "$raw_write" = 1 ] && expected+=(raw_write raw_restore)
 [ "$full_md5" = 1 ] && expected+=(md5_full)
 [ "$efs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
 if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then

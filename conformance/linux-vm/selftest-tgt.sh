@@ -80,7 +80,7 @@ case_() {
 }
 
 case_ ro pass --lun 1 --scsi-log
-case_ rw pass --lun 1 --rw --scsi-log
+case_ rw pass --lun 1 --rw --raw-write --scsi-log
 if [ "$quick" = 0 ]; then
     tgtadm --op new --mode account --user vmuser --password vmsecret12345
     tgtadm --op bind --mode account --tid 1 --user vmuser
