@@ -42,9 +42,10 @@ mkdir -p "$work/tree/sub"
 echo "hello from the host" > "$work/tree/hello.txt"
 head -c 300000 /dev/urandom > "$work/tree/sub/random.bin"
 seq 1 20000 > "$work/tree/sub/seq.txt"
-mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/disk.img" 32M
+truncate -s 32M "$work/disk.img" "$work/other.img"
+mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/disk.img"
 # Same size and files, different filesystem UUID and timestamps: the data checks must notice.
-mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/other.img" 32M
+mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/other.img"
 
 tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$port > "$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
