@@ -46,12 +46,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$work/tree/sub"
-echo "hello from the host" > "$work/tree/hello.txt"
-head -c 300000 /dev/urandom > "$work/tree/sub/random.bin"
-seq 1 20000 > "$work/tree/sub/seq.txt"
-truncate -s 64M "$work/disk.img"
-mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/disk.img"
+bash "$here/make-test-image.sh" "$work/disk.img" 64M
 
 "$bin" --portal "127.0.0.1:$port" --target "$iqn" --lun "file:$work/disk.img" > "$work/target.log" 2>&1 &
 target_pid=$!

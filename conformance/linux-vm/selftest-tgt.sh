@@ -37,15 +37,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A small ext4 image with a few files, made without root.
-mkdir -p "$work/tree/sub"
-echo "hello from the host" > "$work/tree/hello.txt"
-head -c 300000 /dev/urandom > "$work/tree/sub/random.bin"
-seq 1 20000 > "$work/tree/sub/seq.txt"
-truncate -s 32M "$work/disk.img" "$work/other.img"
-mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/disk.img"
-# Same size and files, different filesystem UUID and timestamps: the data checks must notice.
-mkfs.ext4 -q -F -d "$work/tree" -L vmtest "$work/other.img"
+bash "$here/make-test-image.sh" "$work/disk.img" 32M
+# Same size and file names, other content and UUID: the data checks must notice.
+bash "$here/make-test-image.sh" "$work/other.img" 32M
 
 tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$port > "$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
@@ -59,16 +53,20 @@ tgtadm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img"
 tgtadm --op bind --mode target --tid 1 -I ALL
 
 pass=0 fail=0
-# case NAME EXPECT(pass|fail) [run.sh arguments...]
+# case NAME EXPECT [run.sh arguments...]: EXPECT is "pass", or "fail:CASE" when the run must fail
+# and CASE must be the first check that fails (so it fails for the intended reason).
 case_() {
-    local name=$1 expect=$2 rc=0 t0 dt
+    local name=$1 expect=$2 rc=0 t0 dt first
     shift 2
     t0=$(date +%s.%N)
     bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --image "$work/disk.img" \
         --logs "$work/logs-$name" --timeout 240 "$@" > "$work/$name.out" 2>&1 || rc=$?
     dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     local got=pass
-    [ "$rc" = 0 ] || got=fail
+    if [ "$rc" != 0 ]; then
+        first=$(awk '$1 == "RESULT" && $3 == "FAIL" { print $2; exit }' "$work/$name.out")
+        got=fail:${first:-none}
+    fi
     if [ "$got" = "$expect" ]; then
         pass=$((pass + 1))
         echo "selftest: $name: ok (expected $expect) in ${dt}s"
@@ -86,18 +84,18 @@ if [ "$quick" = 0 ]; then
     tgtadm --op new --mode account --user vmuser --password vmsecret12345
     tgtadm --op bind --mode account --tid 1 --user vmuser
     case_ chap pass --lun 1 --chap-user vmuser --chap-secret vmsecret12345
-    case_ chap_wrong_secret fail --lun 1 --chap-user vmuser --chap-secret not-the-secret
+    case_ chap_wrong_secret fail:login --lun 1 --chap-user vmuser --chap-secret not-the-secret
     tgtadm --op unbind --mode account --tid 1 --user vmuser
 
     # tgt answers None to a CRC32C-only offer by default, which the initiator must refuse.
-    case_ digests_refused fail --lun 1 --digests on
+    case_ digests_refused fail:login --lun 1 --digests on
     tgtadm --op update --mode target --tid 1 --name HeaderDigest --value CRC32C,None
     tgtadm --op update --mode target --tid 1 --name DataDigest --value CRC32C,None
     case_ digests pass --lun 1 --digests on --rw --full-md5 --scsi-log
-    case_ wrong_iqn fail --lun 1 --iqn iqn.2026-11.test:nosuch
-    case_ missing_lun fail --lun 5 --disk-wait 5
-    case_ wrong_image fail --lun 1 --image "$work/other.img"
-    case_ no_listener fail --lun 1 --portal "127.0.0.1:$((port == 60000 ? 20001 : port + 1))"
+    case_ wrong_iqn fail:discovery --lun 1 --iqn iqn.2026-11.test:nosuch
+    case_ missing_lun fail:login_disk --lun 5 --disk-wait 5
+    case_ wrong_image fail:first_mib --lun 1 --image "$work/other.img"
+    case_ no_listener fail:discovery --lun 1 --portal "127.0.0.1:$((port == 60000 ? 20001 : port + 1))"
 fi
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
