@@ -63,7 +63,7 @@ show() {
 
 finish() {
     [ -n "$DISK" ] && umount /mnt 2>/dev/null
-    iscsiadm -m node -U all > /dev/null 2>&1
+    timeout -s KILL 30 iscsiadm -m node -U all > /dev/null 2>&1
     show DMESG dmesg
     say "VMI: done failed=$FAILED uptime=$(secs "$(now_cs)")s"
     sync
@@ -149,8 +149,9 @@ while [ "$try" -lt 3 ]; do
     [ "$rc" = 137 ] && echo "no SendTargets answer within 30 s (iscsiadm killed)" >> /tmp/disc.err
 done
 show DISCOVERY cat /tmp/disc.out /tmp/disc.err
-if [ "$ok" = 1 ] && grep -q " $IQN\$" /tmp/disc.out; then
-    reported=$(grep " $IQN\$" /tmp/disc.out | head -1 | cut -d' ' -f1)
+# Lines are "ADDRESS:PORT,TPGT IQN"; the IQN compared as a string, not as a pattern.
+reported=$(awk -v q="$IQN" '$2 == q { print $1; exit }' /tmp/disc.out)
+if [ "$ok" = 1 ] && [ -n "$reported" ]; then
     info "target_address_reported $reported"
     result discovery PASS "$IQN at $reported (tries: $try)"
 elif [ "$ok" = 1 ]; then
