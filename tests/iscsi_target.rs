@@ -312,7 +312,7 @@ async fn several_sessions_and_luns_at_once() {
 
 #[tokio::test]
 async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
-    use overlaybd_target::iscsi::pdu::{TaskMgmtRequest, TmfFunction, TmfResponseCode};
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
     let server = TestServer::start(&["ram:1M"], quiet()).await;
     let mut a = Initiator::connect(server.addr).await;
     a.login_normal(IQN, &LoginKeys::default()).await;
@@ -326,22 +326,10 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
     // A's write waits for its Data-Out.
     let (_, r2t) = a.start_write(0, 8).await;
 
-    let reset = TaskMgmtRequest {
-        immediate: true,
-        function: TmfFunction::LOGICAL_UNIT_RESET,
-        lun: Lun::from_number(0).unwrap(),
-        itt: b.itt(),
-        referenced_task_tag: RESERVED_TAG,
-        cmd_sn: b.cmd_sn,
-        exp_stat_sn: b.exp_stat_sn,
-        ref_cmd_sn: 0,
-        exp_data_sn: 0,
-    };
-    b.send(&Pdu::TaskMgmtRequest(reset)).await;
-    let Some(Pdu::TaskMgmtResponse(rsp)) = b.recv().await else {
-        panic!("no TMF response")
-    };
-    assert_eq!(rsp.response, TmfResponseCode::COMPLETE);
+    assert_eq!(
+        b.task_management(TmfFunction::LOGICAL_UNIT_RESET).await,
+        TmfResponseCode::COMPLETE
+    );
 
     // A's task is gone: its data is ignored and it never gets a response.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -405,4 +393,59 @@ async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
     assert_eq!(j.reason, RejectReason::DATA_DIGEST_ERROR);
     // The block was not written and the session carries on.
     assert_eq!(ini.read10(0, 0, 1).await, Bytes::from(vec![0u8; 512]));
+}
+
+#[tokio::test]
+async fn cold_reset_ends_every_session_of_the_target() {
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut b = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 4],
+        ..LoginKeys::default()
+    };
+    b.login_normal(IQN, &keys).await;
+    assert_eq!(
+        b.task_management(TmfFunction::TARGET_COLD_RESET).await,
+        TmfResponseCode::COMPLETE
+    );
+    assert!(
+        b.recv().await.is_none(),
+        "the resetting session is closed after its response"
+    );
+    assert!(
+        a.recv().await.is_none(),
+        "and so is every other session of the target"
+    );
+}
+
+#[tokio::test]
+async fn logins_that_would_add_a_connection_are_refused() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    // MaxConnections=1: the live session's TSIH cannot take a second connection.
+    let mut second = Initiator::connect(server.addr).await;
+    let join = LoginKeys {
+        tsih: a.tsih,
+        ..LoginKeys::default()
+    };
+    assert_eq!(
+        second.login(Some(IQN), &join).await.status,
+        LoginStatus::TOO_MANY_CONNECTIONS
+    );
+    // A TSIH nobody has is a session that does not exist.
+    let mut third = Initiator::connect(server.addr).await;
+    let stale = LoginKeys {
+        tsih: a.tsih.wrapping_add(100),
+        ..LoginKeys::default()
+    };
+    assert_eq!(
+        third.login(Some(IQN), &stale).await.status,
+        LoginStatus::SESSION_DOES_NOT_EXIST
+    );
+    // The live session is untouched.
+    assert_eq!(a.read10(0, 0, 1).await.len(), 512);
 }

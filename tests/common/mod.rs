@@ -10,7 +10,8 @@ use bytes::{Bytes, BytesMut};
 use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
+    Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
+    TmfResponseCode, RESERVED_TAG,
 };
 use overlaybd_target::iscsi::transport::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,6 +78,8 @@ pub struct LoginKeys {
     pub max_burst: u32,
     /// Offer only CRC32C header and data digests.
     pub crc32c: bool,
+    /// TSIH of the Login Request (0: a new session).
+    pub tsih: u16,
 }
 
 impl Default for LoginKeys {
@@ -89,6 +92,7 @@ impl Default for LoginKeys {
             first_burst: 8192,
             max_burst: 65536,
             crc32c: false,
+            tsih: 0,
         }
     }
 }
@@ -229,7 +233,7 @@ impl Initiator {
             version_max: 0,
             version_min: 0,
             isid: Isid(keys.isid),
-            tsih: 0,
+            tsih: keys.tsih,
             itt: 0,
             cid: 0,
             cmd_sn: self.cmd_sn,
@@ -442,6 +446,26 @@ impl Initiator {
                 }
                 other => panic!("unexpected {other:?}"),
             }
+        }
+    }
+
+    /// Sends a task management request (immediate, LUN 0) and returns the response code.
+    pub async fn task_management(&mut self, function: TmfFunction) -> TmfResponseCode {
+        let req = TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: Lun::from_number(0).unwrap(),
+            itt: self.itt(),
+            referenced_task_tag: RESERVED_TAG,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        };
+        self.send(&Pdu::TaskMgmtRequest(req)).await;
+        match self.recv().await {
+            Some(Pdu::TaskMgmtResponse(rsp)) => rsp.response,
+            other => panic!("expected a TMF response, got {other:?}"),
         }
     }
 
