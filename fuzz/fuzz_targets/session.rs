@@ -31,6 +31,7 @@ fuzz_target!(|input: &[u8]| {
         queue_depth: 4,
         nop_interval: Some(Duration::from_secs(1)),
         nop_timeout: Duration::from_secs(1),
+        write_buffer_budget: 64 * 1024,
         lun_count: 2,
         cid: 0,
         first_cmd_sn: 0,

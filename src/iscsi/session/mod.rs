@@ -59,6 +59,10 @@ pub struct SessionOptions {
     pub nop_interval: Option<Duration>,
     /// Time the initiator has to show life after a ping.
     pub nop_timeout: Duration,
+    /// Bytes of write data the session may be collecting through R2Ts at once (the Expected
+    /// Data Transfer Lengths of writes being solicited or executed). Writes beyond it wait for
+    /// their first R2T; one write always proceeds, whatever its size.
+    pub write_buffer_budget: u64,
     /// Number of LUNs of the target (task management checks LUN numbers against it).
     pub lun_count: u64,
     /// The connection's CID (from login).
@@ -155,6 +159,10 @@ pub struct Session {
     ping: Option<Ping>,
     closing: Option<CloseReason>,
     text: Option<TextHandler>,
+    /// Sum of the lengths of writes holding a share of `write_buffer_budget`.
+    write_reserved: u64,
+    /// Delivered writes waiting for budget before their first R2T, oldest first.
+    write_waiting: VecDeque<u32>,
 }
 
 /// Answers a Text Request (SendTargets and other keys) given the initiator's current
@@ -198,6 +206,8 @@ impl Session {
             ping: None,
             closing: None,
             text: None,
+            write_reserved: 0,
+            write_waiting: VecDeque::new(),
         }
     }
 

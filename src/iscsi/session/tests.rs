@@ -28,6 +28,7 @@ fn options() -> SessionOptions {
         queue_depth: 8,
         nop_interval: Some(Duration::from_secs(10)),
         nop_timeout: Duration::from_secs(5),
+        write_buffer_budget: 64 * 1024,
         lun_count: 2,
         cid: 0,
         first_cmd_sn: 1,
@@ -688,4 +689,66 @@ fn numbered_command_lost_to_a_digest_error_does_not_stall_the_window() {
     assert_eq!(s.exp_cmd_sn(), 2);
     s.handle_pdu(read(2, 2, 512), now);
     assert_eq!(started(&mut s).len(), 1);
+}
+
+fn r2ts(pdus: &[Pdu]) -> Vec<(u32, u32, u32)> {
+    pdus.iter()
+        .filter_map(|p| match p {
+            Pdu::R2t(r) => Some((r.itt, r.buffer_offset, r.desired_length)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn writes_beyond_the_buffer_budget_wait_for_their_first_r2t() {
+    // Budget 64 KiB, bursts of 16 KiB: A (48 KiB) starts, B (32 KiB) must wait.
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 48 * K, Bytes::new()), now);
+    s.handle_pdu(write(0xb, 2, 32 * K, Bytes::new()), now);
+    let out = sent(&mut s);
+    assert_eq!(r2ts(&out), vec![(0xa, 0, 16 * K)], "only A is solicited");
+
+    // A's data arrives burst by burst; B still waits while A executes.
+    let mut offset = 0;
+    let mut ttt = match &out[0] {
+        Pdu::R2t(r) => r.ttt,
+        other => panic!("{other:?}"),
+    };
+    loop {
+        s.handle_pdu(data_out(0xa, ttt, 0, offset, (16 * K) as usize, true), now);
+        offset += 16 * K;
+        let out = sent(&mut s);
+        match &out[..] {
+            [Pdu::R2t(r)] if r.itt == 0xa => ttt = r.ttt,
+            [] => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (task, req) = executed(&mut s);
+    assert_eq!(req.data_out.len(), 48 * K as usize);
+    assert!(sent(&mut s).is_empty(), "B waits until A completes");
+    s.complete(task, good(Bytes::new(), 0));
+    let out = sent(&mut s);
+    assert!(matches!(&out[0], Pdu::ScsiResponse(r) if r.itt == 0xa));
+    assert_eq!(r2ts(&out), vec![(0xb, 0, 16 * K)], "A's budget went to B");
+}
+
+#[test]
+fn aborting_a_write_gives_its_budget_to_the_next() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 64 * K, Bytes::new()), now);
+    s.handle_pdu(write(0xb, 2, 8 * K, Bytes::new()), now);
+    assert_eq!(r2ts(&sent(&mut s)), vec![(0xa, 0, 16 * K)]);
+    s.handle_pdu(tmf(0x30, TmfFunction::ABORT_TASK, 0, 0xa, 1, 3), now);
+    let out = sent(&mut s);
+    assert_eq!(r2ts(&out), vec![(0xb, 0, 8 * K)]);
+    assert!(matches!(out.last(), Some(Pdu::TaskMgmtResponse(_))));
+}
+
+#[test]
+fn a_write_larger_than_the_whole_budget_still_proceeds() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 128 * K, Bytes::new()), now);
+    assert_eq!(r2ts(&sent(&mut s)), vec![(0xa, 0, 16 * K)]);
 }

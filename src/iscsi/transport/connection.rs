@@ -26,6 +26,10 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const REINSTATE_WAIT: Duration = Duration::from_secs(10);
 /// PDUs queued towards the writer task.
 const WRITE_QUEUE: usize = 256;
+/// Write data one session may be collecting at once (see
+/// [`SessionOptions::write_buffer_budget`]): bounds memory per session whatever the initiator
+/// declares, while leaving room for many large writes in flight.
+const WRITE_BUFFER_BUDGET: u64 = 256 << 20;
 /// PDUs queued from the reader task.
 const READ_QUEUE: usize = 64;
 
@@ -270,6 +274,7 @@ async fn full_feature(
         queue_depth: shared.tuning.queue_depth,
         nop_interval: shared.tuning.nop_interval,
         nop_timeout: shared.tuning.nop_timeout,
+        write_buffer_budget: WRITE_BUFFER_BUDGET,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,

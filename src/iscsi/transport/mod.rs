@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use self::catalog::LunOpenError;
 use self::catalog::Catalog;
+pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
 use crate::config::{Config, Tuning};
 use crate::iscsi::session::registry::SessionTable;
