@@ -143,6 +143,22 @@ impl Image {
         Image::new(stack, upper).await
     }
 
+    /// Loads `config.v1.json` at `path`, opens the image, and writes the config's result file
+    /// (`success` or `failed:<reason>`) as the reference daemon does.
+    pub async fn open_config_file(path: &Path, opener: &dyn LayerOpener) -> LsmtResult<Self> {
+        let config = ImageConfig::load(path)?;
+        let name = path.display().to_string();
+        let result = Image::open(&config, &name, opener).await;
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        config
+            .write_result(outcome.as_ref().map(|_| ()).map_err(String::as_str))
+            .map_err(|e| LsmtError::io(&config.result_file, e))?;
+        result
+    }
+
     /// The read-only layers.
     pub fn stack(&self) -> &LayerStack {
         &self.stack
