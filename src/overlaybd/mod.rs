@@ -15,6 +15,7 @@ pub mod image;
 pub mod index;
 pub mod layer;
 pub mod raw;
+mod sparse;
 pub mod stack;
 pub mod writable;
 pub mod writable_index;

@@ -156,3 +156,79 @@ async fn merge_stores_source_positions_as_tags() {
         stack.read(0, 12 * S as usize).await.unwrap()
     );
 }
+
+/// Sparse layers (§7): headers and file shapes as `overlaybd-create -s` makes them, data in
+/// place, and the reopen quirk: a discard hides lower data only until the layer is reopened.
+#[tokio::test]
+async fn sparse_layer_files_and_reopen_quirk() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = new_layer(dir.path(), "base", 1 << 20);
+    base.write(0, Bytes::from(pattern(64, 1))).await.unwrap();
+    let lower = sealed(
+        commit_bytes(
+            &CommitSource::from_writable(&base),
+            &CommitOptions::default(),
+        )
+        .await,
+    )
+    .await;
+
+    let up = create_layer(
+        dir.path(),
+        "up",
+        &CreateOptions {
+            sparse: true,
+            ..CreateOptions::new(1 << 20)
+        },
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("up.data")).unwrap().len(),
+        4096 + (1 << 20)
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("up.index"))
+            .unwrap()
+            .len(),
+        0
+    );
+    let h = up.header();
+    assert_eq!((h.flags, h.virtual_size), (0x13, 1 << 20));
+    up.write(8 * S, Bytes::from(pattern(8, 2))).await.unwrap();
+    up.discard(32 * S, 16 * S).await.unwrap();
+    assert_eq!(
+        up.lookup(0, 64),
+        vec![Record::data(8, 8, 16), Record::zeroed(32, 16, 40)]
+    );
+    // Data sits at 4096 + virtual offset.
+    let raw = std::fs::read(dir.path().join("up.data")).unwrap();
+    assert_eq!(&raw[4096 + 8 * 512..4096 + 16 * 512], &pattern(8, 2)[..]);
+
+    let image = Image::new(LayerStack::new(vec![lower]).unwrap(), Some(up))
+        .await
+        .unwrap();
+    let mut want = pattern(64, 1);
+    want[8 * 512..16 * 512].copy_from_slice(&pattern(8, 2));
+    let mut live = want.clone();
+    live[32 * 512..48 * 512].fill(0);
+    assert_eq!(image.read(0, 64 * 512).await.unwrap(), live);
+    image.flush().await.unwrap();
+    drop(image);
+
+    let up = reopen(dir.path(), "up");
+    let lower = sealed(
+        commit_bytes(
+            &CommitSource::from_writable(&base),
+            &CommitOptions::default(),
+        )
+        .await,
+    )
+    .await;
+    let image = Image::new(LayerStack::new(vec![lower]).unwrap(), Some(up))
+        .await
+        .unwrap();
+    assert_eq!(
+        image.read(0, 64 * 512).await.unwrap(),
+        want,
+        "punched range shows the lower layer again"
+    );
+}

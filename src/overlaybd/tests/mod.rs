@@ -72,10 +72,14 @@ async fn apply_layer(layer: &WritableLayer, ops: &[Op]) {
 }
 
 fn new_layer(dir: &Path, name: &str, vsize: u64) -> WritableLayer {
+    create_layer(dir, name, &CreateOptions::new(vsize))
+}
+
+fn create_layer(dir: &Path, name: &str, opts: &CreateOptions) -> WritableLayer {
     WritableLayer::create(
         &dir.join(format!("{name}.data")),
         &dir.join(format!("{name}.index")),
-        &CreateOptions::new(vsize),
+        opts,
     )
     .unwrap()
 }

@@ -5,14 +5,14 @@ use super::*;
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// A writable layer reads like the model live, after reopen, after commit and after an
-    /// in-place seal.
+    /// A writable layer (append-only or sparse) reads like the model live, after reopen, after
+    /// commit and after an in-place seal.
     #[test]
-    fn writable_layer_matches_model(ops in prop::collection::vec(op_strategy(VSECTORS), 1..40)) {
+    fn writable_layer_matches_model(ops in prop::collection::vec(op_strategy(VSECTORS), 1..40), sparse in any::<bool>()) {
         rt().block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let vsize = VSECTORS * S;
-            let layer = new_layer(dir.path(), "w", vsize);
+            let layer = create_layer(dir.path(), "w", &CreateOptions { sparse, ..CreateOptions::new(vsize) });
             apply_layer(&layer, &ops).await;
             let mut model = vec![0u8; vsize as usize];
             apply_model(&mut model, &ops);
