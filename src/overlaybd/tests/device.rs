@@ -85,17 +85,7 @@ async fn raw_export_and_import_roundtrip() {
     base.write(6 << 20, Bytes::from(pattern(16, 2)))
         .await
         .unwrap();
-    let stack = LayerStack::new(vec![
-        sealed(
-            commit_bytes(
-                &CommitSource::from_writable(&base),
-                &CommitOptions::default(),
-            )
-            .await,
-        )
-        .await,
-    ])
-    .unwrap();
+    let stack = LayerStack::new(vec![committed(&base).await]).unwrap();
     // The wanted disk: base with one block changed, one block zeroed, and new data elsewhere.
     let mut want = stack.read(0, vsize as usize).await.unwrap().to_vec();
     want[4096..8192].fill(0x55);

@@ -128,12 +128,8 @@ async fn merge_stores_source_positions_as_tags() {
     a.write(0, Bytes::from(pattern(8, 1))).await.unwrap();
     let b = new_layer(dir.path(), "b", 1 << 20);
     b.write(4 * S, Bytes::from(pattern(8, 2))).await.unwrap();
-    let la =
-        sealed(commit_bytes(&CommitSource::from_writable(&a), &CommitOptions::default()).await)
-            .await;
-    let lb =
-        sealed(commit_bytes(&CommitSource::from_writable(&b), &CommitOptions::default()).await)
-            .await;
+    let la = committed(&a).await;
+    let lb = committed(&b).await;
     let stack = LayerStack::new(vec![la, lb]).unwrap();
     let merged = commit_bytes(
         &CommitSource::from_stack(&stack, None).unwrap(),
@@ -164,14 +160,7 @@ async fn sparse_layer_files_and_reopen_quirk() {
     let dir = tempfile::tempdir().unwrap();
     let base = new_layer(dir.path(), "base", 1 << 20);
     base.write(0, Bytes::from(pattern(64, 1))).await.unwrap();
-    let lower = sealed(
-        commit_bytes(
-            &CommitSource::from_writable(&base),
-            &CommitOptions::default(),
-        )
-        .await,
-    )
-    .await;
+    let lower = committed(&base).await;
 
     let up = create_layer(
         dir.path(),
@@ -215,14 +204,7 @@ async fn sparse_layer_files_and_reopen_quirk() {
     drop(image);
 
     let up = reopen(dir.path(), "up");
-    let lower = sealed(
-        commit_bytes(
-            &CommitSource::from_writable(&base),
-            &CommitOptions::default(),
-        )
-        .await,
-    )
-    .await;
+    let lower = committed(&base).await;
     let image = Image::new(LayerStack::new(vec![lower]).unwrap(), Some(up))
         .await
         .unwrap();

@@ -106,6 +106,18 @@ async fn sealed(bytes: Vec<u8>) -> SealedLayer {
     SealedLayer::open(mem(bytes)).await.unwrap()
 }
 
+/// `layer` committed (§8.2) and reopened as a sealed layer.
+async fn committed(layer: &WritableLayer) -> SealedLayer {
+    sealed(
+        commit_bytes(
+            &CommitSource::from_writable(layer),
+            &CommitOptions::default(),
+        )
+        .await,
+    )
+    .await
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -21,9 +21,7 @@ proptest! {
             drop(layer);
             let layer = reopen(dir.path(), "w");
             assert_eq!(layer.read(0, vsize as usize).await.unwrap(), model, "reopened");
-            let blob = commit_bytes(&CommitSource::from_writable(&layer), &CommitOptions::default()).await;
-            let committed = sealed(blob).await;
-            let stack = LayerStack::new(vec![committed]).unwrap();
+            let stack = LayerStack::new(vec![committed(&layer).await]).unwrap();
             assert_eq!(stack.read(0, vsize as usize).await.unwrap(), model, "committed");
             seal_in_place(layer).await.unwrap();
             let s = SealedLayer::open(Arc::new(FileSource::open(dir.path().join("w.data")).await.unwrap())).await.unwrap();
@@ -48,8 +46,7 @@ proptest! {
                 let layer = new_layer(dir.path(), &format!("l{i}"), vsize);
                 apply_layer(&layer, ops).await;
                 apply_model(&mut model, ops);
-                let blob = commit_bytes(&CommitSource::from_writable(&layer), &CommitOptions::default()).await;
-                sealed_layers.push(sealed(blob).await);
+                sealed_layers.push(committed(&layer).await);
             }
             let stack = LayerStack::new(sealed_layers).unwrap();
             assert_eq!(stack.read(0, vsize as usize).await.unwrap(), model, "stack");
