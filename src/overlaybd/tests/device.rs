@@ -171,3 +171,99 @@ async fn image_from_config_with_zfile_layers_and_upper() {
         "{text}"
     );
 }
+
+/// Concurrent writers and readers on one image: every write lands, reads never see torn
+/// extents (each block reads as one whole pattern, old or new).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let upper = new_layer(dir.path(), "up", 4 << 20);
+    let image = Arc::new(
+        Image::new(LayerStack::new(vec![]).unwrap(), Some(upper))
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..8u8 {
+        let image = Arc::clone(&image);
+        tasks.push(tokio::spawn(async move {
+            for round in 0..16u64 {
+                let block = (u64::from(t) * 16 + round) % 64;
+                image
+                    .write(block * 4096, Bytes::from(pattern(8, t)), false)
+                    .await
+                    .unwrap();
+                let got = image.read(block * 4096, 4096).await.unwrap();
+                assert!((0..8).any(|p| got == pattern(8, p)), "torn block {block}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    image.flush().await.unwrap();
+    let all = image.read(0, 64 * 4096).await.unwrap();
+    for block in 0..64usize {
+        let got = &all[block * 4096..(block + 1) * 4096];
+        // Blocks written by several tasks hold one of their patterns.
+        let writers: Vec<u8> = (0..8u8)
+            .filter(|&t| (0..16u64).any(|r| (u64::from(t) * 16 + r) % 64 == block as u64))
+            .collect();
+        assert!(
+            writers.iter().any(|&p| got == pattern(8, p)),
+            "block {block}"
+        );
+    }
+    assert_eq!(
+        image
+            .upper()
+            .unwrap()
+            .records()
+            .iter()
+            .map(|r| u64::from(r.length))
+            .sum::<u64>(),
+        64 * 8
+    );
+}
+
+/// Up to 255 read-only layers stack (the writable layer's tag is then 255); 256 are refused.
+#[tokio::test]
+async fn layer_count_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = new_layer(dir.path(), "one", 1 << 20);
+    one.write(0, Bytes::from(pattern(1, 1))).await.unwrap();
+    let blob = commit_bytes(
+        &CommitSource::from_writable(&one),
+        &CommitOptions::default(),
+    )
+    .await;
+    let mut layers = Vec::new();
+    for _ in 0..256 {
+        layers.push(sealed(blob.clone()).await);
+    }
+    let err = LayerStack::new(layers).unwrap_err().to_string();
+    assert!(err.contains("at most 255"), "{err}");
+    let mut layers = Vec::new();
+    for _ in 0..255 {
+        layers.push(sealed(blob.clone()).await);
+    }
+    let upper = new_layer(dir.path(), "up", 1 << 20);
+    let image = Image::new(LayerStack::new(layers).unwrap(), Some(upper))
+        .await
+        .unwrap();
+    image
+        .write(512, Bytes::from(pattern(1, 2)), false)
+        .await
+        .unwrap();
+    let got = image.read(0, 1024).await.unwrap();
+    assert_eq!(&got[..512], &pattern(1, 1)[..]);
+    assert_eq!(&got[512..], &pattern(1, 2)[..]);
+    assert_eq!(
+        image
+            .extents(0, 2)
+            .iter()
+            .map(|r| r.tag)
+            .collect::<Vec<_>>(),
+        vec![0, 255]
+    );
+}
