@@ -1,5 +1,12 @@
 //! Layer bytes: random-access sources for layer blobs (local files, registry blobs) and the
 //! memory and disk caches in front of remote ones.
+//!
+//! A remote layer is opened with [`RemoteLayers::open`] and read like any other
+//! [`LayerSource`]. A read goes [`CachedSource`] (aligned refill units, single-flight) ->
+//! [`memory::MemoryTier`] -> [`disk::DiskTier`] -> [`http::HttpBlobSource`] (ranged GETs with
+//! registry auth, redirects, proxies and retries), until [`download`] has a verified local
+//! copy. [`settings`] reads the daemon's `overlaybd.json`; [`key`] names cached units by blob
+//! digest, so images that share a layer share its cache.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,10 +24,27 @@ pub trait LayerSource: Send + Sync + 'static {
 
     /// A short human-readable name for errors and logs (a path or a digest).
     fn describe(&self) -> String;
+
+    /// Drops any cached copy of `[offset, offset + len)` so the next read fetches it again
+    /// (called once when a block read through this source fails its checksum). Sources
+    /// without a cache have nothing to drop.
+    async fn invalidate(&self, _offset: u64, _len: u64) {}
 }
 
 pub mod bytes_source;
+pub mod cached_source;
+pub mod disk;
+pub mod download;
 pub mod file;
+pub mod http;
+pub mod key;
+pub mod memory;
+pub mod remote;
+pub mod settings;
+
+pub use cached_source::{CacheStats, CacheTiers, CachedSource};
+pub use remote::{RemoteLayer, RemoteLayers};
+pub use settings::DaemonSettings;
 
 /// Checks that `[offset, offset + len)` lies inside a blob of `size` bytes, as
 /// [`LayerSource::read_at`] requires, and returns the end offset. Errors are `UnexpectedEof`

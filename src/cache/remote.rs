@@ -1,0 +1,97 @@
+//! Opening remote layers: the one place that combines the registry client, the cache tiers,
+//! the P2P proxy and background download according to the daemon settings. The image side
+//! (LSMT) calls [`RemoteLayers::open`] for a layer it cannot find locally.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cached_source::{CacheTiers, CachedSource};
+use super::download::{spawn_background_download, DownloadJob};
+use super::http::RegistryClient;
+use super::settings::{DaemonSettings, DownloadConfig};
+use super::LayerSource;
+
+/// A remote layer as a layer config (`config.v1.json`) describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteLayer<'a> {
+    /// `repoBlobUrl` of the image.
+    pub repo_blob_url: &'a str,
+    /// The layer's `digest`.
+    pub digest: &'a str,
+    /// The layer's `size`, when given (checked against the registry's answer).
+    pub size: Option<u64>,
+    /// The layer's `dir`, where background download stores the blob.
+    pub dir: Option<&'a Path>,
+    /// The device's `download` settings; the daemon's when `None`.
+    pub download: Option<&'a DownloadConfig>,
+}
+
+/// Opens remote layers with shared client and cache tiers.
+pub struct RemoteLayers {
+    settings: DaemonSettings,
+    client: Arc<RegistryClient>,
+    tiers: Arc<CacheTiers>,
+    /// One background download at a time, as in overlaybd.
+    download_queue: Arc<tokio::sync::Semaphore>,
+}
+
+/// How long the P2P proxy's TCP port may take to accept before we read directly.
+const P2P_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl RemoteLayers {
+    /// Builds the client and opens the cache tiers (creating the cache folder) from settings.
+    pub fn new(settings: DaemonSettings) -> io::Result<Self> {
+        let client = RegistryClient::from_settings(&settings)?;
+        let tiers = CacheTiers::from_settings(&settings.cache())?;
+        Ok(Self::with_parts(settings, client, tiers))
+    }
+
+    /// Uses an existing client and tiers (tests, or several settings sharing one cache).
+    pub fn with_parts(settings: DaemonSettings, client: Arc<RegistryClient>, tiers: Arc<CacheTiers>) -> Self {
+        Self { settings, client, tiers, download_queue: Arc::new(tokio::sync::Semaphore::new(1)) }
+    }
+
+    /// The shared cache tiers.
+    pub fn tiers(&self) -> &Arc<CacheTiers> {
+        &self.tiers
+    }
+
+    /// Opens a remote layer. With a reachable P2P proxy the blob is read through it and the
+    /// local cache is bypassed (the proxy caches); otherwise it is read through the cache tiers,
+    /// and, when download is enabled and the layer has a `dir`, fully downloaded in the
+    /// background. Authorization and size errors surface here, at open time.
+    pub async fn open(&self, layer: &RemoteLayer<'_>) -> io::Result<Arc<dyn LayerSource>> {
+        let p2p = &self.settings.p2p_config;
+        let prefix = if p2p.enable && proxy_reachable(&p2p.address).await { Some(p2p.address.as_str()) } else { None };
+        let blob = self.client.open_blob(layer.repo_blob_url, layer.digest, prefix).await?;
+        if let Some(expected) = layer.size.filter(|s| *s != 0) {
+            if expected != blob.size() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: layer config says {expected} bytes, registry says {}", blob.describe(), blob.size()),
+                ));
+            }
+        }
+        if prefix.is_some() {
+            return Ok(Arc::new(blob));
+        }
+        let cached = Arc::new(CachedSource::new(Arc::new(blob), layer.digest, Arc::clone(&self.tiers)));
+        let download = layer.download.unwrap_or(&self.settings.download);
+        if let (true, Some(dir)) = (download.enable, layer.dir) {
+            let job = DownloadJob::for_layer_dir(dir, layer.digest, download);
+            // Detached: the task holds a weak reference and ends when the layer is closed.
+            drop(spawn_background_download(&cached, job, Arc::clone(&self.download_queue)));
+        }
+        Ok(cached)
+    }
+}
+
+/// Whether a TCP connection to the proxy's host and port succeeds (overlaybd's check at
+/// device-open time).
+async fn proxy_reachable(address: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(address) else { return false };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
+    matches!(tokio::time::timeout(P2P_PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
+}

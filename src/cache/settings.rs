@@ -1,0 +1,465 @@
+//! Daemon-wide settings of the remote-layer machinery, read from an `overlaybd.json`-style file.
+//!
+//! Key names and defaults follow overlaybd's own `overlaybd.json` where a key exists there
+//! (`cacheConfig`, `credentialConfig`, `download`, `p2pConfig`, `userAgent` and the legacy
+//! top-level cache and credential keys), so an operator who knows overlaybd knows this file.
+//! Keys we add (`cacheConfig.memorySizeMB`, the `httpConfig` block) use the same camelCase
+//! style. Like the reference, parsing is lenient: unknown keys are ignored and a missing key
+//! takes its default; a key of the wrong type is an error naming the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A settings file that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file that was being read.
+        file: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or a key has the wrong type.
+    #[error("{file}: field `{field}`: {message}")]
+    Parse {
+        /// The file (or other origin) of the JSON text.
+        file: String,
+        /// Dotted path of the offending key (`.` when the document itself is wrong).
+        field: String,
+        /// What serde reported.
+        message: String,
+    },
+    /// A key parsed but holds a value we cannot use.
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid {
+        /// The file (or other origin) of the JSON text.
+        file: String,
+        /// Dotted path of the offending key.
+        field: String,
+        /// Why the value is refused.
+        message: String,
+    },
+}
+
+/// The settings this module reads from `overlaybd.json`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DaemonSettings {
+    /// `cacheConfig`: the local cache of remote blobs.
+    pub cache_config: CacheConfig,
+    /// Legacy `cacheType`, used when `cacheConfig.cacheType` is empty.
+    pub cache_type: String,
+    /// Legacy `registryCacheDir`, used when `cacheConfig.cacheType` is empty.
+    pub registry_cache_dir: String,
+    /// Legacy `registryCacheSizeGB`, used when `cacheConfig.cacheType` is empty.
+    #[serde(rename = "registryCacheSizeGB")]
+    pub registry_cache_size_gb: u32,
+    /// `credentialConfig`: where registry credentials come from.
+    pub credential_config: CredentialConfig,
+    /// Legacy `credentialFilePath`, used when `credentialConfig.mode` is empty.
+    pub credential_file_path: String,
+    /// `download`: background full download of remote layers.
+    pub download: DownloadConfig,
+    /// `p2pConfig`: route blob reads through a P2P proxy (e.g. Dragonfly's).
+    pub p2p_config: P2pConfig,
+    /// `userAgent` sent with every registry request.
+    pub user_agent: String,
+    /// `httpConfig` (ours): timeouts, retries and proxy of the registry client.
+    pub http_config: HttpConfig,
+    /// `certConfig`: TLS client certificate presented to registries.
+    pub cert_config: CertConfig,
+}
+
+/// `certConfig`: a TLS client certificate (both files are needed).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CertConfig {
+    /// PEM certificate (chain) file.
+    pub cert_file: String,
+    /// PEM private key file.
+    pub key_file: String,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            cache_config: CacheConfig::default(),
+            cache_type: "file".into(),
+            registry_cache_dir: DEFAULT_CACHE_DIR.into(),
+            registry_cache_size_gb: 4,
+            credential_config: CredentialConfig::default(),
+            credential_file_path: "/opt/overlaybd/cred.json".into(),
+            download: DownloadConfig::default(),
+            p2p_config: P2pConfig::default(),
+            user_agent: concat!("overlaybd-target/", env!("CARGO_PKG_VERSION")).into(),
+            http_config: HttpConfig::default(),
+            cert_config: CertConfig::default(),
+        }
+    }
+}
+
+const DEFAULT_CACHE_DIR: &str = "/opt/overlaybd/registry_cache";
+
+/// `cacheConfig`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CacheConfig {
+    /// `file`, `download` or `ocf`; empty selects the legacy top-level keys.
+    pub cache_type: String,
+    /// Folder of the disk tier (created if missing).
+    pub cache_dir: String,
+    /// Capacity of the disk tier in GiB; 0 disables the disk tier.
+    #[serde(rename = "cacheSizeGB")]
+    pub cache_size_gb: u32,
+    /// Refill unit in bytes: a power of two, at least 4096.
+    pub refill_size: u32,
+    /// OCF block size (accepted for compatibility; unused).
+    pub block_size: u32,
+    /// Capacity of the memory tier in MiB (ours); 0 disables the memory tier.
+    #[serde(rename = "memorySizeMB")]
+    pub memory_size_mb: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            cache_type: String::new(),
+            cache_dir: DEFAULT_CACHE_DIR.into(),
+            cache_size_gb: 4,
+            refill_size: 262_144,
+            block_size: 65_536,
+            memory_size_mb: 64,
+        }
+    }
+}
+
+/// `credentialConfig`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CredentialConfig {
+    /// `file`, `http`, `https` or `uds`; empty selects the legacy `credentialFilePath`.
+    pub mode: String,
+    /// File path, URL or socket path, depending on `mode`.
+    pub path: String,
+    /// Timeout in seconds of the http/https/uds modes.
+    pub timeout: i64,
+}
+
+impl Default for CredentialConfig {
+    fn default() -> Self {
+        Self { mode: String::new(), path: String::new(), timeout: 1 }
+    }
+}
+
+/// `download`: background full download of each remote layer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownloadConfig {
+    /// Whether background download runs at all.
+    pub enable: bool,
+    /// Seconds to wait after the device is up before starting.
+    pub delay: i64,
+    /// Range of the random extra delay in seconds (30 when ≤ 0, as in overlaybd).
+    pub delay_extra: i64,
+    /// Throughput limit per download in MB/s (≤ 0 = unlimited).
+    #[serde(rename = "maxMBps")]
+    pub max_mbps: i64,
+    /// Attempts per layer.
+    pub try_cnt: i64,
+    /// Bytes per request.
+    pub block_size: u32,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self { enable: false, delay: 300, delay_extra: 30, max_mbps: 100, try_cnt: 5, block_size: 262_144 }
+    }
+}
+
+impl DownloadConfig {
+    /// The wait before starting: `delay` plus a random extra in `[0, delayExtra)` seconds.
+    pub fn start_delay(&self) -> Duration {
+        let extra_range = if self.delay_extra <= 0 { 30 } else { self.delay_extra as u64 };
+        let extra = rand::random::<u64>() % extra_range;
+        Duration::from_secs(self.delay.max(0) as u64 + extra)
+    }
+
+    /// The rate limit in bytes per second, `None` when unlimited.
+    pub fn bytes_per_sec(&self) -> Option<u64> {
+        (self.max_mbps > 0).then(|| (self.max_mbps as u64).saturating_mul(1_000_000))
+    }
+}
+
+/// `p2pConfig`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct P2pConfig {
+    /// Whether blob reads go through the proxy.
+    pub enable: bool,
+    /// Proxy prefix; the full blob URL is appended after a `/`.
+    pub address: String,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self { enable: false, address: "http://localhost:9731/accelerator".into() }
+    }
+}
+
+/// `httpConfig` (ours): how the registry client talks HTTP.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpConfig {
+    /// TCP/TLS connect timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout of one whole request (headers and body) in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Retries after a failed attempt (so `retries + 1` attempts in all).
+    pub retries: u32,
+    /// First back-off pause in milliseconds; it doubles after each retry.
+    pub retry_backoff_ms: u64,
+    /// Upper bound of one back-off pause in milliseconds.
+    pub retry_backoff_max_ms: u64,
+    /// HTTP(S) proxy URL for every registry request; empty = the environment's proxy settings.
+    pub proxy: String,
+    /// Seconds a resolved blob location (redirect target, auth header) is reused.
+    pub resolve_ttl_sec: u64,
+    /// PEM file of extra CA certificates to trust for registries (besides the system's).
+    pub ca_file: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            retries: 3,
+            retry_backoff_ms: 50,
+            retry_backoff_max_ms: 2_000,
+            proxy: String::new(),
+            resolve_ttl_sec: 300,
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// The cache settings in force after applying the legacy fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveCache {
+    /// `file`, `download` or `ocf`.
+    pub cache_type: String,
+    /// Folder of the disk tier.
+    pub dir: PathBuf,
+    /// Capacity of the disk tier in bytes.
+    pub disk_bytes: u64,
+    /// Capacity of the memory tier in bytes.
+    pub memory_bytes: u64,
+    /// Refill unit in bytes.
+    pub refill_size: u64,
+}
+
+/// Where credentials are looked up, after applying the legacy fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A `cred.json` file, re-read on every lookup.
+    File(PathBuf),
+    /// An HTTP(S) service answering `GET <url>?remote_url=<blob URL>`.
+    Http {
+        /// The service URL.
+        url: String,
+        /// Request timeout.
+        timeout: Duration,
+    },
+}
+
+impl DaemonSettings {
+    /// Reads and validates a settings file.
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Io { file: file.clone(), source })?;
+        Self::from_json(&text, &file)
+    }
+
+    /// Parses and validates settings from JSON text; `origin` names the text in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, SettingsError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let settings: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| SettingsError::Parse {
+            file: origin.to_string(),
+            field: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        settings.validate(origin)?;
+        Ok(settings)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), SettingsError> {
+        let invalid = |field: &str, message: String| SettingsError::Invalid {
+            file: origin.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let refill = self.cache_config.refill_size;
+        if refill < 4096 || !refill.is_power_of_two() {
+            return Err(invalid("cacheConfig.refillSize", format!("{refill} is not a power of two >= 4096")));
+        }
+        let ty = &self.cache().cache_type;
+        if !matches!(ty.as_str(), "file" | "download" | "ocf") {
+            return Err(invalid("cacheConfig.cacheType", format!("unknown cache type {ty:?}")));
+        }
+        if self.download.block_size == 0 {
+            return Err(invalid("download.blockSize", "must be > 0".into()));
+        }
+        match self.credential_config.mode.as_str() {
+            "" | "file" | "http" | "https" => {}
+            other => return Err(invalid("credentialConfig.mode", format!("unsupported mode {other:?}"))),
+        }
+        if !self.credential_config.mode.is_empty() && self.credential_config.path.is_empty() {
+            return Err(invalid("credentialConfig.path", "must be set when mode is set".into()));
+        }
+        if self.p2p_config.enable && reqwest::Url::parse(&self.p2p_config.address).is_err() {
+            return Err(invalid("p2pConfig.address", format!("not a URL: {:?}", self.p2p_config.address)));
+        }
+        if !self.http_config.proxy.is_empty() && reqwest::Url::parse(&self.http_config.proxy).is_err() {
+            return Err(invalid("httpConfig.proxy", format!("not a URL: {:?}", self.http_config.proxy)));
+        }
+        if self.cert_config.cert_file.is_empty() != self.cert_config.key_file.is_empty() {
+            return Err(invalid("certConfig", "certFile and keyFile must be given together".into()));
+        }
+        Ok(())
+    }
+
+    /// The TLS client certificate and key files, when configured.
+    pub fn client_cert(&self) -> Option<(PathBuf, PathBuf)> {
+        let c = &self.cert_config;
+        (!c.cert_file.is_empty() && !c.key_file.is_empty()).then(|| (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file)))
+    }
+
+    /// The cache settings in force: `cacheConfig`, or the legacy keys when its type is empty.
+    pub fn cache(&self) -> EffectiveCache {
+        let c = &self.cache_config;
+        let (cache_type, dir, gb) = if c.cache_type.is_empty() {
+            (self.cache_type.clone(), self.registry_cache_dir.clone(), self.registry_cache_size_gb)
+        } else {
+            (c.cache_type.clone(), c.cache_dir.clone(), c.cache_size_gb)
+        };
+        EffectiveCache {
+            cache_type,
+            dir: PathBuf::from(dir),
+            disk_bytes: u64::from(gb) << 30,
+            memory_bytes: u64::from(c.memory_size_mb) << 20,
+            refill_size: u64::from(c.refill_size),
+        }
+    }
+
+    /// Where credentials come from: `credentialConfig`, or the legacy `credentialFilePath`.
+    pub fn credentials(&self) -> CredentialSource {
+        let c = &self.credential_config;
+        match c.mode.as_str() {
+            "http" | "https" => CredentialSource::Http {
+                url: c.path.clone(),
+                timeout: Duration::from_secs(c.timeout.max(1) as u64),
+            },
+            "file" => CredentialSource::File(PathBuf::from(&c.path)),
+            _ => CredentialSource::File(PathBuf::from(&self.credential_file_path)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_object_gives_overlaybd_defaults() {
+        let s = DaemonSettings::from_json("{}", "t.json").unwrap();
+        let cache = s.cache();
+        assert_eq!(cache.cache_type, "file");
+        assert_eq!(cache.dir, PathBuf::from("/opt/overlaybd/registry_cache"));
+        assert_eq!(cache.disk_bytes, 4 << 30);
+        assert_eq!(cache.refill_size, 262_144);
+        assert_eq!(s.download, DownloadConfig::default());
+        assert_eq!(s.download.delay, 300);
+        assert_eq!(s.download.try_cnt, 5);
+        assert!(!s.p2p_config.enable);
+        assert_eq!(s.p2p_config.address, "http://localhost:9731/accelerator");
+        assert_eq!(s.credentials(), CredentialSource::File("/opt/overlaybd/cred.json".into()));
+    }
+
+    #[test]
+    fn reference_example_config_parses_and_unknown_keys_are_ignored() {
+        let text = r#"{
+            "logConfig": {"logLevel": 1, "logPath": "/var/log/overlaybd.log"},
+            "cacheConfig": {"cacheType": "file", "cacheDir": "/var/cache/obd", "cacheSizeGB": 2,
+                            "refillSize": 1048576, "memorySizeMB": 8},
+            "gzipCacheConfig": {"enable": true},
+            "credentialConfig": {"mode": "file", "path": "/etc/cred.json"},
+            "download": {"enable": true, "delay": 600, "delayExtra": 30, "maxMBps": 100},
+            "p2pConfig": {"enable": true, "address": "http://127.0.0.1:65001/accelerator"},
+            "enableAudit": true, "registryFsVersion": "v2"
+        }"#;
+        let s = DaemonSettings::from_json(text, "overlaybd.json").unwrap();
+        let cache = s.cache();
+        assert_eq!(cache.dir, PathBuf::from("/var/cache/obd"));
+        assert_eq!(cache.disk_bytes, 2 << 30);
+        assert_eq!(cache.memory_bytes, 8 << 20);
+        assert_eq!(cache.refill_size, 1 << 20);
+        assert!(s.download.enable);
+        assert_eq!(s.download.delay, 600);
+        assert_eq!(s.download.bytes_per_sec(), Some(100_000_000));
+        assert_eq!(s.download.try_cnt, 5, "missing key keeps its default");
+        assert_eq!(s.credentials(), CredentialSource::File("/etc/cred.json".into()));
+        assert!(s.p2p_config.enable);
+    }
+
+    #[test]
+    fn legacy_cache_keys_apply_when_cache_type_empty() {
+        let text = r#"{"cacheType": "download", "registryCacheDir": "/x", "registryCacheSizeGB": 1}"#;
+        let cache = DaemonSettings::from_json(text, "o.json").unwrap().cache();
+        assert_eq!((cache.cache_type.as_str(), cache.dir.as_path(), cache.disk_bytes), ("download", Path::new("/x"), 1 << 30));
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_file() {
+        let err = DaemonSettings::from_json(r#"{"cacheConfig": {"cacheSizeGB": "four"}}"#, "/etc/o.json").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/o.json") && msg.contains("cacheConfig.cacheSizeGB"), "{msg}");
+        let err = DaemonSettings::from_json(r#"{"download": {"enable": 1}}"#, "d.json").unwrap_err();
+        assert!(err.to_string().contains("download.enable"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_field() {
+        for (text, field) in [
+            (r#"{"cacheConfig": {"refillSize": 5000}}"#, "cacheConfig.refillSize"),
+            (r#"{"cacheConfig": {"refillSize": 2048}}"#, "cacheConfig.refillSize"),
+            (r#"{"cacheConfig": {"cacheType": "ram"}}"#, "cacheConfig.cacheType"),
+            (r#"{"credentialConfig": {"mode": "file"}}"#, "credentialConfig.path"),
+            (r#"{"p2pConfig": {"enable": true, "address": "not a url"}}"#, "p2pConfig.address"),
+            (r#"{"certConfig": {"certFile": "/c.pem"}}"#, "certConfig"),
+        ] {
+            match DaemonSettings::from_json(text, "x.json") {
+                Err(SettingsError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        assert!(matches!(DaemonSettings::from_json("{\"cacheConfig\": ", "m.json"), Err(SettingsError::Parse { .. })));
+    }
+
+    #[test]
+    fn start_delay_stays_in_range() {
+        let d = DownloadConfig { delay: 2, delay_extra: 3, ..Default::default() };
+        for _ in 0..50 {
+            let s = d.start_delay().as_secs();
+            assert!((2..5).contains(&s), "{s}");
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! Registry blob reads against an in-test HTTP server on 127.0.0.1: Range and non-Range
+//! servers, Basic and Bearer auth, redirects to another host, proxies, and injected faults.
+//! Every read must return the right bytes or a clean error, and nothing wrong may be cached.
+
+mod support;
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use overlaybd_target::cache::http::push::sha256_digest;
+use overlaybd_target::cache::http::{CredentialStore, RegistryClient};
+use overlaybd_target::cache::settings::{DaemonSettings, DownloadConfig, HttpConfig};
+use overlaybd_target::cache::{CacheTiers, LayerSource, RemoteLayer, RemoteLayers};
+use support::http_server::{blob_server, make_blob, serve_range, Reply, Request, TestServer};
+
+const REPO: &str = "/v2/team/app/blobs";
+
+fn http_config() -> HttpConfig {
+    HttpConfig {
+        connect_timeout_ms: 1000,
+        request_timeout_ms: 1500,
+        retries: 2,
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 50,
+        ..HttpConfig::default()
+    }
+}
+
+fn client(creds: CredentialStore) -> Arc<RegistryClient> {
+    RegistryClient::new(http_config(), "overlaybd-target-test", creds).unwrap()
+}
+
+fn is_blob_path(req: &Request, digest: &str) -> bool {
+    req.target == format!("{REPO}/{digest}")
+}
+
+/// A cred.json in a temp folder with one entry for `key`.
+fn cred_file(dir: &tempfile::TempDir, key: &str, user: &str, pass: &str) -> CredentialStore {
+    let path = dir.path().join("cred.json");
+    let json = format!(r#"{{"auths": {{"other.example": {{"username": "x", "password": "y"}}, "{key}": {{"username": "{user}", "password": "{pass}"}}}}}}"#);
+    std::fs::write(&path, json).unwrap();
+    CredentialStore::from_files(vec![path])
+}
+
+async fn check_reads(src: &dyn LayerSource, blob: &[u8]) {
+    for (off, len) in [(0usize, 1usize), (1, 4095), (4096, 4096), (blob.len() - 10, 10), (blob.len() / 3, blob.len() / 2), (0, blob.len())] {
+        let got = src.read_at(off as u64, len).await.unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
+        assert_eq!(&got[..], &blob[off..off + len], "read {off}+{len}");
+    }
+    let err = src.read_at(blob.len() as u64 - 1, 2).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+}
+
+#[tokio::test]
+async fn range_server_reads_match_blob() {
+    let blob = Arc::new(make_blob(100_000, 1));
+    let digest = sha256_digest(&blob);
+    let server = TestServer::start({
+        let (blob, digest) = (Arc::clone(&blob), digest.clone());
+        move |req| if is_blob_path(req, &digest) { serve_range(req, &blob) } else { Reply::status(404) }
+    })
+    .await;
+    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), &digest, None).await.unwrap();
+    assert_eq!(src.size(), blob.len() as u64);
+    check_reads(&src, &blob).await;
+    let reqs = server.requests();
+    assert!(reqs.iter().all(|r| r.header("range").is_some() && r.header("authorization").is_none()));
+    assert!(reqs.iter().all(|r| r.header("user-agent") == Some("overlaybd-target-test")));
+    assert!(reqs.iter().any(|r| r.header("range") == Some("bytes=33333-83332")));
+}
+
+#[tokio::test]
+async fn missing_blob_is_not_found_without_retries() {
+    let server = TestServer::start(|_| Reply::status(404)).await;
+    let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}/", server.url()), "sha256:00", None).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    assert_eq!(server.requests().len(), 2, "one probe, one data request");
+    assert_eq!(server.requests()[1].target, format!("{REPO}/sha256:00"));
+}
+
+#[tokio::test]
+async fn server_without_range_support_is_sliced_correctly() {
+    let blob = Arc::new(make_blob(70_000, 2));
+    let server = TestServer::start({
+        let blob = Arc::clone(&blob);
+        move |_| Reply::new(200, &[], blob.to_vec())
+    })
+    .await;
+    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), &sha256_digest(&blob), None).await.unwrap();
+    assert_eq!(src.size(), 70_000);
+    check_reads(&src, &blob).await;
+}
+
+#[tokio::test]
+async fn wrong_partial_range_is_refused_not_misread() {
+    let blob = Arc::new(make_blob(10_000, 3));
+    let server = TestServer::start({
+        let blob = Arc::clone(&blob);
+        // Always answers bytes 0.. of the requested length, whatever was asked.
+        move |req| {
+            let range = req.header("range").unwrap_or("bytes=0-0");
+            let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+            let n = b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap();
+            Reply::new(206, &[("Content-Range", &format!("bytes 0-{n}/10000"))], blob[..=n].to_vec())
+        }
+    })
+    .await;
+    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:aa", None).await.unwrap();
+    assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
+    let err = src.read_at(100, 100).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("asked for bytes 100-199"), "{err}");
+}
+
+fn basic_registry(blob: Arc<Vec<u8>>, user_pass_b64: &'static str) -> impl Fn(&Request) -> Reply + Send + Sync {
+    move |req| {
+        if req.header("authorization") != Some(&format!("Basic {user_pass_b64}")) {
+            return Reply::new(401, &[("WWW-Authenticate", r#"Basic realm="test""#)], "");
+        }
+        serve_range(req, &blob)
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_uses_cred_json() {
+    let blob = Arc::new(make_blob(50_000, 4));
+    // base64("alice:s3cret")
+    let server = TestServer::start(basic_registry(Arc::clone(&blob), "YWxpY2U6czNjcmV0")).await;
+    let url = format!("{}{REPO}", server.url());
+    let dir = tempfile::tempdir().unwrap();
+
+    let key = format!("{}/team", server.addr);
+    let src = client(cred_file(&dir, &key, "alice", "s3cret")).open_blob(&url, "sha256:bb", None).await.unwrap();
+    check_reads(&src, &blob).await;
+
+    let err = client(CredentialStore::anonymous()).open_blob(&url, "sha256:bb", None).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    let err = client(cred_file(&dir, &key, "alice", "wrong")).open_blob(&url, "sha256:bb", None).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("Authentication failed"), "{err}");
+}
+
+/// A registry taking Bearer tokens of the current generation, and its token service.
+struct BearerRegistry {
+    generation: AtomicUsize,
+    tokens_issued: AtomicUsize,
+    unauthorized: AtomicUsize,
+    expires_in: u64,
+}
+
+fn bearer_handler(state: Arc<BearerRegistry>, blob: Arc<Vec<u8>>, realm: String) -> impl Fn(&Request) -> Reply + Send + Sync {
+    move |req| {
+        if req.target.starts_with("/token?") {
+            // Token requests must carry the user's Basic credentials (bob:pw).
+            if req.header("authorization") != Some("Basic Ym9iOnB3") {
+                return Reply::status(401);
+            }
+            assert!(req.target.contains("scope=repository%3Ateam%2Fapp%3Apull"), "{}", req.target);
+            state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+            let g = state.generation.load(Ordering::SeqCst);
+            return Reply::new(200, &[], format!(r#"{{"token": "tok-{g}", "expires_in": {}}}"#, state.expires_in));
+        }
+        let current = format!("Bearer tok-{}", state.generation.load(Ordering::SeqCst));
+        if req.header("authorization") != Some(current.as_str()) {
+            state.unauthorized.fetch_add(1, Ordering::SeqCst);
+            let challenge = format!(r#"Bearer realm="{realm}",service="test-registry",scope="repository:team/app:pull""#);
+            return Reply::new(401, &[("WWW-Authenticate", &challenge)], "");
+        }
+        serve_range(req, &blob)
+    }
+}
+
+async fn start_bearer(expires_in: u64) -> (TestServer, Arc<BearerRegistry>, Arc<Vec<u8>>) {
+    let blob = Arc::new(make_blob(40_000, 5));
+    let state = Arc::new(BearerRegistry { generation: AtomicUsize::new(1), tokens_issued: AtomicUsize::new(0), unauthorized: AtomicUsize::new(0), expires_in });
+    // The realm needs the port, known only after binding: bind, then serve through a cell.
+    let realm = Arc::new(parking_lot::Mutex::new(String::new()));
+    let server = TestServer::start({
+        let (state, blob, realm) = (Arc::clone(&state), Arc::clone(&blob), Arc::clone(&realm));
+        move |req| bearer_handler(Arc::clone(&state), Arc::clone(&blob), realm.lock().clone())(req)
+    })
+    .await;
+    *realm.lock() = format!("{}/token", server.url());
+    (server, state, blob)
+}
+
+#[tokio::test]
+async fn bearer_token_is_fetched_cached_and_refreshed_on_401() {
+    let (server, state, blob) = start_bearer(300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = client(cred_file(&dir, &server.addr.to_string(), "bob", "pw"))
+        .open_blob(&format!("{}{REPO}", server.url()), "sha256:cc", None)
+        .await
+        .unwrap();
+    check_reads(&src, &blob).await;
+    assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 1, "one token for all reads");
+
+    // The registry revokes the token: the next read gets a 401, fetches a new token, succeeds.
+    state.generation.store(2, Ordering::SeqCst);
+    assert_eq!(&src.read_at(7, 1000).await.unwrap()[..], &blob[7..1007]);
+    assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn bearer_token_is_renewed_before_it_expires() {
+    let (server, state, blob) = start_bearer(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = client(cred_file(&dir, &server.addr.to_string(), "bob", "pw"))
+        .open_blob(&format!("{}{REPO}", server.url()), "sha256:cc", None)
+        .await
+        .unwrap();
+    let rejected = state.unauthorized.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(&src.read_at(0, 10).await.unwrap()[..], &blob[..10]);
+    assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 2, "a fresh token after expiry");
+    // Only the anonymous probe of the re-resolution is rejected, no data request with a stale token.
+    assert_eq!(state.unauthorized.load(Ordering::SeqCst), rejected + 1);
+}
+
+#[tokio::test]
+async fn redirect_to_other_host_drops_authorization_and_is_cached() {
+    let blob = Arc::new(make_blob(60_000, 6));
+    let expired = Arc::new(AtomicUsize::new(0));
+    let storage = TestServer::start({
+        let (blob, expired) = (Arc::clone(&blob), Arc::clone(&expired));
+        move |req| {
+            if !req.target.starts_with("/bucket/blob?sig=") {
+                return Reply::status(404);
+            }
+            // One 403, as from an expired pre-signed URL.
+            if expired.swap(0, Ordering::SeqCst) == 1 {
+                return Reply::status(403);
+            }
+            serve_range(req, &blob)
+        }
+    })
+    .await;
+    let location = format!("{}/bucket/blob?sig=abc", storage.url());
+    let registry = TestServer::start(move |req| {
+        if req.header("authorization") != Some("Basic YWxpY2U6czNjcmV0") {
+            return Reply::new(401, &[("WWW-Authenticate", r#"Basic realm="r""#)], "");
+        }
+        Reply::new(307, &[("Location", &location)], "")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = client(cred_file(&dir, &registry.addr.to_string(), "alice", "s3cret"))
+        .open_blob(&format!("{}{REPO}", registry.url()), "sha256:dd", None)
+        .await
+        .unwrap();
+    assert_eq!(src.size(), 60_000);
+    let before = registry.requests().len();
+    check_reads(&src, &blob).await;
+    assert_eq!(registry.requests().len(), before, "redirect target reused for later reads");
+    assert!(storage.requests().iter().all(|r| r.header("authorization").is_none()), "Authorization leaked to storage");
+
+    // The signed URL expires: the client asks the registry again and carries on.
+    expired.store(1, Ordering::SeqCst);
+    assert_eq!(&src.read_at(5, 50).await.unwrap()[..], &blob[5..55]);
+    assert!(registry.requests().len() > before);
+    assert!(storage.requests().iter().all(|r| r.header("authorization").is_none()));
+}
+
+/// Which reply (if any) replaces the normal answer to the n-th data request.
+type Script = Box<dyn Fn(usize) -> Option<Reply> + Send + Sync>;
+
+/// A blob server whose data answers (not the size probe) are scripted per request number.
+async fn faulty(blob: Arc<Vec<u8>>, script: impl Fn(usize) -> Option<Reply> + Send + Sync + 'static) -> (TestServer, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let server = TestServer::start({
+        let n = Arc::clone(&n);
+        move |req| {
+            let probe = req.header("range") == Some("bytes=0-0");
+            if !probe {
+                if let Some(reply) = script(n.fetch_add(1, Ordering::SeqCst)) {
+                    return reply;
+                }
+            }
+            serve_range(req, &blob)
+        }
+    })
+    .await;
+    (server, n)
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried() {
+    let blob = Arc::new(make_blob(20_000, 7));
+    let scripts: Vec<(&str, Script)> = vec![
+        ("reset", Box::new(|i| (i == 0).then_some(Reply::Reset))),
+        ("500", Box::new(|i| (i == 0).then(|| Reply::status(500)))),
+        ("429", Box::new(|i| (i == 0).then(|| Reply::status(429)))),
+        ("truncated", Box::new(|i| (i == 0).then(|| Reply::Truncated { status: 206, headers: vec![("Content-Range".into(), "bytes 100-1099/20000".into())], declared: 1000, body: vec![0; 10] }))),
+    ];
+    for (name, script) in scripts {
+        let (server, data_requests) = faulty(Arc::clone(&blob), script).await;
+        let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None).await.unwrap();
+        let got = src.read_at(100, 1000).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(&got[..], &blob[100..1100], "{name}");
+        assert_eq!(data_requests.load(Ordering::SeqCst), 2, "{name}: one failure, one retry");
+    }
+}
+
+#[tokio::test]
+async fn persistent_faults_give_a_clean_bounded_error() {
+    let blob = Arc::new(make_blob(20_000, 8));
+    let cases: Vec<(&str, Script, io::ErrorKind)> = vec![
+        ("500", Box::new(|_| Some(Reply::status(500))), io::ErrorKind::Other),
+        ("reset", Box::new(|_| Some(Reply::Reset)), io::ErrorKind::Other),
+        ("truncated", Box::new(|_| Some(Reply::Truncated { status: 200, headers: vec![], declared: 20_000, body: vec![1; 100] })), io::ErrorKind::Other),
+        ("stall", Box::new(|_| Some(Reply::Stall(Duration::from_secs(10)))), io::ErrorKind::TimedOut),
+    ];
+    for (name, script, kind) in cases {
+        let (server, data_requests) = faulty(Arc::clone(&blob), script).await;
+        let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None).await.unwrap();
+        let start = Instant::now();
+        let err = src.read_at(0, 5000).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{name}: {err}");
+        assert!(err.to_string().contains("after 3 attempts"), "{name}: {err}");
+        assert_eq!(data_requests.load(Ordering::SeqCst), 3, "{name}: retries are bounded");
+        assert!(start.elapsed() < Duration::from_secs(8), "{name}: took {:?}", start.elapsed());
+    }
+}
+
+fn settings_for(cache_dir: &std::path::Path) -> DaemonSettings {
+    let mut s = DaemonSettings::default();
+    s.cache_config.cache_type = "file".into();
+    s.cache_config.cache_dir = cache_dir.display().to_string();
+    s.cache_config.refill_size = 4096;
+    s.http_config = http_config();
+    s
+}
+
+#[tokio::test]
+async fn cached_layer_caches_only_good_data_and_shares_by_digest() {
+    let blob = Arc::new(make_blob(50_000, 9));
+    let digest = sha256_digest(&blob);
+    // Unit 2 (bytes 8192..12288) fails twice in a row (all attempts of one read), then works.
+    let fails = Arc::new(AtomicUsize::new(3));
+    let server = TestServer::start({
+        let (blob, fails) = (Arc::clone(&blob), Arc::clone(&fails));
+        move |req| {
+            if req.header("range") == Some("bytes=8192-12287") && fails.load(Ordering::SeqCst) > 0 {
+                fails.fetch_sub(1, Ordering::SeqCst);
+                return Reply::status(500);
+            }
+            serve_range(req, &blob)
+        }
+    })
+    .await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let layer = RemoteLayer { repo_blob_url: &format!("{}{REPO}", server.url()), digest: &digest, size: Some(50_000), dir: None, download: None };
+    let src = layers.open(&layer).await.unwrap();
+    assert!(src.read_at(9000, 10).await.is_err());
+    assert_eq!(layers.tiers().memory_used(), 0, "a failed read caches nothing");
+    assert_eq!(&src.read_at(9000, 10).await.unwrap()[..], &blob[9000..9010]);
+
+    // A second image with the same layer, in another repository, reads from the cache.
+    server.clear();
+    let other = RemoteLayer { repo_blob_url: &format!("{}/v2/other/blobs", server.url()), ..layer };
+    let src2 = layers.open(&other).await.unwrap();
+    assert_eq!(&src2.read_at(8200, 4000).await.unwrap()[..], &blob[8200..12200]);
+    assert!(server.requests().iter().all(|r| r.header("range") == Some("bytes=0-0")), "only the open probes went out");
+
+    // The layer config's size must match the registry's.
+    let wrong = RemoteLayer { size: Some(49_999), ..layer };
+    assert_eq!(layers.open(&wrong).await.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+}
+
+#[tokio::test]
+async fn p2p_proxy_gets_the_full_blob_url() {
+    let blob = Arc::new(make_blob(30_000, 10));
+    let digest = sha256_digest(&blob);
+    let registry = blob_server(&blob).await;
+    let expected_target = format!("/accelerator/{}{REPO}/{digest}", registry.url());
+    let proxy = TestServer::start({
+        let (blob, expected) = (Arc::clone(&blob), expected_target.clone());
+        move |req| if req.target == expected { serve_range(req, &blob) } else { Reply::status(404) }
+    })
+    .await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(cache_dir.path());
+    settings.p2p_config.enable = true;
+    settings.p2p_config.address = format!("{}/accelerator", proxy.url());
+    let layers = RemoteLayers::new(settings).unwrap();
+    let src = layers.open(&RemoteLayer { repo_blob_url: &format!("{}{REPO}", registry.url()), digest: &digest, size: None, dir: None, download: None }).await.unwrap();
+    check_reads(src.as_ref(), &blob).await;
+    assert!(proxy.requests().len() >= 6 && proxy.requests().iter().all(|r| r.target == expected_target));
+    assert_eq!(registry.requests().len(), 1, "only the authorization probe goes to the registry");
+    assert_eq!(layers.tiers().memory_used(), 0, "P2P reads bypass the local cache");
+
+    // An unreachable proxy (nothing listens) falls back to direct, cached reads.
+    let dead = TcpListenerGone::port().await;
+    let mut settings = settings_for(cache_dir.path());
+    settings.p2p_config.enable = true;
+    settings.p2p_config.address = format!("http://127.0.0.1:{dead}/accelerator");
+    let layers = RemoteLayers::new(settings).unwrap();
+    let src = layers.open(&RemoteLayer { repo_blob_url: &format!("{}{REPO}", registry.url()), digest: &digest, size: None, dir: None, download: None }).await.unwrap();
+    assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
+}
+
+/// A loopback port with nothing listening (bound, then released).
+struct TcpListenerGone;
+
+impl TcpListenerGone {
+    async fn port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+}
+
+#[tokio::test]
+async fn http_proxy_setting_routes_requests() {
+    let blob = Arc::new(make_blob(10_000, 11));
+    // The proxy answers itself; a request through a proxy carries the absolute URL.
+    let proxy = blob_server(&blob).await;
+    let mut cfg = http_config();
+    cfg.proxy = proxy.url();
+    let c = RegistryClient::new(cfg, "t", CredentialStore::anonymous()).unwrap();
+    let src = c.open_blob("http://registry.invalid:5000/v2/team/app/blobs", "sha256:ff", None).await.unwrap();
+    assert_eq!(&src.read_at(10, 10).await.unwrap()[..], &blob[10..20]);
+    assert!(proxy.requests().iter().all(|r| r.target == "http://registry.invalid:5000/v2/team/app/blobs/sha256:ff"));
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens the server's blob with background download into a fresh layer folder (no delay,
+/// no rate limit, 2 attempts, 16 KiB reads); the folders live as long as the returned guards.
+async fn open_with_download(server: &TestServer, digest: &str) -> (Arc<dyn LayerSource>, tempfile::TempDir, tempfile::TempDir) {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layer_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let download = DownloadConfig { enable: true, delay: 0, delay_extra: 1, max_mbps: 0, try_cnt: 2, block_size: 16384 };
+    let url = format!("{}{REPO}", server.url());
+    let layer = RemoteLayer { repo_blob_url: &url, digest, size: None, dir: Some(layer_dir.path()), download: Some(&download) };
+    (layers.open(&layer).await.unwrap(), layer_dir, cache_dir)
+}
+
+#[tokio::test]
+async fn background_download_switches_to_local_copy() {
+    let blob = Arc::new(make_blob(100_000, 12));
+    let digest = sha256_digest(&blob);
+    let server = blob_server(&blob).await;
+    let (src, layer_dir, _cache_dir) = open_with_download(&server, &digest).await;
+    let commit = layer_dir.path().join("overlaybd.commit");
+    wait_for(|| commit.exists(), "overlaybd.commit").await;
+    assert_eq!(std::fs::read(&commit).unwrap(), *blob);
+    // The switch follows the rename closely; give a loaded machine some slack.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.clear();
+    check_reads(src.as_ref(), &blob).await;
+    assert!(server.requests().is_empty(), "reads are served locally after the download");
+}
+
+#[tokio::test]
+async fn background_download_rejects_flipped_bytes() {
+    let blob = Arc::new(make_blob(50_000, 13));
+    let digest = sha256_digest(&blob);
+    let mut bad = (*blob).clone();
+    bad[33_333] ^= 0x40;
+    let bad = Arc::new(bad);
+    let server = blob_server(&bad).await;
+    let (src, layer_dir, _cache_dir) = open_with_download(&server, &digest).await;
+    // Two full downloads (4 blocks each) after the open probe.
+    let full_reads = |s: &TestServer| s.requests().iter().filter(|r| r.header("range") != Some("bytes=0-0")).count();
+    wait_for(|| full_reads(&server) >= 8 && !layer_dir.path().join(".download").exists(), "two download attempts").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!layer_dir.path().join("overlaybd.commit").exists(), "a blob that fails its digest is never committed");
+    assert!(!layer_dir.path().join(".download").exists());
+    // Reads stay remote (and return what the server has; the ZFile CRC layer above catches it).
+    server.clear();
+    src.read_at(0, 10).await.unwrap();
+    assert!(!server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn disk_cache_survives_restart_over_http() {
+    let blob = Arc::new(make_blob(40_000, 14));
+    let digest = sha256_digest(&blob);
+    let server = blob_server(&blob).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let url = format!("{}{REPO}", server.url());
+    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: None, download: None };
+    {
+        let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+        layers.open(&layer).await.unwrap().read_at(0, 40_000).await.unwrap();
+    }
+    server.clear();
+    let tiers = CacheTiers::from_settings(&settings_for(cache_dir.path()).cache()).unwrap();
+    assert!(tiers.disk_used() >= 40_000);
+    let layers = RemoteLayers::with_parts(settings_for(cache_dir.path()), client(CredentialStore::anonymous()), tiers);
+    let src = layers.open(&layer).await.unwrap();
+    check_reads(src.as_ref(), &blob).await;
+    assert_eq!(server.requests().len(), 1, "only the open probe after a restart");
+}
+
+#[tokio::test]
+async fn two_devices_sharing_a_layer_download_it_once() {
+    let blob = Arc::new(make_blob(64 * 1024, 15));
+    let digest = sha256_digest(&blob);
+    let server = blob_server(&blob).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layer_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let download = DownloadConfig { enable: true, delay: 0, delay_extra: 1, max_mbps: 0, try_cnt: 2, block_size: 16384 };
+    let url = format!("{}{REPO}", server.url());
+    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: Some(layer_dir.path()), download: Some(&download) };
+    let (a, b) = (layers.open(&layer).await.unwrap(), layers.open(&layer).await.unwrap());
+    let data_reads = |s: &TestServer| s.requests().iter().filter(|r| r.header("range") != Some("bytes=0-0")).count();
+    wait_for(|| layer_dir.path().join("overlaybd.commit").exists(), "overlaybd.commit").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(data_reads(&server), 4, "one download of 4 blocks");
+    server.clear();
+    check_reads(a.as_ref(), &blob).await;
+    check_reads(b.as_ref(), &blob).await;
+    assert!(server.requests().is_empty(), "both devices read the local copy");
+}
+
+#[tokio::test]
+async fn credential_service_mode_supplies_basic_credentials() {
+    let blob = Arc::new(make_blob(20_000, 16));
+    let registry = TestServer::start(basic_registry(Arc::clone(&blob), "YWxpY2U6czNjcmV0")).await;
+    let host = registry.addr.to_string();
+    let creds = TestServer::start(move |req| {
+        if req.target.contains("refuse") {
+            return Reply::new(200, &[], r#"{"success": false}"#);
+        }
+        let body = format!(r#"{{"traceId": "t1", "success": true, "data": {{"auths": {{"{host}": {{"username": "alice", "password": "s3cret"}}}}}}}}"#);
+        Reply::new(200, &[], body)
+    })
+    .await;
+    let mut settings = DaemonSettings::default();
+    settings.credential_config.mode = "http".into();
+    settings.credential_config.path = format!("{}/auth", creds.url());
+    settings.http_config = http_config();
+    let src = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap();
+    check_reads(&src, &blob).await;
+    let asked = creds.requests();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|r| r.target == format!("/auth?remote_url={}{REPO}/sha256:ab", registry.url())), "{:?}", asked[0].target);
+
+    settings.credential_config.path = format!("{}/refuse", creds.url());
+    let err = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap_err();
+    assert!(err.to_string().contains("success=false"), "{err}");
+}

@@ -1,0 +1,230 @@
+//! Interoperability with a real OCI registry: Debian's `docker-registry` (CNCF distribution),
+//! started on 127.0.0.1 with a temporary storage folder. A blob is pushed through the HTTP API
+//! and read back through our registry client and cache, anonymously and with htpasswd Basic
+//! auth. Fails (does not skip) when the registry is not installed: `conformance/install-deps.sh`
+//! installs it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use overlaybd_target::cache::http::push::push_blob;
+use overlaybd_target::cache::http::{CredentialStore, Credentials, RegistryClient};
+use overlaybd_target::cache::settings::{DaemonSettings, HttpConfig};
+use overlaybd_target::cache::{LayerSource, RemoteLayer, RemoteLayers};
+
+const BINARY: &str = "/usr/bin/docker-registry";
+
+/// A registry process that is killed when dropped.
+struct Registry {
+    child: tokio::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1 and a client certificate.
+struct Pki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key_pem) = leaf(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_pem, client_key_pem) = leaf(vec!["overlaybd-client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server_pem),
+        server_key: write("server.key", &server_key_pem),
+        client_cert: write("client.pem", &client_pem),
+        client_key: write("client.key", &client_key_pem),
+    }
+}
+
+/// How to run the registry: optional htpasswd user, optional TLS with client certificates.
+#[derive(Default)]
+struct Options<'a> {
+    htpasswd: Option<(&'a str, &'a str)>,
+    tls: Option<&'a Pki>,
+}
+
+async fn start_registry(opts: Options<'_>, probe: &reqwest::Client) -> Registry {
+    assert!(
+        Path::new(BINARY).exists(),
+        "{BINARY} is missing: install Debian's docker-registry (`apt-get install -y docker-registry`, done by conformance/install-deps.sh)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().await;
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().join("storage").display()
+    );
+    if let Some(pki) = opts.tls {
+        config.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ));
+    }
+    if let Some((user, pass)) = opts.htpasswd {
+        let hash = bcrypt::hash(pass, 5).unwrap();
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+        config.push_str(&format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", file.display()));
+    }
+    let config_path = dir.path().join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let child = tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start docker-registry");
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let start = Instant::now();
+    loop {
+        // Any answer (200, or 401 with auth) means it is up.
+        if probe.get(format!("{url}/v2/")).send().await.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "docker-registry did not start on {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Registry { child, url, _dir: dir }
+}
+
+fn blob(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
+}
+
+fn settings(cache_dir: &Path) -> DaemonSettings {
+    let mut s = DaemonSettings::default();
+    s.cache_config.cache_type = "file".into();
+    s.cache_config.cache_dir = cache_dir.display().to_string();
+    s.http_config = HttpConfig { retries: 1, request_timeout_ms: 10_000, ..HttpConfig::default() };
+    s
+}
+
+async fn check_reads(src: &dyn LayerSource, data: &[u8]) {
+    assert_eq!(src.size(), data.len() as u64);
+    for (off, len) in [(0usize, 1usize), (100, 5000), (262_143, 2), (data.len() - 7, 7), (0, data.len())] {
+        let got = src.read_at(off as u64, len).await.unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
+        assert_eq!(&got[..], &data[off..off + len], "read {off}+{len}");
+    }
+}
+
+#[tokio::test]
+async fn docker_registry_anonymous_push_and_ranged_reads() {
+    let reg = start_registry(Options::default(), &reqwest::Client::new()).await;
+    let data = blob(700_000);
+    let digest = push_blob(&reqwest::Client::new(), &reg.url, "team/app", data.clone(), None).await.unwrap();
+
+    // Uncached source: every read is a ranged GET against the registry.
+    let client = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
+    let direct = client.open_blob(&format!("{}/v2/team/app/blobs", reg.url), &digest, None).await.unwrap();
+    check_reads(&direct, &data).await;
+
+    // Through the cache tiers, as the image side opens it.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings(cache_dir.path())).unwrap();
+    let url = format!("{}/v2/team/app/blobs/", reg.url);
+    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: Some(700_000), dir: None, download: None };
+    check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
+    assert!(layers.tiers().disk_used() >= 700_000);
+
+    let missing = RemoteLayer { digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000", size: None, ..layer };
+    assert_eq!(layers.open(&missing).await.err().map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+}
+
+#[tokio::test]
+async fn docker_registry_htpasswd_basic_auth() {
+    let reg = start_registry(Options { htpasswd: Some(("carol", "pa55word")), ..Options::default() }, &reqwest::Client::new()).await;
+    let data = blob(300_000);
+    let creds = Credentials { username: "carol".into(), password: "pa55word".into() };
+    let http = reqwest::Client::new();
+    assert!(push_blob(&http, &reg.url, "private/app", data.clone(), None).await.is_err(), "anonymous push refused");
+    let digest = push_blob(&http, &reg.url, "private/app", data.clone(), Some(&creds)).await.unwrap();
+
+    let host = reg.url.trim_start_matches("http://");
+    let dir = tempfile::tempdir().unwrap();
+    let cred_json = dir.path().join("cred.json");
+    std::fs::write(&cred_json, format!(r#"{{"auths": {{"{host}/private": {{"username": "carol", "password": "pa55word"}}}}}}"#)).unwrap();
+    let repo_url = format!("{}/v2/private/app/blobs", reg.url);
+
+    let client = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::from_files(vec![cred_json.clone()])).unwrap();
+    let src = Arc::new(client.open_blob(&repo_url, &digest, None).await.unwrap());
+    check_reads(src.as_ref(), &data).await;
+
+    let anonymous = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
+    let err = anonymous.open_blob(&repo_url, &digest, None).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+
+    std::fs::write(&cred_json, format!(r#"{{"auths": {{"{host}": {{"username": "carol", "password": "wrong"}}}}}}"#)).unwrap();
+    let err = client.open_blob(&repo_url, &digest, None).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "re-read credentials are used: {err}");
+}
+
+#[tokio::test]
+async fn docker_registry_over_tls_with_client_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(cache_dir.path());
+    settings.http_config.ca_file = pki.ca.display().to_string();
+    settings.cert_config.cert_file = pki.client_cert.display().to_string();
+    settings.cert_config.key_file = pki.client_key.display().to_string();
+    let client = RegistryClient::from_settings(&settings).unwrap();
+    let reg = start_registry(Options { tls: Some(&pki), ..Options::default() }, client.http()).await;
+    let data = blob(300_000);
+    let digest = push_blob(client.http(), &reg.url, "secure/app", data.clone(), None).await.unwrap();
+
+    let layers = RemoteLayers::new(settings.clone()).unwrap();
+    let url = format!("{}/v2/secure/app/blobs", reg.url);
+    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: None, download: None };
+    check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
+
+    // Without the client certificate the TLS handshake is refused; without our CA the
+    // server is not trusted. Both are clean errors at open.
+    let mut no_cert = settings.clone();
+    no_cert.cert_config = Default::default();
+    assert!(RemoteLayers::new(no_cert).unwrap().open(&layer).await.is_err());
+    let mut no_ca = settings;
+    no_ca.http_config.ca_file.clear();
+    assert!(RemoteLayers::new(no_ca).unwrap().open(&layer).await.is_err());
+}
