@@ -215,7 +215,14 @@ pub(crate) async fn read_extents(
     }
     let mut buf = BytesMut::zeroed(total);
     for (at, b) in pieces {
-        buf[at..at + b.len()].copy_from_slice(&b);
+        // Records are clipped to the request and reads return exactly their length.
+        let dst = buf.get_mut(at..at + b.len()).ok_or_else(|| {
+            LsmtError::Invalid(format!(
+                "extent at byte {at} (+{}) outside a read of {total}",
+                b.len()
+            ))
+        })?;
+        dst.copy_from_slice(&b);
     }
     Ok(buf.freeze())
 }

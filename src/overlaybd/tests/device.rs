@@ -108,9 +108,9 @@ async fn raw_export_and_import_roundtrip() {
 /// and the result file says `success`.
 #[tokio::test]
 async fn image_from_config_with_zfile_layers_and_upper() {
-    use crate::overlaybd::commit::SyncSink;
+    use crate::overlaybd::commit::write_commit_file;
     use crate::overlaybd::LocalOpener;
-    use crate::zfile::{WriterOptions, ZFileWriter};
+    use crate::zfile::WriterOptions;
 
     let dir = tempfile::tempdir().unwrap();
     let mid = new_layer(dir.path(), "mid", 64 << 30);
@@ -119,16 +119,21 @@ async fn image_from_config_with_zfile_layers_and_upper() {
         .unwrap();
     let layer_dir = dir.path().join("layer1");
     std::fs::create_dir(&layer_dir).unwrap();
-    let file = std::fs::File::create(layer_dir.join("overlaybd.commit")).unwrap();
-    let mut sink = SyncSink(ZFileWriter::new(file, WriterOptions::default()).unwrap());
-    write_commit(
+    let commit = layer_dir.join("overlaybd.commit");
+    write_commit_file(
         &CommitSource::from_writable(&mid),
         &CommitOptions::default(),
-        &mut sink,
+        &commit,
+        Some(WriterOptions::default()),
     )
     .await
     .unwrap();
-    sink.0.finish_with_header().unwrap();
+    let head = std::fs::read(&commit).unwrap();
+    assert_eq!(&head[..8], b"ZFile\0\x01\0");
+    assert_eq!(
+        crate::zfile::detect_format(&head[..512]).unwrap(),
+        crate::zfile::BlobFormat::ZFile
+    );
     drop(new_layer(dir.path(), "up", 0));
 
     let base = super::fixture::fixture("ext4_64");
