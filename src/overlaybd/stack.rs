@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::try_join_all;
+use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::error::{LsmtError, LsmtResult};
 use super::index::{clip, first_ending_after, lookup, Record, SECTOR};
@@ -13,6 +13,8 @@ use crate::cache::LayerSource;
 
 /// Most read-only layers one stack accepts.
 pub const MAX_LAYERS: usize = 255;
+/// Layer reads one request may have in flight at once.
+const MAX_CONCURRENT_READS: usize = 32;
 /// The reference's limit on records in a merged index.
 pub const MAX_MERGED_RECORDS: usize = 128_000_000;
 
@@ -188,25 +190,28 @@ pub(crate) async fn read_extents(
     let total = usize::try_from(sectors * SECTOR)
         .map_err(|_| LsmtError::Invalid(format!("read of {sectors} sectors is too large")))?;
     let mut reads = Vec::new();
-    for r in records.iter().filter(|r| !r.zeroed) {
-        let source = resolve(r.tag).ok_or_else(|| {
+    for run in data_runs(records) {
+        let source = resolve(run.tag).ok_or_else(|| {
             LsmtError::corrupt(
                 "layer stack",
                 format!(
                     "extent at sector {} names unknown layer {}",
-                    r.offset, r.tag
+                    run.offset, run.tag
                 ),
             )
         })?;
         // Positions relative to the request fit in `total`, which fits usize.
-        let at = ((r.offset - start) * SECTOR) as usize;
-        let len = u64::from(r.length) * SECTOR;
+        let at = ((run.offset - start) * SECTOR) as usize;
+        let len = (run.sectors * SECTOR) as usize;
         reads.push(async move {
-            let b = read(&*source, r.moffset * SECTOR, len as usize).await?;
+            let b = read(&*source, run.moffset * SECTOR, len).await?;
             Ok::<_, LsmtError>((at, b))
         });
     }
-    let pieces = try_join_all(reads).await?;
+    let pieces: Vec<(usize, Bytes)> = stream::iter(reads)
+        .buffer_unordered(MAX_CONCURRENT_READS)
+        .try_collect()
+        .await?;
     // One data extent covering the whole request: hand its bytes over without a copy.
     if let [(0, b)] = pieces.as_slice() {
         if b.len() == total {
@@ -225,6 +230,41 @@ pub(crate) async fn read_extents(
         dst.copy_from_slice(&b);
     }
     Ok(buf.freeze())
+}
+
+/// A run of data sectors read with one request: consecutive in the virtual disk and in one
+/// layer file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DataRun {
+    offset: u64,
+    sectors: u64,
+    moffset: u64,
+    tag: u8,
+}
+
+/// Joins data records that continue each other both logically and in the same file (common in
+/// committed blobs, whose data is stored in logical order), so a read issues fewer requests.
+fn data_runs(records: &[Record]) -> Vec<DataRun> {
+    let mut runs: Vec<DataRun> = Vec::new();
+    for r in records.iter().filter(|r| !r.zeroed) {
+        let len = u64::from(r.length);
+        match runs.last_mut() {
+            Some(p)
+                if p.tag == r.tag
+                    && p.offset + p.sectors == r.offset
+                    && p.moffset + p.sectors == r.moffset =>
+            {
+                p.sectors += len;
+            }
+            _ => runs.push(DataRun {
+                offset: r.offset,
+                sectors: len,
+                moffset: r.moffset,
+                tag: r.tag,
+            }),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -315,6 +355,26 @@ mod tests {
                 t(Record::zeroed(20, 5, 8), 0),
                 t(Record::data(40, 5, 13), 1)
             ]
+        );
+    }
+
+    #[test]
+    fn contiguous_data_records_read_as_one_run() {
+        let recs = [
+            t(Record::data(0, 4, 8), 1),
+            t(Record::data(4, 4, 12), 1),
+            t(Record::data(8, 4, 16), 0),
+            t(Record::zeroed(12, 4, 20), 0),
+            t(Record::data(16, 4, 20), 0),
+            t(Record::data(20, 4, 30), 0),
+        ];
+        let runs: Vec<_> = data_runs(&recs)
+            .iter()
+            .map(|r| (r.offset, r.sectors, r.moffset, r.tag))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![(0, 8, 8, 1), (8, 4, 16, 0), (16, 4, 20, 0), (20, 4, 30, 0)]
         );
     }
 
