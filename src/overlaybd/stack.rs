@@ -358,6 +358,70 @@ mod tests {
         );
     }
 
+    /// Sorted, disjoint records over sectors 0..200 for one layer.
+    fn layer_records() -> impl proptest::strategy::Strategy<Value = Vec<Record>> {
+        use proptest::prelude::*;
+        prop::collection::vec((0u64..12, 1u32..20, any::<bool>()), 0..10).prop_map(|parts| {
+            let mut out = Vec::new();
+            let mut cur = 0u64;
+            for (gap, len, zeroed) in parts {
+                let offset = cur + gap;
+                let moffset = 8 + offset * 3;
+                out.push(if zeroed {
+                    Record::zeroed(offset, len, moffset)
+                } else {
+                    Record::data(offset, len, moffset)
+                });
+                cur = offset + u64::from(len);
+            }
+            out
+        })
+    }
+
+    /// What a sector shows: the topmost covering record's (tag, zeroed, data sector).
+    fn visible(layers: &[Vec<Record>], sector: u64) -> Option<(u8, bool, u64)> {
+        layers.iter().enumerate().find_map(|(level, recs)| {
+            recs.iter()
+                .find(|r| r.offset <= sector && sector < r.end())
+                .map(|r| {
+                    let m = if r.zeroed {
+                        r.moffset
+                    } else {
+                        r.moffset + sector - r.offset
+                    };
+                    (level as u8, r.zeroed, m)
+                })
+        })
+    }
+
+    proptest::proptest! {
+        /// The merged map agrees sector by sector with "topmost covering record wins", is
+        /// sorted and disjoint, and lookups of any range agree with it too.
+        #[test]
+        fn merge_matches_per_sector_semantics(
+            layers in proptest::collection::vec(layer_records(), 1..5),
+            start in 0u64..250,
+            len in 0u64..100,
+        ) {
+            let inputs: Vec<_> =
+                layers.iter().enumerate().map(|(i, r)| MergeInput { records: r, tag: i as u8 }).collect();
+            let merged = merge_indexes(&inputs);
+            assert_eq!(crate::overlaybd::index::check_sorted_disjoint(&merged), Ok(()));
+            assert!(merged.iter().all(|r| r.length > 0));
+            for sector in 0..300 {
+                let got = merged.iter().find(|r| r.offset <= sector && sector < r.end()).map(|r| {
+                    (r.tag, r.zeroed, if r.zeroed { r.moffset } else { r.moffset + sector - r.offset })
+                });
+                assert_eq!(got, visible(&layers, sector), "sector {sector}");
+            }
+            let found = lookup(&merged, start, len);
+            let covered: u64 = found.iter().map(|r| u64::from(r.length)).sum();
+            let expect = (start..start + len).filter(|&s| visible(&layers, s).is_some()).count() as u64;
+            assert_eq!(covered, expect);
+            assert!(found.iter().all(|r| r.offset >= start && r.end() <= start + len && r.length > 0));
+        }
+    }
+
     #[test]
     fn contiguous_data_records_read_as_one_run() {
         let recs = [
