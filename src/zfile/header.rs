@@ -56,17 +56,29 @@ const OFF_VERIFY: usize = 88;
 /// The fields of one header or trailer, exactly as stored (no interpretation yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
+    /// Raw flags, garbage bits included (see [`Header::has`]).
     pub flags: u64,
+    /// CRC32C of the structure; meaningful only with [`flag::DIGEST`].
     pub digest: u32,
+    /// Offset of the jump table.
     pub index_offset: u64,
+    /// Number of jump-table entries (blocks).
     pub index_size: u64,
+    /// Length of the uncompressed stream.
     pub original_file_size: u64,
+    /// CRC32C of the jump table; meaningful only with [`flag::DIGEST`].
     pub index_crc: u32,
+    /// Raw block size.
     pub block_size: u32,
+    /// Compression algorithm id.
     pub algo: u8,
+    /// Compression level (always written 0, ignored).
     pub level: u8,
+    /// Dictionary in use (never; refused by readers).
     pub use_dict: u8,
+    /// Dictionary length, shifting the first block.
     pub dict_size: u32,
+    /// Non-zero: per-block CRC32C.
     pub verify: u8,
 }
 

@@ -70,7 +70,15 @@ impl ZFileReader {
                     size,
                 });
             }
-            parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?
+            let trailer = parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?;
+            // Current writers set the digest flag in both structures, legacy ones in neither;
+            // a mismatch means a flipped flag, which would silently disable digest checks.
+            if header.has(flag::DIGEST) != trailer.has(flag::DIGEST) {
+                return Err(ZFileError::Corrupt(
+                    "header and trailer disagree on the digest flag".into(),
+                ));
+            }
+            trailer
         };
         let info = ZFileInfo::from_structure(&used, size, overwrite)?;
         let table = load_table(source.as_ref(), &info).await?;
@@ -111,31 +119,31 @@ impl ZFileReader {
                 stored.len()
             )));
         }
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        // At least two workers, so the parallel path is exercised even on one-core machines.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) as u64;
         let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(workers);
         let mut out = BytesMut::zeroed(len);
         if chunks <= 1 {
             self.layout.decode_into(&stored, start, offset, &mut out)?;
             return Ok(out.freeze());
         }
-        self.decode_parallel(stored, start, offset, out, first, last, chunks)
+        self.decode_parallel(stored, start, offset, out, chunks)
             .await
     }
 
     /// Splits a large read at block boundaries into `chunks` pieces decoded on blocking
-    /// threads; the pieces are views of one buffer, rejoined without copying.
-    #[allow(clippy::too_many_arguments)]
+    /// threads; the pieces are views of one buffer, rejoined without copying. `stored` holds
+    /// the covering blocks' stored bytes, starting at file offset `start`.
     async fn decode_parallel(
         &self,
         stored: Bytes,
         start: u64,
         offset: u64,
         mut out: BytesMut,
-        first: u64,
-        last: u64,
         chunks: u64,
     ) -> Result<Bytes, ZFileError> {
         let bs = u64::from(self.layout.info.block_size);
+        let (first, last) = (offset / bs, (offset + out.len() as u64 - 1) / bs);
         let per_chunk = (last - first + 1).div_ceil(chunks);
         let mut tasks = Vec::new();
         let mut raw = offset;

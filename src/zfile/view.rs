@@ -46,3 +46,26 @@ impl LayerSource for RangeView {
         format!("{}@{}", self.inner.describe(), self.offset)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::bytes_source::BytesSource;
+
+    #[tokio::test]
+    async fn window_is_shifted_and_bounded() {
+        let inner: Arc<dyn LayerSource> =
+            Arc::new(BytesSource::new((0u8..100).collect::<Vec<_>>(), "blob"));
+        let view = RangeView::new(Arc::clone(&inner), 10, 50).unwrap();
+        assert_eq!(view.size(), 50);
+        assert_eq!(&view.read_at(0, 3).await.unwrap()[..], &[10, 11, 12]);
+        assert_eq!(&view.read_at(47, 3).await.unwrap()[..], &[57, 58, 59]);
+        assert_eq!(
+            view.read_at(48, 3).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(view.describe(), "blob@10");
+        assert!(RangeView::new(Arc::clone(&inner), 60, 41).is_err());
+        assert!(RangeView::new(inner, u64::MAX, 2).is_err());
+    }
+}

@@ -157,15 +157,7 @@ fn writer_refuses_bad_block_sizes() {
 #[test]
 fn writer_refuses_stored_blocks_over_64k() {
     // 64 KiB of random bytes grows under both codecs beyond what the reference can read (§5).
-    let mut state = 0x1234_5678_9ABC_DEF1u64;
-    let noise: Vec<u8> = (0..65_536)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect();
+    let noise = super::noise(65_536, 0x1234_5678_9ABC_DEF1u64);
     for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
         let options = WriterOptions {
             algorithm,
@@ -226,4 +218,87 @@ async fn detection_of_plain_and_wrapped_blobs() {
         open_payload(mem(bad)).await,
         Err(ZFileError::Digest { .. })
     ));
+}
+
+#[test]
+fn writer_output_equals_a_direct_assembly_for_any_chunking() {
+    let data = sample_data(70_000, 10);
+    for (algorithm, block_size, verify) in [
+        (Algorithm::Lz4, 4096, true),
+        (Algorithm::Zstd, 16_384, false),
+        (Algorithm::Lz4, 32_768, false),
+    ] {
+        let expected = super::assemble(&data, algorithm, block_size, verify);
+        let options = WriterOptions {
+            algorithm,
+            block_size,
+            verify,
+        };
+        for piece in [1usize, 1000, 4096, 5000, 70_000] {
+            let mut w = crate::zfile::ZFileWriter::new(Vec::new(), options).unwrap();
+            for chunk in data.chunks(piece) {
+                std::io::Write::write_all(&mut w, chunk).unwrap();
+            }
+            assert!(
+                w.finish().unwrap().0 == expected,
+                "{algorithm} {block_size} piece {piece}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn reader_accepts_small_block_sizes() {
+    // Readers accept any power of two from 512 (the writer only makes 4 KiB and up).
+    let data = sample_data(9_000, 11);
+    for block_size in [512, 1024, 2048] {
+        let reader = ZFileReader::open(mem(super::assemble(
+            &data,
+            Algorithm::Zstd,
+            block_size,
+            true,
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            reader.info().block_count,
+            9_000u64.div_ceil(u64::from(block_size))
+        );
+        assert_eq!(
+            &reader.read_at(700, 5_000).await.unwrap()[..],
+            &data[700..5_700]
+        );
+    }
+}
+
+#[tokio::test]
+async fn reader_decodes_stored_blocks_over_64k() {
+    // The reference writer makes these with --bs 64 and cannot read them back; we can (§5).
+    let noise = super::noise(100_000, 77u64);
+    for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
+        let reader = ZFileReader::open(mem(super::assemble(&noise, algorithm, 65_536, true)))
+            .await
+            .unwrap();
+        assert_eq!(&reader.read_at(1, 99_999).await.unwrap()[..], &noise[1..]);
+    }
+}
+
+#[tokio::test]
+async fn dictionary_size_shifts_the_data_area() {
+    // No writer makes a dictionary, but dict_size must be honoured as an offset (§8).
+    let data = sample_data(20_000, 12);
+    let plain = make_zfile(&data, WriterOptions::default(), false);
+    let shift = 100usize;
+    let mut header = parse_header(&plain).unwrap();
+    let mut trailer = parse_trailer(&plain[plain.len() - 512..]).unwrap();
+    header.dict_size = shift as u32;
+    trailer.dict_size = shift as u32;
+    trailer.index_offset += shift as u64;
+    let mut file = header.encode().to_vec();
+    file.extend(std::iter::repeat(0xEE).take(shift));
+    file.extend_from_slice(&plain[512..plain.len() - 512]);
+    file.extend_from_slice(&trailer.encode());
+    let reader = ZFileReader::open(mem(file)).await.unwrap();
+    assert_eq!(reader.info().data_offset, 612);
+    assert_eq!(&reader.read_at(0, 20_000).await.unwrap()[..], &data[..]);
 }

@@ -1,0 +1,463 @@
+#!/bin/busybox sh
+# /init of the test guest (busybox ash). run.sh packs this file, with the run's parameters in
+# /etc/vmi.conf and the expected file hashes in /etc/vmi.files, into an archive appended to the base
+# initramfs that build-guest.sh made.
+#
+# It logs the kernel's iSCSI initiator in to the target, checks the disk against values the host
+# computed, and writes one line per check to the second serial port (and the console):
+#     RESULT <case> PASS|FAIL <seconds>s <reason>
+# Other lines on that port: "VMI: guest up", "VMI: done", and "INFO ..." facts for the host.
+# Every wait is bounded by a deadline on /proc/uptime: under TCG a `sleep 0.1` can last much longer
+# than asked, so counting iterations would not bound anything.
+
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /run/lock/iscsi /tmp /mnt /var/lib/iscsi /etc/iscsi
+
+OUT=/dev/ttyS1
+say() { echo "$*" > "$OUT"; echo "$*" > /dev/console; }
+info() { say "INFO $*"; }
+say "VMI: guest up"
+
+. /etc/vmi.conf
+
+# Uptime in centiseconds (an integer, so ash arithmetic can compare and subtract it).
+now_cs() {
+    read -r up _ < /proc/uptime
+    n="${up%.*}${up#*.}"
+    while [ "${#n}" -gt 1 ] && [ "${n#0}" != "$n" ]; do n=${n#0}; done
+    echo "$n"
+}
+secs() { printf '%d.%02d' $(($1 / 100)) $(($1 % 100)); }
+
+FAILED=0
+CASE_T0=0
+start() { CASE_T0=$(now_cs); }
+# result CASE PASS|FAIL REASON...: one line, with the time since the last `start`.
+result() {
+    c=$1 s=$2
+    shift 2
+    say "RESULT $c $s $(secs $(($(now_cs) - CASE_T0)))s $*"
+    [ "$s" = PASS ] || FAILED=1
+}
+
+# wait_until SECONDS COMMAND...: runs COMMAND until it succeeds or the deadline passes.
+wait_until() {
+    deadline=$(($(now_cs) + $1 * 100))
+    shift
+    while ! "$@"; do
+        [ "$(now_cs)" -ge "$deadline" ] && return 1
+        sleep 0.1
+    done
+    return 0
+}
+
+# Sends a command's output to the console (the host keeps it in console.log) with a prefix.
+show() {
+    prefix=$1
+    shift
+    "$@" 2>&1 | sed "s/^/$prefix /" > /dev/console
+}
+
+finish() {
+    [ -n "$DISK" ] && umount /mnt 2>/dev/null
+    timeout -s KILL 30 iscsiadm -m node -U all > /dev/null 2>&1
+    show DMESG dmesg
+    say "VMI: done failed=$FAILED uptime=$(secs "$(now_cs)")s"
+    sync
+    poweroff -f
+    sleep 5
+}
+
+# --- kernel modules and network ----------------------------------------------------------------
+start
+while read -r ko; do
+    insmod "$ko" 2>/dev/null || info "insmod $ko failed"
+done < /etc/modules.order
+depmod 2>/dev/null # lets the kernel's request_module find crypto algorithms through modprobe
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+if ip link show eth0 > /dev/null 2>&1; then
+    result boot PASS "kernel $(uname -r), modules loaded, eth0 up"
+else
+    result boot FAIL "no eth0 (virtio_net did not load?)"
+    finish
+fi
+
+# --- open-iscsi ---------------------------------------------------------------------------------
+echo "InitiatorName=$INITIATOR_NAME" > /etc/iscsi/initiatorname.iscsi
+# The packaged defaults, then the overrides: node.startup manual; fewer discovery reopens and
+# login retries so a dead target fails in seconds; a 15 s NOP-Out timeout because slirp under TCG
+# can stall a connection for ~5 s (pings stay on).
+{
+    cat /etc/iscsi/iscsid.conf.dist
+    echo "iscsid.startup = /bin/true"
+    echo "node.startup = manual"
+    echo "discovery.sendtargets.reopen_max = 1"
+    echo "node.session.initial_login_retry_max = 2"
+    echo "node.conn[0].timeo.noop_out_interval = 5"
+    echo "node.conn[0].timeo.noop_out_timeout = 15"
+    echo "node.session.timeo.replacement_timeout = 15"
+} > /etc/iscsi/iscsid.conf
+start
+iscsid -f > /tmp/iscsid.log 2>&1 &
+# iscsiadm exits 20 (ISCSI_ERR_ISCSID_NOTCONN) until iscsid listens; 21 means "no sessions".
+iscsid_up() {
+    iscsiadm -m session > /dev/null 2>&1
+    [ $? != 20 ]
+}
+if wait_until 10 iscsid_up; then
+    result iscsid PASS "answering"
+else
+    show ISCSID cat /tmp/iscsid.log
+    result iscsid FAIL "iscsid did not answer in 10 s"
+    finish
+fi
+
+PORTAL="$PORTAL_HOST:$PORTAL_PORT"
+
+if [ "$SCSI_LOG" = 1 ]; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+    T=/sys/kernel/tracing
+    echo 8192 > "$T/buffer_size_kb"
+    echo 1 > "$T/events/scsi/scsi_dispatch_cmd_start/enable"
+    echo 1 > "$T/events/scsi/scsi_dispatch_cmd_done/enable"
+    # SCSI_LOG_MLCOMPLETE level 1 (bits 12-14): sd logs every command that did not complete GOOD,
+    # with its CDB and decoded sense, to the kernel log.
+    echo 4096 > /proc/sys/dev/scsi/logging_level
+fi
+
+# --- discovery ----------------------------------------------------------------------------------
+# Up to 3 tries within 30 s: a refused connection fails a try in about a second, a target that
+# accepts and never answers would hold iscsiadm for its login timeouts, so `timeout` cuts it off.
+start
+ok=0 try=0
+disc_deadline=$(($(now_cs) + 3000))
+while [ "$try" -lt 3 ]; do
+    try=$((try + 1))
+    left=$(((disc_deadline - $(now_cs)) / 100))
+    [ "$left" -ge 1 ] || break
+    timeout -s KILL "$left" iscsiadm -m discovery -t sendtargets -p "$PORTAL" > /tmp/disc.out 2> /tmp/disc.err
+    rc=$?
+    if [ "$rc" = 0 ]; then
+        ok=1
+        break
+    fi
+    [ "$rc" = 137 ] && echo "no SendTargets answer within 30 s (iscsiadm killed)" >> /tmp/disc.err
+done
+show DISCOVERY cat /tmp/disc.out /tmp/disc.err
+# Lines are "ADDRESS:PORT,TPGT IQN"; the IQN compared as a string, not as a pattern.
+reported=$(awk -v q="$IQN" '$2 == q { print $1; exit }' /tmp/disc.out)
+if [ "$ok" = 1 ] && [ -n "$reported" ]; then
+    info "target_address_reported $reported"
+    result discovery PASS "$IQN at $reported (tries: $try)"
+elif [ "$ok" = 1 ]; then
+    result discovery FAIL "$IQN not in SendTargets reply: $(tr '\n' ' ' < /tmp/disc.out)"
+else
+    # Nothing answered SendTargets: a login to the same portal could only time out (30 s).
+    result discovery FAIL "iscsiadm: $(tail -1 /tmp/disc.err)"
+    finish
+fi
+
+# The reported address is the target's own view (often 127.0.0.1, the guest's loopback here), so
+# the node is created at the discovery portal instead.
+iscsiadm -m node -o new -T "$IQN" -p "$PORTAL" > /dev/null 2>&1
+setnode() { iscsiadm -m node -T "$IQN" -p "$PORTAL" -o update -n "$1" -v "$2" > /dev/null; }
+setnode node.conn[0].iscsi.HeaderDigest "$HEADER_DIGEST"
+setnode node.conn[0].iscsi.DataDigest "$DATA_DIGEST"
+if [ -n "$CHAP_USER" ]; then
+    setnode node.session.auth.authmethod CHAP
+    setnode node.session.auth.username "$CHAP_USER"
+    setnode node.session.auth.password "$CHAP_SECRET"
+fi
+
+DISK=""
+# The sdX of the expected LUN on any iSCSI host, once sd has read its capacity.
+find_disk() {
+    for d in /sys/class/scsi_device/*:*:*:"$LUN"; do
+        [ -e "$d" ] || continue
+        h=${d##*/}
+        h=${h%%:*}
+        [ -e "/sys/class/iscsi_host/host$h" ] || continue
+        for b in "$d"/device/block/*; do
+            [ -e "$b" ] || continue
+            name=${b##*/}
+            if [ -b "/dev/$name" ] && [ "$(cat "$b/size")" != 0 ]; then
+                DISK=$name
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+
+# login CASE: logs in, then waits for the disk. Leaves DISK set on success.
+login() {
+    start
+    DISK=""
+    # iscsid retries a login that times out (2 x 15 s); 45 s bounds a target that never answers.
+    if ! timeout -s KILL 45 iscsiadm -m node -T "$IQN" -p "$PORTAL" --login > /tmp/login.out 2>&1; then
+        show LOGIN cat /tmp/login.out
+        why=$(grep -i 'error\|fail' /tmp/login.out | tail -1)
+        result "$1" FAIL "${why:-no login answer within 45 s}"
+        return 1
+    fi
+    result "$1" PASS "session up"
+    start
+    if wait_until "$DISK_WAIT" find_disk; then
+        result "$1_disk" PASS "/dev/$DISK is LUN $LUN"
+        return 0
+    fi
+    show SCSIDEVS ls -l /sys/class/scsi_device/
+    result "$1_disk" FAIL "no disk for LUN $LUN within ${DISK_WAIT}s"
+    return 1
+}
+
+logout() {
+    start
+    if timeout -s KILL 30 iscsiadm -m node -T "$IQN" -p "$PORTAL" --logout > /tmp/logout.out 2>&1; then
+        result "$1" PASS "session closed"
+    else
+        show LOGOUT cat /tmp/logout.out
+        result "$1" FAIL "$(tail -1 /tmp/logout.out)"
+    fi
+    DISK=""
+}
+
+login login || finish
+
+# --- negotiated parameters ----------------------------------------------------------------------
+start
+iscsiadm -m session -P 3 > /tmp/session.out 2>&1
+show SESSION cat /tmp/session.out
+hd=$(awk '/HeaderDigest:/ {print $2; exit}' /tmp/session.out)
+dd_=$(awk '/DataDigest:/ {print $2; exit}' /tmp/session.out)
+for k in HeaderDigest DataDigest MaxRecvDataSegmentLength MaxXmitDataSegmentLength \
+    FirstBurstLength MaxBurstLength ImmediateData InitialR2T MaxOutstandingR2T; do
+    info "negotiated $k $(awk -v k="$k:" '$1 == k {print $2; exit}' /tmp/session.out)"
+done
+want_hd=${HEADER_DIGEST%%,*}
+want_dd=${DATA_DIGEST%%,*}
+# With "CRC32C,None" offered either answer is legal; with one value only that one is.
+if { [ "$hd" = "$want_hd" ] || [ "$HEADER_DIGEST" = "CRC32C,None" ] || [ "$HEADER_DIGEST" = "None,CRC32C" ]; } &&
+    { [ "$dd_" = "$want_dd" ] || [ "$DATA_DIGEST" = "CRC32C,None" ] || [ "$DATA_DIGEST" = "None,CRC32C" ]; }; then
+    result session_params PASS "HeaderDigest=$hd DataDigest=$dd_"
+else
+    result session_params FAIL "HeaderDigest=$hd DataDigest=$dd_ (offered $HEADER_DIGEST / $DATA_DIGEST)"
+fi
+
+# --- size and first MiB -------------------------------------------------------------------------
+start
+size=$(($(cat "/sys/block/$DISK/size") * 512))
+lbs=$(cat "/sys/block/$DISK/queue/logical_block_size")
+if [ "$size" = "$EXP_SIZE" ]; then
+    result size PASS "$size bytes, logical block $lbs"
+else
+    result size FAIL "disk has $size bytes, image $EXP_SIZE"
+fi
+
+# One O_DIRECT read of 1 MiB (so the page cache cannot answer) into memory, hashed afterwards:
+# a hash running while the data arrives slows TCG's network a lot (see --full-md5 in run.sh).
+read_first_mib() {
+    dd if="/dev/$DISK" of=/tmp/first bs=1048576 count=1 iflag=direct 2>/dev/null ||
+        { echo 3 > /proc/sys/vm/drop_caches; dd if="/dev/$DISK" of=/tmp/first bs=1048576 count=1 2>/dev/null; }
+    cat /tmp/first
+    rm -f /tmp/first
+}
+start
+# 32 hex digits: md5; 64: sha256 (the fixtures' READMEs give sha256).
+if [ "${#EXP_1M}" = 64 ]; then hash=sha256sum; else hash=md5sum; fi
+got=$(read_first_mib | $hash | cut -d' ' -f1)
+if [ "$got" = "$EXP_1M" ]; then
+    result first_mib PASS "${hash%sum} $got"
+else
+    result first_mib FAIL "${hash%sum}: disk $got, expected $EXP_1M"
+fi
+
+# --- raw writes: 4 x 1 MiB O_DIRECT at the end of the disk, read back, then the old data restored --
+# (1 MiB writes are what make the initiator use R2Ts and Data-Out sequences.)
+# direct_region OP FILE: reads (OP=read) or writes (OP=write) the region with O_DIRECT.
+direct_region() {
+    if [ "$1" = read ]; then
+        dd if="/dev/$DISK" of="$2" bs=1048576 skip="$RAW_AT" count=4 iflag=direct 2>/dev/null
+    else
+        dd if="$2" of="/dev/$DISK" bs=1048576 seek="$RAW_AT" count=4 oflag=direct conv=fsync,notrunc 2>/dev/null
+    fi
+}
+if [ "$RAW_WRITE" = 1 ]; then
+    start
+    RAW_AT=$((size / 1048576 - 4))
+    if [ "$RAW_AT" -lt 1 ]; then
+        result raw_write FAIL "disk smaller than 5 MiB"
+    elif ! direct_region read /tmp/orig; then
+        result raw_write FAIL "reading the original data failed"
+    else
+        dd if=/dev/urandom of=/tmp/pat bs=1048576 count=4 2>/dev/null
+        want=$(md5sum < /tmp/pat | cut -d' ' -f1)
+        if direct_region write /tmp/pat && echo 3 > /proc/sys/vm/drop_caches && direct_region read /tmp/back &&
+            [ "$(md5sum < /tmp/back | cut -d' ' -f1)" = "$want" ]; then
+            result raw_write PASS "4 MiB at MiB $RAW_AT written and read back"
+        else
+            result raw_write FAIL "4 MiB at MiB $RAW_AT: readback differs or I/O failed"
+        fi
+        start
+        want=$(md5sum < /tmp/orig | cut -d' ' -f1)
+        if direct_region write /tmp/orig && direct_region read /tmp/back &&
+            [ "$(md5sum < /tmp/back | cut -d' ' -f1)" = "$want" ]; then
+            result raw_restore PASS "original data back"
+        else
+            result raw_restore FAIL "could not restore MiB $RAW_AT..$((RAW_AT + 3))"
+        fi
+        rm -f /tmp/orig /tmp/pat /tmp/back
+    fi
+fi
+
+if [ "$FS" = auto ]; then
+    FS=none
+    magic=$(dd if="/dev/$DISK" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
+    [ "$magic" = 53ef ] && FS=ext4
+    info "fs $FS (magic at byte 1080: $magic)"
+fi
+
+# The whole disk, in 8 MiB chunks read into memory first (see run.sh's --full-md5).
+if [ -s /etc/vmi.chunks ]; then
+    start
+    bad=""
+    n=0
+    while read -r i sum; do
+        dd if="/dev/$DISK" of=/tmp/chunk bs=1048576 skip=$((i * 8)) count=8 iflag=direct 2>/dev/null
+        got=$(md5sum < /tmp/chunk | cut -d' ' -f1)
+        rm -f /tmp/chunk
+        n=$((n + 1))
+        if [ "$got" != "$sum" ]; then
+            bad="$bad $i"
+            info "chunk_mismatch $i (bytes from $((i * 8)) MiB) disk=$got image=$sum"
+        fi
+    done < /etc/vmi.chunks
+    if [ -z "$bad" ]; then
+        result md5_full PASS "$n chunks of 8 MiB match"
+    else
+        result md5_full FAIL "chunks differ:$bad"
+    fi
+fi
+
+# --- ext4 ---------------------------------------------------------------------------------------
+# check_files: every "md5  path" line of /etc/vmi.files matches under /mnt. Prints a reason.
+check_files() {
+    bad=0 n=0
+    while read -r sum path; do
+        [ -n "$path" ] || continue
+        n=$((n + 1))
+        got=$(md5sum "/mnt/$path" 2>/dev/null | cut -d' ' -f1)
+        if [ "$got" != "$sum" ]; then
+            bad=$((bad + 1))
+            info "file_mismatch $path disk=${got:-unreadable} image=$sum"
+        fi
+    done < /etc/vmi.files
+    echo "$n files, $bad mismatches"
+    [ "$bad" = 0 ]
+}
+
+if [ "$FS" = ext4 ]; then
+    start
+    if mount -t ext4 -o ro "/dev/$DISK" /mnt 2> /tmp/mount.err; then
+        ls -laR /mnt > /tmp/ls.out 2>&1
+        show LS sed -n 1,500p /tmp/ls.out
+        list=$(cd /mnt && find . -type f | sort | md5sum | cut -d' ' -f1)
+        if [ -z "$EXP_LIST_MD5" ] || [ "$list" = "$EXP_LIST_MD5" ]; then
+            result ext4_ro_mount PASS "mounted, $(cd /mnt && find . -type f | wc -l) files"
+        else
+            show FILELIST sh -c 'cd /mnt && find . -type f | sort'
+            result ext4_ro_mount FAIL "file list differs from the image's"
+        fi
+        start
+        if why=$(check_files); then
+            result ext4_files PASS "$why"
+        else
+            result ext4_files FAIL "$why"
+        fi
+        umount /mnt
+    else
+        result ext4_ro_mount FAIL "$(cat /tmp/mount.err)"
+    fi
+fi
+
+# --- read-write: write files, log out, log in again, read them back ------------------------------
+if [ "$RW" = 1 ] && [ "$FS" = ext4 ]; then
+    start
+    : > /tmp/written
+    if mount -t ext4 "/dev/$DISK" /mnt 2> /tmp/mount.err; then
+        mkdir -p /mnt/vmi-rw
+        dd if=/dev/urandom of=/mnt/vmi-rw/random.bin bs=1024 count="$RW_KIB" 2>/dev/null
+        echo "written by the overlaybd-target VM test at uptime $(now_cs)" > /mnt/vmi-rw/note.txt
+        (cd /mnt && md5sum vmi-rw/random.bin vmi-rw/note.txt) > /tmp/written
+        sync
+        if umount /mnt; then
+            while read -r sum path; do info "written $path $sum"; done < /tmp/written
+            result rw_write PASS "$RW_KIB KiB + note written, synced, unmounted"
+        else
+            result rw_write FAIL "umount failed"
+        fi
+    else
+        result rw_write FAIL "rw mount: $(cat /tmp/mount.err)"
+    fi
+    logout rw_logout
+    if login relogin; then
+        start
+        echo 3 > /proc/sys/vm/drop_caches
+        if mount -t ext4 -o ro "/dev/$DISK" /mnt 2> /tmp/mount.err; then
+            if [ -s /tmp/written ] && (cd /mnt && md5sum -c -s /tmp/written); then
+                result rw_readback PASS "$(wc -l < /tmp/written) files read back after re-login"
+            else
+                result rw_readback FAIL "content differs after re-login"
+            fi
+            umount /mnt
+        else
+            result rw_readback FAIL "mount after re-login: $(cat /tmp/mount.err)"
+        fi
+    fi
+fi
+
+logout logout
+
+# --- SCSI command log ---------------------------------------------------------------------------
+if [ "$SCSI_LOG" = 1 ]; then
+    start
+    cat "$T/trace" > /tmp/trace
+    n=$(grep -c scsi_dispatch_cmd_start /tmp/trace)
+    sed -n 's/^.*scsi_dispatch_cmd_\(start\|done\): /\1 /p' /tmp/trace | sed 's/^/SCSI /' > /dev/console
+    grep scsi_dispatch_cmd_done /tmp/trace | grep -v 'host=DID_OK.*status=SAM_STAT_GOOD)' > /tmp/bad
+    dmesg | grep -E 'tag#[0-9]+ (Sense Key|Add\. Sense)' > /tmp/sense
+    # One line per command that did not complete GOOD: LUN, CDB, result and the sense sd decoded.
+    # sd logs the sense with the same tag the trace shows as driver_tag; tags are reused, so the
+    # n-th failed command with tag X takes the n-th "Sense Key"/"Add. Sense" pair logged for X.
+    awk '
+        FILENAME == "/tmp/sense" {
+            match($0, /tag#[0-9]+/); t = substr($0, RSTART + 4, RLENGTH - 4)
+            line = $0; sub(/^.*tag#[0-9]+ /, "", line)
+            if (line ~ /^Sense Key/) { nk[t]++; key[t, nk[t]] = line } else { na[t]++; asc[t, na[t]] = line }
+            next
+        }
+        {
+            match($0, /lun=[0-9]+/); lun = substr($0, RSTART, RLENGTH)
+            match($0, /driver_tag=[0-9-]+/); t = substr($0, RSTART + 11, RLENGTH - 11)
+            match($0, /cmnd=\([^)]*\)/); cmd = substr($0, RSTART + 6, RLENGTH - 7)
+            match($0, /result=\([^)]*\)/); res = substr($0, RSTART + 8, RLENGTH - 9)
+            sense = ""
+            if (res ~ /CHECK_CONDITION/) { used[t]++; sense = " | " key[t, used[t]] " | " asc[t, used[t]] }
+            print lun " " cmd " -> " res sense
+        }' /tmp/sense /tmp/bad > /tmp/cc
+    while read -r l; do info "not_good $l"; done < /tmp/cc
+    info "commands $(sed -n 's/^.*scsi_dispatch_cmd_start: .*cmnd=(\([A-Z_0-9]*\).*$/\1/p' /tmp/trace |
+        sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')"
+    if [ "$n" -gt 0 ]; then
+        result scsi_log PASS "$n commands, $(grep -c CHECK_CONDITION /tmp/cc) CHECK CONDITION, $(grep -vc CHECK_CONDITION /tmp/cc) other not GOOD"
+    else
+        result scsi_log FAIL "no scsi_dispatch_cmd_start events recorded"
+    fi
+fi
+
+finish

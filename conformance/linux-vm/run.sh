@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# Boots a small Linux guest under QEMU whose kernel iSCSI initiator (iscsi_tcp) and open-iscsi log in
+# to an iSCSI target on this host, and checks the disk it gets against the target's backing image.
+# Prints one `RESULT <case> PASS|FAIL <time> <reason>` line per check and exits non-zero when any
+# check fails or is missing. See README.md beside this file.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+
+usage() {
+    cat <<'EOF'
+usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --expect-first-mib HASH)
+              [options]
+
+  --portal HOST:PORT     the target's portal as seen from this host (127.0.0.1 is reached from the
+                         guest as 10.0.2.2)
+  --iqn IQN              target name expected in SendTargets and used for login
+  --image PATH           the target's backing image on this host: size, first-MiB md5 and (for ext4)
+                         file hashes are computed from it before the guest boots
+  --expect-size N, --expect-first-mib HASH
+                         instead of --image (e.g. for an overlaybd image): the disk size in bytes
+                         and the md5 (32 hex digits) or sha256 (64) of its first MiB
+  --fs ext4|none|auto    whether to mount the disk (default: from the image's superblock magic; without
+                         --image, auto: the guest looks at the disk's magic itself)
+  --lun N                LUN that must show up as the disk (default 0; tgt uses 1)
+  --chap-user U --chap-secret S
+                         log in with CHAP (one-way)
+  --digests on|off       shorthand for --header-digest/--data-digest CRC32C (on) or None (off)
+  --header-digest V, --data-digest V
+                         what the initiator offers: None, CRC32C or CRC32C,None (default None)
+  --files P1,P2          paths inside the ext4 image to hash (default: every regular file when the
+                         image is at most 512 MiB, hashing files up to 4 MiB)
+  --rw                   also mount read-write, write files, log out, log in again and read them back
+                         (CHANGES THE IMAGE: point the target at a scratch copy)
+  --raw-write            write 4 x 1 MiB (O_DIRECT) at the end of the disk, read it back, then restore
+                         the old data (needs a writable LUN; works on any image)
+  --rw-kib N             size of the random file written by --rw (default 256)
+  --no-host-verify       with --rw, do not check the written files in the image on the host after
+                         the run (for targets whose writes do not land in PATH)
+  --full-md5             also compare the whole disk with the image, as md5s of 8 MiB chunks (reads
+                         under TCG run at 2-100 MB/s, depending on the load)
+  --scsi-log             record every SCSI command (tracefs) and report CHECK CONDITIONs with sense
+  --timeout SECS         bound for the whole run (default 300)
+  --disk-wait SECS       how long the guest waits for the disk after login (default 20)
+  --accel auto|tcg|kvm   auto: TCG under the nested kvm_pvm hypervisor, else try KVM, fall back to TCG
+  --logs DIR             keep console.log, results.log, session.txt, scsi.log there (default: a
+                         new directory under ${TMPDIR:-/tmp})
+  --mem MIB, --smp N     guest size (default 512, 1)
+EOF
+}
+
+die() {
+    echo "run.sh: ERROR: $*" >&2
+    exit 2
+}
+
+portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
+rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --portal) portal=$2; shift ;;
+        --iqn) iqn=$2; shift ;;
+        --image) image=$2; shift ;;
+        --expect-size) exp_size=$2; shift ;;
+        --expect-first-mib) exp_1m=$2; shift ;;
+        --fs) fs=$2; shift ;;
+        --lun) lun=$2; shift ;;
+        --chap-user) chap_user=$2; shift ;;
+        --chap-secret) chap_secret=$2; shift ;;
+        --digests)
+            case "$2" in
+                on) hdig=CRC32C ddig=CRC32C ;;
+                off) hdig=None ddig=None ;;
+                *) die "--digests takes on or off" ;;
+            esac
+            shift ;;
+        --header-digest) hdig=$2; shift ;;
+        --data-digest) ddig=$2; shift ;;
+        --files) files=$2; shift ;;
+        --rw) rw=1 ;;
+        --raw-write) raw_write=1 ;;
+        --rw-kib) rw_kib=$2; shift ;;
+        --no-host-verify) host_verify=0 ;;
+        --full-md5) full_md5=1 ;;
+        --scsi-log) scsi_log=1 ;;
+        --timeout) timeout=$2; shift ;;
+        --disk-wait) disk_wait=$2; shift ;;
+        --accel) accel=$2; shift ;;
+        --logs) logs=$2; shift ;;
+        --mem) mem=$2; shift ;;
+        --smp) smp=$2; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument $1" ;;
+    esac
+    shift
+done
+if [ -z "$portal" ] || [ -z "$iqn" ]; then usage >&2; die "--portal and --iqn are required"; fi
+if [ -n "$image" ]; then
+    [ -r "$image" ] || die "cannot read image $image"
+    [ -z "$exp_size$exp_1m" ] || die "--image and --expect-* exclude each other"
+else
+    [[ "$exp_size" =~ ^[0-9]+$ ]] || die "without --image, --expect-size BYTES is required"
+    [[ "$exp_1m" =~ ^([0-9a-f]{32}|[0-9a-f]{64})$ ]] || die "--expect-first-mib takes an md5 or sha256 in hex"
+    [ "$full_md5" = 0 ] || die "--full-md5 needs --image"
+    [ -z "$files" ] || die "--files needs --image"
+    host_verify=0
+fi
+case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
+[[ "$portal" == *:* ]] || die "--portal must be HOST:PORT"
+for n in "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
+done
+[ -z "$chap_user" ] || [ -n "$chap_secret" ] || die "--chap-user needs --chap-secret"
+for d in "$hdig" "$ddig"; do
+    case "$d" in None | CRC32C | CRC32C,None | None,CRC32C) ;; *) die "digest must be None, CRC32C or CRC32C,None" ;; esac
+done
+
+t_start=$(date +%s.%N)
+elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+deadline=$((SECONDS + timeout))
+
+if [ -z "$logs" ]; then
+    logs=$(mktemp -d "${TMPDIR:-/tmp}/vmi-run.XXXXXX")
+else
+    mkdir -p "$logs"
+fi
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/vmi-scratch.XXXXXX")
+qemu_pid=""
+# wait_gone SECS: waits until QEMU has exited, at most SECS seconds.
+wait_gone() {
+    local until=$((SECONDS + $1))
+    while [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null && [ "$SECONDS" -lt "$until" ]; do
+        sleep 0.1
+    done
+}
+stop_qemu() {
+    [ -n "$qemu_pid" ] || return 0
+    kill "$qemu_pid" 2>/dev/null || true
+    wait_gone 5
+    kill -0 "$qemu_pid" 2>/dev/null && kill -9 "$qemu_pid" 2>/dev/null || true
+    qemu_pid=""
+}
+cleanup() {
+    stop_qemu
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the guest ----------------------------------------------------------------------------------
+guest=$(bash "$here/build-guest.sh" --quiet) || die "build-guest.sh failed"
+
+# --- expected values, computed before the guest can change the image ----------------------------
+if [ -n "$image" ]; then
+    exp_size=$(stat -L -c %s "$image")
+    exp_1m=$(head -c 1048576 "$image" | md5sum | cut -d' ' -f1)
+fi
+# --full-md5 compares 8 MiB chunks: reading a chunk into guest memory and hashing it afterwards
+# is several times faster under TCG than piping dd into md5sum (the busy guest CPU lets slirp's
+# receive window close, and the host's TCP then backs off), and a mismatch names its chunk.
+: > "$scratch/chunks"
+if [ "$full_md5" = 1 ]; then
+    chunks=$(((exp_size + (8 << 20) - 1) / (8 << 20)))
+    for ((i = 0; i < chunks; i++)); do
+        echo "$i $(dd if="$image" bs=1M skip=$((i * 8)) count=8 2>/dev/null | md5sum | cut -d' ' -f1)"
+    done > "$scratch/chunks"
+fi
+if [ -z "$fs" ] && [ -n "$image" ]; then
+    fs=none
+    [ "$(od -An -tx1 -j1080 -N2 "$image" | tr -d ' \n')" = "53ef" ] && fs=ext4
+fi
+[ -n "$fs" ] || fs=auto
+list_md5=""
+: > "$scratch/files"
+if [ "$fs" = ext4 ] && [ -n "$image" ]; then
+    if [ -n "$files" ]; then
+        IFS=, read -r -a want <<< "$files"
+        for p in "${want[@]}"; do
+            p=${p#/}
+            debugfs -R "dump /$p $scratch/f" "$image" > /dev/null 2>&1 && [ -f "$scratch/f" ] ||
+                die "--files: /$p is not in $image"
+            echo "$(md5sum < "$scratch/f" | cut -d' ' -f1)  $p" >> "$scratch/files"
+            rm -f "$scratch/f"
+        done
+    elif [ "$exp_size" -le $((512 << 20)) ]; then
+        mkdir "$scratch/tree"
+        debugfs -R "rdump / $scratch/tree" "$image" > /dev/null 2>&1 || die "debugfs rdump failed on $image"
+        list_md5=$(cd "$scratch/tree" && find . -type f | sort | md5sum | cut -d' ' -f1)
+        (cd "$scratch/tree" && find . -type f -size -4097k | sort | sed -n 1,64p | while read -r f; do
+            echo "$(md5sum < "$f" | cut -d' ' -f1)  ${f#./}"
+        done) >> "$scratch/files"
+    fi
+fi
+if [ "$rw" = 1 ] && [ "$fs" = none ]; then echo "run.sh: warning: --rw needs ext4; skipping it" >&2; fi
+
+# --- the per-run archive: /init plus parameters, appended to the cached base initramfs ----------
+host=${portal%:*}
+port=${portal##*:}
+case "$host" in 127.* | localhost | 0.0.0.0) ghost=10.0.2.2 ;; *) ghost=$host ;; esac
+sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+mkdir -p "$scratch/run/etc"
+cp "$here/guest-init.sh" "$scratch/run/init"
+chmod 755 "$scratch/run/init"
+cp "$scratch/files" "$scratch/run/etc/vmi.files"
+cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
+{
+    echo "PORTAL_HOST=$(sq "$ghost")"
+    echo "PORTAL_PORT=$(sq "$port")"
+    echo "IQN=$(sq "$iqn")"
+    echo "LUN=$(sq "$lun")"
+    echo "CHAP_USER=$(sq "$chap_user")"
+    echo "CHAP_SECRET=$(sq "$chap_secret")"
+    echo "HEADER_DIGEST=$(sq "$hdig")"
+    echo "DATA_DIGEST=$(sq "$ddig")"
+    echo "EXP_SIZE=$exp_size"
+    echo "EXP_1M=$exp_1m"
+    echo "EXP_LIST_MD5=$list_md5"
+    echo "FS=$fs"
+    echo "RW=$rw"
+    echo "RAW_WRITE=$raw_write"
+    echo "RW_KIB=$(sq "$rw_kib")"
+    echo "SCSI_LOG=$scsi_log"
+    echo "DISK_WAIT=$(sq "$disk_wait")"
+    echo "INITIATOR_NAME='iqn.2026-11.test.vm-initiator:guest'"
+} > "$scratch/run/etc/vmi.conf"
+(cd "$scratch/run" && find . | cpio -o -H newc -R 0:0 --quiet) > "$scratch/run.cpio"
+# The kernel looks for the next archive only at 4-byte aligned offsets, and skips zero padding.
+base_size=$(stat -c %s "$guest/initramfs.cpio")
+{
+    cat "$guest/initramfs.cpio"
+    head -c $(((4 - base_size % 4) % 4)) /dev/zero
+    cat "$scratch/run.cpio"
+} > "$scratch/initrd"
+
+# --- boot ---------------------------------------------------------------------------------------
+# boot ACCEL: runs the guest until it reports "VMI: done", exits, or the deadline passes.
+# Returns 3 when a KVM attempt should be retried with TCG (QEMU failed or the guest never came up).
+boot() {
+    local a=$1 cpu kernel=$guest/vmlinuz
+    case "$a" in kvm) cpu=host ;; *) cpu=max ;; esac
+    # Under TCG the uncompressed kernel (PVH entry) skips seconds of bzImage decompression.
+    [ "$a" = tcg ] && [ -f "$guest/vmlinux" ] && kernel=$guest/vmlinux
+    : > "$logs/console.log"
+    : > "$logs/results.log"
+    qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
+        -accel "$a" -cpu "$cpu" -m "$mem" -smp "$smp" \
+        -kernel "$kernel" -initrd "$scratch/initrd" \
+        -append "console=ttyS0 panic=-1 loglevel=4 mitigations=off" \
+        -serial "file:$logs/console.log" -serial "file:$logs/results.log" \
+        -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+        > "$logs/qemu-$a.log" 2>&1 &
+    qemu_pid=$!
+    # Not a job of ours any more: bash would print "Aborted" when a KVM attempt dies; it still
+    # reaps the process, so `kill -0` below sees it go.
+    disown "$qemu_pid"
+    local up_by=$((SECONDS + 25))
+    while kill -0 "$qemu_pid" 2>/dev/null; do
+        grep -q '^VMI: done' "$logs/results.log" && break
+        if [ "$a" = kvm ] && [ "$SECONDS" -ge "$up_by" ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
+            echo "run.sh: KVM guest not up in 25 s; falling back to TCG" >&2
+            stop_qemu
+            return 3
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "run.sh: timeout after ${timeout}s; killing QEMU" >&2
+            stop_qemu
+            return 1
+        fi
+        sleep 0.2
+    done
+    # After "VMI: done" the guest powers off at once; give QEMU a moment, then stop it.
+    wait_gone 5
+    stop_qemu
+    if [ "$a" = kvm ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
+        echo "run.sh: QEMU with KVM failed ($(tail -1 "$logs/qemu-$a.log")); falling back to TCG" >&2
+        return 3
+    fi
+    return 0
+}
+
+if [ "$accel" = auto ]; then
+    if [ -e /sys/module/kvm_pvm ] && [ -z "${VMI_TRY_KVM_ON_PVM:-}" ]; then
+        accel=tcg # stock kernels do not boot under the nested PVM hypervisor
+    elif [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        accel=kvm-then-tcg
+    else
+        accel=tcg
+    fi
+fi
+t_vm=$(date +%s.%N)
+used=tcg
+case "$accel" in
+    kvm-then-tcg)
+        used=kvm
+        boot kvm || { [ $? = 3 ] && used=tcg && boot tcg; } || true ;;
+    kvm) used=kvm; boot kvm || true ;;
+    tcg) boot tcg || true ;;
+    *) die "--accel must be auto, tcg or kvm" ;;
+esac
+vm_secs=$(awk -v a="$t_vm" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+qemu_pid=""
+
+# --- host-side checks and the verdict -----------------------------------------------------------
+tr -d '\r' < "$logs/results.log" > "$scratch/results"
+sed -n 's/^SESSION //p' "$logs/console.log" | tr -d '\r' > "$logs/session.txt"
+[ "$scsi_log" = 1 ] && sed -n 's/^SCSI //p' "$logs/console.log" | tr -d '\r' > "$logs/scsi.log"
+
+# With --fs auto the guest decides from the disk's superblock magic and says so.
+efs=$fs
+if [ "$fs" = auto ]; then
+    efs=none
+    grep -q '^INFO fs ext4' "$scratch/results" && efs=ext4
+fi
+
+if [ "$rw" = 1 ] && [ "$efs" = ext4 ] && [ "$host_verify" = 1 ]; then
+    t0=$(date +%s.%N)
+    n=0 bad=0
+    while read -r _ _ path sum; do
+        n=$((n + 1))
+        rm -f "$scratch/w"
+        debugfs -R "dump /$path $scratch/w" "$image" > /dev/null 2>&1 || true
+        got=$( [ -f "$scratch/w" ] && md5sum < "$scratch/w" | cut -d' ' -f1 || echo missing)
+        [ "$got" = "$sum" ] || { bad=$((bad + 1)); echo "run.sh: /$path in the image: $got, guest wrote $sum" >&2; }
+    done < <(grep '^INFO written ' "$scratch/results" || true)
+    dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    if [ "$n" -gt 0 ] && [ "$bad" = 0 ]; then
+        echo "RESULT rw_host_verify PASS ${dt}s $n written files found in the image" >> "$scratch/results"
+    else
+        echo "RESULT rw_host_verify FAIL ${dt}s $n files reported, $bad differ in the image" >> "$scratch/results"
+    fi
+fi
+
+expected=(boot iscsid discovery login login_disk session_params size first_mib)
+[ "$raw_write" = 1 ] && expected+=(raw_write raw_restore)
+[ "$full_md5" = 1 ] && expected+=(md5_full)
+[ "$efs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
+if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then
+    expected+=(rw_write rw_logout relogin relogin_disk rw_readback)
+    [ "$host_verify" = 1 ] && expected+=(rw_host_verify)
+fi
+expected+=(logout)
+[ "$scsi_log" = 1 ] && expected+=(scsi_log)
+
+pass=0 fail=0
+grep '^RESULT ' "$scratch/results" > "$scratch/lines" || true
+while read -r _ c s rest; do
+    echo "RESULT $c $s $rest"
+    if [ "$s" = PASS ]; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+done < "$scratch/lines"
+for c in "${expected[@]}"; do
+    if ! grep -q "^RESULT $c " "$scratch/lines"; then
+        echo "RESULT $c FAIL - not reached"
+        fail=$((fail + 1))
+    fi
+done
+grep '^INFO ' "$scratch/results" | sed 's/^/  /' || true
+echo "run.sh: accel $used, VM ${vm_secs}s, total $(elapsed)s, logs in $logs"
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,1138 @@
+//! Login state machine tests: the exact key sets Linux open-iscsi sends, CHAP (one-way,
+//! mutual, every failure), each failure status, header rules and text continuation.
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+
+use super::*;
+use crate::iscsi::pdu::{Isid, LoginRequest, LoginResponse, LoginStatus, Stage};
+
+const TARGET: &str = "iqn.2026-11.test:vm";
+const INITIATOR: &str = "iqn.2026-11.test.vm-initiator:guest";
+const ISID: Isid = Isid([0, 2, 0x3d, 0, 0, 1]);
+
+fn text(pairs: &[&str]) -> Bytes {
+    let mut v = Vec::new();
+    for p in pairs {
+        v.extend_from_slice(p.as_bytes());
+        v.push(0);
+    }
+    Bytes::from(v)
+}
+
+fn req(csg: Stage, nsg: Stage, transit: bool, pairs: &[&str]) -> LoginRequest {
+    LoginRequest {
+        transit,
+        continues: false,
+        csg,
+        nsg,
+        version_max: 0,
+        version_min: 0,
+        isid: ISID,
+        tsih: 0,
+        itt: 0,
+        cid: 0,
+        cmd_sn: 0,
+        exp_stat_sn: 0,
+        data: text(pairs),
+    }
+}
+
+fn answers(rsp: &LoginResponse) -> Vec<(String, String)> {
+    keys::parse(&rsp.data).expect("target text parses")
+}
+
+fn answer(rsp: &LoginResponse, key: &str) -> Option<String> {
+    answers(rsp)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+fn open_dir() -> StaticDirectory {
+    StaticDirectory::new(LoginSettings::default(), [TargetConfig::open(TARGET)])
+}
+
+fn account(user: &str, secret: &str) -> ChapAccount {
+    ChapAccount {
+        user: user.into(),
+        secret: secret.as_bytes().to_vec(),
+    }
+}
+
+fn chap_dir(mutual: bool) -> StaticDirectory {
+    let mut t = TargetConfig::open(TARGET);
+    t.auth.chap = Some(account("alice", "initiator-secret"));
+    if mutual {
+        t.auth.mutual_chap = Some(account("target-user", "target-secret1"));
+    }
+    StaticDirectory::new(LoginSettings::default(), [t])
+}
+
+fn leading_keys() -> [String; 2] {
+    [
+        format!("InitiatorName={INITIATOR}"),
+        format!("TargetName={TARGET}"),
+    ]
+}
+
+fn respond(step: LoginStep) -> LoginResponse {
+    match step {
+        LoginStep::Respond(r) => r,
+        other => panic!("expected Respond, got {other:?}"),
+    }
+}
+
+fn fail_status(step: LoginStep) -> LoginStatus {
+    match step {
+        LoginStep::Fail(r) => {
+            assert!(!r.transit && r.data.is_empty());
+            r.status
+        }
+        other => panic!("expected Fail, got {other:?}"),
+    }
+}
+
+fn ready(step: LoginStep) -> LoginOutcome {
+    match step {
+        LoginStep::Ready(o) => *o,
+        other => panic!("expected Ready, got {other:?}"),
+    }
+}
+
+/// Independent CHAP-MD5 computation for the test's initiator side.
+fn chap_r(id: u8, secret: &str, challenge: &[u8]) -> String {
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(secret.as_bytes());
+    h.update(challenge);
+    format!("0x{}", hex::encode(h.finalize()))
+}
+
+const LINUX_DISCOVERY: &[&str] = &[
+    "InitiatorName=iqn.2026-11.test.vm-initiator:guest",
+    "InitiatorAlias=(none)",
+    "SessionType=Discovery",
+    "HeaderDigest=None",
+    "DataDigest=None",
+    "DefaultTime2Wait=2",
+    "DefaultTime2Retain=0",
+    "IFMarker=No",
+    "OFMarker=No",
+    "ErrorRecoveryLevel=0",
+    "MaxRecvDataSegmentLength=32768",
+];
+
+const LINUX_NORMAL: &[&str] = &[
+    "InitiatorName=iqn.2026-11.test.vm-initiator:guest",
+    "InitiatorAlias=(none)",
+    "TargetName=iqn.2026-11.test:vm",
+    "SessionType=Normal",
+    "HeaderDigest=None",
+    "DataDigest=None",
+    "DefaultTime2Wait=2",
+    "DefaultTime2Retain=0",
+    "IFMarker=No",
+    "OFMarker=No",
+    "ErrorRecoveryLevel=0",
+    "InitialR2T=No",
+    "ImmediateData=Yes",
+    "MaxBurstLength=16776192",
+    "FirstBurstLength=262144",
+    "MaxOutstandingR2T=1",
+    "MaxConnections=1",
+    "DataPDUInOrder=Yes",
+    "DataSequenceInOrder=Yes",
+    "MaxRecvDataSegmentLength=262144",
+];
+
+#[test]
+fn linux_discovery_login_in_one_round_trip() {
+    let dir = open_dir();
+    let mut login = Login::new();
+    let mut r = req(
+        Stage::Operational,
+        Stage::FullFeature,
+        true,
+        LINUX_DISCOVERY,
+    );
+    r.cmd_sn = 1;
+    let out = ready(login.handle(&dir, &r));
+    assert_eq!(out.session_type, SessionType::Discovery);
+    assert_eq!(out.initiator_name, INITIATOR);
+    assert_eq!(out.initiator_alias.as_deref(), Some("(none)"));
+    assert_eq!(out.target, None);
+    assert_eq!((out.isid, out.requested_tsih, out.cid), (ISID, 0, 0));
+    assert_eq!(out.exp_cmd_sn, 1);
+    assert_eq!(out.params.max_send_data_segment_length, 32768);
+    assert_eq!(out.params.max_recv_data_segment_length, 262144);
+    assert_eq!(out.params.digests(), crate::iscsi::pdu::Digests::default());
+
+    let rsp = login.accept(0x0101).expect("final response");
+    assert!(rsp.transit && !rsp.continues);
+    assert_eq!(
+        (rsp.csg, rsp.nsg, rsp.tsih, rsp.status),
+        (
+            Stage::Operational,
+            Stage::FullFeature,
+            0x0101,
+            LoginStatus::SUCCESS
+        )
+    );
+    assert_eq!((rsp.stat_sn, rsp.exp_cmd_sn, rsp.max_cmd_sn), (0, 1, 128));
+    assert_eq!(out.next_stat_sn, 1);
+    let got = answers(&rsp);
+    let expect: Vec<(String, String)> = [
+        ("TargetPortalGroupTag", "1"),
+        ("HeaderDigest", "None"),
+        ("DataDigest", "None"),
+        ("DefaultTime2Wait", "2"),
+        ("DefaultTime2Retain", "0"),
+        ("IFMarker", "No"),
+        ("OFMarker", "No"),
+        ("ErrorRecoveryLevel", "0"),
+        ("MaxRecvDataSegmentLength", "262144"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, expect);
+    assert_eq!(login.accept(1), None, "accept only once");
+}
+
+#[test]
+fn linux_normal_login_answers_every_key() {
+    let dir = open_dir();
+    let mut login = Login::new();
+    let out = ready(login.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
+    assert_eq!(out.session_type, SessionType::Normal);
+    assert_eq!(out.target.as_ref().map(|t| t.name.as_str()), Some(TARGET));
+    let p = &out.params;
+    assert_eq!(p.max_send_data_segment_length, 262144);
+    assert_eq!(
+        (
+            p.max_burst_length,
+            p.first_burst_length,
+            p.max_outstanding_r2t
+        ),
+        (1 << 20, 262144, 1)
+    );
+    assert!(p.initial_r2t, "OR with our InitialR2T=Yes");
+    assert!(p.immediate_data);
+    let rsp = login.accept(0x100).expect("final");
+    assert_eq!(rsp.tsih, 0x100);
+    for (k, v) in [
+        ("TargetPortalGroupTag", "1"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "Yes"),
+        ("MaxBurstLength", "1048576"),
+        ("FirstBurstLength", "262144"),
+        ("MaxOutstandingR2T", "1"),
+        ("MaxConnections", "1"),
+        ("DataPDUInOrder", "Yes"),
+        ("DataSequenceInOrder", "Yes"),
+        ("MaxRecvDataSegmentLength", "262144"),
+    ] {
+        assert_eq!(answer(&rsp, k).as_deref(), Some(v), "{k}");
+    }
+    // Declarations and leading keys get no answer.
+    for k in [
+        "InitiatorName",
+        "InitiatorAlias",
+        "TargetName",
+        "SessionType",
+    ] {
+        assert_eq!(answer(&rsp, k), None, "{k}");
+    }
+    // Every negotiated key the initiator offered is answered.
+    for offered in LINUX_NORMAL.iter().skip(4) {
+        let key = offered.split('=').next().expect("key");
+        assert!(answer(&rsp, key).is_some(), "{key} unanswered");
+    }
+}
+
+#[test]
+fn allowing_unsolicited_data_follows_the_initiator() {
+    let mut dir = open_dir();
+    dir.settings.initial_r2t = false;
+    let mut login = Login::new();
+    let out = ready(login.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
+    assert!(!out.params.initial_r2t);
+}
+
+#[test]
+fn crc32c_only_offer_is_honoured() {
+    let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
+    keys[4] = "HeaderDigest=CRC32C";
+    keys[5] = "DataDigest=CRC32C";
+    let mut login = Login::new();
+    let out = ready(login.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
+    assert!(out.params.header_digest && out.params.data_digest);
+    let rsp = login.accept(1).expect("final");
+    assert_eq!(answer(&rsp, "HeaderDigest").as_deref(), Some("CRC32C"));
+    assert_eq!(answer(&rsp, "DataDigest").as_deref(), Some("CRC32C"));
+}
+
+#[test]
+fn security_then_operational_then_full_feature() {
+    let dir = open_dir();
+    let mut login = Login::new();
+    let mut first = req(
+        Stage::Security,
+        Stage::Operational,
+        true,
+        &[
+            &format!("InitiatorName={INITIATOR}"),
+            &format!("TargetName={TARGET}"),
+            "AuthMethod=CHAP,None",
+        ],
+    );
+    first.exp_stat_sn = 500;
+    first.cmd_sn = 9;
+    let r1 = respond(login.handle(&dir, &first));
+    assert!(r1.transit);
+    assert_eq!(
+        (r1.csg, r1.nsg, r1.stat_sn, r1.exp_cmd_sn, r1.max_cmd_sn),
+        (Stage::Security, Stage::Operational, 500, 9, 136)
+    );
+    assert_eq!(answer(&r1, "AuthMethod").as_deref(), Some("None"));
+    assert_eq!(answer(&r1, "TargetPortalGroupTag").as_deref(), Some("1"));
+    assert_eq!(
+        answer(&r1, "MaxRecvDataSegmentLength"),
+        None,
+        "not declared in the security stage"
+    );
+
+    let mut second = req(
+        Stage::Operational,
+        Stage::Operational,
+        false,
+        &["MaxRecvDataSegmentLength=65536"],
+    );
+    second.cmd_sn = 9;
+    let r2 = respond(login.handle(&dir, &second));
+    assert!(!r2.transit);
+    assert_eq!(r2.stat_sn, 501);
+    assert_eq!(
+        answers(&r2),
+        vec![("MaxRecvDataSegmentLength".to_string(), "262144".to_string())]
+    );
+
+    let mut third = req(Stage::Operational, Stage::FullFeature, true, &[]);
+    third.cmd_sn = 9;
+    let out = ready(login.handle(&dir, &third));
+    assert_eq!((out.exp_cmd_sn, out.next_stat_sn), (9, 503));
+    assert_eq!(out.params.max_send_data_segment_length, 65536);
+    let rsp = login.accept(7).expect("final");
+    assert!(rsp.data.is_empty(), "nothing left to say");
+}
+
+#[test]
+fn skipping_operational_stage_keeps_default_receive_limit() {
+    let mut login = Login::new();
+    let out = ready(login.handle(
+        &open_dir(),
+        &req(
+            Stage::Security,
+            Stage::FullFeature,
+            true,
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=None",
+            ],
+        ),
+    ));
+    assert_eq!(out.params.max_recv_data_segment_length, 8192);
+}
+
+/// Runs a CHAP login up to the challenge; returns (login, id, challenge).
+fn chap_until_challenge(dir: &StaticDirectory, algorithms: &str) -> (Login, u8, Vec<u8>) {
+    let mut login = Login::new();
+    let r1 = respond(login.handle(
+        dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=CHAP,None",
+            ],
+        ),
+    ));
+    assert!(!r1.transit, "must not leave the security stage before CHAP");
+    assert_eq!(answer(&r1, "AuthMethod").as_deref(), Some("CHAP"));
+    let r2 = respond(login.handle(
+        dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&format!("CHAP_A={algorithms}")],
+        ),
+    ));
+    assert!(!r2.transit);
+    assert_eq!(answer(&r2, "CHAP_A").as_deref(), Some("5"));
+    let id: u8 = answer(&r2, "CHAP_I")
+        .and_then(|i| i.parse().ok())
+        .expect("CHAP_I");
+    let c = answer(&r2, "CHAP_C").expect("CHAP_C");
+    let challenge = hex::decode(c.strip_prefix("0x").expect("hex challenge")).expect("hex");
+    assert_eq!(challenge.len(), chap::CHALLENGE_LEN);
+    (login, id, challenge)
+}
+
+#[test]
+fn one_way_chap_succeeds() {
+    let dir = chap_dir(false);
+    let (mut login, id, challenge) = chap_until_challenge(&dir, "5");
+    let r3 = respond(login.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                "CHAP_N=alice",
+                &format!("CHAP_R={}", chap_r(id, "initiator-secret", &challenge)),
+            ],
+        ),
+    ));
+    assert!(r3.transit);
+    assert_eq!(r3.nsg, Stage::Operational);
+    assert!(answers(&r3).is_empty(), "no mutual CHAP answer");
+    let out = ready(login.handle(
+        &dir,
+        &req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            &LINUX_NORMAL[4..],
+        ),
+    ));
+    assert_eq!(out.chap_user.as_deref(), Some("alice"));
+}
+
+#[test]
+fn chap_accepts_algorithm_lists_and_base64_responses() {
+    let dir = chap_dir(false);
+    let (mut login, id, challenge) = chap_until_challenge(&dir, "7,6,5");
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(b"initiator-secret");
+    h.update(&challenge);
+    let raw = h.finalize();
+    let b64 = base64_encode(&raw);
+    // Security straight to full feature phase: no operational stage, so nothing declared.
+    let out = ready(login.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::FullFeature,
+            true,
+            &["CHAP_N=alice", &format!("CHAP_R=0b{b64}")],
+        ),
+    ));
+    assert_eq!(out.chap_user.as_deref(), Some("alice"));
+    assert_eq!(out.params.max_recv_data_segment_length, 8192);
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn mutual_chap_answers_the_initiator_challenge() {
+    let dir = chap_dir(true);
+    let (mut login, id, challenge) = chap_until_challenge(&dir, "5");
+    let my_challenge = [0x5au8; 16];
+    let r3 = respond(login.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                "CHAP_N=alice",
+                &format!("CHAP_R={}", chap_r(id, "initiator-secret", &challenge)),
+                "CHAP_I=77",
+                &format!("CHAP_C=0x{}", hex::encode(my_challenge)),
+            ],
+        ),
+    ));
+    assert!(r3.transit);
+    assert_eq!(answer(&r3, "CHAP_N").as_deref(), Some("target-user"));
+    assert_eq!(
+        answer(&r3, "CHAP_R"),
+        Some(chap_r(77, "target-secret1", &my_challenge))
+    );
+}
+
+fn chap_final_status(
+    dir: &StaticDirectory,
+    pairs: impl Fn(u8, &[u8]) -> Vec<String>,
+) -> LoginStatus {
+    let (mut login, id, challenge) = chap_until_challenge(dir, "5");
+    let kv = pairs(id, &challenge);
+    let kv: Vec<&str> = kv.iter().map(String::as_str).collect();
+    fail_status(login.handle(dir, &req(Stage::Security, Stage::Operational, true, &kv)))
+}
+
+#[test]
+fn chap_failures_are_authentication_failures() {
+    let auth = LoginStatus::AUTHENTICATION_FAILURE;
+    let one_way = chap_dir(false);
+    let mutual = chap_dir(true);
+    // Wrong secret.
+    assert_eq!(
+        chap_final_status(&one_way, |id, c| vec![
+            "CHAP_N=alice".into(),
+            format!("CHAP_R={}", chap_r(id, "nope", c))
+        ]),
+        auth
+    );
+    // Wrong user.
+    assert_eq!(
+        chap_final_status(&one_way, |id, c| vec![
+            "CHAP_N=mallory".into(),
+            format!("CHAP_R={}", chap_r(id, "initiator-secret", c))
+        ]),
+        auth
+    );
+    // Garbage response, missing response.
+    assert_eq!(
+        chap_final_status(&one_way, |_, _| vec![
+            "CHAP_N=alice".into(),
+            "CHAP_R=0xzz".into()
+        ]),
+        auth
+    );
+    assert_eq!(
+        chap_final_status(&one_way, |_, _| vec!["CHAP_N=alice".into()]),
+        auth
+    );
+    // Mutual CHAP requested but the target has no mutual secret.
+    assert_eq!(
+        chap_final_status(&one_way, |id, c| vec![
+            "CHAP_N=alice".into(),
+            format!("CHAP_R={}", chap_r(id, "initiator-secret", c)),
+            "CHAP_I=1".into(),
+            "CHAP_C=0x0102030405060708".into(),
+        ]),
+        auth
+    );
+    // Reflected challenge.
+    assert_eq!(
+        chap_final_status(&mutual, |id, c| vec![
+            "CHAP_N=alice".into(),
+            format!("CHAP_R={}", chap_r(id, "initiator-secret", c)),
+            "CHAP_I=1".into(),
+            format!("CHAP_C=0x{}", hex::encode(c)),
+        ]),
+        auth
+    );
+    // Half a mutual request.
+    assert_eq!(
+        chap_final_status(&mutual, |id, c| vec![
+            "CHAP_N=alice".into(),
+            format!("CHAP_R={}", chap_r(id, "initiator-secret", c)),
+            "CHAP_I=1".into(),
+        ]),
+        auth
+    );
+}
+
+#[test]
+fn unsupported_chap_algorithms_fail() {
+    for algorithms in ["56", "", "6,7"] {
+        let dir = chap_dir(false);
+        let mut login = Login::new();
+        respond(login.handle(
+            &dir,
+            &req(
+                Stage::Security,
+                Stage::Operational,
+                false,
+                &[
+                    &format!("InitiatorName={INITIATOR}"),
+                    &format!("TargetName={TARGET}"),
+                    "AuthMethod=CHAP",
+                ],
+            ),
+        ));
+        let status = fail_status(login.handle(
+            &dir,
+            &req(
+                Stage::Security,
+                Stage::Operational,
+                false,
+                &[&format!("CHAP_A={algorithms}")],
+            ),
+        ));
+        assert_eq!(
+            status,
+            LoginStatus::AUTHENTICATION_FAILURE,
+            "CHAP_A={algorithms}"
+        );
+    }
+}
+
+#[test]
+fn chap_required_but_not_offered_fails() {
+    let dir = chap_dir(false);
+    let lead = leading_keys();
+    // Only AuthMethod=None offered.
+    let mut l = Login::new();
+    let status = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[&lead[0], &lead[1], "AuthMethod=None"],
+        ),
+    ));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+    // Straight to the operational stage.
+    let mut l = Login::new();
+    let status = fail_status(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+    // Leaving the security stage without negotiating AuthMethod.
+    let mut l = Login::new();
+    let status = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[&lead[0], &lead[1]],
+        ),
+    ));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+}
+
+#[test]
+fn no_auth_target_rejects_chap_only_offer() {
+    let mut l = Login::new();
+    let status = fail_status(l.handle(
+        &open_dir(),
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=CHAP",
+            ],
+        ),
+    ));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+}
+
+#[test]
+fn discovery_chap_uses_the_discovery_account() {
+    let mut settings = LoginSettings::default();
+    settings.discovery_auth.chap = Some(account("disc", "discovery-secret"));
+    let dir = StaticDirectory::new(settings, [TargetConfig::open(TARGET)]);
+    let mut l = Login::new();
+    let status = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            LINUX_DISCOVERY,
+        ),
+    ));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+}
+
+fn first_pdu_status(dir: &StaticDirectory, r: LoginRequest) -> LoginStatus {
+    fail_status(Login::new().handle(dir, &r))
+}
+
+#[test]
+fn leading_key_failures() {
+    let dir = open_dir();
+    let mut restricted = TargetConfig::open(TARGET);
+    restricted.allowed_initiators = vec!["iqn.2026-11.test:someone-else".into()];
+    let restricted = StaticDirectory::new(LoginSettings::default(), [restricted]);
+    let full = Stage::FullFeature;
+    let op = Stage::Operational;
+    let i = format!("InitiatorName={INITIATOR}");
+    let t = format!("TargetName={TARGET}");
+    assert_eq!(
+        first_pdu_status(&restricted, req(op, full, true, &[&i, &t])),
+        LoginStatus::AUTHORIZATION_FAILURE
+    );
+    assert_eq!(
+        first_pdu_status(
+            &dir,
+            req(op, full, true, &[&i, "TargetName=iqn.2026-11.test:nope"])
+        ),
+        LoginStatus::NOT_FOUND
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&t])),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &["InitiatorName=", &t])),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&i])),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&i, &t, "SessionType=Bogus"])),
+        LoginStatus::SESSION_TYPE_NOT_SUPPORTED
+    );
+    let long = format!("InitiatorName=iqn.{}", "x".repeat(230));
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&long, &t])),
+        LoginStatus::INITIATOR_ERROR
+    );
+    // Restricted targets still allow discovery sessions.
+    let mut l = Login::new();
+    ready(l.handle(
+        &restricted,
+        &req(op, full, true, &[&i, "SessionType=Discovery"]),
+    ));
+}
+
+#[test]
+fn header_rule_failures() {
+    let dir = open_dir();
+    let op = Stage::Operational;
+    let full = Stage::FullFeature;
+    let good = || req(op, full, true, LINUX_NORMAL);
+
+    let mut r = good();
+    r.version_min = 1;
+    r.version_max = 2;
+    assert_eq!(first_pdu_status(&dir, r), LoginStatus::UNSUPPORTED_VERSION);
+    let mut r = good();
+    r.continues = true;
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "T and C together"
+    );
+    let mut r = good();
+    r.csg = Stage::FullFeature;
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "CSG=3"
+    );
+    let mut r = good();
+    r.csg = Stage::Reserved;
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "CSG=2"
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, op, true, LINUX_NORMAL)),
+        LoginStatus::INITIATOR_ERROR,
+        "NSG=CSG"
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, Stage::Reserved, true, LINUX_NORMAL)),
+        LoginStatus::INITIATOR_ERROR,
+        "NSG=2"
+    );
+    assert_eq!(
+        first_pdu_status(
+            &dir,
+            req(op, full, true, &["InitiatorName=a", "InitiatorName=b"])
+        ),
+        LoginStatus::INITIATOR_ERROR,
+        "duplicate key"
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &["InitiatorName"])),
+        LoginStatus::INITIATOR_ERROR,
+        "malformed text"
+    );
+}
+
+/// A login left in the operational stage after one keyless-answer round.
+fn op_login(dir: &StaticDirectory) -> Login {
+    let mut l = Login::new();
+    respond(l.handle(
+        dir,
+        &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
+    ));
+    l
+}
+
+#[test]
+fn later_pdu_rule_failures() {
+    let dir = open_dir();
+    let op = Stage::Operational;
+    let full = Stage::FullFeature;
+    let cases: Vec<(&str, LoginRequest)> = vec![
+        (
+            "ISID changed",
+            LoginRequest {
+                isid: Isid([0x80, 0, 0, 0, 0, 1]),
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "TSIH changed",
+            LoginRequest {
+                tsih: 5,
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "CID changed",
+            LoginRequest {
+                cid: 1,
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "version changed",
+            LoginRequest {
+                version_max: 1,
+                ..req(op, full, true, &[])
+            },
+        ),
+        ("stage went back", req(Stage::Security, op, true, &[])),
+        (
+            "key renegotiated",
+            req(op, full, true, &["MaxBurstLength=65536"]),
+        ),
+        (
+            "leading key repeated later",
+            req(op, full, true, &["SessionType=Discovery"]),
+        ),
+        (
+            "security key in operational stage",
+            req(op, full, true, &["AuthMethod=None"]),
+        ),
+        (
+            "CHAP key in operational stage",
+            req(op, full, true, &["CHAP_A=5"]),
+        ),
+    ];
+    for (what, r) in cases {
+        let mut l = op_login(&dir);
+        assert_eq!(
+            fail_status(l.handle(&dir, &r)),
+            LoginStatus::INITIATOR_ERROR,
+            "{what}"
+        );
+        assert_eq!(
+            fail_status(l.handle(&dir, &req(op, full, true, &[]))),
+            LoginStatus::INITIATOR_ERROR,
+            "{what}: stays failed"
+        );
+    }
+}
+
+#[test]
+fn chap_keys_out_of_order_are_protocol_errors() {
+    let dir = chap_dir(false);
+    let lead = leading_keys();
+    let mut l = Login::new();
+    let s = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&lead[0], &lead[1], "CHAP_A=5"],
+        ),
+    ));
+    assert_eq!(s, LoginStatus::INITIATOR_ERROR, "CHAP_A before AuthMethod");
+    let mut l = Login::new();
+    respond(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&lead[0], &lead[1], "AuthMethod=CHAP"],
+        ),
+    ));
+    let s = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &["CHAP_N=alice", "CHAP_R=0x00"],
+        ),
+    ));
+    assert_eq!(
+        s,
+        LoginStatus::INITIATOR_ERROR,
+        "CHAP_R before the challenge"
+    );
+}
+
+#[test]
+fn unknown_foreign_and_target_only_keys() {
+    let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
+    keys.extend([
+        "X-com.example.Thing=1",
+        "FancyNewKey=Yes",
+        "TargetAlias=x",
+        "OFMarkInt=1~65535",
+        "MaxBurstLength2=1",
+    ]);
+    keys.push("DataDigest2=x");
+    let mut l = Login::new();
+    ready(l.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
+    let rsp = l.accept(1).expect("final");
+    assert_eq!(
+        answer(&rsp, "X-com.example.Thing").as_deref(),
+        Some("NotUnderstood")
+    );
+    assert_eq!(
+        answer(&rsp, "FancyNewKey").as_deref(),
+        Some("NotUnderstood")
+    );
+    assert_eq!(answer(&rsp, "TargetAlias").as_deref(), Some("Reject"));
+    assert_eq!(answer(&rsp, "OFMarkInt").as_deref(), Some("Reject"));
+}
+
+#[test]
+fn malformed_values_are_rejected_keeping_defaults() {
+    let mut l = Login::new();
+    let out = ready(l.handle(
+        &open_dir(),
+        &req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "MaxBurstLength=lots",
+                "ImmediateData=maybe",
+            ],
+        ),
+    ));
+    assert_eq!(
+        out.params.max_burst_length,
+        SessionParams::default().max_burst_length
+    );
+    let rsp = l.accept(1).expect("final");
+    assert_eq!(answer(&rsp, "MaxBurstLength").as_deref(), Some("Reject"));
+    assert_eq!(answer(&rsp, "ImmediateData").as_deref(), Some("Reject"));
+}
+
+#[test]
+fn discovery_answers_session_keys_irrelevant() {
+    let mut keys: Vec<&str> = LINUX_DISCOVERY.to_vec();
+    keys.extend(["MaxBurstLength=65536", "InitialR2T=No"]);
+    let mut l = Login::new();
+    ready(l.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
+    let rsp = l.accept(1).expect("final");
+    assert_eq!(
+        answer(&rsp, "MaxBurstLength").as_deref(),
+        Some("Irrelevant")
+    );
+    assert_eq!(answer(&rsp, "InitialR2T").as_deref(), Some("Irrelevant"));
+}
+
+#[test]
+fn target_alias_is_declared_in_the_first_response() {
+    let mut t = TargetConfig::open(TARGET);
+    t.alias = Some("vm disk".into());
+    let dir = StaticDirectory::new(
+        LoginSettings {
+            target_portal_group_tag: 7,
+            ..LoginSettings::default()
+        },
+        [t],
+    );
+    let mut l = Login::new();
+    let r1 = respond(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
+    ));
+    assert_eq!(answer(&r1, "TargetAlias").as_deref(), Some("vm disk"));
+    assert_eq!(answer(&r1, "TargetPortalGroupTag").as_deref(), Some("7"));
+    ready(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, &[]),
+    ));
+    let rsp = l.accept(1).expect("final");
+    assert_eq!(
+        answer(&rsp, "TargetPortalGroupTag"),
+        None,
+        "only in the first response"
+    );
+}
+
+#[test]
+fn request_text_continued_over_two_pdus() {
+    let dir = open_dir();
+    let all = text(LINUX_NORMAL);
+    let (a, b) = all.split_at(37);
+    let mut l = Login::new();
+    let mut r1 = req(Stage::Operational, Stage::FullFeature, false, &[]);
+    r1.continues = true;
+    r1.data = Bytes::copy_from_slice(a);
+    let ack = respond(l.handle(&dir, &r1));
+    assert!(!ack.transit && !ack.continues && ack.data.is_empty());
+    let mut r2 = req(Stage::Operational, Stage::FullFeature, true, &[]);
+    r2.data = Bytes::copy_from_slice(b);
+    let out = ready(l.handle(&dir, &r2));
+    assert_eq!(out.initiator_name, INITIATOR);
+    assert_eq!(out.params.max_burst_length, 1 << 20);
+}
+
+#[test]
+fn long_response_is_sent_in_pieces() {
+    let dir = open_dir();
+    let unknown: Vec<String> = (0..300)
+        .map(|i| format!("X-com.example.key-number-{i:04}=1"))
+        .collect();
+    let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
+    keys.extend(unknown.iter().map(String::as_str));
+    let mut l = Login::new();
+    let mut r = req(Stage::Operational, Stage::FullFeature, true, &[]);
+    r.data = text(&keys);
+    let first = respond(l.handle(&dir, &r));
+    assert!(first.continues && !first.transit);
+    assert_eq!(first.data.len(), 8192);
+    let mut collected = first.data.to_vec();
+    let drain = req(Stage::Operational, Stage::FullFeature, true, &[]);
+    let out = loop {
+        match l.handle(&dir, &drain) {
+            LoginStep::Respond(rsp) => {
+                assert!(rsp.continues);
+                collected.extend_from_slice(&rsp.data);
+            }
+            LoginStep::Ready(out) => break out,
+            LoginStep::Fail(rsp) => panic!("failed: {rsp:?}"),
+        }
+    };
+    let last = l.accept(3).expect("final");
+    assert!(last.transit && !last.continues);
+    collected.extend_from_slice(&last.data);
+    let all = keys::parse(&collected).expect("joined text parses");
+    assert_eq!(
+        all.iter().filter(|(_, v)| v == "NotUnderstood").count(),
+        300
+    );
+    assert_eq!(out.initiator_name, INITIATOR);
+    // Sending data while the target is still sending its pieces is an error.
+    let mut l = Login::new();
+    respond(l.handle(&dir, &r));
+    assert_eq!(
+        fail_status(l.handle(
+            &dir,
+            &req(Stage::Operational, Stage::FullFeature, true, &["A=1"])
+        )),
+        LoginStatus::INITIATOR_ERROR
+    );
+}
+
+#[test]
+fn refuse_replaces_the_final_response() {
+    let mut l = Login::new();
+    assert_eq!(
+        l.refuse(LoginStatus::SESSION_DOES_NOT_EXIST),
+        None,
+        "nothing to refuse yet"
+    );
+    let mut r = req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL);
+    r.tsih = 9;
+    r.itt = 0x44;
+    let out = ready(l.handle(&open_dir(), &r));
+    assert_eq!(out.requested_tsih, 9);
+    let rsp = l
+        .refuse(LoginStatus::SESSION_DOES_NOT_EXIST)
+        .expect("refusal");
+    assert_eq!(
+        (rsp.status, rsp.transit, rsp.itt, rsp.isid),
+        (LoginStatus::SESSION_DOES_NOT_EXIST, false, 0x44, ISID)
+    );
+    assert_eq!(l.accept(1), None);
+}
+
+#[test]
+fn endless_logins_are_cut_off() {
+    let dir = open_dir();
+    let mut l = op_login(&dir);
+    let idle = req(Stage::Operational, Stage::FullFeature, false, &[]);
+    let mut steps = 1;
+    while let LoginStep::Respond(_) = l.handle(&dir, &idle) {
+        steps += 1;
+        assert!(steps < 1000, "never cut off");
+    }
+    assert!(steps >= 10);
+}
+
+#[test]
+fn linux_login_through_the_codec() {
+    use crate::iscsi::pdu::{Pdu, PduCodec};
+    use bytes::BytesMut;
+    let body = text(LINUX_NORMAL);
+    let len = (body.len() as u32).to_be_bytes();
+    let mut wire = vec![0x43, 0x87, 0, 0, 0, len[1], len[2], len[3], 0, 2, 0x3d, 0, 0, 1, 0, 0];
+    wire.extend_from_slice(&[0; 32]);
+    wire.extend_from_slice(&body);
+    wire.resize(wire.len().div_ceil(4) * 4, 0);
+    let codec = PduCodec::new();
+    let mut buf = BytesMut::from(&wire[..]);
+    let Some(Pdu::LoginRequest(r)) = codec.decode(&mut buf).expect("decodes") else { panic!("not a login request") };
+    let mut login = Login::new();
+    let out = ready(login.handle(&open_dir(), &r));
+    let rsp = login.accept(0x0200).expect("final");
+    let mut out_buf = BytesMut::new();
+    codec.encode_into(&Pdu::LoginResponse(rsp.clone()), &mut out_buf).expect("encodes");
+    assert_eq!(&out_buf[..4], &[0x23, 0x87, 0, 0]);
+    assert_eq!(&out_buf[8..16], &[0, 2, 0x3d, 0, 0, 1, 0x02, 0x00], "ISID echoed, TSIH assigned");
+    assert_eq!(&out_buf[36..38], &[0, 0], "success");
+    assert_eq!(codec.decode(&mut out_buf).expect("decodes"), Some(Pdu::LoginResponse(rsp)));
+    // After the final response both ends switch to the negotiated settings.
+    let mut ffp = PduCodec::new();
+    ffp.set_digests(out.params.digests());
+    ffp.set_max_recv_data_segment_length(out.params.max_recv_data_segment_length);
+    assert_eq!(ffp.max_recv_data_segment_length(), 262144);
+}
