@@ -32,28 +32,43 @@ struct Target {
 
 impl Target {
     fn start(args: &[&str]) -> Target {
-        Self::start_on(free_port(), args)
+        Self::start_with(|port| {
+            let mut all = vec!["--portal".to_string(), format!("127.0.0.1:{port}")];
+            all.extend(args.iter().map(|a| a.to_string()));
+            all
+        })
     }
 
-    fn start_on(port: u16, args: &[&str]) -> Target {
-        let portal = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
-            .args(["--portal", &portal, "--log-level", "warn"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = portal.parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the target did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    /// Starts the binary with the arguments `args_for(port)` on a free port. Another process
+    /// may grab the port between our probe and the target's bind (the machine is shared), so
+    /// a target that exits at once is retried on another port.
+    fn start_with(args_for: impl Fn(u16) -> Vec<String>) -> Target {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
+                .args(args_for(port))
+                .args(["--log-level", "warn"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(addr).is_err() && Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Something answers; make sure it is our child and not a squatter.
+            std::thread::sleep(Duration::from_millis(100));
+            if child.try_wait().unwrap().is_none() && TcpStream::connect(addr).is_ok() {
+                return Target { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Target { child, port }
+        panic!("the target did not start listening");
     }
 
     fn url(&self, lun: u32) -> String {
@@ -194,12 +209,12 @@ fn bad_arguments_exit_with_a_message() {
 #[test]
 fn config_file_targets_with_chap_and_access_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("targets.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let write_config = |port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [global]
 portals = ["127.0.0.1:{port}"]
 queue_depth = 16
@@ -214,10 +229,15 @@ name = "iqn.2026-11.io.overlaybd:other"
 allowed_initiators = ["iqn.2026-11.io.overlaybd:nobody"]
 luns = [{{ backing = "ram:1M" }}]
 "#
-        ),
-    )
-    .unwrap();
-    let target = Target::start_on(port, &["--config", config.to_str().unwrap()]);
+            ),
+        )
+        .unwrap()
+    };
+    let target = Target::start_with(|port| {
+        write_config(port);
+        vec!["--config".into(), config.to_str().unwrap().into()]
+    });
+    let port = target.port;
     let with_chap = format!("iscsi://alice%alice-secret-1@127.0.0.1:{port}/{IQN}/0");
     let inq = run(tool("iscsi-inq").arg(&with_chap));
     assert!(inq.contains("DIRECT_ACCESS"), "{inq}");
