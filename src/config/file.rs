@@ -17,6 +17,7 @@
 //! luns = [
 //!     { backing = "file:/var/lib/disk.img" },
 //!     { backing = "file:/var/lib/base.img", read_only = true },
+//!     { backing = "image:/var/lib/app/config.v1.json" },     # an overlaybd image
 //! ]
 //! ```
 //!

@@ -4,6 +4,7 @@
 
 pub mod backing;
 pub mod cli;
+pub mod demo;
 pub mod file;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
