@@ -96,16 +96,8 @@ fn field(report: &str, key: &str) -> String {
 }
 
 /// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    common::pattern(len, seed).to_vec()
 }
 
 fn p(dir: &Path, name: &str) -> PathBuf {
