@@ -594,3 +594,78 @@ async fn a_corrupt_zfile_block_fails_only_the_reads_that_cover_it() {
     assert!(!copy.status.success());
     assert!(target.stop().success());
 }
+
+#[test]
+fn zfile_round_trips_and_tools_refuse_bad_inputs_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut data = noise(300_000, 3);
+    data.extend(std::iter::repeat_n(b'z', 200_000));
+    let src = p(d, "data.bin");
+    std::fs::write(&src, &data).unwrap();
+    for (algo, bs) in [("lz4", "4"), ("zstd", "32")] {
+        let z = p(d, &format!("data.{algo}.zfile"));
+        let back = p(d, &format!("data.{algo}.back"));
+        obd(&[&"zfile", &"--algorithm", &algo, &"--bs", &bs, &src, &z]);
+        let report = obd(&[&"inspect", &z]);
+        assert_eq!(field(&report, "zfile.algorithm"), algo);
+        assert_eq!(
+            field(&report, "zfile.original_file_size"),
+            data.len().to_string()
+        );
+        assert!(std::fs::metadata(&z).unwrap().len() < data.len() as u64);
+        obd(&[&"zfile", &"-d", &z, &back]);
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+    }
+
+    // Not a ZFile, not LSMT.
+    let err = run_fails(binary().args(["zfile", "-d"]).arg(&src).arg(p(d, "x")));
+    assert!(
+        err.contains("data.bin") && err.contains("not a ZFile"),
+        "{err}"
+    );
+    assert_eq!(
+        field(&obd(&[&"inspect", &src]), "format"),
+        "unknown (neither ZFile nor LSMT)"
+    );
+    let err = run_fails(binary().arg("export").arg(&src).arg(p(d, "x.raw")));
+    assert!(err.contains("data.bin"), "{err}");
+    // A truncated ZFile.
+    let z = std::fs::read(p(d, "data.lz4.zfile")).unwrap();
+    let cut = p(d, "cut.zfile");
+    std::fs::write(&cut, &z[..z.len() / 2]).unwrap();
+    let err = run_fails(binary().arg("inspect").arg(&cut));
+    assert!(err.contains("cut.zfile"), "{err}");
+    // Bad options and configs.
+    let err = run_fails(
+        binary()
+            .args(["zfile", "--bs", "3"])
+            .arg(&src)
+            .arg(p(d, "y")),
+    );
+    assert!(err.contains("--bs 3"), "{err}");
+    let bad = p(d, "bad.json");
+    std::fs::write(&bad, r#"{"lowers": [{"file": "/nonexistent/layer.obd"}]}"#).unwrap();
+    let err = run_fails(binary().arg("export").arg(&bad).arg(p(d, "z.raw")));
+    assert!(err.contains("/nonexistent/layer.obd"), "{err}");
+    let err = run_fails(binary().args(["create", "-u", "not-a-uuid", "a", "b", "1G"]));
+    assert!(err.contains("not-a-uuid"), "{err}");
+    let err = run_fails(
+        binary()
+            .args(["create"])
+            .arg(p(d, "d"))
+            .arg(p(d, "i"))
+            .arg("1000"),
+    );
+    assert!(err.contains("multiple of 512"), "{err}");
+    // The server refuses a LUN whose image cannot be opened, naming it.
+    let err = run_fails(
+        binary()
+            .args(["--portal", "127.0.0.1:1", "--lun"])
+            .arg(format!("image:{}", bad.display())),
+    );
+    assert!(
+        err.contains("bad.json") && err.contains("/nonexistent/layer.obd"),
+        "{err}"
+    );
+}

@@ -206,7 +206,8 @@ mod tests {
             allowed_initiators = ["iqn.1994-05.com.redhat:h1"]
             chap = { user = "u", secret = "s3cret-s3cret" }
             mutual_chap = { user = "t", secret = "other-secret" }
-            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true }]
+            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true },
+                    { backing = "image:/img/config.v1.json", read_only = true }]
             "#,
         )
         .unwrap();
@@ -219,6 +220,11 @@ mod tests {
         assert_eq!(t.alias.as_deref(), Some("A"));
         assert_eq!(t.luns[0].backing, Backing::Ram(1 << 20));
         assert!(t.luns[1].read_only);
+        assert_eq!(
+            t.luns[2].backing,
+            Backing::Image("/img/config.v1.json".into())
+        );
+        assert!(t.luns[2].read_only);
         assert_eq!(t.chap.as_ref().unwrap().user, "u");
         assert_eq!(t.mutual_chap.as_ref().unwrap().user, "t");
     }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{parse_uuid, remove_existing, OutputArgs, ToolError};
-use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource};
+use super::{parse_uuid, remove_existing, write_layer, OutputArgs, ToolError};
+use crate::overlaybd::commit::{CommitOptions, CommitSource};
 use crate::overlaybd::header::LayerUuid;
 use crate::overlaybd::WritableLayer;
 
@@ -52,7 +52,7 @@ pub async fn run(a: CommitArgs) -> Result<(), ToolError> {
     if a.force {
         remove_existing(&a.output)?;
     }
-    let summary = write_commit_file(
+    let summary = write_layer(
         &CommitSource::from_writable(&layer),
         &opts,
         &a.output,

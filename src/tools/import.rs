@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{remove_existing, OutputArgs, ToolError};
-use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource};
+use super::{remove_existing, write_layer, OutputArgs, ToolError};
+use crate::overlaybd::commit::{CommitOptions, CommitSource};
 use crate::overlaybd::config::LowerLayer;
 use crate::overlaybd::header::LayerUuid;
 use crate::overlaybd::raw::{import_raw, RawSummary};
@@ -158,7 +158,7 @@ pub(super) async fn import(a: &ImportArgs) -> Result<RawSummary, ToolError> {
         parent_uuid: Some(parent),
         user_tag: o.message.clone().unwrap_or_default().into_bytes(),
     };
-    write_commit_file(&CommitSource::from_writable(&upper), &opts, &a.layer, zfile).await?;
+    write_layer(&CommitSource::from_writable(&upper), &opts, &a.layer, zfile).await?;
     drop(scratch);
 
     let mut config = base.config;

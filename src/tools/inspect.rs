@@ -17,7 +17,7 @@ use crate::block::BlockDevice;
 use crate::cache::file::FileSource;
 use crate::cache::LayerSource;
 use crate::overlaybd::config::LayerLocation;
-use crate::overlaybd::header::{Header, LayerUuid, HEADER_SIZE};
+use crate::overlaybd::header::{is_lsmt_header, Header, LayerUuid, HEADER_SIZE};
 use crate::overlaybd::layer::read;
 use crate::overlaybd::{Image, ImageConfig, LocalOpener, SealedLayer};
 use crate::zfile::{open_payload, Algorithm, BlobFormat, ZFileReader};
@@ -102,7 +102,16 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
     };
     let name = path.display().to_string();
     let head_len = lsmt.size().min(HEADER_SIZE as u64) as usize;
-    let header = Header::decode(&read(&*lsmt, 0, head_len).await?, &name)?;
+    let head = read(&*lsmt, 0, head_len).await?;
+    if !is_lsmt_header(&head) {
+        push(
+            &mut lines,
+            "lsmt.kind",
+            "none (the payload is not an LSMT layer)",
+        );
+        return Ok(BlobReport { lines, uuids: None });
+    }
+    let header = Header::decode(&head, &name)?;
     let uuids = Some((header.uuid, header.parent_uuid));
     if header.is_sealed() {
         let layer = SealedLayer::open(lsmt).await?;

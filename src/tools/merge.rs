@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{remove_existing, OutputArgs, ToolError};
-use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource};
+use super::{remove_existing, write_layer, OutputArgs, ToolError};
+use crate::overlaybd::commit::{CommitOptions, CommitSource};
 use crate::overlaybd::{Image, LocalOpener};
 
 /// Arguments of `merge`.
@@ -35,7 +35,7 @@ pub async fn run(a: MergeArgs) -> Result<(), ToolError> {
     if a.force {
         remove_existing(&a.output)?;
     }
-    let summary = write_commit_file(&source, &CommitOptions::default(), &a.output, zfile).await?;
+    let summary = write_layer(&source, &CommitOptions::default(), &a.output, zfile).await?;
     println!(
         "merged {} layers: {} records, {} data bytes into {}",
         image.stack().len() + usize::from(image.upper().is_some()),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource, CommitSummary};
 use crate::overlaybd::header::LayerUuid;
 use crate::overlaybd::{Image, LayerStack, LocalOpener, LsmtError};
 use crate::zfile::{Algorithm, WriterOptions, ZFileError};
@@ -191,6 +192,32 @@ pub async fn open_image(path: &Path) -> Result<Image, ToolError> {
     }
     let layer = LocalOpener::open_layer(path).await?;
     Ok(Image::new(LayerStack::new(vec![layer])?, None).await?)
+}
+
+/// Runs `work`, which creates the file `output`; when it fails, a partial `output` it left is
+/// removed (a file that existed before is never touched).
+pub async fn removing_partial_output<T>(
+    output: &Path,
+    work: impl std::future::Future<Output = Result<T, ToolError>>,
+) -> Result<T, ToolError> {
+    let existed = output.exists();
+    let result = work.await;
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_file(output);
+    }
+    result
+}
+
+/// Writes a committed layer to the new file `output` (see
+/// [`crate::overlaybd::commit::write_commit_file`]), removing it again if the commit fails.
+pub async fn write_layer(
+    source: &CommitSource,
+    opts: &CommitOptions,
+    output: &Path,
+    zfile: Option<WriterOptions>,
+) -> Result<CommitSummary, ToolError> {
+    let writing = async { Ok(write_commit_file(source, opts, output, zfile).await?) };
+    removing_partial_output(output, writing).await
 }
 
 /// Removes `path` when it exists (`-f`).

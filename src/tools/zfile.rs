@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::{remove_existing, CodecArgs, ToolError};
+use super::{remove_existing, removing_partial_output, CodecArgs, ToolError};
 use crate::cache::file::FileSource;
 use crate::cache::LayerSource;
 use crate::zfile::{compress, open_payload, BlobFormat, ZFileError, ZFileReader};
@@ -44,26 +44,30 @@ pub async fn run(a: ZfileArgs) -> Result<(), ToolError> {
         remove_existing(&a.target)?;
     }
     if a.decompress {
-        decompress(&a.source, &a.target).await
+        removing_partial_output(&a.target, decompress(&a.source, &a.target)).await
     } else {
-        let options = a.codec.writer_options()?;
-        let input = File::open(&a.source).map_err(|e| ToolError::io(&a.source, e))?;
-        let out = create(&a.target)?;
-        let zerr = |source| ToolError::ZFile {
-            path: a.target.clone(),
-            source,
-        };
-        let (out, info) =
-            compress(BufReader::new(input), BufWriter::new(out), options).map_err(zerr)?;
-        finish(out, &a.target)?;
-        println!(
-            "compressed {} bytes into {} blocks: {}",
-            info.original_file_size,
-            info.block_count,
-            a.target.display()
-        );
-        Ok(())
+        removing_partial_output(&a.target, compress_file(&a)).await
     }
+}
+
+async fn compress_file(a: &ZfileArgs) -> Result<(), ToolError> {
+    let options = a.codec.writer_options()?;
+    let input = File::open(&a.source).map_err(|e| ToolError::io(&a.source, e))?;
+    let out = create(&a.target)?;
+    let zerr = |source| ToolError::ZFile {
+        path: a.target.clone(),
+        source,
+    };
+    let (out, info) =
+        compress(BufReader::new(input), BufWriter::new(out), options).map_err(zerr)?;
+    finish(out, &a.target)?;
+    println!(
+        "compressed {} bytes into {} blocks: {}",
+        info.original_file_size,
+        info.block_count,
+        a.target.display()
+    );
+    Ok(())
 }
 
 async fn decompress(source: &Path, target: &Path) -> Result<(), ToolError> {
