@@ -6,10 +6,12 @@
 //! - [`block`]: the block-device trait every logical unit is backed by, with file and RAM backends;
 //! - [`overlaybd`]: the LSMT layer stack and image configs, as a block device;
 //! - [`zfile`]: random-access ZFile decompression;
+//! - [`config`]: what the server serves (command line and TOML file);
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches.
 
 pub mod block;
 pub mod cache;
+pub mod config;
 pub mod iscsi;
 pub mod overlaybd;
 pub mod scsi;

@@ -1,5 +1,82 @@
-//! The `overlaybd-target` binary.
+//! The `overlaybd-target` binary: parses the command line (see
+//! [`overlaybd_target::config::cli`]), opens the LUNs, serves iSCSI until SIGINT or SIGTERM,
+//! then asks every initiator to log out before exiting.
 
-fn main() {
-    println!("overlaybd-target: under construction");
+use std::process::ExitCode;
+
+use clap::Parser;
+use overlaybd_target::config::cli::Cli;
+use overlaybd_target::iscsi::transport::Server;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "overlaybd-target: invalid --log-level {:?}: {e}",
+                cli.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("overlaybd-target: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlaybd-target: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("overlaybd-target: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for addr in server.local_addrs() {
+            tracing::info!(%addr, "listening");
+        }
+        for t in &config.targets {
+            tracing::info!(target = %t.name, luns = t.luns.len(), "serving");
+        }
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers only Ctrl-C can stop us.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received");
 }

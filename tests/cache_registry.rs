@@ -39,14 +39,26 @@ fn is_blob_path(req: &Request, digest: &str) -> bool {
 /// A cred.json in a temp folder with one entry for `key`.
 fn cred_file(dir: &tempfile::TempDir, key: &str, user: &str, pass: &str) -> CredentialStore {
     let path = dir.path().join("cred.json");
-    let json = format!(r#"{{"auths": {{"other.example": {{"username": "x", "password": "y"}}, "{key}": {{"username": "{user}", "password": "{pass}"}}}}}}"#);
+    let json = format!(
+        r#"{{"auths": {{"other.example": {{"username": "x", "password": "y"}}, "{key}": {{"username": "{user}", "password": "{pass}"}}}}}}"#
+    );
     std::fs::write(&path, json).unwrap();
     CredentialStore::from_files(vec![path])
 }
 
 async fn check_reads(src: &dyn LayerSource, blob: &[u8]) {
-    for (off, len) in [(0usize, 1usize), (1, 4095), (4096, 4096), (blob.len() - 10, 10), (blob.len() / 3, blob.len() / 2), (0, blob.len())] {
-        let got = src.read_at(off as u64, len).await.unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
+    for (off, len) in [
+        (0usize, 1usize),
+        (1, 4095),
+        (4096, 4096),
+        (blob.len() - 10, 10),
+        (blob.len() / 3, blob.len() / 2),
+        (0, blob.len()),
+    ] {
+        let got = src
+            .read_at(off as u64, len)
+            .await
+            .unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
         assert_eq!(&got[..], &blob[off..off + len], "read {off}+{len}");
     }
     let err = src.read_at(blob.len() as u64 - 1, 2).await.unwrap_err();
@@ -59,22 +71,40 @@ async fn range_server_reads_match_blob() {
     let digest = sha256_digest(&blob);
     let server = TestServer::start({
         let (blob, digest) = (Arc::clone(&blob), digest.clone());
-        move |req| if is_blob_path(req, &digest) { serve_range(req, &blob) } else { Reply::status(404) }
+        move |req| {
+            if is_blob_path(req, &digest) {
+                serve_range(req, &blob)
+            } else {
+                Reply::status(404)
+            }
+        }
     })
     .await;
-    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), &digest, None).await.unwrap();
+    let src = client(CredentialStore::anonymous())
+        .open_blob(&format!("{}{REPO}", server.url()), &digest, None)
+        .await
+        .unwrap();
     assert_eq!(src.size(), blob.len() as u64);
     check_reads(&src, &blob).await;
     let reqs = server.requests();
-    assert!(reqs.iter().all(|r| r.header("range").is_some() && r.header("authorization").is_none()));
-    assert!(reqs.iter().all(|r| r.header("user-agent") == Some("overlaybd-target-test")));
-    assert!(reqs.iter().any(|r| r.header("range") == Some("bytes=33333-83332")));
+    assert!(reqs
+        .iter()
+        .all(|r| r.header("range").is_some() && r.header("authorization").is_none()));
+    assert!(reqs
+        .iter()
+        .all(|r| r.header("user-agent") == Some("overlaybd-target-test")));
+    assert!(reqs
+        .iter()
+        .any(|r| r.header("range") == Some("bytes=33333-83332")));
 }
 
 #[tokio::test]
 async fn missing_blob_is_not_found_without_retries() {
     let server = TestServer::start(|_| Reply::status(404)).await;
-    let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}/", server.url()), "sha256:00", None).await.unwrap_err();
+    let err = client(CredentialStore::anonymous())
+        .open_blob(&format!("{}{REPO}/", server.url()), "sha256:00", None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     assert_eq!(server.requests().len(), 2, "one probe, one data request");
     assert_eq!(server.requests()[1].target, format!("{REPO}/sha256:00"));
@@ -88,7 +118,14 @@ async fn server_without_range_support_is_sliced_correctly() {
         move |_| Reply::new(200, &[], blob.to_vec())
     })
     .await;
-    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), &sha256_digest(&blob), None).await.unwrap();
+    let src = client(CredentialStore::anonymous())
+        .open_blob(
+            &format!("{}{REPO}", server.url()),
+            &sha256_digest(&blob),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(src.size(), 70_000);
     check_reads(&src, &blob).await;
 }
@@ -103,18 +140,28 @@ async fn wrong_partial_range_is_refused_not_misread() {
             let range = req.header("range").unwrap_or("bytes=0-0");
             let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
             let n = b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap();
-            Reply::new(206, &[("Content-Range", &format!("bytes 0-{n}/10000"))], blob[..=n].to_vec())
+            Reply::new(
+                206,
+                &[("Content-Range", &format!("bytes 0-{n}/10000"))],
+                blob[..=n].to_vec(),
+            )
         }
     })
     .await;
-    let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:aa", None).await.unwrap();
+    let src = client(CredentialStore::anonymous())
+        .open_blob(&format!("{}{REPO}", server.url()), "sha256:aa", None)
+        .await
+        .unwrap();
     assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
     let err = src.read_at(100, 100).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains("asked for bytes 100-199"), "{err}");
 }
 
-fn basic_registry(blob: Arc<Vec<u8>>, user_pass_b64: &'static str) -> impl Fn(&Request) -> Reply + Send + Sync {
+fn basic_registry(
+    blob: Arc<Vec<u8>>,
+    user_pass_b64: &'static str,
+) -> impl Fn(&Request) -> Reply + Send + Sync {
     move |req| {
         if req.header("authorization") != Some(&format!("Basic {user_pass_b64}")) {
             return Reply::new(401, &[("WWW-Authenticate", r#"Basic realm="test""#)], "");
@@ -132,12 +179,21 @@ async fn basic_auth_uses_cred_json() {
     let dir = tempfile::tempdir().unwrap();
 
     let key = format!("{}/team", server.addr);
-    let src = client(cred_file(&dir, &key, "alice", "s3cret")).open_blob(&url, "sha256:bb", None).await.unwrap();
+    let src = client(cred_file(&dir, &key, "alice", "s3cret"))
+        .open_blob(&url, "sha256:bb", None)
+        .await
+        .unwrap();
     check_reads(&src, &blob).await;
 
-    let err = client(CredentialStore::anonymous()).open_blob(&url, "sha256:bb", None).await.unwrap_err();
+    let err = client(CredentialStore::anonymous())
+        .open_blob(&url, "sha256:bb", None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-    let err = client(cred_file(&dir, &key, "alice", "wrong")).open_blob(&url, "sha256:bb", None).await.unwrap_err();
+    let err = client(cred_file(&dir, &key, "alice", "wrong"))
+        .open_blob(&url, "sha256:bb", None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("Authentication failed"), "{err}");
 }
@@ -150,22 +206,39 @@ struct BearerRegistry {
     expires_in: u64,
 }
 
-fn bearer_handler(state: Arc<BearerRegistry>, blob: Arc<Vec<u8>>, realm: String) -> impl Fn(&Request) -> Reply + Send + Sync {
+fn bearer_handler(
+    state: Arc<BearerRegistry>,
+    blob: Arc<Vec<u8>>,
+    realm: String,
+) -> impl Fn(&Request) -> Reply + Send + Sync {
     move |req| {
         if req.target.starts_with("/token?") {
             // Token requests must carry the user's Basic credentials (bob:pw).
             if req.header("authorization") != Some("Basic Ym9iOnB3") {
                 return Reply::status(401);
             }
-            assert!(req.target.contains("scope=repository%3Ateam%2Fapp%3Apull"), "{}", req.target);
+            assert!(
+                req.target.contains("scope=repository%3Ateam%2Fapp%3Apull"),
+                "{}",
+                req.target
+            );
             state.tokens_issued.fetch_add(1, Ordering::SeqCst);
             let g = state.generation.load(Ordering::SeqCst);
-            return Reply::new(200, &[], format!(r#"{{"token": "tok-{g}", "expires_in": {}}}"#, state.expires_in));
+            return Reply::new(
+                200,
+                &[],
+                format!(
+                    r#"{{"token": "tok-{g}", "expires_in": {}}}"#,
+                    state.expires_in
+                ),
+            );
         }
         let current = format!("Bearer tok-{}", state.generation.load(Ordering::SeqCst));
         if req.header("authorization") != Some(current.as_str()) {
             state.unauthorized.fetch_add(1, Ordering::SeqCst);
-            let challenge = format!(r#"Bearer realm="{realm}",service="test-registry",scope="repository:team/app:pull""#);
+            let challenge = format!(
+                r#"Bearer realm="{realm}",service="test-registry",scope="repository:team/app:pull""#
+            );
             return Reply::new(401, &[("WWW-Authenticate", &challenge)], "");
         }
         serve_range(req, &blob)
@@ -174,7 +247,12 @@ fn bearer_handler(state: Arc<BearerRegistry>, blob: Arc<Vec<u8>>, realm: String)
 
 async fn start_bearer(expires_in: u64) -> (TestServer, Arc<BearerRegistry>, Arc<Vec<u8>>) {
     let blob = Arc::new(make_blob(40_000, 5));
-    let state = Arc::new(BearerRegistry { generation: AtomicUsize::new(1), tokens_issued: AtomicUsize::new(0), unauthorized: AtomicUsize::new(0), expires_in });
+    let state = Arc::new(BearerRegistry {
+        generation: AtomicUsize::new(1),
+        tokens_issued: AtomicUsize::new(0),
+        unauthorized: AtomicUsize::new(0),
+        expires_in,
+    });
     // The realm needs the port, known only after binding: bind, then serve through a cell.
     let realm = Arc::new(parking_lot::Mutex::new(String::new()));
     let server = TestServer::start({
@@ -195,7 +273,11 @@ async fn bearer_token_is_fetched_cached_and_refreshed_on_401() {
         .await
         .unwrap();
     check_reads(&src, &blob).await;
-    assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 1, "one token for all reads");
+    assert_eq!(
+        state.tokens_issued.load(Ordering::SeqCst),
+        1,
+        "one token for all reads"
+    );
 
     // The registry revokes the token: the next read gets a 401, fetches a new token, succeeds.
     state.generation.store(2, Ordering::SeqCst);
@@ -214,7 +296,11 @@ async fn bearer_token_is_renewed_before_it_expires() {
     let rejected = state.unauthorized.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(&src.read_at(0, 10).await.unwrap()[..], &blob[..10]);
-    assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 2, "a fresh token after expiry");
+    assert_eq!(
+        state.tokens_issued.load(Ordering::SeqCst),
+        2,
+        "a fresh token after expiry"
+    );
     // Only the anonymous probe of the re-resolution is rejected, no data request with a stale token.
     assert_eq!(state.unauthorized.load(Ordering::SeqCst), rejected + 1);
 }
@@ -246,28 +332,49 @@ async fn redirect_to_other_host_drops_authorization_and_is_cached() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let src = client(cred_file(&dir, &registry.addr.to_string(), "alice", "s3cret"))
-        .open_blob(&format!("{}{REPO}", registry.url()), "sha256:dd", None)
-        .await
-        .unwrap();
+    let src = client(cred_file(
+        &dir,
+        &registry.addr.to_string(),
+        "alice",
+        "s3cret",
+    ))
+    .open_blob(&format!("{}{REPO}", registry.url()), "sha256:dd", None)
+    .await
+    .unwrap();
     assert_eq!(src.size(), 60_000);
     let before = registry.requests().len();
     check_reads(&src, &blob).await;
-    assert_eq!(registry.requests().len(), before, "redirect target reused for later reads");
-    assert!(storage.requests().iter().all(|r| r.header("authorization").is_none()), "Authorization leaked to storage");
+    assert_eq!(
+        registry.requests().len(),
+        before,
+        "redirect target reused for later reads"
+    );
+    assert!(
+        storage
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "Authorization leaked to storage"
+    );
 
     // The signed URL expires: the client asks the registry again and carries on.
     expired.store(1, Ordering::SeqCst);
     assert_eq!(&src.read_at(5, 50).await.unwrap()[..], &blob[5..55]);
     assert!(registry.requests().len() > before);
-    assert!(storage.requests().iter().all(|r| r.header("authorization").is_none()));
+    assert!(storage
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
 }
 
 /// Which reply (if any) replaces the normal answer to the n-th data request.
 type Script = Box<dyn Fn(usize) -> Option<Reply> + Send + Sync>;
 
 /// A blob server whose data answers (not the size probe) are scripted per request number.
-async fn faulty(blob: Arc<Vec<u8>>, script: impl Fn(usize) -> Option<Reply> + Send + Sync + 'static) -> (TestServer, Arc<AtomicUsize>) {
+async fn faulty(
+    blob: Arc<Vec<u8>>,
+    script: impl Fn(usize) -> Option<Reply> + Send + Sync + 'static,
+) -> (TestServer, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
     let server = TestServer::start({
         let n = Arc::clone(&n);
@@ -292,14 +399,34 @@ async fn transient_faults_are_retried() {
         ("reset", Box::new(|i| (i == 0).then_some(Reply::Reset))),
         ("500", Box::new(|i| (i == 0).then(|| Reply::status(500)))),
         ("429", Box::new(|i| (i == 0).then(|| Reply::status(429)))),
-        ("truncated", Box::new(|i| (i == 0).then(|| Reply::Truncated { status: 206, headers: vec![("Content-Range".into(), "bytes 100-1099/20000".into())], declared: 1000, body: vec![0; 10] }))),
+        (
+            "truncated",
+            Box::new(|i| {
+                (i == 0).then(|| Reply::Truncated {
+                    status: 206,
+                    headers: vec![("Content-Range".into(), "bytes 100-1099/20000".into())],
+                    declared: 1000,
+                    body: vec![0; 10],
+                })
+            }),
+        ),
     ];
     for (name, script) in scripts {
         let (server, data_requests) = faulty(Arc::clone(&blob), script).await;
-        let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None).await.unwrap();
-        let got = src.read_at(100, 1000).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let src = client(CredentialStore::anonymous())
+            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+            .await
+            .unwrap();
+        let got = src
+            .read_at(100, 1000)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&got[..], &blob[100..1100], "{name}");
-        assert_eq!(data_requests.load(Ordering::SeqCst), 2, "{name}: one failure, one retry");
+        assert_eq!(
+            data_requests.load(Ordering::SeqCst),
+            2,
+            "{name}: one failure, one retry"
+        );
     }
 }
 
@@ -307,20 +434,57 @@ async fn transient_faults_are_retried() {
 async fn persistent_faults_give_a_clean_bounded_error() {
     let blob = Arc::new(make_blob(20_000, 8));
     let cases: Vec<(&str, Script, io::ErrorKind)> = vec![
-        ("500", Box::new(|_| Some(Reply::status(500))), io::ErrorKind::Other),
-        ("reset", Box::new(|_| Some(Reply::Reset)), io::ErrorKind::Other),
-        ("truncated", Box::new(|_| Some(Reply::Truncated { status: 200, headers: vec![], declared: 20_000, body: vec![1; 100] })), io::ErrorKind::Other),
-        ("stall", Box::new(|_| Some(Reply::Stall(Duration::from_secs(10)))), io::ErrorKind::TimedOut),
+        (
+            "500",
+            Box::new(|_| Some(Reply::status(500))),
+            io::ErrorKind::Other,
+        ),
+        (
+            "reset",
+            Box::new(|_| Some(Reply::Reset)),
+            io::ErrorKind::Other,
+        ),
+        (
+            "truncated",
+            Box::new(|_| {
+                Some(Reply::Truncated {
+                    status: 200,
+                    headers: vec![],
+                    declared: 20_000,
+                    body: vec![1; 100],
+                })
+            }),
+            io::ErrorKind::Other,
+        ),
+        (
+            "stall",
+            Box::new(|_| Some(Reply::Stall(Duration::from_secs(10)))),
+            io::ErrorKind::TimedOut,
+        ),
     ];
     for (name, script, kind) in cases {
         let (server, data_requests) = faulty(Arc::clone(&blob), script).await;
-        let src = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None).await.unwrap();
+        let src = client(CredentialStore::anonymous())
+            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+            .await
+            .unwrap();
         let start = Instant::now();
         let err = src.read_at(0, 5000).await.unwrap_err();
         assert_eq!(err.kind(), kind, "{name}: {err}");
-        assert!(err.to_string().contains("after 3 attempts"), "{name}: {err}");
-        assert_eq!(data_requests.load(Ordering::SeqCst), 3, "{name}: retries are bounded");
-        assert!(start.elapsed() < Duration::from_secs(8), "{name}: took {:?}", start.elapsed());
+        assert!(
+            err.to_string().contains("after 3 attempts"),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            data_requests.load(Ordering::SeqCst),
+            3,
+            "{name}: retries are bounded"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{name}: took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -352,22 +516,50 @@ async fn cached_layer_caches_only_good_data_and_shares_by_digest() {
     .await;
     let cache_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-    let layer = RemoteLayer { repo_blob_url: &format!("{}{REPO}", server.url()), digest: &digest, size: Some(50_000), dir: None, download: None };
+    let layer = RemoteLayer {
+        repo_blob_url: &format!("{}{REPO}", server.url()),
+        digest: &digest,
+        size: Some(50_000),
+        dir: None,
+        download: None,
+    };
     let src = layers.open(&layer).await.unwrap();
     assert!(src.read_at(9000, 10).await.is_err());
-    assert_eq!(layers.tiers().memory_used(), 0, "a failed read caches nothing");
+    assert_eq!(
+        layers.tiers().memory_used(),
+        0,
+        "a failed read caches nothing"
+    );
     assert_eq!(&src.read_at(9000, 10).await.unwrap()[..], &blob[9000..9010]);
 
     // A second image with the same layer, in another repository, reads from the cache.
     server.clear();
-    let other = RemoteLayer { repo_blob_url: &format!("{}/v2/other/blobs", server.url()), ..layer };
+    let other = RemoteLayer {
+        repo_blob_url: &format!("{}/v2/other/blobs", server.url()),
+        ..layer
+    };
     let src2 = layers.open(&other).await.unwrap();
-    assert_eq!(&src2.read_at(8200, 4000).await.unwrap()[..], &blob[8200..12200]);
-    assert!(server.requests().iter().all(|r| r.header("range") == Some("bytes=0-0")), "only the open probes went out");
+    assert_eq!(
+        &src2.read_at(8200, 4000).await.unwrap()[..],
+        &blob[8200..12200]
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.header("range") == Some("bytes=0-0")),
+        "only the open probes went out"
+    );
 
     // The layer config's size must match the registry's.
-    let wrong = RemoteLayer { size: Some(49_999), ..layer };
-    assert_eq!(layers.open(&wrong).await.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+    let wrong = RemoteLayer {
+        size: Some(49_999),
+        ..layer
+    };
+    assert_eq!(
+        layers.open(&wrong).await.err().map(|e| e.kind()),
+        Some(io::ErrorKind::InvalidData)
+    );
 }
 
 #[tokio::test]
@@ -378,7 +570,13 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     let expected_target = format!("/accelerator/{}{REPO}/{digest}", registry.url());
     let proxy = TestServer::start({
         let (blob, expected) = (Arc::clone(&blob), expected_target.clone());
-        move |req| if req.target == expected { serve_range(req, &blob) } else { Reply::status(404) }
+        move |req| {
+            if req.target == expected {
+                serve_range(req, &blob)
+            } else {
+                Reply::status(404)
+            }
+        }
     })
     .await;
     let cache_dir = tempfile::tempdir().unwrap();
@@ -386,11 +584,30 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     settings.p2p_config.enable = true;
     settings.p2p_config.address = format!("{}/accelerator", proxy.url());
     let layers = RemoteLayers::new(settings).unwrap();
-    let src = layers.open(&RemoteLayer { repo_blob_url: &format!("{}{REPO}", registry.url()), digest: &digest, size: None, dir: None, download: None }).await.unwrap();
+    let src = layers
+        .open(&RemoteLayer {
+            repo_blob_url: &format!("{}{REPO}", registry.url()),
+            digest: &digest,
+            size: None,
+            dir: None,
+            download: None,
+        })
+        .await
+        .unwrap();
     check_reads(src.as_ref(), &blob).await;
-    assert!(proxy.requests().len() >= 6 && proxy.requests().iter().all(|r| r.target == expected_target));
-    assert_eq!(registry.requests().len(), 1, "only the authorization probe goes to the registry");
-    assert_eq!(layers.tiers().memory_used(), 0, "P2P reads bypass the local cache");
+    assert!(
+        proxy.requests().len() >= 6 && proxy.requests().iter().all(|r| r.target == expected_target)
+    );
+    assert_eq!(
+        registry.requests().len(),
+        1,
+        "only the authorization probe goes to the registry"
+    );
+    assert_eq!(
+        layers.tiers().memory_used(),
+        0,
+        "P2P reads bypass the local cache"
+    );
 
     // An unreachable proxy (nothing listens) falls back to direct, cached reads.
     let dead = TcpListenerGone::port().await;
@@ -398,7 +615,16 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     settings.p2p_config.enable = true;
     settings.p2p_config.address = format!("http://127.0.0.1:{dead}/accelerator");
     let layers = RemoteLayers::new(settings).unwrap();
-    let src = layers.open(&RemoteLayer { repo_blob_url: &format!("{}{REPO}", registry.url()), digest: &digest, size: None, dir: None, download: None }).await.unwrap();
+    let src = layers
+        .open(&RemoteLayer {
+            repo_blob_url: &format!("{}{REPO}", registry.url()),
+            digest: &digest,
+            size: None,
+            dir: None,
+            download: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
 }
 
@@ -420,28 +646,57 @@ async fn http_proxy_setting_routes_requests() {
     let mut cfg = http_config();
     cfg.proxy = proxy.url();
     let c = RegistryClient::new(cfg, "t", CredentialStore::anonymous()).unwrap();
-    let src = c.open_blob("http://registry.invalid:5000/v2/team/app/blobs", "sha256:ff", None).await.unwrap();
+    let src = c
+        .open_blob(
+            "http://registry.invalid:5000/v2/team/app/blobs",
+            "sha256:ff",
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(&src.read_at(10, 10).await.unwrap()[..], &blob[10..20]);
-    assert!(proxy.requests().iter().all(|r| r.target == "http://registry.invalid:5000/v2/team/app/blobs/sha256:ff"));
+    assert!(proxy
+        .requests()
+        .iter()
+        .all(|r| r.target == "http://registry.invalid:5000/v2/team/app/blobs/sha256:ff"));
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Opens the server's blob with background download into a fresh layer folder (no delay,
 /// no rate limit, 2 attempts, 16 KiB reads); the folders live as long as the returned guards.
-async fn open_with_download(server: &TestServer, digest: &str) -> (Arc<dyn LayerSource>, tempfile::TempDir, tempfile::TempDir) {
+async fn open_with_download(
+    server: &TestServer,
+    digest: &str,
+) -> (Arc<dyn LayerSource>, tempfile::TempDir, tempfile::TempDir) {
     let cache_dir = tempfile::tempdir().unwrap();
     let layer_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-    let download = DownloadConfig { enable: true, delay: 0, delay_extra: 1, max_mbps: 0, try_cnt: 2, block_size: 16384 };
+    let download = DownloadConfig {
+        enable: true,
+        delay: 0,
+        delay_extra: 1,
+        max_mbps: 0,
+        try_cnt: 2,
+        block_size: 16384,
+    };
     let url = format!("{}{REPO}", server.url());
-    let layer = RemoteLayer { repo_blob_url: &url, digest, size: None, dir: Some(layer_dir.path()), download: Some(&download) };
+    let layer = RemoteLayer {
+        repo_blob_url: &url,
+        digest,
+        size: None,
+        dir: Some(layer_dir.path()),
+        download: Some(&download),
+    };
     (layers.open(&layer).await.unwrap(), layer_dir, cache_dir)
 }
 
@@ -458,7 +713,10 @@ async fn background_download_switches_to_local_copy() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.clear();
     check_reads(src.as_ref(), &blob).await;
-    assert!(server.requests().is_empty(), "reads are served locally after the download");
+    assert!(
+        server.requests().is_empty(),
+        "reads are served locally after the download"
+    );
 }
 
 #[tokio::test]
@@ -471,10 +729,22 @@ async fn background_download_rejects_flipped_bytes() {
     let server = blob_server(&bad).await;
     let (src, layer_dir, _cache_dir) = open_with_download(&server, &digest).await;
     // Two full downloads (4 blocks each) after the open probe.
-    let full_reads = |s: &TestServer| s.requests().iter().filter(|r| r.header("range") != Some("bytes=0-0")).count();
-    wait_for(|| full_reads(&server) >= 8 && !layer_dir.path().join(".download").exists(), "two download attempts").await;
+    let full_reads = |s: &TestServer| {
+        s.requests()
+            .iter()
+            .filter(|r| r.header("range") != Some("bytes=0-0"))
+            .count()
+    };
+    wait_for(
+        || full_reads(&server) >= 8 && !layer_dir.path().join(".download").exists(),
+        "two download attempts",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!layer_dir.path().join("overlaybd.commit").exists(), "a blob that fails its digest is never committed");
+    assert!(
+        !layer_dir.path().join("overlaybd.commit").exists(),
+        "a blob that fails its digest is never committed"
+    );
     assert!(!layer_dir.path().join(".download").exists());
     // Reads stay remote (and return what the server has; the ZFile CRC layer above catches it).
     server.clear();
@@ -489,18 +759,38 @@ async fn disk_cache_survives_restart_over_http() {
     let server = blob_server(&blob).await;
     let cache_dir = tempfile::tempdir().unwrap();
     let url = format!("{}{REPO}", server.url());
-    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: None, download: None };
+    let layer = RemoteLayer {
+        repo_blob_url: &url,
+        digest: &digest,
+        size: None,
+        dir: None,
+        download: None,
+    };
     {
         let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-        layers.open(&layer).await.unwrap().read_at(0, 40_000).await.unwrap();
+        layers
+            .open(&layer)
+            .await
+            .unwrap()
+            .read_at(0, 40_000)
+            .await
+            .unwrap();
     }
     server.clear();
     let tiers = CacheTiers::from_settings(&settings_for(cache_dir.path()).cache()).unwrap();
     assert!(tiers.disk_used() >= 40_000);
-    let layers = RemoteLayers::with_parts(settings_for(cache_dir.path()), client(CredentialStore::anonymous()), tiers);
+    let layers = RemoteLayers::with_parts(
+        settings_for(cache_dir.path()),
+        client(CredentialStore::anonymous()),
+        tiers,
+    );
     let src = layers.open(&layer).await.unwrap();
     check_reads(src.as_ref(), &blob).await;
-    assert_eq!(server.requests().len(), 1, "only the open probe after a restart");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "only the open probe after a restart"
+    );
 }
 
 #[tokio::test]
@@ -511,18 +801,46 @@ async fn two_devices_sharing_a_layer_download_it_once() {
     let cache_dir = tempfile::tempdir().unwrap();
     let layer_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-    let download = DownloadConfig { enable: true, delay: 0, delay_extra: 1, max_mbps: 0, try_cnt: 2, block_size: 16384 };
+    let download = DownloadConfig {
+        enable: true,
+        delay: 0,
+        delay_extra: 1,
+        max_mbps: 0,
+        try_cnt: 2,
+        block_size: 16384,
+    };
     let url = format!("{}{REPO}", server.url());
-    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: Some(layer_dir.path()), download: Some(&download) };
-    let (a, b) = (layers.open(&layer).await.unwrap(), layers.open(&layer).await.unwrap());
-    let data_reads = |s: &TestServer| s.requests().iter().filter(|r| r.header("range") != Some("bytes=0-0")).count();
-    wait_for(|| layer_dir.path().join("overlaybd.commit").exists(), "overlaybd.commit").await;
+    let layer = RemoteLayer {
+        repo_blob_url: &url,
+        digest: &digest,
+        size: None,
+        dir: Some(layer_dir.path()),
+        download: Some(&download),
+    };
+    let (a, b) = (
+        layers.open(&layer).await.unwrap(),
+        layers.open(&layer).await.unwrap(),
+    );
+    let data_reads = |s: &TestServer| {
+        s.requests()
+            .iter()
+            .filter(|r| r.header("range") != Some("bytes=0-0"))
+            .count()
+    };
+    wait_for(
+        || layer_dir.path().join("overlaybd.commit").exists(),
+        "overlaybd.commit",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(data_reads(&server), 4, "one download of 4 blocks");
     server.clear();
     check_reads(a.as_ref(), &blob).await;
     check_reads(b.as_ref(), &blob).await;
-    assert!(server.requests().is_empty(), "both devices read the local copy");
+    assert!(
+        server.requests().is_empty(),
+        "both devices read the local copy"
+    );
 }
 
 #[tokio::test]
@@ -542,13 +860,27 @@ async fn credential_service_mode_supplies_basic_credentials() {
     settings.credential_config.mode = "http".into();
     settings.credential_config.path = format!("{}/auth", creds.url());
     settings.http_config = http_config();
-    let src = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap();
+    let src = RegistryClient::from_settings(&settings)
+        .unwrap()
+        .open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None)
+        .await
+        .unwrap();
     check_reads(&src, &blob).await;
     let asked = creds.requests();
     assert!(!asked.is_empty());
-    assert!(asked.iter().all(|r| r.target == format!("/auth?remote_url={}{REPO}/sha256:ab", registry.url())), "{:?}", asked[0].target);
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.target == format!("/auth?remote_url={}{REPO}/sha256:ab", registry.url())),
+        "{:?}",
+        asked[0].target
+    );
 
     settings.credential_config.path = format!("{}/refuse", creds.url());
-    let err = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap_err();
+    let err = RegistryClient::from_settings(&settings)
+        .unwrap()
+        .open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("success=false"), "{err}");
 }

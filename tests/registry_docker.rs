@@ -44,10 +44,17 @@ struct Pki {
 }
 
 fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
@@ -57,8 +64,14 @@ fn make_pki(dir: &Path) -> Pki {
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_pem, server_key_pem) = leaf(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_pem, client_key_pem) = leaf(vec!["overlaybd-client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let (server_pem, server_key_pem) = leaf(
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_pem, client_key_pem) = leaf(
+        vec!["overlaybd-client".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -103,7 +116,10 @@ async fn start_registry(opts: Options<'_>, probe: &reqwest::Client) -> Registry 
         let hash = bcrypt::hash(pass, 5).unwrap();
         let file = dir.path().join("htpasswd");
         std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
-        config.push_str(&format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", file.display()));
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+            file.display()
+        ));
     }
     let config_path = dir.path().join("config.yml");
     std::fs::write(&config_path, config).unwrap();
@@ -123,10 +139,17 @@ async fn start_registry(opts: Options<'_>, probe: &reqwest::Client) -> Registry 
         if probe.get(format!("{url}/v2/")).send().await.is_ok() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "docker-registry did not start on {url}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "docker-registry did not start on {url}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Registry { child, url, _dir: dir }
+    Registry {
+        child,
+        url,
+        _dir: dir,
+    }
 }
 
 fn blob(len: usize) -> Vec<u8> {
@@ -137,14 +160,27 @@ fn settings(cache_dir: &Path) -> DaemonSettings {
     let mut s = DaemonSettings::default();
     s.cache_config.cache_type = "file".into();
     s.cache_config.cache_dir = cache_dir.display().to_string();
-    s.http_config = HttpConfig { retries: 1, request_timeout_ms: 10_000, ..HttpConfig::default() };
+    s.http_config = HttpConfig {
+        retries: 1,
+        request_timeout_ms: 10_000,
+        ..HttpConfig::default()
+    };
     s
 }
 
 async fn check_reads(src: &dyn LayerSource, data: &[u8]) {
     assert_eq!(src.size(), data.len() as u64);
-    for (off, len) in [(0usize, 1usize), (100, 5000), (262_143, 2), (data.len() - 7, 7), (0, data.len())] {
-        let got = src.read_at(off as u64, len).await.unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
+    for (off, len) in [
+        (0usize, 1usize),
+        (100, 5000),
+        (262_143, 2),
+        (data.len() - 7, 7),
+        (0, data.len()),
+    ] {
+        let got = src
+            .read_at(off as u64, len)
+            .await
+            .unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
         assert_eq!(&got[..], &data[off..off + len], "read {off}+{len}");
     }
 }
@@ -153,51 +189,119 @@ async fn check_reads(src: &dyn LayerSource, data: &[u8]) {
 async fn docker_registry_anonymous_push_and_ranged_reads() {
     let reg = start_registry(Options::default(), &reqwest::Client::new()).await;
     let data = blob(700_000);
-    let digest = push_blob(&reqwest::Client::new(), &reg.url, "team/app", data.clone(), None).await.unwrap();
+    let digest = push_blob(
+        &reqwest::Client::new(),
+        &reg.url,
+        "team/app",
+        data.clone(),
+        None,
+    )
+    .await
+    .unwrap();
 
     // Uncached source: every read is a ranged GET against the registry.
-    let client = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
-    let direct = client.open_blob(&format!("{}/v2/team/app/blobs", reg.url), &digest, None).await.unwrap();
+    let client =
+        RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
+    let direct = client
+        .open_blob(&format!("{}/v2/team/app/blobs", reg.url), &digest, None)
+        .await
+        .unwrap();
     check_reads(&direct, &data).await;
 
     // Through the cache tiers, as the image side opens it.
     let cache_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings(cache_dir.path())).unwrap();
     let url = format!("{}/v2/team/app/blobs/", reg.url);
-    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: Some(700_000), dir: None, download: None };
+    let layer = RemoteLayer {
+        repo_blob_url: &url,
+        digest: &digest,
+        size: Some(700_000),
+        dir: None,
+        download: None,
+    };
     check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
     assert!(layers.tiers().disk_used() >= 700_000);
 
-    let missing = RemoteLayer { digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000", size: None, ..layer };
-    assert_eq!(layers.open(&missing).await.err().map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+    let missing = RemoteLayer {
+        digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        size: None,
+        ..layer
+    };
+    assert_eq!(
+        layers.open(&missing).await.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::NotFound)
+    );
 }
 
 #[tokio::test]
 async fn docker_registry_htpasswd_basic_auth() {
-    let reg = start_registry(Options { htpasswd: Some(("carol", "pa55word")), ..Options::default() }, &reqwest::Client::new()).await;
+    let reg = start_registry(
+        Options {
+            htpasswd: Some(("carol", "pa55word")),
+            ..Options::default()
+        },
+        &reqwest::Client::new(),
+    )
+    .await;
     let data = blob(300_000);
-    let creds = Credentials { username: "carol".into(), password: "pa55word".into() };
+    let creds = Credentials {
+        username: "carol".into(),
+        password: "pa55word".into(),
+    };
     let http = reqwest::Client::new();
-    assert!(push_blob(&http, &reg.url, "private/app", data.clone(), None).await.is_err(), "anonymous push refused");
-    let digest = push_blob(&http, &reg.url, "private/app", data.clone(), Some(&creds)).await.unwrap();
+    assert!(
+        push_blob(&http, &reg.url, "private/app", data.clone(), None)
+            .await
+            .is_err(),
+        "anonymous push refused"
+    );
+    let digest = push_blob(&http, &reg.url, "private/app", data.clone(), Some(&creds))
+        .await
+        .unwrap();
 
     let host = reg.url.trim_start_matches("http://");
     let dir = tempfile::tempdir().unwrap();
     let cred_json = dir.path().join("cred.json");
-    std::fs::write(&cred_json, format!(r#"{{"auths": {{"{host}/private": {{"username": "carol", "password": "pa55word"}}}}}}"#)).unwrap();
+    std::fs::write(
+        &cred_json,
+        format!(
+            r#"{{"auths": {{"{host}/private": {{"username": "carol", "password": "pa55word"}}}}}}"#
+        ),
+    )
+    .unwrap();
     let repo_url = format!("{}/v2/private/app/blobs", reg.url);
 
-    let client = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::from_files(vec![cred_json.clone()])).unwrap();
+    let client = RegistryClient::new(
+        HttpConfig::default(),
+        "test",
+        CredentialStore::from_files(vec![cred_json.clone()]),
+    )
+    .unwrap();
     let src = Arc::new(client.open_blob(&repo_url, &digest, None).await.unwrap());
     check_reads(src.as_ref(), &data).await;
 
-    let anonymous = RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
-    let err = anonymous.open_blob(&repo_url, &digest, None).await.unwrap_err();
+    let anonymous =
+        RegistryClient::new(HttpConfig::default(), "test", CredentialStore::anonymous()).unwrap();
+    let err = anonymous
+        .open_blob(&repo_url, &digest, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
 
-    std::fs::write(&cred_json, format!(r#"{{"auths": {{"{host}": {{"username": "carol", "password": "wrong"}}}}}}"#)).unwrap();
-    let err = client.open_blob(&repo_url, &digest, None).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "re-read credentials are used: {err}");
+    std::fs::write(
+        &cred_json,
+        format!(r#"{{"auths": {{"{host}": {{"username": "carol", "password": "wrong"}}}}}}"#),
+    )
+    .unwrap();
+    let err = client
+        .open_blob(&repo_url, &digest, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "re-read credentials are used: {err}"
+    );
 }
 
 #[tokio::test]
@@ -210,21 +314,44 @@ async fn docker_registry_over_tls_with_client_certificate() {
     settings.cert_config.cert_file = pki.client_cert.display().to_string();
     settings.cert_config.key_file = pki.client_key.display().to_string();
     let client = RegistryClient::from_settings(&settings).unwrap();
-    let reg = start_registry(Options { tls: Some(&pki), ..Options::default() }, client.http()).await;
+    let reg = start_registry(
+        Options {
+            tls: Some(&pki),
+            ..Options::default()
+        },
+        client.http(),
+    )
+    .await;
     let data = blob(300_000);
-    let digest = push_blob(client.http(), &reg.url, "secure/app", data.clone(), None).await.unwrap();
+    let digest = push_blob(client.http(), &reg.url, "secure/app", data.clone(), None)
+        .await
+        .unwrap();
 
     let layers = RemoteLayers::new(settings.clone()).unwrap();
     let url = format!("{}/v2/secure/app/blobs", reg.url);
-    let layer = RemoteLayer { repo_blob_url: &url, digest: &digest, size: None, dir: None, download: None };
+    let layer = RemoteLayer {
+        repo_blob_url: &url,
+        digest: &digest,
+        size: None,
+        dir: None,
+        download: None,
+    };
     check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
 
     // Without the client certificate the TLS handshake is refused; without our CA the
     // server is not trusted. Both are clean errors at open.
     let mut no_cert = settings.clone();
     no_cert.cert_config = Default::default();
-    assert!(RemoteLayers::new(no_cert).unwrap().open(&layer).await.is_err());
+    assert!(RemoteLayers::new(no_cert)
+        .unwrap()
+        .open(&layer)
+        .await
+        .is_err());
     let mut no_ca = settings;
     no_ca.http_config.ca_file.clear();
-    assert!(RemoteLayers::new(no_ca).unwrap().open(&layer).await.is_err());
+    assert!(RemoteLayers::new(no_ca)
+        .unwrap()
+        .open(&layer)
+        .await
+        .is_err());
 }

@@ -4,6 +4,14 @@
 //! implement it. Offsets and lengths are in bytes; the SCSI layer only issues requests that are
 //! aligned to [`BlockDevice::block_size`] and inside [`BlockDevice::size`].
 
+pub mod file;
+pub mod ram;
+mod size;
+
+pub use file::FileDevice;
+pub use ram::RamDevice;
+pub use size::{parse_size, SizeError};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -86,4 +94,12 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Provisioning state of the run starting at `offset`.
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus>;
+}
+
+/// Checks that `[offset, offset+len)` lies inside a device of `size` bytes (overflow-safe).
+pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> BlockResult<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BlockError::OutOfRange { offset, len, size }),
+    }
 }

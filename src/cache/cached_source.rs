@@ -70,7 +70,10 @@ impl CacheTiers {
     /// unit `unit` bytes (a power of two, at least 512).
     pub fn new(memory_bytes: u64, disk: Option<DiskTier>, unit: u64) -> io::Result<Arc<Self>> {
         if unit < 512 || !unit.is_power_of_two() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refill unit {unit} is not a power of two >= 512")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("refill unit {unit} is not a power of two >= 512"),
+            ));
         }
         Ok(Arc::new(Self {
             memory: MemoryTier::new(memory_bytes, unit),
@@ -84,7 +87,11 @@ impl CacheTiers {
     /// Tiers for the daemon's cache settings; the disk tier lives in the cache folder (none
     /// when its size is 0).
     pub fn from_settings(cache: &EffectiveCache) -> io::Result<Arc<Self>> {
-        let disk = if cache.disk_bytes > 0 { Some(DiskTier::open(&cache.dir, cache.disk_bytes)?) } else { None };
+        let disk = if cache.disk_bytes > 0 {
+            Some(DiskTier::open(&cache.dir, cache.disk_bytes)?)
+        } else {
+            None
+        };
         Self::new(cache.memory_bytes, disk, cache.refill_size)
     }
 
@@ -119,11 +126,16 @@ impl CacheTiers {
     async fn disk_get(&self, key: &UnitKey, expected: usize) -> Option<Bytes> {
         let disk = self.disk.clone()?;
         let (key, unit) = (key.clone(), self.unit);
-        tokio::task::spawn_blocking(move || disk.get(&key, unit, expected)).await.ok().flatten()
+        tokio::task::spawn_blocking(move || disk.get(&key, unit, expected))
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn disk_put(&self, key: UnitKey, data: Bytes) {
-        let Some(disk) = self.disk.clone() else { return };
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
         let unit = self.unit;
         let result = tokio::task::spawn_blocking(move || disk.put(&key, unit, &data)).await;
         // A full or broken cache disk must not fail the read that already has its data.
@@ -144,7 +156,10 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut inflight = self.tiers.inflight.lock();
-        if inflight.get(&self.key).is_some_and(|rx| rx.same_channel(&self.tx.subscribe())) {
+        if inflight
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
             inflight.remove(&self.key);
         }
     }
@@ -169,7 +184,13 @@ impl CachedSource {
     /// Caches `inner` (a blob named by `digest`) in `tiers`.
     pub fn new(inner: Arc<dyn LayerSource>, digest: &str, tiers: Arc<CacheTiers>) -> Self {
         let size = inner.size();
-        Self { inner, blob: BlobId::from_digest(digest), tiers, size, local: RwLock::new(None) }
+        Self {
+            inner,
+            blob: BlobId::from_digest(digest),
+            tiers,
+            size,
+            local: RwLock::new(None),
+        }
     }
 
     /// The uncached source behind the tiers.
@@ -198,7 +219,10 @@ impl CachedSource {
     }
 
     fn key(&self, index: u64) -> UnitKey {
-        UnitKey { blob: self.blob.clone(), index }
+        UnitKey {
+            blob: self.blob.clone(),
+            index,
+        }
     }
 
     /// Looks the unit up in memory, then claims it or joins the reader already fetching it.
@@ -214,12 +238,18 @@ impl CachedSource {
         }
         let (tx, rx) = watch::channel(None);
         inflight.insert(key.clone(), rx);
-        Slot::Mine(Claim { key, tx, tiers: Arc::clone(&self.tiers) })
+        Slot::Mine(Claim {
+            key,
+            tx,
+            tiers: Arc::clone(&self.tiers),
+        })
     }
 
     /// Fetches a run of adjacent claimed units in one request and publishes each unit.
     async fn fetch_run(&self, claims: Vec<Claim>) -> io::Result<Vec<Bytes>> {
-        let Some(first) = claims.first().map(|c| c.key.index) else { return Ok(Vec::new()) };
+        let Some(first) = claims.first().map(|c| c.key.index) else {
+            return Ok(Vec::new());
+        };
         let start = first * self.tiers.unit;
         let len: usize = claims.iter().map(|c| self.unit_len(c.key.index)).sum();
         bump(&self.tiers.counters.source_requests, 1);
@@ -229,7 +259,14 @@ impl CachedSource {
                 d
             }
             Ok(d) => {
-                let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: source returned {} of {len} bytes", self.describe(), d.len()));
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: source returned {} of {len} bytes",
+                        self.describe(),
+                        d.len()
+                    ),
+                );
                 publish_error(&claims, &e);
                 return Err(e);
             }
@@ -245,7 +282,11 @@ impl CachedSource {
             let n = self.unit_len(claim.key.index);
             // Units of a merged fetch get their own buffers: a slice would keep the whole
             // fetch alive after its siblings are evicted, beyond the memory tier's bound.
-            let unit = if merged { Bytes::copy_from_slice(&data[at..at + n]) } else { data.slice(at..at + n) };
+            let unit = if merged {
+                Bytes::copy_from_slice(&data[at..at + n])
+            } else {
+                data.slice(at..at + n)
+            };
             at += n;
             self.tiers.memory.insert(claim.key.clone(), unit.clone());
             claim.tx.send_replace(Some(Ok(unit.clone())));
@@ -277,7 +318,12 @@ impl CachedSource {
         }
     }
 
-    async fn read_local(&self, file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    async fn read_local(
+        &self,
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Bytes> {
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let mut buf = vec![0u8; len];
@@ -303,9 +349,19 @@ impl LayerSource for CachedSource {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = offset.checked_add(len as u64).filter(|e| *e <= self.size).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: read {offset}+{len} past the end ({})", self.describe(), self.size))
-        })?;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: read {offset}+{len} past the end ({})",
+                        self.describe(),
+                        self.size
+                    ),
+                )
+            })?;
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -321,7 +377,10 @@ impl LayerSource for CachedSource {
             if got.is_some() {
                 bump(&self.tiers.counters.memory_hits, 1);
             } else {
-                got = self.tiers.disk_get(&self.key(index), self.unit_len(index)).await;
+                got = self
+                    .tiers
+                    .disk_get(&self.key(index), self.unit_len(index))
+                    .await;
                 if let Some(b) = &got {
                     bump(&self.tiers.counters.disk_hits, 1);
                     self.tiers.memory.insert(self.key(index), b.clone());
@@ -365,7 +424,9 @@ impl LayerSource for CachedSource {
                 }
             }
             for (i, mut rx) in waits {
-                let Ok(value) = rx.wait_for(Option::is_some).await else { continue };
+                let Ok(value) = rx.wait_for(Option::is_some).await else {
+                    continue;
+                };
                 match value.clone() {
                     Some(Ok(b)) => {
                         bump(&self.tiers.counters.shared_fetches, 1);
@@ -416,7 +477,12 @@ mod tests {
     impl Fake {
         fn new(size: usize, delay: Duration) -> Arc<Self> {
             let data = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
-            Arc::new(Self { data, calls: Mutex::new(Vec::new()), fail_next: AtomicU32::new(0), delay })
+            Arc::new(Self {
+                data,
+                calls: Mutex::new(Vec::new()),
+                fail_next: AtomicU32::new(0),
+                delay,
+            })
         }
         fn calls(&self) -> Vec<(u64, usize)> {
             self.calls.lock().clone()
@@ -435,7 +501,9 @@ mod tests {
                 self.fail_next.fetch_sub(1, Ordering::SeqCst);
                 return Err(io::Error::other("injected failure"));
             }
-            Ok(Bytes::copy_from_slice(&self.data[offset as usize..offset as usize + len]))
+            Ok(Bytes::copy_from_slice(
+                &self.data[offset as usize..offset as usize + len],
+            ))
         }
         fn describe(&self) -> String {
             "fake".into()
@@ -443,7 +511,11 @@ mod tests {
     }
 
     fn cached(fake: &Arc<Fake>, tiers: &Arc<CacheTiers>) -> CachedSource {
-        CachedSource::new(Arc::clone(fake) as Arc<dyn LayerSource>, DIGEST, Arc::clone(tiers))
+        CachedSource::new(
+            Arc::clone(fake) as Arc<dyn LayerSource>,
+            DIGEST,
+            Arc::clone(tiers),
+        )
     }
 
     #[tokio::test]
@@ -451,13 +523,24 @@ mod tests {
         let fake = Fake::new(10_000, Duration::ZERO);
         let tiers = CacheTiers::new(1 << 20, None, 1024).unwrap();
         let src = cached(&fake, &tiers);
-        for (off, len) in [(0usize, 1usize), (1000, 100), (1023, 2), (5000, 3000), (9999, 1), (0, 10_000), (8192, 1808)] {
+        for (off, len) in [
+            (0usize, 1usize),
+            (1000, 100),
+            (1023, 2),
+            (5000, 3000),
+            (9999, 1),
+            (0, 10_000),
+            (8192, 1808),
+        ] {
             let got = src.read_at(off as u64, len).await.unwrap();
             assert_eq!(&got[..], &fake.data[off..off + len], "{off}+{len}");
         }
         for (off, len) in fake.calls() {
             assert_eq!(off % 1024, 0, "aligned");
-            assert!(len % 1024 == 0 || off + len as u64 == 10_000, "whole units or the tail");
+            assert!(
+                len % 1024 == 0 || off + len as u64 == 10_000,
+                "whole units or the tail"
+            );
         }
         assert!(src.read_at(9_999, 2).await.is_err(), "past the end");
         assert_eq!(src.read_at(10_000, 0).await.unwrap().len(), 0);
@@ -486,8 +569,14 @@ mod tests {
         let other = Arc::new(cached(&fake, &tiers));
         let mut tasks = Vec::new();
         for i in 0..8u64 {
-            let s = if i % 2 == 0 { Arc::clone(&src) } else { Arc::clone(&other) };
-            tasks.push(tokio::spawn(async move { s.read_at(i * 10, 100).await.map(|b| (i, b)) }));
+            let s = if i % 2 == 0 {
+                Arc::clone(&src)
+            } else {
+                Arc::clone(&other)
+            };
+            tasks.push(tokio::spawn(async move {
+                s.read_at(i * 10, 100).await.map(|b| (i, b))
+            }));
         }
         for t in tasks {
             let (i, b) = t.await.unwrap().unwrap();
@@ -503,7 +592,12 @@ mod tests {
     async fn a_failed_fetch_caches_nothing_and_waiters_see_the_error() {
         let fake = Fake::new(4096, Duration::from_millis(30));
         let dir = tempfile::tempdir().unwrap();
-        let tiers = CacheTiers::new(1 << 20, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+        let tiers = CacheTiers::new(
+            1 << 20,
+            Some(DiskTier::open(dir.path(), 1 << 20).unwrap()),
+            1024,
+        )
+        .unwrap();
         let src = Arc::new(cached(&fake, &tiers));
         fake.fail_next.store(1, Ordering::SeqCst);
         let (a, b) = tokio::join!(src.read_at(0, 10), src.read_at(5, 10));
@@ -532,9 +626,17 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         leader.abort();
-        let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("waiter hung").unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter hung")
+            .unwrap()
+            .unwrap();
         assert_eq!(&got[..], &fake.data[..10]);
-        assert_eq!(fake.calls().len(), 2, "the waiter fetched after the leader vanished");
+        assert_eq!(
+            fake.calls().len(),
+            2,
+            "the waiter fetched after the leader vanished"
+        );
     }
 
     #[tokio::test]
@@ -542,12 +644,18 @@ mod tests {
         let fake = Fake::new(5000, Duration::ZERO);
         let dir = tempfile::tempdir().unwrap();
         {
-            let tiers = CacheTiers::new(1 << 20, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+            let tiers = CacheTiers::new(
+                1 << 20,
+                Some(DiskTier::open(dir.path(), 1 << 20).unwrap()),
+                1024,
+            )
+            .unwrap();
             cached(&fake, &tiers).read_at(0, 5000).await.unwrap();
         }
         fake.calls.lock().clear();
         // A new process: empty memory, same cache folder, no memory tier at all.
-        let tiers = CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+        let tiers =
+            CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
         let src = cached(&fake, &tiers);
         assert_eq!(&src.read_at(0, 5000).await.unwrap()[..], &fake.data[..]);
         assert!(fake.calls().is_empty(), "all from disk");
@@ -562,12 +670,18 @@ mod tests {
         let fake = Fake::new(8192, Duration::ZERO);
         let dir = tempfile::tempdir().unwrap();
         {
-            let tiers = CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+            let tiers =
+                CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024)
+                    .unwrap();
             cached(&fake, &tiers).read_at(0, 8192).await.unwrap();
         }
-        let tiers = CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 4096).unwrap();
+        let tiers =
+            CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 4096).unwrap();
         let src = cached(&fake, &tiers);
-        assert_eq!(&src.read_at(4096, 4096).await.unwrap()[..], &fake.data[4096..]);
+        assert_eq!(
+            &src.read_at(4096, 4096).await.unwrap()[..],
+            &fake.data[4096..]
+        );
     }
 
     #[tokio::test]
@@ -579,7 +693,10 @@ mod tests {
         std::io::Write::write_all(&mut f, &fake.data).unwrap();
         src.use_local_file(f);
         assert!(src.is_local());
-        assert_eq!(&src.read_at(100, 2000).await.unwrap()[..], &fake.data[100..2100]);
+        assert_eq!(
+            &src.read_at(100, 2000).await.unwrap()[..],
+            &fake.data[100..2100]
+        );
         assert!(fake.calls().is_empty());
     }
 

@@ -42,16 +42,28 @@ fn encode_header(index: u64, unit_size: u64, payload: &[u8]) -> [u8; HEADER_LEN]
 
 /// Checks an entry's bytes; returns the payload range when the entry is whole and is the
 /// unit we expect.
-fn check_entry(bytes: &[u8], index: u64, unit_size: u64, expected_len: usize) -> Result<std::ops::Range<usize>, &'static str> {
+fn check_entry(
+    bytes: &[u8],
+    index: u64,
+    unit_size: u64,
+    expected_len: usize,
+) -> Result<std::ops::Range<usize>, &'static str> {
     let h = bytes.get(..HEADER_LEN).ok_or("short header")?;
-    let word = |r: std::ops::Range<usize>| -> u32 { h.get(r).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes) };
+    let word = |r: std::ops::Range<usize>| -> u32 {
+        h.get(r)
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    };
     if h.get(..8) != Some(MAGIC.as_slice()) {
         return Err("bad magic");
     }
     if crc32c::crc32c(h.get(..28).unwrap_or_default()) != word(28..32) {
         return Err("header CRC mismatch");
     }
-    let got_index = h.get(8..16).and_then(|s| s.try_into().ok()).map_or(u64::MAX, u64::from_le_bytes);
+    let got_index = h
+        .get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .map_or(u64::MAX, u64::from_le_bytes);
     if got_index != index || u64::from(word(16..20)) != unit_size {
         return Err("entry belongs to another unit or unit size");
     }
@@ -60,7 +72,12 @@ fn check_entry(bytes: &[u8], index: u64, unit_size: u64, expected_len: usize) ->
         return Err("length mismatch (torn entry)");
     }
     let payload = HEADER_LEN..HEADER_LEN + len;
-    if crc32c::crc32c(bytes.get(payload.clone()).ok_or("length mismatch (torn entry)")?) != word(24..28) {
+    if crc32c::crc32c(
+        bytes
+            .get(payload.clone())
+            .ok_or("length mismatch (torn entry)")?,
+    ) != word(24..28)
+    {
         return Err("payload CRC mismatch");
     }
     Ok(payload)
@@ -120,12 +137,15 @@ impl DiskTier {
     /// there (oldest modification first in the LRU order), deleting leftover temporary files
     /// and evicting down to `capacity` if it shrank.
     pub fn open(root: &Path, capacity: u64) -> io::Result<Self> {
-        fs::create_dir_all(root).map_err(|e| io::Error::new(e.kind(), format!("cache dir {}: {e}", root.display())))?;
+        fs::create_dir_all(root)
+            .map_err(|e| io::Error::new(e.kind(), format!("cache dir {}: {e}", root.display())))?;
         let mut found: Vec<(SystemTime, UnitKey, u64)> = Vec::new();
         for algo in read_dirs(root)? {
             for blob in read_dirs(&algo)? {
                 let id = format!("{}:{}", file_name(&algo), file_name(&blob));
-                let Some(_) = BlobId::parse(&id) else { continue };
+                let Some(_) = BlobId::parse(&id) else {
+                    continue;
+                };
                 let blob_id = BlobId::from_digest(&id);
                 for entry in fs::read_dir(&blob)? {
                     let entry = entry?;
@@ -135,14 +155,27 @@ impl DiskTier {
                         let _ = fs::remove_file(entry.path());
                         continue;
                     }
-                    let Ok(index) = u64::from_str_radix(&name, 16) else { continue };
+                    let Ok(index) = u64::from_str_radix(&name, 16) else {
+                        continue;
+                    };
                     let meta = entry.metadata()?;
-                    found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), UnitKey { blob: blob_id.clone(), index }, meta.len()));
+                    found.push((
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        UnitKey {
+                            blob: blob_id.clone(),
+                            index,
+                        },
+                        meta.len(),
+                    ));
                 }
             }
         }
         found.sort_by_key(|(t, _, _)| *t);
-        let tier = Self { root: root.to_path_buf(), capacity, index: Mutex::new(Index::default()) };
+        let tier = Self {
+            root: root.to_path_buf(),
+            capacity,
+            index: Mutex::new(Index::default()),
+        };
         {
             let mut idx = tier.index.lock();
             for (_, key, size) in found {
@@ -161,7 +194,10 @@ impl DiskTier {
     /// Path of a unit's entry file.
     pub fn entry_path(&self, key: &UnitKey) -> PathBuf {
         let (algo, hex) = key.blob.parts();
-        self.root.join(algo).join(hex).join(format!("{:016x}", key.index))
+        self.root
+            .join(algo)
+            .join(hex)
+            .join(format!("{:016x}", key.index))
     }
 
     /// The unit's payload if a whole, matching entry exists (`expected_len` bytes for a unit
@@ -199,13 +235,20 @@ impl DiskTier {
     /// Stores a unit, then evicts least recently used units until the tier fits.
     pub fn put(&self, key: &UnitKey, unit_size: u64, payload: &[u8]) -> io::Result<()> {
         let size = (HEADER_LEN + payload.len()) as u64;
-        if size > self.capacity || payload.len() > u32::MAX as usize || unit_size > u64::from(u32::MAX) {
+        if size > self.capacity
+            || payload.len() > u32::MAX as usize
+            || unit_size > u64::from(u32::MAX)
+        {
             return Ok(());
         }
         let path = self.entry_path(key);
         let dir = path.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!("{:016x}{TMP_MARK}{:08x}", key.index, rand::random::<u32>()));
+        let tmp = dir.join(format!(
+            "{:016x}{TMP_MARK}{:08x}",
+            key.index,
+            rand::random::<u32>()
+        ));
         let written = fs::File::create(&tmp).and_then(|mut f| {
             f.write_all(&encode_header(key.index, unit_size, payload))?;
             f.write_all(payload)
@@ -240,7 +283,9 @@ impl DiskTier {
 
     fn evict_locked(&self, idx: &mut Index) {
         while idx.used > self.capacity {
-            let Some((_, key)) = idx.lru.pop_first() else { break };
+            let Some((_, key)) = idx.lru.pop_first() else {
+                break;
+            };
             if let Some((size, _)) = idx.entries.remove(&key) {
                 idx.used -= size;
             }
@@ -261,7 +306,9 @@ fn read_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -269,7 +316,10 @@ mod tests {
     use super::*;
 
     fn key(blob: u8, index: u64) -> UnitKey {
-        UnitKey { blob: BlobId::from_digest(&format!("sha256:{}", format!("{blob:02x}").repeat(32))), index }
+        UnitKey {
+            blob: BlobId::from_digest(&format!("sha256:{}", format!("{blob:02x}").repeat(32))),
+            index,
+        }
     }
 
     #[test]
@@ -277,17 +327,38 @@ mod tests {
         let payload = b"hello unit";
         let mut e = encode_header(7, 4096, payload).to_vec();
         e.extend_from_slice(payload);
-        assert_eq!(&e[check_entry(&e, 7, 4096, payload.len()).unwrap()], payload);
-        assert!(check_entry(&e, 8, 4096, payload.len()).is_err(), "wrong index");
-        assert!(check_entry(&e, 7, 8192, payload.len()).is_err(), "wrong unit size");
-        assert!(check_entry(&e[..e.len() - 1], 7, 4096, payload.len()).is_err(), "torn");
-        assert!(check_entry(&e[..10], 7, 4096, payload.len()).is_err(), "torn header");
+        assert_eq!(
+            &e[check_entry(&e, 7, 4096, payload.len()).unwrap()],
+            payload
+        );
+        assert!(
+            check_entry(&e, 8, 4096, payload.len()).is_err(),
+            "wrong index"
+        );
+        assert!(
+            check_entry(&e, 7, 8192, payload.len()).is_err(),
+            "wrong unit size"
+        );
+        assert!(
+            check_entry(&e[..e.len() - 1], 7, 4096, payload.len()).is_err(),
+            "torn"
+        );
+        assert!(
+            check_entry(&e[..10], 7, 4096, payload.len()).is_err(),
+            "torn header"
+        );
         let mut flipped = e.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(check_entry(&flipped, 7, 4096, payload.len()), Err("payload CRC mismatch"));
+        assert_eq!(
+            check_entry(&flipped, 7, 4096, payload.len()),
+            Err("payload CRC mismatch")
+        );
         let mut hflip = e.clone();
         hflip[20] ^= 1;
-        assert_eq!(check_entry(&hflip, 7, 4096, payload.len()), Err("header CRC mismatch"));
+        assert_eq!(
+            check_entry(&hflip, 7, 4096, payload.len()),
+            Err("header CRC mismatch")
+        );
     }
 
     #[test]
@@ -328,7 +399,11 @@ mod tests {
     }
 
     fn walk_files(p: &Path) -> usize {
-        fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk_files(&p) } else { 1 }).sum()
+        fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
+            .sum()
     }
 
     #[test]
@@ -342,7 +417,11 @@ mod tests {
         // temporary file that never got renamed.
         let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(2000).unwrap();
-        fs::write(path.with_file_name(format!("0000000000000001{TMP_MARK}1234")), b"junk").unwrap();
+        fs::write(
+            path.with_file_name(format!("0000000000000001{TMP_MARK}1234")),
+            b"junk",
+        )
+        .unwrap();
         let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(walk_files(dir.path()), 1, "temporary file removed at open");
         assert!(t.get(&key(1, 0), 4096, 4096).is_none());

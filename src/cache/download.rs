@@ -53,14 +53,21 @@ impl DownloadJob {
 /// The hex sha256 a digest names, or an error for another algorithm or a malformed digest.
 fn expected_sha256(digest: &str) -> io::Result<String> {
     match digest.split_once(':') {
-        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex.to_ascii_lowercase()),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot verify digest {digest:?}: only sha256 is supported"))),
+        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(hex.to_ascii_lowercase())
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot verify digest {digest:?}: only sha256 is supported"),
+        )),
     }
 }
 
 /// Sleeps as needed so that `done` bytes since `start` stay within `rate` bytes per second.
 async fn throttle(start: Instant, done: u64, rate: Option<u64>) {
-    let Some(rate) = rate.filter(|r| *r > 0) else { return };
+    let Some(rate) = rate.filter(|r| *r > 0) else {
+        return;
+    };
     let due = Duration::from_secs_f64(done as f64 / rate as f64);
     if let Some(wait) = due.checked_sub(start.elapsed()) {
         tokio::time::sleep(wait).await;
@@ -71,8 +78,12 @@ async fn throttle(start: Instant, done: u64, rate: Option<u64>) {
 /// earlier, interrupted attempt. Uses `SEEK_DATA`/`SEEK_HOLE`; any error counts as absent.
 fn block_present(file: &std::fs::File, offset: u64, len: u64) -> bool {
     use std::os::unix::io::AsRawFd;
-    let end = offset.checked_add(len).and_then(|e| libc::off_t::try_from(e).ok());
-    let (Ok(off), Some(end)) = (libc::off_t::try_from(offset), end) else { return false };
+    let end = offset
+        .checked_add(len)
+        .and_then(|e| libc::off_t::try_from(e).ok());
+    let (Ok(off), Some(end)) = (libc::off_t::try_from(offset), end) else {
+        return false;
+    };
     // SAFETY: lseek on a descriptor we own; it only moves the file offset, which we never use
     // (all I/O here is positional).
     let data = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
@@ -81,21 +92,35 @@ fn block_present(file: &std::fs::File, offset: u64, len: u64) -> bool {
 }
 
 /// Runs a blocking file operation off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Copies `source` into `job.temp` once and checks the digest; on success renames it to
 /// `job.dest`. Blocks already written to an existing `job.temp` by an interrupted attempt
 /// are reused (overlaybd skips them the same way); the digest check covers them too.
 /// `alive` is polled between reads so an abandoned layer stops downloading.
-async fn attempt(source: &dyn LayerSource, job: &DownloadJob, hex: &str, alive: &(dyn Fn() -> bool + Sync)) -> io::Result<()> {
+async fn attempt(
+    source: &dyn LayerSource,
+    job: &DownloadJob,
+    hex: &str,
+    alive: &(dyn Fn() -> bool + Sync),
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let size = source.size();
     let temp = job.temp.clone();
     let (file, resumed) = blocking(move || {
         let resumed = temp.exists();
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&temp)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&temp)?;
         file.set_len(size)?;
         Ok((Arc::new(file), resumed))
     })
@@ -121,7 +146,10 @@ async fn attempt(source: &dyn LayerSource, job: &DownloadJob, hex: &str, alive: 
         } else {
             let block = source.read_at(offset, n as usize).await?;
             if block.len() as u64 != n {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {offset}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read at {offset}"),
+                ));
             }
             let (f, b) = (Arc::clone(&file), block.clone());
             blocking(move || f.write_all_at(&b, offset)).await?;
@@ -134,7 +162,10 @@ async fn attempt(source: &dyn LayerSource, job: &DownloadJob, hex: &str, alive: 
     }
     let got = hex::encode(hasher.finalize());
     if got != hex {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("downloaded blob has sha256:{got}, expected {}", job.digest)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("downloaded blob has sha256:{got}, expected {}", job.digest),
+        ));
     }
     // Durable before it takes over from the network copy.
     let f = Arc::clone(&file);
@@ -159,9 +190,15 @@ async fn verify_file(path: &Path, hex: &str) -> io::Result<bool> {
 
 /// Downloads `source` to `job.dest` with up to `job.tries` attempts (no delay, no switch).
 /// An existing `job.dest` with the right digest counts as done.
-pub async fn download(source: &dyn LayerSource, job: &DownloadJob, alive: &(dyn Fn() -> bool + Sync)) -> io::Result<()> {
+pub async fn download(
+    source: &dyn LayerSource,
+    job: &DownloadJob,
+    alive: &(dyn Fn() -> bool + Sync),
+) -> io::Result<()> {
     let hex = expected_sha256(&job.digest)?;
-    if tokio::fs::try_exists(&job.dest).await.unwrap_or(false) && verify_file(&job.dest, &hex).await.unwrap_or(false) {
+    if tokio::fs::try_exists(&job.dest).await.unwrap_or(false)
+        && verify_file(&job.dest, &hex).await.unwrap_or(false)
+    {
         return Ok(());
     }
     let mut last = io::Error::other("no attempt made");
@@ -181,7 +218,14 @@ pub async fn download(source: &dyn LayerSource, job: &DownloadJob, alive: &(dyn 
             }
         }
     }
-    Err(io::Error::new(last.kind(), format!("{}: background download gave up after {} attempts: {last}", source.describe(), job.tries)))
+    Err(io::Error::new(
+        last.kind(),
+        format!(
+            "{}: background download gave up after {} attempts: {last}",
+            source.describe(),
+            job.tries
+        ),
+    ))
 }
 
 /// Starts the background download of a cached remote layer: waits `job.delay`, downloads
@@ -199,8 +243,14 @@ pub fn spawn_background_download(
     let weak: Weak<CachedSource> = Arc::downgrade(layer);
     tokio::spawn(async move {
         tokio::time::sleep(job.delay).await;
-        let _turn = queue.acquire_owned().await.map_err(|_| io::Error::new(io::ErrorKind::Interrupted, "download queue closed"))?;
-        let inner = weak.upgrade().map(|l| Arc::clone(l.inner())).ok_or_else(|| io::Error::new(io::ErrorKind::Interrupted, "layer closed"))?;
+        let _turn = queue
+            .acquire_owned()
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::Interrupted, "download queue closed"))?;
+        let inner = weak
+            .upgrade()
+            .map(|l| Arc::clone(l.inner()))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Interrupted, "layer closed"))?;
         let alive = || weak.strong_count() > 0;
         download(inner.as_ref(), &job, &alive).await?;
         let file = std::fs::File::open(&job.dest)?;
@@ -225,7 +275,9 @@ mod tests {
             self.0.len() as u64
         }
         async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-            Ok(Bytes::copy_from_slice(&self.0[offset as usize..offset as usize + len]))
+            Ok(Bytes::copy_from_slice(
+                &self.0[offset as usize..offset as usize + len],
+            ))
         }
         fn describe(&self) -> String {
             "mem".into()
@@ -248,7 +300,11 @@ mod tests {
     async fn verified_copy_is_renamed_into_place() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&data), None);
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(&data),
+            None,
+        );
         download(&Mem(data.clone()), &j, &|| true).await.unwrap();
         assert_eq!(std::fs::read(&j.dest).unwrap(), data);
         assert!(!j.temp.exists());
@@ -257,29 +313,55 @@ mod tests {
     #[tokio::test]
     async fn digest_mismatch_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(b"other"), None);
-        let err = download(&Mem(vec![1; 5000]), &j, &|| true).await.unwrap_err();
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(b"other"),
+            None,
+        );
+        let err = download(&Mem(vec![1; 5000]), &j, &|| true)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(!j.dest.exists() && !j.temp.exists());
-        assert!(download(&Mem(vec![1; 10]), &job(dir.path(), "md5:abc", None), &|| true).await.is_err());
+        assert!(download(
+            &Mem(vec![1; 10]),
+            &job(dir.path(), "md5:abc", None),
+            &|| true
+        )
+        .await
+        .is_err());
     }
 
     #[tokio::test]
     async fn rate_limit_is_applied() {
         let data = vec![7u8; 20_000];
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&data), Some(100_000));
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(&data),
+            Some(100_000),
+        );
         let start = Instant::now();
         download(&Mem(data), &j, &|| true).await.unwrap();
         // 20 kB at 100 kB/s cannot finish in less than 0.2 s.
-        assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn closed_layer_stops_the_download() {
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&[0; 100]), None);
-        let err = download(&Mem(vec![0; 100]), &j, &|| false).await.unwrap_err();
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(&[0; 100]),
+            None,
+        );
+        let err = download(&Mem(vec![0; 100]), &j, &|| false)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Interrupted);
         assert!(!j.dest.exists());
     }
@@ -294,7 +376,9 @@ mod tests {
         }
         async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
             self.1.lock().push(offset);
-            Ok(Bytes::copy_from_slice(&self.0[offset as usize..offset as usize + len]))
+            Ok(Bytes::copy_from_slice(
+                &self.0[offset as usize..offset as usize + len],
+            ))
         }
         fn describe(&self) -> String {
             "counting".into()
@@ -306,18 +390,27 @@ mod tests {
         use std::os::unix::fs::FileExt;
         let data: Vec<u8> = (0..8 * 4096u32).map(|i| (i * 13) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), &crate::cache::http::push::sha256_digest(&data), None);
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(&data),
+            None,
+        );
         // An earlier attempt wrote blocks 0-2 and 5, then stopped.
         let f = std::fs::File::create(&j.temp).unwrap();
         f.set_len(data.len() as u64).unwrap();
         for b in [0usize, 1, 2, 5] {
-            f.write_all_at(&data[b * 4096..(b + 1) * 4096], (b * 4096) as u64).unwrap();
+            f.write_all_at(&data[b * 4096..(b + 1) * 4096], (b * 4096) as u64)
+                .unwrap();
         }
         drop(f);
         let src = Counting(data.clone(), Default::default());
         download(&src, &j, &|| true).await.unwrap();
         assert_eq!(std::fs::read(&j.dest).unwrap(), data);
-        assert_eq!(*src.1.lock(), vec![3 * 4096, 4 * 4096, 6 * 4096, 7 * 4096], "only the missing blocks were fetched");
+        assert_eq!(
+            *src.1.lock(),
+            vec![3 * 4096, 4 * 4096, 6 * 4096, 7 * 4096],
+            "only the missing blocks were fetched"
+        );
 
         // A resumed copy with a corrupt block fails its digest and is then fetched whole.
         std::fs::remove_file(&j.dest).unwrap();
@@ -328,6 +421,10 @@ mod tests {
         let src = Counting(data.clone(), Default::default());
         download(&src, &j, &|| true).await.unwrap();
         assert_eq!(std::fs::read(&j.dest).unwrap(), data);
-        assert_eq!(src.1.lock().len(), 7 + 8, "7 blocks in the first attempt, all 8 in the second");
+        assert_eq!(
+            src.1.lock().len(),
+            7 + 8,
+            "7 blocks in the first attempt, all 8 in the second"
+        );
     }
 }

@@ -19,14 +19,24 @@ impl BlobId {
         if Self::parse(digest).is_some() {
             return Self(Arc::from(digest));
         }
-        Self(Arc::from(format!("x-sha256:{}", hex::encode(Sha256::digest(digest.as_bytes())))))
+        Self(Arc::from(format!(
+            "x-sha256:{}",
+            hex::encode(Sha256::digest(digest.as_bytes()))
+        )))
     }
 
     /// Splits a well-formed id into (algorithm, hex); `None` when the text is not one.
     pub fn parse(text: &str) -> Option<(&str, &str)> {
         let (algo, hex) = text.split_once(':')?;
-        let algo_ok = !algo.is_empty() && algo.len() <= 32 && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        let hex_ok = (32..=128).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let algo_ok = !algo.is_empty()
+            && algo.len() <= 32
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let hex_ok = (32..=128).contains(&hex.len())
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         (algo_ok && hex_ok).then_some((algo, hex))
     }
 
@@ -65,8 +75,17 @@ mod tests {
     fn digests_are_kept_and_junk_is_hashed() {
         let d = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(BlobId::from_digest(&d).as_str(), d);
-        assert_eq!(BlobId::from_digest(&d).parts(), ("sha256", &"ab".repeat(32)[..]));
-        for junk in ["../../etc/passwd", "sha256:XYZ", "sha256:", "", "sha256:ab/../.."] {
+        assert_eq!(
+            BlobId::from_digest(&d).parts(),
+            ("sha256", &"ab".repeat(32)[..])
+        );
+        for junk in [
+            "../../etc/passwd",
+            "sha256:XYZ",
+            "sha256:",
+            "",
+            "sha256:ab/../..",
+        ] {
             let id = BlobId::from_digest(junk);
             let (algo, hex) = id.parts();
             assert_eq!(algo, "x-sha256", "{junk}");

@@ -27,8 +27,16 @@ impl MemoryTier {
         if capacity == 0 {
             return Self { cache: None };
         }
-        let items = usize::try_from(capacity / unit_hint.max(4096)).unwrap_or(usize::MAX).clamp(16, 1 << 20);
-        Self { cache: Some(quick_cache::sync::Cache::with_weighter(items, capacity, ByteWeighter)) }
+        let items = usize::try_from(capacity / unit_hint.max(4096))
+            .unwrap_or(usize::MAX)
+            .clamp(16, 1 << 20);
+        Self {
+            cache: Some(quick_cache::sync::Cache::with_weighter(
+                items,
+                capacity,
+                ByteWeighter,
+            )),
+        }
     }
 
     /// The unit's bytes, if held.
@@ -62,7 +70,12 @@ mod tests {
     use crate::cache::key::BlobId;
 
     fn key(i: u64) -> UnitKey {
-        UnitKey { blob: BlobId::from_digest("sha256:0000000000000000000000000000000000000000000000000000000000000001"), index: i }
+        UnitKey {
+            blob: BlobId::from_digest(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000001",
+            ),
+            index: i,
+        }
     }
 
     #[test]

@@ -49,8 +49,17 @@ impl RemoteLayers {
     }
 
     /// Uses an existing client and tiers (tests, or several settings sharing one cache).
-    pub fn with_parts(settings: DaemonSettings, client: Arc<RegistryClient>, tiers: Arc<CacheTiers>) -> Self {
-        Self { settings, client, tiers, download_queue: Arc::new(tokio::sync::Semaphore::new(1)) }
+    pub fn with_parts(
+        settings: DaemonSettings,
+        client: Arc<RegistryClient>,
+        tiers: Arc<CacheTiers>,
+    ) -> Self {
+        Self {
+            settings,
+            client,
+            tiers,
+            download_queue: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
     }
 
     /// The shared cache tiers.
@@ -64,25 +73,44 @@ impl RemoteLayers {
     /// background. Authorization and size errors surface here, at open time.
     pub async fn open(&self, layer: &RemoteLayer<'_>) -> io::Result<Arc<dyn LayerSource>> {
         let p2p = &self.settings.p2p_config;
-        let prefix = if p2p.enable && proxy_reachable(&p2p.address).await { Some(p2p.address.as_str()) } else { None };
-        let blob = self.client.open_blob(layer.repo_blob_url, layer.digest, prefix).await?;
+        let prefix = if p2p.enable && proxy_reachable(&p2p.address).await {
+            Some(p2p.address.as_str())
+        } else {
+            None
+        };
+        let blob = self
+            .client
+            .open_blob(layer.repo_blob_url, layer.digest, prefix)
+            .await?;
         if let Some(expected) = layer.size.filter(|s| *s != 0) {
             if expected != blob.size() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: layer config says {expected} bytes, registry says {}", blob.describe(), blob.size()),
+                    format!(
+                        "{}: layer config says {expected} bytes, registry says {}",
+                        blob.describe(),
+                        blob.size()
+                    ),
                 ));
             }
         }
         if prefix.is_some() {
             return Ok(Arc::new(blob));
         }
-        let cached = Arc::new(CachedSource::new(Arc::new(blob), layer.digest, Arc::clone(&self.tiers)));
+        let cached = Arc::new(CachedSource::new(
+            Arc::new(blob),
+            layer.digest,
+            Arc::clone(&self.tiers),
+        ));
         let download = layer.download.unwrap_or(&self.settings.download);
         if let (true, Some(dir)) = (download.enable, layer.dir) {
             let job = DownloadJob::for_layer_dir(dir, layer.digest, download);
             // Detached: the task holds a weak reference and ends when the layer is closed.
-            drop(spawn_background_download(&cached, job, Arc::clone(&self.download_queue)));
+            drop(spawn_background_download(
+                &cached,
+                job,
+                Arc::clone(&self.download_queue),
+            ));
         }
         Ok(cached)
     }
@@ -91,7 +119,18 @@ impl RemoteLayers {
 /// Whether a TCP connection to the proxy's host and port succeeds (overlaybd's check at
 /// device-open time).
 async fn proxy_reachable(address: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(address) else { return false };
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
-    matches!(tokio::time::timeout(P2P_PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
+    let Ok(url) = reqwest::Url::parse(address) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(
+            P2P_PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect((host, port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }

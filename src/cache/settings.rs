@@ -152,7 +152,11 @@ pub struct CredentialConfig {
 
 impl Default for CredentialConfig {
     fn default() -> Self {
-        Self { mode: String::new(), path: String::new(), timeout: 1 }
+        Self {
+            mode: String::new(),
+            path: String::new(),
+            timeout: 1,
+        }
     }
 }
 
@@ -177,14 +181,25 @@ pub struct DownloadConfig {
 
 impl Default for DownloadConfig {
     fn default() -> Self {
-        Self { enable: false, delay: 300, delay_extra: 30, max_mbps: 100, try_cnt: 5, block_size: 262_144 }
+        Self {
+            enable: false,
+            delay: 300,
+            delay_extra: 30,
+            max_mbps: 100,
+            try_cnt: 5,
+            block_size: 262_144,
+        }
     }
 }
 
 impl DownloadConfig {
     /// The wait before starting: `delay` plus a random extra in `[0, delayExtra)` seconds.
     pub fn start_delay(&self) -> Duration {
-        let extra_range = if self.delay_extra <= 0 { 30 } else { self.delay_extra as u64 };
+        let extra_range = if self.delay_extra <= 0 {
+            30
+        } else {
+            self.delay_extra as u64
+        };
         let extra = rand::random::<u64>() % extra_range;
         Duration::from_secs(self.delay.max(0) as u64 + extra)
     }
@@ -207,7 +222,10 @@ pub struct P2pConfig {
 
 impl Default for P2pConfig {
     fn default() -> Self {
-        Self { enable: false, address: "http://localhost:9731/accelerator".into() }
+        Self {
+            enable: false,
+            address: "http://localhost:9731/accelerator".into(),
+        }
     }
 }
 
@@ -281,18 +299,22 @@ impl DaemonSettings {
     /// Reads and validates a settings file.
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Io { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Io {
+            file: file.clone(),
+            source,
+        })?;
         Self::from_json(&text, &file)
     }
 
     /// Parses and validates settings from JSON text; `origin` names the text in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self, SettingsError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let settings: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| SettingsError::Parse {
-            file: origin.to_string(),
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
+        let settings: Self =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| SettingsError::Parse {
+                file: origin.to_string(),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
         settings.validate(origin)?;
         Ok(settings)
     }
@@ -305,30 +327,55 @@ impl DaemonSettings {
         };
         let refill = self.cache_config.refill_size;
         if refill < 4096 || !refill.is_power_of_two() {
-            return Err(invalid("cacheConfig.refillSize", format!("{refill} is not a power of two >= 4096")));
+            return Err(invalid(
+                "cacheConfig.refillSize",
+                format!("{refill} is not a power of two >= 4096"),
+            ));
         }
         let ty = &self.cache().cache_type;
         if !matches!(ty.as_str(), "file" | "download" | "ocf") {
-            return Err(invalid("cacheConfig.cacheType", format!("unknown cache type {ty:?}")));
+            return Err(invalid(
+                "cacheConfig.cacheType",
+                format!("unknown cache type {ty:?}"),
+            ));
         }
         if self.download.block_size == 0 {
             return Err(invalid("download.blockSize", "must be > 0".into()));
         }
         match self.credential_config.mode.as_str() {
             "" | "file" | "http" | "https" => {}
-            other => return Err(invalid("credentialConfig.mode", format!("unsupported mode {other:?}"))),
+            other => {
+                return Err(invalid(
+                    "credentialConfig.mode",
+                    format!("unsupported mode {other:?}"),
+                ))
+            }
         }
         if !self.credential_config.mode.is_empty() && self.credential_config.path.is_empty() {
-            return Err(invalid("credentialConfig.path", "must be set when mode is set".into()));
+            return Err(invalid(
+                "credentialConfig.path",
+                "must be set when mode is set".into(),
+            ));
         }
         if self.p2p_config.enable && reqwest::Url::parse(&self.p2p_config.address).is_err() {
-            return Err(invalid("p2pConfig.address", format!("not a URL: {:?}", self.p2p_config.address)));
+            return Err(invalid(
+                "p2pConfig.address",
+                format!("not a URL: {:?}", self.p2p_config.address),
+            ));
         }
-        if !self.http_config.proxy.is_empty() && reqwest::Url::parse(&self.http_config.proxy).is_err() {
-            return Err(invalid("httpConfig.proxy", format!("not a URL: {:?}", self.http_config.proxy)));
+        if !self.http_config.proxy.is_empty()
+            && reqwest::Url::parse(&self.http_config.proxy).is_err()
+        {
+            return Err(invalid(
+                "httpConfig.proxy",
+                format!("not a URL: {:?}", self.http_config.proxy),
+            ));
         }
         if self.cert_config.cert_file.is_empty() != self.cert_config.key_file.is_empty() {
-            return Err(invalid("certConfig", "certFile and keyFile must be given together".into()));
+            return Err(invalid(
+                "certConfig",
+                "certFile and keyFile must be given together".into(),
+            ));
         }
         Ok(())
     }
@@ -336,14 +383,19 @@ impl DaemonSettings {
     /// The TLS client certificate and key files, when configured.
     pub fn client_cert(&self) -> Option<(PathBuf, PathBuf)> {
         let c = &self.cert_config;
-        (!c.cert_file.is_empty() && !c.key_file.is_empty()).then(|| (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file)))
+        (!c.cert_file.is_empty() && !c.key_file.is_empty())
+            .then(|| (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file)))
     }
 
     /// The cache settings in force: `cacheConfig`, or the legacy keys when its type is empty.
     pub fn cache(&self) -> EffectiveCache {
         let c = &self.cache_config;
         let (cache_type, dir, gb) = if c.cache_type.is_empty() {
-            (self.cache_type.clone(), self.registry_cache_dir.clone(), self.registry_cache_size_gb)
+            (
+                self.cache_type.clone(),
+                self.registry_cache_dir.clone(),
+                self.registry_cache_size_gb,
+            )
         } else {
             (c.cache_type.clone(), c.cache_dir.clone(), c.cache_size_gb)
         };
@@ -387,7 +439,10 @@ mod tests {
         assert_eq!(s.download.try_cnt, 5);
         assert!(!s.p2p_config.enable);
         assert_eq!(s.p2p_config.address, "http://localhost:9731/accelerator");
-        assert_eq!(s.credentials(), CredentialSource::File("/opt/overlaybd/cred.json".into()));
+        assert_eq!(
+            s.credentials(),
+            CredentialSource::File("/opt/overlaybd/cred.json".into())
+        );
     }
 
     #[test]
@@ -412,34 +467,66 @@ mod tests {
         assert_eq!(s.download.delay, 600);
         assert_eq!(s.download.bytes_per_sec(), Some(100_000_000));
         assert_eq!(s.download.try_cnt, 5, "missing key keeps its default");
-        assert_eq!(s.credentials(), CredentialSource::File("/etc/cred.json".into()));
+        assert_eq!(
+            s.credentials(),
+            CredentialSource::File("/etc/cred.json".into())
+        );
         assert!(s.p2p_config.enable);
     }
 
     #[test]
     fn legacy_cache_keys_apply_when_cache_type_empty() {
-        let text = r#"{"cacheType": "download", "registryCacheDir": "/x", "registryCacheSizeGB": 1}"#;
+        let text =
+            r#"{"cacheType": "download", "registryCacheDir": "/x", "registryCacheSizeGB": 1}"#;
         let cache = DaemonSettings::from_json(text, "o.json").unwrap().cache();
-        assert_eq!((cache.cache_type.as_str(), cache.dir.as_path(), cache.disk_bytes), ("download", Path::new("/x"), 1 << 30));
+        assert_eq!(
+            (
+                cache.cache_type.as_str(),
+                cache.dir.as_path(),
+                cache.disk_bytes
+            ),
+            ("download", Path::new("/x"), 1 << 30)
+        );
     }
 
     #[test]
     fn wrong_type_names_field_and_file() {
-        let err = DaemonSettings::from_json(r#"{"cacheConfig": {"cacheSizeGB": "four"}}"#, "/etc/o.json").unwrap_err();
+        let err =
+            DaemonSettings::from_json(r#"{"cacheConfig": {"cacheSizeGB": "four"}}"#, "/etc/o.json")
+                .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/etc/o.json") && msg.contains("cacheConfig.cacheSizeGB"), "{msg}");
-        let err = DaemonSettings::from_json(r#"{"download": {"enable": 1}}"#, "d.json").unwrap_err();
+        assert!(
+            msg.contains("/etc/o.json") && msg.contains("cacheConfig.cacheSizeGB"),
+            "{msg}"
+        );
+        let err =
+            DaemonSettings::from_json(r#"{"download": {"enable": 1}}"#, "d.json").unwrap_err();
         assert!(err.to_string().contains("download.enable"), "{err}");
     }
 
     #[test]
     fn invalid_values_are_refused_with_field() {
         for (text, field) in [
-            (r#"{"cacheConfig": {"refillSize": 5000}}"#, "cacheConfig.refillSize"),
-            (r#"{"cacheConfig": {"refillSize": 2048}}"#, "cacheConfig.refillSize"),
-            (r#"{"cacheConfig": {"cacheType": "ram"}}"#, "cacheConfig.cacheType"),
-            (r#"{"credentialConfig": {"mode": "file"}}"#, "credentialConfig.path"),
-            (r#"{"p2pConfig": {"enable": true, "address": "not a url"}}"#, "p2pConfig.address"),
+            (
+                r#"{"cacheConfig": {"refillSize": 5000}}"#,
+                "cacheConfig.refillSize",
+            ),
+            (
+                r#"{"cacheConfig": {"refillSize": 2048}}"#,
+                "cacheConfig.refillSize",
+            ),
+            (
+                r#"{"cacheConfig": {"cacheType": "ram"}}"#,
+                "cacheConfig.cacheType",
+            ),
+            (
+                r#"{"credentialConfig": {"mode": "file"}}"#,
+                "credentialConfig.path",
+            ),
+            (
+                r#"{"p2pConfig": {"enable": true, "address": "not a url"}}"#,
+                "p2pConfig.address",
+            ),
             (r#"{"certConfig": {"certFile": "/c.pem"}}"#, "certConfig"),
         ] {
             match DaemonSettings::from_json(text, "x.json") {
@@ -451,12 +538,19 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
-        assert!(matches!(DaemonSettings::from_json("{\"cacheConfig\": ", "m.json"), Err(SettingsError::Parse { .. })));
+        assert!(matches!(
+            DaemonSettings::from_json("{\"cacheConfig\": ", "m.json"),
+            Err(SettingsError::Parse { .. })
+        ));
     }
 
     #[test]
     fn start_delay_stays_in_range() {
-        let d = DownloadConfig { delay: 2, delay_extra: 3, ..Default::default() };
+        let d = DownloadConfig {
+            delay: 2,
+            delay_extra: 3,
+            ..Default::default()
+        };
         for _ in 0..50 {
             let s = d.start_delay().as_secs();
             assert!((2..5).contains(&s), "{s}");

@@ -2,4 +2,6 @@
 
 pub mod login;
 pub mod pdu;
+pub mod session;
 pub mod text;
+pub mod transport;

@@ -121,8 +121,14 @@ impl TextExchange {
     }
 
     /// Handles one Text Request.
-    pub fn handle(&mut self, ctx: &TextContext<'_>, req: &TextRequest) -> Result<TextReply, TextError> {
-        let limit = usize::try_from(ctx.max_send_data_segment_length).unwrap_or(usize::MAX).max(1);
+    pub fn handle(
+        &mut self,
+        ctx: &TextContext<'_>,
+        req: &TextRequest,
+    ) -> Result<TextReply, TextError> {
+        let limit = usize::try_from(ctx.max_send_data_segment_length)
+            .unwrap_or(usize::MAX)
+            .max(1);
         if req.ttt == RESERVED_TAG {
             // A fresh request abandons whatever was in progress (RFC 7143 §11.10.4); an
             // initiator continuing its own request without echoing our tag is tolerated.
@@ -178,7 +184,12 @@ impl TextExchange {
                         None => out.push(key, "Reject"),
                     }
                 }
-                k if LOGIN_ONLY_KEYS.contains(&k) || k == "AuthMethod" || k.starts_with("CHAP_") => out.push(k, "Reject"),
+                k if LOGIN_ONLY_KEYS.contains(&k)
+                    || k == "AuthMethod"
+                    || k.starts_with("CHAP_") =>
+                {
+                    out.push(k, "Reject")
+                }
                 k => out.push(k, "NotUnderstood"),
             }
         }
@@ -189,12 +200,23 @@ impl TextExchange {
             return Ok(reply(req, true, false, RESERVED_TAG, chunk, new_limit));
         }
         let ttt = self.next_ttt();
-        self.pending = Some(Pending { itt: req.itt, ttt, text });
+        self.pending = Some(Pending {
+            itt: req.itt,
+            ttt,
+            text,
+        });
         Ok(reply(req, false, true, ttt, chunk, new_limit))
     }
 }
 
-fn reply(req: &TextRequest, is_final: bool, continues: bool, ttt: u32, data: Bytes, limit: Option<u32>) -> TextReply {
+fn reply(
+    req: &TextRequest,
+    is_final: bool,
+    continues: bool,
+    ttt: u32,
+    data: Bytes,
+    limit: Option<u32>,
+) -> TextReply {
     TextReply {
         response: TextResponse {
             is_final,
@@ -226,7 +248,10 @@ fn send_targets(ctx: &TextContext<'_>, value: &str, out: &mut TextWriter) {
             (SessionType::Normal, Some(name)) => ctx.directory.target(name).into_iter().collect(),
             _ => return out.push("SendTargets", "Reject"),
         },
-        name if name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa.") => {
+        name if name.starts_with("iqn.")
+            || name.starts_with("eui.")
+            || name.starts_with("naa.") =>
+        {
             ctx.directory.target(name).into_iter().collect()
         }
         _ => return out.push("SendTargets", "Reject"),
@@ -253,7 +278,11 @@ mod tests {
         private.allowed_initiators = vec!["iqn.2026-11.test:other".into()];
         StaticDirectory::new(
             LoginSettings::default(),
-            [TargetConfig::open("iqn.2026-11.test:vm"), TargetConfig::open("iqn.2026-11.test:db"), private],
+            [
+                TargetConfig::open("iqn.2026-11.test:vm"),
+                TargetConfig::open("iqn.2026-11.test:db"),
+                private,
+            ],
         )
     }
 
@@ -290,7 +319,9 @@ mod tests {
     fn send_targets_all_as_linux_sees_it() {
         let d = dir();
         let p = portal();
-        let r = TextExchange::new().handle(&ctx(&d, &p), &req(1, RESERVED_TAG, b"SendTargets=All\0")).expect("ok");
+        let r = TextExchange::new()
+            .handle(&ctx(&d, &p), &req(1, RESERVED_TAG, b"SendTargets=All\0"))
+            .expect("ok");
         let rsp = r.response;
         assert!(rsp.is_final && !rsp.continues);
         assert_eq!((rsp.itt, rsp.ttt), (1, RESERVED_TAG));
@@ -305,23 +336,41 @@ mod tests {
     #[test]
     fn send_targets_by_name_and_for_the_current_target() {
         let d = dir();
-        let p: Vec<SocketAddr> = vec!["[fe80::1]:3260".parse().expect("v6"), "[::ffff:10.0.0.2]:3260".parse().expect("mapped")];
+        let p: Vec<SocketAddr> = vec![
+            "[fe80::1]:3260".parse().expect("v6"),
+            "[::ffff:10.0.0.2]:3260".parse().expect("mapped"),
+        ];
         let mut ex = TextExchange::new();
-        let r = ex.handle(&ctx(&d, &p), &req(2, RESERVED_TAG, b"SendTargets=iqn.2026-11.test:vm\0")).expect("ok");
+        let r = ex
+            .handle(
+                &ctx(&d, &p),
+                &req(2, RESERVED_TAG, b"SendTargets=iqn.2026-11.test:vm\0"),
+            )
+            .expect("ok");
         assert_eq!(
             &r.response.data[..],
             &b"TargetName=iqn.2026-11.test:vm\0TargetAddress=[fe80::1]:3260,1\0TargetAddress=10.0.0.2:3260,1\0"[..]
         );
         // A target the initiator may not see, or that does not exist, yields nothing.
         for name in ["iqn.2026-11.test:private", "iqn.2026-11.test:nope"] {
-            let r = ex.handle(&ctx(&d, &p), &req(3, RESERVED_TAG, format!("SendTargets={name}\0").as_bytes())).expect("ok");
+            let r = ex
+                .handle(
+                    &ctx(&d, &p),
+                    &req(3, RESERVED_TAG, format!("SendTargets={name}\0").as_bytes()),
+                )
+                .expect("ok");
             assert!(r.response.data.is_empty(), "{name}");
         }
         let mut c = ctx(&d, &p);
         c.session_type = SessionType::Normal;
         c.target_name = Some("iqn.2026-11.test:db");
-        let r = ex.handle(&c, &req(4, RESERVED_TAG, b"SendTargets=\0")).expect("ok");
-        assert!(r.response.data.starts_with(b"TargetName=iqn.2026-11.test:db\0"));
+        let r = ex
+            .handle(&c, &req(4, RESERVED_TAG, b"SendTargets=\0"))
+            .expect("ok");
+        assert!(r
+            .response
+            .data
+            .starts_with(b"TargetName=iqn.2026-11.test:db\0"));
     }
 
     #[test]
@@ -331,13 +380,18 @@ mod tests {
         let p = portal();
         let mut ex = TextExchange::new();
         for (text, expect) in [
-            (&b"SendTargetsPlease=All\0"[..], &b"SendTargetsPlease=NotUnderstood\0"[..]),
+            (
+                &b"SendTargetsPlease=All\0"[..],
+                &b"SendTargetsPlease=NotUnderstood\0"[..],
+            ),
             (b"SendTargets=Alle\0", b"SendTargets=Reject\0"),
             (b"SendTargets=A\0", b"SendTargets=Reject\0"),
             (b"sENDtARGETS=aLL\0", b"sENDtARGETS=NotUnderstood\0"),
             (b"SendTargets=\0", b"SendTargets=Reject\0"),
         ] {
-            let r = ex.handle(&ctx(&d, &p), &req(5, RESERVED_TAG, text)).expect("answered");
+            let r = ex
+                .handle(&ctx(&d, &p), &req(5, RESERVED_TAG, text))
+                .expect("answered");
             assert_eq!(&r.response.data[..], expect);
         }
     }
@@ -350,10 +404,21 @@ mod tests {
         let r = ex
             .handle(&ctx(&d, &p), &req(6, RESERVED_TAG, b"MaxBurstLength=4096\0X-com.example.a=1\0CHAP_A=5\0MaxRecvDataSegmentLength=65536\0"))
             .expect("ok");
-        assert_eq!(&r.response.data[..], &b"MaxBurstLength=Reject\0X-com.example.a=NotUnderstood\0CHAP_A=Reject\0"[..]);
+        assert_eq!(
+            &r.response.data[..],
+            &b"MaxBurstLength=Reject\0X-com.example.a=NotUnderstood\0CHAP_A=Reject\0"[..]
+        );
         assert_eq!(r.max_send_data_segment_length, Some(65536));
-        let r = ex.handle(&ctx(&d, &p), &req(7, RESERVED_TAG, b"MaxRecvDataSegmentLength=1\0")).expect("ok");
-        assert_eq!(&r.response.data[..], &b"MaxRecvDataSegmentLength=Reject\0"[..]);
+        let r = ex
+            .handle(
+                &ctx(&d, &p),
+                &req(7, RESERVED_TAG, b"MaxRecvDataSegmentLength=1\0"),
+            )
+            .expect("ok");
+        assert_eq!(
+            &r.response.data[..],
+            &b"MaxRecvDataSegmentLength=Reject\0"[..]
+        );
         assert_eq!(r.max_send_data_segment_length, None);
         assert!(matches!(
             ex.handle(&ctx(&d, &p), &req(8, RESERVED_TAG, b"A=1\0A=2\0")),
@@ -363,20 +428,28 @@ mod tests {
 
     #[test]
     fn long_response_continues_with_a_transfer_tag() {
-        let targets: Vec<TargetConfig> = (0..40).map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}"))).collect();
+        let targets: Vec<TargetConfig> = (0..40)
+            .map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}")))
+            .collect();
         let d = StaticDirectory::new(LoginSettings::default(), targets);
         let p = portal();
         let mut c = ctx(&d, &p);
         c.max_send_data_segment_length = 512;
         let mut ex = TextExchange::new();
-        let first = ex.handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0")).expect("ok").response;
+        let first = ex
+            .handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0"))
+            .expect("ok")
+            .response;
         assert!(!first.is_final && first.continues);
         assert_ne!(first.ttt, RESERVED_TAG);
         assert_eq!(first.data.len(), 512);
         let mut all = first.data.to_vec();
         let mut ttt = first.ttt;
         loop {
-            let r = ex.handle(&c, &req(9, ttt, b"")).expect("continuation").response;
+            let r = ex
+                .handle(&c, &req(9, ttt, b""))
+                .expect("continuation")
+                .response;
             assert!(r.data.len() <= 512);
             all.extend_from_slice(&r.data);
             if r.is_final {
@@ -390,25 +463,48 @@ mod tests {
         let kv = keys::parse_entries(&all).expect("parses");
         assert_eq!(kv.iter().filter(|(k, _)| k == "TargetName").count(), 40);
         // Continuing a finished exchange is a protocol error.
-        assert_eq!(ex.handle(&c, &req(9, ttt, b"")), Err(TextError::UnknownTransfer));
+        assert_eq!(
+            ex.handle(&c, &req(9, ttt, b"")),
+            Err(TextError::UnknownTransfer)
+        );
     }
 
     #[test]
     fn continuation_errors_and_reset() {
-        let targets: Vec<TargetConfig> = (0..40).map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}"))).collect();
+        let targets: Vec<TargetConfig> = (0..40)
+            .map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}")))
+            .collect();
         let d = StaticDirectory::new(LoginSettings::default(), targets);
         let p = portal();
         let mut c = ctx(&d, &p);
         c.max_send_data_segment_length = 512;
         let mut ex = TextExchange::new();
-        let first = ex.handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0")).expect("ok").response;
-        assert_eq!(ex.handle(&c, &req(9, first.ttt.wrapping_add(1), b"")), Err(TextError::UnknownTransfer));
-        assert_eq!(ex.handle(&c, &req(10, first.ttt, b"")), Err(TextError::UnknownTransfer));
-        assert_eq!(ex.handle(&c, &req(9, first.ttt, b"A=1\0")), Err(TextError::UnexpectedData));
+        let first = ex
+            .handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0"))
+            .expect("ok")
+            .response;
+        assert_eq!(
+            ex.handle(&c, &req(9, first.ttt.wrapping_add(1), b"")),
+            Err(TextError::UnknownTransfer)
+        );
+        assert_eq!(
+            ex.handle(&c, &req(10, first.ttt, b"")),
+            Err(TextError::UnknownTransfer)
+        );
+        assert_eq!(
+            ex.handle(&c, &req(9, first.ttt, b"A=1\0")),
+            Err(TextError::UnexpectedData)
+        );
         // A new request (reserved TTT) abandons the old exchange.
-        let r = ex.handle(&c, &req(11, RESERVED_TAG, b"X-a=1\0")).expect("fresh").response;
+        let r = ex
+            .handle(&c, &req(11, RESERVED_TAG, b"X-a=1\0"))
+            .expect("fresh")
+            .response;
         assert!(r.is_final);
-        assert_eq!(ex.handle(&c, &req(9, first.ttt, b"")), Err(TextError::UnknownTransfer));
+        assert_eq!(
+            ex.handle(&c, &req(9, first.ttt, b"")),
+            Err(TextError::UnknownTransfer)
+        );
     }
 
     #[test]
@@ -422,17 +518,35 @@ mod tests {
         let ack = ex.handle(&ctx(&d, &p), &part).expect("ack").response;
         assert!(!ack.is_final && !ack.continues && ack.data.is_empty());
         assert_ne!(ack.ttt, RESERVED_TAG);
-        let rest = ex.handle(&ctx(&d, &p), &req(12, ack.ttt, b"gets=iqn.2026-11.test:vm\0")).expect("answer").response;
+        let rest = ex
+            .handle(
+                &ctx(&d, &p),
+                &req(12, ack.ttt, b"gets=iqn.2026-11.test:vm\0"),
+            )
+            .expect("answer")
+            .response;
         assert!(rest.is_final);
         assert!(rest.data.starts_with(b"TargetName=iqn.2026-11.test:vm\0"));
         // Continuing with a tag we never handed out fails.
-        assert_eq!(ex.handle(&ctx(&d, &p), &req(12, 0x1234, b"x")), Err(TextError::UnknownTransfer));
+        assert_eq!(
+            ex.handle(&ctx(&d, &p), &req(12, 0x1234, b"x")),
+            Err(TextError::UnknownTransfer)
+        );
     }
 
     #[test]
     fn address_formatting() {
-        assert_eq!(target_address("192.168.1.5:3260".parse().expect("v4"), 1), "192.168.1.5:3260,1");
-        assert_eq!(target_address("[2001:db8::7]:860".parse().expect("v6"), 3), "[2001:db8::7]:860,3");
-        assert_eq!(target_address("[::ffff:127.0.0.1]:3260".parse().expect("mapped"), 1), "127.0.0.1:3260,1");
+        assert_eq!(
+            target_address("192.168.1.5:3260".parse().expect("v4"), 1),
+            "192.168.1.5:3260,1"
+        );
+        assert_eq!(
+            target_address("[2001:db8::7]:860".parse().expect("v6"), 3),
+            "[2001:db8::7]:860,3"
+        );
+        assert_eq!(
+            target_address("[::ffff:127.0.0.1]:3260".parse().expect("mapped"), 1),
+            "127.0.0.1:3260,1"
+        );
     }
 }

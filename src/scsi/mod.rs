@@ -8,11 +8,25 @@
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.
 
+pub mod cdb;
+mod dispatch;
+mod inquiry;
+mod lun;
+mod mode;
+mod provisioning;
+mod report;
+mod reservations;
+mod sbc;
+pub mod sense;
+mod unit_attention;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::block::BlockDevice;
+use lun::Lun;
+use sense::{asc, Sense};
 
 /// One I_T nexus: an initiator port (iSCSI initiator name + ISID) talking to this target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,47 +91,97 @@ pub struct LunConfig {
     pub product: String,
 }
 
+/// SCSI status codes (SAM-5 5.3).
+pub mod status {
+    /// GOOD.
+    pub const GOOD: u8 = 0x00;
+    /// CHECK CONDITION: sense data describes the error.
+    pub const CHECK_CONDITION: u8 = 0x02;
+    /// RESERVATION CONFLICT.
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+}
+
+/// Why a command did not complete with GOOD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+    /// RESERVATION CONFLICT.
+    Conflict,
+}
+
+impl From<Sense> for Failure {
+    fn from(sense: Sense) -> Self {
+        Failure::Check(sense)
+    }
+}
+
 /// A SCSI target device: an ordered set of logical units plus per-nexus state
 /// (unit attentions, reservations).
 pub struct ScsiTarget {
-    _private: (),
+    luns: Vec<Lun>,
 }
 
 impl ScsiTarget {
     /// Builds a target; LUN numbers are the indexes of `luns`.
     pub fn new(luns: Vec<LunConfig>) -> Self {
-        let _ = luns;
-        todo!("scsi helper")
+        ScsiTarget {
+            luns: luns.into_iter().map(Lun::new).collect(),
+        }
     }
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.
     pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
-        let _ = (nexus, req);
-        todo!("scsi helper")
+        self.execute_command(nexus, req).await
     }
 
     /// The nexus has ended (session closed): drop its unit attentions and RESERVE(6) state.
     pub fn nexus_gone(&self, nexus: &Nexus) {
-        let _ = nexus;
-        todo!("scsi helper")
+        for lun in &self.luns {
+            let mut state = lun.state.lock();
+            state.ua.forget(nexus);
+            state.reservations.nexus_gone(nexus);
+        }
     }
 
-    /// LOGICAL UNIT RESET: clears RESERVE(6) reservations and raises UNIT ATTENTION 29/03 for every
-    /// nexus other than `by`. Returns false when the LUN does not exist.
+    /// LOGICAL UNIT RESET requested through `by`: clears RESERVE(6) reservations and raises UNIT
+    /// ATTENTION 29/03 for every nexus, `by` included (SAM-5 7.7; libiscsi's multipath reset
+    /// test checks every path). Returns false when the LUN does not exist.
     pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
-        let _ = (lun, by);
-        todo!("scsi helper")
+        let Some(lun) = usize::try_from(lun).ok().and_then(|i| self.luns.get(i)) else {
+            return false;
+        };
+        let mut state = lun.state.lock();
+        state.reservations.clear_legacy();
+        state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
+        tracing::debug!(initiator = %by.initiator_name, "logical unit reset");
+        true
     }
 
-    /// TARGET WARM/COLD RESET: a LUN reset of every LUN (cold also clears persistent state that
-    /// SPC says a power-on clears).
+    /// TARGET WARM/COLD RESET requested through `by`: a LUN reset of every LUN (cold also clears
+    /// persistent state that SPC says a power-on clears, and reports a power-on instead).
     pub fn target_reset(&self, cold: bool, by: &Nexus) {
-        let _ = (cold, by);
-        todo!("scsi helper")
+        for lun in &self.luns {
+            let mut state = lun.state.lock();
+            state.reservations.clear_legacy();
+            if cold {
+                // No APTPL support: a power cycle forgets persistent reservations too.
+                state.reservations.clear_all();
+                lun.set_write_cache(true);
+                lun.set_software_write_protect(false);
+                state.ua.raise_others(None, asc::POWER_ON_RESET);
+            } else {
+                state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
+            }
+        }
+        tracing::debug!(initiator = %by.initiator_name, cold, "target reset");
     }
 
     /// Number of logical units.
     pub fn lun_count(&self) -> usize {
-        todo!("scsi helper")
+        self.luns.len()
     }
 }
+
+#[cfg(test)]
+mod tests;

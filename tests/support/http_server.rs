@@ -28,16 +28,28 @@ pub struct Request {
 impl Request {
     /// The first header of that (lowercase) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// What to send back.
 pub enum Reply {
     /// A complete answer; `Content-Length` and `Connection: close` are added.
-    Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Headers promising `declared` bytes, then only `body`, then close.
-    Truncated { status: u16, headers: Vec<(String, String)>, declared: usize, body: Vec<u8> },
+    Truncated {
+        status: u16,
+        headers: Vec<(String, String)>,
+        declared: usize,
+        body: Vec<u8>,
+    },
     /// Close the connection with a TCP reset, without answering.
     Reset,
     /// Answer nothing for that long, then close.
@@ -47,7 +59,14 @@ pub enum Reply {
 impl Reply {
     /// A complete answer with extra headers.
     pub fn new(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Self {
-        Reply::Full { status, headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body: body.into() }
+        Reply::Full {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.into(),
+        }
     }
 
     /// A status with an empty body.
@@ -69,7 +88,9 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server answering every request with `handler`.
     pub async fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
@@ -109,7 +130,11 @@ impl Drop for TestServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Request>>>, handler: Arc<Handler>) -> std::io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    log: Arc<Mutex<Vec<Request>>>,
+    handler: Arc<Handler>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut chunk = [0u8; 4096];
@@ -128,12 +153,19 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Request>>>, handler: Ar
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or("").split(' ');
-    let (method, target) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
+    let (method, target) = (
+        first.next().unwrap_or("").to_string(),
+        first.next().unwrap_or("").to_string(),
+    );
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let length: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let mut body = buf[head_end..].to_vec();
     while body.len() < length {
         let mut chunk = vec![0u8; 64 * 1024];
@@ -143,15 +175,33 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<Request>>>, handler: Ar
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let req = Request { method, target, headers, body };
+    let req = Request {
+        method,
+        target,
+        headers,
+        body,
+    };
     log.lock().push(req.clone());
     match handler(&req) {
-        Reply::Full { status, headers, body } => {
-            stream.write_all(&head_bytes(status, &headers, body.len())).await?;
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => {
+            stream
+                .write_all(&head_bytes(status, &headers, body.len()))
+                .await?;
             stream.write_all(&body).await?;
         }
-        Reply::Truncated { status, headers, declared, body } => {
-            stream.write_all(&head_bytes(status, &headers, declared)).await?;
+        Reply::Truncated {
+            status,
+            headers,
+            declared,
+            body,
+        } => {
+            stream
+                .write_all(&head_bytes(status, &headers, declared))
+                .await?;
             stream.write_all(&body).await?;
         }
         Reply::Reset => {
@@ -176,7 +226,9 @@ fn head_bytes(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> 
 /// Answers a GET for `blob` honouring a single `Range: bytes=a-b` (206), or the whole blob
 /// (200) when there is none; an unsatisfiable range gets 416.
 pub fn serve_range(req: &Request, blob: &[u8]) -> Reply {
-    let Some(range) = req.header("range") else { return Reply::new(200, &[], blob.to_vec()) };
+    let Some(range) = req.header("range") else {
+        return Reply::new(200, &[], blob.to_vec());
+    };
     let parsed = range
         .strip_prefix("bytes=")
         .and_then(|r| r.split_once('-'))

@@ -124,7 +124,8 @@ impl BearerChallenge {
     /// The token request URL: `<realm>?service=<service>&scope=<scope>`, values percent-encoded
     /// (a scope holds `:` and `/`, which are fine, but a space-separated multi-scope is not).
     pub fn token_url(&self) -> Result<reqwest::Url, AuthError> {
-        let mut url = reqwest::Url::parse(&self.realm).map_err(|e| AuthError::BadToken(format!("realm {:?}: {e}", self.realm)))?;
+        let mut url = reqwest::Url::parse(&self.realm)
+            .map_err(|e| AuthError::BadToken(format!("realm {:?}: {e}", self.realm)))?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("service", &self.service);
@@ -163,14 +164,23 @@ pub fn parse_token_response(body: &[u8]) -> Result<Token, AuthError> {
         .filter(|t| !t.is_empty())
         .or(a.access_token.filter(|t| !t.is_empty()))
         .ok_or_else(|| AuthError::BadToken("no `token` or `access_token`".into()))?;
-    let lifetime = a.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
-    Ok(Token { token, lifetime: lifetime - lifetime / 10 })
+    let lifetime = a
+        .expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    Ok(Token {
+        token,
+        lifetime: lifetime - lifetime / 10,
+    })
 }
 
 /// The `Authorization` value for HTTP Basic.
 pub fn basic_header(user: &str, password: &str) -> String {
     let raw = format!("{user}:{password}");
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 #[cfg(test)]
@@ -180,7 +190,9 @@ mod tests {
     #[test]
     fn docker_hub_bearer_challenge() {
         let h = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:overlaybd/redis:pull""#;
-        let Challenge::Bearer(b) = parse_challenge(h).unwrap() else { panic!("not bearer") };
+        let Challenge::Bearer(b) = parse_challenge(h).unwrap() else {
+            panic!("not bearer")
+        };
         assert_eq!(b.realm, "https://auth.docker.io/token");
         assert_eq!(b.service, "registry.docker.io");
         assert_eq!(b.scope, "repository:overlaybd/redis:pull");
@@ -193,24 +205,47 @@ mod tests {
     #[test]
     fn commas_inside_quotes_and_spaces_are_kept() {
         let h = r#"bearer  realm="http://a/t", service="s", scope="repository:a/b:pull,push""#;
-        let Challenge::Bearer(b) = parse_challenge(h).unwrap() else { panic!("not bearer") };
+        let Challenge::Bearer(b) = parse_challenge(h).unwrap() else {
+            panic!("not bearer")
+        };
         assert_eq!(b.scope, "repository:a/b:pull,push");
         assert_eq!(b.service, "s");
     }
 
     #[test]
     fn basic_and_errors() {
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#).unwrap(), Challenge::Basic);
-        assert_eq!(parse_challenge("Negotiate abc"), Err(AuthError::UnsupportedScheme("Negotiate".into())));
-        assert_eq!(parse_challenge(r#"Bearer service="s""#), Err(AuthError::MissingParameter("realm")));
-        assert!(matches!(parse_challenge(r#"Bearer realm="unterminated"#), Err(AuthError::Malformed(_))));
-        assert!(matches!(parse_challenge("Bearer =x"), Err(AuthError::Malformed(_))));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#).unwrap(),
+            Challenge::Basic
+        );
+        assert_eq!(
+            parse_challenge("Negotiate abc"),
+            Err(AuthError::UnsupportedScheme("Negotiate".into()))
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer service="s""#),
+            Err(AuthError::MissingParameter("realm"))
+        );
+        assert!(matches!(
+            parse_challenge(r#"Bearer realm="unterminated"#),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_challenge("Bearer =x"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
     fn token_answers() {
         let t = parse_token_response(br#"{"token":"abc","expires_in":300}"#).unwrap();
-        assert_eq!(t, Token { token: "abc".into(), lifetime: Duration::from_secs(270) });
+        assert_eq!(
+            t,
+            Token {
+                token: "abc".into(),
+                lifetime: Duration::from_secs(270)
+            }
+        );
         let t = parse_token_response(br#"{"access_token":"xyz"}"#).unwrap();
         assert_eq!(t.token, "xyz");
         assert_eq!(t.lifetime, Duration::from_secs(54));
@@ -220,7 +255,10 @@ mod tests {
 
     #[test]
     fn basic_header_encodes_user_and_password() {
-        assert_eq!(basic_header("username", "password"), "Basic dXNlcm5hbWU6cGFzc3dvcmQ=");
+        assert_eq!(
+            basic_header("username", "password"),
+            "Basic dXNlcm5hbWU6cGFzc3dvcmQ="
+        );
     }
 
     proptest::proptest! {

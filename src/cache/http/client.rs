@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{StatusCode, Url};
 
-use super::auth::{basic_header, parse_challenge, parse_token_response, BearerChallenge, Challenge};
+use super::auth::{
+    basic_header, parse_challenge, parse_token_response, BearerChallenge, Challenge,
+};
 use super::credentials::CredentialStore;
 use super::range::{plan_body, probe_total, range_header, RangeError};
 use crate::cache::settings::{DaemonSettings, HttpConfig};
@@ -34,7 +39,9 @@ pub struct RegistryClient {
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("RegistryClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,17 +54,33 @@ struct Failure {
 
 impl Failure {
     fn new(kind: io::ErrorKind, message: impl Into<String>, retry: bool) -> Self {
-        Self { kind, message: message.into(), retry }
+        Self {
+            kind,
+            message: message.into(),
+            retry,
+        }
     }
 
     fn status(status: StatusCode) -> Self {
         let code = status.as_u16();
         match code {
-            401 | 403 => Self::new(io::ErrorKind::PermissionDenied, format!("Authentication failed (HTTP {code})"), true),
+            401 | 403 => Self::new(
+                io::ErrorKind::PermissionDenied,
+                format!("Authentication failed (HTTP {code})"),
+                true,
+            ),
             404 => Self::new(io::ErrorKind::NotFound, "blob not found (HTTP 404)", false),
             429 => Self::new(io::ErrorKind::Other, "Too many requests (HTTP 429)", true),
-            408 | 500..=599 => Self::new(io::ErrorKind::Other, format!("server error (HTTP {code})"), true),
-            _ => Self::new(io::ErrorKind::Other, format!("unexpected HTTP status {code}"), false),
+            408 | 500..=599 => Self::new(
+                io::ErrorKind::Other,
+                format!("server error (HTTP {code})"),
+                true,
+            ),
+            _ => Self::new(
+                io::ErrorKind::Other,
+                format!("unexpected HTTP status {code}"),
+                false,
+            ),
         }
     }
 
@@ -70,27 +93,47 @@ impl Failure {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        let kind = if e.is_timeout() { io::ErrorKind::TimedOut } else { io::ErrorKind::Other };
+        let kind = if e.is_timeout() {
+            io::ErrorKind::TimedOut
+        } else {
+            io::ErrorKind::Other
+        };
         Self::new(kind, message, true)
     }
 
     fn range(e: RangeError) -> Self {
-        let retry = !matches!(e, RangeError::RangeIgnored(_) | RangeError::InvalidRequest { .. });
+        let retry = !matches!(
+            e,
+            RangeError::RangeIgnored(_) | RangeError::InvalidRequest { .. }
+        );
         Self::new(io::ErrorKind::InvalidData, e.to_string(), retry)
     }
 }
 
 impl RegistryClient {
     /// A client following `config`, sending `user_agent`, authenticating with `credentials`.
-    pub fn new(config: HttpConfig, user_agent: &str, credentials: CredentialStore) -> io::Result<Arc<Self>> {
+    pub fn new(
+        config: HttpConfig,
+        user_agent: &str,
+        credentials: CredentialStore,
+    ) -> io::Result<Arc<Self>> {
         Self::with_client_cert(config, user_agent, credentials, None)
     }
 
     /// Like [`RegistryClient::new`], also presenting a TLS client certificate
     /// (`(certificate PEM file, key PEM file)`, overlaybd's `certConfig`).
-    pub fn with_client_cert(config: HttpConfig, user_agent: &str, credentials: CredentialStore, client_cert: Option<(PathBuf, PathBuf)>) -> io::Result<Arc<Self>> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())));
-        let bad_pem = |p: &Path, e: reqwest::Error| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()));
+    pub fn with_client_cert(
+        config: HttpConfig,
+        user_agent: &str,
+        credentials: CredentialStore,
+        client_cert: Option<(PathBuf, PathBuf)>,
+    ) -> io::Result<Arc<Self>> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let bad_pem = |p: &Path, e: reqwest::Error| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
+        };
         let mut builder = reqwest::Client::builder()
             // Redirects are followed by hand: the target is cached per blob and must not get
             // the registry's Authorization header.
@@ -99,12 +142,19 @@ impl RegistryClient {
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .user_agent(user_agent);
         if !config.proxy.is_empty() {
-            let proxy = reqwest::Proxy::all(&config.proxy).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("proxy {:?}: {e}", config.proxy)))?;
+            let proxy = reqwest::Proxy::all(&config.proxy).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("proxy {:?}: {e}", config.proxy),
+                )
+            })?;
             builder = builder.proxy(proxy);
         }
         if !config.ca_file.is_empty() {
             let path = Path::new(&config.ca_file);
-            for cert in reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| bad_pem(path, e))? {
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| bad_pem(path, e))?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -112,16 +162,29 @@ impl RegistryClient {
             let mut pem = read(cert)?;
             pem.push(b'\n');
             pem.extend_from_slice(&read(key)?);
-            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad_pem(cert, e))?);
+            builder =
+                builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad_pem(cert, e))?);
         }
-        let http = builder.build().map_err(|e| io::Error::other(format!("HTTP client: {e}")))?;
-        Ok(Arc::new(Self { http, credentials, config, tokens: Mutex::new(HashMap::new()) }))
+        let http = builder
+            .build()
+            .map_err(|e| io::Error::other(format!("HTTP client: {e}")))?;
+        Ok(Arc::new(Self {
+            http,
+            credentials,
+            config,
+            tokens: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// A client for the daemon settings (`httpConfig`, `userAgent`, credential source).
     pub fn from_settings(settings: &DaemonSettings) -> io::Result<Arc<Self>> {
         let creds = CredentialStore::from_settings(&settings.credentials());
-        Self::with_client_cert(settings.http_config.clone(), &settings.user_agent, creds, settings.client_cert())
+        Self::with_client_cert(
+            settings.http_config.clone(),
+            &settings.user_agent,
+            creds,
+            settings.client_cert(),
+        )
     }
 
     /// The underlying HTTP client (redirects off, same timeouts and proxy).
@@ -132,7 +195,12 @@ impl RegistryClient {
     /// Opens `<repo_blob_url>/<digest>`: resolves authorization and redirects and learns the
     /// size with a one-byte ranged read. `p2p_prefix`, when set, routes data requests through
     /// a P2P proxy as `<prefix>/<actual URL>`.
-    pub async fn open_blob(self: &Arc<Self>, repo_blob_url: &str, digest: &str, p2p_prefix: Option<&str>) -> io::Result<HttpBlobSource> {
+    pub async fn open_blob(
+        self: &Arc<Self>,
+        repo_blob_url: &str,
+        digest: &str,
+        p2p_prefix: Option<&str>,
+    ) -> io::Result<HttpBlobSource> {
         let url = blob_url(repo_blob_url, digest)?;
         let mut blob = HttpBlobSource {
             client: Arc::clone(self),
@@ -149,18 +217,29 @@ impl RegistryClient {
             Some(t) => Some(t),
             None => blob.fetch(0, 1, None).await?.1,
         };
-        blob.size = total.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{}: the server did not tell the blob size", blob.describe())))?;
+        blob.size = total.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: the server did not tell the blob size", blob.describe()),
+            )
+        })?;
         Ok(blob)
     }
 
     /// A token for the challenge, from the cache or the token service, with its expiry.
-    async fn token(&self, challenge: &BearerChallenge, blob_url: &Url) -> Result<(String, Instant), Failure> {
+    async fn token(
+        &self,
+        challenge: &BearerChallenge,
+        blob_url: &Url,
+    ) -> Result<(String, Instant), Failure> {
         if let Some((token, expiry)) = self.tokens.lock().get(challenge) {
             if Instant::now() < *expiry {
                 return Ok((token.clone(), *expiry));
             }
         }
-        let url = challenge.token_url().map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), false))?;
+        let url = challenge
+            .token_url()
+            .map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), false))?;
         let mut req = self.http.get(url);
         if let Some(c) = self.lookup_credentials(blob_url).await? {
             req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
@@ -172,9 +251,12 @@ impl RegistryClient {
             return Err(f);
         }
         let body = resp.bytes().await.map_err(Failure::transport)?;
-        let token = parse_token_response(&body).map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), true))?;
+        let token = parse_token_response(&body)
+            .map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), true))?;
         let expiry = Instant::now() + token.lifetime;
-        self.tokens.lock().insert(challenge.clone(), (token.token.clone(), expiry));
+        self.tokens
+            .lock()
+            .insert(challenge.clone(), (token.token.clone(), expiry));
         Ok((token.token, expiry))
     }
 
@@ -182,7 +264,10 @@ impl RegistryClient {
         self.tokens.lock().remove(challenge);
     }
 
-    async fn lookup_credentials(&self, blob_url: &Url) -> Result<Option<super::Credentials>, Failure> {
+    async fn lookup_credentials(
+        &self,
+        blob_url: &Url,
+    ) -> Result<Option<super::Credentials>, Failure> {
         self.credentials
             .lookup(&self.http, blob_url.as_str())
             .await
@@ -190,18 +275,33 @@ impl RegistryClient {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.config.retry_backoff_ms.saturating_mul(1u64 << attempt.min(20));
+        let base = self
+            .config
+            .retry_backoff_ms
+            .saturating_mul(1u64 << attempt.min(20));
         Duration::from_millis(base.min(self.config.retry_backoff_max_ms))
     }
 }
 
 /// `repoBlobUrl` + `/` (unless present) + digest, as overlaybd builds it.
 pub fn blob_url(repo_blob_url: &str, digest: &str) -> io::Result<Url> {
-    let sep = if repo_blob_url.ends_with('/') { "" } else { "/" };
+    let sep = if repo_blob_url.ends_with('/') {
+        ""
+    } else {
+        "/"
+    };
     let text = format!("{repo_blob_url}{sep}{digest}");
-    let url = Url::parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("blob URL {text:?}: {e}")))?;
+    let url = Url::parse(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("blob URL {text:?}: {e}"),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("blob URL {text:?}: not http(s)")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("blob URL {text:?}: not http(s)"),
+        ));
     }
     Ok(url)
 }
@@ -230,7 +330,9 @@ pub struct HttpBlobSource {
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<&str> {
@@ -239,7 +341,10 @@ fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<
 
 impl std::fmt::Debug for HttpBlobSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpBlobSource").field("url", &self.blob_url.as_str()).field("size", &self.size).finish_non_exhaustive()
+        f.debug_struct("HttpBlobSource")
+            .field("url", &self.blob_url.as_str())
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -256,9 +361,17 @@ impl HttpBlobSource {
 
     /// Reads `len` bytes at `offset` with retries; also returns the blob size if the answer
     /// told it. `len` must be > 0.
-    async fn fetch(&self, offset: u64, len: u64, known_total: Option<u64>) -> io::Result<(Bytes, Option<u64>)> {
+    async fn fetch(
+        &self,
+        offset: u64,
+        len: u64,
+        known_total: Option<u64>,
+    ) -> io::Result<(Bytes, Option<u64>)> {
         let last = offset.saturating_add(len.saturating_sub(1));
-        self.retrying(&format!("bytes {offset}-{last}"), || self.fetch_once(offset, len, known_total)).await
+        self.retrying(&format!("bytes {offset}-{last}"), || {
+            self.fetch_once(offset, len, known_total)
+        })
+        .await
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retries are used up (with
@@ -278,7 +391,15 @@ impl HttpBlobSource {
                     attempt += 1;
                 }
                 Err(f) => {
-                    return Err(io::Error::new(f.kind, format!("{}: {what}: {} (after {} attempts)", self.describe(), f.message, attempt + 1)));
+                    return Err(io::Error::new(
+                        f.kind,
+                        format!(
+                            "{}: {what}: {} (after {} attempts)",
+                            self.describe(),
+                            f.message,
+                            attempt + 1
+                        ),
+                    ));
                 }
             }
         }
@@ -300,27 +421,53 @@ impl HttpBlobSource {
         *self.location.lock() = None;
     }
 
-    fn new_location(&self, url: Url, auth: Option<HeaderValue>, bearer: Option<BearerChallenge>) -> Location {
+    fn new_location(
+        &self,
+        url: Url,
+        auth: Option<HeaderValue>,
+        bearer: Option<BearerChallenge>,
+    ) -> Location {
         let expires = Instant::now() + Duration::from_secs(self.client.config.resolve_ttl_sec);
-        Location { url, auth, bearer, expires }
+        Location {
+            url,
+            auth,
+            bearer,
+            expires,
+        }
     }
 
     /// The authorization handshake: an anonymous probe; on 401/403 the challenge decides
     /// between Basic and a Bearer token. Redirects found here are handled by the data request.
     async fn resolve(&self) -> Result<Location, Failure> {
-        let probe = self.client.http.get(self.blob_url.clone()).header(RANGE, "bytes=0-0").send().await.map_err(Failure::transport)?;
+        let probe = self
+            .client
+            .http
+            .get(self.blob_url.clone())
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+            .map_err(Failure::transport)?;
         let status = probe.status();
         if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
             if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
                 let headers = probe.headers();
                 let length = header_str(headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
-                *self.probed_total.lock() = probe_total(status.as_u16(), header_str(headers, CONTENT_RANGE), length).ok();
+                *self.probed_total.lock() =
+                    probe_total(status.as_u16(), header_str(headers, CONTENT_RANGE), length).ok();
             }
             return Ok(self.new_location(self.blob_url.clone(), None, None));
         }
-        let header = header_str(probe.headers(), WWW_AUTHENTICATE).unwrap_or("").to_string();
+        let header = header_str(probe.headers(), WWW_AUTHENTICATE)
+            .unwrap_or("")
+            .to_string();
         drop(probe);
-        let challenge = parse_challenge(&header).map_err(|e| Failure::new(io::ErrorKind::PermissionDenied, format!("Authentication failed: {e}"), false))?;
+        let challenge = parse_challenge(&header).map_err(|e| {
+            Failure::new(
+                io::ErrorKind::PermissionDenied,
+                format!("Authentication failed: {e}"),
+                false,
+            )
+        })?;
         let (value, bearer, expiry) = match challenge {
             Challenge::Basic => {
                 let creds = self.client.lookup_credentials(&self.blob_url).await?.ok_or_else(|| {
@@ -333,7 +480,13 @@ impl HttpBlobSource {
                 (format!("Bearer {token}"), Some(b), Some(expiry))
             }
         };
-        let value = HeaderValue::from_str(&value).map_err(|_| Failure::new(io::ErrorKind::InvalidData, "credentials are not a valid header value", false))?;
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            Failure::new(
+                io::ErrorKind::InvalidData,
+                "credentials are not a valid header value",
+                false,
+            )
+        })?;
         let mut loc = self.new_location(self.blob_url.clone(), Some(value), bearer);
         // Re-resolve when the token lapses, rather than waiting for a 401.
         if let Some(expiry) = expiry {
@@ -343,13 +496,19 @@ impl HttpBlobSource {
     }
 
     /// One attempt: a ranged GET at the resolved location, following redirects by hand.
-    async fn fetch_once(&self, offset: u64, len: u64, known_total: Option<u64>) -> Result<(Bytes, Option<u64>), Failure> {
+    async fn fetch_once(
+        &self,
+        offset: u64,
+        len: u64,
+        known_total: Option<u64>,
+    ) -> Result<(Bytes, Option<u64>), Failure> {
         let range = range_header(offset, len).map_err(Failure::range)?;
         let mut loc = self.location().await?;
         for _ in 0..=MAX_REDIRECTS {
             let target = match &self.p2p_prefix {
-                Some(prefix) => Url::parse(&format!("{prefix}/{}", loc.url))
-                    .map_err(|e| Failure::new(io::ErrorKind::InvalidInput, format!("P2P URL: {e}"), false))?,
+                Some(prefix) => Url::parse(&format!("{prefix}/{}", loc.url)).map_err(|e| {
+                    Failure::new(io::ErrorKind::InvalidInput, format!("P2P URL: {e}"), false)
+                })?,
                 None => loc.url.clone(),
             };
             let mut req = self.client.http.get(target).header(RANGE, &range);
@@ -364,12 +523,22 @@ impl HttpBlobSource {
             if status.is_redirection() {
                 let next = header_str(resp.headers(), LOCATION)
                     .and_then(|l| loc.url.join(l).ok())
-                    .ok_or_else(|| Failure::new(io::ErrorKind::InvalidData, format!("HTTP {status} without a usable Location"), false))?;
+                    .ok_or_else(|| {
+                        Failure::new(
+                            io::ErrorKind::InvalidData,
+                            format!("HTTP {status} without a usable Location"),
+                            false,
+                        )
+                    })?;
                 // Authorization stays with the registry: a redirect to another origin (object
                 // storage, CDN) carries its own pre-signed credentials.
                 let keep_auth = same_origin(&loc.url, &next);
                 let token_expiry = loc.expires;
-                loc = self.new_location(next, loc.auth.filter(|_| keep_auth), loc.bearer.filter(|_| keep_auth));
+                loc = self.new_location(
+                    next,
+                    loc.auth.filter(|_| keep_auth),
+                    loc.bearer.filter(|_| keep_auth),
+                );
                 if keep_auth {
                     loc.expires = loc.expires.min(token_expiry);
                 }
@@ -386,11 +555,21 @@ impl HttpBlobSource {
                 }
                 return Err(Failure::status(status));
             }
-            let content_length = header_str(resp.headers(), CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-            let plan = plan_body(status.as_u16(), header_str(resp.headers(), CONTENT_RANGE), content_length, offset, len, known_total)
-                .map_err(Failure::range)?;
+            let content_length =
+                header_str(resp.headers(), CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+            let plan = plan_body(
+                status.as_u16(),
+                header_str(resp.headers(), CONTENT_RANGE),
+                content_length,
+                offset,
+                len,
+                known_total,
+            )
+            .map_err(Failure::range)?;
             if status == StatusCode::PARTIAL_CONTENT && content_length.is_some_and(|l| l != len) {
-                return Err(Failure::range(RangeError::BadContentRange(format!("Content-Length {content_length:?} for {len} bytes"))));
+                return Err(Failure::range(RangeError::BadContentRange(format!(
+                    "Content-Length {content_length:?} for {len} bytes"
+                ))));
             }
             if status == StatusCode::OK && offset > 0 {
                 tracing::debug!(blob = %self.describe(), "server ignores Range; slicing a full answer");
@@ -399,19 +578,28 @@ impl HttpBlobSource {
             return Ok((data, plan.total));
         }
         self.forget_location();
-        Err(Failure::new(io::ErrorKind::Other, format!("more than {MAX_REDIRECTS} redirects"), true))
+        Err(Failure::new(
+            io::ErrorKind::Other,
+            format!("more than {MAX_REDIRECTS} redirects"),
+            true,
+        ))
     }
 }
 
 /// Reads `len` bytes after discarding `skip`, from a streamed body; a body that ends early is
 /// a (retryable) truncation, never a short read handed upward.
 async fn read_body(mut resp: reqwest::Response, mut skip: u64, len: u64) -> Result<Bytes, Failure> {
-    let want = usize::try_from(len).map_err(|_| Failure::new(io::ErrorKind::InvalidInput, "read too large", false))?;
+    let want = usize::try_from(len)
+        .map_err(|_| Failure::new(io::ErrorKind::InvalidInput, "read too large", false))?;
     let mut out = BytesMut::new();
     loop {
         let chunk = resp.chunk().await.map_err(Failure::transport)?;
         let Some(mut chunk) = chunk else {
-            return Err(Failure::new(io::ErrorKind::UnexpectedEof, format!("truncated body: got {} of {want} bytes", out.len()), true));
+            return Err(Failure::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("truncated body: got {} of {want} bytes", out.len()),
+                true,
+            ));
         };
         if skip > 0 {
             let s = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
@@ -437,9 +625,19 @@ impl LayerSource for HttpBlobSource {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = offset.checked_add(len as u64).filter(|e| *e <= self.size).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: read {offset}+{len} past the end ({})", self.describe(), self.size))
-        })?;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: read {offset}+{len} past the end ({})",
+                        self.describe(),
+                        self.size
+                    ),
+                )
+            })?;
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -458,8 +656,18 @@ mod tests {
 
     #[test]
     fn blob_url_joins_like_overlaybd() {
-        assert_eq!(blob_url("https://r/v2/a/blobs", "sha256:1").unwrap().as_str(), "https://r/v2/a/blobs/sha256:1");
-        assert_eq!(blob_url("https://r/v2/a/blobs/", "sha256:1").unwrap().as_str(), "https://r/v2/a/blobs/sha256:1");
+        assert_eq!(
+            blob_url("https://r/v2/a/blobs", "sha256:1")
+                .unwrap()
+                .as_str(),
+            "https://r/v2/a/blobs/sha256:1"
+        );
+        assert_eq!(
+            blob_url("https://r/v2/a/blobs/", "sha256:1")
+                .unwrap()
+                .as_str(),
+            "https://r/v2/a/blobs/sha256:1"
+        );
         assert!(blob_url("ftp://r/v2/a/blobs", "sha256:1").is_err());
         assert!(blob_url("not a url", "sha256:1").is_err());
     }
@@ -467,8 +675,17 @@ mod tests {
     #[test]
     fn origin_comparison_includes_port() {
         let a = Url::parse("http://127.0.0.1:5000/v2/x").unwrap();
-        assert!(same_origin(&a, &Url::parse("http://127.0.0.1:5000/other").unwrap()));
-        assert!(!same_origin(&a, &Url::parse("http://127.0.0.1:5001/v2/x").unwrap()));
-        assert!(!same_origin(&a, &Url::parse("https://127.0.0.1:5000/v2/x").unwrap()));
+        assert!(same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:5000/other").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:5001/v2/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://127.0.0.1:5000/v2/x").unwrap()
+        ));
     }
 }

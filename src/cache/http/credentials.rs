@@ -21,7 +21,9 @@ pub struct Credentials {
 impl fmt::Debug for Credentials {
     // Never print the password, even in debug logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,15 +41,23 @@ struct AuthEntry {
 impl AuthEntry {
     fn credentials(&self) -> Option<Credentials> {
         if let Some(auth) = self.auth.as_deref().filter(|a| !a.is_empty()) {
-            let raw = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok()?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()?;
             let text = String::from_utf8(raw).ok()?;
             // overlaybd splits at the first `:`; a trailing newline (as `base64` of `echo`
             // output gives) is not part of the password.
             let (user, pass) = text.split_once(':')?;
-            return Some(Credentials { username: user.into(), password: pass.trim_end_matches(['\n', '\r']).into() });
+            return Some(Credentials {
+                username: user.into(),
+                password: pass.trim_end_matches(['\n', '\r']).into(),
+            });
         }
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) if !u.is_empty() => Some(Credentials { username: u.clone(), password: p.clone() }),
+            (Some(u), Some(p)) if !u.is_empty() => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
             _ => None,
         }
     }
@@ -123,9 +133,14 @@ impl AuthFile {
 }
 
 fn normalize_key(key: &str) -> &str {
-    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
     let key = key.trim_end_matches('/');
-    key.strip_suffix("/v1").or_else(|| key.strip_suffix("/v2")).unwrap_or(key)
+    key.strip_suffix("/v1")
+        .or_else(|| key.strip_suffix("/v2"))
+        .unwrap_or(key)
 }
 
 /// The keys overlaybd matches for a blob URL: the host, then each repository prefix.
@@ -134,7 +149,9 @@ fn normalize_key(key: &str) -> &str {
 pub fn candidate_keys(blob_url: &str) -> Vec<String> {
     let rest = blob_url.split_once("://").map_or(blob_url, |(_, r)| r);
     let mut parts = rest.split('/').filter(|p| !p.is_empty());
-    let Some(host) = parts.next() else { return Vec::new() };
+    let Some(host) = parts.next() else {
+        return Vec::new();
+    };
     let mut segments: Vec<&str> = parts.collect();
     if segments.first() == Some(&"v2") {
         segments.remove(0);
@@ -168,7 +185,10 @@ impl CredentialStore {
 
     /// Credentials from `cred.json`-style files, tried in order; missing files are skipped.
     pub fn from_files(files: Vec<PathBuf>) -> Self {
-        Self { files, service: None }
+        Self {
+            files,
+            service: None,
+        }
     }
 
     /// Credentials from overlaybd's settings: its credential source, then Docker's
@@ -178,7 +198,9 @@ impl CredentialStore {
         let mut store = Self::default();
         match source {
             CredentialSource::File(p) => store.files.push(p.clone()),
-            CredentialSource::Http { url, timeout } => store.service = Some((url.clone(), *timeout)),
+            CredentialSource::Http { url, timeout } => {
+                store.service = Some((url.clone(), *timeout))
+            }
         }
         let docker = std::env::var_os("DOCKER_CONFIG")
             .map(PathBuf::from)
@@ -191,7 +213,11 @@ impl CredentialStore {
 
     /// The credentials for a blob URL, or `None` for anonymous access. A file that exists but
     /// cannot be parsed is an error (silently going anonymous would hide a typo).
-    pub async fn lookup(&self, client: &reqwest::Client, blob_url: &str) -> std::io::Result<Option<Credentials>> {
+    pub async fn lookup(
+        &self,
+        client: &reqwest::Client,
+        blob_url: &str,
+    ) -> std::io::Result<Option<Credentials>> {
         let candidates = candidate_keys(blob_url);
         if let Some((url, timeout)) = &self.service {
             let answer = client
@@ -201,10 +227,17 @@ impl CredentialStore {
                 .await
                 .map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
             if answer.status() != reqwest::StatusCode::OK {
-                return Err(std::io::Error::other(format!("credential service {url}: status {}", answer.status())));
+                return Err(std::io::Error::other(format!(
+                    "credential service {url}: status {}",
+                    answer.status()
+                )));
             }
-            let body = answer.bytes().await.map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
-            let file = AuthFile::parse_service_answer(&body).map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
+            let body = answer
+                .bytes()
+                .await
+                .map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
+            let file = AuthFile::parse_service_answer(&body)
+                .map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
             if let Some(c) = file.lookup(&candidates) {
                 return Ok(Some(c));
             }
@@ -213,10 +246,19 @@ impl CredentialStore {
             let bytes = match tokio::fs::read(path).await {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", path.display()),
+                    ))
+                }
             };
-            let file = AuthFile::parse(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            let file = AuthFile::parse(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
             if let Some(c) = file.lookup(&candidates) {
                 return Ok(Some(c));
             }
@@ -233,9 +275,16 @@ mod tests {
     fn candidates_follow_repository_prefixes() {
         assert_eq!(
             candidate_keys("https://reg.example.com/v2/team/app/blobs/sha256:00"),
-            ["reg.example.com", "reg.example.com/team", "reg.example.com/team/app"]
+            [
+                "reg.example.com",
+                "reg.example.com/team",
+                "reg.example.com/team/app"
+            ]
         );
-        assert_eq!(candidate_keys("http://127.0.0.1:5000/v2/x/blobs/"), ["127.0.0.1:5000", "127.0.0.1:5000/x"]);
+        assert_eq!(
+            candidate_keys("http://127.0.0.1:5000/v2/x/blobs/"),
+            ["127.0.0.1:5000", "127.0.0.1:5000/x"]
+        );
         assert!(candidate_keys("").is_empty());
     }
 
@@ -248,24 +297,43 @@ mod tests {
             "hub.docker.com/hello/world": {"auth": "dXNlcm5hbWU6cGFzc3dvcmQK"}
         }}"#;
         let f = AuthFile::parse(json).unwrap();
-        let c = f.lookup(&candidate_keys("https://hub.docker.com/v2/hello/world/blobs/sha256:1")).unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("username", "password"));
-        assert_eq!(f.lookup(&candidate_keys("https://elsewhere/v2/a/blobs/x")), None);
+        let c = f
+            .lookup(&candidate_keys(
+                "https://hub.docker.com/v2/hello/world/blobs/sha256:1",
+            ))
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("username", "password")
+        );
+        assert_eq!(
+            f.lookup(&candidate_keys("https://elsewhere/v2/a/blobs/x")),
+            None
+        );
     }
 
     #[test]
     fn auth_field_is_split_at_first_colon_and_newline_dropped() {
-        let f = AuthFile::parse(br#"{"auths": {"r": {"auth": "dXNlcm5hbWU6cGFzczp3b3JkCg=="}}}"#).unwrap();
+        let f = AuthFile::parse(br#"{"auths": {"r": {"auth": "dXNlcm5hbWU6cGFzczp3b3JkCg=="}}}"#)
+            .unwrap();
         let c = f.lookup(&["r".to_string()]).unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("username", "pass:word"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("username", "pass:word")
+        );
         let bad = AuthFile::parse(br#"{"auths": {"r": {"auth": "!!!"}}}"#).unwrap();
         assert_eq!(bad.lookup(&["r".to_string()]), None);
     }
 
     #[test]
     fn docker_config_keys_with_scheme_match() {
-        let f = AuthFile::parse(br#"{"auths": {"https://127.0.0.1:5000/v1/": {"auth": "dTpw"}}, "credsStore": "x"}"#).unwrap();
-        let c = f.lookup(&candidate_keys("http://127.0.0.1:5000/v2/r/blobs/sha256:1")).unwrap();
+        let f = AuthFile::parse(
+            br#"{"auths": {"https://127.0.0.1:5000/v1/": {"auth": "dTpw"}}, "credsStore": "x"}"#,
+        )
+        .unwrap();
+        let c = f
+            .lookup(&candidate_keys("http://127.0.0.1:5000/v2/r/blobs/sha256:1"))
+            .unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
     }
 
@@ -275,12 +343,18 @@ mod tests {
         assert_eq!(a.lookup(&["h".into()]).unwrap().username, "a");
         assert!(AuthFile::parse_service_answer(br#"{"success":false}"#).is_err());
         assert!(AuthFile::parse(b"{\"auths\": [1]}").is_err());
-        assert!(AuthFile::parse(b"{}").unwrap().lookup(&["h".into()]).is_none());
+        assert!(AuthFile::parse(b"{}")
+            .unwrap()
+            .lookup(&["h".into()])
+            .is_none());
     }
 
     #[test]
     fn debug_hides_password() {
-        let c = Credentials { username: "u".into(), password: "secret".into() };
+        let c = Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        };
         assert!(!format!("{c:?}").contains("secret"));
     }
 }

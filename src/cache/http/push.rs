@@ -18,11 +18,20 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// Pushes `data` as a blob of `repo` on the registry at `registry` (e.g. `http://127.0.0.1:5000`),
 /// with HTTP Basic credentials if given. Returns the blob digest. Only registries that accept
 /// Basic auth (or none) are supported; a Bearer challenge is reported as an error.
-pub async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, data: Vec<u8>, creds: Option<&Credentials>) -> io::Result<String> {
+pub async fn push_blob(
+    http: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    data: Vec<u8>,
+    creds: Option<&Credentials>,
+) -> io::Result<String> {
     let digest = sha256_digest(&data);
-    let err = |what: &str, e: String| io::Error::other(format!("push {repo}@{digest}: {what}: {e}"));
+    let err =
+        |what: &str, e: String| io::Error::other(format!("push {repo}@{digest}: {what}: {e}"));
     let base = Url::parse(registry).map_err(|e| err("registry URL", e.to_string()))?;
-    let start = base.join(&format!("/v2/{repo}/blobs/uploads/")).map_err(|e| err("upload URL", e.to_string()))?;
+    let start = base
+        .join(&format!("/v2/{repo}/blobs/uploads/"))
+        .map_err(|e| err("upload URL", e.to_string()))?;
     let auth = creds.map(|c| basic_header(&c.username, &c.password));
 
     let mut post = http.post(start.clone());
@@ -38,10 +47,15 @@ pub async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, data:
         .get(LOCATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| err("POST", "no Location".into()))?;
-    let mut put_url = start.join(location).map_err(|e| err("Location", e.to_string()))?;
+    let mut put_url = start
+        .join(location)
+        .map_err(|e| err("Location", e.to_string()))?;
     put_url.query_pairs_mut().append_pair("digest", &digest);
 
-    let mut put = http.put(put_url).header(CONTENT_TYPE, "application/octet-stream").body(data);
+    let mut put = http
+        .put(put_url)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(data);
     if let Some(a) = &auth {
         put = put.header(AUTHORIZATION, a);
     }
@@ -56,6 +70,9 @@ pub async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, data:
 mod tests {
     #[test]
     fn digest_of_empty_blob() {
-        assert_eq!(super::sha256_digest(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            super::sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

@@ -75,7 +75,11 @@ fn last_byte(offset: u64, len: u64) -> Result<u64, RangeError> {
 /// Parses a `Content-Range` value of a 206 answer.
 pub fn parse_content_range(value: &str) -> Result<ContentRange, RangeError> {
     let bad = || RangeError::BadContentRange(value.to_string());
-    let rest = value.trim().strip_prefix("bytes").ok_or_else(bad)?.trim_start();
+    let rest = value
+        .trim()
+        .strip_prefix("bytes")
+        .ok_or_else(bad)?
+        .trim_start();
     let (span, total) = rest.split_once('/').ok_or_else(bad)?;
     let (first, last) = span.split_once('-').ok_or_else(bad)?;
     let num = |s: &str| -> Result<u64, RangeError> {
@@ -86,7 +90,11 @@ pub fn parse_content_range(value: &str) -> Result<ContentRange, RangeError> {
         s.parse().map_err(|_| bad())
     };
     let (first, last) = (num(first)?, num(last)?);
-    let total = if total.trim() == "*" { None } else { Some(num(total)?) };
+    let total = if total.trim() == "*" {
+        None
+    } else {
+        Some(num(total)?)
+    };
     if last < first || total.is_some_and(|t| last >= t) {
         return Err(bad());
     }
@@ -124,12 +132,20 @@ pub fn plan_body(
     if status == 206 {
         let cr = parse_content_range(content_range.unwrap_or(""))?;
         if cr.first != offset || cr.last != last {
-            return Err(RangeError::WrongRange { asked_first: offset, asked_last: last, got_first: cr.first, got_last: cr.last });
+            return Err(RangeError::WrongRange {
+                asked_first: offset,
+                asked_last: last,
+                got_first: cr.first,
+                got_last: cr.last,
+            });
         }
         if let Some(t) = cr.total {
             check_total(t)?;
         }
-        return Ok(BodyPlan { skip: 0, total: cr.total.or(known_total) });
+        return Ok(BodyPlan {
+            skip: 0,
+            total: cr.total.or(known_total),
+        });
     }
     // 200: the whole blob from byte 0.
     if offset > MAX_SKIP {
@@ -142,17 +158,27 @@ pub fn plan_body(
             return Err(RangeError::ShortFullBody { body, needed });
         }
     }
-    Ok(BodyPlan { skip: offset, total: content_length.or(known_total) })
+    Ok(BodyPlan {
+        skip: offset,
+        total: content_length.or(known_total),
+    })
 }
 
 /// The blob size revealed by an answer to a `bytes=0-0` probe: the `Content-Range` total of
 /// a 206, or the `Content-Length` of a 200.
-pub fn probe_total(status: u16, content_range: Option<&str>, content_length: Option<u64>) -> Result<u64, RangeError> {
+pub fn probe_total(
+    status: u16,
+    content_range: Option<&str>,
+    content_length: Option<u64>,
+) -> Result<u64, RangeError> {
     if status == 206 {
         let cr = parse_content_range(content_range.unwrap_or(""))?;
-        return cr.total.ok_or_else(|| RangeError::BadContentRange(content_range.unwrap_or("").into()));
+        return cr
+            .total
+            .ok_or_else(|| RangeError::BadContentRange(content_range.unwrap_or("").into()));
     }
-    content_length.ok_or_else(|| RangeError::BadContentRange("200 answer without Content-Length".into()))
+    content_length
+        .ok_or_else(|| RangeError::BadContentRange("200 answer without Content-Length".into()))
 }
 
 #[cfg(test)]
@@ -165,27 +191,70 @@ mod tests {
         assert_eq!(range_header(10, 5).unwrap(), "bytes=10-14");
         assert!(range_header(5, 0).is_err());
         assert!(range_header(u64::MAX, 2).is_err());
-        assert_eq!(parse_content_range("bytes 0-0/4739584").unwrap(), ContentRange { first: 0, last: 0, total: Some(4739584) });
+        assert_eq!(
+            parse_content_range("bytes 0-0/4739584").unwrap(),
+            ContentRange {
+                first: 0,
+                last: 0,
+                total: Some(4739584)
+            }
+        );
         assert_eq!(parse_content_range("bytes 5-9/*").unwrap().total, None);
-        for bad in ["", "bytes", "bytes 5-4/10", "bytes 0-10/10", "items 0-1/2", "bytes -1-2/3", "bytes 0-1", "bytes 0-99999999999999999999999/1"] {
+        for bad in [
+            "",
+            "bytes",
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "items 0-1/2",
+            "bytes -1-2/3",
+            "bytes 0-1",
+            "bytes 0-99999999999999999999999/1",
+        ] {
             assert!(parse_content_range(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn partial_answer_must_match_request() {
-        assert_eq!(plan_body(206, Some("bytes 10-19/100"), Some(10), 10, 10, None).unwrap(), BodyPlan { skip: 0, total: Some(100) });
-        assert!(matches!(plan_body(206, Some("bytes 0-9/100"), None, 10, 10, None), Err(RangeError::WrongRange { .. })));
-        assert!(matches!(plan_body(206, Some("bytes 10-19/100"), None, 10, 10, Some(99)), Err(RangeError::SizeMismatch { .. })));
+        assert_eq!(
+            plan_body(206, Some("bytes 10-19/100"), Some(10), 10, 10, None).unwrap(),
+            BodyPlan {
+                skip: 0,
+                total: Some(100)
+            }
+        );
+        assert!(matches!(
+            plan_body(206, Some("bytes 0-9/100"), None, 10, 10, None),
+            Err(RangeError::WrongRange { .. })
+        ));
+        assert!(matches!(
+            plan_body(206, Some("bytes 10-19/100"), None, 10, 10, Some(99)),
+            Err(RangeError::SizeMismatch { .. })
+        ));
         assert!(plan_body(206, None, None, 0, 1, None).is_err());
     }
 
     #[test]
     fn full_answer_is_sliced_or_refused() {
-        assert_eq!(plan_body(200, None, Some(100), 10, 10, Some(100)).unwrap(), BodyPlan { skip: 10, total: Some(100) });
-        assert!(matches!(plan_body(200, None, Some(15), 10, 10, None), Err(RangeError::ShortFullBody { .. })));
-        assert!(matches!(plan_body(200, None, Some(50), 0, 1, Some(100)), Err(RangeError::SizeMismatch { .. })));
-        assert!(matches!(plan_body(200, None, None, MAX_SKIP + 1, 1, None), Err(RangeError::RangeIgnored(_))));
+        assert_eq!(
+            plan_body(200, None, Some(100), 10, 10, Some(100)).unwrap(),
+            BodyPlan {
+                skip: 10,
+                total: Some(100)
+            }
+        );
+        assert!(matches!(
+            plan_body(200, None, Some(15), 10, 10, None),
+            Err(RangeError::ShortFullBody { .. })
+        ));
+        assert!(matches!(
+            plan_body(200, None, Some(50), 0, 1, Some(100)),
+            Err(RangeError::SizeMismatch { .. })
+        ));
+        assert!(matches!(
+            plan_body(200, None, None, MAX_SKIP + 1, 1, None),
+            Err(RangeError::RangeIgnored(_))
+        ));
     }
 
     #[test]

@@ -102,8 +102,14 @@ mod tests {
     #[test]
     fn md5_known_answers() {
         // RFC 1321 test suite: MD5("abc") and MD5("message digest"), split into id||secret||challenge.
-        assert_eq!(hex::encode(md5_response(b'a', b"b", b"c")), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(hex::encode(md5_response(b'm', b"essage ", b"digest")), "f96b697d7cb7938d525a2f31aaf161d0");
+        assert_eq!(
+            hex::encode(md5_response(b'a', b"b", b"c")),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(
+            hex::encode(md5_response(b'm', b"essage ", b"digest")),
+            "f96b697d7cb7938d525a2f31aaf161d0"
+        );
     }
 
     #[test]
@@ -113,10 +119,23 @@ mod tests {
         assert_eq!(decode_binary("0bAQL/"), Some(vec![1, 2, 0xff]));
         assert_eq!(decode_binary("0bAQI="), Some(vec![1, 2]));
         assert_eq!(decode_binary("0bAQ=="), Some(vec![1]));
-        for bad in ["", "0x", "0b", "12", "0xzz", "0bAQ=", "0bA===", "0bAQ==AQ==", "0b****"] {
+        for bad in [
+            "",
+            "0x",
+            "0b",
+            "12",
+            "0xzz",
+            "0bAQ=",
+            "0bA===",
+            "0bAQ==AQ==",
+            "0b****",
+        ] {
             assert_eq!(decode_binary(bad), None, "{bad}");
         }
-        assert_eq!(decode_binary(&format!("0x{}", "00".repeat(MAX_BINARY_LEN + 1))), None);
+        assert_eq!(
+            decode_binary(&format!("0x{}", "00".repeat(MAX_BINARY_LEN + 1))),
+            None
+        );
         assert_eq!(encode_hex(&[0xab, 1]), "0xab01");
         assert_eq!(decode_binary(&encode_hex(&[9, 8, 7])), Some(vec![9, 8, 7]));
     }

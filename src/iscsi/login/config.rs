@@ -15,7 +15,10 @@ pub struct ChapAccount {
 impl std::fmt::Debug for ChapAccount {
     // Never print secrets into logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChapAccount").field("user", &self.user).field("secret", &"<redacted>").finish()
+        f.debug_struct("ChapAccount")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -45,7 +48,12 @@ pub struct TargetConfig {
 impl TargetConfig {
     /// A target open to every initiator without authentication.
     pub fn open(name: impl Into<String>) -> Self {
-        TargetConfig { name: name.into(), alias: None, auth: AuthConfig::default(), allowed_initiators: Vec::new() }
+        TargetConfig {
+            name: name.into(),
+            alias: None,
+            auth: AuthConfig::default(),
+            allowed_initiators: Vec::new(),
+        }
     }
 
     /// Whether `initiator` may log in to (or discover) this target.
@@ -152,7 +160,10 @@ pub struct StaticDirectory {
 impl StaticDirectory {
     /// A directory with the given settings and targets (a later duplicate name wins).
     pub fn new(settings: LoginSettings, targets: impl IntoIterator<Item = TargetConfig>) -> Self {
-        StaticDirectory { settings, targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect() }
+        StaticDirectory {
+            settings,
+            targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
     }
 }
 

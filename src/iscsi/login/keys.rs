@@ -42,7 +42,10 @@ pub enum KeyError {
 
 /// Key names are letters, digits and `.-+@_` (RFC 7143 §6.1).
 fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+@_".contains(&b))
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-+@_".contains(&b))
 }
 
 /// Parses NUL-separated `key=value` pairs in order, like [`parse_entries`], where a key may
@@ -66,7 +69,10 @@ pub fn parse_entries(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
     }
     let mut out: Vec<(String, String)> = Vec::new();
     for entry in text.split(|&b| b == 0).filter(|e| !e.is_empty()) {
-        let eq = entry.iter().position(|&b| b == b'=').ok_or(KeyError::MissingEquals)?;
+        let eq = entry
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or(KeyError::MissingEquals)?;
         let (key, value) = (&entry[..eq], &entry[eq + 1..]);
         if key.len() > MAX_KEY_LEN {
             return Err(KeyError::KeyTooLong);
@@ -76,7 +82,9 @@ pub fn parse_entries(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
             return Err(KeyError::BadKeyName);
         }
         if value.len() > MAX_VALUE_LEN {
-            return Err(KeyError::ValueTooLong { key: key.to_owned() });
+            return Err(KeyError::ValueTooLong {
+                key: key.to_owned(),
+            });
         }
         let value = std::str::from_utf8(value).map_err(|_| KeyError::NotUtf8)?;
         out.push((key.to_owned(), value.to_owned()));
@@ -112,9 +120,10 @@ impl TextWriter {
 
     /// Whether `key` was already written.
     pub fn contains(&self, key: &str) -> bool {
-        self.buf[..]
-            .split(|&b| b == 0)
-            .any(|e| e.strip_prefix(key.as_bytes()).is_some_and(|rest| rest.first() == Some(&b'=')))
+        self.buf[..].split(|&b| b == 0).any(|e| {
+            e.strip_prefix(key.as_bytes())
+                .is_some_and(|rest| rest.first() == Some(&b'='))
+        })
     }
 
     /// The finished text.
@@ -183,7 +192,10 @@ pub fn list_items(value: &str) -> impl Iterator<Item = &str> {
 
 /// Parses an iSCSI numerical value: decimal, or hexadecimal with a `0x`/`0X` prefix.
 pub fn parse_number(value: &str) -> Option<u64> {
-    if let Some(hex) = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+    if let Some(hex) = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -241,12 +253,21 @@ mod tests {
         let kv = parse(b"InitiatorName=iqn.x\0SessionType=Normal\0").expect("valid");
         assert_eq!(
             kv,
-            vec![("InitiatorName".into(), "iqn.x".into()), ("SessionType".into(), "Normal".into())]
+            vec![
+                ("InitiatorName".into(), "iqn.x".into()),
+                ("SessionType".into(), "Normal".into())
+            ]
         );
         // Values may contain '=' and be empty; padding NULs are skipped.
         let kv = parse(b"A=b=c\0B=\0\0\0").expect("valid");
-        assert_eq!(kv, vec![("A".into(), "b=c".into()), ("B".into(), String::new())]);
-        assert_eq!(parse(b"K=v").expect("unterminated last entry"), vec![("K".into(), "v".into())]);
+        assert_eq!(
+            kv,
+            vec![("A".into(), "b=c".into()), ("B".into(), String::new())]
+        );
+        assert_eq!(
+            parse(b"K=v").expect("unterminated last entry"),
+            vec![("K".into(), "v".into())]
+        );
     }
 
     #[test]
@@ -255,15 +276,24 @@ mod tests {
         assert_eq!(parse(b"=v\0"), Err(KeyError::BadKeyName));
         assert_eq!(parse(b"a b=v\0"), Err(KeyError::BadKeyName));
         assert_eq!(parse(b"K=\xff\0"), Err(KeyError::NotUtf8));
-        assert_eq!(parse(b"K=1\0K=2\0"), Err(KeyError::DuplicateKey("K".into())));
+        assert_eq!(
+            parse(b"K=1\0K=2\0"),
+            Err(KeyError::DuplicateKey("K".into()))
+        );
         assert_eq!(parse_entries(b"K=1\0K=2\0").map(|e| e.len()), Ok(2));
         let long_key = format!("{}=v\0", "k".repeat(MAX_KEY_LEN + 1));
         assert_eq!(parse(long_key.as_bytes()), Err(KeyError::KeyTooLong));
         let ok_key = format!("{}=v\0", "k".repeat(MAX_KEY_LEN));
         assert!(parse(ok_key.as_bytes()).is_ok());
         let long_value = format!("K={}\0", "v".repeat(MAX_VALUE_LEN + 1));
-        assert_eq!(parse(long_value.as_bytes()), Err(KeyError::ValueTooLong { key: "K".into() }));
-        assert_eq!(parse(&vec![b'a'; MAX_TEXT_LEN + 1]), Err(KeyError::TextTooLong));
+        assert_eq!(
+            parse(long_value.as_bytes()),
+            Err(KeyError::ValueTooLong { key: "K".into() })
+        );
+        assert_eq!(
+            parse(&vec![b'a'; MAX_TEXT_LEN + 1]),
+            Err(KeyError::TextTooLong)
+        );
     }
 
     #[test]
@@ -274,7 +304,10 @@ mod tests {
         w.push("MaxRecvDataSegmentLength", "262144");
         assert!(w.contains("HeaderDigest") && !w.contains("Header") && !w.contains("DataDigest"));
         let text = w.finish();
-        assert_eq!(&text[..], b"HeaderDigest=None\0MaxRecvDataSegmentLength=262144\0");
+        assert_eq!(
+            &text[..],
+            b"HeaderDigest=None\0MaxRecvDataSegmentLength=262144\0"
+        );
         assert_eq!(parse(&text).expect("valid").len(), 2);
     }
 
@@ -283,7 +316,10 @@ mod tests {
         let mut a = TextAssembler::new();
         assert_eq!(a.push(b"Initiator", true), Ok(None));
         assert!(a.is_pending());
-        assert_eq!(a.push(b"Name=iqn.x\0", false), Ok(Some(Bytes::from_static(b"InitiatorName=iqn.x\0"))));
+        assert_eq!(
+            a.push(b"Name=iqn.x\0", false),
+            Ok(Some(Bytes::from_static(b"InitiatorName=iqn.x\0")))
+        );
         assert!(!a.is_pending());
         let big = vec![b'a'; MAX_TEXT_LEN];
         assert_eq!(a.push(&big, true), Ok(None));
@@ -305,13 +341,24 @@ mod tests {
         assert_eq!(parse_number("262144"), Some(262144));
         assert_eq!(parse_number("0x40000"), Some(0x40000));
         assert_eq!(parse_number("0X1f"), Some(31));
-        for bad in ["", "-1", "+1", "12a", "0x", "0xg", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "12a",
+            "0x",
+            "0xg",
+            "99999999999999999999999",
+        ] {
             assert_eq!(parse_number(bad), None, "{bad}");
         }
         assert_eq!(parse_bool("Yes"), Some(true));
         assert_eq!(parse_bool("No"), Some(false));
         assert_eq!(parse_bool("yes"), None);
         assert_eq!(format_bool(true), "Yes");
-        assert_eq!(list_items("CRC32C,None").collect::<Vec<_>>(), vec!["CRC32C", "None"]);
+        assert_eq!(
+            list_items("CRC32C,None").collect::<Vec<_>>(),
+            vec!["CRC32C", "None"]
+        );
     }
 }

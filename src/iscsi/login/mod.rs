@@ -34,6 +34,9 @@ mod params;
 #[cfg(test)]
 mod tests;
 
-pub use config::{AuthConfig, ChapAccount, DigestPolicy, LoginSettings, StaticDirectory, TargetConfig, TargetDirectory};
+pub use config::{
+    AuthConfig, ChapAccount, DigestPolicy, LoginSettings, StaticDirectory, TargetConfig,
+    TargetDirectory,
+};
 pub use machine::{Login, LoginOutcome, LoginStep, SessionType};
 pub use params::SessionParams;

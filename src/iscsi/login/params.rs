@@ -71,7 +71,10 @@ impl Default for SessionParams {
 impl SessionParams {
     /// The digest settings for the PDU codec once login has completed.
     pub fn digests(&self) -> Digests {
-        Digests { header: self.header_digest, data: self.data_digest }
+        Digests {
+            header: self.header_digest,
+            data: self.data_digest,
+        }
     }
 }
 
@@ -125,7 +128,9 @@ fn negotiate_digest(offer: &str, policy: DigestPolicy, out: &mut bool) -> Answer
 
 /// Parses a number within `[min, max]`.
 fn number_in(value: &str, min: u64, max: u64) -> Option<u32> {
-    parse_number(value).filter(|n| (min..=max).contains(n)).and_then(|n| u32::try_from(n).ok())
+    parse_number(value)
+        .filter(|n| (min..=max).contains(n))
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// Answers one operational key and records the result in `params`.
@@ -139,15 +144,16 @@ pub(crate) fn answer(
     if discovery && IRRELEVANT_IN_DISCOVERY.contains(&key) {
         return irrelevant();
     }
-    let numeric = |min: u64, max: u64, ours: u32, pick: fn(u32, u32) -> u32, slot: &mut u32| match number_in(
-        value, min, max,
-    ) {
-        Some(v) => {
-            *slot = pick(v, ours);
-            Answer::Value(slot.to_string())
-        }
-        None => reject(),
-    };
+    let numeric =
+        |min: u64, max: u64, ours: u32, pick: fn(u32, u32) -> u32, slot: &mut u32| match number_in(
+            value, min, max,
+        ) {
+            Some(v) => {
+                *slot = pick(v, ours);
+                Answer::Value(slot.to_string())
+            }
+            None => reject(),
+        };
     let boolean = |ours: bool, or: bool, slot: &mut bool| match parse_bool(value) {
         Some(v) => {
             *slot = if or { v || ours } else { v && ours };
@@ -156,7 +162,9 @@ pub(crate) fn answer(
         None => reject(),
     };
     match key {
-        "HeaderDigest" => negotiate_digest(value, settings.header_digest, &mut params.header_digest),
+        "HeaderDigest" => {
+            negotiate_digest(value, settings.header_digest, &mut params.header_digest)
+        }
         "DataDigest" => negotiate_digest(value, settings.data_digest, &mut params.data_digest),
         "MaxRecvDataSegmentLength" => match number_in(value, MIN_LENGTH, MAX_LENGTH) {
             Some(v) => {
@@ -165,19 +173,41 @@ pub(crate) fn answer(
             }
             None => reject(),
         },
-        "MaxBurstLength" => {
-            numeric(MIN_LENGTH, MAX_LENGTH, settings.max_burst_length, u32::min, &mut params.max_burst_length)
-        }
-        "FirstBurstLength" => {
-            numeric(MIN_LENGTH, MAX_LENGTH, settings.first_burst_length, u32::min, &mut params.first_burst_length)
-        }
-        "MaxOutstandingR2T" => {
-            numeric(1, 65535, settings.max_outstanding_r2t, u32::min, &mut params.max_outstanding_r2t)
-        }
-        "DefaultTime2Wait" => numeric(0, 3600, settings.default_time2wait, u32::max, &mut params.default_time2wait),
-        "DefaultTime2Retain" => {
-            numeric(0, 3600, settings.default_time2retain, u32::min, &mut params.default_time2retain)
-        }
+        "MaxBurstLength" => numeric(
+            MIN_LENGTH,
+            MAX_LENGTH,
+            settings.max_burst_length,
+            u32::min,
+            &mut params.max_burst_length,
+        ),
+        "FirstBurstLength" => numeric(
+            MIN_LENGTH,
+            MAX_LENGTH,
+            settings.first_burst_length,
+            u32::min,
+            &mut params.first_burst_length,
+        ),
+        "MaxOutstandingR2T" => numeric(
+            1,
+            65535,
+            settings.max_outstanding_r2t,
+            u32::min,
+            &mut params.max_outstanding_r2t,
+        ),
+        "DefaultTime2Wait" => numeric(
+            0,
+            3600,
+            settings.default_time2wait,
+            u32::max,
+            &mut params.default_time2wait,
+        ),
+        "DefaultTime2Retain" => numeric(
+            0,
+            3600,
+            settings.default_time2retain,
+            u32::min,
+            &mut params.default_time2retain,
+        ),
         "ErrorRecoveryLevel" => numeric(0, 2, 0, u32::min, &mut params.error_recovery_level),
         "MaxConnections" => numeric(1, 65535, 1, u32::min, &mut params.max_connections),
         "InitialR2T" => boolean(settings.initial_r2t, true, &mut params.initial_r2t),
@@ -281,7 +311,11 @@ mod tests {
         ] {
             let (a, p) = run(k, v, &s);
             assert_eq!(a, val("Reject"), "{k}={v}");
-            assert_eq!(p, SessionParams::default(), "{k}={v} must leave the default");
+            assert_eq!(
+                p,
+                SessionParams::default(),
+                "{k}={v} must leave the default"
+            );
         }
     }
 
@@ -316,8 +350,14 @@ mod tests {
         assert_eq!(run("OFMarker", "No", &s).0, val("No"));
         assert_eq!(run("OFMarkInt", "2048~8192", &s).0, val("Reject"));
         assert_eq!(run("RDMAExtensions", "Yes", &s).0, val("No"));
-        assert_eq!(run("TargetRecvDataSegmentLength", "8192", &s).0, val("Irrelevant"));
-        assert_eq!(run("TaskReporting", "ResponseFence,RFC3720", &s).0, val("RFC3720"));
+        assert_eq!(
+            run("TargetRecvDataSegmentLength", "8192", &s).0,
+            val("Irrelevant")
+        );
+        assert_eq!(
+            run("TaskReporting", "ResponseFence,RFC3720", &s).0,
+            val("RFC3720")
+        );
         assert_eq!(run("iSCSIProtocolLevel", "2", &s).0, val("1"));
         assert_eq!(run("X-com.example.Foo", "1", &s).0, Answer::NotOperational);
     }
@@ -326,14 +366,27 @@ mod tests {
     fn discovery_makes_session_keys_irrelevant() {
         let s = LoginSettings::default();
         let mut p = SessionParams::default();
-        assert_eq!(answer("MaxBurstLength", "65536", true, &s, &mut p), val("Irrelevant"));
-        assert_eq!(answer("HeaderDigest", "None", true, &s, &mut p), val("None"));
-        assert_eq!(p.max_burst_length, SessionParams::default().max_burst_length);
+        assert_eq!(
+            answer("MaxBurstLength", "65536", true, &s, &mut p),
+            val("Irrelevant")
+        );
+        assert_eq!(
+            answer("HeaderDigest", "None", true, &s, &mut p),
+            val("None")
+        );
+        assert_eq!(
+            p.max_burst_length,
+            SessionParams::default().max_burst_length
+        );
     }
 
     #[test]
     fn first_burst_never_exceeds_max_burst() {
-        let mut p = SessionParams { max_burst_length: 4096, first_burst_length: 65536, ..SessionParams::default() };
+        let mut p = SessionParams {
+            max_burst_length: 4096,
+            first_burst_length: 65536,
+            ..SessionParams::default()
+        };
         settle(&mut p);
         assert_eq!(p.first_burst_length, 4096);
     }

@@ -43,7 +43,10 @@ fn answers(rsp: &LoginResponse) -> Vec<(String, String)> {
 }
 
 fn answer(rsp: &LoginResponse, key: &str) -> Option<String> {
-    answers(rsp).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    answers(rsp)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 fn open_dir() -> StaticDirectory {
@@ -51,7 +54,10 @@ fn open_dir() -> StaticDirectory {
 }
 
 fn account(user: &str, secret: &str) -> ChapAccount {
-    ChapAccount { user: user.into(), secret: secret.as_bytes().to_vec() }
+    ChapAccount {
+        user: user.into(),
+        secret: secret.as_bytes().to_vec(),
+    }
 }
 
 fn chap_dir(mutual: bool) -> StaticDirectory {
@@ -64,7 +70,10 @@ fn chap_dir(mutual: bool) -> StaticDirectory {
 }
 
 fn leading_keys() -> [String; 2] {
-    [format!("InitiatorName={INITIATOR}"), format!("TargetName={TARGET}")]
+    [
+        format!("InitiatorName={INITIATOR}"),
+        format!("TargetName={TARGET}"),
+    ]
 }
 
 fn respond(step: LoginStep) -> LoginResponse {
@@ -141,7 +150,12 @@ const LINUX_NORMAL: &[&str] = &[
 fn linux_discovery_login_in_one_round_trip() {
     let dir = open_dir();
     let mut login = Login::new();
-    let mut r = req(Stage::Operational, Stage::FullFeature, true, LINUX_DISCOVERY);
+    let mut r = req(
+        Stage::Operational,
+        Stage::FullFeature,
+        true,
+        LINUX_DISCOVERY,
+    );
     r.cmd_sn = 1;
     let out = ready(login.handle(&dir, &r));
     assert_eq!(out.session_type, SessionType::Discovery);
@@ -156,7 +170,15 @@ fn linux_discovery_login_in_one_round_trip() {
 
     let rsp = login.accept(0x0101).expect("final response");
     assert!(rsp.transit && !rsp.continues);
-    assert_eq!((rsp.csg, rsp.nsg, rsp.tsih, rsp.status), (Stage::Operational, Stage::FullFeature, 0x0101, LoginStatus::SUCCESS));
+    assert_eq!(
+        (rsp.csg, rsp.nsg, rsp.tsih, rsp.status),
+        (
+            Stage::Operational,
+            Stage::FullFeature,
+            0x0101,
+            LoginStatus::SUCCESS
+        )
+    );
     assert_eq!((rsp.stat_sn, rsp.exp_cmd_sn, rsp.max_cmd_sn), (0, 1, 128));
     assert_eq!(out.next_stat_sn, 1);
     let got = answers(&rsp);
@@ -182,12 +204,22 @@ fn linux_discovery_login_in_one_round_trip() {
 fn linux_normal_login_answers_every_key() {
     let dir = open_dir();
     let mut login = Login::new();
-    let out = ready(login.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL)));
+    let out = ready(login.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
     assert_eq!(out.session_type, SessionType::Normal);
     assert_eq!(out.target.as_ref().map(|t| t.name.as_str()), Some(TARGET));
     let p = &out.params;
     assert_eq!(p.max_send_data_segment_length, 262144);
-    assert_eq!((p.max_burst_length, p.first_burst_length, p.max_outstanding_r2t), (1 << 20, 262144, 1));
+    assert_eq!(
+        (
+            p.max_burst_length,
+            p.first_burst_length,
+            p.max_outstanding_r2t
+        ),
+        (1 << 20, 262144, 1)
+    );
     assert!(p.initial_r2t, "OR with our InitialR2T=Yes");
     assert!(p.immediate_data);
     let rsp = login.accept(0x100).expect("final");
@@ -207,7 +239,12 @@ fn linux_normal_login_answers_every_key() {
         assert_eq!(answer(&rsp, k).as_deref(), Some(v), "{k}");
     }
     // Declarations and leading keys get no answer.
-    for k in ["InitiatorName", "InitiatorAlias", "TargetName", "SessionType"] {
+    for k in [
+        "InitiatorName",
+        "InitiatorAlias",
+        "TargetName",
+        "SessionType",
+    ] {
         assert_eq!(answer(&rsp, k), None, "{k}");
     }
     // Every negotiated key the initiator offered is answered.
@@ -222,7 +259,10 @@ fn allowing_unsolicited_data_follows_the_initiator() {
     let mut dir = open_dir();
     dir.settings.initial_r2t = false;
     let mut login = Login::new();
-    let out = ready(login.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL)));
+    let out = ready(login.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
     assert!(!out.params.initial_r2t);
 }
 
@@ -232,7 +272,10 @@ fn crc32c_only_offer_is_honoured() {
     keys[4] = "HeaderDigest=CRC32C";
     keys[5] = "DataDigest=CRC32C";
     let mut login = Login::new();
-    let out = ready(login.handle(&open_dir(), &req(Stage::Operational, Stage::FullFeature, true, &keys)));
+    let out = ready(login.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
     assert!(out.params.header_digest && out.params.data_digest);
     let rsp = login.accept(1).expect("final");
     assert_eq!(answer(&rsp, "HeaderDigest").as_deref(), Some("CRC32C"));
@@ -247,23 +290,42 @@ fn security_then_operational_then_full_feature() {
         Stage::Security,
         Stage::Operational,
         true,
-        &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "AuthMethod=CHAP,None"],
+        &[
+            &format!("InitiatorName={INITIATOR}"),
+            &format!("TargetName={TARGET}"),
+            "AuthMethod=CHAP,None",
+        ],
     );
     first.exp_stat_sn = 500;
     first.cmd_sn = 9;
     let r1 = respond(login.handle(&dir, &first));
     assert!(r1.transit);
-    assert_eq!((r1.csg, r1.nsg, r1.stat_sn, r1.exp_cmd_sn, r1.max_cmd_sn), (Stage::Security, Stage::Operational, 500, 9, 136));
+    assert_eq!(
+        (r1.csg, r1.nsg, r1.stat_sn, r1.exp_cmd_sn, r1.max_cmd_sn),
+        (Stage::Security, Stage::Operational, 500, 9, 136)
+    );
     assert_eq!(answer(&r1, "AuthMethod").as_deref(), Some("None"));
     assert_eq!(answer(&r1, "TargetPortalGroupTag").as_deref(), Some("1"));
-    assert_eq!(answer(&r1, "MaxRecvDataSegmentLength"), None, "not declared in the security stage");
+    assert_eq!(
+        answer(&r1, "MaxRecvDataSegmentLength"),
+        None,
+        "not declared in the security stage"
+    );
 
-    let mut second = req(Stage::Operational, Stage::Operational, false, &["MaxRecvDataSegmentLength=65536"]);
+    let mut second = req(
+        Stage::Operational,
+        Stage::Operational,
+        false,
+        &["MaxRecvDataSegmentLength=65536"],
+    );
     second.cmd_sn = 9;
     let r2 = respond(login.handle(&dir, &second));
     assert!(!r2.transit);
     assert_eq!(r2.stat_sn, 501);
-    assert_eq!(answers(&r2), vec![("MaxRecvDataSegmentLength".to_string(), "262144".to_string())]);
+    assert_eq!(
+        answers(&r2),
+        vec![("MaxRecvDataSegmentLength".to_string(), "262144".to_string())]
+    );
 
     let mut third = req(Stage::Operational, Stage::FullFeature, true, &[]);
     third.cmd_sn = 9;
@@ -283,7 +345,11 @@ fn skipping_operational_stage_keeps_default_receive_limit() {
             Stage::Security,
             Stage::FullFeature,
             true,
-            &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "AuthMethod=None"],
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=None",
+            ],
         ),
     ));
     assert_eq!(out.params.max_recv_data_segment_length, 8192);
@@ -298,15 +364,29 @@ fn chap_until_challenge(dir: &StaticDirectory, algorithms: &str) -> (Login, u8, 
             Stage::Security,
             Stage::Operational,
             true,
-            &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "AuthMethod=CHAP,None"],
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=CHAP,None",
+            ],
         ),
     ));
     assert!(!r1.transit, "must not leave the security stage before CHAP");
     assert_eq!(answer(&r1, "AuthMethod").as_deref(), Some("CHAP"));
-    let r2 = respond(login.handle(dir, &req(Stage::Security, Stage::Operational, false, &[&format!("CHAP_A={algorithms}")])));
+    let r2 = respond(login.handle(
+        dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&format!("CHAP_A={algorithms}")],
+        ),
+    ));
     assert!(!r2.transit);
     assert_eq!(answer(&r2, "CHAP_A").as_deref(), Some("5"));
-    let id: u8 = answer(&r2, "CHAP_I").and_then(|i| i.parse().ok()).expect("CHAP_I");
+    let id: u8 = answer(&r2, "CHAP_I")
+        .and_then(|i| i.parse().ok())
+        .expect("CHAP_I");
     let c = answer(&r2, "CHAP_C").expect("CHAP_C");
     let challenge = hex::decode(c.strip_prefix("0x").expect("hex challenge")).expect("hex");
     assert_eq!(challenge.len(), chap::CHALLENGE_LEN);
@@ -323,13 +403,24 @@ fn one_way_chap_succeeds() {
             Stage::Security,
             Stage::Operational,
             true,
-            &["CHAP_N=alice", &format!("CHAP_R={}", chap_r(id, "initiator-secret", &challenge))],
+            &[
+                "CHAP_N=alice",
+                &format!("CHAP_R={}", chap_r(id, "initiator-secret", &challenge)),
+            ],
         ),
     ));
     assert!(r3.transit);
     assert_eq!(r3.nsg, Stage::Operational);
     assert!(answers(&r3).is_empty(), "no mutual CHAP answer");
-    let out = ready(login.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, &LINUX_NORMAL[4..])));
+    let out = ready(login.handle(
+        &dir,
+        &req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            &LINUX_NORMAL[4..],
+        ),
+    ));
     assert_eq!(out.chap_user.as_deref(), Some("alice"));
 }
 
@@ -346,7 +437,12 @@ fn chap_accepts_algorithm_lists_and_base64_responses() {
     // Security straight to full feature phase: no operational stage, so nothing declared.
     let out = ready(login.handle(
         &dir,
-        &req(Stage::Security, Stage::FullFeature, true, &["CHAP_N=alice", &format!("CHAP_R=0b{b64}")]),
+        &req(
+            Stage::Security,
+            Stage::FullFeature,
+            true,
+            &["CHAP_N=alice", &format!("CHAP_R=0b{b64}")],
+        ),
     ));
     assert_eq!(out.chap_user.as_deref(), Some("alice"));
     assert_eq!(out.params.max_recv_data_segment_length, 8192);
@@ -356,7 +452,9 @@ fn base64_encode(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -389,10 +487,16 @@ fn mutual_chap_answers_the_initiator_challenge() {
     ));
     assert!(r3.transit);
     assert_eq!(answer(&r3, "CHAP_N").as_deref(), Some("target-user"));
-    assert_eq!(answer(&r3, "CHAP_R"), Some(chap_r(77, "target-secret1", &my_challenge)));
+    assert_eq!(
+        answer(&r3, "CHAP_R"),
+        Some(chap_r(77, "target-secret1", &my_challenge))
+    );
 }
 
-fn chap_final_status(dir: &StaticDirectory, pairs: impl Fn(u8, &[u8]) -> Vec<String>) -> LoginStatus {
+fn chap_final_status(
+    dir: &StaticDirectory,
+    pairs: impl Fn(u8, &[u8]) -> Vec<String>,
+) -> LoginStatus {
     let (mut login, id, challenge) = chap_until_challenge(dir, "5");
     let kv = pairs(id, &challenge);
     let kv: Vec<&str> = kv.iter().map(String::as_str).collect();
@@ -406,7 +510,10 @@ fn chap_failures_are_authentication_failures() {
     let mutual = chap_dir(true);
     // Wrong secret.
     assert_eq!(
-        chap_final_status(&one_way, |id, c| vec!["CHAP_N=alice".into(), format!("CHAP_R={}", chap_r(id, "nope", c))]),
+        chap_final_status(&one_way, |id, c| vec![
+            "CHAP_N=alice".into(),
+            format!("CHAP_R={}", chap_r(id, "nope", c))
+        ]),
         auth
     );
     // Wrong user.
@@ -418,8 +525,17 @@ fn chap_failures_are_authentication_failures() {
         auth
     );
     // Garbage response, missing response.
-    assert_eq!(chap_final_status(&one_way, |_, _| vec!["CHAP_N=alice".into(), "CHAP_R=0xzz".into()]), auth);
-    assert_eq!(chap_final_status(&one_way, |_, _| vec!["CHAP_N=alice".into()]), auth);
+    assert_eq!(
+        chap_final_status(&one_way, |_, _| vec![
+            "CHAP_N=alice".into(),
+            "CHAP_R=0xzz".into()
+        ]),
+        auth
+    );
+    assert_eq!(
+        chap_final_status(&one_way, |_, _| vec!["CHAP_N=alice".into()]),
+        auth
+    );
     // Mutual CHAP requested but the target has no mutual secret.
     assert_eq!(
         chap_final_status(&one_way, |id, c| vec![
@@ -462,12 +578,27 @@ fn unsupported_chap_algorithms_fail() {
                 Stage::Security,
                 Stage::Operational,
                 false,
-                &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "AuthMethod=CHAP"],
+                &[
+                    &format!("InitiatorName={INITIATOR}"),
+                    &format!("TargetName={TARGET}"),
+                    "AuthMethod=CHAP",
+                ],
             ),
         ));
-        let status =
-            fail_status(login.handle(&dir, &req(Stage::Security, Stage::Operational, false, &[&format!("CHAP_A={algorithms}")])));
-        assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE, "CHAP_A={algorithms}");
+        let status = fail_status(login.handle(
+            &dir,
+            &req(
+                Stage::Security,
+                Stage::Operational,
+                false,
+                &[&format!("CHAP_A={algorithms}")],
+            ),
+        ));
+        assert_eq!(
+            status,
+            LoginStatus::AUTHENTICATION_FAILURE,
+            "CHAP_A={algorithms}"
+        );
     }
 }
 
@@ -479,16 +610,32 @@ fn chap_required_but_not_offered_fails() {
     let mut l = Login::new();
     let status = fail_status(l.handle(
         &dir,
-        &req(Stage::Security, Stage::Operational, true, &[&lead[0], &lead[1], "AuthMethod=None"]),
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[&lead[0], &lead[1], "AuthMethod=None"],
+        ),
     ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
     // Straight to the operational stage.
     let mut l = Login::new();
-    let status = fail_status(l.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL)));
+    let status = fail_status(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+    ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
     // Leaving the security stage without negotiating AuthMethod.
     let mut l = Login::new();
-    let status = fail_status(l.handle(&dir, &req(Stage::Security, Stage::Operational, true, &[&lead[0], &lead[1]])));
+    let status = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[&lead[0], &lead[1]],
+        ),
+    ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
 }
 
@@ -501,7 +648,11 @@ fn no_auth_target_rejects_chap_only_offer() {
             Stage::Security,
             Stage::Operational,
             true,
-            &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "AuthMethod=CHAP"],
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "AuthMethod=CHAP",
+            ],
         ),
     ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
@@ -513,7 +664,15 @@ fn discovery_chap_uses_the_discovery_account() {
     settings.discovery_auth.chap = Some(account("disc", "discovery-secret"));
     let dir = StaticDirectory::new(settings, [TargetConfig::open(TARGET)]);
     let mut l = Login::new();
-    let status = fail_status(l.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, LINUX_DISCOVERY)));
+    let status = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            LINUX_DISCOVERY,
+        ),
+    ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
 }
 
@@ -531,23 +690,44 @@ fn leading_key_failures() {
     let op = Stage::Operational;
     let i = format!("InitiatorName={INITIATOR}");
     let t = format!("TargetName={TARGET}");
-    assert_eq!(first_pdu_status(&restricted, req(op, full, true, &[&i, &t])), LoginStatus::AUTHORIZATION_FAILURE);
     assert_eq!(
-        first_pdu_status(&dir, req(op, full, true, &[&i, "TargetName=iqn.2026-11.test:nope"])),
+        first_pdu_status(&restricted, req(op, full, true, &[&i, &t])),
+        LoginStatus::AUTHORIZATION_FAILURE
+    );
+    assert_eq!(
+        first_pdu_status(
+            &dir,
+            req(op, full, true, &[&i, "TargetName=iqn.2026-11.test:nope"])
+        ),
         LoginStatus::NOT_FOUND
     );
-    assert_eq!(first_pdu_status(&dir, req(op, full, true, &[&t])), LoginStatus::MISSING_PARAMETER);
-    assert_eq!(first_pdu_status(&dir, req(op, full, true, &["InitiatorName=", &t])), LoginStatus::MISSING_PARAMETER);
-    assert_eq!(first_pdu_status(&dir, req(op, full, true, &[&i])), LoginStatus::MISSING_PARAMETER);
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&t])),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &["InitiatorName=", &t])),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&i])),
+        LoginStatus::MISSING_PARAMETER
+    );
     assert_eq!(
         first_pdu_status(&dir, req(op, full, true, &[&i, &t, "SessionType=Bogus"])),
         LoginStatus::SESSION_TYPE_NOT_SUPPORTED
     );
     let long = format!("InitiatorName=iqn.{}", "x".repeat(230));
-    assert_eq!(first_pdu_status(&dir, req(op, full, true, &[&long, &t])), LoginStatus::INITIATOR_ERROR);
+    assert_eq!(
+        first_pdu_status(&dir, req(op, full, true, &[&long, &t])),
+        LoginStatus::INITIATOR_ERROR
+    );
     // Restricted targets still allow discovery sessions.
     let mut l = Login::new();
-    ready(l.handle(&restricted, &req(op, full, true, &[&i, "SessionType=Discovery"])));
+    ready(l.handle(
+        &restricted,
+        &req(op, full, true, &[&i, "SessionType=Discovery"]),
+    ));
 }
 
 #[test]
@@ -563,21 +743,40 @@ fn header_rule_failures() {
     assert_eq!(first_pdu_status(&dir, r), LoginStatus::UNSUPPORTED_VERSION);
     let mut r = good();
     r.continues = true;
-    assert_eq!(first_pdu_status(&dir, r), LoginStatus::INITIATOR_ERROR, "T and C together");
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "T and C together"
+    );
     let mut r = good();
     r.csg = Stage::FullFeature;
-    assert_eq!(first_pdu_status(&dir, r), LoginStatus::INITIATOR_ERROR, "CSG=3");
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "CSG=3"
+    );
     let mut r = good();
     r.csg = Stage::Reserved;
-    assert_eq!(first_pdu_status(&dir, r), LoginStatus::INITIATOR_ERROR, "CSG=2");
-    assert_eq!(first_pdu_status(&dir, req(op, op, true, LINUX_NORMAL)), LoginStatus::INITIATOR_ERROR, "NSG=CSG");
+    assert_eq!(
+        first_pdu_status(&dir, r),
+        LoginStatus::INITIATOR_ERROR,
+        "CSG=2"
+    );
+    assert_eq!(
+        first_pdu_status(&dir, req(op, op, true, LINUX_NORMAL)),
+        LoginStatus::INITIATOR_ERROR,
+        "NSG=CSG"
+    );
     assert_eq!(
         first_pdu_status(&dir, req(op, Stage::Reserved, true, LINUX_NORMAL)),
         LoginStatus::INITIATOR_ERROR,
         "NSG=2"
     );
     assert_eq!(
-        first_pdu_status(&dir, req(op, full, true, &["InitiatorName=a", "InitiatorName=b"])),
+        first_pdu_status(
+            &dir,
+            req(op, full, true, &["InitiatorName=a", "InitiatorName=b"])
+        ),
         LoginStatus::INITIATOR_ERROR,
         "duplicate key"
     );
@@ -591,7 +790,10 @@ fn header_rule_failures() {
 /// A login left in the operational stage after one keyless-answer round.
 fn op_login(dir: &StaticDirectory) -> Login {
     let mut l = Login::new();
-    respond(l.handle(dir, &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL)));
+    respond(l.handle(
+        dir,
+        &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
+    ));
     l
 }
 
@@ -601,20 +803,64 @@ fn later_pdu_rule_failures() {
     let op = Stage::Operational;
     let full = Stage::FullFeature;
     let cases: Vec<(&str, LoginRequest)> = vec![
-        ("ISID changed", LoginRequest { isid: Isid([0x80, 0, 0, 0, 0, 1]), ..req(op, full, true, &[]) }),
-        ("TSIH changed", LoginRequest { tsih: 5, ..req(op, full, true, &[]) }),
-        ("CID changed", LoginRequest { cid: 1, ..req(op, full, true, &[]) }),
-        ("version changed", LoginRequest { version_max: 1, ..req(op, full, true, &[]) }),
+        (
+            "ISID changed",
+            LoginRequest {
+                isid: Isid([0x80, 0, 0, 0, 0, 1]),
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "TSIH changed",
+            LoginRequest {
+                tsih: 5,
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "CID changed",
+            LoginRequest {
+                cid: 1,
+                ..req(op, full, true, &[])
+            },
+        ),
+        (
+            "version changed",
+            LoginRequest {
+                version_max: 1,
+                ..req(op, full, true, &[])
+            },
+        ),
         ("stage went back", req(Stage::Security, op, true, &[])),
-        ("key renegotiated", req(op, full, true, &["MaxBurstLength=65536"])),
-        ("leading key repeated later", req(op, full, true, &["SessionType=Discovery"])),
-        ("security key in operational stage", req(op, full, true, &["AuthMethod=None"])),
-        ("CHAP key in operational stage", req(op, full, true, &["CHAP_A=5"])),
+        (
+            "key renegotiated",
+            req(op, full, true, &["MaxBurstLength=65536"]),
+        ),
+        (
+            "leading key repeated later",
+            req(op, full, true, &["SessionType=Discovery"]),
+        ),
+        (
+            "security key in operational stage",
+            req(op, full, true, &["AuthMethod=None"]),
+        ),
+        (
+            "CHAP key in operational stage",
+            req(op, full, true, &["CHAP_A=5"]),
+        ),
     ];
     for (what, r) in cases {
         let mut l = op_login(&dir);
-        assert_eq!(fail_status(l.handle(&dir, &r)), LoginStatus::INITIATOR_ERROR, "{what}");
-        assert_eq!(fail_status(l.handle(&dir, &req(op, full, true, &[]))), LoginStatus::INITIATOR_ERROR, "{what}: stays failed");
+        assert_eq!(
+            fail_status(l.handle(&dir, &r)),
+            LoginStatus::INITIATOR_ERROR,
+            "{what}"
+        );
+        assert_eq!(
+            fail_status(l.handle(&dir, &req(op, full, true, &[]))),
+            LoginStatus::INITIATOR_ERROR,
+            "{what}: stays failed"
+        );
     }
 }
 
@@ -625,25 +871,65 @@ fn chap_keys_out_of_order_are_protocol_errors() {
     let mut l = Login::new();
     let s = fail_status(l.handle(
         &dir,
-        &req(Stage::Security, Stage::Operational, false, &[&lead[0], &lead[1], "CHAP_A=5"]),
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&lead[0], &lead[1], "CHAP_A=5"],
+        ),
     ));
     assert_eq!(s, LoginStatus::INITIATOR_ERROR, "CHAP_A before AuthMethod");
     let mut l = Login::new();
-    respond(l.handle(&dir, &req(Stage::Security, Stage::Operational, false, &[&lead[0], &lead[1], "AuthMethod=CHAP"])));
-    let s = fail_status(l.handle(&dir, &req(Stage::Security, Stage::Operational, false, &["CHAP_N=alice", "CHAP_R=0x00"])));
-    assert_eq!(s, LoginStatus::INITIATOR_ERROR, "CHAP_R before the challenge");
+    respond(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&lead[0], &lead[1], "AuthMethod=CHAP"],
+        ),
+    ));
+    let s = fail_status(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &["CHAP_N=alice", "CHAP_R=0x00"],
+        ),
+    ));
+    assert_eq!(
+        s,
+        LoginStatus::INITIATOR_ERROR,
+        "CHAP_R before the challenge"
+    );
 }
 
 #[test]
 fn unknown_foreign_and_target_only_keys() {
     let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
-    keys.extend(["X-com.example.Thing=1", "FancyNewKey=Yes", "TargetAlias=x", "OFMarkInt=1~65535", "MaxBurstLength2=1"]);
+    keys.extend([
+        "X-com.example.Thing=1",
+        "FancyNewKey=Yes",
+        "TargetAlias=x",
+        "OFMarkInt=1~65535",
+        "MaxBurstLength2=1",
+    ]);
     keys.push("DataDigest2=x");
     let mut l = Login::new();
-    ready(l.handle(&open_dir(), &req(Stage::Operational, Stage::FullFeature, true, &keys)));
+    ready(l.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
     let rsp = l.accept(1).expect("final");
-    assert_eq!(answer(&rsp, "X-com.example.Thing").as_deref(), Some("NotUnderstood"));
-    assert_eq!(answer(&rsp, "FancyNewKey").as_deref(), Some("NotUnderstood"));
+    assert_eq!(
+        answer(&rsp, "X-com.example.Thing").as_deref(),
+        Some("NotUnderstood")
+    );
+    assert_eq!(
+        answer(&rsp, "FancyNewKey").as_deref(),
+        Some("NotUnderstood")
+    );
     assert_eq!(answer(&rsp, "TargetAlias").as_deref(), Some("Reject"));
     assert_eq!(answer(&rsp, "OFMarkInt").as_deref(), Some("Reject"));
 }
@@ -657,10 +943,18 @@ fn malformed_values_are_rejected_keeping_defaults() {
             Stage::Operational,
             Stage::FullFeature,
             true,
-            &[&format!("InitiatorName={INITIATOR}"), &format!("TargetName={TARGET}"), "MaxBurstLength=lots", "ImmediateData=maybe"],
+            &[
+                &format!("InitiatorName={INITIATOR}"),
+                &format!("TargetName={TARGET}"),
+                "MaxBurstLength=lots",
+                "ImmediateData=maybe",
+            ],
         ),
     ));
-    assert_eq!(out.params.max_burst_length, SessionParams::default().max_burst_length);
+    assert_eq!(
+        out.params.max_burst_length,
+        SessionParams::default().max_burst_length
+    );
     let rsp = l.accept(1).expect("final");
     assert_eq!(answer(&rsp, "MaxBurstLength").as_deref(), Some("Reject"));
     assert_eq!(answer(&rsp, "ImmediateData").as_deref(), Some("Reject"));
@@ -671,9 +965,15 @@ fn discovery_answers_session_keys_irrelevant() {
     let mut keys: Vec<&str> = LINUX_DISCOVERY.to_vec();
     keys.extend(["MaxBurstLength=65536", "InitialR2T=No"]);
     let mut l = Login::new();
-    ready(l.handle(&open_dir(), &req(Stage::Operational, Stage::FullFeature, true, &keys)));
+    ready(l.handle(
+        &open_dir(),
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    ));
     let rsp = l.accept(1).expect("final");
-    assert_eq!(answer(&rsp, "MaxBurstLength").as_deref(), Some("Irrelevant"));
+    assert_eq!(
+        answer(&rsp, "MaxBurstLength").as_deref(),
+        Some("Irrelevant")
+    );
     assert_eq!(answer(&rsp, "InitialR2T").as_deref(), Some("Irrelevant"));
 }
 
@@ -681,14 +981,30 @@ fn discovery_answers_session_keys_irrelevant() {
 fn target_alias_is_declared_in_the_first_response() {
     let mut t = TargetConfig::open(TARGET);
     t.alias = Some("vm disk".into());
-    let dir = StaticDirectory::new(LoginSettings { target_portal_group_tag: 7, ..LoginSettings::default() }, [t]);
+    let dir = StaticDirectory::new(
+        LoginSettings {
+            target_portal_group_tag: 7,
+            ..LoginSettings::default()
+        },
+        [t],
+    );
     let mut l = Login::new();
-    let r1 = respond(l.handle(&dir, &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL)));
+    let r1 = respond(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
+    ));
     assert_eq!(answer(&r1, "TargetAlias").as_deref(), Some("vm disk"));
     assert_eq!(answer(&r1, "TargetPortalGroupTag").as_deref(), Some("7"));
-    ready(l.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, &[])));
+    ready(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, &[]),
+    ));
     let rsp = l.accept(1).expect("final");
-    assert_eq!(answer(&rsp, "TargetPortalGroupTag"), None, "only in the first response");
+    assert_eq!(
+        answer(&rsp, "TargetPortalGroupTag"),
+        None,
+        "only in the first response"
+    );
 }
 
 #[test]
@@ -712,7 +1028,9 @@ fn request_text_continued_over_two_pdus() {
 #[test]
 fn long_response_is_sent_in_pieces() {
     let dir = open_dir();
-    let unknown: Vec<String> = (0..300).map(|i| format!("X-com.example.key-number-{i:04}=1")).collect();
+    let unknown: Vec<String> = (0..300)
+        .map(|i| format!("X-com.example.key-number-{i:04}=1"))
+        .collect();
     let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
     keys.extend(unknown.iter().map(String::as_str));
     let mut l = Login::new();
@@ -737,25 +1055,43 @@ fn long_response_is_sent_in_pieces() {
     assert!(last.transit && !last.continues);
     collected.extend_from_slice(&last.data);
     let all = keys::parse(&collected).expect("joined text parses");
-    assert_eq!(all.iter().filter(|(_, v)| v == "NotUnderstood").count(), 300);
+    assert_eq!(
+        all.iter().filter(|(_, v)| v == "NotUnderstood").count(),
+        300
+    );
     assert_eq!(out.initiator_name, INITIATOR);
     // Sending data while the target is still sending its pieces is an error.
     let mut l = Login::new();
     respond(l.handle(&dir, &r));
-    assert_eq!(fail_status(l.handle(&dir, &req(Stage::Operational, Stage::FullFeature, true, &["A=1"]))), LoginStatus::INITIATOR_ERROR);
+    assert_eq!(
+        fail_status(l.handle(
+            &dir,
+            &req(Stage::Operational, Stage::FullFeature, true, &["A=1"])
+        )),
+        LoginStatus::INITIATOR_ERROR
+    );
 }
 
 #[test]
 fn refuse_replaces_the_final_response() {
     let mut l = Login::new();
-    assert_eq!(l.refuse(LoginStatus::SESSION_DOES_NOT_EXIST), None, "nothing to refuse yet");
+    assert_eq!(
+        l.refuse(LoginStatus::SESSION_DOES_NOT_EXIST),
+        None,
+        "nothing to refuse yet"
+    );
     let mut r = req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL);
     r.tsih = 9;
     r.itt = 0x44;
     let out = ready(l.handle(&open_dir(), &r));
     assert_eq!(out.requested_tsih, 9);
-    let rsp = l.refuse(LoginStatus::SESSION_DOES_NOT_EXIST).expect("refusal");
-    assert_eq!((rsp.status, rsp.transit, rsp.itt, rsp.isid), (LoginStatus::SESSION_DOES_NOT_EXIST, false, 0x44, ISID));
+    let rsp = l
+        .refuse(LoginStatus::SESSION_DOES_NOT_EXIST)
+        .expect("refusal");
+    assert_eq!(
+        (rsp.status, rsp.transit, rsp.itt, rsp.isid),
+        (LoginStatus::SESSION_DOES_NOT_EXIST, false, 0x44, ISID)
+    );
     assert_eq!(l.accept(1), None);
 }
 

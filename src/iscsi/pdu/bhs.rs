@@ -71,7 +71,12 @@ impl Bhs {
     }
 
     pub(crate) fn u32(&self, off: usize) -> u32 {
-        u32::from_be_bytes([self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3]])
+        u32::from_be_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
     }
 
     pub(crate) fn set_u32(&mut self, off: usize, v: u32) {

@@ -94,7 +94,10 @@ impl EncodedPdu {
 impl PduCodec {
     /// A codec for the login phase: no digests, the RFC default receive limit of 8192 bytes.
     pub fn new() -> Self {
-        PduCodec { digests: Digests::default(), max_recv_data_segment_length: DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH }
+        PduCodec {
+            digests: Digests::default(),
+            max_recv_data_segment_length: DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH,
+        }
     }
 
     /// The digests in force.
@@ -168,22 +171,39 @@ impl PduCodec {
         }
 
         let mut frame = buf.split_to(total);
-        let ahs = frame.split_to(header_end).freeze().slice(BHS_LEN..header_len);
+        let ahs = frame
+            .split_to(header_end)
+            .freeze()
+            .slice(BHS_LEN..header_len);
         let mut data = frame.freeze();
         if data_digest {
             let received = (&data[padded..]).get_u32_le();
             let computed = digest(&[&data[..padded]]);
             if received != computed {
-                return Err(PduError::DataDigest { bhs: Box::new(bhs.0), received, computed });
+                return Err(PduError::DataDigest {
+                    bhs: Box::new(bhs.0),
+                    received,
+                    computed,
+                });
             }
         }
         data.truncate(data_len);
 
         match Pdu::from_wire(&bhs, &ahs, data.clone()) {
             Some(Ok(pdu)) => Ok(Some(pdu)),
-            Some(Err(Invalid::Ahs(reason))) => Err(PduError::BadAhs { bhs: Box::new(bhs.0), reason }),
-            Some(Err(Invalid::Field(reason))) => Err(PduError::InvalidField { bhs: Box::new(bhs.0), reason }),
-            None => Ok(Some(Pdu::Unknown(UnknownPdu { bhs: bhs.0, ahs, data }))),
+            Some(Err(Invalid::Ahs(reason))) => Err(PduError::BadAhs {
+                bhs: Box::new(bhs.0),
+                reason,
+            }),
+            Some(Err(Invalid::Field(reason))) => Err(PduError::InvalidField {
+                bhs: Box::new(bhs.0),
+                reason,
+            }),
+            None => Ok(Some(Pdu::Unknown(UnknownPdu {
+                bhs: bhs.0,
+                ahs,
+                data,
+            }))),
         }
     }
 
@@ -202,12 +222,18 @@ impl PduCodec {
         let data_len = u32::try_from(data.len())
             .ok()
             .filter(|&l| l <= MAX_DATA_SEGMENT_FIELD)
-            .ok_or(PduError::SegmentTooLong { len: data.len() as u64, limit: u64::from(MAX_DATA_SEGMENT_FIELD) })?;
+            .ok_or(PduError::SegmentTooLong {
+                len: data.len() as u64,
+                limit: u64::from(MAX_DATA_SEGMENT_FIELD),
+            })?;
         ahs.resize(ahs.len() + padding(ahs.len()), 0);
         let ahs_words = u8::try_from(ahs.len() / 4)
             .ok()
             .filter(|_| ahs.len() <= MAX_AHS_LEN)
-            .ok_or(PduError::SegmentTooLong { len: ahs.len() as u64, limit: MAX_AHS_LEN as u64 })?;
+            .ok_or(PduError::SegmentTooLong {
+                len: ahs.len() as u64,
+                limit: MAX_AHS_LEN as u64,
+            })?;
         bhs.set_lengths(ahs_words, data_len);
 
         let mut header = BytesMut::with_capacity(BHS_LEN + ahs.len() + DIGEST_LEN);
@@ -225,7 +251,11 @@ impl PduCodec {
             trailer.buf[pad..pad + DIGEST_LEN].copy_from_slice(&d.to_le_bytes());
             trailer.len += DIGEST_LEN as u8;
         }
-        Ok(EncodedPdu { header: header.freeze(), data, trailer })
+        Ok(EncodedPdu {
+            header: header.freeze(),
+            data,
+            trailer,
+        })
     }
 
     /// Encodes `pdu` and appends all of its bytes to `dst` (copies the data segment).

@@ -73,15 +73,18 @@ pub enum PduError {
 impl PduError {
     /// Whether the bad PDU was consumed and the stream is still in sync.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, PduError::DataDigest { .. } | PduError::BadAhs { .. } | PduError::InvalidField { .. })
+        matches!(
+            self,
+            PduError::DataDigest { .. } | PduError::BadAhs { .. } | PduError::InvalidField { .. }
+        )
     }
 
     /// The header of the discarded PDU, to be echoed in a Reject's data segment.
     pub fn rejected_header(&self) -> Option<&[u8; BHS_LEN]> {
         match self {
-            PduError::DataDigest { bhs, .. } | PduError::BadAhs { bhs, .. } | PduError::InvalidField { bhs, .. } => {
-                Some(bhs)
-            }
+            PduError::DataDigest { bhs, .. }
+            | PduError::BadAhs { bhs, .. }
+            | PduError::InvalidField { bhs, .. } => Some(bhs),
             _ => None,
         }
     }
@@ -90,7 +93,9 @@ impl PduError {
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             PduError::DataDigest { .. } => Some(RejectReason::DATA_DIGEST_ERROR),
-            PduError::BadAhs { .. } | PduError::InvalidField { .. } => Some(RejectReason::INVALID_PDU_FIELD),
+            PduError::BadAhs { .. } | PduError::InvalidField { .. } => {
+                Some(RejectReason::INVALID_PDU_FIELD)
+            }
             _ => None,
         }
     }

@@ -60,7 +60,10 @@ impl WirePdu for LoginRequest {
 
     fn to_bhs(&self) -> Bhs {
         let mut h = Bhs::new(opcode::LOGIN_REQUEST, true);
-        h.set_u8(1, super::login_response::stage_flags(self.transit, self.continues, self.csg, self.nsg));
+        h.set_u8(
+            1,
+            super::login_response::stage_flags(self.transit, self.continues, self.csg, self.nsg),
+        );
         h.set_u8(2, self.version_max);
         h.set_u8(3, self.version_min);
         h.set_bytes(8, &self.isid.0);

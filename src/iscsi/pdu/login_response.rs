@@ -41,7 +41,10 @@ pub struct LoginResponse {
 
 /// Builds byte 1 shared by Login Request and Response: T, C, CSG and NSG.
 pub(crate) fn stage_flags(transit: bool, continues: bool, csg: Stage, nsg: Stage) -> u8 {
-    (if transit { 0x80 } else { 0 }) | (if continues { 0x40 } else { 0 }) | (csg.bits() << 2) | nsg.bits()
+    (if transit { 0x80 } else { 0 })
+        | (if continues { 0x40 } else { 0 })
+        | (csg.bits() << 2)
+        | nsg.bits()
 }
 
 impl WirePdu for LoginResponse {
@@ -68,7 +71,10 @@ impl WirePdu for LoginResponse {
 
     fn to_bhs(&self) -> Bhs {
         let mut h = Bhs::new(opcode::LOGIN_RESPONSE, false);
-        h.set_u8(1, stage_flags(self.transit, self.continues, self.csg, self.nsg));
+        h.set_u8(
+            1,
+            stage_flags(self.transit, self.continues, self.csg, self.nsg),
+        );
         h.set_u8(2, self.version_max);
         h.set_u8(3, self.version_active);
         h.set_bytes(8, &self.isid.0);

@@ -65,21 +65,39 @@ mod tests {
     #[test]
     fn peripheral_and_flat_encoding() {
         assert_eq!(Lun::from_number(0).map(Lun::to_bytes), Some([0; 8]));
-        assert_eq!(Lun::from_number(5).map(Lun::to_bytes), Some([0, 5, 0, 0, 0, 0, 0, 0]));
-        assert_eq!(Lun::from_number(0x1234).map(Lun::to_bytes), Some([0x52, 0x34, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(
+            Lun::from_number(5).map(Lun::to_bytes),
+            Some([0, 5, 0, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(
+            Lun::from_number(0x1234).map(Lun::to_bytes),
+            Some([0x52, 0x34, 0, 0, 0, 0, 0, 0])
+        );
         assert_eq!(Lun::from_number(0x4000), None);
     }
 
     #[test]
     fn decoding() {
         assert_eq!(Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).number(), Some(1));
-        assert_eq!(Lun::from_bytes([0x40, 0x07, 0, 0, 0, 0, 0, 0]).number(), Some(7));
-        assert_eq!(Lun::from_bytes([0x7f, 0xff, 0, 0, 0, 0, 0, 0]).number(), Some(0x3fff));
+        assert_eq!(
+            Lun::from_bytes([0x40, 0x07, 0, 0, 0, 0, 0, 0]).number(),
+            Some(7)
+        );
+        assert_eq!(
+            Lun::from_bytes([0x7f, 0xff, 0, 0, 0, 0, 0, 0]).number(),
+            Some(0x3fff)
+        );
         // Bus number 1, second level present, extended addressing: not ours.
-        assert_eq!(Lun::from_bytes([0x01, 0x01, 0, 0, 0, 0, 0, 0]).number(), None);
+        assert_eq!(
+            Lun::from_bytes([0x01, 0x01, 0, 0, 0, 0, 0, 0]).number(),
+            None
+        );
         assert_eq!(Lun::from_bytes([0, 1, 0, 2, 0, 0, 0, 0]).number(), None);
         assert_eq!(Lun::from_bytes([0xc0, 0, 0, 0, 0, 0, 0, 0]).number(), None);
-        assert_eq!(Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).raw(), 0x0001_0000_0000_0000);
+        assert_eq!(
+            Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).raw(),
+            0x0001_0000_0000_0000
+        );
     }
 
     #[test]

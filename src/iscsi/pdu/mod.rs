@@ -64,7 +64,8 @@ mod tests;
 use bytes::Bytes;
 
 pub use async_message::{
-    AsyncMessage, ASYNC_EVENT_DROPPING_ALL_CONNECTIONS, ASYNC_EVENT_DROPPING_CONNECTION, ASYNC_EVENT_LOGOUT_REQUESTED,
+    AsyncMessage, ASYNC_EVENT_DROPPING_ALL_CONNECTIONS, ASYNC_EVENT_DROPPING_CONNECTION,
+    ASYNC_EVENT_LOGOUT_REQUESTED,
 };
 pub use bhs::BHS_LEN;
 pub use codec::{Digests, EncodedPdu, PduCodec, DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH};
@@ -72,8 +73,8 @@ pub use data_in::DataIn;
 pub use data_out::DataOut;
 pub use error::PduError;
 pub use fields::{
-    Isid, LoginStatus, LogoutReason, LogoutResponseCode, RejectReason, SnackType, Stage, TaskAttribute, TmfFunction,
-    TmfResponseCode,
+    Isid, LoginStatus, LogoutReason, LogoutResponseCode, RejectReason, SnackType, Stage,
+    TaskAttribute, TmfFunction, TmfResponseCode,
 };
 pub use login_request::LoginRequest;
 pub use login_response::LoginResponse;

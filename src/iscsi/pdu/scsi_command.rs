@@ -88,7 +88,9 @@ impl WirePdu for ScsiCommand {
                 }
                 AHS_BIDI_READ_LENGTH => {
                     let [_, a, b, c, d] = *body else {
-                        return Err(Invalid::Ahs("bidirectional read length AHS must be 5 bytes"));
+                        return Err(Invalid::Ahs(
+                            "bidirectional read length AHS must be 5 bytes",
+                        ));
                     };
                     if bidi_read_length.is_some() {
                         return Err(Invalid::Ahs("duplicate bidirectional read length AHS"));

@@ -63,7 +63,9 @@ impl ScsiResponse {
 
     /// The sense data carried in `data`, if any and well formed.
     pub fn sense(&self) -> Option<Bytes> {
-        let [a, b, ..] = *self.data.as_ref() else { return None };
+        let [a, b, ..] = *self.data.as_ref() else {
+            return None;
+        };
         let len = usize::from(u16::from_be_bytes([a, b]));
         let end = len.checked_add(2)?;
         (len > 0 && end <= self.data.len()).then(|| self.data.slice(2..end))

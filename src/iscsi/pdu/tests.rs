@@ -41,8 +41,10 @@ fn lun(n: u64) -> Lun {
 
 #[test]
 fn nop_out_ping_as_linux_sends_it() {
-    let wire = hex("40 80 00 00 00 000000 0000000000000000 00000005 ffffffff 00000003 00000007
-                    00000000000000000000000000000000");
+    let wire = hex(
+        "40 80 00 00 00 000000 0000000000000000 00000005 ffffffff 00000003 00000007
+                    00000000000000000000000000000000",
+    );
     check(
         &wire,
         Pdu::NopOut(NopOut {
@@ -59,14 +61,26 @@ fn nop_out_ping_as_linux_sends_it() {
 
 #[test]
 fn scsi_command_read10() {
-    let wire = hex("01 c1 00 00 00 000000 0001000000000000 00000010 00100000 00000002 00000003
-                    28000000000000000800000000000000");
+    let wire = hex(
+        "01 c1 00 00 00 000000 0001000000000000 00000010 00100000 00000002 00000003
+                    28000000000000000800000000000000",
+    );
     let pdu = decode_all(&PduCodec::new(), &wire);
-    let Pdu::ScsiCommand(cmd) = &pdu else { panic!("not a SCSI command: {pdu:?}") };
+    let Pdu::ScsiCommand(cmd) = &pdu else {
+        panic!("not a SCSI command: {pdu:?}")
+    };
     assert!(cmd.is_final && cmd.read && !cmd.write && !cmd.immediate);
     assert_eq!(cmd.attr, TaskAttribute::Simple);
     assert_eq!(cmd.lun.number(), Some(1));
-    assert_eq!((cmd.itt, cmd.expected_data_transfer_length, cmd.cmd_sn, cmd.exp_stat_sn), (0x10, 1 << 20, 2, 3));
+    assert_eq!(
+        (
+            cmd.itt,
+            cmd.expected_data_transfer_length,
+            cmd.cmd_sn,
+            cmd.exp_stat_sn
+        ),
+        (0x10, 1 << 20, 2, 3)
+    );
     assert_eq!(&cmd.cdb[..10], &hex("28 00 00000000 00 0008 00")[..]);
     assert_eq!(cmd.cdb.len(), 16);
     assert_eq!(cmd.bidi_read_length, None);
@@ -75,8 +89,10 @@ fn scsi_command_read10() {
 
 #[test]
 fn scsi_command_write_with_padded_immediate_data() {
-    let wire = hex("01 a1 00 00 00 000005 0001000000000000 00000011 00000200 00000004 00000005
-                    2a000000000000000100000000000000 0102030405 000000");
+    let wire = hex(
+        "01 a1 00 00 00 000005 0001000000000000 00000011 00000200 00000004 00000005
+                    2a000000000000000100000000000000 0102030405 000000",
+    );
     check(
         &wire,
         Pdu::ScsiCommand(ScsiCommand {
@@ -135,8 +151,10 @@ fn hex_str(b: &[u8]) -> String {
 
 #[test]
 fn task_mgmt_request_lun_reset() {
-    let wire = hex("42 85 00 00 00 000000 0000000000000000 00000020 ffffffff 00000009 0000000a
-                    00000008 00000000 0000000000000000");
+    let wire = hex(
+        "42 85 00 00 00 000000 0000000000000000 00000020 ffffffff 00000009 0000000a
+                    00000008 00000000 0000000000000000",
+    );
     check(
         &wire,
         Pdu::TaskMgmtRequest(TaskMgmtRequest {
@@ -158,8 +176,10 @@ fn login_request_as_linux_sends_it() {
     let text = b"InitiatorName=iqn.a\0SessionType=Discovery\0";
     assert_eq!(text.len(), 42);
     let wire = [
-        hex("43 87 00 00 00 00002a 00023d000001 0000 00000000 0000 0000 00000001 00000000
-             00000000000000000000000000000000"),
+        hex(
+            "43 87 00 00 00 00002a 00023d000001 0000 00000000 0000 0000 00000001 00000000
+             00000000000000000000000000000000",
+        ),
         text.to_vec(),
         vec![0, 0],
     ]
@@ -187,8 +207,10 @@ fn login_request_as_linux_sends_it() {
 #[test]
 fn text_request_send_targets() {
     let wire = [
-        hex("44 80 00 00 00 000010 0000000000000000 00000001 ffffffff 00000002 00000001
-             00000000000000000000000000000000"),
+        hex(
+            "44 80 00 00 00 000010 0000000000000000 00000001 ffffffff 00000002 00000001
+             00000000000000000000000000000000",
+        ),
         b"SendTargets=All\0".to_vec(),
     ]
     .concat();
@@ -210,8 +232,10 @@ fn text_request_send_targets() {
 
 #[test]
 fn data_out_solicited() {
-    let wire = hex("05 80 00 00 00 000006 0001000000000000 00000011 00000077 00000000 00000005
-                    00000000 00000003 00002000 00000000 aabbccddeeff 0000");
+    let wire = hex(
+        "05 80 00 00 00 000006 0001000000000000 00000011 00000077 00000000 00000005
+                    00000000 00000003 00002000 00000000 aabbccddeeff 0000",
+    );
     check(
         &wire,
         Pdu::DataOut(DataOut {
@@ -229,8 +253,10 @@ fn data_out_solicited() {
 
 #[test]
 fn logout_request_close_session() {
-    let wire = hex("46 80 00 00 00 000000 0000000000000000 00000030 0000 0000 00000010 00000011
-                    00000000000000000000000000000000");
+    let wire = hex(
+        "46 80 00 00 00 000000 0000000000000000 00000030 0000 0000 00000010 00000011
+                    00000000000000000000000000000000",
+    );
     check(
         &wire,
         Pdu::LogoutRequest(LogoutRequest {
@@ -246,8 +272,10 @@ fn logout_request_close_session() {
 
 #[test]
 fn snack_status() {
-    let wire = hex("10 81 00 00 00 000000 0000000000000000 ffffffff ffffffff 00000000 00000004
-                    0000000000000000 00000002 00000001");
+    let wire = hex(
+        "10 81 00 00 00 000000 0000000000000000 ffffffff ffffffff 00000000 00000004
+                    0000000000000000 00000002 00000001",
+    );
     check(
         &wire,
         Pdu::Snack(Snack {
@@ -264,8 +292,10 @@ fn snack_status() {
 
 #[test]
 fn nop_in_answer() {
-    let wire = hex("20 80 00 00 00 000000 0000000000000000 00000005 ffffffff 00000007 00000004
-                    00000044 000000000000000000000000");
+    let wire = hex(
+        "20 80 00 00 00 000000 0000000000000000 00000005 ffffffff 00000007 00000004
+                    00000044 000000000000000000000000",
+    );
     check(
         &wire,
         Pdu::NopIn(NopIn {
@@ -285,8 +315,10 @@ fn scsi_response_check_condition_with_sense() {
     let sense = hex("70 00 05 00000000 0a 00000000 24 00 00 000000");
     assert_eq!(sense.len(), 18);
     let wire = [
-        hex("21 82 00 02 00 000014 0000000000000000 00000011 00000000 00000008 00000005
-             00000045 00000000 00000000 00000100"),
+        hex(
+            "21 82 00 02 00 000014 0000000000000000 00000011 00000000 00000008 00000005
+             00000045 00000000 00000000 00000100",
+        ),
         hex("0012"),
         sense.clone(),
     ]
@@ -339,8 +371,10 @@ fn scsi_response_sense_accessor_rejects_short_segment() {
 
 #[test]
 fn task_mgmt_response() {
-    let wire = hex("22 80 02 00 00 000000 0000000000000000 00000020 00000000 0000000b 0000000a
-                    0000004a 000000000000000000000000");
+    let wire = hex(
+        "22 80 02 00 00 000000 0000000000000000 00000020 00000000 0000000b 0000000a
+                    0000004a 000000000000000000000000",
+    );
     check(
         &wire,
         Pdu::TaskMgmtResponse(TaskMgmtResponse {
@@ -355,8 +389,10 @@ fn task_mgmt_response() {
 
 #[test]
 fn login_response_failure() {
-    let wire = hex("23 00 00 00 00 000000 00023d000001 0000 00000000 00000000 00000000 00000001
-                    00000001 0201 0000 0000 0000 0000 0000");
+    let wire = hex(
+        "23 00 00 00 00 000000 00023d000001 0000 00000000 00000000 00000000 00000001
+                    00000001 0201 0000 0000 0000 0000 0000",
+    );
     check(
         &wire,
         Pdu::LoginResponse(LoginResponse {
@@ -382,8 +418,10 @@ fn login_response_failure() {
 fn login_response_success_with_text() {
     let text = b"TargetPortalGroupTag=1\0";
     let wire = [
-        hex("23 87 00 00 00 000017 00023d000001 0100 00000000 00000000 00000000 00000001
-             00000021 0000 0000 0000 0000 0000 0000"),
+        hex(
+            "23 87 00 00 00 000017 00023d000001 0100 00000000 00000000 00000000 00000001
+             00000021 0000 0000 0000 0000 0000 0000",
+        ),
         text.to_vec(),
         vec![0],
     ]
@@ -411,8 +449,10 @@ fn login_response_success_with_text() {
 
 #[test]
 fn text_response_continued() {
-    let wire = hex("24 40 00 00 00 000004 0000000000000000 00000001 00000099 00000002 00000003
-                    00000043 000000000000000000000000 41 3d 42 00");
+    let wire = hex(
+        "24 40 00 00 00 000004 0000000000000000 00000001 00000099 00000002 00000003
+                    00000043 000000000000000000000000 41 3d 42 00",
+    );
     check(
         &wire,
         Pdu::TextResponse(TextResponse {
@@ -431,8 +471,10 @@ fn text_response_continued() {
 
 #[test]
 fn data_in_with_status_phase_collapse() {
-    let wire = hex("25 83 00 00 00 000002 0001000000000000 00000010 ffffffff 00000009 00000004
-                    00000044 00000001 00040000 00000016 abcd 0000");
+    let wire = hex(
+        "25 83 00 00 00 000002 0001000000000000 00000010 ffffffff 00000009 00000004
+                    00000044 00000001 00040000 00000016 abcd 0000",
+    );
     check(
         &wire,
         Pdu::DataIn(DataIn {
@@ -457,16 +499,22 @@ fn data_in_with_status_phase_collapse() {
 
 #[test]
 fn data_in_without_status_ignores_status_byte() {
-    let wire = hex("25 00 00 02 00 000000 0000000000000000 00000010 ffffffff 00000000 00000004
-                    00000044 00000000 00000000 00000000");
-    let Pdu::DataIn(d) = decode_all(&PduCodec::new(), &wire) else { panic!("not Data-In") };
+    let wire = hex(
+        "25 00 00 02 00 000000 0000000000000000 00000010 ffffffff 00000000 00000004
+                    00000044 00000000 00000000 00000000",
+    );
+    let Pdu::DataIn(d) = decode_all(&PduCodec::new(), &wire) else {
+        panic!("not Data-In")
+    };
     assert_eq!(d.status, None);
 }
 
 #[test]
 fn logout_response() {
-    let wire = hex("26 80 00 00 00 000000 0000000000000000 00000030 00000000 00000012 00000011
-                    00000051 00000000 0002 0014 00000000");
+    let wire = hex(
+        "26 80 00 00 00 000000 0000000000000000 00000030 00000000 00000012 00000011
+                    00000051 00000000 0002 0014 00000000",
+    );
     check(
         &wire,
         Pdu::LogoutResponse(LogoutResponse {
@@ -483,8 +531,10 @@ fn logout_response() {
 
 #[test]
 fn r2t() {
-    let wire = hex("31 80 00 00 00 000000 0001000000000000 00000011 00000001 00000006 00000005
-                    00000045 00000000 00002000 00040000");
+    let wire = hex(
+        "31 80 00 00 00 000000 0001000000000000 00000011 00000001 00000006 00000005
+                    00000045 00000000 00002000 00040000",
+    );
     check(
         &wire,
         Pdu::R2t(R2t {
@@ -503,8 +553,10 @@ fn r2t() {
 
 #[test]
 fn async_message_logout_requested() {
-    let wire = hex("32 80 00 00 00 000000 0000000000000000 ffffffff 00000000 00000006 00000005
-                    00000045 01 00 0000 0000 0005 00000000");
+    let wire = hex(
+        "32 80 00 00 00 000000 0000000000000000 ffffffff 00000000 00000006 00000005
+                    00000045 01 00 0000 0000 0005 00000000",
+    );
     check(
         &wire,
         Pdu::AsyncMessage(AsyncMessage {
@@ -526,8 +578,10 @@ fn async_message_logout_requested() {
 fn reject_carries_the_bad_header() {
     let bad = [0x1cu8; BHS_LEN];
     let wire = [
-        hex("3f 80 05 00 00 000030 0000000000000000 ffffffff 00000000 00000006 00000005
-             00000045 00000000 0000000000000000"),
+        hex(
+            "3f 80 05 00 00 000030 0000000000000000 ffffffff 00000000 00000006 00000005
+             00000045 00000000 0000000000000000",
+        ),
         bad.to_vec(),
     ]
     .concat();
@@ -541,13 +595,17 @@ fn reject_carries_the_bad_header() {
 #[test]
 fn unknown_opcode_is_kept_whole() {
     let wire = [
-        hex("5c 80 00 00 00 000003 0000000000000000 00000042 00000000 00000000 00000000
-             00000000000000000000000000000000"),
+        hex(
+            "5c 80 00 00 00 000003 0000000000000000 00000042 00000000 00000000 00000000
+             00000000000000000000000000000000",
+        ),
         vec![1, 2, 3, 0],
     ]
     .concat();
     let pdu = decode_all(&PduCodec::new(), &wire);
-    let Pdu::Unknown(u) = &pdu else { panic!("expected Unknown, got {pdu:?}") };
+    let Pdu::Unknown(u) = &pdu else {
+        panic!("expected Unknown, got {pdu:?}")
+    };
     assert_eq!((u.opcode(), u.immediate(), u.itt()), (0x1c, true, 0x42));
     assert_eq!(&u.data[..], &[1, 2, 3]);
     assert_eq!(pdu.opcode(), 0x1c);
@@ -615,14 +673,23 @@ fn two_pdus_in_one_buffer() {
 #[test]
 fn crc32c_matches_rfc_example() {
     // RFC 7143 Appendix B.4: 32 bytes of zeros give the digest bytes aa 36 91 8a.
-    assert_eq!(codec::digest(&[&[0u8; 32]]).to_le_bytes(), [0xaa, 0x36, 0x91, 0x8a]);
+    assert_eq!(
+        codec::digest(&[&[0u8; 32]]).to_le_bytes(),
+        [0xaa, 0x36, 0x91, 0x8a]
+    );
     // 32 bytes of 0xff give 43 ab a8 62.
-    assert_eq!(codec::digest(&[&[0xffu8; 32]]).to_le_bytes(), [0x43, 0xab, 0xa8, 0x62]);
+    assert_eq!(
+        codec::digest(&[&[0xffu8; 32]]).to_le_bytes(),
+        [0x43, 0xab, 0xa8, 0x62]
+    );
 }
 
 fn digest_codec() -> PduCodec {
     let mut c = PduCodec::new();
-    c.set_digests(Digests { header: true, data: true });
+    c.set_digests(Digests {
+        header: true,
+        data: true,
+    });
     c
 }
 
@@ -661,7 +728,14 @@ fn empty_data_segment_has_no_data_digest() {
         exp_stat_sn: 1,
     });
     let enc = codec.encode(&pdu).expect("encodes");
-    assert_eq!((enc.header.len(), enc.data.len(), enc.trailer.as_bytes().len()), (52, 0, 0));
+    assert_eq!(
+        (
+            enc.header.len(),
+            enc.data.len(),
+            enc.trailer.as_bytes().len()
+        ),
+        (52, 0, 0)
+    );
 }
 
 #[test]
@@ -678,7 +752,9 @@ fn header_digest_mismatch_is_fatal() {
     });
     let mut wire = encode_all(&codec, &pdu);
     wire[20] ^= 1;
-    let err = codec.decode(&mut BytesMut::from(&wire[..])).expect_err("bad digest");
+    let err = codec
+        .decode(&mut BytesMut::from(&wire[..]))
+        .expect_err("bad digest");
     assert!(matches!(err, PduError::HeaderDigest { .. }), "{err:?}");
     assert!(!err.is_recoverable());
 }
@@ -712,24 +788,46 @@ fn data_digest_mismatch_consumes_pdu_and_keeps_sync() {
 fn oversize_segment_rejected_from_the_header_alone() {
     let mut codec = PduCodec::new();
     codec.set_max_recv_data_segment_length(8192);
-    let wire = hex("05 80 00 00 00 002001 0000000000000000 00000001 00000001 00000000 00000000
-                    00000000 00000000 00000000 00000000");
-    let err = codec.decode(&mut BytesMut::from(&wire[..])).expect_err("too long");
-    assert!(matches!(err, PduError::SegmentTooLong { len: 8193, limit: 8192 }), "{err:?}");
+    let wire = hex(
+        "05 80 00 00 00 002001 0000000000000000 00000001 00000001 00000000 00000000
+                    00000000 00000000 00000000 00000000",
+    );
+    let err = codec
+        .decode(&mut BytesMut::from(&wire[..]))
+        .expect_err("too long");
+    assert!(
+        matches!(
+            err,
+            PduError::SegmentTooLong {
+                len: 8193,
+                limit: 8192
+            }
+        ),
+        "{err:?}"
+    );
     assert!(!err.is_recoverable());
     // Exactly at the limit only waits for more bytes.
     let mut ok = wire.clone();
     ok[7] = 0x00;
     ok[6] = 0x20;
-    assert_eq!(codec.decode(&mut BytesMut::from(&ok[..])).expect("within limit"), None);
+    assert_eq!(
+        codec
+            .decode(&mut BytesMut::from(&ok[..]))
+            .expect("within limit"),
+        None
+    );
 }
 
 #[test]
 fn ahs_on_pdu_without_ahs_is_rejected() {
-    let wire = hex("00 80 00 00 01 000000 0000000000000000 00000005 ffffffff 00000003 00000007
-                    00000000000000000000000000000000 00000000");
+    let wire = hex(
+        "00 80 00 00 01 000000 0000000000000000 00000005 ffffffff 00000003 00000007
+                    00000000000000000000000000000000 00000000",
+    );
     let mut buf = BytesMut::from(&wire[..]);
-    let err = PduCodec::new().decode(&mut buf).expect_err("AHS not allowed");
+    let err = PduCodec::new()
+        .decode(&mut buf)
+        .expect_err("AHS not allowed");
     assert!(matches!(err, PduError::BadAhs { .. }), "{err:?}");
     assert_eq!(err.reject_reason(), Some(RejectReason::INVALID_PDU_FIELD));
     assert!(buf.is_empty(), "the bad PDU is consumed");
@@ -740,22 +838,28 @@ fn malformed_scsi_command_ahs_is_rejected() {
     let base = "01 c1 00 00 01 000000 0000000000000000 00000001 00000200 00000001 00000001
                 28000000000000010000000000000000";
     for ahs in [
-        "0011 01 00",  // AHSLength runs past TotalAHSLength
-        "0005 02 00",  // truncated bidi AHS
-        "0000 09 00",  // unknown AHS type
-        "0001 01 00",  // extended CDB AHS with no CDB bytes
+        "0011 01 00", // AHSLength runs past TotalAHSLength
+        "0005 02 00", // truncated bidi AHS
+        "0000 09 00", // unknown AHS type
+        "0001 01 00", // extended CDB AHS with no CDB bytes
     ] {
         let wire = hex(&format!("{base} {ahs}"));
-        let err = PduCodec::new().decode(&mut BytesMut::from(&wire[..])).expect_err(ahs);
+        let err = PduCodec::new()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .expect_err(ahs);
         assert!(matches!(err, PduError::BadAhs { .. }), "{ahs}: {err:?}");
     }
 }
 
 #[test]
 fn data_on_dataless_pdu_is_invalid() {
-    let wire = hex("42 85 00 00 00 000004 0000000000000000 00000020 ffffffff 00000009 0000000a
-                    00000008 00000000 0000000000000000 01020304");
-    let err = PduCodec::new().decode(&mut BytesMut::from(&wire[..])).expect_err("no data allowed");
+    let wire = hex(
+        "42 85 00 00 00 000004 0000000000000000 00000020 ffffffff 00000009 0000000a
+                    00000008 00000000 0000000000000000 01020304",
+    );
+    let err = PduCodec::new()
+        .decode(&mut BytesMut::from(&wire[..]))
+        .expect_err("no data allowed");
     assert!(matches!(err, PduError::InvalidField { .. }), "{err:?}");
 }
 
@@ -770,7 +874,10 @@ fn encode_rejects_segment_beyond_24_bits() {
         max_cmd_sn: 0,
         data: Bytes::from(vec![0u8; 1 << 24]),
     });
-    assert!(matches!(PduCodec::new().encode(&pdu), Err(PduError::SegmentTooLong { .. })));
+    assert!(matches!(
+        PduCodec::new().encode(&pdu),
+        Err(PduError::SegmentTooLong { .. })
+    ));
 }
 
 #[test]
@@ -812,7 +919,10 @@ fn tokio_codec_adapter_round_trips() {
     });
     let mut buf = BytesMut::new();
     Encoder::encode(&mut codec, pdu.clone(), &mut buf).expect("encodes");
-    assert_eq!(Decoder::decode(&mut codec, &mut buf).expect("decodes"), Some(pdu));
+    assert_eq!(
+        Decoder::decode(&mut codec, &mut buf).expect("decodes"),
+        Some(pdu)
+    );
 }
 
 #[test]
@@ -828,14 +938,21 @@ fn pdu_accessors() {
         exp_stat_sn: 1,
         data: Bytes::from_static(b"k=v\0"),
     });
-    assert_eq!((cmd.opcode(), cmd.itt(), cmd.immediate()), (opcode::TEXT_REQUEST, 77, false));
+    assert_eq!(
+        (cmd.opcode(), cmd.itt(), cmd.immediate()),
+        (opcode::TEXT_REQUEST, 77, false)
+    );
     assert_eq!(&cmd.data()[..], b"k=v\0");
-    let rej = Pdu::Reject(Reject::of_header(RejectReason::PROTOCOL_ERROR, &[0; BHS_LEN]));
+    let rej = Pdu::Reject(Reject::of_header(
+        RejectReason::PROTOCOL_ERROR,
+        &[0; BHS_LEN],
+    ));
     assert_eq!(rej.itt(), RESERVED_TAG);
 }
 
 const KNOWN_OPCODES: [u8; 18] = [
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x31, 0x32, 0x3f,
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x31,
+    0x32, 0x3f,
 ];
 
 /// A syntactically valid random frame: a random BHS with the given opcode, no AHS (except
@@ -857,7 +974,10 @@ fn arb_framed_pdu() -> impl Strategy<Value = Pdu> {
             let mut wire = bhs;
             wire.extend_from_slice(&data);
             wire.resize(wire.len().div_ceil(4) * 4, 0);
-            PduCodec::new().decode(&mut BytesMut::from(&wire[..])).ok().flatten()
+            PduCodec::new()
+                .decode(&mut BytesMut::from(&wire[..]))
+                .ok()
+                .flatten()
         })
 }
 
@@ -869,23 +989,25 @@ fn arb_scsi_command() -> impl Strategy<Value = Pdu> {
         any::<Option<u32>>(),
         prop::collection::vec(any::<u8>(), 0..40),
     )
-        .prop_map(|((imm, f, r, w, attr), (l, itt, edtl, csn, esn), cdb, bidi, data)| {
-            Pdu::ScsiCommand(ScsiCommand {
-                immediate: imm,
-                is_final: f,
-                read: r,
-                write: w,
-                attr: TaskAttribute::from_bits(attr),
-                lun: Lun::from_bytes(l.to_be_bytes()),
-                itt,
-                expected_data_transfer_length: edtl,
-                cmd_sn: csn,
-                exp_stat_sn: esn,
-                cdb: Bytes::from(cdb),
-                bidi_read_length: bidi,
-                data: Bytes::from(data),
-            })
-        })
+        .prop_map(
+            |((imm, f, r, w, attr), (l, itt, edtl, csn, esn), cdb, bidi, data)| {
+                Pdu::ScsiCommand(ScsiCommand {
+                    immediate: imm,
+                    is_final: f,
+                    read: r,
+                    write: w,
+                    attr: TaskAttribute::from_bits(attr),
+                    lun: Lun::from_bytes(l.to_be_bytes()),
+                    itt,
+                    expected_data_transfer_length: edtl,
+                    cmd_sn: csn,
+                    exp_stat_sn: esn,
+                    cdb: Bytes::from(cdb),
+                    bidi_read_length: bidi,
+                    data: Bytes::from(data),
+                })
+            },
+        )
 }
 
 proptest! {

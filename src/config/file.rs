@@ -1,0 +1,263 @@
+//! The TOML configuration file.
+//!
+//! ```toml
+//! [global]
+//! portals = ["0.0.0.0:3260"]
+//! queue_depth = 128
+//! nop_interval_secs = 10        # 0 disables target pings
+//! nop_timeout_secs = 15
+//! max_recv_data_segment_length = 262144
+//!
+//! [[targets]]
+//! name = "iqn.2026-11.io.overlaybd:app"
+//! alias = "app image"
+//! allowed_initiators = ["iqn.1994-05.com.redhat:host1"]   # empty or absent: anyone
+//! chap = { user = "host", secret = "twelve+chars" }
+//! mutual_chap = { user = "target", secret = "other+secret" }
+//! luns = [
+//!     { backing = "file:/var/lib/disk.img" },
+//!     { backing = "file:/var/lib/base.img", read_only = true },
+//! ]
+//! ```
+//!
+//! Every error names the file and, where it can, the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Config, Credentials, InvalidField, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (the message names the key).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's description, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {invalid}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// The field and what is wrong with it.
+        invalid: InvalidField,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    global: RawGlobal,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    portals: Option<Vec<String>>,
+    queue_depth: Option<u32>,
+    nop_interval_secs: Option<u64>,
+    nop_timeout_secs: Option<u64>,
+    max_recv_data_segment_length: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    alias: Option<String>,
+    #[serde(default)]
+    luns: Vec<RawLun>,
+    chap: Option<Credentials>,
+    mutual_chap: Option<Credentials>,
+    #[serde(default)]
+    allowed_initiators: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLun {
+    backing: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigFileError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let invalid = |invalid: InvalidField| ConfigFileError::Invalid {
+        path: path.to_path_buf(),
+        invalid,
+    };
+    let config = from_raw(raw).map_err(invalid)?;
+    config.validate().map_err(invalid)?;
+    Ok(config)
+}
+
+fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
+    let defaults = Tuning::default();
+    let g = raw.global;
+    let mut portals = Vec::new();
+    for (i, text) in g.portals.iter().flatten().enumerate() {
+        let addr: SocketAddr = text.parse().map_err(|_| InvalidField {
+            field: format!("global.portals[{i}]"),
+            message: format!("{text:?} is not an IP:PORT address"),
+        })?;
+        portals.push(addr);
+    }
+    let tuning = Tuning {
+        queue_depth: g.queue_depth.unwrap_or(defaults.queue_depth),
+        nop_interval: match g.nop_interval_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => defaults.nop_interval,
+        },
+        nop_timeout: g
+            .nop_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.nop_timeout),
+        max_recv_data_segment_length: g
+            .max_recv_data_segment_length
+            .unwrap_or(defaults.max_recv_data_segment_length),
+    };
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    for (i, t) in raw.targets.into_iter().enumerate() {
+        let mut luns = Vec::with_capacity(t.luns.len());
+        for (j, lun) in t.luns.into_iter().enumerate() {
+            let mut spec = LunSpec::parse(&lun.backing).map_err(|e| InvalidField {
+                field: format!("targets[{i}].luns[{j}].backing"),
+                message: e.to_string(),
+            })?;
+            spec.read_only |= lun.read_only;
+            luns.push(spec);
+        }
+        targets.push(TargetConfig {
+            name: t.name,
+            alias: t.alias,
+            luns,
+            chap: t.chap,
+            mutual_chap: t.mutual_chap,
+            allowed_initiators: t.allowed_initiators,
+        });
+    }
+    if portals.is_empty() {
+        portals.push(DEFAULT_PORTAL);
+    }
+    Ok(Config {
+        portals,
+        tuning,
+        targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backing;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigFileError> {
+        parse(text, Path::new("/etc/t.toml"))
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse_str(
+            r#"
+            [global]
+            portals = ["127.0.0.1:3260", "[::1]:3261"]
+            queue_depth = 32
+            nop_interval_secs = 0
+            nop_timeout_secs = 7
+            max_recv_data_segment_length = 65536
+
+            [[targets]]
+            name = "iqn.2026-11.io.overlaybd:a"
+            alias = "A"
+            allowed_initiators = ["iqn.1994-05.com.redhat:h1"]
+            chap = { user = "u", secret = "s3cret-s3cret" }
+            mutual_chap = { user = "t", secret = "other-secret" }
+            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.portals.len(), 2);
+        assert_eq!(c.tuning.queue_depth, 32);
+        assert_eq!(c.tuning.nop_interval, None);
+        assert_eq!(c.tuning.nop_timeout, Duration::from_secs(7));
+        assert_eq!(c.tuning.max_recv_data_segment_length, 65536);
+        let t = &c.targets[0];
+        assert_eq!(t.alias.as_deref(), Some("A"));
+        assert_eq!(t.luns[0].backing, Backing::Ram(1 << 20));
+        assert!(t.luns[1].read_only);
+        assert_eq!(t.chap.as_ref().unwrap().user, "u");
+        assert_eq!(t.mutual_chap.as_ref().unwrap().user, "t");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse_str("[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"ram:1M\" }]\n")
+            .unwrap();
+        assert_eq!(c.portals, vec![DEFAULT_PORTAL]);
+        assert_eq!(c.tuning, Tuning::default());
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = parse_str("[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"tape:1\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/t.toml: targets[0].luns[0].backing:"),
+            "{e}"
+        );
+
+        let e = parse_str("[global]\nqueue_dept = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/t.toml") && e.contains("queue_dept"), "{e}");
+
+        let e = parse_str("[global]\nportals = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global.portals[0]"), "{e}");
+
+        let e = parse_str("[global]\nqueue_depth = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue_depth"), "{e}");
+
+        let e = load(Path::new("/nonexistent/t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/t.toml:"), "{e}");
+    }
+}

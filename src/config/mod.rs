@@ -1,0 +1,264 @@
+//! What the server serves: portals, targets and their LUNs, session tuning. Built either from the
+//! quick command-line form (`--target IQN --lun file:PATH ...`, see [`cli`]) or from a TOML file
+//! (see [`file`]); both end up as one validated [`Config`].
+
+pub mod backing;
+pub mod cli;
+pub mod file;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+pub use backing::{Backing, BackingError, LunSpec};
+
+/// The target IQN used when none is given on the command line.
+pub const DEFAULT_TARGET_NAME: &str = "iqn.2026-11.io.overlaybd:demo";
+
+/// The portal used when none is given: every IPv4 address, port 3260.
+pub const DEFAULT_PORTAL: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 3260));
+
+/// A validated server configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Addresses to accept iSCSI connections on.
+    pub portals: Vec<SocketAddr>,
+    /// Session tuning shared by all targets.
+    pub tuning: Tuning,
+    /// The targets offered (at least one, names unique).
+    pub targets: Vec<TargetConfig>,
+}
+
+/// Per-session limits and timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Commands a session may have outstanding (the CmdSN window).
+    pub queue_depth: u32,
+    /// Idle time after which the target pings the initiator with a NOP-In; `None` disables pings.
+    pub nop_interval: Option<Duration>,
+    /// How long the initiator has to answer a ping before the connection is dropped.
+    pub nop_timeout: Duration,
+    /// The largest data segment the target accepts, declared at login.
+    pub max_recv_data_segment_length: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            queue_depth: 128,
+            nop_interval: Some(Duration::from_secs(10)),
+            nop_timeout: Duration::from_secs(15),
+            max_recv_data_segment_length: 262_144,
+        }
+    }
+}
+
+/// One iSCSI target: a name, its LUNs and who may log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// The iSCSI name (`iqn.…`, `eui.…` or `naa.…`).
+    pub name: String,
+    /// Optional human-readable alias (TargetAlias).
+    pub alias: Option<String>,
+    /// LUNs, numbered from 0 in this order.
+    pub luns: Vec<LunSpec>,
+    /// CHAP credentials the initiator must prove (none: no authentication).
+    pub chap: Option<Credentials>,
+    /// Credentials the target proves to the initiator (mutual CHAP); requires `chap`.
+    pub mutual_chap: Option<Credentials>,
+    /// Initiator names allowed to log in; empty allows everyone.
+    pub allowed_initiators: Vec<String>,
+}
+
+/// A CHAP user name and secret.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// CHAP name.
+    pub user: String,
+    /// CHAP secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Keeps secrets out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration value that is out of range or inconsistent; `field` names it the way the TOML
+/// file spells it (e.g. `targets[0].luns[1].backing`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    /// Path of the offending field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl InvalidField {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks that `name` looks like an iSCSI name (RFC 7143 §4.2.7: iqn., eui. or naa. type
+/// designator, at most 223 bytes, no whitespace).
+pub fn check_iscsi_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if !(lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa.")) {
+        return Err(format!(
+            "{name:?} is not an iSCSI name (iqn.…, eui.… or naa.…)"
+        ));
+    }
+    if name.len() > 223 {
+        return Err(format!("{name:?} is longer than 223 bytes"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err(format!(
+            "{name:?} contains whitespace, a control character or a comma"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks ranges and consistency; called by both front ends.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if self.portals.is_empty() {
+            return Err(InvalidField::new(
+                "global.portals",
+                "at least one portal is needed",
+            ));
+        }
+        let t = &self.tuning;
+        if !(1..=65_536).contains(&t.queue_depth) {
+            return Err(InvalidField::new(
+                "global.queue_depth",
+                "must be between 1 and 65536",
+            ));
+        }
+        // RFC 7143 §13.12: 512 to 2^24-1.
+        if !(512..=16_777_215).contains(&t.max_recv_data_segment_length) {
+            return Err(InvalidField::new(
+                "global.max_recv_data_segment_length",
+                "must be between 512 and 16777215",
+            ));
+        }
+        if t.nop_timeout.is_zero() {
+            return Err(InvalidField::new(
+                "global.nop_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.targets.is_empty() {
+            return Err(InvalidField::new(
+                "targets",
+                "at least one target is needed",
+            ));
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            let at = |field: &str| format!("targets[{i}].{field}");
+            check_iscsi_name(&target.name).map_err(|m| InvalidField::new(at("name"), m))?;
+            if self.targets[..i]
+                .iter()
+                .any(|other| other.name.eq_ignore_ascii_case(&target.name))
+            {
+                return Err(InvalidField::new(at("name"), "duplicate target name"));
+            }
+            if target.luns.is_empty() {
+                return Err(InvalidField::new(
+                    at("luns"),
+                    "a target needs at least one LUN",
+                ));
+            }
+            for (field, creds) in [("chap", &target.chap), ("mutual_chap", &target.mutual_chap)] {
+                if let Some(c) = creds {
+                    if c.user.is_empty() || c.secret.is_empty() {
+                        return Err(InvalidField::new(
+                            at(field),
+                            "user and secret must be non-empty",
+                        ));
+                    }
+                }
+            }
+            if target.mutual_chap.is_some() && target.chap.is_none() {
+                return Err(InvalidField::new(
+                    at("mutual_chap"),
+                    "mutual CHAP requires chap",
+                ));
+            }
+            for (j, initiator) in target.allowed_initiators.iter().enumerate() {
+                check_iscsi_name(initiator)
+                    .map_err(|m| InvalidField::new(at(&format!("allowed_initiators[{j}]")), m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_target() -> Config {
+        Config {
+            portals: vec!["127.0.0.1:3260".parse().unwrap()],
+            tuning: Tuning::default(),
+            targets: vec![TargetConfig {
+                name: DEFAULT_TARGET_NAME.to_string(),
+                alias: None,
+                luns: vec![LunSpec::parse("ram:1M").unwrap()],
+                chap: None,
+                mutual_chap: None,
+                allowed_initiators: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert_eq!(one_target().validate(), Ok(()));
+
+        let mut c = one_target();
+        c.tuning.queue_depth = 0;
+        assert_eq!(c.validate().unwrap_err().field, "global.queue_depth");
+
+        let mut c = one_target();
+        c.targets.push(c.targets[0].clone());
+        assert_eq!(c.validate().unwrap_err().field, "targets[1].name");
+
+        let mut c = one_target();
+        c.targets[0].allowed_initiators = vec!["iqn.ok".into(), "bad name".into()];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "targets[0].allowed_initiators[1]"
+        );
+
+        let mut c = one_target();
+        c.targets[0].mutual_chap = Some(Credentials {
+            user: "t".into(),
+            secret: "s".into(),
+        });
+        assert_eq!(c.validate().unwrap_err().field, "targets[0].mutual_chap");
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_secret() {
+        let c = Credentials {
+            user: "alice".into(),
+            secret: "hunter2hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

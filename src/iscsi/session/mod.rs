@@ -1,0 +1,519 @@
+//! The full-feature phase of a normal session, sans-IO (the quinn-proto model).
+//!
+//! A [`Session`] owns everything RFC 7143 asks the target to track once login is over: the
+//! CmdSN window ([`window`]), the task table keyed by Initiator Task Tag, Data-Out collection
+//! and R2T generation ([`data_out`]), Data-In cutting and status delivery ([`data_in`],
+//! [`status`]), StatSN, NOP pings, task management ([`tmf`]) and logout. It never touches a
+//! socket or a clock: the driver feeds it PDUs ([`Session::handle_pdu`]), command completions
+//! ([`Session::complete`]) and the current time, and drains
+//! - [`Session::poll_transmit`]: PDUs to send, in order;
+//! - [`Session::poll_event`]: SCSI work to start or cancel ([`Event`]);
+//! - [`Session::poll_timeout`]: when to call [`Session::handle_timeout`] next;
+//! - [`Session::close_reason`]: once set, send what is queued and close the connection.
+//!
+//! Sessions have exactly one connection (MaxConnections=1) and ErrorRecoveryLevel 0: every
+//! sequence error terminates the affected task and nothing is retransmitted.
+
+pub mod data_in;
+pub mod data_out;
+pub mod registry;
+pub mod status;
+mod tasks;
+pub mod tmf;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::iscsi::pdu::{
+    AsyncMessage, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, Lun, NopIn,
+    NopOut, Pdu, PduCodec, Reject, RejectReason, TextRequest, TextResponse,
+    ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
+};
+use crate::iscsi::text::{TextError, TextReply};
+use crate::scsi::ScsiRequest;
+
+pub use crate::iscsi::login::SessionParams;
+
+use self::data_out::WriteLimits;
+use self::tasks::Task;
+use self::window::CommandWindow;
+
+/// Everything a session needs to start.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Negotiated parameters.
+    pub params: SessionParams,
+    /// A discovery session: only Text, NOP-Out and Logout are allowed.
+    pub discovery: bool,
+    /// Commands that may be outstanding (the CmdSN window size).
+    pub queue_depth: u32,
+    /// Idle time before the target pings with a NOP-In; `None`: never.
+    pub nop_interval: Option<Duration>,
+    /// Time the initiator has to show life after a ping.
+    pub nop_timeout: Duration,
+    /// Number of LUNs of the target (task management checks LUN numbers against it).
+    pub lun_count: u64,
+    /// The connection's CID (from login).
+    pub cid: u16,
+    /// The CmdSN of the final Login Request: the first command's CmdSN.
+    pub first_cmd_sn: u32,
+    /// The StatSN of the first full-feature status PDU (the final Login Response's + 1).
+    pub first_stat_sn: u32,
+}
+
+/// Identifies one SCSI command for the driver (unlike ITTs, never reused within a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// Work for the driver.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Run `request` (e.g. `ScsiTarget::execute`) and report the outcome with
+    /// [`Session::complete`].
+    Execute {
+        /// The task, to name in `complete`.
+        task: TaskId,
+        /// The complete command with its Data-Out bytes.
+        request: ScsiRequest,
+    },
+    /// The task was aborted: stop it; its completion will be ignored and it gets no response.
+    Cancel(TaskId),
+    /// LOGICAL UNIT RESET was requested (`ScsiTarget::lun_reset`); its tasks here are already
+    /// cancelled.
+    LunReset {
+        /// The LUN number.
+        lun: u64,
+    },
+    /// TARGET WARM/COLD RESET was requested (`ScsiTarget::target_reset`).
+    TargetReset {
+        /// True for a cold reset, after which every session of the target must end.
+        cold: bool,
+    },
+}
+
+/// Why the connection is ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A Logout Request was answered.
+    LoggedOut,
+    /// No sign of life within the NOP timeout after a ping.
+    NopTimeout,
+    /// TARGET COLD RESET was answered.
+    ColdReset,
+    /// A protocol violation the session cannot recover from.
+    ProtocolError(String),
+}
+
+/// Where a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for its CmdSN turn (Data-Out may already arrive).
+    Waiting,
+    /// Delivered; collecting Data-Out.
+    Collecting,
+    /// Handed to the SCSI layer.
+    Running,
+}
+
+/// A numbered PDU waiting in the CmdSN window.
+#[derive(Debug)]
+enum Ordered {
+    /// A SCSI command (its state is in the task table).
+    Task(u32, TaskId),
+    /// Any other non-immediate request (NOP-Out, Text, TMF, Logout).
+    Control(Pdu),
+}
+
+/// An outstanding target ping.
+#[derive(Debug, Clone, Copy)]
+struct Ping {
+    ttt: u32,
+    sent: Instant,
+}
+
+/// The full-feature state of one session (and its single connection).
+pub struct Session {
+    opts: SessionOptions,
+    limits: WriteLimits,
+    window: CommandWindow<Ordered>,
+    stat_sn: u32,
+    tasks: HashMap<u32, Task>,
+    ids: HashMap<TaskId, u32>,
+    next_task_id: u64,
+    next_ttt: u32,
+    transmit: VecDeque<Pdu>,
+    events: VecDeque<Event>,
+    last_rx: Instant,
+    ping: Option<Ping>,
+    closing: Option<CloseReason>,
+    text: Option<TextHandler>,
+}
+
+/// Answers a Text Request (SendTargets and other keys) given the initiator's current
+/// MaxRecvDataSegmentLength; see [`crate::iscsi::text::TextExchange`].
+pub type TextHandler = Box<dyn FnMut(&TextRequest, u32) -> Result<TextReply, TextError> + Send>;
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("exp_cmd_sn", &self.window.exp_cmd_sn())
+            .field("max_cmd_sn", &self.window.max_cmd_sn())
+            .field("stat_sn", &self.stat_sn)
+            .field("tasks", &self.tasks.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Starts the full-feature phase at `now`.
+    pub fn new(opts: SessionOptions, now: Instant) -> Self {
+        let p = &opts.params;
+        Session {
+            limits: WriteLimits {
+                immediate_data: p.immediate_data,
+                initial_r2t: p.initial_r2t,
+                first_burst: p.first_burst_length,
+                max_burst: p.max_burst_length,
+                max_outstanding_r2t: p.max_outstanding_r2t,
+            },
+            window: CommandWindow::new(opts.first_cmd_sn, opts.queue_depth),
+            stat_sn: opts.first_stat_sn,
+            opts,
+            tasks: HashMap::new(),
+            ids: HashMap::new(),
+            next_task_id: 0,
+            next_ttt: 1,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            last_rx: now,
+            ping: None,
+            closing: None,
+            text: None,
+        }
+    }
+
+    /// Installs the answerer for Text Requests (e.g. SendTargets). Without one, Text Requests
+    /// get an empty final response.
+    pub fn set_text_handler(&mut self, handler: TextHandler) {
+        self.text = Some(handler);
+    }
+
+    /// The next PDU to send.
+    pub fn poll_transmit(&mut self) -> Option<Pdu> {
+        self.transmit.pop_front()
+    }
+
+    /// The next piece of work for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closing.is_some() {
+            return None;
+        }
+        match self.ping {
+            Some(p) => Some(p.sent + self.opts.nop_timeout),
+            None => self.opts.nop_interval.map(|i| self.last_rx + i),
+        }
+    }
+
+    /// Why the connection must close, once it must: send the queued PDUs, then close.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.closing.as_ref()
+    }
+
+    /// Number of commands in the task table.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The ExpCmdSN currently advertised.
+    pub fn exp_cmd_sn(&self) -> u32 {
+        self.window.exp_cmd_sn()
+    }
+
+    /// The MaxCmdSN currently advertised.
+    pub fn max_cmd_sn(&self) -> u32 {
+        self.window.max_cmd_sn()
+    }
+
+    /// Handles one PDU from the initiator, received at `now`.
+    pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
+        self.last_rx = now;
+        if self.closing.is_some() {
+            // After a Logout Response nothing more is processed.
+            return;
+        }
+        match pdu {
+            // Discovery sessions carry no SCSI traffic (RFC 7143 §4.3).
+            Pdu::ScsiCommand(_) | Pdu::DataOut(_) | Pdu::TaskMgmtRequest(_)
+                if self.opts.discovery =>
+            {
+                self.reject_pdu(RejectReason::PROTOCOL_ERROR, &pdu)
+            }
+            Pdu::ScsiCommand(cmd) => self.on_command(cmd),
+            Pdu::DataOut(data) => self.on_data_out(data),
+            Pdu::NopOut(nop) if nop.itt == RESERVED_TAG => self.on_ping_reply(&nop),
+            Pdu::NopOut(nop) if nop.immediate => self.on_nop_out(nop),
+            Pdu::TaskMgmtRequest(tmf) if tmf.immediate => self.on_tmf(tmf),
+            Pdu::TextRequest(text) if text.immediate => self.on_text(text),
+            Pdu::LogoutRequest(logout) if logout.immediate => self.on_logout(logout),
+            pdu @ (Pdu::NopOut(_)
+            | Pdu::TaskMgmtRequest(_)
+            | Pdu::TextRequest(_)
+            | Pdu::LogoutRequest(_)) => {
+                let cmd_sn = match &pdu {
+                    Pdu::NopOut(p) => p.cmd_sn,
+                    Pdu::TaskMgmtRequest(p) => p.cmd_sn,
+                    Pdu::TextRequest(p) => p.cmd_sn,
+                    Pdu::LogoutRequest(p) => p.cmd_sn,
+                    _ => return,
+                };
+                if let Err(refusal) = self.window.offer(cmd_sn, Ordered::Control(pdu)) {
+                    tracing::debug!(cmd_sn, ?refusal, "numbered request dropped");
+                }
+            }
+            // ErrorRecoveryLevel 0 has no SNACK (RFC 7143 §11.16).
+            Pdu::Snack(_) => self.reject_pdu(RejectReason::PROTOCOL_ERROR, &pdu),
+            Pdu::Unknown(_) => self.reject_pdu(RejectReason::COMMAND_NOT_SUPPORTED, &pdu),
+            // Login after login, or a PDU only a target sends.
+            _ => self.reject_pdu(RejectReason::PROTOCOL_ERROR, &pdu),
+        }
+        self.run_window();
+    }
+
+    /// Answers a PDU the codec could not decode but skipped cleanly (its header is `bhs`).
+    pub fn reject_header(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
+        let mut reject = Reject::of_header(reason, bhs);
+        reject.stat_sn = self.next_stat_sn();
+        reject.exp_cmd_sn = self.window.exp_cmd_sn();
+        reject.max_cmd_sn = self.window.max_cmd_sn();
+        self.transmit.push_back(Pdu::Reject(reject));
+    }
+
+    /// Ends the connection for a protocol violation (queued PDUs are still sent).
+    pub fn fail(&mut self, why: impl Into<String>) {
+        if self.closing.is_none() {
+            self.closing = Some(CloseReason::ProtocolError(why.into()));
+            self.abort_all();
+        }
+    }
+
+    /// Checks the timers at `now`: sends a NOP-In ping after idle time, and closes the
+    /// connection when a ping went unanswered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        if let Some(ping) = self.ping {
+            if now < ping.sent + self.opts.nop_timeout {
+                return;
+            }
+            if self.last_rx > ping.sent {
+                // Other traffic arrived since: the initiator is alive.
+                self.ping = None;
+            } else {
+                self.closing = Some(CloseReason::NopTimeout);
+                self.abort_all();
+                return;
+            }
+        }
+        if let Some(interval) = self.opts.nop_interval {
+            if now >= self.last_rx + interval {
+                let ttt = self.alloc_ttt();
+                let nop = NopIn {
+                    lun: Lun::default(),
+                    itt: RESERVED_TAG,
+                    ttt,
+                    // A ping does not consume a StatSN.
+                    stat_sn: self.stat_sn,
+                    exp_cmd_sn: self.window.exp_cmd_sn(),
+                    max_cmd_sn: self.window.max_cmd_sn(),
+                    data: Bytes::new(),
+                };
+                self.transmit.push_back(Pdu::NopIn(nop));
+                self.ping = Some(Ping { ttt, sent: now });
+            }
+        }
+    }
+
+    /// Asks the initiator to log out within `within_secs` seconds (Async Message, event 1),
+    /// e.g. because the target is shutting down.
+    pub fn request_logout(&mut self, within_secs: u16) {
+        if self.closing.is_some() {
+            return;
+        }
+        let msg = AsyncMessage {
+            lun: Lun::default(),
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            event: ASYNC_EVENT_LOGOUT_REQUESTED,
+            vcode: 0,
+            parameter1: 0,
+            parameter2: 0,
+            parameter3: within_secs,
+            data: Bytes::new(),
+        };
+        self.transmit.push_back(Pdu::AsyncMessage(msg));
+    }
+
+    /// Delivers every numbered request whose CmdSN turn has come.
+    fn run_window(&mut self) {
+        while self.closing.is_none() {
+            let Some((cmd_sn, item)) = self.window.next_ready() else {
+                break;
+            };
+            match item {
+                Ordered::Task(itt, id) => self.deliver(itt, id),
+                Ordered::Control(pdu) => {
+                    // Requests that are answered at once hold no slot.
+                    self.window.retire();
+                    match pdu {
+                        Pdu::NopOut(nop) => self.on_nop_out(nop),
+                        Pdu::TaskMgmtRequest(tmf) => self.on_tmf(tmf),
+                        Pdu::TextRequest(text) => self.on_text(text),
+                        Pdu::LogoutRequest(logout) => self.on_logout(logout),
+                        other => tracing::warn!(
+                            cmd_sn,
+                            opcode = other.opcode(),
+                            "unexpected ordered PDU"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_stat_sn(&mut self) -> u32 {
+        let sn = self.stat_sn;
+        self.stat_sn = sn.wrapping_add(1);
+        sn
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let ttt = self.next_ttt;
+        self.next_ttt = match ttt.wrapping_add(1) {
+            RESERVED_TAG | 0 => 1,
+            next => next,
+        };
+        ttt
+    }
+
+    /// Rejects a decoded PDU, echoing its header.
+    fn reject_pdu(&mut self, reason: RejectReason, pdu: &Pdu) {
+        tracing::debug!(opcode = pdu.opcode(), reason = reason.0, "rejecting PDU");
+        let header = header_of(pdu);
+        self.reject_header(reason, &header);
+    }
+
+    fn on_nop_out(&mut self, nop: NopOut) {
+        if nop.ttt != RESERVED_TAG {
+            self.on_ping_reply(&nop);
+        }
+        let mut data = nop.data;
+        data.truncate(self.opts.params.max_send_data_segment_length as usize);
+        let reply = NopIn {
+            lun: nop.lun,
+            itt: nop.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            data,
+        };
+        self.transmit.push_back(Pdu::NopIn(reply));
+    }
+
+    fn on_ping_reply(&mut self, nop: &NopOut) {
+        if self.ping.is_some_and(|p| p.ttt == nop.ttt) {
+            self.ping = None;
+        }
+    }
+
+    fn on_text(&mut self, req: TextRequest) {
+        let max_send = self.opts.params.max_send_data_segment_length;
+        let mut resp = match self.text.as_mut().map(|handler| handler(&req, max_send)) {
+            Some(Ok(reply)) => {
+                if let Some(limit) = reply.max_send_data_segment_length {
+                    // A declarative MaxRecvDataSegmentLength in full-feature phase.
+                    self.opts.params.max_send_data_segment_length = limit;
+                }
+                reply.response
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "text request refused");
+                self.reject_pdu(RejectReason::PROTOCOL_ERROR, &Pdu::TextRequest(req));
+                return;
+            }
+            None => TextResponse {
+                is_final: true,
+                continues: false,
+                lun: req.lun,
+                itt: req.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data: Bytes::new(),
+            },
+        };
+        resp.stat_sn = self.next_stat_sn();
+        resp.exp_cmd_sn = self.window.exp_cmd_sn();
+        resp.max_cmd_sn = self.window.max_cmd_sn();
+        self.transmit.push_back(Pdu::TextResponse(resp));
+    }
+
+    fn on_logout(&mut self, req: LogoutRequest) {
+        let response = match req.reason {
+            LogoutReason::CLOSE_SESSION => LogoutResponseCode::CLOSED,
+            LogoutReason::CLOSE_CONNECTION if req.cid == self.opts.cid => {
+                LogoutResponseCode::CLOSED
+            }
+            LogoutReason::CLOSE_CONNECTION => LogoutResponseCode::CID_NOT_FOUND,
+            // Connection recovery needs ErrorRecoveryLevel 2.
+            LogoutReason::REMOVE_CONNECTION => LogoutResponseCode::RECOVERY_NOT_SUPPORTED,
+            _ => {
+                self.reject_pdu(RejectReason::INVALID_PDU_FIELD, &Pdu::LogoutRequest(req));
+                return;
+            }
+        };
+        if response == LogoutResponseCode::CLOSED {
+            // RFC 7143 §11.14: pending commands are terminated without responses.
+            self.abort_all();
+        }
+        let resp = LogoutResponse {
+            response,
+            itt: req.itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            time2wait: 0,
+            time2retain: 0,
+        };
+        self.transmit.push_back(Pdu::LogoutResponse(resp));
+        if response == LogoutResponseCode::CLOSED {
+            self.closing = Some(CloseReason::LoggedOut);
+        }
+    }
+}
+
+/// The 48-byte BHS of a decoded PDU, for a Reject's data segment.
+fn header_of(pdu: &Pdu) -> [u8; BHS_LEN] {
+    let mut bhs = [0u8; BHS_LEN];
+    if let Ok(enc) = PduCodec::new().encode(pdu) {
+        if let Some(head) = enc.header.get(..BHS_LEN) {
+            bhs.copy_from_slice(head);
+        }
+    }
+    bhs
+}

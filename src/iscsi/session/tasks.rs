@@ -1,0 +1,324 @@
+//! SCSI commands in the session: admission into the task table, Data-Out and R2Ts, hand-over
+//! to the SCSI layer, completion, and cancellation.
+
+use bytes::Bytes;
+
+use super::data_out::{DataOutError, WriteTransfer};
+use super::status::{check_condition, status_pdus, CommandRef, Stamp};
+use super::{Event, Ordered, Phase, Session, TaskId};
+use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
+use crate::scsi::{DataDirection, ScsiRequest, ScsiResponse};
+
+/// Largest write the target buffers for one command (Expected Data Transfer Length); larger
+/// ones are refused with ILLEGAL REQUEST before any data is solicited.
+pub const MAX_WRITE_LEN: u32 = 64 << 20;
+
+/// Sense key ABORTED COMMAND.
+const ABORTED_COMMAND: u8 = 0x0b;
+/// Sense key ILLEGAL REQUEST.
+const ILLEGAL_REQUEST: u8 = 0x05;
+
+/// One command in the task table.
+#[derive(Debug)]
+pub(super) struct Task {
+    pub(super) id: TaskId,
+    pub(super) cmd_sn: u32,
+    pub(super) immediate: bool,
+    pub(super) lun: Lun,
+    pub(super) phase: Phase,
+    read: bool,
+    read_len: u32,
+    expected_len: u32,
+    direction: DataDirection,
+    cdb: Bytes,
+    transfer: Option<WriteTransfer>,
+    /// Set when the iSCSI layer already decided the outcome (a refused or broken transfer);
+    /// the response is sent when the task's turn comes instead of executing it.
+    verdict: Option<ScsiResponse>,
+    r2t_count: u32,
+}
+
+/// ABORTED COMMAND for a Data-Out sequence error: DATA PHASE ERROR (4B/00), or
+/// INVALID TARGET PORT TRANSFER TAG RECEIVED (4B/01) for a bad tag.
+fn data_out_failure(err: DataOutError) -> ScsiResponse {
+    match err {
+        DataOutError::UnknownTtt(_) => check_condition(ABORTED_COMMAND, 0x4b, 0x01),
+        _ => check_condition(ABORTED_COMMAND, 0x4b, 0x00),
+    }
+}
+
+impl Session {
+    pub(super) fn on_command(&mut self, cmd: ScsiCommand) {
+        if !cmd.immediate && !self.window.in_window(cmd.cmd_sn) {
+            // RFC 7143 §4.2.2.1: silently ignored (its Data-Out will be too).
+            tracing::debug!(
+                cmd_sn = cmd.cmd_sn,
+                exp = self.window.exp_cmd_sn(),
+                "CmdSN outside window"
+            );
+            return;
+        }
+        if cmd.itt == RESERVED_TAG || self.tasks.contains_key(&cmd.itt) {
+            let reason = if cmd.itt == RESERVED_TAG {
+                RejectReason::INVALID_PDU_FIELD
+            } else {
+                RejectReason::TASK_IN_PROGRESS
+            };
+            if !cmd.immediate {
+                // The CmdSN was received; keep the window moving.
+                self.window.void(cmd.cmd_sn);
+            }
+            self.reject_pdu(reason, &Pdu::ScsiCommand(cmd));
+            return;
+        }
+        let direction = match (cmd.read, cmd.write) {
+            (false, false) => DataDirection::None,
+            (true, false) => DataDirection::In,
+            (false, true) => DataDirection::Out,
+            (true, true) => DataDirection::Bidirectional,
+        };
+        let read_len = match direction {
+            DataDirection::In => cmd.expected_data_transfer_length,
+            DataDirection::Bidirectional => cmd.bidi_read_length.unwrap_or(0),
+            _ => 0,
+        };
+        let (transfer, verdict) = if cmd.write {
+            if cmd.expected_data_transfer_length > MAX_WRITE_LEN {
+                (None, Some(check_condition(ILLEGAL_REQUEST, 0x24, 0x00)))
+            } else {
+                match WriteTransfer::new(
+                    cmd.expected_data_transfer_length,
+                    cmd.data.clone(),
+                    cmd.is_final,
+                    self.limits,
+                ) {
+                    Ok(t) => (Some(t), None),
+                    Err(e) => {
+                        tracing::debug!(itt = cmd.itt, error = %e, "write refused");
+                        (None, Some(data_out_failure(e)))
+                    }
+                }
+            }
+        } else if !cmd.data.is_empty() {
+            // Immediate data on a command without the W bit.
+            (None, Some(data_out_failure(DataOutError::TooMuch)))
+        } else {
+            (None, None)
+        };
+        let id = TaskId(self.next_task_id);
+        self.next_task_id += 1;
+        let task = Task {
+            id,
+            cmd_sn: cmd.cmd_sn,
+            immediate: cmd.immediate,
+            lun: cmd.lun,
+            phase: Phase::Waiting,
+            read: cmd.read,
+            read_len,
+            expected_len: cmd.expected_data_transfer_length,
+            direction,
+            cdb: cmd.cdb,
+            transfer,
+            verdict,
+            r2t_count: 0,
+        };
+        self.tasks.insert(cmd.itt, task);
+        self.ids.insert(id, cmd.itt);
+        if cmd.immediate {
+            self.deliver(cmd.itt, id);
+        } else if self
+            .window
+            .offer(cmd.cmd_sn, Ordered::Task(cmd.itt, id))
+            .is_err()
+        {
+            // A duplicate CmdSN: drop the newcomer.
+            self.tasks.remove(&cmd.itt);
+            self.ids.remove(&id);
+        }
+    }
+
+    /// The task's CmdSN turn has come (or it is immediate).
+    pub(super) fn deliver(&mut self, itt: u32, id: TaskId) {
+        let Some(task) = self.tasks.get_mut(&itt).filter(|t| t.id == id) else {
+            return;
+        };
+        task.phase = Phase::Collecting;
+        self.advance(itt);
+    }
+
+    /// Moves a delivered task on: answer a verdict, solicit data, or start it.
+    fn advance(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if task.phase != Phase::Collecting {
+            return;
+        }
+        if let Some(verdict) = task.verdict.take() {
+            let id = task.id;
+            self.finish(id, &verdict);
+            return;
+        }
+        let mut next_ttt = self.next_ttt;
+        let mut r2ts = Vec::new();
+        if let Some(transfer) = task.transfer.as_mut() {
+            while let Some(r2t) = transfer.next_r2t(|| {
+                let ttt = next_ttt;
+                next_ttt = match ttt.wrapping_add(1) {
+                    RESERVED_TAG | 0 => 1,
+                    n => n,
+                };
+                ttt
+            }) {
+                r2ts.push(r2t);
+            }
+            if !transfer.is_complete() {
+                task.r2t_count += r2ts.len() as u32;
+                self.next_ttt = next_ttt;
+                let lun = task.lun;
+                for r in r2ts {
+                    let pdu = R2t {
+                        lun,
+                        itt,
+                        ttt: r.ttt,
+                        // R2Ts carry the next StatSN without consuming it.
+                        stat_sn: self.stat_sn,
+                        exp_cmd_sn: self.window.exp_cmd_sn(),
+                        max_cmd_sn: self.window.max_cmd_sn(),
+                        r2t_sn: r.r2t_sn,
+                        buffer_offset: r.offset,
+                        desired_length: r.len,
+                    };
+                    self.transmit.push_back(Pdu::R2t(pdu));
+                }
+                return;
+            }
+        }
+        let data_out = task
+            .transfer
+            .take()
+            .map(WriteTransfer::into_data)
+            .unwrap_or_default();
+        task.phase = Phase::Running;
+        let request = ScsiRequest {
+            lun: task.lun.number().unwrap_or(u64::MAX),
+            cdb: task.cdb.clone(),
+            direction: task.direction,
+            expected_len: match task.direction {
+                DataDirection::Out | DataDirection::None => task.expected_len,
+                _ => task.read_len,
+            },
+            data_out,
+        };
+        self.events.push_back(Event::Execute {
+            task: task.id,
+            request,
+        });
+    }
+
+    pub(super) fn on_data_out(&mut self, data: DataOut) {
+        let Some(task) = self.tasks.get_mut(&data.itt) else {
+            // Data for a task that was aborted, failed or never accepted.
+            tracing::debug!(itt = data.itt, "Data-Out for no task, ignored");
+            return;
+        };
+        let Some(transfer) = task.transfer.as_mut() else {
+            return;
+        };
+        match transfer.on_data_out(
+            data.ttt,
+            data.data_sn,
+            data.buffer_offset,
+            data.data,
+            data.is_final,
+        ) {
+            Ok(()) => self.advance(data.itt),
+            Err(e) => {
+                tracing::info!(itt = data.itt, error = %e, "Data-Out sequence error, task terminated");
+                task.transfer = None;
+                task.verdict = Some(data_out_failure(e));
+                self.advance(data.itt);
+            }
+        }
+    }
+
+    /// Reports the outcome of a task started by [`Event::Execute`]. Completions of tasks that
+    /// were aborted meanwhile are ignored.
+    pub fn complete(&mut self, task: TaskId, response: ScsiResponse) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.finish(task, &response);
+    }
+
+    /// Removes a task and queues its status PDUs.
+    fn finish(&mut self, id: TaskId, response: &ScsiResponse) {
+        let Some(itt) = self.ids.remove(&id) else {
+            return;
+        };
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
+        if !task.immediate {
+            self.window.retire();
+        }
+        let cmd = CommandRef {
+            itt,
+            lun: task.lun,
+            read: task.read,
+            read_len: task.read_len,
+            r2t_count: task.r2t_count,
+        };
+        let stamp = Stamp {
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            max_segment: self.opts.params.max_send_data_segment_length,
+            max_burst: self.opts.params.max_burst_length,
+        };
+        self.transmit.extend(status_pdus(cmd, response, stamp));
+    }
+
+    /// Drops a task without a response: cancels it if running, voids its CmdSN if it was still
+    /// waiting for its turn, frees its window slot if it was delivered.
+    pub(super) fn drop_task(&mut self, itt: u32) {
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
+        self.ids.remove(&task.id);
+        match task.phase {
+            Phase::Waiting => {
+                if !task.immediate {
+                    self.window.void(task.cmd_sn);
+                }
+            }
+            Phase::Collecting | Phase::Running => {
+                if !task.immediate {
+                    self.window.retire();
+                }
+                if task.phase == Phase::Running {
+                    self.events.push_back(Event::Cancel(task.id));
+                }
+            }
+        }
+    }
+
+    /// Drops every task selected by `doomed` (see [`Session::drop_task`]); returns how many.
+    pub(super) fn drop_tasks_where(&mut self, mut doomed: impl FnMut(&Task) -> bool) -> usize {
+        let itts: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| doomed(t))
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in &itts {
+            self.drop_task(*itt);
+        }
+        itts.len()
+    }
+
+    /// Cancels every task (logout, connection failure).
+    pub(super) fn abort_all(&mut self) {
+        self.drop_tasks_where(|_| true);
+    }
+}

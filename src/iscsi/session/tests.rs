@@ -1,0 +1,643 @@
+//! Session state machine tests: PDUs in (some as literal wire bytes), PDUs and events out.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::iscsi::pdu::{
+    DataIn, DataOut, LogoutResponse, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
+    TmfFunction, TmfResponseCode,
+};
+use crate::scsi::{DataDirection, ScsiResponse};
+
+const K: u32 = 1024;
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        params: SessionParams {
+            max_send_data_segment_length: 4096,
+            max_burst_length: 16 * K,
+            first_burst_length: 8 * K,
+            immediate_data: true,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            ..SessionParams::default()
+        },
+        discovery: false,
+        queue_depth: 8,
+        nop_interval: Some(Duration::from_secs(10)),
+        nop_timeout: Duration::from_secs(5),
+        lun_count: 2,
+        cid: 0,
+        first_cmd_sn: 1,
+        first_stat_sn: 100,
+    }
+}
+
+fn session() -> (Session, Instant) {
+    let now = Instant::now();
+    (Session::new(options(), now), now)
+}
+
+/// Decodes literal wire bytes (no digests) into a PDU.
+fn wire(bytes: &[u8]) -> Pdu {
+    let mut buf = BytesMut::from(bytes);
+    let pdu = PduCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert!(buf.is_empty());
+    pdu
+}
+
+fn sent(s: &mut Session) -> Vec<Pdu> {
+    std::iter::from_fn(|| s.poll_transmit()).collect()
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn lun(n: u64) -> Lun {
+    Lun::from_number(n).unwrap()
+}
+
+fn command(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, data: Bytes) -> ScsiCommand {
+    ScsiCommand {
+        immediate: false,
+        is_final: true,
+        read,
+        write,
+        attr: TaskAttribute::Simple,
+        lun: lun(0),
+        itt,
+        expected_data_transfer_length: edtl,
+        cmd_sn,
+        exp_stat_sn: 0,
+        cdb: Bytes::from_static(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+        bidi_read_length: None,
+        data,
+    }
+}
+
+fn read(itt: u32, cmd_sn: u32, edtl: u32) -> Pdu {
+    Pdu::ScsiCommand(command(itt, cmd_sn, true, false, edtl, Bytes::new()))
+}
+
+fn write(itt: u32, cmd_sn: u32, edtl: u32, immediate: Bytes) -> Pdu {
+    Pdu::ScsiCommand(command(itt, cmd_sn, false, true, edtl, immediate))
+}
+
+fn data_out(itt: u32, ttt: u32, data_sn: u32, offset: u32, len: usize, fin: bool) -> Pdu {
+    Pdu::DataOut(DataOut {
+        is_final: fin,
+        lun: lun(0),
+        itt,
+        ttt,
+        exp_stat_sn: 0,
+        data_sn,
+        buffer_offset: offset,
+        data: Bytes::from(vec![(offset % 251) as u8; len]),
+    })
+}
+
+fn tmf(
+    itt: u32,
+    function: TmfFunction,
+    lun_no: u64,
+    ref_itt: u32,
+    ref_cmd_sn: u32,
+    cmd_sn: u32,
+) -> Pdu {
+    Pdu::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function,
+        lun: lun(lun_no),
+        itt,
+        referenced_task_tag: ref_itt,
+        cmd_sn,
+        exp_stat_sn: 0,
+        ref_cmd_sn,
+        exp_data_sn: 0,
+    })
+}
+
+fn good(data: Bytes, residual: i64) -> ScsiResponse {
+    ScsiResponse {
+        status: 0,
+        sense: None,
+        data_in: data,
+        residual,
+    }
+}
+
+/// The single Execute event expected, as (task, request).
+fn executed(s: &mut Session) -> (TaskId, ScsiRequest) {
+    match &events(s)[..] {
+        [Event::Execute { task, request }] => (*task, request.clone()),
+        other => panic!("expected one Execute, got {other:?}"),
+    }
+}
+
+fn tmf_response(pdus: &[Pdu]) -> &TaskMgmtResponse {
+    match pdus {
+        [Pdu::TaskMgmtResponse(r)] => r,
+        other => panic!("expected one TMF response, got {other:?}"),
+    }
+}
+
+#[test]
+fn nop_out_from_wire_is_echoed_with_statsn() {
+    let (mut s, now) = session();
+    // NOP-Out, immediate, F, ITT 0x10, TTT reserved, CmdSN 1, ExpStatSN 100, data "ping".
+    #[rustfmt::skip]
+    let bytes = [
+        0x40, 0x80, 0, 0,  0, 0, 0, 4,  0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0x10,  0xff, 0xff, 0xff, 0xff,  0, 0, 0, 1,  0, 0, 0, 100,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        b'p', b'i', b'n', b'g',
+    ];
+    s.handle_pdu(wire(&bytes), now);
+    let out = sent(&mut s);
+    let [Pdu::NopIn(nop)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((nop.itt, nop.ttt, nop.stat_sn), (0x10, RESERVED_TAG, 100));
+    assert_eq!((nop.exp_cmd_sn, nop.max_cmd_sn), (1, 8));
+    assert_eq!(&nop.data[..], b"ping");
+
+    // The next status PDU takes the next StatSN; the immediate NOP did not move ExpCmdSN.
+    s.handle_pdu(wire(&bytes), now);
+    let out = sent(&mut s);
+    let [Pdu::NopIn(nop)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((nop.stat_sn, nop.exp_cmd_sn), (101, 1));
+}
+
+#[test]
+fn scsi_command_from_wire_starts_a_read() {
+    let (mut s, now) = session();
+    // SCSI Command: F+R+SIMPLE, LUN 1, ITT 7, EDTL 512, CmdSN 1, INQUIRY CDB.
+    #[rustfmt::skip]
+    let bytes = [
+        0x01, 0xc1, 0, 0,  0, 0, 0, 0,  0, 1, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 7,  0, 0, 2, 0,  0, 0, 0, 1,  0, 0, 0, 100,
+        0x12, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    s.handle_pdu(wire(&bytes), now);
+    let (_, req) = executed(&mut s);
+    assert_eq!(req.lun, 1);
+    assert_eq!(req.direction, DataDirection::In);
+    assert_eq!(req.expected_len, 512);
+    assert_eq!(req.cdb[0], 0x12);
+    assert_eq!(s.exp_cmd_sn(), 2);
+}
+
+#[test]
+fn commands_are_delivered_in_cmdsn_order_and_out_of_window_ones_dropped() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(3, 3, 512), now);
+    s.handle_pdu(read(2, 2, 512), now);
+    assert!(events(&mut s).is_empty(), "CmdSN 1 is missing");
+    s.handle_pdu(read(9, 0, 512), now); // below ExpCmdSN
+    s.handle_pdu(read(10, 9, 512), now); // MaxCmdSN + 1 (1 + 8 - 1 = 8)
+    assert!(events(&mut s).is_empty());
+    assert!(
+        sent(&mut s).is_empty(),
+        "out-of-window commands are silently ignored"
+    );
+    s.handle_pdu(read(1, 1, 512), now);
+    let cdb_order: Vec<u64> = events(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            Event::Execute { task, .. } => task.0,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Task ids follow arrival of accepted commands (CmdSN 3, 2, 1 -> ids 0, 1, 2); delivery
+    // follows CmdSN.
+    assert_eq!(cdb_order, vec![2, 1, 0]);
+    assert_eq!(s.exp_cmd_sn(), 4);
+    assert_eq!(s.task_count(), 3);
+}
+
+#[test]
+fn window_closes_at_queue_depth_and_reopens_on_completion() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            queue_depth: 2,
+            ..options()
+        },
+        now,
+    );
+    s.handle_pdu(read(1, 1, 0), now);
+    s.handle_pdu(read(2, 2, 0), now);
+    let tasks: Vec<TaskId> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Execute { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (3, 2), "closed window");
+    s.handle_pdu(read(3, 3, 0), now);
+    assert!(events(&mut s).is_empty(), "CmdSN 3 is above MaxCmdSN");
+    s.complete(tasks[0], good(Bytes::new(), 0));
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.itt, r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn),
+        (1, 100, 3, 3)
+    );
+    s.handle_pdu(read(3, 3, 0), now);
+    assert_eq!(events(&mut s).len(), 1);
+}
+
+#[test]
+fn read_data_is_split_at_the_initiators_segment_length_with_phase_collapse() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(5, 1, 40 * K), now);
+    let (task, _) = executed(&mut s);
+    let data: Bytes = (0..36 * K).map(|i| i as u8).collect::<Vec<u8>>().into();
+    s.complete(task, good(data.clone(), 4 * K as i64));
+    let out = sent(&mut s);
+    let ins: Vec<&DataIn> = out
+        .iter()
+        .map(|p| match p {
+            Pdu::DataIn(d) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // 36 KiB at 4 KiB segments = 9 PDUs; bursts of 16 KiB put F on PDUs 3, 7 and 8.
+    assert_eq!(ins.len(), 9);
+    let finals: Vec<u32> = ins
+        .iter()
+        .filter(|d| d.is_final)
+        .map(|d| d.data_sn)
+        .collect();
+    assert_eq!(finals, vec![3, 7, 8]);
+    let last = ins[8];
+    assert_eq!(last.status, Some(0));
+    assert!(last.underflow && !last.overflow);
+    assert_eq!(last.residual_count, 4 * K);
+    assert_eq!(last.stat_sn, 100);
+    assert!(ins[..8].iter().all(|d| d.status.is_none()));
+    let joined: Vec<u8> = ins.iter().flat_map(|d| d.data.to_vec()).collect();
+    assert_eq!(Bytes::from(joined), data);
+    assert_eq!(s.task_count(), 0);
+}
+
+#[test]
+fn write_with_immediate_data_is_completed_through_r2ts() {
+    let (mut s, now) = session();
+    // 40 KiB write, 4 KiB immediate; InitialR2T=Yes; MaxBurstLength 16 KiB.
+    s.handle_pdu(write(8, 1, 40 * K, Bytes::from(vec![7u8; 4096])), now);
+    assert!(events(&mut s).is_empty());
+    let mut offset = 4 * K;
+    let mut expected = vec![(4 * K, 16 * K, 0), (20 * K, 16 * K, 1), (36 * K, 4 * K, 2)];
+    expected.reverse();
+    while let Some(r2t) = sent(&mut s).into_iter().find_map(|p| match p {
+        Pdu::R2t(r) => Some(r),
+        _ => None,
+    }) {
+        assert_eq!(
+            (r2t.buffer_offset, r2t.desired_length, r2t.r2t_sn),
+            expected.pop().unwrap()
+        );
+        assert_eq!(
+            (r2t.itt, r2t.stat_sn),
+            (8, 100),
+            "R2T does not consume StatSN"
+        );
+        assert_ne!(r2t.ttt, RESERVED_TAG);
+        let end = r2t.buffer_offset + r2t.desired_length;
+        let mut sn = 0;
+        while offset < end {
+            let n = 4096.min(end - offset);
+            s.handle_pdu(
+                data_out(8, r2t.ttt, sn, offset, n as usize, offset + n == end),
+                now,
+            );
+            offset += n;
+            sn += 1;
+        }
+    }
+    assert!(expected.is_empty());
+    let (task, req) = executed(&mut s);
+    assert_eq!(req.direction, DataDirection::Out);
+    assert_eq!(req.data_out.len(), 40 * K as usize);
+    assert_eq!(req.data_out[0], 7);
+    assert_eq!(req.data_out[20 * K as usize], ((20 * K) % 251) as u8);
+    s.complete(task, good(Bytes::new(), 0));
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.status, r.exp_data_sn), (0, 3));
+}
+
+#[test]
+fn unsolicited_data_out_is_accepted_when_initial_r2t_is_off() {
+    let now = Instant::now();
+    let mut opts = options();
+    opts.params.initial_r2t = false;
+    let mut s = Session::new(opts, now);
+    let mut cmd = command(4, 1, false, true, 8 * K, Bytes::from(vec![1u8; 2048]));
+    cmd.is_final = false;
+    s.handle_pdu(Pdu::ScsiCommand(cmd), now);
+    s.handle_pdu(data_out(4, RESERVED_TAG, 0, 2048, 4096, false), now);
+    s.handle_pdu(data_out(4, RESERVED_TAG, 1, 6144, 2048, true), now);
+    assert!(sent(&mut s).is_empty(), "no R2T needed");
+    let (_, req) = executed(&mut s);
+    assert_eq!(req.data_out.len(), 8 * K as usize);
+}
+
+#[test]
+fn data_sn_error_terminates_the_task_with_check_condition() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(8, 1, 1024, Bytes::new()), now);
+    let out = sent(&mut s);
+    let [Pdu::R2t(r2t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    s.handle_pdu(data_out(8, r2t.ttt, 1, 0, 512, false), now); // DataSN 1 instead of 0
+    assert!(events(&mut s).is_empty(), "never executed");
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.status, 0x02);
+    let sense = r.sense().unwrap();
+    assert_eq!((sense[2], sense[12]), (0x0b, 0x4b));
+    // The rest of the task's data is ignored, and the slot is free again.
+    s.handle_pdu(data_out(8, r2t.ttt, 1, 512, 512, true), now);
+    assert!(sent(&mut s).is_empty());
+    assert_eq!(s.task_count(), 0);
+    assert_eq!(s.max_cmd_sn(), 9);
+}
+
+#[test]
+fn abort_task_cancels_the_running_command_which_then_gets_no_response() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(0x20, 1, 512), now);
+    let (task, _) = executed(&mut s);
+    s.handle_pdu(tmf(0x21, TmfFunction::ABORT_TASK, 0, 0x20, 1, 2), now);
+    assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == task));
+    let out = sent(&mut s);
+    assert_eq!(tmf_response(&out).response, TmfResponseCode::COMPLETE);
+    assert_eq!(tmf_response(&out).itt, 0x21);
+    s.complete(task, good(Bytes::from_static(b"late"), 0));
+    assert!(sent(&mut s).is_empty(), "aborted tasks get no response");
+
+    // Aborting it again: it is gone and its CmdSN is behind ExpCmdSN.
+    s.handle_pdu(tmf(0x22, TmfFunction::ABORT_TASK, 0, 0x20, 1, 2), now);
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::TASK_DOES_NOT_EXIST
+    );
+}
+
+#[test]
+fn abort_of_a_command_not_yet_arrived_voids_its_cmdsn() {
+    let (mut s, now) = session();
+    // TMF with CmdSN 2 refers to CmdSN 1, which has not arrived.
+    s.handle_pdu(tmf(0x30, TmfFunction::ABORT_TASK, 0, 0x31, 1, 2), now);
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::COMPLETE
+    );
+    assert_eq!(s.exp_cmd_sn(), 2, "CmdSN 1 considered received");
+    s.handle_pdu(read(0x31, 1, 512), now);
+    assert!(events(&mut s).is_empty(), "the late command is ignored");
+}
+
+#[test]
+fn abort_of_a_command_waiting_for_data_out_drops_it() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(0x40, 1, 4096, Bytes::new()), now);
+    let out = sent(&mut s);
+    let [Pdu::R2t(r2t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    s.handle_pdu(tmf(0x41, TmfFunction::ABORT_TASK, 0, 0x40, 1, 2), now);
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::COMPLETE
+    );
+    assert!(events(&mut s).is_empty(), "nothing was running");
+    s.handle_pdu(data_out(0x40, r2t.ttt, 0, 0, 4096, true), now);
+    assert!(events(&mut s).is_empty() && sent(&mut s).is_empty());
+}
+
+#[test]
+fn lun_reset_cancels_that_luns_tasks_only() {
+    let (mut s, now) = session();
+    let mut on_lun1 = command(1, 1, true, false, 512, Bytes::new());
+    on_lun1.lun = lun(1);
+    s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
+    s.handle_pdu(read(2, 2, 512), now);
+    let ids: Vec<TaskId> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Execute { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    s.handle_pdu(
+        tmf(9, TmfFunction::LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0, 3),
+        now,
+    );
+    let ev = events(&mut s);
+    assert!(
+        matches!(&ev[..], [Event::Cancel(t), Event::LunReset { lun: 1 }] if *t == ids[0]),
+        "{ev:?}"
+    );
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::COMPLETE
+    );
+    assert_eq!(s.task_count(), 1);
+
+    s.handle_pdu(
+        tmf(10, TmfFunction::LOGICAL_UNIT_RESET, 5, RESERVED_TAG, 0, 3),
+        now,
+    );
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::LUN_DOES_NOT_EXIST
+    );
+    s.handle_pdu(tmf(11, TmfFunction::TASK_REASSIGN, 0, 2, 0, 3), now);
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::REASSIGNMENT_NOT_SUPPORTED
+    );
+}
+
+#[test]
+fn cold_reset_answers_then_closes() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    events(&mut s);
+    s.handle_pdu(
+        tmf(2, TmfFunction::TARGET_COLD_RESET, 0, RESERVED_TAG, 0, 2),
+        now,
+    );
+    let ev = events(&mut s);
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Cancel(_), Event::TargetReset { cold: true }]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(
+        tmf_response(&sent(&mut s)).response,
+        TmfResponseCode::COMPLETE
+    );
+    assert_eq!(s.close_reason(), Some(&CloseReason::ColdReset));
+}
+
+#[test]
+fn target_pings_after_idle_and_drops_a_dead_initiator() {
+    let (mut s, start) = session();
+    assert_eq!(s.poll_timeout(), Some(start + Duration::from_secs(10)));
+    s.handle_timeout(start + Duration::from_secs(9));
+    assert!(sent(&mut s).is_empty());
+    let t1 = start + Duration::from_secs(10);
+    s.handle_timeout(t1);
+    let out = sent(&mut s);
+    let [Pdu::NopIn(ping)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((ping.itt, ping.stat_sn), (RESERVED_TAG, 100));
+    assert_ne!(ping.ttt, RESERVED_TAG);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(5)));
+    s.handle_timeout(t1 + Duration::from_secs(5));
+    assert_eq!(s.close_reason(), Some(&CloseReason::NopTimeout));
+}
+
+#[test]
+fn answered_ping_keeps_the_connection() {
+    let (mut s, start) = session();
+    let t1 = start + Duration::from_secs(10);
+    s.handle_timeout(t1);
+    let out = sent(&mut s);
+    let [Pdu::NopIn(ping)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let reply = NopOut {
+        immediate: true,
+        lun: ping.lun,
+        itt: RESERVED_TAG,
+        ttt: ping.ttt,
+        cmd_sn: 1,
+        exp_stat_sn: 100,
+        data: Bytes::new(),
+    };
+    s.handle_pdu(Pdu::NopOut(reply), t1 + Duration::from_secs(1));
+    assert!(sent(&mut s).is_empty(), "a ping answer gets no reply");
+    s.handle_timeout(t1 + Duration::from_secs(6));
+    assert_eq!(s.close_reason(), None);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(11)));
+}
+
+#[test]
+fn logout_terminates_tasks_answers_and_closes() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (task, _) = executed(&mut s);
+    s.handle_pdu(
+        Pdu::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: LogoutReason::CLOSE_SESSION,
+            itt: 0x50,
+            cid: 0,
+            cmd_sn: 2,
+            exp_stat_sn: 100,
+        }),
+        now,
+    );
+    assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == task));
+    let out = sent(&mut s);
+    let [Pdu::LogoutResponse(LogoutResponse {
+        response,
+        itt: 0x50,
+        stat_sn: 100,
+        ..
+    })] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*response, LogoutResponseCode::CLOSED);
+    assert_eq!(s.close_reason(), Some(&CloseReason::LoggedOut));
+    s.complete(task, good(Bytes::new(), 0));
+    s.handle_pdu(read(2, 2, 512), now);
+    assert!(sent(&mut s).is_empty() && events(&mut s).is_empty());
+}
+
+#[test]
+fn unknown_opcodes_and_snack_are_rejected_with_the_header() {
+    let (mut s, now) = session();
+    let mut bytes = [0u8; 48];
+    bytes[0] = 0x1c; // an opcode no one defined
+    bytes[16..20].copy_from_slice(&[0, 0, 0, 0x99]);
+    s.handle_pdu(wire(&bytes), now);
+    let out = sent(&mut s);
+    let [Pdu::Reject(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&r.data[..], &bytes[..]);
+    assert_eq!(r.stat_sn, 100);
+
+    let mut snack = [0u8; 48];
+    snack[0] = 0x10;
+    snack[1] = 0x80;
+    s.handle_pdu(wire(&snack), now);
+    let out = sent(&mut s);
+    let [Pdu::Reject(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::PROTOCOL_ERROR);
+    assert_eq!(r.data[0], 0x10);
+}
+
+#[test]
+fn duplicate_itt_is_rejected_and_its_cmdsn_consumed() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    events(&mut s);
+    s.handle_pdu(read(1, 2, 512), now);
+    let out = sent(&mut s);
+    let [Pdu::Reject(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::TASK_IN_PROGRESS);
+    assert_eq!(s.exp_cmd_sn(), 3);
+}
+
+#[test]
+fn oversized_write_is_refused_without_soliciting_data() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(1, 1, tasks::MAX_WRITE_LEN + 512, Bytes::new()), now);
+    assert!(events(&mut s).is_empty());
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.status, 0x02);
+    assert_eq!(r.sense().unwrap()[2], 0x05);
+}
+
+#[test]
+fn shutdown_asks_for_logout() {
+    let (mut s, _) = session();
+    s.request_logout(5);
+    let out = sent(&mut s);
+    let [Pdu::AsyncMessage(m)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((m.event, m.parameter3, m.stat_sn), (1, 5, 100));
+}

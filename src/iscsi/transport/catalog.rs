@@ -1,0 +1,108 @@
+//! The targets a server serves: their login view (names, CHAP, access lists) and their SCSI
+//! devices, built once from the [`Config`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{BackingError, Config, Credentials, Tuning};
+use crate::iscsi::login::{self, AuthConfig, ChapAccount, LoginSettings, TargetDirectory};
+use crate::scsi::ScsiTarget;
+
+/// A LUN could not be opened; names the target and LUN.
+#[derive(Debug, thiserror::Error)]
+#[error("target {target}, LUN {lun}: {source}")]
+pub struct LunOpenError {
+    /// The target's name.
+    pub target: String,
+    /// The LUN number.
+    pub lun: usize,
+    /// Why it failed.
+    pub source: BackingError,
+}
+
+/// One served target.
+pub struct ServedTarget {
+    /// What login and discovery see.
+    pub login: login::TargetConfig,
+    /// The SCSI device server with the target's LUNs.
+    pub scsi: Arc<ScsiTarget>,
+}
+
+/// Every served target, by name, plus the login settings shared by all.
+pub struct Catalog {
+    settings: LoginSettings,
+    targets: BTreeMap<String, Arc<ServedTarget>>,
+}
+
+fn account(c: &Credentials) -> ChapAccount {
+    ChapAccount {
+        user: c.user.clone(),
+        secret: c.secret.as_bytes().to_vec(),
+    }
+}
+
+/// Our side of login negotiation, from the configured tuning.
+pub fn login_settings(tuning: &Tuning) -> LoginSettings {
+    LoginSettings {
+        max_recv_data_segment_length: tuning.max_recv_data_segment_length,
+        queue_depth: tuning.queue_depth,
+        // The session handles unsolicited Data-Out, which saves a round trip per write.
+        initial_r2t: false,
+        ..LoginSettings::default()
+    }
+}
+
+impl Catalog {
+    /// Opens every LUN of every configured target.
+    pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
+        let mut targets = BTreeMap::new();
+        for t in &config.targets {
+            let mut luns = Vec::with_capacity(t.luns.len());
+            for (i, spec) in t.luns.iter().enumerate() {
+                let lun = spec.lun_config(&t.name, i).map_err(|source| LunOpenError {
+                    target: t.name.clone(),
+                    lun: i,
+                    source,
+                })?;
+                luns.push(lun);
+            }
+            let login = login::TargetConfig {
+                name: t.name.clone(),
+                alias: t.alias.clone(),
+                auth: AuthConfig {
+                    chap: t.chap.as_ref().map(account),
+                    mutual_chap: t.mutual_chap.as_ref().map(account),
+                },
+                allowed_initiators: t.allowed_initiators.clone(),
+            };
+            let served = ServedTarget {
+                login,
+                scsi: Arc::new(ScsiTarget::new(luns)),
+            };
+            targets.insert(t.name.clone(), Arc::new(served));
+        }
+        Ok(Catalog {
+            settings: login_settings(&config.tuning),
+            targets,
+        })
+    }
+
+    /// The served target called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<ServedTarget>> {
+        self.targets.get(name)
+    }
+}
+
+impl TargetDirectory for Catalog {
+    fn settings(&self) -> &LoginSettings {
+        &self.settings
+    }
+
+    fn target(&self, name: &str) -> Option<login::TargetConfig> {
+        self.targets.get(name).map(|t| t.login.clone())
+    }
+
+    fn targets(&self) -> Vec<login::TargetConfig> {
+        self.targets.values().map(|t| t.login.clone()).collect()
+    }
+}

@@ -1,0 +1,317 @@
+//! One TCP connection from accept to close: login (with the sans-IO login state machine),
+//! session admission (TSIH, reinstatement), then the full-feature phase of a discovery or
+//! normal session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::driver::{drive, DriverContext, Ended, ScsiBinding};
+use super::wire::{write_loop, Incoming, PduReader};
+use super::{discovery, Shared};
+use crate::iscsi::login::{Login, LoginOutcome, LoginStep, SessionType, TargetDirectory};
+use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
+use crate::iscsi::session::registry::SessionKey;
+use crate::iscsi::session::{Session, SessionOptions};
+use crate::scsi::Nexus;
+
+/// Time allowed for a whole login.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reinstating login waits for the old session to finish.
+const REINSTATE_WAIT: Duration = Duration::from_secs(10);
+/// PDUs queued towards the writer task.
+const WRITE_QUEUE: usize = 256;
+/// PDUs queued from the reader task.
+const READ_QUEUE: usize = 64;
+
+/// How the server reaches a live session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Cancel to end the session at once.
+    pub kill: CancellationToken,
+    /// Completes when the session has fully ended (tasks aborted, nexus released).
+    pub done: Arc<tokio::sync::Notify>,
+    /// Set once the session ended (so waiters that arrive late do not block).
+    pub ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SessionHandle {
+    fn new() -> Self {
+        SessionHandle {
+            kill: CancellationToken::new(),
+            done: Arc::new(tokio::sync::Notify::new()),
+            ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    fn mark_ended(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    /// Ends the session and waits (bounded) until it is gone.
+    async fn stop(&self, wait: Duration) {
+        let notified = self.done.notified();
+        self.kill.cancel();
+        if !self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let peer = stream.peer_addr().ok();
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection vanished");
+            return;
+        }
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+    let span = tracing::info_span!("conn", peer = ?peer);
+    run(stream, local, shared).instrument(span).await;
+}
+
+async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) {
+    let (rd, wr) = stream.into_split();
+    let mut reader = PduReader::new(rd);
+    let (tx, rx) = mpsc::channel::<EncodedPdu>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let mut codec = PduCodec::new();
+
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut reader, &tx, &codec, &shared));
+    let admitted = tokio::select! {
+        r = login => r.unwrap_or_else(|_| {
+            tracing::info!("login timed out");
+            None
+        }),
+        _ = shared.shutdown.cancelled() => None,
+    };
+    if let Some(admitted) = admitted {
+        let params = &admitted.outcome.params;
+        codec.set_digests(params.digests());
+        reader.codec.set_digests(params.digests());
+        reader
+            .codec
+            .set_max_recv_data_segment_length(params.max_recv_data_segment_length);
+        full_feature(admitted, reader, tx, codec, local, &shared).await;
+    } else {
+        drop(tx);
+    }
+    // The writer drains what is queued (e.g. a Logout or login failure response), then FIN.
+    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(Err(e))) => tracing::debug!(error = %e, "write failed"),
+        Ok(_) => {}
+        Err(_) => tracing::debug!("writer did not drain in time"),
+    }
+}
+
+/// A login that was accepted.
+struct Admitted {
+    outcome: LoginOutcome,
+    tsih: u16,
+    key: SessionKey,
+    handle: SessionHandle,
+}
+
+async fn send(tx: &mpsc::Sender<EncodedPdu>, codec: &PduCodec, rsp: LoginResponse) -> bool {
+    match codec.encode(&Pdu::LoginResponse(rsp)) {
+        Ok(enc) => tx.send(enc).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode login response");
+            false
+        }
+    }
+}
+
+/// Runs the login phase; `None` when the connection must close.
+async fn login(
+    reader: &mut PduReader<tokio::net::tcp::OwnedReadHalf>,
+    tx: &mpsc::Sender<EncodedPdu>,
+    codec: &PduCodec,
+    shared: &Arc<Shared>,
+) -> Option<Admitted> {
+    let mut login = Login::new();
+    loop {
+        let req = match reader.next().await {
+            Incoming::Pdu(Pdu::LoginRequest(req)) => req,
+            Incoming::Pdu(other) => {
+                tracing::info!(opcode = other.opcode(), "non-login PDU during login");
+                return None;
+            }
+            Incoming::Bad(e) => {
+                tracing::info!(error = %e, "bad PDU during login");
+                return None;
+            }
+            Incoming::TooLong(_) | Incoming::Closed(_) => return None,
+        };
+        match login.handle(&*shared.catalog, &req) {
+            LoginStep::Respond(rsp) => {
+                if !send(tx, codec, rsp).await {
+                    return None;
+                }
+            }
+            LoginStep::Fail(rsp) => {
+                tracing::info!(status = ?rsp.status, "login failed");
+                send(tx, codec, rsp).await;
+                return None;
+            }
+            LoginStep::Ready(outcome) => {
+                let admitted = admit(*outcome, shared).await;
+                return match admitted {
+                    Ok(a) => {
+                        let rsp = login.accept(a.tsih)?;
+                        if send(tx, codec, rsp).await {
+                            Some(a)
+                        } else {
+                            shared.sessions.lock().remove(&a.key, a.tsih);
+                            None
+                        }
+                    }
+                    Err(status) => {
+                        tracing::info!(?status, "login refused");
+                        if let Some(rsp) = login.refuse(status) {
+                            send(tx, codec, rsp).await;
+                        }
+                        None
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Decides whether a negotiated login may become a session; assigns the TSIH, reinstating
+/// (tearing down) an older session of the same initiator port first.
+async fn admit(outcome: LoginOutcome, shared: &Arc<Shared>) -> Result<Admitted, LoginStatus> {
+    let target = match outcome.session_type {
+        SessionType::Discovery => String::new(),
+        SessionType::Normal => outcome
+            .target
+            .as_ref()
+            .map(|t| t.name.clone())
+            .ok_or(LoginStatus::MISSING_PARAMETER)?,
+    };
+    let key = SessionKey {
+        initiator: outcome.initiator_name.clone(),
+        isid: outcome.isid.0,
+        target,
+    };
+    if outcome.requested_tsih != 0 {
+        // Joining an existing session needs MaxConnections > 1, continuing one needs ERL 2.
+        let live = shared.sessions.lock().tsih(&key) == Some(outcome.requested_tsih);
+        return Err(if live {
+            LoginStatus::TOO_MANY_CONNECTIONS
+        } else {
+            LoginStatus::SESSION_DOES_NOT_EXIST
+        });
+    }
+    let handle = SessionHandle::new();
+    let inserted = shared.sessions.lock().insert(key.clone(), handle.clone());
+    let Some((tsih, old)) = inserted else {
+        return Err(LoginStatus::new(3, 2)); // out of resources
+    };
+    if let Some(old) = old {
+        tracing::info!(initiator = %key.initiator, "reinstating session");
+        old.stop(REINSTATE_WAIT).await;
+    }
+    Ok(Admitted {
+        outcome,
+        tsih,
+        key,
+        handle,
+    })
+}
+
+async fn full_feature(
+    admitted: Admitted,
+    reader: PduReader<tokio::net::tcp::OwnedReadHalf>,
+    tx: mpsc::Sender<EncodedPdu>,
+    codec: PduCodec,
+    local: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    let Admitted {
+        outcome,
+        tsih,
+        key,
+        handle,
+    } = admitted;
+    let span = tracing::info_span!(
+        "session",
+        initiator = %outcome.initiator_name,
+        isid = %hex::encode(outcome.isid.0),
+        tsih,
+        target = %key.target,
+    );
+    let (in_tx, in_rx) = mpsc::channel(READ_QUEUE);
+    let reader_task = tokio::spawn(reader.forward(in_tx));
+
+    let served = match outcome.session_type {
+        SessionType::Normal => shared.catalog.get(&key.target).cloned(),
+        SessionType::Discovery => None,
+    };
+    let opts = SessionOptions {
+        params: outcome.params.clone(),
+        discovery: outcome.session_type == SessionType::Discovery,
+        queue_depth: shared.tuning.queue_depth,
+        nop_interval: shared.tuning.nop_interval,
+        nop_timeout: shared.tuning.nop_timeout,
+        lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
+        cid: outcome.cid,
+        first_cmd_sn: outcome.exp_cmd_sn,
+        first_stat_sn: outcome.next_stat_sn,
+    };
+    let mut session = Session::new(opts, std::time::Instant::now());
+    session.set_text_handler(discovery::text_handler(
+        shared.catalog.clone(),
+        local,
+        outcome.session_type,
+        outcome.initiator_name.clone(),
+        served.as_ref().map(|t| t.login.name.clone()),
+    ));
+    let target_name = key.target.clone();
+    let ended = async {
+        tracing::info!(session_type = ?outcome.session_type, "logged in");
+        let (cold_tx, cold_rx) = oneshot::channel::<()>();
+        let scsi = served.map(|target| ScsiBinding {
+            target: target.scsi.clone(),
+            nexus: Nexus {
+                initiator_name: outcome.initiator_name.clone(),
+                isid: outcome.isid.0,
+                tpgt: shared.catalog.settings().target_portal_group_tag,
+            },
+            on_cold_reset: Some(Box::new(move || {
+                let _ = cold_tx.send(());
+            })),
+        });
+        let ctx = DriverContext {
+            scsi,
+            codec,
+            kill: handle.kill.clone(),
+            shutdown: shared.shutdown.clone(),
+        };
+        let ended = drive(session, ctx, in_rx, tx).await;
+        tracing::info!(?ended, "session ended");
+        if cold_rx.await.is_ok() {
+            // RFC 7143 §11.5.1: a cold reset ends every session of the target.
+            shared.end_target_sessions(&target_name, tsih).await;
+        }
+        ended
+    }
+    .instrument(span)
+    .await;
+    let _: Ended = ended;
+    reader_task.abort();
+    shared.sessions.lock().remove(&key, tsih);
+    handle.mark_ended();
+}

@@ -1,0 +1,188 @@
+//! Drives a [`Session`] on a live connection: feeds it PDUs, completions and time, runs its SCSI
+//! commands as concurrent tokio tasks (aborted for real when the session cancels them), and
+//! sends what it queues, in order, through the writer task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::Incoming;
+use crate::iscsi::pdu::{EncodedPdu, PduCodec, RejectReason};
+use crate::iscsi::session::status::check_condition;
+use crate::iscsi::session::{CloseReason, Event, Session, TaskId};
+use crate::scsi::{Nexus, ScsiResponse, ScsiTarget};
+
+/// How long an initiator gets to log out after the target asked it to (Async Message).
+pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the driver stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The session closed itself (logout, NOP timeout, cold reset, protocol error).
+    Closed(CloseReason),
+    /// The initiator closed the connection or it failed.
+    ConnectionLost,
+    /// Another login reinstated this session, or a cold reset elsewhere ended it.
+    Replaced,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// The SCSI side of a normal session.
+pub struct ScsiBinding {
+    /// The SCSI target the session's commands run against.
+    pub target: Arc<ScsiTarget>,
+    /// The I_T nexus of the session.
+    pub nexus: Nexus,
+    /// Called when this session performs a TARGET COLD RESET, so the server can end the
+    /// target's other sessions.
+    pub on_cold_reset: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// What the driver needs besides the session itself.
+pub struct DriverContext {
+    /// The target and nexus; `None` for discovery sessions, which run no SCSI commands.
+    pub scsi: Option<ScsiBinding>,
+    /// Encodes outgoing PDUs (digests as negotiated).
+    pub codec: PduCodec,
+    /// Cancelled to end this session at once (reinstatement, cold reset).
+    pub kill: CancellationToken,
+    /// Cancelled when the server shuts down: ask for logout, then end.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs `session` until it ends. Incoming PDUs come from `rx` (the reader task), outgoing
+/// ones go to `tx` (the writer task).
+pub async fn drive(
+    mut session: Session,
+    mut ctx: DriverContext,
+    mut rx: mpsc::Receiver<Incoming>,
+    tx: mpsc::Sender<EncodedPdu>,
+) -> Ended {
+    let mut running: JoinSet<(TaskId, ScsiResponse)> = JoinSet::new();
+    let mut handles: HashMap<TaskId, AbortHandle> = HashMap::new();
+    let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
+    let mut logout_deadline: Option<Instant> = None;
+
+    let ended = loop {
+        // Work first, so resets happen before their TMF response is sent.
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Execute { task, request } => {
+                    let Some(scsi) = &ctx.scsi else {
+                        continue;
+                    };
+                    let target = scsi.target.clone();
+                    let nexus = scsi.nexus.clone();
+                    let handle = running.spawn(async move {
+                        let response = target.execute(&nexus, request).await;
+                        (task, response)
+                    });
+                    by_tokio_id.insert(handle.id(), task);
+                    handles.insert(task, handle);
+                }
+                Event::Cancel(task) => {
+                    if let Some(handle) = handles.remove(&task) {
+                        handle.abort();
+                    }
+                }
+                Event::LunReset { lun } => {
+                    if let Some(scsi) = &ctx.scsi {
+                        scsi.target.lun_reset(lun, &scsi.nexus);
+                    }
+                }
+                Event::TargetReset { cold } => {
+                    if let Some(scsi) = &mut ctx.scsi {
+                        scsi.target.target_reset(cold, &scsi.nexus);
+                        if let Some(notify) = scsi.on_cold_reset.take().filter(|_| cold) {
+                            notify();
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(pdu) = session.poll_transmit() {
+            match ctx.codec.encode(&pdu) {
+                Ok(encoded) => {
+                    if tx.send(encoded).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode PDU"),
+            }
+        }
+        if let Some(reason) = session.close_reason() {
+            break Ended::Closed(reason.clone());
+        }
+        if tx.is_closed() {
+            break Ended::ConnectionLost;
+        }
+
+        let timer = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            incoming = rx.recv() => match incoming {
+                Some(Incoming::Pdu(pdu)) => session.handle_pdu(pdu, std::time::Instant::now()),
+                Some(Incoming::Bad(e)) => {
+                    tracing::debug!(error = %e, "undecodable PDU rejected");
+                    if let (Some(bhs), Some(reason)) = (e.rejected_header(), e.reject_reason()) {
+                        session.reject_header(reason, bhs);
+                    }
+                }
+                Some(Incoming::TooLong(bhs)) => {
+                    session.reject_header(RejectReason::PROTOCOL_ERROR, &bhs);
+                    session.fail("data segment longer than MaxRecvDataSegmentLength");
+                }
+                Some(Incoming::Closed(error)) => {
+                    if let Some(e) = error {
+                        tracing::debug!(error = %e, "connection read failed");
+                    }
+                    break Ended::ConnectionLost;
+                }
+                None => break Ended::ConnectionLost,
+            },
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => match joined {
+                Ok((tokio_id, (task, response))) => {
+                    by_tokio_id.remove(&tokio_id);
+                    handles.remove(&task);
+                    session.complete(task, response);
+                }
+                Err(e) => {
+                    let task = by_tokio_id.remove(&e.id());
+                    if e.is_panic() {
+                        if let Some(task) = task {
+                            tracing::error!(?task, "SCSI command panicked");
+                            handles.remove(&task);
+                            // INTERNAL TARGET FAILURE.
+                            session.complete(task, check_condition(0x04, 0x44, 0x00));
+                        }
+                    }
+                }
+            },
+            _ = sleep_until_opt(timer) => session.handle_timeout(std::time::Instant::now()),
+            _ = ctx.kill.cancelled() => break Ended::Replaced,
+            _ = ctx.shutdown.cancelled(), if logout_deadline.is_none() => {
+                session.request_logout(LOGOUT_GRACE.as_secs() as u16);
+                logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
+            }
+            _ = sleep_until_opt(logout_deadline) => break Ended::Shutdown,
+        }
+    };
+    running.abort_all();
+    if let Some(scsi) = &ctx.scsi {
+        scsi.target.nexus_gone(&scsi.nexus);
+    }
+    ended
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

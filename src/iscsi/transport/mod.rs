@@ -1,0 +1,168 @@
+//! The tokio transport: thin drivers around the sans-IO protocol state.
+//!
+//! [`Server::bind`] opens every LUN and listens on every portal; [`Server::run`] accepts
+//! connections until its shutdown future resolves, then asks every session to log out (Async
+//! Message), waits briefly, and closes what is left. Each connection is one task with a reader
+//! and a writer task beside it ([`wire`]); after login ([`connection`]) a normal session's
+//! SCSI commands run as concurrent tasks ([`driver`]).
+
+pub mod catalog;
+pub mod connection;
+pub mod discovery;
+pub mod driver;
+pub mod wire;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::catalog::{Catalog, LunOpenError};
+use self::connection::SessionHandle;
+use crate::config::{Config, Tuning};
+use crate::iscsi::session::registry::SessionTable;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A LUN's backing could not be opened.
+    #[error(transparent)]
+    Lun(#[from] LunOpenError),
+    /// A portal could not be bound.
+    #[error("cannot listen on {portal}: {source}")]
+    Bind {
+        /// The portal address.
+        portal: SocketAddr,
+        /// The operating-system error.
+        source: io::Error,
+    },
+}
+
+/// State shared by every connection of a server.
+pub struct Shared {
+    catalog: Arc<Catalog>,
+    tuning: Tuning,
+    sessions: Mutex<SessionTable<SessionHandle>>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Ends every session of `target` except the one with `except_tsih` (a cold reset).
+    async fn end_target_sessions(&self, target: &str, except_tsih: u16) {
+        let handles: Vec<SessionHandle> = self
+            .sessions
+            .lock()
+            .of_target(target)
+            .filter(|(tsih, _)| *tsih != except_tsih)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for h in handles {
+            h.kill.cancel();
+        }
+    }
+}
+
+/// A bound iSCSI server.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+/// Extra time, beyond the logout grace period, that shutdown waits for connections to close.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Opens every LUN of `config` and binds every portal (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        let catalog = Catalog::open(config)?;
+        let mut listeners = Vec::with_capacity(config.portals.len());
+        for &portal in &config.portals {
+            let listener = TcpListener::bind(portal)
+                .await
+                .map_err(|source| ServerError::Bind { portal, source })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                catalog: Arc::new(catalog),
+                tuning: config.tuning.clone(),
+                sessions: Mutex::new(SessionTable::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The addresses actually listened on (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then logs every session out (waiting at most a few
+    /// seconds) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (accepted_tx, mut accepted_rx) = mpsc::channel::<TcpStream>(64);
+        let mut acceptors = JoinSet::new();
+        for listener in self.listeners {
+            acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
+        }
+        drop(accepted_tx);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                Some(stream) = accepted_rx.recv() => {
+                    connections.spawn(connection::serve(stream, self.shared.clone()));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!(
+            sessions = self.shared.sessions.lock().len(),
+            "shutting down"
+        );
+        acceptors.abort_all();
+        self.shared.shutdown.cancel();
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(driver::LOGOUT_GRACE + SHUTDOWN_SLACK, drain)
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                left = connections.len(),
+                "closing connections that did not log out"
+            );
+        }
+        connections.abort_all();
+    }
+}
+
+/// Accepts connections on one portal and hands them to the server loop.
+async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpStream>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "accepted");
+                if tx.send(stream).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The command pipeline behind [`ScsiTarget::execute`]: LUN lookup, CDB parsing, unit
+//! attention and reservation checks, Data-Out length rules, dispatch to the command handlers,
+//! and the response with its residual.
+
+use bytes::Bytes;
+
+use super::cdb::{self, Command};
+use super::lun::{self, Lun};
+use super::reservations::Access;
+use super::sense::{self, asc, Sense};
+use super::{
+    inquiry, mode, provisioning, report, sbc, status, Failure, Nexus, ScsiRequest, ScsiResponse,
+    ScsiTarget,
+};
+
+/// How many Data-Out bytes a command needs.
+enum DataOut {
+    /// Whole blocks to write; a shorter or longer transport length moves only what both sides
+    /// allow.
+    Blocks(u64),
+    /// Exactly this many; any other transport length is refused.
+    Exact(u64),
+    /// A parameter list of up to this many bytes.
+    Parameters(u32),
+    /// None.
+    Nothing,
+}
+
+impl ScsiTarget {
+    /// Runs one command: LUN lookup, CDB parsing, unit attentions, reservation conflicts,
+    /// Data-Out length rules, the command itself, then residuals.
+    pub(super) async fn execute_command(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
+        let lun = usize::try_from(req.lun).ok().and_then(|i| self.luns.get(i));
+        let Some(lun) = lun else {
+            return self.missing_lun(&req);
+        };
+        let parsed = cdb::parse(&req.cdb);
+        // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear unit attentions.
+        let opcode = req.cdb.first().copied().unwrap_or(0);
+        let ua_exempt = matches!(opcode, 0x12 | 0xa0 | 0x03);
+        let access = parsed.as_ref().map_or(Access::Always, access_of);
+        {
+            let mut state = lun.state.lock();
+            state.ua.note_nexus(nexus);
+            let size = lun.device.size();
+            if size != state.last_size {
+                state.last_size = size;
+                state.ua.raise_others(None, asc::CAPACITY_DATA_CHANGED);
+            }
+            if !ua_exempt {
+                if let Some(code) = state.ua.take(nexus) {
+                    return respond(Err(Sense::unit_attention(code).into()), &req, None);
+                }
+            }
+            if state.reservations.conflicts(nexus, access) {
+                return respond(Err(Failure::Conflict), &req, None);
+            }
+        }
+        let cmd = match parsed {
+            Ok(cmd) => cmd,
+            Err(sense) => return respond(Err(sense.into()), &req, None),
+        };
+        if modifies_medium(&cmd) {
+            // Checked before the Data-Out length so a read-only LUN always says why.
+            if let Err(sense) = lun.check_writable() {
+                return respond(Err(sense.into()), &req, None);
+            }
+        }
+        let bs = u64::from(lun.block_size());
+        let edtl = u64::from(req.expected_len);
+        let (cmd, data, wanted_out) = match data_out(&cmd, bs) {
+            DataOut::Blocks(want) if edtl != want => {
+                // SPDTL != EDTL (FCP-4 9.4.2 a): move only what both allow, in whole blocks,
+                // and report the difference as a residual. A partial block cannot be written.
+                let moved = edtl.min(want);
+                let residual = Some(want);
+                if moved % bs != 0 || (req.data_out.len() as u64) < moved {
+                    let sense = Sense::illegal(asc::INVALID_FIELD_IN_CDB_IU);
+                    return respond(Err(sense.into()), &req, residual);
+                }
+                let blocks = (moved / bs) as u32;
+                (
+                    with_blocks(cmd, blocks),
+                    req.data_out.slice(..moved as usize),
+                    residual,
+                )
+            }
+            DataOut::Blocks(want) | DataOut::Exact(want) => {
+                if edtl != want || (req.data_out.len() as u64) < want {
+                    // A buffer that must match exactly (COMPARE AND WRITE, WRITE SAME,
+                    // VERIFY with BYTCHK): refuse without touching the medium.
+                    let sense = match cmd {
+                        Command::CompareAndWrite(_) => Sense::invalid_cdb_field(13, None),
+                        _ => Sense::illegal(asc::INVALID_FIELD_IN_CDB_IU),
+                    };
+                    return respond(Err(sense.into()), &req, Some(want));
+                }
+                (cmd, req.data_out.slice(..want as usize), Some(want))
+            }
+            DataOut::Parameters(len) => {
+                let take = req.data_out.len().min(len as usize);
+                (cmd, req.data_out.slice(..take), Some(u64::from(len)))
+            }
+            DataOut::Nothing => (cmd, Bytes::new(), None),
+        };
+        let result = self.run(lun, nexus, cmd, data).await;
+        respond(result, &req, wanted_out)
+    }
+
+    /// Commands addressed to a LUN that does not exist (SPC-4 5.1: INQUIRY answers with
+    /// peripheral qualifier 3, REPORT LUNS works, REQUEST SENSE reports the error as data).
+    fn missing_lun(&self, req: &ScsiRequest) -> ScsiResponse {
+        let not_supported = Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED);
+        let result = match cdb::parse(&req.cdb) {
+            Ok(Command::Inquiry {
+                evpd: false,
+                page: 0,
+                alloc_len,
+            }) => Ok(cut(
+                inquiry::standard(&lun::ascii_field(""), false),
+                alloc_len,
+            )),
+            Ok(Command::ReportLuns { select, alloc_len }) => {
+                report::report_luns(self.luns.len(), select, alloc_len)
+                    .map(|d| cut(d, alloc_len))
+                    .map_err(Failure::from)
+            }
+            Ok(Command::RequestSense { alloc_len, .. }) => {
+                Ok(cut(not_supported.encode(), alloc_len))
+            }
+            _ => Err(not_supported.into()),
+        };
+        respond(result, req, None)
+    }
+
+    /// Runs a parsed command that passed the unit attention and reservation checks.
+    async fn run(
+        &self,
+        lun: &Lun,
+        nexus: &Nexus,
+        cmd: Command,
+        data: Bytes,
+    ) -> Result<Bytes, Failure> {
+        let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(Failure::from);
+        match cmd {
+            Command::TestUnitReady
+            | Command::StartStopUnit { .. }
+            | Command::PreventAllow { .. } => Ok(Bytes::new()),
+            Command::RequestSense { alloc_len, .. } => {
+                let pending = lun.state.lock().ua.take(nexus);
+                let sense = match pending {
+                    Some(code) => Sense::unit_attention(code),
+                    None => Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+                };
+                Ok(cut(sense.encode(), alloc_len))
+            }
+            Command::Inquiry {
+                evpd,
+                page,
+                alloc_len,
+            } => Ok(cut(inquiry::inquiry(lun, evpd, page)?, alloc_len)),
+            Command::ReportLuns { select, alloc_len } => Ok(cut(
+                report::report_luns(self.luns.len(), select, alloc_len)?,
+                alloc_len,
+            )),
+            Command::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                alloc_len,
+            } => Ok(cut(
+                report::report_supported_opcodes(
+                    rctd,
+                    options,
+                    opcode,
+                    service_action,
+                    lun.offers_unmap(),
+                )?,
+                alloc_len,
+            )),
+            Command::ModeSense {
+                long,
+                dbd,
+                llbaa,
+                pc,
+                page,
+                subpage,
+                alloc_len,
+            } => Ok(cut(
+                mode::mode_sense(lun, long, dbd, llbaa, pc, page, subpage)?,
+                alloc_len,
+            )),
+            Command::ModeSelect { long, pf, .. } => {
+                if mode::mode_select(lun, long, pf, &data)? {
+                    lun.state
+                        .lock()
+                        .ua
+                        .raise_others(Some(nexus), asc::MODE_PARAMETERS_CHANGED);
+                }
+                Ok(Bytes::new())
+            }
+            Command::Reserve => lun
+                .state
+                .lock()
+                .reservations
+                .reserve(nexus)
+                .map(|()| Bytes::new()),
+            Command::Release => {
+                lun.state.lock().reservations.release(nexus);
+                Ok(Bytes::new())
+            }
+            Command::PersistentReserveIn { action, alloc_len } => {
+                let data = lun.state.lock().reservations.persistent_in(action)?;
+                Ok(cut(data, alloc_len))
+            }
+            Command::PersistentReserveOut {
+                action,
+                scope,
+                pr_type,
+                ..
+            } => {
+                let mut state = lun.state.lock();
+                let lun::LunState {
+                    ua, reservations, ..
+                } = &mut *state;
+                reservations
+                    .persistent_out(nexus, action, scope, pr_type, &data, ua)
+                    .map(|()| Bytes::new())
+            }
+            Command::ReadCapacity10 { lba, pmi } => Ok(sbc::read_capacity10(lun, lba, pmi)?),
+            Command::ReadCapacity16 { alloc_len } => Ok(cut(sbc::read_capacity16(lun), alloc_len)),
+            Command::Read(e) => Ok(sbc::read(lun, &e).await?),
+            Command::Write(e) | Command::WriteAndVerify(e) => none(sbc::write(lun, &e, data).await),
+            Command::Verify { extent, bytchk } => {
+                none(sbc::verify(lun, &extent, bytchk, &data).await)
+            }
+            Command::OrWrite(e) => none(sbc::or_write(lun, &e, data).await),
+            Command::CompareAndWrite(e) => none(sbc::compare_and_write(lun, &e, data).await),
+            Command::SyncCache { lba, blocks } => {
+                none(sbc::synchronize_cache(lun, lba, blocks).await)
+            }
+            Command::PreFetch { lba, blocks } => none(sbc::pre_fetch(lun, lba, blocks)),
+            Command::WriteSame {
+                extent,
+                unmap,
+                anchor,
+                ndob,
+            } => none(provisioning::write_same(lun, &extent, unmap, anchor, ndob, &data).await),
+            Command::Unmap { anchor, .. } => none(provisioning::unmap(lun, anchor, &data).await),
+            Command::GetLbaStatus { lba, alloc_len } => Ok(cut(
+                provisioning::get_lba_status(lun, lba, alloc_len).await?,
+                alloc_len,
+            )),
+            Command::Unsupported { .. } => Err(Sense::invalid_opcode().into()),
+        }
+    }
+}
+
+/// Cuts command data to the CDB's allocation length.
+fn cut(data: Bytes, alloc_len: u32) -> Bytes {
+    let keep = data.len().min(alloc_len as usize);
+    data.slice(..keep)
+}
+
+/// Reservation class of a command (SPC-4 5.13.1 table 63, simplified to three classes).
+fn access_of(cmd: &Command) -> Access {
+    match cmd {
+        Command::Inquiry { .. }
+        | Command::ReportLuns { .. }
+        | Command::RequestSense { .. }
+        | Command::ReportSupportedOpcodes { .. }
+        | Command::Unsupported { .. } => Access::Always,
+        Command::TestUnitReady
+        | Command::ReadCapacity10 { .. }
+        | Command::ReadCapacity16 { .. }
+        | Command::PersistentReserveIn { .. }
+        | Command::PersistentReserveOut { .. }
+        | Command::PreventAllow { prevent: 0 } => Access::Status,
+        Command::Read(_)
+        | Command::Verify { .. }
+        | Command::ModeSense { .. }
+        | Command::GetLbaStatus { .. }
+        | Command::PreFetch { .. } => Access::Read,
+        Command::Release => Access::Release,
+        _ => Access::Write,
+    }
+}
+
+/// Commands that change the medium (refused with WRITE PROTECTED on read-only LUNs).
+fn modifies_medium(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Write(_)
+            | Command::WriteAndVerify(_)
+            | Command::OrWrite(_)
+            | Command::CompareAndWrite(_)
+            | Command::WriteSame { .. }
+            | Command::Unmap { .. }
+    )
+}
+
+/// A block write command cut down to `blocks` blocks.
+fn with_blocks(cmd: Command, blocks: u32) -> Command {
+    let cut = |e: cdb::Extent| cdb::Extent { blocks, ..e };
+    match cmd {
+        Command::Write(e) => Command::Write(cut(e)),
+        Command::WriteAndVerify(e) => Command::WriteAndVerify(cut(e)),
+        Command::OrWrite(e) => Command::OrWrite(cut(e)),
+        other => other,
+    }
+}
+
+/// Data-Out the command expects, given the block size.
+fn data_out(cmd: &Command, bs: u64) -> DataOut {
+    match cmd {
+        Command::Write(e) | Command::WriteAndVerify(e) | Command::OrWrite(e) => {
+            DataOut::Blocks(u64::from(e.blocks) * bs)
+        }
+        Command::CompareAndWrite(e) => DataOut::Exact(2 * u64::from(e.blocks) * bs),
+        Command::Verify { extent, bytchk } => match bytchk {
+            1 => DataOut::Exact(u64::from(extent.blocks) * bs),
+            3 => DataOut::Exact(bs),
+            _ => DataOut::Exact(0),
+        },
+        Command::WriteSame { ndob: true, .. } => DataOut::Exact(0),
+        Command::WriteSame { .. } => DataOut::Exact(bs),
+        Command::ModeSelect { param_len, .. }
+        | Command::Unmap { param_len, .. }
+        | Command::PersistentReserveOut { param_len, .. } => DataOut::Parameters(*param_len),
+        _ => DataOut::Nothing,
+    }
+}
+
+/// Builds the response: Data-In cut to the transport's expected length, and the residual
+/// between that length and what the command wanted to move (`wanted_out` bytes of Data-Out, or
+/// else the full Data-In).
+fn respond(
+    result: Result<Bytes, Failure>,
+    req: &ScsiRequest,
+    wanted_out: Option<u64>,
+) -> ScsiResponse {
+    let expected = i64::from(req.expected_len);
+    let residual_for = |moved: u64| expected - i64::try_from(moved).unwrap_or(i64::MAX);
+    match result {
+        Ok(data) => {
+            let residual = residual_for(wanted_out.unwrap_or(data.len() as u64));
+            let keep = data.len().min(req.expected_len as usize);
+            ScsiResponse {
+                status: status::GOOD,
+                sense: None,
+                data_in: data.slice(..keep),
+                residual,
+            }
+        }
+        Err(failure) => {
+            let (status, sense) = match failure {
+                Failure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode())),
+                Failure::Conflict => (status::RESERVATION_CONFLICT, None),
+            };
+            ScsiResponse {
+                status,
+                sense,
+                data_in: Bytes::new(),
+                residual: residual_for(wanted_out.unwrap_or(0)),
+            }
+        }
+    }
+}

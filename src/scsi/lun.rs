@@ -1,0 +1,150 @@
+//! One logical unit: its backing device, identity and the state commands share.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::reservations::Reservations;
+use super::sense::{asc, key, Sense};
+use super::unit_attention::UnitAttentions;
+use super::LunConfig;
+use crate::block::BlockDevice;
+
+/// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH, 32 MiB of
+/// 512-byte blocks); bounds the buffers a single command can make us allocate.
+pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
+/// Largest COMPARE AND WRITE in blocks (VPD b0).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+/// Largest WRITE SAME in blocks (VPD b0 MAXIMUM WRITE SAME LENGTH).
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 65536;
+/// Most block descriptors in one UNMAP (VPD b0).
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Preferred granularity for transfers and unmaps, in 512-byte blocks (4 KiB).
+pub const OPTIMAL_GRANULARITY_BLOCKS: u32 = 8;
+
+/// Mutable per-LUN state, guarded by one short-held lock (never held across an await).
+#[derive(Debug, Default)]
+pub struct LunState {
+    /// Pending unit attentions per nexus.
+    pub ua: UnitAttentions,
+    /// RESERVE(6) and persistent reservations.
+    pub reservations: Reservations,
+    /// Capacity last reported, to raise CAPACITY DATA HAS CHANGED when it moves.
+    pub last_size: u64,
+}
+
+/// A logical unit of the target.
+pub struct Lun {
+    /// The backing device.
+    pub device: Arc<dyn BlockDevice>,
+    /// Unit serial number.
+    pub serial: String,
+    /// INQUIRY product identification (16 bytes, space padded).
+    pub product: [u8; 16],
+    /// NAA locally-assigned identifier (VPD 0x83), derived from the serial.
+    pub naa: [u8; 8],
+    /// Unit attentions and reservations.
+    pub state: parking_lot::Mutex<LunState>,
+    /// Serialises COMPARE AND WRITE and ORWRITE (read-modify-write) on this LUN.
+    pub rmw_lock: tokio::sync::Mutex<()>,
+    /// Caching mode page WCE: when clear every write is forced to media (FUA).
+    write_cache: AtomicBool,
+    /// Control mode page SWP: software write protection set by MODE SELECT.
+    software_write_protect: AtomicBool,
+}
+
+/// Space-pads `text` (printable ASCII only) to `N` bytes.
+pub fn ascii_field<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [b' '; N];
+    for (slot, byte) in out
+        .iter_mut()
+        .zip(text.bytes().filter(|b| (0x20..0x7f).contains(b)))
+    {
+        *slot = byte;
+    }
+    out
+}
+
+impl Lun {
+    /// Builds a logical unit from its configuration.
+    pub fn new(config: LunConfig) -> Self {
+        let digest = Sha256::digest(config.serial.as_bytes());
+        let mut naa = [0u8; 8];
+        naa.copy_from_slice(&digest[..8]);
+        // NAA 3: locally assigned, the remaining 60 bits from the serial's hash.
+        naa[0] = 0x30 | (naa[0] & 0x0f);
+        let size = config.device.size();
+        Lun {
+            product: ascii_field(&config.product),
+            serial: config.serial,
+            naa,
+            state: parking_lot::Mutex::new(LunState {
+                last_size: size,
+                ..LunState::default()
+            }),
+            rmw_lock: tokio::sync::Mutex::new(()),
+            write_cache: AtomicBool::new(true),
+            software_write_protect: AtomicBool::new(false),
+            device: config.device,
+        }
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.device.block_size()
+    }
+
+    /// Number of logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.device.size() / u64::from(self.block_size().max(1))
+    }
+
+    /// True when the LUN is write protected (by its device or by SWP).
+    pub fn read_only(&self) -> bool {
+        self.device.read_only() || self.software_write_protected()
+    }
+
+    /// DATA PROTECT sense when the LUN is write protected, saying by what.
+    pub fn check_writable(&self) -> Result<(), Sense> {
+        if self.device.read_only() {
+            Err(Sense::write_protected())
+        } else if self.software_write_protected() {
+            Err(Sense::new(key::DATA_PROTECT, asc::SOFTWARE_WRITE_PROTECTED))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Current SWP bit of the Control mode page.
+    pub fn software_write_protected(&self) -> bool {
+        self.software_write_protect.load(Ordering::Relaxed)
+    }
+
+    /// Sets SWP (MODE SELECT).
+    pub fn set_software_write_protect(&self, on: bool) {
+        self.software_write_protect.store(on, Ordering::Relaxed);
+    }
+
+    /// True when UNMAP and WRITE SAME with UNMAP really deallocate (thin provisioning). SWP does
+    /// not change this, so what the LUN advertises stays stable.
+    pub fn can_unmap(&self) -> bool {
+        !self.device.read_only() && self.device.can_unmap()
+    }
+
+    /// True when UNMAP is a supported command here: it deallocates, or the device is read-only
+    /// and UNMAP answers WRITE PROTECTED (REPORT SUPPORTED OPERATION CODES lists it then).
+    pub fn offers_unmap(&self) -> bool {
+        self.device.read_only() || self.can_unmap()
+    }
+
+    /// Current WCE bit of the caching mode page.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.write_cache.load(Ordering::Relaxed)
+    }
+
+    /// Sets WCE (MODE SELECT).
+    pub fn set_write_cache(&self, on: bool) {
+        self.write_cache.store(on, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,189 @@
+//! Block data commands (SBC-3 5.x): READ, WRITE, WRITE AND VERIFY, VERIFY, ORWRITE, COMPARE
+//! AND WRITE, SYNCHRONIZE CACHE, PRE-FETCH and READ CAPACITY.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::cdb::Extent;
+use super::lun::{Lun, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS};
+use super::sense::{asc, key, Sense};
+use crate::block::BlockError;
+
+/// Maps a backend error during a read to sense data.
+pub fn read_error(err: BlockError) -> Sense {
+    match err {
+        BlockError::ReadOnly => Sense::write_protected(),
+        BlockError::OutOfRange { .. } => Sense::lba_out_of_range(),
+        BlockError::Unsupported(_) => Sense::invalid_opcode(),
+        BlockError::Corrupt(_) | BlockError::Io(_) => {
+            Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR)
+        }
+    }
+}
+
+/// Maps a backend error during a write, unmap or flush to sense data.
+pub fn write_error(err: BlockError) -> Sense {
+    match err {
+        BlockError::Corrupt(_) | BlockError::Io(_) => {
+            Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR)
+        }
+        other => read_error(other),
+    }
+}
+
+/// Checks that `blocks` blocks at `lba` lie inside the LUN; returns (byte offset, byte length).
+pub fn byte_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
+    match lba.checked_add(blocks) {
+        Some(end) if end <= lun.blocks() && lba <= lun.blocks() => {}
+        _ => return Err(Sense::lba_out_of_range()),
+    }
+    let bs = u64::from(lun.block_size());
+    Ok((lba * bs, blocks * bs))
+}
+
+/// Range check plus the MAXIMUM TRANSFER LENGTH limit for READ/WRITE/VERIFY.
+fn transfer_range(lun: &Lun, e: &Extent) -> Result<(u64, u64), Sense> {
+    let range = byte_range(lun, e.lba, u64::from(e.blocks))?;
+    if e.blocks > MAX_TRANSFER_BLOCKS {
+        return Err(Sense::invalid_cdb_field(e.length_byte, None));
+    }
+    Ok(range)
+}
+
+/// READ(6/10/12/16).
+pub async fn read(lun: &Lun, e: &Extent) -> Result<Bytes, Sense> {
+    let (offset, len) = transfer_range(lun, e)?;
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    read_medium(lun, offset, len).await
+}
+
+/// Reads `len` bytes (at most MAX_TRANSFER_BLOCKS or MAX_COMPARE_AND_WRITE_BLOCKS blocks, so
+/// the length fits in usize).
+async fn read_medium(lun: &Lun, offset: u64, len: u64) -> Result<Bytes, Sense> {
+    lun.device
+        .read(offset, len as usize)
+        .await
+        .map_err(read_error)
+}
+
+/// Writes with FUA when the CDB asks for it or the write cache is disabled (WCE = 0).
+async fn write_medium(lun: &Lun, offset: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
+    let fua = fua || !lun.write_cache_enabled();
+    lun.device
+        .write(offset, data, fua)
+        .await
+        .map_err(write_error)
+}
+
+/// WRITE(6/10/12/16) and WRITE AND VERIFY; `data` holds exactly the blocks to write.
+pub async fn write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+    lun.check_writable()?;
+    let (offset, len) = transfer_range(lun, e)?;
+    if len == 0 {
+        return Ok(());
+    }
+    write_medium(lun, offset, data, e.fua).await
+}
+
+/// Index of the first differing byte of `a` and `b` (equal lengths).
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// VERIFY(10/12/16). BYTCHK 0 reads the medium; 1 compares `data` with it; 3 compares one
+/// block of `data` against every block.
+pub async fn verify(lun: &Lun, e: &Extent, bytchk: u8, data: &Bytes) -> Result<(), Sense> {
+    if bytchk == 2 {
+        return Err(Sense::invalid_cdb_field(1, Some(2)));
+    }
+    let (offset, len) = transfer_range(lun, e)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let medium = read_medium(lun, offset, len).await?;
+    let mismatch = match bytchk {
+        0 => None,
+        1 => first_difference(&medium, data),
+        _ => {
+            let bs = lun.block_size() as usize;
+            medium
+                .chunks(bs)
+                .enumerate()
+                .find_map(|(i, block)| first_difference(block, data).map(|at| i * bs + at))
+        }
+    };
+    match mismatch {
+        Some(at) => Err(Sense::miscompare(at as u32)),
+        None => Ok(()),
+    }
+}
+
+/// COMPARE AND WRITE: `data` is the verify blocks followed by the write blocks.
+pub async fn compare_and_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+    lun.check_writable()?;
+    if e.blocks > u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
+        return Err(Sense::invalid_cdb_field(13, None));
+    }
+    let (offset, len) = byte_range(lun, e.lba, u64::from(e.blocks))?;
+    if len == 0 {
+        return Ok(());
+    }
+    let half = len as usize;
+    let _guard = lun.rmw_lock.lock().await;
+    let medium = read_medium(lun, offset, len).await?;
+    if let Some(at) = first_difference(&medium, &data[..half]) {
+        return Err(Sense::miscompare(at as u32));
+    }
+    write_medium(lun, offset, data.slice(half..), e.fua).await
+}
+
+/// ORWRITE(16): ORs `data` into the medium.
+pub async fn or_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+    lun.check_writable()?;
+    let (offset, len) = transfer_range(lun, e)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let _guard = lun.rmw_lock.lock().await;
+    let medium = read_medium(lun, offset, len).await?;
+    let mut merged = BytesMut::from(&medium[..]);
+    for (m, d) in merged.iter_mut().zip(data.iter()) {
+        *m |= d;
+    }
+    write_medium(lun, offset, merged.freeze(), e.fua).await
+}
+
+/// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole device is flushed.
+pub async fn synchronize_cache(lun: &Lun, lba: u64, blocks: u32) -> Result<(), Sense> {
+    byte_range(lun, lba, u64::from(blocks))?;
+    lun.device.flush().await.map_err(write_error)
+}
+
+/// PRE-FETCH(10/16): range check only; we keep no cache of our own to fill.
+pub fn pre_fetch(lun: &Lun, lba: u64, blocks: u32) -> Result<(), Sense> {
+    byte_range(lun, lba, u64::from(blocks)).map(|_| ())
+}
+
+/// READ CAPACITY(10).
+pub fn read_capacity10(lun: &Lun, lba: u32, pmi: bool) -> Result<Bytes, Sense> {
+    if !pmi && lba != 0 {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    let last = lun.blocks().saturating_sub(1);
+    let mut out = BytesMut::with_capacity(8);
+    out.put_u32(u32::try_from(last).unwrap_or(u32::MAX));
+    out.put_u32(lun.block_size());
+    Ok(out.freeze())
+}
+
+/// READ CAPACITY(16): LBPME and LBPRZ when the LUN deallocates.
+pub fn read_capacity16(lun: &Lun) -> Bytes {
+    let mut out = BytesMut::zeroed(32);
+    out[0..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
+    out[8..12].copy_from_slice(&lun.block_size().to_be_bytes());
+    if lun.can_unmap() {
+        out[14] = 0x80 | 0x40;
+    }
+    out.freeze()
+}

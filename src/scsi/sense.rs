@@ -1,0 +1,248 @@
+//! Fixed-format sense data (SPC-4 4.5.3) and the additional sense codes this target reports.
+
+use bytes::Bytes;
+
+/// Sense keys (SPC-4 table 27).
+pub mod key {
+    /// No error; used for deferred information such as REQUEST SENSE with nothing pending.
+    pub const NO_SENSE: u8 = 0x0;
+    /// The logical unit is not ready.
+    pub const NOT_READY: u8 = 0x2;
+    /// Unrecoverable medium error.
+    pub const MEDIUM_ERROR: u8 = 0x3;
+    /// Hardware failure.
+    pub const HARDWARE_ERROR: u8 = 0x4;
+    /// The command or its parameters were invalid.
+    pub const ILLEGAL_REQUEST: u8 = 0x5;
+    /// A unit attention condition was reported.
+    pub const UNIT_ATTENTION: u8 = 0x6;
+    /// The medium is write protected.
+    pub const DATA_PROTECT: u8 = 0x7;
+    /// The command was aborted.
+    pub const ABORTED_COMMAND: u8 = 0xb;
+    /// Source data did not match the medium (VERIFY, COMPARE AND WRITE).
+    pub const MISCOMPARE: u8 = 0xe;
+}
+
+/// An additional sense code and qualifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asc(pub u8, pub u8);
+
+/// Additional sense codes used by this target.
+pub mod asc {
+    use super::Asc;
+    /// NO ADDITIONAL SENSE INFORMATION.
+    pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
+    /// WRITE ERROR.
+    pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
+    /// INVALID FIELD IN COMMAND INFORMATION UNIT (transfer length disagrees with the transport).
+    pub const INVALID_FIELD_IN_CDB_IU: Asc = Asc(0x0e, 0x03);
+    /// UNRECOVERED READ ERROR.
+    pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
+    /// PARAMETER LIST LENGTH ERROR.
+    pub const PARAMETER_LIST_LENGTH_ERROR: Asc = Asc(0x1a, 0x00);
+    /// MISCOMPARE DURING VERIFY OPERATION.
+    pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1d, 0x00);
+    /// INVALID COMMAND OPERATION CODE.
+    pub const INVALID_COMMAND_OPERATION_CODE: Asc = Asc(0x20, 0x00);
+    /// LOGICAL BLOCK ADDRESS OUT OF RANGE.
+    pub const LBA_OUT_OF_RANGE: Asc = Asc(0x21, 0x00);
+    /// INVALID FIELD IN CDB.
+    pub const INVALID_FIELD_IN_CDB: Asc = Asc(0x24, 0x00);
+    /// LOGICAL UNIT NOT SUPPORTED.
+    pub const LOGICAL_UNIT_NOT_SUPPORTED: Asc = Asc(0x25, 0x00);
+    /// INVALID FIELD IN PARAMETER LIST.
+    pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x26, 0x00);
+    /// INVALID RELEASE OF PERSISTENT RESERVATION.
+    pub const INVALID_RELEASE_OF_PR: Asc = Asc(0x26, 0x04);
+    /// WRITE PROTECTED.
+    pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
+    /// LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
+    pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc(0x27, 0x02);
+    /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
+    /// BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
+    pub const BUS_DEVICE_RESET: Asc = Asc(0x29, 0x03);
+    /// MODE PARAMETERS CHANGED.
+    pub const MODE_PARAMETERS_CHANGED: Asc = Asc(0x2a, 0x01);
+    /// RESERVATIONS PREEMPTED.
+    pub const RESERVATIONS_PREEMPTED: Asc = Asc(0x2a, 0x03);
+    /// RESERVATIONS RELEASED.
+    pub const RESERVATIONS_RELEASED: Asc = Asc(0x2a, 0x04);
+    /// REGISTRATIONS PREEMPTED.
+    pub const REGISTRATIONS_PREEMPTED: Asc = Asc(0x2a, 0x05);
+    /// CAPACITY DATA HAS CHANGED.
+    pub const CAPACITY_DATA_CHANGED: Asc = Asc(0x2a, 0x09);
+    /// COMMANDS CLEARED BY ANOTHER INITIATOR.
+    pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f, 0x00);
+    /// SAVING PARAMETERS NOT SUPPORTED.
+    pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
+    /// INSUFFICIENT REGISTRATION RESOURCES.
+    pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
+}
+
+/// Where in the CDB or parameter list an invalid field sits (sense-key specific bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldPointer {
+    /// True when the field is in the CDB, false when in the parameter data.
+    pub in_cdb: bool,
+    /// Byte offset of the field.
+    pub byte: u16,
+    /// Bit of the field's most significant bit, when the whole byte is not meant.
+    pub bit: Option<u8>,
+}
+
+/// One CHECK CONDITION's sense data, before encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sense {
+    /// Sense key.
+    pub key: u8,
+    /// Additional sense code and qualifier.
+    pub asc: Asc,
+    /// INFORMATION field (sets the VALID bit), e.g. the miscompare offset.
+    pub information: Option<u32>,
+    /// Sense-key-specific field pointer for ILLEGAL REQUEST.
+    pub field: Option<FieldPointer>,
+}
+
+/// Length of the fixed-format sense data this target produces.
+pub const SENSE_LEN: usize = 18;
+
+impl Sense {
+    /// Sense with a key and code and nothing else.
+    pub const fn new(key: u8, asc: Asc) -> Self {
+        Sense {
+            key,
+            asc,
+            information: None,
+            field: None,
+        }
+    }
+
+    /// ILLEGAL REQUEST with the given code and no field pointer.
+    pub const fn illegal(asc: Asc) -> Self {
+        Sense::new(key::ILLEGAL_REQUEST, asc)
+    }
+
+    /// ILLEGAL REQUEST / INVALID FIELD IN CDB pointing at `byte` (and `bit`, if given).
+    pub const fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
+            ..Sense::illegal(asc::INVALID_FIELD_IN_CDB)
+        }
+    }
+
+    /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST pointing at `byte` (and `bit`).
+    pub const fn invalid_param_field(byte: u16, bit: Option<u8>) -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
+            ..Sense::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST)
+        }
+    }
+
+    /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE (pointer at byte 0).
+    pub const fn invalid_opcode() -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte: 0,
+                bit: None,
+            }),
+            ..Sense::illegal(asc::INVALID_COMMAND_OPERATION_CODE)
+        }
+    }
+
+    /// ILLEGAL REQUEST / LOGICAL BLOCK ADDRESS OUT OF RANGE.
+    pub const fn lba_out_of_range() -> Self {
+        Sense::illegal(asc::LBA_OUT_OF_RANGE)
+    }
+
+    /// ILLEGAL REQUEST / PARAMETER LIST LENGTH ERROR.
+    pub const fn parameter_list_length() -> Self {
+        Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR)
+    }
+
+    /// DATA PROTECT / WRITE PROTECTED.
+    pub const fn write_protected() -> Self {
+        Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED)
+    }
+
+    /// UNIT ATTENTION with the given code.
+    pub const fn unit_attention(code: Asc) -> Self {
+        Sense::new(key::UNIT_ATTENTION, code)
+    }
+
+    /// MISCOMPARE / MISCOMPARE DURING VERIFY OPERATION at byte `offset` of the compared data.
+    pub const fn miscompare(offset: u32) -> Self {
+        Sense {
+            information: Some(offset),
+            ..Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY)
+        }
+    }
+
+    /// Encodes fixed-format (response code 0x70, current error) sense data.
+    pub fn encode(&self) -> Bytes {
+        let mut out = [0u8; SENSE_LEN];
+        out[0] = 0x70;
+        if let Some(info) = self.information {
+            out[0] |= 0x80;
+            out[3..7].copy_from_slice(&info.to_be_bytes());
+        }
+        out[2] = self.key & 0x0f;
+        out[7] = (SENSE_LEN - 8) as u8;
+        out[12] = self.asc.0;
+        out[13] = self.asc.1;
+        if let Some(field) = self.field {
+            // SKSV, C/D, BPV and the bit pointer, then the field pointer.
+            let mut b15 = 0x80;
+            if field.in_cdb {
+                b15 |= 0x40;
+            }
+            if let Some(bit) = field.bit {
+                b15 |= 0x08 | (bit & 0x07);
+            }
+            out[15] = b15;
+            out[16..18].copy_from_slice(&field.byte.to_be_bytes());
+        }
+        Bytes::copy_from_slice(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_invalid_field_with_pointer() {
+        let bytes = Sense::invalid_cdb_field(2, Some(5)).encode();
+        assert_eq!(
+            &bytes[..],
+            &[0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0xcd, 0, 2]
+        );
+    }
+
+    #[test]
+    fn encodes_information_for_miscompare() {
+        let bytes = Sense::miscompare(0x1234).encode();
+        assert_eq!(
+            &bytes[..],
+            &[0xf0, 0, 0x0e, 0, 0, 0x12, 0x34, 10, 0, 0, 0, 0, 0x1d, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn parameter_pointer_clears_cd_bit() {
+        let bytes = Sense::invalid_param_field(0x0102, None).encode();
+        assert_eq!(bytes[2], key::ILLEGAL_REQUEST);
+        assert_eq!((bytes[12], bytes[13]), (0x26, 0x00));
+        assert_eq!(&bytes[15..18], &[0x80, 0x01, 0x02]);
+    }
+}

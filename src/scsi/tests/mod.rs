@@ -1,0 +1,256 @@
+//! End-to-end tests of [`ScsiTarget::execute`] with literal CDBs and expected bytes; this file
+//! holds the shared helpers (targets, command builders, test devices), one file per area below.
+
+mod model;
+mod provisioning;
+mod reservations;
+mod sbc;
+mod spc;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+use crate::block::{BlockError, BlockResult, BlockStatus, RamDevice};
+
+const BLOCKS: u64 = 2048; // 1 MiB of 512-byte blocks
+
+fn nexus(name: &str) -> Nexus {
+    Nexus {
+        initiator_name: format!("iqn.2026-11.test:{name}"),
+        isid: [0x40, 0, 0, 0, 0, 1],
+        tpgt: 1,
+    }
+}
+
+fn lun_config(device: Arc<dyn BlockDevice>) -> LunConfig {
+    LunConfig {
+        device,
+        serial: "SERIAL0001".to_string(),
+        product: "TESTDISK".to_string(),
+    }
+}
+
+fn ram_target() -> ScsiTarget {
+    ScsiTarget::new(vec![lun_config(Arc::new(RamDevice::new(BLOCKS * 512)))])
+}
+
+fn ro_target() -> ScsiTarget {
+    ScsiTarget::new(vec![lun_config(Arc::new(RamDevice::new_read_only(
+        BLOCKS * 512,
+    )))])
+}
+
+/// Runs one command on LUN 0; the CDB is padded to 16 bytes like iSCSI does.
+async fn exec(
+    t: &ScsiTarget,
+    n: &Nexus,
+    cdb: &[u8],
+    expected_len: u32,
+    out: &[u8],
+) -> ScsiResponse {
+    exec_lun(t, n, 0, cdb, expected_len, out).await
+}
+
+async fn exec_lun(
+    t: &ScsiTarget,
+    n: &Nexus,
+    lun: u64,
+    cdb: &[u8],
+    expected_len: u32,
+    out: &[u8],
+) -> ScsiResponse {
+    let mut padded = cdb.to_vec();
+    padded.resize(16.max(cdb.len()), 0);
+    let direction = if out.is_empty() {
+        DataDirection::In
+    } else {
+        DataDirection::Out
+    };
+    t.execute(
+        n,
+        ScsiRequest {
+            lun,
+            cdb: Bytes::from(padded),
+            direction,
+            expected_len,
+            data_out: Bytes::copy_from_slice(out),
+        },
+    )
+    .await
+}
+
+/// A nexus that has already consumed its power-on unit attention.
+async fn ready(t: &ScsiTarget, name: &str) -> Nexus {
+    let n = nexus(name);
+    let first = exec(t, &n, &[0x00, 0, 0, 0, 0, 0], 0, &[]).await;
+    assert_sense(&first, sense::key::UNIT_ATTENTION, 0x29, 0x00);
+    let second = exec(t, &n, &[0x00, 0, 0, 0, 0, 0], 0, &[]).await;
+    assert_eq!(second.status, status::GOOD);
+    n
+}
+
+fn assert_sense(r: &ScsiResponse, key: u8, asc: u8, ascq: u8) {
+    assert_eq!(
+        r.status,
+        status::CHECK_CONDITION,
+        "expected CHECK CONDITION, got status {:#x}",
+        r.status
+    );
+    let s = r.sense.as_ref().expect("sense data");
+    assert_eq!(
+        (s[2] & 0x0f, s[12], s[13]),
+        (key, asc, ascq),
+        "sense {s:02x?}"
+    );
+}
+
+fn assert_field(r: &ScsiResponse, byte: u16, bit: Option<u8>) {
+    let s = r.sense.as_ref().expect("sense data");
+    assert_eq!(s[15] & 0x80, 0x80, "SKSV");
+    assert_eq!(u16::from_be_bytes([s[16], s[17]]), byte);
+    match bit {
+        Some(b) => assert_eq!(s[15] & 0x0f, 0x08 | b),
+        None => assert_eq!(s[15] & 0x08, 0),
+    }
+}
+
+fn read10(lba: u32, blocks: u16) -> Vec<u8> {
+    let l = lba.to_be_bytes();
+    let b = blocks.to_be_bytes();
+    vec![0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+}
+
+fn write10(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut c = read10(lba, blocks);
+    c[0] = 0x2a;
+    c
+}
+
+/// A device whose every operation fails with an I/O error.
+struct BrokenDevice;
+
+#[async_trait]
+impl BlockDevice for BrokenDevice {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn can_unmap(&self) -> bool {
+        false
+    }
+    async fn read(&self, _: u64, _: usize) -> BlockResult<Bytes> {
+        Err(BlockError::Io(std::io::Error::other("disk on fire")))
+    }
+    async fn write(&self, _: u64, _: Bytes, _: bool) -> BlockResult<()> {
+        Err(BlockError::Io(std::io::Error::other("disk on fire")))
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Err(BlockError::Corrupt("flush".into()))
+    }
+    async fn unmap(&self, _: u64, _: u64) -> BlockResult<()> {
+        Err(BlockError::Unsupported("unmap"))
+    }
+    async fn block_status(&self, _: u64) -> BlockResult<BlockStatus> {
+        Err(BlockError::Io(std::io::Error::other("disk on fire")))
+    }
+}
+
+fn unmap_params(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&((6 + 16 * ranges.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&((16 * ranges.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    for (lba, n) in ranges {
+        p.extend_from_slice(&lba.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    p
+}
+
+fn unmap_cdb(len: u16) -> Vec<u8> {
+    let l = len.to_be_bytes();
+    vec![0x42, 0, 0, 0, 0, 0, 0, l[0], l[1], 0]
+}
+
+fn get_lba_status_cdb(lba: u64, alloc: u32) -> Vec<u8> {
+    let mut c = vec![0x9e, 0x12];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&alloc.to_be_bytes());
+    c.extend_from_slice(&[0, 0]);
+    c
+}
+
+fn write_same16(lba: u64, blocks: u32, flags: u8) -> Vec<u8> {
+    let mut c = vec![0x93, flags];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&blocks.to_be_bytes());
+    c.extend_from_slice(&[0, 0]);
+    c
+}
+
+fn prout(action: u8, pr_type: u8) -> Vec<u8> {
+    vec![0x5f, action, pr_type, 0, 0, 0, 0, 0, 24, 0]
+}
+
+fn pr_params(key: u64, sa_key: u64) -> Vec<u8> {
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sa_key.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p
+}
+
+/// A RAM disk whose reported size can change under the target.
+struct Resizable {
+    inner: RamDevice,
+    size: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl BlockDevice for Resizable {
+    fn size(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn can_unmap(&self) -> bool {
+        false
+    }
+    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
+        self.inner.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Ok(())
+    }
+    async fn unmap(&self, _: u64, _: u64) -> BlockResult<()> {
+        Err(BlockError::Unsupported("unmap"))
+    }
+    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
+        self.inner.block_status(offset).await
+    }
+}
+
+#[test]
+fn execute_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let t = ram_target();
+    let n = nexus("a");
+    let req = ScsiRequest {
+        lun: 0,
+        cdb: Bytes::from_static(&[0; 16]),
+        direction: DataDirection::None,
+        expected_len: 0,
+        data_out: Bytes::new(),
+    };
+    let fut = t.execute(&n, req);
+    assert_send(&fut);
+}
