@@ -1,7 +1,8 @@
 //! LSMT extent-map lookups: the merged, sorted, disjoint record array of a layer stack, queried
 //! at random sectors. `binary_search` is the bare search (comparable with overlaybd's figures
 //! for `std::lower_bound`: 18.3, 12.8, 8.6 and 5.6 million lookups/s at 1k, 10k, 100k and 1M
-//! segments); `lookup_*` is the full `index::lookup` the read path calls, which also collects
+//! segments); `binary_search_chained` is the same with each query waiting for the previous
+//! answer; `lookup_*` is the full `index::lookup` the read path calls, which also collects
 //! and clips the covering records.
 
 use divan::counter::ItemsCount;
@@ -77,6 +78,20 @@ fn binary_search(bencher: Bencher, n: usize) {
         qs.iter()
             .map(|&q| first_ending_after(divan::black_box(&map), q))
             .fold(0usize, usize::wrapping_add)
+    });
+}
+
+/// Each query depends on the previous answer, so searches cannot overlap in the CPU: the
+/// latency-bound rate, closer to one lookup per request on a busy server.
+#[divan::bench(args = SIZES)]
+fn binary_search_chained(bencher: Bencher, n: usize) {
+    let map = merged_map(n);
+    let qs = queries(&map);
+    bencher.counter(ItemsCount::new(QUERIES)).bench_local(|| {
+        qs.iter().fold(0usize, |prev, &q| {
+            // `prev & 1` is 0 or 1: it perturbs nothing but orders the searches.
+            first_ending_after(divan::black_box(&map), q + (prev & 1) as u64)
+        })
     });
 }
 

@@ -6,6 +6,7 @@
 mod corpus;
 
 mod cache;
+mod cdb;
 mod lsmt;
 mod pdu;
 mod zfile;
