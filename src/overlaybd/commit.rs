@@ -4,7 +4,10 @@
 //! A commit writes strictly sequentially (header, data, index, trailer) into any
 //! [`AsyncWrite`] sink, so the output can stream into a file, a ZFile builder or an uploader.
 
+use std::fs::OpenOptions;
+use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -16,6 +19,7 @@ use super::layer::{read, SealedLayer, DATA_START_SECTOR};
 use super::stack::{merge_indexes, LayerStack, MergeInput};
 use super::writable::WritableLayer;
 use crate::cache::LayerSource;
+use crate::zfile::{WriterOptions, ZFileWriter};
 
 /// Data is copied in chunks of this many sectors, one record per chunk before coalescing;
 /// this is what bounds merged data records to 16320 sectors in reference output.
@@ -200,6 +204,43 @@ pub async fn write_commit<W: AsyncWrite + Unpin>(
         index_size,
         bytes: pos * SECTOR + index.len() as u64 + HEADER_SIZE as u64,
     })
+}
+
+/// Writes a committed blob to a new file at `path` (it must not exist), as `overlaybd-commit`
+/// does: plain LSMT, or with `zfile` a ZFile whose header is rewritten with the final values
+/// (`-z`). The file is fsynced before returning.
+pub async fn write_commit_file(
+    src: &CommitSource,
+    opts: &CommitOptions,
+    path: &Path,
+    zfile: Option<WriterOptions>,
+) -> LsmtResult<CommitSummary> {
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| LsmtError::io(&name, e);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io)?;
+    let out = BufWriter::new(file);
+    let (summary, out) = match zfile {
+        None => {
+            let mut sink = SyncSink(out);
+            let summary = write_commit(src, opts, &mut sink).await?;
+            (summary, sink.0)
+        }
+        Some(zopts) => {
+            let writer = ZFileWriter::new(out, zopts)
+                .map_err(|e| LsmtError::corrupt(&name, e.to_string()))?;
+            let mut sink = SyncSink(writer);
+            let summary = write_commit(src, opts, &mut sink).await?;
+            let (out, _) = sink.0.finish_with_header().map_err(io)?;
+            (summary, out)
+        }
+    };
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(summary)
 }
 
 /// Greedy one-pass coalescing of emitted records (§8.2 step 5).

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::error::{LsmtError, LsmtResult};
 use super::stack::MAX_LAYERS;
+use crate::cache::settings::DownloadConfig;
 
 /// A read-only layer entry of `lowers` (§2.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -67,40 +68,8 @@ pub struct UpperLayer {
     pub vsize: Option<i64>,
 }
 
-/// The background download policy of a device (§2.1 `download`, §6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DownloadConfig {
-    /// Download whole blobs in the background.
-    pub enable: bool,
-    /// Seconds to wait before starting.
-    pub delay: i64,
-    /// Random extra delay range in seconds.
-    pub delay_extra: i64,
-    /// Throughput limit per download in MB/s (≤ 0 = unlimited).
-    #[serde(rename = "maxMBps")]
-    pub max_mbps: i64,
-    /// Attempts per layer.
-    pub try_cnt: i64,
-    /// Read size per request in bytes.
-    pub block_size: u64,
-}
-
-impl Default for DownloadConfig {
-    fn default() -> Self {
-        DownloadConfig {
-            enable: false,
-            delay: 300,
-            delay_extra: 30,
-            max_mbps: 100,
-            try_cnt: 5,
-            block_size: 262_144,
-        }
-    }
-}
-
 /// A parsed `config.v1.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageConfig {
     /// Blob URL prefix `<scheme>://<host>/v2/<repository>/blobs`.
@@ -115,7 +84,10 @@ pub struct ImageConfig {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub result_file: String,
     /// Per-device download policy; `None` = use the daemon-wide one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_download"
+    )]
     pub download: Option<DownloadConfig>,
     /// The last lower is an acceleration (trace) layer, not data.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -218,7 +190,12 @@ impl ImageConfig {
                     delay_extra: d.opt_i64("delayExtra")?.unwrap_or(def.delay_extra),
                     max_mbps: d.opt_i64("maxMBps")?.unwrap_or(def.max_mbps),
                     try_cnt: d.opt_i64("tryCnt")?.unwrap_or(def.try_cnt),
-                    block_size: d.opt_u64("blockSize")?.unwrap_or(def.block_size),
+                    block_size: match d.opt_u64("blockSize")? {
+                        None => def.block_size,
+                        Some(v) => u32::try_from(v).map_err(|_| {
+                            cfg_err(file, "download.blockSize", format!("{v} is too large"))
+                        })?,
+                    },
                 })
             }
         };
@@ -380,6 +357,25 @@ pub fn blob_url(repo_blob_url: &str, digest: &str) -> String {
     }
 }
 
+/// Writes the per-device `download` object with the keys overlaybd reads.
+fn serialize_download<S: serde::Serializer>(
+    d: &Option<DownloadConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        None => s.serialize_none(),
+        Some(d) => serde_json::json!({
+            "enable": d.enable,
+            "delay": d.delay,
+            "delayExtra": d.delay_extra,
+            "maxMBps": d.max_mbps,
+            "tryCnt": d.try_cnt,
+            "blockSize": d.block_size,
+        })
+        .serialize(s),
+    }
+}
+
 fn is_sha256_digest(d: &str) -> bool {
     d.strip_prefix("sha256:")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
@@ -486,6 +482,10 @@ mod tests {
         assert_eq!(c.result_file, "/b/init-debug.log");
         let again = ImageConfig::from_json(&c.to_json(), "again").unwrap();
         assert_eq!(again, c);
+        let d = ImageConfig::from_json(r#"{"download":{"enable":true,"maxMBps":7}}"#, "d").unwrap();
+        let dl = d.download.as_ref().unwrap();
+        assert!(dl.enable && dl.max_mbps == 7 && dl.delay == 300 && dl.block_size == 262_144);
+        assert_eq!(ImageConfig::from_json(&d.to_json(), "again").unwrap(), d);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::stack::{read_extents, sector_range, LayerStack};
 use super::writable::WritableLayer;
 use crate::block::{BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 use crate::cache::file::FileSource;
-use crate::cache::LayerSource;
+use crate::cache::{LayerSource, RemoteLayer, RemoteLayers};
 use crate::zfile::{open_payload, ZFileError};
 
 /// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
@@ -75,6 +75,50 @@ impl LayerOpener for LocalOpener {
             ))),
         }
     }
+}
+
+/// The daemon's opener: local files as [`LocalOpener`] does, registry blobs through the cache
+/// tiers (and P2P proxy, background download) of [`RemoteLayers`]. Either way the bytes are
+/// tar-unwrapped and ZFile-decompressed as needed.
+#[async_trait]
+impl LayerOpener for RemoteLayers {
+    async fn open(
+        &self,
+        config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        let (url, digest, size, dir) = match location {
+            LayerLocation::Local(path) => return LocalOpener::open_path(path).await,
+            LayerLocation::Remote {
+                url,
+                digest,
+                size,
+                dir,
+            } => (url, digest, size, dir),
+        };
+        let layer = RemoteLayer {
+            repo_blob_url: &config.repo_blob_url,
+            digest,
+            size: Some(*size).filter(|&s| s != 0),
+            dir: dir.as_deref(),
+            download: config.download.as_ref(),
+        };
+        let blob = RemoteLayers::open(self, &layer)
+            .await
+            .map_err(|e| LsmtError::io(format!("lowers[{index}] ({url})"), e))?;
+        decompressed(blob, url).await
+    }
+}
+
+/// Removes a tar wrapper and decompresses a ZFile, naming `name` in errors.
+async fn decompressed(blob: Arc<dyn LayerSource>, name: &str) -> LsmtResult<Arc<dyn LayerSource>> {
+    let zfile_err = |e: ZFileError| match e {
+        ZFileError::Io(io) => LsmtError::io(name, io),
+        other => LsmtError::corrupt(name, other.to_string()),
+    };
+    let payload = open_payload(blob).await.map_err(zfile_err)?;
+    payload.decompressed().await.map_err(zfile_err)
 }
 
 /// A stack of read-only layers with an optional writable layer on top.
@@ -141,6 +185,22 @@ impl Image {
             None => None,
         };
         Image::new(stack, upper).await
+    }
+
+    /// Loads `config.v1.json` at `path`, opens the image, and writes the config's result file
+    /// (`success` or `failed:<reason>`) as the reference daemon does.
+    pub async fn open_config_file(path: &Path, opener: &dyn LayerOpener) -> LsmtResult<Self> {
+        let config = ImageConfig::load(path)?;
+        let name = path.display().to_string();
+        let result = Image::open(&config, &name, opener).await;
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        config
+            .write_result(outcome.as_ref().map(|_| ()).map_err(String::as_str))
+            .map_err(|e| LsmtError::io(&config.result_file, e))?;
+        result
     }
 
     /// The read-only layers.

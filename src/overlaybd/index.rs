@@ -182,6 +182,9 @@ pub fn first_ending_after(records: &[Record], sector: u64) -> usize {
 pub fn lookup(records: &[Record], start: u64, len: u64) -> Vec<Record> {
     let end = start.saturating_add(len);
     let mut out = Vec::new();
+    if len == 0 {
+        return out;
+    }
     let from = first_ending_after(records, start);
     for r in records.get(from..).unwrap_or(&[]) {
         if r.offset >= end {

@@ -2,10 +2,12 @@
 //! commits, and the `config.v1.json` image config, exposed as a block device.
 //!
 //! Layout: [`header`] and [`index`] are the on-disk structures (sans-IO); [`layer`] opens sealed
-//! layers; [`stack`] merges them; [`writable`] is the append-only upper layer whose in-memory
+//! layers; [`stack`] merges them; [`writable`] is the upper layer (append-only, or sparse) whose in-memory
 //! map is [`writable_index`]; [`commit`] writes sealed blobs; [`config`] parses image configs;
 //! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`raw`] converts to and from
 //! raw disk images. Layer bytes are always read through [`crate::cache::LayerSource`].
+
+#![warn(missing_docs)]
 
 pub mod commit;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod image;
 pub mod index;
 pub mod layer;
 pub mod raw;
+mod sparse;
 pub mod stack;
 pub mod writable;
 pub mod writable_index;

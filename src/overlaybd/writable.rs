@@ -1,8 +1,11 @@
-//! An append-only writable layer: a data file and an index file (spec `lsmt.md` §6).
+//! A writable layer: a data file and an index file (spec `lsmt.md` §6, §7).
 //!
 //! Writes append their bytes to the data file and a record to the index file; discards append
 //! a zeroed record. Nothing already written is ever modified, so a reader that looked up a
 //! record before a concurrent overwrite still reads consistent (older) bytes.
+//!
+//! Sparse layers (`overlaybd-create -s`, §7) store data in place instead and keep no log;
+//! their index is rebuilt from the data file's allocation map on open.
 //!
 //! Durability: [`WritableLayer::flush`] fdatasyncs the data file, then the index file. After it
 //! returns, every acknowledged write and discard survives a crash: reopening replays the index
@@ -22,6 +25,7 @@ use super::error::{LsmtError, LsmtResult};
 use super::header::{flags, Header, LayerUuid, HEADER_SIZE, USER_TAG_LEN};
 use super::index::{decode_records, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
 use super::layer::DATA_START_SECTOR;
+use super::sparse;
 use super::stack::{read_extents, sector_range};
 use super::writable_index::WritableIndex;
 use crate::cache::LayerSource;
@@ -46,6 +50,8 @@ pub struct CreateOptions {
     pub parent_uuid: LayerUuid,
     /// Optional user tag (at most 256 bytes).
     pub user_tag: Vec<u8>,
+    /// Create a sparse layer (`overlaybd-create -s`, §7): data stored in place, no index log.
+    pub sparse: bool,
 }
 
 impl CreateOptions {
@@ -56,6 +62,7 @@ impl CreateOptions {
             uuid: None,
             parent_uuid: LayerUuid::nil(),
             user_tag: Vec::new(),
+            sparse: false,
         }
     }
 }
@@ -107,9 +114,20 @@ struct Inner {
     tail: Mutex<Tail>,
     map: RwLock<WritableIndex>,
     vsize: AtomicU64,
+    /// Sparse layer (§7): data in place, no index log, index rebuilt from the allocation map.
+    sparse: bool,
 }
 
-/// An open append-only writable layer. Cheap to clone (shared state).
+/// What `assemble` needs besides the files.
+struct State {
+    header: Header,
+    map: WritableIndex,
+    data_end: u64,
+    index_end: u64,
+    vsize: u64,
+}
+
+/// An open writable layer. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct WritableLayer {
     inner: Arc<Inner>,
@@ -128,24 +146,40 @@ impl WritableLayer {
         header.uuid = LayerUuid::from_uuid(&opts.uuid.unwrap_or_else(uuid::Uuid::new_v4));
         header.parent_uuid = opts.parent_uuid;
         header.user_tag = opts.user_tag.clone();
-        let mut index_header = header.clone();
-        index_header.flags = flags::HEADER;
-        index_header.index_offset = INDEX_FILE_OFFSET;
-        let data = create_new(data_path, &header)?;
-        let index = create_new(index_path, &index_header)?;
+        if opts.sparse {
+            header.flags |= flags::SPARSE_RW;
+        }
+        let data = create_new(data_path, Some(&header))?;
+        let index = if opts.sparse {
+            // The index file of a sparse layer exists but stays empty.
+            let data_len = (HEADER_SIZE as u64)
+                .checked_add(opts.virtual_size)
+                .ok_or_else(|| {
+                    LsmtError::Invalid(format!("virtual size {} too large", opts.virtual_size))
+                })?;
+            data.set_len(data_len)
+                .map_err(|e| LsmtError::io(data_path.display().to_string(), e))?;
+            create_new(index_path, None)?
+        } else {
+            let mut index_header = header.clone();
+            index_header.flags = flags::HEADER;
+            index_header.index_offset = INDEX_FILE_OFFSET;
+            create_new(index_path, Some(&index_header))?
+        };
         sync_parent(data_path)?;
         sync_parent(index_path)?;
-        Ok(Self::assemble(
-            data,
-            data_path,
-            index,
-            index_path,
+        let data_end = data
+            .metadata()
+            .map_err(|e| LsmtError::io(data_path.display().to_string(), e))?
+            .len();
+        let state = State {
+            vsize: opts.virtual_size,
             header,
-            WritableIndex::new(),
-            HEADER_SIZE as u64,
-            INDEX_FILE_OFFSET,
-            opts.virtual_size,
-        ))
+            map: WritableIndex::new(),
+            data_end,
+            index_end: INDEX_FILE_OFFSET,
+        };
+        Ok(Self::assemble(data, data_path, index, index_path, state))
     }
 
     /// Opens an existing layer, replaying its index log (§6.5).
@@ -170,10 +204,7 @@ impl WritableLayer {
             ));
         }
         if header.is_sparse() {
-            return Err(LsmtError::Unsupported(format!(
-                "{dname}: sparse writable layers (flags {:#x})",
-                header.flags
-            )));
+            return Self::open_sparse(data, data_path, index, index_path, header);
         }
         let index_header = Header::decode(&read_header(&index, &iname)?, &iname)?;
         check_index_header(&index_header, &iname)?;
@@ -207,24 +238,51 @@ impl WritableLayer {
             .saturating_mul(SECTOR)
             .max(HEADER_SIZE as u64);
         let index_end = INDEX_FILE_OFFSET + n * RECORD_SIZE as u64;
-        let vsize = index_header.virtual_size;
-        Ok(Self::assemble(
-            data, data_path, index, index_path, header, map, data_end, index_end, vsize,
-        ))
+        let state = State {
+            vsize: index_header.virtual_size,
+            header,
+            map,
+            data_end,
+            index_end,
+        };
+        Ok(Self::assemble(data, data_path, index, index_path, state))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
+    /// Reopens a sparse layer: every allocated region of the data file becomes a mapping.
+    /// Discarded ranges are holes and so show lower layers again (a reference quirk, §7).
+    fn open_sparse(
         data: File,
         data_path: &Path,
         index: File,
         index_path: &Path,
         header: Header,
-        map: WritableIndex,
-        data_end: u64,
-        index_end: u64,
-        vsize: u64,
-    ) -> Self {
+    ) -> LsmtResult<Self> {
+        let dname = data_path.display().to_string();
+        let regions = sparse::allocated_regions(&data, HEADER_SIZE as u64, &dname)?;
+        let mut map = WritableIndex::new();
+        for r in sparse::records_from_regions(&regions) {
+            map.insert(r);
+        }
+        let data_end = data.metadata().map_err(|e| LsmtError::io(&dname, e))?.len();
+        let state = State {
+            vsize: header.virtual_size,
+            header,
+            map,
+            data_end,
+            index_end: 0,
+        };
+        Ok(Self::assemble(data, data_path, index, index_path, state))
+    }
+
+    fn assemble(data: File, data_path: &Path, index: File, index_path: &Path, st: State) -> Self {
+        let State {
+            header,
+            map,
+            data_end,
+            index_end,
+            vsize,
+        } = st;
+        let sparse = header.is_sparse();
         let data = Arc::new(DataFile {
             file: Arc::new(data),
             name: data_path.display().to_string(),
@@ -243,6 +301,7 @@ impl WritableLayer {
                 }),
                 map: RwLock::new(map),
                 vsize: AtomicU64::new(vsize),
+                sparse,
             }),
         }
     }
@@ -322,6 +381,9 @@ impl WritableLayer {
                 .file
                 .sync_data()
                 .map_err(|e| LsmtError::io(&inner.data.name, e))?;
+            if inner.sparse {
+                return Ok(());
+            }
             inner.index_file.sync_data().map_err(|e| inner.index_err(e))
         })
         .await
@@ -345,20 +407,31 @@ impl Inner {
         LsmtError::io(self.index_path.display().to_string(), e)
     }
 
+    fn data_err(&self, e: std::io::Error) -> LsmtError {
+        LsmtError::io(&self.data.name, e)
+    }
+
     fn write(&self, start: u64, data: &[u8]) -> LsmtResult<()> {
         let mut tail = self.tail.lock();
         let mut sector = start;
         for piece in data.chunks(WRITE_PIECE) {
-            let pos = tail.data_end;
+            // Sparse layers store data in place after the header; others append it.
+            let pos = if self.sparse {
+                HEADER_SIZE as u64 + sector * SECTOR
+            } else {
+                tail.data_end
+            };
             self.data
                 .file
                 .write_all_at(piece, pos)
-                .map_err(|e| LsmtError::io(&self.data.name, e))?;
+                .map_err(|e| self.data_err(e))?;
             // A piece is at most 8192 sectors, below MAX_LENGTH.
             let len = (piece.len() as u64 / SECTOR) as u32;
             let rec = Record::data(sector, len, pos / SECTOR);
-            self.append_record(&mut tail, rec)?;
-            tail.data_end = pos + piece.len() as u64;
+            if !self.sparse {
+                self.append_record(&mut tail, rec)?;
+            }
+            tail.data_end = tail.data_end.max(pos + piece.len() as u64);
             self.data.len.store(tail.data_end, Ordering::Release);
             self.map.write().insert(rec);
             sector += u64::from(len);
@@ -369,13 +442,25 @@ impl Inner {
 
     fn discard(&self, start: u64, sectors: u64) -> LsmtResult<()> {
         let mut tail = self.tail.lock();
+        if self.sparse {
+            let at = HEADER_SIZE as u64 + start * SECTOR;
+            sparse::punch_hole(&self.data.file, at, sectors * SECTOR)
+                .map_err(|e| self.data_err(e))?;
+        }
         let mut sector = start;
         let end = start + sectors;
         while sector < end {
             // Bounded by MAX_LENGTH, so the cast is lossless.
             let len = (end - sector).min(u64::from(MAX_LENGTH)) as u32;
-            let rec = Record::zeroed(sector, len, tail.data_end / SECTOR);
-            self.append_record(&mut tail, rec)?;
+            let moffset = if self.sparse {
+                sector + DATA_START_SECTOR
+            } else {
+                tail.data_end / SECTOR
+            };
+            let rec = Record::zeroed(sector, len, moffset);
+            if !self.sparse {
+                self.append_record(&mut tail, rec)?;
+            }
             self.map.write().insert(rec);
             sector += u64::from(len);
         }
@@ -393,24 +478,31 @@ impl Inner {
     }
 
     fn set_virtual_size(&self, vsize: u64) -> LsmtResult<()> {
-        let _tail = self.tail.lock();
-        let iname = self.index_path.display().to_string();
-        let mut ih = Header::decode(&read_header(&self.index_file, &iname)?, &iname)?;
-        ih.virtual_size = vsize;
+        let mut tail = self.tail.lock();
         let mut dh = self.header.lock();
         dh.virtual_size = vsize;
         self.data
             .file
             .write_all_at(&dh.encode(), 0)
-            .map_err(|e| LsmtError::io(&self.data.name, e))?;
-        self.index_file
-            .write_all_at(&ih.encode(), 0)
-            .map_err(|e| self.index_err(e))?;
-        self.data
-            .file
-            .sync_data()
-            .map_err(|e| LsmtError::io(&self.data.name, e))?;
-        self.index_file.sync_data().map_err(|e| self.index_err(e))?;
+            .map_err(|e| self.data_err(e))?;
+        if self.sparse {
+            // The data file spans the whole virtual disk (§7); the index file has no header.
+            let len = (HEADER_SIZE as u64)
+                .checked_add(vsize)
+                .ok_or_else(|| LsmtError::Invalid(format!("virtual size {vsize} too large")))?;
+            self.data.file.set_len(len).map_err(|e| self.data_err(e))?;
+            tail.data_end = len;
+            self.data.len.store(len, Ordering::Release);
+        } else {
+            let iname = self.index_path.display().to_string();
+            let mut ih = Header::decode(&read_header(&self.index_file, &iname)?, &iname)?;
+            ih.virtual_size = vsize;
+            self.index_file
+                .write_all_at(&ih.encode(), 0)
+                .map_err(|e| self.index_err(e))?;
+            self.index_file.sync_data().map_err(|e| self.index_err(e))?;
+        }
+        self.data.file.sync_data().map_err(|e| self.data_err(e))?;
         self.vsize.store(vsize, Ordering::Release);
         Ok(())
     }
@@ -474,7 +566,8 @@ fn check_span(start: u64, sectors: u64) -> LsmtResult<()> {
     }
 }
 
-fn create_new(path: &Path, header: &Header) -> LsmtResult<File> {
+/// Creates a file that must not exist, with `header` at offset 0 when given, made durable.
+fn create_new(path: &Path, header: Option<&Header>) -> LsmtResult<File> {
     let name = path.display().to_string();
     let f = OpenOptions::new()
         .read(true)
@@ -482,8 +575,10 @@ fn create_new(path: &Path, header: &Header) -> LsmtResult<File> {
         .create_new(true)
         .open(path)
         .map_err(|e| LsmtError::io(&name, e))?;
-    f.write_all_at(&header.encode(), 0)
-        .map_err(|e| LsmtError::io(&name, e))?;
+    if let Some(h) = header {
+        f.write_all_at(&h.encode(), 0)
+            .map_err(|e| LsmtError::io(&name, e))?;
+    }
     f.sync_all().map_err(|e| LsmtError::io(&name, e))?;
     Ok(f)
 }

@@ -66,6 +66,9 @@ impl WritableIndex {
     pub fn lookup(&self, start: u64, len: u64) -> Vec<Record> {
         let end = start.saturating_add(len);
         let mut out = Vec::new();
+        if len == 0 {
+            return out;
+        }
         if let Some((_, prev)) = self.map.range(..start).next_back() {
             if prev.end() > start {
                 out.push(*prev);
@@ -149,5 +152,6 @@ mod tests {
             ix.lookup(12, 5),
             vec![Record::data(12, 3, 20), Record::zeroed(15, 2, 500)]
         );
+        assert_eq!(ix.lookup(12, 0), vec![]);
     }
 }

@@ -14,7 +14,7 @@ const MIB: u64 = 1 << 20;
 
 /// The fixtures folder: `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
 /// `../../shared/fixtures` from the crate root. Missing fixtures fail the test loudly.
-fn fixture(name: &str) -> PathBuf {
+pub(super) fn fixture(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tried: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
         .map(PathBuf::from)

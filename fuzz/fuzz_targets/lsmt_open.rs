@@ -1,0 +1,69 @@
+//! Fuzzes LSMT parsing: the input is opened as a sealed layer (header, trailer, index checks)
+//! and, when that succeeds, read at a few places through a stack; the same bytes are also
+//! replayed as a writable layer's index log and looked up. Input: 8 bytes seeding the read
+//! positions, then the blob.
+
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use overlaybd_target::cache::bytes_source::BytesSource;
+use overlaybd_target::cache::LayerSource;
+use overlaybd_target::overlaybd::writable::replay_records;
+use overlaybd_target::overlaybd::writable_index::WritableIndex;
+use overlaybd_target::overlaybd::{LayerStack, SealedLayer};
+
+/// Largest read tried, in sectors, so a huge virtual size cannot make the fuzzer allocate much.
+const MAX_READ_SECTORS: u64 = 256;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((seed, blob)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let mut state = u64::from_le_bytes(*seed) | 1;
+    let source: Arc<dyn LayerSource> = Arc::new(BytesSource::new(blob.to_vec(), "fuzz"));
+    runtime().block_on(async {
+        if let Ok(layer) = SealedLayer::open(source).await {
+            let sectors = layer.virtual_size() / 512;
+            let stack = LayerStack::new(vec![layer]).expect("one layer always stacks");
+            for _ in 0..4 {
+                let start = if sectors == 0 {
+                    0
+                } else {
+                    next(&mut state) % sectors
+                };
+                let len = (next(&mut state) % MAX_READ_SECTORS + 1) as usize * 512;
+                if let Ok(bytes) = stack.read(start * 512, len).await {
+                    assert_eq!(bytes.len(), len);
+                }
+            }
+        }
+    });
+    let mut index = WritableIndex::new();
+    if replay_records(&mut index, blob, next(&mut state), "fuzz").is_ok() {
+        let records = index.records();
+        assert!(
+            records.windows(2).all(|w| w[0].end() <= w[1].offset),
+            "writable index overlaps"
+        );
+        let start = next(&mut state) % (1 << 50);
+        let _ = index.lookup(start, next(&mut state) % (1 << 20));
+    }
+});
