@@ -31,6 +31,8 @@ struct Layout {
 pub struct ZFileReader {
     source: Arc<dyn LayerSource>,
     layout: Arc<Layout>,
+    /// Most blocking threads one read is split across; 1 decodes every read inline.
+    workers: u64,
 }
 
 impl std::fmt::Debug for ZFileReader {
@@ -82,10 +84,21 @@ impl ZFileReader {
         };
         let info = ZFileInfo::from_structure(&used, size, overwrite)?;
         let table = load_table(source.as_ref(), &info).await?;
+        // At least two workers, so the parallel path is exercised even on one-core machines.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) as u64;
         Ok(ZFileReader {
             source,
             layout: Arc::new(Layout { info, table }),
+            workers,
         })
+    }
+
+    /// Caps how many blocking threads one large read is decoded on (default: the number of
+    /// CPUs, at least 2). `1` decodes every read inline on the calling task, which bounds the
+    /// CPU one reader uses and is how benchmarks measure single-thread throughput.
+    pub fn with_decode_workers(mut self, workers: usize) -> ZFileReader {
+        self.workers = workers.max(1) as u64;
+        self
     }
 
     /// The validated header/trailer values.
@@ -119,9 +132,7 @@ impl ZFileReader {
                 stored.len()
             )));
         }
-        // At least two workers, so the parallel path is exercised even on one-core machines.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) as u64;
-        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(workers);
+        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(self.workers);
         let mut out = BytesMut::zeroed(len);
         if chunks <= 1 {
             self.layout.decode_into(&stored, start, offset, &mut out)?;
