@@ -362,3 +362,32 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
         blob.len()
     );
 }
+
+#[tokio::test]
+async fn open_fails_cleanly_when_the_registry_denies_or_nothing_is_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": 4_737_695});
+    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    // A registry that lacks the blob: no fallback to the cache, whatever the config says.
+    let missing = support::http_server::TestServer::start(|_| {
+        support::http_server::Reply::status(404)
+    })
+    .await;
+    let config = write_config(tmp.path(), &format!("{}{REPO}", missing.url()), layer.clone());
+    let err = luns.open(&config, true).await.err().unwrap().to_string();
+    assert!(err.contains("404"), "{err}");
+    // A registry that is down, with an empty cache: the open reads fail, cleanly.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_config(tmp.path(), &format!("http://127.0.0.1:{port}{REPO}"), layer);
+    let err = luns.open(&config, true).await.err().unwrap().to_string();
+    assert!(err.contains("lowers[0]") || err.contains("127.0.0.1"), "{err}");
+    assert!(
+        std::fs::read_to_string(tmp.path().join("init-debug.log"))
+            .unwrap()
+            .starts_with("failed:"),
+        "the result file reports the failure"
+    );
+}
