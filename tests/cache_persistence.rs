@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overlaybd_target::block::{BlockDevice, BlockError, Provisioning};
+use overlaybd_target::block::{BlockDevice, BlockError};
 use overlaybd_target::cache::settings::DaemonSettings;
 use overlaybd_target::overlaybd::ImageLuns;
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::fixtures::{fixture, EXT4_64_DIGEST};
 use support::http_server::blob_server;
+use support::images::{mapped_runs, scattered_ranges, write_config};
 
 const REPO: &str = "/v2/library/base/blobs";
 /// Where the parent tells the child process its working folder.
@@ -35,18 +36,11 @@ fn settings(cache_dir: &Path, capacity: u64) -> DaemonSettings {
     s
 }
 
-fn write_config(dir: &Path, layer: serde_json::Value, repo_blob_url: &str) -> PathBuf {
-    let config = serde_json::json!({"repoBlobUrl": repo_blob_url, "lowers": [layer]});
-    let path = dir.join("config.v1.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// The fixture opened from its local file: the expected bytes.
 async fn reference(dir: &Path) -> Arc<dyn BlockDevice> {
     let sub = dir.join("reference");
     std::fs::create_dir_all(&sub).unwrap();
-    let config = write_config(&sub, serde_json::json!({"file": fixture("ext4_64")}), "");
+    let config = write_config(&sub, "", serde_json::json!({"file": fixture("ext4_64")}));
     ImageLuns::new(settings(&sub.join("cache"), 1 << 20))
         .unwrap()
         .open(&config, true)
@@ -56,29 +50,7 @@ async fn reference(dir: &Path) -> Arc<dyn BlockDevice> {
 
 /// `count` reads spread over the mapped runs of `dev` (whole sectors, up to 64 KiB).
 async fn scattered_reads(dev: &dyn BlockDevice, count: usize) -> Vec<(u64, usize)> {
-    let mut runs = Vec::new();
-    let mut at = 0;
-    while at < dev.size() {
-        let st = dev.block_status(at).await.unwrap();
-        if st.state == Provisioning::Mapped {
-            runs.push((at, st.len));
-        }
-        at += st.len;
-    }
-    let mut x = 0x00C0_FFEE_u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    (0..count)
-        .map(|_| {
-            let (start, len) = runs[(next() % runs.len() as u64) as usize];
-            let offset = start + (next() % len) / 512 * 512;
-            (offset, (start + len - offset).min(512 << (next() % 8)) as usize)
-        })
-        .collect()
+    scattered_ranges(&mapped_runs(dev).await, count, 0x00C0_FFEE, 7)
 }
 
 /// The child process: reads the ranges listed in `ranges.txt` through the image, appending
@@ -129,7 +101,7 @@ async fn cache_survives_sigkill_and_serves_offline() {
     let list: String = ranges.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
     std::fs::write(tmp.path().join("ranges.txt"), list).unwrap();
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), layer, &format!("{}{REPO}", proxy.url()));
+    let config = write_config(tmp.path(), &format!("{}{REPO}", proxy.url()), layer);
 
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--ignored", "--nocapture"])
@@ -216,7 +188,7 @@ async fn a_full_cache_stays_within_its_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = reference(tmp.path()).await;
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), layer, &format!("{}{REPO}{}", server.url(), "/"));
+    let config = write_config(tmp.path(), &format!("{}{REPO}/", server.url()), layer);
     let capacity = 256 << 10;
     let cache = tmp.path().join("cache");
     let luns = ImageLuns::new(settings(&cache, capacity)).unwrap();

@@ -17,6 +17,7 @@ use overlaybd_target::overlaybd::{open_image_lun, ImageLuns};
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::fixtures::{fixture, EXT4_64_DIGEST};
 use support::http_server::blob_server;
+use support::images::{mapped_runs, scattered_ranges, write_config};
 
 const REPO: &str = "/v2/library/base/blobs";
 
@@ -32,18 +33,6 @@ fn settings(cache_dir: &Path) -> DaemonSettings {
     s.http_config.retry_backoff_ms = 2;
     s.http_config.retry_backoff_max_ms = 20;
     s
-}
-
-/// Writes a `config.v1.json` with one lower `layer` (a JSON object) and returns its path.
-fn write_config(dir: &Path, repo_blob_url: &str, layer: serde_json::Value) -> std::path::PathBuf {
-    let config = serde_json::json!({
-        "repoBlobUrl": repo_blob_url,
-        "lowers": [layer],
-        "resultFile": dir.join("init-debug.log"),
-    });
-    let path = dir.join("config.v1.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
 }
 
 /// The reference device: the fixture opened from its local file.
@@ -140,40 +129,6 @@ fn scheduled_fault(n: u64) -> Fault {
     }
 }
 
-/// The mapped (data-holding) runs of a device, found through its block status.
-async fn mapped_runs(dev: &dyn BlockDevice) -> Vec<(u64, u64)> {
-    let mut runs = Vec::new();
-    let mut at = 0;
-    while at < dev.size() {
-        let st = dev.block_status(at).await.unwrap();
-        if st.state == overlaybd_target::block::Provisioning::Mapped {
-            runs.push((at, st.len));
-        }
-        at += st.len;
-    }
-    runs
-}
-
-/// `count` pseudo-random `(offset, len)` reads inside the mapped runs (whole sectors, up to
-/// 128 KiB), so every read decodes stored blocks spread over the whole blob.
-fn scattered_ranges(runs: &[(u64, u64)], count: usize) -> Vec<(u64, usize)> {
-    let mut x = 0x1234_5678u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    (0..count)
-        .map(|_| {
-            let (start, len) = runs[(next() % runs.len() as u64) as usize];
-            let offset = start + (next() % len) / 512 * 512;
-            let room = start + len - offset;
-            (offset, room.min(512 << (next() % 9)) as usize)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
@@ -197,7 +152,7 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
     let config = write_config(tmp.path(), &format!("{}{REPO}", proxy.url()), layer);
     let runs = mapped_runs(reference.as_ref()).await;
-    let ranges = scattered_ranges(&runs, 200);
+    let ranges = scattered_ranges(&runs, 200, 0x1234_5678, 8);
     // Small refill units and one retry: many requests, and some reads that fail for good.
     // Each round starts with an empty cache, so it goes to the network again.
     let round_settings = |round: usize| {

@@ -5,3 +5,4 @@
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod http_server;
+pub mod images;
