@@ -46,6 +46,9 @@ pub struct Link {
     pub bytes_per_sec: Option<u64>,
 }
 
+/// How far the bandwidth cap lets the link run ahead after idling (see `Shared::pace`).
+const SLACK: Duration = Duration::from_millis(20);
+
 type Policy = dyn Fn(u64, &str) -> Fault + Send + Sync;
 
 struct Shared {
@@ -180,13 +183,18 @@ impl Shared {
         let Some(rate) = self.link.bytes_per_sec else {
             return;
         };
+        let now = Instant::now();
         let until = {
             let mut free = self.link_free.lock();
-            let start = (*free).max(Instant::now());
+            // Credit of up to 20 ms for an idle or overslept link: timers wake late by up to
+            // a millisecond, which would otherwise cap the rate well below the setting.
+            let start = (*free).max(now.checked_sub(SLACK).unwrap_or(now));
             *free = start + Duration::from_secs_f64(n as f64 / rate as f64);
             *free
         };
-        tokio::time::sleep_until(until.into()).await;
+        if until > now {
+            tokio::time::sleep_until(until.into()).await;
+        }
     }
 }
 
