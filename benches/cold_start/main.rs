@@ -237,6 +237,7 @@ async fn read_set(dev: &dyn BlockDevice, set: &[(u64, usize)]) -> Result<String,
 struct Run {
     on_demand: Duration,
     on_demand_bytes: u64,
+    on_demand_requests: u64,
     full: Duration,
     download: Duration,
     decompress: Duration,
@@ -301,13 +302,14 @@ async fn run() -> Result<(), Error> {
                 "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
         )?;
         std::fs::create_dir_all(dir.join("fs"))?;
-        let before = proxy.body_bytes();
+        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
         let t = Instant::now();
         let luns = ImageLuns::new(settings(&dir.join("cache")))?;
         let image = luns.open(&cfg, true).await?;
         let got = read_set(image.as_ref(), &set).await?;
         let on_demand = t.elapsed();
         let on_demand_bytes = proxy.body_bytes() - before;
+        let on_demand_requests = proxy.requests() - requests_before;
         if got != expected {
             return Err("on-demand reads returned wrong data".into());
         }
@@ -351,7 +353,8 @@ async fn run() -> Result<(), Error> {
         }
         std::fs::remove_dir_all(&dir)?;
         eprintln!(
-            "run {i}: on demand {:.3} s ({on_demand_bytes} bytes fetched); full {:.3} s \
+            "run {i}: on demand {:.3} s ({on_demand_bytes} bytes in {on_demand_requests} \
+             requests); full {:.3} s \
              (download {:.3} s, decompress {:.3} s)",
             on_demand.as_secs_f64(),
             full.as_secs_f64(),
@@ -361,6 +364,7 @@ async fn run() -> Result<(), Error> {
         runs.push(Run {
             on_demand,
             on_demand_bytes,
+            on_demand_requests,
             full,
             download,
             decompress,
@@ -384,8 +388,9 @@ async fn run() -> Result<(), Error> {
         100.0 * set_bytes as f64 / (args.image_mib << 20) as f64
     );
     println!(
-        "  on demand: {od:.3} s, {:.0} bytes fetched ({:.1}% of the blob)",
+        "  on demand: {od:.3} s, {:.0} bytes fetched in {:.0} requests ({:.1}% of the blob)",
         m(|r| r.on_demand_bytes as f64),
+        m(|r| r.on_demand_requests as f64),
         100.0 * m(|r| r.on_demand_bytes as f64) / blob_len as f64
     );
     println!(
