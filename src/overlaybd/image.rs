@@ -107,7 +107,8 @@ impl LayerOpener for RemoteLayers {
         let blob = RemoteLayers::open(self, &layer)
             .await
             .map_err(|e| LsmtError::io(format!("lowers[{index}] ({url})"), e))?;
-        decompressed(blob, url).await
+        // Source errors already name the blob URL; name the layer around them.
+        decompressed(blob, &format!("lowers[{index}]")).await
     }
 }
 
