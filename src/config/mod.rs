@@ -1,6 +1,6 @@
 //! What the server serves: portals, targets and their LUNs, session tuning. Built either from the
 //! quick command-line form (`--target IQN --lun file:PATH ...`, see [`cli`]) or from a TOML file
-//! (see [`file`]); both end up as one validated [`Config`].
+//! (see [`file`](mod@file)); both end up as one validated [`Config`].
 
 pub mod backing;
 pub mod cli;

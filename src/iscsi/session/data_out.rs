@@ -240,6 +240,11 @@ impl WriteTransfer {
         Some(r2t)
     }
 
+    /// Whether data remains to be solicited with R2Ts (the unsolicited part is over).
+    pub fn wants_r2t(&self) -> bool {
+        self.unsolicited.is_none() && self.solicited_to < self.expected
+    }
+
     /// Whether the Target Transfer Tag belongs to an open R2T of this transfer.
     pub fn owns_ttt(&self, ttt: u32) -> bool {
         self.r2ts.iter().any(|s| s.ttt == ttt)

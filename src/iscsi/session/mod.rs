@@ -1,9 +1,11 @@
-//! The full-feature phase of a normal session, sans-IO (the quinn-proto model).
+//! The full-feature phase of a session (normal or discovery), sans-IO (the quinn-proto
+//! model).
 //!
 //! A [`Session`] owns everything RFC 7143 asks the target to track once login is over: the
 //! CmdSN window ([`window`]), the task table keyed by Initiator Task Tag, Data-Out collection
 //! and R2T generation ([`data_out`]), Data-In cutting and status delivery ([`data_in`],
-//! [`status`]), StatSN, NOP pings, task management ([`tmf`]) and logout. It never touches a
+//! [`status`]), StatSN, NOP pings, task management (`tmf.rs`), and NOP-Out, Text and Logout
+//! requests (`control.rs`); [`registry`] tracks live sessions across connections. It never touches a
 //! socket or a clock: the driver feeds it PDUs ([`Session::handle_pdu`]), command completions
 //! ([`Session::complete`]) and the current time, and drains
 //! - [`Session::poll_transmit`]: PDUs to send, in order;
@@ -14,12 +16,13 @@
 //! Sessions have exactly one connection (MaxConnections=1) and ErrorRecoveryLevel 0: every
 //! sequence error terminates the affected task and nothing is retransmitted.
 
+mod control;
 pub mod data_in;
 pub mod data_out;
 pub mod registry;
 pub mod status;
 mod tasks;
-pub mod tmf;
+mod tmf;
 pub mod window;
 
 #[cfg(test)]
@@ -31,8 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::iscsi::pdu::{
-    AsyncMessage, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, Lun, NopIn,
-    NopOut, Pdu, PduCodec, Reject, RejectReason, TextRequest, TextResponse,
+    opcode, AsyncMessage, Lun, NopIn, Pdu, PduCodec, Reject, RejectReason, TextRequest,
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::text::{TextError, TextReply};
@@ -57,6 +59,10 @@ pub struct SessionOptions {
     pub nop_interval: Option<Duration>,
     /// Time the initiator has to show life after a ping.
     pub nop_timeout: Duration,
+    /// Bytes of write data the session may be collecting through R2Ts at once (the Expected
+    /// Data Transfer Lengths of writes being solicited or executed). Writes beyond it wait for
+    /// their first R2T; one write always proceeds, whatever its size.
+    pub write_buffer_budget: u64,
     /// Number of LUNs of the target (task management checks LUN numbers against it).
     pub lun_count: u64,
     /// The connection's CID (from login).
@@ -153,6 +159,10 @@ pub struct Session {
     ping: Option<Ping>,
     closing: Option<CloseReason>,
     text: Option<TextHandler>,
+    /// Sum of the lengths of writes holding a share of `write_buffer_budget`.
+    write_reserved: u64,
+    /// Delivered writes waiting for budget before their first R2T, oldest first.
+    write_waiting: VecDeque<u32>,
 }
 
 /// Answers a Text Request (SendTargets and other keys) given the initiator's current
@@ -196,6 +206,8 @@ impl Session {
             ping: None,
             closing: None,
             text: None,
+            write_reserved: 0,
+            write_waiting: VecDeque::new(),
         }
     }
 
@@ -291,7 +303,36 @@ impl Session {
         self.run_window();
     }
 
-    /// Answers a PDU the codec could not decode but skipped cleanly (its header is `bhs`).
+    /// Answers a PDU the codec consumed but could not use (data digest error, malformed AHS or
+    /// field; its header is `bhs`) with a Reject, and keeps the session consistent at
+    /// ErrorRecoveryLevel 0: a lost Data-Out terminates its task with CHECK CONDITION (ABORTED
+    /// COMMAND, PROTOCOL SERVICE CRC ERROR), and a lost numbered command gives up its CmdSN so
+    /// the window does not stall.
+    pub fn reject_corrupt(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
+        let field =
+            |at: usize| u32::from_be_bytes([bhs[at], bhs[at + 1], bhs[at + 2], bhs[at + 3]]);
+        let opcode = bhs[0] & 0x3f;
+        let immediate = bhs[0] & 0x40 != 0;
+        match opcode {
+            opcode::DATA_OUT => {
+                self.fail_task(field(16), status::check_condition(0x0b, 0x47, 0x05))
+            }
+            opcode::SCSI_COMMAND
+            | opcode::NOP_OUT
+            | opcode::TASK_MGMT_REQUEST
+            | opcode::TEXT_REQUEST
+            | opcode::LOGOUT_REQUEST
+                if !immediate =>
+            {
+                self.window.void(field(24));
+            }
+            _ => {}
+        }
+        self.reject_header(reason, bhs);
+        self.run_window();
+    }
+
+    /// Sends a Reject echoing `bhs`.
     pub fn reject_header(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
         let mut reject = Reject::of_header(reason, bhs);
         reject.stat_sn = self.next_stat_sn();
@@ -414,96 +455,6 @@ impl Session {
         tracing::debug!(opcode = pdu.opcode(), reason = reason.0, "rejecting PDU");
         let header = header_of(pdu);
         self.reject_header(reason, &header);
-    }
-
-    fn on_nop_out(&mut self, nop: NopOut) {
-        if nop.ttt != RESERVED_TAG {
-            self.on_ping_reply(&nop);
-        }
-        let mut data = nop.data;
-        data.truncate(self.opts.params.max_send_data_segment_length as usize);
-        let reply = NopIn {
-            lun: nop.lun,
-            itt: nop.itt,
-            ttt: RESERVED_TAG,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-            data,
-        };
-        self.transmit.push_back(Pdu::NopIn(reply));
-    }
-
-    fn on_ping_reply(&mut self, nop: &NopOut) {
-        if self.ping.is_some_and(|p| p.ttt == nop.ttt) {
-            self.ping = None;
-        }
-    }
-
-    fn on_text(&mut self, req: TextRequest) {
-        let max_send = self.opts.params.max_send_data_segment_length;
-        let mut resp = match self.text.as_mut().map(|handler| handler(&req, max_send)) {
-            Some(Ok(reply)) => {
-                if let Some(limit) = reply.max_send_data_segment_length {
-                    // A declarative MaxRecvDataSegmentLength in full-feature phase.
-                    self.opts.params.max_send_data_segment_length = limit;
-                }
-                reply.response
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "text request refused");
-                self.reject_pdu(RejectReason::PROTOCOL_ERROR, &Pdu::TextRequest(req));
-                return;
-            }
-            None => TextResponse {
-                is_final: true,
-                continues: false,
-                lun: req.lun,
-                itt: req.itt,
-                ttt: RESERVED_TAG,
-                stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
-                data: Bytes::new(),
-            },
-        };
-        resp.stat_sn = self.next_stat_sn();
-        resp.exp_cmd_sn = self.window.exp_cmd_sn();
-        resp.max_cmd_sn = self.window.max_cmd_sn();
-        self.transmit.push_back(Pdu::TextResponse(resp));
-    }
-
-    fn on_logout(&mut self, req: LogoutRequest) {
-        let response = match req.reason {
-            LogoutReason::CLOSE_SESSION => LogoutResponseCode::CLOSED,
-            LogoutReason::CLOSE_CONNECTION if req.cid == self.opts.cid => {
-                LogoutResponseCode::CLOSED
-            }
-            LogoutReason::CLOSE_CONNECTION => LogoutResponseCode::CID_NOT_FOUND,
-            // Connection recovery needs ErrorRecoveryLevel 2.
-            LogoutReason::REMOVE_CONNECTION => LogoutResponseCode::RECOVERY_NOT_SUPPORTED,
-            _ => {
-                self.reject_pdu(RejectReason::INVALID_PDU_FIELD, &Pdu::LogoutRequest(req));
-                return;
-            }
-        };
-        if response == LogoutResponseCode::CLOSED {
-            // RFC 7143 §11.14: pending commands are terminated without responses.
-            self.abort_all();
-        }
-        let resp = LogoutResponse {
-            response,
-            itt: req.itt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-            time2wait: 0,
-            time2retain: 0,
-        };
-        self.transmit.push_back(Pdu::LogoutResponse(resp));
-        if response == LogoutResponseCode::CLOSED {
-            self.closing = Some(CloseReason::LoggedOut);
-        }
     }
 }
 

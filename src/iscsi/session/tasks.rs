@@ -18,6 +18,13 @@ const ABORTED_COMMAND: u8 = 0x0b;
 /// Sense key ILLEGAL REQUEST.
 const ILLEGAL_REQUEST: u8 = 0x05;
 
+/// Whether a write of `need` bytes may start soliciting data while `reserved` bytes of
+/// `budget` are taken. The first write always may, so one larger than the whole budget still
+/// makes progress.
+fn budget_allows(reserved: u64, budget: u64, need: u64) -> bool {
+    reserved == 0 || reserved.saturating_add(need) <= budget
+}
+
 /// One command in the task table.
 #[derive(Debug)]
 pub(super) struct Task {
@@ -36,6 +43,8 @@ pub(super) struct Task {
     /// the response is sent when the task's turn comes instead of executing it.
     verdict: Option<ScsiResponse>,
     r2t_count: u32,
+    /// Holds `expected_len` bytes of the session's write buffer budget.
+    reserved: bool,
 }
 
 /// ABORTED COMMAND for a Data-Out sequence error: DATA PHASE ERROR (4B/00), or
@@ -121,6 +130,7 @@ impl Session {
             transfer,
             verdict,
             r2t_count: 0,
+            reserved: false,
         };
         self.tasks.insert(cmd.itt, task);
         self.ids.insert(id, cmd.itt);
@@ -158,6 +168,17 @@ impl Session {
             let id = task.id;
             self.finish(id, &verdict);
             return;
+        }
+        if !task.reserved && task.transfer.as_ref().is_some_and(WriteTransfer::wants_r2t) {
+            let need = u64::from(task.expected_len);
+            if !budget_allows(self.write_reserved, self.opts.write_buffer_budget, need) {
+                if !self.write_waiting.contains(&itt) {
+                    self.write_waiting.push_back(itt);
+                }
+                return;
+            }
+            task.reserved = true;
+            self.write_reserved += need;
         }
         let mut next_ttt = self.next_ttt;
         let mut r2ts = Vec::new();
@@ -216,6 +237,20 @@ impl Session {
         });
     }
 
+    /// Ends the task `itt` with `verdict` as soon as its CmdSN turn has come (at once if it
+    /// has); its remaining Data-Out is ignored.
+    pub(super) fn fail_task(&mut self, itt: u32, verdict: ScsiResponse) {
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if task.phase == Phase::Running {
+            return;
+        }
+        task.transfer = None;
+        task.verdict = Some(verdict);
+        self.advance(itt);
+    }
+
     pub(super) fn on_data_out(&mut self, data: DataOut) {
         let Some(task) = self.tasks.get_mut(&data.itt) else {
             // Data for a task that was aborted, failed or never accepted.
@@ -235,9 +270,7 @@ impl Session {
             Ok(()) => self.advance(data.itt),
             Err(e) => {
                 tracing::info!(itt = data.itt, error = %e, "Data-Out sequence error, task terminated");
-                task.transfer = None;
-                task.verdict = Some(data_out_failure(e));
-                self.advance(data.itt);
+                self.fail_task(data.itt, data_out_failure(e));
             }
         }
     }
@@ -277,6 +310,8 @@ impl Session {
             max_burst: self.opts.params.max_burst_length,
         };
         self.transmit.extend(status_pdus(cmd, response, stamp));
+        // After the status, so a waiting write's R2T follows it.
+        self.release_budget(&task);
     }
 
     /// Drops a task without a response: cancels it if running, voids its CmdSN if it was still
@@ -286,6 +321,7 @@ impl Session {
             return;
         };
         self.ids.remove(&task.id);
+        self.release_budget(&task);
         match task.phase {
             Phase::Waiting => {
                 if !task.immediate {
@@ -300,6 +336,31 @@ impl Session {
                     self.events.push_back(Event::Cancel(task.id));
                 }
             }
+        }
+    }
+
+    /// Gives back a finished or dropped task's share of the write budget and lets waiting
+    /// writes start.
+    fn release_budget(&mut self, task: &Task) {
+        if !task.reserved {
+            return;
+        }
+        self.write_reserved = self
+            .write_reserved
+            .saturating_sub(u64::from(task.expected_len));
+        while let Some(&itt) = self.write_waiting.front() {
+            let need = match self.tasks.get(&itt) {
+                Some(t) if t.phase == Phase::Collecting && !t.reserved => u64::from(t.expected_len),
+                _ => {
+                    self.write_waiting.pop_front();
+                    continue;
+                }
+            };
+            if !budget_allows(self.write_reserved, self.opts.write_buffer_budget, need) {
+                break;
+            }
+            self.write_waiting.pop_front();
+            self.advance(itt);
         }
     }
 
@@ -320,5 +381,12 @@ impl Session {
     /// Cancels every task (logout, connection failure).
     pub(super) fn abort_all(&mut self) {
         self.drop_tasks_where(|_| true);
+    }
+
+    /// Another session reset LUN `lun` (or, with `None`, the whole target): this session's
+    /// tasks there are aborted without a response (SAM-5 with TAS=0); the initiator learns of
+    /// it from the UNIT ATTENTION the reset raised. Returns how many tasks were dropped.
+    pub fn abort_for_foreign_reset(&mut self, lun: Option<u64>) -> usize {
+        self.drop_tasks_where(|t| lun.is_none() || t.lun.number() == lun)
     }
 }

@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::iscsi::pdu::{
-    DataIn, DataOut, LogoutResponse, ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
-    TmfFunction, TmfResponseCode,
+    DataIn, DataOut, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopOut,
+    ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
 use crate::scsi::{DataDirection, ScsiResponse};
 
@@ -28,6 +28,7 @@ fn options() -> SessionOptions {
         queue_depth: 8,
         nop_interval: Some(Duration::from_secs(10)),
         nop_timeout: Duration::from_secs(5),
+        write_buffer_budget: 64 * 1024,
         lun_count: 2,
         cid: 0,
         first_cmd_sn: 1,
@@ -127,6 +128,17 @@ fn good(data: Bytes, residual: i64) -> ScsiResponse {
         data_in: data,
         residual,
     }
+}
+
+/// The tasks started by Execute events (other events are dropped).
+fn started(s: &mut Session) -> Vec<TaskId> {
+    events(s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Execute { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The single Execute event expected, as (task, request).
@@ -232,13 +244,7 @@ fn window_closes_at_queue_depth_and_reopens_on_completion() {
     );
     s.handle_pdu(read(1, 1, 0), now);
     s.handle_pdu(read(2, 2, 0), now);
-    let tasks: Vec<TaskId> = events(&mut s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Execute { task, .. } => Some(task),
-            _ => None,
-        })
-        .collect();
+    let tasks: Vec<TaskId> = started(&mut s);
     assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (3, 2), "closed window");
     s.handle_pdu(read(3, 3, 0), now);
     assert!(events(&mut s).is_empty(), "CmdSN 3 is above MaxCmdSN");
@@ -438,13 +444,7 @@ fn lun_reset_cancels_that_luns_tasks_only() {
     on_lun1.lun = lun(1);
     s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
     s.handle_pdu(read(2, 2, 512), now);
-    let ids: Vec<TaskId> = events(&mut s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Execute { task, .. } => Some(task),
-            _ => None,
-        })
-        .collect();
+    let ids: Vec<TaskId> = started(&mut s);
     s.handle_pdu(
         tmf(9, TmfFunction::LOGICAL_UNIT_RESET, 1, RESERVED_TAG, 0, 3),
         now,
@@ -640,4 +640,115 @@ fn shutdown_asks_for_logout() {
         panic!("{out:?}")
     };
     assert_eq!((m.event, m.parameter3, m.stat_sn), (1, 5, 100));
+}
+
+#[test]
+fn a_reset_through_another_session_drops_tasks_silently() {
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let mut on_lun1 = command(2, 2, true, false, 512, Bytes::new());
+    on_lun1.lun = lun(1);
+    s.handle_pdu(Pdu::ScsiCommand(on_lun1), now);
+    let ids: Vec<TaskId> = started(&mut s);
+    assert_eq!(s.abort_for_foreign_reset(Some(1)), 1);
+    assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == ids[1]));
+    assert!(sent(&mut s).is_empty(), "no response for aborted tasks");
+    assert_eq!(s.max_cmd_sn(), 9, "the slot is free again");
+    assert_eq!(s.abort_for_foreign_reset(None), 1);
+    assert_eq!(s.task_count(), 0);
+}
+
+#[test]
+fn data_out_lost_to_a_digest_error_terminates_its_task() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(8, 1, 1024, Bytes::new()), now);
+    let out = sent(&mut s);
+    let [Pdu::R2t(r2t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let bad = header_of(&data_out(8, r2t.ttt, 0, 0, 1024, true));
+    s.reject_corrupt(RejectReason::DATA_DIGEST_ERROR, &bad);
+    let out = sent(&mut s);
+    let [Pdu::ScsiResponse(r), Pdu::Reject(j)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.itt, r.status), (8, 0x02));
+    let sense = r.sense().unwrap();
+    assert_eq!((sense[2], sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    assert_eq!(j.reason, RejectReason::DATA_DIGEST_ERROR);
+    assert_eq!(&j.data[..], &bad[..]);
+    assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn numbered_command_lost_to_a_digest_error_does_not_stall_the_window() {
+    let (mut s, now) = session();
+    let bad = header_of(&write(1, 1, 512, Bytes::from(vec![0u8; 512])));
+    s.reject_corrupt(RejectReason::DATA_DIGEST_ERROR, &bad);
+    assert!(matches!(&sent(&mut s)[..], [Pdu::Reject(_)]));
+    assert_eq!(s.exp_cmd_sn(), 2);
+    s.handle_pdu(read(2, 2, 512), now);
+    assert_eq!(started(&mut s).len(), 1);
+}
+
+fn r2ts(pdus: &[Pdu]) -> Vec<(u32, u32, u32)> {
+    pdus.iter()
+        .filter_map(|p| match p {
+            Pdu::R2t(r) => Some((r.itt, r.buffer_offset, r.desired_length)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn writes_beyond_the_buffer_budget_wait_for_their_first_r2t() {
+    // Budget 64 KiB, bursts of 16 KiB: A (48 KiB) starts, B (32 KiB) must wait.
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 48 * K, Bytes::new()), now);
+    s.handle_pdu(write(0xb, 2, 32 * K, Bytes::new()), now);
+    let out = sent(&mut s);
+    assert_eq!(r2ts(&out), vec![(0xa, 0, 16 * K)], "only A is solicited");
+
+    // A's data arrives burst by burst; B still waits while A executes.
+    let mut offset = 0;
+    let mut ttt = match &out[0] {
+        Pdu::R2t(r) => r.ttt,
+        other => panic!("{other:?}"),
+    };
+    loop {
+        s.handle_pdu(data_out(0xa, ttt, 0, offset, (16 * K) as usize, true), now);
+        offset += 16 * K;
+        let out = sent(&mut s);
+        match &out[..] {
+            [Pdu::R2t(r)] if r.itt == 0xa => ttt = r.ttt,
+            [] => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (task, req) = executed(&mut s);
+    assert_eq!(req.data_out.len(), 48 * K as usize);
+    assert!(sent(&mut s).is_empty(), "B waits until A completes");
+    s.complete(task, good(Bytes::new(), 0));
+    let out = sent(&mut s);
+    assert!(matches!(&out[0], Pdu::ScsiResponse(r) if r.itt == 0xa));
+    assert_eq!(r2ts(&out), vec![(0xb, 0, 16 * K)], "A's budget went to B");
+}
+
+#[test]
+fn aborting_a_write_gives_its_budget_to_the_next() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 64 * K, Bytes::new()), now);
+    s.handle_pdu(write(0xb, 2, 8 * K, Bytes::new()), now);
+    assert_eq!(r2ts(&sent(&mut s)), vec![(0xa, 0, 16 * K)]);
+    s.handle_pdu(tmf(0x30, TmfFunction::ABORT_TASK, 0, 0xa, 1, 3), now);
+    let out = sent(&mut s);
+    assert_eq!(r2ts(&out), vec![(0xb, 0, 8 * K)]);
+    assert!(matches!(out.last(), Some(Pdu::TaskMgmtResponse(_))));
+}
+
+#[test]
+fn a_write_larger_than_the_whole_budget_still_proceeds() {
+    let (mut s, now) = session();
+    s.handle_pdu(write(0xa, 1, 128 * K, Bytes::new()), now);
+    assert_eq!(r2ts(&sent(&mut s)), vec![(0xa, 0, 16 * K)]);
 }

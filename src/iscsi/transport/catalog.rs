@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use crate::config::{BackingError, Config, Credentials, Tuning};
 use crate::iscsi::login::{self, AuthConfig, ChapAccount, LoginSettings, TargetDirectory};
 use crate::scsi::ScsiTarget;
@@ -20,12 +22,38 @@ pub struct LunOpenError {
     pub source: BackingError,
 }
 
+/// What a reset performed through one session covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetScope {
+    /// LOGICAL UNIT RESET of this LUN.
+    Lun(u64),
+    /// TARGET WARM RESET (`cold` false) or TARGET COLD RESET (`cold` true).
+    Target {
+        /// A cold reset ends every session of the target.
+        cold: bool,
+    },
+}
+
+/// A reset one session performed that the target's other sessions must honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetNotice {
+    /// TSIH of the session that performed it.
+    pub origin_tsih: u16,
+    /// What it covered.
+    pub scope: ResetScope,
+}
+
+/// Resets in flight are rare; a lagging session only misses aborts, never data.
+const RESET_CHANNEL: usize = 16;
+
 /// One served target.
 pub struct ServedTarget {
     /// What login and discovery see.
     pub login: login::TargetConfig,
     /// The SCSI device server with the target's LUNs.
     pub scsi: Arc<ScsiTarget>,
+    /// Announces resets to every session of the target.
+    pub resets: broadcast::Sender<ResetNotice>,
 }
 
 /// Every served target, by name, plus the login settings shared by all.
@@ -78,6 +106,7 @@ impl Catalog {
             let served = ServedTarget {
                 login,
                 scsi: Arc::new(ScsiTarget::new(luns)),
+                resets: broadcast::channel(RESET_CHANNEL).0,
             };
             targets.insert(t.name.clone(), Arc::new(served));
         }

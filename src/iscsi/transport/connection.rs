@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -26,6 +26,10 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const REINSTATE_WAIT: Duration = Duration::from_secs(10);
 /// PDUs queued towards the writer task.
 const WRITE_QUEUE: usize = 256;
+/// Write data one session may be collecting at once (see
+/// [`SessionOptions::write_buffer_budget`]): bounds memory per session whatever the initiator
+/// declares, while leaving room for many large writes in flight.
+const WRITE_BUFFER_BUDGET: u64 = 256 << 20;
 /// PDUs queued from the reader task.
 const READ_QUEUE: usize = 64;
 
@@ -169,11 +173,15 @@ async fn login(
                 let admitted = admit(*outcome, shared).await;
                 return match admitted {
                     Ok(a) => {
-                        let rsp = login.accept(a.tsih)?;
-                        if send(tx, codec, rsp).await {
+                        let sent = match login.accept(a.tsih) {
+                            Some(rsp) => send(tx, codec, rsp).await,
+                            None => false,
+                        };
+                        if sent {
                             Some(a)
                         } else {
                             shared.sessions.lock().remove(&a.key, a.tsih);
+                            a.handle.mark_ended();
                             None
                         }
                     }
@@ -266,6 +274,7 @@ async fn full_feature(
         queue_depth: shared.tuning.queue_depth,
         nop_interval: shared.tuning.nop_interval,
         nop_timeout: shared.tuning.nop_timeout,
+        write_buffer_budget: WRITE_BUFFER_BUDGET,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,
@@ -279,10 +288,8 @@ async fn full_feature(
         outcome.initiator_name.clone(),
         served.as_ref().map(|t| t.login.name.clone()),
     ));
-    let target_name = key.target.clone();
     let ended = async {
         tracing::info!(session_type = ?outcome.session_type, "logged in");
-        let (cold_tx, cold_rx) = oneshot::channel::<()>();
         let scsi = served.map(|target| ScsiBinding {
             target: target.scsi.clone(),
             nexus: Nexus {
@@ -290,9 +297,8 @@ async fn full_feature(
                 isid: outcome.isid.0,
                 tpgt: shared.catalog.settings().target_portal_group_tag,
             },
-            on_cold_reset: Some(Box::new(move || {
-                let _ = cold_tx.send(());
-            })),
+            tsih,
+            resets: target.resets.clone(),
         });
         let ctx = DriverContext {
             scsi,
@@ -302,10 +308,6 @@ async fn full_feature(
         };
         let ended = drive(session, ctx, in_rx, tx).await;
         tracing::info!(?ended, "session ended");
-        if cold_rx.await.is_ok() {
-            // RFC 7143 §11.5.1: a cold reset ends every session of the target.
-            shared.end_target_sessions(&target_name, tsih).await;
-        }
         ended
     }
     .instrument(span)

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::catalog::{ResetNotice, ResetScope};
 use super::wire::Incoming;
 use crate::iscsi::pdu::{EncodedPdu, PduCodec, RejectReason};
 use crate::iscsi::session::status::check_condition;
@@ -27,8 +28,10 @@ pub enum Ended {
     Closed(CloseReason),
     /// The initiator closed the connection or it failed.
     ConnectionLost,
-    /// Another login reinstated this session, or a cold reset elsewhere ended it.
+    /// Another login reinstated this session.
     Replaced,
+    /// Another session performed a TARGET COLD RESET.
+    ColdReset,
     /// The server is shutting down.
     Shutdown,
 }
@@ -39,9 +42,10 @@ pub struct ScsiBinding {
     pub target: Arc<ScsiTarget>,
     /// The I_T nexus of the session.
     pub nexus: Nexus,
-    /// Called when this session performs a TARGET COLD RESET, so the server can end the
-    /// target's other sessions.
-    pub on_cold_reset: Option<Box<dyn FnOnce() + Send>>,
+    /// The session's TSIH, to recognise its own reset notices.
+    pub tsih: u16,
+    /// Resets are announced here so the target's other sessions abort their tasks too.
+    pub resets: broadcast::Sender<ResetNotice>,
 }
 
 /// What the driver needs besides the session itself.
@@ -60,7 +64,7 @@ pub struct DriverContext {
 /// ones go to `tx` (the writer task).
 pub async fn drive(
     mut session: Session,
-    mut ctx: DriverContext,
+    ctx: DriverContext,
     mut rx: mpsc::Receiver<Incoming>,
     tx: mpsc::Sender<EncodedPdu>,
 ) -> Ended {
@@ -68,6 +72,7 @@ pub async fn drive(
     let mut handles: HashMap<TaskId, AbortHandle> = HashMap::new();
     let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
     let mut logout_deadline: Option<Instant> = None;
+    let mut resets = ctx.scsi.as_ref().map(|s| s.resets.subscribe());
 
     let ended = loop {
         // Work first, so resets happen before their TMF response is sent.
@@ -94,14 +99,13 @@ pub async fn drive(
                 Event::LunReset { lun } => {
                     if let Some(scsi) = &ctx.scsi {
                         scsi.target.lun_reset(lun, &scsi.nexus);
+                        scsi.announce(ResetScope::Lun(lun));
                     }
                 }
                 Event::TargetReset { cold } => {
-                    if let Some(scsi) = &mut ctx.scsi {
+                    if let Some(scsi) = &ctx.scsi {
                         scsi.target.target_reset(cold, &scsi.nexus);
-                        if let Some(notify) = scsi.on_cold_reset.take().filter(|_| cold) {
-                            notify();
-                        }
+                        scsi.announce(ResetScope::Target { cold });
                     }
                 }
             }
@@ -130,7 +134,7 @@ pub async fn drive(
                 Some(Incoming::Bad(e)) => {
                     tracing::debug!(error = %e, "undecodable PDU rejected");
                     if let (Some(bhs), Some(reason)) = (e.rejected_header(), e.reject_reason()) {
-                        session.reject_header(reason, bhs);
+                        session.reject_corrupt(reason, bhs);
                     }
                 }
                 Some(Incoming::TooLong(bhs)) => {
@@ -164,6 +168,19 @@ pub async fn drive(
                 }
             },
             _ = sleep_until_opt(timer) => session.handle_timeout(std::time::Instant::now()),
+            Some(notice) = recv_reset(&mut resets) => {
+                let own = ctx.scsi.as_ref().map(|s| s.tsih);
+                match notice.scope {
+                    _ if Some(notice.origin_tsih) == own => {}
+                    ResetScope::Target { cold: true } => break Ended::ColdReset,
+                    ResetScope::Target { cold: false } => {
+                        session.abort_for_foreign_reset(None);
+                    }
+                    ResetScope::Lun(lun) => {
+                        session.abort_for_foreign_reset(Some(lun));
+                    }
+                }
+            }
             _ = ctx.kill.cancelled() => break Ended::Replaced,
             _ = ctx.shutdown.cancelled(), if logout_deadline.is_none() => {
                 session.request_logout(LOGOUT_GRACE.as_secs() as u16);
@@ -177,6 +194,32 @@ pub async fn drive(
         scsi.target.nexus_gone(&scsi.nexus);
     }
     ended
+}
+
+impl ScsiBinding {
+    fn announce(&self, scope: ResetScope) {
+        // No receiver besides ourselves is fine.
+        let _ = self.resets.send(ResetNotice {
+            origin_tsih: self.tsih,
+            scope,
+        });
+    }
+}
+
+/// The next reset notice; `None` when the channel is gone (then never again).
+async fn recv_reset(rx: &mut Option<broadcast::Receiver<ResetNotice>>) -> Option<ResetNotice> {
+    loop {
+        let Some(r) = rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match r.recv().await {
+            Ok(notice) => return Some(notice),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "missed reset notices");
+            }
+            Err(broadcast::error::RecvError::Closed) => *rx = None,
+        }
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.

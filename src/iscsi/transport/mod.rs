@@ -2,15 +2,19 @@
 //!
 //! [`Server::bind`] opens every LUN and listens on every portal; [`Server::run`] accepts
 //! connections until its shutdown future resolves, then asks every session to log out (Async
-//! Message), waits briefly, and closes what is left. Each connection is one task with a reader
-//! and a writer task beside it ([`wire`]); after login ([`connection`]) a normal session's
-//! SCSI commands run as concurrent tasks ([`driver`]).
+//! Message), waits briefly, and closes what is left.
+//!
+//! Inside: `catalog.rs` holds the served targets (login view, SCSI devices, reset broadcast);
+//! each connection (`connection.rs`) is one task with a reader and a writer task beside it
+//! (`wire.rs`: codec framing, vectored writes); after login, `driver.rs` runs the sans-IO
+//! [`crate::iscsi::session::Session`], with each SCSI command as its own tokio task, and
+//! `discovery.rs` answers Text Requests.
 
-pub mod catalog;
-pub mod connection;
-pub mod discovery;
-pub mod driver;
-pub mod wire;
+mod catalog;
+mod connection;
+mod discovery;
+mod driver;
+mod wire;
 
 use std::future::Future;
 use std::io;
@@ -24,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::catalog::{Catalog, LunOpenError};
+use self::catalog::Catalog;
+pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
 use crate::config::{Config, Tuning};
 use crate::iscsi::session::registry::SessionTable;
@@ -46,27 +51,11 @@ pub enum ServerError {
 }
 
 /// State shared by every connection of a server.
-pub struct Shared {
+pub(crate) struct Shared {
     catalog: Arc<Catalog>,
     tuning: Tuning,
     sessions: Mutex<SessionTable<SessionHandle>>,
     shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// Ends every session of `target` except the one with `except_tsih` (a cold reset).
-    async fn end_target_sessions(&self, target: &str, except_tsih: u16) {
-        let handles: Vec<SessionHandle> = self
-            .sessions
-            .lock()
-            .of_target(target)
-            .filter(|(tsih, _)| *tsih != except_tsih)
-            .map(|(_, h)| h.clone())
-            .collect();
-        for h in handles {
-            h.kill.cancel();
-        }
-    }
 }
 
 /// A bound iSCSI server.

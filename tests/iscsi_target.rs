@@ -1,0 +1,451 @@
+//! The real server on 127.0.0.1 driven by a small initiator over TCP: discovery, login, data
+//! integrity through R2T and Data-In splitting, NOP, Reject, reinstatement, pings, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{pattern, Initiator, LoginKeys, TestServer, IQN};
+use overlaybd_target::config::Tuning;
+use overlaybd_target::iscsi::pdu::{
+    LoginStatus, LogoutResponseCode, Lun, NopOut, Pdu, RejectReason, TextRequest, RESERVED_TAG,
+};
+
+fn quiet() -> Tuning {
+    Tuning {
+        nop_interval: None,
+        ..Tuning::default()
+    }
+}
+
+#[tokio::test]
+async fn discovery_reports_the_target_at_the_accepting_address() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let rsp = ini.login(None, &LoginKeys::default()).await;
+    assert_eq!(rsp.status, LoginStatus::SUCCESS);
+    assert_ne!(rsp.tsih, 0);
+    let req = TextRequest {
+        immediate: true,
+        is_final: true,
+        continues: false,
+        lun: Lun::default(),
+        itt: 0x77,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::from_static(b"SendTargets=All\0"),
+    };
+    ini.send(&Pdu::TextRequest(req)).await;
+    let Some(Pdu::TextResponse(rsp)) = ini.recv().await else {
+        panic!("no text response")
+    };
+    let text = String::from_utf8_lossy(&rsp.data).to_string();
+    assert!(rsp.is_final);
+    assert!(text.contains(&format!("TargetName={IQN}\0")), "{text:?}");
+    assert!(
+        text.contains(&format!("TargetAddress={},1\0", server.addr)),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_target_is_refused() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let rsp = ini
+        .login(Some("iqn.2026-11.io.overlaybd:nope"), &LoginKeys::default())
+        .await;
+    assert_eq!(rsp.status, LoginStatus::NOT_FOUND);
+    assert!(
+        ini.recv().await.is_none(),
+        "connection closed after a failed login"
+    );
+}
+
+#[tokio::test]
+async fn large_write_and_read_back_through_r2t_and_data_in_splits() {
+    let server = TestServer::start(&["ram:8M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    // The target declares its own MaxRecvDataSegmentLength.
+    assert_eq!(ini.key("MaxRecvDataSegmentLength"), Some("262144"));
+
+    // 1 MiB: 4 KiB immediate, then R2Ts of at most MaxBurstLength (64 KiB).
+    let data = pattern(1 << 20, 1);
+    let (status, sense) = ini.write10(0, 100, &data, 4096, 4096).await;
+    assert_eq!(status, 0, "{sense:?}");
+    // Read back in one command: Data-In PDUs of our 4 KiB MaxRecvDataSegmentLength.
+    let back = ini.read10(0, 100, 2048).await;
+    assert_eq!(back, data);
+    // A neighbouring block is untouched.
+    assert_eq!(ini.read10(0, 99, 1).await, Bytes::from(vec![0u8; 512]));
+}
+
+#[tokio::test]
+async fn unsolicited_data_out_when_initial_r2t_is_off() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        initial_r2t: false,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    assert_eq!(ini.key("InitialR2T"), Some("No"));
+    let data = pattern(8192, 2);
+    let cdb = [0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0];
+    let itt = ini
+        .command(0, &cdb, false, true, 8192, data.slice(..1024), false)
+        .await;
+    ini.unsolicited(itt, 0, 1024, data.slice(1024..5120), false)
+        .await;
+    ini.unsolicited(itt, 1, 5120, data.slice(5120..), true)
+        .await;
+    let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+        panic!("no response")
+    };
+    assert_eq!((r.itt, r.status), (itt, 0));
+    ini.exp_stat_sn = r.stat_sn + 1;
+    assert_eq!(ini.read10(0, 8, 16).await, data);
+}
+
+#[tokio::test]
+async fn nop_out_is_echoed_and_unknown_opcodes_are_rejected() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let nop = NopOut {
+        immediate: true,
+        lun: Lun::default(),
+        itt: 0x1234,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::from_static(b"nopping\0"),
+    };
+    ini.send(&Pdu::NopOut(nop)).await;
+    let Some(Pdu::NopIn(reply)) = ini.recv().await else {
+        panic!("no NOP-In")
+    };
+    assert_eq!((reply.itt, reply.ttt), (0x1234, RESERVED_TAG));
+    assert_eq!(&reply.data[..], b"nopping\0");
+    assert_eq!(reply.stat_sn, ini.exp_stat_sn);
+
+    let mut odd = [0u8; 48];
+    odd[0] = 0x1d;
+    odd[16..20].copy_from_slice(&0x55u32.to_be_bytes());
+    ini.send(&Pdu::Unknown(overlaybd_target::iscsi::pdu::UnknownPdu {
+        bhs: odd,
+        ahs: Bytes::new(),
+        data: Bytes::new(),
+    }))
+    .await;
+    let Some(Pdu::Reject(reject)) = ini.recv().await else {
+        panic!("no Reject")
+    };
+    assert_eq!(reject.reason, RejectReason::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&reject.data[..], &odd[..]);
+    // The session still works.
+    assert_eq!(ini.read10(0, 0, 1).await.len(), 512);
+}
+
+#[tokio::test]
+async fn logout_is_answered_then_the_connection_closes() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+    assert!(ini.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_new_login_of_the_same_initiator_port_reinstates_the_session() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut old = Initiator::connect(server.addr).await;
+    old.login_normal(IQN, &LoginKeys::default()).await;
+    let data = pattern(512, 3);
+    assert_eq!(old.write10(0, 5, &data, 512, 512).await.0, 0);
+    let old_tsih = old.tsih;
+
+    // Same InitiatorName and ISID, TSIH 0: the host reconnecting.
+    let mut new = Initiator::connect(server.addr).await;
+    new.login_normal(IQN, &LoginKeys::default()).await;
+    assert_ne!(new.tsih, old_tsih);
+    assert!(
+        old.recv().await.is_none(),
+        "the old session's connection is closed"
+    );
+    assert_eq!(new.read10(0, 5, 1).await, data);
+
+    // Another ISID is another session and leaves this one alone.
+    let mut other = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 2],
+        ..LoginKeys::default()
+    };
+    other.login_normal(IQN, &keys).await;
+    assert_eq!(other.read10(0, 5, 1).await, data);
+    assert_eq!(new.read10(0, 5, 1).await, data);
+}
+
+#[tokio::test]
+async fn idle_initiator_is_pinged_and_dropped_when_silent() {
+    let tuning = Tuning {
+        nop_interval: Some(Duration::from_millis(300)),
+        nop_timeout: Duration::from_millis(300),
+        ..Tuning::default()
+    };
+    let server = TestServer::start(&["ram:1M"], tuning).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let Some(Pdu::NopIn(ping)) = ini.recv().await else {
+        panic!("no ping")
+    };
+    assert_eq!(ping.itt, RESERVED_TAG);
+    assert_ne!(ping.ttt, RESERVED_TAG);
+    // Answer the first ping: the connection stays.
+    let reply = NopOut {
+        immediate: true,
+        lun: ping.lun,
+        itt: RESERVED_TAG,
+        ttt: ping.ttt,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        data: Bytes::new(),
+    };
+    ini.send(&Pdu::NopOut(reply)).await;
+    let Some(Pdu::NopIn(second)) = ini.recv().await else {
+        panic!("no second ping")
+    };
+    assert_ne!(second.ttt, ping.ttt);
+    // Ignore the second one: the target gives up on us.
+    assert!(ini.recv().await.is_none(), "dropped after the NOP timeout");
+}
+
+#[tokio::test]
+async fn shutdown_asks_initiators_to_log_out() {
+    let mut server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    server.shutdown();
+    let Some(Pdu::AsyncMessage(msg)) = ini.recv().await else {
+        panic!("no Async Message")
+    };
+    assert_eq!(msg.event, 1, "target requests logout");
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("server stopped after the last logout")
+        .unwrap();
+}
+
+/// One initiator with many commands in flight on its own LUN; responses may come back in any
+/// order.
+async fn pipelined_writes_then_reads(addr: std::net::SocketAddr, lun: u64) {
+    let mut ini = Initiator::connect(addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 1, lun as u8],
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    ini.clear_unit_attention(lun).await;
+    const N: u32 = 16;
+    let blocks: Vec<Bytes> = (0..N)
+        .map(|i| pattern(4096, 100 * lun as u32 + i))
+        .collect();
+    let mut itts = std::collections::HashMap::new();
+    for (i, data) in blocks.iter().enumerate() {
+        let lba = (i as u32) * 8;
+        let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        // All of it as immediate data (FirstBurstLength is 8 KiB): no R2T.
+        let itt = ini
+            .command(lun, &cdb, false, true, 4096, data.clone(), true)
+            .await;
+        itts.insert(itt, i);
+    }
+    while !itts.is_empty() {
+        let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+            panic!("no response")
+        };
+        assert_eq!(r.status, 0);
+        assert!(itts.remove(&r.itt).is_some(), "response for an unknown ITT");
+    }
+    let mut reads = std::collections::HashMap::new();
+    for i in 0..N {
+        let lba = i * 8;
+        let mut cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        let itt = ini
+            .command(lun, &cdb, true, false, 4096, Bytes::new(), true)
+            .await;
+        reads.insert(itt, (i as usize, Vec::new()));
+    }
+    let mut done = 0;
+    while done < N {
+        let Some(Pdu::DataIn(d)) = ini.recv().await else {
+            panic!("expected Data-In")
+        };
+        let (i, buf) = reads.get_mut(&d.itt).expect("Data-In for an unknown ITT");
+        assert_eq!(d.buffer_offset as usize, buf.len());
+        buf.extend_from_slice(&d.data);
+        if d.status.is_some() {
+            assert_eq!(Bytes::from(std::mem::take(buf)), blocks[*i]);
+            done += 1;
+        }
+    }
+    assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_sessions_and_luns_at_once() {
+    let server = TestServer::start(&["ram:1M", "ram:1M", "ram:1M", "ram:1M"], quiet()).await;
+    let addr = server.addr;
+    let runs: Vec<_> = (0..4)
+        .map(|lun| tokio::spawn(pipelined_writes_then_reads(addr, lun)))
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut b = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 9],
+        ..LoginKeys::default()
+    };
+    b.login_normal(IQN, &keys).await;
+
+    // A's write waits for its Data-Out.
+    let (_, r2t) = a.start_write(0, 8).await;
+
+    assert_eq!(
+        b.task_management(TmfFunction::LOGICAL_UNIT_RESET).await,
+        TmfResponseCode::COMPLETE
+    );
+
+    // A's task is gone: its data is ignored and it never gets a response.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.send(&a.answer(&r2t, pattern(4096, 7))).await;
+    assert!(
+        a.recv_within(Duration::from_millis(500)).await.is_err(),
+        "no response for the aborted task"
+    );
+    // The reset shows up as a UNIT ATTENTION for A; the block was never written.
+    let tur = a
+        .command(0, &[0; 6], false, false, 0, Bytes::new(), true)
+        .await;
+    let (status, _, sense) = a.finish_read(tur).await;
+    let sense = sense.expect("sense");
+    assert_eq!(
+        (status, sense[2] & 0x0f, sense[12], sense[13]),
+        (2, 6, 0x29, 0x03)
+    );
+    assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
+}
+
+#[tokio::test]
+async fn crc32c_digests_when_the_initiator_requires_them() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        crc32c: true,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    assert_eq!(ini.key("HeaderDigest"), Some("CRC32C"));
+    assert_eq!(ini.key("DataDigest"), Some("CRC32C"));
+    let data = pattern(64 * 1024, 11);
+    assert_eq!(ini.write10(0, 0, &data, 4096, 4096).await.0, 0);
+    assert_eq!(ini.read10(0, 0, 128).await, data);
+}
+
+#[tokio::test]
+async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        crc32c: true,
+        ..LoginKeys::default()
+    };
+    ini.login_normal(IQN, &keys).await;
+    let (itt, r2t) = ini.start_write(0, 1).await;
+    let out = ini.answer(&r2t, pattern(512, 5));
+    // BHS (48) + header digest (4), then the data: flip one data byte.
+    ini.send_tampered(&out, |wire| wire[60] ^= 1).await;
+    let Some(Pdu::ScsiResponse(r)) = ini.recv().await else {
+        panic!("no SCSI Response")
+    };
+    assert_eq!((r.itt, r.status), (itt, 2));
+    let sense = r.sense().unwrap();
+    assert_eq!((sense[2] & 0x0f, sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    ini.exp_stat_sn = r.stat_sn + 1;
+    let Some(Pdu::Reject(j)) = ini.recv().await else {
+        panic!("no Reject")
+    };
+    assert_eq!(j.reason, RejectReason::DATA_DIGEST_ERROR);
+    // The block was not written and the session carries on.
+    assert_eq!(ini.read10(0, 0, 1).await, Bytes::from(vec![0u8; 512]));
+}
+
+#[tokio::test]
+async fn cold_reset_ends_every_session_of_the_target() {
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut b = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        isid: [0x00, 0x02, 0x3d, 0, 0, 4],
+        ..LoginKeys::default()
+    };
+    b.login_normal(IQN, &keys).await;
+    assert_eq!(
+        b.task_management(TmfFunction::TARGET_COLD_RESET).await,
+        TmfResponseCode::COMPLETE
+    );
+    assert!(
+        b.recv().await.is_none(),
+        "the resetting session is closed after its response"
+    );
+    assert!(
+        a.recv().await.is_none(),
+        "and so is every other session of the target"
+    );
+}
+
+#[tokio::test]
+async fn logins_that_would_add_a_connection_are_refused() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    // MaxConnections=1: the live session's TSIH cannot take a second connection.
+    let mut second = Initiator::connect(server.addr).await;
+    let join = LoginKeys {
+        tsih: a.tsih,
+        ..LoginKeys::default()
+    };
+    assert_eq!(
+        second.login(Some(IQN), &join).await.status,
+        LoginStatus::TOO_MANY_CONNECTIONS
+    );
+    // A TSIH nobody has is a session that does not exist.
+    let mut third = Initiator::connect(server.addr).await;
+    let stale = LoginKeys {
+        tsih: a.tsih.wrapping_add(100),
+        ..LoginKeys::default()
+    };
+    assert_eq!(
+        third.login(Some(IQN), &stale).await.status,
+        LoginStatus::SESSION_DOES_NOT_EXIST
+    );
+    // The live session is untouched.
+    assert_eq!(a.read10(0, 0, 1).await.len(), 512);
+}
