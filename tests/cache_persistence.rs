@@ -142,7 +142,10 @@ async fn cache_survives_sigkill_and_serves_offline() {
     for &(offset, len) in &ranges[completed..] {
         match image.read(offset, len).await {
             Ok(got) => {
-                assert!(got == reference.read(offset, len).await.unwrap(), "{offset}+{len}");
+                assert!(
+                    got == reference.read(offset, len).await.unwrap(),
+                    "{offset}+{len}"
+                );
                 served += 1;
             }
             Err(e) => {
@@ -197,7 +200,10 @@ async fn a_full_cache_stays_within_its_limit() {
     let mut peak = (0, 0);
     for &(offset, len) in &ranges {
         let got = image.read(offset, len).await.unwrap();
-        assert!(got == reference.read(offset, len).await.unwrap(), "{offset}+{len}");
+        assert!(
+            got == reference.read(offset, len).await.unwrap(),
+            "{offset}+{len}"
+        );
         let usage = folder_usage(&cache);
         peak = (peak.0.max(usage.0), peak.1.max(usage.1));
     }
@@ -207,19 +213,32 @@ async fn a_full_cache_stays_within_its_limit() {
          in files, {} allocated",
         peak.0, peak.1
     );
-    assert!(fetched > 3 * capacity, "the reads overflowed the cache several times");
+    assert!(
+        fetched > 3 * capacity,
+        "the reads overflowed the cache several times"
+    );
     assert!(peak.0 <= capacity, "files hold {} bytes", peak.0);
     // Each 64 KiB unit file carries a 32-byte header, so allocation rounds it up by one
     // filesystem block: at most 1/16 over with 4 KiB blocks.
-    assert!(peak.1 <= capacity + capacity / 16, "{} bytes allocated", peak.1);
+    assert!(
+        peak.1 <= capacity + capacity / 16,
+        "{} bytes allocated",
+        peak.1
+    );
     assert!(luns.layers().tiers().disk_used() <= capacity);
     // Reopened, the tier still respects the limit and serves right bytes.
     drop((image, luns));
     let luns = ImageLuns::new(settings(&cache, capacity / 2)).unwrap();
     let image = luns.open(&config, true).await.unwrap();
-    assert!(folder_usage(&cache).0 <= capacity / 2, "a smaller limit evicts at start-up");
+    assert!(
+        folder_usage(&cache).0 <= capacity / 2,
+        "a smaller limit evicts at start-up"
+    );
     for &(offset, len) in ranges.iter().take(50) {
         let got = image.read(offset, len).await.unwrap();
-        assert!(got == reference.read(offset, len).await.unwrap(), "{offset}+{len}");
+        assert!(
+            got == reference.read(offset, len).await.unwrap(),
+            "{offset}+{len}"
+        );
     }
 }

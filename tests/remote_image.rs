@@ -39,11 +39,7 @@ fn settings(cache_dir: &Path) -> DaemonSettings {
 async fn local_image(dir: &Path) -> Arc<dyn BlockDevice> {
     let sub = dir.join("local");
     std::fs::create_dir_all(&sub).unwrap();
-    let config = write_config(
-        &sub,
-        "",
-        serde_json::json!({"file": fixture("ext4_64")}),
-    );
+    let config = write_config(&sub, "", serde_json::json!({"file": fixture("ext4_64")}));
     open_image_lun(&config, &settings(&sub.join("cache")))
         .await
         .unwrap()
@@ -111,7 +107,10 @@ async fn layer_resolution_prefers_local_copies_and_ro_refuses_writes() {
     // A broken config is refused with the file and the field named, and the result file says so.
     std::fs::write(&config, r#"{"lowers": [{"digest": "sha256:12"}]}"#).unwrap();
     let err = luns.open(&config, false).await.err().unwrap().to_string();
-    assert!(err.contains("config.v1.json") && err.contains("lowers[0].digest"), "{err}");
+    assert!(
+        err.contains("config.v1.json") && err.contains("lowers[0].digest"),
+        "{err}"
+    );
 }
 
 /// Deterministic fault schedule for request `n` while faults are on: a bit over a third of
@@ -186,7 +185,10 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
                     good += 1;
                 }
                 Err(e) => {
-                    assert!(matches!(e, BlockError::Io(_) | BlockError::Corrupt(_)), "{e}");
+                    assert!(
+                        matches!(e, BlockError::Io(_) | BlockError::Corrupt(_)),
+                        "{e}"
+                    );
                     failed += 1;
                 }
             }
@@ -210,8 +212,14 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
         let reopened = fresh.open(&config, false).await.unwrap();
         for &(offset, len) in &ranges {
             let want = reference.read(offset, len).await.unwrap();
-            assert!(image.read(offset, len).await.unwrap() == want, "{offset}+{len}");
-            assert!(reopened.read(offset, len).await.unwrap() == want, "{offset}+{len}");
+            assert!(
+                image.read(offset, len).await.unwrap() == want,
+                "{offset}+{len}"
+            );
+            assert!(
+                reopened.read(offset, len).await.unwrap() == want,
+                "{offset}+{len}"
+            );
         }
     }
 }
@@ -240,9 +248,8 @@ async fn ext4_mount_reads(dev: &dyn BlockDevice) -> Vec<(u64, usize)> {
     let gdt_len = (groups * desc_size).div_ceil(block) * block;
     let mut reads = vec![(0, 4096), (gdt_block * block, gdt_len as usize)];
     let gdt = dev.read(gdt_block * block, gdt_len as usize).await.unwrap();
-    let field = |d: &[u8], lo: usize, hi: usize| {
-        u32_at(d, lo) | if is64 { u32_at(d, hi) << 32 } else { 0 }
-    };
+    let field =
+        |d: &[u8], lo: usize, hi: usize| u32_at(d, lo) | if is64 { u32_at(d, hi) << 32 } else { 0 };
     let g0 = &gdt[..desc_size as usize];
     let (block_bitmap, inode_bitmap, inode_table) =
         (field(g0, 0, 0x20), field(g0, 4, 0x24), field(g0, 8, 0x28));
@@ -289,7 +296,10 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
     let opened = proxy.body_bytes();
     for &(offset, len) in &ranges {
         let want = reference.read(offset, len).await.unwrap();
-        assert!(image.read(offset, len).await.unwrap() == want, "{offset}+{len}");
+        assert!(
+            image.read(offset, len).await.unwrap() == want,
+            "{offset}+{len}"
+        );
     }
     let fetched = proxy.body_bytes();
     let stats = luns.layers().tiers().stats();
@@ -305,12 +315,19 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
         stats.source_bytes
     );
     assert!(ranges.len() >= 7);
-    assert!(stats.source_bytes <= fetched, "the cache counts what it fetched");
+    assert!(
+        stats.source_bytes <= fetched,
+        "the cache counts what it fetched"
+    );
     // Opening reads the ZFile header, its jump table (2 bytes per 4 KiB block of a 541 MB
     // stream) and the LSMT index: a few refill units. The mount's metadata then costs at
     // most two more units.
     assert!(opened <= 5 * 262_144, "open fetched {opened} bytes");
-    assert!(fetched - opened <= 2 * 262_144, "mount reads fetched {} bytes", fetched - opened);
+    assert!(
+        fetched - opened <= 2 * 262_144,
+        "mount reads fetched {} bytes",
+        fetched - opened
+    );
     assert!(
         fetched * 10 < blob.len() as u64 * 3,
         "a mount fetched {fetched} of {} bytes",
@@ -324,11 +341,13 @@ async fn open_fails_cleanly_when_the_registry_denies_or_nothing_is_cached() {
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": 4_737_695});
     let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
     // A registry that lacks the blob: no fallback to the cache, whatever the config says.
-    let missing = support::http_server::TestServer::start(|_| {
-        support::http_server::Reply::status(404)
-    })
-    .await;
-    let config = write_config(tmp.path(), &format!("{}{REPO}", missing.url()), layer.clone());
+    let missing =
+        support::http_server::TestServer::start(|_| support::http_server::Reply::status(404)).await;
+    let config = write_config(
+        tmp.path(),
+        &format!("{}{REPO}", missing.url()),
+        layer.clone(),
+    );
     let err = luns.open(&config, true).await.err().unwrap().to_string();
     assert!(err.contains("404"), "{err}");
     // A registry that is down, with an empty cache: the open reads fail, cleanly.
@@ -338,11 +357,72 @@ async fn open_fails_cleanly_when_the_registry_denies_or_nothing_is_cached() {
     };
     let config = write_config(tmp.path(), &format!("http://127.0.0.1:{port}{REPO}"), layer);
     let err = luns.open(&config, true).await.err().unwrap().to_string();
-    assert!(err.contains("lowers[0]") || err.contains("127.0.0.1"), "{err}");
+    assert!(
+        err.contains("lowers[0]") || err.contains("127.0.0.1"),
+        "{err}"
+    );
     assert!(
         std::fs::read_to_string(tmp.path().join("init-debug.log"))
             .unwrap()
             .starts_with("failed:"),
         "the result file reports the failure"
+    );
+}
+
+#[tokio::test]
+async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
+    let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
+    // The first ranged answer that holds the ZFile magic gets one magic byte flipped.
+    let flipped = Arc::new(AtomicBool::new(false));
+    let covering = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = support::http_server::TestServer::start({
+        let (blob, flipped, covering) = (
+            Arc::clone(&blob),
+            Arc::clone(&flipped),
+            Arc::clone(&covering),
+        );
+        move |req| {
+            let reply = support::http_server::serve_range(req, &blob);
+            let holds_magic = req
+                .header("range")
+                .is_some_and(|r| r.starts_with("bytes=0-") && r != "bytes=0-0");
+            if !holds_magic {
+                return reply;
+            }
+            covering.fetch_add(1, Ordering::SeqCst);
+            match reply {
+                support::http_server::Reply::Full {
+                    status,
+                    headers,
+                    mut body,
+                } if !flipped.swap(true, Ordering::SeqCst) => {
+                    body[3] ^= 0x20;
+                    support::http_server::Reply::Full {
+                        status,
+                        headers,
+                        body,
+                    }
+                }
+                other => other,
+            }
+        }
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = local_image(tmp.path()).await;
+    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
+    let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
+    // A memory tier large enough to keep the bad unit, were it not invalidated.
+    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let image = luns.open(&config, true).await.unwrap();
+    assert!(flipped.load(Ordering::SeqCst), "the fault was injected");
+    assert_eq!(
+        covering.load(Ordering::SeqCst),
+        2,
+        "the damaged unit was fetched again, once"
+    );
+    assert_eq!(
+        image.read(0, 1 << 20).await.unwrap(),
+        reference.read(0, 1 << 20).await.unwrap()
     );
 }

@@ -137,7 +137,9 @@ impl Drop for Registry {
 }
 
 async fn start_registry(dir: &Path) -> Result<Registry, Error> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
@@ -371,7 +373,10 @@ async fn run() -> Result<(), Error> {
         });
     }
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
-    let (od, full) = (m(|r| r.on_demand.as_secs_f64()), m(|r| r.full.as_secs_f64()));
+    let (od, full) = (
+        m(|r| r.on_demand.as_secs_f64()),
+        m(|r| r.full.as_secs_f64()),
+    );
     println!("cold start, {} runs (medians)", runs.len());
     println!(
         "  image: {} MiB ext4 of {}, layer blob {} bytes (ZFile LZ4)",

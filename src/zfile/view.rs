@@ -50,7 +50,9 @@ impl LayerSource for RangeView {
         // Clamp to the window so a caller can never drop bytes outside it.
         let end = offset.saturating_add(len).min(self.size);
         if offset < end {
-            self.inner.invalidate(self.offset + offset, end - offset).await;
+            self.inner
+                .invalidate(self.offset + offset, end - offset)
+                .await;
         }
     }
 }

@@ -157,7 +157,12 @@ fn rewrite_head(head: &str, drop_range: bool) -> String {
     let mut lines = head.trim_end().split("\r\n");
     let mut out = format!("{}\r\n", lines.next().unwrap_or(""));
     for line in lines {
-        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if name == "connection" || name == "keep-alive" || (drop_range && name == "range") {
             continue;
         }
@@ -215,8 +220,9 @@ async fn handle(mut client: TcpStream, shared: Arc<Shared>) -> std::io::Result<(
             return Ok(());
         }
         Fault::Status(code) => {
-            let answer =
-                format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let answer = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             client.write_all(answer.as_bytes()).await?;
             return Ok(());
         }
