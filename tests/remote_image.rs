@@ -426,3 +426,94 @@ async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
         reference.read(0, 1 << 20).await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
+    use overlaybd_target::scsi::{DataDirection, LunConfig, Nexus, ScsiRequest, ScsiTarget};
+    let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
+    let corrupt = Arc::new(AtomicBool::new(false));
+    let server = support::http_server::TestServer::start({
+        let (blob, corrupt) = (Arc::clone(&blob), Arc::clone(&corrupt));
+        move |req| match support::http_server::serve_range(req, &blob) {
+            // Every byte inverted: each stored block in the answer fails its CRC.
+            support::http_server::Reply::Full {
+                status,
+                headers,
+                body,
+            } if corrupt.load(Ordering::SeqCst) => {
+                let body = body.iter().map(|b| !b).collect();
+                support::http_server::Reply::Full {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            other => other,
+        }
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = local_image(tmp.path()).await;
+    let runs = mapped_runs(reference.as_ref()).await;
+    // Data in the middle of the image: not in the units fetched at open.
+    let (offset, _) = runs[runs.len() / 2];
+    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
+    let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
+    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let device = luns.open(&config, true).await.unwrap();
+    let target = ScsiTarget::new(vec![LunConfig {
+        device,
+        serial: "remote0".into(),
+        product: "overlaybd image".into(),
+    }]);
+    let nexus = Nexus {
+        initiator_name: "iqn.2026-11.test:init".into(),
+        isid: [0; 6],
+        tpgt: 1,
+    };
+    let lba = (offset / 512) as u32;
+    let mut cdb = vec![0x28, 0];
+    cdb.extend_from_slice(&lba.to_be_bytes());
+    cdb.extend_from_slice(&[0, 0, 8, 0]); // 8 blocks
+    let read = || ScsiRequest {
+        lun: 0,
+        cdb: Bytes::from(cdb.clone()),
+        direction: DataDirection::In,
+        expected_len: 4096,
+        data_out: Bytes::new(),
+    };
+    // The first command reports the power-on unit attention; a TEST UNIT READY takes it.
+    let tur = ScsiRequest {
+        lun: 0,
+        cdb: Bytes::from_static(&[0; 6]),
+        direction: DataDirection::None,
+        expected_len: 0,
+        data_out: Bytes::new(),
+    };
+    let _ = target.execute(&nexus, tur).await;
+
+    corrupt.store(true, Ordering::SeqCst);
+    server.clear();
+    let resp = target.execute(&nexus, read()).await;
+    assert_eq!(resp.status, 0x02, "CHECK CONDITION");
+    let sense = resp.sense.expect("sense data");
+    assert_eq!(
+        (sense[2] & 0x0F, sense[12]),
+        (0x03, 0x11),
+        "MEDIUM ERROR / UNRECOVERED READ ERROR"
+    );
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "fetched, then refetched once: no loop"
+    );
+
+    // The link heals: nothing bad was kept, the same command now succeeds.
+    corrupt.store(false, Ordering::SeqCst);
+    let resp = target.execute(&nexus, read()).await;
+    assert_eq!(resp.status, 0x00, "GOOD");
+    assert_eq!(
+        resp.data_in,
+        reference.read(u64::from(lba) * 512, 4096).await.unwrap()
+    );
+}
