@@ -6,6 +6,22 @@
 //! registry blob `repoBlobUrl/digest`, read through the daemon's cache tiers. All LUNs of a
 //! process should share one [`ImageLuns`], so they share the cache folder (one disk tier per
 //! folder), the single-flight table and the background download queue.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use overlaybd_target::cache::DaemonSettings;
+//! use overlaybd_target::overlaybd::ImageLuns;
+//!
+//! // overlaybd.json, then the command line's --cache-dir / --cache-size (bytes).
+//! let mut settings = DaemonSettings::from_file(Path::new("/etc/overlaybd/overlaybd.json"))?;
+//! settings.override_cache(Some(Path::new("/var/cache/obd")), Some(8 << 30));
+//! let images = ImageLuns::new(settings)?;
+//! let config = Path::new("/var/lib/containerd/io.containerd.snapshotter.v1.overlaybd/snapshots/12/block/config.v1.json");
+//! let writable = images.open(config, false).await?; // image:PATH
+//! let read_only = images.open(config, true).await?; // ro:image:PATH
+//! # Ok(()) }
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;
