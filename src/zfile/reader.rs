@@ -112,8 +112,10 @@ impl ZFileReader {
         self.layout.table.span(index, index)
     }
 
-    /// Reads `len` uncompressed bytes at `offset`: one source read for all covered blocks,
-    /// then checksum and decode of each block.
+    /// Reads `len` uncompressed bytes at `offset`. A stored block that fails its checksum (or
+    /// does not decode) may have been damaged on the way or in a cache rather than in the blob,
+    /// so the covering stored range is invalidated in the source and read once more; a second
+    /// failure is returned (the SCSI layer reports it as a MEDIUM ERROR), never retried again.
     async fn read_range(&self, offset: u64, len: usize) -> Result<Bytes, ZFileError> {
         let info = &self.layout.info;
         let end = check_range(info.original_file_size, offset, len)?;
@@ -123,6 +125,38 @@ impl ZFileReader {
         let bs = u64::from(info.block_size);
         let (first, last) = (offset / bs, (end - 1) / bs);
         let (start, stop) = self.layout.span(first, last)?;
+        match self.read_blocks(offset, len, start, stop).await {
+            Err(ZFileError::Block { index, fault }) => {
+                tracing::warn!(
+                    source = %self.source.describe(),
+                    block = index,
+                    %fault,
+                    "bad ZFile block; dropping cached bytes and fetching once more"
+                );
+                self.source.invalidate(start, stop - start).await;
+                let second = self.read_blocks(offset, len, start, stop).await;
+                if matches!(second, Err(ZFileError::Block { .. })) {
+                    // Keep no bytes known to be bad: a later read fetches afresh (and may
+                    // succeed once the link or the registry is healthy again).
+                    self.source.invalidate(start, stop - start).await;
+                }
+                second
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Self::read_range`]: a single source read of the stored range
+    /// `[start, stop)` covering the blocks, then checksum and decode of each block.
+    async fn read_blocks(
+        &self,
+        offset: u64,
+        len: usize,
+        start: u64,
+        stop: u64,
+    ) -> Result<Bytes, ZFileError> {
+        let bs = u64::from(self.layout.info.block_size);
+        let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
         let stored_len = usize::try_from(stop - start)
             .map_err(|_| ZFileError::Corrupt("stored range exceeds memory".into()))?;
         let stored = self.source.read_at(start, stored_len).await?;
