@@ -9,7 +9,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use support::process::{binary, fixtures, run, run_fails, tool, Target};
+use support::fixtures::fixture;
+use support::process::{binary, run, run_fails, tool, Target};
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:images";
 const DEMO_IQN: &str = "iqn.2026-11.io.overlaybd:demo";
@@ -106,8 +107,7 @@ fn p(dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn fixture_exports_to_a_clean_ext4_and_inspects() {
-    let base = fixtures().join("ext4_64");
-    assert!(base.exists(), "{base:?} is missing");
+    let base = fixture("ext4_64");
     let report = obd(&[&"inspect", &base]);
     // The values documented for the fixture (shared/fixtures/README.md).
     for (key, value) in [

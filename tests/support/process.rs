@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,27 +55,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The shared test fixtures: `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
-/// `../../shared/fixtures` relative to the crate. Panics with a clear message when none exists.
-pub fn fixtures() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            root.join("../shared/fixtures"),
-            root.join("../../shared/fixtures"),
-        ])
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_dir())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!("test fixtures not found (set OVERLAYBD_FIXTURES); looked in {candidates:?}")
-        })
 }
 
 /// A running target process; killed when dropped.
