@@ -36,11 +36,18 @@ const MIB: usize = 1 << 20;
 const READ: usize = MIB;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Median of `runs` timings of `pass`, as MiB/s over `bytes`; also returns every run's figure.
-fn measure(bytes: usize, runs: usize, mut pass: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
+fn measure(
+    bytes: usize,
+    runs: usize,
+    mut pass: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
     let mut speeds = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -55,8 +62,13 @@ fn measure(bytes: usize, runs: usize, mut pass: impl FnMut() -> Result<()>) -> R
 /// Prints one result line: name, median MiB/s, the individual runs, and a ratio if given.
 fn report(name: &str, (median, runs): &(f64, Vec<f64>), base: Option<(&str, f64)>) {
     let runs: Vec<String> = runs.iter().map(|s| format!("{s:.0}")).collect();
-    let ratio = base.map_or(String::new(), |(what, b)| format!("  {:.2}x {what}", median / b));
-    println!("{name:<44} {median:>8.0} MiB/s  [{}]{ratio}", runs.join(" "));
+    let ratio = base.map_or(String::new(), |(what, b)| {
+        format!("  {:.2}x {what}", median / b)
+    });
+    println!(
+        "{name:<44} {median:>8.0} MiB/s  [{}]{ratio}",
+        runs.join(" ")
+    );
 }
 
 /// Checks a piece read at `at` against the expected content, when there is one (smoke test).
@@ -90,7 +102,10 @@ fn run_tool(tool: &str, args: &[&str], out: Option<&Path>) -> Result<()> {
         Some(path) => Stdio::from(File::create(path)?),
         None => Stdio::from(File::create("/dev/null")?),
     };
-    let status = Command::new(tool).args(args).stdout(stdout).status()
+    let status = Command::new(tool)
+        .args(args)
+        .stdout(stdout)
+        .status()
         .map_err(|e| format!("{tool}: {e} (install the Debian package `{tool}`)"))?;
     if !status.success() {
         return Err(format!("{tool} {args:?} failed: {status}").into());
@@ -99,7 +114,11 @@ fn run_tool(tool: &str, args: &[&str], out: Option<&Path>) -> Result<()> {
 }
 
 fn zfile_bytes(data: &[u8], algorithm: Algorithm, block_size: u32) -> Result<Vec<u8>> {
-    let options = WriterOptions { algorithm, block_size, verify: true };
+    let options = WriterOptions {
+        algorithm,
+        block_size,
+        verify: true,
+    };
     let mut writer = ZFileWriter::new(Vec::new(), options)?;
     writer.write_all(data)?;
     Ok(writer.finish()?.0)
@@ -111,14 +130,29 @@ async fn lsmt_zfile(data: &[u8], dir: &Path, out: &Path, algorithm: Algorithm) -
     let (data_path, index_path) = (dir.join("upper.data"), dir.join("upper.index"));
     let _ = std::fs::remove_file(&data_path);
     let _ = std::fs::remove_file(&index_path);
-    let layer = WritableLayer::create(&data_path, &index_path, &CreateOptions::new(data.len() as u64))?;
+    let layer = WritableLayer::create(
+        &data_path,
+        &index_path,
+        &CreateOptions::new(data.len() as u64),
+    )?;
     for (i, chunk) in data.chunks(READ).enumerate() {
-        layer.write((i * READ) as u64, bytes::Bytes::copy_from_slice(chunk)).await?;
+        layer
+            .write((i * READ) as u64, bytes::Bytes::copy_from_slice(chunk))
+            .await?;
     }
     layer.flush().await?;
-    let options = WriterOptions { algorithm, block_size: 4096, verify: true };
+    let options = WriterOptions {
+        algorithm,
+        block_size: 4096,
+        verify: true,
+    };
     let mut sink = SyncSink(ZFileWriter::new(File::create(out)?, options)?);
-    write_commit(&CommitSource::from_writable(&layer), &CommitOptions::default(), &mut sink).await?;
+    write_commit(
+        &CommitSource::from_writable(&layer),
+        &CommitOptions::default(),
+        &mut sink,
+    )
+    .await?;
     sink.0.finish()?;
     std::fs::remove_file(&data_path)?;
     std::fs::remove_file(&index_path)?;
@@ -149,13 +183,18 @@ async fn read_image(image: &Image, size: u64, expect: Option<&[u8]>) -> Result<(
 fn main() -> Result<()> {
     let timed = std::env::args().any(|a| a == "--bench");
     let (len, runs) = if timed {
-        (env_usize("BENCH_CORPUS_MIB", 256) * MIB, env_usize("BENCH_RUNS", 5).max(1))
+        (
+            env_usize("BENCH_CORPUS_MIB", 256) * MIB,
+            env_usize("BENCH_RUNS", 5).max(1),
+        )
     } else {
         (4 * MIB, 1)
     };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("zfile-throughput");
     std::fs::create_dir_all(&dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
 
     let data = corpus::corpus(len);
     // The smoke test also checks every byte read; timed runs do not pay for the comparison.
@@ -165,7 +204,10 @@ fn main() -> Result<()> {
     if !timed {
         println!("smoke test (no --bench): 4 MiB, every byte checked; the figures mean nothing");
     }
-    println!("corpus: {} MiB of /usr/lib + /usr/share files, {runs} runs each, median MiB/s of output", len / MIB);
+    println!(
+        "corpus: {} MiB of /usr/lib + /usr/share files, {runs} runs each, median MiB/s of output",
+        len / MIB
+    );
 
     // The command-line tools on the same content, as one stream each, from the page cache.
     let raw_arg = raw.to_str().ok_or("non-UTF-8 temp path")?;
@@ -174,9 +216,10 @@ fn main() -> Result<()> {
     // Each tool twice: as run by default (lz4 checks an XXH32 of the whole content, zstd an
     // XXH64), and with that check off. Ratios use the faster, unchecked figure.
     let mut cli = Vec::new();
-    for (tool, level, ext, unchecked) in
-        [("lz4", "-1", "lz4", "--no-frame-crc"), ("zstd", "-3", "zst", "--no-check")]
-    {
+    for (tool, level, ext, unchecked) in [
+        ("lz4", "-1", "lz4", "--no-frame-crc"),
+        ("zstd", "-3", "zst", "--no-check"),
+    ] {
         let name = format!("{tool} -d CLI");
         if !wanted(&name) {
             cli.push(None);
@@ -187,8 +230,14 @@ fn main() -> Result<()> {
         let packed_arg = packed.to_str().ok_or("non-UTF-8 temp path")?;
         let ratio = len as f64 / std::fs::metadata(&packed)?.len() as f64;
         run_tool(tool, &["-d", "-q", "-c", packed_arg], None)?; // warm the page cache
-        let checked = measure(len, runs, || run_tool(tool, &["-d", "-q", "-c", packed_arg], None))?;
-        report(&format!("{name} (one stream, ratio {ratio:.2})"), &checked, None);
+        let checked = measure(len, runs, || {
+            run_tool(tool, &["-d", "-q", "-c", packed_arg], None)
+        })?;
+        report(
+            &format!("{name} (one stream, ratio {ratio:.2})"),
+            &checked,
+            None,
+        );
         let fast = measure(len, runs, || {
             run_tool(tool, &["-d", "-q", unchecked, "-c", packed_arg], None)
         })?;
@@ -210,8 +259,11 @@ fn main() -> Result<()> {
             let file = zfile_bytes(&data, algorithm, block_size)?;
             let ratio = len as f64 / file.len() as f64;
             let file = bytes::Bytes::from(file);
-            let source = || -> Arc<dyn LayerSource> { Arc::new(BytesSource::new(file.clone(), "zfile")) };
-            let single = rt.block_on(ZFileReader::open(source()))?.with_decode_workers(1);
+            let source =
+                || -> Arc<dyn LayerSource> { Arc::new(BytesSource::new(file.clone(), "zfile")) };
+            let single = rt
+                .block_on(ZFileReader::open(source()))?
+                .with_decode_workers(1);
             let parallel = rt.block_on(ZFileReader::open(source()))?;
             let base = cli_speed.map(|s| ("CLI", s));
             if wanted(&one_name) {

@@ -313,6 +313,15 @@ fn three_layer_stack_from_mkfs_trees_serves_through_iscsi() {
     obd(&[&"export", &p(d, "c1.json"), &mid]);
     assert_same_file(&mid, &raws[1]);
 
+    // Layers stacked out of order break the UUID chain, and inspect says where.
+    let mut wrong: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    wrong["lowers"].as_array_mut().unwrap().remove(1);
+    let wrong_config = p(d, "wrong.json");
+    std::fs::write(&wrong_config, wrong.to_string()).unwrap();
+    let chain = field(&obd(&[&"inspect", &wrong_config]), "uuid_chain");
+    assert!(chain.starts_with("broken at lowers[1]"), "{chain}");
+
     // Merging flattens the stack into one layer with the same disk.
     obd(&[&"merge", &"-z", &config, &p(d, "merged.obd")]);
     let merged = p(d, "merged.raw");
@@ -385,9 +394,13 @@ fn writable_image_lun_keeps_writes_across_restarts_and_commits() {
     let base_uuid = field(&obd(&[&"inspect", &p(d, "l0.obd")]), "lsmt.uuid");
     let (data, index) = (p(d, "upper.data"), p(d, "upper.index"));
     obd(&[&"create", &"-u", &base_uuid, &data, &index, &"64M"]);
+    let upper = obd(&[&"inspect", &data]);
+    assert_eq!(field(&upper, "lsmt.kind"), "writable data");
+    assert_eq!(field(&upper, "lsmt.parent_uuid"), base_uuid);
+    assert_eq!(field(&upper, "lsmt.virtual_size"), FS_SIZE.to_string());
     assert_eq!(
-        field(&obd(&[&"inspect", &data]), "lsmt.kind"),
-        "writable data"
+        field(&obd(&[&"inspect", &index]), "lsmt.kind"),
+        "writable index"
     );
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p(d, "c0.json")).unwrap()).unwrap();

@@ -15,7 +15,9 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
         entries.sort_by_key(|e| e.file_name());
         // Reversed so the stack visits sub-directories in name order.
@@ -41,7 +43,9 @@ pub fn corpus(len: usize) -> Vec<u8> {
     'fill: for i in 0..longest {
         for list in &lists {
             let Some(path) = list.get(i) else { continue };
-            let Ok(file) = fs::File::open(path) else { continue };
+            let Ok(file) = fs::File::open(path) else {
+                continue;
+            };
             let want = (len - out.len()) as u64;
             let _ = file.take(want).read_to_end(&mut out);
             if out.len() >= len {

@@ -35,7 +35,11 @@ fn cached_source_hit(bencher: Bencher, len: usize) {
     rt.block_on(source.read_at(0, BLOB)).expect("warm-up read");
     // Centred on a unit boundary: a 4 KiB read stays inside one unit only if it is smaller
     // than the unit, so place it mid-unit; the 256 KiB read straddles units 3 and 4.
-    let offset = if len < 8192 { 3 * UNIT + UNIT / 2 } else { 4 * UNIT - len as u64 / 2 };
+    let offset = if len < 8192 {
+        3 * UNIT + UNIT / 2
+    } else {
+        4 * UNIT - len as u64 / 2
+    };
     bencher.counter(BytesCount::new(len)).bench_local(|| {
         rt.block_on(source.read_at(divan::black_box(offset), len))
             .expect("cached read")
@@ -47,7 +51,13 @@ fn memory_tier_get(bencher: Bencher) {
     let tier = MemoryTier::new(64 << 20, UNIT);
     let blob = BlobId::from_digest(DIGEST);
     for index in 0..16 {
-        tier.insert(UnitKey { blob: blob.clone(), index }, Bytes::from(vec![0u8; UNIT as usize]));
+        tier.insert(
+            UnitKey {
+                blob: blob.clone(),
+                index,
+            },
+            Bytes::from(vec![0u8; UNIT as usize]),
+        );
     }
     let key = UnitKey { blob, index: 7 };
     bencher.bench_local(|| tier.get(divan::black_box(&key)).map(|b| b.len()));

@@ -58,7 +58,11 @@ fn merged_map(n: usize) -> Vec<Record> {
         .map(|(records, tag)| MergeInput { records, tag })
         .collect();
     let mut merged = merge_indexes(&inputs);
-    assert!(merged.len() >= n, "merge of {n}-record layers gave {}", merged.len());
+    assert!(
+        merged.len() >= n,
+        "merge of {n}-record layers gave {}",
+        merged.len()
+    );
     merged.truncate(n);
     merged
 }

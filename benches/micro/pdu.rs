@@ -5,7 +5,9 @@
 use bytes::{Bytes, BytesMut};
 use divan::counter::BytesCount;
 use divan::Bencher;
-use overlaybd_target::iscsi::pdu::{DataIn, Digests, Lun, Pdu, PduCodec, ScsiCommand, TaskAttribute};
+use overlaybd_target::iscsi::pdu::{
+    DataIn, Digests, Lun, Pdu, PduCodec, ScsiCommand, TaskAttribute,
+};
 
 /// Data-In segment length (a common MaxRecvDataSegmentLength of Linux initiators).
 const SEGMENT: usize = 256 * 1024;
@@ -13,7 +15,10 @@ const DIGESTS: [bool; 2] = [false, true];
 
 fn codec(digests: bool) -> PduCodec {
     let mut codec = PduCodec::new();
-    codec.set_digests(Digests { header: digests, data: digests });
+    codec.set_digests(Digests {
+        header: digests,
+        data: digests,
+    });
     codec.set_max_recv_data_segment_length(1 << 20);
     codec
 }
@@ -60,7 +65,9 @@ fn data_in() -> Pdu {
 
 fn wire(codec: &PduCodec, pdu: &Pdu) -> Bytes {
     let mut out = BytesMut::new();
-    codec.encode_into(pdu, &mut out).expect("benchmark PDU encodes");
+    codec
+        .encode_into(pdu, &mut out)
+        .expect("benchmark PDU encodes");
     out.freeze()
 }
 

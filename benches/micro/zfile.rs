@@ -24,7 +24,11 @@ fn blocks(algorithm: Algorithm, block_size: u32, verify: bool) -> Blocks {
     let raw_len = block_size as usize;
     // Skip the first MiB so both block sizes see mid-corpus content.
     let data = corpus((1 << 20) + BLOCKS * raw_len).split_off(1 << 20);
-    let options = WriterOptions { algorithm, block_size, verify };
+    let options = WriterOptions {
+        algorithm,
+        block_size,
+        verify,
+    };
     let (file, info) = compress(&data[..], Vec::new(), options).expect("corpus compresses");
     let table = &file[info.index_offset as usize..][..BLOCKS * 4];
     let mut at = info.data_offset as usize;
@@ -36,7 +40,12 @@ fn blocks(algorithm: Algorithm, block_size: u32, verify: bool) -> Blocks {
             file[at - len..at].to_vec()
         })
         .collect();
-    Blocks { algorithm, verify, stored, raw_len }
+    Blocks {
+        algorithm,
+        verify,
+        stored,
+        raw_len,
+    }
 }
 
 fn bench_decode(bencher: Bencher, blocks: Blocks) {

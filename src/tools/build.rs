@@ -14,10 +14,9 @@ use std::process::Command;
 use clap::Args;
 
 use super::import::{import, ImportArgs, NewLayerArgs};
-use super::ToolError;
+use super::{open_config, ToolError};
 use crate::block::parse_size;
 use crate::block::BlockDevice;
-use crate::overlaybd::{Image, LocalOpener};
 
 /// Arguments of `build`.
 #[derive(Debug, Args)]
@@ -45,7 +44,7 @@ pub async fn run(a: BuildArgs) -> Result<(), ToolError> {
         )));
     }
     let base_size = match &a.layer_opts.base {
-        Some(path) => Some(Image::open_config_file(path, &LocalOpener).await?.size()),
+        Some(path) => Some(open_config(path).await?.size()),
         None => None,
     };
     let wanted = match &a.size {

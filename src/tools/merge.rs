@@ -8,9 +8,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{remove_existing, write_layer, OutputArgs, ToolError};
+use super::{open_config, remove_existing, write_layer, OutputArgs, ToolError};
 use crate::overlaybd::commit::{CommitOptions, CommitSource};
-use crate::overlaybd::{Image, LocalOpener};
 
 /// Arguments of `merge`.
 #[derive(Debug, Args)]
@@ -30,7 +29,7 @@ pub struct MergeArgs {
 /// Runs `merge`.
 pub async fn run(a: MergeArgs) -> Result<(), ToolError> {
     let zfile = a.out.zfile_options()?;
-    let image = Image::open_config_file(&a.config, &LocalOpener).await?;
+    let image = open_config(&a.config).await?;
     let source = CommitSource::from_stack(image.stack(), image.upper())?;
     if a.force {
         remove_existing(&a.output)?;

@@ -21,7 +21,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource, CommitSummary};
 use crate::overlaybd::header::LayerUuid;
-use crate::overlaybd::{Image, LayerStack, LocalOpener, LsmtError};
+use crate::overlaybd::{Image, ImageConfig, LayerStack, LocalOpener, LsmtError};
 use crate::zfile::{Algorithm, WriterOptions, ZFileError};
 
 /// The image tools.
@@ -184,11 +184,18 @@ pub fn is_config(path: &Path) -> Result<bool, ToolError> {
         .is_some_and(|&b| b == b'{'))
 }
 
+/// Opens the image a `config.v1.json` with local layers describes. Unlike the daemon, tools
+/// leave the config's `resultFile` alone: they are not the device's owner.
+pub async fn open_config(path: &Path) -> Result<Image, ToolError> {
+    let config = ImageConfig::load(path)?;
+    Ok(Image::open(&config, &path.display().to_string(), &LocalOpener).await?)
+}
+
 /// Opens what `path` names as an image: a `config.v1.json` with local layers, or a single
 /// sealed layer blob (plain, ZFile or tar-wrapped).
 pub async fn open_image(path: &Path) -> Result<Image, ToolError> {
     if is_config(path)? {
-        return Ok(Image::open_config_file(path, &LocalOpener).await?);
+        return open_config(path).await;
     }
     let layer = LocalOpener::open_layer(path).await?;
     Ok(Image::new(LayerStack::new(vec![layer])?, None).await?)

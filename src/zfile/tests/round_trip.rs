@@ -67,7 +67,10 @@ async fn inline_and_parallel_decoding_agree() {
     // threads, for both codecs; every variant must return the original bytes.
     let data = sample_data(2 << 20, 7);
     for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
-        let options = WriterOptions { algorithm, ..WriterOptions::default() };
+        let options = WriterOptions {
+            algorithm,
+            ..WriterOptions::default()
+        };
         let file = make_zfile(&data, options, false);
         for workers in 1..=5 {
             let reader = ZFileReader::open(mem(file.clone()))
