@@ -261,6 +261,40 @@ mod tests {
     }
 
     #[test]
+    fn configs_are_told_from_blobs_by_name_or_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("image.JSON");
+        std::fs::write(&named, b"whatever").unwrap();
+        assert!(is_config(&named).unwrap());
+        let by_content = dir.path().join("config");
+        std::fs::write(&by_content, b"  \n{\"lowers\": []}").unwrap();
+        assert!(is_config(&by_content).unwrap());
+        let blob = dir.path().join("layer.obd");
+        std::fs::write(&blob, b"LSMT\0\x01\x02").unwrap();
+        assert!(!is_config(&blob).unwrap());
+        let e = is_config(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_removes_only_a_new_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new");
+        let r: Result<(), _> = removing_partial_output(&new, async {
+            std::fs::write(&new, b"partial").unwrap();
+            Err(ToolError::Usage("boom".into()))
+        })
+        .await;
+        assert!(r.is_err() && !new.exists());
+        let old = dir.path().join("old");
+        std::fs::write(&old, b"keep").unwrap();
+        let r: Result<(), _> =
+            removing_partial_output(&old, async { Err(ToolError::Usage("boom".into())) }).await;
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&old).unwrap(), b"keep");
+    }
+
+    #[test]
     fn uuids_parse_in_either_case() {
         let u = parse_uuid("c02fb491-b4d4-4904-8684-a014d032af78").unwrap();
         assert_eq!(u.to_string(), "C02FB491-B4D4-4904-8684-A014D032AF78");
