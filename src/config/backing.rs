@@ -2,13 +2,15 @@
 //! (each optionally prefixed by `ro:`) into a block device. New backends are added here only.
 
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
 use crate::block::{parse_size, BlockDevice, FileDevice, RamDevice, ReadOnlyDevice};
-use crate::overlaybd::{Image, LocalOpener, LsmtError};
+use crate::cache::DaemonSettings;
+use crate::overlaybd::config::LayerLocation;
+use crate::overlaybd::{Image, ImageConfig, ImageLuns, LocalOpener, LsmtError};
 use crate::scsi::LunConfig;
 
 /// Why a backing string could not be parsed or its device could not be opened.
@@ -118,6 +120,11 @@ impl LunSpec {
     /// Opens the device. Files are opened now, so a missing file fails at start-up rather than
     /// at the first SCSI command.
     pub fn open(&self) -> Result<Arc<dyn BlockDevice>, BackingError> {
+        self.open_with(&ImageOpener::new(DaemonSettings::default()))
+    }
+
+    /// Opens the device, reading registry layers of `image:` LUNs through `images`.
+    pub fn open_with(&self, images: &ImageOpener) -> Result<Arc<dyn BlockDevice>, BackingError> {
         match &self.backing {
             Backing::File(path) => {
                 let device = FileDevice::open(path, self.read_only).map_err(|source| {
@@ -142,17 +149,21 @@ impl LunSpec {
                 Ok(Arc::new(image))
             }
             Backing::Image(path) => {
-                let image =
-                    block_on(Image::open_config_file(path, &LocalOpener)).map_err(|source| {
-                        BackingError::Image {
-                            path: path.clone(),
-                            source: Box::new(source),
-                        }
-                    })?;
-                if image.size() == 0 {
+                let image_err = |source: LsmtError| BackingError::Image {
+                    path: path.clone(),
+                    source: Box::new(source),
+                };
+                let device: Arc<dyn BlockDevice> = if images.needs_registry(path) {
+                    let luns = images.remote().map_err(image_err)?;
+                    block_on(luns.open(path, self.read_only)).map_err(image_err)?
+                } else {
+                    Arc::new(
+                        block_on(Image::open_config_file(path, &LocalOpener)).map_err(image_err)?,
+                    )
+                };
+                if device.size() == 0 {
                     return Err(BackingError::Empty(path.clone()));
                 }
-                let device: Arc<dyn BlockDevice> = Arc::new(image);
                 if self.read_only && !device.read_only() {
                     Ok(Arc::new(ReadOnlyDevice::new(device)))
                 } else {
@@ -164,8 +175,13 @@ impl LunSpec {
 
     /// Opens the device and describes it as LUN `index` of target `target_name`. The serial
     /// number is derived from both, so it stays stable across restarts with the same config.
-    pub fn lun_config(&self, target_name: &str, index: usize) -> Result<LunConfig, BackingError> {
-        let device = self.open()?;
+    pub fn lun_config(
+        &self,
+        target_name: &str,
+        index: usize,
+        images: &ImageOpener,
+    ) -> Result<LunConfig, BackingError> {
+        let device = self.open_with(images)?;
         let digest = Sha256::digest(format!("{target_name}/{index}/{self}").as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
@@ -196,13 +212,55 @@ impl fmt::Display for LunSpec {
     }
 }
 
+/// Opens `image:` LUNs. Images whose layers are all local files are opened directly; images
+/// with registry layers share one set of remote-layer caches ([`ImageLuns`]), built on first
+/// need, so a server that serves only local images never touches the cache folder.
+pub struct ImageOpener {
+    settings: DaemonSettings,
+    remote: Mutex<Option<Arc<ImageLuns>>>,
+}
+
+impl ImageOpener {
+    /// An opener that builds its caches from `settings` (overlaybd.json plus command-line
+    /// overrides) when the first registry layer is met.
+    pub fn new(settings: DaemonSettings) -> Self {
+        ImageOpener {
+            settings,
+            remote: Mutex::new(None),
+        }
+    }
+
+    /// True when some lower layer of the config at `path` lives only in a registry. A config
+    /// that cannot be read answers false: the local open then reports the error.
+    fn needs_registry(&self, path: &Path) -> bool {
+        let Ok(config) = ImageConfig::load(path) else {
+            return false;
+        };
+        let name = path.display().to_string();
+        (0..config.lowers.len())
+            .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })))
+    }
+
+    /// The shared remote-layer caches, built on first use.
+    fn remote(&self) -> Result<Arc<ImageLuns>, LsmtError> {
+        let mut slot = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(luns) = slot.as_ref() {
+            return Ok(luns.clone());
+        }
+        let luns = Arc::new(ImageLuns::new(self.settings.clone())?);
+        *slot = Some(luns.clone());
+        Ok(luns)
+    }
+}
+
 /// Runs an image open to completion. LUNs are opened from synchronous code that may run inside
 /// the server's runtime: a multi-threaded runtime lends this thread to the open
 /// (`block_in_place`); otherwise the open runs on a scoped thread with its own small runtime,
 /// since blocking a current-thread runtime from within would deadlock or panic.
-fn block_on<F>(open: F) -> Result<Image, LsmtError>
+fn block_on<T, F>(open: F) -> Result<T, LsmtError>
 where
-    F: std::future::Future<Output = Result<Image, LsmtError>> + Send,
+    T: Send,
+    F: std::future::Future<Output = Result<T, LsmtError>> + Send,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if let Ok(handle) = Handle::try_current() {
@@ -284,7 +342,9 @@ mod tests {
         std::fs::write(&config, json.to_string()).unwrap();
 
         let rw = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
-        let lun = rw.lun_config("iqn.x", 0).unwrap();
+        let lun = rw
+            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+            .unwrap();
         assert_eq!(lun.device.size(), 1 << 20);
         assert!(!lun.device.read_only());
         assert_eq!(lun.product, "overlaybd image");
@@ -339,7 +399,9 @@ mod tests {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let spec = LunSpec::parse(&format!("file:{}", path.display())).unwrap();
-        let lun = spec.lun_config("iqn.x", 0).unwrap();
+        let lun = spec
+            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+            .unwrap();
         assert_eq!(lun.device.size(), 4096);
         assert!(!lun.device.read_only());
         assert_eq!(lun.serial.len(), 16);

@@ -63,9 +63,26 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub nop_timeout: Option<u64>,
 
+    /// overlaybd's daemon config (overlaybd.json: cacheConfig, credentialConfig, download,
+    /// p2pConfig) for image LUNs whose layers live in a registry.
+    #[arg(long, value_name = "FILE")]
+    pub overlaybd_config: Option<PathBuf>,
+
+    /// Folder of the registry layer cache (overrides overlaybd.json's cacheConfig.cacheDir).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Disk budget of the registry layer cache, e.g. 4G (overrides cacheConfig.cacheSizeGB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub cache_size: Option<u64>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+fn parse_cache_size(text: &str) -> Result<u64, String> {
+    crate::block::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_lun(text: &str) -> Result<LunSpec, String> {
@@ -81,6 +98,9 @@ pub enum CliError {
     /// A value is out of range.
     #[error("invalid option: {0}")]
     Invalid(#[from] super::InvalidField),
+    /// The overlaybd.json daemon config was refused (the message names the file and key).
+    #[error("{0}")]
+    DaemonSettings(String),
 }
 
 impl Cli {
@@ -101,6 +121,7 @@ impl Cli {
                 Config {
                     portals: vec![],
                     tuning: Tuning::default(),
+                    images: Default::default(),
                     targets: vec![TargetConfig {
                         name: self
                             .target
@@ -132,6 +153,13 @@ impl Cli {
         if let Some(secs) = self.nop_timeout {
             config.tuning.nop_timeout = Duration::from_secs(secs);
         }
+        if let Some(path) = &self.overlaybd_config {
+            config.images = crate::cache::DaemonSettings::from_file(path)
+                .map_err(|e| CliError::DaemonSettings(e.to_string()))?;
+        }
+        config
+            .images
+            .override_cache(self.cache_dir.as_deref(), self.cache_size);
         config.validate()?;
         Ok(config)
     }

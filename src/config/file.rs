@@ -177,6 +177,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         portals,
         tuning,
         targets,
+        images: Default::default(),
     })
 }
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub tuning: Tuning,
     /// The targets offered (at least one, names unique).
     pub targets: Vec<TargetConfig>,
+    /// Daemon settings for `image:` LUNs with registry layers: overlaybd.json's keys (cache,
+    /// credentials, download, P2P) after the command line's `--cache-dir` / `--cache-size`.
+    pub images: crate::cache::DaemonSettings,
 }
 
 /// Per-session limits and timers.
@@ -216,6 +219,7 @@ mod tests {
         Config {
             portals: vec!["127.0.0.1:3260".parse().unwrap()],
             tuning: Tuning::default(),
+            images: Default::default(),
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET_NAME.to_string(),
                 alias: None,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use crate::config::backing::ImageOpener;
 use crate::config::{BackingError, Config, Credentials, Tuning};
 use crate::iscsi::login::{self, AuthConfig, ChapAccount, LoginSettings, TargetDirectory};
 use crate::scsi::ScsiTarget;
@@ -84,14 +85,18 @@ impl Catalog {
     /// Opens every LUN of every configured target.
     pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
         let mut targets = BTreeMap::new();
+        // One opener for all LUNs, so image LUNs share the registry caches.
+        let images = ImageOpener::new(config.images.clone());
         for t in &config.targets {
             let mut luns = Vec::with_capacity(t.luns.len());
             for (i, spec) in t.luns.iter().enumerate() {
-                let lun = spec.lun_config(&t.name, i).map_err(|source| LunOpenError {
-                    target: t.name.clone(),
-                    lun: i,
-                    source,
-                })?;
+                let lun = spec
+                    .lun_config(&t.name, i, &images)
+                    .map_err(|source| LunOpenError {
+                        target: t.name.clone(),
+                        lun: i,
+                        source,
+                    })?;
                 luns.push(lun);
             }
             let login = login::TargetConfig {
