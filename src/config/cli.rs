@@ -54,6 +54,10 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub nop_timeout: Option<u64>,
 
+    /// HeaderDigest/DataDigest policy (overrides the config file; default prefer-none).
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub digests: Option<super::Digests>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -120,6 +124,9 @@ impl Cli {
         if let Some(secs) = self.nop_timeout {
             config.tuning.nop_timeout = Duration::from_secs(secs);
         }
+        if let Some(digests) = self.digests {
+            config.tuning.digests = digests;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -170,6 +177,13 @@ mod tests {
         assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
+        assert_eq!(config.tuning.digests, crate::config::Digests::PreferNone);
+        let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
+        assert_eq!(
+            strict.into_config().unwrap().tuning.digests,
+            crate::config::Digests::RequireCrc32c
+        );
+        assert!(cli(&["--lun", "ram:1M", "--digests", "crc16"]).is_err());
 
         assert!(matches!(
             cli(&[]).unwrap().into_config(),
