@@ -84,8 +84,8 @@ EOF
 results=()
 failed=0
 # case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
-# EXPECT is pass; pass-crc32c (also both digests negotiated as CRC32C); or login-fail (the run
-# must pass discovery and fail at login).
+# EXPECT is pass; pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
+# pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
 case_() {
     local name=$1 expect=$2 targs=() rargs=() rc=0 why="" t0
     shift 2
@@ -105,11 +105,14 @@ case_() {
         grep -E '^(RESULT|  INFO (negotiated|not_good|commands))|^run.sh' "$logs/$name.out" || true
         if ! kill -0 "$(cat "$pidfile" 2> /dev/null || echo 0)" 2> /dev/null; then
             why="the target exited during the run"
-        elif [ "$expect" != login-fail ] && [ "$rc" != 0 ]; then
+        elif [[ "$expect" == pass* ]] && [ "$rc" != 0 ]; then
             why="$(grep -c '^RESULT .* FAIL' "$logs/$name.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/$name.out" | cut -d' ' -f2-)"
         elif [ "$expect" = pass-crc32c ]; then
             grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
                 why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
+        elif [ "$expect" = discovery-fail ]; then
+            grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
+                why="expected the discovery login to be refused"
         elif [ "$expect" = login-fail ]; then
             if ! grep -q '^RESULT login FAIL' "$logs/$name.out" || ! grep -q '^RESULT discovery PASS' "$logs/$name.out"; then
                 why="expected discovery to pass and login to be refused"
@@ -153,14 +156,15 @@ t_all=$(date +%s.%N)
 case_ ro pass --target "$iqn" --lun "file:$disk" -- --scsi-log
 case_ rw pass --target "$iqn" --lun "file:$disk" -- --rw --raw-write --full-md5 --scsi-log
 case_ digests pass --target "$iqn" --lun "file:$disk" -- --digests on --rw --raw-write --scsi-log
-# The --digests knob: CRC32C chosen when the initiator offers both; required, a None-only login fails.
+# The --digests knob: CRC32C chosen when the initiator offers both; when required, an initiator
+# offering None only is refused (already at the discovery session's login).
 case_ digests_preferred pass-crc32c --target "$iqn" --lun "file:$disk" --digests prefer-crc32c -- \
     --header-digest CRC32C,None --data-digest CRC32C,None
-case_ digests_required_refused login-fail --target "$iqn" --lun "file:$disk" --digests require-crc32c --
+case_ digests_required_refused discovery-fail --target "$iqn" --lun "file:$disk" --digests require-crc32c --
 case_ chap_mutual pass --config "$chap_conf" -- "${chap[@]}" "${mutual[@]}" --rw --scsi-log
 case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest --chap-secret wrong-secret-99
 case_ chap_missing login-fail --config "$chap_conf" --
-case_ restart pass --target "$iqn" --lun "file:$disk" --log-level debug -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
+case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
 
 echo "== ci.sh: summary (logs in $logs)"
 printf '%s\n' "${results[@]}"
