@@ -5,19 +5,22 @@
 # any case fails. A case also fails when the kernel saw a CHECK CONDITION other than the power-on
 # UNIT ATTENTION (with --scsi-log). See README.md beside this file.
 #
-# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]]
+# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS]
+#   --budget SECS   bound for all cases together (default 540): each guest run gets at most 240 s
+#                   and what is left; cases that find less than 30 s left fail without running
 # Logs: $VMI_LOGS/<case>/ (default: a new directory under ${TMPDIR:-/tmp}, printed at the end).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin="$repo/target/release/overlaybd-target"
-build=1 only=""
+build=1 only="" budget=540
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin=$2; build=0; shift ;;
         --no-build) build=0 ;;
         --only) only=",$2,"; shift ;;
+        --budget) budget=$2; shift ;;
         *) echo "ci.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -95,13 +98,21 @@ case_() {
     [ -z "$only" ] || [[ "$only" == *",$name,"* ]] || return 0
     echo "== ci.sh: case $name"
     t0=$(date +%s.%N)
+    local left=$((ci_deadline - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        results+=("CASE $name FAIL 0s not run: the ${budget}s budget is used up")
+        failed=$((failed + 1))
+        echo "${results[-1]}"
+        return 0
+    fi
+    [ "$left" -le 240 ] || left=240
     bash "$here/make-test-image.sh" "$work/disk.img" 64M > /dev/null
     : > "$work/target.log"
     if ! start_target "${targs[@]}"; then
         why="target did not start"
     else
         bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
-            --timeout 240 --logs "$logs/$name" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
+            --timeout "$left" --logs "$logs/$name" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
         grep -E '^(RESULT|  INFO (negotiated|not_good|commands))|^run.sh' "$logs/$name.out" || true
         if ! kill -0 "$(cat "$pidfile" 2> /dev/null || echo 0)" 2> /dev/null; then
             why="the target exited during the run"
@@ -152,6 +163,7 @@ EOF
 chap=(--chap-user vm-guest --chap-secret guest-secret-12)
 mutual=(--chap-in-user vm-target --chap-in-secret target-secret-34)
 t_all=$(date +%s.%N)
+ci_deadline=$((SECONDS + budget))
 
 case_ ro pass --target "$iqn" --lun "file:$disk" -- --scsi-log
 case_ rw pass --target "$iqn" --lun "file:$disk" -- --rw --raw-write --full-md5 --scsi-log
