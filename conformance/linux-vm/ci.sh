@@ -173,6 +173,7 @@ case_ digests pass --target "$iqn" --lun "file:$disk" -- --digests on --rw --raw
 case_ digests_preferred pass-crc32c --target "$iqn" --lun "file:$disk" --digests prefer-crc32c -- \
     --header-digest CRC32C,None --data-digest CRC32C,None
 case_ digests_required_refused discovery-fail --target "$iqn" --lun "file:$disk" --digests require-crc32c --
+case_ chap_one_way pass --config "$chap_conf" -- "${chap[@]}"
 case_ chap_mutual pass --config "$chap_conf" -- "${chap[@]}" "${mutual[@]}" --rw --scsi-log
 case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest --chap-secret wrong-secret-99
 case_ chap_missing login-fail --config "$chap_conf" --
