@@ -76,6 +76,10 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
     pub cache_size: Option<u64>,
 
+    /// HeaderDigest/DataDigest policy (overrides the config file; default prefer-none).
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub digests: Option<super::Digests>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -160,6 +164,9 @@ impl Cli {
         config
             .images
             .override_cache(self.cache_dir.as_deref(), self.cache_size);
+        if let Some(digests) = self.digests {
+            config.tuning.digests = digests;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -210,6 +217,13 @@ mod tests {
         assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
+        assert_eq!(config.tuning.digests, crate::config::Digests::PreferNone);
+        let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
+        assert_eq!(
+            strict.into_config().unwrap().tuning.digests,
+            crate::config::Digests::RequireCrc32c
+        );
+        assert!(cli(&["--lun", "ram:1M", "--digests", "crc16"]).is_err());
 
         let demo = cli(&[]).unwrap().into_config().unwrap();
         assert_eq!(demo.targets[0].name, DEFAULT_TARGET_NAME);

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::config::backing::ImageOpener;
-use crate::config::{BackingError, Config, Credentials, Tuning};
-use crate::iscsi::login::{self, AuthConfig, ChapAccount, LoginSettings, TargetDirectory};
+use crate::config::{BackingError, Config, Credentials, Digests, Tuning};
+use crate::iscsi::login::{
+    self, AuthConfig, ChapAccount, DigestPolicy, LoginSettings, TargetDirectory,
+};
 use crate::scsi::ScsiTarget;
 
 /// A LUN could not be opened; names the target and LUN.
@@ -72,8 +74,15 @@ fn account(c: &Credentials) -> ChapAccount {
 
 /// Our side of login negotiation, from the configured tuning.
 pub fn login_settings(tuning: &Tuning) -> LoginSettings {
+    let digest = match tuning.digests {
+        Digests::PreferNone => DigestPolicy::PreferNone,
+        Digests::PreferCrc32c => DigestPolicy::PreferCrc32c,
+        Digests::RequireCrc32c => DigestPolicy::Crc32cOnly,
+    };
     LoginSettings {
         max_recv_data_segment_length: tuning.max_recv_data_segment_length,
+        header_digest: digest,
+        data_digest: digest,
         queue_depth: tuning.queue_depth,
         // The session handles unsolicited Data-Out, which saves a round trip per write.
         initial_r2t: false,
@@ -138,5 +147,25 @@ impl TargetDirectory for Catalog {
 
     fn targets(&self) -> Vec<login::TargetConfig> {
         self.targets.values().map(|t| t.login.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_knob_sets_both_digest_policies() {
+        for (knob, policy) in [
+            (Digests::PreferNone, DigestPolicy::PreferNone),
+            (Digests::PreferCrc32c, DigestPolicy::PreferCrc32c),
+            (Digests::RequireCrc32c, DigestPolicy::Crc32cOnly),
+        ] {
+            let s = login_settings(&Tuning {
+                digests: knob,
+                ..Tuning::default()
+            });
+            assert_eq!((s.header_digest, s.data_digest), (policy, policy), "{knob:?}");
+        }
     }
 }
