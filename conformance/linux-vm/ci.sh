@@ -98,7 +98,8 @@ EOF
 results=()
 failed=0
 # case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
-# EXPECT is pass; pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
+# EXPECT is pass; pass-cached (also something landed in $work/cache, the --cache-dir of the
+# registry case); pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
 # pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
 case_() {
     local name=$1 expect=$2 targs=() rargs=() rc=0 why="" t0
@@ -132,6 +133,8 @@ case_() {
         elif [ "$expect" = pass-crc32c ]; then
             grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
                 why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
+        elif [ "$expect" = pass-cached ] && [ -z "$(find "$work/cache" -type f -size +0c 2> /dev/null)" ]; then
+            why="nothing landed in --cache-dir: the layers were not read from the registry"
         elif [ "$expect" = discovery-fail ]; then
             grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
                 why="expected the discovery login to be refused"
@@ -252,7 +255,7 @@ case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest
 case_ chap_missing login-fail --config "$chap_conf" --
 # run.sh takes the last --image: the exported raw file stands for the image the target serves.
 case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/final.raw" --scsi-log
-case_ registry pass --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
+case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
     --image "$img/final.raw" --scsi-log
 case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
 
