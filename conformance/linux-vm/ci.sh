@@ -3,7 +3,9 @@
 # release binary, then for each case starts the target on a scratch ext4 image, runs run.sh (one
 # QEMU guest per case) and prints `CASE <name> PASS|FAIL <seconds>s <reason>`. Exits non-zero when
 # any case fails. A case also fails when the kernel saw a CHECK CONDITION other than the power-on
-# UNIT ATTENTION (with --scsi-log). See README.md beside this file.
+# UNIT ATTENTION (with --scsi-log). The image and registry cases serve a 3-layer overlaybd image
+# built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
+# Debian's docker-registry). See README.md beside this file.
 #
 # Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS]
 #   --budget SECS   bound for all cases together (default 540): each guest run gets at most 240 s
@@ -47,8 +49,17 @@ stop_target() {
     for _ in $(seq 50); do kill -0 "$pid" 2> /dev/null || return 0; sleep 0.1; done
     kill -9 "$pid" 2> /dev/null || true
 }
+# The registry case's docker-registry, when it runs.
+registry_pid=""
+stop_registry() {
+    [ -n "$registry_pid" ] || return 0
+    kill "$registry_pid" 2> /dev/null || true
+    wait "$registry_pid" 2> /dev/null || true
+    registry_pid=""
+}
 cleanup() {
     stop_target
+    stop_registry
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -87,7 +98,8 @@ EOF
 results=()
 failed=0
 # case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
-# EXPECT is pass; pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
+# EXPECT is pass; pass-cached (also something landed in $work/cache, the --cache-dir of the
+# registry case); pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
 # pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
 case_() {
     local name=$1 expect=$2 targs=() rargs=() rc=0 why="" t0
@@ -121,6 +133,8 @@ case_() {
         elif [ "$expect" = pass-crc32c ]; then
             grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
                 why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
+        elif [ "$expect" = pass-cached ] && [ -z "$(find "$work/cache" -type f -size +0c 2> /dev/null)" ]; then
+            why="nothing landed in --cache-dir: the layers were not read from the registry"
         elif [ "$expect" = discovery-fail ]; then
             grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
                 why="expected the discovery login to be refused"
@@ -162,6 +176,68 @@ luns = [{ backing = "file:$disk" }]
 EOF
 chap=(--chap-user vm-guest --chap-secret guest-secret-12)
 mutual=(--chap-in-user vm-target --chap-in-secret target-secret-34)
+
+# selected NAME: whether the case runs (--only).
+selected() { [ -z "$only" ] || [[ "$only" == *",$1,"* ]]; }
+
+# The image and registry cases serve a 3-layer overlaybd image built with our own tools from
+# trees that add, change and delete files; run.sh takes its expectations (size, first MiB, the
+# file list and hashes) from the final config exported to a raw file. The deleted file must be
+# absent in the guest: the guest compares the list of every regular file, not just the hashes.
+img=$work/image
+build_layers() {
+    mkdir -p "$img/a/etc" "$img/a/usr/lib"
+    echo "layer one" > "$img/a/etc/changed.txt"
+    echo "kept from layer one" > "$img/a/etc/kept.txt"
+    echo "deleted by layer three" > "$img/a/etc/deleted.txt"
+    head -c 300000 /dev/urandom > "$img/a/usr/lib/blob.bin"
+    cp -a "$img/a" "$img/b"
+    echo "changed by layer two" > "$img/b/etc/changed.txt"
+    head -c 70000 /dev/urandom > "$img/b/usr/lib/added.bin"
+    cp -a "$img/b" "$img/c"
+    rm "$img/c/etc/deleted.txt"
+    "$bin" build -z --size 64M "$img/a" "$img/l1.obd" "$img/c1.json" &&
+        "$bin" build -z --base "$img/c1.json" "$img/b" "$img/l2.obd" "$img/c2.json" &&
+        "$bin" build -z --base "$img/c2.json" "$img/c" "$img/l3.obd" "$img/c3.json" &&
+        "$bin" export "$img/c3.json" "$img/final.raw"
+}
+if selected image || selected registry; then
+    build_layers > "$work/build.log" 2>&1 || { cat "$work/build.log" >&2; echo "ci.sh: building the image failed" >&2; exit 1; }
+fi
+
+# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage),
+# and a config whose lowers have only digest and size, read over HTTP through --cache-dir.
+reg_cfg=$work/registry.json
+start_registry() {
+    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l
+    [ "$rport" != "$port" ] || rport=$((rport + 1))
+    base=http://127.0.0.1:$rport
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+        "$work/registry" "$rport" > "$work/registry.yml"
+    docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+    registry_pid=$!
+    local up_by=$((SECONDS + 20))
+    until curl -sf -o /dev/null "$base/v2/"; do
+        kill -0 "$registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
+    for l in l1 l2 l3; do
+        d=$(sha256sum < "$img/$l.obd" | cut -d' ' -f1)
+        loc=$(curl -sf -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
+            sed -n 's/^[Ll]ocation: //p')
+        [ -n "$loc" ] || return 1
+        [[ "$loc" == /* ]] && loc=$base$loc
+        [[ "$loc" == *\?* ]] && loc="$loc&digest=sha256:$d" || loc="$loc?digest=sha256:$d"
+        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+            --data-binary "@$img/$l.obd" "$loc" || return 1
+        lowers="$lowers${lowers:+,}{\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$img/$l.obd")}"
+    done
+    echo "{\"repoBlobUrl\":\"$base/v2/$repo/blobs\",\"lowers\":[$lowers]}" > "$reg_cfg"
+}
+if selected registry; then
+    start_registry || { tail -5 "$work/registry.log" >&2; echo "ci.sh: docker-registry setup failed" >&2; exit 1; }
+fi
+
 t_all=$(date +%s.%N)
 ci_deadline=$((SECONDS + budget))
 
@@ -177,6 +253,10 @@ case_ chap_one_way pass --config "$chap_conf" -- "${chap[@]}"
 case_ chap_mutual pass --config "$chap_conf" -- "${chap[@]}" "${mutual[@]}" --rw --scsi-log
 case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest --chap-secret wrong-secret-99
 case_ chap_missing login-fail --config "$chap_conf" --
+# run.sh takes the last --image: the exported raw file stands for the image the target serves.
+case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/final.raw" --scsi-log
+case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
+    --image "$img/final.raw" --scsi-log
 case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
 
 echo "== ci.sh: summary (logs in $logs)"
