@@ -637,19 +637,8 @@ impl LayerSource for HttpBlobSource {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|e| *e <= self.size)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{}: read {offset}+{len} past the end ({})",
-                        self.describe(),
-                        self.size
-                    ),
-                )
-            })?;
+        let end = crate::cache::check_range(self.size, offset, len)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.describe())))?;
         if len == 0 {
             return Ok(Bytes::new());
         }
