@@ -196,7 +196,9 @@ fn tcp_baseline(duration: Duration) -> std::io::Result<f64> {
     let mut buf = vec![0u8; 1 << 20];
     let warm_end = Instant::now() + Duration::from_millis(500);
     while Instant::now() < warm_end {
-        s.read(&mut buf)?;
+        if s.read(&mut buf)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
     let start = Instant::now();
     let mut total = 0u64;
