@@ -1,9 +1,10 @@
 //! A block device backed by a regular file or a host block device.
 //!
 //! System calls run on tokio's blocking pool so async worker threads never block on disk, with
-//! one exception: a read of at most [`INLINE_READ_MAX`] bytes is first tried on the calling
-//! thread with `preadv2(RWF_NOWAIT)`, which copies from the page cache or fails at once with
-//! EAGAIN; only what it could not serve goes to the blocking pool. For small cached reads the
+//! one exception: a read (or non-FUA write) of at most [`INLINE_READ_MAX`] bytes is first tried
+//! on the calling thread with `preadv2`/`pwritev2(RWF_NOWAIT)`, which copies from (into) the
+//! page cache or fails at once with EAGAIN; only what it could not do goes to the blocking
+//! pool. For small cached reads the
 //! hand-off to another thread and back costs more than the read itself.
 //! UNMAP punches holes (regular files on file systems that support it) and GET LBA STATUS asks
 //! the file system where data and holes are (SEEK_DATA / SEEK_HOLE).
@@ -28,11 +29,13 @@ pub struct FileDevice {
     read_only: bool,
     can_unmap: bool,
     is_block_device: bool,
-    /// Cleared when the kernel or file system refuses `RWF_NOWAIT`, to stop trying.
-    nowait: AtomicBool,
+    /// Cleared when the kernel or file system refuses `RWF_NOWAIT` reads, to stop trying.
+    nowait_read: AtomicBool,
+    /// The same for writes (ext4, for one, supports it for reads only).
+    nowait_write: AtomicBool,
 }
 
-/// Largest read tried inline from the page cache (larger copies would hold up the async
+/// Largest read or write tried inline in the page cache (larger copies would hold up the async
 /// worker thread for too long).
 pub const INLINE_READ_MAX: usize = 128 * 1024;
 
@@ -60,7 +63,8 @@ impl FileDevice {
             read_only,
             can_unmap,
             is_block_device,
-            nowait: AtomicBool::new(true),
+            nowait_read: AtomicBool::new(true),
+            nowait_write: AtomicBool::new(true),
         })
     }
 
@@ -108,6 +112,19 @@ fn pread_append(
     // SAFETY: the kernel initialised the first `read` bytes of the spare capacity.
     unsafe { buf.set_len(have + read) };
     Ok(read)
+}
+
+/// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
+fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
+    let at = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: the iovec points at `data`, borrowed for the call; the kernel only reads it.
+    let rc = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
 /// Fills `buf` up to `len` bytes from `offset` with blocking reads.
@@ -194,7 +211,7 @@ impl BlockDevice for FileDevice {
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
         let mut buf = BytesMut::with_capacity(len);
-        if len <= INLINE_READ_MAX && self.nowait.load(Ordering::Relaxed) {
+        if len <= INLINE_READ_MAX && self.nowait_read.load(Ordering::Relaxed) {
             while buf.len() < len {
                 match pread_append(&self.file, &mut buf, len, offset, libc::RWF_NOWAIT) {
                     Ok(0) => break,
@@ -203,7 +220,7 @@ impl BlockDevice for FileDevice {
                     Err(e) => {
                         // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
                         if e.raw_os_error() != Some(libc::EAGAIN) {
-                            self.nowait.store(false, Ordering::Relaxed);
+                            self.nowait_read.store(false, Ordering::Relaxed);
                         }
                         break;
                     }
@@ -225,8 +242,28 @@ impl BlockDevice for FileDevice {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, data.len() as u64, self.size)?;
+        let mut done = 0;
+        if !fua && data.len() <= INLINE_READ_MAX && self.nowait_write.load(Ordering::Relaxed) {
+            // Into the page cache without blocking, or EAGAIN (allocation, writeback throttling).
+            while done < data.len() {
+                match pwrite_nowait(&self.file, &data[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if e.raw_os_error() != Some(libc::EAGAIN) {
+                            self.nowait_write.store(false, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                }
+            }
+            if done == data.len() {
+                return Ok(());
+            }
+        }
         self.blocking(move |file| {
-            file.write_all_at(&data, offset)?;
+            file.write_all_at(&data[done..], offset + done as u64)?;
             if fua {
                 file.sync_data()?;
             }
@@ -330,6 +367,20 @@ mod tests {
         for (off, n) in [(0, 512), (512, 4096), (4096, INLINE_READ_MAX), (1024, len - 1024)] {
             let got = dev.read(off as u64, n).await.unwrap();
             assert_eq!(&got[..], &pattern[off..off + n], "read {n} at {off}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_writes_without_fua_read_back() {
+        let tmp = temp_file(1 << 20);
+        let dev = FileDevice::open(tmp.path(), false).unwrap();
+        // Small (tried inline) and large (blocking pool) writes.
+        for (off, n, v) in [(512u64, 4096usize, 1u8), (65536, 2 * INLINE_READ_MAX, 2)] {
+            dev.write(off, Bytes::from(vec![v; n]), false).await.unwrap();
+            let got = dev.read(off - 512, n + 1024).await.unwrap();
+            assert!(got[..512].iter().all(|&b| b != v), "before {off}");
+            assert!(got[512..512 + n].iter().all(|&b| b == v), "write at {off}");
+            assert!(got[512 + n..].iter().all(|&b| b != v), "after {off}");
         }
     }
 
