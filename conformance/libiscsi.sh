@@ -49,20 +49,25 @@ run_suite() {
         >"$out" 2>&1 || true
 }
 
-# Classifies every test of a run: "SUITE.TEST pass|fail|skip|notimpl".
+# Classifies every test of a run: "SUITE.TEST pass|fail|skip|notimpl [why]", where why is the
+# test's first [SKIPPED] line for skips.
 classify() {
     awk '
         function finish(result) {
             if (name == "") return
             if (result == "pass" && notimpl) result = "notimpl"
             else if (result == "pass" && skipped) result = "skip"
-            print name, result
+            if (result == "skip" || result == "notimpl") print name, result, why
+            else print name, result
             name = ""
         }
         {
             if ($0 ~ /^Suite: /) suite = $2
-            if ($0 ~ /^  Test: /) { name = suite "." $2; skipped = 0; notimpl = 0 }
-            if ($0 ~ /\[SKIPPED\]/) { if ($0 ~ /not implemented/) notimpl = 1; else skipped = 1 }
+            if ($0 ~ /^  Test: /) { name = suite "." $2; skipped = 0; notimpl = 0; why = "" }
+            if ($0 ~ /\[SKIPPED\]/) {
+                if ($0 ~ /not implemented/) notimpl = 1; else skipped = 1
+                if (why == "") { why = $0; sub(/^.*\[SKIPPED\][ \t]*/, "", why) }
+            }
             if ($0 ~ /FAILED$/) finish("fail")
             else if ($0 ~ /passed$/ || $0 ~ /^passed/ || $0 ~ /\.\.\.passed/) finish("pass")
         }
@@ -139,6 +144,8 @@ if [ "$o_fail" -gt 0 ]; then
     echo "Our failures:"
     awk '$2 == "fail" { print "  " $1 }' "$work/ours.results"
 fi
+echo "Our skipped and not-implemented tests (first reason libiscsi gives):"
+awk '$2 == "skip" || $2 == "notimpl" { name = $1; kind = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); print "  " name " [" kind "] " $0 }' "$work/ours.results"
 if [ "$tgt_ran" = 1 ]; then
     echo "tgtd failures:"
     awk '$2 == "fail" { print "  " $1 }' "$work/tgt.results"

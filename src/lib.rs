@@ -7,7 +7,8 @@
 //! - [`overlaybd`]: the LSMT layer stack and image configs, as a block device;
 //! - [`zfile`]: random-access ZFile decompression;
 //! - [`config`]: what the server serves (command line and TOML file);
-//! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches.
+//! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
+//! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build).
 
 pub mod block;
 pub mod cache;
@@ -15,4 +16,5 @@ pub mod config;
 pub mod iscsi;
 pub mod overlaybd;
 pub mod scsi;
+pub mod tools;
 pub mod zfile;

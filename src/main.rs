@@ -1,6 +1,7 @@
 //! The `overlaybd-target` binary: parses the command line (see
 //! [`overlaybd_target::config::cli`]), opens the LUNs, serves iSCSI until SIGINT or SIGTERM,
-//! then asks every initiator to log out before exiting.
+//! then asks every initiator to log out before exiting. With a tool subcommand
+//! ([`overlaybd_target::tools`]) it runs that tool instead.
 
 use std::process::ExitCode;
 
@@ -25,7 +26,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
@@ -40,6 +41,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(tool) = cli.tool.take() {
+        return run_tool(tool);
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -47,15 +51,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("overlaybd-target: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let server = match Server::bind(&config).await {
@@ -74,6 +71,34 @@ fn main() -> ExitCode {
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The multi-threaded runtime, or `None` after printing why it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("overlaybd-target: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Runs an image tool to completion; errors are printed, never panicked.
+fn run_tool(tool: overlaybd_target::tools::Tool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(tool.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-target: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,117 +1,14 @@
 //! The `overlaybd-target` binary (quick command-line form and TOML config), probed with
 //! libiscsi's tools (`iscsi-ls`, `iscsi-inq`, `iscsi-readcapacity16` from libiscsi-bin).
 
+mod support;
+
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use support::process::{run, tool, Target};
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:quick";
-
-fn tool(name: &str) -> Command {
-    let path = format!("/usr/bin/{name}");
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: install libiscsi-bin (conformance/install-deps.sh does)"
-    );
-    Command::new(path)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Target {
-    child: Child,
-    port: u16,
-}
-
-impl Target {
-    fn start(args: &[&str]) -> Target {
-        Self::start_with(|port| {
-            let mut all = vec!["--portal".to_string(), format!("127.0.0.1:{port}")];
-            all.extend(args.iter().map(|a| a.to_string()));
-            all
-        })
-    }
-
-    /// Starts the binary with the arguments `args_for(port)` on a free port. Another process
-    /// may grab the port between our probe and the target's bind (the machine is shared), so
-    /// a target that exits at once is retried on another port.
-    fn start_with(args_for: impl Fn(u16) -> Vec<String>) -> Target {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
-                .args(args_for(port))
-                .args(["--log-level", "warn"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect(addr).is_err() && Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // Something answers; make sure it is our child and not a squatter.
-            std::thread::sleep(Duration::from_millis(100));
-            if child.try_wait().unwrap().is_none() && TcpStream::connect(addr).is_ok() {
-                return Target { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("the target did not start listening");
-    }
-
-    fn url(&self, lun: u32) -> String {
-        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the target ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    let out = String::from_utf8_lossy(&stdout).to_string();
-    assert!(
-        status.success(),
-        "{cmd:?} failed: {out}{}",
-        String::from_utf8_lossy(&stderr)
-    );
-    out
-}
 
 #[test]
 fn quick_form_serves_luns_in_order_and_stops_on_sigterm() {
@@ -159,13 +56,13 @@ fn quick_form_serves_luns_in_order_and_stops_on_sigterm() {
         "{listing}"
     );
 
-    let inq = run(tool("iscsi-inq").arg(target.url(1)));
+    let inq = run(tool("iscsi-inq").arg(target.url(IQN, 1)));
     assert!(
         inq.contains("Peripheral Device Type:DIRECT_ACCESS"),
         "{inq}"
     );
 
-    let cap = run(tool("iscsi-readcapacity16").arg(target.url(2)));
+    let cap = run(tool("iscsi-readcapacity16").arg(target.url(IQN, 2)));
     assert!(cap.contains("RETURNED LOGICAL BLOCK ADDRESS:15"), "{cap}");
 
     let status = target.stop();
@@ -242,7 +139,7 @@ luns = [{{ backing = "ram:1M" }}]
     let inq = run(tool("iscsi-inq").arg(&with_chap));
     assert!(inq.contains("DIRECT_ACCESS"), "{inq}");
 
-    let denied = tool("iscsi-inq").arg(target.url(0)).output().unwrap();
+    let denied = tool("iscsi-inq").arg(target.url(IQN, 0)).output().unwrap();
     assert!(!denied.status.success(), "login without CHAP must fail");
     let wrong = format!("iscsi://alice%not-the-secret@127.0.0.1:{port}/{IQN}/0");
     assert!(!tool("iscsi-inq")

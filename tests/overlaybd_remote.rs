@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,31 +13,10 @@ use overlaybd_target::cache::RemoteLayers;
 use overlaybd_target::overlaybd::writable::{CreateOptions, WritableLayer};
 use overlaybd_target::overlaybd::Image;
 use sha2::{Digest, Sha256};
+use support::fixtures::{fixture, EXT4_64_DIGEST as DIGEST};
 use support::http_server::blob_server;
 
 const REPO: &str = "/v2/library/base/blobs";
-const DIGEST: &str = "sha256:c3a417552a6cf9ffa959b541850bab7d7f08f4255425bf8b48c85f7b36b378d9";
-
-/// The fixtures folder: `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
-/// `../../shared/fixtures` from the crate root. Missing fixtures fail the test loudly.
-fn fixture(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let tried: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            root.join("../shared/fixtures"),
-            root.join("../../shared/fixtures"),
-        ])
-        .collect();
-    tried
-        .iter()
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("fixture {name} not found (set OVERLAYBD_FIXTURES); tried {tried:?}")
-        })
-}
 
 #[tokio::test]
 async fn remote_base_layer_with_local_upper() {

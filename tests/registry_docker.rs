@@ -4,6 +4,8 @@
 //! auth. Fails (does not skip) when the registry is not installed: `conformance/install-deps.sh`
 //! installs it.
 
+mod support;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -354,4 +356,105 @@ async fn docker_registry_over_tls_with_client_certificate() {
         .open(&layer)
         .await
         .is_err());
+}
+
+/// The whole path: a layer pushed to a Basic-auth registry, named in a config.v1.json only by
+/// digest and size, served by the binary (`--lun image:`, `--overlaybd-config` with a
+/// cred.json, `--cache-dir`) and read by an initiator.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
+    use sha2::Digest as _;
+    use support::process::{run, tool, Target};
+
+    let reg = start_registry(
+        Options {
+            htpasswd: Some(("dave", "s3cret-pass")),
+            ..Options::default()
+        },
+        &reqwest::Client::new(),
+    )
+    .await;
+    let layer = std::fs::read(support::fixtures::fixture("ext4_64")).unwrap();
+    let creds = Credentials {
+        username: "dave".into(),
+        password: "s3cret-pass".into(),
+    };
+    let digest = push_blob(
+        &reqwest::Client::new(),
+        &reg.url,
+        "base/ext4",
+        layer.clone(),
+        Some(&creds),
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = reg.url.trim_start_matches("http://");
+    let cred_json = dir.path().join("cred.json");
+    std::fs::write(
+        &cred_json,
+        format!(r#"{{"auths": {{"{host}": {{"username": "dave", "password": "s3cret-pass"}}}}}}"#),
+    )
+    .unwrap();
+    let daemon = dir.path().join("overlaybd.json");
+    std::fs::write(
+        &daemon,
+        serde_json::json!({"credentialConfig": {"mode": "file", "path": cred_json}}).to_string(),
+    )
+    .unwrap();
+    let config = dir.path().join("config.v1.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "repoBlobUrl": format!("{}/v2/base/ext4/blobs", reg.url),
+            "lowers": [{"digest": digest, "size": layer.len()}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("first-mib.raw");
+    let args = [
+        "--target".to_string(),
+        "iqn.2026-11.io.overlaybd:registry".into(),
+        "--lun".into(),
+        format!("image:{}", config.display()),
+        "--overlaybd-config".into(),
+        daemon.display().to_string(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ];
+    let out_s = out.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let target = Target::start_with(|port| {
+            let mut all = vec!["--portal".to_string(), format!("127.0.0.1:{port}")];
+            all.extend(args.iter().cloned());
+            all
+        });
+        let url = target.url("iqn.2026-11.io.overlaybd:registry", 0);
+        run(tool("qemu-img").args([
+            "dd",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &format!("if={url}"),
+            &format!("of={out_s}"),
+            "bs=1M",
+            "count=1",
+        ]));
+    })
+    .await
+    .unwrap();
+    let first_mib = std::fs::read(&out).unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&first_mib)),
+        "7afc8295bdfac4e6189e2a10850384e91391d02e0e6d4931e1f7f09f9d54420b",
+        "the first MiB of the ext4_64 virtual disk, read over iSCSI from the registry"
+    );
+    assert!(
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) > 0,
+        "the layer's blocks are kept under --cache-dir"
+    );
 }

@@ -91,7 +91,8 @@ fi
 echo "InitiatorName=$INITIATOR_NAME" > /etc/iscsi/initiatorname.iscsi
 # The packaged defaults, then the overrides: node.startup manual; fewer discovery reopens and
 # login retries so a dead target fails in seconds; a 15 s NOP-Out timeout because slirp under TCG
-# can stall a connection for ~5 s (pings stay on).
+# can stall a connection for ~5 s (pings stay on); a 30 s replacement_timeout (default 120) bounds
+# how long I/O waits for a lost session to come back.
 {
     cat /etc/iscsi/iscsid.conf.dist
     echo "iscsid.startup = /bin/true"
@@ -100,7 +101,7 @@ echo "InitiatorName=$INITIATOR_NAME" > /etc/iscsi/initiatorname.iscsi
     echo "node.session.initial_login_retry_max = 2"
     echo "node.conn[0].timeo.noop_out_interval = 5"
     echo "node.conn[0].timeo.noop_out_timeout = 15"
-    echo "node.session.timeo.replacement_timeout = 15"
+    echo "node.session.timeo.replacement_timeout = 30"
 } > /etc/iscsi/iscsid.conf
 start
 iscsid -f > /tmp/iscsid.log 2>&1 &
@@ -172,6 +173,11 @@ if [ -n "$CHAP_USER" ]; then
     setnode node.session.auth.authmethod CHAP
     setnode node.session.auth.username "$CHAP_USER"
     setnode node.session.auth.password "$CHAP_SECRET"
+fi
+# Mutual CHAP: the target must prove it knows this secret too.
+if [ -n "$CHAP_IN_USER" ]; then
+    setnode node.session.auth.username_in "$CHAP_IN_USER"
+    setnode node.session.auth.password_in "$CHAP_IN_SECRET"
 fi
 
 DISK=""
@@ -344,6 +350,45 @@ if [ -s /etc/vmi.chunks ]; then
     fi
 fi
 
+# --- target restart during a read: the host kills the target (-9) once it sees "VMI: reading" and
+# starts it again on the same port; the session must recover by itself (iscsid logs in again within
+# replacement_timeout) and the read must complete with the right data. The whole disk is read in
+# passes until a pass saw the connection drop; each pass overwrites the same in-memory file.
+conn_errors() { dmesg | grep -c 'detected conn error'; }
+if [ "$RESTART_READ" = 1 ]; then
+    start
+    say "VMI: reading"
+    passes=0 hit=0 ioerr=""
+    restart_deadline=$(($(now_cs) + 9000))
+    while [ "$(now_cs)" -lt "$restart_deadline" ]; do
+        before=$(conn_errors)
+        if ! dd if="/dev/$DISK" of=/tmp/rd bs=1048576 iflag=direct 2> /tmp/rd.err; then
+            ioerr=$(tail -1 /tmp/rd.err)
+            break
+        fi
+        passes=$((passes + 1))
+        if [ "$(conn_errors)" -gt "$before" ]; then
+            hit=1
+            break
+        fi
+    done
+    show RESTART sh -c "dmesg | grep -i 'connection\|session' | tail -20"
+    state=$(iscsiadm -m session -P 1 2>/dev/null | awk -F': ' '/iSCSI Session State/ { print $2; exit }')
+    if [ -n "$ioerr" ]; then
+        result restart_read FAIL "read failed after $passes passes: $ioerr"
+    elif [ "$hit" = 0 ]; then
+        result restart_read FAIL "no connection drop seen in $passes passes (the host did not kill the target?)"
+    else
+        got=$(md5sum < /tmp/rd | cut -d' ' -f1)
+        if [ "$got" = "$EXP_FULL_MD5" ]; then
+            result restart_read PASS "pass $passes across the restart read the whole disk intact (md5 $got), session $state"
+        else
+            result restart_read FAIL "pass $passes across the restart: md5 $got, expected $EXP_FULL_MD5"
+        fi
+    fi
+    rm -f /tmp/rd
+fi
+
 # --- ext4 ---------------------------------------------------------------------------------------
 # check_files: every "md5  path" line of /etc/vmi.files matches under /mnt. Prints a reason.
 check_files() {
@@ -428,7 +473,9 @@ if [ "$SCSI_LOG" = 1 ]; then
     start
     cat "$T/trace" > /tmp/trace
     n=$(grep -c scsi_dispatch_cmd_start /tmp/trace)
-    sed -n 's/^.*scsi_dispatch_cmd_\(start\|done\): /\1 /p' /tmp/trace | sed 's/^/SCSI /' > /dev/console
+    # "SCSI start|done <uptime seconds> <fields>"
+    sed -n 's/^.* \([0-9]*\.[0-9]*\): scsi_dispatch_cmd_\(start\|done\): /\2 \1 /p' /tmp/trace |
+        sed 's/^/SCSI /' > /dev/console
     grep scsi_dispatch_cmd_done /tmp/trace | grep -v 'host=DID_OK.*status=SAM_STAT_GOOD)' > /tmp/bad
     dmesg | grep -E 'tag#[0-9]+ (Sense Key|Add\. Sense)' > /tmp/sense
     # One line per command that did not complete GOOD: LUN, CDB, result and the sense sd decoded.

@@ -25,6 +25,8 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
   --lun N                LUN that must show up as the disk (default 0; tgt uses 1)
   --chap-user U --chap-secret S
                          log in with CHAP (one-way)
+  --chap-in-user U --chap-in-secret S
+                         mutual CHAP: the target must answer the initiator's challenge with these
   --digests on|off       shorthand for --header-digest/--data-digest CRC32C (on) or None (off)
   --header-digest V, --data-digest V
                          what the initiator offers: None, CRC32C or CRC32C,None (default None)
@@ -39,6 +41,10 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          the run (for targets whose writes do not land in PATH)
   --full-md5             also compare the whole disk with the image, as md5s of 8 MiB chunks (reads
                          under TCG run at 2-100 MB/s, depending on the load)
+  --restart-read         read the whole disk in passes until one pass saw the connection drop, and
+                         compare its md5 with the image's (restart_read; use with --on-read)
+  --on-read CMD          host command run (with bash -c, in the background) once the guest starts
+                         the --restart-read passes, e.g. one that kills and restarts the target
   --scsi-log             record every SCSI command (tracefs) and report CHECK CONDITIONs with sense
   --timeout SECS         bound for the whole run (default 300)
   --disk-wait SECS       how long the guest waits for the disk after login (default 20)
@@ -55,6 +61,7 @@ die() {
 }
 
 portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
+chap_in_user="" chap_in_secret="" restart_read=0 on_read=""
 rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -67,6 +74,10 @@ while [ $# -gt 0 ]; do
         --lun) lun=$2; shift ;;
         --chap-user) chap_user=$2; shift ;;
         --chap-secret) chap_secret=$2; shift ;;
+        --chap-in-user) chap_in_user=$2; shift ;;
+        --chap-in-secret) chap_in_secret=$2; shift ;;
+        --restart-read) restart_read=1 ;;
+        --on-read) on_read=$2; shift ;;
         --digests)
             case "$2" in
                 on) hdig=CRC32C ddig=CRC32C ;;
@@ -103,6 +114,7 @@ else
     [[ "$exp_1m" =~ ^([0-9a-f]{32}|[0-9a-f]{64})$ ]] || die "--expect-first-mib takes an md5 or sha256 in hex"
     [ "$full_md5" = 0 ] || die "--full-md5 needs --image"
     [ -z "$files" ] || die "--files needs --image"
+    [ "$restart_read" = 0 ] || die "--restart-read needs --image"
     host_verify=0
 fi
 case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
@@ -111,6 +123,8 @@ for n in "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
 done
 [ -z "$chap_user" ] || [ -n "$chap_secret" ] || die "--chap-user needs --chap-secret"
+[ -z "$chap_in_user" ] || { [ -n "$chap_in_secret" ] && [ -n "$chap_user" ]; } ||
+    die "--chap-in-user needs --chap-in-secret and --chap-user"
 for d in "$hdig" "$ddig"; do
     case "$d" in None | CRC32C | CRC32C,None | None,CRC32C) ;; *) die "digest must be None, CRC32C or CRC32C,None" ;; esac
 done
@@ -155,6 +169,8 @@ if [ -n "$image" ]; then
     exp_size=$(stat -L -c %s "$image")
     exp_1m=$(head -c 1048576 "$image" | md5sum | cut -d' ' -f1)
 fi
+exp_full_md5=""
+[ "$restart_read" = 1 ] && exp_full_md5=$(md5sum < "$image" | cut -d' ' -f1)
 # --full-md5 compares 8 MiB chunks: reading a chunk into guest memory and hashing it afterwards
 # is several times faster under TCG than piping dd into md5sum (the busy guest CPU lets slirp's
 # receive window close, and the host's TCP then backs off), and a mismatch names its chunk.
@@ -210,6 +226,10 @@ cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
     echo "LUN=$(sq "$lun")"
     echo "CHAP_USER=$(sq "$chap_user")"
     echo "CHAP_SECRET=$(sq "$chap_secret")"
+    echo "CHAP_IN_USER=$(sq "$chap_in_user")"
+    echo "CHAP_IN_SECRET=$(sq "$chap_in_secret")"
+    echo "RESTART_READ=$restart_read"
+    echo "EXP_FULL_MD5=$exp_full_md5"
     echo "HEADER_DIGEST=$(sq "$hdig")"
     echo "DATA_DIGEST=$(sq "$ddig")"
     echo "EXP_SIZE=$exp_size"
@@ -253,9 +273,13 @@ boot() {
     # Not a job of ours any more: bash would print "Aborted" when a KVM attempt dies; it still
     # reaps the process, so `kill -0` below sees it go.
     disown "$qemu_pid"
-    local up_by=$((SECONDS + 25))
+    local up_by=$((SECONDS + 25)) hook_fired=0
     while kill -0 "$qemu_pid" 2>/dev/null; do
         grep -q '^VMI: done' "$logs/results.log" && break
+        if [ -n "$on_read" ] && [ "$hook_fired" = 0 ] && grep -q '^VMI: reading' "$logs/results.log"; then
+            hook_fired=1
+            bash -c "$on_read" > "$logs/on-read.log" 2>&1 &
+        fi
         if [ "$a" = kvm ] && [ "$SECONDS" -ge "$up_by" ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
             echo "run.sh: KVM guest not up in 25 s; falling back to TCG" >&2
             stop_qemu
@@ -297,6 +321,7 @@ case "$accel" in
     tcg) boot tcg || true ;;
     *) die "--accel must be auto, tcg or kvm" ;;
 esac
+wait # for the --on-read hook, if it is still running
 vm_secs=$(awk -v a="$t_vm" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 qemu_pid=""
 
@@ -333,6 +358,7 @@ fi
 expected=(boot iscsid discovery login login_disk session_params size first_mib)
 [ "$raw_write" = 1 ] && expected+=(raw_write raw_restore)
 [ "$full_md5" = 1 ] && expected+=(md5_full)
+[ "$restart_read" = 1 ] && expected+=(restart_read)
 [ "$efs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
 if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then
     expected+=(rw_write rw_logout relogin relogin_disk rw_readback)

@@ -6,10 +6,12 @@
 
 pub mod file;
 pub mod ram;
+pub mod read_only;
 mod size;
 
 pub use file::FileDevice;
 pub use ram::RamDevice;
+pub use read_only::ReadOnlyDevice;
 pub use size::{parse_size, SizeError};
 
 use async_trait::async_trait;

@@ -78,10 +78,24 @@ impl RemoteLayers {
         } else {
             None
         };
-        let blob = self
+        let blob = match self
             .client
             .open_blob(layer.repo_blob_url, layer.digest, prefix)
-            .await?;
+            .await
+        {
+            Ok(blob) => blob,
+            // The registry is down or failing, but the config tells the size: open anyway, so
+            // what the disk cache holds stays readable (a daemon restarted during an outage);
+            // reads of uncached bytes fail cleanly until the registry is back.
+            Err(e) => match layer.size.filter(|s| *s != 0 && registry_unavailable(&e)) {
+                Some(size) => {
+                    tracing::warn!(error = %e, digest = layer.digest, "registry unavailable; serving from the cache");
+                    self.client
+                        .blob_of_size(layer.repo_blob_url, layer.digest, size, prefix)?
+                }
+                None => return Err(e),
+            },
+        };
         if let Some(expected) = layer.size.filter(|s| *s != 0) {
             if expected != blob.size() {
                 return Err(io::Error::new(
@@ -114,6 +128,18 @@ impl RemoteLayers {
         }
         Ok(cached)
     }
+}
+
+/// Whether an open failed because the registry could not be reached or answered with a
+/// server error, rather than because it denied access, lacks the blob or sent nonsense.
+fn registry_unavailable(e: &io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::InvalidData
+            | io::ErrorKind::InvalidInput
+    )
 }
 
 /// Whether a TCP connection to the proxy's host and port succeeds (overlaybd's check at

@@ -123,6 +123,11 @@ pub struct CacheConfig {
     /// Capacity of the memory tier in MiB (ours); 0 disables the memory tier.
     #[serde(rename = "memorySizeMB")]
     pub memory_size_mb: u32,
+    /// Capacity of the disk tier in bytes, overriding `cacheSizeGB` when set. Not read from
+    /// JSON: set by [`DaemonSettings::override_cache`] from command-line options, which may
+    /// give sizes that are not whole GiB.
+    #[serde(skip)]
+    pub cache_size_bytes: Option<u64>,
 }
 
 impl Default for CacheConfig {
@@ -134,6 +139,7 @@ impl Default for CacheConfig {
             refill_size: 262_144,
             block_size: 65_536,
             memory_size_mb: 64,
+            cache_size_bytes: None,
         }
     }
 }
@@ -402,9 +408,30 @@ impl DaemonSettings {
         EffectiveCache {
             cache_type,
             dir: PathBuf::from(dir),
-            disk_bytes: u64::from(gb) << 30,
+            disk_bytes: c.cache_size_bytes.unwrap_or(u64::from(gb) << 30),
             memory_bytes: u64::from(c.memory_size_mb) << 20,
             refill_size: u64::from(c.refill_size),
+        }
+    }
+
+    /// Applies command-line overrides of the cache folder and the disk tier's capacity in bytes
+    /// (`--cache-dir`, `--cache-size`; 0 disables the disk tier). The settings in force are
+    /// first copied into `cacheConfig`, so an override also applies to a file that uses the
+    /// legacy top-level cache keys.
+    pub fn override_cache(&mut self, dir: Option<&Path>, size_bytes: Option<u64>) {
+        if dir.is_none() && size_bytes.is_none() {
+            return;
+        }
+        let current = self.cache();
+        let c = &mut self.cache_config;
+        c.cache_type = current.cache_type;
+        c.cache_dir = current.dir.display().to_string();
+        c.cache_size_bytes = Some(current.disk_bytes);
+        if let Some(dir) = dir {
+            c.cache_dir = dir.display().to_string();
+        }
+        if let Some(bytes) = size_bytes {
+            c.cache_size_bytes = Some(bytes);
         }
     }
 
@@ -425,6 +452,28 @@ impl DaemonSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_overrides_replace_cache_folder_and_size() {
+        // Legacy keys in force: the override keeps their type and size, changes the folder.
+        let mut s = DaemonSettings::from_json(
+            r#"{"registryCacheDir": "/legacy", "registryCacheSizeGB": 3}"#,
+            "t.json",
+        )
+        .unwrap();
+        s.override_cache(Some(Path::new("/tmp/c")), None);
+        let cache = s.cache();
+        assert_eq!(
+            (cache.cache_type.as_str(), cache.dir, cache.disk_bytes),
+            ("file", PathBuf::from("/tmp/c"), 3 << 30)
+        );
+        s.override_cache(None, Some(300 << 20));
+        assert_eq!(s.cache().disk_bytes, 300 << 20);
+        assert_eq!(s.cache().dir, PathBuf::from("/tmp/c"));
+        let before = s.clone();
+        s.override_cache(None, None);
+        assert_eq!(s, before);
+    }
 
     #[test]
     fn empty_object_gives_overlaybd_defaults() {

@@ -1,13 +1,16 @@
-//! LUN backing strings: the one place that turns `file:PATH`, `ram:SIZE` (optionally prefixed by
-//! `ro:`) into a block device. New backends (e.g. `image:CONFIG.json`) are added here only.
+//! LUN backing strings: the one place that turns `file:PATH`, `ram:SIZE`, `image:CONFIG.json`
+//! (each optionally prefixed by `ro:`) into a block device. New backends are added here only.
 
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::block::{parse_size, BlockDevice, FileDevice, RamDevice};
+use crate::block::{parse_size, BlockDevice, FileDevice, RamDevice, ReadOnlyDevice};
+use crate::cache::DaemonSettings;
+use crate::overlaybd::config::LayerLocation;
+use crate::overlaybd::{Image, ImageConfig, ImageLuns, LocalOpener, LsmtError};
 use crate::scsi::LunConfig;
 
 /// Why a backing string could not be parsed or its device could not be opened.
@@ -15,10 +18,10 @@ use crate::scsi::LunConfig;
 pub enum BackingError {
     /// The string has no known `KIND:` prefix.
     #[error(
-        "unknown LUN backing {0:?}: expected file:PATH or ram:SIZE, optionally prefixed by ro:"
+        "unknown LUN backing {0:?}: expected file:PATH, ram:SIZE or image:CONFIG.json, optionally prefixed by ro:"
     )]
     UnknownKind(String),
-    /// `file:` with an empty path.
+    /// `file:` or `image:` with an empty path.
     #[error("LUN backing {0:?} has an empty path")]
     EmptyPath(String),
     /// `ram:` with a size that does not parse.
@@ -43,6 +46,14 @@ pub enum BackingError {
     /// The backing file is smaller than one block.
     #[error("{0} is smaller than one 512-byte block")]
     Empty(PathBuf),
+    /// The overlaybd image could not be opened (config, layer or upper files).
+    #[error("cannot open image {path}: {source}")]
+    Image {
+        /// The image config named by the backing string.
+        path: PathBuf,
+        /// What failed (boxed: keeps `BackingError` small).
+        source: Box<LsmtError>,
+    },
 }
 
 /// What backs one logical unit.
@@ -52,6 +63,11 @@ pub enum Backing {
     File(PathBuf),
     /// A zero-filled RAM disk of this many bytes.
     Ram(u64),
+    /// An overlaybd image described by a `config.v1.json` with local layers; writable when the
+    /// config has an `upper` and the LUN is not `ro:`.
+    Image(PathBuf),
+    /// The demo image embedded in the binary (`demo:`), always read-only.
+    Demo,
 }
 
 /// A parsed LUN: its backing and whether writes are refused.
@@ -64,7 +80,8 @@ pub struct LunSpec {
 }
 
 impl LunSpec {
-    /// Parses `[ro:]file:PATH` or `[ro:]ram:SIZE` (SIZE like `1G`, `512M`, `4096`).
+    /// Parses `[ro:]file:PATH`, `[ro:]ram:SIZE` (SIZE like `1G`, `512M`, `4096`) or
+    /// `[ro:]image:CONFIG.json`.
     pub fn parse(text: &str) -> Result<LunSpec, BackingError> {
         let (read_only, rest) = match text.strip_prefix("ro:") {
             Some(rest) => (true, rest),
@@ -75,6 +92,16 @@ impl LunSpec {
                 return Err(BackingError::EmptyPath(text.to_string()));
             }
             Backing::File(PathBuf::from(path))
+        } else if let Some(path) = rest.strip_prefix("image:") {
+            if path.is_empty() {
+                return Err(BackingError::EmptyPath(text.to_string()));
+            }
+            Backing::Image(PathBuf::from(path))
+        } else if rest == "demo:" {
+            return Ok(LunSpec {
+                backing: Backing::Demo,
+                read_only: true,
+            });
         } else if let Some(size) = rest.strip_prefix("ram:") {
             let bytes = parse_size(size).map_err(|source| BackingError::BadSize {
                 text: text.to_string(),
@@ -93,6 +120,11 @@ impl LunSpec {
     /// Opens the device. Files are opened now, so a missing file fails at start-up rather than
     /// at the first SCSI command.
     pub fn open(&self) -> Result<Arc<dyn BlockDevice>, BackingError> {
+        self.open_with(&ImageOpener::new(DaemonSettings::default()))
+    }
+
+    /// Opens the device, reading registry layers of `image:` LUNs through `images`.
+    pub fn open_with(&self, images: &ImageOpener) -> Result<Arc<dyn BlockDevice>, BackingError> {
         match &self.backing {
             Backing::File(path) => {
                 let device = FileDevice::open(path, self.read_only).map_err(|source| {
@@ -108,18 +140,55 @@ impl LunSpec {
             }
             Backing::Ram(size) if self.read_only => Ok(Arc::new(RamDevice::new_read_only(*size))),
             Backing::Ram(size) => Ok(Arc::new(RamDevice::new(*size))),
+            Backing::Demo => {
+                let image =
+                    block_on(super::demo::open_demo()).map_err(|source| BackingError::Image {
+                        path: PathBuf::from("demo:"),
+                        source: Box::new(source),
+                    })?;
+                Ok(Arc::new(image))
+            }
+            Backing::Image(path) => {
+                let image_err = |source: LsmtError| BackingError::Image {
+                    path: path.clone(),
+                    source: Box::new(source),
+                };
+                let device: Arc<dyn BlockDevice> = if images.needs_registry(path) {
+                    let luns = images.remote().map_err(image_err)?;
+                    block_on(luns.open(path, self.read_only)).map_err(image_err)?
+                } else {
+                    Arc::new(
+                        block_on(Image::open_config_file(path, &LocalOpener)).map_err(image_err)?,
+                    )
+                };
+                if device.size() == 0 {
+                    return Err(BackingError::Empty(path.clone()));
+                }
+                if self.read_only && !device.read_only() {
+                    Ok(Arc::new(ReadOnlyDevice::new(device)))
+                } else {
+                    Ok(device)
+                }
+            }
         }
     }
 
     /// Opens the device and describes it as LUN `index` of target `target_name`. The serial
     /// number is derived from both, so it stays stable across restarts with the same config.
-    pub fn lun_config(&self, target_name: &str, index: usize) -> Result<LunConfig, BackingError> {
-        let device = self.open()?;
+    pub fn lun_config(
+        &self,
+        target_name: &str,
+        index: usize,
+        images: &ImageOpener,
+    ) -> Result<LunConfig, BackingError> {
+        let device = self.open_with(images)?;
         let digest = Sha256::digest(format!("{target_name}/{index}/{self}").as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
             Backing::File(_) => "overlaybd file",
             Backing::Ram(_) => "overlaybd ram",
+            Backing::Image(_) => "overlaybd image",
+            Backing::Demo => "overlaybd demo",
         };
         Ok(LunConfig {
             device,
@@ -137,8 +206,79 @@ impl fmt::Display for LunSpec {
         match &self.backing {
             Backing::File(path) => write!(f, "file:{}", path.display()),
             Backing::Ram(size) => write!(f, "ram:{size}"),
+            Backing::Image(path) => write!(f, "image:{}", path.display()),
+            Backing::Demo => f.write_str("demo:"),
         }
     }
+}
+
+/// Opens `image:` LUNs. Images whose layers are all local files are opened directly; images
+/// with registry layers share one set of remote-layer caches ([`ImageLuns`]), built on first
+/// need, so a server that serves only local images never touches the cache folder.
+pub struct ImageOpener {
+    settings: DaemonSettings,
+    remote: Mutex<Option<Arc<ImageLuns>>>,
+}
+
+impl ImageOpener {
+    /// An opener that builds its caches from `settings` (overlaybd.json plus command-line
+    /// overrides) when the first registry layer is met.
+    pub fn new(settings: DaemonSettings) -> Self {
+        ImageOpener {
+            settings,
+            remote: Mutex::new(None),
+        }
+    }
+
+    /// True when some lower layer of the config at `path` lives only in a registry. A config
+    /// that cannot be read answers false: the local open then reports the error.
+    fn needs_registry(&self, path: &Path) -> bool {
+        let Ok(config) = ImageConfig::load(path) else {
+            return false;
+        };
+        let name = path.display().to_string();
+        (0..config.lowers.len())
+            .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })))
+    }
+
+    /// The shared remote-layer caches, built on first use.
+    fn remote(&self) -> Result<Arc<ImageLuns>, LsmtError> {
+        let mut slot = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(luns) = slot.as_ref() {
+            return Ok(luns.clone());
+        }
+        let luns = Arc::new(ImageLuns::new(self.settings.clone())?);
+        *slot = Some(luns.clone());
+        Ok(luns)
+    }
+}
+
+/// Runs an image open to completion. LUNs are opened from synchronous code that may run inside
+/// the server's runtime: a multi-threaded runtime lends this thread to the open
+/// (`block_in_place`); otherwise the open runs on a scoped thread with its own small runtime,
+/// since blocking a current-thread runtime from within would deadlock or panic.
+fn block_on<T, F>(open: F) -> Result<T, LsmtError>
+where
+    T: Send,
+    F: std::future::Future<Output = Result<T, LsmtError>> + Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if let Ok(handle) = Handle::try_current() {
+        if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(|| handle.block_on(open));
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| LsmtError::io("runtime", e))?;
+            runtime.block_on(open)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(LsmtError::Invalid("opening the image panicked".into())))
+    })
 }
 
 #[cfg(test)]
@@ -168,6 +308,61 @@ mod tests {
                 read_only: true
             }
         );
+    }
+
+    #[test]
+    fn parses_image_and_demo() {
+        let spec = LunSpec::parse("ro:image:/img/config.v1.json").unwrap();
+        assert_eq!(spec.backing, Backing::Image("/img/config.v1.json".into()));
+        assert!(spec.read_only);
+        assert_eq!(spec.to_string(), "ro:image:/img/config.v1.json");
+        let demo = LunSpec::parse("demo:").unwrap();
+        assert_eq!(
+            (demo.backing.clone(), demo.read_only),
+            (Backing::Demo, true)
+        );
+        assert_eq!(LunSpec::parse(&demo.to_string()).unwrap(), demo);
+        assert!(matches!(
+            LunSpec::parse("image:"),
+            Err(BackingError::EmptyPath(_))
+        ));
+    }
+
+    #[test]
+    fn opens_image_configs_writable_or_read_only() {
+        use crate::overlaybd::writable::{CreateOptions, WritableLayer};
+        let dir = tempfile::tempdir().unwrap();
+        let (data, index) = (dir.path().join("u.data"), dir.path().join("u.index"));
+        WritableLayer::create(&data, &index, &CreateOptions::new(1 << 20)).unwrap();
+        let config = dir.path().join("config.v1.json");
+        let json = serde_json::json!({
+            "lowers": [],
+            "upper": { "data": data, "index": index },
+        });
+        std::fs::write(&config, json.to_string()).unwrap();
+
+        let rw = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
+        let lun = rw
+            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+            .unwrap();
+        assert_eq!(lun.device.size(), 1 << 20);
+        assert!(!lun.device.read_only());
+        assert_eq!(lun.product, "overlaybd image");
+        let ro = LunSpec::parse(&format!("ro:image:{}", config.display())).unwrap();
+        assert!(ro.open().unwrap().read_only());
+
+        let missing = LunSpec::parse("image:/nonexistent/config.v1.json").unwrap();
+        let e = missing.open().err().unwrap().to_string();
+        assert!(e.contains("/nonexistent/config.v1.json"), "{e}");
+        std::fs::write(&config, b"{ not json").unwrap();
+        assert!(matches!(rw.open(), Err(BackingError::Image { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opens_the_demo_inside_a_runtime() {
+        let demo = LunSpec::parse("demo:").unwrap().open().unwrap();
+        assert!(demo.read_only());
+        assert_eq!(demo.size(), 8 << 20);
     }
 
     #[test]
@@ -204,7 +399,9 @@ mod tests {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let spec = LunSpec::parse(&format!("file:{}", path.display())).unwrap();
-        let lun = spec.lun_config("iqn.x", 0).unwrap();
+        let lun = spec
+            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+            .unwrap();
         assert_eq!(lun.device.size(), 4096);
         assert!(!lun.device.read_only());
         assert_eq!(lun.serial.len(), 16);

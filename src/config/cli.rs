@@ -5,8 +5,12 @@
 //!                  --lun ro:file:PATH --log-level info
 //! ```
 //!
-//! LUNs are numbered from 0 in the order given; a `ro:` prefix exports a LUN read-only.
-//! `--config FILE` reads targets from TOML instead (see [`super::file`]); `--portal` and the
+//! LUNs are numbered from 0 in the order given; a `ro:` prefix exports a LUN read-only;
+//! `image:CONFIG.json` serves an overlaybd image. Image tools run as subcommands
+//! (`overlaybd-target create|commit|zfile|merge|inspect|export|import|build …`, see
+//! [`crate::tools`]).
+//! With neither `--lun` nor `--config`, the embedded demo image (see [`super::demo`]) is served
+//! read-only as LUN 0. `--config FILE` reads targets from TOML instead (see [`super::file`]); `--portal` and the
 //! tuning flags then override the file's values.
 
 use std::net::SocketAddr;
@@ -22,9 +26,14 @@ use super::{Config, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGE
 #[command(
     name = "overlaybd-target",
     version,
-    about = "An iSCSI target for overlaybd images"
+    about = "An iSCSI target for overlaybd images",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// An image tool to run instead of serving (`overlaybd-target TOOL --help`).
+    #[command(subcommand)]
+    pub tool: Option<crate::tools::Tool>,
+
     /// Address to listen on (repeatable). Default 0.0.0.0:3260.
     #[arg(long = "portal", value_name = "IP:PORT")]
     pub portals: Vec<SocketAddr>,
@@ -34,7 +43,7 @@ pub struct Cli {
     pub target: Option<String>,
 
     /// A LUN of the quick-form target (repeatable, numbered from 0): file:PATH, ram:SIZE,
-    /// or either prefixed by ro: for read-only.
+    /// image:CONFIG.json, or any of them prefixed by ro: for read-only.
     #[arg(long = "lun", value_name = "BACKING", value_parser = parse_lun, conflicts_with = "config")]
     pub luns: Vec<LunSpec>,
 
@@ -54,9 +63,30 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub nop_timeout: Option<u64>,
 
+    /// overlaybd's daemon config (overlaybd.json: cacheConfig, credentialConfig, download,
+    /// p2pConfig) for image LUNs whose layers live in a registry.
+    #[arg(long, value_name = "FILE")]
+    pub overlaybd_config: Option<PathBuf>,
+
+    /// Folder of the registry layer cache (overrides overlaybd.json's cacheConfig.cacheDir).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Disk budget of the registry layer cache, e.g. 4G (overrides cacheConfig.cacheSizeGB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub cache_size: Option<u64>,
+
+    /// HeaderDigest/DataDigest policy (overrides the config file; default prefer-none).
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub digests: Option<super::Digests>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+fn parse_cache_size(text: &str) -> Result<u64, String> {
+    crate::block::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_lun(text: &str) -> Result<LunSpec, String> {
@@ -72,9 +102,9 @@ pub enum CliError {
     /// A value is out of range.
     #[error("invalid option: {0}")]
     Invalid(#[from] super::InvalidField),
-    /// Neither `--lun` nor `--config` was given.
-    #[error("nothing to serve: give at least one --lun BACKING or --config FILE")]
-    NoLuns,
+    /// The overlaybd.json daemon config was refused (the message names the file and key).
+    #[error("{0}")]
+    DaemonSettings(String),
 }
 
 impl Cli {
@@ -83,19 +113,26 @@ impl Cli {
         let mut config = match &self.config {
             Some(path) => super::file::load(path)?,
             None => {
-                if self.luns.is_empty() {
-                    return Err(CliError::NoLuns);
-                }
+                // Nothing named: serve the embedded demo image.
+                let luns = if self.luns.is_empty() {
+                    vec![LunSpec {
+                        backing: super::Backing::Demo,
+                        read_only: true,
+                    }]
+                } else {
+                    self.luns.clone()
+                };
                 Config {
                     portals: vec![],
                     tuning: Tuning::default(),
+                    images: Default::default(),
                     targets: vec![TargetConfig {
                         name: self
                             .target
                             .clone()
                             .unwrap_or_else(|| DEFAULT_TARGET_NAME.to_string()),
                         alias: None,
-                        luns: self.luns.clone(),
+                        luns,
                         chap: None,
                         mutual_chap: None,
                         allowed_initiators: vec![],
@@ -119,6 +156,16 @@ impl Cli {
         }
         if let Some(secs) = self.nop_timeout {
             config.tuning.nop_timeout = Duration::from_secs(secs);
+        }
+        if let Some(path) = &self.overlaybd_config {
+            config.images = crate::cache::DaemonSettings::from_file(path)
+                .map_err(|e| CliError::DaemonSettings(e.to_string()))?;
+        }
+        config
+            .images
+            .override_cache(self.cache_dir.as_deref(), self.cache_size);
+        if let Some(digests) = self.digests {
+            config.tuning.digests = digests;
         }
         config.validate()?;
         Ok(config)
@@ -170,11 +217,19 @@ mod tests {
         assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
+        assert_eq!(config.tuning.digests, crate::config::Digests::PreferNone);
+        let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
+        assert_eq!(
+            strict.into_config().unwrap().tuning.digests,
+            crate::config::Digests::RequireCrc32c
+        );
+        assert!(cli(&["--lun", "ram:1M", "--digests", "crc16"]).is_err());
 
-        assert!(matches!(
-            cli(&[]).unwrap().into_config(),
-            Err(CliError::NoLuns)
-        ));
+        let demo = cli(&[]).unwrap().into_config().unwrap();
+        assert_eq!(demo.targets[0].name, DEFAULT_TARGET_NAME);
+        assert_eq!(demo.targets[0].luns[0].backing, Backing::Demo);
+        assert!(demo.targets[0].luns[0].read_only);
+        assert_eq!(demo.portals, vec![DEFAULT_PORTAL]);
         assert!(cli(&["--lun", "floppy:1"]).is_err());
         assert!(cli(&["--lun", "ram:1M", "--config", "/x.toml"]).is_err());
         let bad = cli(&["--lun", "ram:1M", "--target", "not-an-iqn"])

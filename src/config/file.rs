@@ -7,6 +7,7 @@
 //! nop_interval_secs = 10        # 0 disables target pings
 //! nop_timeout_secs = 15
 //! max_recv_data_segment_length = 262144
+//! digests = "prefer-none"       # or "prefer-crc32c", "require-crc32c" (header and data)
 //!
 //! [[targets]]
 //! name = "iqn.2026-11.io.overlaybd:app"
@@ -17,6 +18,7 @@
 //! luns = [
 //!     { backing = "file:/var/lib/disk.img" },
 //!     { backing = "file:/var/lib/base.img", read_only = true },
+//!     { backing = "image:/var/lib/app/config.v1.json" },     # an overlaybd image
 //! ]
 //! ```
 //!
@@ -76,6 +78,7 @@ struct RawGlobal {
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<u64>,
     max_recv_data_segment_length: Option<u32>,
+    digests: Option<super::Digests>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +151,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         max_recv_data_segment_length: g
             .max_recv_data_segment_length
             .unwrap_or(defaults.max_recv_data_segment_length),
+        digests: g.digests.unwrap_or(defaults.digests),
     };
     let mut targets = Vec::with_capacity(raw.targets.len());
     for (i, t) in raw.targets.into_iter().enumerate() {
@@ -176,6 +180,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         portals,
         tuning,
         targets,
+        images: Default::default(),
     })
 }
 
@@ -198,6 +203,7 @@ mod tests {
             nop_interval_secs = 0
             nop_timeout_secs = 7
             max_recv_data_segment_length = 65536
+            digests = "prefer-crc32c"
 
             [[targets]]
             name = "iqn.2026-11.io.overlaybd:a"
@@ -205,7 +211,8 @@ mod tests {
             allowed_initiators = ["iqn.1994-05.com.redhat:h1"]
             chap = { user = "u", secret = "s3cret-s3cret" }
             mutual_chap = { user = "t", secret = "other-secret" }
-            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true }]
+            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true },
+                    { backing = "image:/img/config.v1.json", read_only = true }]
             "#,
         )
         .unwrap();
@@ -214,10 +221,16 @@ mod tests {
         assert_eq!(c.tuning.nop_interval, None);
         assert_eq!(c.tuning.nop_timeout, Duration::from_secs(7));
         assert_eq!(c.tuning.max_recv_data_segment_length, 65536);
+        assert_eq!(c.tuning.digests, crate::config::Digests::PreferCrc32c);
         let t = &c.targets[0];
         assert_eq!(t.alias.as_deref(), Some("A"));
         assert_eq!(t.luns[0].backing, Backing::Ram(1 << 20));
         assert!(t.luns[1].read_only);
+        assert_eq!(
+            t.luns[2].backing,
+            Backing::Image("/img/config.v1.json".into())
+        );
+        assert!(t.luns[2].read_only);
         assert_eq!(t.chap.as_ref().unwrap().user, "u");
         assert_eq!(t.mutual_chap.as_ref().unwrap().user, "t");
     }

@@ -4,6 +4,7 @@
 
 pub mod backing;
 pub mod cli;
+pub mod demo;
 pub mod file;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -27,6 +28,9 @@ pub struct Config {
     pub tuning: Tuning,
     /// The targets offered (at least one, names unique).
     pub targets: Vec<TargetConfig>,
+    /// Daemon settings for `image:` LUNs with registry layers: overlaybd.json's keys (cache,
+    /// credentials, download, P2P) after the command line's `--cache-dir` / `--cache-size`.
+    pub images: crate::cache::DaemonSettings,
 }
 
 /// Per-session limits and timers.
@@ -40,6 +44,24 @@ pub struct Tuning {
     pub nop_timeout: Duration,
     /// The largest data segment the target accepts, declared at login.
     pub max_recv_data_segment_length: u32,
+    /// Which HeaderDigest/DataDigest values the target accepts and prefers.
+    pub digests: Digests,
+}
+
+/// The target's digest policy, applied to both HeaderDigest and DataDigest.
+///
+/// Open-iscsi offers `None` unless configured otherwise, and `CRC32C,None` when digests are
+/// merely allowed; the target's preference decides that second case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Digests {
+    /// Either value; `None` when both are offered (no CRC cost).
+    #[default]
+    PreferNone,
+    /// Either value; `CRC32C` when both are offered (end-to-end integrity).
+    PreferCrc32c,
+    /// Only `CRC32C`: initiators that cannot do digests are refused.
+    RequireCrc32c,
 }
 
 impl Default for Tuning {
@@ -49,6 +71,7 @@ impl Default for Tuning {
             nop_interval: Some(Duration::from_secs(10)),
             nop_timeout: Duration::from_secs(15),
             max_recv_data_segment_length: 262_144,
+            digests: Digests::PreferNone,
         }
     }
 }
@@ -215,6 +238,7 @@ mod tests {
         Config {
             portals: vec!["127.0.0.1:3260".parse().unwrap()],
             tuning: Tuning::default(),
+            images: Default::default(),
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET_NAME.to_string(),
                 alias: None,

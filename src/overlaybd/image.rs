@@ -17,7 +17,7 @@ use super::writable::WritableLayer;
 use crate::block::{BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 use crate::cache::file::FileSource;
 use crate::cache::{LayerSource, RemoteLayer, RemoteLayers};
-use crate::zfile::{open_payload, ZFileError};
+use crate::zfile::{open_payload, BlobFormat, ZFileError};
 
 /// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
 const STATUS_WINDOW_SECTORS: u64 = 1 << 21; // 1 GiB
@@ -107,18 +107,40 @@ impl LayerOpener for RemoteLayers {
         let blob = RemoteLayers::open(self, &layer)
             .await
             .map_err(|e| LsmtError::io(format!("lowers[{index}] ({url})"), e))?;
-        decompressed(blob, url).await
+        // Source errors already name the blob URL; name the layer around them.
+        decompressed(blob, &format!("lowers[{index}]")).await
     }
 }
 
-/// Removes a tar wrapper and decompresses a ZFile, naming `name` in errors.
+/// Removes a tar wrapper and decompresses a ZFile, naming `name` in errors. A registry blob
+/// whose wrapper, header or jump table fails its checks may hold bytes damaged in transit and
+/// kept by the cache, so its cached bytes are dropped and the open is tried once more.
 async fn decompressed(blob: Arc<dyn LayerSource>, name: &str) -> LsmtResult<Arc<dyn LayerSource>> {
-    let zfile_err = |e: ZFileError| match e {
+    /// One open; a payload that is neither ZFile nor LSMT counts as failed checks too (a
+    /// damaged tar header hides the ZFile behind it).
+    async fn attempt(
+        blob: Arc<dyn LayerSource>,
+        last: bool,
+    ) -> Result<Arc<dyn LayerSource>, ZFileError> {
+        let payload = open_payload(blob).await?;
+        if payload.format == BlobFormat::Unknown && !last {
+            return Err(ZFileError::NotZFile("neither a ZFile nor an LSMT file"));
+        }
+        payload.decompressed().await
+    }
+    let result = match attempt(Arc::clone(&blob), false).await {
+        Err(ZFileError::Io(e)) => Err(ZFileError::Io(e)),
+        Err(first) => {
+            tracing::warn!(blob = name, error = %first, "layer blob failed its checks; refetching once");
+            blob.invalidate(0, blob.size()).await;
+            attempt(blob, true).await
+        }
+        ok => ok,
+    };
+    result.map_err(|e| match e {
         ZFileError::Io(io) => LsmtError::io(name, io),
         other => LsmtError::corrupt(name, other.to_string()),
-    };
-    let payload = open_payload(blob).await.map_err(zfile_err)?;
-    payload.decompressed().await.map_err(zfile_err)
+    })
 }
 
 /// A stack of read-only layers with an optional writable layer on top.

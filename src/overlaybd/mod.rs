@@ -4,7 +4,8 @@
 //! Layout: [`header`] and [`index`] are the on-disk structures (sans-IO); [`layer`] opens sealed
 //! layers; [`stack`] merges them; [`writable`] is the upper layer (append-only, or sparse) whose in-memory
 //! map is [`writable_index`]; [`commit`] writes sealed blobs; [`config`] parses image configs;
-//! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`raw`] converts to and from
+//! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`lun`] opens a config as a
+//! LUN with the daemon's remote-layer caches; [`raw`] converts to and from
 //! raw disk images. Layer bytes are always read through [`crate::cache::LayerSource`].
 
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod header;
 pub mod image;
 pub mod index;
 pub mod layer;
+pub mod lun;
 pub mod raw;
 mod sparse;
 pub mod stack;
@@ -29,5 +31,6 @@ pub use config::ImageConfig;
 pub use error::{LsmtError, LsmtResult};
 pub use image::{Image, LayerOpener, LocalOpener};
 pub use layer::SealedLayer;
+pub use lun::{open_image_lun, ImageLuns};
 pub use stack::LayerStack;
 pub use writable::WritableLayer;

@@ -31,6 +31,8 @@ struct Layout {
 pub struct ZFileReader {
     source: Arc<dyn LayerSource>,
     layout: Arc<Layout>,
+    /// Most blocking threads one read is split across; 1 decodes every read inline.
+    workers: u64,
 }
 
 impl std::fmt::Debug for ZFileReader {
@@ -82,10 +84,21 @@ impl ZFileReader {
         };
         let info = ZFileInfo::from_structure(&used, size, overwrite)?;
         let table = load_table(source.as_ref(), &info).await?;
+        // At least two workers, so the parallel path is exercised even on one-core machines.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) as u64;
         Ok(ZFileReader {
             source,
             layout: Arc::new(Layout { info, table }),
+            workers,
         })
+    }
+
+    /// Caps how many blocking threads one large read is decoded on (default: the number of
+    /// CPUs, at least 2). `1` decodes every read inline on the calling task, which bounds the
+    /// CPU one reader uses and is how benchmarks measure single-thread throughput.
+    pub fn with_decode_workers(mut self, workers: usize) -> ZFileReader {
+        self.workers = workers.max(1) as u64;
+        self
     }
 
     /// The validated header/trailer values.
@@ -99,8 +112,10 @@ impl ZFileReader {
         self.layout.table.span(index, index)
     }
 
-    /// Reads `len` uncompressed bytes at `offset`: one source read for all covered blocks,
-    /// then checksum and decode of each block.
+    /// Reads `len` uncompressed bytes at `offset`. A stored block that fails its checksum (or
+    /// does not decode) may have been damaged on the way or in a cache rather than in the blob,
+    /// so the covering stored range is invalidated in the source and read once more; a second
+    /// failure is returned (the SCSI layer reports it as a MEDIUM ERROR), never retried again.
     async fn read_range(&self, offset: u64, len: usize) -> Result<Bytes, ZFileError> {
         let info = &self.layout.info;
         let end = check_range(info.original_file_size, offset, len)?;
@@ -110,6 +125,38 @@ impl ZFileReader {
         let bs = u64::from(info.block_size);
         let (first, last) = (offset / bs, (end - 1) / bs);
         let (start, stop) = self.layout.span(first, last)?;
+        match self.read_blocks(offset, len, start, stop).await {
+            Err(ZFileError::Block { index, fault }) => {
+                tracing::warn!(
+                    source = %self.source.describe(),
+                    block = index,
+                    %fault,
+                    "bad ZFile block; dropping cached bytes and fetching once more"
+                );
+                self.source.invalidate(start, stop - start).await;
+                let second = self.read_blocks(offset, len, start, stop).await;
+                if matches!(second, Err(ZFileError::Block { .. })) {
+                    // Keep no bytes known to be bad: a later read fetches afresh (and may
+                    // succeed once the link or the registry is healthy again).
+                    self.source.invalidate(start, stop - start).await;
+                }
+                second
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Self::read_range`]: a single source read of the stored range
+    /// `[start, stop)` covering the blocks, then checksum and decode of each block.
+    async fn read_blocks(
+        &self,
+        offset: u64,
+        len: usize,
+        start: u64,
+        stop: u64,
+    ) -> Result<Bytes, ZFileError> {
+        let bs = u64::from(self.layout.info.block_size);
+        let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
         let stored_len = usize::try_from(stop - start)
             .map_err(|_| ZFileError::Corrupt("stored range exceeds memory".into()))?;
         let stored = self.source.read_at(start, stored_len).await?;
@@ -119,9 +166,7 @@ impl ZFileReader {
                 stored.len()
             )));
         }
-        // At least two workers, so the parallel path is exercised even on one-core machines.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) as u64;
-        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(workers);
+        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(self.workers);
         let mut out = BytesMut::zeroed(len);
         if chunks <= 1 {
             self.layout.decode_into(&stored, start, offset, &mut out)?;

@@ -45,6 +45,16 @@ impl LayerSource for RangeView {
     fn describe(&self) -> String {
         format!("{}@{}", self.inner.describe(), self.offset)
     }
+
+    async fn invalidate(&self, offset: u64, len: u64) {
+        // Clamp to the window so a caller can never drop bytes outside it.
+        let end = offset.saturating_add(len).min(self.size);
+        if offset < end {
+            self.inner
+                .invalidate(self.offset + offset, end - offset)
+                .await;
+        }
+    }
 }
 
 #[cfg(test)]

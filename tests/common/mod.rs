@@ -37,6 +37,7 @@ impl TestServer {
         let config = Config {
             portals: vec!["127.0.0.1:0".parse().unwrap()],
             tuning,
+            images: Default::default(),
             targets: vec![TargetConfig {
                 name: IQN.to_string(),
                 alias: None,

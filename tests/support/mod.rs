@@ -1,3 +1,9 @@
 //! Helpers shared by integration tests.
 
+#![allow(dead_code)]
+
+pub mod fault_proxy;
+pub mod fixtures;
 pub mod http_server;
+pub mod images;
+pub mod process;

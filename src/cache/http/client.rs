@@ -201,16 +201,7 @@ impl RegistryClient {
         digest: &str,
         p2p_prefix: Option<&str>,
     ) -> io::Result<HttpBlobSource> {
-        let url = blob_url(repo_blob_url, digest)?;
-        let mut blob = HttpBlobSource {
-            client: Arc::clone(self),
-            blob_url: url,
-            digest: digest.to_string(),
-            size: 0,
-            p2p_prefix: p2p_prefix.map(|p| p.trim_end_matches('/').to_string()),
-            location: Mutex::new(None),
-            probed_total: Mutex::new(None),
-        };
+        let mut blob = self.blob_of_size(repo_blob_url, digest, 0, p2p_prefix)?;
         blob.retrying("open", || blob.location()).await?;
         let probed = blob.probed_total.lock().take();
         let total = match probed {
@@ -224,6 +215,27 @@ impl RegistryClient {
             )
         })?;
         Ok(blob)
+    }
+
+    /// A blob whose size is already known (from the layer config), without contacting the
+    /// registry: authorization is resolved by the first read that needs the network. Used to
+    /// serve cached bytes while the registry is unreachable.
+    pub fn blob_of_size(
+        self: &Arc<Self>,
+        repo_blob_url: &str,
+        digest: &str,
+        size: u64,
+        p2p_prefix: Option<&str>,
+    ) -> io::Result<HttpBlobSource> {
+        Ok(HttpBlobSource {
+            client: Arc::clone(self),
+            blob_url: blob_url(repo_blob_url, digest)?,
+            digest: digest.to_string(),
+            size,
+            p2p_prefix: p2p_prefix.map(|p| p.trim_end_matches('/').to_string()),
+            location: Mutex::new(None),
+            probed_total: Mutex::new(None),
+        })
     }
 
     /// A token for the challenge, from the cache or the token service, with its expiry.

@@ -154,7 +154,10 @@ fn is_security_key(key: &str) -> bool {
 }
 
 fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 impl Login {
@@ -225,11 +228,22 @@ impl Login {
     fn failure(&mut self, req: &LoginRequest, status: LoginStatus) -> LoginResponse {
         self.phase = Phase::Finished;
         // T, CSG and NSG are reserved in a failure response, so they are sent as zero.
-        LoginResponse { csg: Stage::Security, nsg: Stage::Security, status, ..self.base_response(req, false, false, Bytes::new()) }
+        LoginResponse {
+            csg: Stage::Security,
+            nsg: Stage::Security,
+            status,
+            ..self.base_response(req, false, false, Bytes::new())
+        }
     }
 
     /// A success-status response echoing the request's identifying fields.
-    fn base_response(&self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginResponse {
+    fn base_response(
+        &self,
+        req: &LoginRequest,
+        transit: bool,
+        continues: bool,
+        data: Bytes,
+    ) -> LoginResponse {
         LoginResponse {
             transit,
             continues,
@@ -249,13 +263,23 @@ impl Login {
     }
 
     /// Builds a success-status response and advances StatSN.
-    fn response(&mut self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginResponse {
+    fn response(
+        &mut self,
+        req: &LoginRequest,
+        transit: bool,
+        continues: bool,
+        data: Bytes,
+    ) -> LoginResponse {
         let rsp = self.base_response(req, transit, continues, data);
         self.stat_sn = self.stat_sn.wrapping_add(1);
         rsp
     }
 
-    fn step(&mut self, dir: &dyn TargetDirectory, req: &LoginRequest) -> Result<LoginStep, LoginStatus> {
+    fn step(
+        &mut self,
+        dir: &dyn TargetDirectory,
+        req: &LoginRequest,
+    ) -> Result<LoginStep, LoginStatus> {
         if self.phase != Phase::Active {
             return Err(LoginStatus::INITIATOR_ERROR);
         }
@@ -281,7 +305,14 @@ impl Login {
         let text = match self.rx.push(&req.data, req.continues) {
             Err(_) => return Err(LoginStatus::INITIATOR_ERROR),
             // More text follows: acknowledge with an empty response.
-            Ok(None) => return Ok(LoginStep::Respond(self.response(req, false, false, Bytes::new()))),
+            Ok(None) => {
+                return Ok(LoginStep::Respond(self.response(
+                    req,
+                    false,
+                    false,
+                    Bytes::new(),
+                )))
+            }
             Ok(Some(text)) => text,
         };
         let pairs = keys::parse(&text).map_err(|_| LoginStatus::INITIATOR_ERROR)?;
@@ -302,7 +333,10 @@ impl Login {
         let mut out = TextWriter::new();
         if !self.first_response_sent {
             self.first_response_sent = true;
-            out.push("TargetPortalGroupTag", &settings.target_portal_group_tag.to_string());
+            out.push(
+                "TargetPortalGroupTag",
+                &settings.target_portal_group_tag.to_string(),
+            );
             if let Some(alias) = session.target.as_ref().and_then(|t| t.alias.as_deref()) {
                 out.push("TargetAlias", alias);
             }
@@ -346,15 +380,21 @@ impl Login {
                         true
                     }
                     // Leaving the security stage before authenticating is not allowed.
-                    Auth::AwaitMethod if req.transit => return Err(LoginStatus::AUTHENTICATION_FAILURE),
+                    Auth::AwaitMethod if req.transit => {
+                        return Err(LoginStatus::AUTHENTICATION_FAILURE)
+                    }
                     _ => false,
                 }
             }
             _ => {
                 if !self.declared_mrdsl {
                     self.declared_mrdsl = true;
-                    self.params.max_recv_data_segment_length = settings.max_recv_data_segment_length;
-                    out.push("MaxRecvDataSegmentLength", &settings.max_recv_data_segment_length.to_string());
+                    self.params.max_recv_data_segment_length =
+                        settings.max_recv_data_segment_length;
+                    out.push(
+                        "MaxRecvDataSegmentLength",
+                        &settings.max_recv_data_segment_length.to_string(),
+                    );
                 }
                 true
             }
@@ -365,7 +405,10 @@ impl Login {
         if text.len() > LOGIN_SEGMENT_LIMIT {
             let mut splitter = TextSplitter::new(text);
             let (chunk, _) = splitter.next_chunk(LOGIN_SEGMENT_LIMIT);
-            self.pending = Some(Pending { text: splitter, transit });
+            self.pending = Some(Pending {
+                text: splitter,
+                transit,
+            });
             return Ok(self.emit(req, false, true, chunk));
         }
         Ok(self.emit(req, transit, false, text))
@@ -373,7 +416,13 @@ impl Login {
 
     /// Sends a response, moving to the next stage on transit; entering full feature phase
     /// yields `Ready` and parks the final response until the session layer decides.
-    fn emit(&mut self, req: &LoginRequest, transit: bool, continues: bool, data: Bytes) -> LoginStep {
+    fn emit(
+        &mut self,
+        req: &LoginRequest,
+        transit: bool,
+        continues: bool,
+        data: Bytes,
+    ) -> LoginStep {
         let rsp = self.response(req, transit, continues, data);
         if !transit {
             return LoginStep::Respond(rsp);
@@ -389,7 +438,12 @@ impl Login {
 
     fn outcome(&self, req: &LoginRequest, final_stat_sn: u32) -> LoginOutcome {
         let (session_type, initiator_name, initiator_alias, target) = match &self.session {
-            Some(s) => (s.session_type, s.initiator_name.clone(), s.initiator_alias.clone(), s.target.clone()),
+            Some(s) => (
+                s.session_type,
+                s.initiator_name.clone(),
+                s.initiator_alias.clone(),
+                s.target.clone(),
+            ),
             None => (SessionType::Normal, String::new(), None, None),
         };
         LoginOutcome {
@@ -408,7 +462,11 @@ impl Login {
     }
 
     /// Header rules: version, stage sequencing, T/C bits and the fields that must stay fixed.
-    fn check_header(&mut self, settings: &LoginSettings, req: &LoginRequest) -> Result<(), LoginStatus> {
+    fn check_header(
+        &mut self,
+        settings: &LoginSettings,
+        req: &LoginRequest,
+    ) -> Result<(), LoginStatus> {
         if req.transit && req.continues {
             return Err(LoginStatus::INITIATOR_ERROR);
         }
@@ -443,7 +501,8 @@ impl Login {
         if req.transit
             && !matches!(
                 (req.csg, req.nsg),
-                (Stage::Security, Stage::Operational | Stage::FullFeature) | (Stage::Operational, Stage::FullFeature)
+                (Stage::Security, Stage::Operational | Stage::FullFeature)
+                    | (Stage::Operational, Stage::FullFeature)
             )
         {
             return Err(LoginStatus::INITIATOR_ERROR);
@@ -452,7 +511,11 @@ impl Login {
     }
 
     /// Reads the leading keys of the first request: who logs in, to what, for what.
-    fn start_session(&mut self, dir: &dyn TargetDirectory, pairs: &[(String, String)]) -> Result<(), LoginStatus> {
+    fn start_session(
+        &mut self,
+        dir: &dyn TargetDirectory,
+        pairs: &[(String, String)],
+    ) -> Result<(), LoginStatus> {
         let initiator_name = lookup(pairs, "InitiatorName")
             .filter(|n| !n.is_empty())
             .ok_or(LoginStatus::MISSING_PARAMETER)?;
@@ -467,7 +530,9 @@ impl Login {
         let (target, auth) = match session_type {
             SessionType::Discovery => (None, dir.settings().discovery_auth.clone()),
             SessionType::Normal => {
-                let name = lookup(pairs, "TargetName").filter(|n| !n.is_empty()).ok_or(LoginStatus::MISSING_PARAMETER)?;
+                let name = lookup(pairs, "TargetName")
+                    .filter(|n| !n.is_empty())
+                    .ok_or(LoginStatus::MISSING_PARAMETER)?;
                 let target = dir.target(name).ok_or(LoginStatus::NOT_FOUND)?;
                 if !target.allows(initiator_name) {
                     return Err(LoginStatus::AUTHORIZATION_FAILURE);
@@ -491,7 +556,12 @@ impl Login {
     }
 
     /// Runs the security keys of one request through AuthMethod and CHAP negotiation.
-    fn security(&mut self, auth: &AuthConfig, keys: &[(&str, &str)], out: &mut TextWriter) -> Result<(), LoginStatus> {
+    fn security(
+        &mut self,
+        auth: &AuthConfig,
+        keys: &[(&str, &str)],
+        out: &mut TextWriter,
+    ) -> Result<(), LoginStatus> {
         let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         if let Some(offer) = get("AuthMethod") {
             if self.auth != Auth::AwaitMethod {
@@ -534,7 +604,10 @@ impl Login {
         let Auth::AwaitResponse { id, challenge } = &self.auth else {
             return Err(LoginStatus::INITIATOR_ERROR);
         };
-        let account = auth.chap.as_ref().ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+        let account = auth
+            .chap
+            .as_ref()
+            .ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
         let (Some(name), Some(response)) = (name, response) else {
             return Err(LoginStatus::AUTHENTICATION_FAILURE);
         };
@@ -546,7 +619,10 @@ impl Login {
         match (mutual_id, mutual_challenge) {
             (None, None) => {}
             (Some(i), Some(c)) => {
-                let mutual = auth.mutual_chap.as_ref().ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+                let mutual = auth
+                    .mutual_chap
+                    .as_ref()
+                    .ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
                 let i = chap::parse_identifier(i).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
                 let c = chap::decode_binary(c).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
                 // A reflected challenge would let an attacker make us answer our own challenge.
@@ -554,7 +630,10 @@ impl Login {
                     return Err(LoginStatus::AUTHENTICATION_FAILURE);
                 }
                 out.push("CHAP_N", &mutual.user);
-                out.push("CHAP_R", &chap::encode_hex(&chap::md5_response(i, &mutual.secret, &c)));
+                out.push(
+                    "CHAP_R",
+                    &chap::encode_hex(&chap::md5_response(i, &mutual.secret, &c)),
+                );
             }
             _ => return Err(LoginStatus::AUTHENTICATION_FAILURE),
         }

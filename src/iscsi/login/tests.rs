@@ -1114,22 +1114,35 @@ fn linux_login_through_the_codec() {
     use bytes::BytesMut;
     let body = text(LINUX_NORMAL);
     let len = (body.len() as u32).to_be_bytes();
-    let mut wire = vec![0x43, 0x87, 0, 0, 0, len[1], len[2], len[3], 0, 2, 0x3d, 0, 0, 1, 0, 0];
+    let mut wire = vec![
+        0x43, 0x87, 0, 0, 0, len[1], len[2], len[3], 0, 2, 0x3d, 0, 0, 1, 0, 0,
+    ];
     wire.extend_from_slice(&[0; 32]);
     wire.extend_from_slice(&body);
     wire.resize(wire.len().div_ceil(4) * 4, 0);
     let codec = PduCodec::new();
     let mut buf = BytesMut::from(&wire[..]);
-    let Some(Pdu::LoginRequest(r)) = codec.decode(&mut buf).expect("decodes") else { panic!("not a login request") };
+    let Some(Pdu::LoginRequest(r)) = codec.decode(&mut buf).expect("decodes") else {
+        panic!("not a login request")
+    };
     let mut login = Login::new();
     let out = ready(login.handle(&open_dir(), &r));
     let rsp = login.accept(0x0200).expect("final");
     let mut out_buf = BytesMut::new();
-    codec.encode_into(&Pdu::LoginResponse(rsp.clone()), &mut out_buf).expect("encodes");
+    codec
+        .encode_into(&Pdu::LoginResponse(rsp.clone()), &mut out_buf)
+        .expect("encodes");
     assert_eq!(&out_buf[..4], &[0x23, 0x87, 0, 0]);
-    assert_eq!(&out_buf[8..16], &[0, 2, 0x3d, 0, 0, 1, 0x02, 0x00], "ISID echoed, TSIH assigned");
+    assert_eq!(
+        &out_buf[8..16],
+        &[0, 2, 0x3d, 0, 0, 1, 0x02, 0x00],
+        "ISID echoed, TSIH assigned"
+    );
     assert_eq!(&out_buf[36..38], &[0, 0], "success");
-    assert_eq!(codec.decode(&mut out_buf).expect("decodes"), Some(Pdu::LoginResponse(rsp)));
+    assert_eq!(
+        codec.decode(&mut out_buf).expect("decodes"),
+        Some(Pdu::LoginResponse(rsp))
+    );
     // After the final response both ends switch to the negotiated settings.
     let mut ffp = PduCodec::new();
     ffp.set_digests(out.params.digests());

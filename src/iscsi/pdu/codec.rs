@@ -215,7 +215,10 @@ impl PduCodec {
     pub fn encode(&self, pdu: &Pdu) -> Result<EncodedPdu, PduError> {
         if let Pdu::ScsiCommand(cmd) = pdu {
             if cmd.cdb.len() > MAX_CDB_LEN {
-                return Err(PduError::CdbTooLong { len: cmd.cdb.len(), max: MAX_CDB_LEN });
+                return Err(PduError::CdbTooLong {
+                    len: cmd.cdb.len(),
+                    max: MAX_CDB_LEN,
+                });
             }
         }
         let (mut bhs, mut ahs, data) = pdu.to_wire();

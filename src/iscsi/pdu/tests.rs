@@ -899,7 +899,10 @@ fn encode_rejects_oversized_cdb() {
     };
     let pdu = Pdu::ScsiCommand(cmd);
     assert!(pdu.is_initiator_opcode());
-    assert!(matches!(PduCodec::new().encode(&pdu), Err(PduError::CdbTooLong { len: 261, max: 260 })));
+    assert!(matches!(
+        PduCodec::new().encode(&pdu),
+        Err(PduError::CdbTooLong { len: 261, max: 260 })
+    ));
 }
 
 #[test]

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::config::{BackingError, Config, Credentials, Tuning};
-use crate::iscsi::login::{self, AuthConfig, ChapAccount, LoginSettings, TargetDirectory};
+use crate::config::backing::ImageOpener;
+use crate::config::{BackingError, Config, Credentials, Digests, Tuning};
+use crate::iscsi::login::{
+    self, AuthConfig, ChapAccount, DigestPolicy, LoginSettings, TargetDirectory,
+};
 use crate::scsi::ScsiTarget;
 
 /// A LUN could not be opened; names the target and LUN.
@@ -71,8 +74,15 @@ fn account(c: &Credentials) -> ChapAccount {
 
 /// Our side of login negotiation, from the configured tuning.
 pub fn login_settings(tuning: &Tuning) -> LoginSettings {
+    let digest = match tuning.digests {
+        Digests::PreferNone => DigestPolicy::PreferNone,
+        Digests::PreferCrc32c => DigestPolicy::PreferCrc32c,
+        Digests::RequireCrc32c => DigestPolicy::Crc32cOnly,
+    };
     LoginSettings {
         max_recv_data_segment_length: tuning.max_recv_data_segment_length,
+        header_digest: digest,
+        data_digest: digest,
         queue_depth: tuning.queue_depth,
         // The session handles unsolicited Data-Out, which saves a round trip per write.
         initial_r2t: false,
@@ -84,14 +94,18 @@ impl Catalog {
     /// Opens every LUN of every configured target.
     pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
         let mut targets = BTreeMap::new();
+        // One opener for all LUNs, so image LUNs share the registry caches.
+        let images = ImageOpener::new(config.images.clone());
         for t in &config.targets {
             let mut luns = Vec::with_capacity(t.luns.len());
             for (i, spec) in t.luns.iter().enumerate() {
-                let lun = spec.lun_config(&t.name, i).map_err(|source| LunOpenError {
-                    target: t.name.clone(),
-                    lun: i,
-                    source,
-                })?;
+                let lun = spec
+                    .lun_config(&t.name, i, &images)
+                    .map_err(|source| LunOpenError {
+                        target: t.name.clone(),
+                        lun: i,
+                        source,
+                    })?;
                 luns.push(lun);
             }
             let login = login::TargetConfig {
@@ -133,5 +147,25 @@ impl TargetDirectory for Catalog {
 
     fn targets(&self) -> Vec<login::TargetConfig> {
         self.targets.values().map(|t| t.login.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_knob_sets_both_digest_policies() {
+        for (knob, policy) in [
+            (Digests::PreferNone, DigestPolicy::PreferNone),
+            (Digests::PreferCrc32c, DigestPolicy::PreferCrc32c),
+            (Digests::RequireCrc32c, DigestPolicy::Crc32cOnly),
+        ] {
+            let s = login_settings(&Tuning {
+                digests: knob,
+                ..Tuning::default()
+            });
+            assert_eq!((s.header_digest, s.data_digest), (policy, policy), "{knob:?}");
+        }
     }
 }

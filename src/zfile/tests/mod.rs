@@ -2,6 +2,7 @@
 
 mod corruption;
 mod fixture;
+mod retry;
 mod round_trip;
 
 use std::io::Cursor;

@@ -61,6 +61,31 @@ async fn large_read_uses_parallel_path_correctly() {
     assert!(got[..] == data[1234..data.len() - 3766]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_parallel_decoding_agree() {
+    // The same large unaligned read decoded inline (1 worker) and split across 1..=5 blocking
+    // threads, for both codecs; every variant must return the original bytes.
+    let data = sample_data(2 << 20, 7);
+    for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
+        let options = WriterOptions {
+            algorithm,
+            ..WriterOptions::default()
+        };
+        let file = make_zfile(&data, options, false);
+        for workers in 1..=5 {
+            let reader = ZFileReader::open(mem(file.clone()))
+                .await
+                .unwrap()
+                .with_decode_workers(workers);
+            let got = reader.read_at(777, data.len() - 1000).await.unwrap();
+            assert!(
+                got[..] == data[777..data.len() - 223],
+                "{algorithm} with {workers} workers"
+            );
+        }
+    }
+}
+
 #[test]
 fn writer_structure_follows_spec() {
     let data = sample_data(50_000, 5);

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The Linux kernel initiator against our freshly built target, every case, for CI: builds the
+# release binary, then for each case starts the target on a scratch ext4 image, runs run.sh (one
+# QEMU guest per case) and prints `CASE <name> PASS|FAIL <seconds>s <reason>`. Exits non-zero when
+# any case fails. A case also fails when the kernel saw a CHECK CONDITION other than the power-on
+# UNIT ATTENTION (with --scsi-log). The image and registry cases serve a 3-layer overlaybd image
+# built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
+# Debian's docker-registry). See README.md beside this file.
+#
+# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS]
+#   --budget SECS   bound for all cases together (default 540): each guest run gets at most 240 s
+#                   and what is left; cases that find less than 30 s left fail without running
+# Logs: $VMI_LOGS/<case>/ (default: a new directory under ${TMPDIR:-/tmp}, printed at the end).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+bin="$repo/target/release/overlaybd-target"
+build=1 only="" budget=540
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin) bin=$2; build=0; shift ;;
+        --no-build) build=0 ;;
+        --only) only=",$2,"; shift ;;
+        --budget) budget=$2; shift ;;
+        *) echo "ci.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ "$build" = 1 ]; then
+    (cd "$repo" && cargo build --release --bin overlaybd-target) || { echo "ci.sh: build failed" >&2; exit 1; }
+fi
+[ -x "$bin" ] || { echo "ci.sh: no target binary at $bin" >&2; exit 2; }
+# The guest is built (or taken from the cache) once, before the timed cases.
+bash "$here/build-guest.sh" --quiet > /dev/null || { echo "ci.sh: build-guest.sh failed" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci.XXXXXX")
+logs=${VMI_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci-logs.XXXXXX")}
+mkdir -p "$logs"
+port=$((20000 + RANDOM % 40000))
+iqn=iqn.2026-11.test:ci
+pidfile=$work/target.pid
+
+stop_target() {
+    local pid
+    pid=$(cat "$pidfile" 2> /dev/null) || return 0
+    rm -f "$pidfile"
+    kill "$pid" 2> /dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$pid" 2> /dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2> /dev/null || true
+}
+# The registry case's docker-registry, when it runs.
+registry_pid=""
+stop_registry() {
+    [ -n "$registry_pid" ] || return 0
+    kill "$registry_pid" 2> /dev/null || true
+    wait "$registry_pid" 2> /dev/null || true
+    registry_pid=""
+}
+cleanup() {
+    stop_target
+    stop_registry
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_target ARGS...: starts the binary on the case's port (the same arguments are kept in
+# $work/target.args for a restart) and waits until it listens.
+start_target() {
+    printf '%q ' "$bin" --portal "127.0.0.1:$port" "$@" > "$work/target.args"
+    # shellcheck disable=SC2046
+    bash -c "exec $(cat "$work/target.args")" >> "$work/target.log" 2>&1 &
+    echo $! > "$pidfile"
+    local up_by=$((SECONDS + 20))
+    until (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; do
+        if ! kill -0 "$(cat "$pidfile")" 2> /dev/null || [ "$SECONDS" -ge "$up_by" ]; then
+            echo "ci.sh: the target is not listening on 127.0.0.1:$port" >&2
+            tail -5 "$work/target.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# The --on-read hook of the restart case: kill -9 while the guest reads, 2 s down, same port again.
+cat > "$work/restart.sh" <<EOF
+set -e
+sleep 0.5
+kill -9 "\$(cat '$pidfile')"
+echo "killed at \$(date +%T.%N)"
+sleep 2
+bash -c "exec \$(cat '$work/target.args')" >> '$work/target.log' 2>&1 &
+echo \$! > '$pidfile'
+echo "restarted at \$(date +%T.%N) as pid \$!"
+EOF
+
+results=()
+failed=0
+# case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
+# EXPECT is pass; pass-cached (also something landed in $work/cache, the --cache-dir of the
+# registry case); pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
+# pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
+case_() {
+    local name=$1 expect=$2 targs=() rargs=() rc=0 why="" t0
+    shift 2
+    while [ "$1" != -- ]; do targs+=("$1"); shift; done
+    shift
+    rargs=("$@")
+    [ -z "$only" ] || [[ "$only" == *",$name,"* ]] || return 0
+    echo "== ci.sh: case $name"
+    t0=$(date +%s.%N)
+    local left=$((ci_deadline - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        results+=("CASE $name FAIL 0s not run: the ${budget}s budget is used up")
+        failed=$((failed + 1))
+        echo "${results[-1]}"
+        return 0
+    fi
+    [ "$left" -le 240 ] || left=240
+    bash "$here/make-test-image.sh" "$work/disk.img" 64M > /dev/null
+    : > "$work/target.log"
+    if ! start_target "${targs[@]}"; then
+        why="target did not start"
+    else
+        bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
+            --timeout "$left" --logs "$logs/$name" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
+        grep -E '^(RESULT|  INFO (negotiated|not_good|commands))|^run.sh' "$logs/$name.out" || true
+        if ! kill -0 "$(cat "$pidfile" 2> /dev/null || echo 0)" 2> /dev/null; then
+            why="the target exited during the run"
+        elif [[ "$expect" == pass* ]] && [ "$rc" != 0 ]; then
+            why="$(grep -c '^RESULT .* FAIL' "$logs/$name.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/$name.out" | cut -d' ' -f2-)"
+        elif [ "$expect" = pass-crc32c ]; then
+            grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
+                why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
+        elif [ "$expect" = pass-cached ] && [ -z "$(find "$work/cache" -type f -size +0c 2> /dev/null)" ]; then
+            why="nothing landed in --cache-dir: the layers were not read from the registry"
+        elif [ "$expect" = discovery-fail ]; then
+            grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
+                why="expected the discovery login to be refused"
+        elif [ "$expect" = login-fail ]; then
+            if ! grep -q '^RESULT login FAIL' "$logs/$name.out" || ! grep -q '^RESULT discovery PASS' "$logs/$name.out"; then
+                why="expected discovery to pass and login to be refused"
+            fi
+        fi
+        # Only the power-on/reset UNIT ATTENTION is an acceptable CHECK CONDITION in normal use.
+        local bad
+        # The restart case also sees commands the kernel failed itself while the connection was
+        # down (host=DID_TRANSPORT_*, retried after the reconnect); those are not our answers.
+        bad=$(grep 'INFO not_good' "$logs/$name.out" | grep -v 'Unit Attention.*Power on, reset' |
+            { [ "$name" = restart ] && grep CHECK_CONDITION || cat; } || true)
+        [ -z "$bad" ] || why="${why:+$why; }unexpected not-GOOD status: $(echo "$bad" | head -1 | sed 's/^ *INFO not_good //')"
+    fi
+    stop_target
+    cp "$work/target.log" "$logs/$name.target.log"
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    if [ -z "$why" ]; then
+        results+=("CASE $name PASS ${secs}s")
+    else
+        results+=("CASE $name FAIL ${secs}s $why")
+        failed=$((failed + 1))
+    fi
+    echo "${results[-1]}"
+}
+
+disk=$work/disk.img
+chap_conf=$work/chap.toml
+cat > "$chap_conf" <<EOF
+[[targets]]
+name = "$iqn"
+allowed_initiators = ["iqn.2026-11.test.vm-initiator:guest"]
+chap = { user = "vm-guest", secret = "guest-secret-12" }
+mutual_chap = { user = "vm-target", secret = "target-secret-34" }
+luns = [{ backing = "file:$disk" }]
+EOF
+chap=(--chap-user vm-guest --chap-secret guest-secret-12)
+mutual=(--chap-in-user vm-target --chap-in-secret target-secret-34)
+
+# selected NAME: whether the case runs (--only).
+selected() { [ -z "$only" ] || [[ "$only" == *",$1,"* ]]; }
+
+# The image and registry cases serve a 3-layer overlaybd image built with our own tools from
+# trees that add, change and delete files; run.sh takes its expectations (size, first MiB, the
+# file list and hashes) from the final config exported to a raw file. The deleted file must be
+# absent in the guest: the guest compares the list of every regular file, not just the hashes.
+img=$work/image
+build_layers() {
+    mkdir -p "$img/a/etc" "$img/a/usr/lib"
+    echo "layer one" > "$img/a/etc/changed.txt"
+    echo "kept from layer one" > "$img/a/etc/kept.txt"
+    echo "deleted by layer three" > "$img/a/etc/deleted.txt"
+    head -c 300000 /dev/urandom > "$img/a/usr/lib/blob.bin"
+    cp -a "$img/a" "$img/b"
+    echo "changed by layer two" > "$img/b/etc/changed.txt"
+    head -c 70000 /dev/urandom > "$img/b/usr/lib/added.bin"
+    cp -a "$img/b" "$img/c"
+    rm "$img/c/etc/deleted.txt"
+    "$bin" build -z --size 64M "$img/a" "$img/l1.obd" "$img/c1.json" &&
+        "$bin" build -z --base "$img/c1.json" "$img/b" "$img/l2.obd" "$img/c2.json" &&
+        "$bin" build -z --base "$img/c2.json" "$img/c" "$img/l3.obd" "$img/c3.json" &&
+        "$bin" export "$img/c3.json" "$img/final.raw"
+}
+if selected image || selected registry; then
+    build_layers > "$work/build.log" 2>&1 || { cat "$work/build.log" >&2; echo "ci.sh: building the image failed" >&2; exit 1; }
+fi
+
+# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage),
+# and a config whose lowers have only digest and size, read over HTTP through --cache-dir.
+reg_cfg=$work/registry.json
+start_registry() {
+    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l
+    [ "$rport" != "$port" ] || rport=$((rport + 1))
+    base=http://127.0.0.1:$rport
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+        "$work/registry" "$rport" > "$work/registry.yml"
+    docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+    registry_pid=$!
+    local up_by=$((SECONDS + 20))
+    until curl -sf -o /dev/null "$base/v2/"; do
+        kill -0 "$registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
+    for l in l1 l2 l3; do
+        d=$(sha256sum < "$img/$l.obd" | cut -d' ' -f1)
+        loc=$(curl -sf -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
+            sed -n 's/^[Ll]ocation: //p')
+        [ -n "$loc" ] || return 1
+        [[ "$loc" == /* ]] && loc=$base$loc
+        [[ "$loc" == *\?* ]] && loc="$loc&digest=sha256:$d" || loc="$loc?digest=sha256:$d"
+        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+            --data-binary "@$img/$l.obd" "$loc" || return 1
+        lowers="$lowers${lowers:+,}{\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$img/$l.obd")}"
+    done
+    echo "{\"repoBlobUrl\":\"$base/v2/$repo/blobs\",\"lowers\":[$lowers]}" > "$reg_cfg"
+}
+if selected registry; then
+    start_registry || { tail -5 "$work/registry.log" >&2; echo "ci.sh: docker-registry setup failed" >&2; exit 1; }
+fi
+
+t_all=$(date +%s.%N)
+ci_deadline=$((SECONDS + budget))
+
+case_ ro pass --target "$iqn" --lun "file:$disk" -- --scsi-log
+case_ rw pass --target "$iqn" --lun "file:$disk" -- --rw --raw-write --full-md5 --scsi-log
+case_ digests pass --target "$iqn" --lun "file:$disk" -- --digests on --rw --raw-write --scsi-log
+# The --digests knob: CRC32C chosen when the initiator offers both; when required, an initiator
+# offering None only is refused (already at the discovery session's login).
+case_ digests_preferred pass-crc32c --target "$iqn" --lun "file:$disk" --digests prefer-crc32c -- \
+    --header-digest CRC32C,None --data-digest CRC32C,None
+case_ digests_required_refused discovery-fail --target "$iqn" --lun "file:$disk" --digests require-crc32c --
+case_ chap_one_way pass --config "$chap_conf" -- "${chap[@]}"
+case_ chap_mutual pass --config "$chap_conf" -- "${chap[@]}" "${mutual[@]}" --rw --scsi-log
+case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest --chap-secret wrong-secret-99
+case_ chap_missing login-fail --config "$chap_conf" --
+# run.sh takes the last --image: the exported raw file stands for the image the target serves.
+case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/final.raw" --scsi-log
+case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
+    --image "$img/final.raw" --scsi-log
+case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
+
+echo "== ci.sh: summary (logs in $logs)"
+printf '%s\n' "${results[@]}"
+echo "total $(awk -v a="$t_all" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s, ${#results[@]} cases, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,41 @@
+//! `export`: the virtual disk of an image as a sparse raw file.
+//!
+//! ```text
+//! overlaybd-target export [-f] SOURCE OUTPUT.raw      # SOURCE: config.v1.json or a layer blob
+//! ```
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{open_image, remove_existing, ToolError};
+use crate::block::BlockDevice;
+use crate::overlaybd::raw::export_sparse;
+
+/// Arguments of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// An image config (config.v1.json) or a single sealed layer blob.
+    pub source: PathBuf,
+    /// The raw file to write (must not exist unless -f).
+    pub output: PathBuf,
+    /// Replace an existing OUTPUT.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// Runs `export`.
+pub async fn run(a: ExportArgs) -> Result<(), ToolError> {
+    let image = open_image(&a.source).await?;
+    if a.force {
+        remove_existing(&a.output)?;
+    }
+    let summary = export_sparse(&image, &a.output).await?;
+    println!(
+        "exported {} bytes ({} bytes of data) to {}",
+        image.size(),
+        summary.written,
+        a.output.display()
+    );
+    Ok(())
+}
