@@ -10,6 +10,9 @@
 # OBD_KEEP=1 keeps the work directory with the raw logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+script_name=libiscsi.sh
+# shellcheck source=conformance/targets.sh
+. conformance/targets.sh
 
 filter=${OBD_TEST_FILTER:-ALL}
 run_timeout=${OBD_RUN_TIMEOUT:-600}
@@ -29,18 +32,7 @@ tgt_ctrl=""
 
 cleanup() {
     set +e
-    if [ -n "$ours_pid" ]; then
-        kill "$ours_pid" 2>/dev/null
-        wait "$ours_pid" 2>/dev/null
-    fi
-    if [ -n "$tgt_pid" ]; then
-        # tgtd ignores SIGTERM while a target exists: delete it first.
-        tgtadm -C "$tgt_ctrl" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1
-        tgtadm -C "$tgt_ctrl" --op delete --mode system >/dev/null 2>&1
-        sleep 0.5
-        kill "$tgt_pid" 2>/dev/null
-        wait "$tgt_pid" 2>/dev/null
-    fi
+    stop_targets "$ours_pid" "$tgt_pid" "$tgt_ctrl"
     if [ "${OBD_KEEP:-0}" = 1 ]; then
         echo "libiscsi.sh: logs kept in $work" >&2
     else
@@ -49,29 +41,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# A port in 20000-60000 that nothing listens on.
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "libiscsi.sh: no free port found" >&2
-    exit 2
-}
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "libiscsi.sh: nothing listens on port $1" >&2
-    return 1
-}
 
 # Runs iscsi-test-cu; the output goes to $1.
 run_suite() {

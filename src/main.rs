@@ -10,7 +10,22 @@ use overlaybd_target::config::cli::Cli;
 use overlaybd_target::iscsi::transport::Server;
 use tracing_subscriber::EnvFilter;
 
+/// Keeps large buffers (1 MiB reads, Data-Out collection) in the heap instead of a fresh
+/// mmap per allocation: glibc's defaults mmap and unmap each one, and the page faults of
+/// touching new pages cost more than copying the data (seen in `perf` profiles of sequential
+/// 1 MiB reads). Freed memory is returned to the system only above `TRIM_THRESHOLD`.
+fn tune_allocator() {
+    const MMAP_THRESHOLD: libc::c_int = 16 << 20;
+    const TRIM_THRESHOLD: libc::c_int = 64 << 20;
+    // SAFETY: mallopt only changes allocator settings; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let mut cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,

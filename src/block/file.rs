@@ -1,6 +1,11 @@
 //! A block device backed by a regular file or a host block device.
 //!
-//! Every system call runs on tokio's blocking pool so async worker threads never block on disk.
+//! System calls run on tokio's blocking pool so async worker threads never block on disk, with
+//! one exception: a read (or non-FUA write) of at most [`INLINE_READ_MAX`] bytes is first tried
+//! on the calling thread with `preadv2`/`pwritev2(RWF_NOWAIT)`, which copies from (into) the
+//! page cache or fails at once with EAGAIN; only what it could not do goes to the blocking
+//! pool. For small cached reads the
+//! hand-off to another thread and back costs more than the read itself.
 //! UNMAP punches holes (regular files on file systems that support it) and GET LBA STATUS asks
 //! the file system where data and holes are (SEEK_DATA / SEEK_HOLE).
 
@@ -9,6 +14,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +29,15 @@ pub struct FileDevice {
     read_only: bool,
     can_unmap: bool,
     is_block_device: bool,
+    /// Cleared when the kernel or file system refuses `RWF_NOWAIT` reads, to stop trying.
+    nowait_read: AtomicBool,
+    /// The same for writes (ext4, for one, supports it for reads only).
+    nowait_write: AtomicBool,
 }
+
+/// Largest read or write tried inline in the page cache (larger copies would hold up the async
+/// worker thread for too long).
+pub const INLINE_READ_MAX: usize = 128 * 1024;
 
 /// `BLKGETSIZE64` from <linux/fs.h>: the size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -49,6 +63,8 @@ impl FileDevice {
             read_only,
             can_unmap,
             is_block_device,
+            nowait_read: AtomicBool::new(true),
+            nowait_write: AtomicBool::new(true),
         })
     }
 
@@ -64,6 +80,64 @@ impl FileDevice {
             Err(join) => Err(BlockError::Io(io::Error::other(join.to_string()))),
         }
     }
+}
+
+/// Appends up to `want - buf.len()` bytes read at `offset + buf.len()` to `buf` (within its
+/// capacity) with `preadv2(flags)`; returns how many were read, 0 at the end of the file.
+fn pread_append(
+    file: &File,
+    buf: &mut BytesMut,
+    want: usize,
+    offset: u64,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let have = buf.len();
+    let at = offset
+        .checked_add(have as u64)
+        .and_then(|o| libc::off_t::try_from(o).ok())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let spare = buf.spare_capacity_mut();
+    let n = want.saturating_sub(have).min(spare.len());
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: n,
+    };
+    // SAFETY: the iovec points at `n` bytes of `buf`'s spare capacity, which stays borrowed
+    // (and so alive and unaliased) for the call.
+    let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+    let Ok(read) = usize::try_from(rc) else {
+        return Err(io::Error::last_os_error());
+    };
+    let read = read.min(n);
+    // SAFETY: the kernel initialised the first `read` bytes of the spare capacity.
+    unsafe { buf.set_len(have + read) };
+    Ok(read)
+}
+
+/// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
+fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
+    let at = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: the iovec points at `data`, borrowed for the call; the kernel only reads it.
+    let rc = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+}
+
+/// Fills `buf` up to `len` bytes from `offset` with blocking reads.
+fn read_rest(file: &File, buf: &mut BytesMut, len: usize, offset: u64) -> io::Result<()> {
+    while buf.len() < len {
+        match pread_append(file, buf, len, offset, 0) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the kernel for a block device's size.
@@ -136,9 +210,28 @@ impl BlockDevice for FileDevice {
 
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
+        let mut buf = BytesMut::with_capacity(len);
+        if len <= INLINE_READ_MAX && self.nowait_read.load(Ordering::Relaxed) {
+            while buf.len() < len {
+                match pread_append(&self.file, &mut buf, len, offset, libc::RWF_NOWAIT) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
+                        if e.raw_os_error() != Some(libc::EAGAIN) {
+                            self.nowait_read.store(false, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                }
+            }
+            if buf.len() == len {
+                return Ok(buf.freeze());
+            }
+        }
         self.blocking(move |file| {
-            let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, offset)?;
+            read_rest(file, &mut buf, len, offset)?;
             Ok(buf.freeze())
         })
         .await
@@ -149,8 +242,28 @@ impl BlockDevice for FileDevice {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, data.len() as u64, self.size)?;
+        let mut done = 0;
+        if !fua && data.len() <= INLINE_READ_MAX && self.nowait_write.load(Ordering::Relaxed) {
+            // Into the page cache without blocking, or EAGAIN (allocation, writeback throttling).
+            while done < data.len() {
+                match pwrite_nowait(&self.file, &data[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if e.raw_os_error() != Some(libc::EAGAIN) {
+                            self.nowait_write.store(false, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                }
+            }
+            if done == data.len() {
+                return Ok(());
+            }
+        }
         self.blocking(move |file| {
-            file.write_all_at(&data, offset)?;
+            file.write_all_at(&data[done..], offset + done as u64)?;
             if fua {
                 file.sync_data()?;
             }
@@ -241,6 +354,34 @@ mod tests {
         assert!(back[..4096].iter().all(|&b| b == 0));
         assert!(back[4096..12288].iter().all(|&b| b == 0x5a));
         assert!(back[12288..].iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn inline_and_blocking_reads_return_the_same_bytes() {
+        let len = 2 * INLINE_READ_MAX + 4096;
+        let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&pattern).unwrap();
+        let dev = FileDevice::open(tmp.path(), true).unwrap();
+        // Small (inline from the page cache) and large (blocking pool) reads, unaligned too.
+        for (off, n) in [(0, 512), (512, 4096), (4096, INLINE_READ_MAX), (1024, len - 1024)] {
+            let got = dev.read(off as u64, n).await.unwrap();
+            assert_eq!(&got[..], &pattern[off..off + n], "read {n} at {off}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_writes_without_fua_read_back() {
+        let tmp = temp_file(1 << 20);
+        let dev = FileDevice::open(tmp.path(), false).unwrap();
+        // Small (tried inline) and large (blocking pool) writes.
+        for (off, n, v) in [(512u64, 4096usize, 1u8), (65536, 2 * INLINE_READ_MAX, 2)] {
+            dev.write(off, Bytes::from(vec![v; n]), false).await.unwrap();
+            let got = dev.read(off - 512, n + 1024).await.unwrap();
+            assert!(got[..512].iter().all(|&b| b != v), "before {off}");
+            assert!(got[512..512 + n].iter().all(|&b| b == v), "write at {off}");
+            assert!(got[512 + n..].iter().all(|&b| b != v), "after {off}");
+        }
     }
 
     #[tokio::test]

@@ -30,8 +30,6 @@ const WRITE_QUEUE: usize = 256;
 /// [`SessionOptions::write_buffer_budget`]): bounds memory per session whatever the initiator
 /// declares, while leaving room for many large writes in flight.
 const WRITE_BUFFER_BUDGET: u64 = 256 << 20;
-/// PDUs queued from the reader task.
-const READ_QUEUE: usize = 64;
 
 /// How the server reaches a live session.
 #[derive(Debug, Clone)]
@@ -261,8 +259,6 @@ async fn full_feature(
         tsih,
         target = %key.target,
     );
-    let (in_tx, in_rx) = mpsc::channel(READ_QUEUE);
-    let reader_task = tokio::spawn(reader.forward(in_tx));
 
     let served = match outcome.session_type {
         SessionType::Normal => shared.catalog.get(&key.target).cloned(),
@@ -306,14 +302,13 @@ async fn full_feature(
             kill: handle.kill.clone(),
             shutdown: shared.shutdown.clone(),
         };
-        let ended = drive(session, ctx, in_rx, tx).await;
+        let ended = drive(session, ctx, reader, tx).await;
         tracing::info!(?ended, "session ended");
         ended
     }
     .instrument(span)
     .await;
     let _: Ended = ended;
-    reader_task.abort();
     shared.sessions.lock().remove(&key, tsih);
     handle.mark_ended();
 }

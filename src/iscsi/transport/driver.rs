@@ -1,18 +1,23 @@
 //! Drives a [`Session`] on a live connection: feeds it PDUs, completions and time, runs its SCSI
 //! commands as concurrent tokio tasks (aborted for real when the session cancels them), and
 //! sends what it queues, in order, through the writer task.
+//!
+//! The driver reads the socket itself (no reader task: one hand-off less per command) and, once
+//! woken, takes every PDU already buffered and every command already finished before sending, so
+//! that the responses of a burst leave in one batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{ResetNotice, ResetScope};
-use super::wire::Incoming;
+use super::wire::{Incoming, PduReader};
 use crate::iscsi::pdu::{EncodedPdu, PduCodec, RejectReason};
 use crate::iscsi::session::status::check_condition;
 use crate::iscsi::session::{CloseReason, Event, Session, TaskId};
@@ -60,12 +65,63 @@ pub struct DriverContext {
     pub shutdown: CancellationToken,
 }
 
-/// Runs `session` until it ends. Incoming PDUs come from `rx` (the reader task), outgoing
-/// ones go to `tx` (the writer task).
-pub async fn drive(
+/// Feeds one item from the reader to the session; `Some` when the connection is lost.
+fn on_incoming(session: &mut Session, incoming: Incoming) -> Option<Ended> {
+    match incoming {
+        Incoming::Pdu(pdu) => session.handle_pdu(pdu, std::time::Instant::now()),
+        Incoming::Bad(e) => {
+            tracing::debug!(error = %e, "undecodable PDU rejected");
+            if let (Some(bhs), Some(reason)) = (e.rejected_header(), e.reject_reason()) {
+                session.reject_corrupt(reason, bhs);
+            }
+        }
+        Incoming::TooLong(bhs) => {
+            session.reject_header(RejectReason::PROTOCOL_ERROR, &bhs);
+            session.fail("data segment longer than MaxRecvDataSegmentLength");
+        }
+        Incoming::Closed(error) => {
+            if let Some(e) = error {
+                tracing::debug!(error = %e, "connection read failed");
+            }
+            return Some(Ended::ConnectionLost);
+        }
+    }
+    None
+}
+
+/// Hands a finished command task to the session.
+fn on_joined(
+    session: &mut Session,
+    joined: Result<(tokio::task::Id, (TaskId, ScsiResponse)), tokio::task::JoinError>,
+    handles: &mut HashMap<TaskId, AbortHandle>,
+    by_tokio_id: &mut HashMap<tokio::task::Id, TaskId>,
+) {
+    match joined {
+        Ok((tokio_id, (task, response))) => {
+            by_tokio_id.remove(&tokio_id);
+            handles.remove(&task);
+            session.complete(task, response);
+        }
+        Err(e) => {
+            let task = by_tokio_id.remove(&e.id());
+            if e.is_panic() {
+                if let Some(task) = task {
+                    tracing::error!(?task, "SCSI command panicked");
+                    handles.remove(&task);
+                    // INTERNAL TARGET FAILURE.
+                    session.complete(task, check_condition(0x04, 0x44, 0x00));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `session` until it ends. Incoming PDUs are read with `reader`, outgoing ones go to
+/// `tx` (the writer task).
+pub async fn drive<R: AsyncRead + Unpin>(
     mut session: Session,
     ctx: DriverContext,
-    mut rx: mpsc::Receiver<Incoming>,
+    mut reader: PduReader<R>,
     tx: mpsc::Sender<EncodedPdu>,
 ) -> Ended {
     let mut running: JoinSet<(TaskId, ScsiResponse)> = JoinSet::new();
@@ -129,44 +185,30 @@ pub async fn drive(
 
         let timer = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            incoming = rx.recv() => match incoming {
-                Some(Incoming::Pdu(pdu)) => session.handle_pdu(pdu, std::time::Instant::now()),
-                Some(Incoming::Bad(e)) => {
-                    tracing::debug!(error = %e, "undecodable PDU rejected");
-                    if let (Some(bhs), Some(reason)) = (e.rejected_header(), e.reject_reason()) {
-                        session.reject_corrupt(reason, bhs);
+            incoming = reader.next() => {
+                if let Some(lost) = on_incoming(&mut session, incoming) {
+                    break lost;
+                }
+                // Everything else already buffered, without waiting for more.
+                let mut lost = None;
+                while session.close_reason().is_none() {
+                    let Some(more) = reader.buffered() else { break };
+                    lost = on_incoming(&mut session, more);
+                    if lost.is_some() {
+                        break;
                     }
                 }
-                Some(Incoming::TooLong(bhs)) => {
-                    session.reject_header(RejectReason::PROTOCOL_ERROR, &bhs);
-                    session.fail("data segment longer than MaxRecvDataSegmentLength");
+                if let Some(lost) = lost {
+                    break lost;
                 }
-                Some(Incoming::Closed(error)) => {
-                    if let Some(e) = error {
-                        tracing::debug!(error = %e, "connection read failed");
-                    }
-                    break Ended::ConnectionLost;
+            }
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                on_joined(&mut session, joined, &mut handles, &mut by_tokio_id);
+                // Other commands that finished meanwhile go out in the same batch.
+                while let Some(joined) = running.try_join_next_with_id() {
+                    on_joined(&mut session, joined, &mut handles, &mut by_tokio_id);
                 }
-                None => break Ended::ConnectionLost,
-            },
-            Some(joined) = running.join_next_with_id(), if !running.is_empty() => match joined {
-                Ok((tokio_id, (task, response))) => {
-                    by_tokio_id.remove(&tokio_id);
-                    handles.remove(&task);
-                    session.complete(task, response);
-                }
-                Err(e) => {
-                    let task = by_tokio_id.remove(&e.id());
-                    if e.is_panic() {
-                        if let Some(task) = task {
-                            tracing::error!(?task, "SCSI command panicked");
-                            handles.remove(&task);
-                            // INTERNAL TARGET FAILURE.
-                            session.complete(task, check_condition(0x04, 0x44, 0x00));
-                        }
-                    }
-                }
-            },
+            }
             _ = sleep_until_opt(timer) => session.handle_timeout(std::time::Instant::now()),
             Some(notice) = recv_reset(&mut resets) => {
                 let own = ctx.scsi.as_ref().map(|s| s.tsih);

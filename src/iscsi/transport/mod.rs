@@ -5,9 +5,9 @@
 //! Message), waits briefly, and closes what is left.
 //!
 //! Inside: `catalog.rs` holds the served targets (login view, SCSI devices, reset broadcast);
-//! each connection (`connection.rs`) is one task with a reader and a writer task beside it
-//! (`wire.rs`: codec framing, vectored writes); after login, `driver.rs` runs the sans-IO
-//! [`crate::iscsi::session::Session`], with each SCSI command as its own tokio task, and
+//! each connection (`connection.rs`) is one task that reads the socket, with a writer task
+//! beside it (`wire.rs`: codec framing, vectored writes); after login, `driver.rs` runs the
+//! sans-IO [`crate::iscsi::session::Session`], with each SCSI command as its own tokio task, and
 //! `discovery.rs` answers Text Requests.
 
 mod catalog;

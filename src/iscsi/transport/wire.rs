@@ -43,21 +43,12 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
-    /// The next PDU or the reason there is none.
+    /// The next PDU or the reason there is none. Cancel safe (nothing is lost when the future
+    /// is dropped before completion), so it can sit in a `select!`.
     pub async fn next(&mut self) -> Incoming {
         loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(pdu)) => return Incoming::Pdu(pdu),
-                Ok(None) => {}
-                Err(PduError::SegmentTooLong { .. }) => {
-                    let mut bhs = [0u8; BHS_LEN];
-                    if let Some(head) = self.buf.get(..BHS_LEN) {
-                        bhs.copy_from_slice(head);
-                    }
-                    return Incoming::TooLong(bhs);
-                }
-                Err(e) if e.is_recoverable() => return Incoming::Bad(e),
-                Err(e) => return Incoming::Closed(Some(e)),
+            if let Some(item) = self.buffered() {
+                return item;
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => return Incoming::Closed(None),
@@ -67,15 +58,26 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
-    /// Runs the reader on its own task, passing PDUs through `tx` until the stream ends or
-    /// the receiver is dropped.
-    pub async fn forward(mut self, tx: mpsc::Sender<Incoming>) {
-        loop {
-            let item = self.next().await;
-            let last = matches!(item, Incoming::Closed(_) | Incoming::TooLong(_));
-            if tx.send(item).await.is_err() || last {
-                return;
+    /// The next PDU if it is already buffered (no I/O); `None` when more bytes are needed.
+    pub fn buffered(&mut self) -> Option<Incoming> {
+        match self.codec.decode(&mut self.buf) {
+            Ok(Some(pdu)) => Some(Incoming::Pdu(pdu)),
+            Ok(None) => None,
+            Err(e) => Some(self.decode_error(e)),
+        }
+    }
+
+    fn decode_error(&self, e: PduError) -> Incoming {
+        match e {
+            PduError::SegmentTooLong { .. } => {
+                let mut bhs = [0u8; BHS_LEN];
+                if let Some(head) = self.buf.get(..BHS_LEN) {
+                    bhs.copy_from_slice(head);
+                }
+                Incoming::TooLong(bhs)
             }
+            e if e.is_recoverable() => Incoming::Bad(e),
+            e => Incoming::Closed(Some(e)),
         }
     }
 }

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Network benchmark: our target against tgtd on the same 1 GiB file (see benches/README.md).
+#
+# Builds the release binary and the load generator (benches/loadgen), writes a 1 GiB backing file
+# (kept in the page cache), starts both targets, then runs every point ROUNDS times alternating
+# ours / tgtd, measuring each target's CPU seconds (/proc/PID/stat utime+stime) around each run.
+# Prints medians: ours, tgtd, ratio, and the same per CPU-second of the target process; plus
+# the RSS of each target under 16 sessions and one loopback TCP stream for reference.
+#
+# Environment: ROUNDS (default 3), DURATION measured seconds per run (default 5), POINTS (a
+# space-separated subset of the point names below), OBD_KEEP=1 keeps the raw results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+script_name=iscsi-vs-tgtd.sh
+# shellcheck source=conformance/targets.sh
+. conformance/targets.sh
+
+rounds=${ROUNDS:-3}
+duration=${DURATION:-5}
+all_points="rr4k_qd1 rr4k_qd32 rr4k_qd32_perf seq64k_qd8 seq1m_qd8 rw4k_qd32 sess1 sess4 sess16"
+points=${POINTS:-$all_points}
+iqn_ours=iqn.2026-11.io.overlaybd:bench
+iqn_tgt=iqn.2026-11.org.tgt:bench
+
+for tool in iscsi-perf tgtd tgtadm python3; do
+    command -v "$tool" >/dev/null || { echo "iscsi-vs-tgtd.sh: $tool is not installed" >&2; exit 2; }
+done
+
+cargo build --release --quiet --bin overlaybd-target --example loadgen
+ours_bin=target/release/overlaybd-target
+loadgen=target/release/examples/loadgen
+
+work=$(mktemp -d /tmp/obd-bench.XXXXXX)
+ours_pid=""
+tgt_pid=""
+tgt_ctrl=$((100 + RANDOM % 800))  # tgtd accepts small control port numbers only
+
+cleanup() {
+    set +e
+    stop_targets "$ours_pid" "$tgt_pid" "$tgt_ctrl"
+    if [ "${OBD_KEEP:-0}" = 1 ]; then
+        echo "iscsi-vs-tgtd.sh: results kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# CPU seconds (user + system, all threads) of a process so far.
+cpu_secs() {
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# Largest VmRSS (KiB) of $1 sampled every 0.2 s until the file $2 exists.
+sample_rss() {
+    local pid=$1 stop=$2 max=0 v
+    while [ ! -e "$stop" ]; do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ "${v:-0}" -gt "$max" ] && max=$v
+        sleep 0.2
+    done
+    echo "$max"
+}
+
+img=$work/lun.img
+echo "writing a 1 GiB backing file..." >&2
+dd if=/dev/urandom of="$img" bs=1M count=1024 status=none
+cat "$img" >/dev/null
+
+port_ours=$(free_port)
+"$ours_bin" --portal "127.0.0.1:$port_ours" --target "$iqn_ours" --lun "file:$img" \
+    >"$work/ours.log" 2>&1 &
+ours_pid=$!
+wait_port "$port_ours"
+
+port_tgt=$(free_port)
+tgtd -f -C "$tgt_ctrl" --iscsi "portal=127.0.0.1:$port_tgt" >"$work/tgtd.log" 2>&1 &
+tgt_pid=$!
+wait_port "$port_tgt"
+tgtadm -C "$tgt_ctrl" --lld iscsi --op new --mode target --tid 1 -T "$iqn_tgt"
+tgtadm -C "$tgt_ctrl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$img"
+tgtadm -C "$tgt_ctrl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+
+# One run of point $1 against side $2 (ours|tgtd); appends a result line to $work/results.
+run_point() {
+    local point=$1 side=$2 port iqn lun pid
+    if [ "$side" = ours ]; then
+        port=$port_ours iqn=$iqn_ours lun=0 pid=$ours_pid
+    else
+        port=$port_tgt iqn=$iqn_tgt lun=1 pid=$tgt_pid
+    fi
+    local lg=("$loadgen" --portal "127.0.0.1:$port" --target "$iqn" --lun "$lun"
+        --duration "$duration" --warmup 1)
+    local url="iscsi://127.0.0.1:$port/$iqn/$lun"
+    local stop=$work/stop.$point.$side rss_out=$work/rss.$point.$side
+    rm -f "$stop"
+    sample_rss "$pid" "$stop" >"$rss_out" &
+    local sampler=$!
+    local c0 c1 t0 t1 out
+    c0=$(cpu_secs "$pid")
+    t0=$(date +%s.%N)
+    case $point in
+        rr4k_qd1) out=$("${lg[@]}" --qd 1 --bs 4096) ;;
+        rr4k_qd32) out=$("${lg[@]}" --qd 32 --bs 4096) ;;
+        rr4k_qd32_perf) out=$(iscsi-perf -m 32 -b 8 -r -t "$duration" "$url" 2>&1 | tr '\r' '\n') ;;
+        seq64k_qd8) out=$("${lg[@]}" --qd 8 --bs 65536 --seq) ;;
+        seq1m_qd8) out=$("${lg[@]}" --qd 8 --bs 1048576 --seq) ;;
+        rw4k_qd32) out=$("${lg[@]}" --qd 32 --bs 4096 --write-pct 100) ;;
+        sess1) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 1) ;;
+        sess4) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 4) ;;
+        sess16) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 16) ;;
+        *) echo "unknown point $point" >&2; exit 2 ;;
+    esac
+    t1=$(date +%s.%N)
+    c1=$(cpu_secs "$pid")
+    touch "$stop"
+    wait "$sampler"
+    local iops mibs p99
+    if [ "$point" = rr4k_qd32_perf ]; then
+        # "iops average N (M MB/s)" on the last line; iscsi-perf's MB are MiB.
+        iops=$(echo "$out" | sed -n 's/^iops average \([0-9]*\) (\([0-9]*\) MB.*/\1/p' | tail -1)
+        mibs=$(echo "$out" | sed -n 's/^iops average \([0-9]*\) (\([0-9]*\) MB.*/\2/p' | tail -1)
+        p99=NA
+    else
+        iops=$(echo "$out" | sed -n 's/.*iops=\([0-9.]*\).*/\1/p')
+        mibs=$(echo "$out" | sed -n 's/.*mibs=\([0-9.]*\).*/\1/p')
+        p99=$(echo "$out" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')
+    fi
+    if [ -z "$iops" ]; then
+        echo "run failed: $point $side: $out" >&2
+        iops=NA mibs=NA
+    fi
+    echo "$point $side $iops $mibs $p99 $c0 $c1 $t0 $t1 $(cat "$rss_out")" >>"$work/results"
+    echo "  $point $side: $(echo "$out" | tail -1)" >&2
+}
+
+for round in $(seq "$rounds"); do
+    echo "round $round/$rounds" >&2
+    for point in $points; do
+        # Alternate which side goes first so drift hurts both alike.
+        if [ $((round % 2)) = 1 ]; then
+            run_point "$point" ours
+            run_point "$point" tgtd
+        else
+            run_point "$point" tgtd
+            run_point "$point" ours
+        fi
+    done
+    # One loopback TCP stream, the ceiling for one connection, measured in every round too.
+    "$loadgen" --tcp-baseline --duration "$duration" | sed -n 's/mibs=//p' >>"$work/tcp"
+done
+tcp_lg=$(sort -n "$work/tcp" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+tcp_iperf=NA
+if command -v iperf3 >/dev/null; then
+    ip_port=$(free_port)
+    iperf3 -s -1 -p "$ip_port" >/dev/null 2>&1 &
+    ip_pid=$!
+    sleep 0.5
+    tcp_iperf=$(iperf3 -c 127.0.0.1 -p "$ip_port" -t 3 -f M 2>/dev/null |
+        awk '/receiver/ { print $7 }' | tail -1)
+    wait "$ip_pid" 2>/dev/null || true
+fi
+
+echo
+echo "overlaybd-target vs tgtd $(tgtd --version 2>/dev/null | head -1), $(date -u +%F) on $(nproc) vCPU" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), medians of $rounds rounds x ${duration}s"
+python3 - "$work/results" "$tcp_lg" "$tcp_iperf" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def num(s):
+    try:
+        return float(s)
+    except ValueError:
+        return None
+data = {}
+order = []
+for point, side, iops, mibs, p99, c0, c1, t0, t1, rss in rows:
+    if point not in order:
+        order.append(point)
+    d = data.setdefault((point, side), {"iops": [], "mibs": [], "p99": [], "percpu": [], "rss": []})
+    i, c, w = num(iops), num(c1) - num(c0), num(t1) - num(t0)
+    d["iops"].append(i); d["mibs"].append(num(mibs)); d["p99"].append(num(p99))
+    d["rss"].append(num(rss) / 1024 if num(rss) else None)
+    # IOPS per CPU-second: IOPS divided by the cores the target kept busy meanwhile.
+    d["percpu"].append(i / (c / w) if i and c > 0 else None)
+def fmt(x, nd=0):
+    return "-" if x is None else f"{x:,.{nd}f}"
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}"
+print(f"{'point':15} {'IOPS ours':>10} {'tgtd':>10} {'ratio':>6} {'MiB/s ours':>10} {'tgtd':>8}"
+      f" {'IOPS/CPU-s ours':>15} {'tgtd':>9} {'ratio':>6} {'p99us ours':>10} {'tgtd':>8} {'RSS MiB o/t':>12}")
+for p in order:
+    o, t = data.get((p, "ours"), {}), data.get((p, "tgtd"), {})
+    m = lambda d, k: med(d.get(k, []))
+    rss = f"{fmt(m(o,'rss'))}/{fmt(m(t,'rss'))}"
+    print(f"{p:15} {fmt(m(o,'iops')):>10} {fmt(m(t,'iops')):>10} {ratio(m(o,'iops'), m(t,'iops')):>6}"
+          f" {fmt(m(o,'mibs'),1):>10} {fmt(m(t,'mibs'),1):>8}"
+          f" {fmt(m(o,'percpu')):>15} {fmt(m(t,'percpu')):>9} {ratio(m(o,'percpu'), m(t,'percpu')):>6}"
+          f" {fmt(m(o,'p99'),0):>10} {fmt(m(t,'p99'),0):>8} {rss:>12}")
+print(f"one loopback TCP stream: {sys.argv[2]} MiB/s (median per round; blocking read/write, 1 MiB buffers);"
+      f" iperf3 once: {sys.argv[3]} MiB/s")
+EOF
