@@ -552,3 +552,25 @@ async fn credential_service_mode_supplies_basic_credentials() {
     let err = RegistryClient::from_settings(&settings).unwrap().open_blob(&format!("{}{REPO}", registry.url()), "sha256:ab", None).await.unwrap_err();
     assert!(err.to_string().contains("success=false"), "{err}");
 }
+
+#[tokio::test]
+async fn oversized_or_malformed_token_answers_are_clean_errors() {
+    for (name, body) in [("huge", vec![b'x'; 2 << 20]), ("not json", b"<html>".to_vec()), ("no token", br#"{"expires_in": 5}"#.to_vec())] {
+        let realm = Arc::new(parking_lot::Mutex::new(String::new()));
+        let server = TestServer::start({
+            let (realm, body) = (Arc::clone(&realm), body.clone());
+            move |req| {
+                if req.target.starts_with("/token") {
+                    return Reply::new(200, &[], body.clone());
+                }
+                let challenge = format!(r#"Bearer realm="{}",service="s",scope="repository:team/app:pull""#, realm.lock());
+                Reply::new(401, &[("WWW-Authenticate", &challenge)], "")
+            }
+        })
+        .await;
+        *realm.lock() = format!("{}/token", server.url());
+        let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{name}: {err}");
+        assert!(err.to_string().contains("token"), "{name}: {err}");
+    }
+}

@@ -171,7 +171,9 @@ impl RegistryClient {
             f.message = format!("token service {}: {}", challenge.realm, f.message);
             return Err(f);
         }
-        let body = resp.bytes().await.map_err(Failure::transport)?;
+        let body = super::read_limited(resp, super::MAX_JSON_BODY)
+            .await
+            .map_err(|e| Failure::new(io::ErrorKind::InvalidData, format!("token service {}: {e}", challenge.realm), true))?;
         let token = parse_token_response(&body).map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), true))?;
         let expiry = Instant::now() + token.lifetime;
         self.tokens.lock().insert(challenge.clone(), (token.token.clone(), expiry));

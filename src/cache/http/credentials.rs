@@ -203,7 +203,9 @@ impl CredentialStore {
             if answer.status() != reqwest::StatusCode::OK {
                 return Err(std::io::Error::other(format!("credential service {url}: status {}", answer.status())));
             }
-            let body = answer.bytes().await.map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
+            let body = super::read_limited(answer, super::MAX_JSON_BODY)
+                .await
+                .map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
             let file = AuthFile::parse_service_answer(&body).map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
             if let Some(c) = file.lookup(&candidates) {
                 return Ok(Some(c));
