@@ -574,3 +574,15 @@ async fn oversized_or_malformed_token_answers_are_clean_errors() {
         assert!(err.to_string().contains("token"), "{name}: {err}");
     }
 }
+
+#[tokio::test]
+async fn redirect_loops_and_odd_locations_are_clean_errors() {
+    let looping = TestServer::start(|req| Reply::new(302, &[("Location", req.target.as_str())], "")).await;
+    let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", looping.url()), "sha256:ab", None).await.unwrap_err();
+    assert!(err.to_string().contains("more than 5 redirects (after 1 attempts)"), "not retried: {err}");
+    for location in ["file:///etc/passwd", "http://[::1"] {
+        let server = TestServer::start(move |_| Reply::new(307, &[("Location", location)], "")).await;
+        let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{location}: {err}");
+    }
+}

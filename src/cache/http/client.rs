@@ -366,6 +366,7 @@ impl HttpBlobSource {
             if status.is_redirection() {
                 let next = header_str(resp.headers(), LOCATION)
                     .and_then(|l| loc.url.join(l).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
                     .ok_or_else(|| Failure::new(io::ErrorKind::InvalidData, format!("HTTP {status} without a usable Location"), false))?;
                 // Authorization stays with the registry: a redirect to another origin (object
                 // storage, CDN) carries its own pre-signed credentials.
@@ -401,7 +402,7 @@ impl HttpBlobSource {
             return Ok((data, plan.total));
         }
         self.forget_location();
-        Err(Failure::new(io::ErrorKind::Other, format!("more than {MAX_REDIRECTS} redirects"), true))
+        Err(Failure::new(io::ErrorKind::Other, format!("more than {MAX_REDIRECTS} redirects"), false))
     }
 }
 
