@@ -140,15 +140,17 @@ impl DiskTier {
         fs::create_dir_all(root)
             .map_err(|e| io::Error::new(e.kind(), format!("cache dir {}: {e}", root.display())))?;
         let mut found: Vec<(SystemTime, UnitKey, u64)> = Vec::new();
-        for algo in read_dirs(root)? {
-            for blob in read_dirs(&algo)? {
+        // Only `<algo>/<hex>/<index>` entries are ours; anything else in the folder (e.g. the
+        // reference daemon's own cache files) is left alone, and an unreadable sub-folder is
+        // skipped rather than failing the whole cache.
+        for algo in read_dirs(root) {
+            for blob in read_dirs(&algo) {
                 let id = format!("{}:{}", file_name(&algo), file_name(&blob));
-                let Some(_) = BlobId::parse(&id) else {
+                if BlobId::parse(&id).is_none() {
                     continue;
-                };
+                }
                 let blob_id = BlobId::from_digest(&id);
-                for entry in fs::read_dir(&blob)? {
-                    let entry = entry?;
+                for entry in fs::read_dir(&blob).into_iter().flatten().flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     if name.contains(TMP_MARK) {
                         // A write that never reached its rename: garbage from a crash.
@@ -158,15 +160,17 @@ impl DiskTier {
                     let Ok(index) = u64::from_str_radix(&name, 16) else {
                         continue;
                     };
-                    let meta = entry.metadata()?;
-                    found.push((
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        UnitKey {
-                            blob: blob_id.clone(),
-                            index,
-                        },
-                        meta.len(),
-                    ));
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if meta.is_file() {
+                        found.push((
+                            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                            UnitKey {
+                                blob: blob_id.clone(),
+                                index,
+                            },
+                            meta.len(),
+                        ));
+                    }
                 }
             }
         }
@@ -294,15 +298,16 @@ impl DiskTier {
     }
 }
 
-fn read_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
+/// The sub-folders of `dir` (none if it cannot be read).
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
 }
 
 fn file_name(p: &Path) -> String {
@@ -427,6 +432,19 @@ mod tests {
         assert!(t.get(&key(1, 0), 4096, 4096).is_none());
         assert!(!path.exists(), "damaged entry deleted");
         assert_eq!(t.used_bytes(), 0);
+    }
+
+    #[test]
+    fn foreign_files_in_the_cache_folder_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join(format!("sha256:{}", "ab".repeat(32)));
+        fs::write(&foreign, b"overlaybd's own sparse cache file").unwrap();
+        fs::create_dir_all(dir.path().join("notes/readme")).unwrap();
+        fs::write(dir.path().join("notes/readme/0000000000000000"), b"x").unwrap();
+        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(t.used_bytes(), 0);
+        t.put(&key(1, 0), 4096, &[1; 10]).unwrap();
+        assert!(foreign.exists() && dir.path().join("notes/readme/0000000000000000").exists());
     }
 
     #[test]

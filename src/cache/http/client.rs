@@ -262,7 +262,15 @@ impl RegistryClient {
             f.message = format!("token service {}: {}", challenge.realm, f.message);
             return Err(f);
         }
-        let body = resp.bytes().await.map_err(Failure::transport)?;
+        let body = super::read_limited(resp, super::MAX_JSON_BODY)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    io::ErrorKind::InvalidData,
+                    format!("token service {}: {e}", challenge.realm),
+                    true,
+                )
+            })?;
         let token = parse_token_response(&body)
             .map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), true))?;
         let expiry = Instant::now() + token.lifetime;
@@ -535,6 +543,7 @@ impl HttpBlobSource {
             if status.is_redirection() {
                 let next = header_str(resp.headers(), LOCATION)
                     .and_then(|l| loc.url.join(l).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
                     .ok_or_else(|| {
                         Failure::new(
                             io::ErrorKind::InvalidData,
@@ -593,7 +602,7 @@ impl HttpBlobSource {
         Err(Failure::new(
             io::ErrorKind::Other,
             format!("more than {MAX_REDIRECTS} redirects"),
-            true,
+            false,
         ))
     }
 }

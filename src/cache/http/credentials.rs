@@ -232,8 +232,7 @@ impl CredentialStore {
                     answer.status()
                 )));
             }
-            let body = answer
-                .bytes()
+            let body = super::read_limited(answer, super::MAX_JSON_BODY)
                 .await
                 .map_err(|e| std::io::Error::other(format!("credential service {url}: {e}")))?;
             let file = AuthFile::parse_service_answer(&body)
