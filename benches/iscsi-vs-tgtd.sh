@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 script_name=iscsi-vs-tgtd.sh
 # shellcheck source=conformance/targets.sh
 . conformance/targets.sh
+# shellcheck source=benches/common/measure.sh
+. benches/common/measure.sh
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5}
@@ -47,22 +49,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# CPU seconds (user + system, all threads) of a process so far.
-cpu_secs() {
-    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
-}
-
-# Largest VmRSS (KiB) of $1 sampled every 0.2 s until the file $2 exists.
-sample_rss() {
-    local pid=$1 stop=$2 max=0 v
-    while [ ! -e "$stop" ]; do
-        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-        [ "${v:-0}" -gt "$max" ] && max=$v
-        sleep 0.2
-    done
-    echo "$max"
-}
-
 img=$work/lun.img
 echo "writing a 1 GiB backing file..." >&2
 dd if=/dev/urandom of="$img" bs=1M count=1024 status=none
@@ -75,12 +61,7 @@ ours_pid=$!
 wait_port "$port_ours"
 
 port_tgt=$(free_port)
-tgtd -f -C "$tgt_ctrl" --iscsi "portal=127.0.0.1:$port_tgt" >"$work/tgtd.log" 2>&1 &
-tgt_pid=$!
-wait_port "$port_tgt"
-tgtadm -C "$tgt_ctrl" --lld iscsi --op new --mode target --tid 1 -T "$iqn_tgt"
-tgtadm -C "$tgt_ctrl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$img"
-tgtadm -C "$tgt_ctrl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+start_tgtd "$port_tgt" "$tgt_ctrl" "$iqn_tgt" "$img" "$work/tgtd.log"
 
 # One run of point $1 against side $2 (ours|tgtd); appends a result line to $work/results.
 run_point() {
@@ -93,46 +74,15 @@ run_point() {
     local lg=("$loadgen" --portal "127.0.0.1:$port" --target "$iqn" --lun "$lun"
         --duration "$duration" --warmup 1)
     local url="iscsi://127.0.0.1:$port/$iqn/$lun"
-    local stop=$work/stop.$point.$side rss_out=$work/rss.$point.$side
-    rm -f "$stop"
-    sample_rss "$pid" "$stop" >"$rss_out" &
-    local sampler=$!
-    local c0 c1 t0 t1 out
-    c0=$(cpu_secs "$pid")
-    t0=$(date +%s.%N)
-    case $point in
-        rr4k_qd1) out=$("${lg[@]}" --qd 1 --bs 4096) ;;
-        rr4k_qd32) out=$("${lg[@]}" --qd 32 --bs 4096) ;;
-        rr4k_qd32_perf) out=$(iscsi-perf -m 32 -b 8 -r -t "$duration" "$url" 2>&1 | tr '\r' '\n') ;;
-        seq64k_qd8) out=$("${lg[@]}" --qd 8 --bs 65536 --seq) ;;
-        seq1m_qd8) out=$("${lg[@]}" --qd 8 --bs 1048576 --seq) ;;
-        rw4k_qd32) out=$("${lg[@]}" --qd 32 --bs 4096 --write-pct 100) ;;
-        sess1) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 1) ;;
-        sess4) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 4) ;;
-        sess16) out=$("${lg[@]}" --qd 8 --bs 4096 --sessions 16) ;;
-        *) echo "unknown point $point" >&2; exit 2 ;;
-    esac
-    t1=$(date +%s.%N)
-    c1=$(cpu_secs "$pid")
-    touch "$stop"
-    wait "$sampler"
-    local iops mibs p99
     if [ "$point" = rr4k_qd32_perf ]; then
-        # "iops average N (M MB/s)" on the last line; iscsi-perf's MB are MiB.
-        iops=$(echo "$out" | sed -n 's/^iops average \([0-9]*\) (\([0-9]*\) MB.*/\1/p' | tail -1)
-        mibs=$(echo "$out" | sed -n 's/^iops average \([0-9]*\) (\([0-9]*\) MB.*/\2/p' | tail -1)
-        p99=NA
+        measured_run "$point" "$side" "$pid" "$work/results" \
+            iscsi-perf -m 32 -b 8 -r -t "$duration" "$url"
     else
-        iops=$(echo "$out" | sed -n 's/.*iops=\([0-9.]*\).*/\1/p')
-        mibs=$(echo "$out" | sed -n 's/.*mibs=\([0-9.]*\).*/\1/p')
-        p99=$(echo "$out" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')
+        local args
+        read -ra args <<<"$(point_args "$point")"
+        [ "${#args[@]}" -gt 0 ] || exit 2
+        measured_run "$point" "$side" "$pid" "$work/results" "${lg[@]}" "${args[@]}"
     fi
-    if [ -z "$iops" ]; then
-        echo "run failed: $point $side: $out" >&2
-        iops=NA mibs=NA
-    fi
-    echo "$point $side $iops $mibs $p99 $c0 $c1 $t0 $t1 $(cat "$rss_out")" >>"$work/results"
-    echo "  $point $side: $(echo "$out" | tail -1)" >&2
 }
 
 for round in $(seq "$rounds"); do

@@ -49,6 +49,10 @@ struct Args {
     /// Sequential instead of random offsets.
     #[arg(long)]
     seq: bool,
+    /// With `--seq`: read the LUN once and stop; the measured time is that pass (no warm-up;
+    /// `--duration` is then only a limit). For first reads through a cold cache.
+    #[arg(long, requires = "seq")]
+    once: bool,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -115,7 +119,11 @@ fn main() -> ExitCode {
 
 /// Starts every session with the same clock and sums their results.
 async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<Totals> {
-    let warmup = Duration::from_secs_f64(args.warmup);
+    let warmup = if args.once {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(args.warmup)
+    };
     let measured = Duration::from_secs_f64(args.duration);
     let mut logged_in = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
@@ -132,6 +140,7 @@ async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<
             bs: args.bs,
             write_pct: args.write_pct,
             sequential: args.seq,
+            once: args.once,
             index: i,
             of: sessions,
         };
@@ -147,6 +156,10 @@ async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<
         totals.ios += t.ios;
         totals.errors += t.errors;
         totals.latencies_ns.extend(t.latencies_ns);
+    }
+    if args.once {
+        // The pass ended when its last session did.
+        totals.measured = start.elapsed().min(measured);
     }
     Ok(totals)
 }

@@ -27,6 +27,8 @@ pub struct Pattern {
     pub write_pct: u8,
     /// Sequential offsets (each session in its own part of the LUN).
     pub sequential: bool,
+    /// With `sequential`: stop after one pass over this session's part of the LUN.
+    pub once: bool,
     /// This session's number, and how many there are.
     pub index: usize,
     /// Number of sessions.
@@ -321,11 +323,22 @@ impl Session {
         let mut free: Vec<u32> = (0..p.qd as u32).rev().collect();
         let mut out = Totals::default();
         let mut outstanding = 0usize;
+        // Commands left to issue in a single pass (the last session also takes the remainder).
+        let mut left = if p.once && p.sequential {
+            if p.index + 1 == p.of {
+                blocks.saturating_sub(region * (p.of as u64 - 1))
+            } else {
+                region
+            }
+        } else {
+            u64::MAX
+        };
         loop {
-            // Fill the queue while the window and the clock allow.
+            // Fill the queue while the window, the clock and the pass allow.
             let now = Instant::now();
-            while now < end && serial::sn_le(self.cmd_sn, self.max_cmd_sn) {
+            while now < end && left > 0 && serial::sn_le(self.cmd_sn, self.max_cmd_sn) {
                 let Some(itt) = free.pop() else { break };
+                left -= 1;
                 let block = if p.sequential {
                     let b = cursor;
                     cursor = (cursor + 1) % blocks;
