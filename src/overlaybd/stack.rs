@@ -218,17 +218,28 @@ pub(crate) async fn read_extents(
             return Ok(b.clone());
         }
     }
-    let mut buf = BytesMut::zeroed(total);
+    assemble(total, pieces)
+}
+
+/// Lays `pieces` (disjoint `(position, bytes)` within `total`) end to end, zeros between them:
+/// each byte is written once, with no zero-fill of what the pieces then overwrite.
+fn assemble(total: usize, mut pieces: Vec<(usize, Bytes)>) -> LsmtResult<Bytes> {
+    pieces.sort_unstable_by_key(|&(at, _)| at);
+    let mut buf = BytesMut::with_capacity(total);
     for (at, b) in pieces {
-        // Records are clipped to the request and reads return exactly their length.
-        let dst = buf.get_mut(at..at + b.len()).ok_or_else(|| {
-            LsmtError::Invalid(format!(
-                "extent at byte {at} (+{}) outside a read of {total}",
+        // Records are clipped to the request and disjoint, and reads return exactly their
+        // length; anything else is refused rather than misplaced.
+        let end = at.checked_add(b.len()).filter(|&e| e <= total);
+        if at < buf.len() || end.is_none() {
+            return Err(LsmtError::Invalid(format!(
+                "extent at byte {at} (+{}) overlaps another or lies outside a read of {total}",
                 b.len()
-            ))
-        })?;
-        dst.copy_from_slice(&b);
+            )));
+        }
+        buf.resize(at, 0);
+        buf.extend_from_slice(&b);
     }
+    buf.resize(total, 0);
     Ok(buf.freeze())
 }
 
@@ -440,6 +451,20 @@ mod tests {
             runs,
             vec![(0, 8, 8, 1), (8, 4, 16, 0), (16, 4, 20, 0), (20, 4, 30, 0)]
         );
+    }
+
+    #[test]
+    fn pieces_assemble_in_place_with_zeros_between() {
+        let b = |v: &[u8]| Bytes::copy_from_slice(v);
+        // Out of order as buffer_unordered may return them; gaps at start, middle and end.
+        let got = assemble(10, vec![(6, b(&[6, 7])), (1, b(&[1, 2, 3]))]).unwrap();
+        assert_eq!(&got[..], &[0, 1, 2, 3, 0, 0, 6, 7, 0, 0]);
+        assert_eq!(&assemble(3, vec![]).unwrap()[..], &[0, 0, 0]);
+        assert_eq!(&assemble(2, vec![(0, b(&[9, 9]))]).unwrap()[..], &[9, 9]);
+        // Overlapping or out-of-bounds pieces are errors, never misplaced bytes.
+        assert!(assemble(10, vec![(0, b(&[1, 2, 3])), (2, b(&[4]))]).is_err());
+        assert!(assemble(4, vec![(3, b(&[1, 2]))]).is_err());
+        assert!(assemble(4, vec![(usize::MAX, b(&[1]))]).is_err());
     }
 
     #[test]
