@@ -15,6 +15,9 @@ use crate::cache::LayerSource;
 pub const MAX_LAYERS: usize = 255;
 /// Layer reads one request may have in flight at once.
 const MAX_CONCURRENT_READS: usize = 32;
+/// Zeros shared by reads that find no data (holes are common: a filesystem image maps only
+/// its used blocks). In `.bss`, so it costs no file size and only the pages a read touches.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 /// The reference's limit on records in a merged index.
 pub const MAX_MERGED_RECORDS: usize = 128_000_000;
 
@@ -207,6 +210,12 @@ pub(crate) async fn read_extents(
             let b = read(&*source, run.moffset * SECTOR, len).await?;
             Ok::<_, LsmtError>((at, b))
         });
+    }
+    if reads.is_empty() {
+        if let Some(zeros) = ZEROS.get(..total) {
+            // Holes and zeroed extents only: share static zeros, no allocation or fill.
+            return Ok(Bytes::from_static(zeros));
+        }
     }
     let pieces: Vec<(usize, Bytes)> = if reads.len() == 1 {
         // The common case (committed layers store data in logical order, so runs coalesce):
@@ -496,8 +505,10 @@ mod tests {
             (0, 12, vec![Record::data(0, 4, 8), Record::data(4, 4, 12), Record::zeroed(8, 4, 0)]),
             // Several runs (the concurrent path).
             (2, 20, vec![Record::data(2, 3, 40), Record::data(9, 2, 1), Record::data(15, 7, 50)]),
-            // Nothing mapped.
+            // Nothing mapped, or only zeroed records (static zeros up to 1 MiB, a buffer beyond).
             (0, 4, vec![]),
+            (8, 2048, vec![Record::zeroed(8, 100, 0)]),
+            (0, 2056, vec![]),
         ];
         for (start, sectors, recs) in cases {
             let got = read_extents(start, sectors, &recs, resolve).await.unwrap();
