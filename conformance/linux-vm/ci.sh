@@ -7,22 +7,34 @@
 # built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
 # Debian's docker-registry). See README.md beside this file.
 #
-# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS]
+# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS] [--net auto|tap|user]
+#              [--iscsi-recv softirq|workqueue]
 #   --budget SECS   bound for all cases together (default 540): each guest run gets at most 240 s
 #                   and what is left; cases that find less than 30 s left fail without running
+#   --net tap       run everything (targets, registry, QEMU) in a new network namespace of its own
+#                   (unshare --net; root and /dev/net/tun needed), the guest on a tap device whose
+#                   host side is 10.0.2.2, where the target listens; the guest then talks to the
+#                   host's TCP stack directly. --net user: QEMU's user-mode network (slirp) and the
+#                   target on 127.0.0.1. auto (default): tap when it can be set up, else user.
+#   --iscsi-recv    how the guest's iscsi_tcp reads (run.sh --iscsi-recv); default softirq (the
+#                   kernel's default) with tap, workqueue with user, where softirq reads stall for
+#                   ~5 s now and then (README.md, "Slow reads")
 # Logs: $VMI_LOGS/<case>/ (default: a new directory under ${TMPDIR:-/tmp}, printed at the end).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin="$repo/target/release/overlaybd-target"
-build=1 only="" budget=540
+build=1 only="" budget=540 net=auto iscsi_recv=""
+args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin=$2; build=0; shift ;;
         --no-build) build=0 ;;
         --only) only=",$2,"; shift ;;
         --budget) budget=$2; shift ;;
+        --net) net=$2; shift ;;
+        --iscsi-recv) iscsi_recv=$2; shift ;;
         *) echo "ci.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -31,8 +43,38 @@ if [ "$build" = 1 ]; then
     (cd "$repo" && cargo build --release --bin overlaybd-target) || { echo "ci.sh: build failed" >&2; exit 1; }
 fi
 [ -x "$bin" ] || { echo "ci.sh: no target binary at $bin" >&2; exit 2; }
-# The guest is built (or taken from the cache) once, before the timed cases.
+# The guest is built (or taken from the cache) once, before the timed cases (and before entering
+# a network namespace: it may download packages).
 bash "$here/build-guest.sh" --quiet > /dev/null || { echo "ci.sh: build-guest.sh failed" >&2; exit 1; }
+
+# --- the guest's network ---------------------------------------------------------------------
+# Why tap when possible: under QEMU's user-mode network the guest's default (softirq) iscsi_tcp
+# reads stall for ~5 s now and then, with any target (README.md, "Slow reads").
+tap_usable() {
+    [ "$(id -u)" = 0 ] && [ -c /dev/net/tun ] && command -v unshare > /dev/null && command -v ip > /dev/null &&
+        unshare --net ip tuntap add dev vmiprobe mode tap > /dev/null 2>&1
+}
+case "$net" in
+    auto) if tap_usable; then net=tap; else net=user; fi ;;
+    tap) tap_usable || { echo "ci.sh: --net tap needs root, /dev/net/tun, unshare and ip" >&2; exit 2; } ;;
+    user) ;;
+    *) echo "ci.sh: --net takes auto, tap or user" >&2; exit 2 ;;
+esac
+if [ "$net" = tap ] && [ -z "${VMI_CI_NETNS:-}" ]; then
+    # The namespace (and its tap device) disappears with the last process in it.
+    exec unshare --net env VMI_CI_NETNS=1 bash "$0" "${args[@]}" --no-build --bin "$bin" --net tap
+fi
+addr=127.0.0.1
+net_args=(--iscsi-recv "${iscsi_recv:-workqueue}")
+if [ "$net" = tap ]; then
+    ip link set lo up &&
+        ip tuntap add dev vmi0 mode tap &&
+        ip addr add 10.0.2.2/24 dev vmi0 &&
+        ip link set vmi0 up || { echo "ci.sh: setting up the tap device failed" >&2; exit 1; }
+    addr=10.0.2.2
+    net_args=(--tap vmi0 --iscsi-recv "${iscsi_recv:-softirq}")
+fi
+echo "ci.sh: network $net (target at $addr), guest iscsi_tcp reads in ${net_args[-1]}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci.XXXXXX")
 logs=${VMI_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci-logs.XXXXXX")}
@@ -68,14 +110,14 @@ trap 'exit 130' INT TERM
 # start_target ARGS...: starts the binary on the case's port (the same arguments are kept in
 # $work/target.args for a restart) and waits until it listens.
 start_target() {
-    printf '%q ' "$bin" --portal "127.0.0.1:$port" "$@" > "$work/target.args"
+    printf '%q ' "$bin" --portal "$addr:$port" "$@" > "$work/target.args"
     # shellcheck disable=SC2046
     bash -c "exec $(cat "$work/target.args")" >> "$work/target.log" 2>&1 &
     echo $! > "$pidfile"
     local up_by=$((SECONDS + 20))
-    until (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; do
+    until (exec 3<> "/dev/tcp/$addr/$port") 2> /dev/null; do
         if ! kill -0 "$(cat "$pidfile")" 2> /dev/null || [ "$SECONDS" -ge "$up_by" ]; then
-            echo "ci.sh: the target is not listening on 127.0.0.1:$port" >&2
+            echo "ci.sh: the target is not listening on $addr:$port" >&2
             tail -5 "$work/target.log" >&2
             return 1
         fi
@@ -123,8 +165,8 @@ case_() {
     if ! start_target "${targs[@]}"; then
         why="target did not start"
     else
-        bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
-            --timeout "$left" --logs "$logs/$name" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
+        bash "$here/run.sh" --portal "$addr:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
+            --timeout "$left" --logs "$logs/$name" "${net_args[@]}" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
         grep -E '^(RESULT|  INFO (negotiated|not_good|commands))|^run.sh' "$logs/$name.out" || true
         if ! kill -0 "$(cat "$pidfile" 2> /dev/null || echo 0)" 2> /dev/null; then
             why="the target exited during the run"
@@ -261,5 +303,6 @@ case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-rea
 
 echo "== ci.sh: summary (logs in $logs)"
 printf '%s\n' "${results[@]}"
+echo "network $net, guest iscsi_tcp reads in ${net_args[-1]}"
 echo "total $(awk -v a="$t_all" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s, ${#results[@]} cases, $failed failed"
 [ "$failed" = 0 ]
