@@ -140,7 +140,7 @@ EOF
 results=()
 failed=0
 # case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
-# EXPECT is pass; pass-cached (also something landed in $work/cache, the --cache-dir of the
+# EXPECT is pass; pass-cached (also something landed in $work/cache, the cacheDir of the
 # registry case); pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
 # pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
 case_() {
@@ -176,7 +176,7 @@ case_() {
             grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
                 why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
         elif [ "$expect" = pass-cached ] && [ -z "$(find "$work/cache" -type f -size +0c 2> /dev/null)" ]; then
-            why="nothing landed in --cache-dir: the layers were not read from the registry"
+            why="nothing landed in the cacheDir: the layers were not read from the registry"
         elif [ "$expect" = discovery-fail ]; then
             grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
                 why="expected the discovery login to be refused"
@@ -247,34 +247,60 @@ if selected image || selected registry; then
     build_layers > "$work/build.log" 2>&1 || { cat "$work/build.log" >&2; echo "ci.sh: building the image failed" >&2; exit 1; }
 fi
 
-# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage),
-# and a config whose lowers have only digest and size, read over HTTP through --cache-dir.
+# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage)
+# that requires htpasswd Basic auth, and a config whose lowers have only digest and size. The
+# target gets what overlaybd gets: --overlaybd-config naming an overlaybd.json whose
+# credentialConfig points at a cred.json (Docker-config "auths", keyed by registry/repository),
+# and whose cacheConfig.cacheDir is where the fetched blocks land.
 reg_cfg=$work/registry.json
+reg_user=ci-puller reg_pass=pull-Secret-73
+obd_cfg=$work/overlaybd.json
+# bcrypt_hash PASSWORD: the bcrypt hash docker-registry's htpasswd file needs.
+bcrypt_hash() {
+    if command -v htpasswd > /dev/null; then
+        htpasswd -nbB -C 5 x "$1" | cut -d: -f2- | head -1
+    else
+        python3 -W ignore -c 'import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))' "$1"
+    fi
+}
+# http_code ARGS...: the status of a curl request (000 when nothing answered).
+http_code() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
 start_registry() {
-    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l
+    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l hash auth
     [ "$rport" != "$port" ] || rport=$((rport + 1))
     base=http://127.0.0.1:$rport
-    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-        "$work/registry" "$rport" > "$work/registry.yml"
+    hash=$(bcrypt_hash "$reg_pass")
+    [[ "$hash" == '$2'* ]] || { echo "ci.sh: no bcrypt (htpasswd from apache2-utils, or python3's crypt)" >&2; return 1; }
+    echo "$reg_user:$hash" > "$work/htpasswd"
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\nauth:\n  htpasswd:\n    realm: ci\n    path: %s\n' \
+        "$work/registry" "$rport" "$work/htpasswd" > "$work/registry.yml"
     docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
     registry_pid=$!
     local up_by=$((SECONDS + 20))
-    until curl -sf -o /dev/null "$base/v2/"; do
+    until [ "$(http_code "$base/v2/")" != 000 ]; do
         kill -0 "$registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
         sleep 0.1
     done
+    # Without credentials the registry must refuse: the case then proves the target authenticates.
+    [ "$(http_code "$base/v2/")" = 401 ] || { echo "ci.sh: the registry does not ask for credentials" >&2; return 1; }
+    auth=(-u "$reg_user:$reg_pass")
     for l in l1 l2 l3; do
         d=$(sha256sum < "$img/$l.obd" | cut -d' ' -f1)
-        loc=$(curl -sf -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
+        loc=$(curl -sf "${auth[@]}" -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
             sed -n 's/^[Ll]ocation: //p')
         [ -n "$loc" ] || return 1
         [[ "$loc" == /* ]] && loc=$base$loc
         [[ "$loc" == *\?* ]] && loc="$loc&digest=sha256:$d" || loc="$loc?digest=sha256:$d"
-        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+        curl -sf "${auth[@]}" -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
             --data-binary "@$img/$l.obd" "$loc" || return 1
         lowers="$lowers${lowers:+,}{\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$img/$l.obd")}"
     done
+    [ "$(http_code "$base/v2/$repo/blobs/sha256:$d")" = 401 ] ||
+        { echo "ci.sh: the registry serves blobs without credentials" >&2; return 1; }
     echo "{\"repoBlobUrl\":\"$base/v2/$repo/blobs\",\"lowers\":[$lowers]}" > "$reg_cfg"
+    # The key names the repository (127.0.0.1:PORT/ci/image), one of the candidates the blob URL gives.
+    echo "{\"auths\":{\"127.0.0.1:$rport/$repo\":{\"username\":\"$reg_user\",\"password\":\"$reg_pass\"}}}" > "$work/cred.json"
+    echo "{\"credentialConfig\":{\"mode\":\"file\",\"path\":\"$work/cred.json\"},\"cacheConfig\":{\"cacheType\":\"file\",\"cacheDir\":\"$work/cache\",\"cacheSizeGB\":1},\"download\":{\"enable\":false}}" > "$obd_cfg"
 }
 if selected registry; then
     start_registry || { tail -5 "$work/registry.log" >&2; echo "ci.sh: docker-registry setup failed" >&2; exit 1; }
@@ -297,7 +323,7 @@ case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest
 case_ chap_missing login-fail --config "$chap_conf" --
 # run.sh takes the last --image: the exported raw file stands for the image the target serves.
 case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/final.raw" --scsi-log
-case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
+case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --overlaybd-config "$obd_cfg" -- \
     --image "$img/final.raw" --scsi-log
 case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
 
