@@ -47,33 +47,12 @@ fi
 # a network namespace: it may download packages).
 bash "$here/build-guest.sh" --quiet > /dev/null || { echo "ci.sh: build-guest.sh failed" >&2; exit 1; }
 
-# --- the guest's network ---------------------------------------------------------------------
-# Why tap when possible: under QEMU's user-mode network the guest's default (softirq) iscsi_tcp
-# reads stall for ~5 s now and then, with any target (README.md, "Slow reads").
-tap_usable() {
-    [ "$(id -u)" = 0 ] && [ -c /dev/net/tun ] && command -v unshare > /dev/null && command -v ip > /dev/null &&
-        unshare --net ip tuntap add dev vmiprobe mode tap > /dev/null 2>&1
-}
-case "$net" in
-    auto) if tap_usable; then net=tap; else net=user; fi ;;
-    tap) tap_usable || { echo "ci.sh: --net tap needs root, /dev/net/tun, unshare and ip" >&2; exit 2; } ;;
-    user) ;;
-    *) echo "ci.sh: --net takes auto, tap or user" >&2; exit 2 ;;
-esac
-if [ "$net" = tap ] && [ -z "${VMI_CI_NETNS:-}" ]; then
-    # The namespace (and its tap device) disappears with the last process in it.
-    exec unshare --net env VMI_CI_NETNS=1 bash "$0" "${args[@]}" --no-build --bin "$bin" --net tap
-fi
-addr=127.0.0.1
-net_args=(--iscsi-recv "${iscsi_recv:-workqueue}")
-if [ "$net" = tap ]; then
-    ip link set lo up &&
-        ip tuntap add dev vmi0 mode tap &&
-        ip addr add 10.0.2.2/24 dev vmi0 &&
-        ip link set vmi0 up || { echo "ci.sh: setting up the tap device failed" >&2; exit 1; }
-    addr=10.0.2.2
-    net_args=(--tap vmi0 --iscsi-recv "${iscsi_recv:-softirq}")
-fi
+# The guest's network (net.sh); with tap this script runs again inside its own network namespace.
+# shellcheck source=net.sh
+. "$here/net.sh"
+vmi_net "$net" "$iscsi_recv" "$0" "${args[@]}" --no-build --bin "$bin" || exit 2
+net=$vmi_net addr=$vmi_addr
+net_args=("${vmi_run_args[@]}")
 echo "ci.sh: network $net (target at $addr), guest iscsi_tcp reads in ${net_args[-1]}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci.XXXXXX")
