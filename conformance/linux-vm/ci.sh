@@ -249,7 +249,7 @@ start_registry() {
     [ "$rport" != "$port" ] || rport=$((rport + 1))
     base=http://127.0.0.1:$rport
     hash=$(bcrypt_hash "$reg_pass")
-    [[ "$hash" == '$2'* ]] || { echo "ci.sh: no bcrypt (htpasswd from apache2-utils, or python3's crypt)" >&2; return 1; }
+    [[ "$hash" == "\$2"* ]] || { echo "ci.sh: no bcrypt (htpasswd from apache2-utils, or python3's crypt)" >&2; return 1; }
     echo "$reg_user:$hash" > "$work/htpasswd"
     printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\nauth:\n  htpasswd:\n    realm: ci\n    path: %s\n' \
         "$work/registry" "$rport" "$work/htpasswd" > "$work/registry.yml"

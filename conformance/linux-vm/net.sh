@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (vmi_* are read by the scripts that source this)
 # The guest's network, shared by ci.sh, check-target.sh and selftest-tgt.sh (sourced, not run).
 #
 # tap:  the calling script runs again inside a new network namespace of its own (unshare --net;
@@ -40,8 +41,11 @@ vmi_net() {
         return 0
     fi
     [ -n "${VMI_NETNS:-}" ] || exec unshare --net env VMI_NETNS=1 bash "$@"
-    ip link set lo up && ip tuntap add dev vmi0 mode tap && ip addr add 10.0.2.2/24 dev vmi0 &&
-        ip link set vmi0 up || { echo "setting up the tap device failed" >&2; return 1; }
+    if ! { ip link set lo up && ip tuntap add dev vmi0 mode tap && ip addr add 10.0.2.2/24 dev vmi0 &&
+        ip link set vmi0 up; }; then
+        echo "setting up the tap device failed" >&2
+        return 1
+    fi
     vmi_addr=10.0.2.2
     vmi_run_args=(--tap vmi0 --iscsi-recv "${recv:-softirq}")
 }

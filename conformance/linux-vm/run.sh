@@ -282,7 +282,7 @@ boot() {
     [ "$a" = tcg ] && [ -f "$guest/vmlinux" ] && kernel=$guest/vmlinux
     : > "$logs/console.log"
     : > "$logs/results.log"
-    local net=(-netdev user,id=n0)
+    local net=(-netdev "user,id=n0")
     [ -z "$tap" ] || net=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no")
     [ -z "$pcap" ] || net+=(-object "filter-dump,id=f0,netdev=n0,file=$pcap,maxlen=256")
     qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \

@@ -57,7 +57,7 @@ bash "$here/make-test-image.sh" "$work/disk.img" 32M
 # Same size and file names, other content and UUID: the data checks must notice.
 bash "$here/make-test-image.sh" "$work/other.img" 32M
 
-tgtd -f -C "$ctl" --iscsi portal=$addr:$port > "$work/tgtd.log" 2>&1 &
+tgtd -f -C "$ctl" --iscsi "portal=$addr:$port" > "$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
 up_by=$((SECONDS + 10))
 until tgtadm --op show --mode target >/dev/null 2>&1; do
