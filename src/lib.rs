@@ -18,3 +18,8 @@ pub mod overlaybd;
 pub mod scsi;
 pub mod tools;
 pub mod zfile;
+
+/// The shared fixtures locator, the same file the integration tests use.
+#[cfg(test)]
+#[path = "../tests/support/fixtures.rs"]
+pub(crate) mod test_fixtures;
