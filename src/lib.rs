@@ -10,6 +10,8 @@
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build).
 
+#![warn(missing_docs)]
+
 pub mod block;
 pub mod cache;
 pub mod config;
