@@ -10,6 +10,8 @@
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build).
 
+#![warn(missing_docs)]
+
 pub mod block;
 pub mod cache;
 pub mod config;
@@ -18,3 +20,8 @@ pub mod overlaybd;
 pub mod scsi;
 pub mod tools;
 pub mod zfile;
+
+/// The shared fixtures locator, the same file the integration tests use.
+#[cfg(test)]
+#[path = "../tests/support/fixtures.rs"]
+pub(crate) mod test_fixtures;

@@ -7,22 +7,34 @@
 # built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
 # Debian's docker-registry). See README.md beside this file.
 #
-# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS]
+# Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS] [--net auto|tap|user]
+#              [--iscsi-recv softirq|workqueue]
 #   --budget SECS   bound for all cases together (default 540): each guest run gets at most 240 s
 #                   and what is left; cases that find less than 30 s left fail without running
+#   --net tap       run everything (targets, registry, QEMU) in a new network namespace of its own
+#                   (unshare --net; root and /dev/net/tun needed), the guest on a tap device whose
+#                   host side is 10.0.2.2, where the target listens; the guest then talks to the
+#                   host's TCP stack directly. --net user: QEMU's user-mode network (slirp) and the
+#                   target on 127.0.0.1. auto (default): tap when it can be set up, else user.
+#   --iscsi-recv    how the guest's iscsi_tcp reads (run.sh --iscsi-recv); default softirq (the
+#                   kernel's default) with tap, workqueue with user, where softirq reads stall for
+#                   ~5 s now and then (README.md, "Slow reads")
 # Logs: $VMI_LOGS/<case>/ (default: a new directory under ${TMPDIR:-/tmp}, printed at the end).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin="$repo/target/release/overlaybd-target"
-build=1 only="" budget=540
+build=1 only="" budget=540 net=auto iscsi_recv=""
+args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin=$2; build=0; shift ;;
         --no-build) build=0 ;;
         --only) only=",$2,"; shift ;;
         --budget) budget=$2; shift ;;
+        --net) net=$2; shift ;;
+        --iscsi-recv) iscsi_recv=$2; shift ;;
         *) echo "ci.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -31,8 +43,17 @@ if [ "$build" = 1 ]; then
     (cd "$repo" && cargo build --release --bin overlaybd-target) || { echo "ci.sh: build failed" >&2; exit 1; }
 fi
 [ -x "$bin" ] || { echo "ci.sh: no target binary at $bin" >&2; exit 2; }
-# The guest is built (or taken from the cache) once, before the timed cases.
+# The guest is built (or taken from the cache) once, before the timed cases (and before entering
+# a network namespace: it may download packages).
 bash "$here/build-guest.sh" --quiet > /dev/null || { echo "ci.sh: build-guest.sh failed" >&2; exit 1; }
+
+# The guest's network (net.sh); with tap this script runs again inside its own network namespace.
+# shellcheck source=net.sh
+. "$here/net.sh"
+vmi_net "$net" "$iscsi_recv" "$0" "${args[@]}" --no-build --bin "$bin" || exit 2
+net=$vmi_net addr=$vmi_addr
+net_args=("${vmi_run_args[@]}")
+echo "ci.sh: network $net (target at $addr), guest iscsi_tcp reads in ${net_args[-1]}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci.XXXXXX")
 logs=${VMI_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/vmi-ci-logs.XXXXXX")}
@@ -68,14 +89,14 @@ trap 'exit 130' INT TERM
 # start_target ARGS...: starts the binary on the case's port (the same arguments are kept in
 # $work/target.args for a restart) and waits until it listens.
 start_target() {
-    printf '%q ' "$bin" --portal "127.0.0.1:$port" "$@" > "$work/target.args"
+    printf '%q ' "$bin" --portal "$addr:$port" "$@" > "$work/target.args"
     # shellcheck disable=SC2046
     bash -c "exec $(cat "$work/target.args")" >> "$work/target.log" 2>&1 &
     echo $! > "$pidfile"
     local up_by=$((SECONDS + 20))
-    until (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; do
+    until (exec 3<> "/dev/tcp/$addr/$port") 2> /dev/null; do
         if ! kill -0 "$(cat "$pidfile")" 2> /dev/null || [ "$SECONDS" -ge "$up_by" ]; then
-            echo "ci.sh: the target is not listening on 127.0.0.1:$port" >&2
+            echo "ci.sh: the target is not listening on $addr:$port" >&2
             tail -5 "$work/target.log" >&2
             return 1
         fi
@@ -98,7 +119,7 @@ EOF
 results=()
 failed=0
 # case_ NAME EXPECT TARGET-ARGS... -- RUN-ARGS...: one guest run against a fresh target and image.
-# EXPECT is pass; pass-cached (also something landed in $work/cache, the --cache-dir of the
+# EXPECT is pass; pass-cached (also something landed in $work/cache, the cacheDir of the
 # registry case); pass-crc32c (also both digests negotiated as CRC32C); login-fail (the run must
 # pass discovery and fail at login); or discovery-fail (the discovery session's login is refused).
 case_() {
@@ -123,8 +144,8 @@ case_() {
     if ! start_target "${targs[@]}"; then
         why="target did not start"
     else
-        bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
-            --timeout "$left" --logs "$logs/$name" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
+        bash "$here/run.sh" --portal "$addr:$port" --iqn "$iqn" --lun 0 --image "$work/disk.img" \
+            --timeout "$left" --logs "$logs/$name" "${net_args[@]}" "${rargs[@]}" > "$logs/$name.out" 2>&1 || rc=$?
         grep -E '^(RESULT|  INFO (negotiated|not_good|commands))|^run.sh' "$logs/$name.out" || true
         if ! kill -0 "$(cat "$pidfile" 2> /dev/null || echo 0)" 2> /dev/null; then
             why="the target exited during the run"
@@ -134,7 +155,7 @@ case_() {
             grep -q '^RESULT session_params PASS .*HeaderDigest=CRC32C DataDigest=CRC32C' "$logs/$name.out" ||
                 why="CRC32C,None offered, but the target did not choose CRC32C for both digests"
         elif [ "$expect" = pass-cached ] && [ -z "$(find "$work/cache" -type f -size +0c 2> /dev/null)" ]; then
-            why="nothing landed in --cache-dir: the layers were not read from the registry"
+            why="nothing landed in the cacheDir: the layers were not read from the registry"
         elif [ "$expect" = discovery-fail ]; then
             grep -q '^RESULT discovery FAIL .*login failure' "$logs/$name.out" ||
                 why="expected the discovery login to be refused"
@@ -205,34 +226,60 @@ if selected image || selected registry; then
     build_layers > "$work/build.log" 2>&1 || { cat "$work/build.log" >&2; echo "ci.sh: building the image failed" >&2; exit 1; }
 fi
 
-# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage),
-# and a config whose lowers have only digest and size, read over HTTP through --cache-dir.
+# The registry case: the same layers pushed to a docker-registry on loopback (temporary storage)
+# that requires htpasswd Basic auth, and a config whose lowers have only digest and size. The
+# target gets what overlaybd gets: --overlaybd-config naming an overlaybd.json whose
+# credentialConfig points at a cred.json (Docker-config "auths", keyed by registry/repository),
+# and whose cacheConfig.cacheDir is where the fetched blocks land.
 reg_cfg=$work/registry.json
+reg_user=ci-puller reg_pass=pull-Secret-73
+obd_cfg=$work/overlaybd.json
+# bcrypt_hash PASSWORD: the bcrypt hash docker-registry's htpasswd file needs.
+bcrypt_hash() {
+    if command -v htpasswd > /dev/null; then
+        htpasswd -nbB -C 5 x "$1" | cut -d: -f2- | head -1
+    else
+        python3 -W ignore -c 'import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32)))' "$1"
+    fi
+}
+# http_code ARGS...: the status of a curl request (000 when nothing answered).
+http_code() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
 start_registry() {
-    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l
+    local rport=$((20000 + RANDOM % 40000)) repo=ci/image base loc d lowers="" l hash auth
     [ "$rport" != "$port" ] || rport=$((rport + 1))
     base=http://127.0.0.1:$rport
-    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-        "$work/registry" "$rport" > "$work/registry.yml"
+    hash=$(bcrypt_hash "$reg_pass")
+    [[ "$hash" == "\$2"* ]] || { echo "ci.sh: no bcrypt (htpasswd from apache2-utils, or python3's crypt)" >&2; return 1; }
+    echo "$reg_user:$hash" > "$work/htpasswd"
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\nauth:\n  htpasswd:\n    realm: ci\n    path: %s\n' \
+        "$work/registry" "$rport" "$work/htpasswd" > "$work/registry.yml"
     docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
     registry_pid=$!
     local up_by=$((SECONDS + 20))
-    until curl -sf -o /dev/null "$base/v2/"; do
+    until [ "$(http_code "$base/v2/")" != 000 ]; do
         kill -0 "$registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
         sleep 0.1
     done
+    # Without credentials the registry must refuse: the case then proves the target authenticates.
+    [ "$(http_code "$base/v2/")" = 401 ] || { echo "ci.sh: the registry does not ask for credentials" >&2; return 1; }
+    auth=(-u "$reg_user:$reg_pass")
     for l in l1 l2 l3; do
         d=$(sha256sum < "$img/$l.obd" | cut -d' ' -f1)
-        loc=$(curl -sf -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
+        loc=$(curl -sf "${auth[@]}" -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' |
             sed -n 's/^[Ll]ocation: //p')
         [ -n "$loc" ] || return 1
         [[ "$loc" == /* ]] && loc=$base$loc
         [[ "$loc" == *\?* ]] && loc="$loc&digest=sha256:$d" || loc="$loc?digest=sha256:$d"
-        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+        curl -sf "${auth[@]}" -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
             --data-binary "@$img/$l.obd" "$loc" || return 1
         lowers="$lowers${lowers:+,}{\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$img/$l.obd")}"
     done
+    [ "$(http_code "$base/v2/$repo/blobs/sha256:$d")" = 401 ] ||
+        { echo "ci.sh: the registry serves blobs without credentials" >&2; return 1; }
     echo "{\"repoBlobUrl\":\"$base/v2/$repo/blobs\",\"lowers\":[$lowers]}" > "$reg_cfg"
+    # The key names the repository (127.0.0.1:PORT/ci/image), one of the candidates the blob URL gives.
+    echo "{\"auths\":{\"127.0.0.1:$rport/$repo\":{\"username\":\"$reg_user\",\"password\":\"$reg_pass\"}}}" > "$work/cred.json"
+    echo "{\"credentialConfig\":{\"mode\":\"file\",\"path\":\"$work/cred.json\"},\"cacheConfig\":{\"cacheType\":\"file\",\"cacheDir\":\"$work/cache\",\"cacheSizeGB\":1},\"download\":{\"enable\":false}}" > "$obd_cfg"
 }
 if selected registry; then
     start_registry || { tail -5 "$work/registry.log" >&2; echo "ci.sh: docker-registry setup failed" >&2; exit 1; }
@@ -255,11 +302,12 @@ case_ chap_wrong_secret login-fail --config "$chap_conf" -- --chap-user vm-guest
 case_ chap_missing login-fail --config "$chap_conf" --
 # run.sh takes the last --image: the exported raw file stands for the image the target serves.
 case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/final.raw" --scsi-log
-case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --cache-dir "$work/cache" -- \
+case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --overlaybd-config "$obd_cfg" -- \
     --image "$img/final.raw" --scsi-log
 case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
 
 echo "== ci.sh: summary (logs in $logs)"
 printf '%s\n' "${results[@]}"
+echo "network $net, guest iscsi_tcp reads in ${net_args[-1]}"
 echo "total $(awk -v a="$t_all" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s, ${#results[@]} cases, $failed failed"
 [ "$failed" = 0 ]

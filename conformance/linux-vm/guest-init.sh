@@ -73,9 +73,15 @@ finish() {
 
 # --- kernel modules and network ----------------------------------------------------------------
 start
+# ISCSI_RECV=workqueue: iscsi_tcp reads the socket from its workqueue instead of the network softirq
+# (recv_from_iscsi_q=1); run.sh explains when that matters (--iscsi-recv).
 while read -r ko; do
-    insmod "$ko" 2>/dev/null || info "insmod $ko failed"
+    args=""
+    case "$ko" in */iscsi_tcp.ko*) [ "${ISCSI_RECV:-softirq}" = workqueue ] && args=recv_from_iscsi_q=1 ;; esac
+    # shellcheck disable=SC2086
+    insmod "$ko" $args 2>/dev/null || info "insmod $ko $args failed"
 done < /etc/modules.order
+info "iscsi_tcp recv_from_iscsi_q=$(cat /sys/module/iscsi_tcp/parameters/recv_from_iscsi_q 2>/dev/null)"
 depmod 2>/dev/null # lets the kernel's request_module find crypto algorithms through modprobe
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
@@ -281,6 +287,32 @@ if [ "$got" = "$EXP_1M" ]; then
     result first_mib PASS "${hash%sum} $got"
 else
     result first_mib FAIL "${hash%sum}: disk $got, expected $EXP_1M"
+fi
+
+# --- timed reads (--read-loop N): N O_DIRECT reads of 1 MiB, one dd each, stepping 1 MiB through the
+# disk; every read of 1 s or more is reported with its index and time (a diagnostic for stalls).
+if [ "${READ_LOOP:-0}" -gt 0 ]; then
+    start
+    mibs=$((size / 1048576))
+    i=0 slow=0 max=0 failed_reads=0
+    while [ "$i" -lt "$READ_LOOP" ]; do
+        t0=$(now_cs)
+        dd if="/dev/$DISK" of=/dev/null bs=1048576 skip=$((i % mibs)) count=1 iflag=direct 2>/dev/null ||
+            failed_reads=$((failed_reads + 1))
+        dt=$(($(now_cs) - t0))
+        [ "$dt" -gt "$max" ] && max=$dt
+        if [ "$dt" -ge 100 ]; then
+            slow=$((slow + 1))
+            info "slow_read $i $(secs "$dt")s at uptime $(secs "$(now_cs)")s"
+        fi
+        i=$((i + 1))
+    done
+    summary="$READ_LOOP reads of 1 MiB, $slow took 1 s or more, slowest $(secs "$max")s"
+    if [ "$failed_reads" = 0 ]; then
+        result read_loop PASS "$summary"
+    else
+        result read_loop FAIL "$failed_reads reads failed; $summary"
+    fi
 fi
 
 # --- raw writes: 4 x 1 MiB O_DIRECT at the end of the disk, read back, then the old data restored --

@@ -43,6 +43,9 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          under TCG run at 2-100 MB/s, depending on the load)
   --restart-read         read the whole disk in passes until one pass saw the connection drop, and
                          compare its md5 with the image's (restart_read; use with --on-read)
+  --read-loop N          N O_DIRECT reads of 1 MiB (offsets stepping through the disk), each timed:
+                         prints INFO read_ms lines and the number of reads over 1 s (read_loop;
+                         fails when a read fails; a diagnostic for slow reads, see README.md)
   --on-read CMD          host command run (with bash -c, in the background) once the guest starts
                          the --restart-read passes, e.g. one that kills and restarts the target
   --scsi-log             record every SCSI command (tracefs) and report CHECK CONDITIONs with sense
@@ -52,6 +55,16 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
   --logs DIR             keep console.log, results.log, session.txt, scsi.log there (default: a
                          new directory under ${TMPDIR:-/tmp})
   --mem MIB, --smp N     guest size (default 512, 1)
+  --iscsi-recv softirq|workqueue
+                         where the guest's iscsi_tcp reads its socket: softirq (the kernel's
+                         default) or its workqueue (module parameter recv_from_iscsi_q=1). Under
+                         the user-mode network, softirq reads stall for ~5 s now and then (see
+                         README.md, "Slow reads"); workqueue reads do not
+  --tap IFNAME           network the guest through this existing tap device (the host side holds
+                         10.0.2.2/24, e.g. in a network namespace made by ci.sh) instead of QEMU's
+                         user-mode network (slirp); the portal must then be reachable at 10.0.2.2
+  --pcap FILE            record the guest's network traffic (QEMU filter-dump, first 256 bytes of
+                         each frame) to FILE
 EOF
 }
 
@@ -61,8 +74,8 @@ die() {
 }
 
 portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
-chap_in_user="" chap_in_secret="" restart_read=0 on_read=""
-rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1
+chap_in_user="" chap_in_secret="" restart_read=0 on_read="" read_loop=0
+rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1 tap="" pcap="" iscsi_recv=softirq
 while [ $# -gt 0 ]; do
     case "$1" in
         --portal) portal=$2; shift ;;
@@ -78,6 +91,7 @@ while [ $# -gt 0 ]; do
         --chap-in-secret) chap_in_secret=$2; shift ;;
         --restart-read) restart_read=1 ;;
         --on-read) on_read=$2; shift ;;
+        --read-loop) read_loop=$2; shift ;;
         --digests)
             case "$2" in
                 on) hdig=CRC32C ddig=CRC32C ;;
@@ -100,6 +114,9 @@ while [ $# -gt 0 ]; do
         --logs) logs=$2; shift ;;
         --mem) mem=$2; shift ;;
         --smp) smp=$2; shift ;;
+        --iscsi-recv) iscsi_recv=$2; shift ;;
+        --tap) tap=$2; shift ;;
+        --pcap) pcap=$2; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument $1" ;;
     esac
@@ -118,8 +135,9 @@ else
     host_verify=0
 fi
 case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
+case "$iscsi_recv" in softirq | workqueue) ;; *) die "--iscsi-recv takes softirq or workqueue" ;; esac
 [[ "$portal" == *:* ]] || die "--portal must be HOST:PORT"
-for n in "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
+for n in "$read_loop" "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
 done
 [ -z "$chap_user" ] || [ -n "$chap_secret" ] || die "--chap-user needs --chap-secret"
@@ -229,6 +247,8 @@ cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
     echo "CHAP_IN_USER=$(sq "$chap_in_user")"
     echo "CHAP_IN_SECRET=$(sq "$chap_in_secret")"
     echo "RESTART_READ=$restart_read"
+    echo "READ_LOOP=$read_loop"
+    echo "ISCSI_RECV=$iscsi_recv"
     echo "EXP_FULL_MD5=$exp_full_md5"
     echo "HEADER_DIGEST=$(sq "$hdig")"
     echo "DATA_DIGEST=$(sq "$ddig")"
@@ -262,12 +282,15 @@ boot() {
     [ "$a" = tcg ] && [ -f "$guest/vmlinux" ] && kernel=$guest/vmlinux
     : > "$logs/console.log"
     : > "$logs/results.log"
+    local net=(-netdev "user,id=n0")
+    [ -z "$tap" ] || net=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no")
+    [ -z "$pcap" ] || net+=(-object "filter-dump,id=f0,netdev=n0,file=$pcap,maxlen=256")
     qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
         -accel "$a" -cpu "$cpu" -m "$mem" -smp "$smp" \
         -kernel "$kernel" -initrd "$scratch/initrd" \
         -append "console=ttyS0 panic=-1 loglevel=4 mitigations=off" \
         -serial "file:$logs/console.log" -serial "file:$logs/results.log" \
-        -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+        "${net[@]}" -device virtio-net-pci,netdev=n0 \
         > "$logs/qemu-$a.log" 2>&1 &
     qemu_pid=$!
     # Not a job of ours any more: bash would print "Aborted" when a KVM attempt dies; it still
@@ -359,6 +382,7 @@ expected=(boot iscsid discovery login login_disk session_params size first_mib)
 [ "$raw_write" = 1 ] && expected+=(raw_write raw_restore)
 [ "$full_md5" = 1 ] && expected+=(md5_full)
 [ "$restart_read" = 1 ] && expected+=(restart_read)
+[ "$read_loop" -gt 0 ] && expected+=(read_loop)
 [ "$efs" = ext4 ] && expected+=(ext4_ro_mount ext4_files)
 if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then
     expected+=(rw_write rw_logout relogin relogin_disk rw_readback)

@@ -3,18 +3,34 @@
 # and runs that ought to fail (wrong CHAP secret, digests refused, wrong IQN, missing LUN, an image
 # that is not the target's, nothing listening) must fail.
 # Starts its own tgtd on a private control port and a random loopback portal; needs root for tgtd.
-# Usage: selftest-tgt.sh [--quick]   (--quick: only the read-only and read-write cases)
+# Usage: selftest-tgt.sh [--quick] [--net auto|tap|user]
+#   --quick   only the read-only and read-write cases
+#   --net     the guest's network (net.sh; default auto: tap in a network namespace of its own)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+quick=0 net=auto
+args=("$@")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --net) net=$2; shift ;;
+        *) echo "selftest-tgt.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 command -v tgtd >/dev/null || {
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get install -y -qq tgt >/dev/null
 }
+
+bash "$here/build-guest.sh" --quiet > /dev/null || { echo "selftest-tgt.sh: build-guest.sh failed" >&2; exit 1; }
+# shellcheck source=net.sh
+. "$here/net.sh"
+vmi_net "$net" "" "$0" "${args[@]}" || exit 2
+addr=$vmi_addr
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmi-selftest.XXXXXX")
 port=$((20000 + RANDOM % 40000))
@@ -41,7 +57,7 @@ bash "$here/make-test-image.sh" "$work/disk.img" 32M
 # Same size and file names, other content and UUID: the data checks must notice.
 bash "$here/make-test-image.sh" "$work/other.img" 32M
 
-tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$port > "$work/tgtd.log" 2>&1 &
+tgtd -f -C "$ctl" --iscsi "portal=$addr:$port" > "$work/tgtd.log" 2>&1 &
 tgtd_pid=$!
 up_by=$((SECONDS + 10))
 until tgtadm --op show --mode target >/dev/null 2>&1; do
@@ -59,8 +75,8 @@ case_() {
     local name=$1 expect=$2 rc=0 t0 dt first
     shift 2
     t0=$(date +%s.%N)
-    bash "$here/run.sh" --portal "127.0.0.1:$port" --iqn "$iqn" --image "$work/disk.img" \
-        --logs "$work/logs-$name" --timeout 240 "$@" > "$work/$name.out" 2>&1 || rc=$?
+    bash "$here/run.sh" --portal "$addr:$port" --iqn "$iqn" --image "$work/disk.img" \
+        --logs "$work/logs-$name" --timeout 240 "${vmi_run_args[@]}" "$@" > "$work/$name.out" 2>&1 || rc=$?
     dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     local got=pass
     if [ "$rc" != 0 ]; then
@@ -95,7 +111,7 @@ if [ "$quick" = 0 ]; then
     case_ wrong_iqn fail:discovery --lun 1 --iqn iqn.2026-11.test:nosuch
     case_ missing_lun fail:login_disk --lun 5 --disk-wait 5
     case_ wrong_image fail:first_mib --lun 1 --image "$work/other.img"
-    case_ no_listener fail:discovery --lun 1 --portal "127.0.0.1:$((port == 60000 ? 20001 : port + 1))"
+    case_ no_listener fail:discovery --lun 1 --portal "$addr:$((port == 60000 ? 20001 : port + 1))"
 fi
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -65,8 +65,13 @@ pub fn parse_challenge(header: &str) -> Result<Challenge, AuthError> {
     };
     // The reference requires all three; a registry that omits `scope` (no repository) gets an
     // empty scope rather than a refusal, since the token service decides what that means.
+    // An empty realm names no token service: refused here rather than failing later as a URL.
+    let realm = get("realm")?;
+    if realm.trim().is_empty() {
+        return Err(AuthError::MissingParameter("realm"));
+    }
     Ok(Challenge::Bearer(BearerChallenge {
-        realm: get("realm")?,
+        realm,
         service: get("service")?,
         scope: get("scope").unwrap_or_default(),
     }))
@@ -224,6 +229,10 @@ mod tests {
         );
         assert_eq!(
             parse_challenge(r#"Bearer service="s""#),
+            Err(AuthError::MissingParameter("realm"))
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="",service="s""#),
             Err(AuthError::MissingParameter("realm"))
         );
         assert!(matches!(

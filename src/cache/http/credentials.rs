@@ -89,33 +89,38 @@ fn ordered<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, AuthEntry)>, 
     d.deserialize_map(OrderedEntries)
 }
 
+/// The document shape shared by credential files and the service's `data` object.
+#[derive(Deserialize)]
+struct AuthDoc {
+    #[serde(default, deserialize_with = "ordered")]
+    auths: Vec<(String, AuthEntry)>,
+}
+
 impl AuthFile {
     /// Parses a `cred.json` / Docker `config.json` document (only `auths` is used).
     pub fn parse(json: &[u8]) -> Result<Self, serde_json::Error> {
-        #[derive(Deserialize)]
-        struct Doc {
-            #[serde(default, deserialize_with = "ordered")]
-            auths: Vec<(String, AuthEntry)>,
-        }
-        let doc: Doc = serde_json::from_slice(json)?;
+        let doc: AuthDoc = serde_json::from_slice(json)?;
         Ok(Self { entries: doc.auths })
     }
 
     /// Parses the `{"success": true, "data": {"auths": ...}}` answer of a credential service.
     pub fn parse_service_answer(json: &[u8]) -> Result<Self, String> {
+        // `data` is deserialised straight into the ordered form: going through
+        // `serde_json::Value` would sort the keys and change which entry matches first.
         #[derive(Deserialize)]
         struct Answer {
             #[serde(default)]
             success: bool,
-            data: Option<serde_json::Value>,
+            data: Option<AuthDoc>,
         }
         let a: Answer = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         if !a.success {
             return Err("credential service answered success=false".into());
         }
         let data = a.data.ok_or("credential service answer without `data`")?;
-        // Re-serialise so the ordered parser sees the entries in the service's order.
-        Self::parse(data.to_string().as_bytes()).map_err(|e| e.to_string())
+        Ok(Self {
+            entries: data.auths,
+        })
     }
 
     /// The credentials of the first entry (in file order) whose key is one of `candidates`.
@@ -341,6 +346,14 @@ mod tests {
         let a = AuthFile::parse_service_answer(br#"{"traceId":"t","success":true,"data":{"auths":{"h":{"username":"a","password":"b"}}}}"#).unwrap();
         assert_eq!(a.lookup(&["h".into()]).unwrap().username, "a");
         assert!(AuthFile::parse_service_answer(br#"{"success":false}"#).is_err());
+        assert!(AuthFile::parse_service_answer(br#"{"success":true}"#).is_err());
+        // File order decides between keys naming the same registry, as in cred.json; "reg"
+        // sorts after "https://reg/", so a sorted map would pick the second entry.
+        let ordered = AuthFile::parse_service_answer(
+            br#"{"success":true,"data":{"auths":{"reg":{"username":"first","password":"p"},"https://reg/":{"username":"second","password":"p"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ordered.lookup(&["reg".into()]).unwrap().username, "first");
         assert!(AuthFile::parse(b"{\"auths\": [1]}").is_err());
         assert!(AuthFile::parse(b"{}")
             .unwrap()

@@ -1,7 +1,6 @@
 //! The real `ext4_64` base layer made by the original C++ tools (fixtures/README.md,
 //! lsmt.md §5.4): layout, index, metadata and the contents of the virtual disk.
 
-use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -9,29 +8,9 @@ use crate::overlaybd::commit::{write_commit, CommitOptions, CommitSource};
 use crate::overlaybd::header::LayerUuid;
 use crate::overlaybd::index::Record;
 use crate::overlaybd::{LayerStack, LocalOpener, SealedLayer};
+pub(super) use crate::test_fixtures::fixture;
 
 const MIB: u64 = 1 << 20;
-
-/// The fixtures folder: `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
-/// `../../shared/fixtures` from the crate root. Missing fixtures fail the test loudly.
-pub(super) fn fixture(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let tried: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            root.join("../shared/fixtures"),
-            root.join("../../shared/fixtures"),
-        ])
-        .collect();
-    tried
-        .iter()
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("fixture {name} not found (set OVERLAYBD_FIXTURES); tried {tried:?}")
-        })
-}
 
 async fn ext4_64() -> SealedLayer {
     LocalOpener::open_layer(&fixture("ext4_64")).await.unwrap()

@@ -1,7 +1,6 @@
 //! The real `ext4_64` base layer made by the original C++ tools (fixtures/README.md,
 //! zfile.md §10): every documented value, the legacy header quirk, full decompression.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cache::file::FileSource;
@@ -9,33 +8,13 @@ use crate::cache::LayerSource;
 use crate::zfile::header::{flag, parse_header, parse_trailer, STRUCT_SIZE};
 use crate::zfile::tar::build;
 use crate::zfile::{open_payload, Algorithm, BlobFormat, ZFileReader};
+use crate::test_fixtures::fixture;
 
 const FILE_SIZE: u64 = 4_737_695;
 const BLOCKS: u64 = 132_309;
 const ORIGINAL_SIZE: u64 = 541_937_664;
 const INDEX_OFFSET: u64 = 4_207_947;
 const LSMT_MAGIC0: [u8; 8] = [0x4C, 0x53, 0x4D, 0x54, 0x00, 0x01, 0x02, 0x00];
-
-/// The fixtures folder: `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
-/// `../../shared/fixtures` from the crate root. Missing fixtures fail the test loudly.
-fn fixture(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = std::env::var_os("OVERLAYBD_FIXTURES")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            root.join("../shared/fixtures"),
-            root.join("../../shared/fixtures"),
-        ]);
-    let tried: Vec<PathBuf> = candidates.collect();
-    tried
-        .iter()
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("fixture {name} not found (set OVERLAYBD_FIXTURES); tried {tried:?}")
-        })
-}
 
 async fn open_fixture() -> (Arc<dyn LayerSource>, ZFileReader) {
     let src: Arc<dyn LayerSource> = Arc::new(FileSource::open(fixture("ext4_64")).await.unwrap());
