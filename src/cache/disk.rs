@@ -8,18 +8,18 @@
 //! mid-write, bad sector, hand edits) is detected, deleted and refetched, never served. No
 //! fsync is needed for that guarantee, which keeps fsync off the read path.
 //!
-//! The LRU order is kept in memory and persisted through file modification times, which are
-//! refreshed on every hit and read back at start-up. All methods block: call them from
-//! `spawn_blocking`.
+//! Which units stay is quick_cache's decision (the same CLOCK-Pro-like policy as the memory
+//! tier, weighted by entry size); an eviction deletes the entry's file. Recency survives
+//! restarts through file modification times: a hit refreshes them (at most once a minute per
+//! entry, to keep metadata writes off busy hits), and start-up admits entries oldest first.
+//! All methods block: call them from `spawn_blocking`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::key::{BlobId, UnitKey};
 
@@ -83,53 +83,58 @@ fn check_entry(
     Ok(payload)
 }
 
-#[derive(Default)]
-struct Index {
-    /// Key -> (bytes on disk, LRU tick).
-    entries: HashMap<UnitKey, (u64, u64)>,
-    /// LRU tick -> key; the first entry is the least recently used.
-    lru: BTreeMap<u64, UnitKey>,
-    next_tick: u64,
-    used: u64,
+/// A hit refreshes the entry file's modification time only when it is older than this: the
+/// order across restarts needs no finer grain, and a metadata write per hit would cost more
+/// than the hit.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// What the index keeps per unit: the entry file's size (its weight) and when its
+/// modification time was last refreshed.
+#[derive(Clone, Copy)]
+struct Entry {
+    size: u64,
+    touched: SystemTime,
 }
 
-impl Index {
-    fn touch(&mut self, key: &UnitKey) {
-        let tick = self.next_tick;
-        if let Some((_, t)) = self.entries.get_mut(key) {
-            self.lru.remove(t);
-            *t = tick;
-            self.lru.insert(tick, key.clone());
-            self.next_tick += 1;
-        }
-    }
+#[derive(Clone, Copy, Default)]
+struct EntryWeighter;
 
-    fn insert(&mut self, key: UnitKey, size: u64) {
-        self.remove(&key);
-        let tick = self.next_tick;
-        self.next_tick += 1;
-        self.lru.insert(tick, key.clone());
-        self.entries.insert(key, (size, tick));
-        self.used += size;
-    }
-
-    fn remove(&mut self, key: &UnitKey) -> bool {
-        match self.entries.remove(key) {
-            Some((size, tick)) => {
-                self.lru.remove(&tick);
-                self.used -= size;
-                true
-            }
-            None => false,
-        }
+impl quick_cache::Weighter<UnitKey, Entry> for EntryWeighter {
+    fn weight(&self, _key: &UnitKey, val: &Entry) -> u64 {
+        val.size.max(1)
     }
 }
+
+/// Collects the keys quick_cache evicts during one insert, so their files are deleted after
+/// the insert returns rather than inside the cache's lock.
+#[derive(Clone, Copy, Default)]
+struct CollectEvicted;
+
+impl quick_cache::Lifecycle<UnitKey, Entry> for CollectEvicted {
+    type RequestState = Vec<UnitKey>;
+
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: UnitKey, _val: Entry) {
+        state.push(key);
+    }
+}
+
+type Index = quick_cache::sync::Cache<
+    UnitKey,
+    Entry,
+    EntryWeighter,
+    quick_cache::DefaultHashBuilder,
+    CollectEvicted,
+>;
 
 /// Refill units persisted in a folder, at most `capacity` bytes of entry files in all.
 pub struct DiskTier {
     root: PathBuf,
     capacity: u64,
-    index: Mutex<Index>,
+    index: Index,
 }
 
 impl DiskTier {
@@ -175,17 +180,30 @@ impl DiskTier {
             }
         }
         found.sort_by_key(|(t, _, _)| *t);
+        let items = usize::try_from(capacity / 65_536)
+            .unwrap_or(usize::MAX)
+            .clamp(16, 1 << 20);
+        // One shard: quick_cache splits the weight capacity between shards, and a unit must
+        // fit in one; the disk tier's cost is the file system, not this lock.
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(capacity.max(1))
+            .shards(1)
+            .build()
+            .map_err(|e| io::Error::other(format!("disk cache index: {e:?}")))?;
         let tier = Self {
             root: root.to_path_buf(),
             capacity,
-            index: Mutex::new(Index::default()),
+            index: Index::with_options(
+                options,
+                EntryWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                CollectEvicted,
+            ),
         };
-        {
-            let mut idx = tier.index.lock();
-            for (_, key, size) in found {
-                idx.insert(key, size);
-            }
-            tier.evict_locked(&mut idx);
+        // Oldest first, so the policy sees the last run's recency; a shrunk bound evicts here.
+        for (touched, key, size) in found {
+            tier.admit(key, Entry { size, touched });
         }
         Ok(tier)
     }
@@ -207,15 +225,21 @@ impl DiskTier {
     /// The unit's payload if a whole, matching entry exists (`expected_len` bytes for a unit
     /// of `unit_size`). A damaged entry is deleted and reported as a miss.
     pub fn get(&self, key: &UnitKey, unit_size: u64, expected_len: usize) -> Option<Bytes> {
-        if !self.index.lock().entries.contains_key(key) {
-            return None;
-        }
+        // `get` also counts the hit for the eviction policy.
+        let entry = self.index.get(key)?;
         let path = self.entry_path(key);
         let mut bytes = Vec::with_capacity(HEADER_LEN + expected_len);
+        let now = SystemTime::now();
+        let stale = now
+            .duration_since(entry.touched)
+            .map_or(true, |age| age >= TOUCH_EVERY);
         let read = fs::File::open(&path).and_then(|mut f| {
             f.read_to_end(&mut bytes)?;
-            // Persist the LRU position; best effort (a read-only cache dir still serves).
-            let _ = f.set_modified(SystemTime::now());
+            // Persist the recency for the next start; best effort (a read-only cache dir
+            // still serves).
+            if stale && f.set_modified(now).is_ok() {
+                self.index.replace(key.clone(), Entry { touched: now, ..entry }, true).ok();
+            }
             Ok(())
         });
         if let Err(e) = read {
@@ -224,10 +248,7 @@ impl DiskTier {
             return None;
         }
         match check_entry(&bytes, key.index, unit_size, expected_len) {
-            Ok(range) => {
-                self.index.lock().touch(key);
-                Some(Bytes::from(bytes).slice(range))
-            }
+            Ok(range) => Some(Bytes::from(bytes).slice(range)),
             Err(why) => {
                 tracing::warn!(path = %path.display(), why, "dropping damaged disk cache entry");
                 self.remove(key);
@@ -236,7 +257,7 @@ impl DiskTier {
         }
     }
 
-    /// Stores a unit, then evicts least recently used units until the tier fits.
+    /// Stores a unit; the units the policy evicts to make room lose their files.
     pub fn put(&self, key: &UnitKey, unit_size: u64, payload: &[u8]) -> io::Result<()> {
         let size = (HEADER_LEN + payload.len()) as u64;
         if size > self.capacity
@@ -261,40 +282,42 @@ impl DiskTier {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let mut idx = self.index.lock();
-        idx.insert(key.clone(), size);
-        self.evict_locked(&mut idx);
+        self.admit(
+            key.clone(),
+            Entry {
+                size,
+                touched: SystemTime::now(),
+            },
+        );
         Ok(())
+    }
+
+    /// Records an entry whose file exists, then deletes the files of the units evicted for
+    /// it. A unit re-stored between its eviction and the deletion would lose its new file;
+    /// the next `get` then finds it unreadable and reports a miss, so the race costs a refetch,
+    /// never wrong data.
+    fn admit(&self, key: UnitKey, entry: Entry) {
+        for gone in self.index.insert_with_lifecycle(key, entry) {
+            if !self.index.contains_key(&gone) {
+                let _ = fs::remove_file(self.entry_path(&gone));
+            }
+        }
     }
 
     /// Deletes a unit's entry, if any.
     pub fn remove(&self, key: &UnitKey) {
-        let mut idx = self.index.lock();
-        idx.remove(key);
-        // Unlink under the lock so a concurrent `put` of the same unit cannot lose its file.
+        self.index.remove(key);
         let _ = fs::remove_file(self.entry_path(key));
     }
 
     /// Bytes of entry files currently accounted.
     pub fn used_bytes(&self) -> u64 {
-        self.index.lock().used
+        self.index.weight()
     }
 
     /// Whether the unit is present (without reading or checking it).
     pub fn contains(&self, key: &UnitKey) -> bool {
-        self.index.lock().entries.contains_key(key)
-    }
-
-    fn evict_locked(&self, idx: &mut Index) {
-        while idx.used > self.capacity {
-            let Some((_, key)) = idx.lru.pop_first() else {
-                break;
-            };
-            if let Some((size, _)) = idx.entries.remove(&key) {
-                idx.used -= size;
-            }
-            let _ = fs::remove_file(self.entry_path(&key));
-        }
+        self.index.contains_key(key)
     }
 }
 
@@ -382,25 +405,40 @@ mod tests {
     }
 
     #[test]
-    fn size_bound_evicts_least_recently_used() {
+    fn size_bound_evicts_cold_units_and_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let entry = (HEADER_LEN + 1000) as u64;
-        let t = DiskTier::open(dir.path(), 3 * entry).unwrap();
-        for i in 0..3 {
+        let t = DiskTier::open(dir.path(), 10 * entry).unwrap();
+        for i in 0..10 {
             t.put(&key(1, i), 4096, &[i as u8; 1000]).unwrap();
         }
-        assert!(t.get(&key(1, 0), 4096, 1000).is_some()); // 0 becomes most recent
-        t.put(&key(1, 3), 4096, &[3u8; 1000]).unwrap();
-        assert!(t.used_bytes() <= 3 * entry);
-        assert!(!t.contains(&key(1, 1)), "least recently used went first");
-        assert!(!t.entry_path(&key(1, 1)).exists());
-        assert!(t.contains(&key(1, 0)) && t.contains(&key(1, 2)) && t.contains(&key(1, 3)));
+        // Units 0-4 are read again (a working set); then a one-off scan of 10 new units.
+        for _ in 0..3 {
+            for i in 0..5 {
+                assert!(t.get(&key(1, i), 4096, 1000).is_some());
+            }
+        }
+        for i in 10..20 {
+            t.put(&key(1, i), 4096, &[i as u8; 1000]).unwrap();
+        }
+        assert!(t.used_bytes() <= 10 * entry);
+        // Every unit the index dropped lost its file, and every unit it kept has one.
+        for i in 0..20 {
+            assert_eq!(t.contains(&key(1, i)), t.entry_path(&key(1, i)).exists(), "unit {i}");
+        }
+        assert_eq!(walk_files(dir.path()) as u64 * entry, t.used_bytes());
+        let kept = |r: std::ops::Range<u64>| r.filter(|&i| t.contains(&key(1, i))).count();
+        assert_eq!(kept(0..5), 5, "the re-read units survive the scan");
+        assert!(kept(5..10) < 5, "units read once go first");
+        for i in 0..5 {
+            assert_eq!(t.get(&key(1, i), 4096, 1000).unwrap(), vec![i as u8; 1000]);
+        }
         // Reopening with a smaller bound evicts at start-up.
         drop(t);
-        let t = DiskTier::open(dir.path(), entry).unwrap();
-        assert!(t.used_bytes() <= entry);
-        let files = walk_files(dir.path());
-        assert_eq!(files, 1, "files on disk match the bound");
+        let t = DiskTier::open(dir.path(), 4 * entry).unwrap();
+        assert!(t.used_bytes() <= 4 * entry && t.used_bytes() > 0);
+        let files = walk_files(dir.path()) as u64;
+        assert_eq!(files * entry, t.used_bytes(), "files on disk match the index");
     }
 
     fn walk_files(p: &Path) -> usize {
