@@ -11,7 +11,8 @@
 # space-separated subset of the point names below), OBD_KEEP=1 keeps the raw results,
 # BENCH_DIR where the backing file lives (default /tmp; e.g. /dev/shm for tmpfs), FILL_BS the
 # dd block size that writes it (default 1M; the page cache keeps folios of about that size on
-# ext4, which makes later 4 KiB writes far costlier in the kernel, see benches/README.md).
+# ext4, which makes later 4 KiB writes far costlier in the kernel, see benches/README.md),
+# OURS_BIN another build of our target to measure (e.g. a copy of an older one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script_name=iscsi-vs-tgtd.sh
@@ -30,7 +31,7 @@ for tool in iscsi-perf tgtd tgtadm python3; do
 done
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-ours_bin=target/release/overlaybd-target
+ours_bin=${OURS_BIN:-target/release/overlaybd-target}
 loadgen=target/release/examples/loadgen
 
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/obd-bench.XXXXXX")
