@@ -8,7 +8,11 @@
 # the RSS of each target under 16 sessions and one loopback TCP stream for reference.
 #
 # Environment: ROUNDS (default 3), DURATION measured seconds per run (default 5), POINTS (a
-# space-separated subset of the point names below), OBD_KEEP=1 keeps the raw results.
+# space-separated subset of the point names below), OBD_KEEP=1 keeps the raw results,
+# BENCH_DIR where the backing file lives (default /tmp; e.g. /dev/shm for tmpfs), FILL_BS the
+# dd block size that writes it (default 1M; the page cache keeps folios of about that size on
+# ext4, which makes later 4 KiB writes far costlier in the kernel, see benches/README.md),
+# OURS_BIN another build of our target to measure (e.g. a copy of an older one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script_name=iscsi-vs-tgtd.sh
@@ -29,10 +33,10 @@ for tool in iscsi-perf tgtd tgtadm python3; do
 done
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-ours_bin=target/release/overlaybd-target
+ours_bin=${OURS_BIN:-target/release/overlaybd-target}
 loadgen=target/release/examples/loadgen
 
-work=$(mktemp -d /tmp/obd-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/obd-bench.XXXXXX")
 ours_pid=""
 tgt_pid=""
 tgt_ctrl=$((100 + RANDOM % 800))  # tgtd accepts small control port numbers only
@@ -51,7 +55,9 @@ trap 'exit 130' INT TERM
 
 img=$work/lun.img
 echo "writing a 1 GiB backing file..." >&2
-dd if=/dev/urandom of="$img" bs=1M count=1024 status=none
+fill_bs=${FILL_BS:-1M}
+fill_count=$((1024 * 1024 * 1024 / $(numfmt --from=iec "$fill_bs")))
+dd if=/dev/urandom of="$img" bs="$fill_bs" count="$fill_count" status=none
 cat "$img" >/dev/null
 
 port_ours=$(free_port)

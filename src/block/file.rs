@@ -1,17 +1,18 @@
 //! A block device backed by a regular file or a host block device.
 //!
-//! System calls run on tokio's blocking pool so async worker threads never block on disk, with
-//! one exception: a read (or non-FUA write) of at most [`INLINE_READ_MAX`] bytes is first tried
+//! System calls never run on async worker threads where they could block on disk. Writes go to
+//! the file's own writer thread (see [`super::write_queue`]), which drains every queued write
+//! in one wake-up; everything else runs on tokio's blocking pool. One exception: a read (or a
+//! non-FUA write while no write is queued) of at most [`INLINE_READ_MAX`] bytes is first tried
 //! on the calling thread with `preadv2`/`pwritev2(RWF_NOWAIT)`, which copies from (into) the
-//! page cache or fails at once with EAGAIN; only what it could not do goes to the blocking
-//! pool. For small cached reads the
-//! hand-off to another thread and back costs more than the read itself.
+//! page cache or fails at once with EAGAIN; only what it could not do goes elsewhere. For small
+//! cached reads the hand-off to another thread and back costs more than the read itself.
 //! UNMAP punches holes (regular files on file systems that support it) and GET LBA STATUS asks
 //! the file system where data and holes are (SEEK_DATA / SEEK_HOLE).
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
+use super::write_queue::WriteQueue;
 use super::{check_range, BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 
 /// A file or block device used as a logical unit.
@@ -33,6 +35,8 @@ pub struct FileDevice {
     nowait_read: AtomicBool,
     /// The same for writes (ext4, for one, supports it for reads only).
     nowait_write: AtomicBool,
+    /// The writer thread; `None` for read-only devices.
+    writes: Option<WriteQueue>,
 }
 
 /// Largest read or write tried inline in the page cache (larger copies would hold up the async
@@ -57,14 +61,21 @@ impl FileDevice {
         // Block devices are not punched: a discard need not read back as zeros, and we
         // advertise LBPRZ, so unmap is reported unsupported there.
         let can_unmap = !read_only && !is_block_device && probe_punch_hole(&file, raw_size);
+        let file = Arc::new(file);
+        let writes = if read_only {
+            None
+        } else {
+            Some(WriteQueue::start(Arc::clone(&file))?)
+        };
         Ok(FileDevice {
-            file: Arc::new(file),
+            file,
             size: raw_size - raw_size % 512,
             read_only,
             can_unmap,
             is_block_device,
             nowait_read: AtomicBool::new(true),
             nowait_write: AtomicBool::new(true),
+            writes,
         })
     }
 
@@ -116,8 +127,8 @@ fn pread_append(
 
 /// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
 fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    let at = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -238,12 +249,18 @@ impl BlockDevice for FileDevice {
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
-        if self.read_only {
+        // Read-only devices have no writer threads.
+        let Some(writes) = &self.writes else {
             return Err(BlockError::ReadOnly);
-        }
+        };
         check_range(offset, data.len() as u64, self.size)?;
         let mut done = 0;
-        if !fua && data.len() <= INLINE_READ_MAX && self.nowait_write.load(Ordering::Relaxed) {
+        // Inline only while nothing is queued, so a write never overtakes an earlier one.
+        if !fua
+            && data.len() <= INLINE_READ_MAX
+            && self.nowait_write.load(Ordering::Relaxed)
+            && writes.is_idle()
+        {
             // Into the page cache without blocking, or EAGAIN (allocation, writeback throttling).
             while done < data.len() {
                 match pwrite_nowait(&self.file, &data[done..], offset + done as u64) {
@@ -262,14 +279,10 @@ impl BlockDevice for FileDevice {
                 return Ok(());
             }
         }
-        self.blocking(move |file| {
-            file.write_all_at(&data[done..], offset + done as u64)?;
-            if fua {
-                file.sync_data()?;
-            }
-            Ok(())
-        })
-        .await
+        writes
+            .write(offset + done as u64, data.slice(done..), fua)
+            .await
+            .map_err(BlockError::Io)
     }
 
     async fn flush(&self) -> BlockResult<()> {
@@ -328,6 +341,7 @@ impl BlockDevice for FileDevice {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     fn temp_file(len: u64) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -364,7 +378,12 @@ mod tests {
         tmp.write_all(&pattern).unwrap();
         let dev = FileDevice::open(tmp.path(), true).unwrap();
         // Small (inline from the page cache) and large (blocking pool) reads, unaligned too.
-        for (off, n) in [(0, 512), (512, 4096), (4096, INLINE_READ_MAX), (1024, len - 1024)] {
+        for (off, n) in [
+            (0, 512),
+            (512, 4096),
+            (4096, INLINE_READ_MAX),
+            (1024, len - 1024),
+        ] {
             let got = dev.read(off as u64, n).await.unwrap();
             assert_eq!(&got[..], &pattern[off..off + n], "read {n} at {off}");
         }
@@ -376,12 +395,76 @@ mod tests {
         let dev = FileDevice::open(tmp.path(), false).unwrap();
         // Small (tried inline) and large (blocking pool) writes.
         for (off, n, v) in [(512u64, 4096usize, 1u8), (65536, 2 * INLINE_READ_MAX, 2)] {
-            dev.write(off, Bytes::from(vec![v; n]), false).await.unwrap();
+            dev.write(off, Bytes::from(vec![v; n]), false)
+                .await
+                .unwrap();
             let got = dev.read(off - 512, n + 1024).await.unwrap();
             assert!(got[..512].iter().all(|&b| b != v), "before {off}");
             assert!(got[512..512 + n].iter().all(|&b| b == v), "write at {off}");
             assert!(got[512 + n..].iter().all(|&b| b != v), "after {off}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_read_back_once_answered_and_overlaps_keep_order() {
+        let tmp = temp_file(4 << 20);
+        let dev = Arc::new(FileDevice::open(tmp.path(), false).unwrap());
+        // 64 writers, each writing then at once reading back its own 4 KiB, while a burst of
+        // overlapping writes to one block is queued in between.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u64 {
+            let dev = Arc::clone(&dev);
+            tasks.spawn(async move {
+                let off = (i + 1) * 8192;
+                let v = i as u8 + 1;
+                dev.write(off, Bytes::from(vec![v; 4096]), i % 8 == 0)
+                    .await
+                    .unwrap();
+                let back = dev.read(off, 4096).await.unwrap();
+                assert!(back.iter().all(|&b| b == v), "write {i} not read back");
+            });
+        }
+        let burst = (0..32u8).map(|v| dev.write(0, Bytes::from(vec![v; 4096]), false));
+        for r in futures_util::future::join_all(burst).await {
+            r.unwrap();
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let back = dev.read(0, 4096).await.unwrap();
+        assert!(
+            back.iter().all(|&b| b == 31),
+            "last queued write lost: {}",
+            back[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn fua_writes_and_flush_reach_the_disk_path() {
+        let tmp = temp_file(1 << 20);
+        let dev = FileDevice::open(tmp.path(), false).unwrap();
+        let writes = dev.writes.as_ref().unwrap();
+        dev.write(0, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .unwrap();
+        let before = writes.syncs();
+        dev.write(4096, Bytes::from(vec![2u8; 4096]), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            writes.syncs(),
+            before + 1,
+            "FUA write answered without a sync"
+        );
+        dev.flush().await.unwrap();
+        // What another handle on the file sees (the bytes are in the file, not in a buffer).
+        let mut back = vec![0u8; 8192];
+        std::fs::File::open(tmp.path())
+            .unwrap()
+            .read_exact_at(&mut back, 0)
+            .unwrap();
+        assert!(back[..4096].iter().all(|&b| b == 1));
+        assert!(back[4096..].iter().all(|&b| b == 2));
     }
 
     #[tokio::test]
@@ -391,6 +474,10 @@ mod tests {
         let dev = FileDevice::open(tmp.path(), true).unwrap();
         assert_eq!(dev.size(), 512);
         assert!(dev.read_only());
+        assert!(
+            dev.writes.is_none(),
+            "no writer threads for a read-only device"
+        );
         assert!(!dev.can_unmap());
         assert!(matches!(
             dev.write(0, Bytes::from_static(&[0; 512]), false).await,

@@ -8,6 +8,7 @@ pub mod file;
 pub mod ram;
 pub mod read_only;
 mod size;
+mod write_queue;
 
 pub use file::FileDevice;
 pub use ram::RamDevice;
