@@ -15,9 +15,10 @@ use crate::cache::{check_range, LayerSource};
 
 /// The jump table is fetched in pieces of this size, so a huge table never needs one huge read.
 const TABLE_PIECE: u64 = 1 << 20;
-/// Reads covering at least this many blocks per worker are decoded on blocking threads in
-/// parallel; smaller ones are decoded inline (a 4 KiB LZ4 block takes microseconds).
-const PARALLEL_MIN_BLOCKS: u64 = 64;
+/// A read is split across cores only when every piece gets at least this many uncompressed
+/// bytes: handing a piece to a blocking thread costs a few microseconds, decoding 128 KiB of
+/// LZ4 some 40. So a 1 MiB read splits in two on two cores, for 4 KiB and 32 KiB blocks alike.
+const PARALLEL_MIN_PIECE: u64 = 128 << 10;
 
 /// What is needed to decode: the validated description and the block offsets. Shared with
 /// blocking decode tasks.
@@ -166,57 +167,103 @@ impl ZFileReader {
                 stored.len()
             )));
         }
-        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(self.workers);
         let mut out = BytesMut::zeroed(len);
-        if chunks <= 1 {
+        let pieces = piece_count(len, last - first + 1, self.workers);
+        if pieces <= 1 {
             self.layout.decode_into(&stored, start, offset, &mut out)?;
             return Ok(out.freeze());
         }
-        self.decode_parallel(stored, start, offset, out, chunks)
+        self.decode_parallel(stored, start, offset, out, pieces)
             .await
     }
 
-    /// Splits a large read at block boundaries into `chunks` pieces decoded on blocking
-    /// threads; the pieces are views of one buffer, rejoined without copying. `stored` holds
-    /// the covering blocks' stored bytes, starting at file offset `start`.
+    /// Splits a large read at block boundaries into `pieces` runs of blocks of about equal
+    /// size. The calling task decodes the first run while blocking threads decode the others,
+    /// each straight into its own part of `out`; the parts are rejoined without copying.
+    /// `stored` holds the covering blocks' stored bytes, starting at file offset `start`. The
+    /// error of the first failing piece (in file order) is the read's error.
     async fn decode_parallel(
         &self,
         stored: Bytes,
         start: u64,
         offset: u64,
         mut out: BytesMut,
-        chunks: u64,
+        pieces: u64,
     ) -> Result<Bytes, ZFileError> {
         let bs = u64::from(self.layout.info.block_size);
         let (first, last) = (offset / bs, (offset + out.len() as u64 - 1) / bs);
-        let per_chunk = (last - first + 1).div_ceil(chunks);
-        let mut tasks = Vec::new();
+        let per_piece = (last - first + 1).div_ceil(pieces);
+        let mut parts = Vec::new();
         let mut raw = offset;
         let mut block = first;
         while !out.is_empty() {
-            let next_block = block.saturating_add(per_chunk).min(last + 1);
-            let piece_len = (next_block * bs).min(raw + out.len() as u64) - raw;
-            let piece = out.split_to(piece_len as usize);
+            let next_block = block.saturating_add(per_piece).min(last + 1);
+            let part_len = next_block
+                .saturating_mul(bs)
+                .min(raw + out.len() as u64)
+                - raw;
+            let part = out.split_to(part_len as usize);
             let (s, e) = self.layout.span(block, next_block - 1)?;
-            let stored_piece = stored.slice((s - start) as usize..(e - start) as usize);
-            let layout = Arc::clone(&self.layout);
-            let at = raw;
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let mut piece = piece;
-                layout
-                    .decode_into(&stored_piece, s, at, &mut piece)
-                    .map(|()| piece)
-            }));
-            raw += piece_len;
+            let stored_part = s
+                .checked_sub(start)
+                .zip(e.checked_sub(start))
+                .filter(|&(a, b)| a <= b && b <= stored.len() as u64)
+                .map(|(a, b)| stored.slice(a as usize..b as usize))
+                .ok_or_else(|| {
+                    ZFileError::Corrupt(format!("blocks from {block} outside the fetched range"))
+                })?;
+            parts.push((part, stored_part, s, raw));
+            raw += part_len;
             block = next_block;
         }
-        let mut joined = BytesMut::new();
+        let mut parts = parts.into_iter();
+        let Some((mut head, head_stored, head_base, head_raw)) = parts.next() else {
+            return Ok(Bytes::new());
+        };
+        // Hand out the later pieces first, so they run while this task decodes the first.
+        let tasks: Vec<_> = parts
+            .map(|(mut part, stored_part, base, at)| {
+                let layout = Arc::clone(&self.layout);
+                tokio::task::spawn_blocking(move || {
+                    layout
+                        .decode_into(&stored_part, base, at, &mut part)
+                        .map(|()| part)
+                })
+            })
+            .collect();
+        let head_result = self
+            .layout
+            .decode_into(&head_stored, head_base, head_raw, &mut head);
+        let mut joined = head;
+        let mut failure = head_result.err();
         for task in tasks {
-            let piece = task.await.map_err(io::Error::other)??;
-            joined.unsplit(piece);
+            // Await every piece even after a failure, so a retry of this read never competes
+            // with its own leftover decodes for the cores.
+            match task.await.map_err(io::Error::other) {
+                Ok(Ok(part)) if failure.is_none() => joined.unsplit(part),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
         }
-        Ok(joined.freeze())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(joined.freeze()),
+        }
     }
+}
+
+/// How many pieces a read of `len` bytes over `blocks` blocks is decoded in: one per worker,
+/// as long as each gets [`PARALLEL_MIN_PIECE`] bytes and at least one block.
+fn piece_count(len: usize, blocks: u64, workers: u64) -> u64 {
+    (len as u64 / PARALLEL_MIN_PIECE)
+        .min(blocks)
+        .min(workers)
+        .max(1)
 }
 
 /// Fetches the jump table in bounded pieces and builds the block offsets.
@@ -308,5 +355,25 @@ impl LayerSource for ZFileReader {
 
     fn describe(&self) -> String {
         format!("zfile:{}", self.source.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_1_mib_read_splits_on_two_cores_for_small_and_large_blocks() {
+        const MIB: usize = 1 << 20;
+        // 4 KiB blocks (256 per MiB) and 32 KiB blocks (32 per MiB).
+        assert_eq!(piece_count(MIB, 256, 2), 2);
+        assert_eq!(piece_count(MIB, 32, 2), 2);
+        assert_eq!(piece_count(MIB, 33, 8), 8);
+        // Too little work per piece, or nothing to split.
+        assert_eq!(piece_count(MIB, 256, 1), 1);
+        assert_eq!(piece_count(255 << 10, 64, 2), 1);
+        assert_eq!(piece_count(256 << 10, 64, 2), 2);
+        assert_eq!(piece_count(MIB, 1, 4), 1);
+        assert_eq!(piece_count(0, 0, 4), 1);
     }
 }
