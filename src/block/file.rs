@@ -114,10 +114,40 @@ fn pread_append(
     Ok(read)
 }
 
+/// Fills `buf` up to `len` bytes from `offset` with `preadv2(RWF_NOWAIT)`, that is from the
+/// page cache only, unless `nowait` is already cleared; true if it got all of them. Clears
+/// `nowait` when the kernel or file system refuses `RWF_NOWAIT`, so callers stop trying.
+pub(crate) fn read_cached(
+    file: &File,
+    buf: &mut BytesMut,
+    len: usize,
+    offset: u64,
+    nowait: &AtomicBool,
+) -> bool {
+    if !nowait.load(Ordering::Relaxed) {
+        return false;
+    }
+    while buf.len() < len {
+        match pread_append(file, buf, len, offset, libc::RWF_NOWAIT) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
+                if e.raw_os_error() != Some(libc::EAGAIN) {
+                    nowait.store(false, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
+    }
+    buf.len() == len
+}
+
 /// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
 fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    let at = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -128,7 +158,12 @@ fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
 }
 
 /// Fills `buf` up to `len` bytes from `offset` with blocking reads.
-fn read_rest(file: &File, buf: &mut BytesMut, len: usize, offset: u64) -> io::Result<()> {
+pub(crate) fn read_rest(
+    file: &File,
+    buf: &mut BytesMut,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
     while buf.len() < len {
         match pread_append(file, buf, len, offset, 0) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -211,24 +246,10 @@ impl BlockDevice for FileDevice {
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
         let mut buf = BytesMut::with_capacity(len);
-        if len <= INLINE_READ_MAX && self.nowait_read.load(Ordering::Relaxed) {
-            while buf.len() < len {
-                match pread_append(&self.file, &mut buf, len, offset, libc::RWF_NOWAIT) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
-                        if e.raw_os_error() != Some(libc::EAGAIN) {
-                            self.nowait_read.store(false, Ordering::Relaxed);
-                        }
-                        break;
-                    }
-                }
-            }
-            if buf.len() == len {
-                return Ok(buf.freeze());
-            }
+        if len <= INLINE_READ_MAX
+            && read_cached(&self.file, &mut buf, len, offset, &self.nowait_read)
+        {
+            return Ok(buf.freeze());
         }
         self.blocking(move |file| {
             read_rest(file, &mut buf, len, offset)?;
@@ -364,7 +385,12 @@ mod tests {
         tmp.write_all(&pattern).unwrap();
         let dev = FileDevice::open(tmp.path(), true).unwrap();
         // Small (inline from the page cache) and large (blocking pool) reads, unaligned too.
-        for (off, n) in [(0, 512), (512, 4096), (4096, INLINE_READ_MAX), (1024, len - 1024)] {
+        for (off, n) in [
+            (0, 512),
+            (512, 4096),
+            (4096, INLINE_READ_MAX),
+            (1024, len - 1024),
+        ] {
             let got = dev.read(off as u64, n).await.unwrap();
             assert_eq!(&got[..], &pattern[off..off + n], "read {n} at {off}");
         }
@@ -376,7 +402,9 @@ mod tests {
         let dev = FileDevice::open(tmp.path(), false).unwrap();
         // Small (tried inline) and large (blocking pool) writes.
         for (off, n, v) in [(512u64, 4096usize, 1u8), (65536, 2 * INLINE_READ_MAX, 2)] {
-            dev.write(off, Bytes::from(vec![v; n]), false).await.unwrap();
+            dev.write(off, Bytes::from(vec![v; n]), false)
+                .await
+                .unwrap();
             let got = dev.read(off - 512, n + 1024).await.unwrap();
             assert!(got[..512].iter().all(|&b| b != v), "before {off}");
             assert!(got[512..512 + n].iter().all(|&b| b == v), "write at {off}");

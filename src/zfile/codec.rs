@@ -275,7 +275,10 @@ mod tests {
             &mut buf[GUARD..GUARD + raw_len],
         );
         assert!(buf[..GUARD].iter().all(|&b| b == 0xA5), "wrote before");
-        assert!(buf[GUARD + raw_len..].iter().all(|&b| b == 0xA5), "wrote after");
+        assert!(
+            buf[GUARD + raw_len..].iter().all(|&b| b == 0xA5),
+            "wrote after"
+        );
         result
     }
 

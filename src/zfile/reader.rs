@@ -198,10 +198,7 @@ impl ZFileReader {
         let mut block = first;
         while !out.is_empty() {
             let next_block = block.saturating_add(per_piece).min(last + 1);
-            let part_len = next_block
-                .saturating_mul(bs)
-                .min(raw + out.len() as u64)
-                - raw;
+            let part_len = next_block.saturating_mul(bs).min(raw + out.len() as u64) - raw;
             let part = out.split_to(part_len as usize);
             let (s, e) = self.layout.span(block, next_block - 1)?;
             let stored_part = s

@@ -75,7 +75,10 @@ async fn concurrent_parallel_reads_do_not_mix_their_parts() {
             tokio::spawn(async move {
                 let offset = i * 100_003;
                 let got = reader.read_at(offset, MIB).await.unwrap();
-                assert!(got[..] == data[offset as usize..offset as usize + MIB], "read {i}");
+                assert!(
+                    got[..] == data[offset as usize..offset as usize + MIB],
+                    "read {i}"
+                );
             })
         })
         .collect();
