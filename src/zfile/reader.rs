@@ -147,8 +147,9 @@ impl ZFileReader {
         }
     }
 
-    /// One attempt of [`Self::read_range`]: a single source read of the stored range
-    /// `[start, stop)` covering the blocks, then checksum and decode of each block.
+    /// One attempt of [`Self::read_range`]: source read of the stored range `[start, stop)`
+    /// covering the blocks, then checksum and decode of each block; large reads are split
+    /// across cores ([`Self::read_parallel`]).
     async fn read_blocks(
         &self,
         offset: u64,
@@ -158,34 +159,24 @@ impl ZFileReader {
     ) -> Result<Bytes, ZFileError> {
         let bs = u64::from(self.layout.info.block_size);
         let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
-        let stored_len = usize::try_from(stop - start)
-            .map_err(|_| ZFileError::Corrupt("stored range exceeds memory".into()))?;
-        let stored = self.source.read_at(start, stored_len).await?;
-        if stored.len() != stored_len {
-            return Err(ZFileError::Corrupt(format!(
-                "source returned {} bytes for a {stored_len}-byte read",
-                stored.len()
-            )));
-        }
         let mut out = BytesMut::zeroed(len);
         let pieces = piece_count(len, last - first + 1, self.workers);
-        if pieces <= 1 {
-            self.layout.decode_into(&stored, start, offset, &mut out)?;
-            return Ok(out.freeze());
+        if pieces > 1 {
+            return self.read_parallel(offset, out, pieces).await;
         }
-        self.decode_parallel(stored, start, offset, out, pieces)
-            .await
+        let stored = fetch(self.source.as_ref(), start, stop).await?;
+        self.layout.decode_into(&stored, start, offset, &mut out)?;
+        Ok(out.freeze())
     }
 
     /// Splits a large read at block boundaries into `pieces` runs of blocks of about equal
-    /// size. The calling task decodes the first run while blocking threads decode the others,
-    /// each straight into its own part of `out`; the parts are rejoined without copying.
-    /// `stored` holds the covering blocks' stored bytes, starting at file offset `start`. The
-    /// error of the first failing piece (in file order) is the read's error.
-    async fn decode_parallel(
+    /// size. Each piece reads its own stored bytes from the source and decodes them straight
+    /// into its own part of `out`: the calling task does the first piece while blocking
+    /// threads do the others, so file reads overlap decoding and both use every core. The
+    /// parts are rejoined without copying. The error of the first failing piece (in file
+    /// order) is the read's error.
+    async fn read_parallel(
         &self,
-        stored: Bytes,
-        start: u64,
         offset: u64,
         mut out: BytesMut,
         pieces: u64,
@@ -194,48 +185,45 @@ impl ZFileReader {
         let (first, last) = (offset / bs, (offset + out.len() as u64 - 1) / bs);
         let per_piece = (last - first + 1).div_ceil(pieces);
         let mut parts = Vec::new();
-        let mut raw = offset;
-        let mut block = first;
+        let (mut raw, mut block) = (offset, first);
         while !out.is_empty() {
             let next_block = block.saturating_add(per_piece).min(last + 1);
             let part_len = next_block.saturating_mul(bs).min(raw + out.len() as u64) - raw;
-            let part = out.split_to(part_len as usize);
-            let (s, e) = self.layout.span(block, next_block - 1)?;
-            let stored_part = s
-                .checked_sub(start)
-                .zip(e.checked_sub(start))
-                .filter(|&(a, b)| a <= b && b <= stored.len() as u64)
-                .map(|(a, b)| stored.slice(a as usize..b as usize))
-                .ok_or_else(|| {
-                    ZFileError::Corrupt(format!("blocks from {block} outside the fetched range"))
-                })?;
-            parts.push((part, stored_part, s, raw));
+            let span = self.layout.span(block, next_block - 1)?;
+            parts.push((out.split_to(part_len as usize), span, raw));
             raw += part_len;
             block = next_block;
         }
         let mut parts = parts.into_iter();
-        let Some((mut head, head_stored, head_base, head_raw)) = parts.next() else {
+        let Some((mut joined, head_span, head_raw)) = parts.next() else {
             return Ok(Bytes::new());
         };
-        // Hand out the later pieces first, so they run while this task decodes the first.
+        // Hand out the later pieces first, so they run while this task does the first.
+        let runtime = tokio::runtime::Handle::current();
         let tasks: Vec<_> = parts
-            .map(|(mut part, stored_part, base, at)| {
-                let layout = Arc::clone(&self.layout);
+            .map(|(mut part, (s, e), at)| {
+                let (source, layout) = (Arc::clone(&self.source), Arc::clone(&self.layout));
+                let runtime = runtime.clone();
                 tokio::task::spawn_blocking(move || {
-                    layout
-                        .decode_into(&stored_part, base, at, &mut part)
-                        .map(|()| part)
+                    // A blocking thread may drive a future to completion; a cached file
+                    // read completes inline, without another hand-off.
+                    let stored = runtime.block_on(fetch(source.as_ref(), s, e))?;
+                    layout.decode_into(&stored, s, at, &mut part)?;
+                    Ok::<_, ZFileError>(part)
                 })
             })
             .collect();
-        let head_result = self
-            .layout
-            .decode_into(&head_stored, head_base, head_raw, &mut head);
-        let mut joined = head;
-        let mut failure = head_result.err();
+        let (s, e) = head_span;
+        let mut failure = match fetch(self.source.as_ref(), s, e).await {
+            Ok(stored) => self
+                .layout
+                .decode_into(&stored, s, head_raw, &mut joined)
+                .err(),
+            Err(err) => Some(err),
+        };
         for task in tasks {
             // Await every piece even after a failure, so a retry of this read never competes
-            // with its own leftover decodes for the cores.
+            // with its own leftover work for the cores.
             match task.await.map_err(io::Error::other) {
                 Ok(Ok(part)) if failure.is_none() => joined.unsplit(part),
                 Ok(Ok(_)) => {}
@@ -252,6 +240,22 @@ impl ZFileReader {
             None => Ok(joined.freeze()),
         }
     }
+}
+
+/// Reads the stored bytes `[start, stop)` from `source`, refusing a reply of the wrong length.
+async fn fetch(source: &dyn LayerSource, start: u64, stop: u64) -> Result<Bytes, ZFileError> {
+    let len = stop
+        .checked_sub(start)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ZFileError::Corrupt("stored range exceeds memory".into()))?;
+    let stored = source.read_at(start, len).await?;
+    if stored.len() != len {
+        return Err(ZFileError::Corrupt(format!(
+            "source returned {} bytes for a {len}-byte read",
+            stored.len()
+        )));
+    }
+    Ok(stored)
 }
 
 /// How many pieces a read of `len` bytes over `blocks` blocks is decoded in: one per worker,
