@@ -90,11 +90,9 @@ pub fn decode_block(
         stored
     };
     let got = match algorithm {
-        // lz4_flex's pointer-based decoder (Cargo.toml turns `safe-decode` off for speed). It
-        // checks every literal, match offset and length against both buffers on any input
-        // (unconditional since lz4_flex 0.11; see the note in Cargo.toml), so a corrupt block
-        // is a `Decode` fault, never an out-of-bounds access; `tests::lz4_garbage_*` and the
-        // `zfile_open` fuzz target exercise that.
+        // lz4_flex's safe decoder (see Cargo.toml for why not its pointer-based one): a corrupt
+        // block is a `Decode` fault, never an out-of-bounds access; `tests::lz4_garbage_*` and
+        // the `zfile_open` fuzz target exercise that.
         Algorithm::Lz4 => {
             lz4_flex::block::decompress_into(payload, out).map_err(|e| BlockFault::Decode {
                 algorithm: "LZ4",
