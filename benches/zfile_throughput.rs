@@ -6,7 +6,8 @@
 //! with 1 MiB sequential reads; ratios compare medians taken in the same run, which is what
 //! stays meaningful on a shared, noisy machine. In-process ZFiles keep the reference tools'
 //! default per-block CRC32C, which the reader verifies. `BENCH_ONLY=text` runs only the lines
-//! whose name contains `text` (e.g. `BENCH_ONLY="LZ4 4K 1"` to profile one case).
+//! whose name contains `text` (e.g. `BENCH_ONLY="LZ4 4K 1"` to profile one case); several
+//! comma-separated texts select the lines matching any (`BENCH_ONLY="lz4 -d,LZ4 4K"`).
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it only smoke-tests the in-process
 //! paths on 4 MiB, once, without the command-line tools, so CI checks it works but never times it.
@@ -42,31 +43,72 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Median of `runs` timings of `pass`, as MiB/s over `bytes`; also returns every run's figure.
-fn measure(
-    bytes: usize,
-    runs: usize,
-    mut pass: impl FnMut() -> Result<()>,
-) -> Result<(f64, Vec<f64>)> {
-    let mut speeds = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        pass()?;
-        speeds.push(bytes as f64 / MIB as f64 / start.elapsed().as_secs_f64());
+/// CPU seconds (user + system) used so far by this process and by its waited-for children.
+fn cpu_seconds() -> f64 {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage only writes the struct it is given; an all-zero rusage is valid.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is a live, writable rusage for the duration of the call.
+        if unsafe { libc::getrusage(who, &mut usage) } == 0 {
+            for t in [usage.ru_utime, usage.ru_stime] {
+                total += t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            }
+        }
     }
-    let mut sorted = speeds.clone();
-    sorted.sort_by(f64::total_cmp);
-    Ok((sorted[sorted.len() / 2], speeds))
+    total
 }
 
-/// Prints one result line: name, median MiB/s, the individual runs, and a ratio if given.
-fn report(name: &str, (median, runs): &(f64, Vec<f64>), base: Option<(&str, f64)>) {
-    let runs: Vec<String> = runs.iter().map(|s| format!("{s:.0}")).collect();
+/// Figures of one case: medians over the runs of wall-clock MiB/s and of MiB per CPU-second
+/// (all threads of the process plus the command-line tool it ran), and every run's MiB/s.
+struct Speed {
+    wall: f64,
+    cpu: f64,
+    runs: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Times `runs` passes of `pass` over `bytes` of output.
+///
+/// MiB per CPU-second is what one otherwise idle core would deliver for single-threaded work;
+/// on this shared machine it moves far less than wall-clock figures when other jobs compete
+/// for the cores. For parallel work it shows the total CPU cost instead.
+fn measure(bytes: usize, runs: usize, mut pass: impl FnMut() -> Result<()>) -> Result<Speed> {
+    let mib = bytes as f64 / MIB as f64;
+    let (mut wall, mut cpu) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let (start, cpu_start) = (Instant::now(), cpu_seconds());
+        pass()?;
+        wall.push(mib / start.elapsed().as_secs_f64());
+        cpu.push(mib / (cpu_seconds() - cpu_start).max(1e-6));
+    }
+    Ok(Speed {
+        wall: median(&wall),
+        cpu: median(&cpu),
+        runs: wall,
+    })
+}
+
+/// Prints one result line: name, median MiB/s, median MiB per CPU-second, the individual runs'
+/// MiB/s, and ratios of both medians to a same-run base if given.
+fn report(name: &str, speed: &Speed, base: Option<(&str, &Speed)>) {
+    let runs: Vec<String> = speed.runs.iter().map(|s| format!("{s:.0}")).collect();
     let ratio = base.map_or(String::new(), |(what, b)| {
-        format!("  {:.2}x {what}", median / b)
+        format!(
+            "  {:.2}x {what} ({:.2}x per CPU-s)",
+            speed.wall / b.wall,
+            speed.cpu / b.cpu
+        )
     });
     println!(
-        "{name:<44} {median:>8.0} MiB/s  [{}]{ratio}",
+        "{name:<44} {:>6.0} MiB/s {:>6.0} MiB/CPU-s  [{}]{ratio}",
+        speed.wall,
+        speed.cpu,
         runs.join(" ")
     );
 }
@@ -212,7 +254,9 @@ fn main() -> Result<()> {
     // The command-line tools on the same content, as one stream each, from the page cache.
     let raw_arg = raw.to_str().ok_or("non-UTF-8 temp path")?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let wanted = |name: &str| name.contains(&only) && (timed || !name.contains("CLI"));
+    let wanted = |name: &str| {
+        only.split(',').any(|part| name.contains(part)) && (timed || !name.contains("CLI"))
+    };
     // Each tool twice: as run by default (lz4 checks an XXH32 of the whole content, zstd an
     // XXH64), and with that check off. Ratios use the faster, unchecked figure.
     let mut cli = Vec::new();
@@ -242,11 +286,13 @@ fn main() -> Result<()> {
             run_tool(tool, &["-d", "-q", unchecked, "-c", packed_arg], None)
         })?;
         report(&format!("{name} {unchecked}"), &fast, None);
-        cli.push(Some(fast.0));
+        cli.push(Some(fast));
         std::fs::remove_file(&packed)?;
     }
 
-    for (algorithm, cli_speed) in [(Algorithm::Lz4, cli[0]), (Algorithm::Zstd, cli[1])] {
+    let mut cli = cli.into_iter();
+    let (lz4_cli, zstd_cli) = (cli.next().flatten(), cli.next().flatten());
+    for (algorithm, cli_speed) in [(Algorithm::Lz4, &lz4_cli), (Algorithm::Zstd, &zstd_cli)] {
         // 64 KiB blocks are not measured: real content holds incompressible files (.gz, .png),
         // whose 64 KiB blocks store above the 64 KiB the reference reader accepts, so the
         // writer refuses them.
@@ -265,7 +311,7 @@ fn main() -> Result<()> {
                 .block_on(ZFileReader::open(source()))?
                 .with_decode_workers(1);
             let parallel = rt.block_on(ZFileReader::open(source()))?;
-            let base = cli_speed.map(|s| ("CLI", s));
+            let base = cli_speed.as_ref().map(|s| ("CLI", s));
             if wanted(&one_name) {
                 let one = measure(len, runs, || rt.block_on(read_all(&single, expect)))?;
                 report(&format!("{one_name} (ratio {ratio:.2})"), &one, base);
@@ -278,7 +324,7 @@ fn main() -> Result<()> {
     }
 
     // 1 MiB reads of the virtual disk of a dense one-layer image, through a file.
-    for algorithm in [Algorithm::Lz4, Algorithm::Zstd] {
+    for (algorithm, cli_speed) in [(Algorithm::Lz4, &lz4_cli), (Algorithm::Zstd, &zstd_cli)] {
         let name = format!("image (LSMT in ZFile {algorithm} 4K)");
         if !wanted(&format!("{name} 1 thread")) && !wanted(&format!("{name} parallel")) {
             continue;
@@ -293,7 +339,7 @@ fn main() -> Result<()> {
             let image = rt.block_on(open_image(&path, workers))?;
             let size = len as u64 - len as u64 % 512;
             let result = measure(len, runs, || rt.block_on(read_image(&image, size, expect)))?;
-            report(&name, &result, None);
+            report(&name, &result, cli_speed.as_ref().map(|s| ("CLI", s)));
         }
         std::fs::remove_file(&path)?;
     }

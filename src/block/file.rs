@@ -125,6 +125,36 @@ fn pread_append(
     Ok(read)
 }
 
+/// Fills `buf` up to `len` bytes from `offset` with `preadv2(RWF_NOWAIT)`, that is from the
+/// page cache only, unless `nowait` is already cleared; true if it got all of them. Clears
+/// `nowait` when the kernel or file system refuses `RWF_NOWAIT`, so callers stop trying.
+pub(crate) fn read_cached(
+    file: &File,
+    buf: &mut BytesMut,
+    len: usize,
+    offset: u64,
+    nowait: &AtomicBool,
+) -> bool {
+    if !nowait.load(Ordering::Relaxed) {
+        return false;
+    }
+    while buf.len() < len {
+        match pread_append(file, buf, len, offset, libc::RWF_NOWAIT) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
+                if e.raw_os_error() != Some(libc::EAGAIN) {
+                    nowait.store(false, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
+    }
+    buf.len() == len
+}
+
 /// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
 fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
     let at =
@@ -139,7 +169,12 @@ fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
 }
 
 /// Fills `buf` up to `len` bytes from `offset` with blocking reads.
-fn read_rest(file: &File, buf: &mut BytesMut, len: usize, offset: u64) -> io::Result<()> {
+pub(crate) fn read_rest(
+    file: &File,
+    buf: &mut BytesMut,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
     while buf.len() < len {
         match pread_append(file, buf, len, offset, 0) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -222,24 +257,10 @@ impl BlockDevice for FileDevice {
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
         let mut buf = BytesMut::with_capacity(len);
-        if len <= INLINE_READ_MAX && self.nowait_read.load(Ordering::Relaxed) {
-            while buf.len() < len {
-                match pread_append(&self.file, &mut buf, len, offset, libc::RWF_NOWAIT) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
-                        if e.raw_os_error() != Some(libc::EAGAIN) {
-                            self.nowait_read.store(false, Ordering::Relaxed);
-                        }
-                        break;
-                    }
-                }
-            }
-            if buf.len() == len {
-                return Ok(buf.freeze());
-            }
+        if len <= INLINE_READ_MAX
+            && read_cached(&self.file, &mut buf, len, offset, &self.nowait_read)
+        {
+            return Ok(buf.freeze());
         }
         self.blocking(move |file| {
             read_rest(file, &mut buf, len, offset)?;

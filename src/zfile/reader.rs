@@ -15,9 +15,10 @@ use crate::cache::{check_range, LayerSource};
 
 /// The jump table is fetched in pieces of this size, so a huge table never needs one huge read.
 const TABLE_PIECE: u64 = 1 << 20;
-/// Reads covering at least this many blocks per worker are decoded on blocking threads in
-/// parallel; smaller ones are decoded inline (a 4 KiB LZ4 block takes microseconds).
-const PARALLEL_MIN_BLOCKS: u64 = 64;
+/// A read is split across cores only when every piece gets at least this many uncompressed
+/// bytes: handing a piece to a blocking thread costs a few microseconds, decoding 128 KiB of
+/// LZ4 some 40. So a 1 MiB read splits in two on two cores, for 4 KiB and 32 KiB blocks alike.
+const PARALLEL_MIN_PIECE: u64 = 128 << 10;
 
 /// What is needed to decode: the validated description and the block offsets. Shared with
 /// blocking decode tasks.
@@ -146,8 +147,9 @@ impl ZFileReader {
         }
     }
 
-    /// One attempt of [`Self::read_range`]: a single source read of the stored range
-    /// `[start, stop)` covering the blocks, then checksum and decode of each block.
+    /// One attempt of [`Self::read_range`]: source read of the stored range `[start, stop)`
+    /// covering the blocks, then checksum and decode of each block; large reads are split
+    /// across cores ([`Self::read_parallel`]).
     async fn read_blocks(
         &self,
         offset: u64,
@@ -157,66 +159,112 @@ impl ZFileReader {
     ) -> Result<Bytes, ZFileError> {
         let bs = u64::from(self.layout.info.block_size);
         let (first, last) = (offset / bs, (offset + len as u64 - 1) / bs);
-        let stored_len = usize::try_from(stop - start)
-            .map_err(|_| ZFileError::Corrupt("stored range exceeds memory".into()))?;
-        let stored = self.source.read_at(start, stored_len).await?;
-        if stored.len() != stored_len {
-            return Err(ZFileError::Corrupt(format!(
-                "source returned {} bytes for a {stored_len}-byte read",
-                stored.len()
-            )));
-        }
-        let chunks = ((last - first + 1) / PARALLEL_MIN_BLOCKS).min(self.workers);
         let mut out = BytesMut::zeroed(len);
-        if chunks <= 1 {
-            self.layout.decode_into(&stored, start, offset, &mut out)?;
-            return Ok(out.freeze());
+        let pieces = piece_count(len, last - first + 1, self.workers);
+        if pieces > 1 {
+            return self.read_parallel(offset, out, pieces).await;
         }
-        self.decode_parallel(stored, start, offset, out, chunks)
-            .await
+        let stored = fetch(self.source.as_ref(), start, stop).await?;
+        self.layout.decode_into(&stored, start, offset, &mut out)?;
+        Ok(out.freeze())
     }
 
-    /// Splits a large read at block boundaries into `chunks` pieces decoded on blocking
-    /// threads; the pieces are views of one buffer, rejoined without copying. `stored` holds
-    /// the covering blocks' stored bytes, starting at file offset `start`.
-    async fn decode_parallel(
+    /// Splits a large read at block boundaries into `pieces` runs of blocks of about equal
+    /// size. Each piece reads its own stored bytes from the source and decodes them straight
+    /// into its own part of `out`: the calling task does the first piece while blocking
+    /// threads do the others, so file reads overlap decoding and both use every core. The
+    /// parts are rejoined without copying. The error of the first failing piece (in file
+    /// order) is the read's error.
+    async fn read_parallel(
         &self,
-        stored: Bytes,
-        start: u64,
         offset: u64,
         mut out: BytesMut,
-        chunks: u64,
+        pieces: u64,
     ) -> Result<Bytes, ZFileError> {
         let bs = u64::from(self.layout.info.block_size);
         let (first, last) = (offset / bs, (offset + out.len() as u64 - 1) / bs);
-        let per_chunk = (last - first + 1).div_ceil(chunks);
-        let mut tasks = Vec::new();
-        let mut raw = offset;
-        let mut block = first;
+        let per_piece = (last - first + 1).div_ceil(pieces);
+        let mut parts = Vec::new();
+        let (mut raw, mut block) = (offset, first);
         while !out.is_empty() {
-            let next_block = block.saturating_add(per_chunk).min(last + 1);
-            let piece_len = (next_block * bs).min(raw + out.len() as u64) - raw;
-            let piece = out.split_to(piece_len as usize);
-            let (s, e) = self.layout.span(block, next_block - 1)?;
-            let stored_piece = stored.slice((s - start) as usize..(e - start) as usize);
-            let layout = Arc::clone(&self.layout);
-            let at = raw;
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let mut piece = piece;
-                layout
-                    .decode_into(&stored_piece, s, at, &mut piece)
-                    .map(|()| piece)
-            }));
-            raw += piece_len;
+            let next_block = block.saturating_add(per_piece).min(last + 1);
+            let part_len = next_block.saturating_mul(bs).min(raw + out.len() as u64) - raw;
+            let span = self.layout.span(block, next_block - 1)?;
+            parts.push((out.split_to(part_len as usize), span, raw));
+            raw += part_len;
             block = next_block;
         }
-        let mut joined = BytesMut::new();
+        let mut parts = parts.into_iter();
+        let Some((mut joined, head_span, head_raw)) = parts.next() else {
+            return Ok(Bytes::new());
+        };
+        // Hand out the later pieces first, so they run while this task does the first.
+        let runtime = tokio::runtime::Handle::current();
+        let tasks: Vec<_> = parts
+            .map(|(mut part, (s, e), at)| {
+                let (source, layout) = (Arc::clone(&self.source), Arc::clone(&self.layout));
+                let runtime = runtime.clone();
+                tokio::task::spawn_blocking(move || {
+                    // A blocking thread may drive a future to completion; a cached file
+                    // read completes inline, without another hand-off.
+                    let stored = runtime.block_on(fetch(source.as_ref(), s, e))?;
+                    layout.decode_into(&stored, s, at, &mut part)?;
+                    Ok::<_, ZFileError>(part)
+                })
+            })
+            .collect();
+        let (s, e) = head_span;
+        let mut failure = match fetch(self.source.as_ref(), s, e).await {
+            Ok(stored) => self
+                .layout
+                .decode_into(&stored, s, head_raw, &mut joined)
+                .err(),
+            Err(err) => Some(err),
+        };
         for task in tasks {
-            let piece = task.await.map_err(io::Error::other)??;
-            joined.unsplit(piece);
+            // Await every piece even after a failure, so a retry of this read never competes
+            // with its own leftover work for the cores.
+            match task.await.map_err(io::Error::other) {
+                Ok(Ok(part)) if failure.is_none() => joined.unsplit(part),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
         }
-        Ok(joined.freeze())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(joined.freeze()),
+        }
     }
+}
+
+/// Reads the stored bytes `[start, stop)` from `source`, refusing a reply of the wrong length.
+async fn fetch(source: &dyn LayerSource, start: u64, stop: u64) -> Result<Bytes, ZFileError> {
+    let len = stop
+        .checked_sub(start)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ZFileError::Corrupt("stored range exceeds memory".into()))?;
+    let stored = source.read_at(start, len).await?;
+    if stored.len() != len {
+        return Err(ZFileError::Corrupt(format!(
+            "source returned {} bytes for a {len}-byte read",
+            stored.len()
+        )));
+    }
+    Ok(stored)
+}
+
+/// How many pieces a read of `len` bytes over `blocks` blocks is decoded in: one per worker,
+/// as long as each gets [`PARALLEL_MIN_PIECE`] bytes and at least one block.
+fn piece_count(len: usize, blocks: u64, workers: u64) -> u64 {
+    (len as u64 / PARALLEL_MIN_PIECE)
+        .min(blocks)
+        .min(workers)
+        .max(1)
 }
 
 /// Fetches the jump table in bounded pieces and builds the block offsets.
@@ -308,5 +356,25 @@ impl LayerSource for ZFileReader {
 
     fn describe(&self) -> String {
         format!("zfile:{}", self.source.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_1_mib_read_splits_on_two_cores_for_small_and_large_blocks() {
+        const MIB: usize = 1 << 20;
+        // 4 KiB blocks (256 per MiB) and 32 KiB blocks (32 per MiB).
+        assert_eq!(piece_count(MIB, 256, 2), 2);
+        assert_eq!(piece_count(MIB, 32, 2), 2);
+        assert_eq!(piece_count(MIB, 33, 8), 8);
+        // Too little work per piece, or nothing to split.
+        assert_eq!(piece_count(MIB, 256, 1), 1);
+        assert_eq!(piece_count(255 << 10, 64, 2), 1);
+        assert_eq!(piece_count(256 << 10, 64, 2), 2);
+        assert_eq!(piece_count(MIB, 1, 4), 1);
+        assert_eq!(piece_count(0, 0, 4), 1);
     }
 }

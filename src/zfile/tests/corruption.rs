@@ -33,7 +33,7 @@ fn to_legacy(file: &mut [u8]) {
 }
 
 /// The [`ZFileError`] inside an error returned through `LayerSource`.
-fn zfile_error(err: &std::io::Error) -> &ZFileError {
+pub(super) fn zfile_error(err: &std::io::Error) -> &ZFileError {
     err.get_ref()
         .and_then(|e| e.downcast_ref::<ZFileError>())
         .unwrap_or_else(|| panic!("not a ZFile error: {err}"))

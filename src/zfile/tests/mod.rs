@@ -2,6 +2,7 @@
 
 mod corruption;
 mod fixture;
+mod parallel;
 mod retry;
 mod round_trip;
 
