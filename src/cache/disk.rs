@@ -2,11 +2,15 @@
 //! recently used units first, and surviving restarts.
 //!
 //! Layout: `<root>/<algorithm>/<hex digest>/<unit index, 16 hex digits>`. Each file holds a
-//! 32-byte header (magic, unit index, unit size, payload length, CRC32C of the payload, CRC32C
-//! of the header) and the payload. A unit is written to a temporary file and renamed into
-//! place, and every read checks the header and the CRC, so a torn or corrupted file (crash
-//! mid-write, bad sector, hand edits) is detected, deleted and refetched, never served. No
-//! fsync is needed for that guarantee, which keeps fsync off the read path.
+//! 32-byte header (magic, unit index, unit size, payload length, chunk size, CRC32C of the
+//! header and the table), a table of one CRC32C per 4 KiB chunk of the payload, then the
+//! payload. Per-chunk CRCs let a read that needs a few KiB of a 256 KiB unit read and verify
+//! only the chunks it covers, instead of the whole unit; the header CRC covers the table, so a
+//! damaged table is caught before any chunk is trusted. A unit is written to a temporary file
+//! and renamed into place, and every read checks the header, the table, the file length and
+//! the CRC of each chunk it returns, so a torn or corrupted file (crash mid-write, bad sector,
+//! hand edits, an entry of an older format) is detected, deleted and refetched, never served.
+//! No fsync is needed for that guarantee, which keeps fsync off the read path.
 //!
 //! Which units stay is quick_cache's decision (the same CLOCK-Pro-like policy as the memory
 //! tier, weighted by entry size); an eviction deletes the entry's file. Recency survives
@@ -15,7 +19,7 @@
 //! All methods block: call them from `spawn_blocking`.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -23,64 +27,117 @@ use bytes::Bytes;
 
 use super::key::{BlobId, UnitKey};
 
-const MAGIC: &[u8; 8] = b"OBDUNIT1";
+/// Version 2: per-chunk CRCs. Version-1 files (one CRC over the whole payload) fail the magic
+/// check, so they are dropped and refetched like any damaged entry.
+const MAGIC: &[u8; 8] = b"OBDUNIT2";
 const HEADER_LEN: usize = 32;
+/// The granule of verification: the SCSI layer's common read size, so a 4 KiB read touches
+/// one chunk (two when unaligned).
+const CHUNK: usize = 4096;
+const CRC_LEN: usize = 4;
 const TMP_MARK: &str = ".tmp-";
 
-/// Encodes an entry header for `payload` (pure; used by `put` and by tests).
-fn encode_header(index: u64, unit_size: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&index.to_le_bytes());
-    h[16..20].copy_from_slice(&(unit_size as u32).to_le_bytes());
-    h[20..24].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[24..28].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    let hcrc = crc32c::crc32c(&h[..28]);
-    h[28..32].copy_from_slice(&hcrc.to_le_bytes());
-    h
+/// Bytes before the payload (header and chunk table) for a payload of `len` bytes, `None` on
+/// overflow.
+fn prefix_len(len: usize) -> Option<usize> {
+    len.div_ceil(CHUNK)
+        .checked_mul(CRC_LEN)?
+        .checked_add(HEADER_LEN)
 }
 
-/// Checks an entry's bytes; returns the payload range when the entry is whole and is the
-/// unit we expect.
-fn check_entry(
-    bytes: &[u8],
+/// Encodes an entry's header and chunk table for `payload` (pure; used by `put` and tests).
+/// The caller has checked that `unit_size` and the payload length fit in 32 bits.
+fn encode_prefix(index: u64, unit_size: u64, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(prefix_len(payload.len()).unwrap_or(HEADER_LEN));
+    p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&index.to_le_bytes());
+    p.extend_from_slice(&(unit_size as u32).to_le_bytes());
+    p.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    p.extend_from_slice(&(CHUNK as u32).to_le_bytes());
+    p.extend_from_slice(&[0; CRC_LEN]); // the header CRC, filled in below
+    for chunk in payload.chunks(CHUNK) {
+        p.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
+    }
+    let crc = prefix_crc(&p);
+    p[HEADER_LEN - CRC_LEN..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+/// CRC32C of a prefix (header then table) with the header CRC field itself left out.
+fn prefix_crc(prefix: &[u8]) -> u32 {
+    let head = prefix.get(..HEADER_LEN - CRC_LEN).unwrap_or_default();
+    let table = prefix.get(HEADER_LEN..).unwrap_or_default();
+    crc32c::crc32c_append(crc32c::crc32c(head), table)
+}
+
+/// Little-endian u32 at `at` in `b` (`None` past the end).
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    let end = at.checked_add(4)?;
+    b.get(at..end)?.try_into().ok().map(u32::from_le_bytes)
+}
+
+/// Checks an entry's header and chunk table (`prefix`, exactly `prefix_len(expected_len)`
+/// bytes) against the unit we expect; returns the table (the CRC of each chunk).
+fn check_prefix(
+    prefix: &[u8],
     index: u64,
     unit_size: u64,
     expected_len: usize,
-) -> Result<std::ops::Range<usize>, &'static str> {
-    let h = bytes.get(..HEADER_LEN).ok_or("short header")?;
-    let word = |r: std::ops::Range<usize>| -> u32 {
-        h.get(r)
-            .and_then(|s| s.try_into().ok())
-            .map_or(0, u32::from_le_bytes)
-    };
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("bad magic");
+) -> Result<Vec<u32>, &'static str> {
+    if prefix.get(..8) != Some(MAGIC.as_slice()) {
+        return Err("bad magic (damaged entry or older format)");
     }
-    if crc32c::crc32c(h.get(..28).unwrap_or_default()) != word(28..32) {
+    if prefix_len(expected_len) != Some(prefix.len()) {
+        return Err("short header or table");
+    }
+    if le32(prefix, HEADER_LEN - CRC_LEN) != Some(prefix_crc(prefix)) {
         return Err("header CRC mismatch");
     }
-    let got_index = h
+    let got_index = prefix
         .get(8..16)
         .and_then(|s| s.try_into().ok())
-        .map_or(u64::MAX, u64::from_le_bytes);
-    if got_index != index || u64::from(word(16..20)) != unit_size {
+        .map(u64::from_le_bytes);
+    if got_index != Some(index) || le32(prefix, 16).map(u64::from) != Some(unit_size) {
         return Err("entry belongs to another unit or unit size");
     }
-    let len = word(20..24) as usize;
-    if len != expected_len || bytes.len() != HEADER_LEN + len {
-        return Err("length mismatch (torn entry)");
+    if le32(prefix, 20).and_then(|n| usize::try_from(n).ok()) != Some(expected_len) {
+        return Err("payload length mismatch");
     }
-    let payload = HEADER_LEN..HEADER_LEN + len;
-    if crc32c::crc32c(
-        bytes
-            .get(payload.clone())
-            .ok_or("length mismatch (torn entry)")?,
-    ) != word(24..28)
-    {
-        return Err("payload CRC mismatch");
+    if le32(prefix, 24).and_then(|n| usize::try_from(n).ok()) != Some(CHUNK) {
+        return Err("unexpected chunk size");
     }
-    Ok(payload)
+    let table = prefix.get(HEADER_LEN..).unwrap_or_default();
+    Ok(table
+        .chunks_exact(CRC_LEN)
+        .filter_map(|c| c.try_into().ok().map(u32::from_le_bytes))
+        .collect())
+}
+
+/// Checks `data`, the payload's chunks from number `first_chunk` on, against the table.
+fn check_chunks(table: &[u32], first_chunk: usize, data: &[u8]) -> Result<(), &'static str> {
+    for (i, chunk) in data.chunks(CHUNK).enumerate() {
+        let want = first_chunk
+            .checked_add(i)
+            .and_then(|n| table.get(n))
+            .ok_or("chunk past the table")?;
+        if crc32c::crc32c(chunk) != *want {
+            return Err("chunk CRC mismatch");
+        }
+    }
+    Ok(())
+}
+
+/// Why a read of an entry failed: the file could not be read (logged quietly) or its content
+/// is damaged (logged as a warning). Either way the entry is dropped.
+enum ReadFailure {
+    Io(io::Error),
+    Damaged(&'static str),
+}
+
+impl From<io::Error> for ReadFailure {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// A hit refreshes the entry file's modification time only when it is older than this: the
@@ -225,31 +282,33 @@ impl DiskTier {
     /// The unit's payload if a whole, matching entry exists (`expected_len` bytes for a unit
     /// of `unit_size`). A damaged entry is deleted and reported as a miss.
     pub fn get(&self, key: &UnitKey, unit_size: u64, expected_len: usize) -> Option<Bytes> {
+        self.get_range(key, unit_size, expected_len, 0, expected_len)
+    }
+
+    /// Bytes `[start, start + len)` of the unit's payload, reading and verifying only the
+    /// header, the table and the 4 KiB chunks that range covers. A damaged header, table or
+    /// covered chunk deletes the entry and reports a miss; so does a range outside the
+    /// `expected_len`-byte payload (a caller's mistake, never served as data).
+    pub fn get_range(
+        &self,
+        key: &UnitKey,
+        unit_size: u64,
+        expected_len: usize,
+        start: usize,
+        len: usize,
+    ) -> Option<Bytes> {
+        let end = start.checked_add(len).filter(|&e| e <= expected_len)?;
         // `get` also counts the hit for the eviction policy.
         let entry = self.index.get(key)?;
         let path = self.entry_path(key);
-        let mut bytes = Vec::with_capacity(HEADER_LEN + expected_len);
-        let now = SystemTime::now();
-        let stale = now
-            .duration_since(entry.touched)
-            .map_or(true, |age| age >= TOUCH_EVERY);
-        let read = fs::File::open(&path).and_then(|mut f| {
-            f.read_to_end(&mut bytes)?;
-            // Persist the recency for the next start; best effort (a read-only cache dir
-            // still serves).
-            if stale && f.set_modified(now).is_ok() {
-                self.index.replace(key.clone(), Entry { touched: now, ..entry }, true).ok();
+        match self.read_range(key, entry, &path, unit_size, expected_len, start, end) {
+            Ok(bytes) => Some(bytes),
+            Err(ReadFailure::Io(e)) => {
+                tracing::debug!(path = %path.display(), error = %e, "disk cache entry unreadable");
+                self.remove(key);
+                None
             }
-            Ok(())
-        });
-        if let Err(e) = read {
-            tracing::debug!(path = %path.display(), error = %e, "disk cache entry unreadable");
-            self.remove(key);
-            return None;
-        }
-        match check_entry(&bytes, key.index, unit_size, expected_len) {
-            Ok(range) => Some(Bytes::from(bytes).slice(range)),
-            Err(why) => {
+            Err(ReadFailure::Damaged(why)) => {
                 tracing::warn!(path = %path.display(), why, "dropping damaged disk cache entry");
                 self.remove(key);
                 None
@@ -257,9 +316,78 @@ impl DiskTier {
         }
     }
 
+    /// The checked read behind `get_range`, for `start..end` within the payload.
+    #[allow(clippy::too_many_arguments)]
+    fn read_range(
+        &self,
+        key: &UnitKey,
+        entry: Entry,
+        path: &Path,
+        unit_size: u64,
+        expected_len: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Bytes, ReadFailure> {
+        use std::os::unix::fs::FileExt;
+        let damaged = ReadFailure::Damaged;
+        let file = fs::File::open(path)?;
+        let prefix_len = prefix_len(expected_len).ok_or(damaged("payload length overflows"))?;
+        let whole_len = prefix_len
+            .checked_add(expected_len)
+            .ok_or(damaged("payload length overflows"))?;
+        // A torn write leaves a short file; a length check (one fstat) catches it even when the
+        // chunks this read needs happen to be intact.
+        if file.metadata()?.len() != whole_len as u64 {
+            return Err(damaged("length mismatch (torn entry)"));
+        }
+        let mut prefix = vec![0u8; prefix_len];
+        file.read_exact_at(&mut prefix, 0)?;
+        let table = check_prefix(&prefix, key.index, unit_size, expected_len).map_err(damaged)?;
+        let now = SystemTime::now();
+        let stale = now
+            .duration_since(entry.touched)
+            .map_or(true, |age| age >= TOUCH_EVERY);
+        // Persist the recency for the next start; best effort (a read-only cache dir still
+        // serves).
+        if stale && file.set_modified(now).is_ok() {
+            self.index
+                .replace(
+                    key.clone(),
+                    Entry {
+                        touched: now,
+                        ..entry
+                    },
+                    true,
+                )
+                .ok();
+        }
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        // Whole chunks around the range: a CRC only vouches for a whole chunk.
+        let first_chunk = start / CHUNK;
+        let from = first_chunk * CHUNK;
+        let to = end
+            .div_ceil(CHUNK)
+            .checked_mul(CHUNK)
+            .map_or(expected_len, |t| t.min(expected_len));
+        let mut data = vec![0u8; to - from];
+        let at = prefix_len
+            .checked_add(from)
+            .ok_or(damaged("payload length overflows"))?;
+        file.read_exact_at(&mut data, at as u64)?;
+        check_chunks(&table, first_chunk, &data).map_err(damaged)?;
+        Ok(Bytes::from(data).slice(start - from..end - from))
+    }
+
     /// Stores a unit; the units the policy evicts to make room lose their files.
     pub fn put(&self, key: &UnitKey, unit_size: u64, payload: &[u8]) -> io::Result<()> {
-        let size = (HEADER_LEN + payload.len()) as u64;
+        let Some(size) = prefix_len(payload.len())
+            .and_then(|p| p.checked_add(payload.len()))
+            .map(|n| n as u64)
+        else {
+            return Ok(());
+        };
         if size > self.capacity
             || payload.len() > u32::MAX as usize
             || unit_size > u64::from(u32::MAX)
@@ -275,7 +403,7 @@ impl DiskTier {
             rand::random::<u32>()
         ));
         let written = fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&encode_header(key.index, unit_size, payload))?;
+            f.write_all(&encode_prefix(key.index, unit_size, payload))?;
             f.write_all(payload)
         });
         if let Err(e) = written.and_then(|_| fs::rename(&tmp, &path)) {
@@ -350,43 +478,60 @@ mod tests {
         }
     }
 
+    /// Size of an entry file for a payload of `len` bytes.
+    fn entry_len(len: usize) -> usize {
+        prefix_len(len).unwrap() + len
+    }
+
+    /// A payload whose every byte depends on its position, so a misplaced chunk shows.
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 4096) as u8).collect()
+    }
+
     #[test]
-    fn entry_roundtrip_and_damage_detection() {
-        let payload = b"hello unit";
-        let mut e = encode_header(7, 4096, payload).to_vec();
-        e.extend_from_slice(payload);
+    fn prefix_roundtrip_and_damage_detection() {
+        let payload = patterned(10_000); // two full chunks and a short one
+        let p = encode_prefix(7, 16_384, &payload);
+        assert_eq!(p.len(), HEADER_LEN + 3 * CRC_LEN);
+        let table = check_prefix(&p, 7, 16_384, payload.len()).unwrap();
+        assert_eq!(table.len(), 3);
+        assert_eq!(check_chunks(&table, 0, &payload), Ok(()));
+        assert_eq!(check_chunks(&table, 2, &payload[8192..]), Ok(()));
         assert_eq!(
-            &e[check_entry(&e, 7, 4096, payload.len()).unwrap()],
-            payload
+            check_chunks(&table, 1, &payload[..4096]),
+            Err("chunk CRC mismatch"),
+            "a chunk checked against another chunk's CRC"
         );
         assert!(
-            check_entry(&e, 8, 4096, payload.len()).is_err(),
+            check_chunks(&table, 3, &payload[..1]).is_err(),
+            "past the table"
+        );
+        assert!(
+            check_prefix(&p, 8, 16_384, payload.len()).is_err(),
             "wrong index"
         );
         assert!(
-            check_entry(&e, 7, 8192, payload.len()).is_err(),
+            check_prefix(&p, 7, 8192, payload.len()).is_err(),
             "wrong unit size"
         );
+        assert!(check_prefix(&p, 7, 16_384, 9000).is_err(), "wrong length");
         assert!(
-            check_entry(&e[..e.len() - 1], 7, 4096, payload.len()).is_err(),
+            check_prefix(&p[..p.len() - 1], 7, 16_384, payload.len()).is_err(),
             "torn"
         );
         assert!(
-            check_entry(&e[..10], 7, 4096, payload.len()).is_err(),
+            check_prefix(&p[..10], 7, 16_384, payload.len()).is_err(),
             "torn header"
         );
-        let mut flipped = e.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(
-            check_entry(&flipped, 7, 4096, payload.len()),
-            Err("payload CRC mismatch")
-        );
-        let mut hflip = e.clone();
-        hflip[20] ^= 1;
-        assert_eq!(
-            check_entry(&hflip, 7, 4096, payload.len()),
-            Err("header CRC mismatch")
-        );
+        // Every single-bit flip in the header or the table is caught.
+        for byte in 0..p.len() {
+            let mut bad = p.clone();
+            bad[byte] ^= 0x10;
+            assert!(
+                check_prefix(&bad, 7, 16_384, payload.len()).is_err(),
+                "byte {byte}"
+            );
+        }
     }
 
     #[test]
@@ -398,7 +543,7 @@ mod tests {
             t.put(&key(1, 1), 4096, &[2u8; 100]).unwrap();
         }
         let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(t.used_bytes(), (2 * HEADER_LEN + 4096 + 100) as u64);
+        assert_eq!(t.used_bytes(), (entry_len(4096) + entry_len(100)) as u64);
         assert_eq!(t.get(&key(1, 0), 4096, 4096).unwrap(), vec![1u8; 4096]);
         assert_eq!(t.get(&key(1, 1), 4096, 100).unwrap(), vec![2u8; 100]);
         assert!(t.get(&key(2, 0), 4096, 4096).is_none());
@@ -407,7 +552,7 @@ mod tests {
     #[test]
     fn size_bound_evicts_cold_units_and_their_files() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = (HEADER_LEN + 1000) as u64;
+        let entry = entry_len(1000) as u64;
         let t = DiskTier::open(dir.path(), 10 * entry).unwrap();
         for i in 0..10 {
             t.put(&key(1, i), 4096, &[i as u8; 1000]).unwrap();
@@ -424,7 +569,11 @@ mod tests {
         assert!(t.used_bytes() <= 10 * entry);
         // Every unit the index dropped lost its file, and every unit it kept has one.
         for i in 0..20 {
-            assert_eq!(t.contains(&key(1, i)), t.entry_path(&key(1, i)).exists(), "unit {i}");
+            assert_eq!(
+                t.contains(&key(1, i)),
+                t.entry_path(&key(1, i)).exists(),
+                "unit {i}"
+            );
         }
         assert_eq!(walk_files(dir.path()) as u64 * entry, t.used_bytes());
         let kept = |r: std::ops::Range<u64>| r.filter(|&i| t.contains(&key(1, i))).count();
@@ -438,7 +587,11 @@ mod tests {
         let t = DiskTier::open(dir.path(), 4 * entry).unwrap();
         assert!(t.used_bytes() <= 4 * entry && t.used_bytes() > 0);
         let files = walk_files(dir.path()) as u64;
-        assert_eq!(files * entry, t.used_bytes(), "files on disk match the index");
+        assert_eq!(
+            files * entry,
+            t.used_bytes(),
+            "files on disk match the index"
+        );
     }
 
     fn walk_files(p: &Path) -> usize {
@@ -492,5 +645,159 @@ mod tests {
         t.put(&key(1, 0), 4096, &[0u8; 200]).unwrap();
         assert_eq!(t.used_bytes(), 0);
         assert!(t.get(&key(1, 0), 4096, 200).is_none());
+    }
+
+    /// A tier holding one 10_000-byte unit (two full chunks and a short one) as key (1, 0).
+    fn tier_with_unit(dir: &Path) -> (DiskTier, Vec<u8>) {
+        let t = DiskTier::open(dir, 1 << 20).unwrap();
+        let payload = patterned(10_000);
+        t.put(&key(1, 0), 16_384, &payload).unwrap();
+        (t, payload)
+    }
+
+    #[test]
+    fn range_reads_return_exactly_the_requested_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, payload) = tier_with_unit(dir.path());
+        let n = payload.len();
+        for (start, len) in [
+            (0, 4096),    // one whole chunk
+            (4096, 4096), // a chunk boundary to the next
+            (0, 1),
+            (4095, 2),    // straddles two chunks
+            (100, 200),   // inside a chunk
+            (3000, 6000), // mid-chunk start and end over three chunks
+            (8192, 1808), // the short last chunk, whole
+            (9000, 1000), // ends at the payload's end
+            (n - 1, 1),
+            (0, n), // the whole unit
+            (5000, 0),
+        ] {
+            let got = t.get_range(&key(1, 0), 16_384, n, start, len);
+            assert_eq!(
+                got.as_deref(),
+                Some(&payload[start..start + len]),
+                "{start}+{len}"
+            );
+        }
+        assert_eq!(t.get(&key(1, 0), 16_384, n).as_deref(), Some(&payload[..]));
+        // A range beyond the payload is refused, not clamped.
+        assert!(t.get_range(&key(1, 0), 16_384, n, n - 10, 11).is_none());
+        assert!(t.get_range(&key(1, 0), 16_384, n, usize::MAX, 2).is_none());
+    }
+
+    #[test]
+    fn a_flipped_payload_byte_fails_only_reads_of_its_chunk_and_drops_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, payload) = tier_with_unit(dir.path());
+        let n = payload.len();
+        let path = t.entry_path(&key(1, 0));
+        let mut raw = fs::read(&path).unwrap();
+        let prefix = prefix_len(n).unwrap();
+        raw[prefix + 5000] ^= 0x01; // inside chunk 1
+        fs::write(&path, &raw).unwrap();
+        // Ranges that avoid chunk 1 still verify and are right.
+        for (start, len) in [(0, 4096), (8192, 1808), (100, 3000)] {
+            let got = t.get_range(&key(1, 0), 16_384, n, start, len);
+            assert_eq!(
+                got.as_deref(),
+                Some(&payload[start..start + len]),
+                "{start}+{len}"
+            );
+        }
+        // A range touching it (even without the flipped byte itself) misses and drops the entry.
+        assert!(t.get_range(&key(1, 0), 16_384, n, 4096, 10).is_none());
+        assert!(!path.exists() && !t.contains(&key(1, 0)), "entry removed");
+        assert_eq!(t.used_bytes(), 0);
+        assert!(
+            t.get_range(&key(1, 0), 16_384, n, 0, 10).is_none(),
+            "stays gone"
+        );
+    }
+
+    #[test]
+    fn corrupt_payload_anywhere_never_yields_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 10_000;
+        let payload = patterned(n);
+        let ranges = [(0, n), (0, 4096), (4000, 200), (8192, 1808), (6000, 100)];
+        let (mut hits, mut misses) = (0, 0);
+        for flip in (0..entry_len(n)).step_by(397) {
+            for &(start, len) in &ranges {
+                let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
+                t.put(&key(1, 0), 16_384, &payload).unwrap();
+                let path = t.entry_path(&key(1, 0));
+                let mut raw = fs::read(&path).unwrap();
+                raw[flip] ^= 0x80;
+                fs::write(&path, &raw).unwrap();
+                if let Some(got) = t.get_range(&key(1, 0), 16_384, n, start, len) {
+                    assert_eq!(
+                        &got[..],
+                        &payload[start..start + len],
+                        "flip {flip}, {start}+{len}"
+                    );
+                    hits += 1;
+                } else {
+                    assert!(!path.exists(), "a miss drops the entry (flip {flip})");
+                    misses += 1;
+                }
+            }
+        }
+        // Both outcomes occur: flips outside a range's chunks spare it, the rest are caught.
+        assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
+    }
+
+    #[test]
+    fn corrupt_header_or_table_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 10_000;
+        // Byte 20 is the payload length in the header; byte HEADER_LEN + 4 is chunk 1's CRC.
+        for flip in [0, 9, 20, 25, HEADER_LEN - 1, HEADER_LEN + 4] {
+            let (t, _) = tier_with_unit(dir.path());
+            let path = t.entry_path(&key(1, 0));
+            let mut raw = fs::read(&path).unwrap();
+            raw[flip] ^= 0x04;
+            fs::write(&path, &raw).unwrap();
+            // Even a range far from the damaged table entry misses: the header CRC covers it.
+            assert!(
+                t.get_range(&key(1, 0), 16_384, n, 0, 10).is_none(),
+                "flip {flip}"
+            );
+            assert!(!path.exists(), "flip {flip}: entry removed");
+        }
+    }
+
+    #[test]
+    fn an_old_format_entry_is_a_miss_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = patterned(4096);
+        // A version-1 entry, as the previous release wrote it: header (magic, index, unit
+        // size, payload length, payload CRC, header CRC) then the payload.
+        let mut old = Vec::new();
+        old.extend_from_slice(b"OBDUNIT1");
+        old.extend_from_slice(&0u64.to_le_bytes());
+        old.extend_from_slice(&16_384u32.to_le_bytes());
+        old.extend_from_slice(&4096u32.to_le_bytes());
+        old.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        let hcrc = crc32c::crc32c(&old);
+        old.extend_from_slice(&hcrc.to_le_bytes());
+        old.extend_from_slice(&payload);
+        let path = {
+            let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
+            t.entry_path(&key(1, 0))
+        };
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &old).unwrap();
+        // The start-up walk admits it by name; the first read finds it foreign.
+        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        assert!(t.contains(&key(1, 0)));
+        assert!(t.get_range(&key(1, 0), 16_384, 4096, 0, 10).is_none());
+        assert!(!path.exists() && !t.contains(&key(1, 0)));
+        // Stored again, it reads back in the new format.
+        t.put(&key(1, 0), 16_384, &payload).unwrap();
+        assert_eq!(
+            t.get(&key(1, 0), 16_384, 4096).as_deref(),
+            Some(&payload[..])
+        );
     }
 }
