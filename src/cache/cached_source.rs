@@ -5,7 +5,10 @@
 //! concurrent readers of the same unit (even through different images sharing the layer)
 //! wait for one fetch instead of issuing their own (single-flight), and adjacent claimed units
 //! are fetched in one ranged request. Fetched units go to memory, to waiting readers, then to
-//! disk. A failed fetch caches nothing. After a background download completes, reads are
+//! disk. A read that needs at most a quarter of a unit the memory tier lacks takes only that
+//! part from the disk tier (verified per 4 KiB chunk) and leaves memory alone, so random small
+//! reads over a working set larger than memory cost their own size, not a unit each. A failed
+//! fetch caches nothing. After a background download completes, reads are
 //! served from the verified local file instead.
 
 use std::collections::HashMap;
@@ -33,7 +36,7 @@ type UnitWatch = watch::Receiver<Option<UnitResult>>;
 pub struct CacheStats {
     /// Units found in memory.
     pub memory_hits: u64,
-    /// Units read from the disk tier.
+    /// Units, or parts of units for small reads, read from the disk tier.
     pub disk_hits: u64,
     /// Units a reader waited for while another reader fetched them.
     pub shared_fetches: u64,
@@ -54,6 +57,12 @@ struct Counters {
 
 fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The largest part of a unit (a quarter) that a read takes from the disk tier on its own,
+/// without loading the whole unit into memory.
+fn small_part(unit: u64) -> usize {
+    usize::try_from(unit / 4).unwrap_or(usize::MAX)
 }
 
 /// The tiers and the in-flight table shared by every cached blob of the daemon.
@@ -127,6 +136,23 @@ impl CacheTiers {
         let disk = self.disk.clone()?;
         let (key, unit) = (key.clone(), self.unit);
         tokio::task::spawn_blocking(move || disk.get(&key, unit, expected))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Bytes `[start, start + len)` of a unit from the disk tier, reading only the chunks
+    /// they cover.
+    async fn disk_get_range(
+        &self,
+        key: &UnitKey,
+        expected: usize,
+        start: usize,
+        len: usize,
+    ) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let (key, unit) = (key.clone(), self.unit);
+        tokio::task::spawn_blocking(move || disk.get_range(&key, unit, expected, start, len))
             .await
             .ok()
             .flatten()
@@ -360,22 +386,40 @@ impl LayerSource for CachedSource {
         }
         let unit = self.tiers.unit;
         let (first, last) = (offset / unit, (end - 1) / unit);
+        // Per unit: the slot (the whole unit, or only the needed part when `partial`) and the
+        // needed part's range within the unit.
         let mut units: Vec<Option<Bytes>> = Vec::new();
+        let mut partial: Vec<bool> = Vec::new();
+        let mut needed: Vec<std::ops::Range<usize>> = Vec::new();
         for index in first..=last {
-            let mut got = self.tiers.memory.get(&self.key(index));
+            let unit_start = index * unit;
+            let unit_len = self.unit_len(index);
+            let lo = (offset.max(unit_start) - unit_start) as usize;
+            let hi = (end.min(unit_start + unit_len as u64) - unit_start) as usize;
+            needed.push(lo..hi);
+            let key = self.key(index);
+            let mut part = false;
+            let mut got = self.tiers.memory.get(&key);
             if got.is_some() {
                 bump(&self.tiers.counters.memory_hits, 1);
             } else {
-                got = self
-                    .tiers
-                    .disk_get(&self.key(index), self.unit_len(index))
-                    .await;
-                if let Some(b) = &got {
+                if hi - lo <= small_part(unit) {
+                    // A small read (e.g. 4 KiB of a 256 KiB unit) reads and verifies only its
+                    // chunks: the whole unit would cost up to 64 times the bytes. The part is
+                    // not put in memory: it is not a unit, and a random small-read working
+                    // set larger than the memory tier would only churn it.
+                    got = self.tiers.disk_get_range(&key, unit_len, lo, hi - lo).await;
+                    part = got.is_some();
+                } else if let Some(b) = self.tiers.disk_get(&key, unit_len).await {
+                    self.tiers.memory.insert(key, b.clone());
+                    got = Some(b);
+                }
+                if got.is_some() {
                     bump(&self.tiers.counters.disk_hits, 1);
-                    self.tiers.memory.insert(self.key(index), b.clone());
                 }
             }
             units.push(got);
+            partial.push(part);
         }
         // Each round fetches what this reader claimed and waits for the rest; a unit whose
         // fetcher was cancelled comes back empty and is claimed again in the next round.
@@ -426,16 +470,23 @@ impl LayerSource for CachedSource {
                 }
             }
         }
-        let skip = (offset - first * unit) as usize;
-        let units: Vec<Bytes> = units.into_iter().flatten().collect();
-        if let [one] = units.as_slice() {
-            return Ok(one.slice(skip..skip + len));
+        let pieces: Vec<Bytes> = units
+            .into_iter()
+            .zip(partial)
+            .zip(needed)
+            .filter_map(|((slot, part), range)| {
+                // A partial slot already holds just the needed bytes; a whole unit is cut.
+                slot.map(|b| if part { b } else { b.slice(range) })
+            })
+            .collect();
+        if let [one] = pieces.as_slice() {
+            return Ok(one.clone());
         }
-        let mut out = BytesMut::with_capacity(units.iter().map(Bytes::len).sum());
-        for u in &units {
-            out.extend_from_slice(u);
+        let mut out = BytesMut::with_capacity(len);
+        for p in &pieces {
+            out.extend_from_slice(p);
         }
-        Ok(out.freeze().slice(skip..skip + len))
+        Ok(out.freeze())
     }
 
     fn describe(&self) -> String {
@@ -687,6 +738,92 @@ mod tests {
             &fake.data[100..2100]
         );
         assert!(fake.calls().is_empty());
+    }
+
+    /// A deterministic stream of numbers below `n` (xorshift), so failures reproduce.
+    fn next_below(state: &mut u64, n: u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state % n
+    }
+
+    #[tokio::test]
+    async fn small_disk_reads_take_parts_and_match_the_source() {
+        const UNIT: u64 = 32_768; // eight 4 KiB chunks; a quarter is 8 KiB
+        const SIZE: usize = 100_000; // the last unit is short (1696 bytes)
+        let fake = Fake::new(SIZE, Duration::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let tiers =
+                CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), UNIT)
+                    .unwrap();
+            cached(&fake, &tiers).read_at(0, SIZE).await.unwrap();
+        }
+        fake.calls.lock().clear();
+        // A restart with a memory tier of two units: the disk tier holds everything.
+        let disk = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        let tiers = CacheTiers::new(2 * UNIT, Some(disk), UNIT).unwrap();
+        let src = cached(&fake, &tiers);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        // Small reads (some crossing a unit boundary, some in the short last unit).
+        let mut small = vec![
+            (32_760u64, 100usize),
+            (98_300, 1700),
+            (99_999, 1),
+            (0, 8192),
+        ];
+        for _ in 0..300 {
+            let off = next_below(&mut rng, SIZE as u64);
+            let len = 1 + next_below(&mut rng, 8192) as usize;
+            small.push((off, len.min(SIZE - off as usize)));
+        }
+        for &(off, len) in &small {
+            let got = src.read_at(off, len).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &fake.data[off as usize..off as usize + len],
+                "{off}+{len}"
+            );
+        }
+        let stats = tiers.stats();
+        assert!(fake.calls().is_empty(), "all from disk");
+        assert_eq!(tiers.memory_used(), 0, "parts are not put in memory");
+        assert_eq!(stats.memory_hits, 0);
+        assert!(stats.disk_hits >= small.len() as u64, "{stats:?}");
+        // Large reads take whole units, which do go to memory.
+        for _ in 0..50 {
+            let off = next_below(&mut rng, SIZE as u64 - 8193);
+            let len = (8193 + next_below(&mut rng, 60_000) as usize).min(SIZE - off as usize);
+            let got = src.read_at(off, len).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &fake.data[off as usize..off as usize + len],
+                "{off}+{len}"
+            );
+        }
+        assert!(fake.calls().is_empty(), "still all from disk");
+        assert!(tiers.memory_used() > 0 && tiers.memory_used() <= 2 * UNIT);
+        assert!(tiers.stats().disk_hits > stats.disk_hits);
+        // A damaged chunk: a small read touching it refetches the unit and returns true bytes.
+        let key = UnitKey {
+            blob: BlobId::from_digest(DIGEST),
+            index: 2,
+        };
+        tiers.memory.remove(&key);
+        let path = tiers.disk.as_ref().unwrap().entry_path(&key);
+        let mut raw = std::fs::read(&path).unwrap();
+        let at = raw.len() - UNIT as usize + 5000; // payload byte 5000 of unit 2
+        raw[at] ^= 0xff;
+        std::fs::write(&path, &raw).unwrap();
+        let off = 2 * UNIT + 4100;
+        let got = src.read_at(off, 100).await.unwrap();
+        assert_eq!(&got[..], &fake.data[off as usize..off as usize + 100]);
+        assert_eq!(
+            fake.calls(),
+            vec![(2 * UNIT, UNIT as usize)],
+            "refetched once"
+        );
     }
 
     #[test]
