@@ -479,6 +479,14 @@ impl LayerSource for CachedSource {
                 slot.map(|b| if part { b } else { b.slice(range) })
             })
             .collect();
+        // Every slot is filled by now; a short total would mean a bug above, and is an error
+        // rather than a short read served as data.
+        let total: usize = pieces.iter().map(Bytes::len).sum();
+        if total != len {
+            return Err(io::Error::other(format!(
+                "cache assembled {total} bytes for a {len}-byte read at {offset}"
+            )));
+        }
         if let [one] = pieces.as_slice() {
             return Ok(one.clone());
         }
