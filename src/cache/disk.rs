@@ -1,5 +1,5 @@
-//! The disk tier: refill units persisted under `cacheDir`, bounded in bytes, evicting the least
-//! recently used units first, and surviving restarts.
+//! The disk tier: refill units persisted under `cacheDir`, bounded in bytes (eviction chosen by
+//! quick_cache, see below), and surviving restarts.
 //!
 //! Layout: `<root>/<algorithm>/<hex digest>/<unit index, 16 hex digits>`. Each file holds a
 //! 32-byte header (magic, unit index, unit size, payload length, chunk size, CRC32C of the
