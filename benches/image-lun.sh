@@ -59,11 +59,7 @@ cleanup() {
     stop_targets "$ours_pid" "$tgt_pid" "$tgt_ctrl"
     stop_targets "$cold_pid" "" ""
     stop_targets "$reg_pid" "" ""
-    if [ "${OBD_KEEP:-0}" = 1 ]; then
-        echo "$script_name: results kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
+    drop_work "$work" results
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -44,11 +44,7 @@ tgt_ctrl=$((100 + RANDOM % 800))  # tgtd accepts small control port numbers only
 cleanup() {
     set +e
     stop_targets "$ours_pid" "$tgt_pid" "$tgt_ctrl"
-    if [ "${OBD_KEEP:-0}" = 1 ]; then
-        echo "iscsi-vs-tgtd.sh: results kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
+    drop_work "$work" results
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

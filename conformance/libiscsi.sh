@@ -33,11 +33,7 @@ tgt_ctrl=""
 cleanup() {
     set +e
     stop_targets "$ours_pid" "$tgt_pid" "$tgt_ctrl"
-    if [ "${OBD_KEEP:-0}" = 1 ]; then
-        echo "libiscsi.sh: logs kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
+    drop_work "$work" logs
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

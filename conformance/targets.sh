@@ -43,3 +43,13 @@ stop_targets() {
     fi
     return 0
 }
+
+# Removes the scratch folder $1 at exit, or keeps it (and says where) when OBD_KEEP=1; $2 says
+# what it holds ("logs", "results").
+drop_work() {
+    if [ "${OBD_KEEP:-0}" = 1 ]; then
+        echo "$script_name: $2 kept in $1" >&2
+    else
+        rm -rf "$1"
+    fi
+}
