@@ -24,6 +24,26 @@ fn tune_allocator() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every connection and image layer
+/// is a descriptor, and the common soft default of 1024 is far below what a target serving
+/// many initiators needs (the hard limit is what the administrator allows).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = old, to = lim.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let mut cli = Cli::parse();
@@ -51,6 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_fd_limit();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -63,6 +63,27 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub nop_timeout: Option<u64>,
 
+    /// Memory all sessions together may hold for write data and unsent Data-In, e.g. 256M
+    /// (overrides the config file; default 128M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub memory_budget: Option<u64>,
+
+    /// Seconds a write may wait for its Data-Out, 0 for no limit (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub data_out_timeout: Option<u64>,
+
+    /// Sessions admitted at once (default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u32>,
+
+    /// Connections in login at once, in total (default 256).
+    #[arg(long, value_name = "N")]
+    pub max_pending_logins: Option<u32>,
+
+    /// Connections in login at once from one source address (default 16).
+    #[arg(long, value_name = "N")]
+    pub max_pending_logins_per_address: Option<u32>,
+
     /// overlaybd's daemon config (overlaybd.json: cacheConfig, credentialConfig, download,
     /// p2pConfig) for image LUNs whose layers live in a registry.
     #[arg(long, value_name = "FILE")]
@@ -85,6 +106,7 @@ pub struct Cli {
     pub log_level: String,
 }
 
+/// A size such as `4G` or `256M`.
 fn parse_cache_size(text: &str) -> Result<u64, String> {
     crate::block::parse_size(text).map_err(|e| e.to_string())
 }
@@ -156,6 +178,24 @@ impl Cli {
         }
         if let Some(secs) = self.nop_timeout {
             config.tuning.nop_timeout = Duration::from_secs(secs);
+        }
+        let t = &mut config.tuning;
+        if let Some(bytes) = self.memory_budget {
+            t.memory_budget = bytes;
+        }
+        match self.data_out_timeout {
+            Some(0) => t.data_out_timeout = None,
+            Some(secs) => t.data_out_timeout = Some(Duration::from_secs(secs)),
+            None => {}
+        }
+        if let Some(n) = self.max_sessions {
+            t.max_sessions = n;
+        }
+        if let Some(n) = self.max_pending_logins {
+            t.max_pending_logins = n;
+        }
+        if let Some(n) = self.max_pending_logins_per_address {
+            t.max_pending_logins_per_address = n;
         }
         if let Some(path) = &self.overlaybd_config {
             config.images = crate::cache::DaemonSettings::from_file(path)

@@ -79,6 +79,11 @@ struct RawGlobal {
     nop_timeout_secs: Option<u64>,
     max_recv_data_segment_length: Option<u32>,
     digests: Option<super::Digests>,
+    memory_budget: Option<String>,
+    data_out_timeout_secs: Option<u64>,
+    max_sessions: Option<u32>,
+    max_pending_logins: Option<u32>,
+    max_pending_logins_per_address: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +157,23 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
             .max_recv_data_segment_length
             .unwrap_or(defaults.max_recv_data_segment_length),
         digests: g.digests.unwrap_or(defaults.digests),
+        memory_budget: match &g.memory_budget {
+            Some(text) => crate::block::parse_size(text).map_err(|e| InvalidField {
+                field: "global.memory_budget".to_string(),
+                message: e.to_string(),
+            })?,
+            None => defaults.memory_budget,
+        },
+        data_out_timeout: match g.data_out_timeout_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => defaults.data_out_timeout,
+        },
+        max_sessions: g.max_sessions.unwrap_or(defaults.max_sessions),
+        max_pending_logins: g.max_pending_logins.unwrap_or(defaults.max_pending_logins),
+        max_pending_logins_per_address: g
+            .max_pending_logins_per_address
+            .unwrap_or(defaults.max_pending_logins_per_address),
     };
     let mut targets = Vec::with_capacity(raw.targets.len());
     for (i, t) in raw.targets.into_iter().enumerate() {

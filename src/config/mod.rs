@@ -46,6 +46,17 @@ pub struct Tuning {
     pub max_recv_data_segment_length: u32,
     /// Which HeaderDigest/DataDigest values the target accepts and prefers.
     pub digests: Digests,
+    /// Bytes all sessions together may hold for solicited write data and for Data-In read but
+    /// not yet sent; commands beyond it wait (backpressure) instead of failing.
+    pub memory_budget: u64,
+    /// How long a write may wait for Data-Out before it is ended; `None`: forever.
+    pub data_out_timeout: Option<Duration>,
+    /// Sessions the server admits at once; more logins are refused (out of resources).
+    pub max_sessions: u32,
+    /// Connections that may be in login at once; more are closed on accept.
+    pub max_pending_logins: u32,
+    /// Connections from one source address that may be in login at once.
+    pub max_pending_logins_per_address: u32,
 }
 
 /// The target's digest policy, applied to both HeaderDigest and DataDigest.
@@ -72,6 +83,11 @@ impl Default for Tuning {
             nop_timeout: Duration::from_secs(15),
             max_recv_data_segment_length: 262_144,
             digests: Digests::PreferNone,
+            memory_budget: 128 << 20,
+            data_out_timeout: Some(Duration::from_secs(30)),
+            max_sessions: 1024,
+            max_pending_logins: 256,
+            max_pending_logins_per_address: 16,
         }
     }
 }
@@ -177,6 +193,24 @@ impl Config {
                 "global.max_recv_data_segment_length",
                 "must be between 512 and 16777215",
             ));
+        }
+        if t.memory_budget < (1 << 20) {
+            return Err(InvalidField::new(
+                "global.memory_budget",
+                "must be at least 1M",
+            ));
+        }
+        for (field, value) in [
+            ("global.max_sessions", t.max_sessions),
+            ("global.max_pending_logins", t.max_pending_logins),
+            (
+                "global.max_pending_logins_per_address",
+                t.max_pending_logins_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(InvalidField::new(field, "must be at least 1"));
+            }
         }
         if t.nop_timeout.is_zero() {
             return Err(InvalidField::new(

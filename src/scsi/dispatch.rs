@@ -103,7 +103,18 @@ impl ScsiTarget {
             }
             DataOut::Nothing => (cmd, Bytes::new(), None),
         };
-        let result = self.run(lun, nexus, cmd, data).await;
+        // A READ reads only what the EDTL carries (`sbc::read`); a successful one's residual is
+        // still counted against its whole extent.
+        let read_len = match &cmd {
+            Command::Read(e) => Some(u64::from(e.blocks) * bs),
+            _ => None,
+        };
+        let result = self.run(lun, nexus, cmd, data, req.expected_len).await;
+        let wanted_out = if result.is_ok() {
+            wanted_out.or(read_len)
+        } else {
+            wanted_out
+        };
         respond(result, &req, wanted_out)
     }
 
@@ -140,6 +151,7 @@ impl ScsiTarget {
         nexus: &Nexus,
         cmd: Command,
         data: Bytes,
+        expected_len: u32,
     ) -> Result<Bytes, Failure> {
         let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(Failure::from);
         match cmd {
@@ -230,7 +242,7 @@ impl ScsiTarget {
             }
             Command::ReadCapacity10 { lba, pmi } => Ok(sbc::read_capacity10(lun, lba, pmi)?),
             Command::ReadCapacity16 { alloc_len } => Ok(cut(sbc::read_capacity16(lun), alloc_len)),
-            Command::Read(e) => Ok(sbc::read(lun, &e).await?),
+            Command::Read(e) => Ok(sbc::read(lun, &e, expected_len).await?),
             Command::Write(e) | Command::WriteAndVerify(e) => none(sbc::write(lun, &e, data).await),
             Command::Verify { extent, bytchk } => {
                 none(sbc::verify(lun, &extent, bytchk, &data).await)

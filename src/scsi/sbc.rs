@@ -49,9 +49,13 @@ fn transfer_range(lun: &Lun, e: &Extent) -> Result<(u64, u64), Sense> {
     Ok(range)
 }
 
-/// READ(6/10/12/16).
-pub async fn read(lun: &Lun, e: &Extent) -> Result<Bytes, Sense> {
+/// READ(6/10/12/16) of which the transport carries at most `carried` bytes (its Expected Data
+/// Transfer Length): the whole extent is checked, but only the blocks that reach the initiator
+/// are read, so a READ of 32 MiB with an EDTL of 512 reads one block, not 32 MiB.
+pub async fn read(lun: &Lun, e: &Extent, carried: u32) -> Result<Bytes, Sense> {
     let (offset, len) = transfer_range(lun, e)?;
+    let bs = u64::from(lun.block_size());
+    let len = len.min(u64::from(carried).div_ceil(bs) * bs);
     if len == 0 {
         return Ok(Bytes::new());
     }

@@ -16,6 +16,7 @@
 //! Sessions have exactly one connection (MaxConnections=1) and ErrorRecoveryLevel 0: every
 //! sequence error terminates the affected task and nothing is retransmitted.
 
+pub mod budget;
 mod control;
 pub mod data_in;
 pub mod data_out;
@@ -29,6 +30,7 @@ pub mod window;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +44,7 @@ use crate::scsi::ScsiRequest;
 
 pub use crate::iscsi::login::SessionParams;
 
+use self::budget::MemoryBudget;
 use self::data_out::WriteLimits;
 use self::tasks::Task;
 use self::window::CommandWindow;
@@ -63,6 +66,17 @@ pub struct SessionOptions {
     /// Data Transfer Lengths of writes being solicited or executed). Writes beyond it wait for
     /// their first R2T; one write always proceeds, whatever its size.
     pub write_buffer_budget: u64,
+    /// Bytes of Data-In the session may hold between reading them and writing them to the
+    /// socket. Commands that would exceed it wait (holding their CmdSN slots, so the window
+    /// stops opening) until Data-In drains; one command always proceeds, whatever its size.
+    pub data_in_budget: u64,
+    /// The budget every session of the server shares for solicited write data and unsent
+    /// Data-In; `None`: no shared limit. A session that holds nothing may run one command of
+    /// up to [`SESSION_FLOOR`] bytes outside it, so a full budget never locks a session out.
+    pub shared_budget: Option<Arc<MemoryBudget>>,
+    /// How long a write may go without the Data-Out it solicited or announced before it is
+    /// ended with ABORTED COMMAND, INITIATOR RESPONSE TIMEOUT; `None`: no limit.
+    pub data_out_timeout: Option<Duration>,
     /// Number of LUNs of the target (task management checks LUN numbers against it).
     pub lun_count: u64,
     /// The connection's CID (from login).
@@ -72,6 +86,14 @@ pub struct SessionOptions {
     /// The StatSN of the first full-feature status PDU (the final Login Response's + 1).
     pub first_stat_sn: u32,
 }
+
+/// Bytes a session that holds nothing may use for one command without the shared budget.
+pub const SESSION_FLOOR: u64 = 1 << 20;
+
+/// Unsolicited data that commands waiting behind a CmdSN gap may hold per session. A gap only
+/// arises on a single connection when the initiator skips a CmdSN, so a session beyond this is
+/// misbehaving and is closed.
+pub const MAX_GAP_BYTES: u64 = 16 << 20;
 
 /// Identifies one SCSI command for the driver (unlike ITTs, never reused within a session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -161,8 +183,17 @@ pub struct Session {
     text: Option<TextHandler>,
     /// Sum of the lengths of writes holding a share of `write_buffer_budget`.
     write_reserved: u64,
-    /// Delivered writes waiting for budget before their first R2T, oldest first.
-    write_waiting: VecDeque<u32>,
+    /// This session's Data-In budget (`data_in_budget`).
+    data_in: Arc<MemoryBudget>,
+    /// Delivered commands waiting for memory before they run or solicit data, oldest first.
+    memory_waiting: VecDeque<u32>,
+    /// Unsolicited bytes held by commands waiting behind a CmdSN gap.
+    gap_bytes: u64,
+    /// The latest time the session was given.
+    now: Instant,
+    /// Some write started waiting for Data-Out since the clock was last read: its wait is
+    /// stamped at the next `handle_timeout` (which [`Session::poll_timeout`] asks for at once).
+    stamp_due: bool,
 }
 
 /// Answers a Text Request (SendTargets and other keys) given the initiator's current
@@ -185,6 +216,7 @@ impl Session {
     /// Starts the full-feature phase at `now`.
     pub fn new(opts: SessionOptions, now: Instant) -> Self {
         let p = &opts.params;
+        let data_in = MemoryBudget::new(opts.data_in_budget);
         Session {
             limits: WriteLimits {
                 immediate_data: p.immediate_data,
@@ -207,7 +239,11 @@ impl Session {
             closing: None,
             text: None,
             write_reserved: 0,
-            write_waiting: VecDeque::new(),
+            data_in,
+            memory_waiting: VecDeque::new(),
+            gap_bytes: 0,
+            now,
+            stamp_due: false,
         }
     }
 
@@ -232,10 +268,36 @@ impl Session {
         if self.closing.is_some() {
             return None;
         }
-        match self.ping {
+        if self.stamp_due {
+            return Some(self.now);
+        }
+        let nop = match self.ping {
             Some(p) => Some(p.sent + self.opts.nop_timeout),
             None => self.opts.nop_interval.map(|i| self.last_rx + i),
+        };
+        let data_out = self.next_data_out_deadline();
+        match (nop, data_out) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// The budgets this session takes from: its own Data-In budget and the shared one. Their
+    /// bytes come back asynchronously (as Data-In is written); when
+    /// [`Session::waiting_for_memory`], the driver waits on their
+    /// [`MemoryBudget::subscribe`] and then calls [`Session::memory_freed`].
+    pub fn budgets(&self) -> (Arc<MemoryBudget>, Option<Arc<MemoryBudget>>) {
+        (self.data_in.clone(), self.opts.shared_budget.clone())
+    }
+
+    /// Whether PDUs or events are ready to be polled.
+    pub fn has_work(&self) -> bool {
+        !self.transmit.is_empty() || !self.events.is_empty()
+    }
+
+    /// Whether some command waits for memory to come back.
+    pub fn waiting_for_memory(&self) -> bool {
+        !self.memory_waiting.is_empty()
     }
 
     /// Why the connection must close, once it must: send the queued PDUs, then close.
@@ -261,6 +323,7 @@ impl Session {
     /// Handles one PDU from the initiator, received at `now`.
     pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
         self.last_rx = now;
+        self.now = now;
         if self.closing.is_some() {
             // After a Logout Response nothing more is processed.
             return;
@@ -301,6 +364,7 @@ impl Session {
             _ => self.reject_pdu(RejectReason::PROTOCOL_ERROR, &pdu),
         }
         self.run_window();
+        self.stamp_data_waits(now);
     }
 
     /// Answers a PDU the codec consumed but could not use (data digest error, malformed AHS or
@@ -355,6 +419,9 @@ impl Session {
         if self.closing.is_some() {
             return;
         }
+        self.now = now;
+        self.stamp_data_waits(now);
+        self.expire_data_waits(now);
         if let Some(ping) = self.ping {
             if now < ping.sent + self.opts.nop_timeout {
                 return;

@@ -1,11 +1,14 @@
 //! SCSI commands in the session: admission into the task table, Data-Out and R2Ts, hand-over
 //! to the SCSI layer, completion, and cancellation.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
+use super::budget::{Hold, Holds};
 use super::data_out::{DataOutError, WriteTransfer};
 use super::status::{check_condition, status_pdus, CommandRef, Stamp};
-use super::{Event, Ordered, Phase, Session, TaskId};
+use super::{Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR};
 use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
 use crate::scsi::{DataDirection, ScsiRequest, ScsiResponse};
 
@@ -25,6 +28,9 @@ fn budget_allows(reserved: u64, budget: u64, need: u64) -> bool {
     reserved == 0 || reserved.saturating_add(need) <= budget
 }
 
+/// Sense ASC/ASCQ INITIATOR RESPONSE TIMEOUT (SPC-4): the Data-Out never came.
+const INITIATOR_RESPONSE_TIMEOUT: (u8, u8) = (0x4b, 0x06);
+
 /// One command in the task table.
 #[derive(Debug)]
 pub(super) struct Task {
@@ -43,8 +49,21 @@ pub(super) struct Task {
     /// the response is sent when the task's turn comes instead of executing it.
     verdict: Option<ScsiResponse>,
     r2t_count: u32,
-    /// Holds `expected_len` bytes of the session's write buffer budget.
+    /// Its memory is reserved (or it needs none): it may run or solicit data.
     reserved: bool,
+    /// Bytes of the session's write buffer budget it holds.
+    write_local: u64,
+    /// Its share of the shared budget for solicited write data; given back when it ends.
+    write_hold: Hold,
+    /// Its Data-In reservations (the session's and the shared budget's), attached to the
+    /// Data-In bytes when it finishes so they come back once those are sent.
+    read_holds: Holds,
+    /// Unsolicited bytes it holds while waiting behind a CmdSN gap.
+    gap_held: u64,
+    /// Since when it has been waiting for Data-Out the target asked for or was promised.
+    data_wait: Option<Instant>,
+    /// It started waiting for Data-Out; the wait is stamped at the next clock reading.
+    needs_stamp: bool,
 }
 
 /// ABORTED COMMAND for a Data-Out sequence error: DATA PHASE ERROR (4B/00), or
@@ -67,13 +86,24 @@ impl Session {
             );
             return;
         }
+        if cmd.immediate && !self.window.take_immediate() {
+            // Immediate commands share the queue depth; beyond it they are refused
+            // (RFC 7143 §11.17.1, reason 0x06) and hold nothing.
+            self.reject_pdu(
+                RejectReason::IMMEDIATE_COMMAND_REJECT,
+                &Pdu::ScsiCommand(cmd),
+            );
+            return;
+        }
         if cmd.itt == RESERVED_TAG || self.tasks.contains_key(&cmd.itt) {
             let reason = if cmd.itt == RESERVED_TAG {
                 RejectReason::INVALID_PDU_FIELD
             } else {
                 RejectReason::TASK_IN_PROGRESS
             };
-            if !cmd.immediate {
+            if cmd.immediate {
+                self.window.retire();
+            } else {
                 // The CmdSN was received; keep the window moving.
                 self.window.void(cmd.cmd_sn);
             }
@@ -116,6 +146,12 @@ impl Session {
         };
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
+        // Data of a command that will wait behind a CmdSN gap is counted until its turn.
+        let gap_held = if !cmd.immediate && cmd.cmd_sn != self.window.exp_cmd_sn() {
+            cmd.data.len() as u64
+        } else {
+            0
+        };
         let task = Task {
             id,
             cmd_sn: cmd.cmd_sn,
@@ -131,6 +167,12 @@ impl Session {
             verdict,
             r2t_count: 0,
             reserved: false,
+            write_local: 0,
+            write_hold: Hold::none(),
+            read_holds: Holds::default(),
+            gap_held,
+            data_wait: None,
+            needs_stamp: false,
         };
         self.tasks.insert(cmd.itt, task);
         self.ids.insert(id, cmd.itt);
@@ -144,6 +186,21 @@ impl Session {
             // A duplicate CmdSN: drop the newcomer.
             self.tasks.remove(&cmd.itt);
             self.ids.remove(&id);
+        } else {
+            self.hold_gap_bytes(gap_held);
+        }
+    }
+
+    /// Counts `bytes` more held behind a CmdSN gap; past [`MAX_GAP_BYTES`] the session ends.
+    fn hold_gap_bytes(&mut self, bytes: u64) {
+        self.gap_bytes += bytes;
+        if self.gap_bytes > MAX_GAP_BYTES {
+            tracing::warn!(
+                held = self.gap_bytes,
+                exp_cmd_sn = self.window.exp_cmd_sn(),
+                "commands behind a CmdSN gap hold too much data"
+            );
+            self.fail("CmdSN gap holds too much unsolicited data");
         }
     }
 
@@ -153,6 +210,7 @@ impl Session {
             return;
         };
         task.phase = Phase::Collecting;
+        self.gap_bytes -= std::mem::take(&mut task.gap_held);
         self.advance(itt);
     }
 
@@ -169,17 +227,23 @@ impl Session {
             self.finish(id, &verdict);
             return;
         }
-        if !task.reserved && task.transfer.as_ref().is_some_and(WriteTransfer::wants_r2t) {
-            let need = u64::from(task.expected_len);
-            if !budget_allows(self.write_reserved, self.opts.write_buffer_budget, need) {
-                if !self.write_waiting.contains(&itt) {
-                    self.write_waiting.push_back(itt);
+        // Memory is taken when the task is about to solicit data or run, not while its
+        // unsolicited data is still arriving (that is bounded by the window).
+        let due = task
+            .transfer
+            .as_ref()
+            .map_or(true, |t| t.wants_r2t() || t.is_complete());
+        if !task.reserved && due {
+            if !self.reserve(itt) {
+                if !self.memory_waiting.contains(&itt) {
+                    self.memory_waiting.push_back(itt);
                 }
                 return;
             }
-            task.reserved = true;
-            self.write_reserved += need;
         }
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
         let mut next_ttt = self.next_ttt;
         let mut r2ts = Vec::new();
         if let Some(transfer) = task.transfer.as_mut() {
@@ -194,6 +258,10 @@ impl Session {
                 r2ts.push(r2t);
             }
             if !transfer.is_complete() {
+                if task.data_wait.is_none() && !task.needs_stamp {
+                    task.needs_stamp = true;
+                    self.stamp_due = true;
+                }
                 task.r2t_count += r2ts.len() as u32;
                 self.next_ttt = next_ttt;
                 let lun = task.lun;
@@ -221,6 +289,8 @@ impl Session {
             .map(WriteTransfer::into_data)
             .unwrap_or_default();
         task.phase = Phase::Running;
+        task.data_wait = None;
+        task.needs_stamp = false;
         let request = ScsiRequest {
             lun: task.lun.number().unwrap_or(u64::MAX),
             cdb: task.cdb.clone(),
@@ -235,6 +305,113 @@ impl Session {
             task: task.id,
             request,
         });
+    }
+
+    /// Takes the memory task `itt` needs before it runs or solicits data: room for its Data-In
+    /// in the session's Data-In budget, room for its solicited write data in the session's
+    /// write buffer budget, and both in the shared budget (unless the session holds nothing
+    /// and the command needs at most [`SESSION_FLOOR`]). Takes nothing and returns false when
+    /// the task must wait.
+    fn reserve(&mut self, itt: u32) -> bool {
+        let Some(task) = self.tasks.get(&itt) else {
+            return false;
+        };
+        let write_need = if task.transfer.as_ref().is_some_and(WriteTransfer::wants_r2t) {
+            u64::from(task.expected_len)
+        } else {
+            0
+        };
+        let read_need = u64::from(task.read_len);
+        if write_need > 0
+            && !budget_allows(
+                self.write_reserved,
+                self.opts.write_buffer_budget,
+                write_need,
+            )
+        {
+            return false;
+        }
+        let idle = self.write_reserved == 0 && self.data_in.used() == 0;
+        let mut read_holds = Vec::with_capacity(2);
+        if read_need > 0 {
+            match self.data_in.try_take(read_need) {
+                Some(h) => read_holds.push(h),
+                None => return false,
+            }
+        }
+        let mut write_hold = Hold::none();
+        let exempt = idle && write_need + read_need <= SESSION_FLOOR;
+        if let Some(shared) = self.opts.shared_budget.as_ref().filter(|_| !exempt) {
+            if write_need > 0 {
+                match shared.try_take(write_need) {
+                    Some(h) => write_hold = h,
+                    None => return false,
+                }
+            }
+            if read_need > 0 {
+                match shared.try_take(read_need) {
+                    Some(h) => read_holds.push(h),
+                    None => return false,
+                }
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return false;
+        };
+        task.reserved = true;
+        task.write_local = write_need;
+        task.write_hold = write_hold;
+        task.read_holds = Holds(read_holds);
+        self.write_reserved += write_need;
+        true
+    }
+
+    /// Memory came back to a budget this session takes from (see [`Session::budgets`]):
+    /// commands waiting for it are retried, oldest first.
+    pub fn memory_freed(&mut self) {
+        self.retry_memory_waiting();
+    }
+
+    /// Stamps the Data-Out waits that began since the clock was last read.
+    pub(super) fn stamp_data_waits(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.stamp_due) {
+            return;
+        }
+        for task in self.tasks.values_mut().filter(|t| t.needs_stamp) {
+            task.needs_stamp = false;
+            task.data_wait = Some(now);
+        }
+    }
+
+    /// Ends the writes whose Data-Out is overdue at `now`.
+    pub(super) fn expire_data_waits(&mut self, now: Instant) {
+        let Some(timeout) = self.opts.data_out_timeout else {
+            return;
+        };
+        let overdue: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.data_wait.is_some_and(|since| now >= since + timeout))
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in overdue {
+            tracing::info!(itt, ?timeout, "no Data-Out within the timeout, task ended");
+            if let Some(task) = self.tasks.get_mut(&itt) {
+                task.data_wait = None;
+            }
+            let (asc, ascq) = INITIATOR_RESPONSE_TIMEOUT;
+            self.fail_task(itt, check_condition(ABORTED_COMMAND, asc, ascq));
+        }
+    }
+
+    /// When the earliest Data-Out wait expires.
+    pub(super) fn next_data_out_deadline(&self) -> Option<Instant> {
+        let timeout = self.opts.data_out_timeout?;
+        self.tasks
+            .values()
+            .filter_map(|t| t.data_wait)
+            .min()
+            .map(|since| since + timeout)
     }
 
     /// Ends the task `itt` with `verdict` as soon as its CmdSN turn has come (at once if it
@@ -260,6 +437,7 @@ impl Session {
         let Some(transfer) = task.transfer.as_mut() else {
             return;
         };
+        let len = data.data.len() as u64;
         match transfer.on_data_out(
             data.ttt,
             data.data_sn,
@@ -267,7 +445,15 @@ impl Session {
             data.data,
             data.is_final,
         ) {
-            Ok(()) => self.advance(data.itt),
+            Ok(()) => {
+                if task.phase == Phase::Waiting {
+                    task.gap_held += len;
+                    self.hold_gap_bytes(len);
+                } else if task.data_wait.is_some() {
+                    task.data_wait = Some(self.now);
+                }
+                self.advance(data.itt)
+            }
             Err(e) => {
                 tracing::info!(itt = data.itt, error = %e, "Data-Out sequence error, task terminated");
                 self.fail_task(data.itt, data_out_failure(e));
@@ -289,12 +475,16 @@ impl Session {
         let Some(itt) = self.ids.remove(&id) else {
             return;
         };
-        let Some(task) = self.tasks.remove(&itt) else {
+        let Some(mut task) = self.tasks.remove(&itt) else {
             return;
         };
-        if !task.immediate {
-            self.window.retire();
-        }
+        // Immediate commands took a slot too (`CommandWindow::take_immediate`).
+        self.window.retire();
+        // The Data-In reservations come back once the last PDU carrying the data is sent.
+        let response = &ScsiResponse {
+            data_in: std::mem::take(&mut task.read_holds).attach(response.data_in.clone()),
+            ..response.clone()
+        };
         let cmd = CommandRef {
             itt,
             lun: task.lun,
@@ -311,7 +501,7 @@ impl Session {
         };
         self.transmit.extend(status_pdus(cmd, response, stamp));
         // After the status, so a waiting write's R2T follows it.
-        self.release_budget(&task);
+        self.release_memory(task);
     }
 
     /// Drops a task without a response: cancels it if running, voids its CmdSN if it was still
@@ -321,7 +511,7 @@ impl Session {
             return;
         };
         self.ids.remove(&task.id);
-        self.release_budget(&task);
+        self.gap_bytes -= task.gap_held;
         match task.phase {
             Phase::Waiting => {
                 if !task.immediate {
@@ -329,37 +519,41 @@ impl Session {
                 }
             }
             Phase::Collecting | Phase::Running => {
-                if !task.immediate {
-                    self.window.retire();
-                }
+                // Delivered commands hold a slot, immediate ones included.
+                self.window.retire();
                 if task.phase == Phase::Running {
                     self.events.push_back(Event::Cancel(task.id));
                 }
             }
         }
+        self.release_memory(task);
     }
 
-    /// Gives back a finished or dropped task's share of the write budget and lets waiting
-    /// writes start.
-    fn release_budget(&mut self, task: &Task) {
-        if !task.reserved {
-            return;
+    /// Gives back a finished or dropped task's memory (its holds go with it) and lets
+    /// waiting commands start.
+    fn release_memory(&mut self, task: Task) {
+        self.write_reserved = self.write_reserved.saturating_sub(task.write_local);
+        let reserved = task.reserved;
+        drop(task);
+        if reserved {
+            self.retry_memory_waiting();
         }
-        self.write_reserved = self
-            .write_reserved
-            .saturating_sub(u64::from(task.expected_len));
-        while let Some(&itt) = self.write_waiting.front() {
-            let need = match self.tasks.get(&itt) {
-                Some(t) if t.phase == Phase::Collecting && !t.reserved => u64::from(t.expected_len),
+    }
+
+    /// Starts waiting commands, oldest first, until one still does not fit.
+    fn retry_memory_waiting(&mut self) {
+        while let Some(&itt) = self.memory_waiting.front() {
+            match self.tasks.get(&itt) {
+                Some(t) if t.phase == Phase::Collecting && !t.reserved => {}
                 _ => {
-                    self.write_waiting.pop_front();
+                    self.memory_waiting.pop_front();
                     continue;
                 }
-            };
-            if !budget_allows(self.write_reserved, self.opts.write_buffer_budget, need) {
+            }
+            if !self.reserve(itt) {
                 break;
             }
-            self.write_waiting.pop_front();
+            self.memory_waiting.pop_front();
             self.advance(itt);
         }
     }

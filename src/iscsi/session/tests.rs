@@ -10,6 +10,7 @@ use crate::iscsi::pdu::{
     ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
 use crate::scsi::{DataDirection, ScsiResponse};
+use status::check_condition;
 
 const K: u32 = 1024;
 
@@ -29,6 +30,9 @@ fn options() -> SessionOptions {
         nop_interval: Some(Duration::from_secs(10)),
         nop_timeout: Duration::from_secs(5),
         write_buffer_budget: 64 * 1024,
+        data_in_budget: 64 * 1024,
+        shared_budget: None,
+        data_out_timeout: None,
         lun_count: 2,
         cid: 0,
         first_cmd_sn: 1,
@@ -751,4 +755,267 @@ fn a_write_larger_than_the_whole_budget_still_proceeds() {
     let (mut s, now) = session();
     s.handle_pdu(write(0xa, 1, 128 * K, Bytes::new()), now);
     assert_eq!(r2ts(&sent(&mut s)), vec![(0xa, 0, 16 * K)]);
+}
+
+fn immediate(mut p: Pdu) -> Pdu {
+    if let Pdu::ScsiCommand(c) = &mut p {
+        c.immediate = true;
+    }
+    p
+}
+
+#[test]
+fn immediate_commands_beyond_the_queue_depth_are_rejected() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            queue_depth: 2,
+            ..options()
+        },
+        now,
+    );
+    s.handle_pdu(immediate(read(1, 1, 512)), now);
+    s.handle_pdu(immediate(read(2, 1, 512)), now);
+    assert_eq!(started(&mut s).len(), 2);
+    assert_eq!(
+        s.max_cmd_sn(),
+        2,
+        "the window did not open past the held slots"
+    );
+    s.handle_pdu(immediate(read(3, 1, 512)), now);
+    assert!(events(&mut s).is_empty(), "the third holds nothing");
+    let out = sent(&mut s);
+    let [Pdu::Reject(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::IMMEDIATE_COMMAND_REJECT);
+    assert_eq!(s.task_count(), 2);
+}
+
+#[test]
+fn reads_wait_for_unsent_data_in_and_the_window_stays_shut() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            data_in_budget: 8 * K as u64,
+            ..options()
+        },
+        now,
+    );
+    s.handle_pdu(read(1, 1, 8 * K), now);
+    s.handle_pdu(read(2, 2, 8 * K), now);
+    let first = started(&mut s);
+    assert_eq!(first.len(), 1, "the second read waits for Data-In to drain");
+    assert!(s.waiting_for_memory());
+    let max_before = s.max_cmd_sn();
+    s.complete(first[0], good(Bytes::from(vec![1u8; 8 * K as usize]), 0));
+    let pdus = sent(&mut s);
+    assert!(!pdus.is_empty());
+    s.memory_freed();
+    assert!(events(&mut s).is_empty(), "its Data-In is not sent yet");
+    assert_eq!(
+        s.max_cmd_sn(),
+        max_before + 1,
+        "one slot retired, the waiting read holds one"
+    );
+    // The writer task drops the PDUs once written: their bytes come back.
+    drop(pdus);
+    s.memory_freed();
+    assert_eq!(started(&mut s).len(), 1);
+    assert!(!s.waiting_for_memory());
+}
+
+#[test]
+fn a_read_without_data_gives_its_budget_back_at_once() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            data_in_budget: 8 * K as u64,
+            ..options()
+        },
+        now,
+    );
+    s.handle_pdu(read(1, 1, 8 * K), now);
+    let t = started(&mut s);
+    s.complete(t[0], check_condition(0x03, 0x11, 0x00));
+    let (own, _) = s.budgets();
+    assert_eq!(own.used(), 0);
+}
+
+#[test]
+fn the_shared_budget_is_shared_but_an_idle_session_always_gets_a_small_command_through() {
+    let now = Instant::now();
+    let shared = MemoryBudget::new(4 << 20);
+    let opts = SessionOptions {
+        data_in_budget: 64 << 20,
+        shared_budget: Some(shared.clone()),
+        queue_depth: 16,
+        ..options()
+    };
+    let mut a = Session::new(opts.clone(), now);
+    let mut b = Session::new(opts, now);
+    // A's 3 MiB read fits; B's 2 MiB does not, and B holds nothing but 2 MiB is over the floor.
+    a.handle_pdu(read(1, 1, 3 << 20), now);
+    let a1 = started(&mut a);
+    assert_eq!(a1.len(), 1);
+    assert_eq!(shared.used(), 3 << 20);
+    b.handle_pdu(read(1, 1, 2 << 20), now);
+    assert!(started(&mut b).is_empty() && b.waiting_for_memory());
+    // Another session's 4 KiB read still runs: it holds nothing and fits the floor.
+    let (mut c, _) = session();
+    c.opts.shared_budget = Some(shared.clone());
+    c.handle_pdu(read(1, 1, 4 * K), now);
+    assert_eq!(started(&mut c).len(), 1);
+    // A's data is sent: B proceeds.
+    a.complete(a1[0], good(Bytes::from(vec![0u8; 3 << 20]), 0));
+    drop(sent(&mut a));
+    assert_eq!(shared.used(), 0);
+    b.memory_freed();
+    assert_eq!(started(&mut b).len(), 1);
+    assert_eq!(shared.used(), 2 << 20);
+    // Ending a session gives everything back.
+    drop(b);
+    assert_eq!(shared.used(), 0);
+}
+
+#[test]
+fn a_write_whose_data_out_never_comes_ends_after_the_timeout() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            data_out_timeout: Some(Duration::from_secs(20)),
+            nop_interval: None,
+            ..options()
+        },
+        t0,
+    );
+    s.handle_pdu(write(1, 1, 16 * K, Bytes::new()), t0);
+    assert_eq!(r2ts(&sent(&mut s)).len(), 1);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    // Data keeps it alive: the timeout counts from the last Data-Out.
+    let t1 = t0 + Duration::from_secs(15);
+    s.handle_pdu(data_out(1, 1, 0, 0, 4096, false), t1);
+    s.handle_timeout(t0 + Duration::from_secs(25));
+    assert!(sent(&mut s)
+        .iter()
+        .all(|p| !matches!(p, Pdu::ScsiResponse(_))));
+    let late = t1 + Duration::from_secs(20);
+    s.handle_timeout(late);
+    let out = sent(&mut s);
+    let r = out
+        .iter()
+        .find_map(|p| match p {
+            Pdu::ScsiResponse(r) => Some(r),
+            _ => None,
+        })
+        .expect("a response");
+    assert_eq!(r.status, 0x02);
+    assert_eq!(
+        (r.data[4] & 0x0f, r.data[14], r.data[15]),
+        (0x0b, 0x4b, 0x06)
+    );
+    assert_eq!(s.task_count(), 0);
+    // Data that arrives afterwards belongs to no task.
+    s.handle_pdu(data_out(1, 1, 1, 4096, 4096, false), late);
+    assert!(sent(&mut s).is_empty());
+}
+
+#[test]
+fn an_r2t_sent_on_a_completion_is_timed_from_the_next_clock_reading() {
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            data_out_timeout: Some(Duration::from_secs(20)),
+            write_buffer_budget: 16 * K as u64,
+            nop_interval: None,
+            ..options()
+        },
+        t0,
+    );
+    s.handle_pdu(read(1, 1, 512), t0);
+    let t = started(&mut s);
+    s.handle_pdu(write(2, 2, 16 * K, Bytes::new()), t0);
+    s.handle_pdu(write(3, 3, 16 * K, Bytes::new()), t0);
+    assert_eq!(
+        r2ts(&sent(&mut s)).len(),
+        1,
+        "the second write waits for budget"
+    );
+    // Much later the read completes; the first write ends, the second gets its R2T.
+    let t1 = t0 + Duration::from_secs(100);
+    s.handle_pdu(
+        data_out(2, 1, 0, 0, 16 * K as usize, true),
+        t1 - Duration::from_secs(1),
+    );
+    let w = started(&mut s);
+    s.complete(t[0], good(Bytes::from_static(&[0; 512]), 0));
+    s.complete(w[0], good(Bytes::new(), 0));
+    assert_eq!(r2ts(&sent(&mut s)).len(), 1);
+    // The session has no clock of its own: it asks to be told the time at once.
+    assert!(s.poll_timeout().unwrap() <= t1);
+    s.handle_timeout(t1);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(20)));
+}
+
+#[test]
+fn commands_behind_a_cmd_sn_gap_may_hold_only_so_much_data() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            params: SessionParams {
+                first_burst_length: 1 << 20,
+                max_recv_data_segment_length: 1 << 20,
+                ..options().params
+            },
+            queue_depth: 64,
+            ..options()
+        },
+        now,
+    );
+    // CmdSN 1 never comes; 2.. each carry 1 MiB of immediate data.
+    for n in 0..16u32 {
+        s.handle_pdu(
+            write(10 + n, 2 + n, 1 << 20, Bytes::from(vec![0u8; 1 << 20])),
+            now,
+        );
+        assert!(s.close_reason().is_none(), "{n} MiB is still allowed");
+    }
+    s.handle_pdu(write(40, 18, 1 << 20, Bytes::from(vec![0u8; 1 << 20])), now);
+    assert!(matches!(
+        s.close_reason(),
+        Some(CloseReason::ProtocolError(_))
+    ));
+}
+
+#[test]
+fn a_filled_gap_releases_its_count() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            params: SessionParams {
+                first_burst_length: 1 << 20,
+                ..options().params
+            },
+            queue_depth: 64,
+            ..options()
+        },
+        now,
+    );
+    for round in 0..3u32 {
+        let base = 1 + round * 17;
+        for n in 1..17u32 {
+            s.handle_pdu(
+                write(base + n, base + n, 1 << 20, Bytes::from(vec![0u8; 1 << 20])),
+                now,
+            );
+        }
+        // The missing command arrives: everything is delivered, nothing is held any more.
+        s.handle_pdu(read(base, base, 512), now);
+        let tasks = started(&mut s);
+        assert_eq!(tasks.len(), 17);
+        for t in tasks {
+            s.complete(t, good(Bytes::new(), 0));
+        }
+        assert!(s.close_reason().is_none(), "round {round}");
+    }
 }

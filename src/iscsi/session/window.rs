@@ -108,6 +108,18 @@ impl<T> CommandWindow<T> {
         None
     }
 
+    /// Takes a slot for an immediate command (which has no CmdSN of its own, RFC 7143
+    /// §4.2.2.1), so immediate commands count against the same queue depth as numbered ones.
+    /// Returns false when every slot is in use: the command is to be rejected (reason 0x06).
+    /// The slot is given back with [`Self::retire`].
+    pub fn take_immediate(&mut self) -> bool {
+        if self.outstanding >= self.depth {
+            return false;
+        }
+        self.outstanding += 1;
+        true
+    }
+
     /// A delivered command has retired: its slot is free again and MaxCmdSN moves up.
     pub fn retire(&mut self) {
         self.outstanding = self.outstanding.saturating_sub(1);
@@ -207,6 +219,21 @@ mod tests {
         assert_eq!(w.max_cmd_sn(), 2);
         w.offer(2, 'c').unwrap();
         assert_eq!(w.next_ready(), Some((2, 'c')));
+    }
+
+    #[test]
+    fn immediate_commands_share_the_depth() {
+        let mut w = CommandWindow::new(0, 2);
+        assert!(w.take_immediate());
+        w.offer(0, 'a').unwrap();
+        assert_eq!(w.next_ready(), Some((0, 'a')));
+        assert_eq!(w.max_cmd_sn(), 1, "no slot opened past the two in use");
+        assert!(!w.take_immediate(), "both slots are in use");
+        w.retire();
+        assert!(w.take_immediate());
+        w.retire();
+        w.retire();
+        assert_eq!(w.max_cmd_sn(), 2);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! normal session.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::PendingGuard;
 use super::driver::{drive, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
@@ -28,8 +30,12 @@ const REINSTATE_WAIT: Duration = Duration::from_secs(10);
 const WRITE_QUEUE: usize = 256;
 /// Write data one session may be collecting at once (see
 /// [`SessionOptions::write_buffer_budget`]): bounds memory per session whatever the initiator
-/// declares, while leaving room for many large writes in flight.
-const WRITE_BUFFER_BUDGET: u64 = 256 << 20;
+/// declares, while leaving room for many large writes in flight. The server-wide
+/// `memory_budget` bounds all sessions together.
+const WRITE_BUFFER_BUDGET: u64 = 64 << 20;
+/// Data-In one session may hold read but unsent (see [`SessionOptions::data_in_budget`]):
+/// room for 32 reads of 1 MiB in flight, the largest READ (65536 blocks of 512 bytes) alone.
+const DATA_IN_BUDGET: u64 = 32 << 20;
 
 /// How the server reaches a live session.
 #[derive(Debug, Clone)]
@@ -66,8 +72,9 @@ impl SessionHandle {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+/// Serves one accepted connection until it closes; `pending` is its place among the
+/// connections in login, given up once login ends.
+pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -80,14 +87,15 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
     let span = tracing::info_span!("conn", peer = ?peer);
-    run(stream, local, shared).instrument(span).await;
+    run(stream, local, pending, shared).instrument(span).await;
 }
 
-async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) {
+async fn run(stream: TcpStream, local: SocketAddr, pending: PendingGuard, shared: Arc<Shared>) {
     let (rd, wr) = stream.into_split();
     let mut reader = PduReader::new(rd);
     let (tx, rx) = mpsc::channel::<EncodedPdu>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writer = tokio::spawn(write_loop(wr, rx, written.clone()));
     let mut codec = PduCodec::new();
 
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut reader, &tx, &codec, &shared));
@@ -98,6 +106,8 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) {
         }),
         _ = shared.shutdown.cancelled() => None,
     };
+    drop(pending);
+    let mut stalled = false;
     if let Some(admitted) = admitted {
         let params = &admitted.outcome.params;
         codec.set_digests(params.digests());
@@ -105,15 +115,26 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) {
         reader
             .codec
             .set_max_recv_data_segment_length(params.max_recv_data_segment_length);
-        full_feature(admitted, reader, tx, codec, local, &shared).await;
+        stalled = full_feature(admitted, reader, tx, written, codec, local, &shared).await
+            == Ended::Stalled;
     } else {
         drop(tx);
     }
-    // The writer drains what is queued (e.g. a Logout or login failure response), then FIN.
-    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+    // The writer drains what is queued (e.g. a Logout or login failure response), then FIN;
+    // a peer that stopped reading gets nothing more.
+    let drain = if stalled {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    };
+    match tokio::time::timeout(drain, &mut writer).await {
         Ok(Ok(Err(e))) => tracing::debug!(error = %e, "write failed"),
         Ok(_) => {}
-        Err(_) => tracing::debug!("writer did not drain in time"),
+        Err(_) => {
+            tracing::debug!("writer did not drain in time");
+            // Its queue and socket go now, not when the peer reads again.
+            writer.abort();
+        }
     }
 }
 
@@ -222,7 +243,20 @@ async fn admit(outcome: LoginOutcome, shared: &Arc<Shared>) -> Result<Admitted, 
         });
     }
     let handle = SessionHandle::new();
-    let inserted = shared.sessions.lock().insert(key.clone(), handle.clone());
+    let inserted = {
+        let mut sessions = shared.sessions.lock();
+        // A reinstatement replaces a session; anything else needs a free place.
+        let replacing = sessions.tsih(&key).is_some();
+        if !replacing && sessions.len() >= shared.tuning.max_sessions as usize {
+            tracing::warn!(
+                max = shared.tuning.max_sessions,
+                initiator = %key.initiator,
+                "session limit reached, login refused"
+            );
+            return Err(LoginStatus::new(3, 2)); // out of resources
+        }
+        sessions.insert(key.clone(), handle.clone())
+    };
     let Some((tsih, old)) = inserted else {
         return Err(LoginStatus::new(3, 2)); // out of resources
     };
@@ -242,10 +276,11 @@ async fn full_feature(
     admitted: Admitted,
     reader: PduReader<tokio::net::tcp::OwnedReadHalf>,
     tx: mpsc::Sender<EncodedPdu>,
+    written: Arc<AtomicU64>,
     codec: PduCodec,
     local: SocketAddr,
     shared: &Arc<Shared>,
-) {
+) -> Ended {
     let Admitted {
         outcome,
         tsih,
@@ -271,6 +306,9 @@ async fn full_feature(
         nop_interval: shared.tuning.nop_interval,
         nop_timeout: shared.tuning.nop_timeout,
         write_buffer_budget: WRITE_BUFFER_BUDGET,
+        data_in_budget: DATA_IN_BUDGET,
+        shared_budget: Some(shared.budget.clone()),
+        data_out_timeout: shared.tuning.data_out_timeout,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,
@@ -301,6 +339,8 @@ async fn full_feature(
             codec,
             kill: handle.kill.clone(),
             shutdown: shared.shutdown.clone(),
+            written,
+            stall_timeout: shared.tuning.nop_timeout,
         };
         let ended = drive(session, ctx, reader, tx).await;
         tracing::info!(?ended, "session ended");
@@ -308,7 +348,7 @@ async fn full_feature(
     }
     .instrument(span)
     .await;
-    let _: Ended = ended;
     shared.sessions.lock().remove(&key, tsih);
     handle.mark_ended();
+    ended
 }

@@ -5,13 +5,20 @@
 //! The driver reads the socket itself (no reader task: one hand-off less per command) and, once
 //! woken, takes every PDU already buffered and every command already finished before sending, so
 //! that the responses of a burst leave in one batch.
+//!
+//! It never waits on a send: PDUs the writer task cannot take yet stay in an outbox while the
+//! driver keeps running timers, completions and shutdown. What an initiator can make it queue
+//! is bounded: Data-In by the session's memory budgets, everything else (responses, NOP-In
+//! echoes, R2Ts, Rejects) by [`CONTROL_HIGH_WATER`], past which the socket is not read until
+//! the peer drains its side. A peer that drains nothing for the stall timeout is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +33,10 @@ use crate::scsi::{Nexus, ScsiResponse, ScsiTarget};
 /// How long an initiator gets to log out after the target asked it to (Async Message).
 pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 
+/// Bytes of queued, unsent PDUs other than Data-In past which the driver stops reading the
+/// socket (Data-In is bounded by the memory budgets instead).
+pub const CONTROL_HIGH_WATER: u64 = 1 << 20;
+
 /// Why the driver stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -39,6 +50,8 @@ pub enum Ended {
     ColdReset,
     /// The server is shutting down.
     Shutdown,
+    /// The peer took none of the queued bytes for the stall timeout.
+    Stalled,
 }
 
 /// The SCSI side of a normal session.
@@ -63,6 +76,10 @@ pub struct DriverContext {
     pub kill: CancellationToken,
     /// Cancelled when the server shuts down: ask for logout, then end.
     pub shutdown: CancellationToken,
+    /// Bytes the writer task has written to the socket so far.
+    pub written: Arc<AtomicU64>,
+    /// How long queued bytes may sit with the peer taking none of them.
+    pub stall_timeout: Duration,
 }
 
 /// Feeds one item from the reader to the session; `Some` when the connection is lost.
@@ -116,6 +133,51 @@ fn on_joined(
     }
 }
 
+/// PDUs encoded but not yet handed to the writer task, and what the stream has carried.
+struct Outbox {
+    queue: VecDeque<EncodedPdu>,
+    /// Bytes encoded so far (handed to the writer or still queued here).
+    encoded: u64,
+    /// Bytes written by the writer the last time progress was seen, and when.
+    seen_written: u64,
+    progress_at: Instant,
+}
+
+impl Outbox {
+    fn push(&mut self, pdu: EncodedPdu) {
+        self.encoded += pdu.len() as u64;
+        self.queue.push_back(pdu);
+    }
+
+    /// Hands queued PDUs to the writer until its channel is full; false when it is gone.
+    fn hand_over(&mut self, tx: &mpsc::Sender<EncodedPdu>) -> bool {
+        while let Some(pdu) = self.queue.pop_front() {
+            match tx.try_send(pdu) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(pdu)) => {
+                    self.queue.push_front(pdu);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Bytes not yet written to the socket; notes progress of the writer at `now`.
+    fn unsent(&mut self, written: u64, now: Instant) -> u64 {
+        if written != self.seen_written {
+            self.seen_written = written;
+            self.progress_at = now;
+        }
+        let unsent = self.encoded.saturating_sub(written);
+        if unsent == 0 {
+            self.progress_at = now;
+        }
+        unsent
+    }
+}
+
 /// Runs `session` until it ends. Incoming PDUs are read with `reader`, outgoing ones go to
 /// `tx` (the writer task).
 pub async fn drive<R: AsyncRead + Unpin>(
@@ -129,6 +191,15 @@ pub async fn drive<R: AsyncRead + Unpin>(
     let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
     let mut logout_deadline: Option<Instant> = None;
     let mut resets = ctx.scsi.as_ref().map(|s| s.resets.subscribe());
+    let mut outbox = Outbox {
+        queue: VecDeque::new(),
+        encoded: 0,
+        seen_written: 0,
+        progress_at: Instant::now(),
+    };
+    let (own_budget, shared_budget) = session.budgets();
+    let mut own_freed = own_budget.subscribe();
+    let mut shared_freed = shared_budget.as_ref().map(|b| b.subscribe());
 
     let ended = loop {
         // Work first, so resets happen before their TMF response is sent.
@@ -168,24 +239,47 @@ pub async fn drive<R: AsyncRead + Unpin>(
         }
         while let Some(pdu) = session.poll_transmit() {
             match ctx.codec.encode(&pdu) {
-                Ok(encoded) => {
-                    if tx.send(encoded).await.is_err() {
-                        break;
-                    }
-                }
+                Ok(encoded) => outbox.push(encoded),
                 Err(e) => tracing::error!(error = %e, "cannot encode PDU"),
             }
         }
+        if !outbox.hand_over(&tx) {
+            break Ended::ConnectionLost;
+        }
         if let Some(reason) = session.close_reason() {
-            break Ended::Closed(reason.clone());
+            // What is queued still goes out (e.g. the Logout Response), unless the peer
+            // stopped taking it.
+            if outbox.queue.is_empty() {
+                break Ended::Closed(reason.clone());
+            }
         }
         if tx.is_closed() {
             break Ended::ConnectionLost;
         }
 
+        let now = Instant::now();
+        let unsent = outbox.unsent(ctx.written.load(Ordering::Acquire), now);
+        let stall_deadline = (unsent > 0).then(|| outbox.progress_at + ctx.stall_timeout);
+        // Data-In is bounded by the memory budgets; the rest must not pile up unread.
+        let readable = session.close_reason().is_none()
+            && unsent.saturating_sub(own_budget.used()) <= CONTROL_HIGH_WATER;
+        // Marked as waiting before the retry below, so no release goes unnoticed.
+        let waiting = session.waiting_for_memory().then(|| {
+            own_freed.borrow_and_update();
+            if let Some(rx) = shared_freed.as_mut() {
+                rx.borrow_and_update();
+            }
+            (own_budget.wait(), shared_budget.as_ref().map(|b| b.wait()))
+        });
+        if waiting.is_some() {
+            session.memory_freed();
+            if session.has_work() {
+                continue;
+            }
+        }
         let timer = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            incoming = reader.next() => {
+            incoming = reader.next(), if readable => {
                 if let Some(lost) = on_incoming(&mut session, incoming) {
                     break lost;
                 }
@@ -202,6 +296,12 @@ pub async fn drive<R: AsyncRead + Unpin>(
                     break lost;
                 }
             }
+            permit = tx.reserve(), if !outbox.queue.is_empty() => {
+                let Ok(permit) = permit else { break Ended::ConnectionLost };
+                if let Some(pdu) = outbox.queue.pop_front() {
+                    permit.send(pdu);
+                }
+            }
             Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
                 on_joined(&mut session, joined, &mut handles, &mut by_tokio_id);
                 // Other commands that finished meanwhile go out in the same batch.
@@ -209,7 +309,20 @@ pub async fn drive<R: AsyncRead + Unpin>(
                     on_joined(&mut session, joined, &mut handles, &mut by_tokio_id);
                 }
             }
+            _ = changed(&mut own_freed), if waiting.is_some() => {}
+            _ = changed_opt(&mut shared_freed), if waiting.is_some() => {}
             _ = sleep_until_opt(timer) => session.handle_timeout(std::time::Instant::now()),
+            _ = sleep_until_opt(stall_deadline) => {
+                let written = ctx.written.load(Ordering::Acquire);
+                if written == outbox.seen_written && written < outbox.encoded {
+                    tracing::info!(
+                        unsent = outbox.encoded - written,
+                        timeout = ?ctx.stall_timeout,
+                        "peer took nothing of what was queued, dropping the connection"
+                    );
+                    break Ended::Stalled;
+                }
+            }
             Some(notice) = recv_reset(&mut resets) => {
                 let own = ctx.scsi.as_ref().map(|s| s.tsih);
                 match notice.scope {
@@ -236,6 +349,21 @@ pub async fn drive<R: AsyncRead + Unpin>(
         scsi.target.nexus_gone(&scsi.nexus);
     }
     ended
+}
+
+/// Resolves when `rx` sees a new value (never, once its sender is gone).
+async fn changed(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// [`changed`] for an optional receiver.
+async fn changed_opt(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => changed(rx).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl ScsiBinding {

@@ -10,6 +10,7 @@
 //! sans-IO [`crate::iscsi::session::Session`], with each SCSI command as its own tokio task, and
 //! `discovery.rs` answers Text Requests.
 
+mod admission;
 mod catalog;
 mod connection;
 mod discovery;
@@ -28,10 +29,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::admission::{PendingGuard, PendingLogins, RateLimit};
 use self::catalog::Catalog;
 pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
 use crate::config::{Config, Tuning};
+use crate::iscsi::session::budget::MemoryBudget;
 use crate::iscsi::session::registry::SessionTable;
 
 /// Why the server could not start.
@@ -56,6 +59,10 @@ pub(crate) struct Shared {
     tuning: Tuning,
     sessions: Mutex<SessionTable<SessionHandle>>,
     shutdown: CancellationToken,
+    /// Write data and unsent Data-In of every session (`Tuning::memory_budget`).
+    budget: Arc<MemoryBudget>,
+    /// Connections that have not finished login.
+    pending: Arc<Mutex<PendingLogins>>,
 }
 
 /// A bound iSCSI server.
@@ -85,6 +92,11 @@ impl Server {
                 tuning: config.tuning.clone(),
                 sessions: Mutex::new(SessionTable::new()),
                 shutdown: CancellationToken::new(),
+                budget: MemoryBudget::new(config.tuning.memory_budget),
+                pending: Arc::new(Mutex::new(PendingLogins::new(
+                    config.tuning.max_pending_logins,
+                    config.tuning.max_pending_logins_per_address,
+                ))),
             }),
         })
     }
@@ -100,18 +112,31 @@ impl Server {
     /// Serves until `shutdown` resolves, then logs every session out (waiting at most a few
     /// seconds) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (accepted_tx, mut accepted_rx) = mpsc::channel::<TcpStream>(64);
+        let (accepted_tx, mut accepted_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
         let mut acceptors = JoinSet::new();
         for listener in self.listeners {
             acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
         }
         drop(accepted_tx);
         let mut connections = JoinSet::new();
+        let mut refusals = RateLimit::new(Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                Some(stream) = accepted_rx.recv() => {
-                    connections.spawn(connection::serve(stream, self.shared.clone()));
+                Some((stream, peer)) = accepted_rx.recv() => {
+                    match PendingGuard::enter(&self.shared.pending, peer.ip()) {
+                        Ok(guard) => {
+                            connections.spawn(connection::serve(stream, guard, self.shared.clone()));
+                        }
+                        Err(why) => {
+                            // Closed at once: its descriptor is free again.
+                            drop(stream);
+                            if let Some(more) = refusals.check(std::time::Instant::now()) {
+                                let in_login = self.shared.pending.lock().total();
+                                tracing::warn!(%peer, ?why, in_login, suppressed = more, "too many connections in login, closed");
+                            }
+                        }
+                    }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = &mut shutdown => break,
@@ -138,19 +163,23 @@ impl Server {
 }
 
 /// Accepts connections on one portal and hands them to the server loop.
-async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<TcpStream>) {
+async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
+    let mut failures = RateLimit::new(Duration::from_secs(1));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 tracing::debug!(%peer, "accepted");
-                if tx.send(stream).await.is_err() {
+                if tx.send((stream, peer)).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors and the like: back off instead of spinning, and
+                // log once a second at most.
+                if let Some(more) = failures.check(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, suppressed = more, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }

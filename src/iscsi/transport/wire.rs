@@ -3,6 +3,8 @@
 //! whatever is queued.
 
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -86,10 +88,11 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 const BATCH: usize = 64;
 
 /// Writes encoded PDUs from `rx` to `io` until the channel closes, then shuts the write side
-/// down (TCP FIN). Returns the first I/O error.
+/// down (TCP FIN), counting the bytes written in `written`. Returns the first I/O error.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: mpsc::Receiver<EncodedPdu>,
+    written: Arc<AtomicU64>,
 ) -> io::Result<()> {
     let mut batch: Vec<EncodedPdu> = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
@@ -100,7 +103,8 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        write_all_vectored(&mut io, &batch).await?;
+        write_all_vectored(&mut io, &batch, &written).await?;
+        // The PDUs (and the Data-In memory holds attached to them) go as soon as written.
         batch.clear();
     }
     io.flush().await?;
@@ -111,6 +115,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     io: &mut W,
     pdus: &[EncodedPdu],
+    progress: &AtomicU64,
 ) -> io::Result<()> {
     let mut chunks: Vec<&[u8]> = pdus
         .iter()
@@ -124,6 +129,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        progress.fetch_add(written as u64, Ordering::Release);
         while written > 0 {
             let Some(chunk) = chunks.get_mut(first) else {
                 break;
@@ -163,7 +169,8 @@ mod tests {
         // A 7-byte pipe forces partial vectored writes.
         let (a, b) = tokio::io::duplex(7);
         let (tx, rx) = mpsc::channel(8);
-        let writer = tokio::spawn(write_loop(a, rx));
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write_loop(a, rx, written.clone()));
         let codec = PduCodec::new();
         let pdus = vec![
             nop_in(1, b"hello"),
@@ -183,6 +190,8 @@ mod tests {
         }
         assert!(matches!(reader.next().await, Incoming::Closed(None)));
         writer.await.unwrap().unwrap();
+        let total: usize = pdus.iter().map(|p| codec.encode(p).unwrap().len()).sum();
+        assert_eq!(written.load(Ordering::Acquire), total as u64);
     }
 
     #[tokio::test]

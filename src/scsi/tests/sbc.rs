@@ -116,6 +116,69 @@ async fn read_residuals() {
     assert_eq!((r.data_in.len(), r.residual), (512, -512));
 }
 
+/// A RAM device that records the length of every read it serves.
+struct CountingDevice {
+    ram: RamDevice,
+    reads: parking_lot::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl BlockDevice for CountingDevice {
+    fn size(&self) -> u64 {
+        self.ram.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn can_unmap(&self) -> bool {
+        false
+    }
+    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
+        self.reads.lock().push(len);
+        self.ram.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
+        self.ram.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Ok(())
+    }
+    async fn unmap(&self, _: u64, _: u64) -> BlockResult<()> {
+        Err(BlockError::Unsupported("unmap"))
+    }
+    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
+        self.ram.block_status(offset).await
+    }
+}
+
+#[tokio::test]
+async fn reads_fetch_only_what_the_transfer_carries() {
+    let dev = Arc::new(CountingDevice {
+        ram: RamDevice::new(64 << 20),
+        reads: Default::default(),
+    });
+    let t = ScsiTarget::new(vec![lun_config(dev.clone())]);
+    let n = ready(&t, "a").await;
+    // READ(16) of 65536 blocks (32 MiB) with EDTL 512: one block read, overflow of the rest.
+    let r16 = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    let r = exec(&t, &n, &r16, 512, &[]).await;
+    assert_eq!(
+        (r.status, r.data_in.len(), r.residual),
+        (status::GOOD, 512, 512 - (32 << 20))
+    );
+    // EDTL that ends inside a block: that block is read and cut.
+    let r = exec(&t, &n, &read10(0, 8), 700, &[]).await;
+    assert_eq!((r.data_in.len(), r.residual), (700, 700 - 4096));
+    // EDTL 0: nothing read at all.
+    let r = exec(&t, &n, &read10(0, 8), 0, &[]).await;
+    assert_eq!((r.status, r.residual), (status::GOOD, -4096));
+    assert_eq!(*dev.reads.lock(), vec![512, 1024]);
+    // The whole extent is still range-checked.
+    let past = [0x88, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0xff, 0, 1, 0, 0, 0, 0];
+    let r = exec(&t, &n, &past, 512, &[]).await;
+    assert_sense(&r, 5, 0x21, 0);
+}
+
 #[tokio::test]
 async fn write_residuals_move_only_whole_blocks_both_sides_allow() {
     let t = ram_target();
