@@ -32,6 +32,7 @@ use self::catalog::Catalog;
 pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
 use crate::config::{Config, Tuning};
+use crate::iscsi::login::AuthThrottle;
 use crate::iscsi::session::registry::SessionTable;
 
 /// Why the server could not start.
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     catalog: Arc<Catalog>,
     tuning: Tuning,
     sessions: Mutex<SessionTable<SessionHandle>>,
+    /// Delays for failed CHAP attempts, by initiator name and source address.
+    auth_throttle: Mutex<AuthThrottle>,
     shutdown: CancellationToken,
 }
 
@@ -84,6 +87,7 @@ impl Server {
                 catalog: Arc::new(catalog),
                 tuning: config.tuning.clone(),
                 sessions: Mutex::new(SessionTable::new()),
+                auth_throttle: Mutex::new(AuthThrottle::new()),
                 shutdown: CancellationToken::new(),
             }),
         })
