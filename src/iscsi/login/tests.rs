@@ -1240,9 +1240,11 @@ fn keys_and_text_are_capped_across_a_login() {
 }
 
 fn crc32c_dir() -> StaticDirectory {
-    let mut settings = LoginSettings::default();
-    settings.header_digest = DigestPolicy::Crc32cOnly;
-    settings.data_digest = DigestPolicy::Crc32cOnly;
+    let settings = LoginSettings {
+        header_digest: DigestPolicy::Crc32cOnly,
+        data_digest: DigestPolicy::Crc32cOnly,
+        ..LoginSettings::default()
+    };
     StaticDirectory::new(settings, [TargetConfig::open(TARGET)])
 }
 
