@@ -79,12 +79,15 @@ async fn initiator_offering_only_none_is_refused_with_missing_parameter() {
 /// continued PDUs of 8 KiB (the most a login PDU may carry).
 fn key_flood() -> Vec<LoginRequest> {
     let mut text = format!("InitiatorName=iqn.2026-11.test:flood\0TargetName={IQN}\0").into_bytes();
-    let mut n = 0u32;
-    while text.len() < 65536 {
-        text.extend_from_slice(format!("X{n:x}=\0").as_bytes());
-        n += 1;
+    for n in 0u32.. {
+        let entry = format!("X{n:x}=\0");
+        if text.len() + entry.len() > 65536 {
+            break;
+        }
+        text.extend_from_slice(entry.as_bytes());
     }
-    text.truncate(65536);
+    // Well-formed to the end (padding NULs are skipped): only the key count can refuse it.
+    text.resize(65536, 0);
     let pieces: Vec<&[u8]> = text.chunks(8192).collect();
     let last = pieces.len() - 1;
     pieces
