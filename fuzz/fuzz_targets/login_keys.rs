@@ -45,7 +45,7 @@ fuzz_target!(|input: &[u8]| {
                 assert!(keys::parse_entries(&rsp.data).is_ok());
                 break;
             }
-            LoginStep::Fail(_) => break,
+            LoginStep::Fail(..) => break,
         }
     }
 });

@@ -290,6 +290,17 @@ mod tests {
             .to_string();
         assert!(e.contains("queue_depth"), "{e}");
 
+        let e = parse_str(
+            "[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"ram:1M\" }]\n\
+             chap = { user = \"u\", secret = \"hunter2\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/t.toml: targets[0].chap.secret: must be at least 12"),
+            "{e}"
+        );
+
         let e = load(Path::new("/nonexistent/t.toml"))
             .unwrap_err()
             .to_string();

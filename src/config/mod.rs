@@ -128,6 +128,11 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Shortest CHAP secret accepted, in characters. RFC 7143 asks for at least 96 bits of secret
+/// (12 bytes) when CHAP runs without IPsec, and open-iscsi refuses to use a shorter one; a
+/// shorter secret can be recovered offline from one observed CHAP exchange.
+pub const MIN_CHAP_SECRET_LEN: usize = 12;
+
 /// A configuration value that is out of range or inconsistent; `field` names it the way the TOML
 /// file spells it (e.g. `targets[0].luns[1].backing`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +252,22 @@ impl Config {
                             "user and secret must be non-empty",
                         ));
                     }
+                    if c.secret.chars().count() < MIN_CHAP_SECRET_LEN {
+                        return Err(InvalidField::new(
+                            at(&format!("{field}.secret")),
+                            format!("must be at least {MIN_CHAP_SECRET_LEN} characters"),
+                        ));
+                    }
+                }
+            }
+            if let (Some(chap), Some(mutual)) = (&target.chap, &target.mutual_chap) {
+                // With one secret for both directions, an attacker posing as the target can
+                // have the initiator answer the very challenge the real target sent it.
+                if chap.secret == mutual.secret {
+                    return Err(InvalidField::new(
+                        at("mutual_chap.secret"),
+                        "must differ from chap.secret",
+                    ));
                 }
             }
             if target.mutual_chap.is_some() && target.chap.is_none() {
@@ -306,9 +327,47 @@ mod tests {
         let mut c = one_target();
         c.targets[0].mutual_chap = Some(Credentials {
             user: "t".into(),
-            secret: "s".into(),
+            secret: "target-secret-1".into(),
         });
         assert_eq!(c.validate().unwrap_err().field, "targets[0].mutual_chap");
+    }
+
+    fn creds(secret: &str) -> Option<Credentials> {
+        Some(Credentials {
+            user: "u".into(),
+            secret: secret.into(),
+        })
+    }
+
+    #[test]
+    fn chap_secrets_are_long_and_differ_by_direction() {
+        let mut c = one_target();
+        c.targets[0].chap = creds("eleven-char");
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "targets[0].chap.secret");
+        assert!(e.message.contains("12 characters"), "{e}");
+        // Characters, not bytes: 11 two-byte characters are still too short.
+        c.targets[0].chap = creds(&"é".repeat(11));
+        assert_eq!(c.validate().unwrap_err().field, "targets[0].chap.secret");
+        c.targets[0].chap = creds("twelve+chars");
+        assert_eq!(c.validate(), Ok(()));
+
+        c.targets[0].mutual_chap = creds("short");
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "targets[0].mutual_chap.secret"
+        );
+        c.targets[0].mutual_chap = creds("twelve+chars");
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            (
+                "targets[0].mutual_chap.secret",
+                "must differ from chap.secret"
+            )
+        );
+        c.targets[0].mutual_chap = creds("other+secret");
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -8,6 +8,10 @@ use rand::RngCore;
 pub const CHAP_MD5: &str = "5";
 /// Length of the challenges we generate.
 pub const CHALLENGE_LEN: usize = 16;
+/// Shortest challenge accepted from an initiator asking for mutual CHAP. A short challenge lets
+/// an eavesdropper collect our responses for every value of it (a 1-byte challenge has 256),
+/// then answer as the target; 16 bytes is what we send and what open-iscsi and libiscsi send.
+pub const MIN_PEER_CHALLENGE_LEN: usize = 16;
 /// Longest binary value accepted from the initiator (RFC 7143 caps CHAP_C at 1024 bytes).
 pub const MAX_BINARY_LEN: usize = 1024;
 

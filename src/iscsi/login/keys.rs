@@ -1,6 +1,8 @@
 //! Text key=value pairs (RFC 7143 §6.1): parsing with limits, encoding, and reassembly and
 //! splitting of text that spans several PDUs (the C bit).
 
+use std::collections::HashSet;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Longest key name (RFC 7143 §6.1: at most 63 bytes).
@@ -10,6 +12,9 @@ pub const MAX_KEY_LEN: usize = 63;
 pub const MAX_VALUE_LEN: usize = 8192;
 /// Most text bytes one request may accumulate across continued PDUs.
 pub const MAX_TEXT_LEN: usize = 65536;
+/// Most keys one request may carry. A real login offers about 20; the cap keeps the work (and
+/// the answer, one entry per key) small whatever a peer sends.
+pub const MAX_KEYS: usize = 1024;
 
 /// Why a block of text could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +43,9 @@ pub enum KeyError {
     /// The text of one request exceeds [`MAX_TEXT_LEN`].
     #[error("text longer than {MAX_TEXT_LEN} bytes")]
     TextTooLong,
+    /// One request carries more than [`MAX_KEYS`] keys.
+    #[error("more than {MAX_KEYS} keys")]
+    TooManyKeys,
 }
 
 /// Key names are letters, digits and `.-+@_` (RFC 7143 §6.1).
@@ -49,47 +57,65 @@ fn valid_key(key: &str) -> bool {
 }
 
 /// Parses NUL-separated `key=value` pairs in order, like [`parse_entries`], where a key may
-/// appear only once (the rule for requests and negotiation).
+/// appear only once (the rule for requests and negotiation) and at most [`MAX_KEYS`] keys are
+/// accepted. Linear in the text: duplicates are found with a hash set, and parsing stops at the
+/// first key past the cap.
 pub fn parse(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
-    let entries = parse_entries(text)?;
-    for (i, (key, _)) in entries.iter().enumerate() {
-        if entries[..i].iter().any(|(k, _)| k == key) {
-            return Err(KeyError::DuplicateKey(key.clone()));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in entries(text)? {
+        if out.len() == MAX_KEYS {
+            return Err(KeyError::TooManyKeys);
         }
+        out.push(entry?);
     }
-    Ok(entries)
+    let mut seen = HashSet::with_capacity(out.len());
+    if let Some((key, _)) = out.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(KeyError::DuplicateKey(key.clone()));
+    }
+    Ok(out)
 }
 
 /// Parses NUL-separated `key=value` entries in order, allowing repeated keys (as in a
 /// SendTargets response). Empty entries (padding, doubled NULs) are skipped and a final entry
 /// without its NUL is accepted.
 pub fn parse_entries(text: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
+    entries(text)?.collect()
+}
+
+/// The entries of `text`, each checked as it is reached.
+fn entries(
+    text: &[u8],
+) -> Result<impl Iterator<Item = Result<(String, String), KeyError>> + '_, KeyError> {
     if text.len() > MAX_TEXT_LEN {
         return Err(KeyError::TextTooLong);
     }
-    let mut out: Vec<(String, String)> = Vec::new();
-    for entry in text.split(|&b| b == 0).filter(|e| !e.is_empty()) {
-        let eq = entry
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or(KeyError::MissingEquals)?;
-        let (key, value) = (&entry[..eq], &entry[eq + 1..]);
-        if key.len() > MAX_KEY_LEN {
-            return Err(KeyError::KeyTooLong);
-        }
-        let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
-        if !valid_key(key) {
-            return Err(KeyError::BadKeyName);
-        }
-        if value.len() > MAX_VALUE_LEN {
-            return Err(KeyError::ValueTooLong {
-                key: key.to_owned(),
-            });
-        }
-        let value = std::str::from_utf8(value).map_err(|_| KeyError::NotUtf8)?;
-        out.push((key.to_owned(), value.to_owned()));
+    Ok(text
+        .split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .map(parse_entry))
+}
+
+/// One `key=value` entry.
+fn parse_entry(entry: &[u8]) -> Result<(String, String), KeyError> {
+    let eq = entry
+        .iter()
+        .position(|&b| b == b'=')
+        .ok_or(KeyError::MissingEquals)?;
+    let (key, value) = (&entry[..eq], &entry[eq + 1..]);
+    if key.len() > MAX_KEY_LEN {
+        return Err(KeyError::KeyTooLong);
     }
-    Ok(out)
+    let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
+    if !valid_key(key) {
+        return Err(KeyError::BadKeyName);
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(KeyError::ValueTooLong {
+            key: key.to_owned(),
+        });
+    }
+    let value = std::str::from_utf8(value).map_err(|_| KeyError::NotUtf8)?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Builds text as NUL-terminated `key=value` entries.
@@ -294,6 +320,32 @@ mod tests {
             parse(&vec![b'a'; MAX_TEXT_LEN + 1]),
             Err(KeyError::TextTooLong)
         );
+    }
+
+    /// 64 KiB of the shortest distinct keys: the old parser compared every key with every
+    /// earlier one (~10^8 comparisons here) and accepted them all; now the text is refused once
+    /// the key cap is passed, and duplicates among the most keys allowed are still found.
+    #[test]
+    fn key_count_is_capped_and_duplicates_found_in_one_pass() {
+        let mut many = Vec::new();
+        let mut n = 0u32;
+        while many.len() < MAX_TEXT_LEN - 16 {
+            many.extend_from_slice(format!("{n:x}=\0").as_bytes());
+            n += 1;
+        }
+        assert!(n as usize > 10 * MAX_KEYS);
+        assert_eq!(parse(&many), Err(KeyError::TooManyKeys));
+        // Repeated keys are fine where repetition is allowed (SendTargets responses).
+        assert_eq!(parse_entries(&many).map(|e| e.len()), Ok(n as usize));
+
+        let mut at_cap: Vec<u8> = (0..MAX_KEYS - 1)
+            .flat_map(|i| format!("k{i}=v\0").into_bytes())
+            .collect();
+        assert_eq!(parse(&at_cap).map(|e| e.len()), Ok(MAX_KEYS - 1));
+        at_cap.extend_from_slice(b"k0=again\0");
+        assert_eq!(parse(&at_cap), Err(KeyError::DuplicateKey("k0".into())));
+        at_cap.extend_from_slice(b"one-more=v\0");
+        assert_eq!(parse(&at_cap), Err(KeyError::TooManyKeys));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use super::chap;
-use super::config::{AuthConfig, LoginSettings, TargetConfig, TargetDirectory};
+use super::config::{AuthConfig, DigestPolicy, LoginSettings, TargetConfig, TargetDirectory};
+use super::failure::{AuthFailure, LoginFailure};
 use super::keys::{self, TextAssembler, TextSplitter, TextWriter};
 use super::params::{self, Answer, SessionParams};
 use crate::iscsi::pdu::{Isid, LoginRequest, LoginResponse, LoginStatus, Stage};
@@ -17,6 +18,11 @@ const ISCSI_VERSION: u8 = 0;
 const LOGIN_SEGMENT_LIMIT: usize = 8192;
 /// A login that takes more round trips than this is not converging.
 const MAX_LOGIN_PDUS: u32 = 64;
+/// Most distinct keys one login may offer across all its requests (a real one offers ~20).
+const MAX_LOGIN_KEYS: usize = keys::MAX_KEYS;
+/// Most text bytes all Login Requests of one login may carry together. With the PDU and key
+/// caps this bounds a login's work, which is linear in its text, whatever the initiator sends.
+const MAX_LOGIN_TEXT: usize = keys::MAX_TEXT_LEN;
 /// Longest iSCSI name (RFC 7143 §4.2.7.1).
 const MAX_NAME_LEN: usize = 223;
 
@@ -64,8 +70,8 @@ pub enum LoginStep {
     /// Negotiation is complete. The session layer decides the TSIH (new session, reinstatement)
     /// and calls [`Login::accept`] for the final response, or [`Login::refuse`].
     Ready(Box<LoginOutcome>),
-    /// Send this failure response, then close the connection.
-    Fail(LoginResponse),
+    /// Send this failure response, then close the connection. The reason is for the log.
+    Fail(LoginResponse, LoginFailure),
 }
 
 /// Header fields that must not change during a login.
@@ -89,6 +95,14 @@ enum Auth {
     AwaitResponse { id: u8, challenge: Vec<u8> },
     /// Authenticated, or no authentication needed.
     Done,
+}
+
+/// Who the requests said was logging in, kept for log lines even when the login fails.
+#[derive(Debug, Clone, Default)]
+struct Claimed {
+    initiator: Option<String>,
+    target: Option<String>,
+    chap_name: Option<String>,
 }
 
 /// What the first Login Request established.
@@ -126,8 +140,10 @@ pub struct Login {
     stage: Stage,
     auth: Auth,
     chap_user: Option<String>,
+    claimed: Claimed,
     params: SessionParams,
     seen_keys: HashSet<String>,
+    text_bytes: usize,
     rx: TextAssembler,
     pending: Option<Pending>,
     stat_sn: u32,
@@ -153,6 +169,25 @@ fn is_security_key(key: &str) -> bool {
     key == "AuthMethod" || key.starts_with("CHAP_")
 }
 
+/// The name of `key` if it is a digest key whose policy requires CRC32C.
+fn required_digest(settings: &LoginSettings, key: &str) -> Option<&'static str> {
+    let (name, policy) = match key {
+        "HeaderDigest" => ("HeaderDigest", settings.header_digest),
+        "DataDigest" => ("DataDigest", settings.data_digest),
+        _ => return None,
+    };
+    (policy == DigestPolicy::Crc32cOnly).then_some(name)
+}
+
+/// A value from the initiator shortened for a log line (names are at most 223 bytes).
+fn clip(value: &str) -> String {
+    let mut end = value.len().min(MAX_NAME_LEN);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
 fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
@@ -170,8 +205,10 @@ impl Login {
             stage: Stage::Security,
             auth: Auth::AwaitMethod,
             chap_user: None,
+            claimed: Claimed::default(),
             params: SessionParams::default(),
             seen_keys: HashSet::new(),
+            text_bytes: 0,
             rx: TextAssembler::new(),
             pending: None,
             stat_sn: 0,
@@ -187,8 +224,23 @@ impl Login {
     pub fn handle(&mut self, dir: &dyn TargetDirectory, req: &LoginRequest) -> LoginStep {
         match self.step(dir, req) {
             Ok(step) => step,
-            Err(status) => LoginStep::Fail(self.failure(req, status)),
+            Err(reason) => LoginStep::Fail(self.failure(req, reason.status()), reason),
         }
+    }
+
+    /// The InitiatorName the first request gave (cut to 223 bytes), for log lines.
+    pub fn initiator_name(&self) -> Option<&str> {
+        self.claimed.initiator.as_deref()
+    }
+
+    /// The TargetName the first request asked for (cut to 223 bytes), for log lines.
+    pub fn target_name(&self) -> Option<&str> {
+        self.claimed.target.as_deref()
+    }
+
+    /// The CHAP name (CHAP_N) the initiator tried, authenticated or not, for log lines.
+    pub fn chap_name(&self) -> Option<&str> {
+        self.claimed.chap_name.as_deref()
     }
 
     /// The final Login Response (T=1, NSG=FullFeaturePhase, success) carrying the TSIH the
@@ -279,31 +331,39 @@ impl Login {
         &mut self,
         dir: &dyn TargetDirectory,
         req: &LoginRequest,
-    ) -> Result<LoginStep, LoginStatus> {
+    ) -> Result<LoginStep, LoginFailure> {
         if self.phase != Phase::Active {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::Protocol(
+                "login request after the login ended",
+            ));
         }
         self.pdus += 1;
         if self.pdus > MAX_LOGIN_PDUS {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::TooManyPdus(MAX_LOGIN_PDUS));
+        }
+        self.text_bytes += req.data.len();
+        if self.text_bytes > MAX_LOGIN_TEXT {
+            return Err(LoginFailure::TooMuchText(MAX_LOGIN_TEXT));
         }
         self.check_header(dir.settings(), req)?;
 
         if let Some(pending) = &mut self.pending {
             // The initiator answers a continued response with empty requests.
             if !req.data.is_empty() || req.continues {
-                return Err(LoginStatus::INITIATOR_ERROR);
+                return Err(LoginFailure::Protocol(
+                    "data sent while the target's response continues",
+                ));
             }
             let (chunk, more) = pending.text.next_chunk(LOGIN_SEGMENT_LIMIT);
             let transit = !more && pending.transit && req.transit;
             if !more {
                 self.pending = None;
             }
-            return Ok(self.emit(req, transit, more, chunk));
+            return self.emit(dir.settings(), req, transit, more, chunk);
         }
 
         let text = match self.rx.push(&req.data, req.continues) {
-            Err(_) => return Err(LoginStatus::INITIATOR_ERROR),
+            Err(e) => return Err(e.into()),
             // More text follows: acknowledge with an empty response.
             Ok(None) => {
                 return Ok(LoginStep::Respond(self.response(
@@ -315,18 +375,24 @@ impl Login {
             }
             Ok(Some(text)) => text,
         };
-        let pairs = keys::parse(&text).map_err(|_| LoginStatus::INITIATOR_ERROR)?;
+        let pairs = keys::parse(&text)?;
         let first = self.session.is_none();
         for (k, _) in &pairs {
             // Renegotiating a key during login is a protocol error (RFC 7143 §6.2).
             if !self.seen_keys.insert(k.clone()) || (!first && LEADING_KEYS.contains(&k.as_str())) {
-                return Err(LoginStatus::INITIATOR_ERROR);
+                return Err(LoginFailure::Renegotiated(clip(k)));
             }
+        }
+        if self.seen_keys.len() > MAX_LOGIN_KEYS {
+            return Err(LoginFailure::TooManyKeys(MAX_LOGIN_KEYS));
         }
         if first {
             self.start_session(dir, &pairs)?;
         }
-        let session = self.session.clone().ok_or(LoginStatus::TARGET_ERROR)?;
+        let session = self
+            .session
+            .clone()
+            .ok_or(LoginFailure::Protocol("no session"))?;
         let discovery = session.session_type == SessionType::Discovery;
         let settings = dir.settings();
 
@@ -346,7 +412,9 @@ impl Login {
             let key = key.as_str();
             if is_security_key(key) {
                 if self.stage != Stage::Security {
-                    return Err(LoginStatus::INITIATOR_ERROR);
+                    return Err(LoginFailure::Protocol(
+                        "security key outside the security stage",
+                    ));
                 }
                 security.push((key, value.as_str()));
             } else if LEADING_KEYS.contains(&key) {
@@ -358,7 +426,16 @@ impl Login {
             } else if TARGET_ONLY_KEYS.contains(&key) || key == "SendTargets" {
                 out.push(key, "Reject");
             } else {
-                match params::answer(key, value, discovery, settings, &mut self.params) {
+                let answer = params::answer(key, value, discovery, settings, &mut self.params);
+                if let Some(key) = required_digest(settings, key) {
+                    if answer != Answer::Value("CRC32C".into()) {
+                        return Err(LoginFailure::DigestRequired {
+                            key,
+                            offered: clip(value),
+                        });
+                    }
+                }
+                match answer {
                     Answer::Value(v) => out.push(key, &v),
                     Answer::Silent => {}
                     Answer::NotOperational => out.push(key, "NotUnderstood"),
@@ -380,9 +457,7 @@ impl Login {
                         true
                     }
                     // Leaving the security stage before authenticating is not allowed.
-                    Auth::AwaitMethod if req.transit => {
-                        return Err(LoginStatus::AUTHENTICATION_FAILURE)
-                    }
+                    Auth::AwaitMethod if req.transit => return Err(AuthFailure::Skipped.into()),
                     _ => false,
                 }
             }
@@ -409,31 +484,56 @@ impl Login {
                 text: splitter,
                 transit,
             });
-            return Ok(self.emit(req, false, true, chunk));
+            return self.emit(settings, req, false, true, chunk);
         }
-        Ok(self.emit(req, transit, false, text))
+        self.emit(settings, req, transit, false, text)
     }
 
     /// Sends a response, moving to the next stage on transit; entering full feature phase
     /// yields `Ready` and parks the final response until the session layer decides.
     fn emit(
         &mut self,
+        settings: &LoginSettings,
         req: &LoginRequest,
         transit: bool,
         continues: bool,
         data: Bytes,
-    ) -> LoginStep {
+    ) -> Result<LoginStep, LoginFailure> {
+        if transit && req.nsg == Stage::FullFeature {
+            self.check_required_digests(settings)?;
+        }
         let rsp = self.response(req, transit, continues, data);
         if !transit {
-            return LoginStep::Respond(rsp);
+            return Ok(LoginStep::Respond(rsp));
         }
         self.stage = req.nsg;
         if req.nsg != Stage::FullFeature {
-            return LoginStep::Respond(rsp);
+            return Ok(LoginStep::Respond(rsp));
         }
         let outcome = self.outcome(req, rsp.stat_sn);
         self.phase = Phase::Ready(Box::new(rsp));
-        LoginStep::Ready(Box::new(outcome))
+        Ok(LoginStep::Ready(Box::new(outcome)))
+    }
+
+    /// Refuses to enter full feature phase without CRC32C where the policy requires it. An
+    /// offer without CRC32C was refused when it came; this catches keys never sent, whose
+    /// default is None. The target could offer the key itself instead (RFC 7143 lets either
+    /// side start a negotiation), but open-iscsi and libiscsi always send both digest keys,
+    /// so only an unusual initiator gets here and a clear refusal serves it better than a
+    /// negotiation it may not expect.
+    fn check_required_digests(&self, settings: &LoginSettings) -> Result<(), LoginFailure> {
+        for (key, on) in [
+            ("HeaderDigest", self.params.header_digest),
+            ("DataDigest", self.params.data_digest),
+        ] {
+            if !on && required_digest(settings, key).is_some() {
+                return Err(LoginFailure::DigestRequired {
+                    key,
+                    offered: "nothing".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn outcome(&self, req: &LoginRequest, final_stat_sn: u32) -> LoginOutcome {
@@ -466,9 +566,9 @@ impl Login {
         &mut self,
         settings: &LoginSettings,
         req: &LoginRequest,
-    ) -> Result<(), LoginStatus> {
+    ) -> Result<(), LoginFailure> {
         if req.transit && req.continues {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::Protocol("T and C bits both set"));
         }
         let this = Leading {
             isid: req.isid,
@@ -480,18 +580,23 @@ impl Login {
         match self.leading {
             None => {
                 if req.version_min > ISCSI_VERSION || req.version_max < req.version_min {
-                    return Err(LoginStatus::UNSUPPORTED_VERSION);
+                    return Err(LoginFailure::UnsupportedVersion);
                 }
                 if !matches!(req.csg, Stage::Security | Stage::Operational) {
-                    return Err(LoginStatus::INITIATOR_ERROR);
+                    return Err(LoginFailure::Protocol(
+                        "login starts in no negotiation stage",
+                    ));
                 }
                 self.leading = Some(this);
                 self.stage = req.csg;
                 self.stat_sn = req.exp_stat_sn;
             }
             Some(leading) => {
-                if leading != this || req.csg != self.stage {
-                    return Err(LoginStatus::INITIATOR_ERROR);
+                if leading != this {
+                    return Err(LoginFailure::Protocol("ISID, TSIH, CID or version changed"));
+                }
+                if req.csg != self.stage {
+                    return Err(LoginFailure::Protocol("CSG is not the current stage"));
                 }
             }
         }
@@ -505,7 +610,7 @@ impl Login {
                     | (Stage::Operational, Stage::FullFeature)
             )
         {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::Protocol("invalid stage transition"));
         }
         Ok(())
     }
@@ -515,27 +620,27 @@ impl Login {
         &mut self,
         dir: &dyn TargetDirectory,
         pairs: &[(String, String)],
-    ) -> Result<(), LoginStatus> {
-        let initiator_name = lookup(pairs, "InitiatorName")
-            .filter(|n| !n.is_empty())
-            .ok_or(LoginStatus::MISSING_PARAMETER)?;
+    ) -> Result<(), LoginFailure> {
+        let nonempty = |key| lookup(pairs, key).filter(|n| !n.is_empty());
+        self.claimed.initiator = nonempty("InitiatorName").map(clip);
+        self.claimed.target = nonempty("TargetName").map(clip);
+        let initiator_name =
+            nonempty("InitiatorName").ok_or(LoginFailure::MissingKey("InitiatorName"))?;
         if initiator_name.len() > MAX_NAME_LEN {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::NameTooLong);
         }
         let session_type = match lookup(pairs, "SessionType") {
             None | Some("Normal") => SessionType::Normal,
             Some("Discovery") => SessionType::Discovery,
-            Some(_) => return Err(LoginStatus::SESSION_TYPE_NOT_SUPPORTED),
+            Some(_) => return Err(LoginFailure::UnknownSessionType),
         };
         let (target, auth) = match session_type {
             SessionType::Discovery => (None, dir.settings().discovery_auth.clone()),
             SessionType::Normal => {
-                let name = lookup(pairs, "TargetName")
-                    .filter(|n| !n.is_empty())
-                    .ok_or(LoginStatus::MISSING_PARAMETER)?;
-                let target = dir.target(name).ok_or(LoginStatus::NOT_FOUND)?;
+                let name = nonempty("TargetName").ok_or(LoginFailure::MissingKey("TargetName"))?;
+                let target = dir.target(name).ok_or(LoginFailure::UnknownTarget)?;
                 if !target.allows(initiator_name) {
-                    return Err(LoginStatus::AUTHORIZATION_FAILURE);
+                    return Err(LoginFailure::InitiatorNotAllowed);
                 }
                 let auth = target.auth.clone();
                 (Some(target), auth)
@@ -543,7 +648,7 @@ impl Login {
         };
         // Skipping the security stage is only allowed when the target requires no CHAP.
         if self.stage != Stage::Security && auth.chap.is_some() {
-            return Err(LoginStatus::AUTHENTICATION_FAILURE);
+            return Err(AuthFailure::Skipped.into());
         }
         self.session = Some(Session {
             session_type,
@@ -561,11 +666,11 @@ impl Login {
         auth: &AuthConfig,
         keys: &[(&str, &str)],
         out: &mut TextWriter,
-    ) -> Result<(), LoginStatus> {
+    ) -> Result<(), LoginFailure> {
         let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         if let Some(offer) = get("AuthMethod") {
             if self.auth != Auth::AwaitMethod {
-                return Err(LoginStatus::INITIATOR_ERROR);
+                return Err(LoginFailure::Protocol("AuthMethod out of order"));
             }
             let offered: Vec<&str> = keys::list_items(offer).collect();
             if auth.chap.is_some() && offered.contains(&"CHAP") {
@@ -575,15 +680,15 @@ impl Login {
                 out.push("AuthMethod", "None");
                 self.auth = Auth::Done;
             } else {
-                return Err(LoginStatus::AUTHENTICATION_FAILURE);
+                return Err(AuthFailure::NoCommonMethod.into());
             }
         }
         if let Some(algorithms) = get("CHAP_A") {
             if self.auth != Auth::AwaitAlgorithm {
-                return Err(LoginStatus::INITIATOR_ERROR);
+                return Err(LoginFailure::Protocol("CHAP_A out of order"));
             }
             if !keys::list_items(algorithms).any(|a| a == chap::CHAP_MD5) {
-                return Err(LoginStatus::AUTHENTICATION_FAILURE);
+                return Err(AuthFailure::NoCommonAlgorithm.into());
             }
             let (id, challenge) = chap::new_challenge();
             out.push("CHAP_A", chap::CHAP_MD5);
@@ -596,25 +701,31 @@ impl Login {
         if name.is_none() && response.is_none() {
             // CHAP_I/CHAP_C from the initiator only make sense together with its response.
             return if mutual_id.is_some() || mutual_challenge.is_some() {
-                Err(LoginStatus::INITIATOR_ERROR)
+                Err(LoginFailure::Protocol(
+                    "CHAP_I/CHAP_C without CHAP_N/CHAP_R",
+                ))
             } else {
                 Ok(())
             };
         }
+        if let Some(name) = name {
+            self.claimed.chap_name = Some(clip(name));
+        }
         let Auth::AwaitResponse { id, challenge } = &self.auth else {
-            return Err(LoginStatus::INITIATOR_ERROR);
+            return Err(LoginFailure::Protocol("CHAP response before a challenge"));
         };
-        let account = auth
-            .chap
-            .as_ref()
-            .ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+        let account = auth.chap.as_ref().ok_or(AuthFailure::NoCommonMethod)?;
         let (Some(name), Some(response)) = (name, response) else {
-            return Err(LoginStatus::AUTHENTICATION_FAILURE);
+            return Err(AuthFailure::MalformedResponse.into());
         };
         let expected = chap::md5_response(*id, &account.secret, challenge);
-        let received = chap::decode_binary(response).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
-        if name != account.user || !chap::constant_time_eq(&received, &expected) {
-            return Err(LoginStatus::AUTHENTICATION_FAILURE);
+        let received = chap::decode_binary(response).ok_or(AuthFailure::MalformedResponse)?;
+        let response_ok = chap::constant_time_eq(&received, &expected);
+        if name != account.user {
+            return Err(AuthFailure::UnknownUser.into());
+        }
+        if !response_ok {
+            return Err(AuthFailure::WrongResponse.into());
         }
         match (mutual_id, mutual_challenge) {
             (None, None) => {}
@@ -622,12 +733,15 @@ impl Login {
                 let mutual = auth
                     .mutual_chap
                     .as_ref()
-                    .ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
-                let i = chap::parse_identifier(i).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
-                let c = chap::decode_binary(c).ok_or(LoginStatus::AUTHENTICATION_FAILURE)?;
+                    .ok_or(AuthFailure::MutualNotConfigured)?;
+                let i = chap::parse_identifier(i).ok_or(AuthFailure::MalformedChallenge)?;
+                let c = chap::decode_binary(c).ok_or(AuthFailure::MalformedChallenge)?;
+                if c.len() < chap::MIN_PEER_CHALLENGE_LEN {
+                    return Err(AuthFailure::ShortChallenge.into());
+                }
                 // A reflected challenge would let an attacker make us answer our own challenge.
                 if chap::constant_time_eq(&c, challenge) {
-                    return Err(LoginStatus::AUTHENTICATION_FAILURE);
+                    return Err(AuthFailure::ReflectedChallenge.into());
                 }
                 out.push("CHAP_N", &mutual.user);
                 out.push(
@@ -635,7 +749,7 @@ impl Login {
                     &chap::encode_hex(&chap::md5_response(i, &mutual.secret, &c)),
                 );
             }
-            _ => return Err(LoginStatus::AUTHENTICATION_FAILURE),
+            _ => return Err(AuthFailure::MalformedChallenge.into()),
         }
         self.chap_user = Some(name.to_owned());
         self.auth = Auth::Done;

@@ -5,7 +5,9 @@
 //! * [`Login`]: one connection's login state machine. Feed every Login Request to
 //!   [`Login::handle`] with a [`TargetDirectory`]; it returns a [`LoginStep`]:
 //!   - `Respond(rsp)`: send `rsp`, keep reading Login Requests;
-//!   - `Fail(rsp)`: send `rsp` (non-zero status) and close the connection;
+//!   - `Fail(rsp, reason)`: send `rsp` (non-zero status) and close the connection; the
+//!     [`LoginFailure`] names the reason for the log, with [`Login::initiator_name`],
+//!     [`Login::target_name`] and [`Login::chap_name`] saying who tried;
 //!   - `Ready(outcome)`: negotiation is complete. The session layer looks at
 //!     [`LoginOutcome`] (session type, initiator and target, ISID, requested TSIH,
 //!     negotiated [`SessionParams`], ExpCmdSN, next StatSN), assigns a TSIH, and sends
@@ -19,17 +21,23 @@
 //! * [`keys`]: NUL-separated key=value text with limits, reassembly across continued PDUs and
 //!   splitting of long responses; shared with the Text Request handling.
 //! * [`chap`]: CHAP-MD5 and binary value encodings.
+//! * [`AuthThrottle`]: the growing delay the transport puts before answering failed
+//!   authentication attempts, per initiator name and per source address (clock injected).
 //!
-//! Failure statuses: 0x0200 protocol violations (stage or field changes, renegotiated keys,
-//! malformed text), 0x0201 authentication failure, 0x0202 initiator not allowed, 0x0203 unknown
-//! target, 0x0205 unsupported version, 0x0207 missing InitiatorName/TargetName, 0x0209 unknown
-//! session type.
+//! Failure statuses ([`LoginFailure::status`]): 0x0200 protocol violations (stage or field
+//! changes, renegotiated keys, malformed text, a login over its PDU, key or text caps), 0x0201
+//! authentication failure, 0x0203 unknown target or initiator not allowed on it (one answer, so
+//! protected names do not show), 0x0205 unsupported version, 0x0207 missing
+//! InitiatorName/TargetName or a required CRC32C digest not offered, 0x0209 unknown session
+//! type. A login's work is linear in its text, which is capped at 64 KiB, 1024 keys and 64 PDUs.
 
 pub mod chap;
 mod config;
+mod failure;
 pub mod keys;
 mod machine;
 mod params;
+mod throttle;
 
 #[cfg(test)]
 mod tests;
@@ -38,5 +46,7 @@ pub use config::{
     AuthConfig, ChapAccount, DigestPolicy, LoginSettings, StaticDirectory, TargetConfig,
     TargetDirectory,
 };
+pub use failure::{AuthFailure, LoginFailure};
 pub use machine::{Login, LoginOutcome, LoginStep, SessionType};
 pub use params::SessionParams;
+pub use throttle::AuthThrottle;

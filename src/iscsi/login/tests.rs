@@ -85,8 +85,9 @@ fn respond(step: LoginStep) -> LoginResponse {
 
 fn fail_status(step: LoginStep) -> LoginStatus {
     match step {
-        LoginStep::Fail(r) => {
+        LoginStep::Fail(r, reason) => {
             assert!(!r.transit && r.data.is_empty());
+            assert_eq!(r.status, reason.status());
             r.status
         }
         other => panic!("expected Fail, got {other:?}"),
@@ -663,17 +664,21 @@ fn discovery_chap_uses_the_discovery_account() {
     let mut settings = LoginSettings::default();
     settings.discovery_auth.chap = Some(account("disc", "discovery-secret"));
     let dir = StaticDirectory::new(settings, [TargetConfig::open(TARGET)]);
-    let mut l = Login::new();
-    let status = fail_status(l.handle(
-        &dir,
+    let status = fail_status(linux_discovery(&dir));
+    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+}
+
+/// Open-iscsi's one-request discovery login.
+fn linux_discovery(dir: &StaticDirectory) -> LoginStep {
+    Login::new().handle(
+        dir,
         &req(
             Stage::Operational,
             Stage::FullFeature,
             true,
             LINUX_DISCOVERY,
         ),
-    ));
-    assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
+    )
 }
 
 fn first_pdu_status(dir: &StaticDirectory, r: LoginRequest) -> LoginStatus {
@@ -692,7 +697,8 @@ fn leading_key_failures() {
     let t = format!("TargetName={TARGET}");
     assert_eq!(
         first_pdu_status(&restricted, req(op, full, true, &[&i, &t])),
-        LoginStatus::AUTHORIZATION_FAILURE
+        LoginStatus::NOT_FOUND,
+        "an unlisted initiator is told the same as for a missing target"
     );
     assert_eq!(
         first_pdu_status(
@@ -1048,7 +1054,7 @@ fn long_response_is_sent_in_pieces() {
                 collected.extend_from_slice(&rsp.data);
             }
             LoginStep::Ready(out) => break out,
-            LoginStep::Fail(rsp) => panic!("failed: {rsp:?}"),
+            LoginStep::Fail(rsp, reason) => panic!("failed: {reason}: {rsp:?}"),
         }
     };
     let last = l.accept(3).expect("final");
@@ -1148,4 +1154,301 @@ fn linux_login_through_the_codec() {
     ffp.set_digests(out.params.digests());
     ffp.set_max_recv_data_segment_length(out.params.max_recv_data_segment_length);
     assert_eq!(ffp.max_recv_data_segment_length(), 262144);
+}
+
+/// The reason of a failed step.
+fn fail_reason(step: LoginStep) -> LoginFailure {
+    match step {
+        LoginStep::Fail(r, reason) => {
+            assert_eq!(r.status, reason.status());
+            reason
+        }
+        other => panic!("expected Fail, got {other:?}"),
+    }
+}
+
+/// Whole distinct short `key=\0` entries, numbered from `from`, filling at most `len` bytes.
+fn short_keys(from: usize, len: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for n in from.. {
+        let entry = format!("X{n:x}=\0");
+        if v.len() + entry.len() > len {
+            break;
+        }
+        v.extend_from_slice(entry.as_bytes());
+    }
+    v
+}
+
+/// A login whose first request spreads 64 KiB of distinct short keys (~10,000 of them) over
+/// eight continued PDUs: it used to be parsed and answered key by key, each checked against
+/// every earlier one. Now the text is refused as soon as it passes the key cap.
+#[test]
+fn login_with_64_kib_of_short_keys_is_refused() {
+    let dir = open_dir();
+    let mut all = text(LINUX_NORMAL).to_vec();
+    all.extend(short_keys(0, keys::MAX_TEXT_LEN - all.len()));
+    // Well-formed to the end (padding NULs are skipped), so nothing but the key count can
+    // refuse it: the old parser went through every key and answered each.
+    all.resize(keys::MAX_TEXT_LEN, 0);
+    let pieces: Vec<&[u8]> = all.chunks(8192).collect();
+    assert_eq!(pieces.len(), 8);
+    let mut l = Login::new();
+    for piece in &pieces[..7] {
+        let mut r = req(Stage::Operational, Stage::FullFeature, false, &[]);
+        r.continues = true;
+        r.data = Bytes::copy_from_slice(piece);
+        let ack = respond(l.handle(&dir, &r));
+        assert!(ack.data.is_empty());
+    }
+    let mut last = req(Stage::Operational, Stage::FullFeature, true, &[]);
+    last.data = Bytes::copy_from_slice(pieces[7]);
+    let reason = fail_reason(l.handle(&dir, &last));
+    assert_eq!(reason, LoginFailure::Text(keys::KeyError::TooManyKeys));
+    assert_eq!(reason.status(), LoginStatus::INITIATOR_ERROR);
+}
+
+/// The caps hold across the requests of one login too, not only within one request.
+#[test]
+fn keys_and_text_are_capped_across_a_login() {
+    let dir = open_dir();
+    // Distinct keys spread over several requests of under 1024 keys each.
+    let mut l = op_login(&dir);
+    let mut from = 0;
+    let reason = loop {
+        let mut r = req(Stage::Operational, Stage::FullFeature, false, &[]);
+        r.data = short_keys(from, 1500).into();
+        from += keys::parse(&r.data).expect("valid").len();
+        assert!(from < 4 * keys::MAX_KEYS, "never cut off");
+        match l.handle(&dir, &r) {
+            LoginStep::Respond(_) => {}
+            other => break fail_reason(other),
+        }
+    };
+    assert_eq!(reason, LoginFailure::TooManyKeys(keys::MAX_KEYS));
+    // Text: continued PDUs of harmless padding add up to more than 64 KiB.
+    let mut l = Login::new();
+    let mut sent = 0;
+    let reason = loop {
+        let mut r = req(Stage::Operational, Stage::FullFeature, false, &[]);
+        r.continues = true;
+        r.data = vec![0u8; 8192].into();
+        sent += 8192;
+        match l.handle(&dir, &r) {
+            LoginStep::Respond(_) => assert!(sent <= keys::MAX_TEXT_LEN),
+            other => break fail_reason(other),
+        }
+    };
+    assert_eq!(reason.status(), LoginStatus::INITIATOR_ERROR);
+    assert_eq!(sent, keys::MAX_TEXT_LEN + 8192);
+}
+
+fn crc32c_dir() -> StaticDirectory {
+    let settings = LoginSettings {
+        header_digest: DigestPolicy::Crc32cOnly,
+        data_digest: DigestPolicy::Crc32cOnly,
+        ..LoginSettings::default()
+    };
+    StaticDirectory::new(settings, [TargetConfig::open(TARGET)])
+}
+
+/// LINUX_NORMAL with the digest keys replaced (`None` leaves a key out).
+fn normal_with_digests(header: Option<&str>, data: Option<&str>) -> Vec<String> {
+    let mut keys: Vec<String> = LINUX_NORMAL
+        .iter()
+        .filter(|k| !k.starts_with("HeaderDigest=") && !k.starts_with("DataDigest="))
+        .map(|k| k.to_string())
+        .collect();
+    keys.extend(header.map(|v| format!("HeaderDigest={v}")));
+    keys.extend(data.map(|v| format!("DataDigest={v}")));
+    keys
+}
+
+fn digest_login(dir: &StaticDirectory, header: Option<&str>, data: Option<&str>) -> LoginStep {
+    let keys = normal_with_digests(header, data);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    Login::new().handle(
+        dir,
+        &req(Stage::Operational, Stage::FullFeature, true, &keys),
+    )
+}
+
+fn digest_required(key: &'static str, offered: &str) -> LoginFailure {
+    LoginFailure::DigestRequired {
+        key,
+        offered: offered.into(),
+    }
+}
+
+#[test]
+fn required_crc32c_refuses_omitted_digest_keys() {
+    let dir = crc32c_dir();
+    let reason = fail_reason(digest_login(&dir, None, None));
+    assert_eq!(reason, digest_required("HeaderDigest", "nothing"));
+    assert_eq!(reason.status(), LoginStatus::MISSING_PARAMETER);
+    assert_eq!(
+        fail_reason(digest_login(&dir, Some("CRC32C"), None)),
+        digest_required("DataDigest", "nothing")
+    );
+    // Straight from the security stage to full feature phase, no digest keys at all.
+    let mut l = Login::new();
+    let lead = leading_keys();
+    let reason = fail_reason(l.handle(
+        &dir,
+        &req(
+            Stage::Security,
+            Stage::FullFeature,
+            true,
+            &[&lead[0], &lead[1], "AuthMethod=None"],
+        ),
+    ));
+    assert_eq!(reason, digest_required("HeaderDigest", "nothing"));
+}
+
+#[test]
+fn required_crc32c_refuses_a_none_offer() {
+    let dir = crc32c_dir();
+    let reason = fail_reason(digest_login(&dir, Some("None"), Some("None")));
+    assert_eq!(reason, digest_required("HeaderDigest", "None"));
+    assert_eq!(reason.status(), LoginStatus::MISSING_PARAMETER);
+    assert!(reason.to_string().contains("HeaderDigest=CRC32C required"));
+    // Header digest only.
+    assert_eq!(
+        fail_reason(digest_login(&dir, Some("CRC32C"), Some("None"))),
+        digest_required("DataDigest", "None")
+    );
+    assert_eq!(
+        fail_reason(digest_login(&dir, Some("None"), Some("CRC32C"))),
+        digest_required("HeaderDigest", "None")
+    );
+    // Discovery sessions too (open-iscsi's discovery offers None).
+    let reason = fail_reason(linux_discovery(&dir));
+    assert_eq!(reason.status(), LoginStatus::MISSING_PARAMETER);
+}
+
+#[test]
+fn required_crc32c_accepts_crc32c_on_both() {
+    let dir = crc32c_dir();
+    for offer in ["CRC32C", "None,CRC32C"] {
+        let out = ready(digest_login(&dir, Some(offer), Some(offer)));
+        assert!(
+            out.params.header_digest && out.params.data_digest,
+            "{offer}"
+        );
+    }
+    // Without the policy, omitting the keys still means no digests.
+    let out = ready(digest_login(&open_dir(), None, None));
+    assert!(!out.params.header_digest && !out.params.data_digest);
+}
+
+#[test]
+fn short_mutual_chap_challenges_are_refused() {
+    let dir = chap_dir(true);
+    let mutual = |len: usize| {
+        let challenge = format!("CHAP_C=0x{}", "a5".repeat(len));
+        chap_answer(&dir, "alice", "initiator-secret", &["CHAP_I=9", &challenge]).1
+    };
+    for len in [1, 8, 15] {
+        assert_eq!(
+            fail_reason(mutual(len)),
+            LoginFailure::Auth(AuthFailure::ShortChallenge),
+            "{len} bytes"
+        );
+    }
+    let r = respond(mutual(16));
+    assert!(r.transit && answer(&r, "CHAP_R").is_some());
+}
+
+/// Runs CHAP up to the challenge, then answers as `user` with `secret`, plus `extra` keys.
+fn chap_answer(
+    dir: &StaticDirectory,
+    user: &str,
+    secret: &str,
+    extra: &[&str],
+) -> (Login, LoginStep) {
+    let (mut login, id, challenge) = chap_until_challenge(dir, "5");
+    let name = format!("CHAP_N={user}");
+    let response = format!("CHAP_R={}", chap_r(id, secret, &challenge));
+    let mut keys = vec![name.as_str(), response.as_str()];
+    keys.extend_from_slice(extra);
+    let step = login.handle(dir, &req(Stage::Security, Stage::Operational, true, &keys));
+    (login, step)
+}
+
+/// A one-way CHAP attempt that fails; the login and its failure reason.
+fn chap_attempt(dir: &StaticDirectory, user: &str, secret: &str) -> (Login, LoginFailure) {
+    let (login, step) = chap_answer(dir, user, secret, &[]);
+    (login, fail_reason(step))
+}
+
+#[test]
+fn failures_name_their_reason_and_who_tried() {
+    let dir = chap_dir(false);
+    let (login, reason) = chap_attempt(&dir, "alice", "guess");
+    assert_eq!(reason, LoginFailure::Auth(AuthFailure::WrongResponse));
+    assert!(reason.is_auth_failure());
+    assert_eq!(
+        reason.to_string(),
+        "authentication failed: wrong CHAP response"
+    );
+    assert_eq!(
+        (
+            login.initiator_name(),
+            login.target_name(),
+            login.chap_name()
+        ),
+        (Some(INITIATOR), Some(TARGET), Some("alice"))
+    );
+
+    let (login, reason) = chap_attempt(&dir, "mallory", "initiator-secret");
+    assert_eq!(reason, LoginFailure::Auth(AuthFailure::UnknownUser));
+    assert_eq!(login.chap_name(), Some("mallory"));
+
+    // Not authentication failures: not slowed down.
+    let mut l = Login::new();
+    let reason = fail_reason(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, true, &[]),
+    ));
+    assert_eq!(reason, LoginFailure::MissingKey("InitiatorName"));
+    assert!(!reason.is_auth_failure());
+    assert_eq!(l.initiator_name(), None);
+}
+
+/// An initiator not on a target's list gets exactly the answer a missing target gets.
+#[test]
+fn protected_and_missing_targets_look_the_same_to_an_unlisted_initiator() {
+    let mut protected = TargetConfig::open(TARGET);
+    protected.allowed_initiators = vec!["iqn.2026-11.test:someone-else".into()];
+    protected.auth.chap = Some(account("alice", "initiator-secret"));
+    let dir = StaticDirectory::new(LoginSettings::default(), [protected]);
+    let attempt = |target: &str| {
+        let (i, t) = (
+            format!("InitiatorName={INITIATOR}"),
+            format!("TargetName={target}"),
+        );
+        let first = req(
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[&i, &t, "AuthMethod=CHAP"],
+        );
+        let step = Login::new().handle(&dir, &first);
+        match step {
+            LoginStep::Fail(rsp, reason) => (rsp, reason),
+            other => panic!("expected Fail, got {other:?}"),
+        }
+    };
+    let (hidden, why_hidden) = attempt(TARGET);
+    let (missing, why_missing) = attempt("iqn.2026-11.test:nope");
+    assert_eq!(hidden, missing, "the same response, byte for byte");
+    assert_eq!(hidden.status, LoginStatus::NOT_FOUND);
+    // The log still tells them apart.
+    assert_eq!(
+        (why_hidden, why_missing),
+        (
+            LoginFailure::InitiatorNotAllowed,
+            LoginFailure::UnknownTarget
+        )
+    );
 }

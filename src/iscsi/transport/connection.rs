@@ -2,7 +2,7 @@
 //! session admission (TSIH, reinstatement), then the full-feature phase of a discovery or
 //! normal session.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,9 @@ use super::admission::PendingGuard;
 use super::driver::{drive, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
-use crate::iscsi::login::{Login, LoginOutcome, LoginStep, SessionType, TargetDirectory};
+use crate::iscsi::login::{
+    Login, LoginFailure, LoginOutcome, LoginStep, SessionType, TargetDirectory,
+};
 use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
 use crate::iscsi::session::{Session, SessionOptions};
@@ -87,10 +89,19 @@ pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
     let span = tracing::info_span!("conn", peer = ?peer);
-    run(stream, local, pending, shared).instrument(span).await;
+    let peer_ip = peer.map(|p| p.ip());
+    run(stream, local, peer_ip, pending, shared)
+        .instrument(span)
+        .await;
 }
 
-async fn run(stream: TcpStream, local: SocketAddr, pending: PendingGuard, shared: Arc<Shared>) {
+async fn run(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: Option<IpAddr>,
+    pending: PendingGuard,
+    shared: Arc<Shared>,
+) {
     let (rd, wr) = stream.into_split();
     let mut reader = PduReader::new(rd);
     let (tx, rx) = mpsc::channel::<EncodedPdu>(WRITE_QUEUE);
@@ -98,7 +109,10 @@ async fn run(stream: TcpStream, local: SocketAddr, pending: PendingGuard, shared
     let mut writer = tokio::spawn(write_loop(wr, rx, written.clone()));
     let mut codec = PduCodec::new();
 
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut reader, &tx, &codec, &shared));
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login(&mut reader, &tx, &codec, peer, &shared),
+    );
     let admitted = tokio::select! {
         r = login => r.unwrap_or_else(|_| {
             tracing::info!("login timed out");
@@ -161,6 +175,7 @@ async fn login(
     reader: &mut PduReader<tokio::net::tcp::OwnedReadHalf>,
     tx: &mpsc::Sender<EncodedPdu>,
     codec: &PduCodec,
+    peer: Option<IpAddr>,
     shared: &Arc<Shared>,
 ) -> Option<Admitted> {
     let mut login = Login::new();
@@ -183,12 +198,17 @@ async fn login(
                     return None;
                 }
             }
-            LoginStep::Fail(rsp) => {
-                tracing::info!(status = ?rsp.status, "login failed");
+            LoginStep::Fail(rsp, reason) => {
+                tokio::time::sleep(failed_login(&login, &reason, peer, shared)).await;
                 send(tx, codec, rsp).await;
                 return None;
             }
             LoginStep::Ready(outcome) => {
+                if outcome.chap_user.is_some() {
+                    let now = std::time::Instant::now();
+                    let name = Some(outcome.initiator_name.as_str());
+                    shared.auth_throttle.lock().succeeded(now, name, peer);
+                }
                 let admitted = admit(*outcome, shared).await;
                 return match admitted {
                     Ok(a) => {
@@ -215,6 +235,27 @@ async fn login(
             }
         }
     }
+}
+
+/// Logs a failed login: who (as the initiator claimed), to what, as which CHAP user, why
+/// (names quoted and escaped, as they come from the network). Returns how long to wait before
+/// answering: failed authentication earns a growing delay, which slows password guessing.
+fn failed_login(
+    login: &Login,
+    reason: &LoginFailure,
+    peer: Option<IpAddr>,
+    shared: &Shared,
+) -> Duration {
+    let (initiator, target) = (login.initiator_name(), login.target_name());
+    let chap_user = login.chap_name();
+    let status = format!("{:#06x}", reason.status().code());
+    if !reason.is_auth_failure() {
+        tracing::info!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
+        return Duration::ZERO;
+    }
+    tracing::warn!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
+    let now = std::time::Instant::now();
+    shared.auth_throttle.lock().failed(now, initiator, peer)
 }
 
 /// Decides whether a negotiated login may become a session; assigns the TSIH, reinstating

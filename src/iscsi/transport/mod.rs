@@ -34,6 +34,7 @@ use self::catalog::Catalog;
 pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
 use crate::config::{Config, Tuning};
+use crate::iscsi::login::AuthThrottle;
 use crate::iscsi::session::budget::MemoryBudget;
 use crate::iscsi::session::registry::SessionTable;
 
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     catalog: Arc<Catalog>,
     tuning: Tuning,
     sessions: Mutex<SessionTable<SessionHandle>>,
+    /// Delays for failed CHAP attempts, by initiator name and source address.
+    auth_throttle: Mutex<AuthThrottle>,
     shutdown: CancellationToken,
     /// Write data and unsent Data-In of every session (`Tuning::memory_budget`).
     budget: Arc<MemoryBudget>,
@@ -91,6 +94,7 @@ impl Server {
                 catalog: Arc::new(catalog),
                 tuning: config.tuning.clone(),
                 sessions: Mutex::new(SessionTable::new()),
+                auth_throttle: Mutex::new(AuthThrottle::new()),
                 shutdown: CancellationToken::new(),
                 budget: MemoryBudget::new(config.tuning.memory_budget),
                 pending: Arc::new(Mutex::new(PendingLogins::new(
