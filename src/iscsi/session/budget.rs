@@ -52,10 +52,18 @@ impl MemoryBudget {
     /// all of it once nothing else is held, so it can still run (alone).
     pub fn try_take(self: &Arc<Self>, bytes: u64) -> Option<Hold> {
         let bytes = bytes.min(self.limit);
+        self.try_add(bytes).then(|| Hold {
+            budget: Some(self.clone()),
+            bytes,
+        })
+    }
+
+    /// Counts `bytes` more as used if they fit under the limit.
+    fn try_add(&self, bytes: u64) -> bool {
         let mut used = self.used.load(Ordering::Acquire);
         loop {
             if used.saturating_add(bytes) > self.limit {
-                return None;
+                return false;
             }
             match self.used.compare_exchange_weak(
                 used,
@@ -63,12 +71,7 @@ impl MemoryBudget {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    return Some(Hold {
-                        budget: Some(self.clone()),
-                        bytes,
-                    })
-                }
+                Ok(_) => return true,
                 Err(now) => used = now,
             }
         }
@@ -122,9 +125,35 @@ impl Hold {
         Hold::default()
     }
 
+    /// A hold of nothing yet on `budget`, to grow and shrink with what it covers.
+    pub fn empty(budget: &Arc<MemoryBudget>) -> Hold {
+        Hold {
+            budget: Some(budget.clone()),
+            bytes: 0,
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Takes `bytes` more if they fit; a hold on no budget always grows.
+    pub fn try_grow(&mut self, bytes: u64) -> bool {
+        let fits = self.budget.as_ref().map_or(true, |b| b.try_add(bytes));
+        if fits {
+            self.bytes += bytes;
+        }
+        fits
+    }
+
+    /// Gives `bytes` of the hold back now.
+    pub fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        if let Some(budget) = &self.budget {
+            budget.give_back(bytes);
+        }
     }
 }
 
@@ -204,6 +233,21 @@ mod tests {
         assert_eq!(rest[0], 7);
         drop(rest);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_hold_grows_within_the_limit_and_shrinks() {
+        let b = MemoryBudget::new(10);
+        let mut h = Hold::empty(&b);
+        assert!(h.try_grow(6));
+        assert!(!h.try_grow(5));
+        assert!(h.try_grow(4));
+        h.shrink(7);
+        assert_eq!((h.bytes(), b.used()), (3, 3));
+        drop(h);
+        assert_eq!(b.used(), 0);
+        let mut free = Hold::none();
+        assert!(free.try_grow(1 << 40), "no budget, no limit");
     }
 
     #[test]

@@ -187,8 +187,9 @@ pub struct Session {
     data_in: Arc<MemoryBudget>,
     /// Delivered commands waiting for memory before they run or solicit data, oldest first.
     memory_waiting: VecDeque<u32>,
-    /// Unsolicited bytes held by commands waiting behind a CmdSN gap.
-    gap_bytes: u64,
+    /// Unsolicited bytes held by commands waiting behind a CmdSN gap, as a hold on the
+    /// shared budget (they count there too).
+    gap: budget::Hold,
     /// The latest time the session was given.
     now: Instant,
     /// Some write started waiting for Data-Out since the clock was last read: its wait is
@@ -217,6 +218,10 @@ impl Session {
     pub fn new(opts: SessionOptions, now: Instant) -> Self {
         let p = &opts.params;
         let data_in = MemoryBudget::new(opts.data_in_budget);
+        let gap = opts
+            .shared_budget
+            .as_ref()
+            .map_or_else(budget::Hold::none, budget::Hold::empty);
         Session {
             limits: WriteLimits {
                 immediate_data: p.immediate_data,
@@ -241,7 +246,7 @@ impl Session {
             write_reserved: 0,
             data_in,
             memory_waiting: VecDeque::new(),
-            gap_bytes: 0,
+            gap,
             now,
             stamp_due: false,
         }

@@ -193,10 +193,9 @@ impl Session {
 
     /// Counts `bytes` more held behind a CmdSN gap; past [`MAX_GAP_BYTES`] the session ends.
     fn hold_gap_bytes(&mut self, bytes: u64) {
-        self.gap_bytes += bytes;
-        if self.gap_bytes > MAX_GAP_BYTES {
+        if !self.gap.try_grow(bytes) || self.gap.bytes() > MAX_GAP_BYTES {
             tracing::warn!(
-                held = self.gap_bytes,
+                held = self.gap.bytes(),
                 exp_cmd_sn = self.window.exp_cmd_sn(),
                 "commands behind a CmdSN gap hold too much data"
             );
@@ -210,7 +209,8 @@ impl Session {
             return;
         };
         task.phase = Phase::Collecting;
-        self.gap_bytes -= std::mem::take(&mut task.gap_held);
+        let held = std::mem::take(&mut task.gap_held);
+        self.gap.shrink(held);
         self.advance(itt);
     }
 
@@ -511,7 +511,7 @@ impl Session {
             return;
         };
         self.ids.remove(&task.id);
-        self.gap_bytes -= task.gap_held;
+        self.gap.shrink(task.gap_held);
         match task.phase {
             Phase::Waiting => {
                 if !task.immediate {
