@@ -217,8 +217,7 @@ fn file_lun(dir: &tempfile::TempDir) -> String {
 
 /// Queues `count` READ(16)s of 32 MiB (non-immediate, consecutive CmdSNs) and sends them in
 /// one write; the connection never reads.
-fn never_reading(addr: SocketAddr, count: usize) -> RawConn {
-    let mut conn = RawConn::login_to(addr, IQN, &[]);
+fn send_big_reads(conn: &mut RawConn, count: usize) {
     for _ in 0..count {
         conn.queue_command(
             &read16(0, BIG_READ_BLOCKS),
@@ -229,6 +228,12 @@ fn never_reading(addr: SocketAddr, count: usize) -> RawConn {
         );
     }
     conn.flush().unwrap();
+}
+
+/// A session that sends `count` READ(16)s of 32 MiB and never reads.
+fn never_reading(addr: SocketAddr, count: usize) -> RawConn {
+    let mut conn = RawConn::login_to(addr, IQN, &[]);
+    send_big_reads(&mut conn, count);
     conn
 }
 
@@ -339,9 +344,11 @@ fn short_expected_length_reads_only_what_the_transfer_carries() {
 }
 
 /// Findings 2 and 7: with the CmdSN window full (every slot held by a WRITE whose R2T is never
-/// answered), 8000 immediate WRITEs of 256 KiB of immediate data each are beyond the window:
-/// each is answered with Reject 0x06 (immediate command reject) and none of their data is kept.
-/// The unhardened target lets immediate commands bypass the window and every limit.
+/// answered), 8000 immediate WRITEs of 512 KiB, each carrying its first 256 KiB as immediate
+/// data and never sending the rest, are beyond the window: each is answered with Reject 0x06
+/// (immediate command reject) and none of their data is kept. The unhardened target lets
+/// immediate commands bypass the window and every limit, and holds the immediate data of each
+/// while it waits for the rest (2 GB).
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
 fn immediate_write_flood_beyond_the_window_is_rejected_and_bounded() {
@@ -373,7 +380,8 @@ fn immediate_write_flood_beyond_the_window_is_rejected_and_bounded() {
         s.spawn(|| {
             let data = Bytes::from(vec![0x5a; SEGMENT as usize]);
             for i in 0..FLOOD {
-                flooder.queue_command(&write10(0, 512), Dir::Write, SEGMENT, data.clone(), true);
+                let cdb = write10(0, 1024);
+                flooder.queue_command(&cdb, Dir::Write, 2 * SEGMENT, data.clone(), true);
                 if flooder.queued() >= 4 << 20 || i + 1 == FLOOD {
                     if flooder.flush().is_err() {
                         break;
@@ -420,9 +428,11 @@ fn immediate_write_flood_beyond_the_window_is_rejected_and_bounded() {
         sent, FLOOD,
         "the flood could not be sent (connection dropped or stalled)"
     );
-    assert_eq!(
-        rejected, FLOOD,
-        "every immediate command beyond the full window gets Reject 0x06 \
+    // Should a Data-Out timeout end the window's writes meanwhile, at most a window's worth
+    // of the flood takes their places.
+    assert!(
+        rejected >= FLOOD - depth as usize,
+        "every immediate command beyond the full window gets Reject 0x06: {rejected} did \
          ({completed} completed; other PDUs: {other:?})"
     );
 }
@@ -455,7 +465,13 @@ fn sixteen_never_reading_connections_share_the_global_budget() {
     let target = start(&[&file_lun(&dir)], &[]);
     let pid = target.pid();
     let before = rss_kib(pid);
-    let conns: Vec<RawConn> = (0..16).map(|_| never_reading(target.addr(), 128)).collect();
+    // All sessions first, then the reads at once, so the watch starts as the attack does.
+    let mut conns: Vec<RawConn> = (0..16)
+        .map(|_| RawConn::login_to(target.addr(), IQN, &[]))
+        .collect();
+    for conn in &mut conns {
+        send_big_reads(conn, 128);
+    }
     let (verdict, served) = thread::scope(|s| {
         let watcher = s.spawn(|| watch_target(pid));
         // Let the attack take hold before the ordinary initiator comes.
@@ -549,7 +565,8 @@ fn key_flood() -> Vec<Bytes> {
         ("SessionType", "Normal"),
     ]);
     for i in 0u32.. {
-        let entry = format!("k{i:x}=1\0");
+        // Hex numbers are valid key names that no real key matches; empty values are legal.
+        let entry = format!("{i:x}=\0");
         if all.len() + entry.len() > 64 * 1024 {
             break;
         }
@@ -561,10 +578,10 @@ fn key_flood() -> Vec<Bytes> {
 }
 
 /// Finding 6: four clients keep logging in with 64 KiB of distinct short keys. Parsing is
-/// linear once hardened, so a login's CPU cost is bounded whatever its text: 64 KiB of ~8500
-/// keys is well under a millisecond of parsing and answering; 50 ms per login leaves a wide
-/// margin for a slow machine, and is a tenth of what the quadratic duplicate check costs
-/// (~0.5 s). CPU time is the target's own (utime + stime), not wall time. An ordinary login
+/// linear once hardened, so a login's CPU cost is bounded whatever its text: ~13000 keys in 64
+/// KiB take a few milliseconds to parse and answer (an allocation or two per key); 50 ms per
+/// login leaves a wide margin for a slow machine, and is several times below what the quadratic
+/// duplicate check costs. CPU time is the target's own (utime + stime), not wall time. An ordinary login
 /// meanwhile is still served.
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
