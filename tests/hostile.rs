@@ -230,6 +230,19 @@ fn send_big_reads(conn: &mut RawConn, count: usize) {
     conn.flush().unwrap();
 }
 
+/// One session on a sparse file LUN runs `attack` (sends, never reads); meanwhile the target's
+/// memory must stay bounded.
+fn one_session_bounded(what: &str, attack: impl FnOnce(&mut RawConn)) {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let target = start(&[&file_lun(&dir)], &[]);
+    let before = rss_kib(target.pid());
+    let mut conn = RawConn::login_to(target.addr(), IQN, &[]);
+    attack(&mut conn);
+    let verdict = watch_target(target.pid());
+    assert_bounded(what, before, verdict);
+}
+
 /// A session that sends `count` READ(16)s of 32 MiB and never reads.
 fn never_reading(addr: SocketAddr, count: usize) -> RawConn {
     let mut conn = RawConn::login_to(addr, IQN, &[]);
@@ -265,13 +278,9 @@ fn raw_session_reads_and_an_idle_target_is_small() {
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
 fn never_reading_connection_with_128_large_reads_stays_within_budget() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let target = start(&[&file_lun(&dir)], &[]);
-    let before = rss_kib(target.pid());
-    let _conn = never_reading(target.addr(), 128);
-    let verdict = watch_target(target.pid());
-    assert_bounded("a: 128 x 32 MiB READ, never read", before, verdict);
+    one_session_bounded("a: 128 x 32 MiB READ, never read", |conn| {
+        send_big_reads(conn, 128)
+    });
 }
 
 /// Finding 1: a connection whose socket makes no progress is dropped after the NOP timeout,
@@ -442,17 +451,12 @@ fn immediate_write_flood_beyond_the_window_is_rejected_and_bounded() {
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
 fn immediate_read_flood_never_drained_stays_within_budget() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let target = start(&[&file_lun(&dir)], &[]);
-    let before = rss_kib(target.pid());
-    let mut conn = RawConn::login_to(target.addr(), IQN, &[]);
-    for _ in 0..1000 {
-        conn.queue_command(&read10(0, 2048), Dir::Read, 1 << 20, Bytes::new(), true);
-    }
-    conn.flush().unwrap();
-    let verdict = watch_target(target.pid());
-    assert_bounded("d: 1000 immediate 1 MiB READs, never read", before, verdict);
+    one_session_bounded("d: 1000 immediate 1 MiB READs, never read", |conn| {
+        for _ in 0..1000 {
+            conn.queue_command(&read10(0, 2048), Dir::Read, 1 << 20, Bytes::new(), true);
+        }
+        conn.flush().unwrap();
+    });
 }
 
 /// Findings 1 and 7: sixteen never-reading connections at once share one global budget, and an
@@ -620,15 +624,30 @@ fn login_key_floods_cost_bounded_cpu() {
     );
 }
 
-/// Sends `per_conn` batches made by `fill` on each of `conns`, one thread each, giving up on a
-/// connection whose writes make no progress for 3 s (the target applying backpressure).
-fn flood_all(conns: &mut [RawConn], per_conn: usize, fill: impl Fn(&mut RawConn) + Sync) {
-    thread::scope(|s| {
+/// Starts a target on `lun`, logs in `sessions` raw sessions and sends `batches` batches made by
+/// `fill` on each, one thread per session, giving up on a session whose writes make no
+/// progress for 3 s (the target applying backpressure); meanwhile the target's memory must stay
+/// bounded.
+fn flood_sessions_bounded(
+    what: &str,
+    lun: &str,
+    sessions: usize,
+    batches: usize,
+    fill: impl Fn(&mut RawConn) + Sync,
+) {
+    let _serial = serial();
+    let target = start(&[lun], &[]);
+    let pid = target.pid();
+    let before = rss_kib(pid);
+    let mut conns: Vec<RawConn> = (0..sessions)
+        .map(|_| RawConn::login_to(target.addr(), IQN, &[]))
+        .collect();
+    let verdict = thread::scope(|s| {
         for conn in conns.iter_mut() {
             let fill = &fill;
             s.spawn(move || {
                 conn.set_write_timeout(Some(Duration::from_secs(3)));
-                for _ in 0..per_conn {
+                for _ in 0..batches {
                     fill(conn);
                     if conn.flush().is_err() {
                         break;
@@ -636,7 +655,9 @@ fn flood_all(conns: &mut [RawConn], per_conn: usize, fill: impl Fn(&mut RawConn)
                 }
             });
         }
+        watch_target(pid)
     });
+    assert_bounded(what, before, verdict);
 }
 
 /// Finding 7: sixteen sessions each leave a CmdSN gap (ExpCmdSN never sent) and fill the rest
@@ -645,28 +666,15 @@ fn flood_all(conns: &mut [RawConn], per_conn: usize, fill: impl Fn(&mut RawConn)
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
 fn cmd_sn_gaps_with_immediate_data_stay_within_the_global_budget() {
-    let _serial = serial();
-    let target = start(&["ram:1G"], &[]);
-    let pid = target.pid();
-    let before = rss_kib(pid);
-    let mut conns: Vec<RawConn> = (0..16)
-        .map(|_| RawConn::login_to(target.addr(), IQN, &[]))
-        .collect();
     let data = Bytes::from(vec![0x6b; SEGMENT as usize]);
-    let verdict = thread::scope(|s| {
-        s.spawn(|| {
-            flood_all(&mut conns, 1, |conn| {
-                // Skip ExpCmdSN, then one WRITE for every other CmdSN of the window.
-                let last = conn.max_cmd_sn;
-                conn.cmd_sn = conn.cmd_sn.wrapping_add(1);
-                while conn.cmd_sn.wrapping_sub(last) as i32 <= 0 {
-                    conn.queue_command(&write10(0, 512), Dir::Write, SEGMENT, data.clone(), false);
-                }
-            })
-        });
-        watch_target(pid)
+    flood_sessions_bounded("h: 16 sessions with a CmdSN gap", "ram:1G", 16, 1, |conn| {
+        // Skip ExpCmdSN, then one WRITE for every other CmdSN of the window.
+        let last = conn.max_cmd_sn;
+        conn.cmd_sn = conn.cmd_sn.wrapping_add(1);
+        while conn.cmd_sn.wrapping_sub(last) as i32 <= 0 {
+            conn.queue_command(&write10(0, 512), Dir::Write, SEGMENT, data.clone(), false);
+        }
     });
-    assert_bounded("h: 16 sessions with a CmdSN gap", before, verdict);
 }
 
 /// Finding 7: eight sessions send immediate NOP-Out pings with 256 KiB of ping data and never
@@ -674,29 +682,18 @@ fn cmd_sn_gaps_with_immediate_data_stay_within_the_global_budget() {
 #[test]
 #[ignore = "needs the lead's hardening (issue 10, branch mem)"]
 fn unread_ping_echoes_stay_within_the_global_budget() {
-    let _serial = serial();
-    let target = start(&["ram:64M"], &[]);
-    let pid = target.pid();
-    let before = rss_kib(pid);
-    let mut conns: Vec<RawConn> = (0..8)
-        .map(|_| RawConn::login_to(target.addr(), IQN, &[]))
-        .collect();
     let data = Bytes::from(vec![0x70; SEGMENT as usize]);
-    let verdict = thread::scope(|s| {
-        s.spawn(|| {
-            // 64 batches of 16 pings: 256 MiB per session if the target kept reading.
-            flood_all(&mut conns, 64, |conn| {
-                for _ in 0..16 {
-                    conn.queue_ping(data.clone());
-                }
-            })
-        });
-        watch_target(pid)
-    });
-    assert_bounded(
+    // 64 batches of 16 pings: 256 MiB per session if the target kept reading.
+    flood_sessions_bounded(
         "h: 8 sessions of unread 256 KiB ping echoes",
-        before,
-        verdict,
+        "ram:64M",
+        8,
+        64,
+        |conn| {
+            for _ in 0..16 {
+                conn.queue_ping(data.clone());
+            }
+        },
     );
 }
 
