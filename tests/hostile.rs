@@ -185,20 +185,25 @@ fn assert_bounded(what: &str, before_kib: u64, v: MemoryVerdict) {
 /// An ordinary initiator from [`NORMAL_SOURCE`]: connects, logs in, reads 4 KiB of LUN 0 and
 /// logs out within [`LIVENESS`]. Returns how long it took.
 fn normal_initiator(addr: SocketAddr) -> Result<Duration, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let started = Instant::now();
-    rt.block_on(async {
-        tokio::time::timeout(LIVENESS, async {
-            let mut init = Initiator::connect_from(addr, NORMAL_SOURCE).await;
-            init.login_normal(IQN, &LoginKeys::default()).await;
-            assert_eq!(init.read10(0, 0, 8).await.len(), 4096);
-            init.logout().await;
+    // A refused connection or login panics in the initiator; report it like a timeout, so a
+    // test can first give its verdict on memory (a target killed for its memory refuses).
+    std::panic::catch_unwind(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(LIVENESS, async {
+                let mut init = Initiator::connect_from(addr, NORMAL_SOURCE).await;
+                init.login_normal(IQN, &LoginKeys::default()).await;
+                assert_eq!(init.read10(0, 0, 8).await.len(), 4096);
+                init.logout().await;
+            })
+            .await
         })
-        .await
     })
+    .map_err(|_| "the ordinary initiator failed (see the panic above)".to_string())?
     .map(|()| started.elapsed())
     .map_err(|_| format!("an ordinary initiator was not served within {LIVENESS:?}"))
 }
