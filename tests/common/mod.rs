@@ -135,7 +135,18 @@ fn parse_text(data: &[u8]) -> Vec<(String, String)> {
 
 impl Initiator {
     pub async fn connect(addr: SocketAddr) -> Initiator {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Connects to `addr` from the loopback address `local` (e.g. 127.0.0.2), so the target
+    /// sees a source address other than the one attack connections come from.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Initiator {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        Self::over(socket.connect(addr).await.unwrap())
+    }
+
+    fn over(stream: TcpStream) -> Initiator {
         stream.set_nodelay(true).unwrap();
         Initiator {
             stream,

@@ -78,9 +78,20 @@ impl Target {
     /// may grab the port between our probe and the target's bind (the machine is shared), so
     /// a target that exits at once is retried on another port.
     pub fn start_with(args_for: impl Fn(u16) -> Vec<String>) -> Target {
+        Self::start_adjusted(args_for, |_| {})
+    }
+
+    /// Like [`Target::start_with`], letting `adjust` change the command before each spawn
+    /// (resource limits, environment).
+    pub fn start_adjusted(
+        args_for: impl Fn(u16) -> Vec<String>,
+        adjust: impl Fn(&mut Command),
+    ) -> Target {
         for _ in 0..5 {
             let port = free_port();
-            let mut child = binary()
+            let mut cmd = binary();
+            adjust(&mut cmd);
+            let mut child = cmd
                 .args(args_for(port))
                 .args(["--log-level", "warn"])
                 .stdout(Stdio::null())
@@ -104,6 +115,11 @@ impl Target {
             let _ = child.wait();
         }
         panic!("the target did not start listening");
+    }
+
+    /// The process id, to read its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The portal address.
