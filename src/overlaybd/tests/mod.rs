@@ -8,6 +8,7 @@ mod durability;
 mod examples;
 mod fixture;
 mod model;
+mod power_loss;
 
 use std::path::Path;
 use std::sync::Arc;
