@@ -291,6 +291,7 @@ impl WritableLayer {
                  the data file were dropped (writes never made durable by a flush)"
             );
         }
+        warn_if_mostly_garbage(&map, dsize, index_header.virtual_size, &dname);
         // A torn final data write may leave a partial sector; the next append starts aligned.
         let data_end = dsize
             .div_ceil(SECTOR)
@@ -372,6 +373,11 @@ impl WritableLayer {
     /// Current virtual size in bytes (grows in memory when a write extends past it, §6.2).
     pub fn virtual_size(&self) -> u64 {
         self.inner.vsize.load(Ordering::Acquire)
+    }
+
+    /// True for a sparse layer (§7: data in place, bounded by the virtual size).
+    pub fn is_sparse(&self) -> bool {
+        self.inner.sparse
     }
 
     /// Path of the data file.
@@ -659,6 +665,31 @@ fn dropped_summary(index: &File, name: &str, first: u64, n: u64) -> LsmtResult<S
         text.push_str(&format!(" and {} more records", n - first - count));
     }
     Ok(text)
+}
+
+/// Overwritten bytes in an append layer's data file above which opening it warns.
+const GARBAGE_WARN_BYTES: u64 = 64 << 20;
+
+/// Warns when an append layer's data file holds more overwritten bytes than its virtual size
+/// (and more than [`GARBAGE_WARN_BYTES`]): such layers grow without bound under overwrites and
+/// are only shrunk by committing them, which an operator should know before the disk fills.
+fn warn_if_mostly_garbage(map: &WritableIndex, dsize: u64, vsize: u64, name: &str) {
+    let live: u64 = map
+        .records()
+        .iter()
+        .filter(|r| !r.zeroed)
+        .map(|r| u64::from(r.length) * SECTOR)
+        .sum();
+    let garbage = dsize.saturating_sub(HEADER_SIZE as u64 + live);
+    if garbage > vsize.max(GARBAGE_WARN_BYTES) {
+        tracing::warn!(
+            layer = %name,
+            data_bytes = dsize,
+            live_bytes = live,
+            "append-only writable layer: most of its data file is overwritten data, and it grows \
+             with every overwrite; commit it (or use a sparse layer) to bound its size"
+        );
+    }
 }
 
 /// Refuses ranges that cannot be expressed in index records.

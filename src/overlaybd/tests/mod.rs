@@ -2,6 +2,7 @@
 //! plain byte model (live, reopened, committed, stacked), the spec's worked examples end to end,
 //! corruption handling, durability, the image block device, and the real ext4_64 fixture.
 
+mod bounded;
 mod corruption;
 mod device;
 mod durability;
