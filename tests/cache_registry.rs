@@ -887,11 +887,7 @@ async fn credential_service_mode_supplies_basic_credentials() {
 
 #[tokio::test]
 async fn oversized_or_malformed_token_answers_are_clean_errors() {
-    for (name, body) in [
-        ("huge", vec![b'x'; 2 << 20]),
-        ("not json", b"<html>".to_vec()),
-        ("no token", br#"{"expires_in": 5}"#.to_vec()),
-    ] {
+    for (name, body) in [("huge", vec![b'x'; 2 << 20]), ("not json", b"<html>".to_vec()), ("no token", br#"{"expires_in": 5}"#.to_vec())] {
         let realm = Arc::new(parking_lot::Mutex::new(String::new()));
         let server = TestServer::start({
             let (realm, body) = (Arc::clone(&realm), body.clone());
@@ -899,19 +895,13 @@ async fn oversized_or_malformed_token_answers_are_clean_errors() {
                 if req.target.starts_with("/token") {
                     return Reply::new(200, &[], body.clone());
                 }
-                let challenge = format!(
-                    r#"Bearer realm="{}",service="s",scope="repository:team/app:pull""#,
-                    realm.lock()
-                );
+                let challenge = format!(r#"Bearer realm="{}",service="s",scope="repository:team/app:pull""#, realm.lock());
                 Reply::new(401, &[("WWW-Authenticate", &challenge)], "")
             }
         })
         .await;
         *realm.lock() = format!("{}/token", server.url());
-        let err = client(CredentialStore::anonymous())
-            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None)
-            .await
-            .unwrap_err();
+        let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{name}: {err}");
         assert!(err.to_string().contains("token"), "{name}: {err}");
     }
@@ -919,24 +909,12 @@ async fn oversized_or_malformed_token_answers_are_clean_errors() {
 
 #[tokio::test]
 async fn redirect_loops_and_odd_locations_are_clean_errors() {
-    let looping =
-        TestServer::start(|req| Reply::new(302, &[("Location", req.target.as_str())], "")).await;
-    let err = client(CredentialStore::anonymous())
-        .open_blob(&format!("{}{REPO}", looping.url()), "sha256:ab", None)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("more than 5 redirects (after 1 attempts)"),
-        "not retried: {err}"
-    );
+    let looping = TestServer::start(|req| Reply::new(302, &[("Location", req.target.as_str())], "")).await;
+    let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", looping.url()), "sha256:ab", None).await.unwrap_err();
+    assert!(err.to_string().contains("more than 5 redirects (after 1 attempts)"), "not retried: {err}");
     for location in ["file:///etc/passwd", "http://[::1"] {
-        let server =
-            TestServer::start(move |_| Reply::new(307, &[("Location", location)], "")).await;
-        let err = client(CredentialStore::anonymous())
-            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None)
-            .await
-            .unwrap_err();
+        let server = TestServer::start(move |_| Reply::new(307, &[("Location", location)], "")).await;
+        let err = client(CredentialStore::anonymous()).open_blob(&format!("{}{REPO}", server.url()), "sha256:ab", None).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{location}: {err}");
     }
 }

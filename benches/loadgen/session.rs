@@ -418,14 +418,7 @@ impl Session {
 
     /// Sends READ(16) or WRITE(16) of `len` bytes at `lba`; a write carries what it may as
     /// immediate data and the rest follows R2Ts.
-    fn issue(
-        &mut self,
-        itt: u32,
-        write: bool,
-        lba: u64,
-        len: u32,
-        payload: &Bytes,
-    ) -> io::Result<()> {
+    fn issue(&mut self, itt: u32, write: bool, lba: u64, len: u32, payload: &Bytes) -> io::Result<()> {
         let mut cdb = [0u8; 16];
         cdb[0] = if write { 0x8a } else { 0x88 };
         cdb[2..10].copy_from_slice(&lba.to_be_bytes());
@@ -439,11 +432,7 @@ impl Session {
     }
 
     /// Sends the Data-Out PDUs an R2T asks for.
-    fn answer_r2t(
-        &mut self,
-        r: &overlaybd_target::iscsi::pdu::R2t,
-        payload: &Bytes,
-    ) -> io::Result<()> {
+    fn answer_r2t(&mut self, r: &overlaybd_target::iscsi::pdu::R2t, payload: &Bytes) -> io::Result<()> {
         let start = r.buffer_offset as usize;
         let end = start
             .checked_add(r.desired_length as usize)

@@ -474,9 +474,7 @@ mod tests {
     /// A source of `len` bytes where byte `i` is `i % 251`, so misplaced bytes show.
     fn pattern_source(len: usize) -> Arc<dyn LayerSource> {
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        Arc::new(crate::cache::bytes_source::BytesSource::new(
-            bytes, "pattern",
-        ))
+        Arc::new(crate::cache::bytes_source::BytesSource::new(bytes, "pattern"))
     }
 
     /// What `read_extents` must return: data sectors copied from the pattern at their moffset,
@@ -504,25 +502,9 @@ mod tests {
             // One run after a hole and before a hole (the single-read path, then zeros).
             (0, 16, vec![Record::data(3, 5, 30)]),
             // Two records joined into one run, then a zeroed record.
-            (
-                0,
-                12,
-                vec![
-                    Record::data(0, 4, 8),
-                    Record::data(4, 4, 12),
-                    Record::zeroed(8, 4, 0),
-                ],
-            ),
+            (0, 12, vec![Record::data(0, 4, 8), Record::data(4, 4, 12), Record::zeroed(8, 4, 0)]),
             // Several runs (the concurrent path).
-            (
-                2,
-                20,
-                vec![
-                    Record::data(2, 3, 40),
-                    Record::data(9, 2, 1),
-                    Record::data(15, 7, 50),
-                ],
-            ),
+            (2, 20, vec![Record::data(2, 3, 40), Record::data(9, 2, 1), Record::data(15, 7, 50)]),
             // Nothing mapped, or only zeroed records (static zeros up to 1 MiB, a buffer beyond).
             (0, 4, vec![]),
             (8, 2048, vec![Record::zeroed(8, 100, 0)]),

@@ -17,10 +17,7 @@ pub use credentials::{CredentialStore, Credentials};
 pub const MAX_JSON_BODY: usize = 1 << 20;
 
 /// Reads a whole answer body of at most `limit` bytes; a longer one is an error.
-pub async fn read_limited(
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<bytes::Bytes, String> {
+pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<bytes::Bytes, String> {
     if resp.content_length().is_some_and(|l| l > limit as u64) {
         return Err(format!("answer larger than {limit} bytes"));
     }

@@ -165,11 +165,7 @@ mod tests {
                 digests: knob,
                 ..Tuning::default()
             });
-            assert_eq!(
-                (s.header_digest, s.data_digest),
-                (policy, policy),
-                "{knob:?}"
-            );
+            assert_eq!((s.header_digest, s.data_digest), (policy, policy), "{knob:?}");
         }
     }
 }

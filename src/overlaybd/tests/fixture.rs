@@ -1,6 +1,7 @@
 //! The real `ext4_64` base layer made by the original C++ tools (fixtures/README.md,
 //! lsmt.md §5.4): layout, index, metadata and the contents of the virtual disk.
 
+
 use sha2::{Digest, Sha256};
 
 use crate::overlaybd::commit::{write_commit, CommitOptions, CommitSource};

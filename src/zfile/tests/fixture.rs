@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use crate::cache::file::FileSource;
 use crate::cache::LayerSource;
-use crate::test_fixtures::fixture;
 use crate::zfile::header::{flag, parse_header, parse_trailer, STRUCT_SIZE};
 use crate::zfile::tar::build;
 use crate::zfile::{open_payload, Algorithm, BlobFormat, ZFileReader};
+use crate::test_fixtures::fixture;
 
 const FILE_SIZE: u64 = 4_737_695;
 const BLOCKS: u64 = 132_309;
