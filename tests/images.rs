@@ -394,12 +394,21 @@ fn writable_image_lun_keeps_writes_across_restarts_and_commits() {
     let base_uuid = field(&obd(&[&"inspect", &p(d, "l0.obd")]), "lsmt.uuid");
     let (data, index) = (p(d, "upper.data"), p(d, "upper.index"));
     obd(&[&"create", &"-u", &base_uuid, &data, &index, &"64M"]);
+    // The default is the sparse layout (bounded on disk): an empty index file.
     let upper = obd(&[&"inspect", &data]);
-    assert_eq!(field(&upper, "lsmt.kind"), "writable data");
+    assert_eq!(field(&upper, "lsmt.kind"), "writable data (sparse)");
     assert_eq!(field(&upper, "lsmt.parent_uuid"), base_uuid);
     assert_eq!(field(&upper, "lsmt.virtual_size"), FS_SIZE.to_string());
+    assert_eq!(std::fs::metadata(&index).unwrap().len(), 0);
+    // `--append` makes the reference's default append-only layout.
+    let (adata, aindex) = (p(d, "append.data"), p(d, "append.index"));
+    obd(&[&"create", &"--append", &adata, &aindex, &"64M"]);
     assert_eq!(
-        field(&obd(&[&"inspect", &index]), "lsmt.kind"),
+        field(&obd(&[&"inspect", &adata]), "lsmt.kind"),
+        "writable data"
+    );
+    assert_eq!(
+        field(&obd(&[&"inspect", &aindex]), "lsmt.kind"),
         "writable index"
     );
     let mut config: serde_json::Value =
@@ -671,6 +680,14 @@ fn zfile_round_trips_and_tools_refuse_bad_inputs_clearly() {
             .arg("1000"),
     );
     assert!(err.contains("multiple of 512"), "{err}");
+    let err = run_fails(
+        binary()
+            .args(["create", "-s", "--append"])
+            .arg(p(d, "d"))
+            .arg(p(d, "i"))
+            .arg("1M"),
+    );
+    assert!(err.contains("--append"), "{err}");
     // The server refuses a LUN whose image cannot be opened, naming it.
     let err = run_fails(
         binary()

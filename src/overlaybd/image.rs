@@ -336,7 +336,32 @@ impl BlockDevice for Image {
     async fn unmap(&self, offset: u64, len: u64) -> BlockResult<()> {
         let upper = self.writable()?;
         self.check_range(offset, len)?;
-        Ok(upper.discard(offset, len).await?)
+        if !upper.is_sparse() || offset % SECTOR != 0 || len % SECTOR != 0 {
+            // Misaligned ranges get the layer's own error.
+            return Ok(upper.discard(offset, len).await?);
+        }
+        // A sparse layer forgets its discards when reopened: its holes show the lower layers
+        // again (§7). Where a lower layer has data the range is overwritten with zeros instead,
+        // in place, so the layer stays bounded and the range keeps reading as zeros (LBPRZ);
+        // elsewhere the hole is punched.
+        let (start, end) = (offset / SECTOR, (offset + len) / SECTOR);
+        let mut cur = start;
+        for r in self.stack.lookup(start, end - start) {
+            if r.zeroed {
+                continue;
+            }
+            if r.offset > cur {
+                upper
+                    .discard(cur * SECTOR, (r.offset - cur) * SECTOR)
+                    .await?;
+            }
+            write_zeros(upper, r.offset * SECTOR, u64::from(r.length) * SECTOR).await?;
+            cur = r.end();
+        }
+        if cur < end {
+            upper.discard(cur * SECTOR, (end - cur) * SECTOR).await?;
+        }
+        Ok(())
     }
 
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
@@ -356,6 +381,23 @@ impl BlockDevice for Image {
             len: run * SECTOR,
         })
     }
+}
+
+/// Zeros for [`write_zeros`]; zero-initialised, so it costs no space in the binary.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Writes `len` zero bytes at `offset` of `upper`, at most 1 MiB per write.
+async fn write_zeros(upper: &WritableLayer, offset: u64, len: u64) -> LsmtResult<()> {
+    let mut done = 0;
+    while done < len {
+        // At most 1 MiB, so the cast is lossless.
+        let n = (len - done).min(ZEROS.len() as u64) as usize;
+        upper
+            .write(offset + done, Bytes::from_static(&ZEROS[..n]))
+            .await?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// State at `start` and how many sectors keep it, within `window` sectors: data extents are

@@ -1,15 +1,54 @@
 //! A writable layer: a data file and an index file (spec `lsmt.md` §6, §7).
 //!
-//! Writes append their bytes to the data file and a record to the index file; discards append
-//! a zeroed record. Nothing already written is ever modified, so a reader that looked up a
-//! record before a concurrent overwrite still reads consistent (older) bytes.
+//! Append layers (`lsmt.md` §6): writes append their bytes to the data file and a record to the
+//! index file; discards append a zeroed record. Nothing already written is ever modified, so a
+//! reader that looked up a record before a concurrent overwrite still reads consistent (older)
+//! bytes. The price is that every overwrite grows the data file: an append layer is unbounded.
 //!
-//! Sparse layers (`overlaybd-create -s`, §7) store data in place instead and keep no log;
-//! their index is rebuilt from the data file's allocation map on open.
+//! Sparse layers (`overlaybd-create -s`, §7; what our `create` makes by default) store data in
+//! place at `4096 + offset` and keep no log, so the data file never exceeds its virtual size
+//! plus the 4 KiB header, whatever the overwrite pattern; their index is rebuilt from the data
+//! file's allocation map on open.
 //!
-//! Durability: [`WritableLayer::flush`] fdatasyncs the data file, then the index file. After it
-//! returns, every acknowledged write and discard survives a crash: reopening replays the index
-//! log, whose records all point at data that reached the disk first.
+//! # Durability and crash recovery (append layers)
+//!
+//! Write order: a write holds the tail lock while it `pwrite`s its data at the data file's end
+//! and then appends its record to the index log, so data positions grow with log order and a
+//! record is written only after the data it points at. [`WritableLayer::flush`] (SYNCHRONIZE
+//! CACHE, and every FUA write, see `Image::write`) fdatasyncs the data file, then the index
+//! file.
+//!
+//! Claim: after a crash, reopening loses no write or discard that completed before a flush (or
+//! a FUA write) began. Proof: let R be the record of such a write and `F` the flush. R's data
+//! was written before R, and R before `F` started, so `F`'s fdatasync of the data file made
+//! that data durable together with a data-file size D ≥ R's mapped end; its fdatasync of the
+//! index file then made R and every record before it in the log durable. Records before R were
+//! appended earlier, so (positions grow with log order) their data ends are ≤ R's, hence ≤ D.
+//! Recovery keeps the longest prefix of the log whose records all map inside the data file, so
+//! it keeps R and everything before it. ∎
+//!
+//! Recovery on open: replay stops at the first record whose mapped range is not inside the
+//! data file (for a zeroed record: whose moffset, the data-file size when it was logged, lies
+//! past the end). Such a record is the ordinary outcome of a crash where the index tail reached
+//! the disk but the data tail did not (delayed allocation writes them back independently), or
+//! of an index page that never reached the disk and reads as zeros. Every record after it was
+//! logged later, so it maps at or past the same point and is not durable either: it is dropped
+//! too, as is a torn final record (a partial 16-byte record at the file's end). Open then
+//! truncates the index file to the kept prefix and fdatasyncs it before anything is appended,
+//! with a `warn` naming the layer, the counts and the dropped sector ranges. The truncation
+//! matters: without it a new record would land after (or over the head of) the dropped ones,
+//! and once new data grew the data file past their moffsets the next open would replay stale
+//! records as valid. Data bytes past the last kept record are left alone; the next append
+//! starts at the data file's end rounded up to a sector.
+//!
+//! What is not promised: a write that completed after the last flush began may be kept or
+//! dropped, and only together with every write logged after it (recovery yields the state
+//! after some prefix of the operations). If the file system exposes a data-file size whose
+//! last blocks were never written (not ext4 `data=ordered` or XFS), such a non-flushed write
+//! can read back as zeros instead.
+//!
+//! Sparse layers: [`WritableLayer::flush`] fdatasyncs the data file, which makes the written
+//! data and the allocation map (its index) durable together; there is no log to recover.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -224,20 +263,40 @@ impl WritableLayer {
         let mut done = 0u64;
         while done < n {
             let count = (n - done).min(REPLAY_CHUNK);
-            // count ≤ 65536 records, so the buffer is at most 1 MiB.
-            let mut buf = vec![0u8; (count as usize) * RECORD_SIZE];
-            index
-                .read_exact_at(&mut buf, INDEX_FILE_OFFSET + done * RECORD_SIZE as u64)
-                .map_err(|e| LsmtError::io(&iname, e))?;
-            replay_records(&mut map, &buf, dsize, &iname)?;
-            done += count;
+            let buf = read_records(&index, &iname, done, count)?;
+            let replay = replay_records(&mut map, &buf, dsize);
+            done += replay.applied;
+            if replay.stopped.is_some() {
+                break;
+            }
         }
+        // Everything after the consistent prefix (records whose data never reached the disk,
+        // and a torn final record) is cut off before anything new is appended (module doc).
+        let index_end = INDEX_FILE_OFFSET + done * RECORD_SIZE as u64;
+        if isize > index_end {
+            let dropped = dropped_summary(&index, &iname, done, n)?;
+            index
+                .set_len(index_end)
+                .and_then(|()| index.sync_data())
+                .map_err(|e| LsmtError::io(&iname, e))?;
+            tracing::warn!(
+                layer = %iname,
+                data_file = %dname,
+                data_bytes = dsize,
+                kept_records = done,
+                dropped_records = n - done,
+                dropped_index_bytes = format_args!("{index_end}..{isize}"),
+                dropped_sectors = %dropped,
+                "writable layer recovered after a crash: index records whose data is not in \
+                 the data file were dropped (writes never made durable by a flush)"
+            );
+        }
+        warn_if_mostly_garbage(&map, dsize, index_header.virtual_size, &dname);
         // A torn final data write may leave a partial sector; the next append starts aligned.
         let data_end = dsize
             .div_ceil(SECTOR)
             .saturating_mul(SECTOR)
             .max(HEADER_SIZE as u64);
-        let index_end = INDEX_FILE_OFFSET + n * RECORD_SIZE as u64;
         let state = State {
             vsize: index_header.virtual_size,
             header,
@@ -314,6 +373,11 @@ impl WritableLayer {
     /// Current virtual size in bytes (grows in memory when a write extends past it, §6.2).
     pub fn virtual_size(&self) -> u64 {
         self.inner.vsize.load(Ordering::Acquire)
+    }
+
+    /// True for a sparse layer (§7: data in place, bounded by the virtual size).
+    pub fn is_sparse(&self) -> bool {
+        self.inner.sparse
     }
 
     /// Path of the data file.
@@ -531,29 +595,101 @@ fn check_index_header(h: &Header, file: &str) -> LsmtResult<()> {
     Ok(())
 }
 
-/// Replays a run of index-log records into `map` (§6.5 steps 4–6): padding is dropped, tags
-/// reset, and every record is checked against the data file size `data_size` before insertion.
-pub fn replay_records(
-    map: &mut WritableIndex,
-    bytes: &[u8],
-    data_size: u64,
-    file: &str,
-) -> LsmtResult<()> {
+/// How far [`replay_records`] got through a run of index-log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// Whole 16-byte records consumed (padding included) before stopping.
+    pub applied: u64,
+    /// The first record whose mapped range is not inside the data file, where replay stopped.
+    pub stopped: Option<Record>,
+}
+
+/// Replays a run of index-log records into `map` (§6.5 steps 4–6): padding is dropped and tags
+/// reset. Replay stops at the first record whose mapped range is not inside a data file of
+/// `data_size` bytes: that record and everything after it were appended after data that never
+/// reached the disk (module doc), so the records applied are the log's consistent prefix. A
+/// trailing partial record is not consumed.
+pub fn replay_records(map: &mut WritableIndex, bytes: &[u8], data_size: u64) -> Replay {
     let data_end = data_size / SECTOR;
-    for r in decode_records(bytes) {
-        let r = r.with_tag(0);
-        if !r.mapped_within(DATA_START_SECTOR, data_end) {
-            return Err(LsmtError::corrupt(
-                file,
-                format!(
-                    "index record (offset {}, length {}, moffset {}) points outside the data file of {data_end} sectors",
-                    r.offset, r.length, r.moffset
-                ),
-            ));
+    let mut applied = 0u64;
+    for chunk in bytes.chunks_exact(RECORD_SIZE) {
+        // chunks_exact yields exactly RECORD_SIZE bytes.
+        let r = Record::decode(chunk.try_into().expect("record-sized chunk")).with_tag(0);
+        if !r.is_padding() {
+            if !r.mapped_within(DATA_START_SECTOR, data_end) {
+                return Replay {
+                    applied,
+                    stopped: Some(r),
+                };
+            }
+            map.insert(r);
         }
-        map.insert(r);
+        applied += 1;
     }
-    Ok(())
+    Replay {
+        applied,
+        stopped: None,
+    }
+}
+
+/// Reads `count` (≤ [`REPLAY_CHUNK`]) records of an index file starting at record `first`.
+fn read_records(index: &File, name: &str, first: u64, count: u64) -> LsmtResult<Vec<u8>> {
+    // count ≤ 65536 records, so the buffer is at most 1 MiB.
+    let mut buf = vec![0u8; (count as usize) * RECORD_SIZE];
+    index
+        .read_exact_at(&mut buf, INDEX_FILE_OFFSET + first * RECORD_SIZE as u64)
+        .map_err(|e| LsmtError::io(name, e))?;
+    Ok(buf)
+}
+
+/// Logical sector ranges named in a recovery warning; the rest are only counted.
+const DROPPED_RANGES_SHOWN: u64 = 8;
+
+/// The logical sector ranges of the first records of `first..n` (the ones recovery drops), as
+/// text for the warning; the rest are only counted, so a huge dropped tail is not read.
+fn dropped_summary(index: &File, name: &str, first: u64, n: u64) -> LsmtResult<String> {
+    let count = (n - first).min(DROPPED_RANGES_SHOWN);
+    let shown: Vec<String> = decode_records(&read_records(index, name, first, count)?)
+        .iter()
+        .map(|r| {
+            let kind = if r.zeroed { "discard" } else { "write" };
+            format!("{kind} of sectors {}+{}", r.offset, r.length)
+        })
+        .collect();
+    let mut text = if count == 0 {
+        "none (only a torn record)".to_string()
+    } else {
+        shown.join(", ")
+    };
+    if n - first > count {
+        text.push_str(&format!(" and {} more records", n - first - count));
+    }
+    Ok(text)
+}
+
+/// Overwritten bytes in an append layer's data file above which opening it warns.
+const GARBAGE_WARN_BYTES: u64 = 64 << 20;
+
+/// Warns when an append layer's data file holds more overwritten bytes than its virtual size
+/// (and more than [`GARBAGE_WARN_BYTES`]): such layers grow without bound under overwrites and
+/// are only shrunk by committing them, which an operator should know before the disk fills.
+fn warn_if_mostly_garbage(map: &WritableIndex, dsize: u64, vsize: u64, name: &str) {
+    let live: u64 = map
+        .records()
+        .iter()
+        .filter(|r| !r.zeroed)
+        .map(|r| u64::from(r.length) * SECTOR)
+        .sum();
+    let garbage = dsize.saturating_sub(HEADER_SIZE as u64 + live);
+    if garbage > vsize.max(GARBAGE_WARN_BYTES) {
+        tracing::warn!(
+            layer = %name,
+            data_bytes = dsize,
+            live_bytes = live,
+            "append-only writable layer: most of its data file is overwritten data, and it grows \
+             with every overwrite; commit it (or use a sparse layer) to bound its size"
+        );
+    }
 }
 
 /// Refuses ranges that cannot be expressed in index records.

@@ -2,12 +2,14 @@
 //! plain byte model (live, reopened, committed, stacked), the spec's worked examples end to end,
 //! corruption handling, durability, the image block device, and the real ext4_64 fixture.
 
+mod bounded;
 mod corruption;
 mod device;
 mod durability;
 mod examples;
 mod fixture;
 mod model;
+mod power_loss;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,190 @@
+//! Writable layers made by our `create` stay within their virtual size plus a bounded overhead
+//! on disk under any overwrite pattern (issue 10, finding 8), and read back like a model.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use super::*;
+use crate::overlaybd::LocalOpener;
+use crate::tools::create::{run as create_tool, CreateArgs};
+
+const VSIZE: u64 = 8 << 20;
+/// Allowance over `VSIZE` + header for file-system metadata counted in `st_blocks` (extent
+/// blocks of a fragmented file); the append layout exceeds it many times over.
+const SLACK: u64 = 1 << 20;
+
+/// Runs our `create` with its default options.
+fn create_default(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (data, index) = (
+        dir.join(format!("{name}.data")),
+        dir.join(format!("{name}.index")),
+    );
+    create_tool(CreateArgs {
+        data: data.clone(),
+        index: index.clone(),
+        size: VSIZE.to_string(),
+        parent_uuid: None,
+        uuid: None,
+        sparse: false,
+        append: false,
+    })
+    .unwrap();
+    (data, index)
+}
+
+/// Asserts the two files together use at most `VSIZE` + header + [`SLACK`], in length and in
+/// allocated blocks.
+fn assert_bounded(data: &Path, index: &Path, when: &str) {
+    let (d, i) = (
+        std::fs::metadata(data).unwrap(),
+        std::fs::metadata(index).unwrap(),
+    );
+    let limit = VSIZE + HEADER_SIZE as u64 + SLACK;
+    assert!(
+        d.len() + i.len() <= limit,
+        "{when}: files are {} + {} bytes long, limit {limit}",
+        d.len(),
+        i.len()
+    );
+    let used = (d.blocks() + i.blocks()) * 512;
+    assert!(
+        used <= limit,
+        "{when}: {used} bytes allocated, limit {limit}"
+    );
+}
+
+/// A random 4 KiB-aligned range of 4..=64 KiB inside the disk.
+fn random_range(rng: &mut StdRng) -> (u64, u64) {
+    let len = rng.gen_range(1..=16u64) * 4096;
+    let at = rng.gen_range(0..=(VSIZE - len) / 4096) * 4096;
+    (at, len)
+}
+
+/// A random write (`Some` bytes) or discard (`None`, when `discard`) of a random range, applied
+/// to `model`; returns `(offset, length, bytes)`.
+fn random_op(rng: &mut StdRng, discard: bool, model: &mut [u8]) -> (u64, u64, Option<Bytes>) {
+    let (at, len) = random_range(rng);
+    let range = at as usize..(at + len) as usize;
+    if discard {
+        model[range].fill(0);
+        return (at, len, None);
+    }
+    let bytes = pattern(len / S, rng.gen());
+    model[range].copy_from_slice(&bytes);
+    (at, len, Some(Bytes::from(bytes)))
+}
+
+/// Same-block and random overwrites (several thousand, 4–64 KiB) on a layer made by `create`.
+#[tokio::test]
+async fn create_default_layer_stays_bounded_under_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, index) = create_default(dir.path(), "w");
+    let layer = WritableLayer::open(&data, &index).unwrap();
+    let mut model = vec![0u8; VSIZE as usize];
+    let mut rng = StdRng::seed_from_u64(8);
+    // The same 64 KiB, over and over.
+    for i in 0..1500u32 {
+        let bytes = pattern(128, i as u8);
+        layer
+            .write(64 << 10, Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        model[64 << 10..128 << 10].copy_from_slice(&bytes);
+    }
+    assert_bounded(&data, &index, "same-block overwrites");
+    // Random ranges, with a discard now and then.
+    for i in 0..3000u32 {
+        match random_op(&mut rng, i % 10 == 9, &mut model) {
+            (at, len, None) => layer.discard(at, len).await.unwrap(),
+            (at, _, Some(bytes)) => layer.write(at, bytes).await.unwrap(),
+        }
+    }
+    assert_bounded(&data, &index, "random overwrites");
+    assert!(layer.read(0, VSIZE as usize).await.unwrap() == model);
+    layer.flush().await.unwrap();
+    drop(layer);
+    let layer = WritableLayer::open(&data, &index).unwrap();
+    assert!(layer.read(0, VSIZE as usize).await.unwrap() == model);
+}
+
+/// An image config whose `upper` was made by `create`, on a lower with data: writes (some FUA)
+/// and unmaps through the block device stay bounded, and unmapped ranges read as zeros also
+/// after the image is reopened (the sparse layout alone would show the lower data again).
+#[tokio::test]
+async fn image_upper_from_create_is_bounded_and_unmaps_stay_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = new_layer(d, "base", VSIZE);
+    let mut model = vec![0u8; VSIZE as usize];
+    for i in 0..8u64 {
+        // Data in every other MiB, so unmaps cover lower data, lower holes and both.
+        let bytes = pattern(2048, i as u8);
+        base.write(i * (1 << 20), Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        let at = (i * (1 << 20)) as usize;
+        model[at..at + (1 << 20)].copy_from_slice(&bytes);
+        base.discard(i * (1 << 20) + (512 << 10), 512 << 10)
+            .await
+            .unwrap();
+        model[at + (512 << 10)..at + (1 << 20)].fill(0);
+    }
+    let blob = d.join("base.obd");
+    std::fs::write(
+        &blob,
+        commit_bytes(
+            &CommitSource::from_writable(&base),
+            &CommitOptions::default(),
+        )
+        .await,
+    )
+    .unwrap();
+    let (data, index) = create_default(d, "upper");
+    let config = d.join("config.v1.json");
+    let json = serde_json::json!({
+        "lowers": [{ "file": blob }],
+        "upper": { "data": data, "index": index },
+        "resultFile": d.join("result"),
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+
+    let image = Image::open_config_file(&config, &LocalOpener)
+        .await
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    for i in 0..3000u32 {
+        match random_op(&mut rng, i % 8 == 7, &mut model) {
+            (at, len, None) => image.unmap(at, len).await.unwrap(),
+            (at, _, Some(bytes)) => image.write(at, bytes, i % 5 == 0).await.unwrap(),
+        }
+    }
+    assert_bounded(&data, &index, "image overwrites");
+    assert!(
+        image.read(0, VSIZE as usize).await.unwrap() == model,
+        "live"
+    );
+    image.flush().await.unwrap();
+    drop(image);
+    let image = Image::open_config_file(&config, &LocalOpener)
+        .await
+        .unwrap();
+    assert!(
+        image.read(0, VSIZE as usize).await.unwrap() == model,
+        "reopened"
+    );
+    // Unmapping everything leaves zeros, still bounded.
+    image.unmap(0, VSIZE).await.unwrap();
+    drop(image);
+    let image = Image::open_config_file(&config, &LocalOpener)
+        .await
+        .unwrap();
+    assert!(image
+        .read(0, VSIZE as usize)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    assert_bounded(&data, &index, "after unmapping everything");
+}
