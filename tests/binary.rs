@@ -159,3 +159,20 @@ luns = [{{ backing = "ram:1M" }}]
     assert!(!listing.contains("overlaybd:other"), "{listing}");
     assert!(target.stop().success());
 }
+
+#[test]
+fn strict_refuses_to_start_when_a_lun_cannot_be_opened() {
+    let err = support::process::run_fails(support::process::binary().args([
+        "--portal",
+        "127.0.0.1:0",
+        "--strict",
+        "--lun",
+        "ram:1M",
+        "--lun",
+        "file:/nonexistent/strict.img",
+    ]));
+    assert!(
+        err.contains("LUN 1") && err.contains("/nonexistent/strict.img"),
+        "{err}"
+    );
+}

@@ -33,6 +33,7 @@ fuzz_target!(|input: &[u8]| {
         nop_timeout: Duration::from_secs(1),
         write_buffer_budget: 64 * 1024,
         lun_count: 2,
+        allow_target_reset: true,
         cid: 0,
         first_cmd_sn: 0,
         first_stat_sn: 0,

@@ -11,6 +11,7 @@
 pub mod cdb;
 mod dispatch;
 mod inquiry;
+mod io_log;
 mod lun;
 mod mode;
 mod provisioning;
@@ -125,8 +126,18 @@ pub struct ScsiTarget {
 impl ScsiTarget {
     /// Builds a target; LUN numbers are the indexes of `luns`.
     pub fn new(luns: Vec<LunConfig>) -> Self {
+        ScsiTarget::named("", luns)
+    }
+
+    /// Builds target `name` (used in log lines); LUN numbers are the indexes of `luns`.
+    pub fn named(name: &str, luns: Vec<LunConfig>) -> Self {
+        let name: Arc<str> = Arc::from(name);
         ScsiTarget {
-            luns: luns.into_iter().map(Lun::new).collect(),
+            luns: luns
+                .into_iter()
+                .enumerate()
+                .map(|(i, config)| Lun::new(config, name.clone(), i as u64))
+                .collect(),
         }
     }
 

@@ -272,6 +272,7 @@ async fn full_feature(
         nop_timeout: shared.tuning.nop_timeout,
         write_buffer_budget: WRITE_BUFFER_BUDGET,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
+        allow_target_reset: served.as_ref().is_some_and(|t| t.allow_target_reset),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,
         first_stat_sn: outcome.next_stat_sn,
