@@ -477,6 +477,69 @@ async fn luns_that_fail_to_open_answer_not_ready_and_the_rest_serve() {
     assert_eq!(ini.read10(0, 1, 1).await, pattern(512, 3));
 }
 
+/// A small tmpfs on a fresh folder, unmounted when dropped.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` bytes, or `None` without the privilege to mount (CI runs the
+    /// tests as root).
+    fn mount(size: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: the server may still hold the file open while it shuts down.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_file_system_under_a_thin_file_lun_answers_space_allocation_failed() {
+    let Some(fs) = SmallFs::mount(64 << 10) else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    // A sparse 1 MiB file LUN on a 64 KiB file system.
+    let disk = fs.0.path().join("thin.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let server = TestServer::start(&[&format!("file:{}", disk.display())], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let chunk = pattern(32 << 10, 9);
+    let mut failure = None;
+    for i in 0..32u32 {
+        let (status, sense) = ini.write10(0, i * 64, &chunk, 0, 4096).await;
+        if status != 0 {
+            failure = Some((i, sense.expect("sense data")));
+            break;
+        }
+    }
+    let (i, sense) = failure.expect("a write past 64 KiB fails");
+    assert!(i >= 1, "the first 32 KiB fit");
+    assert_eq!(
+        (sense[2] & 0x0f, sense[12], sense[13]),
+        (0x07, 0x27, 0x07),
+        "DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT"
+    );
+    // What was written is still there.
+    assert_eq!(ini.read10(0, 0, 64).await, chunk);
+}
+
 #[tokio::test]
 async fn target_resets_are_refused_unless_the_target_allows_them() {
     use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
