@@ -3,7 +3,8 @@
 //! its Data-Out bytes) and gets back status, sense and Data-In bytes.
 //!
 //! INTERFACE CONTRACT (used by `src/iscsi/`; keep these names and shapes):
-//! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order).
+//! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order);
+//!   [`ScsiTarget::named`] also gives the target name that I/O error log lines carry.
 //! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`ScsiResponse`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.

@@ -94,8 +94,8 @@ pub fn login_settings(tuning: &Tuning) -> LoginSettings {
 
 impl Catalog {
     /// Opens every LUN of every configured target. A LUN that fails to open is logged and
-    /// served as NOT READY ([`crate::config::LunSpec::unavailable_lun`]) so every other LUN and target keeps
-    /// working; with `config.strict` it is an error instead.
+    /// served as NOT READY ([`crate::config::LunSpec::unavailable_lun`]) so every other LUN
+    /// and target keeps working; with `config.strict` it is an error instead.
     pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
         let mut targets = BTreeMap::new();
         // One opener for all LUNs, so image LUNs share the registry caches.
@@ -119,7 +119,7 @@ impl Catalog {
                             lun = i,
                             backing = %spec,
                             %cause,
-                            "LUN failed to open; it answers NOT READY ({reason}), the other LUNs are served"
+                            "LUN failed to open; serving it as NOT READY ({reason})"
                         );
                         spec.unavailable_lun(&t.name, i, reason)
                     }
