@@ -71,10 +71,15 @@ fn quick_form_serves_luns_in_order_and_stops_on_sigterm() {
 
 #[test]
 fn bad_arguments_exit_with_a_message() {
+    // A LUN that cannot be opened stops the start only with --strict (otherwise it is served
+    // as NOT READY, see tests/iscsi_target.rs).
     let out = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
         .args([
             "--portal",
-            "127.0.0.1:1",
+            "127.0.0.1:0",
+            "--strict",
+            "--lun",
+            "ram:1M",
             "--lun",
             "file:/nonexistent/overlaybd-test.img",
         ])
@@ -82,7 +87,10 @@ fn bad_arguments_exit_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/overlaybd-test.img"), "{err}");
+    assert!(
+        err.contains("LUN 1") && err.contains("/nonexistent/overlaybd-test.img"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("targets.toml");

@@ -688,10 +688,10 @@ fn zfile_round_trips_and_tools_refuse_bad_inputs_clearly() {
             .arg("1M"),
     );
     assert!(err.contains("--append"), "{err}");
-    // The server refuses a LUN whose image cannot be opened, naming it.
+    // With --strict the server refuses a LUN whose image cannot be opened, naming it.
     let err = run_fails(
         binary()
-            .args(["--portal", "127.0.0.1:1", "--lun"])
+            .args(["--portal", "127.0.0.1:0", "--strict", "--lun"])
             .arg(format!("image:{}", bad.display())),
     );
     assert!(

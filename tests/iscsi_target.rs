@@ -398,7 +398,9 @@ async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
 #[tokio::test]
 async fn cold_reset_ends_every_session_of_the_target() {
     use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
-    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut config = common::config(&["ram:1M"], quiet());
+    config.targets[0].allow_target_reset = true;
+    let server = TestServer::start_config(config).await;
     let mut a = Initiator::connect(server.addr).await;
     a.login_normal(IQN, &LoginKeys::default()).await;
     let mut b = Initiator::connect(server.addr).await;
@@ -419,6 +421,150 @@ async fn cold_reset_ends_every_session_of_the_target() {
         a.recv().await.is_none(),
         "and so is every other session of the target"
     );
+}
+
+#[tokio::test]
+async fn luns_that_fail_to_open_answer_not_ready_and_the_rest_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("config.v1.json");
+    std::fs::write(&corrupt, b"{ not json").unwrap();
+    let missing = dir.path().join("gone.img");
+    let server = TestServer::start(
+        &[
+            "ram:1M",
+            &format!("file:{}", missing.display()),
+            &format!("image:{}", corrupt.display()),
+        ],
+        quiet(),
+    )
+    .await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    assert_eq!(ini.write10(0, 1, &pattern(512, 3), 512, 512).await.0, 0);
+    assert_eq!(ini.read10(0, 1, 1).await, pattern(512, 3));
+    // (LUN, ASC, ASCQ): MEDIUM NOT PRESENT, MEDIUM FORMAT CORRUPTED.
+    for (lun, asc, ascq) in [(1, 0x3a, 0x00), (2, 0x31, 0x00)] {
+        let inquiry = [0x12, 0, 0, 0, 36, 0];
+        let itt = ini
+            .command(lun, &inquiry, true, false, 36, Bytes::new(), true)
+            .await;
+        let (status, data, _) = ini.finish_read(itt).await;
+        assert_eq!((status, data[0]), (0, 0x00), "INQUIRY of LUN {lun}");
+        let read_capacity = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for (cdb, len) in [(&[0u8; 6][..], 0), (&read_capacity[..], 8)] {
+            // The first command of the nexus may report the power-on unit attention.
+            let mut answer = (0, Bytes::new(), None);
+            for _ in 0..2 {
+                let itt = ini
+                    .command(lun, cdb, len > 0, false, len, Bytes::new(), true)
+                    .await;
+                answer = ini.finish_read(itt).await;
+                if answer.2.as_ref().is_some_and(|s| s[2] & 0x0f == 0x06) {
+                    continue;
+                }
+                break;
+            }
+            let (status, _, sense) = answer;
+            let sense = sense.expect("sense data");
+            assert_eq!(
+                (status, sense[2] & 0x0f, sense[12], sense[13]),
+                (2, 0x02, asc, ascq),
+                "LUN {lun} opcode {:#x}",
+                cdb[0]
+            );
+        }
+    }
+    assert_eq!(ini.read10(0, 1, 1).await, pattern(512, 3));
+}
+
+/// A small tmpfs on a fresh folder, unmounted when dropped.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` bytes, or `None` without the privilege to mount (CI runs the
+    /// tests as root).
+    fn mount(size: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: the server may still hold the file open while it shuts down.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_file_system_under_a_thin_file_lun_answers_space_allocation_failed() {
+    let Some(fs) = SmallFs::mount(64 << 10) else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    // A sparse 1 MiB file LUN on a 64 KiB file system.
+    let disk = fs.0.path().join("thin.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let server = TestServer::start(&[&format!("file:{}", disk.display())], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let chunk = pattern(32 << 10, 9);
+    let mut failure = None;
+    for i in 0..32u32 {
+        let (status, sense) = ini.write10(0, i * 64, &chunk, 0, 4096).await;
+        if status != 0 {
+            failure = Some((i, sense.expect("sense data")));
+            break;
+        }
+    }
+    let (i, sense) = failure.expect("a write past 64 KiB fails");
+    assert!(i >= 1, "the first 32 KiB fit");
+    assert_eq!(
+        (sense[2] & 0x0f, sense[12], sense[13]),
+        (0x07, 0x27, 0x07),
+        "DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT"
+    );
+    // What was written is still there.
+    assert_eq!(ini.read10(0, 0, 64).await, chunk);
+}
+
+#[tokio::test]
+async fn target_resets_are_refused_unless_the_target_allows_them() {
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+    // The default: an open target (no CHAP), target resets not enabled.
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut a = Initiator::connect(server.addr).await;
+    a.login_normal(IQN, &LoginKeys::default()).await;
+    assert_eq!(a.write10(0, 3, &pattern(512, 7), 512, 512).await.0, 0);
+    let mut b = Initiator::connect(server.addr).await;
+    let keys = LoginKeys {
+        initiator: "iqn.2026-11.io.overlaybd:intruder".into(),
+        isid: [0x00, 0x02, 0x3d, 0, 0, 5],
+        ..LoginKeys::default()
+    };
+    b.login_normal(IQN, &keys).await;
+    for function in [
+        TmfFunction::TARGET_COLD_RESET,
+        TmfFunction::TARGET_WARM_RESET,
+    ] {
+        assert_eq!(b.task_management(function).await, TmfResponseCode::REJECTED);
+    }
+    // Neither session was closed nor reset: no unit attention, the data is there.
+    assert_eq!(b.read10(0, 3, 1).await, pattern(512, 7));
+    assert_eq!(a.read10(0, 3, 1).await, pattern(512, 7));
+    assert_eq!(a.logout().await, LogoutResponseCode::CLOSED);
 }
 
 #[tokio::test]

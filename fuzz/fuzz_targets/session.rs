@@ -44,6 +44,7 @@ fuzz_target!(|input: &[u8]| {
         shared_budget: None,
         data_out_timeout: None,
         lun_count: 2,
+        allow_target_reset: true,
         cid: 0,
         first_cmd_sn: 0,
         first_stat_sn: 0,

@@ -87,7 +87,7 @@ impl FileDevice {
     {
         let file = Arc::clone(&self.file);
         match tokio::task::spawn_blocking(move || op(&file)).await {
-            Ok(result) => result.map_err(BlockError::Io),
+            Ok(result) => result.map_err(BlockError::from),
             Err(join) => Err(BlockError::Io(io::Error::other(join.to_string()))),
         }
     }
@@ -303,7 +303,7 @@ impl BlockDevice for FileDevice {
         writes
             .write(offset + done as u64, data.slice(done..), fua)
             .await
-            .map_err(BlockError::Io)
+            .map_err(BlockError::from)
     }
 
     async fn flush(&self) -> BlockResult<()> {

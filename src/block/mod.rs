@@ -8,12 +8,14 @@ pub mod file;
 pub mod ram;
 pub mod read_only;
 mod size;
+pub mod unavailable;
 mod write_queue;
 
 pub use file::FileDevice;
 pub use ram::RamDevice;
 pub use read_only::ReadOnlyDevice;
 pub use size::{parse_size, SizeError};
+pub use unavailable::{Unavailable, UnavailableDevice};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,7 +44,34 @@ pub enum BlockError {
     Corrupt(String),
     /// An I/O error in the backend, local or remote (SCSI: MEDIUM ERROR).
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// A thin backend could not allocate space for a write: its file system is full or over
+    /// quota, ENOSPC or EDQUOT (SCSI: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT).
+    #[error("no space for the write: {0}")]
+    NoSpace(std::io::Error),
+    /// The device cannot serve data at all, for good (SCSI: NOT READY with the reason's code,
+    /// and the LUN stays NOT READY).
+    #[error("device unavailable: {0}")]
+    Unavailable(Unavailable),
+}
+
+impl From<std::io::Error> for BlockError {
+    /// Sorts an operating-system error: out of space or quota is [`BlockError::NoSpace`], so a
+    /// full thin LUN says so instead of reporting a medium error; a backing device that has
+    /// gone away (ENXIO, ENODEV: e.g. a removed disk) makes the LUN unavailable for good;
+    /// anything else is [`BlockError::Io`].
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let no_space = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+            || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        if no_space {
+            BlockError::NoSpace(e)
+        } else if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ENODEV)) {
+            BlockError::Unavailable(Unavailable::Missing)
+        } else {
+            BlockError::Io(e)
+        }
+    }
 }
 
 /// Result of a block-device operation.
@@ -97,6 +126,12 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Provisioning state of the run starting at `offset`.
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus>;
+
+    /// `Some` when the device cannot serve media commands at all (its backing failed to open);
+    /// the SCSI layer then answers NOT READY instead of trying.
+    fn unavailable(&self) -> Option<Unavailable> {
+        None
+    }
 }
 
 /// Checks that `[offset, offset+len)` lies inside a device of `size` bytes (overflow-safe).
@@ -104,5 +139,28 @@ pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> BlockResult<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(BlockError::OutOfRange { offset, len, size }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_and_quota_are_told_apart_from_other_io_errors() {
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            let e = BlockError::from(std::io::Error::from_raw_os_error(code));
+            assert!(matches!(e, BlockError::NoSpace(_)), "{code}: {e:?}");
+        }
+        // Rebuilt errors keep only the kind (e.g. after a layer adds the file name).
+        let e = std::io::Error::new(std::io::ErrorKind::StorageFull, "layer.data: full");
+        assert!(matches!(BlockError::from(e), BlockError::NoSpace(_)));
+        let e = BlockError::from(std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(e, BlockError::Io(_)), "{e:?}");
+        let e = BlockError::from(std::io::Error::from_raw_os_error(libc::ENXIO));
+        assert!(
+            matches!(e, BlockError::Unavailable(Unavailable::Missing)),
+            "{e:?}"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::block::{parse_size, BlockDevice, FileDevice, RamDevice, ReadOnlyDevice};
+use crate::block::{
+    parse_size, BlockDevice, FileDevice, RamDevice, ReadOnlyDevice, Unavailable, UnavailableDevice,
+};
 use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::{Image, ImageConfig, ImageLuns, LocalOpener, LsmtError};
@@ -54,6 +56,44 @@ pub enum BackingError {
         /// What failed (boxed: keeps `BackingError` small).
         source: Box<LsmtError>,
     },
+    /// An overlaybd image with registry layers could not be opened (config, registry, cache).
+    #[error("cannot open image {path} (registry layers): {source}")]
+    Registry {
+        /// The image config named by the backing string.
+        path: PathBuf,
+        /// What failed (boxed: keeps `BackingError` small).
+        source: Box<LsmtError>,
+    },
+}
+
+impl BackingError {
+    /// What kind of failure this is, for the NOT READY code a LUN that failed to open answers
+    /// with (README "Broken LUNs").
+    pub fn unavailable(&self) -> Unavailable {
+        use std::io::ErrorKind;
+        let lsmt = |e: &LsmtError, remote: bool| match e {
+            LsmtError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+                Unavailable::Missing
+            }
+            LsmtError::Io { source, .. }
+                if remote && source.kind() != ErrorKind::PermissionDenied =>
+            {
+                Unavailable::Unreachable
+            }
+            LsmtError::Io { .. } => Unavailable::Failed,
+            _ => Unavailable::Corrupt,
+        };
+        match self {
+            BackingError::Open { source, .. } if source.kind() == ErrorKind::NotFound => {
+                Unavailable::Missing
+            }
+            BackingError::Open { .. } => Unavailable::Failed,
+            BackingError::Image { source, .. } => lsmt(source, false),
+            BackingError::Registry { source, .. } => lsmt(source, true),
+            // Unparsable strings never reach a LUN; an empty file is not a usable medium.
+            _ => Unavailable::Corrupt,
+        }
+    }
 }
 
 /// What backs one logical unit.
@@ -154,8 +194,12 @@ impl LunSpec {
                     source: Box::new(source),
                 };
                 let device: Arc<dyn BlockDevice> = if images.needs_registry(path) {
-                    let luns = images.remote().map_err(image_err)?;
-                    block_on(luns.open(path, self.read_only)).map_err(image_err)?
+                    let registry_err = |source: LsmtError| BackingError::Registry {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    };
+                    let luns = images.remote().map_err(registry_err)?;
+                    block_on(luns.open(path, self.read_only)).map_err(registry_err)?
                 } else {
                     Arc::new(
                         block_on(Image::open_config_file(path, &LocalOpener)).map_err(image_err)?,
@@ -181,7 +225,22 @@ impl LunSpec {
         index: usize,
         images: &ImageOpener,
     ) -> Result<LunConfig, BackingError> {
-        let device = self.open_with(images)?;
+        Ok(self.describe(target_name, index, self.open_with(images)?))
+    }
+
+    /// LUN `index` of target `target_name` whose backing could not be opened: the same serial
+    /// and product as when it works, over a device that answers NOT READY for `reason`.
+    pub fn unavailable_lun(
+        &self,
+        target_name: &str,
+        index: usize,
+        reason: Unavailable,
+    ) -> LunConfig {
+        self.describe(target_name, index, Arc::new(UnavailableDevice::new(reason)))
+    }
+
+    /// Describes `device` as LUN `index` of target `target_name`.
+    fn describe(&self, target_name: &str, index: usize, device: Arc<dyn BlockDevice>) -> LunConfig {
         let digest = Sha256::digest(format!("{target_name}/{index}/{self}").as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
@@ -190,11 +249,11 @@ impl LunSpec {
             Backing::Image(_) => "overlaybd image",
             Backing::Demo => "overlaybd demo",
         };
-        Ok(LunConfig {
+        LunConfig {
             device,
             serial,
             product: product.to_string(),
-        })
+        }
     }
 }
 
@@ -363,6 +422,40 @@ mod tests {
         let demo = LunSpec::parse("demo:").unwrap().open().unwrap();
         assert!(demo.read_only());
         assert_eq!(demo.size(), 8 << 20);
+    }
+
+    #[test]
+    fn open_failures_are_classified_for_the_not_ready_code() {
+        let missing = LunSpec::parse("file:/nonexistent/disk.img").unwrap();
+        assert_eq!(
+            missing.open().err().unwrap().unavailable(),
+            Unavailable::Missing
+        );
+        let missing = LunSpec::parse("image:/nonexistent/config.v1.json").unwrap();
+        assert_eq!(
+            missing.open().err().unwrap().unavailable(),
+            Unavailable::Missing
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.v1.json");
+        std::fs::write(&config, b"{ not json").unwrap();
+        let corrupt = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
+        assert_eq!(
+            corrupt.open().err().unwrap().unavailable(),
+            Unavailable::Corrupt
+        );
+        let registry = BackingError::Registry {
+            path: config.clone(),
+            source: Box::new(LsmtError::io(
+                "registry",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            )),
+        };
+        assert_eq!(registry.unavailable(), Unavailable::Unreachable);
+        let lun = corrupt.unavailable_lun("iqn.x", 0, Unavailable::Corrupt);
+        let good = corrupt.describe("iqn.x", 0, Arc::new(RamDevice::new(512)));
+        assert_eq!((lun.serial, lun.product), (good.serial, good.product));
+        assert_eq!(lun.device.unavailable(), Some(Unavailable::Corrupt));
     }
 
     #[test]

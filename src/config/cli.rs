@@ -47,6 +47,16 @@ pub struct Cli {
     #[arg(long = "lun", value_name = "BACKING", value_parser = parse_lun, conflicts_with = "config")]
     pub luns: Vec<LunSpec>,
 
+    /// Honour TARGET WARM/COLD RESET from initiators of the quick-form target (default: they
+    /// are answered "Function rejected"; a cold reset would end every session of the target).
+    #[arg(long, conflicts_with = "config")]
+    pub allow_target_reset: bool,
+
+    /// Exit at start when any LUN cannot be opened (default: log it and serve that LUN as NOT
+    /// READY while the others work). Same as `strict = true` in the config file's [global].
+    #[arg(long)]
+    pub strict: bool,
+
     /// TOML configuration file with targets, LUNs, CHAP and global settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -148,6 +158,7 @@ impl Cli {
                     portals: vec![],
                     tuning: Tuning::default(),
                     images: Default::default(),
+                    strict: false,
                     targets: vec![TargetConfig {
                         name: self
                             .target
@@ -158,6 +169,7 @@ impl Cli {
                         chap: None,
                         mutual_chap: None,
                         allowed_initiators: vec![],
+                        allow_target_reset: self.allow_target_reset,
                     }],
                 }
             }
@@ -204,6 +216,7 @@ impl Cli {
         config
             .images
             .override_cache(self.cache_dir.as_deref(), self.cache_size);
+        config.strict |= self.strict;
         if let Some(digests) = self.digests {
             config.tuning.digests = digests;
         }
@@ -258,6 +271,10 @@ mod tests {
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
         assert_eq!(config.tuning.digests, crate::config::Digests::PreferNone);
+        assert!(!config.strict && !config.targets[0].allow_target_reset);
+        let c = cli(&["--lun", "ram:1M", "--strict", "--allow-target-reset"]).unwrap();
+        let config = c.into_config().unwrap();
+        assert!(config.strict && config.targets[0].allow_target_reset);
         let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
         assert_eq!(
             strict.into_config().unwrap().tuning.digests,

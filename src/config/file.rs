@@ -8,12 +8,14 @@
 //! nop_timeout_secs = 15
 //! max_recv_data_segment_length = 262144
 //! digests = "prefer-none"       # or "prefer-crc32c", "require-crc32c" (header and data)
+//! strict = false                # true: exit at start if any LUN cannot be opened
 //!
 //! [[targets]]
 //! name = "iqn.2026-11.io.overlaybd:app"
 //! alias = "app image"
 //! allowed_initiators = ["iqn.1994-05.com.redhat:host1"]   # empty or absent: anyone
 //! chap = { user = "host", secret = "twelve+chars" }
+//! allow_target_reset = false    # true honours TARGET WARM/COLD RESET (default: rejected)
 //! mutual_chap = { user = "target", secret = "other+secret" }
 //! luns = [
 //!     { backing = "file:/var/lib/disk.img" },
@@ -84,6 +86,8 @@ struct RawGlobal {
     max_sessions: Option<u32>,
     max_pending_logins: Option<u32>,
     max_pending_logins_per_address: Option<u32>,
+    #[serde(default)]
+    strict: bool,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +101,8 @@ struct RawTarget {
     mutual_chap: Option<Credentials>,
     #[serde(default)]
     allowed_initiators: Vec<String>,
+    #[serde(default)]
+    allow_target_reset: bool,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +199,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
             chap: t.chap,
             mutual_chap: t.mutual_chap,
             allowed_initiators: t.allowed_initiators,
+            allow_target_reset: t.allow_target_reset,
         });
     }
     if portals.is_empty() {
@@ -203,6 +210,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         tuning,
         targets,
         images: Default::default(),
+        strict: g.strict,
     })
 }
 
@@ -226,6 +234,7 @@ mod tests {
             nop_timeout_secs = 7
             max_recv_data_segment_length = 65536
             digests = "prefer-crc32c"
+            strict = true
 
             [[targets]]
             name = "iqn.2026-11.io.overlaybd:a"
@@ -233,6 +242,7 @@ mod tests {
             allowed_initiators = ["iqn.1994-05.com.redhat:h1"]
             chap = { user = "u", secret = "s3cret-s3cret" }
             mutual_chap = { user = "t", secret = "other-secret" }
+            allow_target_reset = true
             luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true },
                     { backing = "image:/img/config.v1.json", read_only = true }]
             "#,
@@ -244,6 +254,7 @@ mod tests {
         assert_eq!(c.tuning.nop_timeout, Duration::from_secs(7));
         assert_eq!(c.tuning.max_recv_data_segment_length, 65536);
         assert_eq!(c.tuning.digests, crate::config::Digests::PreferCrc32c);
+        assert!(c.strict);
         let t = &c.targets[0];
         assert_eq!(t.alias.as_deref(), Some("A"));
         assert_eq!(t.luns[0].backing, Backing::Ram(1 << 20));
@@ -255,6 +266,7 @@ mod tests {
         assert!(t.luns[2].read_only);
         assert_eq!(t.chap.as_ref().unwrap().user, "u");
         assert_eq!(t.mutual_chap.as_ref().unwrap().user, "t");
+        assert!(t.allow_target_reset);
     }
 
     #[test]
@@ -263,6 +275,8 @@ mod tests {
             .unwrap();
         assert_eq!(c.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(c.tuning, Tuning::default());
+        assert!(!c.targets[0].allow_target_reset);
+        assert!(!c.strict);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Config {
     pub tuning: Tuning,
     /// The targets offered (at least one, names unique).
     pub targets: Vec<TargetConfig>,
+    /// Fail fast: a LUN that cannot be opened stops the server from starting. Otherwise it is
+    /// logged and served as a LUN that answers NOT READY while the others work.
+    pub strict: bool,
     /// Daemon settings for `image:` LUNs with registry layers: overlaybd.json's keys (cache,
     /// credentials, download, P2P) after the command line's `--cache-dir` / `--cache-size`.
     pub images: crate::cache::DaemonSettings,
@@ -107,6 +110,9 @@ pub struct TargetConfig {
     pub mutual_chap: Option<Credentials>,
     /// Initiator names allowed to log in; empty allows everyone.
     pub allowed_initiators: Vec<String>,
+    /// Whether TARGET WARM RESET and TARGET COLD RESET are honoured. Off by default: a cold
+    /// reset ends every session of the target, and any initiator that may log in could send it.
+    pub allow_target_reset: bool,
 }
 
 /// A CHAP user name and secret.
@@ -294,6 +300,7 @@ mod tests {
             portals: vec!["127.0.0.1:3260".parse().unwrap()],
             tuning: Tuning::default(),
             images: Default::default(),
+            strict: false,
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET_NAME.to_string(),
                 alias: None,
@@ -301,6 +308,7 @@ mod tests {
                 chap: None,
                 mutual_chap: None,
                 allowed_initiators: vec![],
+                allow_target_reset: false,
             }],
         }
     }

@@ -66,7 +66,8 @@ pub type LsmtResult<T> = Result<T, LsmtError>;
 impl From<LsmtError> for BlockError {
     fn from(e: LsmtError) -> Self {
         match e {
-            LsmtError::Io { file, source } => BlockError::Io(std::io::Error::new(
+            // Keeps the kind, so a full upper layer still reads as out of space.
+            LsmtError::Io { file, source } => BlockError::from(std::io::Error::new(
                 source.kind(),
                 format!("{file}: {source}"),
             )),

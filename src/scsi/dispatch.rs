@@ -60,6 +60,11 @@ impl ScsiTarget {
             Ok(cmd) => cmd,
             Err(sense) => return respond(Err(sense.into()), &req, None),
         };
+        if let Some(reason) = lun.not_ready() {
+            if needs_medium(&cmd) {
+                return respond(Err(Sense::not_ready(reason).into()), &req, None);
+            }
+        }
         if modifies_medium(&cmd) {
             // Checked before the Data-Out length so a read-only LUN always says why.
             if let Err(sense) = lun.check_writable() {
@@ -160,9 +165,11 @@ impl ScsiTarget {
             | Command::PreventAllow { .. } => Ok(Bytes::new()),
             Command::RequestSense { alloc_len, .. } => {
                 let pending = lun.state.lock().ua.take(nexus);
-                let sense = match pending {
-                    Some(code) => Sense::unit_attention(code),
-                    None => Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+                let sense = match (pending, lun.not_ready()) {
+                    (Some(code), _) => Sense::unit_attention(code),
+                    // SPC-4 5.11: REQUEST SENSE reports the not-ready condition as data.
+                    (None, Some(reason)) => Sense::not_ready(reason),
+                    (None, None) => Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
                 };
                 Ok(cut(sense.encode(), alloc_len))
             }
@@ -297,6 +304,27 @@ fn access_of(cmd: &Command) -> Access {
         Command::Release => Access::Release,
         _ => Access::Write,
     }
+}
+
+/// Commands that need the medium, answered NOT READY by a LUN whose backing is unavailable.
+/// INQUIRY, REPORT LUNS, REQUEST SENSE, the opcode list, mode pages and reservations still
+/// work, so an initiator can see the LUN and why it is not ready (SPC-4 5.1).
+fn needs_medium(cmd: &Command) -> bool {
+    !matches!(
+        cmd,
+        Command::Inquiry { .. }
+            | Command::ReportLuns { .. }
+            | Command::RequestSense { .. }
+            | Command::ReportSupportedOpcodes { .. }
+            | Command::ModeSense { .. }
+            | Command::ModeSelect { .. }
+            | Command::Reserve
+            | Command::Release
+            | Command::PersistentReserveIn { .. }
+            | Command::PersistentReserveOut { .. }
+            | Command::PreventAllow { .. }
+            | Command::Unsupported { .. }
+    )
 }
 
 /// Commands that change the medium (refused with WRITE PROTECTED on read-only LUNs).

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::io_log::{LogLimiter, IO_LOG_INTERVAL};
 use super::reservations::Reservations;
 use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
 use super::LunConfig;
-use crate::block::BlockDevice;
+use crate::block::{BlockDevice, Unavailable};
 
 /// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH, 32 MiB of
 /// 512-byte blocks); bounds the buffers a single command can make us allocate.
@@ -36,6 +37,14 @@ pub struct LunState {
 
 /// A logical unit of the target.
 pub struct Lun {
+    /// Name of the target the LUN belongs to (for log lines).
+    pub target_name: Arc<str>,
+    /// The LUN number.
+    pub number: u64,
+    /// Limits I/O error warnings to one per interval.
+    pub io_log: parking_lot::Mutex<LogLimiter>,
+    /// Set when the device reported itself unavailable after it was opened.
+    failed: parking_lot::Mutex<Option<Unavailable>>,
     /// The backing device.
     pub device: Arc<dyn BlockDevice>,
     /// Unit serial number.
@@ -67,8 +76,8 @@ pub fn ascii_field<const N: usize>(text: &str) -> [u8; N] {
 }
 
 impl Lun {
-    /// Builds a logical unit from its configuration.
-    pub fn new(config: LunConfig) -> Self {
+    /// Builds LUN `number` of target `target_name` from its configuration.
+    pub fn new(config: LunConfig, target_name: Arc<str>, number: u64) -> Self {
         let digest = Sha256::digest(config.serial.as_bytes());
         let mut naa = [0u8; 8];
         naa.copy_from_slice(&digest[..8]);
@@ -76,6 +85,10 @@ impl Lun {
         naa[0] = 0x30 | (naa[0] & 0x0f);
         let size = config.device.size();
         Lun {
+            target_name,
+            number,
+            io_log: parking_lot::Mutex::new(LogLimiter::new(IO_LOG_INTERVAL)),
+            failed: parking_lot::Mutex::new(None),
             product: ascii_field(&config.product),
             serial: config.serial,
             naa,
@@ -88,6 +101,27 @@ impl Lun {
             software_write_protect: AtomicBool::new(false),
             device: config.device,
         }
+    }
+
+    /// Why media commands answer NOT READY: the backing failed to open, or the device later
+    /// reported itself unavailable. `None` for a working LUN.
+    pub fn not_ready(&self) -> Option<Unavailable> {
+        self.device.unavailable().or(*self.failed.lock())
+    }
+
+    /// The device reported itself unavailable during a command: from now on the LUN answers
+    /// NOT READY, and the change is logged once.
+    pub fn mark_unavailable(&self, reason: Unavailable) {
+        let mut failed = self.failed.lock();
+        if failed.is_none() && self.device.unavailable().is_none() {
+            tracing::error!(
+                target = %self.target_name,
+                lun = self.number,
+                cause = %reason,
+                "LUN failed; it answers NOT READY from now on"
+            );
+        }
+        *failed = Some(reason);
     }
 
     /// Logical block size in bytes.

@@ -3,7 +3,8 @@
 //! its Data-Out bytes) and gets back status, sense and Data-In bytes.
 //!
 //! INTERFACE CONTRACT (used by `src/iscsi/`; keep these names and shapes):
-//! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order).
+//! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order);
+//!   [`ScsiTarget::named`] also gives the target name that I/O error log lines carry.
 //! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`ScsiResponse`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.
@@ -11,6 +12,7 @@
 pub mod cdb;
 mod dispatch;
 mod inquiry;
+mod io_log;
 mod lun;
 mod mode;
 mod provisioning;
@@ -125,8 +127,18 @@ pub struct ScsiTarget {
 impl ScsiTarget {
     /// Builds a target; LUN numbers are the indexes of `luns`.
     pub fn new(luns: Vec<LunConfig>) -> Self {
+        ScsiTarget::named("", luns)
+    }
+
+    /// Builds target `name` (used in log lines); LUN numbers are the indexes of `luns`.
+    pub fn named(name: &str, luns: Vec<LunConfig>) -> Self {
+        let name: Arc<str> = Arc::from(name);
         ScsiTarget {
-            luns: luns.into_iter().map(Lun::new).collect(),
+            luns: luns
+                .into_iter()
+                .enumerate()
+                .map(|(i, config)| Lun::new(config, name.clone(), i as u64))
+                .collect(),
         }
     }
 

@@ -57,7 +57,11 @@ pub async fn write_same(
         // UNMAP = 1, ANCHOR = 0 asks for an unmap operation whatever the block holds (SBC-3
         // table "ANCHOR bit, UNMAP bit and ANC_SUP bit relationships"); reads then return
         // zeros (LBPRZ). A LUN that cannot deallocate writes the block instead.
-        return lun.device.unmap(offset, len).await.map_err(write_error);
+        return lun
+            .device
+            .unmap(offset, len)
+            .await
+            .map_err(|e| write_error(lun, "unmap", offset, len, e));
     }
     // Build one chunk of the repeated pattern and write it as many times as needed.
     let chunk_blocks = (WRITE_SAME_CHUNK / bs).max(1);
@@ -73,7 +77,7 @@ pub async fn write_same(
         lun.device
             .write(offset + done, pattern.slice(..take), fua)
             .await
-            .map_err(write_error)?;
+            .map_err(|e| write_error(lun, "write same", offset + done, take as u64, e))?;
         done += take as u64;
     }
     Ok(())
@@ -113,7 +117,10 @@ pub async fn unmap(lun: &Lun, anchor: bool, params: &[u8]) -> Result<(), Sense> 
     }
     for (offset, len) in ranges {
         if len > 0 {
-            lun.device.unmap(offset, len).await.map_err(write_error)?;
+            lun.device
+                .unmap(offset, len)
+                .await
+                .map_err(|e| write_error(lun, "unmap", offset, len, e))?;
         }
     }
     Ok(())
@@ -134,7 +141,7 @@ pub async fn get_lba_status(lun: &Lun, lba: u64, alloc_len: u32) -> Result<Bytes
             .device
             .block_status(next * bs)
             .await
-            .map_err(read_error)?;
+            .map_err(|e| read_error(lun, next * bs, bs, e))?;
         let run = (status.len / bs).clamp(1, u64::from(u32::MAX));
         let run = run.min(lun.blocks() - next);
         body.put_u64(next);

@@ -4,29 +4,36 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cdb::Extent;
+use super::io_log::io_failed;
 use super::lun::{Lun, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS};
 use super::sense::{asc, key, Sense};
 use crate::block::BlockError;
 
-/// Maps a backend error during a read to sense data.
-pub fn read_error(err: BlockError) -> Sense {
+/// Maps a backend error during a read of `len` bytes at byte `offset` to sense data; I/O
+/// errors are logged (rate limited) and a device found unavailable makes the LUN NOT READY.
+pub fn read_error(lun: &Lun, offset: u64, len: u64, err: BlockError) -> Sense {
+    io_failed(lun, "read", offset, len, &err);
+    sense_of(lun, err, asc::UNRECOVERED_READ_ERROR)
+}
+
+/// Maps a backend error during a write, unmap or flush to sense data, like [`read_error`].
+pub fn write_error(lun: &Lun, op: &'static str, offset: u64, len: u64, err: BlockError) -> Sense {
+    io_failed(lun, op, offset, len, &err);
+    sense_of(lun, err, asc::WRITE_ERROR)
+}
+
+/// Sense for `err`; `medium` is the MEDIUM ERROR code for the direction.
+fn sense_of(lun: &Lun, err: BlockError, medium: super::sense::Asc) -> Sense {
     match err {
         BlockError::ReadOnly => Sense::write_protected(),
         BlockError::OutOfRange { .. } => Sense::lba_out_of_range(),
         BlockError::Unsupported(_) => Sense::invalid_opcode(),
-        BlockError::Corrupt(_) | BlockError::Io(_) => {
-            Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR)
+        BlockError::Corrupt(_) | BlockError::Io(_) => Sense::new(key::MEDIUM_ERROR, medium),
+        BlockError::NoSpace(_) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+        BlockError::Unavailable(reason) => {
+            lun.mark_unavailable(reason);
+            Sense::not_ready(reason)
         }
-    }
-}
-
-/// Maps a backend error during a write, unmap or flush to sense data.
-pub fn write_error(err: BlockError) -> Sense {
-    match err {
-        BlockError::Corrupt(_) | BlockError::Io(_) => {
-            Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR)
-        }
-        other => read_error(other),
     }
 }
 
@@ -68,16 +75,17 @@ async fn read_medium(lun: &Lun, offset: u64, len: u64) -> Result<Bytes, Sense> {
     lun.device
         .read(offset, len as usize)
         .await
-        .map_err(read_error)
+        .map_err(|e| read_error(lun, offset, len, e))
 }
 
 /// Writes with FUA when the CDB asks for it or the write cache is disabled (WCE = 0).
 async fn write_medium(lun: &Lun, offset: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
     let fua = fua || !lun.write_cache_enabled();
+    let len = data.len() as u64;
     lun.device
         .write(offset, data, fua)
         .await
-        .map_err(write_error)
+        .map_err(|e| write_error(lun, "write", offset, len, e))
 }
 
 /// WRITE(6/10/12/16) and WRITE AND VERIFY; `data` holds exactly the blocks to write.
@@ -160,8 +168,11 @@ pub async fn or_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
 
 /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole device is flushed.
 pub async fn synchronize_cache(lun: &Lun, lba: u64, blocks: u32) -> Result<(), Sense> {
-    byte_range(lun, lba, u64::from(blocks))?;
-    lun.device.flush().await.map_err(write_error)
+    let (offset, len) = byte_range(lun, lba, u64::from(blocks))?;
+    lun.device
+        .flush()
+        .await
+        .map_err(|e| write_error(lun, "flush", offset, len, e))
 }
 
 /// PRE-FETCH(10/16): range check only; we keep no cache of our own to fill.

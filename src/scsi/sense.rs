@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::block::Unavailable;
+
 /// Sense keys (SPC-4 table 27).
 pub mod key {
     /// No error; used for deferred information such as REQUEST SENSE with nothing pending.
@@ -33,6 +35,10 @@ pub mod asc {
     use super::Asc;
     /// NO ADDITIONAL SENSE INFORMATION.
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
+    /// LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
+    pub const NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
+    /// LOGICAL UNIT COMMUNICATION FAILURE.
+    pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x08, 0x00);
     /// WRITE ERROR.
     pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
     /// INVALID FIELD IN COMMAND INFORMATION UNIT (transfer length disagrees with the transport).
@@ -59,6 +65,8 @@ pub mod asc {
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
     /// LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
     pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc(0x27, 0x02);
+    /// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3: a thin LUN ran out of backing space).
+    pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
     /// BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
@@ -75,6 +83,10 @@ pub mod asc {
     pub const CAPACITY_DATA_CHANGED: Asc = Asc(0x2a, 0x09);
     /// COMMANDS CLEARED BY ANOTHER INITIATOR.
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f, 0x00);
+    /// MEDIUM FORMAT CORRUPTED.
+    pub const MEDIUM_FORMAT_CORRUPTED: Asc = Asc(0x31, 0x00);
+    /// MEDIUM NOT PRESENT.
+    pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a, 0x00);
     /// SAVING PARAMETERS NOT SUPPORTED.
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
     /// INSUFFICIENT REGISTRATION RESOURCES.
@@ -173,6 +185,17 @@ impl Sense {
     /// DATA PROTECT / WRITE PROTECTED.
     pub const fn write_protected() -> Self {
         Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED)
+    }
+
+    /// NOT READY with the code for why the LUN's backing is unavailable (README "Broken LUNs").
+    pub const fn not_ready(reason: Unavailable) -> Self {
+        let code = match reason {
+            Unavailable::Missing => asc::MEDIUM_NOT_PRESENT,
+            Unavailable::Corrupt => asc::MEDIUM_FORMAT_CORRUPTED,
+            Unavailable::Unreachable => asc::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+            Unavailable::Failed => asc::NOT_READY_MANUAL_INTERVENTION,
+        };
+        Sense::new(key::NOT_READY, code)
     }
 
     /// UNIT ATTENTION with the given code.

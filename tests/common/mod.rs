@@ -24,6 +24,25 @@ pub const IQN: &str = "iqn.2026-11.io.overlaybd:test";
 /// How long the initiator waits for any one PDU.
 pub const PDU_WAIT: Duration = Duration::from_secs(10);
 
+/// One target [`IQN`] serving `luns` (backing strings) with `tuning`, on a free loopback port.
+pub fn config(luns: &[&str], tuning: Tuning) -> Config {
+    Config {
+        portals: vec!["127.0.0.1:0".parse().unwrap()],
+        tuning,
+        images: Default::default(),
+        strict: false,
+        targets: vec![TargetConfig {
+            name: IQN.to_string(),
+            alias: None,
+            luns: luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect(),
+            chap: None,
+            mutual_chap: None,
+            allowed_initiators: vec![],
+            allow_target_reset: false,
+        }],
+    }
+}
+
 /// A running in-process server.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -34,19 +53,12 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `luns` (backing strings) as target [`IQN`] with `tuning`.
     pub async fn start(luns: &[&str], tuning: Tuning) -> TestServer {
-        let config = Config {
-            portals: vec!["127.0.0.1:0".parse().unwrap()],
-            tuning,
-            images: Default::default(),
-            targets: vec![TargetConfig {
-                name: IQN.to_string(),
-                alias: None,
-                luns: luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect(),
-                chap: None,
-                mutual_chap: None,
-                allowed_initiators: vec![],
-            }],
-        };
+        TestServer::start_config(config(luns, tuning)).await
+    }
+
+    /// Serves `config` (its portals are replaced by one free loopback port).
+    pub async fn start_config(mut config: Config) -> TestServer {
+        config.portals = vec!["127.0.0.1:0".parse().unwrap()];
         config.validate().unwrap();
         let server = Server::bind(&config).await.unwrap();
         let addr = server.local_addrs()[0];

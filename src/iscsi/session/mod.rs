@@ -79,6 +79,10 @@ pub struct SessionOptions {
     pub data_out_timeout: Option<Duration>,
     /// Number of LUNs of the target (task management checks LUN numbers against it).
     pub lun_count: u64,
+    /// TARGET WARM RESET and TARGET COLD RESET are performed; when false they are answered
+    /// "Function rejected" and change nothing (any initiator could otherwise end every session
+    /// of the target).
+    pub allow_target_reset: bool,
     /// The connection's CID (from login).
     pub cid: u16,
     /// The CmdSN of the final Login Request: the first command's CmdSN.

@@ -34,6 +34,7 @@ fn options() -> SessionOptions {
         shared_budget: None,
         data_out_timeout: None,
         lun_count: 2,
+        allow_target_reset: true,
         cid: 0,
         first_cmd_sn: 1,
         first_stat_sn: 100,
@@ -501,6 +502,46 @@ fn cold_reset_answers_then_closes() {
         TmfResponseCode::COMPLETE
     );
     assert_eq!(s.close_reason(), Some(&CloseReason::ColdReset));
+}
+
+#[test]
+fn target_resets_are_rejected_unless_the_target_allows_them() {
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            allow_target_reset: false,
+            ..options()
+        },
+        now,
+    );
+    s.handle_pdu(read(1, 1, 512), now);
+    assert_eq!(started(&mut s).len(), 1);
+    // TARGET COLD RESET (function 7), immediate, ITT 2, CmdSN 2, from the wire.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x40 | 0x02;
+    bhs[1] = 0x80 | 7;
+    bhs[16..20].copy_from_slice(&2u32.to_be_bytes());
+    bhs[20..24].copy_from_slice(&RESERVED_TAG.to_be_bytes());
+    bhs[24..28].copy_from_slice(&2u32.to_be_bytes());
+    s.handle_pdu(wire(&bhs), now);
+    let out = sent(&mut s);
+    assert_eq!(tmf_response(&out).response, TmfResponseCode::REJECTED);
+    assert_eq!(tmf_response(&out).response.0, 255);
+    assert!(events(&mut s).is_empty(), "nothing cancelled or reset");
+    assert_eq!(s.close_reason(), None);
+    // TARGET WARM RESET (6) likewise; LOGICAL UNIT RESET still works.
+    let mut answer = |function, itt| {
+        s.handle_pdu(tmf(itt, function, 0, RESERVED_TAG, 0, 2), now);
+        (tmf_response(&sent(&mut s)).response, events(&mut s))
+    };
+    let (code, ev) = answer(TmfFunction::TARGET_WARM_RESET, 3);
+    assert_eq!((code, ev.len()), (TmfResponseCode::REJECTED, 0));
+    let (code, ev) = answer(TmfFunction::LOGICAL_UNIT_RESET, 4);
+    assert_eq!(code, TmfResponseCode::COMPLETE);
+    assert!(
+        matches!(&ev[..], [Event::Cancel(_), Event::LunReset { lun: 0 }]),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! Aborted tasks are cancelled for real ([`super::Event::Cancel`]) and get no response of
 //! their own. ABORT TASK of a tag the session does not know answers "Function complete" when
 //! RefCmdSN lies in the CmdSN window below the TMF's own CmdSN (the command is then considered
-//! received and is skipped, §11.5.1), and "Task does not exist" otherwise.
+//! received and is skipped, §11.5.1), and "Task does not exist" otherwise. TARGET WARM/COLD
+//! RESET act only when the target allows them ([`super::SessionOptions::allow_target_reset`]);
+//! otherwise they are answered "Function rejected" (255, §11.6.1) and nothing happens.
 
 use super::{CloseReason, Event, Session};
 use crate::iscsi::pdu::{
@@ -36,6 +38,15 @@ impl Session {
                 }
                 None => TmfResponseCode::LUN_DOES_NOT_EXIST,
             },
+            TmfFunction::TARGET_WARM_RESET | TmfFunction::TARGET_COLD_RESET
+                if !self.opts.allow_target_reset =>
+            {
+                tracing::warn!(
+                    function = req.function.0,
+                    "target reset refused: not enabled for this target (allow_target_reset)"
+                );
+                TmfResponseCode::REJECTED
+            }
             TmfFunction::TARGET_WARM_RESET | TmfFunction::TARGET_COLD_RESET => {
                 let cold = req.function == TmfFunction::TARGET_COLD_RESET;
                 let n = self.drop_tasks_where(|_| true);
@@ -57,7 +68,7 @@ impl Session {
             max_cmd_sn: self.window.max_cmd_sn(),
         };
         self.transmit.push_back(Pdu::TaskMgmtResponse(resp));
-        if req.function == TmfFunction::TARGET_COLD_RESET {
+        if req.function == TmfFunction::TARGET_COLD_RESET && response == TmfResponseCode::COMPLETE {
             // RFC 7143 §11.5.1: after a cold reset the target drops all its connections.
             self.closing = Some(CloseReason::ColdReset);
         }

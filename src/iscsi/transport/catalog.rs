@@ -57,6 +57,8 @@ pub struct ServedTarget {
     pub scsi: Arc<ScsiTarget>,
     /// Announces resets to every session of the target.
     pub resets: broadcast::Sender<ResetNotice>,
+    /// TARGET WARM/COLD RESET are honoured (otherwise answered "Function rejected").
+    pub allow_target_reset: bool,
 }
 
 /// Every served target, by name, plus the login settings shared by all.
@@ -91,7 +93,9 @@ pub fn login_settings(tuning: &Tuning) -> LoginSettings {
 }
 
 impl Catalog {
-    /// Opens every LUN of every configured target.
+    /// Opens every LUN of every configured target. A LUN that fails to open is logged and
+    /// served as NOT READY ([`crate::config::LunSpec::unavailable_lun`]) so every other LUN
+    /// and target keeps working; with `config.strict` it is an error instead.
     pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
         let mut targets = BTreeMap::new();
         // One opener for all LUNs, so image LUNs share the registry caches.
@@ -99,13 +103,27 @@ impl Catalog {
         for t in &config.targets {
             let mut luns = Vec::with_capacity(t.luns.len());
             for (i, spec) in t.luns.iter().enumerate() {
-                let lun = spec
-                    .lun_config(&t.name, i, &images)
-                    .map_err(|source| LunOpenError {
-                        target: t.name.clone(),
-                        lun: i,
-                        source,
-                    })?;
+                let lun = match spec.lun_config(&t.name, i, &images) {
+                    Ok(lun) => lun,
+                    Err(source) if config.strict => {
+                        return Err(LunOpenError {
+                            target: t.name.clone(),
+                            lun: i,
+                            source,
+                        })
+                    }
+                    Err(cause) => {
+                        let reason = cause.unavailable();
+                        tracing::error!(
+                            target = %t.name,
+                            lun = i,
+                            backing = %spec,
+                            %cause,
+                            "LUN failed to open; serving it as NOT READY ({reason})"
+                        );
+                        spec.unavailable_lun(&t.name, i, reason)
+                    }
+                };
                 luns.push(lun);
             }
             let login = login::TargetConfig {
@@ -119,8 +137,9 @@ impl Catalog {
             };
             let served = ServedTarget {
                 login,
-                scsi: Arc::new(ScsiTarget::new(luns)),
+                scsi: Arc::new(ScsiTarget::named(&t.name, luns)),
                 resets: broadcast::channel(RESET_CHANNEL).0,
+                allow_target_reset: t.allow_target_reset,
             };
             targets.insert(t.name.clone(), Arc::new(served));
         }

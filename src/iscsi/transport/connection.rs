@@ -351,6 +351,7 @@ async fn full_feature(
         shared_budget: Some(shared.budget.clone()),
         data_out_timeout: shared.tuning.data_out_timeout,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
+        allow_target_reset: served.as_ref().is_some_and(|t| t.allow_target_reset),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,
         first_stat_sn: outcome.next_stat_sn,

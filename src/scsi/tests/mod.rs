@@ -2,6 +2,7 @@
 //! holds the shared helpers (targets, command builders, test devices), one file per area below.
 
 mod model;
+mod not_ready;
 mod provisioning;
 mod reservations;
 mod sbc;
@@ -129,8 +130,17 @@ fn write10(lba: u32, blocks: u16) -> Vec<u8> {
     c
 }
 
-/// A device whose every operation fails with an I/O error.
-struct BrokenDevice;
+/// A device whose every operation fails: writes with `write()`, the rest with I/O errors.
+struct BrokenDevice {
+    write: fn() -> BlockError,
+}
+
+impl BrokenDevice {
+    /// Every operation fails with an I/O error.
+    const ON_FIRE: BrokenDevice = BrokenDevice {
+        write: || BlockError::Io(std::io::Error::other("disk on fire")),
+    };
+}
 
 #[async_trait]
 impl BlockDevice for BrokenDevice {
@@ -147,7 +157,7 @@ impl BlockDevice for BrokenDevice {
         Err(BlockError::Io(std::io::Error::other("disk on fire")))
     }
     async fn write(&self, _: u64, _: Bytes, _: bool) -> BlockResult<()> {
-        Err(BlockError::Io(std::io::Error::other("disk on fire")))
+        Err((self.write)())
     }
     async fn flush(&self) -> BlockResult<()> {
         Err(BlockError::Corrupt("flush".into()))

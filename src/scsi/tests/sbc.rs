@@ -234,7 +234,7 @@ async fn read_only_lun_is_write_protected() {
 
 #[tokio::test]
 async fn backend_errors_become_medium_errors() {
-    let t = ScsiTarget::new(vec![lun_config(Arc::new(BrokenDevice))]);
+    let t = ScsiTarget::new(vec![lun_config(Arc::new(BrokenDevice::ON_FIRE))]);
     let n = ready(&t, "a").await;
     assert_sense(&exec(&t, &n, &read10(0, 1), 512, &[]).await, 3, 0x11, 0);
     assert_sense(

@@ -94,7 +94,7 @@ async fn vpd_pages() {
     let r = exec(&ro, &n, &[0x12, 1, 0xb0, 0, 255, 0], 255, &[]).await;
     assert_eq!(&r.data_in[20..28], &[0; 8]);
     // A LUN that cannot deallocate does not offer UNMAP at all.
-    let thick = ScsiTarget::new(vec![lun_config(Arc::new(BrokenDevice))]);
+    let thick = ScsiTarget::new(vec![lun_config(Arc::new(BrokenDevice::ON_FIRE))]);
     let n = ready(&thick, "a").await;
     let unmap = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
     assert_sense(&exec(&thick, &n, &unmap, 24, &[0; 24]).await, 5, 0x20, 0);
