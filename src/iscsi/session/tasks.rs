@@ -233,13 +233,11 @@ impl Session {
             .transfer
             .as_ref()
             .map_or(true, |t| t.wants_r2t() || t.is_complete());
-        if !task.reserved && due {
-            if !self.reserve(itt) {
-                if !self.memory_waiting.contains(&itt) {
-                    self.memory_waiting.push_back(itt);
-                }
-                return;
+        if !task.reserved && due && !self.reserve(itt) {
+            if !self.memory_waiting.contains(&itt) {
+                self.memory_waiting.push_back(itt);
             }
+            return;
         }
         let Some(task) = self.tasks.get_mut(&itt) else {
             return;
