@@ -12,7 +12,7 @@
 pub mod cdb;
 mod dispatch;
 mod inquiry;
-mod io_log;
+pub(crate) mod io_log;
 mod lun;
 mod mode;
 mod provisioning;

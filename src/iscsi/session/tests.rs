@@ -1078,12 +1078,18 @@ fn data_behind_a_cmd_sn_gap_counts_against_the_shared_budget() {
         now,
     );
     for n in 0..3u32 {
-        s.handle_pdu(write(10 + n, 2 + n, 1 << 20, Bytes::from(vec![0u8; 1 << 20])), now);
+        s.handle_pdu(
+            write(10 + n, 2 + n, 1 << 20, Bytes::from(vec![0u8; 1 << 20])),
+            now,
+        );
     }
     assert_eq!(shared.used(), 3 << 20);
     assert!(s.close_reason().is_none());
     s.handle_pdu(write(20, 5, 1 << 20, Bytes::from(vec![0u8; 1 << 20])), now);
-    assert!(matches!(s.close_reason(), Some(CloseReason::ProtocolError(_))));
+    assert!(matches!(
+        s.close_reason(),
+        Some(CloseReason::ProtocolError(_))
+    ));
     drop(s);
     assert_eq!(shared.used(), 0);
 }

@@ -2,14 +2,10 @@
 //! per source address, so idle or slow sockets from one place cannot use up the file
 //! descriptors and lock every other initiator out. A connection leaves the count when its
 //! login ends, either way.
-//!
-//! Also the rate limit for repeated warnings (accept errors, refused connections): one line
-//! per interval with the number of lines it stands for.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -97,40 +93,6 @@ impl Drop for PendingGuard {
     }
 }
 
-/// Lets a repeated event be logged at most once per interval.
-#[derive(Debug)]
-pub struct RateLimit {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// At most one line per `every`.
-    pub fn new(every: Duration) -> Self {
-        RateLimit {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether to log the event happening at `now`; `Some(n)` with the number of events
-    /// not logged since the last line.
-    pub fn check(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now < last + self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,16 +137,5 @@ mod tests {
         assert_eq!(logins.lock().total(), 1);
         drop(again);
         assert_eq!(logins.lock().total(), 0);
-    }
-
-    #[test]
-    fn rate_limit_reports_what_it_suppressed() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(Duration::from_secs(1));
-        assert_eq!(r.check(t0), Some(0));
-        assert_eq!(r.check(t0 + Duration::from_millis(10)), None);
-        assert_eq!(r.check(t0 + Duration::from_millis(900)), None);
-        assert_eq!(r.check(t0 + Duration::from_millis(1000)), Some(2));
-        assert_eq!(r.check(t0 + Duration::from_millis(1500)), None);
     }
 }

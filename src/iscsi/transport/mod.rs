@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::admission::{PendingGuard, PendingLogins, RateLimit};
+use self::admission::{PendingGuard, PendingLogins};
 use self::catalog::Catalog;
 pub use self::catalog::LunOpenError;
 use self::connection::SessionHandle;
@@ -37,6 +37,7 @@ use crate::config::{Config, Tuning};
 use crate::iscsi::login::AuthThrottle;
 use crate::iscsi::session::budget::MemoryBudget;
 use crate::iscsi::session::registry::SessionTable;
+use crate::scsi::io_log::LogLimiter;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,7 @@ impl Server {
         }
         drop(accepted_tx);
         let mut connections = JoinSet::new();
-        let mut refusals = RateLimit::new(Duration::from_secs(1));
+        let mut refusals = LogLimiter::new(Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -135,7 +136,7 @@ impl Server {
                         Err(why) => {
                             // Closed at once: its descriptor is free again.
                             drop(stream);
-                            if let Some(more) = refusals.check(std::time::Instant::now()) {
+                            if let Some(more) = refusals.admit(std::time::Instant::now()) {
                                 let in_login = self.shared.pending.lock().total();
                                 tracing::warn!(%peer, ?why, in_login, suppressed = more, "too many connections in login, closed");
                             }
@@ -168,7 +169,7 @@ impl Server {
 
 /// Accepts connections on one portal and hands them to the server loop.
 async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
-    let mut failures = RateLimit::new(Duration::from_secs(1));
+    let mut failures = LogLimiter::new(Duration::from_secs(1));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -180,7 +181,7 @@ async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<(TcpStream, SocketA
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning, and
                 // log once a second at most.
-                if let Some(more) = failures.check(std::time::Instant::now()) {
+                if let Some(more) = failures.admit(std::time::Instant::now()) {
                     tracing::warn!(error = %e, suppressed = more, "accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
