@@ -7,6 +7,7 @@
 //! - [`overlaybd`]: the LSMT layer stack and image configs, as a block device;
 //! - [`zfile`]: random-access ZFile decompression;
 //! - [`config`]: what the server serves (command line and TOML file);
+//! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build).
 
@@ -15,6 +16,7 @@
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod daemon;
 pub mod iscsi;
 pub mod overlaybd;
 pub mod scsi;

@@ -1,0 +1,173 @@
+//! The resources of the management API, as JSON. These shapes are a contract that scripts
+//! (through `overlaybd-target ctl … --json`) rely on: fields are only ever added.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a LUN is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LunState {
+    /// Its backing is being opened; media commands answer NOT READY, BECOMING READY.
+    Opening,
+    /// Serving I/O.
+    Ready,
+    /// Its backing could not be opened (see the reason); it answers NOT READY.
+    Failed,
+}
+
+/// One logical unit of a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunInfo {
+    /// The LUN number.
+    pub lun: u64,
+    /// The backing string exactly as `--lun` takes it (`file:PATH`, `ro:image:CONFIG`, …).
+    pub backing: String,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// Opening, ready or failed.
+    pub state: LunState,
+    /// Why it failed (only when `state` is `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Capacity in bytes once ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// One target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// The iSCSI name.
+    pub name: String,
+    /// TargetAlias, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Initiator names allowed to log in; empty allows everyone.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// The CHAP user initiators must authenticate as (the secret is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_user: Option<String>,
+    /// The CHAP user the target answers mutual CHAP as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_user: Option<String>,
+    /// The LUNs, by number.
+    pub luns: Vec<LunInfo>,
+    /// Sessions logged in to it now.
+    pub sessions: usize,
+}
+
+/// One logged-in session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The initiator's iSCSI name.
+    pub initiator: String,
+    /// The ISID, as 12 hex digits.
+    pub isid: String,
+    /// The TSIH the target gave the session.
+    pub tsih: u16,
+    /// The initiator's address and port, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The target (absent for a discovery session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The negotiated operational keys (HeaderDigest, MaxRecvDataSegmentLength, …).
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Counters of the registry layer cache, summed over the images that use it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheInfo {
+    /// Units found in the memory tier.
+    pub memory_hits: u64,
+    /// Units read from the disk tier.
+    pub disk_hits: u64,
+    /// Units a reader waited for while another reader fetched them.
+    pub shared_fetches: u64,
+    /// Requests sent to the registry.
+    pub source_requests: u64,
+    /// Bytes received from the registry.
+    pub source_bytes: u64,
+}
+
+/// The whole picture: `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The server's version.
+    pub version: String,
+    /// The addresses iSCSI is served on.
+    pub portals: Vec<String>,
+    /// Every target.
+    pub targets: Vec<TargetInfo>,
+    /// Sessions logged in now (normal and discovery).
+    pub sessions: usize,
+    /// Layer cache counters (absent until an image with registry layers was opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheInfo>,
+}
+
+/// A CHAP user name and secret, as a request carries them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapInput {
+    /// CHAP name.
+    pub user: String,
+    /// CHAP secret (at least 12 characters).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ChapInput {
+    // Keeps secrets out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapInput")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/targets`: a new target, without LUNs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddTarget {
+    /// The iSCSI name.
+    pub name: String,
+    /// TargetAlias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Initiator names allowed to log in; empty allows everyone.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP the initiator must prove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapInput>,
+    /// CHAP the target proves back (needs `chap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap: Option<ChapInput>,
+    /// Honour TARGET WARM/COLD RESET.
+    #[serde(default)]
+    pub allow_target_reset: bool,
+}
+
+/// `POST /v1/targets/{name}/luns`: a new LUN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLun {
+    /// The backing string exactly as `--lun` takes it.
+    pub backing: String,
+    /// The LUN number; the lowest free one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<u64>,
+    /// Export read-only (same as a `ro:` prefix).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The body of every error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line saying what went wrong.
+    pub error: String,
+}
