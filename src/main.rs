@@ -1,14 +1,20 @@
-//! The `overlaybd-target` binary: parses the command line (see
-//! [`overlaybd_target::config::cli`]), opens the LUNs, serves iSCSI until SIGINT or SIGTERM,
-//! then asks every initiator to log out before exiting. With a tool subcommand
-//! ([`overlaybd_target::tools`]) it runs that tool instead.
+//! The `overlaybd-target` binary: parses the command line (`cli.rs`), starts the daemon
+//! ([`overlaybd_target::daemon`]: LUNs, iSCSI portals, management API), serves until SIGINT or
+//! SIGTERM, then asks every initiator to log out before exiting. With a subcommand it runs an
+//! image tool ([`overlaybd_target::tools`]) instead.
 
+mod cli;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use overlaybd_target::config::cli::Cli;
-use overlaybd_target::iscsi::transport::Server;
+use cli::{Cli, Command};
+use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use tracing_subscriber::EnvFilter;
+
+/// Where runtime changes are kept unless `--state` or `--no-state` says otherwise.
+const DEFAULT_STATE: &str = "/var/lib/overlaybd-target/state.json";
 
 /// Keeps large buffers (1 MiB reads, Data-Out collection) in the heap instead of a fresh
 /// mmap per allocation: glibc's defaults mmap and unmap each one, and the page faults of
@@ -61,9 +67,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if let Some(tool) = cli.tool.take() {
-        return run_tool(tool);
+    if let Some(command) = cli.command.take() {
+        return match command {
+            Command::Tool(tool) => run_tool(tool),
+        };
     }
+    let options = DaemonOptions {
+        state: state_path(&cli),
+    };
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -76,68 +87,56 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        let server = match Server::bind(&config).await {
-            Ok(s) => s,
+        let daemon = match Daemon::start(config, options).await {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("overlaybd-target: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        for addr in server.local_addrs() {
+        for addr in daemon.local_addrs() {
             tracing::info!(%addr, "listening");
         }
-        for t in &config.targets {
-            tracing::info!(target = %t.name, luns = t.luns.len(), "serving");
-        }
-        server.run(shutdown_signal()).await;
+        daemon.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }
 
-/// The multi-threaded runtime, or `None` after printing why it cannot start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("overlaybd-target: cannot start the runtime: {e}");
-            None
-        }
+/// The state file: `--state`, none with `--no-state`, else the default when its folder can be
+/// created (a user without rights to it still gets a working target, minus persistence).
+fn state_path(cli: &Cli) -> Option<PathBuf> {
+    if cli.no_state {
+        return None;
+    }
+    if let Some(path) = &cli.state {
+        return Some(path.clone());
+    }
+    let path = PathBuf::from(DEFAULT_STATE);
+    let usable = path
+        .parent()
+        .is_some_and(|dir| std::fs::create_dir_all(dir).is_ok() && writable(dir));
+    if usable {
+        Some(path)
+    } else {
+        tracing::warn!(
+            state = DEFAULT_STATE,
+            "cannot use the default state file; changes made through the API will not survive a restart (see --state)"
+        );
+        None
     }
 }
 
-/// Runs an image tool to completion; errors are printed, never panicked.
-fn run_tool(tool: overlaybd_target::tools::Tool) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match runtime.block_on(tool.run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("overlaybd-target: {e}");
-            ExitCode::FAILURE
-        }
+/// True when this process may create files in `dir` (tried, since permission bits alone do not
+/// tell: read-only mounts, capabilities).
+fn writable(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .is_ok();
+    if created {
+        let _ = std::fs::remove_file(&probe);
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers only Ctrl-C can stop us.
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("signal received");
+    created
 }

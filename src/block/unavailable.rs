@@ -21,6 +21,10 @@ pub enum Unavailable {
     /// Any other failure (permissions, local I/O errors).
     #[error("backing failed")]
     Failed,
+    /// The backing is still being opened (a LUN restored or declared at start whose image is
+    /// not open yet); initiators retry until it is ready.
+    #[error("backing is being opened")]
+    Opening,
 }
 
 /// A device with no data that reports why ([`BlockDevice::unavailable`]); every operation

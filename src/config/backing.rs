@@ -157,91 +157,91 @@ impl LunSpec {
         Ok(LunSpec { backing, read_only })
     }
 
-    /// Opens the device. Files are opened now, so a missing file fails at start-up rather than
-    /// at the first SCSI command.
-    pub fn open(&self) -> Result<Arc<dyn BlockDevice>, BackingError> {
+    /// Opens the device with registry layers read through a cache of its own (tests and
+    /// single-LUN tools; a server shares one [`ImageOpener`] between its LUNs).
+    pub async fn open(&self) -> Result<Arc<dyn BlockDevice>, BackingError> {
         self.open_with(&ImageOpener::new(DaemonSettings::default()))
+            .await
     }
 
-    /// Opens the device, reading registry layers of `image:` LUNs through `images`.
-    pub fn open_with(&self, images: &ImageOpener) -> Result<Arc<dyn BlockDevice>, BackingError> {
+    /// Opens the device, reading registry layers of `image:` LUNs through `images`. Files are
+    /// opened now, so a missing file fails here rather than at the first SCSI command. Blocking
+    /// work (file opens, reading configs and indexes) runs off the async workers, so opening a
+    /// LUN never stalls I/O on the others.
+    pub async fn open_with(
+        &self,
+        images: &ImageOpener,
+    ) -> Result<Arc<dyn BlockDevice>, BackingError> {
         match &self.backing {
             Backing::File(path) => {
-                let device = FileDevice::open(path, self.read_only).map_err(|source| {
-                    BackingError::Open {
-                        path: path.clone(),
-                        source,
+                let (path, read_only) = (path.clone(), self.read_only);
+                let opened = tokio::task::spawn_blocking(move || {
+                    let device = FileDevice::open(&path, read_only)
+                        .map_err(|source| BackingError::Open {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    if device.size() == 0 {
+                        return Err(BackingError::Empty(path));
                     }
-                })?;
-                if device.size() == 0 {
-                    return Err(BackingError::Empty(path.clone()));
-                }
-                Ok(Arc::new(device))
+                    Ok(Arc::new(device) as Arc<dyn BlockDevice>)
+                })
+                .await;
+                opened.unwrap_or_else(|e| {
+                    Err(BackingError::Open {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })
+                })
             }
             Backing::Ram(size) if self.read_only => Ok(Arc::new(RamDevice::new_read_only(*size))),
             Backing::Ram(size) => Ok(Arc::new(RamDevice::new(*size))),
             Backing::Demo => {
                 let image =
-                    block_on(super::demo::open_demo()).map_err(|source| BackingError::Image {
-                        path: PathBuf::from("demo:"),
-                        source: Box::new(source),
-                    })?;
+                    super::demo::open_demo()
+                        .await
+                        .map_err(|source| BackingError::Image {
+                            path: PathBuf::from("demo:"),
+                            source: Box::new(source),
+                        })?;
                 Ok(Arc::new(image))
             }
             Backing::Image(path) => {
-                let image_err = |source: LsmtError| BackingError::Image {
-                    path: path.clone(),
-                    source: Box::new(source),
-                };
-                let device: Arc<dyn BlockDevice> = if images.needs_registry(path) {
-                    let registry_err = |source: LsmtError| BackingError::Registry {
-                        path: path.clone(),
-                        source: Box::new(source),
-                    };
-                    let luns = images.remote().map_err(registry_err)?;
-                    block_on(luns.open(path, self.read_only)).map_err(registry_err)?
-                } else {
-                    Arc::new(
-                        block_on(Image::open_config_file(path, &LocalOpener)).map_err(image_err)?,
-                    )
-                };
+                let device = images.open(path, self.read_only).await?;
                 if device.size() == 0 {
                     return Err(BackingError::Empty(path.clone()));
                 }
-                if self.read_only && !device.read_only() {
-                    Ok(Arc::new(ReadOnlyDevice::new(device)))
-                } else {
-                    Ok(device)
-                }
+                Ok(device)
             }
         }
     }
 
-    /// Opens the device and describes it as LUN `index` of target `target_name`. The serial
-    /// number is derived from both, so it stays stable across restarts with the same config.
-    pub fn lun_config(
+    /// Opens the device and describes it as LUN `number` of target `target_name`. The serial
+    /// number is derived from both, so it stays stable across restarts.
+    pub async fn lun_config(
         &self,
         target_name: &str,
-        index: usize,
+        number: u64,
         images: &ImageOpener,
     ) -> Result<LunConfig, BackingError> {
-        Ok(self.describe(target_name, index, self.open_with(images)?))
+        Ok(self.describe(target_name, number, self.open_with(images).await?))
     }
 
-    /// LUN `index` of target `target_name` whose backing could not be opened: the same serial
-    /// and product as when it works, over a device that answers NOT READY for `reason`.
+    /// LUN `number` of target `target_name` whose backing is not open (still opening, or it
+    /// failed): the same serial and product as when it works, over a device that answers NOT
+    /// READY for `reason`.
     pub fn unavailable_lun(
         &self,
         target_name: &str,
-        index: usize,
+        number: u64,
         reason: Unavailable,
     ) -> LunConfig {
-        self.describe(target_name, index, Arc::new(UnavailableDevice::new(reason)))
+        self.describe(target_name, number, Arc::new(UnavailableDevice::new(reason)))
     }
 
-    /// Describes `device` as LUN `index` of target `target_name`.
-    fn describe(&self, target_name: &str, index: usize, device: Arc<dyn BlockDevice>) -> LunConfig {
-        let digest = Sha256::digest(format!("{target_name}/{index}/{self}").as_bytes());
+    /// Describes `device` as LUN `number` of target `target_name`.
+    fn describe(&self, target_name: &str, number: u64, device: Arc<dyn BlockDevice>) -> LunConfig {
+        let digest = Sha256::digest(format!("{target_name}/{number}/{self}").as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
             Backing::File(_) => "overlaybd file",
@@ -289,15 +289,45 @@ impl ImageOpener {
         }
     }
 
-    /// True when some lower layer of the config at `path` lives only in a registry. A config
-    /// that cannot be read answers false: the local open then reports the error.
-    fn needs_registry(&self, path: &Path) -> bool {
-        let Ok(config) = ImageConfig::load(path) else {
-            return false;
+    /// Opens the image whose `config.v1.json` is at `path`: the config is read once, and the
+    /// image goes through the shared registry caches only when some lower layer lives in a
+    /// registry. Writes the config's `resultFile` either way.
+    async fn open(&self, path: &Path, read_only: bool) -> Result<Arc<dyn BlockDevice>, BackingError> {
+        let image_err = |source: LsmtError| BackingError::Image {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         };
+        let load = path.to_path_buf();
+        let config = tokio::task::spawn_blocking(move || ImageConfig::load(&load))
+            .await
+            .map_err(|e| image_err(LsmtError::Invalid(format!("reading the config: {e}"))))?
+            .map_err(image_err)?;
         let name = path.display().to_string();
-        (0..config.lowers.len())
-            .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })))
+        let remote = (0..config.lowers.len())
+            .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })));
+        let device: Arc<dyn BlockDevice> = if remote {
+            let registry_err = |source: LsmtError| BackingError::Registry {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            };
+            let luns = self.remote().map_err(registry_err)?;
+            Arc::new(
+                Image::open_loaded(&config, &name, luns.layers())
+                    .await
+                    .map_err(registry_err)?,
+            )
+        } else {
+            Arc::new(
+                Image::open_loaded(&config, &name, &LocalOpener)
+                    .await
+                    .map_err(image_err)?,
+            )
+        };
+        Ok(if read_only && !device.read_only() {
+            Arc::new(ReadOnlyDevice::new(device))
+        } else {
+            device
+        })
     }
 
     /// The shared remote-layer caches, built on first use.
@@ -310,39 +340,28 @@ impl ImageOpener {
         *slot = Some(luns.clone());
         Ok(luns)
     }
-}
 
-/// Runs an image open to completion. LUNs are opened from synchronous code that may run inside
-/// the server's runtime: a multi-threaded runtime lends this thread to the open
-/// (`block_in_place`); otherwise the open runs on a scoped thread with its own small runtime,
-/// since blocking a current-thread runtime from within would deadlock or panic.
-fn block_on<T, F>(open: F) -> Result<T, LsmtError>
-where
-    T: Send,
-    F: std::future::Future<Output = Result<T, LsmtError>> + Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if let Ok(handle) = Handle::try_current() {
-        if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
-            return tokio::task::block_in_place(|| handle.block_on(open));
-        }
+    /// Counters and sizes of the registry layer cache; `None` until an image with registry
+    /// layers was opened.
+    pub fn cache_stats(&self) -> Option<(crate::cache::CacheStats, u64, u64)> {
+        let slot = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        let tiers = slot.as_ref()?.layers().tiers().clone();
+        Some((tiers.stats(), tiers.memory_used(), tiers.disk_used()))
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| LsmtError::io("runtime", e))?;
-            runtime.block_on(open)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(LsmtError::Invalid("opening the image panicked".into())))
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs an async open to completion from a plain test.
+    fn now<T>(open: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(open)
+    }
 
     #[test]
     fn parses_file_ram_and_read_only_prefix() {
@@ -401,25 +420,24 @@ mod tests {
         std::fs::write(&config, json.to_string()).unwrap();
 
         let rw = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
-        let lun = rw
-            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+        let lun = now(rw.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default())))
             .unwrap();
         assert_eq!(lun.device.size(), 1 << 20);
         assert!(!lun.device.read_only());
         assert_eq!(lun.product, "overlaybd image");
         let ro = LunSpec::parse(&format!("ro:image:{}", config.display())).unwrap();
-        assert!(ro.open().unwrap().read_only());
+        assert!(now(ro.open()).unwrap().read_only());
 
         let missing = LunSpec::parse("image:/nonexistent/config.v1.json").unwrap();
-        let e = missing.open().err().unwrap().to_string();
+        let e = now(missing.open()).err().unwrap().to_string();
         assert!(e.contains("/nonexistent/config.v1.json"), "{e}");
         std::fs::write(&config, b"{ not json").unwrap();
-        assert!(matches!(rw.open(), Err(BackingError::Image { .. })));
+        assert!(matches!(now(rw.open()), Err(BackingError::Image { .. })));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn opens_the_demo_inside_a_runtime() {
-        let demo = LunSpec::parse("demo:").unwrap().open().unwrap();
+        let demo = LunSpec::parse("demo:").unwrap().open().await.unwrap();
         assert!(demo.read_only());
         assert_eq!(demo.size(), 8 << 20);
     }
@@ -428,12 +446,12 @@ mod tests {
     fn open_failures_are_classified_for_the_not_ready_code() {
         let missing = LunSpec::parse("file:/nonexistent/disk.img").unwrap();
         assert_eq!(
-            missing.open().err().unwrap().unavailable(),
+            now(missing.open()).err().unwrap().unavailable(),
             Unavailable::Missing
         );
         let missing = LunSpec::parse("image:/nonexistent/config.v1.json").unwrap();
         assert_eq!(
-            missing.open().err().unwrap().unavailable(),
+            now(missing.open()).err().unwrap().unavailable(),
             Unavailable::Missing
         );
         let dir = tempfile::tempdir().unwrap();
@@ -441,7 +459,7 @@ mod tests {
         std::fs::write(&config, b"{ not json").unwrap();
         let corrupt = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
         assert_eq!(
-            corrupt.open().err().unwrap().unavailable(),
+            now(corrupt.open()).err().unwrap().unavailable(),
             Unavailable::Corrupt
         );
         let registry = BackingError::Registry {
@@ -484,7 +502,7 @@ mod tests {
 
     #[test]
     fn opens_ram_and_file_devices() {
-        let ram = LunSpec::parse("ro:ram:1M").unwrap().open().unwrap();
+        let ram = now(LunSpec::parse("ro:ram:1M").unwrap().open()).unwrap();
         assert_eq!(ram.size(), 1 << 20);
         assert!(ram.read_only());
 
@@ -492,16 +510,15 @@ mod tests {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let spec = LunSpec::parse(&format!("file:{}", path.display())).unwrap();
-        let lun = spec
-            .lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))
+        let lun = now(spec.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default())))
             .unwrap();
         assert_eq!(lun.device.size(), 4096);
         assert!(!lun.device.read_only());
         assert_eq!(lun.serial.len(), 16);
 
         let missing = LunSpec::parse("file:/nonexistent/disk.img").unwrap();
-        assert!(matches!(missing.open(), Err(BackingError::Open { .. })));
+        assert!(matches!(now(missing.open()), Err(BackingError::Open { .. })));
         std::fs::write(&path, b"").unwrap();
-        assert!(matches!(spec.open(), Err(BackingError::Empty(_))));
+        assert!(matches!(now(spec.open()), Err(BackingError::Empty(_))));
     }
 }

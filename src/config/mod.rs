@@ -1,9 +1,8 @@
 //! What the server serves: portals, targets and their LUNs, session tuning. Built either from the
-//! quick command-line form (`--target IQN --lun file:PATH ...`, see [`cli`]) or from a TOML file
+//! quick command-line form (`--target IQN --lun file:PATH ...`, see the binary's `cli.rs`) or from a TOML file
 //! (see [`file`](mod@file)); both end up as one validated [`Config`].
 
 pub mod backing;
-pub mod cli;
 pub mod demo;
 pub mod file;
 
@@ -113,6 +112,51 @@ pub struct TargetConfig {
     /// Whether TARGET WARM RESET and TARGET COLD RESET are honoured. Off by default: a cold
     /// reset ends every session of the target, and any initiator that may log in could send it.
     pub allow_target_reset: bool,
+}
+
+impl TargetConfig {
+    /// Checks the name, CHAP settings and access list (everything but the LUNs); `at` turns a
+    /// field name into the path errors name it by.
+    pub fn check_login(&self, at: &dyn Fn(&str) -> String) -> Result<(), InvalidField> {
+        check_iscsi_name(&self.name).map_err(|m| InvalidField::new(at("name"), m))?;
+        for (field, creds) in [("chap", &self.chap), ("mutual_chap", &self.mutual_chap)] {
+            if let Some(c) = creds {
+                if c.user.is_empty() || c.secret.is_empty() {
+                    return Err(InvalidField::new(
+                        at(field),
+                        "user and secret must be non-empty",
+                    ));
+                }
+                if c.secret.chars().count() < MIN_CHAP_SECRET_LEN {
+                    return Err(InvalidField::new(
+                        at(&format!("{field}.secret")),
+                        format!("must be at least {MIN_CHAP_SECRET_LEN} characters"),
+                    ));
+                }
+            }
+        }
+        if let (Some(chap), Some(mutual)) = (&self.chap, &self.mutual_chap) {
+            // With one secret for both directions, an attacker posing as the target can have
+            // the initiator answer the very challenge the real target sent it.
+            if chap.secret == mutual.secret {
+                return Err(InvalidField::new(
+                    at("mutual_chap.secret"),
+                    "must differ from chap.secret",
+                ));
+            }
+        }
+        if self.mutual_chap.is_some() && self.chap.is_none() {
+            return Err(InvalidField::new(
+                at("mutual_chap"),
+                "mutual CHAP requires chap",
+            ));
+        }
+        for (j, initiator) in self.allowed_initiators.iter().enumerate() {
+            check_iscsi_name(initiator)
+                .map_err(|m| InvalidField::new(at(&format!("allowed_initiators[{j}]")), m))?;
+        }
+        Ok(())
+    }
 }
 
 /// A CHAP user name and secret.
@@ -237,7 +281,7 @@ impl Config {
         }
         for (i, target) in self.targets.iter().enumerate() {
             let at = |field: &str| format!("targets[{i}].{field}");
-            check_iscsi_name(&target.name).map_err(|m| InvalidField::new(at("name"), m))?;
+            target.check_login(&at)?;
             if self.targets[..i]
                 .iter()
                 .any(|other| other.name.eq_ignore_ascii_case(&target.name))
@@ -249,42 +293,6 @@ impl Config {
                     at("luns"),
                     "a target needs at least one LUN",
                 ));
-            }
-            for (field, creds) in [("chap", &target.chap), ("mutual_chap", &target.mutual_chap)] {
-                if let Some(c) = creds {
-                    if c.user.is_empty() || c.secret.is_empty() {
-                        return Err(InvalidField::new(
-                            at(field),
-                            "user and secret must be non-empty",
-                        ));
-                    }
-                    if c.secret.chars().count() < MIN_CHAP_SECRET_LEN {
-                        return Err(InvalidField::new(
-                            at(&format!("{field}.secret")),
-                            format!("must be at least {MIN_CHAP_SECRET_LEN} characters"),
-                        ));
-                    }
-                }
-            }
-            if let (Some(chap), Some(mutual)) = (&target.chap, &target.mutual_chap) {
-                // With one secret for both directions, an attacker posing as the target can
-                // have the initiator answer the very challenge the real target sent it.
-                if chap.secret == mutual.secret {
-                    return Err(InvalidField::new(
-                        at("mutual_chap.secret"),
-                        "must differ from chap.secret",
-                    ));
-                }
-            }
-            if target.mutual_chap.is_some() && target.chap.is_none() {
-                return Err(InvalidField::new(
-                    at("mutual_chap"),
-                    "mutual CHAP requires chap",
-                ));
-            }
-            for (j, initiator) in target.allowed_initiators.iter().enumerate() {
-                check_iscsi_name(initiator)
-                    .map_err(|m| InvalidField::new(at(&format!("allowed_initiators[{j}]")), m))?;
             }
         }
         Ok(())

@@ -5,9 +5,17 @@
 //!
 //! - [`model`]: the resources the management API speaks about (JSON shapes);
 //! - [`definition`]: targets and LUNs as declared (config, API, state file);
+//! - `service.rs`: [`Daemon`], which starts everything and implements the control plane;
+//!   `inventory.rs` its record of targets and LUN states; `settings.rs` the translation of
+//!   the configuration for the protocol layers;
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
 //!   HTTP layer maps to status codes.
 
 pub mod control;
 pub mod definition;
+mod inventory;
 pub mod model;
+mod service;
+mod settings;
+
+pub use service::{Daemon, DaemonOptions, StartError, MAX_LUN};

@@ -91,6 +91,10 @@ pub struct CacheInfo {
     pub source_requests: u64,
     /// Bytes received from the registry.
     pub source_bytes: u64,
+    /// Bytes held in the memory tier now.
+    pub memory_bytes: u64,
+    /// Bytes held in the disk tier now.
+    pub disk_bytes: u64,
 }
 
 /// The whole picture: `GET /v1/status`.

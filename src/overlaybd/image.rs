@@ -213,8 +213,17 @@ impl Image {
     /// (`success` or `failed:<reason>`) as the reference daemon does.
     pub async fn open_config_file(path: &Path, opener: &dyn LayerOpener) -> LsmtResult<Self> {
         let config = ImageConfig::load(path)?;
-        let name = path.display().to_string();
-        let result = Image::open(&config, &name, opener).await;
+        Image::open_loaded(&config, &path.display().to_string(), opener).await
+    }
+
+    /// [`Image::open`] for a config already loaded from `config_file`, then writes its result
+    /// file (`success` or `failed:<reason>`) as the reference daemon does.
+    pub async fn open_loaded(
+        config: &ImageConfig,
+        config_file: &str,
+        opener: &dyn LayerOpener,
+    ) -> LsmtResult<Self> {
+        let result = Image::open(config, config_file, opener).await;
         let outcome = match &result {
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),

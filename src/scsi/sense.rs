@@ -37,6 +37,8 @@ pub mod asc {
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
     /// LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
     pub const NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
+    /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY.
+    pub const BECOMING_READY: Asc = Asc(0x04, 0x01);
     /// LOGICAL UNIT COMMUNICATION FAILURE.
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x08, 0x00);
     /// WRITE ERROR.
@@ -194,6 +196,7 @@ impl Sense {
             Unavailable::Corrupt => asc::MEDIUM_FORMAT_CORRUPTED,
             Unavailable::Unreachable => asc::LOGICAL_UNIT_COMMUNICATION_FAILURE,
             Unavailable::Failed => asc::NOT_READY_MANUAL_INTERVENTION,
+            Unavailable::Opening => asc::BECOMING_READY,
         };
         Sense::new(key::NOT_READY, code)
     }

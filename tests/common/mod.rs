@@ -13,7 +13,7 @@ use overlaybd_target::iscsi::pdu::{
     Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
     TmfResponseCode, RESERVED_TAG,
 };
-use overlaybd_target::iscsi::transport::Server;
+use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -60,10 +60,12 @@ impl TestServer {
     pub async fn start_config(mut config: Config) -> TestServer {
         config.portals = vec!["127.0.0.1:0".parse().unwrap()];
         config.validate().unwrap();
-        let server = Server::bind(&config).await.unwrap();
-        let addr = server.local_addrs()[0];
+        let daemon = Daemon::start(config, DaemonOptions::default())
+            .await
+            .unwrap();
+        let addr = daemon.local_addrs()[0];
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
+        let task = tokio::spawn(daemon.run(async {
             let _ = stopped.await;
         }));
         TestServer {

@@ -73,6 +73,11 @@ impl<H> SessionTable<H> {
             .map(|(_, (tsih, h))| (*tsih, h))
     }
 
+    /// Every session: its identity, TSIH and handle.
+    pub fn entries(&self) -> impl Iterator<Item = (&SessionKey, u16, &H)> {
+        self.sessions.iter().map(|(k, (tsih, h))| (k, *tsih, h))
+    }
+
     /// Handles of every session.
     pub fn handles(&self) -> impl Iterator<Item = &H> {
         self.sessions.values().map(|(_, h)| h)

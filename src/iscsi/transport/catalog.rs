@@ -1,29 +1,17 @@
-//! The targets a server serves: their login view (names, CHAP, access lists) and their SCSI
-//! devices, built once from the [`Config`].
+//! The targets a server serves, live: the daemon inserts and removes them while the server
+//! runs, and every login and Text Request looks them up at that moment. Each target carries
+//! its login view (names, CHAP, access lists), its SCSI device server and the channel through
+//! which its sessions learn of resets and of its own removal.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::backing::ImageOpener;
-use crate::config::{BackingError, Config, Credentials, Digests, Tuning};
-use crate::iscsi::login::{
-    self, AuthConfig, ChapAccount, DigestPolicy, LoginSettings, TargetDirectory,
-};
+use crate::iscsi::login::{self, LoginSettings, TargetDirectory};
 use crate::scsi::ScsiTarget;
-
-/// A LUN could not be opened; names the target and LUN.
-#[derive(Debug, thiserror::Error)]
-#[error("target {target}, LUN {lun}: {source}")]
-pub struct LunOpenError {
-    /// The target's name.
-    pub target: String,
-    /// The LUN number.
-    pub lun: usize,
-    /// Why it failed.
-    pub source: BackingError,
-}
 
 /// What a reset performed through one session covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,99 +47,81 @@ pub struct ServedTarget {
     pub resets: broadcast::Sender<ResetNotice>,
     /// TARGET WARM/COLD RESET are honoured (otherwise answered "Function rejected").
     pub allow_target_reset: bool,
+    /// Cancelled when the target is removed: its sessions are asked to log out.
+    retired: CancellationToken,
 }
 
-/// Every served target, by name, plus the login settings shared by all.
+impl ServedTarget {
+    /// A target with the login view `login` over the device server `scsi`.
+    pub fn new(login: login::TargetConfig, scsi: Arc<ScsiTarget>, allow_target_reset: bool) -> Self {
+        ServedTarget {
+            login,
+            scsi,
+            resets: broadcast::channel(RESET_CHANNEL).0,
+            allow_target_reset,
+            retired: CancellationToken::new(),
+        }
+    }
+
+    /// The target's iSCSI name.
+    pub fn name(&self) -> &str {
+        &self.login.name
+    }
+
+    /// Resolves once the target has been removed from its catalog.
+    pub(super) fn retired(&self) -> CancellationToken {
+        self.retired.clone()
+    }
+}
+
+/// The target is already served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target {0} already exists")]
+pub struct TargetExists(pub String);
+
+/// Every served target, by name, plus the login settings shared by all. Names compare
+/// case-insensitively (RFC 7143 §4.2.7.1: iSCSI names are not case-sensitive).
 pub struct Catalog {
     settings: LoginSettings,
-    targets: BTreeMap<String, Arc<ServedTarget>>,
-}
-
-fn account(c: &Credentials) -> ChapAccount {
-    ChapAccount {
-        user: c.user.clone(),
-        secret: c.secret.as_bytes().to_vec(),
-    }
-}
-
-/// Our side of login negotiation, from the configured tuning.
-pub fn login_settings(tuning: &Tuning) -> LoginSettings {
-    let digest = match tuning.digests {
-        Digests::PreferNone => DigestPolicy::PreferNone,
-        Digests::PreferCrc32c => DigestPolicy::PreferCrc32c,
-        Digests::RequireCrc32c => DigestPolicy::Crc32cOnly,
-    };
-    LoginSettings {
-        max_recv_data_segment_length: tuning.max_recv_data_segment_length,
-        header_digest: digest,
-        data_digest: digest,
-        queue_depth: tuning.queue_depth,
-        // The session handles unsolicited Data-Out, which saves a round trip per write.
-        initial_r2t: false,
-        ..LoginSettings::default()
-    }
+    targets: RwLock<BTreeMap<String, Arc<ServedTarget>>>,
 }
 
 impl Catalog {
-    /// Opens every LUN of every configured target. A LUN that fails to open is logged and
-    /// served as NOT READY ([`crate::config::LunSpec::unavailable_lun`]) so every other LUN
-    /// and target keeps working; with `config.strict` it is an error instead.
-    pub fn open(config: &Config) -> Result<Catalog, LunOpenError> {
-        let mut targets = BTreeMap::new();
-        // One opener for all LUNs, so image LUNs share the registry caches.
-        let images = ImageOpener::new(config.images.clone());
-        for t in &config.targets {
-            let mut luns = Vec::with_capacity(t.luns.len());
-            for (i, spec) in t.luns.iter().enumerate() {
-                let lun = match spec.lun_config(&t.name, i, &images) {
-                    Ok(lun) => lun,
-                    Err(source) if config.strict => {
-                        return Err(LunOpenError {
-                            target: t.name.clone(),
-                            lun: i,
-                            source,
-                        })
-                    }
-                    Err(cause) => {
-                        let reason = cause.unavailable();
-                        tracing::error!(
-                            target = %t.name,
-                            lun = i,
-                            backing = %spec,
-                            %cause,
-                            "LUN failed to open; serving it as NOT READY ({reason})"
-                        );
-                        spec.unavailable_lun(&t.name, i, reason)
-                    }
-                };
-                luns.push(lun);
-            }
-            let login = login::TargetConfig {
-                name: t.name.clone(),
-                alias: t.alias.clone(),
-                auth: AuthConfig {
-                    chap: t.chap.as_ref().map(account),
-                    mutual_chap: t.mutual_chap.as_ref().map(account),
-                },
-                allowed_initiators: t.allowed_initiators.clone(),
-            };
-            let served = ServedTarget {
-                login,
-                scsi: Arc::new(ScsiTarget::named(&t.name, luns)),
-                resets: broadcast::channel(RESET_CHANNEL).0,
-                allow_target_reset: t.allow_target_reset,
-            };
-            targets.insert(t.name.clone(), Arc::new(served));
+    /// An empty catalog whose logins negotiate with `settings`.
+    pub fn new(settings: LoginSettings) -> Self {
+        Catalog {
+            settings,
+            targets: RwLock::new(BTreeMap::new()),
         }
-        Ok(Catalog {
-            settings: login_settings(&config.tuning),
-            targets,
-        })
+    }
+
+    /// Serves `target` from now on: new logins and SendTargets see it.
+    pub fn insert(&self, target: Arc<ServedTarget>) -> Result<(), TargetExists> {
+        let key = target.name().to_ascii_lowercase();
+        let mut targets = self.targets.write();
+        if targets.contains_key(&key) {
+            return Err(TargetExists(target.name().to_string()));
+        }
+        targets.insert(key, target);
+        Ok(())
+    }
+
+    /// Stops serving `name`: no new logins, gone from SendTargets, and its sessions are asked
+    /// to log out (the transport ends them after a grace period). Returns the target.
+    pub fn remove(&self, name: &str) -> Option<Arc<ServedTarget>> {
+        let removed = self.targets.write().remove(&name.to_ascii_lowercase())?;
+        removed.retired.cancel();
+        Some(removed)
     }
 
     /// The served target called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<ServedTarget>> {
-        self.targets.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<ServedTarget>> {
+        self.targets.read().get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Every served target, by name.
+    pub fn all(&self) -> Vec<Arc<ServedTarget>> {
+        self.targets.read().values().cloned().collect()
     }
 }
 
@@ -161,34 +131,10 @@ impl TargetDirectory for Catalog {
     }
 
     fn target(&self, name: &str) -> Option<login::TargetConfig> {
-        self.targets.get(name).map(|t| t.login.clone())
+        self.get(name).map(|t| t.login.clone())
     }
 
     fn targets(&self) -> Vec<login::TargetConfig> {
-        self.targets.values().map(|t| t.login.clone()).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_knob_sets_both_digest_policies() {
-        for (knob, policy) in [
-            (Digests::PreferNone, DigestPolicy::PreferNone),
-            (Digests::PreferCrc32c, DigestPolicy::PreferCrc32c),
-            (Digests::RequireCrc32c, DigestPolicy::Crc32cOnly),
-        ] {
-            let s = login_settings(&Tuning {
-                digests: knob,
-                ..Tuning::default()
-            });
-            assert_eq!(
-                (s.header_digest, s.data_digest),
-                (policy, policy),
-                "{knob:?}"
-            );
-        }
+        self.targets.read().values().map(|t| t.login.clone()).collect()
     }
 }

@@ -17,7 +17,7 @@ use super::driver::{drive, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
 use crate::iscsi::login::{
-    Login, LoginFailure, LoginOutcome, LoginStep, SessionType, TargetDirectory,
+    Login, LoginFailure, LoginOutcome, LoginStep, SessionParams, SessionType, TargetDirectory,
 };
 use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
@@ -48,14 +48,31 @@ pub struct SessionHandle {
     pub done: Arc<tokio::sync::Notify>,
     /// Set once the session ended (so waiters that arrive late do not block).
     pub ended: Arc<std::sync::atomic::AtomicBool>,
+    /// The initiator's address.
+    pub peer: Option<SocketAddr>,
+    /// What login negotiated.
+    pub params: SessionParams,
 }
 
 impl SessionHandle {
-    fn new() -> Self {
+    fn new(peer: Option<SocketAddr>, params: SessionParams) -> Self {
         SessionHandle {
             kill: CancellationToken::new(),
             done: Arc::new(tokio::sync::Notify::new()),
             ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            peer,
+            params,
+        }
+    }
+
+    /// Resolves once the session has fully ended.
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -65,7 +82,7 @@ impl SessionHandle {
     }
 
     /// Ends the session and waits (bounded) until it is gone.
-    async fn stop(&self, wait: Duration) {
+    pub async fn stop(&self, wait: Duration) {
         let notified = self.done.notified();
         self.kill.cancel();
         if !self.ended.load(std::sync::atomic::Ordering::SeqCst) {
@@ -89,8 +106,7 @@ pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
     let span = tracing::info_span!("conn", peer = ?peer);
-    let peer_ip = peer.map(|p| p.ip());
-    run(stream, local, peer_ip, pending, shared)
+    run(stream, local, peer, pending, shared)
         .instrument(span)
         .await;
 }
@@ -98,7 +114,7 @@ pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>
 async fn run(
     stream: TcpStream,
     local: SocketAddr,
-    peer: Option<IpAddr>,
+    peer: Option<SocketAddr>,
     pending: PendingGuard,
     shared: Arc<Shared>,
 ) {
@@ -175,9 +191,10 @@ async fn login(
     reader: &mut PduReader<tokio::net::tcp::OwnedReadHalf>,
     tx: &mpsc::Sender<EncodedPdu>,
     codec: &PduCodec,
-    peer: Option<IpAddr>,
+    peer_addr: Option<SocketAddr>,
     shared: &Arc<Shared>,
 ) -> Option<Admitted> {
+    let peer = peer_addr.map(|p| p.ip());
     let mut login = Login::new();
     loop {
         let req = match reader.next().await {
@@ -209,7 +226,7 @@ async fn login(
                     let name = Some(outcome.initiator_name.as_str());
                     shared.auth_throttle.lock().succeeded(now, name, peer);
                 }
-                let admitted = admit(*outcome, shared).await;
+                let admitted = admit(*outcome, peer_addr, shared).await;
                 return match admitted {
                     Ok(a) => {
                         let sent = match login.accept(a.tsih) {
@@ -260,7 +277,11 @@ fn failed_login(
 
 /// Decides whether a negotiated login may become a session; assigns the TSIH, reinstating
 /// (tearing down) an older session of the same initiator port first.
-async fn admit(outcome: LoginOutcome, shared: &Arc<Shared>) -> Result<Admitted, LoginStatus> {
+async fn admit(
+    outcome: LoginOutcome,
+    peer: Option<SocketAddr>,
+    shared: &Arc<Shared>,
+) -> Result<Admitted, LoginStatus> {
     let target = match outcome.session_type {
         SessionType::Discovery => String::new(),
         SessionType::Normal => outcome
@@ -283,14 +304,14 @@ async fn admit(outcome: LoginOutcome, shared: &Arc<Shared>) -> Result<Admitted, 
             LoginStatus::SESSION_DOES_NOT_EXIST
         });
     }
-    let handle = SessionHandle::new();
+    let handle = SessionHandle::new(peer, outcome.params.clone());
     let inserted = {
         let mut sessions = shared.sessions.lock();
         // A reinstatement replaces a session; anything else needs a free place.
         let replacing = sessions.tsih(&key).is_some();
-        if !replacing && sessions.len() >= shared.tuning.max_sessions as usize {
+        if !replacing && sessions.len() >= shared.limits.max_sessions as usize {
             tracing::warn!(
-                max = shared.tuning.max_sessions,
+                max = shared.limits.max_sessions,
                 initiator = %key.initiator,
                 "session limit reached, login refused"
             );
@@ -337,19 +358,31 @@ async fn full_feature(
     );
 
     let served = match outcome.session_type {
-        SessionType::Normal => shared.catalog.get(&key.target).cloned(),
+        SessionType::Normal => match shared.catalog.get(&key.target) {
+            Some(served) => Some(served),
+            None => {
+                // Removed between login and now: the initiator will find it gone.
+                tracing::info!(target = %key.target, "target removed during login");
+                shared.sessions.lock().remove(&key, tsih);
+                handle.mark_ended();
+                return Ended::Shutdown;
+            }
+        },
         SessionType::Discovery => None,
     };
+    let retired = served
+        .as_ref()
+        .map_or_else(CancellationToken::new, |t| t.retired());
     let opts = SessionOptions {
         params: outcome.params.clone(),
         discovery: outcome.session_type == SessionType::Discovery,
-        queue_depth: shared.tuning.queue_depth,
-        nop_interval: shared.tuning.nop_interval,
-        nop_timeout: shared.tuning.nop_timeout,
+        queue_depth: shared.limits.queue_depth,
+        nop_interval: shared.limits.nop_interval,
+        nop_timeout: shared.limits.nop_timeout,
         write_buffer_budget: WRITE_BUFFER_BUDGET,
         data_in_budget: DATA_IN_BUDGET,
         shared_budget: Some(shared.budget.clone()),
-        data_out_timeout: shared.tuning.data_out_timeout,
+        data_out_timeout: shared.limits.data_out_timeout,
         lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
         allow_target_reset: served.as_ref().is_some_and(|t| t.allow_target_reset),
         cid: outcome.cid,
@@ -381,8 +414,9 @@ async fn full_feature(
             codec,
             kill: handle.kill.clone(),
             shutdown: shared.shutdown.clone(),
+            retired,
             written,
-            stall_timeout: shared.tuning.nop_timeout,
+            stall_timeout: shared.limits.nop_timeout,
         };
         let ended = drive(session, ctx, reader, tx).await;
         tracing::info!(?ended, "session ended");

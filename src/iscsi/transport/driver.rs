@@ -76,6 +76,8 @@ pub struct DriverContext {
     pub kill: CancellationToken,
     /// Cancelled when the server shuts down: ask for logout, then end.
     pub shutdown: CancellationToken,
+    /// Cancelled when the session's target is removed: ask for logout, then end.
+    pub retired: CancellationToken,
     /// Bytes the writer task has written to the socket so far.
     pub written: Arc<AtomicU64>,
     /// How long queued bytes may sit with the peer taking none of them.
@@ -338,6 +340,11 @@ pub async fn drive<R: AsyncRead + Unpin>(
             }
             _ = ctx.kill.cancelled() => break Ended::Replaced,
             _ = ctx.shutdown.cancelled(), if logout_deadline.is_none() => {
+                session.request_logout(LOGOUT_GRACE.as_secs() as u16);
+                logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
+            }
+            _ = ctx.retired.cancelled(), if logout_deadline.is_none() => {
+                tracing::info!("target removed, asking the initiator to log out");
                 session.request_logout(LOGOUT_GRACE.as_secs() as u16);
                 logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
             }

@@ -1,8 +1,10 @@
 //! The tokio transport: thin drivers around the sans-IO protocol state.
 //!
-//! [`Server::bind`] opens every LUN and listens on every portal; [`Server::run`] accepts
-//! connections until its shutdown future resolves, then asks every session to log out (Async
-//! Message), waits briefly, and closes what is left.
+//! [`Server::bind`] listens on every portal and serves the targets of a live [`Catalog`] that
+//! its owner (the daemon) fills and changes; [`Server::run`] accepts connections until its
+//! shutdown future resolves, then asks every session to log out (Async Message), waits
+//! briefly, and closes what is left. A [`ServerHandle`] lists the sessions and retires the
+//! sessions of a removed target while the server runs.
 //!
 //! Inside: `catalog.rs` holds the served targets (login view, SCSI devices, reset broadcast);
 //! each connection (`connection.rs`) is one task that reads the socket, with a writer task
@@ -30,35 +32,48 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::admission::{PendingGuard, PendingLogins};
-use self::catalog::Catalog;
-pub use self::catalog::LunOpenError;
+pub use self::catalog::{Catalog, ServedTarget, TargetExists};
 use self::connection::SessionHandle;
-use crate::config::{Config, Tuning};
-use crate::iscsi::login::AuthThrottle;
+use crate::iscsi::login::{AuthThrottle, SessionParams};
 use crate::iscsi::session::budget::MemoryBudget;
 use crate::iscsi::session::registry::SessionTable;
 use crate::scsi::io_log::LogLimiter;
 
-/// Why the server could not start.
+/// A portal could not be bound.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// A LUN's backing could not be opened.
-    #[error(transparent)]
-    Lun(#[from] LunOpenError),
-    /// A portal could not be bound.
-    #[error("cannot listen on {portal}: {source}")]
-    Bind {
-        /// The portal address.
-        portal: SocketAddr,
-        /// The operating-system error.
-        source: io::Error,
-    },
+#[error("cannot listen on {portal}: {source}")]
+pub struct BindError {
+    /// The portal address.
+    pub portal: SocketAddr,
+    /// The operating-system error.
+    pub source: io::Error,
+}
+
+/// Session timers and the limits that bound what initiators can make the server hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Commands a session may have outstanding (the CmdSN window).
+    pub queue_depth: u32,
+    /// Idle time after which the target pings the initiator; `None` disables pings.
+    pub nop_interval: Option<Duration>,
+    /// How long the initiator has to answer a ping before the connection is dropped.
+    pub nop_timeout: Duration,
+    /// Bytes all sessions together may hold for write data and unsent Data-In.
+    pub memory_budget: u64,
+    /// How long a write may wait for Data-Out before it is ended; `None`: forever.
+    pub data_out_timeout: Option<Duration>,
+    /// Sessions admitted at once; more logins are refused (out of resources).
+    pub max_sessions: u32,
+    /// Connections that may be in login at once; more are closed on accept.
+    pub max_pending_logins: u32,
+    /// Connections from one source address that may be in login at once.
+    pub max_pending_logins_per_address: u32,
 }
 
 /// State shared by every connection of a server.
 pub(crate) struct Shared {
     catalog: Arc<Catalog>,
-    tuning: Tuning,
+    limits: Limits,
     sessions: Mutex<SessionTable<SessionHandle>>,
     /// Delays for failed CHAP attempts, by initiator name and source address.
     auth_throttle: Mutex<AuthThrottle>,
@@ -79,31 +94,41 @@ pub struct Server {
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
 impl Server {
-    /// Opens every LUN of `config` and binds every portal (port 0 picks a free port).
-    pub async fn bind(config: &Config) -> Result<Server, ServerError> {
-        let catalog = Catalog::open(config)?;
-        let mut listeners = Vec::with_capacity(config.portals.len());
-        for &portal in &config.portals {
+    /// Binds every portal (port 0 picks a free port) to serve the targets of `catalog`.
+    pub async fn bind(
+        portals: &[SocketAddr],
+        limits: Limits,
+        catalog: Arc<Catalog>,
+    ) -> Result<Server, BindError> {
+        let mut listeners = Vec::with_capacity(portals.len());
+        for &portal in portals {
             let listener = TcpListener::bind(portal)
                 .await
-                .map_err(|source| ServerError::Bind { portal, source })?;
+                .map_err(|source| BindError { portal, source })?;
             listeners.push(listener);
         }
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
-                catalog: Arc::new(catalog),
-                tuning: config.tuning.clone(),
+                catalog,
                 sessions: Mutex::new(SessionTable::new()),
                 auth_throttle: Mutex::new(AuthThrottle::new()),
                 shutdown: CancellationToken::new(),
-                budget: MemoryBudget::new(config.tuning.memory_budget),
+                budget: MemoryBudget::new(limits.memory_budget),
                 pending: Arc::new(Mutex::new(PendingLogins::new(
-                    config.tuning.max_pending_logins,
-                    config.tuning.max_pending_logins_per_address,
+                    limits.max_pending_logins,
+                    limits.max_pending_logins_per_address,
                 ))),
+                limits,
             }),
         })
+    }
+
+    /// A handle to look at and act on the server's sessions while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The addresses actually listened on (useful with port 0).
@@ -164,6 +189,71 @@ impl Server {
             );
         }
         connections.abort_all();
+    }
+}
+
+/// What the owner of a running server can ask of it.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+/// One live session, as the management API shows it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// InitiatorName.
+    pub initiator: String,
+    /// ISID.
+    pub isid: [u8; 6],
+    /// The TSIH the target assigned.
+    pub tsih: u16,
+    /// The initiator's address.
+    pub peer: Option<SocketAddr>,
+    /// The target; `None` for a discovery session.
+    pub target: Option<String>,
+    /// The negotiated operational parameters.
+    pub params: SessionParams,
+}
+
+impl ServerHandle {
+    /// Every live session (normal and discovery).
+    pub fn sessions(&self) -> Vec<SessionView> {
+        let sessions = self.shared.sessions.lock();
+        sessions
+            .entries()
+            .map(|(key, tsih, handle)| SessionView {
+                initiator: key.initiator.clone(),
+                isid: key.isid,
+                tsih,
+                peer: handle.peer,
+                target: (!key.target.is_empty()).then(|| key.target.clone()),
+                params: handle.params.clone(),
+            })
+            .collect()
+    }
+
+    /// Live sessions logged in to `target`.
+    pub fn session_count(&self, target: &str) -> usize {
+        self.shared.sessions.lock().of_target(target).count()
+    }
+
+    /// Waits until every session of `target` has ended: they were asked to log out when the
+    /// target left the catalog ([`Catalog::remove`]); those still there after the logout grace
+    /// period are ended.
+    pub async fn retire(&self, target: &str) {
+        let handles: Vec<SessionHandle> = self
+            .shared
+            .sessions
+            .lock()
+            .of_target(target)
+            .map(|(_, h)| h.clone())
+            .collect();
+        let deadline = tokio::time::Instant::now() + driver::LOGOUT_GRACE + SHUTDOWN_SLACK;
+        for handle in &handles {
+            if tokio::time::timeout_at(deadline, handle.ended()).await.is_err() {
+                handle.stop(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -8,10 +8,11 @@
 //! LUNs are numbered from 0 in the order given; a `ro:` prefix exports a LUN read-only;
 //! `image:CONFIG.json` serves an overlaybd image. Image tools run as subcommands
 //! (`overlaybd-target create|commit|zfile|merge|inspect|export|import|build …`, see
-//! [`crate::tools`]).
-//! With neither `--lun` nor `--config`, the embedded demo image (see [`super::demo`]) is served
-//! read-only as LUN 0. `--config FILE` reads targets from TOML instead (see [`super::file`]); `--portal` and the
-//! tuning flags then override the file's values.
+//! [`overlaybd_target::tools`]).
+//! With neither `--lun` nor `--config`, the embedded demo image is served read-only as LUN 0.
+//! `--config FILE` reads targets from TOML instead (see [`overlaybd_target::config::file`]);
+//! `--portal` and the tuning flags then override the file's values. `--state` and `--api` say
+//! where changes made at runtime are kept and where the management API listens.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::{Config, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGET_NAME};
+use overlaybd_target::config::{
+    self, Config, Digests, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGET_NAME,
+};
 
 /// Command-line arguments of `overlaybd-target`.
 #[derive(Debug, Parser)]
@@ -30,9 +33,27 @@ use super::{Config, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGE
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
-    /// An image tool to run instead of serving (`overlaybd-target TOOL --help`).
+    /// An image tool or a management command to run instead of serving
+    /// (`overlaybd-target COMMAND --help`).
     #[command(subcommand)]
-    pub tool: Option<crate::tools::Tool>,
+    pub command: Option<Command>,
+
+    /// The state file: targets and LUNs added or removed at runtime are written here and
+    /// restored at start (README "Runtime changes").
+    #[arg(long, value_name = "FILE", conflicts_with = "no_state")]
+    pub state: Option<PathBuf>,
+
+    /// Keep no state file: runtime changes last until the process exits.
+    #[arg(long)]
+    pub no_state: bool,
+
+    /// The management API's Unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
+    pub api: Option<PathBuf>,
+
+    /// Serve no management API.
+    #[arg(long)]
+    pub no_api: bool,
 
     /// Address to listen on (repeatable). Default 0.0.0.0:3260.
     #[arg(long = "portal", value_name = "IP:PORT")]
@@ -109,7 +130,7 @@ pub struct Cli {
 
     /// HeaderDigest/DataDigest policy (overrides the config file; default prefer-none).
     #[arg(long, value_name = "POLICY", value_enum)]
-    pub digests: Option<super::Digests>,
+    pub digests: Option<Digests>,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -118,11 +139,19 @@ pub struct Cli {
 
 /// A size such as `4G` or `256M`.
 fn parse_cache_size(text: &str) -> Result<u64, String> {
-    crate::block::parse_size(text).map_err(|e| e.to_string())
+    overlaybd_target::block::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_lun(text: &str) -> Result<LunSpec, String> {
     LunSpec::parse(text).map_err(|e| e.to_string())
+}
+
+/// What runs instead of the server.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// An image tool.
+    #[command(flatten)]
+    Tool(overlaybd_target::tools::Tool),
 }
 
 /// Why the command line does not describe a usable configuration.
@@ -130,10 +159,10 @@ fn parse_lun(text: &str) -> Result<LunSpec, String> {
 pub enum CliError {
     /// The configuration file was refused.
     #[error(transparent)]
-    File(#[from] super::file::ConfigFileError),
+    File(#[from] config::file::ConfigFileError),
     /// A value is out of range.
     #[error("invalid option: {0}")]
-    Invalid(#[from] super::InvalidField),
+    Invalid(#[from] config::InvalidField),
     /// The overlaybd.json daemon config was refused (the message names the file and key).
     #[error("{0}")]
     DaemonSettings(String),
@@ -143,12 +172,12 @@ impl Cli {
     /// Builds the validated configuration the arguments describe.
     pub fn into_config(self) -> Result<Config, CliError> {
         let mut config = match &self.config {
-            Some(path) => super::file::load(path)?,
+            Some(path) => config::file::load(path)?,
             None => {
                 // Nothing named: serve the embedded demo image.
                 let luns = if self.luns.is_empty() {
                     vec![LunSpec {
-                        backing: super::Backing::Demo,
+                        backing: config::Backing::Demo,
                         read_only: true,
                     }]
                 } else {
@@ -210,7 +239,7 @@ impl Cli {
             t.max_pending_logins_per_address = n;
         }
         if let Some(path) = &self.overlaybd_config {
-            config.images = crate::cache::DaemonSettings::from_file(path)
+            config.images = overlaybd_target::cache::DaemonSettings::from_file(path)
                 .map_err(|e| CliError::DaemonSettings(e.to_string()))?;
         }
         config
@@ -228,7 +257,7 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backing;
+    use overlaybd_target::config::Backing;
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("overlaybd-target").chain(args.iter().copied()))
@@ -270,7 +299,7 @@ mod tests {
         assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
-        assert_eq!(config.tuning.digests, crate::config::Digests::PreferNone);
+        assert_eq!(config.tuning.digests, Digests::PreferNone);
         assert!(!config.strict && !config.targets[0].allow_target_reset);
         let c = cli(&["--lun", "ram:1M", "--strict", "--allow-target-reset"]).unwrap();
         let config = c.into_config().unwrap();
@@ -278,7 +307,7 @@ mod tests {
         let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
         assert_eq!(
             strict.into_config().unwrap().tuning.digests,
-            crate::config::Digests::RequireCrc32c
+            Digests::RequireCrc32c
         );
         assert!(cli(&["--lun", "ram:1M", "--digests", "crc16"]).is_err());
 

@@ -1,0 +1,631 @@
+//! The running daemon: builds the live catalog from the declared configuration and the state
+//! file, opens every LUN concurrently in the background, serves iSCSI, and carries out the
+//! management API's changes ([`ControlPlane`]).
+//!
+//! Every change follows one order: validate, do the slow part (opening a backing) without any
+//! lock, then under the change lock write the state file and only then apply the change to
+//! what is served. A change whose state cannot be written is refused and changes nothing; a
+//! crash after the write and before the apply restores the change at the next start, which is
+//! what the caller asked for.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use crate::block::Unavailable;
+use crate::config::backing::ImageOpener;
+use crate::config::{BackingError, Config, Credentials, LunSpec, TargetConfig};
+use crate::iscsi::transport::{Catalog, Server, ServerHandle, ServedTarget};
+use crate::scsi::ScsiTarget;
+
+use super::control::{ControlError, ControlPlane};
+use super::definition::TargetDef;
+use super::inventory::{Inventory, LunSlot, TargetEntry};
+use super::model::{
+    AddLun, AddTarget, CacheInfo, ChapInput, LunInfo, LunState, SessionInfo, Status, TargetInfo,
+};
+use super::settings::{limits, login_settings, login_view};
+use super::state::{self, StateFile};
+
+/// LUN numbers the API accepts: flat space addressing reaches 16383.
+pub const MAX_LUN: u64 = 16383;
+
+/// How long the start waits for declared LUNs to open before it listens. Local files and
+/// images open in milliseconds, so initiators that log in at once find them ready; a LUN still
+/// opening after this (a slow registry) answers NOT READY, BECOMING READY until it is, and never
+/// holds the others back.
+pub const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state file could not be read.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// With `strict`, a LUN could not be opened.
+    #[error("target {target}, LUN {lun}: {source}")]
+    Lun {
+        /// The target's name.
+        target: String,
+        /// The LUN number.
+        lun: u64,
+        /// Why it failed.
+        source: BackingError,
+    },
+    /// A portal could not be bound.
+    #[error(transparent)]
+    Bind(#[from] crate::iscsi::transport::BindError),
+}
+
+/// Where the daemon keeps its state.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// The state file; `None`: changes made through the API last until the process exits.
+    pub state: Option<PathBuf>,
+}
+
+/// A started daemon: LUNs opening or open, portals bound.
+pub struct Daemon {
+    inner: Arc<Inner>,
+    server: Server,
+}
+
+struct Inner {
+    /// What `--config` or the quick form declares.
+    declared: BTreeMap<String, TargetDef>,
+    catalog: Arc<Catalog>,
+    images: ImageOpener,
+    inventory: Mutex<Inventory>,
+    server: OnceLock<ServerHandle>,
+    portals: OnceLock<Vec<SocketAddr>>,
+    state: Option<StateFile>,
+    /// Serialises changes: each computes the state from what the previous one left.
+    changes: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Daemon {
+    /// Restores the served set (`config` plus the state file), opens every LUN, binds the
+    /// portals. LUNs open in the background and answer NOT READY, BECOMING READY until then;
+    /// with `config.strict` every LUN is opened first and any failure stops the start.
+    pub async fn start(config: Config, options: DaemonOptions) -> Result<Daemon, StartError> {
+        let declared: BTreeMap<String, TargetDef> = config
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), TargetDef::from_config(t)))
+            .collect();
+        let state = options.state.map(StateFile::new);
+        let served = match &state {
+            Some(file) => match file.load()? {
+                Some(diff) => {
+                    let (served, notices) = state::apply(&declared, &diff);
+                    for notice in notices {
+                        tracing::warn!(state = %file.path().display(), "{notice}");
+                    }
+                    tracing::info!(state = %file.path().display(), "restored changes made through the API");
+                    served
+                }
+                None => declared.clone(),
+            },
+            None => declared.clone(),
+        };
+        let inner = Arc::new(Inner {
+            declared,
+            catalog: Arc::new(Catalog::new(login_settings(&config.tuning))),
+            images: ImageOpener::new(config.images.clone()),
+            inventory: Mutex::new(Inventory::default()),
+            server: OnceLock::new(),
+            portals: OnceLock::new(),
+            state,
+            changes: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        });
+        let mut opened = BTreeMap::new();
+        if config.strict {
+            opened = inner.open_all_now(&served).await?;
+        }
+        let mut opening = Vec::new();
+        for def in served.values() {
+            opening.extend(inner.serve_declared(def, &mut opened));
+        }
+        let opens: Vec<_> = opening
+            .into_iter()
+            .map(|(target, number, id, spec)| {
+                let inner = inner.clone();
+                tokio::spawn(async move { inner.finish_open(&target, number, id, spec).await })
+            })
+            .collect();
+        let count = opens.len();
+        // Dropping the handles after the wait does not stop the opens still running.
+        let all = futures_util::future::join_all(opens);
+        if tokio::time::timeout(OPEN_WAIT, all).await.is_err() {
+            tracing::warn!(luns = count, "some LUNs are still opening; they answer NOT READY until they are ready");
+        }
+        let server = Server::bind(&config.portals, limits(&config.tuning), inner.catalog.clone())
+            .await?;
+        let _ = inner.server.set(server.handle());
+        let _ = inner.portals.set(server.local_addrs());
+        Ok(Daemon { inner, server })
+    }
+
+    /// The addresses iSCSI is served on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.server.local_addrs()
+    }
+
+    /// The operations of the management API.
+    pub fn control(&self) -> Arc<dyn ControlPlane> {
+        Arc::new(Control(self.inner.clone()))
+    }
+
+    /// Serves until `shutdown` resolves, then asks every initiator to log out.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.server.run(shutdown).await;
+    }
+}
+
+impl Inner {
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens every LUN of `served` concurrently, failing on the first that cannot be opened.
+    async fn open_all_now(
+        &self,
+        served: &BTreeMap<String, TargetDef>,
+    ) -> Result<BTreeMap<(String, u64), crate::scsi::LunConfig>, StartError> {
+        let opens = served.values().flat_map(|def| {
+            def.luns.iter().map(move |(&number, spec)| async move {
+                let opened = spec.lun_config(&def.name, number, &self.images).await;
+                opened
+                    .map(|config| ((def.name.clone(), number), config))
+                    .map_err(|source| StartError::Lun {
+                        target: def.name.clone(),
+                        lun: number,
+                        source,
+                    })
+            })
+        });
+        let opened = futures_util::future::try_join_all(opens).await?;
+        Ok(opened.into_iter().collect())
+    }
+
+    /// Puts a declared target in the catalog. LUNs already in `opened` serve at once; the
+    /// others serve NOT READY (becoming ready) and are returned to be opened.
+    fn serve_declared(
+        &self,
+        def: &TargetDef,
+        opened: &mut BTreeMap<(String, u64), crate::scsi::LunConfig>,
+    ) -> Vec<(String, u64, u64, LunSpec)> {
+        let scsi = Arc::new(ScsiTarget::named(&def.name, Vec::new()));
+        let mut slots = BTreeMap::new();
+        let mut opening = Vec::new();
+        for (&number, spec) in &def.luns {
+            let id = self.id();
+            let (config, state, size) = match opened.remove(&(def.name.clone(), number)) {
+                Some(config) => {
+                    let size = config.device.size();
+                    (config, LunState::Ready, Some(size))
+                }
+                None => {
+                    opening.push((def.name.clone(), number, id, spec.clone()));
+                    let placeholder = spec.unavailable_lun(&def.name, number, Unavailable::Opening);
+                    (placeholder, LunState::Opening, None)
+                }
+            };
+            if let Err(e) = scsi.insert_lun(number, config) {
+                tracing::error!(target = %def.name, lun = number, error = %e, "LUN not served");
+                continue;
+            }
+            slots.insert(
+                number,
+                LunSlot {
+                    spec: spec.clone(),
+                    state,
+                    reason: None,
+                    size,
+                    id,
+                    committed: true,
+                },
+            );
+        }
+        let served = Arc::new(ServedTarget::new(
+            login_view(def),
+            scsi,
+            def.allow_target_reset,
+        ));
+        if let Err(e) = self.catalog.insert(served.clone()) {
+            tracing::error!(error = %e, "target not served");
+            return Vec::new();
+        }
+        self.inventory.lock().insert(TargetEntry {
+            def: def.clone(),
+            served,
+            luns: slots,
+        });
+        opening
+    }
+
+    /// Opens a LUN that serves NOT READY meanwhile, then swaps the device in (or records why
+    /// it failed: it keeps answering NOT READY with the reason's code).
+    async fn finish_open(&self, target: &str, number: u64, id: u64, spec: LunSpec) {
+        let opened = spec.lun_config(target, number, &self.images).await;
+        let mut inventory = self.inventory.lock();
+        let Some(entry) = inventory.get_mut(target) else {
+            return;
+        };
+        let scsi = entry.served.scsi.clone();
+        let Some(slot) = entry.luns.get_mut(&number).filter(|s| s.id == id) else {
+            return; // removed while it was opening
+        };
+        match opened {
+            Ok(config) => {
+                slot.size = Some(config.device.size());
+                slot.state = LunState::Ready;
+                scsi.replace_lun(number, config);
+                tracing::info!(target, lun = number, backing = %spec, "LUN ready");
+            }
+            Err(cause) => {
+                let reason = cause.unavailable();
+                tracing::error!(
+                    target,
+                    lun = number,
+                    backing = %spec,
+                    %cause,
+                    "LUN failed to open; serving it as NOT READY ({reason})"
+                );
+                slot.state = LunState::Failed;
+                slot.reason = Some(cause.to_string());
+                scsi.replace_lun(number, spec.unavailable_lun(target, number, reason));
+            }
+        }
+    }
+
+    fn sessions_of(&self, target: &str) -> usize {
+        self.server
+            .get()
+            .map_or(0, |server| server.session_count(target))
+    }
+
+    /// Writes the state file for the served set `committed` (called with the change lock held,
+    /// before the change is applied).
+    async fn persist(&self, committed: BTreeMap<String, TargetDef>) -> Result<(), ControlError> {
+        let Some(file) = &self.state else {
+            return Ok(());
+        };
+        let diff = state::diff(&self.declared, &committed);
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || file.save(&diff))
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("cannot save the state: {e}")))?
+            .map_err(|e| ControlError::Unavailable(format!("cannot save the state: {e}")))
+    }
+}
+
+/// The operational keys a session negotiated, by their RFC 7143 names.
+fn negotiated_keys(p: &crate::iscsi::login::SessionParams) -> BTreeMap<String, String> {
+    let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
+    let digest = |b: bool| if b { "CRC32C" } else { "None" }.to_string();
+    [
+        ("HeaderDigest", digest(p.header_digest)),
+        ("DataDigest", digest(p.data_digest)),
+        (
+            "MaxRecvDataSegmentLength",
+            p.max_recv_data_segment_length.to_string(),
+        ),
+        (
+            "InitiatorMaxRecvDataSegmentLength",
+            p.max_send_data_segment_length.to_string(),
+        ),
+        ("MaxBurstLength", p.max_burst_length.to_string()),
+        ("FirstBurstLength", p.first_burst_length.to_string()),
+        ("MaxOutstandingR2T", p.max_outstanding_r2t.to_string()),
+        ("InitialR2T", yes_no(p.initial_r2t)),
+        ("ImmediateData", yes_no(p.immediate_data)),
+        ("DataPDUInOrder", yes_no(p.data_pdu_in_order)),
+        ("DataSequenceInOrder", yes_no(p.data_sequence_in_order)),
+        ("DefaultTime2Wait", p.default_time2wait.to_string()),
+        ("DefaultTime2Retain", p.default_time2retain.to_string()),
+        ("ErrorRecoveryLevel", p.error_recovery_level.to_string()),
+        ("MaxConnections", p.max_connections.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The management API's operations on a daemon.
+struct Control(Arc<Inner>);
+
+fn credentials(input: Option<ChapInput>) -> Option<Credentials> {
+    input.map(|c| Credentials {
+        user: c.user,
+        secret: c.secret,
+    })
+}
+
+fn not_found(target: &str) -> ControlError {
+    ControlError::NotFound(format!("no target {target}"))
+}
+
+#[async_trait]
+impl ControlPlane for Control {
+    fn status(&self) -> Status {
+        let inner = &self.0;
+        let targets = inner
+            .inventory
+            .lock()
+            .entries()
+            .map(|e| e.info(inner.sessions_of(&e.def.name)))
+            .collect();
+        let cache = inner
+            .images
+            .cache_stats()
+            .map(|(stats, memory_bytes, disk_bytes)| CacheInfo {
+                memory_hits: stats.memory_hits,
+                disk_hits: stats.disk_hits,
+                shared_fetches: stats.shared_fetches,
+                source_requests: stats.source_requests,
+                source_bytes: stats.source_bytes,
+                memory_bytes,
+                disk_bytes,
+            });
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            portals: inner
+                .portals
+                .get()
+                .map(|p| p.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default(),
+            targets,
+            sessions: inner.server.get().map_or(0, |s| s.sessions().len()),
+            cache,
+        }
+    }
+
+    fn sessions(&self) -> Vec<SessionInfo> {
+        let Some(server) = self.0.server.get() else {
+            return Vec::new();
+        };
+        server
+            .sessions()
+            .into_iter()
+            .map(|s| SessionInfo {
+                initiator: s.initiator,
+                isid: hex::encode(s.isid),
+                tsih: s.tsih,
+                peer: s.peer.map(|p| p.to_string()),
+                target: s.target,
+                keys: negotiated_keys(&s.params),
+            })
+            .collect()
+    }
+
+    fn target(&self, name: &str) -> Result<TargetInfo, ControlError> {
+        let inventory = self.0.inventory.lock();
+        let entry = inventory.get(name).ok_or_else(|| not_found(name))?;
+        Ok(entry.info(self.0.sessions_of(&entry.def.name)))
+    }
+
+    async fn add_target(&self, request: AddTarget) -> Result<TargetInfo, ControlError> {
+        let inner = &self.0;
+        let config = TargetConfig {
+            name: request.name,
+            alias: request.alias,
+            luns: Vec::new(),
+            chap: credentials(request.chap),
+            mutual_chap: credentials(request.mutual_chap),
+            allowed_initiators: request.allowed_initiators,
+            allow_target_reset: request.allow_target_reset,
+        };
+        config
+            .check_login(&|field| field.to_string())
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let def = TargetDef::from_config(&config);
+        let _change = inner.changes.lock().await;
+        let mut committed = {
+            let inventory = inner.inventory.lock();
+            if inventory.get(&def.name).is_some() {
+                return Err(ControlError::Conflict(format!(
+                    "target {} already exists",
+                    def.name
+                )));
+            }
+            inventory.committed()
+        };
+        committed.insert(def.name.clone(), def.clone());
+        inner.persist(committed).await?;
+        let served = Arc::new(ServedTarget::new(
+            login_view(&def),
+            Arc::new(ScsiTarget::named(&def.name, Vec::new())),
+            def.allow_target_reset,
+        ));
+        inner
+            .catalog
+            .insert(served.clone())
+            .map_err(|e| ControlError::Conflict(e.to_string()))?;
+        let entry = TargetEntry {
+            def,
+            served,
+            luns: BTreeMap::new(),
+        };
+        let info = entry.info(0);
+        inner.inventory.lock().insert(entry);
+        tracing::info!(target = %info.name, "target added");
+        Ok(info)
+    }
+
+    async fn remove_target(&self, name: &str, force: bool) -> Result<(), ControlError> {
+        let inner = &self.0;
+        let change = inner.changes.lock().await;
+        let (canonical, committed) = {
+            let inventory = inner.inventory.lock();
+            let entry = inventory.get(name).ok_or_else(|| not_found(name))?;
+            let canonical = entry.def.name.clone();
+            let sessions = inner.sessions_of(&canonical);
+            if sessions > 0 && !force {
+                return Err(ControlError::Conflict(format!(
+                    "target {canonical} has {sessions} session(s) logged in; --force asks them to log out and removes it"
+                )));
+            }
+            let mut committed = inventory.committed();
+            committed.remove(&canonical);
+            (canonical, committed)
+        };
+        inner.persist(committed).await?;
+        inner.catalog.remove(&canonical);
+        inner.inventory.lock().remove(&canonical);
+        drop(change);
+        tracing::info!(target = %canonical, force, "target removed");
+        if let Some(server) = inner.server.get() {
+            server.retire(&canonical).await;
+        }
+        Ok(())
+    }
+
+    async fn add_lun(&self, target: &str, request: AddLun) -> Result<LunInfo, ControlError> {
+        let inner = &self.0;
+        let mut spec =
+            LunSpec::parse(&request.backing).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        spec.read_only |= request.read_only;
+        if request.lun.is_some_and(|n| n > MAX_LUN) {
+            return Err(ControlError::Invalid(format!(
+                "LUN numbers go from 0 to {MAX_LUN}"
+            )));
+        }
+        // Claim the number first, so concurrent adds never pick the same one.
+        let id = inner.id();
+        let (canonical, number) = {
+            let mut inventory = inner.inventory.lock();
+            let entry = inventory.get_mut(target).ok_or_else(|| not_found(target))?;
+            let number = match request.lun {
+                Some(n) if entry.luns.contains_key(&n) => {
+                    return Err(ControlError::Conflict(format!(
+                        "target {} already has LUN {n}",
+                        entry.def.name
+                    )))
+                }
+                Some(n) => n,
+                None => entry.free_number(),
+            };
+            if number > MAX_LUN {
+                return Err(ControlError::Conflict(format!(
+                    "target {} has no free LUN number",
+                    entry.def.name
+                )));
+            }
+            entry.luns.insert(
+                number,
+                LunSlot {
+                    spec: spec.clone(),
+                    state: LunState::Opening,
+                    reason: None,
+                    size: None,
+                    id,
+                    committed: false,
+                },
+            );
+            (entry.def.name.clone(), number)
+        };
+        let release = |inner: &Inner| {
+            let mut inventory = inner.inventory.lock();
+            if let Some(entry) = inventory.get_mut(&canonical) {
+                if entry.luns.get(&number).is_some_and(|s| s.id == id) {
+                    entry.luns.remove(&number);
+                }
+            }
+        };
+        let opened = match spec.lun_config(&canonical, number, &inner.images).await {
+            Ok(config) => config,
+            Err(e) => {
+                release(inner);
+                tracing::warn!(target = %canonical, lun = number, backing = %spec, error = %e, "LUN not added");
+                return Err(ControlError::OpenFailed(e.to_string()));
+            }
+        };
+        let size = opened.device.size();
+        let _change = inner.changes.lock().await;
+        let committed = {
+            let mut inventory = inner.inventory.lock();
+            let Some(entry) = inventory.get_mut(&canonical) else {
+                return Err(not_found(&canonical));
+            };
+            if !entry.luns.get(&number).is_some_and(|s| s.id == id) {
+                return Err(ControlError::Conflict(format!(
+                    "LUN {number} of {canonical} was removed while it was opening"
+                )));
+            }
+            let mut committed = inventory.committed();
+            if let Some(def) = committed.get_mut(&canonical) {
+                def.luns.insert(number, spec.clone());
+            }
+            committed
+        };
+        if let Err(e) = inner.persist(committed).await {
+            release(inner);
+            return Err(e);
+        }
+        let mut inventory = inner.inventory.lock();
+        let Some(entry) = inventory.get_mut(&canonical) else {
+            return Err(not_found(&canonical));
+        };
+        if let Err(e) = entry.served.scsi.insert_lun(number, opened) {
+            entry.luns.remove(&number);
+            return Err(ControlError::Conflict(e.to_string()));
+        }
+        let Some(slot) = entry.luns.get_mut(&number) else {
+            return Err(not_found(&canonical));
+        };
+        slot.state = LunState::Ready;
+        slot.size = Some(size);
+        slot.committed = true;
+        tracing::info!(target = %canonical, lun = number, backing = %spec, "LUN added");
+        Ok(LunInfo {
+            lun: number,
+            backing: spec.to_string(),
+            read_only: spec.read_only,
+            state: LunState::Ready,
+            reason: None,
+            size_bytes: Some(size),
+        })
+    }
+
+    async fn remove_lun(&self, target: &str, lun: u64, force: bool) -> Result<(), ControlError> {
+        let inner = &self.0;
+        let _change = inner.changes.lock().await;
+        let (canonical, committed) = {
+            let inventory = inner.inventory.lock();
+            let entry = inventory.get(target).ok_or_else(|| not_found(target))?;
+            let canonical = entry.def.name.clone();
+            if !entry.luns.get(&lun).is_some_and(|s| s.committed) {
+                return Err(ControlError::NotFound(format!(
+                    "target {canonical} has no LUN {lun}"
+                )));
+            }
+            let users = entry.served.scsi.lun_users(lun).unwrap_or(0);
+            if users > 0 && !force {
+                return Err(ControlError::Conflict(format!(
+                    "LUN {lun} of {canonical} is in use by {users} session(s); --force removes it anyway"
+                )));
+            }
+            let mut committed = inventory.committed();
+            if let Some(def) = committed.get_mut(&canonical) {
+                def.luns.remove(&lun);
+            }
+            (canonical, committed)
+        };
+        inner.persist(committed).await?;
+        let mut inventory = inner.inventory.lock();
+        if let Some(entry) = inventory.get_mut(&canonical) {
+            entry.luns.remove(&lun);
+            entry.served.scsi.remove_lun(lun);
+        }
+        tracing::info!(target = %canonical, lun, force, "LUN removed");
+        Ok(())
+    }
+}
