@@ -6,8 +6,10 @@
 //! - [`model`]: the resources the management API speaks about (JSON shapes);
 //! - [`definition`]: targets and LUNs as declared (config, API, state file);
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
-//!   HTTP layer maps to status codes.
+//!   HTTP layer maps to status codes;
+//! - [`state`]: the state file, which keeps what the management API changed across restarts.
 
 pub mod control;
 pub mod definition;
 pub mod model;
+pub mod state;
