@@ -160,7 +160,7 @@ impl TargetConfig {
 }
 
 /// A CHAP user name and secret.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// CHAP name.

@@ -9,7 +9,8 @@
 //!   `inventory.rs` its record of targets and LUN states; `settings.rs` the translation of
 //!   the configuration for the protocol layers;
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
-//!   HTTP layer maps to status codes.
+//!   HTTP layer maps to status codes;
+//! - [`state`]: the state file, which keeps what the management API changed across restarts.
 
 pub mod control;
 pub mod definition;
@@ -17,5 +18,6 @@ mod inventory;
 pub mod model;
 mod service;
 mod settings;
+pub mod state;
 
 pub use service::{Daemon, DaemonOptions, StartError, MAX_LUN};
