@@ -10,11 +10,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command};
+use overlaybd_target::daemon::state::DEFAULT_STATE_PATH as DEFAULT_STATE;
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use tracing_subscriber::EnvFilter;
-
-/// Where runtime changes are kept unless `--state` or `--no-state` says otherwise.
-const DEFAULT_STATE: &str = "/var/lib/overlaybd-target/state.json";
 
 /// Keeps large buffers (1 MiB reads, Data-Out collection) in the heap instead of a fresh
 /// mmap per allocation: glibc's defaults mmap and unmap each one, and the page faults of
@@ -139,4 +137,51 @@ fn writable(dir: &std::path::Path) -> bool {
         let _ = std::fs::remove_file(&probe);
     }
     created
+}
+/// The multi-threaded runtime, or `None` after printing why it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("overlaybd-target: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Runs an image tool to completion; errors are printed, never panicked.
+fn run_tool(tool: overlaybd_target::tools::Tool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(tool.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-target: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers only Ctrl-C can stop us.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received");
 }

@@ -100,6 +100,16 @@ impl Daemon {
             .map(|t| (t.name.clone(), TargetDef::from_config(t)))
             .collect();
         let state = options.state.map(StateFile::new);
+        if let Some(file) = &state {
+            // Temporary files of a save that a crash interrupted hold CHAP secrets.
+            match file.remove_leftovers() {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(count = removed.len(), "removed temporary state files left by an interrupted save");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot clean up temporary state files"),
+            }
+        }
         let served = match &state {
             Some(file) => match file.load()? {
                 Some(diff) => {

@@ -30,10 +30,10 @@ impl ScsiTarget {
     /// Runs one command: LUN lookup, CDB parsing, unit attentions, reservation conflicts,
     /// Data-Out length rules, the command itself, then residuals.
     pub(super) async fn execute_command(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
-        let lun = usize::try_from(req.lun).ok().and_then(|i| self.luns.get(i));
-        let Some(lun) = lun else {
-            return self.missing_lun(&req);
+        let Some(lun) = self.lun(req.lun) else {
+            return self.missing_lun(nexus, &req);
         };
+        let lun = &*lun;
         let parsed = cdb::parse(&req.cdb);
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear unit attentions.
         let opcode = req.cdb.first().copied().unwrap_or(0);
@@ -125,7 +125,7 @@ impl ScsiTarget {
 
     /// Commands addressed to a LUN that does not exist (SPC-4 5.1: INQUIRY answers with
     /// peripheral qualifier 3, REPORT LUNS works, REQUEST SENSE reports the error as data).
-    fn missing_lun(&self, req: &ScsiRequest) -> ScsiResponse {
+    fn missing_lun(&self, nexus: &Nexus, req: &ScsiRequest) -> ScsiResponse {
         let not_supported = Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED);
         let result = match cdb::parse(&req.cdb) {
             Ok(Command::Inquiry {
@@ -136,11 +136,10 @@ impl ScsiTarget {
                 inquiry::standard(&lun::ascii_field(""), false),
                 alloc_len,
             )),
-            Ok(Command::ReportLuns { select, alloc_len }) => {
-                report::report_luns(self.luns.len(), select, alloc_len)
-                    .map(|d| cut(d, alloc_len))
-                    .map_err(Failure::from)
-            }
+            Ok(Command::ReportLuns { select, alloc_len }) => self
+                .report_luns(nexus, select, alloc_len)
+                .map(|d| cut(d, alloc_len))
+                .map_err(Failure::from),
             Ok(Command::RequestSense { alloc_len, .. }) => {
                 Ok(cut(not_supported.encode(), alloc_len))
             }
@@ -178,10 +177,9 @@ impl ScsiTarget {
                 page,
                 alloc_len,
             } => Ok(cut(inquiry::inquiry(lun, evpd, page)?, alloc_len)),
-            Command::ReportLuns { select, alloc_len } => Ok(cut(
-                report::report_luns(self.luns.len(), select, alloc_len)?,
-                alloc_len,
-            )),
+            Command::ReportLuns { select, alloc_len } => {
+                Ok(cut(self.report_luns(nexus, select, alloc_len)?, alloc_len))
+            }
             Command::ReportSupportedOpcodes {
                 rctd,
                 options,

@@ -53,8 +53,10 @@ pub struct Lun {
     pub product: [u8; 16],
     /// NAA locally-assigned identifier (VPD 0x83), derived from the serial.
     pub naa: [u8; 8],
-    /// Unit attentions and reservations.
-    pub state: parking_lot::Mutex<LunState>,
+    /// Unit attentions and reservations; shared with the LUN's successor when
+    /// [`super::ScsiTarget::replace_lun`] swaps the device, so commands still running on this
+    /// one and new ones on the successor see the same state.
+    pub state: Arc<parking_lot::Mutex<LunState>>,
     /// Serialises COMPARE AND WRITE and ORWRITE (read-modify-write) on this LUN.
     pub rmw_lock: tokio::sync::Mutex<()>,
     /// Caching mode page WCE: when clear every write is forced to media (FUA).
@@ -92,15 +94,27 @@ impl Lun {
             product: ascii_field(&config.product),
             serial: config.serial,
             naa,
-            state: parking_lot::Mutex::new(LunState {
+            state: Arc::new(parking_lot::Mutex::new(LunState {
                 last_size: size,
                 ..LunState::default()
-            }),
+            })),
             rmw_lock: tokio::sync::Mutex::new(()),
             write_cache: AtomicBool::new(true),
             software_write_protect: AtomicBool::new(false),
             device: config.device,
         }
+    }
+
+    /// The same LUN on the device of `config`: it shares this LUN's unit attentions,
+    /// reservations and last reported capacity (so a different size raises CAPACITY DATA HAS
+    /// CHANGED on the next command) and keeps the mode parameters initiators set, so nothing
+    /// an initiator knew is lost.
+    pub fn successor(&self, config: LunConfig) -> Self {
+        let mut next = Lun::new(config, self.target_name.clone(), self.number);
+        next.state = self.state.clone();
+        next.set_write_cache(self.write_cache_enabled());
+        next.set_software_write_protect(self.software_write_protected());
+        next
     }
 
     /// Why media commands answer NOT READY: the backing failed to open, or the device later

@@ -8,6 +8,9 @@
 //! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`ScsiResponse`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.
+//! - [`ScsiTarget::insert_lun`], [`ScsiTarget::remove_lun`], [`ScsiTarget::replace_lun`] change
+//!   the logical units while sessions run; [`ScsiTarget::has_lun`] and
+//!   [`ScsiTarget::lun_users`] answer what exists and who uses it.
 
 pub mod cdb;
 mod dispatch;
@@ -22,9 +25,11 @@ mod sbc;
 pub mod sense;
 mod unit_attention;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 
 use crate::block::BlockDevice;
 use lun::Lun;
@@ -118,10 +123,38 @@ impl From<Sense> for Failure {
     }
 }
 
-/// A SCSI target device: an ordered set of logical units plus per-nexus state
-/// (unit attentions, reservations).
+/// LUN numbers are below this: the 14 bits of flat space addressing (SAM-5 4.7.7), the
+/// widest form REPORT LUNS and the iSCSI layer encode.
+pub const LUN_LIMIT: u64 = 1 << 14;
+
+/// Why [`ScsiTarget::insert_lun`] refused a logical unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LunError {
+    /// The target already has a logical unit with this number.
+    #[error("LUN {0} already exists")]
+    Exists(u64),
+    /// The number is not below [`LUN_LIMIT`].
+    #[error("LUN {0} is out of range (LUN numbers are below {LUN_LIMIT})")]
+    OutOfRange(u64),
+}
+
+/// What [`ScsiTarget::remove_lun`] took out of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovedLun {
+    /// The LUN number.
+    pub number: u64,
+    /// I_T nexuses that had addressed the LUN and not ended when it was removed.
+    pub users: usize,
+}
+
+/// A SCSI target device: logical units by number, which can come and go while sessions run,
+/// plus per-nexus state (unit attentions, reservations).
 pub struct ScsiTarget {
-    luns: Vec<Lun>,
+    /// Target name for log lines, given to LUNs inserted later.
+    name: Arc<str>,
+    /// The logical units. Commands clone a LUN's `Arc` out under a short read lock, so one
+    /// removed or replaced while its commands run keeps its device until they complete.
+    luns: RwLock<BTreeMap<u64, Arc<Lun>>>,
 }
 
 impl ScsiTarget {
@@ -130,15 +163,20 @@ impl ScsiTarget {
         ScsiTarget::named("", luns)
     }
 
-    /// Builds target `name` (used in log lines); LUN numbers are the indexes of `luns`.
+    /// Builds target `name` (used in log lines); LUN numbers are the indexes of `luns`. Units
+    /// beyond [`LUN_LIMIT`] could not be addressed; they are left out with a warning.
     pub fn named(name: &str, luns: Vec<LunConfig>) -> Self {
         let name: Arc<str> = Arc::from(name);
+        if luns.len() as u64 > LUN_LIMIT {
+            tracing::warn!(target = %name, luns = luns.len(), "LUNs beyond {LUN_LIMIT} ignored");
+        }
+        let luns = (0..LUN_LIMIT)
+            .zip(luns)
+            .map(|(number, config)| (number, Arc::new(Lun::new(config, name.clone(), number))))
+            .collect();
         ScsiTarget {
-            luns: luns
-                .into_iter()
-                .enumerate()
-                .map(|(i, config)| Lun::new(config, name.clone(), i as u64))
-                .collect(),
+            name,
+            luns: RwLock::new(luns),
         }
     }
 
@@ -147,9 +185,78 @@ impl ScsiTarget {
         self.execute_command(nexus, req).await
     }
 
+    /// The logical unit `number`, if the target has it now.
+    fn lun(&self, number: u64) -> Option<Arc<Lun>> {
+        self.luns.read().get(&number).cloned()
+    }
+
+    /// Adds logical unit `number`. Every nexus that has used one of the other LUNs is told
+    /// with UNIT ATTENTION REPORTED LUNS DATA HAS CHANGED, so it rescans.
+    pub fn insert_lun(&self, number: u64, config: LunConfig) -> Result<(), LunError> {
+        if number >= LUN_LIMIT {
+            return Err(LunError::OutOfRange(number));
+        }
+        let mut luns = self.luns.write();
+        let std::collections::btree_map::Entry::Vacant(slot) = luns.entry(number) else {
+            return Err(LunError::Exists(number));
+        };
+        slot.insert(Arc::new(Lun::new(config, self.name.clone(), number)));
+        // The new LUN has seen nobody yet, so raising on every LUN reaches only the others.
+        raise_on_all(&luns, asc::REPORTED_LUNS_DATA_CHANGED);
+        Ok(())
+    }
+
+    /// Removes logical unit `number`; `None` when there is no such LUN. New commands to it
+    /// answer LOGICAL UNIT NOT SUPPORTED while commands already running complete; the users
+    /// of the remaining LUNs get UNIT ATTENTION REPORTED LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&self, number: u64) -> Option<RemovedLun> {
+        let mut luns = self.luns.write();
+        let removed = luns.remove(&number)?;
+        raise_on_all(&luns, asc::REPORTED_LUNS_DATA_CHANGED);
+        let users = removed.state.lock().ua.nexus_count();
+        Some(RemovedLun { number, users })
+    }
+
+    /// Puts the device of `config` behind the existing LUN `number` (e.g. once a backing that
+    /// was served NOT READY while it opened is ready); false when there is no such LUN. The
+    /// LUN keeps its unit attentions, reservations and mode parameters, and the next command
+    /// reports CAPACITY DATA HAS CHANGED if the size differs. The LUN list is unchanged, so
+    /// no REPORTED LUNS DATA HAS CHANGED.
+    pub fn replace_lun(&self, number: u64, config: LunConfig) -> bool {
+        let mut luns = self.luns.write();
+        let Some(slot) = luns.get_mut(&number) else {
+            return false;
+        };
+        *slot = Arc::new(slot.successor(config));
+        true
+    }
+
+    /// How many I_T nexuses have addressed LUN `number` and not ended (for refusing to remove
+    /// a LUN in use); `None` when there is no such LUN.
+    pub fn lun_users(&self, number: u64) -> Option<usize> {
+        let lun = self.lun(number)?;
+        let users = lun.state.lock().ua.nexus_count();
+        Some(users)
+    }
+
+    /// The LUN numbers, ascending.
+    pub fn lun_numbers(&self) -> Vec<u64> {
+        self.luns.read().keys().copied().collect()
+    }
+
+    /// True when the target has LUN `number` now.
+    pub fn has_lun(&self, number: u64) -> bool {
+        self.luns.read().contains_key(&number)
+    }
+
+    /// Number of logical units.
+    pub fn lun_count(&self) -> usize {
+        self.luns.read().len()
+    }
+
     /// The nexus has ended (session closed): drop its unit attentions and RESERVE(6) state.
     pub fn nexus_gone(&self, nexus: &Nexus) {
-        for lun in &self.luns {
+        for lun in self.luns.read().values() {
             let mut state = lun.state.lock();
             state.ua.forget(nexus);
             state.reservations.nexus_gone(nexus);
@@ -160,7 +267,7 @@ impl ScsiTarget {
     /// ATTENTION 29/03 for every nexus, `by` included (SAM-5 7.7; libiscsi's multipath reset
     /// test checks every path). Returns false when the LUN does not exist.
     pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
-        let Some(lun) = usize::try_from(lun).ok().and_then(|i| self.luns.get(i)) else {
+        let Some(lun) = self.lun(lun) else {
             return false;
         };
         let mut state = lun.state.lock();
@@ -173,7 +280,7 @@ impl ScsiTarget {
     /// TARGET WARM/COLD RESET requested through `by`: a LUN reset of every LUN (cold also clears
     /// persistent state that SPC says a power-on clears, and reports a power-on instead).
     pub fn target_reset(&self, cold: bool, by: &Nexus) {
-        for lun in &self.luns {
+        for lun in self.luns.read().values() {
             let mut state = lun.state.lock();
             state.reservations.clear_legacy();
             if cold {
@@ -189,9 +296,27 @@ impl ScsiTarget {
         tracing::debug!(initiator = %by.initiator_name, cold, "target reset");
     }
 
-    /// Number of logical units.
-    pub fn lun_count(&self) -> usize {
-        self.luns.len()
+    /// REPORT LUNS for `nexus`: the LUN list, and (SPC-4 6.33) its pending REPORTED LUNS DATA
+    /// HAS CHANGED withdrawn on every LUN. Both happen under one read lock so a LUN added
+    /// meanwhile is either listed or still announced.
+    fn report_luns(&self, nexus: &Nexus, select: u8, alloc_len: u32) -> Result<Bytes, Sense> {
+        let luns = self.luns.read();
+        let numbers: Vec<u64> = luns.keys().copied().collect();
+        let data = report::report_luns(&numbers, select, alloc_len)?;
+        for lun in luns.values() {
+            lun.state
+                .lock()
+                .ua
+                .clear(nexus, asc::REPORTED_LUNS_DATA_CHANGED);
+        }
+        Ok(data)
+    }
+}
+
+/// Raises `code` for every nexus each of `luns` has seen.
+fn raise_on_all(luns: &BTreeMap<u64, Arc<Lun>>, code: sense::Asc) {
+    for lun in luns.values() {
+        lun.state.lock().ua.raise_others(None, code);
     }
 }
 

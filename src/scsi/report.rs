@@ -5,22 +5,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::cdb::{has_service_action, lookup, OpInfo, SUPPORTED};
 use super::sense::Sense;
 
-/// REPORT LUNS for a target with `count` logical units numbered from 0.
-pub fn report_luns(count: usize, select: u8, alloc_len: u32) -> Result<Bytes, Sense> {
+/// REPORT LUNS for a target whose logical units have `numbers` (ascending, each below
+/// [`super::LUN_LIMIT`]).
+pub fn report_luns(numbers: &[u64], select: u8, alloc_len: u32) -> Result<Bytes, Sense> {
     if alloc_len < 16 {
         return Err(Sense::invalid_cdb_field(6, None));
     }
     let listed = match select {
         // All logical units / all including well-known ones (we have no well-known LUNs).
-        0x00 | 0x02 => count,
+        0x00 | 0x02 => numbers,
         // Well-known logical units only.
-        0x01 => 0,
+        0x01 => &[],
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     };
-    let mut out = BytesMut::with_capacity(8 + 8 * listed);
-    out.put_u32((8 * listed) as u32);
+    let mut out = BytesMut::with_capacity(8 + 8 * listed.len());
+    out.put_u32((8 * listed.len()) as u32);
     out.put_u32(0);
-    for lun in 0..listed {
+    for &lun in listed {
         // Peripheral device addressing below 256, flat space addressing above.
         let field: u16 = if lun < 256 {
             lun as u16
@@ -110,18 +111,21 @@ mod tests {
 
     #[test]
     fn report_luns_lists_and_validates() {
-        let data = report_luns(2, 0, 16).unwrap();
+        let data = report_luns(&[0, 1], 0, 16).unwrap();
         assert_eq!(
             &data[..],
             &[0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
         );
-        assert_eq!(&report_luns(2, 1, 16).unwrap()[..], &[0; 8]);
-        let err = report_luns(1, 0, 15).unwrap_err();
+        assert_eq!(&report_luns(&[0, 1], 1, 16).unwrap()[..], &[0; 8]);
+        let err = report_luns(&[0], 0, 15).unwrap_err();
         assert_eq!(err.asc, asc::INVALID_FIELD_IN_CDB);
         assert_eq!(err.field.unwrap().byte, 6);
-        assert_eq!(report_luns(1, 3, 16).unwrap_err().field.unwrap().byte, 2);
-        let big = report_luns(300, 0, 4096).unwrap();
-        assert_eq!(&big[8 + 8 * 299..8 + 8 * 299 + 2], &[0x41, 0x2b]);
+        assert_eq!(report_luns(&[0], 3, 16).unwrap_err().field.unwrap().byte, 2);
+        let big = report_luns(&[7, 299, 16383], 0, 4096).unwrap();
+        assert_eq!(&big[..4], &24u32.to_be_bytes());
+        assert_eq!(&big[8..10], &[0x00, 0x07]);
+        assert_eq!(&big[16..18], &[0x41, 0x2b]);
+        assert_eq!(&big[24..26], &[0x7f, 0xff]);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub mod asc {
     pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a, 0x00);
     /// SAVING PARAMETERS NOT SUPPORTED.
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
+    /// REPORTED LUNS DATA HAS CHANGED (a logical unit was added or removed).
+    pub const REPORTED_LUNS_DATA_CHANGED: Asc = Asc(0x3f, 0x0e);
     /// INSUFFICIENT REGISTRATION RESOURCES.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
 }

@@ -76,6 +76,22 @@ impl UnitAttentions {
         }
     }
 
+    /// Withdraws a pending `code` of `nexus`, e.g. REPORTED LUNS DATA HAS CHANGED once the
+    /// nexus has read the new list with REPORT LUNS (SPC-4 6.33).
+    pub fn clear(&mut self, nexus: &Nexus, code: Asc) {
+        if let Some(queue) = self.pending.get_mut(nexus) {
+            queue.retain(|&pending| pending != code);
+            if queue.is_empty() {
+                self.pending.remove(nexus);
+            }
+        }
+    }
+
+    /// How many nexuses have addressed the logical unit and not ended since: its users.
+    pub fn nexus_count(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Forgets `nexus` entirely (its session ended).
     pub fn forget(&mut self, nexus: &Nexus) {
         self.seen.remove(nexus);
@@ -123,5 +139,23 @@ mod tests {
         ua.forget(&b);
         ua.note_nexus(&b);
         assert_eq!(ua.take(&b), Some(asc::POWER_ON_RESET));
+    }
+
+    #[test]
+    fn clear_withdraws_one_code_of_one_nexus() {
+        let mut ua = UnitAttentions::default();
+        let (a, b) = (nexus("a"), nexus("b"));
+        ua.note_nexus(&a);
+        ua.note_nexus(&b);
+        assert_eq!(ua.nexus_count(), 2);
+        ua.raise_others(None, asc::REPORTED_LUNS_DATA_CHANGED);
+        ua.clear(&a, asc::REPORTED_LUNS_DATA_CHANGED);
+        ua.clear(&nexus("c"), asc::REPORTED_LUNS_DATA_CHANGED);
+        assert_eq!(ua.take(&a), Some(asc::POWER_ON_RESET));
+        assert_eq!(ua.take(&a), None);
+        assert_eq!(ua.take(&b), Some(asc::POWER_ON_RESET));
+        assert_eq!(ua.take(&b), Some(asc::REPORTED_LUNS_DATA_CHANGED));
+        ua.forget(&a);
+        assert_eq!(ua.nexus_count(), 1);
     }
 }

@@ -77,8 +77,9 @@ pub struct SessionOptions {
     /// How long a write may go without the Data-Out it solicited or announced before it is
     /// ended with ABORTED COMMAND, INITIATOR RESPONSE TIMEOUT; `None`: no limit.
     pub data_out_timeout: Option<Duration>,
-    /// Number of LUNs of the target (task management checks LUN numbers against it).
-    pub lun_count: u64,
+    /// Whether a LUN exists now (task management answers LUN DOES NOT EXIST otherwise); asked
+    /// on every TMF, so LUNs added or removed after login count.
+    pub lun_exists: LunExists,
     /// TARGET WARM RESET and TARGET COLD RESET are performed; when false they are answered
     /// "Function rejected" and change nothing (any initiator could otherwise end every session
     /// of the target).
@@ -89,6 +90,35 @@ pub struct SessionOptions {
     pub first_cmd_sn: u32,
     /// The StatSN of the first full-feature status PDU (the final Login Response's + 1).
     pub first_stat_sn: u32,
+}
+
+/// Answers whether a LUN number exists right now: a live view of the served target's LUNs,
+/// since they can come and go while the session runs.
+#[derive(Clone)]
+pub struct LunExists(Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl LunExists {
+    /// Asks `check` (e.g. `ScsiTarget::has_lun` of the served target).
+    pub fn new(check: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        LunExists(Arc::new(check))
+    }
+
+    /// No LUN exists (a discovery session serves no target).
+    pub fn none() -> Self {
+        LunExists::new(|_| false)
+    }
+
+    /// True when LUN `number` exists now.
+    pub fn check(&self, number: u64) -> bool {
+        (self.0)(number)
+    }
+}
+
+impl std::fmt::Debug for LunExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A closure has nothing printable; the name says what the field is.
+        f.write_str("LunExists(..)")
+    }
 }
 
 /// Bytes a session that holds nothing may use for one command without the shared budget.

@@ -33,7 +33,7 @@ fn options() -> SessionOptions {
         data_in_budget: 64 * 1024,
         shared_budget: None,
         data_out_timeout: None,
-        lun_count: 2,
+        lun_exists: LunExists::new(|n| n < 2),
         allow_target_reset: true,
         cid: 0,
         first_cmd_sn: 1,
@@ -478,6 +478,49 @@ fn lun_reset_cancels_that_luns_tasks_only() {
         tmf_response(&sent(&mut s)).response,
         TmfResponseCode::REASSIGNMENT_NOT_SUPPORTED
     );
+}
+
+#[test]
+fn lun_reset_reaches_a_lun_added_after_login() {
+    use crate::scsi::{LunConfig, ScsiTarget};
+    let ram = || LunConfig {
+        device: Arc::new(crate::block::RamDevice::new(1 << 20)),
+        serial: "S".to_string(),
+        product: "P".to_string(),
+    };
+    let target = Arc::new(ScsiTarget::new(vec![ram()]));
+    let scsi = target.clone();
+    let now = Instant::now();
+    let mut s = Session::new(
+        SessionOptions {
+            lun_exists: LunExists::new(move |n| scsi.has_lun(n)),
+            ..options()
+        },
+        now,
+    );
+    let mut reset = |itt, cmd_sn| {
+        s.handle_pdu(
+            tmf(
+                itt,
+                TmfFunction::LOGICAL_UNIT_RESET,
+                7,
+                RESERVED_TAG,
+                0,
+                cmd_sn,
+            ),
+            now,
+        );
+        (tmf_response(&sent(&mut s)).response, events(&mut s))
+    };
+    let (code, ev) = reset(1, 1);
+    assert_eq!((code, ev.len()), (TmfResponseCode::LUN_DOES_NOT_EXIST, 0));
+    target.insert_lun(7, ram()).unwrap();
+    let (code, ev) = reset(2, 1);
+    assert_eq!(code, TmfResponseCode::COMPLETE);
+    assert!(matches!(&ev[..], [Event::LunReset { lun: 7 }]), "{ev:?}");
+    target.remove_lun(7).unwrap();
+    let (code, _) = reset(3, 1);
+    assert_eq!(code, TmfResponseCode::LUN_DOES_NOT_EXIST);
 }
 
 #[test]

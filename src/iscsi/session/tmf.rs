@@ -14,7 +14,7 @@ use crate::iscsi::pdu::{
 
 impl Session {
     pub(super) fn on_tmf(&mut self, req: TaskMgmtRequest) {
-        let lun = req.lun.number().filter(|&n| n < self.opts.lun_count);
+        let lun = req.lun.number().filter(|&n| self.opts.lun_exists.check(n));
         let response = match req.function {
             TmfFunction::ABORT_TASK => self.abort_task(&req),
             TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET => match lun {

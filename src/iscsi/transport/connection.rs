@@ -21,7 +21,7 @@ use crate::iscsi::login::{
 };
 use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
-use crate::iscsi::session::{Session, SessionOptions};
+use crate::iscsi::session::{LunExists, Session, SessionOptions};
 use crate::scsi::Nexus;
 
 /// Time allowed for a whole login.
@@ -383,7 +383,10 @@ async fn full_feature(
         data_in_budget: DATA_IN_BUDGET,
         shared_budget: Some(shared.budget.clone()),
         data_out_timeout: shared.limits.data_out_timeout,
-        lun_count: served.as_ref().map_or(0, |t| t.scsi.lun_count() as u64),
+        lun_exists: served.as_ref().map_or_else(LunExists::none, |t| {
+            let scsi = t.scsi.clone();
+            LunExists::new(move |n| scsi.has_lun(n))
+        }),
         allow_target_reset: served.as_ref().is_some_and(|t| t.allow_target_reset),
         cid: outcome.cid,
         first_cmd_sn: outcome.exp_cmd_sn,

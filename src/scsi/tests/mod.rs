@@ -1,6 +1,7 @@
 //! End-to-end tests of [`ScsiTarget::execute`] with literal CDBs and expected bytes; this file
 //! holds the shared helpers (targets, command builders, test devices), one file per area below.
 
+mod luns;
 mod model;
 mod not_ready;
 mod provisioning;
@@ -215,16 +216,37 @@ fn pr_params(key: u64, sa_key: u64) -> Vec<u8> {
     p
 }
 
-/// A RAM disk whose reported size can change under the target.
-struct Resizable {
-    inner: RamDevice,
-    size: std::sync::atomic::AtomicU64,
+/// What a [`HookedRam`] adds to a RAM disk: the size it reports and a step before each read,
+/// so tests can change the size, count reads or hold them.
+#[async_trait]
+trait RamHook: Send + Sync + 'static {
+    /// The size the device reports; the RAM disk's own unless overridden.
+    fn size(&self, ram: &RamDevice) -> u64 {
+        ram.size()
+    }
+    /// Runs before each read of `len` bytes.
+    async fn before_read(&self, _len: usize) {}
+}
+
+/// A writable RAM disk without unmap whose size and reads its `hook` sees or changes.
+struct HookedRam<H> {
+    ram: RamDevice,
+    hook: H,
+}
+
+impl<H> HookedRam<H> {
+    fn new(bytes: u64, hook: H) -> Arc<Self> {
+        Arc::new(HookedRam {
+            ram: RamDevice::new(bytes),
+            hook,
+        })
+    }
 }
 
 #[async_trait]
-impl BlockDevice for Resizable {
+impl<H: RamHook> BlockDevice for HookedRam<H> {
     fn size(&self) -> u64 {
-        self.size.load(std::sync::atomic::Ordering::Relaxed)
+        self.hook.size(&self.ram)
     }
     fn read_only(&self) -> bool {
         false
@@ -233,10 +255,11 @@ impl BlockDevice for Resizable {
         false
     }
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
-        self.inner.read(offset, len).await
+        self.hook.before_read(len).await;
+        self.ram.read(offset, len).await
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
-        self.inner.write(offset, data, fua).await
+        self.ram.write(offset, data, fua).await
     }
     async fn flush(&self) -> BlockResult<()> {
         Ok(())
@@ -245,7 +268,16 @@ impl BlockDevice for Resizable {
         Err(BlockError::Unsupported("unmap"))
     }
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
-        self.inner.block_status(offset).await
+        self.ram.block_status(offset).await
+    }
+}
+
+/// A reported size that can change under the target.
+struct Resize(std::sync::atomic::AtomicU64);
+
+impl RamHook for Resize {
+    fn size(&self, _: &RamDevice) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

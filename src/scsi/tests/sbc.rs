@@ -116,47 +116,19 @@ async fn read_residuals() {
     assert_eq!((r.data_in.len(), r.residual), (512, -512));
 }
 
-/// A RAM device that records the length of every read it serves.
-struct CountingDevice {
-    ram: RamDevice,
-    reads: parking_lot::Mutex<Vec<usize>>,
-}
+/// Records the length of every read the device serves.
+struct CountReads(parking_lot::Mutex<Vec<usize>>);
 
 #[async_trait]
-impl BlockDevice for CountingDevice {
-    fn size(&self) -> u64 {
-        self.ram.size()
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn can_unmap(&self) -> bool {
-        false
-    }
-    async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
-        self.reads.lock().push(len);
-        self.ram.read(offset, len).await
-    }
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
-        self.ram.write(offset, data, fua).await
-    }
-    async fn flush(&self) -> BlockResult<()> {
-        Ok(())
-    }
-    async fn unmap(&self, _: u64, _: u64) -> BlockResult<()> {
-        Err(BlockError::Unsupported("unmap"))
-    }
-    async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
-        self.ram.block_status(offset).await
+impl RamHook for CountReads {
+    async fn before_read(&self, len: usize) {
+        self.0.lock().push(len);
     }
 }
 
 #[tokio::test]
 async fn reads_fetch_only_what_the_transfer_carries() {
-    let dev = Arc::new(CountingDevice {
-        ram: RamDevice::new(64 << 20),
-        reads: Default::default(),
-    });
+    let dev = HookedRam::new(64 << 20, CountReads(Default::default()));
     let t = ScsiTarget::new(vec![lun_config(dev.clone())]);
     let n = ready(&t, "a").await;
     // READ(16) of 65536 blocks (32 MiB) with EDTL 512: one block read, overflow of the rest.
@@ -172,7 +144,7 @@ async fn reads_fetch_only_what_the_transfer_carries() {
     // EDTL 0: nothing read at all.
     let r = exec(&t, &n, &read10(0, 8), 0, &[]).await;
     assert_eq!((r.status, r.residual), (status::GOOD, -4096));
-    assert_eq!(*dev.reads.lock(), vec![512, 1024]);
+    assert_eq!(*dev.hook.0.lock(), vec![512, 1024]);
     // The whole extent is still range-checked.
     let past = [0x88, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0xff, 0, 1, 0, 0, 0, 0];
     let r = exec(&t, &n, &past, 512, &[]).await;

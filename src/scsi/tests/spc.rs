@@ -291,14 +291,12 @@ async fn report_supported_opcodes_through_execute() {
 
 #[tokio::test]
 async fn capacity_change_raises_unit_attention() {
-    let dev = Arc::new(Resizable {
-        inner: RamDevice::new(1 << 20),
-        size: std::sync::atomic::AtomicU64::new(1 << 19),
-    });
+    let dev = HookedRam::new(1 << 20, Resize(std::sync::atomic::AtomicU64::new(1 << 19)));
     let t = ScsiTarget::new(vec![lun_config(dev.clone())]);
     let a = ready(&t, "a").await;
     let b = ready(&t, "b").await;
-    dev.size
+    dev.hook
+        .0
         .store(1 << 20, std::sync::atomic::Ordering::Relaxed);
     assert_sense(
         &exec(&t, &a, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
