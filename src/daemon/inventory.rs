@@ -126,12 +126,4 @@ impl Inventory {
             .map(|e| (e.def.name.clone(), e.committed()))
             .collect()
     }
-
-    /// The slot `number` of `target` if it is still the LUN `id`.
-    pub fn slot_mut(&mut self, target: &str, number: u64, id: u64) -> Option<&mut LunSlot> {
-        self.get_mut(target)?
-            .luns
-            .get_mut(&number)
-            .filter(|slot| slot.id == id)
-    }
 }
