@@ -6,8 +6,12 @@
 //! - [`model`]: the resources the management API speaks about (JSON shapes);
 //! - [`definition`]: targets and LUNs as declared (config, API, state file);
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
-//!   HTTP layer maps to status codes.
+//!   HTTP layer maps to status codes;
+//! - [`api`]: the management API over a Unix socket, its server and its client;
+//! - [`ctl`]: `overlaybd-target ctl`, the command-line client of the API.
 
+pub mod api;
 pub mod control;
+pub mod ctl;
 pub mod definition;
 pub mod model;
