@@ -152,6 +152,8 @@ pub enum Command {
     /// An image tool.
     #[command(flatten)]
     Tool(overlaybd_target::tools::Tool),
+    /// Manage a running target through its API: targets, LUNs, sessions, status.
+    Ctl(overlaybd_target::daemon::ctl::CtlArgs),
 }
 
 /// Why the command line does not describe a usable configuration.

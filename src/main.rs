@@ -68,10 +68,17 @@ fn main() -> ExitCode {
     if let Some(command) = cli.command.take() {
         return match command {
             Command::Tool(tool) => run_tool(tool),
+            Command::Ctl(args) => run_ctl(args),
         };
     }
     let options = DaemonOptions {
         state: state_path(&cli),
+        api: (!cli.no_api).then(|| {
+            cli.api
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(overlaybd_target::daemon::api::DEFAULT_API_SOCKET))
+        }),
+        api_explicit: cli.api.is_some(),
     };
     let config = match cli.into_config() {
         Ok(c) => c,
@@ -158,6 +165,20 @@ fn run_tool(tool: overlaybd_target::tools::Tool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(tool.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-target: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one management command against a running target; failures are one line.
+fn run_ctl(args: overlaybd_target::daemon::ctl::CtlArgs) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(overlaybd_target::daemon::ctl::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlaybd-target: {e}");

@@ -10,9 +10,13 @@
 //!   the configuration for the protocol layers;
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
 //!   HTTP layer maps to status codes;
-//! - [`state`]: the state file, which keeps what the management API changed across restarts.
+//! - [`state`]: the state file, which keeps what the management API changed across restarts;
+//! - [`api`]: the management API over a Unix socket, its server and its client;
+//! - [`ctl`]: `overlaybd-target ctl`, the command-line client of the API.
 
+pub mod api;
 pub mod control;
+pub mod ctl;
 pub mod definition;
 mod inventory;
 pub mod model;

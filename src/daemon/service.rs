@@ -23,6 +23,9 @@ use crate::config::{BackingError, Config, Credentials, LunSpec, TargetConfig};
 use crate::iscsi::transport::{Catalog, Server, ServerHandle, ServedTarget};
 use crate::scsi::ScsiTarget;
 
+use tokio_util::sync::CancellationToken;
+
+use super::api::ApiServer;
 use super::control::{ControlError, ControlPlane};
 use super::definition::TargetDef;
 use super::inventory::{Inventory, LunSlot, TargetEntry};
@@ -60,19 +63,28 @@ pub enum StartError {
     /// A portal could not be bound.
     #[error(transparent)]
     Bind(#[from] crate::iscsi::transport::BindError),
+    /// The management API's socket could not be bound.
+    #[error(transparent)]
+    Api(#[from] super::api::ApiError),
 }
 
-/// Where the daemon keeps its state.
+/// Where the daemon keeps its state and serves its management API.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
     /// The state file; `None`: changes made through the API last until the process exits.
     pub state: Option<PathBuf>,
+    /// The management API's Unix socket; `None`: no API.
+    pub api: Option<PathBuf>,
+    /// The API socket was named by the operator: failing to bind it stops the start. The
+    /// default one is best effort (another instance may hold it): a warning, and no API.
+    pub api_explicit: bool,
 }
 
-/// A started daemon: LUNs opening or open, portals bound.
+/// A started daemon: LUNs opening or open, portals and API socket bound.
 pub struct Daemon {
     inner: Arc<Inner>,
     server: Server,
+    api: Option<ApiServer>,
 }
 
 struct Inner {
@@ -156,11 +168,22 @@ impl Daemon {
         if tokio::time::timeout(OPEN_WAIT, all).await.is_err() {
             tracing::warn!(luns = count, "some LUNs are still opening; they answer NOT READY until they are ready");
         }
+        let api = match &options.api {
+            None => None,
+            Some(path) => match ApiServer::bind(path, options.api_explicit) {
+                Ok(api) => Some(api),
+                Err(e) if options.api_explicit => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving no management API");
+                    None
+                }
+            },
+        };
         let server = Server::bind(&config.portals, limits(&config.tuning), inner.catalog.clone())
             .await?;
         let _ = inner.server.set(server.handle());
         let _ = inner.portals.set(server.local_addrs());
-        Ok(Daemon { inner, server })
+        Ok(Daemon { inner, server, api })
     }
 
     /// The addresses iSCSI is served on.
@@ -170,16 +193,30 @@ impl Daemon {
 
     /// The operations of the management API.
     pub fn control(&self) -> Arc<dyn ControlPlane> {
-        Arc::new(Control(self.inner.clone()))
+        self.inner.clone().control()
     }
 
-    /// Serves until `shutdown` resolves, then asks every initiator to log out.
+    /// Serves iSCSI and the management API until `shutdown` resolves, then asks every
+    /// initiator to log out.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let stop_api = CancellationToken::new();
+        let api = self.api.map(|api| {
+            tracing::info!(socket = %api.path().display(), "management API listening");
+            tokio::spawn(api.serve(self.inner.clone().control(), stop_api.clone()))
+        });
         self.server.run(shutdown).await;
+        stop_api.cancel();
+        if let Some(api) = api {
+            let _ = api.await;
+        }
     }
 }
 
 impl Inner {
+    fn control(self: Arc<Self>) -> Arc<dyn ControlPlane> {
+        Arc::new(Control(self))
+    }
+
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
