@@ -229,12 +229,14 @@ pub fn format_status(status: &Status) -> String {
     ];
     if let Some(cache) = &status.cache {
         let counters = format!(
-            "memory hits {}, disk hits {}, shared fetches {}, registry requests {} ({})",
+            "memory hits {}, disk hits {}, shared fetches {}, registry requests {} ({}); holds {} in memory, {} on disk",
             cache.memory_hits,
             cache.disk_hits,
             cache.shared_fetches,
             cache.source_requests,
-            format_size(cache.source_bytes)
+            format_size(cache.source_bytes),
+            format_size(cache.memory_bytes),
+            format_size(cache.disk_bytes)
         );
         head.push(row(["cache", &counters]));
     }
@@ -661,6 +663,8 @@ mod tests {
                 shared_fetches: 1,
                 source_requests: 5,
                 source_bytes: 3 << 19,
+                memory_bytes: 1 << 20,
+                disk_bytes: 4 << 20,
             }),
             targets: vec![
                 TargetInfo {
@@ -704,7 +708,7 @@ mod tests {
 version   0.1.0
 portals   0.0.0.0:3260, [::]:3260
 sessions  2
-cache     memory hits 10, disk hits 2, shared fetches 1, registry requests 5 (1.5 MiB)
+cache     memory hits 10, disk hits 2, shared fetches 1, registry requests 5 (1.5 MiB); holds 1 MiB in memory, 4 MiB on disk
 
 target iqn.2026-11.io.overlaybd:node
   alias     web

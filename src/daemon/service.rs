@@ -201,7 +201,6 @@ impl Daemon {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let stop_api = CancellationToken::new();
         let api = self.api.map(|api| {
-            tracing::info!(socket = %api.path().display(), "management API listening");
             tokio::spawn(api.serve(self.inner.clone().control(), stop_api.clone()))
         });
         self.server.run(shutdown).await;

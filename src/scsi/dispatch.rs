@@ -41,12 +41,14 @@ impl ScsiTarget {
         let access = parsed.as_ref().map_or(Access::Always, access_of);
         {
             let mut state = lun.state.lock();
-            state.ua.note_nexus(nexus);
+            // A capacity change is news only to nexuses that knew the old capacity, so it is
+            // raised before this one is noted: a first command sees the power-on alone.
             let size = lun.device.size();
             if size != state.last_size {
                 state.last_size = size;
                 state.ua.raise_others(None, asc::CAPACITY_DATA_CHANGED);
             }
+            state.ua.note_nexus(nexus);
             if !ua_exempt {
                 if let Some(code) = state.ua.take(nexus) {
                     return respond(Err(Sense::unit_attention(code).into()), &req, None);
