@@ -176,11 +176,12 @@ impl LunSpec {
             Backing::File(path) => {
                 let (path, read_only) = (path.clone(), self.read_only);
                 let opened = tokio::task::spawn_blocking(move || {
-                    let device = FileDevice::open(&path, read_only)
-                        .map_err(|source| BackingError::Open {
+                    let device = FileDevice::open(&path, read_only).map_err(|source| {
+                        BackingError::Open {
                             path: path.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                     if device.size() == 0 {
                         return Err(BackingError::Empty(path));
                     }
@@ -236,7 +237,11 @@ impl LunSpec {
         number: u64,
         reason: Unavailable,
     ) -> LunConfig {
-        self.describe(target_name, number, Arc::new(UnavailableDevice::new(reason)))
+        self.describe(
+            target_name,
+            number,
+            Arc::new(UnavailableDevice::new(reason)),
+        )
     }
 
     /// Describes `device` as LUN `number` of target `target_name`.
@@ -292,7 +297,11 @@ impl ImageOpener {
     /// Opens the image whose `config.v1.json` is at `path`: the config is read once, and the
     /// image goes through the shared registry caches only when some lower layer lives in a
     /// registry. Writes the config's `resultFile` either way.
-    async fn open(&self, path: &Path, read_only: bool) -> Result<Arc<dyn BlockDevice>, BackingError> {
+    async fn open(
+        &self,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<Arc<dyn BlockDevice>, BackingError> {
         let image_err = |source: LsmtError| BackingError::Image {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -420,8 +429,8 @@ mod tests {
         std::fs::write(&config, json.to_string()).unwrap();
 
         let rw = LunSpec::parse(&format!("image:{}", config.display())).unwrap();
-        let lun = now(rw.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default())))
-            .unwrap();
+        let lun =
+            now(rw.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))).unwrap();
         assert_eq!(lun.device.size(), 1 << 20);
         assert!(!lun.device.read_only());
         assert_eq!(lun.product, "overlaybd image");
@@ -510,14 +519,17 @@ mod tests {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let spec = LunSpec::parse(&format!("file:{}", path.display())).unwrap();
-        let lun = now(spec.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default())))
-            .unwrap();
+        let lun =
+            now(spec.lun_config("iqn.x", 0, &ImageOpener::new(DaemonSettings::default()))).unwrap();
         assert_eq!(lun.device.size(), 4096);
         assert!(!lun.device.read_only());
         assert_eq!(lun.serial.len(), 16);
 
         let missing = LunSpec::parse("file:/nonexistent/disk.img").unwrap();
-        assert!(matches!(now(missing.open()), Err(BackingError::Open { .. })));
+        assert!(matches!(
+            now(missing.open()),
+            Err(BackingError::Open { .. })
+        ));
         std::fs::write(&path, b"").unwrap();
         assert!(matches!(now(spec.open()), Err(BackingError::Empty(_))));
     }

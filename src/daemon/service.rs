@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::block::Unavailable;
 use crate::config::backing::ImageOpener;
 use crate::config::{BackingError, Config, Credentials, LunSpec, TargetConfig};
-use crate::iscsi::transport::{Catalog, Server, ServerHandle, ServedTarget};
+use crate::iscsi::transport::{Catalog, ServedTarget, Server, ServerHandle};
 use crate::scsi::ScsiTarget;
 
 use tokio_util::sync::CancellationToken;
@@ -116,7 +116,10 @@ impl Daemon {
             // Temporary files of a save that a crash interrupted hold CHAP secrets.
             match file.remove_leftovers() {
                 Ok(removed) if !removed.is_empty() => {
-                    tracing::info!(count = removed.len(), "removed temporary state files left by an interrupted save");
+                    tracing::info!(
+                        count = removed.len(),
+                        "removed temporary state files left by an interrupted save"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot clean up temporary state files"),
@@ -166,7 +169,10 @@ impl Daemon {
         // Dropping the handles after the wait does not stop the opens still running.
         let all = futures_util::future::join_all(opens);
         if tokio::time::timeout(OPEN_WAIT, all).await.is_err() {
-            tracing::warn!(luns = count, "some LUNs are still opening; they answer NOT READY until they are ready");
+            tracing::warn!(
+                luns = count,
+                "some LUNs are still opening; they answer NOT READY until they are ready"
+            );
         }
         let api = match &options.api {
             None => None,
@@ -179,8 +185,12 @@ impl Daemon {
                 }
             },
         };
-        let server = Server::bind(&config.portals, limits(&config.tuning), inner.catalog.clone())
-            .await?;
+        let server = Server::bind(
+            &config.portals,
+            limits(&config.tuning),
+            inner.catalog.clone(),
+        )
+        .await?;
         let _ = inner.server.set(server.handle());
         let _ = inner.portals.set(server.local_addrs());
         Ok(Daemon { inner, server, api })
@@ -200,9 +210,9 @@ impl Daemon {
     /// initiator to log out.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let stop_api = CancellationToken::new();
-        let api = self.api.map(|api| {
-            tokio::spawn(api.serve(self.inner.clone().control(), stop_api.clone()))
-        });
+        let api = self
+            .api
+            .map(|api| tokio::spawn(api.serve(self.inner.clone().control(), stop_api.clone())));
         self.server.run(shutdown).await;
         stop_api.cancel();
         if let Some(api) = api {

@@ -53,7 +53,11 @@ pub struct ServedTarget {
 
 impl ServedTarget {
     /// A target with the login view `login` over the device server `scsi`.
-    pub fn new(login: login::TargetConfig, scsi: Arc<ScsiTarget>, allow_target_reset: bool) -> Self {
+    pub fn new(
+        login: login::TargetConfig,
+        scsi: Arc<ScsiTarget>,
+        allow_target_reset: bool,
+    ) -> Self {
         ServedTarget {
             login,
             scsi,
@@ -135,6 +139,10 @@ impl TargetDirectory for Catalog {
     }
 
     fn targets(&self) -> Vec<login::TargetConfig> {
-        self.targets.read().values().map(|t| t.login.clone()).collect()
+        self.targets
+            .read()
+            .values()
+            .map(|t| t.login.clone())
+            .collect()
     }
 }

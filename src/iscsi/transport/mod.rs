@@ -250,7 +250,10 @@ impl ServerHandle {
             .collect();
         let deadline = tokio::time::Instant::now() + driver::LOGOUT_GRACE + SHUTDOWN_SLACK;
         for handle in &handles {
-            if tokio::time::timeout_at(deadline, handle.ended()).await.is_err() {
+            if tokio::time::timeout_at(deadline, handle.ended())
+                .await
+                .is_err()
+            {
                 handle.stop(Duration::from_secs(1)).await;
             }
         }
