@@ -43,7 +43,7 @@ fuzz_target!(|input: &[u8]| {
         data_in_budget: 64 * 1024,
         shared_budget: None,
         data_out_timeout: None,
-        lun_count: 2,
+        lun_exists: overlaybd_target::iscsi::session::LunExists::new(|n| n < 2),
         allow_target_reset: true,
         cid: 0,
         first_cmd_sn: 0,

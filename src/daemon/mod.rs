@@ -25,3 +25,6 @@ mod settings;
 pub mod state;
 
 pub use service::{Daemon, DaemonOptions, StartError, MAX_LUN};
+
+#[cfg(test)]
+mod tests;
