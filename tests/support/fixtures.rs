@@ -11,6 +11,14 @@ pub const EXT4_64_DIGEST: &str =
 /// The fixture `name` from `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
 /// `../../shared/fixtures` from the crate root. Missing fixtures fail the test loudly.
 pub fn fixture(name: &str) -> PathBuf {
+    find_fixture(name).unwrap_or_else(|tried| {
+        panic!("fixture {name} not found (set OVERLAYBD_FIXTURES); tried {tried:?}")
+    })
+}
+
+/// The fixture `name`, looked up like [`fixture`]; the folders tried when it is missing, for
+/// a test that skips the part needing it and says so.
+pub fn find_fixture(name: &str) -> Result<PathBuf, Vec<PathBuf>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tried: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
         .map(PathBuf::from)
@@ -24,7 +32,5 @@ pub fn fixture(name: &str) -> PathBuf {
         .iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("fixture {name} not found (set OVERLAYBD_FIXTURES); tried {tried:?}")
-        })
+        .ok_or(tried)
 }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -65,6 +66,8 @@ pub struct Outcome {
     pub overflow: bool,
     /// The residual count.
     pub residual: u32,
+    /// The sense data of a CHECK CONDITION (from the SCSI Response's data segment).
+    pub sense: Option<Vec<u8>>,
 }
 
 /// One raw connection.
@@ -267,6 +270,19 @@ impl RawConn {
         data: Bytes,
         immediate: bool,
     ) -> u32 {
+        self.queue_command_to(0, cdb, dir, edtl, data, immediate)
+    }
+
+    /// Like [`RawConn::queue_command`], addressed to LUN `lun`.
+    pub fn queue_command_to(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        dir: Dir,
+        edtl: u32,
+        data: Bytes,
+        immediate: bool,
+    ) -> u32 {
         let itt = self.itt();
         let mut cdb16 = cdb.to_vec();
         cdb16.resize(16.max(cdb.len()), 0);
@@ -276,7 +292,7 @@ impl RawConn {
             read: dir == Dir::Read,
             write: dir == Dir::Write,
             attr: TaskAttribute::Simple,
-            lun: Lun::from_number(0).unwrap(),
+            lun: Lun::from_number(lun).unwrap(),
             itt,
             expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
@@ -356,31 +372,48 @@ impl RawConn {
     /// Collects the Data-In and status of command `itt`, waiting at most 10 s for each PDU.
     /// Panics on anything else.
     pub fn outcome(&mut self, itt: u32) -> Outcome {
-        let mut data = Vec::new();
-        loop {
-            match self.recv(Duration::from_secs(10)).expect("a PDU in time") {
-                Some(Pdu::DataIn(d)) if d.itt == itt => {
-                    data.extend_from_slice(&d.data);
-                    if let Some(status) = d.status {
-                        return Outcome {
-                            status,
-                            data,
-                            overflow: d.overflow,
-                            residual: d.residual_count,
-                        };
-                    }
+        self.outcomes(&[itt]).remove(&itt).unwrap()
+    }
+
+    /// Collects the Data-In and status of every command of `itts`, whose PDUs may interleave,
+    /// waiting at most 10 s for each PDU. Panics on a PDU of any other task.
+    pub fn outcomes(&mut self, itts: &[u32]) -> HashMap<u32, Outcome> {
+        let mut data: HashMap<u32, Vec<u8>> = itts.iter().map(|&itt| (itt, Vec::new())).collect();
+        let mut done = HashMap::new();
+        while done.len() < itts.len() {
+            let pdu = self.recv(Duration::from_secs(10)).expect("a PDU in time");
+            let (itt, outcome) = match pdu {
+                Some(Pdu::DataIn(d)) if data.contains_key(&d.itt) => {
+                    let buffer = data.get_mut(&d.itt).unwrap();
+                    buffer.extend_from_slice(&d.data);
+                    let Some(status) = d.status else { continue };
+                    let outcome = Outcome {
+                        status,
+                        data: std::mem::take(buffer),
+                        overflow: d.overflow,
+                        residual: d.residual_count,
+                        sense: None,
+                    };
+                    (d.itt, outcome)
                 }
-                Some(Pdu::ScsiResponse(r)) if r.itt == itt => {
-                    return Outcome {
+                Some(Pdu::ScsiResponse(r)) if data.contains_key(&r.itt) => {
+                    let outcome = Outcome {
                         status: r.status,
-                        data,
+                        data: std::mem::take(data.get_mut(&r.itt).unwrap()),
                         overflow: r.overflow,
                         residual: r.residual_count,
-                    }
+                        sense: r.sense().map(|s| s.to_vec()),
+                    };
+                    (r.itt, outcome)
                 }
-                other => panic!("expected Data-In or a SCSI Response for {itt}, got {other:?}"),
-            }
+                other => panic!("expected Data-In or a SCSI Response for {itts:?}, got {other:?}"),
+            };
+            assert!(
+                done.insert(itt, outcome).is_none(),
+                "a second status for {itt}"
+            );
         }
+        done
     }
 
     /// Sends TEST UNIT READY and waits for its answer, which takes the power-on UNIT
