@@ -5,7 +5,8 @@
 # any case fails. A case also fails when the kernel saw a CHECK CONDITION other than the power-on
 # UNIT ATTENTION (with --scsi-log). The image and registry cases serve a 3-layer overlaybd image
 # built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
-# Debian's docker-registry). See README.md beside this file.
+# Debian's docker-registry). The hotplug case adds and force-removes a LUN with `ctl` while the
+# guest is logged in. See README.md beside this file.
 #
 # Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS] [--net auto|tap|user]
 #              [--iscsi-recv softirq|workqueue]
@@ -168,8 +169,13 @@ case_() {
         local bad
         # The restart case also sees commands the kernel failed itself while the connection was
         # down (host=DID_TRANSPORT_*, retried after the reconnect); those are not our answers.
+        # The hotplug case changes the LUN inventory on purpose: UNIT ATTENTION 3F/0E REPORTED
+        # LUNS DATA HAS CHANGED after the add and the removal, and ILLEGAL REQUEST 25/00 LOGICAL
+        # UNIT NOT SUPPORTED for commands to the removed LUN (its number, $hp_lun, only).
         bad=$(grep 'INFO not_good' "$logs/$name.out" | grep -v 'Unit Attention.*Power on, reset' |
-            { [ "$name" = restart ] && grep CHECK_CONDITION || cat; } || true)
+            { [ "$name" = restart ] && grep CHECK_CONDITION || cat; } |
+            { [ "$name" = hotplug ] && grep -v -e 'Unit Attention.*Reported luns data has changed' \
+                -e "lun=$hp_lun .*Illegal Request.*Logical unit not supported" || cat; } || true)
         [ -z "$bad" ] || why="${why:+$why; }unexpected not-GOOD status: $(echo "$bad" | head -1 | sed 's/^ *INFO not_good //')"
     fi
     stop_target
@@ -285,6 +291,28 @@ if selected registry; then
     start_registry || { tail -5 "$work/registry.log" >&2; echo "ci.sh: docker-registry setup failed" >&2; exit 1; }
 fi
 
+# The hotplug case: the target gets a management socket and a state file of its own, and the
+# guest's hooks (run.sh --on) add a second ext4 image (its /marker.txt tells it apart) as LUN
+# $hp_lun, then force-remove it. `ctl lun add` prints the number it chose: anything else fails the
+# hook, and the guest, finding no such disk, fails hotplug_add.
+hp=$work/hotplug
+hp_lun=1
+if selected hotplug; then
+    mkdir -p "$hp"
+    bash "$here/make-test-image.sh" "$hp/lun1.img" 16M "hotplug LUN of ci.sh, $(date +%s.%N) $RANDOM" > /dev/null
+    cat > "$hp/add.sh" <<EOF
+set -euo pipefail
+n=\$(timeout 30 '$bin' ctl --api '$hp/api.sock' lun add '$iqn' 'file:$hp/lun1.img')
+echo "ctl lun add printed \$n at \$(date +%T.%N)"
+[ "\$n" = $hp_lun ]
+EOF
+    cat > "$hp/remove.sh" <<EOF
+set -euo pipefail
+timeout 30 '$bin' ctl --api '$hp/api.sock' lun remove '$iqn' $hp_lun --force
+echo "ctl lun remove $hp_lun --force done at \$(date +%T.%N)"
+EOF
+fi
+
 t_all=$(date +%s.%N)
 ci_deadline=$((SECONDS + budget))
 
@@ -305,6 +333,9 @@ case_ image pass --target "$iqn" --lun "image:$img/c3.json" -- --image "$img/fin
 case_ registry pass-cached --target "$iqn" --lun "image:$reg_cfg" --overlaybd-config "$obd_cfg" -- \
     --image "$img/final.raw" --scsi-log
 case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-read "bash $work/restart.sh" --scsi-log
+case_ hotplug pass --target "$iqn" --lun "file:$disk" --api "$hp/api.sock" --state "$hp/state.json" -- \
+    --hotplug "$hp/lun1.img" --hotplug-lun "$hp_lun" --on hotplug-add "bash $hp/add.sh" \
+    --on hotplug-remove "bash $hp/remove.sh" --scsi-log
 
 echo "== ci.sh: summary (logs in $logs)"
 printf '%s\n' "${results[@]}"

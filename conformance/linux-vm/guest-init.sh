@@ -187,24 +187,33 @@ if [ -n "$CHAP_IN_USER" ]; then
 fi
 
 DISK=""
-# The sdX of the expected LUN on any iSCSI host, once sd has read its capacity.
-find_disk() {
-    for d in /sys/class/scsi_device/*:*:*:"$LUN"; do
+# lun_sdev N: prints the H:C:T:L of LUN N's SCSI device on an iSCSI host (there is one session).
+lun_sdev() {
+    for d in /sys/class/scsi_device/*:*:*:"$1"; do
         [ -e "$d" ] || continue
         h=${d##*/}
         h=${h%%:*}
         [ -e "/sys/class/iscsi_host/host$h" ] || continue
-        for b in "$d"/device/block/*; do
-            [ -e "$b" ] || continue
-            name=${b##*/}
-            if [ -b "/dev/$name" ] && [ "$(cat "$b/size")" != 0 ]; then
-                DISK=$name
-                return 0
-            fi
-        done
+        echo "${d##*/}"
+        return 0
     done
     return 1
 }
+# lun_disk N: prints the sdX of LUN N on an iSCSI host, once sd has read its capacity.
+lun_disk() {
+    sdev=$(lun_sdev "$1") || return 1
+    for b in "/sys/class/scsi_device/$sdev"/device/block/*; do
+        [ -e "$b" ] || continue
+        name=${b##*/}
+        if [ -b "/dev/$name" ] && [ "$(cat "$b/size")" != 0 ]; then
+            echo "$name"
+            return 0
+        fi
+    done
+    return 1
+}
+# The sdX of the expected LUN.
+find_disk() { DISK=$(lun_disk "$LUN"); }
 
 # login CASE: logs in, then waits for the disk. Leaves DISK set on success.
 login() {
@@ -422,7 +431,8 @@ if [ "$RESTART_READ" = 1 ]; then
 fi
 
 # --- ext4 ---------------------------------------------------------------------------------------
-# check_files: every "md5  path" line of /etc/vmi.files matches under /mnt. Prints a reason.
+# check_files [LIST]: every "md5  path" line of LIST (default /etc/vmi.files) matches under /mnt.
+# Prints a reason.
 check_files() {
     bad=0 n=0
     while read -r sum path; do
@@ -433,7 +443,7 @@ check_files() {
             bad=$((bad + 1))
             info "file_mismatch $path disk=${got:-unreadable} image=$sum"
         fi
-    done < /etc/vmi.files
+    done < "${1:-/etc/vmi.files}"
     echo "$n files, $bad mismatches"
     [ "$bad" = 0 ]
 }
@@ -494,6 +504,123 @@ if [ "$RW" = 1 ] && [ "$FS" = ext4 ]; then
             umount /mnt
         else
             result rw_readback FAIL "mount after re-login: $(cat /tmp/mount.err)"
+        fi
+    fi
+fi
+
+# --- hotplug: a LUN added and force-removed on the host while the session is up -----------------
+# The host runs its hooks when it reads "VMI: hotplug-add" and "VMI: hotplug-remove" (run.sh --on).
+# Nothing tells the guest when a hook is done, so it does what an administrator of a real host
+# would: rescan the session until the new disk shows up, and after the removal, read the disk
+# until that fails, then rescan. Every step is bounded.
+# rescan: `iscsiadm -m session --rescan` (open-iscsi rescans each device of the session, then asks
+# the SCSI host to scan the target: REPORT LUNS, then INQUIRY of every new LUN).
+RESCANS=0
+rescan() {
+    RESCANS=$((RESCANS + 1))
+    timeout -s KILL 30 iscsiadm -m session --rescan > /tmp/rescan.out 2>&1 || show RESCAN cat /tmp/rescan.out
+}
+# hotplug_disk: rescans while the new LUN has no SCSI device; HP_DISK is its sdX once sd attached
+# it (sd probes asynchronously, so the device can come a moment after the rescan returned).
+hotplug_disk() {
+    if ! lun_sdev "$HOTPLUG_LUN" > /dev/null; then
+        rescan
+        lun_sdev "$HOTPLUG_LUN" > /dev/null || { sleep 1; return 1; }
+    fi
+    HP_DISK=$(lun_disk "$HOTPLUG_LUN")
+}
+# The kernel's warning for UNIT ATTENTION 3F/0E REPORTED LUNS DATA HAS CHANGED, once per sense.
+# Reported as INFO only: a REPORT LUNS that comes first withdraws the UA (SPC-4), and whether the
+# rescan's REPORT LUNS or a command to LUN 0 comes first after the change is a race.
+lun_change_warnings() { dmesg | grep -c 'LUN assignments on this target have changed'; }
+if [ "$HOTPLUG" = 1 ]; then
+    start
+    # LUN 0 must read the same after the removal; its first MiB now is the reference.
+    lun0_before=$(read_first_mib | md5sum | cut -d' ' -f1)
+    say "VMI: hotplug-add"
+    HP_DISK=""
+    if ! wait_until 30 hotplug_disk; then
+        show SCSIDEVS ls -l /sys/class/scsi_device/
+        result hotplug_add FAIL "no disk for LUN $HOTPLUG_LUN within 30 s ($RESCANS rescans)"
+    elif ! mount -t ext4 -o ro "/dev/$HP_DISK" /mnt 2> /tmp/mount.err; then
+        result hotplug_add FAIL "LUN $HOTPLUG_LUN is /dev/$HP_DISK, mount: $(cat /tmp/mount.err)"
+    else
+        marker=$(md5sum "/mnt/$HOTPLUG_MARKER" 2>/dev/null | cut -d' ' -f1)
+        list=$(cd /mnt && find . -type f | sort | md5sum | cut -d' ' -f1)
+        why=$(check_files /etc/vmi.hotplug.files)
+        files_ok=$?
+        umount /mnt
+        info "hotplug_ua_3f0e_warnings_after_add $(lun_change_warnings)"
+        if [ "$marker" != "$HOTPLUG_MARKER_MD5" ]; then
+            result hotplug_add FAIL "/dev/$HP_DISK: /$HOTPLUG_MARKER md5 ${marker:-missing}, expected $HOTPLUG_MARKER_MD5"
+        elif [ "$list" != "$HOTPLUG_LIST_MD5" ] || [ "$files_ok" != 0 ]; then
+            result hotplug_add FAIL "/dev/$HP_DISK: marker right, but the files differ from the image's ($why)"
+        else
+            result hotplug_add PASS "LUN $HOTPLUG_LUN is /dev/$HP_DISK after $RESCANS rescans; marker md5 $marker, $why"
+        fi
+    fi
+
+    start
+    if [ -z "$HP_DISK" ]; then
+        result hotplug_remove FAIL "no disk was added"
+    else
+        hp_sdev=$(lun_sdev "$HOTPLUG_LUN")
+        say "VMI: hotplug-remove"
+        # Until the host removed the LUN a read succeeds; after a forced removal the target answers
+        # ILLEGAL REQUEST 25/00, which sd does not retry: the read must fail at once, not hang.
+        read_rc=0 reads=0 read_secs=""
+        gone_deadline=$(($(now_cs) + 3000))
+        while [ "$(now_cs)" -lt "$gone_deadline" ]; do
+            reads=$((reads + 1))
+            t0=$(now_cs)
+            timeout -s KILL 20 dd if="/dev/$HP_DISK" of=/dev/null bs=4096 count=1 iflag=direct 2> /tmp/hpread.err
+            read_rc=$?
+            read_secs=$(secs $(($(now_cs) - t0)))
+            [ "$read_rc" = 0 ] || break
+            sleep 0.5
+        done
+        info "hotplug_read_after_remove rc=$read_rc after ${read_secs}s (read $reads): $(tail -1 /tmp/hpread.err)"
+        # The rescan: does the kernel drop the device whose LUN left the REPORT LUNS list? Two
+        # tries: the scan is synchronous (the write to the host's scan file returns when it is
+        # done), so a device still there after the second will stay.
+        RESCANS=0
+        sdev_gone() { [ ! -e "/sys/class/scsi_device/$hp_sdev" ]; }
+        how=""
+        for _ in 1 2; do
+            rescan
+            sleep 1
+            if sdev_gone; then
+                how="removed by the rescan ($RESCANS)"
+                break
+            fi
+        done
+        if [ -z "$how" ] && [ -e "/sys/class/scsi_device/$hp_sdev/device/delete" ]; then
+            # Fallback, and what Linux 6.1 with open-iscsi 2.1.8 needs (seen in this guest): the
+            # kernel's scan adds the LUNs REPORT LUNS lists but never removes those it stops
+            # listing; the rescan only revalidates the device (its commands get 25/00, sd sets
+            # its capacity to 0). On a real host rescan-scsi-bus.sh -r (sg3-utils), or a udev
+            # rule an administrator adds for the kernel's SDEV_UA=REPORTED_LUNS_DATA_HAS_CHANGED
+            # event, deletes it this way.
+            show SCSIDEVS ls -l /sys/class/scsi_device/
+            echo 1 > "/sys/class/scsi_device/$hp_sdev/device/delete"
+            wait_until 10 sdev_gone && how="still there after $RESCANS rescans; deleted through device/delete"
+        fi
+        info "hotplug_removed ${how:-not removed}"
+        info "hotplug_ua_3f0e_warnings_after_remove $(lun_change_warnings)"
+        # LUN 0 must still read the same after the removal (a UNIT ATTENTION is retried by sd).
+        echo 3 > /proc/sys/vm/drop_caches
+        got=$(read_first_mib | md5sum | cut -d' ' -f1)
+        now_disk=$(lun_disk "$LUN")
+        if [ "$read_rc" = 0 ]; then
+            result hotplug_remove FAIL "/dev/$HP_DISK still reads $reads times over 30 s: the LUN was not removed"
+        elif [ "$read_rc" = 137 ]; then
+            result hotplug_remove FAIL "a read of /dev/$HP_DISK hung for 20 s after the removal"
+        elif [ -z "$how" ]; then
+            result hotplug_remove FAIL "$hp_sdev (/dev/$HP_DISK) is still there after $RESCANS rescans and device/delete"
+        elif [ "$now_disk" != "$DISK" ] || [ "$got" != "$lun0_before" ]; then
+            result hotplug_remove FAIL "LUN $LUN afterwards: /dev/$now_disk, first MiB md5 $got; before: /dev/$DISK, $lun0_before"
+        else
+            result hotplug_remove PASS "a read failed in ${read_secs}s; $hp_sdev $how; LUN $LUN /dev/$DISK first MiB md5 still $got"
         fi
     fi
 fi

@@ -48,6 +48,20 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          fails when a read fails; a diagnostic for slow reads, see README.md)
   --on-read CMD          host command run (with bash -c, in the background) once the guest starts
                          the --restart-read passes, e.g. one that kills and restarts the target
+                         (the same as --on reading CMD)
+  --on MARK CMD          host command run (bash -c, in the background, once) when the guest prints
+                         `VMI: MARK` on its result port; its output goes to LOGS/on-MARK.log. Marks:
+                         reading (--restart-read), hotplug-add and hotplug-remove (--hotplug)
+  --hotplug IMAGE        after the checks of --lun, a LUN is added and force-removed on the host
+                         while the session is up: the guest prints `VMI: hotplug-add` (the hook
+                         must add IMAGE as --hotplug-lun), rescans until that disk shows up, mounts
+                         it read-only and compares --hotplug-marker and every file with IMAGE
+                         (hotplug_add); then prints `VMI: hotplug-remove` (the hook must remove the
+                         LUN), reads it until a read fails, rescans until the disk is gone and
+                         reads the first MiB of --lun again (hotplug_remove). IMAGE: ext4
+  --hotplug-lun N        the number the added LUN gets (default 1)
+  --hotplug-marker PATH  the file in IMAGE that --image lacks or holds differently, so that the
+                         guest can tell the two disks apart (default marker.txt)
   --scsi-log             record every SCSI command (tracefs) and report CHECK CONDITIONs with sense
   --timeout SECS         bound for the whole run (default 300)
   --disk-wait SECS       how long the guest waits for the disk after login (default 20)
@@ -74,7 +88,10 @@ die() {
 }
 
 portal="" iqn="" image="" exp_size="" exp_1m="" fs="" lun=0 chap_user="" chap_secret="" hdig=None ddig=None files=""
-chap_in_user="" chap_in_secret="" restart_read=0 on_read="" read_loop=0
+chap_in_user="" chap_in_secret="" restart_read=0 read_loop=0
+hotplug="" hotplug_lun=1 hotplug_marker=marker.txt
+# The host hooks: on_marks[i] is the guest's mark, on_cmds[i] the command it fires.
+on_marks=() on_cmds=()
 rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1 tap="" pcap="" iscsi_recv=softirq
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -90,7 +107,13 @@ while [ $# -gt 0 ]; do
         --chap-in-user) chap_in_user=$2; shift ;;
         --chap-in-secret) chap_in_secret=$2; shift ;;
         --restart-read) restart_read=1 ;;
-        --on-read) on_read=$2; shift ;;
+        --on-read) on_marks+=(reading); on_cmds+=("$2"); shift ;;
+        --on)
+            [[ "${2:-}" =~ ^[a-z][a-z-]*$ ]] && [ $# -ge 3 ] || die "--on takes a mark (letters and -) and a command"
+            on_marks+=("$2"); on_cmds+=("$3"); shift 2 ;;
+        --hotplug) hotplug=$2; shift ;;
+        --hotplug-lun) hotplug_lun=$2; shift ;;
+        --hotplug-marker) hotplug_marker=$2; shift ;;
         --read-loop) read_loop=$2; shift ;;
         --digests)
             case "$2" in
@@ -137,8 +160,8 @@ fi
 case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
 case "$iscsi_recv" in softirq | workqueue) ;; *) die "--iscsi-recv takes softirq or workqueue" ;; esac
 [[ "$portal" == *:* ]] || die "--portal must be HOST:PORT"
-for n in "$read_loop" "$lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
-    [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
+for n in "$read_loop" "$lun" "$hotplug_lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --hotplug-lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
 done
 [ -z "$chap_user" ] || [ -n "$chap_secret" ] || die "--chap-user needs --chap-secret"
 [ -z "$chap_in_user" ] || { [ -n "$chap_in_secret" ] && [ -n "$chap_user" ]; } ||
@@ -204,6 +227,17 @@ if [ -z "$fs" ] && [ -n "$image" ]; then
     [ "$(od -An -tx1 -j1080 -N2 "$image" | tr -d ' \n')" = "53ef" ] && fs=ext4
 fi
 [ -n "$fs" ] || fs=auto
+# hash_tree IMAGE DIR FILES: unpacks the ext4 IMAGE into DIR (debugfs rdump), appends "md5  path"
+# of its regular files up to 4 MiB (the first 64) to FILES and prints the md5 of the sorted list
+# of all its regular files.
+hash_tree() {
+    mkdir "$2"
+    debugfs -R "rdump / $2" "$1" > /dev/null 2>&1 || die "debugfs rdump failed on $1"
+    (cd "$2" && find . -type f -size -4097k | sort | sed -n 1,64p | while read -r f; do
+        echo "$(md5sum < "$f" | cut -d' ' -f1)  ${f#./}"
+    done) >> "$3"
+    (cd "$2" && find . -type f | sort | md5sum | cut -d' ' -f1)
+}
 list_md5=""
 : > "$scratch/files"
 if [ "$fs" = ext4 ] && [ -n "$image" ]; then
@@ -217,12 +251,26 @@ if [ "$fs" = ext4 ] && [ -n "$image" ]; then
             rm -f "$scratch/f"
         done
     elif [ "$exp_size" -le $((512 << 20)) ]; then
-        mkdir "$scratch/tree"
-        debugfs -R "rdump / $scratch/tree" "$image" > /dev/null 2>&1 || die "debugfs rdump failed on $image"
-        list_md5=$(cd "$scratch/tree" && find . -type f | sort | md5sum | cut -d' ' -f1)
-        (cd "$scratch/tree" && find . -type f -size -4097k | sort | sed -n 1,64p | while read -r f; do
-            echo "$(md5sum < "$f" | cut -d' ' -f1)  ${f#./}"
-        done) >> "$scratch/files"
+        list_md5=$(hash_tree "$image" "$scratch/tree" "$scratch/files")
+    fi
+fi
+# --hotplug: what the guest must find on the added LUN, hashed like --image's files, and the md5
+# of the marker that tells it apart from the --lun disk.
+hp_list_md5="" hp_marker_md5=""
+: > "$scratch/hotplug.files"
+if [ -n "$hotplug" ]; then
+    [ -r "$hotplug" ] && [ "$(od -An -tx1 -j1080 -N2 "$hotplug" | tr -d ' \n')" = "53ef" ] ||
+        die "--hotplug needs a readable ext4 image, not $hotplug"
+    [ "$hotplug_lun" != "$lun" ] || die "--hotplug-lun must differ from --lun"
+    hp_list_md5=$(hash_tree "$hotplug" "$scratch/hptree" "$scratch/hotplug.files")
+    hotplug_marker=${hotplug_marker#/}
+    [ -f "$scratch/hptree/$hotplug_marker" ] || die "--hotplug-marker: /$hotplug_marker is not in $hotplug"
+    hp_marker_md5=$(md5sum < "$scratch/hptree/$hotplug_marker" | cut -d' ' -f1)
+    # A marker the --lun disk holds too would not prove which disk the guest mounted.
+    if [ "$fs" = ext4 ] && [ -n "$image" ] &&
+        debugfs -R "dump /$hotplug_marker $scratch/marker0" "$image" > /dev/null 2>&1 && [ -f "$scratch/marker0" ] &&
+        [ "$(md5sum < "$scratch/marker0" | cut -d' ' -f1)" = "$hp_marker_md5" ]; then
+        die "--hotplug-marker: /$hotplug_marker is the same in $image and $hotplug"
     fi
 fi
 if [ "$rw" = 1 ] && [ "$fs" = none ]; then echo "run.sh: warning: --rw needs ext4; skipping it" >&2; fi
@@ -237,6 +285,7 @@ cp "$here/guest-init.sh" "$scratch/run/init"
 chmod 755 "$scratch/run/init"
 cp "$scratch/files" "$scratch/run/etc/vmi.files"
 cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
+cp "$scratch/hotplug.files" "$scratch/run/etc/vmi.hotplug.files"
 {
     echo "PORTAL_HOST=$(sq "$ghost")"
     echo "PORTAL_PORT=$(sq "$port")"
@@ -261,6 +310,11 @@ cp "$scratch/chunks" "$scratch/run/etc/vmi.chunks"
     echo "RW_KIB=$(sq "$rw_kib")"
     echo "SCSI_LOG=$scsi_log"
     echo "DISK_WAIT=$(sq "$disk_wait")"
+    echo "HOTPLUG=$([ -n "$hotplug" ] && echo 1 || echo 0)"
+    echo "HOTPLUG_LUN=$hotplug_lun"
+    echo "HOTPLUG_MARKER=$(sq "$hotplug_marker")"
+    echo "HOTPLUG_MARKER_MD5=$hp_marker_md5"
+    echo "HOTPLUG_LIST_MD5=$hp_list_md5"
     echo "INITIATOR_NAME='iqn.2026-11.test.vm-initiator:guest'"
 } > "$scratch/run/etc/vmi.conf"
 (cd "$scratch/run" && find . | cpio -o -H newc -R 0:0 --quiet) > "$scratch/run.cpio"
@@ -296,13 +350,16 @@ boot() {
     # Not a job of ours any more: bash would print "Aborted" when a KVM attempt dies; it still
     # reaps the process, so `kill -0` below sees it go.
     disown "$qemu_pid"
-    local up_by=$((SECONDS + 25)) hook_fired=0
+    local up_by=$((SECONDS + 25)) fired=() i
     while kill -0 "$qemu_pid" 2>/dev/null; do
         grep -q '^VMI: done' "$logs/results.log" && break
-        if [ -n "$on_read" ] && [ "$hook_fired" = 0 ] && grep -q '^VMI: reading' "$logs/results.log"; then
-            hook_fired=1
-            bash -c "$on_read" > "$logs/on-read.log" 2>&1 &
-        fi
+        # Each hook fires once, when its mark shows up on the guest's result port.
+        for i in "${!on_marks[@]}"; do
+            [ -z "${fired[i]:-}" ] || continue
+            tr -d '\r' < "$logs/results.log" | grep -qx "VMI: ${on_marks[i]}" || continue
+            fired[i]=1
+            { rc=0; bash -c "${on_cmds[i]}" || rc=$?; echo "run.sh: hook exit $rc"; } > "$logs/on-${on_marks[i]}.log" 2>&1 &
+        done
         if [ "$a" = kvm ] && [ "$SECONDS" -ge "$up_by" ] && ! grep -q '^VMI: guest up' "$logs/results.log"; then
             echo "run.sh: KVM guest not up in 25 s; falling back to TCG" >&2
             stop_qemu
@@ -344,11 +401,18 @@ case "$accel" in
     tcg) boot tcg || true ;;
     *) die "--accel must be auto, tcg or kvm" ;;
 esac
-wait # for the --on-read hook, if it is still running
+wait # for the hooks still running
 vm_secs=$(awk -v a="$t_vm" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 qemu_pid=""
 
 # --- host-side checks and the verdict -----------------------------------------------------------
+for m in "${on_marks[@]}"; do
+    if [ -f "$logs/on-$m.log" ]; then
+        echo "run.sh: hook $m: $(grep -v '^run.sh: hook exit' "$logs/on-$m.log" | tail -1) ($(tail -1 "$logs/on-$m.log" | cut -d' ' -f2-))"
+    else
+        echo "run.sh: hook $m: not fired (the guest never printed VMI: $m)"
+    fi
+done
 tr -d '\r' < "$logs/results.log" > "$scratch/results"
 sed -n 's/^SESSION //p' "$logs/console.log" | tr -d '\r' > "$logs/session.txt"
 [ "$scsi_log" = 1 ] && sed -n 's/^SCSI //p' "$logs/console.log" | tr -d '\r' > "$logs/scsi.log"
@@ -388,6 +452,7 @@ if [ "$rw" = 1 ] && [ "$efs" = ext4 ]; then
     expected+=(rw_write rw_logout relogin relogin_disk rw_readback)
     [ "$host_verify" = 1 ] && expected+=(rw_host_verify)
 fi
+[ -n "$hotplug" ] && expected+=(hotplug_add hotplug_remove)
 expected+=(logout)
 [ "$scsi_log" = 1 ] && expected+=(scsi_log)
 
