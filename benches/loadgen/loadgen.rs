@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use self::session::{Pattern, Totals};
+use self::session::{Pattern, Totals, TIMELINE_STEP};
 
 /// Command line.
 #[derive(Parser, Debug, Clone)]
@@ -65,6 +65,11 @@ struct Args {
     /// Measure one loopback TCP stream instead (no target needed).
     #[arg(long)]
     tcp_baseline: bool,
+    /// Also write the measured window's completions per 100 ms to this file, one line per
+    /// slot: the slot's start as Unix time in seconds, and IOPS over that slot. For lining
+    /// the load up with something else happening meanwhile (benches/control-plane.sh).
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -100,10 +105,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let timeline = args.timeline.clone();
     let result = runtime.block_on(run(args, portal, target));
     match result {
         Ok(totals) => {
             report(&totals);
+            if let Some(path) = timeline {
+                if let Err(e) = write_timeline(&path, &totals) {
+                    eprintln!("loadgen: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if totals.errors > 0 {
                 ExitCode::FAILURE
             } else {
@@ -131,6 +143,10 @@ async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<
     }
     // Clock starts once everybody is logged in.
     let start = Instant::now() + warmup;
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        + warmup;
     let end = start + measured;
     let mut tasks = tokio::task::JoinSet::new();
     let sessions = args.sessions;
@@ -149,6 +165,7 @@ async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<
     let mut totals = Totals {
         measured,
         bs: args.bs,
+        start_unix,
         ..Totals::default()
     };
     while let Some(joined) = tasks.join_next().await {
@@ -156,6 +173,12 @@ async fn run(args: Args, portal: SocketAddr, target: String) -> std::io::Result<
         totals.ios += t.ios;
         totals.errors += t.errors;
         totals.latencies_ns.extend(t.latencies_ns);
+        if totals.timeline.len() < t.timeline.len() {
+            totals.timeline.resize(t.timeline.len(), 0);
+        }
+        for (sum, n) in totals.timeline.iter_mut().zip(t.timeline) {
+            *sum += n;
+        }
     }
     if args.once {
         // The pass ended when its last session did.
@@ -191,6 +214,20 @@ fn report(t: &Totals) {
         t.ios,
         t.errors
     );
+}
+
+/// Writes `--timeline`: per slot of the measured window, its start (Unix seconds) and IOPS.
+fn write_timeline(path: &std::path::Path, t: &Totals) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let step = TIMELINE_STEP.as_secs_f64();
+    let slots = (t.measured.as_secs_f64() / step).ceil() as usize;
+    let mut text = String::new();
+    for i in 0..slots {
+        let n = t.timeline.get(i).copied().unwrap_or(0);
+        let at = t.start_unix.as_secs_f64() + i as f64 * step;
+        let _ = writeln!(text, "{at:.3} {:.0}", n as f64 / step);
+    }
+    std::fs::write(path, text)
 }
 
 /// MiB/s of one loopback TCP stream: a thread writes 1 MiB buffers, this one reads them.

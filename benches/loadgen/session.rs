@@ -48,7 +48,14 @@ pub struct Totals {
     pub errors: u64,
     /// Latency of each measured command, in nanoseconds.
     pub latencies_ns: Vec<u64>,
+    /// Commands completed in each [`TIMELINE_STEP`] of the measured window, from its start.
+    pub timeline: Vec<u64>,
+    /// The measured window's start as Unix time (set on the sum only).
+    pub start_unix: Duration,
 }
+
+/// The width of one [`Totals::timeline`] slot.
+pub const TIMELINE_STEP: Duration = Duration::from_millis(100);
 
 /// Negotiated values the loop needs.
 #[derive(Debug, Clone, Copy)]
@@ -399,6 +406,12 @@ impl Session {
                         out.ios += 1;
                         out.latencies_ns
                             .push(now.duration_since(slot.sent).as_nanos() as u64);
+                        let step = (now.duration_since(start).as_nanos() / TIMELINE_STEP.as_nanos())
+                            as usize;
+                        if out.timeline.len() <= step {
+                            out.timeline.resize(step + 1, 0);
+                        }
+                        out.timeline[step] += 1;
                     }
                     if status != 0 {
                         out.errors += 1;
