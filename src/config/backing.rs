@@ -165,9 +165,10 @@ impl LunSpec {
     }
 
     /// Opens the device, reading registry layers of `image:` LUNs through `images`. Files are
-    /// opened now, so a missing file fails here rather than at the first SCSI command. Blocking
-    /// work (file opens, reading configs and indexes) runs off the async workers, so opening a
-    /// LUN never stalls I/O on the others.
+    /// opened now, so a missing file fails here rather than at the first SCSI command. File
+    /// opens and config reads run on blocking threads; building an image's tables and writing
+    /// its `resultFile` still run on the async workers, so a burst of opens takes CPU from I/O
+    /// on other LUNs (no lock is shared; measured in benches/README.md, control plane).
     pub async fn open_with(
         &self,
         images: &ImageOpener,

@@ -356,10 +356,15 @@ impl Inner {
         };
         let diff = state::diff(&self.declared, &committed);
         let file = file.clone();
-        tokio::task::spawn_blocking(move || file.save(&diff))
-            .await
-            .map_err(|e| ControlError::Unavailable(format!("cannot save the state: {e}")))?
-            .map_err(|e| ControlError::Unavailable(format!("cannot save the state: {e}")))
+        let saved = match tokio::task::spawn_blocking(move || file.save(&diff)).await {
+            Ok(saved) => saved.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        saved.map_err(|e| {
+            // The change is refused; the operator must see why, not only the API client.
+            tracing::error!(error = %e, "cannot save the state file; change refused");
+            ControlError::Unavailable(format!("cannot save the state: {e}"))
+        })
     }
 }
 
