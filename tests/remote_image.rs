@@ -15,7 +15,7 @@ use overlaybd_target::block::{BlockDevice, BlockError};
 use overlaybd_target::cache::settings::DaemonSettings;
 use overlaybd_target::overlaybd::{open_image_lun, ImageLuns};
 use support::fault_proxy::{Fault, FaultProxy, Link};
-use support::fixtures::{fixture, EXT4_64_DIGEST};
+use support::fixtures::{fixture, require, EXT4_64_DIGEST};
 use support::http_server::blob_server;
 use support::images::{mapped_runs, scattered_ranges, write_config};
 
@@ -47,6 +47,7 @@ async fn local_image(dir: &Path) -> Arc<dyn BlockDevice> {
 
 #[tokio::test]
 async fn layer_resolution_prefers_local_copies_and_ro_refuses_writes() {
+    let Some(_) = require("ext4_64") else { return };
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
     let server = blob_server(&blob).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -130,6 +131,7 @@ fn scheduled_fault(n: u64) -> Fault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
+    let Some(_) = require("ext4_64") else { return };
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
     let server = blob_server(&blob).await;
     let faulty = Arc::new(AtomicBool::new(true));
@@ -279,6 +281,7 @@ async fn ext4_mount_reads(dev: &dyn BlockDevice) -> Vec<(u64, usize)> {
 
 #[tokio::test]
 async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
+    let Some(_) = require("ext4_64") else { return };
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
     let server = blob_server(&blob).await;
     let proxy = FaultProxy::start(server.addr, Link::default(), |_, _| Fault::Pass).await;
@@ -371,6 +374,7 @@ async fn open_fails_cleanly_when_the_registry_denies_or_nothing_is_cached() {
 
 #[tokio::test]
 async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
+    let Some(_) = require("ext4_64") else { return };
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
     // The first ranged answer that holds the ZFile magic gets one magic byte flipped.
     let flipped = Arc::new(AtomicBool::new(false));
@@ -429,6 +433,7 @@ async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
 
 #[tokio::test]
 async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
+    let Some(_) = require("ext4_64") else { return };
     use overlaybd_target::scsi::{DataDirection, LunConfig, Nexus, ScsiRequest, ScsiTarget};
     let blob = Arc::new(std::fs::read(fixture("ext4_64")).unwrap());
     let corrupt = Arc::new(AtomicBool::new(false));

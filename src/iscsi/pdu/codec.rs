@@ -271,20 +271,3 @@ impl PduCodec {
         Ok(())
     }
 }
-
-impl tokio_util::codec::Decoder for PduCodec {
-    type Item = Pdu;
-    type Error = PduError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Pdu>, PduError> {
-        PduCodec::decode(self, src)
-    }
-}
-
-impl tokio_util::codec::Encoder<Pdu> for PduCodec {
-    type Error = PduError;
-
-    fn encode(&mut self, item: Pdu, dst: &mut BytesMut) -> Result<(), PduError> {
-        self.encode_into(&item, dst)
-    }
-}

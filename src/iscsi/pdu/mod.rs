@@ -20,7 +20,6 @@
 //!   - Digests ([`Digests`]) and the receive limit (our MaxRecvDataSegmentLength) are set with
 //!     [`PduCodec::set_digests`] / [`PduCodec::set_max_recv_data_segment_length`] and take effect
 //!     from the next PDU, which is what the switch at the end of login needs.
-//!   - The codec also implements `tokio_util::codec::{Decoder, Encoder}`.
 //! * [`PduError`]: framing and decoding errors. Recoverable ones
 //!   ([`PduError::is_recoverable`]) consumed the bad PDU and carry its header for a Reject.
 //! * [`Lun`]: the 8-byte LUN field and flat LUN numbers.

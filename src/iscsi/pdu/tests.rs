@@ -906,29 +906,6 @@ fn encode_rejects_oversized_cdb() {
 }
 
 #[test]
-fn tokio_codec_adapter_round_trips() {
-    use tokio_util::codec::{Decoder, Encoder};
-    let mut codec = PduCodec::new();
-    let pdu = Pdu::R2t(R2t {
-        lun: lun(2),
-        itt: 1,
-        ttt: 2,
-        stat_sn: 3,
-        exp_cmd_sn: 4,
-        max_cmd_sn: 5,
-        r2t_sn: 6,
-        buffer_offset: 7,
-        desired_length: 8,
-    });
-    let mut buf = BytesMut::new();
-    Encoder::encode(&mut codec, pdu.clone(), &mut buf).expect("encodes");
-    assert_eq!(
-        Decoder::decode(&mut codec, &mut buf).expect("decodes"),
-        Some(pdu)
-    );
-}
-
-#[test]
 fn pdu_accessors() {
     let cmd = Pdu::TextRequest(TextRequest {
         immediate: false,
