@@ -46,11 +46,6 @@ impl ImageLuns {
         Ok(Self { layers })
     }
 
-    /// Uses already built remote layers (tests, benchmarks).
-    pub fn with_layers(layers: RemoteLayers) -> Self {
-        Self { layers }
-    }
-
     /// The remote-layer machinery (cache statistics, tiers).
     pub fn layers(&self) -> &RemoteLayers {
         &self.layers
