@@ -613,7 +613,9 @@ fn broken_luns_fail_alone() {
     assert_eq!(s.report_luns(), [0, 1]);
 
     // Without the upstream layer the rest (an image LUN) is skipped, and `require` says so.
-    let Some(fixture) = require("ext4_64") else { return };
+    let Some(fixture) = require("ext4_64") else {
+        return;
+    };
     let config = write_config(
         served.dir.path(),
         "",

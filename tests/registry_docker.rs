@@ -363,7 +363,9 @@ async fn docker_registry_over_tls_with_client_certificate() {
 /// cred.json, `--cache-dir`) and read by an initiator.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
-    let Some(_) = support::fixtures::require("ext4_64") else { return };
+    let Some(_) = support::fixtures::require("ext4_64") else {
+        return;
+    };
     use sha2::Digest as _;
     use support::process::{run, tool, Target};
 

@@ -167,7 +167,9 @@ async fn bad_requests_are_refused_with_their_reason() {
         Err(ControlError::Conflict(_))
     ));
     assert!(matches!(
-        control.add_lun("iqn.2026-12.io.overlaybd:none", lun("ram:1M")).await,
+        control
+            .add_lun("iqn.2026-12.io.overlaybd:none", lun("ram:1M"))
+            .await,
         Err(ControlError::NotFound(_))
     ));
     assert!(matches!(

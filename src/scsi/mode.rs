@@ -75,7 +75,6 @@ fn page(lun: &Lun, code: u8, pc: PageControl) -> Vec<u8> {
 
 /// MODE SENSE; returns the whole mode parameter data (the caller applies the allocation
 /// length).
-#[allow(clippy::too_many_arguments)]
 pub fn mode_sense(
     lun: &Lun,
     long: bool,

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
+use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
     Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
     TmfResponseCode, RESERVED_TAG,
 };
-use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -340,7 +340,7 @@ impl Initiator {
     }
 
     /// Sends a SCSI command; `data` is immediate data.
-    #[allow(clippy::too_many_arguments)] // mirrors the SCSI Command PDU's fields
+    // Mirrors the SCSI Command PDU's fields (too_many_arguments is allowed in Cargo.toml).
     pub async fn command(
         &mut self,
         lun: u64,

@@ -108,7 +108,9 @@ async fn raw_export_and_import_roundtrip() {
 /// and the result file says `success`.
 #[tokio::test]
 async fn image_from_config_with_zfile_layers_and_upper() {
-    let Some(_) = super::fixture::require("ext4_64") else { return };
+    let Some(_) = super::fixture::require("ext4_64") else {
+        return;
+    };
     use crate::overlaybd::commit::write_commit_file;
     use crate::overlaybd::LocalOpener;
     use crate::zfile::WriterOptions;
