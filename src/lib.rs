@@ -9,7 +9,9 @@
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
-//! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build).
+//! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build);
+//! - `sys`: the ground floor, the file system calls made through `libc` (all of their
+//!   `unsafe`) and the one helper that runs blocking work off the async threads.
 
 #![warn(missing_docs)]
 
@@ -20,6 +22,7 @@ pub mod daemon;
 pub mod iscsi;
 pub mod overlaybd;
 pub mod scsi;
+pub(crate) mod sys;
 pub mod tools;
 pub mod zfile;
 

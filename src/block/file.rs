@@ -13,7 +13,6 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::write_queue::WriteQueue;
 use super::{check_range, BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
+use crate::sys::{self, file::block_device_size, Nowait, Punch, Region};
 
 /// A file or block device used as a logical unit.
 pub struct FileDevice {
@@ -42,9 +42,6 @@ pub struct FileDevice {
 /// Largest read or write tried inline in the page cache (larger copies would hold up the async
 /// worker thread for too long).
 pub const INLINE_READ_MAX: usize = 128 * 1024;
-
-/// `BLKGETSIZE64` from <linux/fs.h>: the size of a block device in bytes.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl FileDevice {
     /// Opens `path` read-only or read-write. The size is the file length (or the block device
@@ -86,43 +83,10 @@ impl FileDevice {
         F: FnOnce(&File) -> io::Result<T> + Send + 'static,
     {
         let file = Arc::clone(&self.file);
-        match tokio::task::spawn_blocking(move || op(&file)).await {
-            Ok(result) => result.map_err(BlockError::from),
-            Err(join) => Err(BlockError::Io(io::Error::other(join.to_string()))),
-        }
+        sys::blocking(move || op(&file))
+            .await
+            .map_err(BlockError::from)
     }
-}
-
-/// Appends up to `want - buf.len()` bytes read at `offset + buf.len()` to `buf` (within its
-/// capacity) with `preadv2(flags)`; returns how many were read, 0 at the end of the file.
-fn pread_append(
-    file: &File,
-    buf: &mut BytesMut,
-    want: usize,
-    offset: u64,
-    flags: libc::c_int,
-) -> io::Result<usize> {
-    let have = buf.len();
-    let at = offset
-        .checked_add(have as u64)
-        .and_then(|o| libc::off_t::try_from(o).ok())
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let spare = buf.spare_capacity_mut();
-    let n = want.saturating_sub(have).min(spare.len());
-    let iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: n,
-    };
-    // SAFETY: the iovec points at `n` bytes of `buf`'s spare capacity, which stays borrowed
-    // (and so alive and unaliased) for the call.
-    let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
-    let Ok(read) = usize::try_from(rc) else {
-        return Err(io::Error::last_os_error());
-    };
-    let read = read.min(n);
-    // SAFETY: the kernel initialised the first `read` bytes of the spare capacity.
-    unsafe { buf.set_len(have + read) };
-    Ok(read)
 }
 
 /// Fills `buf` up to `len` bytes from `offset` with `preadv2(RWF_NOWAIT)`, that is from the
@@ -139,33 +103,21 @@ pub(crate) fn read_cached(
         return false;
     }
     while buf.len() < len {
-        match pread_append(file, buf, len, offset, libc::RWF_NOWAIT) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EAGAIN: not (all) cached. Anything else: no RWF_NOWAIT here.
-                if e.raw_os_error() != Some(libc::EAGAIN) {
-                    nowait.store(false, Ordering::Relaxed);
-                }
+        let Some(at) = offset.checked_add(buf.len() as u64) else {
+            break;
+        };
+        match sys::file::pread_append_nowait(file, buf, len - buf.len(), at) {
+            Nowait::Done(0) => break,
+            Nowait::Done(_) => {}
+            // Not (all) cached, or an error that the blocking read will meet again and report.
+            Nowait::WouldBlock | Nowait::Failed => break,
+            Nowait::Unsupported => {
+                nowait.store(false, Ordering::Relaxed);
                 break;
             }
         }
     }
     buf.len() == len
-}
-
-/// Writes what it can of `data` at `offset` with `pwritev2(RWF_NOWAIT)`.
-fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    let at =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: the iovec points at `data`, borrowed for the call; the kernel only reads it.
-    let rc = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
 /// Fills `buf` up to `len` bytes from `offset` with blocking reads.
@@ -176,43 +128,12 @@ pub(crate) fn read_rest(
     offset: u64,
 ) -> io::Result<()> {
     while buf.len() < len {
-        match pread_append(file, buf, len, offset, 0) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let at = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if sys::file::pread_append(file, buf, len - buf.len(), at)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-    }
-    Ok(())
-}
-
-/// Asks the kernel for a block device's size.
-fn block_device_size(file: &File) -> io::Result<u64> {
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid for the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size)
-}
-
-/// Punches a hole `[offset, offset+len)` keeping the file size.
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(off), Ok(length)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: plain system call on a valid descriptor; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            length,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -221,23 +142,7 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// end of the file with KEEP_SIZE changes nothing but fails with EOPNOTSUPP where unsupported.
 fn probe_punch_hole(file: &File, size: u64) -> bool {
     let start = size.div_ceil(4096) * 4096;
-    punch_hole(file, start, 4096).is_ok()
-}
-
-/// `lseek` with SEEK_DATA / SEEK_HOLE; `Ok(None)` when there is no such region (ENXIO).
-fn seek_region(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: plain system call on a valid descriptor.
-    let rc = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(err);
-    }
-    Ok(Some(rc as u64))
+    matches!(sys::file::punch_hole(file, start, 4096), Ok(Punch::Done))
 }
 
 #[async_trait]
@@ -284,14 +189,13 @@ impl BlockDevice for FileDevice {
         {
             // Into the page cache without blocking, or EAGAIN (allocation, writeback throttling).
             while done < data.len() {
-                match pwrite_nowait(&self.file, &data[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if e.raw_os_error() != Some(libc::EAGAIN) {
-                            self.nowait_write.store(false, Ordering::Relaxed);
-                        }
+                match sys::file::pwrite_nowait(&self.file, &data[done..], offset + done as u64) {
+                    Nowait::Done(0) => break,
+                    Nowait::Done(n) => done += n,
+                    // The writer thread does the rest (and reports an error that persists).
+                    Nowait::WouldBlock | Nowait::Failed => break,
+                    Nowait::Unsupported => {
+                        self.nowait_write.store(false, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -321,8 +225,14 @@ impl BlockDevice for FileDevice {
             return Err(BlockError::Unsupported("unmap"));
         }
         check_range(offset, len, self.size)?;
-        self.blocking(move |file| punch_hole(file, offset, len))
-            .await
+        match self
+            .blocking(move |file| sys::file::punch_hole(file, offset, len))
+            .await?
+        {
+            Punch::Done => Ok(()),
+            // Probed when opened, so only a file system that changed its mind gets here.
+            Punch::Unsupported => Err(BlockError::Unsupported("unmap")),
+        }
     }
 
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
@@ -335,13 +245,17 @@ impl BlockDevice for FileDevice {
             });
         }
         self.blocking(move |file| {
-            let (state, end) = match seek_region(file, offset, libc::SEEK_DATA)? {
-                Some(data) if data <= offset => {
-                    let hole = seek_region(file, offset, libc::SEEK_HOLE)?.unwrap_or(size);
+            let (state, end) = match sys::file::seek_data(file, offset)? {
+                Region::At(data) if data <= offset => {
+                    let hole = match sys::file::seek_hole(file, offset)? {
+                        Region::At(hole) => hole,
+                        // The file shrank under us: treat the rest as data.
+                        Region::None => size,
+                    };
                     (Provisioning::Mapped, hole)
                 }
-                Some(data) => (Provisioning::Deallocated, data),
-                None => (Provisioning::Deallocated, size),
+                Region::At(data) => (Provisioning::Deallocated, data),
+                Region::None => (Provisioning::Deallocated, size),
             };
             // Runs are whole blocks: a partly mapped block counts as mapped, so round a data
             // run's end up and a hole run's end down (but never below one block).

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::cached_source::CachedSource;
 use super::settings::DownloadConfig;
 use super::LayerSource;
+use crate::sys::blocking;
 
 /// What to download, where, and how fast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,27 +78,13 @@ async fn throttle(start: Instant, done: u64, rate: Option<u64>) {
 /// Whether `[offset, offset + len)` of `file` is all data (no hole), i.e. was written by an
 /// earlier, interrupted attempt. Uses `SEEK_DATA`/`SEEK_HOLE`; any error counts as absent.
 fn block_present(file: &std::fs::File, offset: u64, len: u64) -> bool {
-    use std::os::unix::io::AsRawFd;
-    let end = offset
-        .checked_add(len)
-        .and_then(|e| libc::off_t::try_from(e).ok());
-    let (Ok(off), Some(end)) = (libc::off_t::try_from(offset), end) else {
+    use crate::sys::file::{seek_data, seek_hole};
+    use crate::sys::Region;
+    let Some(end) = offset.checked_add(len) else {
         return false;
     };
-    // SAFETY: lseek on a descriptor we own; it only moves the file offset, which we never use
-    // (all I/O here is positional).
-    let data = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
-    let hole = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_HOLE) };
-    data == off && hole >= end
-}
-
-/// Runs a blocking file operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
+    matches!(seek_data(file, offset), Ok(Region::At(data)) if data == offset)
+        && matches!(seek_hole(file, offset), Ok(Region::At(hole)) if hole >= end)
 }
 
 /// Copies `source` into `job.temp` once and checks the digest; on success renames it to
@@ -178,14 +165,13 @@ async fn attempt(
 async fn verify_file(path: &Path, hex: &str) -> io::Result<bool> {
     let path = path.to_path_buf();
     let hex = hex.to_string();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let mut file = std::fs::File::open(&path)?;
         let mut hasher = Sha256::new();
         io::copy(&mut file, &mut hasher)?;
         Ok(hex::encode(hasher.finalize()) == hex)
     })
     .await
-    .map_err(io::Error::other)?
 }
 
 /// Downloads `source` to `job.dest` with up to `job.tries` attempts (no delay, no switch).

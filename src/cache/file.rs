@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{check_range, LayerSource};
 use crate::block::file::{read_cached, read_rest};
+use crate::sys::blocking;
 
 /// Largest read tried inline. Above the block device's 128 KiB: a layer file is read by a
 /// decoder (ZFile, LSMT) that then spends longer on the same bytes on the same thread, so
@@ -36,13 +37,12 @@ impl FileSource {
     pub async fn open(path: impl AsRef<Path>) -> io::Result<FileSource> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let (file, size) = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
+        let (file, size) = blocking(move || -> io::Result<(File, u64)> {
             let file = File::open(&p)?;
             let size = file.metadata()?.len();
             Ok((file, size))
         })
-        .await
-        .map_err(io::Error::other)??;
+        .await?;
         Ok(FileSource {
             file: Arc::new(file),
             size,
@@ -77,14 +77,13 @@ impl LayerSource for FileSource {
             return Ok(buf.freeze());
         }
         let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             // Continues after what the inline attempt got; retries short reads; a file shrunk
             // under us yields UnexpectedEof.
             read_rest(&file, &mut buf, len, offset)?;
             Ok(buf.freeze())
         })
         .await
-        .map_err(io::Error::other)?
     }
 
     fn describe(&self) -> String {

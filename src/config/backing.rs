@@ -176,7 +176,7 @@ impl LunSpec {
         match &self.backing {
             Backing::File(path) => {
                 let (path, read_only) = (path.clone(), self.read_only);
-                let opened = tokio::task::spawn_blocking(move || {
+                let opened = crate::sys::run_blocking(move || {
                     let device = FileDevice::open(&path, read_only).map_err(|source| {
                         BackingError::Open {
                             path: path.clone(),
@@ -189,10 +189,10 @@ impl LunSpec {
                     Ok(Arc::new(device) as Arc<dyn BlockDevice>)
                 })
                 .await;
-                opened.unwrap_or_else(|e| {
+                opened.unwrap_or_else(|source| {
                     Err(BackingError::Open {
                         path: PathBuf::new(),
-                        source: std::io::Error::other(e),
+                        source,
                     })
                 })
             }
@@ -308,7 +308,7 @@ impl ImageOpener {
             source: Box::new(source),
         };
         let load = path.to_path_buf();
-        let config = tokio::task::spawn_blocking(move || ImageConfig::load(&load))
+        let config = crate::sys::run_blocking(move || ImageConfig::load(&load))
             .await
             .map_err(|e| image_err(LsmtError::Invalid(format!("reading the config: {e}"))))?
             .map_err(image_err)?;

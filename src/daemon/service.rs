@@ -356,7 +356,7 @@ impl Inner {
         };
         let diff = state::diff(&self.declared, &committed);
         let file = file.clone();
-        let saved = match tokio::task::spawn_blocking(move || file.save(&diff)).await {
+        let saved = match crate::sys::run_blocking(move || file.save(&diff)).await {
             Ok(saved) => saved.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

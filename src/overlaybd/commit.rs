@@ -315,7 +315,7 @@ impl<W: std::io::Write + Unpin> AsyncWrite for SyncSink<W> {
 /// trailer to the data file, which then opens as a [`SealedLayer`]. The layer must not be
 /// written afterwards; the index file is left for the caller to delete.
 pub async fn seal_in_place(layer: WritableLayer) -> LsmtResult<()> {
-    tokio::task::spawn_blocking(move || {
+    crate::sys::run_blocking(move || {
         let records = layer.records();
         let header = layer.header();
         let (file, name, data_end) = layer.files();
@@ -345,7 +345,7 @@ pub async fn seal_in_place(layer: WritableLayer) -> LsmtResult<()> {
         file.sync_all().map_err(io)
     })
     .await
-    .map_err(|e| LsmtError::io("seal", std::io::Error::other(e)))?
+    .map_err(|e| LsmtError::io("seal", e))?
 }
 
 #[cfg(test)]

@@ -161,14 +161,13 @@ async fn write_nonzero(file: &Arc<File>, name: &str, pos: u64, bytes: Bytes) -> 
     .await
 }
 
+/// Runs file I/O off the async executor; its error (or a task that died) is an error of `name`.
 async fn blocking<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> LsmtResult<T> {
-    tokio::task::spawn_blocking(f)
+    crate::sys::blocking(f)
         .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
         .map_err(|e| LsmtError::io(name, e))
 }
 

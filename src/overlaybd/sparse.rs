@@ -3,29 +3,30 @@
 //! punch holes.
 
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 
 use super::error::{LsmtError, LsmtResult};
 use super::header::HEADER_SIZE;
 use super::index::{Record, MAX_LENGTH, SECTOR};
+use crate::sys::file::{seek_data, seek_hole};
+use crate::sys::{Punch, Region};
 
 /// The allocated byte regions `[start, end)` of `file` at or after `from`, found with
 /// `SEEK_DATA` / `SEEK_HOLE`.
 pub(crate) fn allocated_regions(file: &File, from: u64, name: &str) -> LsmtResult<Vec<(u64, u64)>> {
     let size = file.metadata().map_err(|e| LsmtError::io(name, e))?.len();
-    let fd = file.as_raw_fd();
     let mut regions = Vec::new();
     let mut pos = from;
     while pos < size {
-        let start = match seek(fd, pos, libc::SEEK_DATA) {
-            Ok(s) => s,
+        let start = match seek_data(file, pos).map_err(|e| LsmtError::io(name, e))? {
+            Region::At(start) => start,
             // No data at or after `pos`.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) => return Err(LsmtError::io(name, e)),
+            Region::None => break,
         };
-        let end = seek(fd, start, libc::SEEK_HOLE)
-            .map_err(|e| LsmtError::io(name, e))?
-            .min(size);
+        let end = match seek_hole(file, start).map_err(|e| LsmtError::io(name, e))? {
+            Region::At(end) => end.min(size),
+            // `start` is past the end: the file shrank since `size` was read.
+            Region::None => break,
+        };
         if end <= start {
             break;
         }
@@ -33,19 +34,6 @@ pub(crate) fn allocated_regions(file: &File, from: u64, name: &str) -> LsmtResul
         pos = end;
     }
     Ok(regions)
-}
-
-fn seek(fd: i32, pos: u64, whence: i32) -> std::io::Result<u64> {
-    let off = i64::try_from(pos).map_err(std::io::Error::other)?;
-    // SAFETY: lseek on a descriptor owned by a live `File`; it only moves the file offset, which
-    // this crate never relies on (all I/O is positional).
-    let r = unsafe { libc::lseek(fd, off, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // r ≥ 0 here.
-        Ok(r as u64)
-    }
 }
 
 /// Records for allocated data-file regions: region `[b, e)` maps virtual sector `(b−4096)/512`
@@ -72,23 +60,8 @@ pub(crate) fn records_from_regions(regions: &[(u64, u64)]) -> Vec<Record> {
 /// Deallocates `[offset, offset + len)` of `file` keeping its size; where the file system
 /// cannot punch holes, the range is overwritten with zeros (it then reads the same).
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    let off = i64::try_from(offset).map_err(std::io::Error::other)?;
-    let l = i64::try_from(len).map_err(std::io::Error::other)?;
-    // SAFETY: fallocate on a descriptor owned by a live `File`; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            l,
-        )
-    };
-    if r == 0 {
+    if crate::sys::file::punch_hole(file, offset, len)? == Punch::Done {
         return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(err);
     }
     use std::os::unix::fs::FileExt;
     let zeros = vec![0u8; 1 << 20];

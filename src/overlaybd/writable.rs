@@ -68,6 +68,7 @@ use super::sparse;
 use super::stack::{read_extents, sector_range};
 use super::writable_index::WritableIndex;
 use crate::cache::LayerSource;
+use crate::sys::{blocking, run_blocking};
 
 /// The reference's limit on records in a writable index file.
 pub const MAX_WRITABLE_RECORDS: u64 = 128_000_000;
@@ -742,19 +743,11 @@ fn read_header(f: &File, name: &str) -> LsmtResult<[u8; HEADER_SIZE]> {
     Ok(buf)
 }
 
-/// Runs blocking file I/O off the async executor.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(std::io::Error::other)?
-}
-
+/// Runs layer file I/O off the async executor; a task that died is an I/O error of the layer.
 async fn blocking_lsmt<T: Send + 'static>(
     f: impl FnOnce() -> LsmtResult<T> + Send + 'static,
 ) -> LsmtResult<T> {
-    tokio::task::spawn_blocking(f)
+    run_blocking(f)
         .await
-        .map_err(|e| LsmtError::io("writable layer", std::io::Error::other(e)))?
+        .map_err(|e| LsmtError::io("writable layer", e))?
 }

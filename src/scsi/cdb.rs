@@ -3,9 +3,142 @@
 //! Every supported command has one entry in [`SUPPORTED`] with its CDB usage bitmap (the bits a
 //! client may set). Parsing rejects any other set bit with INVALID FIELD IN CDB pointing at it,
 //! and REPORT SUPPORTED OPERATION CODES reports the same table, so what we advertise is exactly
-//! what we accept.
+//! what we accept. The operation codes and service actions are named once, in [`opcode`] and
+//! [`service_action`]; the table, the decoder, the dispatcher, REPORT SUPPORTED OPERATION
+//! CODES and the reservations use the names, never the numbers.
 
 use super::sense::Sense;
+
+/// Operation codes (SPC-4, SBC-3) by name: [`SUPPORTED`], the decoder, the dispatcher and
+/// REPORT SUPPORTED OPERATION CODES all say which command they mean with these.
+pub mod opcode {
+    /// TEST UNIT READY.
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    /// REQUEST SENSE.
+    pub const REQUEST_SENSE: u8 = 0x03;
+    /// READ(6).
+    pub const READ_6: u8 = 0x08;
+    /// WRITE(6).
+    pub const WRITE_6: u8 = 0x0a;
+    /// INQUIRY.
+    pub const INQUIRY: u8 = 0x12;
+    /// MODE SELECT(6).
+    pub const MODE_SELECT_6: u8 = 0x15;
+    /// RESERVE(6).
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE(6).
+    pub const RELEASE_6: u8 = 0x17;
+    /// MODE SENSE(6).
+    pub const MODE_SENSE_6: u8 = 0x1a;
+    /// START STOP UNIT.
+    pub const START_STOP_UNIT: u8 = 0x1b;
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
+    /// READ CAPACITY(10).
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    /// READ(10).
+    pub const READ_10: u8 = 0x28;
+    /// WRITE(10).
+    pub const WRITE_10: u8 = 0x2a;
+    /// WRITE AND VERIFY(10).
+    pub const WRITE_AND_VERIFY_10: u8 = 0x2e;
+    /// VERIFY(10).
+    pub const VERIFY_10: u8 = 0x2f;
+    /// PRE-FETCH(10).
+    pub const PRE_FETCH_10: u8 = 0x34;
+    /// SYNCHRONIZE CACHE(10).
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// WRITE SAME(10).
+    pub const WRITE_SAME_10: u8 = 0x41;
+    /// UNMAP.
+    pub const UNMAP: u8 = 0x42;
+    /// MODE SELECT(10).
+    pub const MODE_SELECT_10: u8 = 0x55;
+    /// RESERVE(10).
+    pub const RESERVE_10: u8 = 0x56;
+    /// RELEASE(10).
+    pub const RELEASE_10: u8 = 0x57;
+    /// MODE SENSE(10).
+    pub const MODE_SENSE_10: u8 = 0x5a;
+    /// PERSISTENT RESERVE IN (service actions in [`super::service_action::pr_in`]).
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
+    /// PERSISTENT RESERVE OUT (service actions in [`super::service_action::pr_out`]).
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    /// READ(16).
+    pub const READ_16: u8 = 0x88;
+    /// COMPARE AND WRITE.
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    /// WRITE(16).
+    pub const WRITE_16: u8 = 0x8a;
+    /// ORWRITE(16).
+    pub const ORWRITE_16: u8 = 0x8b;
+    /// WRITE AND VERIFY(16).
+    pub const WRITE_AND_VERIFY_16: u8 = 0x8e;
+    /// VERIFY(16).
+    pub const VERIFY_16: u8 = 0x8f;
+    /// PRE-FETCH(16).
+    pub const PRE_FETCH_16: u8 = 0x90;
+    /// SYNCHRONIZE CACHE(16).
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    /// WRITE SAME(16).
+    pub const WRITE_SAME_16: u8 = 0x93;
+    /// SERVICE ACTION IN(16): READ CAPACITY(16) and GET LBA STATUS.
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
+    /// REPORT LUNS.
+    pub const REPORT_LUNS: u8 = 0xa0;
+    /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    /// READ(12).
+    pub const READ_12: u8 = 0xa8;
+    /// WRITE(12).
+    pub const WRITE_12: u8 = 0xaa;
+    /// WRITE AND VERIFY(12).
+    pub const WRITE_AND_VERIFY_12: u8 = 0xae;
+    /// VERIFY(12).
+    pub const VERIFY_12: u8 = 0xaf;
+}
+
+/// Service actions (byte 1 bits 4..0) of the opcodes that carry one.
+pub mod service_action {
+    /// SERVICE ACTION IN(16): READ CAPACITY(16).
+    pub const READ_CAPACITY_16: u8 = 0x10;
+    /// SERVICE ACTION IN(16): GET LBA STATUS.
+    pub const GET_LBA_STATUS: u8 = 0x12;
+    /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
+    pub const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+
+    /// PERSISTENT RESERVE IN service actions (SPC-4 6.15).
+    pub mod pr_in {
+        /// READ KEYS.
+        pub const READ_KEYS: u8 = 0;
+        /// READ RESERVATION.
+        pub const READ_RESERVATION: u8 = 1;
+        /// REPORT CAPABILITIES.
+        pub const REPORT_CAPABILITIES: u8 = 2;
+        /// READ FULL STATUS.
+        pub const READ_FULL_STATUS: u8 = 3;
+    }
+
+    /// PERSISTENT RESERVE OUT service actions (SPC-4 6.16).
+    pub mod pr_out {
+        /// REGISTER.
+        pub const REGISTER: u8 = 0;
+        /// RESERVE.
+        pub const RESERVE: u8 = 1;
+        /// RELEASE.
+        pub const RELEASE: u8 = 2;
+        /// CLEAR.
+        pub const CLEAR: u8 = 3;
+        /// PREEMPT.
+        pub const PREEMPT: u8 = 4;
+        /// PREEMPT AND ABORT.
+        pub const PREEMPT_AND_ABORT: u8 = 5;
+        /// REGISTER AND IGNORE EXISTING KEY.
+        pub const REGISTER_AND_IGNORE: u8 = 6;
+    }
+}
+
+use service_action::{pr_in, pr_out};
 
 /// One supported operation code (and service action) with its CDB usage bitmap.
 #[derive(Debug)]
@@ -18,224 +151,105 @@ pub struct OpInfo {
     pub usage: &'static [u8],
 }
 
-const fn op(opcode: u8, usage: &'static [u8]) -> OpInfo {
-    OpInfo {
-        opcode,
-        service_action: None,
-        usage,
-    }
-}
-
-const fn op_sa(opcode: u8, sa: u16, usage: &'static [u8]) -> OpInfo {
-    OpInfo {
-        opcode,
-        service_action: Some(sa),
-        usage,
-    }
+/// A [`SUPPORTED`] entry: `op!(NAME => [masks])` for an [`opcode`] without a service action,
+/// `op!(NAME, ACTION => [masks])` for one service action of it. The masks are the usage data
+/// of CDB bytes 1 onwards; byte 0 of the usage data is the opcode itself, filled in here.
+macro_rules! op {
+    ($code:ident => [$($mask:expr),* $(,)?]) => {
+        OpInfo {
+            opcode: opcode::$code,
+            service_action: None,
+            usage: &[opcode::$code, $($mask),*],
+        }
+    };
+    ($code:ident, $sa:path => [$($mask:expr),* $(,)?]) => {
+        OpInfo {
+            opcode: opcode::$code,
+            service_action: Some($sa as u16),
+            usage: &[opcode::$code, $($mask),*],
+        }
+    };
 }
 
 /// Opcodes whose byte 1 bits 4..0 hold a service action.
-const SERVICE_ACTION_OPCODES: [u8; 4] = [0x5e, 0x5f, 0x9e, 0xa3];
+const SERVICE_ACTION_OPCODES: [u8; 4] = [
+    opcode::PERSISTENT_RESERVE_IN,
+    opcode::PERSISTENT_RESERVE_OUT,
+    opcode::SERVICE_ACTION_IN_16,
+    opcode::MAINTENANCE_IN,
+];
 
 /// Every command this target implements, sorted by opcode then service action.
+// One line (or two) per command, so the table reads as one; rustfmt would spread each
+// usage array over a dozen lines.
+#[rustfmt::skip]
 pub static SUPPORTED: &[OpInfo] = &[
-    op(0x00, &[0x00, 0, 0, 0, 0, 0]),             // TEST UNIT READY
-    op(0x03, &[0x03, 0x00, 0, 0, 0xff, 0]),       // REQUEST SENSE (fixed format only)
-    op(0x08, &[0x08, 0x1f, 0xff, 0xff, 0xff, 0]), // READ(6)
-    op(0x0a, &[0x0a, 0x1f, 0xff, 0xff, 0xff, 0]), // WRITE(6)
-    op(0x12, &[0x12, 0x01, 0xff, 0xff, 0xff, 0]), // INQUIRY
-    op(0x15, &[0x15, 0x10, 0, 0, 0xff, 0]),       // MODE SELECT(6)
-    op(0x16, &[0x16, 0, 0, 0, 0, 0]),             // RESERVE(6)
-    op(0x17, &[0x17, 0, 0, 0, 0, 0]),             // RELEASE(6)
-    op(0x1a, &[0x1a, 0x08, 0xff, 0xff, 0xff, 0]), // MODE SENSE(6)
-    op(0x1b, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0]),    // START STOP UNIT
-    op(0x1e, &[0x1e, 0, 0, 0, 0x03, 0]),          // PREVENT ALLOW MEDIUM REMOVAL
-    op(0x25, &[0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0]), // READ CAPACITY(10)
-    op(
-        0x28,
-        &[0x28, 0x1e, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // READ(10)
-    op(
-        0x2a,
-        &[0x2a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // WRITE(10)
-    op(
-        0x2e,
-        &[0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // WRITE AND VERIFY(10)
-    op(
-        0x2f,
-        &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // VERIFY(10)
-    op(
-        0x34,
-        &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // PRE-FETCH(10)
-    op(
-        0x35,
-        &[0x35, 0x06, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // SYNCHRONIZE CACHE(10)
-    op(
-        0x41,
-        &[0x41, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
-    ), // WRITE SAME(10)
-    op(0x42, &[0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0]), // UNMAP
-    op(0x55, &[0x55, 0x10, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), // MODE SELECT(10)
-    op(0x56, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]), // RESERVE(10)
-    op(0x57, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]), // RELEASE(10)
-    op(0x5a, &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0]), // MODE SENSE(10)
-    op_sa(0x5e, 0x00, &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), // PR IN: READ KEYS
-    op_sa(0x5e, 0x01, &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), // PR IN: READ RESERVATION
-    op_sa(0x5e, 0x02, &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), // PR IN: REPORT CAPABILITIES
-    op_sa(0x5e, 0x03, &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), // PR IN: READ FULL STATUS
-    op_sa(
-        0x5f,
-        0x00,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: REGISTER
-    op_sa(
-        0x5f,
-        0x01,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: RESERVE
-    op_sa(
-        0x5f,
-        0x02,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: RELEASE
-    op_sa(
-        0x5f,
-        0x03,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: CLEAR
-    op_sa(
-        0x5f,
-        0x04,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: PREEMPT
-    op_sa(
-        0x5f,
-        0x05,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: PREEMPT AND ABORT
-    op_sa(
-        0x5f,
-        0x06,
-        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
-    ), // PR OUT: REGISTER AND IGNORE
-    op(
-        0x88,
-        &[
-            0x88, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // READ(16)
-    op(
-        0x89,
-        &[
-            0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0,
-        ],
-    ), // COMPARE AND WRITE
-    op(
-        0x8a,
-        &[
-            0x8a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // WRITE(16)
-    op(
-        0x8b,
-        &[
-            0x8b, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // ORWRITE(16)
-    op(
-        0x8e,
-        &[
-            0x8e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // WRITE AND VERIFY(16)
-    op(
-        0x8f,
-        &[
-            0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // VERIFY(16)
-    op(
-        0x90,
-        &[
-            0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // PRE-FETCH(16)
-    op(
-        0x91,
-        &[
-            0x91, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // SYNCHRONIZE CACHE(16)
-    op(
-        0x93,
-        &[
-            0x93, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x1f, 0,
-        ],
-    ), // WRITE SAME(16)
-    op_sa(
-        0x9e,
-        0x10,
-        &[
-            0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x01, 0,
-        ],
-    ), // READ CAPACITY(16)
-    op_sa(
-        0x9e,
-        0x12,
-        &[
-            0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
-            0,
-        ],
-    ), // GET LBA STATUS
-    op(
-        0xa0,
-        &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
-    ), // REPORT LUNS
-    op_sa(
-        0xa3,
-        0x0c,
-        &[
-            0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
-        ],
-    ), // REPORT SUPPORTED OPCODES
-    op(
-        0xa8,
-        &[
-            0xa8, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
-        ],
-    ), // READ(12)
-    op(
-        0xaa,
-        &[
-            0xaa, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
-        ],
-    ), // WRITE(12)
-    op(
-        0xae,
-        &[
-            0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
-        ],
-    ), // WRITE AND VERIFY(12)
-    op(
-        0xaf,
-        &[
-            0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
-        ],
-    ), // VERIFY(12)
+    op!(TEST_UNIT_READY => [0, 0, 0, 0, 0]),
+    op!(REQUEST_SENSE => [0x00, 0, 0, 0xff, 0]),
+    op!(READ_6 => [0x1f, 0xff, 0xff, 0xff, 0]),
+    op!(WRITE_6 => [0x1f, 0xff, 0xff, 0xff, 0]),
+    op!(INQUIRY => [0x01, 0xff, 0xff, 0xff, 0]),
+    op!(MODE_SELECT_6 => [0x10, 0, 0, 0xff, 0]),
+    op!(RESERVE_6 => [0, 0, 0, 0, 0]),
+    op!(RELEASE_6 => [0, 0, 0, 0, 0]),
+    op!(MODE_SENSE_6 => [0x08, 0xff, 0xff, 0xff, 0]),
+    op!(START_STOP_UNIT => [0x01, 0, 0x0f, 0xf7, 0]),
+    op!(PREVENT_ALLOW_MEDIUM_REMOVAL => [0, 0, 0, 0x03, 0]),
+    op!(READ_CAPACITY_10 => [0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0]),
+    op!(READ_10 => [0x1e, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(WRITE_10 => [0x1a, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(WRITE_AND_VERIFY_10 => [0x12, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(VERIFY_10 => [0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(PRE_FETCH_10 => [0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(SYNCHRONIZE_CACHE_10 => [0x06, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(WRITE_SAME_10 => [0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(UNMAP => [0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0]),
+    op!(MODE_SELECT_10 => [0x10, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(RESERVE_10 => [0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op!(RELEASE_10 => [0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op!(MODE_SENSE_10 => [0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_IN, pr_in::READ_KEYS => [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_IN, pr_in::READ_RESERVATION => [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_IN, pr_in::REPORT_CAPABILITIES => [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_IN, pr_in::READ_FULL_STATUS => [0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::REGISTER => [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::RESERVE => [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::RELEASE => [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::CLEAR => [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::PREEMPT => [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::PREEMPT_AND_ABORT =>
+        [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::REGISTER_AND_IGNORE =>
+        [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(READ_16 =>
+        [0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(COMPARE_AND_WRITE =>
+        [0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0]),
+    op!(WRITE_16 =>
+        [0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(ORWRITE_16 =>
+        [0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(WRITE_AND_VERIFY_16 =>
+        [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(VERIFY_16 =>
+        [0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(PRE_FETCH_16 =>
+        [0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(SYNCHRONIZE_CACHE_16 =>
+        [0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(WRITE_SAME_16 =>
+        [0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(SERVICE_ACTION_IN_16, service_action::READ_CAPACITY_16 =>
+        [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0]),
+    op!(SERVICE_ACTION_IN_16, service_action::GET_LBA_STATUS =>
+        [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(REPORT_LUNS => [0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(MAINTENANCE_IN, service_action::REPORT_SUPPORTED_OPERATION_CODES =>
+        [0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(READ_12 => [0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(WRITE_12 => [0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(WRITE_AND_VERIFY_12 => [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(VERIFY_12 => [0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
 ];
 
 /// Finds the table entry for `opcode` (and `service_action` when the opcode has one).
@@ -516,12 +530,12 @@ fn check_usage(cdb: &[u8], usage: &[u8]) -> Result<(), Sense> {
 /// Decodes a CDB that has the right length and passed the usage check.
 fn decode(c: &[u8], sa: u16) -> Command {
     match c[0] {
-        0x00 => Command::TestUnitReady,
-        0x03 => Command::RequestSense {
+        opcode::TEST_UNIT_READY => Command::TestUnitReady,
+        opcode::REQUEST_SENSE => Command::RequestSense {
             desc: c[1] & 1 != 0,
             alloc_len: u32::from(c[4]),
         },
-        0x08 | 0x0a => {
+        opcode::READ_6 | opcode::WRITE_6 => {
             // READ(6)/WRITE(6): a transfer length of 0 means 256 blocks.
             let blocks = match c[4] {
                 0 => 256,
@@ -534,74 +548,76 @@ fn decode(c: &[u8], sa: u16) -> Command {
                 fua: false,
                 length_byte: 4,
             };
-            if c[0] == 0x08 {
+            if c[0] == opcode::READ_6 {
                 Command::Read(e)
             } else {
                 Command::Write(e)
             }
         }
-        0x12 => Command::Inquiry {
+        opcode::INQUIRY => Command::Inquiry {
             evpd: c[1] & 1 != 0,
             page: c[2],
             alloc_len: u32::from(be16(c, 3)),
         },
-        0x15 | 0x55 => Command::ModeSelect {
-            long: c[0] == 0x55,
+        opcode::MODE_SELECT_6 | opcode::MODE_SELECT_10 => Command::ModeSelect {
+            long: c[0] == opcode::MODE_SELECT_10,
             pf: c[1] & 0x10 != 0,
             sp: c[1] & 0x01 != 0,
-            param_len: if c[0] == 0x55 {
+            param_len: if c[0] == opcode::MODE_SELECT_10 {
                 u32::from(be16(c, 7))
             } else {
                 u32::from(c[4])
             },
         },
-        0x16 | 0x56 => Command::Reserve,
-        0x17 | 0x57 => Command::Release,
-        0x1a | 0x5a => Command::ModeSense {
-            long: c[0] == 0x5a,
+        opcode::RESERVE_6 | opcode::RESERVE_10 => Command::Reserve,
+        opcode::RELEASE_6 | opcode::RELEASE_10 => Command::Release,
+        opcode::MODE_SENSE_6 | opcode::MODE_SENSE_10 => Command::ModeSense {
+            long: c[0] == opcode::MODE_SENSE_10,
             dbd: c[1] & 0x08 != 0,
             llbaa: c[1] & 0x10 != 0,
             pc: c[2] >> 6,
             page: c[2] & 0x3f,
             subpage: c[3],
-            alloc_len: if c[0] == 0x5a {
+            alloc_len: if c[0] == opcode::MODE_SENSE_10 {
                 u32::from(be16(c, 7))
             } else {
                 u32::from(c[4])
             },
         },
-        0x1b => Command::StartStopUnit {
+        opcode::START_STOP_UNIT => Command::StartStopUnit {
             loej: c[4] & 0x02 != 0,
             start: c[4] & 0x01 != 0,
             power_condition: c[4] >> 4,
         },
-        0x1e => Command::PreventAllow { prevent: c[4] & 3 },
-        0x25 => Command::ReadCapacity10 {
+        opcode::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllow { prevent: c[4] & 3 },
+        opcode::READ_CAPACITY_10 => Command::ReadCapacity10 {
             lba: be32(c, 2),
             pmi: c[8] & 1 != 0,
         },
-        0x28 | 0x88 | 0xa8 => Command::Read(extent(c)),
-        0x2a | 0x8a | 0xaa => Command::Write(extent(c)),
-        0x2e | 0x8e | 0xae => Command::WriteAndVerify(extent(c)),
-        0x2f | 0x8f | 0xaf => Command::Verify {
+        opcode::READ_10 | opcode::READ_12 | opcode::READ_16 => Command::Read(extent(c)),
+        opcode::WRITE_10 | opcode::WRITE_12 | opcode::WRITE_16 => Command::Write(extent(c)),
+        opcode::WRITE_AND_VERIFY_10 | opcode::WRITE_AND_VERIFY_12 | opcode::WRITE_AND_VERIFY_16 => {
+            Command::WriteAndVerify(extent(c))
+        }
+        opcode::VERIFY_10 | opcode::VERIFY_12 | opcode::VERIFY_16 => Command::Verify {
             extent: extent(c),
             bytchk: (c[1] >> 1) & 3,
         },
-        0x34 | 0x90 => {
+        opcode::PRE_FETCH_10 | opcode::PRE_FETCH_16 => {
             let e = extent(c);
             Command::PreFetch {
                 lba: e.lba,
                 blocks: e.blocks,
             }
         }
-        0x35 | 0x91 => {
+        opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16 => {
             let e = extent(c);
             Command::SyncCache {
                 lba: e.lba,
                 blocks: e.blocks,
             }
         }
-        0x41 | 0x93 => Command::WriteSame {
+        opcode::WRITE_SAME_10 | opcode::WRITE_SAME_16 => Command::WriteSame {
             extent: Extent {
                 dpo: false,
                 fua: false,
@@ -609,40 +625,42 @@ fn decode(c: &[u8], sa: u16) -> Command {
             },
             unmap: c[1] & 0x08 != 0,
             anchor: c[1] & 0x10 != 0,
-            ndob: c[0] == 0x93 && c[1] & 0x01 != 0,
+            ndob: c[0] == opcode::WRITE_SAME_16 && c[1] & 0x01 != 0,
         },
-        0x42 => Command::Unmap {
+        opcode::UNMAP => Command::Unmap {
             anchor: c[1] & 0x01 != 0,
             param_len: u32::from(be16(c, 7)),
         },
-        0x5e => Command::PersistentReserveIn {
+        opcode::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn {
             action: sa as u8,
             alloc_len: u32::from(be16(c, 7)),
         },
-        0x5f => Command::PersistentReserveOut {
+        opcode::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut {
             action: sa as u8,
             scope: c[2] >> 4,
             pr_type: c[2] & 0x0f,
             param_len: be32(c, 5),
         },
-        0x89 => Command::CompareAndWrite(Extent {
+        opcode::COMPARE_AND_WRITE => Command::CompareAndWrite(Extent {
             blocks: u32::from(c[13]),
             length_byte: 13,
             ..extent(c)
         }),
-        0x8b => Command::OrWrite(extent(c)),
-        0x9e if sa == 0x10 => Command::ReadCapacity16 {
-            alloc_len: be32(c, 10),
-        },
-        0x9e => Command::GetLbaStatus {
+        opcode::ORWRITE_16 => Command::OrWrite(extent(c)),
+        opcode::SERVICE_ACTION_IN_16 if sa == u16::from(service_action::READ_CAPACITY_16) => {
+            Command::ReadCapacity16 {
+                alloc_len: be32(c, 10),
+            }
+        }
+        opcode::SERVICE_ACTION_IN_16 => Command::GetLbaStatus {
             lba: be64(c, 2),
             alloc_len: be32(c, 10),
         },
-        0xa0 => Command::ReportLuns {
+        opcode::REPORT_LUNS => Command::ReportLuns {
             select: c[2],
             alloc_len: be32(c, 6),
         },
-        0xa3 => Command::ReportSupportedOpcodes {
+        opcode::MAINTENANCE_IN => Command::ReportSupportedOpcodes {
             rctd: c[2] & 0x80 != 0,
             options: c[2] & 0x07,
             opcode: c[3],

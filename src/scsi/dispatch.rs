@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 
-use super::cdb::{self, Command};
+use super::cdb::{self, opcode, Command};
+use super::identity::ascii_field;
 use super::lun::{self, Lun};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
@@ -36,8 +37,11 @@ impl ScsiTarget {
         let lun = &*lun;
         let parsed = cdb::parse(&req.cdb);
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear unit attentions.
-        let opcode = req.cdb.first().copied().unwrap_or(0);
-        let ua_exempt = matches!(opcode, 0x12 | 0xa0 | 0x03);
+        let code = req.cdb.first().copied().unwrap_or(0);
+        let ua_exempt = matches!(
+            code,
+            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE
+        );
         let access = parsed.as_ref().map_or(Access::Always, access_of);
         {
             let mut state = lun.state.lock();
@@ -134,10 +138,7 @@ impl ScsiTarget {
                 evpd: false,
                 page: 0,
                 alloc_len,
-            }) => Ok(cut(
-                inquiry::standard(&lun::ascii_field(""), false),
-                alloc_len,
-            )),
+            }) => Ok(cut(inquiry::standard(&ascii_field(""), false), alloc_len)),
             Ok(Command::ReportLuns { select, alloc_len }) => self
                 .report_luns(nexus, select, alloc_len)
                 .map(|d| cut(d, alloc_len))

@@ -2,22 +2,19 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::identity::{RELATIVE_TARGET_PORT, VENDOR};
 use super::lun::{
     Lun, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_DESCRIPTORS,
     MAX_WRITE_SAME_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS,
 };
 use super::sense::Sense;
 
-/// T10 vendor identification reported in INQUIRY and VPD 0x83.
-pub const VENDOR: &[u8; 8] = b"OVERLAYB";
 /// Product revision level.
 const REVISION: &[u8; 4] = b"0001";
 /// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3 (no version claimed).
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 /// Supported VPD pages, in ascending order.
 const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
-/// Relative target port identifier of our single target port (VPD 0x83, PR full status).
-pub const RELATIVE_TARGET_PORT: u16 = 1;
 /// Length of the standard INQUIRY data we return.
 const STANDARD_LEN: usize = 96;
 

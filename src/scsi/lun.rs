@@ -3,8 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
+use super::identity::{ascii_field, naa_from_serial};
 use super::io_log::{LogLimiter, IO_LOG_INTERVAL};
 use super::reservations::Reservations;
 use super::sense::{asc, key, Sense};
@@ -65,26 +64,10 @@ pub struct Lun {
     software_write_protect: AtomicBool,
 }
 
-/// Space-pads `text` (printable ASCII only) to `N` bytes.
-pub fn ascii_field<const N: usize>(text: &str) -> [u8; N] {
-    let mut out = [b' '; N];
-    for (slot, byte) in out
-        .iter_mut()
-        .zip(text.bytes().filter(|b| (0x20..0x7f).contains(b)))
-    {
-        *slot = byte;
-    }
-    out
-}
-
 impl Lun {
     /// Builds LUN `number` of target `target_name` from its configuration.
     pub fn new(config: LunConfig, target_name: Arc<str>, number: u64) -> Self {
-        let digest = Sha256::digest(config.serial.as_bytes());
-        let mut naa = [0u8; 8];
-        naa.copy_from_slice(&digest[..8]);
-        // NAA 3: locally assigned, the remaining 60 bits from the serial's hash.
-        naa[0] = 0x30 | (naa[0] & 0x0f);
+        let naa = naa_from_serial(&config.serial);
         let size = config.device.size();
         Lun {
             target_name,

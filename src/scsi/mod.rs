@@ -14,6 +14,7 @@
 
 pub mod cdb;
 mod dispatch;
+mod identity;
 mod inquiry;
 pub(crate) mod io_log;
 mod lun;

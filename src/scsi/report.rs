@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cdb::{has_service_action, lookup, OpInfo, SUPPORTED};
+use super::cdb::{has_service_action, lookup, opcode, OpInfo, SUPPORTED};
 use super::sense::Sense;
 
 /// REPORT LUNS for a target whose logical units have `numbers` (ascending, each below
@@ -54,7 +54,7 @@ pub fn report_supported_opcodes(
     service_action: u16,
     unmap_supported: bool,
 ) -> Result<Bytes, Sense> {
-    let listed = |info: &&OpInfo| unmap_supported || info.opcode != 0x42;
+    let listed = |info: &&OpInfo| unmap_supported || info.opcode != opcode::UNMAP;
     let mut out = BytesMut::new();
     match options {
         0 => {

@@ -6,7 +6,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::inquiry::RELATIVE_TARGET_PORT;
+use super::cdb::service_action::{pr_in, pr_out as action};
+use super::identity::RELATIVE_TARGET_PORT;
 use super::sense::{asc, Sense};
 use super::unit_attention::UnitAttentions;
 use super::{Failure, Nexus};
@@ -26,17 +27,6 @@ pub mod pr_type {
     pub const WRITE_EXCLUSIVE_AR: u8 = 7;
     /// Exclusive Access - All Registrants.
     pub const EXCLUSIVE_ACCESS_AR: u8 = 8;
-}
-
-/// PERSISTENT RESERVE OUT service actions.
-mod action {
-    pub const REGISTER: u8 = 0;
-    pub const RESERVE: u8 = 1;
-    pub const RELEASE: u8 = 2;
-    pub const CLEAR: u8 = 3;
-    pub const PREEMPT: u8 = 4;
-    pub const PREEMPT_AND_ABORT: u8 = 5;
-    pub const REGISTER_AND_IGNORE: u8 = 6;
 }
 
 /// How a command touches the medium, for the conflict tables of SPC-4 5.13.
@@ -410,14 +400,14 @@ impl Reservations {
     pub fn persistent_in(&self, act: u8) -> Result<Bytes, Failure> {
         let mut out = BytesMut::new();
         match act {
-            0 => {
+            pr_in::READ_KEYS => {
                 out.put_u32(self.generation);
                 out.put_u32((self.registrants.len() * 8) as u32);
                 for r in &self.registrants {
                     out.put_u64(r.key);
                 }
             }
-            1 => {
+            pr_in::READ_RESERVATION => {
                 out.put_u32(self.generation);
                 match &self.reservation {
                     Some(res) => {
@@ -436,7 +426,7 @@ impl Reservations {
                     None => out.put_u32(0),
                 }
             }
-            2 => {
+            pr_in::REPORT_CAPABILITIES => {
                 out.put_u16(8);
                 // CRH = 1: RESERVE/RELEASE follow SPC-4 5.13.3 (conflict with PRs).
                 out.put_u8(0x10);
@@ -447,7 +437,7 @@ impl Reservations {
                 out.put_u8(0x01);
                 out.put_u16(0);
             }
-            3 => {
+            pr_in::READ_FULL_STATUS => {
                 out.put_u32(self.generation);
                 let mut body = BytesMut::new();
                 for r in &self.registrants {
