@@ -55,6 +55,13 @@ pub enum LoginError {
     /// The login went on for more PDUs than any real negotiation needs.
     #[error("more than {0} login PDUs")]
     TooManyPdus(u32),
+    /// A PDU other than a Login Request arrived once the login had started (RFC 7143 §6.3:
+    /// the target answers "invalid during login" and disconnects).
+    #[error("PDU with opcode {opcode:#04x} during login")]
+    NotALoginRequest {
+        /// The PDU's opcode.
+        opcode: u8,
+    },
     /// The initiator sent text while the target's response was still being sent in pieces
     /// (it must answer a continued response with empty requests).
     #[error("data sent while the target's response continues")]
@@ -219,6 +226,7 @@ impl LoginError {
             | E::AuthKeyOutOfOrder(_)
             | E::NameTooLong => LoginStatus::INITIATOR_ERROR,
             E::UnsupportedVersion { .. } => LoginStatus::UNSUPPORTED_VERSION,
+            E::NotALoginRequest { .. } => LoginStatus::INVALID_DURING_LOGIN,
             E::MissingKey(_) => LoginStatus::MISSING_PARAMETER,
             E::UnknownSessionType(_) => LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
             // One answer for both, so an initiator that is not allowed on a target cannot tell

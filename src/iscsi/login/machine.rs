@@ -225,6 +225,37 @@ impl Login {
         }
     }
 
+    /// Answers a PDU other than a Login Request (opcode `opcode`, Initiator Task Tag `itt`)
+    /// that arrived during the login. Once the login has started, RFC 7143 §6.3 asks for a
+    /// Login Response with status "invalid during login" (0x020b) before disconnecting: that
+    /// is the `Fail` step returned. Before the first Login Request the connection is closed
+    /// at once, without an answer, and `None` comes back.
+    pub fn invalid_pdu(&mut self, opcode: u8, itt: u32) -> Option<LoginStep> {
+        let leading = self.leading?;
+        if matches!(self.state, State::FullFeatureReady(_) | State::Finished) {
+            return None;
+        }
+        self.state = State::Finished;
+        let reason = LoginError::NotALoginRequest { opcode };
+        let rsp = LoginResponse {
+            transit: false,
+            continues: false,
+            csg: Stage::Security,
+            nsg: Stage::Security,
+            version_max: ISCSI_VERSION,
+            version_active: ISCSI_VERSION,
+            isid: leading.isid,
+            tsih: leading.tsih,
+            itt,
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+            status: reason.status(),
+            data: Bytes::new(),
+        };
+        Some(LoginStep::Fail(rsp, reason))
+    }
+
     /// When [`Login::handle_timeout`] should be called: the login's deadline, until the login
     /// has ended (accepted, refused or failed).
     pub fn poll_timeout(&self) -> Option<Instant> {

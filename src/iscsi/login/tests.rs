@@ -1677,6 +1677,7 @@ fn each_error_maps_to_its_status() {
     let table: Vec<(LoginError, u16)> = vec![
         (E::AfterEnd, 0x0200),
         (E::UnsupportedVersion { min: 1, max: 1 }, 0x0205),
+        (E::NotALoginRequest { opcode: 0x01 }, 0x020b),
         (E::TransitAndContinue, 0x0200),
         (E::BadFirstStage(Stage::FullFeature), 0x0200),
         (E::LeadingFieldsChanged, 0x0200),
@@ -1808,4 +1809,30 @@ fn login_deadline_covers_admission_and_ends_with_accept() {
     ));
     assert_eq!(l.poll_timeout(), None);
     assert!(!l.handle_timeout(t0 + LOGIN_TIMEOUT));
+}
+
+#[test]
+fn other_pdus_during_login_are_invalid_during_login() {
+    let dir = open_dir();
+    // Before the first Login Request there is no login to answer in: close at once.
+    assert_eq!(Login::new(Instant::now()).invalid_pdu(0x01, 5), None);
+    let mut l = op_login(&dir);
+    let Some(LoginStep::Fail(rsp, reason)) = l.invalid_pdu(0x01, 5) else {
+        panic!("a started login answers a stray PDU")
+    };
+    assert_eq!(reason, LoginError::NotALoginRequest { opcode: 0x01 });
+    assert_eq!(
+        (rsp.status, rsp.itt, rsp.isid, rsp.transit),
+        (LoginStatus::INVALID_DURING_LOGIN, 5, ISID, false)
+    );
+    assert_eq!(rsp.status.code(), 0x020b);
+    assert_eq!(l.poll_timeout(), None, "the login is over");
+    assert_eq!(l.invalid_pdu(0x01, 6), None, "answered once");
+    assert_eq!(
+        fail_reason(l.handle(
+            &dir,
+            &req(Stage::Operational, Stage::FullFeature, true, &[])
+        )),
+        LoginError::AfterEnd
+    );
 }

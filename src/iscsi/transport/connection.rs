@@ -213,7 +213,15 @@ async fn login(
         let req = match before_deadline(&mut login, reader.next()).await? {
             Incoming::Pdu(Pdu::LoginRequest(req)) => req,
             Incoming::Pdu(other) => {
-                tracing::info!(opcode = other.opcode(), "non-login PDU during login");
+                // After the first Login Request RFC 7143 asks for a Login Response saying
+                // "invalid during login"; before it, the connection just closes.
+                match login.invalid_pdu(other.opcode(), other.itt()) {
+                    Some(LoginStep::Fail(rsp, reason)) => {
+                        failed_login(&login, &reason, peer, shared);
+                        send(tx, codec, rsp).await;
+                    }
+                    _ => tracing::info!(opcode = other.opcode(), "non-login PDU before login"),
+                }
                 return None;
             }
             Incoming::Bad(e) => {
