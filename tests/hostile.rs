@@ -744,3 +744,48 @@ fn unanswered_r2t_ends_after_the_data_out_timeout() {
         "the timed-out WRITE must end in CHECK CONDITION or a closed connection, got {outcome}"
     );
 }
+
+/// RFC 7143 §6.3: once the login has started, a PDU other than a Login Request gets a Login
+/// Response "invalid during login" (0x020b), then the connection closes.
+#[test]
+fn a_ping_in_the_middle_of_a_login_is_invalid_during_login() {
+    use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Stage};
+    let _serial = serial();
+    let target = start(&["ram:64M"], &[]);
+    let mut conn = RawConn::connect(target.addr()).expect("connect");
+    // The first of two continued Login Requests: the login has started, its text not complete.
+    let first = LoginRequest {
+        transit: false,
+        continues: true,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid: Isid([0x80, 0, 0, 0, 0x0b, 1]),
+        tsih: 0,
+        itt: 0,
+        cid: 0,
+        cmd_sn: 0,
+        exp_stat_sn: 0,
+        data: Bytes::from(text(&[("InitiatorName", INITIATOR), ("TargetName", IQN)])),
+    };
+    conn.queue(&Pdu::LoginRequest(first));
+    conn.flush().unwrap();
+    let Some(Pdu::LoginResponse(ack)) = conn.recv(Duration::from_secs(10)).unwrap() else {
+        panic!("the continued request is acknowledged")
+    };
+    assert_eq!(ack.status, LoginStatus::SUCCESS);
+    let itt = conn.queue_ping(Bytes::new());
+    conn.flush().unwrap();
+    let Some(Pdu::LoginResponse(rsp)) = conn.recv(Duration::from_secs(10)).unwrap() else {
+        panic!("a Login Response answers the ping")
+    };
+    assert_eq!(
+        (rsp.status, rsp.itt, rsp.transit),
+        (LoginStatus::INVALID_DURING_LOGIN, itt, false)
+    );
+    assert!(
+        conn.drain_until_closed(Duration::from_secs(10)),
+        "the target closes the connection"
+    );
+}

@@ -17,7 +17,7 @@ fuzz_target!(|input: &[u8]| {
         mutual_chap: Some(ChapAccount { user: "t".into(), secret: b"ba9876543210".to_vec() }),
     };
     let dir = StaticDirectory::new(LoginSettings::default(), [TargetConfig::open("iqn.2026-11.fuzz:open"), chap]);
-    let mut login = Login::new();
+    let mut login = Login::new(std::time::Instant::now());
     // Each chunk: one flags byte (T, C, CSG, NSG) followed by text up to the next 0xff byte.
     for chunk in input.split(|&b| b == 0xff) {
         let Some((&flags, text)) = chunk.split_first() else { continue };

@@ -1,15 +1,23 @@
-//! The per-connection login state machine (RFC 7143 §6 and §11.12-11.13), free of I/O: feed it
-//! each Login Request, send what it returns.
+//! The per-connection login state machine (RFC 7143 §6 and §11.12-11.13), free of I/O and of
+//! clocks: feed it each Login Request and the time, send what it returns, and wake it at
+//! [`Login::poll_timeout`].
+//!
+//! [`Login::handle`] runs the rules every request obeys (PDU and text caps, header fields,
+//! reassembly of continued text, the continuation of a long response, the per-login key
+//! bookkeeping), then hands the keys to the stage the login is in: [`State`] names each by
+//! what it expects next. The stages themselves are in `stages.rs` (leading keys, operational
+//! negotiation) and `security.rs` (AuthMethod and CHAP).
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::chap;
 use super::config::{AuthConfig, DigestPolicy, LoginSettings, TargetConfig, TargetDirectory};
-use super::failure::{AuthFailure, LoginFailure};
+use super::error::LoginError;
 use super::keys::{self, TextAssembler, TextSplitter, TextWriter};
-use super::params::{self, Answer, SessionParams};
+use super::params::SessionParams;
+use super::security::Auth;
 use crate::iscsi::pdu::{Isid, LoginRequest, LoginResponse, LoginStatus, Stage};
 
 /// The only iSCSI version there is (Version-max/Version-min/Version-active 0x00).
@@ -18,13 +26,16 @@ const ISCSI_VERSION: u8 = 0;
 const LOGIN_SEGMENT_LIMIT: usize = 8192;
 /// A login that takes more round trips than this is not converging.
 const MAX_LOGIN_PDUS: u32 = 64;
-/// Most distinct keys one login may offer across all its requests (a real one offers ~20).
-const MAX_LOGIN_KEYS: usize = keys::MAX_KEYS;
 /// Most text bytes all Login Requests of one login may carry together. With the PDU and key
 /// caps this bounds a login's work, which is linear in its text, whatever the initiator sends.
 const MAX_LOGIN_TEXT: usize = keys::MAX_TEXT_LEN;
 /// Longest iSCSI name (RFC 7143 §4.2.7.1).
-const MAX_NAME_LEN: usize = 223;
+pub(super) const MAX_NAME_LEN: usize = 223;
+/// Time a whole login may take, from the connection's start until the final response
+/// (including admission, which may wait for a reinstated session to end). A login that is
+/// still going then is cut off without an answer: it holds a place among the connections in
+/// login, and RFC 7143 sets no time of its own.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Session type requested by the initiator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +82,7 @@ pub enum LoginStep {
     /// and calls [`Login::accept`] for the final response, or [`Login::refuse`].
     Ready(Box<LoginOutcome>),
     /// Send this failure response, then close the connection. The reason is for the log.
-    Fail(LoginResponse, LoginFailure),
+    Fail(LoginResponse, LoginError),
 }
 
 /// Header fields that must not change during a login.
@@ -84,35 +95,22 @@ struct Leading {
     version_min: u8,
 }
 
-/// Progress of authentication in the security stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Auth {
-    /// AuthMethod not negotiated yet.
-    AwaitMethod,
-    /// AuthMethod=CHAP agreed; waiting for CHAP_A.
-    AwaitAlgorithm,
-    /// Challenge sent; waiting for CHAP_N/CHAP_R.
-    AwaitResponse { id: u8, challenge: Vec<u8> },
-    /// Authenticated, or no authentication needed.
-    Done,
-}
-
 /// Who the requests said was logging in, kept for log lines even when the login fails.
 #[derive(Debug, Clone, Default)]
-struct Claimed {
-    initiator: Option<String>,
-    target: Option<String>,
-    chap_name: Option<String>,
+pub(super) struct Claimed {
+    pub(super) initiator: Option<String>,
+    pub(super) target: Option<String>,
+    pub(super) chap_name: Option<String>,
 }
 
 /// What the first Login Request established.
 #[derive(Debug, Clone)]
-struct Session {
-    session_type: SessionType,
-    initiator_name: String,
-    initiator_alias: Option<String>,
-    target: Option<TargetConfig>,
-    auth: AuthConfig,
+pub(super) struct Session {
+    pub(super) session_type: SessionType,
+    pub(super) initiator_name: String,
+    pub(super) initiator_alias: Option<String>,
+    pub(super) target: Option<TargetConfig>,
+    pub(super) auth: AuthConfig,
 }
 
 /// A response being sent in several pieces (C bit) because it exceeds 8192 bytes.
@@ -123,54 +121,59 @@ struct Pending {
     transit: bool,
 }
 
+/// What the login expects next (named the way rustls names its handshake states).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Phase {
-    Active,
-    /// Waiting for accept/refuse; holds the final response without its TSIH.
-    Ready(Box<LoginResponse>),
+pub(super) enum State {
+    /// No Login Request yet: the first one fixes ISID, TSIH, CID and versions, and the stage
+    /// the login starts in.
+    ExpectFirstRequest,
+    /// Security negotiation; [`Auth`] says which step of authentication comes next.
+    ExpectSecurity(Auth),
+    /// Operational negotiation.
+    ExpectOperational,
+    /// Negotiation is complete: the session layer's [`Login::accept`] or [`Login::refuse`].
+    /// Holds the final response without its TSIH.
+    FullFeatureReady(Box<LoginResponse>),
+    /// The login ended: accepted, refused, failed or timed out.
     Finished,
+}
+
+impl State {
+    /// The negotiation stage the login is in, if it is in one.
+    pub(super) fn stage(&self) -> Option<Stage> {
+        match self {
+            State::ExpectSecurity(_) => Some(Stage::Security),
+            State::ExpectOperational => Some(Stage::Operational),
+            _ => None,
+        }
+    }
 }
 
 /// Login state of one connection.
 #[derive(Debug)]
 pub struct Login {
-    phase: Phase,
+    pub(super) state: State,
+    /// When the login must have ended (see [`LOGIN_TIMEOUT`]).
+    deadline: Instant,
     leading: Option<Leading>,
-    session: Option<Session>,
-    stage: Stage,
-    auth: Auth,
-    chap_user: Option<String>,
-    claimed: Claimed,
-    params: SessionParams,
-    seen_keys: HashSet<String>,
+    pub(super) session: Option<Session>,
+    pub(super) chap_user: Option<String>,
+    pub(super) claimed: Claimed,
+    pub(super) params: SessionParams,
+    pub(super) seen_keys: HashSet<String>,
     text_bytes: usize,
     rx: TextAssembler,
     pending: Option<Pending>,
     stat_sn: u32,
     exp_cmd_sn: u32,
     max_cmd_sn: u32,
-    declared_mrdsl: bool,
-    first_response_sent: bool,
+    pub(super) declared_mrdsl: bool,
+    pub(super) first_response_sent: bool,
     pdus: u32,
 }
 
-impl Default for Login {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Keys only the first Login Request may carry.
-const LEADING_KEYS: &[&str] = &["InitiatorName", "TargetName", "SessionType"];
-/// Keys only a target sends.
-const TARGET_ONLY_KEYS: &[&str] = &["TargetAlias", "TargetAddress", "TargetPortalGroupTag"];
-
-fn is_security_key(key: &str) -> bool {
-    key == "AuthMethod" || key.starts_with("CHAP_")
-}
-
 /// The name of `key` if it is a digest key whose policy requires CRC32C.
-fn required_digest(settings: &LoginSettings, key: &str) -> Option<&'static str> {
+pub(super) fn required_digest(settings: &LoginSettings, key: &str) -> Option<&'static str> {
     let (name, policy) = match key {
         "HeaderDigest" => ("HeaderDigest", settings.header_digest),
         "DataDigest" => ("DataDigest", settings.data_digest),
@@ -180,7 +183,7 @@ fn required_digest(settings: &LoginSettings, key: &str) -> Option<&'static str> 
 }
 
 /// A value from the initiator shortened for a log line (names are at most 223 bytes).
-fn clip(value: &str) -> String {
+pub(super) fn clip(value: &str) -> String {
     let mut end = value.len().min(MAX_NAME_LEN);
     while !value.is_char_boundary(end) {
         end -= 1;
@@ -188,22 +191,15 @@ fn clip(value: &str) -> String {
     value[..end].to_owned()
 }
 
-fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 impl Login {
-    /// A connection that has not received any Login Request yet.
-    pub fn new() -> Self {
+    /// A connection that has not received any Login Request yet, accepted at `now`; the
+    /// login must be over by `now` + [`LOGIN_TIMEOUT`].
+    pub fn new(now: Instant) -> Self {
         Login {
-            phase: Phase::Active,
+            state: State::ExpectFirstRequest,
+            deadline: now + LOGIN_TIMEOUT,
             leading: None,
             session: None,
-            stage: Stage::Security,
-            auth: Auth::AwaitMethod,
             chap_user: None,
             claimed: Claimed::default(),
             params: SessionParams::default(),
@@ -220,12 +216,61 @@ impl Login {
         }
     }
 
-    /// Processes one Login Request.
+    /// Processes one Login Request. A failure names its [`LoginError`]; the response carries
+    /// the status [`LoginError::status`] gives it.
     pub fn handle(&mut self, dir: &dyn TargetDirectory, req: &LoginRequest) -> LoginStep {
         match self.step(dir, req) {
             Ok(step) => step,
             Err(reason) => LoginStep::Fail(self.failure(req, reason.status()), reason),
         }
+    }
+
+    /// Answers a PDU other than a Login Request (opcode `opcode`, Initiator Task Tag `itt`)
+    /// that arrived during the login. Once the login has started, RFC 7143 §6.3 asks for a
+    /// Login Response with status "invalid during login" (0x020b) before disconnecting: that
+    /// is the `Fail` step returned. Before the first Login Request the connection is closed
+    /// at once, without an answer, and `None` comes back.
+    pub fn invalid_pdu(&mut self, opcode: u8, itt: u32) -> Option<LoginStep> {
+        let leading = self.leading?;
+        if matches!(self.state, State::FullFeatureReady(_) | State::Finished) {
+            return None;
+        }
+        self.state = State::Finished;
+        let reason = LoginError::NotALoginRequest { opcode };
+        let rsp = LoginResponse {
+            transit: false,
+            continues: false,
+            csg: Stage::Security,
+            nsg: Stage::Security,
+            version_max: ISCSI_VERSION,
+            version_active: ISCSI_VERSION,
+            isid: leading.isid,
+            tsih: leading.tsih,
+            itt,
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+            status: reason.status(),
+            data: Bytes::new(),
+        };
+        Some(LoginStep::Fail(rsp, reason))
+    }
+
+    /// When [`Login::handle_timeout`] should be called: the login's deadline, until the login
+    /// has ended (accepted, refused or failed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.state != State::Finished).then_some(self.deadline)
+    }
+
+    /// Checks the login's deadline at `now`. True when it has passed: the login is over and
+    /// the connection is closed without an answer (nothing is owed to an initiator that has
+    /// not finished in [`LOGIN_TIMEOUT`]; a parked final response is dropped with it).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if self.state == State::Finished || now < self.deadline {
+            return false;
+        }
+        self.state = State::Finished;
+        true
     }
 
     /// The InitiatorName the first request gave (cut to 223 bytes), for log lines.
@@ -246,39 +291,40 @@ impl Login {
     /// The final Login Response (T=1, NSG=FullFeaturePhase, success) carrying the TSIH the
     /// session layer assigned. `None` unless [`Login::handle`] just returned `Ready`.
     pub fn accept(&mut self, tsih: u16) -> Option<LoginResponse> {
-        match std::mem::replace(&mut self.phase, Phase::Finished) {
-            Phase::Ready(mut rsp) => {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::FullFeatureReady(mut rsp) => {
                 rsp.tsih = tsih;
                 Some(*rsp)
             }
             other => {
-                self.phase = other;
+                self.state = other;
                 None
             }
         }
     }
 
     /// A failure response in place of the final one, when the session layer cannot admit the
-    /// login (e.g. 0x020a session does not exist). `None` unless `Ready` was returned.
-    pub fn refuse(&mut self, status: LoginStatus) -> Option<LoginResponse> {
-        match std::mem::replace(&mut self.phase, Phase::Finished) {
-            Phase::Ready(rsp) => Some(LoginResponse {
+    /// login (e.g. [`LoginError::SessionDoesNotExist`]); its status is `reason`'s. `None`
+    /// unless `Ready` was returned.
+    pub fn refuse(&mut self, reason: &LoginError) -> Option<LoginResponse> {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::FullFeatureReady(rsp) => Some(LoginResponse {
                 transit: false,
                 continues: false,
                 nsg: Stage::Security,
-                status,
+                status: reason.status(),
                 data: Bytes::new(),
                 ..*rsp
             }),
             other => {
-                self.phase = other;
+                self.state = other;
                 None
             }
         }
     }
 
     fn failure(&mut self, req: &LoginRequest, status: LoginStatus) -> LoginResponse {
-        self.phase = Phase::Finished;
+        self.state = State::Finished;
         // T, CSG and NSG are reserved in a failure response, so they are sent as zero.
         LoginResponse {
             csg: Stage::Security,
@@ -327,156 +373,89 @@ impl Login {
         rsp
     }
 
+    /// One request: the rules every request obeys, then the stage's own.
     fn step(
         &mut self,
         dir: &dyn TargetDirectory,
         req: &LoginRequest,
-    ) -> Result<LoginStep, LoginFailure> {
-        if self.phase != Phase::Active {
-            return Err(LoginFailure::Protocol(
-                "login request after the login ended",
-            ));
+    ) -> Result<LoginStep, LoginError> {
+        let settings = dir.settings();
+        self.count(req)?;
+        self.check_header(settings, req)?;
+        if self.pending.is_some() {
+            return self.continue_response(settings, req);
+        }
+        let Some(text) = self.rx.push(&req.data, req.continues)? else {
+            // More text follows: acknowledge with an empty response.
+            let ack = self.response(req, false, false, Bytes::new());
+            return Ok(LoginStep::Respond(ack));
+        };
+        let pairs = self.take_keys(&text)?;
+        let session = match &self.session {
+            Some(session) => session.clone(),
+            None => self.expect_first_keys(dir, &pairs)?,
+        };
+        let mut out = TextWriter::new();
+        self.declare_target(settings, &session, &mut out);
+        let security = self.negotiate(settings, &session, &pairs, &mut out)?;
+        let ready = match self.state.stage() {
+            Some(Stage::Security) => {
+                self.expect_security(&session.auth, req.transit, &security, &mut out)?
+            }
+            Some(Stage::Operational) => self.expect_operational(settings, &mut out),
+            // check_header put the login in a stage; nothing else gets here.
+            _ => return Err(LoginError::AfterEnd),
+        };
+        self.send_text(settings, req, out.finish(), req.transit && ready)
+    }
+
+    /// Counts the request against the login's caps (PDUs, text bytes); refuses requests after
+    /// the login ended.
+    fn count(&mut self, req: &LoginRequest) -> Result<(), LoginError> {
+        if matches!(self.state, State::FullFeatureReady(_) | State::Finished) {
+            return Err(LoginError::AfterEnd);
         }
         self.pdus += 1;
         if self.pdus > MAX_LOGIN_PDUS {
-            return Err(LoginFailure::TooManyPdus(MAX_LOGIN_PDUS));
+            return Err(LoginError::TooManyPdus(MAX_LOGIN_PDUS));
         }
         self.text_bytes += req.data.len();
         if self.text_bytes > MAX_LOGIN_TEXT {
-            return Err(LoginFailure::TooMuchText(MAX_LOGIN_TEXT));
+            return Err(LoginError::TooMuchText(MAX_LOGIN_TEXT));
         }
-        self.check_header(dir.settings(), req)?;
+        Ok(())
+    }
 
-        if let Some(pending) = &mut self.pending {
-            // The initiator answers a continued response with empty requests.
-            if !req.data.is_empty() || req.continues {
-                return Err(LoginFailure::Protocol(
-                    "data sent while the target's response continues",
-                ));
-            }
-            let (chunk, more) = pending.text.next_chunk(LOGIN_SEGMENT_LIMIT);
-            let transit = !more && pending.transit && req.transit;
-            if !more {
-                self.pending = None;
-            }
-            return self.emit(dir.settings(), req, transit, more, chunk);
+    /// The next piece of a response too long for one PDU; the initiator asks for each with an
+    /// empty request.
+    fn continue_response(
+        &mut self,
+        settings: &LoginSettings,
+        req: &LoginRequest,
+    ) -> Result<LoginStep, LoginError> {
+        if !req.data.is_empty() || req.continues {
+            return Err(LoginError::DataDuringContinuation);
         }
-
-        let text = match self.rx.push(&req.data, req.continues) {
-            Err(e) => return Err(e.into()),
-            // More text follows: acknowledge with an empty response.
-            Ok(None) => {
-                return Ok(LoginStep::Respond(self.response(
-                    req,
-                    false,
-                    false,
-                    Bytes::new(),
-                )))
-            }
-            Ok(Some(text)) => text,
+        let Some(pending) = &mut self.pending else {
+            return Err(LoginError::DataDuringContinuation);
         };
-        let pairs = keys::parse(&text)?;
-        let first = self.session.is_none();
-        for (k, _) in &pairs {
-            // Renegotiating a key during login is a protocol error (RFC 7143 §6.2).
-            if !self.seen_keys.insert(k.clone()) || (!first && LEADING_KEYS.contains(&k.as_str())) {
-                return Err(LoginFailure::Renegotiated(clip(k)));
-            }
+        let (chunk, more) = pending.text.next_chunk(LOGIN_SEGMENT_LIMIT);
+        let transit = !more && pending.transit && req.transit;
+        if !more {
+            self.pending = None;
         }
-        if self.seen_keys.len() > MAX_LOGIN_KEYS {
-            return Err(LoginFailure::TooManyKeys(MAX_LOGIN_KEYS));
-        }
-        if first {
-            self.start_session(dir, &pairs)?;
-        }
-        let session = self
-            .session
-            .clone()
-            .ok_or(LoginFailure::Protocol("no session"))?;
-        let discovery = session.session_type == SessionType::Discovery;
-        let settings = dir.settings();
+        self.emit(settings, req, transit, more, chunk)
+    }
 
-        let mut out = TextWriter::new();
-        if !self.first_response_sent {
-            self.first_response_sent = true;
-            out.push(
-                "TargetPortalGroupTag",
-                &settings.target_portal_group_tag.to_string(),
-            );
-            if let Some(alias) = session.target.as_ref().and_then(|t| t.alias.as_deref()) {
-                out.push("TargetAlias", alias);
-            }
-        }
-        let mut security = Vec::new();
-        for (key, value) in &pairs {
-            let key = key.as_str();
-            if is_security_key(key) {
-                if self.stage != Stage::Security {
-                    return Err(LoginFailure::Protocol(
-                        "security key outside the security stage",
-                    ));
-                }
-                security.push((key, value.as_str()));
-            } else if LEADING_KEYS.contains(&key) {
-                // Consumed by start_session.
-            } else if key == "InitiatorAlias" {
-                if let Some(s) = &mut self.session {
-                    s.initiator_alias = Some(value.clone());
-                }
-            } else if TARGET_ONLY_KEYS.contains(&key) || key == "SendTargets" {
-                out.push(key, "Reject");
-            } else {
-                let answer = params::answer(key, value, discovery, settings, &mut self.params);
-                if let Some(key) = required_digest(settings, key) {
-                    if answer != Answer::Value("CRC32C".into()) {
-                        return Err(LoginFailure::DigestRequired {
-                            key,
-                            offered: clip(value),
-                        });
-                    }
-                }
-                match answer {
-                    Answer::Value(v) => out.push(key, &v),
-                    Answer::Silent => {}
-                    Answer::NotOperational => out.push(key, "NotUnderstood"),
-                }
-            }
-        }
-        params::settle(&mut self.params);
-
-        let ready = match self.stage {
-            Stage::Security => {
-                self.security(&session.auth, &security, &mut out)?;
-                let required = session.auth.chap.is_some();
-                match self.auth {
-                    Auth::Done => true,
-                    Auth::AwaitMethod if !required => {
-                        if req.transit {
-                            self.auth = Auth::Done;
-                        }
-                        true
-                    }
-                    // Leaving the security stage before authenticating is not allowed.
-                    Auth::AwaitMethod if req.transit => return Err(AuthFailure::Skipped.into()),
-                    _ => false,
-                }
-            }
-            _ => {
-                if !self.declared_mrdsl {
-                    self.declared_mrdsl = true;
-                    self.params.max_recv_data_segment_length =
-                        settings.max_recv_data_segment_length;
-                    out.push(
-                        "MaxRecvDataSegmentLength",
-                        &settings.max_recv_data_segment_length.to_string(),
-                    );
-                }
-                true
-            }
-        };
-
-        let text = out.finish();
-        let transit = req.transit && ready;
+    /// Sends the answer text of a request, in pieces when it is longer than a login PDU may
+    /// carry (the transit then waits for the last piece).
+    fn send_text(
+        &mut self,
+        settings: &LoginSettings,
+        req: &LoginRequest,
+        text: Bytes,
+        transit: bool,
+    ) -> Result<LoginStep, LoginError> {
         if text.len() > LOGIN_SEGMENT_LIMIT {
             let mut splitter = TextSplitter::new(text);
             let (chunk, _) = splitter.next_chunk(LOGIN_SEGMENT_LIMIT);
@@ -498,7 +477,7 @@ impl Login {
         transit: bool,
         continues: bool,
         data: Bytes,
-    ) -> Result<LoginStep, LoginFailure> {
+    ) -> Result<LoginStep, LoginError> {
         if transit && req.nsg == Stage::FullFeature {
             self.check_required_digests(settings)?;
         }
@@ -506,12 +485,13 @@ impl Login {
         if !transit {
             return Ok(LoginStep::Respond(rsp));
         }
-        self.stage = req.nsg;
         if req.nsg != Stage::FullFeature {
+            // check_header allows no other transit than security -> operational here.
+            self.state = State::ExpectOperational;
             return Ok(LoginStep::Respond(rsp));
         }
         let outcome = self.outcome(req, rsp.stat_sn);
-        self.phase = Phase::Ready(Box::new(rsp));
+        self.state = State::FullFeatureReady(Box::new(rsp));
         Ok(LoginStep::Ready(Box::new(outcome)))
     }
 
@@ -521,13 +501,13 @@ impl Login {
     /// side start a negotiation), but open-iscsi and libiscsi always send both digest keys,
     /// so only an unusual initiator gets here and a clear refusal serves it better than a
     /// negotiation it may not expect.
-    fn check_required_digests(&self, settings: &LoginSettings) -> Result<(), LoginFailure> {
+    fn check_required_digests(&self, settings: &LoginSettings) -> Result<(), LoginError> {
         for (key, on) in [
             ("HeaderDigest", self.params.header_digest),
             ("DataDigest", self.params.data_digest),
         ] {
             if !on && required_digest(settings, key).is_some() {
-                return Err(LoginFailure::DigestRequired {
+                return Err(LoginError::DigestRequired {
                     key,
                     offered: "nothing".into(),
                 });
@@ -562,13 +542,14 @@ impl Login {
     }
 
     /// Header rules: version, stage sequencing, T/C bits and the fields that must stay fixed.
+    /// The first request puts the login in the stage it starts in.
     fn check_header(
         &mut self,
         settings: &LoginSettings,
         req: &LoginRequest,
-    ) -> Result<(), LoginFailure> {
+    ) -> Result<(), LoginError> {
         if req.transit && req.continues {
-            return Err(LoginFailure::Protocol("T and C bits both set"));
+            return Err(LoginError::TransitAndContinue);
         }
         let this = Leading {
             isid: req.isid,
@@ -580,23 +561,32 @@ impl Login {
         match self.leading {
             None => {
                 if req.version_min > ISCSI_VERSION || req.version_max < req.version_min {
-                    return Err(LoginFailure::UnsupportedVersion);
+                    return Err(LoginError::UnsupportedVersion {
+                        min: req.version_min,
+                        max: req.version_max,
+                    });
                 }
-                if !matches!(req.csg, Stage::Security | Stage::Operational) {
-                    return Err(LoginFailure::Protocol(
-                        "login starts in no negotiation stage",
-                    ));
-                }
+                self.state = match req.csg {
+                    Stage::Security => State::ExpectSecurity(Auth::ExpectAuthMethod),
+                    Stage::Operational => State::ExpectOperational,
+                    other => return Err(LoginError::BadFirstStage(other)),
+                };
                 self.leading = Some(this);
-                self.stage = req.csg;
                 self.stat_sn = req.exp_stat_sn;
             }
             Some(leading) => {
                 if leading != this {
-                    return Err(LoginFailure::Protocol("ISID, TSIH, CID or version changed"));
+                    return Err(LoginError::LeadingFieldsChanged);
                 }
-                if req.csg != self.stage {
-                    return Err(LoginFailure::Protocol("CSG is not the current stage"));
+                // count() let no request through once the login left its stages.
+                let Some(current) = self.state.stage() else {
+                    return Err(LoginError::AfterEnd);
+                };
+                if current != req.csg {
+                    return Err(LoginError::WrongStage {
+                        current,
+                        got: req.csg,
+                    });
                 }
             }
         }
@@ -610,149 +600,11 @@ impl Login {
                     | (Stage::Operational, Stage::FullFeature)
             )
         {
-            return Err(LoginFailure::Protocol("invalid stage transition"));
+            return Err(LoginError::BadTransition {
+                from: req.csg,
+                to: req.nsg,
+            });
         }
-        Ok(())
-    }
-
-    /// Reads the leading keys of the first request: who logs in, to what, for what.
-    fn start_session(
-        &mut self,
-        dir: &dyn TargetDirectory,
-        pairs: &[(String, String)],
-    ) -> Result<(), LoginFailure> {
-        let nonempty = |key| lookup(pairs, key).filter(|n| !n.is_empty());
-        self.claimed.initiator = nonempty("InitiatorName").map(clip);
-        self.claimed.target = nonempty("TargetName").map(clip);
-        let initiator_name =
-            nonempty("InitiatorName").ok_or(LoginFailure::MissingKey("InitiatorName"))?;
-        if initiator_name.len() > MAX_NAME_LEN {
-            return Err(LoginFailure::NameTooLong);
-        }
-        let session_type = match lookup(pairs, "SessionType") {
-            None | Some("Normal") => SessionType::Normal,
-            Some("Discovery") => SessionType::Discovery,
-            Some(_) => return Err(LoginFailure::UnknownSessionType),
-        };
-        let (target, auth) = match session_type {
-            SessionType::Discovery => (None, dir.settings().discovery_auth.clone()),
-            SessionType::Normal => {
-                let name = nonempty("TargetName").ok_or(LoginFailure::MissingKey("TargetName"))?;
-                let target = dir.target(name).ok_or(LoginFailure::UnknownTarget)?;
-                if !target.allows(initiator_name) {
-                    return Err(LoginFailure::InitiatorNotAllowed);
-                }
-                let auth = target.auth.clone();
-                (Some(target), auth)
-            }
-        };
-        // Skipping the security stage is only allowed when the target requires no CHAP.
-        if self.stage != Stage::Security && auth.chap.is_some() {
-            return Err(AuthFailure::Skipped.into());
-        }
-        self.session = Some(Session {
-            session_type,
-            initiator_name: initiator_name.to_owned(),
-            initiator_alias: lookup(pairs, "InitiatorAlias").map(str::to_owned),
-            target,
-            auth,
-        });
-        Ok(())
-    }
-
-    /// Runs the security keys of one request through AuthMethod and CHAP negotiation.
-    fn security(
-        &mut self,
-        auth: &AuthConfig,
-        keys: &[(&str, &str)],
-        out: &mut TextWriter,
-    ) -> Result<(), LoginFailure> {
-        let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-        if let Some(offer) = get("AuthMethod") {
-            if self.auth != Auth::AwaitMethod {
-                return Err(LoginFailure::Protocol("AuthMethod out of order"));
-            }
-            let offered: Vec<&str> = keys::list_items(offer).collect();
-            if auth.chap.is_some() && offered.contains(&"CHAP") {
-                out.push("AuthMethod", "CHAP");
-                self.auth = Auth::AwaitAlgorithm;
-            } else if auth.chap.is_none() && offered.contains(&"None") {
-                out.push("AuthMethod", "None");
-                self.auth = Auth::Done;
-            } else {
-                return Err(AuthFailure::NoCommonMethod.into());
-            }
-        }
-        if let Some(algorithms) = get("CHAP_A") {
-            if self.auth != Auth::AwaitAlgorithm {
-                return Err(LoginFailure::Protocol("CHAP_A out of order"));
-            }
-            if !keys::list_items(algorithms).any(|a| a == chap::CHAP_MD5) {
-                return Err(AuthFailure::NoCommonAlgorithm.into());
-            }
-            let (id, challenge) = chap::new_challenge();
-            out.push("CHAP_A", chap::CHAP_MD5);
-            out.push("CHAP_I", &id.to_string());
-            out.push("CHAP_C", &chap::encode_hex(&challenge));
-            self.auth = Auth::AwaitResponse { id, challenge };
-        }
-        let (name, response) = (get("CHAP_N"), get("CHAP_R"));
-        let (mutual_id, mutual_challenge) = (get("CHAP_I"), get("CHAP_C"));
-        if name.is_none() && response.is_none() {
-            // CHAP_I/CHAP_C from the initiator only make sense together with its response.
-            return if mutual_id.is_some() || mutual_challenge.is_some() {
-                Err(LoginFailure::Protocol(
-                    "CHAP_I/CHAP_C without CHAP_N/CHAP_R",
-                ))
-            } else {
-                Ok(())
-            };
-        }
-        if let Some(name) = name {
-            self.claimed.chap_name = Some(clip(name));
-        }
-        let Auth::AwaitResponse { id, challenge } = &self.auth else {
-            return Err(LoginFailure::Protocol("CHAP response before a challenge"));
-        };
-        let account = auth.chap.as_ref().ok_or(AuthFailure::NoCommonMethod)?;
-        let (Some(name), Some(response)) = (name, response) else {
-            return Err(AuthFailure::MalformedResponse.into());
-        };
-        let expected = chap::md5_response(*id, &account.secret, challenge);
-        let received = chap::decode_binary(response).ok_or(AuthFailure::MalformedResponse)?;
-        let response_ok = chap::constant_time_eq(&received, &expected);
-        if name != account.user {
-            return Err(AuthFailure::UnknownUser.into());
-        }
-        if !response_ok {
-            return Err(AuthFailure::WrongResponse.into());
-        }
-        match (mutual_id, mutual_challenge) {
-            (None, None) => {}
-            (Some(i), Some(c)) => {
-                let mutual = auth
-                    .mutual_chap
-                    .as_ref()
-                    .ok_or(AuthFailure::MutualNotConfigured)?;
-                let i = chap::parse_identifier(i).ok_or(AuthFailure::MalformedChallenge)?;
-                let c = chap::decode_binary(c).ok_or(AuthFailure::MalformedChallenge)?;
-                if c.len() < chap::MIN_PEER_CHALLENGE_LEN {
-                    return Err(AuthFailure::ShortChallenge.into());
-                }
-                // A reflected challenge would let an attacker make us answer our own challenge.
-                if chap::constant_time_eq(&c, challenge) {
-                    return Err(AuthFailure::ReflectedChallenge.into());
-                }
-                out.push("CHAP_N", &mutual.user);
-                out.push(
-                    "CHAP_R",
-                    &chap::encode_hex(&chap::md5_response(i, &mutual.secret, &c)),
-                );
-            }
-            _ => return Err(AuthFailure::MalformedChallenge.into()),
-        }
-        self.chap_user = Some(name.to_owned());
-        self.auth = Auth::Done;
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! Login state machine tests: the exact key sets Linux open-iscsi sends, CHAP (one-way,
 //! mutual, every failure), each failure status, header rules and text continuation.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
@@ -150,7 +152,7 @@ const LINUX_NORMAL: &[&str] = &[
 #[test]
 fn linux_discovery_login_in_one_round_trip() {
     let dir = open_dir();
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let mut r = req(
         Stage::Operational,
         Stage::FullFeature,
@@ -204,7 +206,7 @@ fn linux_discovery_login_in_one_round_trip() {
 #[test]
 fn linux_normal_login_answers_every_key() {
     let dir = open_dir();
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let out = ready(login.handle(
         &dir,
         &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
@@ -259,7 +261,7 @@ fn linux_normal_login_answers_every_key() {
 fn allowing_unsolicited_data_follows_the_initiator() {
     let mut dir = open_dir();
     dir.settings.initial_r2t = false;
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let out = ready(login.handle(
         &dir,
         &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
@@ -272,7 +274,7 @@ fn crc32c_only_offer_is_honoured() {
     let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
     keys[4] = "HeaderDigest=CRC32C";
     keys[5] = "DataDigest=CRC32C";
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let out = ready(login.handle(
         &open_dir(),
         &req(Stage::Operational, Stage::FullFeature, true, &keys),
@@ -286,7 +288,7 @@ fn crc32c_only_offer_is_honoured() {
 #[test]
 fn security_then_operational_then_full_feature() {
     let dir = open_dir();
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let mut first = req(
         Stage::Security,
         Stage::Operational,
@@ -339,7 +341,7 @@ fn security_then_operational_then_full_feature() {
 
 #[test]
 fn skipping_operational_stage_keeps_default_receive_limit() {
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let out = ready(login.handle(
         &open_dir(),
         &req(
@@ -358,7 +360,7 @@ fn skipping_operational_stage_keeps_default_receive_limit() {
 
 /// Runs a CHAP login up to the challenge; returns (login, id, challenge).
 fn chap_until_challenge(dir: &StaticDirectory, algorithms: &str) -> (Login, u8, Vec<u8>) {
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let r1 = respond(login.handle(
         dir,
         &req(
@@ -572,7 +574,7 @@ fn chap_failures_are_authentication_failures() {
 fn unsupported_chap_algorithms_fail() {
     for algorithms in ["56", "", "6,7"] {
         let dir = chap_dir(false);
-        let mut login = Login::new();
+        let mut login = Login::new(Instant::now());
         respond(login.handle(
             &dir,
             &req(
@@ -608,7 +610,7 @@ fn chap_required_but_not_offered_fails() {
     let dir = chap_dir(false);
     let lead = leading_keys();
     // Only AuthMethod=None offered.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let status = fail_status(l.handle(
         &dir,
         &req(
@@ -620,14 +622,14 @@ fn chap_required_but_not_offered_fails() {
     ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
     // Straight to the operational stage.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let status = fail_status(l.handle(
         &dir,
         &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
     ));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
     // Leaving the security stage without negotiating AuthMethod.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let status = fail_status(l.handle(
         &dir,
         &req(
@@ -642,7 +644,7 @@ fn chap_required_but_not_offered_fails() {
 
 #[test]
 fn no_auth_target_rejects_chap_only_offer() {
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let status = fail_status(l.handle(
         &open_dir(),
         &req(
@@ -670,7 +672,7 @@ fn discovery_chap_uses_the_discovery_account() {
 
 /// Open-iscsi's one-request discovery login.
 fn linux_discovery(dir: &StaticDirectory) -> LoginStep {
-    Login::new().handle(
+    Login::new(Instant::now()).handle(
         dir,
         &req(
             Stage::Operational,
@@ -682,7 +684,7 @@ fn linux_discovery(dir: &StaticDirectory) -> LoginStep {
 }
 
 fn first_pdu_status(dir: &StaticDirectory, r: LoginRequest) -> LoginStatus {
-    fail_status(Login::new().handle(dir, &r))
+    fail_status(Login::new(Instant::now()).handle(dir, &r))
 }
 
 #[test]
@@ -729,7 +731,7 @@ fn leading_key_failures() {
         LoginStatus::INITIATOR_ERROR
     );
     // Restricted targets still allow discovery sessions.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     ready(l.handle(
         &restricted,
         &req(op, full, true, &[&i, "SessionType=Discovery"]),
@@ -795,7 +797,7 @@ fn header_rule_failures() {
 
 /// A login left in the operational stage after one keyless-answer round.
 fn op_login(dir: &StaticDirectory) -> Login {
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     respond(l.handle(
         dir,
         &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
@@ -874,7 +876,7 @@ fn later_pdu_rule_failures() {
 fn chap_keys_out_of_order_are_protocol_errors() {
     let dir = chap_dir(false);
     let lead = leading_keys();
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let s = fail_status(l.handle(
         &dir,
         &req(
@@ -885,7 +887,7 @@ fn chap_keys_out_of_order_are_protocol_errors() {
         ),
     ));
     assert_eq!(s, LoginStatus::INITIATOR_ERROR, "CHAP_A before AuthMethod");
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     respond(l.handle(
         &dir,
         &req(
@@ -922,7 +924,7 @@ fn unknown_foreign_and_target_only_keys() {
         "MaxBurstLength2=1",
     ]);
     keys.push("DataDigest2=x");
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     ready(l.handle(
         &open_dir(),
         &req(Stage::Operational, Stage::FullFeature, true, &keys),
@@ -942,7 +944,7 @@ fn unknown_foreign_and_target_only_keys() {
 
 #[test]
 fn malformed_values_are_rejected_keeping_defaults() {
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let out = ready(l.handle(
         &open_dir(),
         &req(
@@ -970,7 +972,7 @@ fn malformed_values_are_rejected_keeping_defaults() {
 fn discovery_answers_session_keys_irrelevant() {
     let mut keys: Vec<&str> = LINUX_DISCOVERY.to_vec();
     keys.extend(["MaxBurstLength=65536", "InitialR2T=No"]);
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     ready(l.handle(
         &open_dir(),
         &req(Stage::Operational, Stage::FullFeature, true, &keys),
@@ -994,7 +996,7 @@ fn target_alias_is_declared_in_the_first_response() {
         },
         [t],
     );
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let r1 = respond(l.handle(
         &dir,
         &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
@@ -1018,7 +1020,7 @@ fn request_text_continued_over_two_pdus() {
     let dir = open_dir();
     let all = text(LINUX_NORMAL);
     let (a, b) = all.split_at(37);
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let mut r1 = req(Stage::Operational, Stage::FullFeature, false, &[]);
     r1.continues = true;
     r1.data = Bytes::copy_from_slice(a);
@@ -1039,7 +1041,7 @@ fn long_response_is_sent_in_pieces() {
         .collect();
     let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
     keys.extend(unknown.iter().map(String::as_str));
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let mut r = req(Stage::Operational, Stage::FullFeature, true, &[]);
     r.data = text(&keys);
     let first = respond(l.handle(&dir, &r));
@@ -1067,7 +1069,7 @@ fn long_response_is_sent_in_pieces() {
     );
     assert_eq!(out.initiator_name, INITIATOR);
     // Sending data while the target is still sending its pieces is an error.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     respond(l.handle(&dir, &r));
     assert_eq!(
         fail_status(l.handle(
@@ -1080,9 +1082,9 @@ fn long_response_is_sent_in_pieces() {
 
 #[test]
 fn refuse_replaces_the_final_response() {
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     assert_eq!(
-        l.refuse(LoginStatus::SESSION_DOES_NOT_EXIST),
+        l.refuse(&LoginError::SessionDoesNotExist),
         None,
         "nothing to refuse yet"
     );
@@ -1091,9 +1093,7 @@ fn refuse_replaces_the_final_response() {
     r.itt = 0x44;
     let out = ready(l.handle(&open_dir(), &r));
     assert_eq!(out.requested_tsih, 9);
-    let rsp = l
-        .refuse(LoginStatus::SESSION_DOES_NOT_EXIST)
-        .expect("refusal");
+    let rsp = l.refuse(&LoginError::SessionDoesNotExist).expect("refusal");
     assert_eq!(
         (rsp.status, rsp.transit, rsp.itt, rsp.isid),
         (LoginStatus::SESSION_DOES_NOT_EXIST, false, 0x44, ISID)
@@ -1131,7 +1131,7 @@ fn linux_login_through_the_codec() {
     let Some(Pdu::LoginRequest(r)) = codec.decode(&mut buf).expect("decodes") else {
         panic!("not a login request")
     };
-    let mut login = Login::new();
+    let mut login = Login::new(Instant::now());
     let out = ready(login.handle(&open_dir(), &r));
     let rsp = login.accept(0x0200).expect("final");
     let mut out_buf = BytesMut::new();
@@ -1157,7 +1157,7 @@ fn linux_login_through_the_codec() {
 }
 
 /// The reason of a failed step.
-fn fail_reason(step: LoginStep) -> LoginFailure {
+fn fail_reason(step: LoginStep) -> LoginError {
     match step {
         LoginStep::Fail(r, reason) => {
             assert_eq!(r.status, reason.status());
@@ -1193,7 +1193,7 @@ fn login_with_64_kib_of_short_keys_is_refused() {
     all.resize(keys::MAX_TEXT_LEN, 0);
     let pieces: Vec<&[u8]> = all.chunks(8192).collect();
     assert_eq!(pieces.len(), 8);
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     for piece in &pieces[..7] {
         let mut r = req(Stage::Operational, Stage::FullFeature, false, &[]);
         r.continues = true;
@@ -1204,7 +1204,7 @@ fn login_with_64_kib_of_short_keys_is_refused() {
     let mut last = req(Stage::Operational, Stage::FullFeature, true, &[]);
     last.data = Bytes::copy_from_slice(pieces[7]);
     let reason = fail_reason(l.handle(&dir, &last));
-    assert_eq!(reason, LoginFailure::Text(keys::KeyError::TooManyKeys));
+    assert_eq!(reason, LoginError::BadText(keys::KeyError::TooManyKeys));
     assert_eq!(reason.status(), LoginStatus::INITIATOR_ERROR);
 }
 
@@ -1225,9 +1225,9 @@ fn keys_and_text_are_capped_across_a_login() {
             other => break fail_reason(other),
         }
     };
-    assert_eq!(reason, LoginFailure::TooManyKeys(keys::MAX_KEYS));
+    assert_eq!(reason, LoginError::TooManyKeys(keys::MAX_KEYS));
     // Text: continued PDUs of harmless padding add up to more than 64 KiB.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let mut sent = 0;
     let reason = loop {
         let mut r = req(Stage::Operational, Stage::FullFeature, false, &[]);
@@ -1267,14 +1267,14 @@ fn normal_with_digests(header: Option<&str>, data: Option<&str>) -> Vec<String> 
 fn digest_login(dir: &StaticDirectory, header: Option<&str>, data: Option<&str>) -> LoginStep {
     let keys = normal_with_digests(header, data);
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    Login::new().handle(
+    Login::new(Instant::now()).handle(
         dir,
         &req(Stage::Operational, Stage::FullFeature, true, &keys),
     )
 }
 
-fn digest_required(key: &'static str, offered: &str) -> LoginFailure {
-    LoginFailure::DigestRequired {
+fn digest_required(key: &'static str, offered: &str) -> LoginError {
+    LoginError::DigestRequired {
         key,
         offered: offered.into(),
     }
@@ -1291,7 +1291,7 @@ fn required_crc32c_refuses_omitted_digest_keys() {
         digest_required("DataDigest", "nothing")
     );
     // Straight from the security stage to full feature phase, no digest keys at all.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let lead = leading_keys();
     let reason = fail_reason(l.handle(
         &dir,
@@ -1351,7 +1351,7 @@ fn short_mutual_chap_challenges_are_refused() {
     for len in [1, 8, 15] {
         assert_eq!(
             fail_reason(mutual(len)),
-            LoginFailure::Auth(AuthFailure::ShortChallenge),
+            LoginError::Auth(AuthError::ShortChallenge),
             "{len} bytes"
         );
     }
@@ -1376,7 +1376,7 @@ fn chap_answer(
 }
 
 /// A one-way CHAP attempt that fails; the login and its failure reason.
-fn chap_attempt(dir: &StaticDirectory, user: &str, secret: &str) -> (Login, LoginFailure) {
+fn chap_attempt(dir: &StaticDirectory, user: &str, secret: &str) -> (Login, LoginError) {
     let (login, step) = chap_answer(dir, user, secret, &[]);
     (login, fail_reason(step))
 }
@@ -1385,7 +1385,7 @@ fn chap_attempt(dir: &StaticDirectory, user: &str, secret: &str) -> (Login, Logi
 fn failures_name_their_reason_and_who_tried() {
     let dir = chap_dir(false);
     let (login, reason) = chap_attempt(&dir, "alice", "guess");
-    assert_eq!(reason, LoginFailure::Auth(AuthFailure::WrongResponse));
+    assert_eq!(reason, LoginError::Auth(AuthError::WrongResponse));
     assert!(reason.is_auth_failure());
     assert_eq!(
         reason.to_string(),
@@ -1401,16 +1401,16 @@ fn failures_name_their_reason_and_who_tried() {
     );
 
     let (login, reason) = chap_attempt(&dir, "mallory", "initiator-secret");
-    assert_eq!(reason, LoginFailure::Auth(AuthFailure::UnknownUser));
+    assert_eq!(reason, LoginError::Auth(AuthError::UnknownUser));
     assert_eq!(login.chap_name(), Some("mallory"));
 
     // Not authentication failures: not slowed down.
-    let mut l = Login::new();
+    let mut l = Login::new(Instant::now());
     let reason = fail_reason(l.handle(
         &dir,
         &req(Stage::Operational, Stage::FullFeature, true, &[]),
     ));
-    assert_eq!(reason, LoginFailure::MissingKey("InitiatorName"));
+    assert_eq!(reason, LoginError::MissingKey("InitiatorName"));
     assert!(!reason.is_auth_failure());
     assert_eq!(l.initiator_name(), None);
 }
@@ -1433,7 +1433,7 @@ fn protected_and_missing_targets_look_the_same_to_an_unlisted_initiator() {
             false,
             &[&i, &t, "AuthMethod=CHAP"],
         );
-        let step = Login::new().handle(&dir, &first);
+        let step = Login::new(Instant::now()).handle(&dir, &first);
         match step {
             LoginStep::Fail(rsp, reason) => (rsp, reason),
             other => panic!("expected Fail, got {other:?}"),
@@ -1446,9 +1446,393 @@ fn protected_and_missing_targets_look_the_same_to_an_unlisted_initiator() {
     // The log still tells them apart.
     assert_eq!(
         (why_hidden, why_missing),
+        (LoginError::InitiatorNotAllowed, LoginError::TargetNotFound)
+    );
+}
+
+/// The LoginError of a login's first request.
+fn first_reason(dir: &StaticDirectory, r: LoginRequest) -> LoginError {
+    fail_reason(Login::new(Instant::now()).handle(dir, &r))
+}
+
+/// A login whose first request (security stage, T=0) carried the leading keys and `more`.
+fn security_login(dir: &StaticDirectory, more: &[&str]) -> Login {
+    let lead = leading_keys();
+    let mut keys: Vec<&str> = vec![&lead[0], &lead[1]];
+    keys.extend_from_slice(more);
+    let mut l = Login::new(Instant::now());
+    respond(l.handle(dir, &req(Stage::Security, Stage::Operational, false, &keys)));
+    l
+}
+
+#[test]
+fn header_violations_name_their_error() {
+    let dir = open_dir();
+    let (sec, op, full) = (Stage::Security, Stage::Operational, Stage::FullFeature);
+    let good = || req(op, full, true, LINUX_NORMAL);
+
+    let mut r = good();
+    r.version_min = 1;
+    r.version_max = 2;
+    assert_eq!(
+        first_reason(&dir, r),
+        LoginError::UnsupportedVersion { min: 1, max: 2 }
+    );
+    let mut r = good();
+    r.version_max = 0;
+    r.version_min = 0;
+    r.continues = true;
+    assert_eq!(first_reason(&dir, r), LoginError::TransitAndContinue);
+    let mut r = good();
+    r.csg = full;
+    assert_eq!(first_reason(&dir, r), LoginError::BadFirstStage(full));
+    assert_eq!(
+        first_reason(&dir, req(op, op, true, LINUX_NORMAL)),
+        LoginError::BadTransition { from: op, to: op }
+    );
+
+    // Later requests: fields that must stay, the stage, the end of the login.
+    let mut l = op_login(&dir);
+    let mut r = req(op, full, false, &[]);
+    r.cid = 1;
+    assert_eq!(
+        fail_reason(l.handle(&dir, &r)),
+        LoginError::LeadingFieldsChanged
+    );
+    let mut l = op_login(&dir);
+    assert_eq!(
+        fail_reason(l.handle(&dir, &req(sec, op, false, &[]))),
+        LoginError::WrongStage {
+            current: op,
+            got: sec
+        }
+    );
+    assert_eq!(
+        fail_reason(l.handle(&dir, &req(op, full, true, &[]))),
+        LoginError::AfterEnd,
+        "a failed login takes no more requests"
+    );
+    let mut l = Login::new(Instant::now());
+    ready(l.handle(&dir, &good()));
+    assert_eq!(
+        fail_reason(l.handle(&dir, &good())),
+        LoginError::AfterEnd,
+        "a negotiated login waits for accept or refuse"
+    );
+}
+
+#[test]
+fn key_violations_name_their_error() {
+    let dir = open_dir();
+    let (op, full) = (Stage::Operational, Stage::FullFeature);
+    let i = format!("InitiatorName={INITIATOR}");
+    let t = format!("TargetName={TARGET}");
+
+    assert_eq!(
+        first_reason(
+            &dir,
+            req(
+                op,
+                full,
+                true,
+                &[&i, &t, "MaxBurstLength=512", "MaxBurstLength=512"]
+            )
+        ),
+        LoginError::DuplicateKey("MaxBurstLength".into())
+    );
+    assert_eq!(
+        first_reason(&dir, req(op, full, true, &[&i, "TargetName"])),
+        LoginError::BadText(keys::KeyError::MissingEquals)
+    );
+    assert_eq!(
+        first_reason(&dir, req(op, full, true, &[&i, &t, "bad key=1"])),
+        LoginError::BadText(keys::KeyError::BadKeyName)
+    );
+    assert_eq!(
+        first_reason(&dir, req(op, full, true, &[&i, &t, "SessionType=Other"])),
+        LoginError::UnknownSessionType("Other".into())
+    );
+    assert_eq!(
+        first_reason(&dir, req(op, full, true, &[&i])),
+        LoginError::MissingKey("TargetName")
+    );
+    assert_eq!(
+        first_reason(&dir, req(op, full, true, &[&i, &t, "AuthMethod=None"])),
+        LoginError::SecurityKeyOutsideSecurity("AuthMethod".into())
+    );
+
+    // A key offered again in a later request, and a leading key after the first request.
+    let mut l = security_login(&dir, &["MaxBurstLength=512"]);
+    assert_eq!(
+        fail_reason(l.handle(
+            &dir,
+            &req(Stage::Security, op, false, &["MaxBurstLength=512"])
+        )),
+        LoginError::KeyRenegotiated("MaxBurstLength".into())
+    );
+    let mut l = security_login(&dir, &[]);
+    assert_eq!(
+        fail_reason(l.handle(
+            &dir,
+            &req(Stage::Security, op, false, &["SessionType=Normal"])
+        )),
+        LoginError::LeadingKeyLate("SessionType".into())
+    );
+    let mut l = security_login(&dir, &[]);
+    assert_eq!(
+        fail_reason(l.handle(&dir, &req(Stage::Security, op, false, &[&t]))),
+        LoginError::LeadingKeyLate("TargetName".into()),
+        "a leading key sent again is late before it is renegotiated"
+    );
+}
+
+#[test]
+fn authentication_violations_name_their_error() {
+    let chap = chap_dir(false);
+    let (sec, op, full) = (Stage::Security, Stage::Operational, Stage::FullFeature);
+    let lead = leading_keys();
+
+    // Leaving the security stage, or never entering it, without authenticating.
+    assert_eq!(
+        first_reason(&chap, req(sec, op, true, &[&lead[0], &lead[1]])),
+        LoginError::UnauthenticatedTransit
+    );
+    assert_eq!(
+        first_reason(&chap, req(op, full, true, LINUX_NORMAL)),
+        LoginError::UnauthenticatedTransit
+    );
+    // Keys of a later step before their turn.
+    let mut l = security_login(&chap, &[]);
+    assert_eq!(
+        fail_reason(l.handle(&chap, &req(sec, op, false, &["CHAP_A=5"]))),
+        LoginError::AuthKeyOutOfOrder("CHAP_A")
+    );
+    let mut l = security_login(&chap, &["AuthMethod=CHAP"]);
+    assert_eq!(
+        fail_reason(l.handle(
+            &chap,
+            &req(sec, op, false, &["CHAP_N=alice", "CHAP_R=0x00"])
+        )),
+        LoginError::AuthKeyOutOfOrder("CHAP_N")
+    );
+    assert_eq!(
+        l.chap_name(),
+        Some("alice"),
+        "who tried is kept for the log"
+    );
+    let mut l = security_login(&chap, &["AuthMethod=CHAP"]);
+    assert_eq!(
+        fail_reason(l.handle(&chap, &req(sec, op, false, &["CHAP_C=0x0102"]))),
+        LoginError::AuthKeyOutOfOrder("CHAP_C")
+    );
+    // No common method: CHAP required, only None offered.
+    assert_eq!(
+        first_reason(
+            &chap,
+            req(sec, op, true, &[&lead[0], &lead[1], "AuthMethod=None"])
+        ),
+        LoginError::Auth(AuthError::NoCommonMethod)
+    );
+    assert!(LoginError::UnauthenticatedTransit.is_auth_failure());
+    assert!(!LoginError::TargetNotFound.is_auth_failure());
+}
+
+#[test]
+fn too_many_pdus_is_named() {
+    let dir = open_dir();
+    let mut l = op_login(&dir);
+    let idle = req(Stage::Operational, Stage::FullFeature, false, &[]);
+    let reason = loop {
+        match l.handle(&dir, &idle) {
+            LoginStep::Respond(_) => {}
+            other => break fail_reason(other),
+        }
+    };
+    assert_eq!(reason, LoginError::TooManyPdus(64));
+}
+
+#[test]
+fn data_during_a_continued_response_is_named() {
+    // A response of more than 8192 bytes: one NotUnderstood per unknown key.
+    let dir = open_dir();
+    let many: Vec<String> = (0..400)
+        .map(|n| format!("X-com.example.key{n:04}=1"))
+        .collect();
+    let mut keys: Vec<&str> = LINUX_NORMAL.to_vec();
+    keys.extend(many.iter().map(String::as_str));
+    let mut l = Login::new(Instant::now());
+    let op = Stage::Operational;
+    let rsp = respond(l.handle(&dir, &req(op, Stage::FullFeature, true, &keys)));
+    assert!(rsp.continues, "the answer needs more than one PDU");
+    assert_eq!(
+        fail_reason(l.handle(&dir, &req(op, Stage::FullFeature, false, &["A=1"]))),
+        LoginError::DataDuringContinuation
+    );
+}
+
+/// The status each reason is sent as (RFC 7143 §11.13.5), as class/detail on the wire.
+#[test]
+fn each_error_maps_to_its_status() {
+    use LoginError as E;
+    let table: Vec<(LoginError, u16)> = vec![
+        (E::AfterEnd, 0x0200),
+        (E::UnsupportedVersion { min: 1, max: 1 }, 0x0205),
+        (E::NotALoginRequest { opcode: 0x01 }, 0x020b),
+        (E::TransitAndContinue, 0x0200),
+        (E::BadFirstStage(Stage::FullFeature), 0x0200),
+        (E::LeadingFieldsChanged, 0x0200),
         (
-            LoginFailure::InitiatorNotAllowed,
-            LoginFailure::UnknownTarget
-        )
+            E::WrongStage {
+                current: Stage::Operational,
+                got: Stage::Security,
+            },
+            0x0200,
+        ),
+        (
+            E::BadTransition {
+                from: Stage::Operational,
+                to: Stage::Operational,
+            },
+            0x0200,
+        ),
+        (E::TooManyPdus(64), 0x0200),
+        (E::DataDuringContinuation, 0x0200),
+        (E::BadText(keys::KeyError::NotUtf8), 0x0200),
+        (E::DuplicateKey("A".into()), 0x0200),
+        (E::KeyRenegotiated("A".into()), 0x0200),
+        (E::LeadingKeyLate("TargetName".into()), 0x0200),
+        (E::TooManyKeys(1024), 0x0200),
+        (E::TooMuchText(65536), 0x0200),
+        (E::SecurityKeyOutsideSecurity("CHAP_A".into()), 0x0200),
+        (E::AuthKeyOutOfOrder("CHAP_A"), 0x0200),
+        (E::NameTooLong, 0x0200),
+        (E::MissingKey("InitiatorName"), 0x0207),
+        (E::UnknownSessionType("X".into()), 0x0209),
+        (E::TargetNotFound, 0x0203),
+        (E::InitiatorNotAllowed, 0x0203),
+        (E::UnauthenticatedTransit, 0x0201),
+        (E::Auth(AuthError::WrongResponse), 0x0201),
+        (
+            E::DigestRequired {
+                key: "DataDigest",
+                offered: "None".into(),
+            },
+            0x0207,
+        ),
+        (E::SessionDoesNotExist, 0x020a),
+        (E::TooManyConnections, 0x0206),
+        (E::OutOfResources, 0x0302),
+    ];
+    for (reason, code) in table {
+        assert_eq!(reason.status().code(), code, "{reason}");
+    }
+}
+
+#[test]
+fn admission_refusals_carry_their_status() {
+    for (reason, status) in [
+        (
+            LoginError::TooManyConnections,
+            LoginStatus::TOO_MANY_CONNECTIONS,
+        ),
+        (LoginError::OutOfResources, LoginStatus::OUT_OF_RESOURCES),
+    ] {
+        let mut l = Login::new(Instant::now());
+        ready(l.handle(
+            &open_dir(),
+            &req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL),
+        ));
+        let rsp = l.refuse(&reason).expect("refusal");
+        assert_eq!((rsp.status, rsp.transit), (status, false));
+        assert_eq!(l.poll_timeout(), None, "a refused login has no deadline");
+    }
+}
+
+#[test]
+fn login_deadline_expires_only_when_reached() {
+    let t0 = Instant::now();
+    let dir = open_dir();
+    let mut l = Login::new(t0);
+    assert_eq!(l.poll_timeout(), Some(t0 + LOGIN_TIMEOUT));
+    assert_eq!(LOGIN_TIMEOUT, Duration::from_secs(30));
+    // Requests do not move the deadline: it bounds the whole login.
+    respond(l.handle(
+        &dir,
+        &req(Stage::Operational, Stage::FullFeature, false, LINUX_NORMAL),
+    ));
+    assert_eq!(l.poll_timeout(), Some(t0 + LOGIN_TIMEOUT));
+    assert!(!l.handle_timeout(t0 + LOGIN_TIMEOUT - Duration::from_millis(1)));
+    assert!(l.handle_timeout(t0 + LOGIN_TIMEOUT));
+    assert_eq!(l.poll_timeout(), None);
+    assert!(!l.handle_timeout(t0 + 2 * LOGIN_TIMEOUT), "expires once");
+    // The login is over: a late request is refused.
+    assert_eq!(
+        fail_reason(l.handle(
+            &dir,
+            &req(Stage::Operational, Stage::FullFeature, true, &[])
+        )),
+        LoginError::AfterEnd
+    );
+}
+
+#[test]
+fn login_deadline_covers_admission_and_ends_with_accept() {
+    let t0 = Instant::now();
+    let dir = open_dir();
+    let full_login = || req(Stage::Operational, Stage::FullFeature, true, LINUX_NORMAL);
+
+    // Accepted in time: no deadline any more, however late it is.
+    let mut l = Login::new(t0);
+    ready(l.handle(&dir, &full_login()));
+    assert_eq!(
+        l.poll_timeout(),
+        Some(t0 + LOGIN_TIMEOUT),
+        "admission is part of the login"
+    );
+    assert!(!l.handle_timeout(t0 + Duration::from_secs(29)));
+    assert!(l.accept(1).is_some());
+    assert_eq!(l.poll_timeout(), None);
+    assert!(!l.handle_timeout(t0 + Duration::from_secs(3600)));
+
+    // Admission still undecided at the deadline: the parked final response is dropped.
+    let mut l = Login::new(t0);
+    ready(l.handle(&dir, &full_login()));
+    assert!(l.handle_timeout(t0 + LOGIN_TIMEOUT));
+    assert_eq!(l.accept(1), None);
+    assert_eq!(l.refuse(&LoginError::OutOfResources), None);
+
+    // A failed login has no deadline left either.
+    let mut l = Login::new(t0);
+    fail_reason(l.handle(
+        &dir,
+        &req(Stage::FullFeature, Stage::FullFeature, false, &[]),
+    ));
+    assert_eq!(l.poll_timeout(), None);
+    assert!(!l.handle_timeout(t0 + LOGIN_TIMEOUT));
+}
+
+#[test]
+fn other_pdus_during_login_are_invalid_during_login() {
+    let dir = open_dir();
+    // Before the first Login Request there is no login to answer in: close at once.
+    assert_eq!(Login::new(Instant::now()).invalid_pdu(0x01, 5), None);
+    let mut l = op_login(&dir);
+    let Some(LoginStep::Fail(rsp, reason)) = l.invalid_pdu(0x01, 5) else {
+        panic!("a started login answers a stray PDU")
+    };
+    assert_eq!(reason, LoginError::NotALoginRequest { opcode: 0x01 });
+    assert_eq!(
+        (rsp.status, rsp.itt, rsp.isid, rsp.transit),
+        (LoginStatus::INVALID_DURING_LOGIN, 5, ISID, false)
+    );
+    assert_eq!(rsp.status.code(), 0x020b);
+    assert_eq!(l.poll_timeout(), None, "the login is over");
+    assert_eq!(l.invalid_pdu(0x01, 6), None, "answered once");
+    assert_eq!(
+        fail_reason(l.handle(
+            &dir,
+            &req(Stage::Operational, Stage::FullFeature, true, &[])
+        )),
+        LoginError::AfterEnd
     );
 }

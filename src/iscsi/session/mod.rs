@@ -170,6 +170,8 @@ pub enum CloseReason {
     ColdReset,
     /// A protocol violation the session cannot recover from.
     ProtocolError(String),
+    /// The initiator did not log out within the time it was given ([`Session::request_logout`]).
+    LogoutTimeout,
 }
 
 /// Where a task stands.
@@ -229,6 +231,8 @@ pub struct Session {
     /// Some write started waiting for Data-Out since the clock was last read: its wait is
     /// stamped at the next `handle_timeout` (which [`Session::poll_timeout`] asks for at once).
     stamp_due: bool,
+    /// When the initiator asked to log out must have done so.
+    logout_deadline: Option<Instant>,
 }
 
 /// Answers a Text Request (SendTargets and other keys) given the initiator's current
@@ -283,6 +287,7 @@ impl Session {
             gap,
             now,
             stamp_due: false,
+            logout_deadline: None,
         }
     }
 
@@ -315,10 +320,10 @@ impl Session {
             None => self.opts.nop_interval.map(|i| self.last_rx + i),
         };
         let data_out = self.next_data_out_deadline();
-        match (nop, data_out) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [nop, data_out, self.logout_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The budgets this session takes from: its own Data-In budget and the shared one. Their
@@ -453,12 +458,18 @@ impl Session {
     }
 
     /// Checks the timers at `now`: sends a NOP-In ping after idle time, and closes the
-    /// connection when a ping went unanswered.
+    /// connection when a ping went unanswered or a requested logout did not come in time.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closing.is_some() {
             return;
         }
         self.now = now;
+        if self.logout_deadline.is_some_and(|d| now >= d) {
+            // RFC 7143 §11.9.1: the target may then simply drop the connection.
+            self.closing = Some(CloseReason::LogoutTimeout);
+            self.abort_all();
+            return;
+        }
         self.stamp_data_waits(now);
         self.expire_data_waits(now);
         if let Some(ping) = self.ping {
@@ -493,12 +504,16 @@ impl Session {
         }
     }
 
-    /// Asks the initiator to log out within `within_secs` seconds (Async Message, event 1),
-    /// e.g. because the target is shutting down.
-    pub fn request_logout(&mut self, within_secs: u16) {
-        if self.closing.is_some() {
+    /// Asks the initiator at `now` to log out within `grace` (Async Message, event 1, in whole
+    /// seconds), e.g. because the target is shutting down; the connection closes with
+    /// [`CloseReason::LogoutTimeout`] once `grace` has passed without a logout. Asking again
+    /// changes nothing.
+    pub fn request_logout(&mut self, grace: Duration, now: Instant) {
+        if self.closing.is_some() || self.logout_deadline.is_some() {
             return;
         }
+        self.logout_deadline = Some(now + grace);
+        let within_secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX);
         let msg = AsyncMessage {
             lun: Lun::default(),
             stat_sn: self.next_stat_sn(),

@@ -722,12 +722,78 @@ fn oversized_write_is_refused_without_soliciting_data() {
 #[test]
 fn shutdown_asks_for_logout() {
     let (mut s, _) = session();
-    s.request_logout(5);
+    s.request_logout(Duration::from_secs(5), Instant::now());
     let out = sent(&mut s);
     let [Pdu::AsyncMessage(m)] = &out[..] else {
         panic!("{out:?}")
     };
     assert_eq!((m.event, m.parameter3, m.stat_sn), (1, 5, 100));
+}
+
+#[test]
+fn logout_grace_expires_at_its_deadline_only() {
+    let (mut s, now) = session();
+    let grace = Duration::from_secs(3);
+    s.handle_pdu(read(1, 1, 512), now);
+    let [task] = started(&mut s)[..] else {
+        panic!("one task")
+    };
+    s.request_logout(grace, now);
+    let out = sent(&mut s);
+    let [Pdu::AsyncMessage(m)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((m.event, m.parameter3), (1, 3));
+    // The grace deadline comes before the 10 s NOP interval.
+    assert_eq!(s.poll_timeout(), Some(now + grace));
+    // Traffic does not extend it: only a logout counts.
+    s.handle_pdu(
+        Pdu::NopOut(NopOut {
+            immediate: true,
+            lun: lun(0),
+            itt: 7,
+            ttt: RESERVED_TAG,
+            cmd_sn: 2,
+            exp_stat_sn: 0,
+            data: Bytes::new(),
+        }),
+        now + Duration::from_secs(2),
+    );
+    sent(&mut s);
+    s.handle_timeout(now + grace - Duration::from_millis(1));
+    assert_eq!(s.close_reason(), None);
+    assert_eq!(s.poll_timeout(), Some(now + grace));
+    // Asking again does not move the deadline or send a second message.
+    s.request_logout(Duration::from_secs(60), now + Duration::from_secs(2));
+    assert!(sent(&mut s).is_empty());
+    assert_eq!(s.poll_timeout(), Some(now + grace));
+    s.handle_timeout(now + grace);
+    assert_eq!(s.close_reason(), Some(&CloseReason::LogoutTimeout));
+    assert!(matches!(&events(&mut s)[..], [Event::Cancel(t)] if *t == task));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn logout_in_time_is_not_overtaken_by_the_grace_deadline() {
+    let (mut s, now) = session();
+    let grace = Duration::from_secs(3);
+    s.request_logout(grace, now);
+    sent(&mut s);
+    s.handle_pdu(
+        Pdu::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: LogoutReason::CLOSE_SESSION,
+            itt: 0x51,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 101,
+        }),
+        now + Duration::from_secs(1),
+    );
+    assert_eq!(s.close_reason(), Some(&CloseReason::LoggedOut));
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(now + grace);
+    assert_eq!(s.close_reason(), Some(&CloseReason::LoggedOut));
 }
 
 #[test]

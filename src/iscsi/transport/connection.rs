@@ -2,6 +2,7 @@
 //! session admission (TSIH, reinstatement), then the full-feature phase of a discovery or
 //! normal session.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -13,19 +14,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::admission::PendingGuard;
-use super::driver::{drive, DriverContext, Ended, ScsiBinding};
+use super::driver::{drive, sleep_until_opt, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
 use crate::iscsi::login::{
-    Login, LoginFailure, LoginOutcome, LoginStep, SessionParams, SessionType, TargetDirectory,
+    Login, LoginError, LoginOutcome, LoginStep, SessionParams, SessionType, TargetDirectory,
 };
-use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
+use crate::iscsi::pdu::{EncodedPdu, LoginResponse, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
 use crate::iscsi::session::{LunExists, Session, SessionOptions};
 use crate::scsi::Nexus;
 
-/// Time allowed for a whole login.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a reinstating login waits for the old session to finish.
 const REINSTATE_WAIT: Duration = Duration::from_secs(10);
 /// PDUs queued towards the writer task.
@@ -125,15 +124,9 @@ async fn run(
     let mut writer = tokio::spawn(write_loop(wr, rx, written.clone()));
     let mut codec = PduCodec::new();
 
-    let login = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        login(&mut reader, &tx, &codec, peer, &shared),
-    );
+    // The login's deadline is the login machine's (see `before_deadline`).
     let admitted = tokio::select! {
-        r = login => r.unwrap_or_else(|_| {
-            tracing::info!("login timed out");
-            None
-        }),
+        r = login(&mut reader, &tx, &codec, peer, &shared) => r,
         _ = shared.shutdown.cancelled() => None,
     };
     drop(pending);
@@ -186,6 +179,26 @@ async fn send(tx: &mpsc::Sender<EncodedPdu>, codec: &PduCodec, rsp: LoginRespons
     }
 }
 
+/// Awaits `work` unless the login's deadline ([`Login::poll_timeout`]) passes first: then the
+/// login is over and `None` comes back. The login machine decides when time is up; this only
+/// sleeps until the deadline it reports.
+async fn before_deadline<T>(login: &mut Login, work: impl Future<Output = T>) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        let deadline = login.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            out = &mut work => return Some(out),
+            _ = sleep_until_opt(deadline) => {
+                if login.handle_timeout(std::time::Instant::now()) {
+                    let (initiator, target) = (login.initiator_name(), login.target_name());
+                    tracing::info!(?initiator, ?target, "login timed out");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the login phase; `None` when the connection must close.
 async fn login(
     reader: &mut PduReader<tokio::net::tcp::OwnedReadHalf>,
@@ -195,12 +208,20 @@ async fn login(
     shared: &Arc<Shared>,
 ) -> Option<Admitted> {
     let peer = peer_addr.map(|p| p.ip());
-    let mut login = Login::new();
+    let mut login = Login::new(std::time::Instant::now());
     loop {
-        let req = match reader.next().await {
+        let req = match before_deadline(&mut login, reader.next()).await? {
             Incoming::Pdu(Pdu::LoginRequest(req)) => req,
             Incoming::Pdu(other) => {
-                tracing::info!(opcode = other.opcode(), "non-login PDU during login");
+                // After the first Login Request RFC 7143 asks for a Login Response saying
+                // "invalid during login"; before it, the connection just closes.
+                match login.invalid_pdu(other.opcode(), other.itt()) {
+                    Some(LoginStep::Fail(rsp, reason)) => {
+                        failed_login(&login, &reason, peer, shared);
+                        send(tx, codec, rsp).await;
+                    }
+                    _ => tracing::info!(opcode = other.opcode(), "non-login PDU before login"),
+                }
                 return None;
             }
             Incoming::Bad(e) => {
@@ -211,11 +232,13 @@ async fn login(
         };
         match login.handle(&*shared.catalog, &req) {
             LoginStep::Respond(rsp) => {
-                if !send(tx, codec, rsp).await {
+                if !before_deadline(&mut login, send(tx, codec, rsp)).await? {
                     return None;
                 }
             }
             LoginStep::Fail(rsp, reason) => {
+                // The login is over, so its deadline no longer applies; the throttle's delay
+                // is bounded on its own.
                 tokio::time::sleep(failed_login(&login, &reason, peer, shared)).await;
                 send(tx, codec, rsp).await;
                 return None;
@@ -226,7 +249,8 @@ async fn login(
                     let name = Some(outcome.initiator_name.as_str());
                     shared.auth_throttle.lock().succeeded(now, name, peer);
                 }
-                let admitted = admit(*outcome, peer_addr, shared).await;
+                let admitted =
+                    before_deadline(&mut login, admit(*outcome, peer_addr, shared)).await?;
                 return match admitted {
                     Ok(a) => {
                         let sent = match login.accept(a.tsih) {
@@ -241,9 +265,9 @@ async fn login(
                             None
                         }
                     }
-                    Err(status) => {
-                        tracing::info!(?status, "login refused");
-                        if let Some(rsp) = login.refuse(status) {
+                    Err(reason) => {
+                        failed_login(&login, &reason, peer, shared);
+                        if let Some(rsp) = login.refuse(&reason) {
                             send(tx, codec, rsp).await;
                         }
                         None
@@ -254,12 +278,13 @@ async fn login(
     }
 }
 
-/// Logs a failed login: who (as the initiator claimed), to what, as which CHAP user, why
-/// (names quoted and escaped, as they come from the network). Returns how long to wait before
-/// answering: failed authentication earns a growing delay, which slows password guessing.
+/// Logs a failed or refused login: who (as the initiator claimed), to what, as which CHAP
+/// user, why, and the status the initiator is sent (names quoted and escaped, as they come
+/// from the network). Returns how long to wait before answering: failed authentication earns
+/// a growing delay, which slows password guessing.
 fn failed_login(
     login: &Login,
-    reason: &LoginFailure,
+    reason: &LoginError,
     peer: Option<IpAddr>,
     shared: &Shared,
 ) -> Duration {
@@ -281,14 +306,15 @@ async fn admit(
     outcome: LoginOutcome,
     peer: Option<SocketAddr>,
     shared: &Arc<Shared>,
-) -> Result<Admitted, LoginStatus> {
+) -> Result<Admitted, LoginError> {
     let target = match outcome.session_type {
         SessionType::Discovery => String::new(),
+        // The login machine names the target of every normal session.
         SessionType::Normal => outcome
             .target
             .as_ref()
             .map(|t| t.name.clone())
-            .ok_or(LoginStatus::MISSING_PARAMETER)?,
+            .ok_or(LoginError::MissingKey("TargetName"))?,
     };
     let key = SessionKey {
         initiator: outcome.initiator_name.clone(),
@@ -299,9 +325,9 @@ async fn admit(
         // Joining an existing session needs MaxConnections > 1, continuing one needs ERL 2.
         let live = shared.sessions.lock().tsih(&key) == Some(outcome.requested_tsih);
         return Err(if live {
-            LoginStatus::TOO_MANY_CONNECTIONS
+            LoginError::TooManyConnections
         } else {
-            LoginStatus::SESSION_DOES_NOT_EXIST
+            LoginError::SessionDoesNotExist
         });
     }
     let handle = SessionHandle::new(peer, outcome.params.clone());
@@ -315,12 +341,12 @@ async fn admit(
                 initiator = %key.initiator,
                 "session limit reached, login refused"
             );
-            return Err(LoginStatus::new(3, 2)); // out of resources
+            return Err(LoginError::OutOfResources);
         }
         sessions.insert(key.clone(), handle.clone())
     };
     let Some((tsih, old)) = inserted else {
-        return Err(LoginStatus::new(3, 2)); // out of resources
+        return Err(LoginError::OutOfResources);
     };
     if let Some(old) = old {
         tracing::info!(initiator = %key.initiator, "reinstating session");

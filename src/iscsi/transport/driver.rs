@@ -191,7 +191,7 @@ pub async fn drive<R: AsyncRead + Unpin>(
     let mut running: JoinSet<(TaskId, ScsiResponse)> = JoinSet::new();
     let mut handles: HashMap<TaskId, AbortHandle> = HashMap::new();
     let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
-    let mut logout_deadline: Option<Instant> = None;
+    let mut logout_asked = false;
     let mut resets = ctx.scsi.as_ref().map(|s| s.resets.subscribe());
     let mut outbox = Outbox {
         queue: VecDeque::new(),
@@ -250,8 +250,8 @@ pub async fn drive<R: AsyncRead + Unpin>(
         }
         if let Some(reason) = session.close_reason() {
             // What is queued still goes out (e.g. the Logout Response), unless the peer
-            // stopped taking it.
-            if outbox.queue.is_empty() {
+            // stopped taking it; one that ignored a logout request gets nothing more.
+            if outbox.queue.is_empty() || *reason == CloseReason::LogoutTimeout {
                 break Ended::Closed(reason.clone());
             }
         }
@@ -339,16 +339,16 @@ pub async fn drive<R: AsyncRead + Unpin>(
                 }
             }
             _ = ctx.kill.cancelled() => break Ended::Replaced,
-            _ = ctx.shutdown.cancelled(), if logout_deadline.is_none() => {
-                session.request_logout(LOGOUT_GRACE.as_secs() as u16);
-                logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
+            // The session keeps the grace period's deadline and closes when it passes.
+            _ = ctx.shutdown.cancelled(), if !logout_asked => {
+                session.request_logout(LOGOUT_GRACE, std::time::Instant::now());
+                logout_asked = true;
             }
-            _ = ctx.retired.cancelled(), if logout_deadline.is_none() => {
+            _ = ctx.retired.cancelled(), if !logout_asked => {
                 tracing::info!("target removed, asking the initiator to log out");
-                session.request_logout(LOGOUT_GRACE.as_secs() as u16);
-                logout_deadline = Some(Instant::now() + LOGOUT_GRACE);
+                session.request_logout(LOGOUT_GRACE, std::time::Instant::now());
+                logout_asked = true;
             }
-            _ = sleep_until_opt(logout_deadline) => break Ended::Shutdown,
         }
     };
     running.abort_all();
@@ -400,7 +400,7 @@ async fn recv_reset(rx: &mut Option<broadcast::Receiver<ResetNotice>>) -> Option
 }
 
 /// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<Instant>) {
+pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
