@@ -40,7 +40,8 @@ use crate::iscsi::pdu::{
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::text::{TextError, TextReply};
-use crate::scsi::ScsiRequest;
+use crate::scsi::sense::{asc, Sense};
+use crate::scsi::{ScsiRequest, ScsiResponse};
 
 pub use crate::iscsi::login::SessionParams;
 
@@ -418,7 +419,8 @@ impl Session {
         let immediate = bhs[0] & 0x40 != 0;
         match opcode {
             opcode::DATA_OUT => {
-                self.fail_task(field(16), status::check_condition(0x0b, 0x47, 0x05))
+                let lost = Sense::aborted_command(asc::PROTOCOL_SERVICE_CRC_ERROR);
+                self.fail_task(field(16), ScsiResponse::check_condition(lost))
             }
             opcode::SCSI_COMMAND
             | opcode::NOP_OUT

@@ -2,16 +2,11 @@
 //! one when there is no sense data (phase collapse, RFC 7143 §11.7.4), or a separate SCSI
 //! Response carrying the sense; residual flags and counts on whichever PDU carries the status.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::data_in::pieces;
 use crate::iscsi::pdu::{self, DataIn, Lun, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
 use crate::scsi::ScsiResponse;
-
-/// SCSI status GOOD.
-pub const STATUS_GOOD: u8 = 0x00;
-/// SCSI status CHECK CONDITION.
-pub const STATUS_CHECK_CONDITION: u8 = 0x02;
 
 /// The command a status belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -111,34 +106,11 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
     out
 }
 
-/// Fixed-format sense data (SPC-4 §4.5.3) for errors the iSCSI layer detects itself.
-pub fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Bytes {
-    let mut b = BytesMut::with_capacity(18);
-    b.put_u8(0x70); // current error, fixed format
-    b.put_u8(0);
-    b.put_u8(key & 0x0f);
-    b.put_u32(0); // information
-    b.put_u8(10); // additional sense length
-    b.put_u32(0); // command-specific information
-    b.put_u8(asc);
-    b.put_u8(ascq);
-    b.put_bytes(0, 4);
-    b.freeze()
-}
-
-/// A CHECK CONDITION response for a command the iSCSI layer terminates itself.
-pub fn check_condition(key: u8, asc: u8, ascq: u8) -> ScsiResponse {
-    ScsiResponse {
-        status: STATUS_CHECK_CONDITION,
-        sense: Some(fixed_sense(key, asc, ascq)),
-        data_in: Bytes::new(),
-        residual: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::sense::{asc, key, Sense};
+    use crate::scsi::status::{CHECK_CONDITION, GOOD};
 
     const STAMP: Stamp = Stamp {
         stat_sn: 7,
@@ -160,7 +132,7 @@ mod tests {
 
     fn good(data: &[u8], residual: i64) -> ScsiResponse {
         ScsiResponse {
-            status: STATUS_GOOD,
+            status: GOOD,
             sense: None,
             data_in: Bytes::copy_from_slice(data),
             residual,
@@ -187,7 +159,7 @@ mod tests {
         );
         assert_eq!(ins[0].status, None);
         assert!(!ins[0].is_final);
-        assert_eq!(ins[2].status, Some(STATUS_GOOD));
+        assert_eq!(ins[2].status, Some(GOOD));
         assert!(ins[2].is_final && !ins[2].underflow && !ins[2].overflow);
         assert_eq!(ins[2].stat_sn, 7);
         assert_eq!((ins[1].exp_cmd_sn, ins[1].max_cmd_sn), (20, 147));
@@ -220,14 +192,17 @@ mod tests {
 
     #[test]
     fn sense_goes_in_a_separate_response_after_data() {
-        let mut resp = check_condition(0x03, 0x11, 0x00);
+        let mut resp = ScsiResponse::check_condition(Sense::new(
+            key::MEDIUM_ERROR,
+            asc::UNRECOVERED_READ_ERROR,
+        ));
         resp.data_in = Bytes::from_static(&[9; 100]);
         let pdus = status_pdus(read_cmd(100), &resp, STAMP);
         let [Pdu::DataIn(d), Pdu::ScsiResponse(r)] = &pdus[..] else {
             panic!("{pdus:?}")
         };
         assert_eq!(d.status, None);
-        assert_eq!(r.status, STATUS_CHECK_CONDITION);
+        assert_eq!(r.status, CHECK_CONDITION);
         assert_eq!(r.exp_data_sn, 1);
         let sense = r.sense().unwrap();
         assert_eq!(
@@ -250,7 +225,7 @@ mod tests {
             panic!("{pdus:?}")
         };
         assert_eq!(r.exp_data_sn, 3);
-        assert_eq!(r.status, STATUS_GOOD);
+        assert_eq!(r.status, GOOD);
     }
 
     #[test]

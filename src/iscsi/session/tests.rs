@@ -9,8 +9,8 @@ use crate::iscsi::pdu::{
     DataIn, DataOut, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopOut,
     ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
+use crate::scsi::sense::{asc, key, Sense};
 use crate::scsi::{DataDirection, ScsiResponse};
-use status::check_condition;
 
 const K: u32 = 1024;
 
@@ -921,7 +921,8 @@ fn a_read_without_data_gives_its_budget_back_at_once() {
     );
     s.handle_pdu(read(1, 1, 8 * K), now);
     let t = started(&mut s);
-    s.complete(t[0], check_condition(0x03, 0x11, 0x00));
+    let failed = Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
+    s.complete(t[0], ScsiResponse::check_condition(failed));
     let (own, _) = s.budgets();
     assert_eq!(own.used(), 0);
 }
