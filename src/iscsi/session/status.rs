@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::data_in::pieces;
+use super::STAMPED_AT_TRANSMIT;
 use crate::iscsi::pdu::{self, DataIn, Lun, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
 use crate::scsi::ScsiResponse;
 
@@ -23,15 +24,12 @@ pub struct CommandRef {
     pub r2t_count: u32,
 }
 
-/// Sequence numbers and limits the PDUs are stamped with.
+/// The sequence number and limits the PDUs are built with. ExpCmdSN and MaxCmdSN are not
+/// among them: [`super::Session::poll_transmit`] writes those as each PDU leaves.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     /// StatSN consumed by the status-carrying PDU.
     pub stat_sn: u32,
-    /// ExpCmdSN to advertise.
-    pub exp_cmd_sn: u32,
-    /// MaxCmdSN to advertise.
-    pub max_cmd_sn: u32,
     /// The initiator's MaxRecvDataSegmentLength.
     pub max_segment: u32,
     /// MaxBurstLength (bounds a Data-In sequence).
@@ -71,8 +69,8 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
             itt: cmd.itt,
             ttt: RESERVED_TAG,
             stat_sn: if carries_status { stamp.stat_sn } else { 0 },
-            exp_cmd_sn: stamp.exp_cmd_sn,
-            max_cmd_sn: stamp.max_cmd_sn,
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             data_sn: piece.data_sn,
             buffer_offset: piece.offset,
             residual_count: if carries_status { residual_count } else { 0 },
@@ -91,8 +89,8 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
             itt: cmd.itt,
             snack_tag: 0,
             stat_sn: stamp.stat_sn,
-            exp_cmd_sn: stamp.exp_cmd_sn,
-            max_cmd_sn: stamp.max_cmd_sn,
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             exp_data_sn: data_sn.wrapping_add(cmd.r2t_count),
             bidi_read_residual_count: 0,
             residual_count,
@@ -114,8 +112,6 @@ mod tests {
 
     const STAMP: Stamp = Stamp {
         stat_sn: 7,
-        exp_cmd_sn: 20,
-        max_cmd_sn: 147,
         max_segment: 4096,
         max_burst: 262144,
     };
@@ -162,7 +158,6 @@ mod tests {
         assert_eq!(ins[2].status, Some(GOOD));
         assert!(ins[2].is_final && !ins[2].underflow && !ins[2].overflow);
         assert_eq!(ins[2].stat_sn, 7);
-        assert_eq!((ins[1].exp_cmd_sn, ins[1].max_cmd_sn), (20, 147));
         assert_eq!(&ins[1].data[..], &data[4096..8192]);
     }
 

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use super::budget::{Hold, Holds};
 use super::data_out::{DataOutError, WriteTransfer};
 use super::status::{status_pdus, CommandRef, Stamp};
-use super::{Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR};
+use super::{
+    Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR, STAMPED_AT_TRANSMIT,
+};
 use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
 use crate::scsi::sense::{asc, Sense};
 use crate::scsi::{DataDirection, ScsiRequest, ScsiResponse};
@@ -266,8 +268,8 @@ impl Session {
                         ttt: r.ttt,
                         // R2Ts carry the next StatSN without consuming it.
                         stat_sn: self.stat_sn,
-                        exp_cmd_sn: self.window.exp_cmd_sn(),
-                        max_cmd_sn: self.window.max_cmd_sn(),
+                        exp_cmd_sn: STAMPED_AT_TRANSMIT,
+                        max_cmd_sn: STAMPED_AT_TRANSMIT,
                         r2t_sn: r.r2t_sn,
                         buffer_offset: r.offset,
                         desired_length: r.len,
@@ -488,8 +490,6 @@ impl Session {
         };
         let stamp = Stamp {
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
             max_segment: self.opts.params.max_send_data_segment_length,
             max_burst: self.opts.params.max_burst_length,
         };
