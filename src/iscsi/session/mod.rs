@@ -27,6 +27,8 @@ mod tmf;
 pub mod window;
 
 #[cfg(test)]
+mod pair;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};

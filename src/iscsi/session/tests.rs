@@ -14,7 +14,8 @@ use crate::scsi::{DataDirection, ScsiResponse};
 
 const K: u32 = 1024;
 
-fn options() -> SessionOptions {
+/// The options most session tests start from (the pair's tests too).
+pub(super) fn options() -> SessionOptions {
     SessionOptions {
         params: SessionParams {
             max_send_data_segment_length: 4096,
