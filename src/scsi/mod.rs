@@ -89,6 +89,19 @@ pub struct ScsiResponse {
     pub residual: i64,
 }
 
+impl ScsiResponse {
+    /// CHECK CONDITION with `sense` and no data: how the iSCSI layer ends a command it
+    /// terminates itself (a broken Data-Out sequence, a timeout, a failed task).
+    pub fn check_condition(sense: Sense) -> Self {
+        ScsiResponse {
+            status: status::CHECK_CONDITION,
+            sense: Some(sense.encode()),
+            data_in: Bytes::new(),
+            residual: 0,
+        }
+    }
+}
+
 /// A logical unit's configuration.
 pub struct LunConfig {
     /// The backing device.

@@ -30,70 +30,84 @@ pub mod key {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asc(pub u8, pub u8);
 
-/// Additional sense codes used by this target.
+/// Every additional sense code and qualifier this target reports, SCSI and iSCSI layer alike,
+/// in code order. Each doc line gives the code's name as SPC-4 annex D lists it; the constant
+/// names shorten a few of the longer ones.
 pub mod asc {
     use super::Asc;
-    /// NO ADDITIONAL SENSE INFORMATION.
+    /// 00/00 NO ADDITIONAL SENSE INFORMATION.
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
-    /// LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
-    pub const NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
-    /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY.
+    /// 04/01 LOGICAL UNIT IS IN PROCESS OF BECOMING READY.
     pub const BECOMING_READY: Asc = Asc(0x04, 0x01);
-    /// LOGICAL UNIT COMMUNICATION FAILURE.
+    /// 04/03 LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
+    pub const NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
+    /// 08/00 LOGICAL UNIT COMMUNICATION FAILURE.
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x08, 0x00);
-    /// WRITE ERROR.
+    /// 0C/00 WRITE ERROR.
     pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
-    /// INVALID FIELD IN COMMAND INFORMATION UNIT (transfer length disagrees with the transport).
+    /// 0E/03 INVALID FIELD IN COMMAND INFORMATION UNIT (the transfer length disagrees with
+    /// the transport's).
     pub const INVALID_FIELD_IN_CDB_IU: Asc = Asc(0x0e, 0x03);
-    /// UNRECOVERED READ ERROR.
+    /// 11/00 UNRECOVERED READ ERROR.
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
-    /// PARAMETER LIST LENGTH ERROR.
+    /// 1A/00 PARAMETER LIST LENGTH ERROR.
     pub const PARAMETER_LIST_LENGTH_ERROR: Asc = Asc(0x1a, 0x00);
-    /// MISCOMPARE DURING VERIFY OPERATION.
+    /// 1D/00 MISCOMPARE DURING VERIFY OPERATION.
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1d, 0x00);
-    /// INVALID COMMAND OPERATION CODE.
+    /// 20/00 INVALID COMMAND OPERATION CODE.
     pub const INVALID_COMMAND_OPERATION_CODE: Asc = Asc(0x20, 0x00);
-    /// LOGICAL BLOCK ADDRESS OUT OF RANGE.
+    /// 21/00 LOGICAL BLOCK ADDRESS OUT OF RANGE.
     pub const LBA_OUT_OF_RANGE: Asc = Asc(0x21, 0x00);
-    /// INVALID FIELD IN CDB.
+    /// 24/00 INVALID FIELD IN CDB.
     pub const INVALID_FIELD_IN_CDB: Asc = Asc(0x24, 0x00);
-    /// LOGICAL UNIT NOT SUPPORTED.
+    /// 25/00 LOGICAL UNIT NOT SUPPORTED.
     pub const LOGICAL_UNIT_NOT_SUPPORTED: Asc = Asc(0x25, 0x00);
-    /// INVALID FIELD IN PARAMETER LIST.
+    /// 26/00 INVALID FIELD IN PARAMETER LIST.
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x26, 0x00);
-    /// INVALID RELEASE OF PERSISTENT RESERVATION.
+    /// 26/04 INVALID RELEASE OF PERSISTENT RESERVATION.
     pub const INVALID_RELEASE_OF_PR: Asc = Asc(0x26, 0x04);
-    /// WRITE PROTECTED.
+    /// 27/00 WRITE PROTECTED.
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
-    /// LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
+    /// 27/02 LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
     pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc(0x27, 0x02);
-    /// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3: a thin LUN ran out of backing space).
+    /// 27/07 SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3: a thin LUN ran out of backing
+    /// space).
     pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
-    /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    /// 29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
-    /// BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
+    /// 29/03 BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
     pub const BUS_DEVICE_RESET: Asc = Asc(0x29, 0x03);
-    /// MODE PARAMETERS CHANGED.
+    /// 2A/01 MODE PARAMETERS CHANGED.
     pub const MODE_PARAMETERS_CHANGED: Asc = Asc(0x2a, 0x01);
-    /// RESERVATIONS PREEMPTED.
+    /// 2A/03 RESERVATIONS PREEMPTED.
     pub const RESERVATIONS_PREEMPTED: Asc = Asc(0x2a, 0x03);
-    /// RESERVATIONS RELEASED.
+    /// 2A/04 RESERVATIONS RELEASED.
     pub const RESERVATIONS_RELEASED: Asc = Asc(0x2a, 0x04);
-    /// REGISTRATIONS PREEMPTED.
+    /// 2A/05 REGISTRATIONS PREEMPTED.
     pub const REGISTRATIONS_PREEMPTED: Asc = Asc(0x2a, 0x05);
-    /// CAPACITY DATA HAS CHANGED.
+    /// 2A/09 CAPACITY DATA HAS CHANGED.
     pub const CAPACITY_DATA_CHANGED: Asc = Asc(0x2a, 0x09);
-    /// COMMANDS CLEARED BY ANOTHER INITIATOR.
+    /// 2F/00 COMMANDS CLEARED BY ANOTHER INITIATOR.
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f, 0x00);
-    /// MEDIUM FORMAT CORRUPTED.
+    /// 31/00 MEDIUM FORMAT CORRUPTED.
     pub const MEDIUM_FORMAT_CORRUPTED: Asc = Asc(0x31, 0x00);
-    /// MEDIUM NOT PRESENT.
-    pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a, 0x00);
-    /// SAVING PARAMETERS NOT SUPPORTED.
+    /// 39/00 SAVING PARAMETERS NOT SUPPORTED.
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
-    /// REPORTED LUNS DATA HAS CHANGED (a logical unit was added or removed).
+    /// 3A/00 MEDIUM NOT PRESENT.
+    pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a, 0x00);
+    /// 3F/0E REPORTED LUNS DATA HAS CHANGED (a logical unit was added or removed).
     pub const REPORTED_LUNS_DATA_CHANGED: Asc = Asc(0x3f, 0x0e);
-    /// INSUFFICIENT REGISTRATION RESOURCES.
+    /// 44/00 INTERNAL TARGET FAILURE (a command's task panicked).
+    pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);
+    /// 47/05 PROTOCOL SERVICE CRC ERROR (iSCSI: a Data-Out was lost to a data digest error).
+    pub const PROTOCOL_SERVICE_CRC_ERROR: Asc = Asc(0x47, 0x05);
+    /// 4B/00 DATA PHASE ERROR (iSCSI: a Data-Out sequence error).
+    pub const DATA_PHASE_ERROR: Asc = Asc(0x4b, 0x00);
+    /// 4B/01 INVALID TARGET PORT TRANSFER TAG RECEIVED (iSCSI: Data-Out with an unknown TTT).
+    pub const INVALID_TARGET_PORT_TRANSFER_TAG_RECEIVED: Asc = Asc(0x4b, 0x01);
+    /// 4B/06 INITIATOR RESPONSE TIMEOUT (iSCSI: the solicited Data-Out never came).
+    pub const INITIATOR_RESPONSE_TIMEOUT: Asc = Asc(0x4b, 0x06);
+    /// 55/04 INSUFFICIENT REGISTRATION RESOURCES.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
 }
 
@@ -203,6 +217,11 @@ impl Sense {
         Sense::new(key::NOT_READY, code)
     }
 
+    /// ABORTED COMMAND with the given code (the iSCSI layer ends a command it cannot finish).
+    pub const fn aborted_command(code: Asc) -> Self {
+        Sense::new(key::ABORTED_COMMAND, code)
+    }
+
     /// UNIT ATTENTION with the given code.
     pub const fn unit_attention(code: Asc) -> Self {
         Sense::new(key::UNIT_ATTENTION, code)
@@ -263,6 +282,17 @@ mod tests {
         assert_eq!(
             &bytes[..],
             &[0xf0, 0, 0x0e, 0, 0, 0x12, 0x34, 10, 0, 0, 0, 0, 0x1d, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn iscsi_layer_sense_has_no_pointer_or_information() {
+        // The bytes the iSCSI layer sent when it built its own sense (before it used this
+        // module): fixed format, current error, key, length 10, ASC/ASCQ, nothing else.
+        let bytes = Sense::aborted_command(asc::PROTOCOL_SERVICE_CRC_ERROR).encode();
+        assert_eq!(
+            &bytes[..],
+            &[0x70, 0, 0x0b, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0]
         );
     }
 

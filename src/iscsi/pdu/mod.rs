@@ -261,6 +261,33 @@ impl Pdu {
         self.opcode() < 0x20
     }
 
+    /// The ExpCmdSN and MaxCmdSN fields, for writing; `None` for kinds without them (requests
+    /// and unknown opcodes). Every target → initiator kind carries both (RFC 7143 §11), a
+    /// Data-In whether or not it carries status, an R2T and a Reject too.
+    pub fn cmd_window_mut(&mut self) -> Option<(&mut u32, &mut u32)> {
+        match self {
+            Pdu::NopIn(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::ScsiResponse(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::TaskMgmtResponse(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::LoginResponse(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::TextResponse(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::DataIn(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::LogoutResponse(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::R2t(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::AsyncMessage(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::Reject(p) => Some((&mut p.exp_cmd_sn, &mut p.max_cmd_sn)),
+            Pdu::NopOut(_)
+            | Pdu::ScsiCommand(_)
+            | Pdu::TaskMgmtRequest(_)
+            | Pdu::LoginRequest(_)
+            | Pdu::TextRequest(_)
+            | Pdu::DataOut(_)
+            | Pdu::LogoutRequest(_)
+            | Pdu::Snack(_)
+            | Pdu::Unknown(_) => None,
+        }
+    }
+
     /// The I (immediate) bit; always false for target PDUs, always true for Login Requests.
     pub fn immediate(&self) -> bool {
         match self {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{CloseReason, Session};
+use super::{CloseReason, Session, STAMPED_AT_TRANSMIT};
 use crate::iscsi::pdu::{
     LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopIn, NopOut, Pdu,
     RejectReason, TextRequest, TextResponse, RESERVED_TAG,
@@ -21,8 +21,8 @@ impl Session {
             itt: nop.itt,
             ttt: RESERVED_TAG,
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             data,
         };
         self.transmit.push_back(Pdu::NopIn(reply));
@@ -56,14 +56,12 @@ impl Session {
                 itt: req.itt,
                 ttt: RESERVED_TAG,
                 stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
+                exp_cmd_sn: STAMPED_AT_TRANSMIT,
+                max_cmd_sn: STAMPED_AT_TRANSMIT,
                 data: Bytes::new(),
             },
         };
         resp.stat_sn = self.next_stat_sn();
-        resp.exp_cmd_sn = self.window.exp_cmd_sn();
-        resp.max_cmd_sn = self.window.max_cmd_sn();
         self.transmit.push_back(Pdu::TextResponse(resp));
     }
 
@@ -89,8 +87,8 @@ impl Session {
             response,
             itt: req.itt,
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             time2wait: 0,
             time2retain: 0,
         };

@@ -27,6 +27,8 @@ mod tmf;
 pub mod window;
 
 #[cfg(test)]
+mod pair;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,7 +42,8 @@ use crate::iscsi::pdu::{
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::text::{TextError, TextReply};
-use crate::scsi::ScsiRequest;
+use crate::scsi::sense::{asc, Sense};
+use crate::scsi::{ScsiRequest, ScsiResponse};
 
 pub use crate::iscsi::login::SessionParams;
 
@@ -120,6 +123,10 @@ impl std::fmt::Debug for LunExists {
         f.write_str("LunExists(..)")
     }
 }
+
+/// What the ExpCmdSN and MaxCmdSN fields hold while a PDU waits to be sent:
+/// [`Session::poll_transmit`] writes the window's values as it leaves.
+pub(crate) const STAMPED_AT_TRANSMIT: u32 = 0;
 
 /// Bytes a session that holds nothing may use for one command without the shared budget.
 pub const SESSION_FLOOR: u64 = 1 << 20;
@@ -297,9 +304,30 @@ impl Session {
         self.text = Some(handler);
     }
 
-    /// The next PDU to send.
+    /// The next PDU to send, with the ExpCmdSN and MaxCmdSN of this moment.
+    ///
+    /// This is the one place those two fields are written (PDUs are queued with
+    /// [`STAMPED_AT_TRANSMIT`]). A PDU may wait in the queue while the window moves: commands
+    /// arrive behind it (ExpCmdSN grows), or tasks finish and slots free up (MaxCmdSN grows).
+    /// It still leaves with the values of the moment it leaves, which is what RFC 7143 asks:
+    /// - ExpCmdSN acknowledges every command below it as received and MaxCmdSN bounds what may
+    ///   be sent (§4.2.2.1); the current values are the true ones, so a waiting PDU never
+    ///   understates what the target has received nor opens the window later than it could.
+    /// - Both values only grow in serial arithmetic ([`CommandWindow`] never lowers MaxCmdSN),
+    ///   and PDUs leave in queue order, so what the initiator sees never goes backwards; and
+    ///   at every moment MaxCmdSN >= ExpCmdSN - 1, the least §4.2.2.1 allows, so no PDU carries
+    ///   a pair the initiator must ignore.
+    /// - Every target → initiator PDU of the full-feature phase carries the fields (§11.3 to
+    ///   §11.17, a Data-In whether or not it carries status; R2T and Reject too), and nothing
+    ///   ties a PDU to the values of the moment it was built: the StatSN is what orders
+    ///   responses, and it is still assigned when they are queued.
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        self.transmit.pop_front()
+        let mut pdu = self.transmit.pop_front()?;
+        if let Some((exp_cmd_sn, max_cmd_sn)) = pdu.cmd_window_mut() {
+            *exp_cmd_sn = self.window.exp_cmd_sn();
+            *max_cmd_sn = self.window.max_cmd_sn();
+        }
+        Some(pdu)
     }
 
     /// The next piece of work for the driver.
@@ -423,7 +451,8 @@ impl Session {
         let immediate = bhs[0] & 0x40 != 0;
         match opcode {
             opcode::DATA_OUT => {
-                self.fail_task(field(16), status::check_condition(0x0b, 0x47, 0x05))
+                let lost = Sense::aborted_command(asc::PROTOCOL_SERVICE_CRC_ERROR);
+                self.fail_task(field(16), ScsiResponse::check_condition(lost))
             }
             opcode::SCSI_COMMAND
             | opcode::NOP_OUT
@@ -444,8 +473,6 @@ impl Session {
     pub fn reject_header(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
         let mut reject = Reject::of_header(reason, bhs);
         reject.stat_sn = self.next_stat_sn();
-        reject.exp_cmd_sn = self.window.exp_cmd_sn();
-        reject.max_cmd_sn = self.window.max_cmd_sn();
         self.transmit.push_back(Pdu::Reject(reject));
     }
 
@@ -494,8 +521,8 @@ impl Session {
                     ttt,
                     // A ping does not consume a StatSN.
                     stat_sn: self.stat_sn,
-                    exp_cmd_sn: self.window.exp_cmd_sn(),
-                    max_cmd_sn: self.window.max_cmd_sn(),
+                    exp_cmd_sn: STAMPED_AT_TRANSMIT,
+                    max_cmd_sn: STAMPED_AT_TRANSMIT,
                     data: Bytes::new(),
                 };
                 self.transmit.push_back(Pdu::NopIn(nop));
@@ -517,8 +544,8 @@ impl Session {
         let msg = AsyncMessage {
             lun: Lun::default(),
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             event: ASYNC_EVENT_LOGOUT_REQUESTED,
             vcode: 0,
             parameter1: 0,

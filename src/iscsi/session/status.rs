@@ -2,16 +2,12 @@
 //! one when there is no sense data (phase collapse, RFC 7143 §11.7.4), or a separate SCSI
 //! Response carrying the sense; residual flags and counts on whichever PDU carries the status.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::data_in::pieces;
+use super::STAMPED_AT_TRANSMIT;
 use crate::iscsi::pdu::{self, DataIn, Lun, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
 use crate::scsi::ScsiResponse;
-
-/// SCSI status GOOD.
-pub const STATUS_GOOD: u8 = 0x00;
-/// SCSI status CHECK CONDITION.
-pub const STATUS_CHECK_CONDITION: u8 = 0x02;
 
 /// The command a status belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -28,15 +24,12 @@ pub struct CommandRef {
     pub r2t_count: u32,
 }
 
-/// Sequence numbers and limits the PDUs are stamped with.
+/// The sequence number and limits the PDUs are built with. ExpCmdSN and MaxCmdSN are not
+/// among them: [`super::Session::poll_transmit`] writes those as each PDU leaves.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     /// StatSN consumed by the status-carrying PDU.
     pub stat_sn: u32,
-    /// ExpCmdSN to advertise.
-    pub exp_cmd_sn: u32,
-    /// MaxCmdSN to advertise.
-    pub max_cmd_sn: u32,
     /// The initiator's MaxRecvDataSegmentLength.
     pub max_segment: u32,
     /// MaxBurstLength (bounds a Data-In sequence).
@@ -76,8 +69,8 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
             itt: cmd.itt,
             ttt: RESERVED_TAG,
             stat_sn: if carries_status { stamp.stat_sn } else { 0 },
-            exp_cmd_sn: stamp.exp_cmd_sn,
-            max_cmd_sn: stamp.max_cmd_sn,
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             data_sn: piece.data_sn,
             buffer_offset: piece.offset,
             residual_count: if carries_status { residual_count } else { 0 },
@@ -96,8 +89,8 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
             itt: cmd.itt,
             snack_tag: 0,
             stat_sn: stamp.stat_sn,
-            exp_cmd_sn: stamp.exp_cmd_sn,
-            max_cmd_sn: stamp.max_cmd_sn,
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
             exp_data_sn: data_sn.wrapping_add(cmd.r2t_count),
             bidi_read_residual_count: 0,
             residual_count,
@@ -111,39 +104,14 @@ pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pd
     out
 }
 
-/// Fixed-format sense data (SPC-4 §4.5.3) for errors the iSCSI layer detects itself.
-pub fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Bytes {
-    let mut b = BytesMut::with_capacity(18);
-    b.put_u8(0x70); // current error, fixed format
-    b.put_u8(0);
-    b.put_u8(key & 0x0f);
-    b.put_u32(0); // information
-    b.put_u8(10); // additional sense length
-    b.put_u32(0); // command-specific information
-    b.put_u8(asc);
-    b.put_u8(ascq);
-    b.put_bytes(0, 4);
-    b.freeze()
-}
-
-/// A CHECK CONDITION response for a command the iSCSI layer terminates itself.
-pub fn check_condition(key: u8, asc: u8, ascq: u8) -> ScsiResponse {
-    ScsiResponse {
-        status: STATUS_CHECK_CONDITION,
-        sense: Some(fixed_sense(key, asc, ascq)),
-        data_in: Bytes::new(),
-        residual: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::sense::{asc, key, Sense};
+    use crate::scsi::status::{CHECK_CONDITION, GOOD};
 
     const STAMP: Stamp = Stamp {
         stat_sn: 7,
-        exp_cmd_sn: 20,
-        max_cmd_sn: 147,
         max_segment: 4096,
         max_burst: 262144,
     };
@@ -160,7 +128,7 @@ mod tests {
 
     fn good(data: &[u8], residual: i64) -> ScsiResponse {
         ScsiResponse {
-            status: STATUS_GOOD,
+            status: GOOD,
             sense: None,
             data_in: Bytes::copy_from_slice(data),
             residual,
@@ -187,10 +155,9 @@ mod tests {
         );
         assert_eq!(ins[0].status, None);
         assert!(!ins[0].is_final);
-        assert_eq!(ins[2].status, Some(STATUS_GOOD));
+        assert_eq!(ins[2].status, Some(GOOD));
         assert!(ins[2].is_final && !ins[2].underflow && !ins[2].overflow);
         assert_eq!(ins[2].stat_sn, 7);
-        assert_eq!((ins[1].exp_cmd_sn, ins[1].max_cmd_sn), (20, 147));
         assert_eq!(&ins[1].data[..], &data[4096..8192]);
     }
 
@@ -220,14 +187,17 @@ mod tests {
 
     #[test]
     fn sense_goes_in_a_separate_response_after_data() {
-        let mut resp = check_condition(0x03, 0x11, 0x00);
+        let mut resp = ScsiResponse::check_condition(Sense::new(
+            key::MEDIUM_ERROR,
+            asc::UNRECOVERED_READ_ERROR,
+        ));
         resp.data_in = Bytes::from_static(&[9; 100]);
         let pdus = status_pdus(read_cmd(100), &resp, STAMP);
         let [Pdu::DataIn(d), Pdu::ScsiResponse(r)] = &pdus[..] else {
             panic!("{pdus:?}")
         };
         assert_eq!(d.status, None);
-        assert_eq!(r.status, STATUS_CHECK_CONDITION);
+        assert_eq!(r.status, CHECK_CONDITION);
         assert_eq!(r.exp_data_sn, 1);
         let sense = r.sense().unwrap();
         assert_eq!(
@@ -250,7 +220,7 @@ mod tests {
             panic!("{pdus:?}")
         };
         assert_eq!(r.exp_data_sn, 3);
-        assert_eq!(r.status, STATUS_GOOD);
+        assert_eq!(r.status, GOOD);
     }
 
     #[test]

@@ -7,19 +7,17 @@ use bytes::Bytes;
 
 use super::budget::{Hold, Holds};
 use super::data_out::{DataOutError, WriteTransfer};
-use super::status::{check_condition, status_pdus, CommandRef, Stamp};
-use super::{Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR};
+use super::status::{status_pdus, CommandRef, Stamp};
+use super::{
+    Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR, STAMPED_AT_TRANSMIT,
+};
 use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
+use crate::scsi::sense::{asc, Sense};
 use crate::scsi::{DataDirection, ScsiRequest, ScsiResponse};
 
 /// Largest write the target buffers for one command (Expected Data Transfer Length); larger
 /// ones are refused with ILLEGAL REQUEST before any data is solicited.
 pub const MAX_WRITE_LEN: u32 = 64 << 20;
-
-/// Sense key ABORTED COMMAND.
-const ABORTED_COMMAND: u8 = 0x0b;
-/// Sense key ILLEGAL REQUEST.
-const ILLEGAL_REQUEST: u8 = 0x05;
 
 /// Whether a write of `need` bytes may start soliciting data while `reserved` bytes of
 /// `budget` are taken. The first write always may, so one larger than the whole budget still
@@ -27,9 +25,6 @@ const ILLEGAL_REQUEST: u8 = 0x05;
 fn budget_allows(reserved: u64, budget: u64, need: u64) -> bool {
     reserved == 0 || reserved.saturating_add(need) <= budget
 }
-
-/// Sense ASC/ASCQ INITIATOR RESPONSE TIMEOUT (SPC-4): the Data-Out never came.
-const INITIATOR_RESPONSE_TIMEOUT: (u8, u8) = (0x4b, 0x06);
 
 /// One command in the task table.
 #[derive(Debug)]
@@ -70,8 +65,10 @@ pub(super) struct Task {
 /// INVALID TARGET PORT TRANSFER TAG RECEIVED (4B/01) for a bad tag.
 fn data_out_failure(err: DataOutError) -> ScsiResponse {
     match err {
-        DataOutError::UnknownTtt(_) => check_condition(ABORTED_COMMAND, 0x4b, 0x01),
-        _ => check_condition(ABORTED_COMMAND, 0x4b, 0x00),
+        DataOutError::UnknownTtt(_) => ScsiResponse::check_condition(Sense::aborted_command(
+            asc::INVALID_TARGET_PORT_TRANSFER_TAG_RECEIVED,
+        )),
+        _ => ScsiResponse::check_condition(Sense::aborted_command(asc::DATA_PHASE_ERROR)),
     }
 }
 
@@ -123,7 +120,8 @@ impl Session {
         };
         let (transfer, verdict) = if cmd.write {
             if cmd.expected_data_transfer_length > MAX_WRITE_LEN {
-                (None, Some(check_condition(ILLEGAL_REQUEST, 0x24, 0x00)))
+                let refusal = Sense::illegal(asc::INVALID_FIELD_IN_CDB);
+                (None, Some(ScsiResponse::check_condition(refusal)))
             } else {
                 match WriteTransfer::new(
                     cmd.expected_data_transfer_length,
@@ -270,8 +268,8 @@ impl Session {
                         ttt: r.ttt,
                         // R2Ts carry the next StatSN without consuming it.
                         stat_sn: self.stat_sn,
-                        exp_cmd_sn: self.window.exp_cmd_sn(),
-                        max_cmd_sn: self.window.max_cmd_sn(),
+                        exp_cmd_sn: STAMPED_AT_TRANSMIT,
+                        max_cmd_sn: STAMPED_AT_TRANSMIT,
                         r2t_sn: r.r2t_sn,
                         buffer_offset: r.offset,
                         desired_length: r.len,
@@ -397,8 +395,8 @@ impl Session {
             if let Some(task) = self.tasks.get_mut(&itt) {
                 task.data_wait = None;
             }
-            let (asc, ascq) = INITIATOR_RESPONSE_TIMEOUT;
-            self.fail_task(itt, check_condition(ABORTED_COMMAND, asc, ascq));
+            let timeout = Sense::aborted_command(asc::INITIATOR_RESPONSE_TIMEOUT);
+            self.fail_task(itt, ScsiResponse::check_condition(timeout));
         }
     }
 
@@ -492,8 +490,6 @@ impl Session {
         };
         let stamp = Stamp {
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
             max_segment: self.opts.params.max_send_data_segment_length,
             max_burst: self.opts.params.max_burst_length,
         };

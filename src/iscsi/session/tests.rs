@@ -9,12 +9,13 @@ use crate::iscsi::pdu::{
     DataIn, DataOut, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopOut,
     ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
+use crate::scsi::sense::{asc, key, Sense};
 use crate::scsi::{DataDirection, ScsiResponse};
-use status::check_condition;
 
 const K: u32 = 1024;
 
-fn options() -> SessionOptions {
+/// The options most session tests start from (the pair's tests too).
+pub(super) fn options() -> SessionOptions {
     SessionOptions {
         params: SessionParams {
             max_send_data_segment_length: 4096,
@@ -987,7 +988,8 @@ fn a_read_without_data_gives_its_budget_back_at_once() {
     );
     s.handle_pdu(read(1, 1, 8 * K), now);
     let t = started(&mut s);
-    s.complete(t[0], check_condition(0x03, 0x11, 0x00));
+    let failed = Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
+    s.complete(t[0], ScsiResponse::check_condition(failed));
     let (own, _) = s.budgets();
     assert_eq!(own.used(), 0);
 }
@@ -1201,4 +1203,47 @@ fn data_behind_a_cmd_sn_gap_counts_against_the_shared_budget() {
     ));
     drop(s);
     assert_eq!(shared.used(), 0);
+}
+
+#[test]
+fn queued_pdus_leave_with_the_window_of_the_moment_they_are_sent() {
+    // ExpCmdSN and MaxCmdSN are written by `poll_transmit`, not when a PDU is queued: a
+    // response that waits while the window moves tells the initiator the newer values
+    // (RFC 7143 §4.2.2.1: they acknowledge what the target has received and bound what it
+    // accepts now; see `Session::poll_transmit`).
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    s.handle_pdu(read(2, 2, 512), now);
+    let tasks = started(&mut s);
+    assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (3, 8));
+    // The first read's response is queued while two slots are still held...
+    s.complete(tasks[0], good(Bytes::from_static(&[1; 512]), 0));
+    assert_eq!(s.max_cmd_sn(), 9);
+    // ...then, before it is sent, CmdSN 3 arrives (ExpCmdSN 4) and the second read ends
+    // (MaxCmdSN 10).
+    s.handle_pdu(read(3, 3, 512), now);
+    s.complete(tasks[1], good(Bytes::from_static(&[2; 512]), 0));
+    assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (4, 10));
+    let out = sent(&mut s);
+    let windows: Vec<(u32, u32, u32)> = out
+        .iter()
+        .map(|p| match p {
+            Pdu::DataIn(d) => (d.itt, d.exp_cmd_sn, d.max_cmd_sn),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(windows, vec![(1, 4, 10), (2, 4, 10)]);
+
+    // Every kind the session queues is stamped: R2T, Reject, TMF response, NOP-In.
+    s.handle_pdu(write(4, 4, 1024, Bytes::new()), now);
+    s.handle_pdu(read(4, 5, 512), now); // duplicate ITT: Reject
+    s.handle_pdu(tmf(5, TmfFunction::ABORT_TASK, 0, 0x99, 0, 6), now);
+    s.handle_timeout(now + Duration::from_secs(10));
+    let out = sent(&mut s);
+    let kinds: Vec<u8> = out.iter().map(Pdu::opcode).collect();
+    assert_eq!(kinds, vec![0x31, 0x3f, 0x22, 0x20]);
+    for mut pdu in out {
+        let (exp, max) = pdu.cmd_window_mut().expect("a target PDU");
+        assert_eq!((*exp, *max), (s.exp_cmd_sn(), s.max_cmd_sn()), "{pdu:?}");
+    }
 }

@@ -7,7 +7,7 @@
 //! RESET act only when the target allows them ([`super::SessionOptions::allow_target_reset`]);
 //! otherwise they are answered "Function rejected" (255, §11.6.1) and nothing happens.
 
-use super::{CloseReason, Event, Session};
+use super::{CloseReason, Event, Session, STAMPED_AT_TRANSMIT};
 use crate::iscsi::pdu::{
     serial::sn_lt, Pdu, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
@@ -64,8 +64,8 @@ impl Session {
             response,
             itt: req.itt,
             stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
+            exp_cmd_sn: STAMPED_AT_TRANSMIT,
+            max_cmd_sn: STAMPED_AT_TRANSMIT,
         };
         self.transmit.push_back(Pdu::TaskMgmtResponse(resp));
         if req.function == TmfFunction::TARGET_COLD_RESET && response == TmfResponseCode::COMPLETE {

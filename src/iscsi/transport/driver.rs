@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{ResetNotice, ResetScope};
 use super::wire::{Incoming, PduReader};
 use crate::iscsi::pdu::{EncodedPdu, PduCodec, RejectReason};
-use crate::iscsi::session::status::check_condition;
 use crate::iscsi::session::{CloseReason, Event, Session, TaskId};
+use crate::scsi::sense::{asc, key, Sense};
 use crate::scsi::{Nexus, ScsiResponse, ScsiTarget};
 
 /// How long an initiator gets to log out after the target asked it to (Async Message).
@@ -127,8 +127,8 @@ fn on_joined(
                 if let Some(task) = task {
                     tracing::error!(?task, "SCSI command panicked");
                     handles.remove(&task);
-                    // INTERNAL TARGET FAILURE.
-                    session.complete(task, check_condition(0x04, 0x44, 0x00));
+                    let failure = Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE);
+                    session.complete(task, ScsiResponse::check_condition(failure));
                 }
             }
         }
