@@ -9,7 +9,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::error::{LsmtError, LsmtResult};
 use super::index::{clip, first_ending_after, lookup, Record, SECTOR};
 use super::layer::{read, SealedLayer};
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 
 /// Most read-only layers one stack accepts.
 pub const MAX_LAYERS: usize = 255;
@@ -474,9 +474,7 @@ mod tests {
     /// A source of `len` bytes where byte `i` is `i % 251`, so misplaced bytes show.
     fn pattern_source(len: usize) -> Arc<dyn LayerSource> {
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        Arc::new(crate::cache::bytes_source::BytesSource::new(
-            bytes, "pattern",
-        ))
+        Arc::new(crate::source::BytesSource::new(bytes, "pattern"))
     }
 
     /// What `read_extents` must return: data sectors copied from the pattern at their moffset,

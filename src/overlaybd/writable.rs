@@ -67,7 +67,7 @@ use super::layer::DATA_START_SECTOR;
 use super::sparse;
 use super::stack::{read_extents, sector_range};
 use super::writable_index::WritableIndex;
-use crate::cache::LayerSource;
+use crate::source::{LayerSource, SourceResult, Span};
 
 /// The reference's limit on records in a writable index file.
 pub const MAX_WRITABLE_RECORDS: u64 = 128_000_000;
@@ -121,14 +121,14 @@ impl LayerSource for DataFile {
         self.len.load(Ordering::Acquire)
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        let file = Arc::clone(&self.file);
-        blocking(move || {
-            let mut buf = vec![0u8; len];
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let (file, offset) = (Arc::clone(&self.file), span.offset());
+        let mut buf = vec![0u8; span.len()];
+        Ok(blocking(move || {
             file.read_exact_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
         })
-        .await
+        .await?)
     }
 
     fn describe(&self) -> String {

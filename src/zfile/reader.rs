@@ -11,7 +11,7 @@ use super::codec::decode_block;
 use super::error::ZFileError;
 use super::header::{flag, parse_header, parse_trailer, ZFileInfo, STRUCT_SIZE};
 use super::jump_table::{JumpTable, JumpTableBuilder, ENTRY_LEN};
-use crate::cache::{check_range, LayerSource};
+use crate::source::{LayerSource, SourceResult, Span};
 
 /// The jump table is fetched in pieces of this size, so a huge table never needs one huge read.
 const TABLE_PIECE: u64 = 1 << 20;
@@ -58,7 +58,7 @@ impl ZFileReader {
                 size,
             });
         }
-        let header = parse_header(&source.read_at(0, STRUCT_SIZE).await?)?;
+        let header = parse_header(&source.read_exact_at(0, STRUCT_SIZE).await?)?;
         let overwrite = header.has(flag::HEADER_OVERWRITE);
         let used = if overwrite {
             header
@@ -73,7 +73,8 @@ impl ZFileReader {
                     size,
                 });
             }
-            let trailer = parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?;
+            let trailer =
+                parse_trailer(&source.read_exact_at(size - struct_len, STRUCT_SIZE).await?)?;
             // Current writers set the digest flag in both structures, legacy ones in neither;
             // a mismatch means a flipped flag, which would silently disable digest checks.
             if header.has(flag::DIGEST) != trailer.has(flag::DIGEST) {
@@ -117,12 +118,9 @@ impl ZFileReader {
     /// does not decode) may have been damaged on the way or in a cache rather than in the blob,
     /// so the covering stored range is invalidated in the source and read once more; a second
     /// failure is returned (the SCSI layer reports it as a MEDIUM ERROR), never retried again.
-    async fn read_range(&self, offset: u64, len: usize) -> Result<Bytes, ZFileError> {
+    async fn read_range(&self, span: Span) -> Result<Bytes, ZFileError> {
         let info = &self.layout.info;
-        let end = check_range(info.original_file_size, offset, len)?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
+        let (offset, len, end) = (span.offset(), span.len(), span.end());
         let bs = u64::from(info.block_size);
         let (first, last) = (offset / bs, (end - 1) / bs);
         let (start, stop) = self.layout.span(first, last)?;
@@ -231,7 +229,7 @@ impl ZFileReader {
                     failure.get_or_insert(e);
                 }
                 Err(e) => {
-                    failure.get_or_insert(e.into());
+                    failure.get_or_insert(ZFileError::Source(e.into()));
                 }
             }
         }
@@ -242,20 +240,13 @@ impl ZFileReader {
     }
 }
 
-/// Reads the stored bytes `[start, stop)` from `source`, refusing a reply of the wrong length.
+/// Reads the stored bytes `[start, stop)` from `source`.
 async fn fetch(source: &dyn LayerSource, start: u64, stop: u64) -> Result<Bytes, ZFileError> {
     let len = stop
         .checked_sub(start)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| ZFileError::Corrupt("stored range exceeds memory".into()))?;
-    let stored = source.read_at(start, len).await?;
-    if stored.len() != len {
-        return Err(ZFileError::Corrupt(format!(
-            "source returned {} bytes for a {len}-byte read",
-            stored.len()
-        )));
-    }
-    Ok(stored)
+    Ok(source.read_exact_at(start, len).await?)
 }
 
 /// How many pieces a read of `len` bytes over `blocks` blocks is decoded in: one per worker,
@@ -277,7 +268,7 @@ async fn load_table(source: &dyn LayerSource, info: &ZFileInfo) -> Result<JumpTa
         let piece = (table_len - pos).min(TABLE_PIECE);
         builder.push(
             &source
-                .read_at(info.index_offset + pos, piece as usize)
+                .read_exact_at(info.index_offset + pos, piece as usize)
                 .await?,
         )?;
         pos += piece;
@@ -350,8 +341,8 @@ impl LayerSource for ZFileReader {
         self.layout.info.original_file_size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        self.read_range(offset, len).await.map_err(io::Error::from)
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        Ok(self.read_range(span).await?)
     }
 
     fn describe(&self) -> String {
