@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
 
 use super::codec::decode_block;
 use super::error::ZFileError;
@@ -168,11 +169,13 @@ impl ZFileReader {
     }
 
     /// Splits a large read at block boundaries into `pieces` runs of blocks of about equal
-    /// size. Each piece reads its own stored bytes from the source and decodes them straight
-    /// into its own part of `out`: the calling task does the first piece while blocking
-    /// threads do the others, so file reads overlap decoding and both use every core. The
-    /// parts are rejoined without copying. The error of the first failing piece (in file
-    /// order) is the read's error.
+    /// size. Each piece's stored bytes are fetched asynchronously, all pieces at once, on the
+    /// calling task; as soon as a piece's bytes are in, they are decoded straight into its own
+    /// part of `out`, on a blocking thread for the later pieces and on the calling task for
+    /// the first. Blocking threads only ever decode: none waits on the network or a disk
+    /// (a remote fetch parked there would hold a thread of tokio's bounded pool for a round
+    /// trip). The parts are rejoined without copying. The error of the first failing piece
+    /// (in file order) is the read's error.
     async fn read_parallel(
         &self,
         offset: u64,
@@ -193,50 +196,34 @@ impl ZFileReader {
             block = next_block;
         }
         let mut parts = parts.into_iter();
-        let Some((mut joined, head_span, head_raw)) = parts.next() else {
+        let Some((joined, (s, e), head_raw)) = parts.next() else {
             return Ok(Bytes::new());
         };
-        // Hand out the later pieces first, so they run while this task does the first.
-        let runtime = tokio::runtime::Handle::current();
-        let tasks: Vec<_> = parts
-            .map(|(mut part, (s, e), at)| {
-                let (source, layout) = (Arc::clone(&self.source), Arc::clone(&self.layout));
-                let runtime = runtime.clone();
-                tokio::task::spawn_blocking(move || {
-                    // A blocking thread may drive a future to completion; a cached file
-                    // read completes inline, without another hand-off.
-                    let stored = runtime.block_on(fetch(source.as_ref(), s, e))?;
-                    layout.decode_into(&stored, s, at, &mut part)?;
-                    Ok::<_, ZFileError>(part)
-                })
+        let tail = parts.map(|(mut part, (s, e), at)| async move {
+            let stored = fetch(self.source.as_ref(), s, e).await?;
+            let layout = Arc::clone(&self.layout);
+            tokio::task::spawn_blocking(move || {
+                layout.decode_into(&stored, s, at, &mut part)?;
+                Ok::<_, ZFileError>(part)
             })
-            .collect();
-        let (s, e) = head_span;
-        let mut failure = match fetch(self.source.as_ref(), s, e).await {
-            Ok(stored) => self
-                .layout
-                .decode_into(&stored, s, head_raw, &mut joined)
-                .err(),
-            Err(err) => Some(err),
+            .await
+            .map_err(|e| ZFileError::Source(io::Error::other(e).into()))?
+        });
+        let head = async move {
+            let mut joined = joined;
+            let stored = fetch(self.source.as_ref(), s, e).await?;
+            self.layout.decode_into(&stored, s, head_raw, &mut joined)?;
+            Ok::<_, ZFileError>(joined)
         };
-        for task in tasks {
-            // Await every piece even after a failure, so a retry of this read never competes
-            // with its own leftover work for the cores.
-            match task.await.map_err(io::Error::other) {
-                Ok(Ok(part)) if failure.is_none() => joined.unsplit(part),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
-                }
-                Err(e) => {
-                    failure.get_or_insert(ZFileError::Source(e.into()));
-                }
-            }
+        // The later pieces are polled first, so their fetches start (and their decodes are
+        // handed out) before this task decodes the first piece. Every piece is awaited even
+        // after a failure, so a retry of this read never competes with its own leftovers.
+        let (tail, head) = futures_util::future::join(join_all(tail), head).await;
+        let mut joined = head?;
+        for part in tail {
+            joined.unsplit(part?);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(joined.freeze()),
-        }
+        Ok(joined.freeze())
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::corruption::zfile_error;
 use super::{make_zfile, mem, sample_data};
-use crate::source::{LayerSource, SourceError};
+use crate::source::{LayerSource, SourceError, SourceResult, Span};
 use crate::zfile::{Algorithm, BlockFault, WriterOptions, ZFileError, ZFileReader};
 
 const MIB: usize = 1 << 20;
@@ -139,4 +139,65 @@ async fn with_bad_blocks_in_several_pieces_the_first_in_file_order_is_reported()
     let reader = open_with(&damage(&file, &[10, 250]).await, 4).await;
     let err = reader.read_exact_at(0, MIB).await.unwrap_err();
     assert_eq!(failed_block(&err), 10);
+}
+
+/// A blob whose reads, once armed, each wait until `pieces` reads are in flight together.
+struct Gated {
+    inner: crate::source::BytesSource,
+    armed: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl LayerSource for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    async fn read_span(&self, span: Span) -> SourceResult<bytes::Bytes> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.gate.wait().await;
+        }
+        self.inner.read_exact_at(span.offset(), span.len()).await
+    }
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+}
+
+#[test]
+fn the_pieces_are_fetched_together_without_holding_blocking_threads() {
+    // One blocking thread: had a piece's fetch waited there (as a network read once did), the
+    // other pieces' fetches could not start and the gate would never open.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let data = sample_data(MIB, 10);
+        let source = Arc::new(Gated {
+            inner: crate::source::BytesSource::new(
+                make_zfile(&data, options(Algorithm::Lz4, 4096), false),
+                "zfile",
+            ),
+            armed: false.into(),
+            gate: tokio::sync::Barrier::new(4),
+        });
+        let reader = ZFileReader::open(Arc::clone(&source) as Arc<dyn LayerSource>)
+            .await
+            .unwrap()
+            .with_decode_workers(4);
+        source
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reader.read_exact_at(0, MIB),
+        )
+        .await
+        .expect("all four stored ranges were in flight at once")
+        .unwrap();
+        assert!(got[..] == data[..]);
+    });
 }
