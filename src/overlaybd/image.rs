@@ -12,7 +12,7 @@ use super::config::{ImageConfig, LayerLocation};
 use super::error::{LsmtError, LsmtResult};
 use super::index::{Record, SECTOR};
 use super::layer::SealedLayer;
-use super::stack::{read_extents, sector_range, LayerStack};
+use super::stack::{read_virtual, LayerStack, ZEROS};
 use super::writable::WritableLayer;
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 use crate::cache::file::FileSource;
@@ -289,9 +289,13 @@ impl Image {
     /// Reads `len` bytes of the virtual disk at `offset` (both multiples of 512); no range check
     /// against the device size (sectors past every layer read as zeros).
     pub async fn read_at(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
-        let (start, sectors) = sector_range(offset, len)?;
-        let extents = self.extents(start, sectors);
-        read_extents(start, sectors, &extents, |tag| self.source(tag)).await
+        read_virtual(
+            offset,
+            len,
+            |s, n| self.extents(s, n),
+            |tag| self.source(tag),
+        )
+        .await
     }
 
     fn writable(&self) -> BlockResult<&WritableLayer> {
@@ -384,9 +388,6 @@ impl BlockDevice for Image {
         })
     }
 }
-
-/// Zeros for [`write_zeros`]; zero-initialised, so it costs no space in the binary.
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// Writes `len` zero bytes at `offset` of `upper`, at most 1 MiB per write.
 async fn write_zeros(upper: &WritableLayer, offset: u64, len: u64) -> LsmtResult<()> {
