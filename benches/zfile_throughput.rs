@@ -22,12 +22,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use overlaybd_target::cache::bytes_source::BytesSource;
 use overlaybd_target::cache::file::FileSource;
-use overlaybd_target::cache::LayerSource;
 use overlaybd_target::overlaybd::commit::{write_commit, CommitOptions, CommitSource, SyncSink};
 use overlaybd_target::overlaybd::writable::CreateOptions;
 use overlaybd_target::overlaybd::{Image, LayerStack, SealedLayer, WritableLayer};
+use overlaybd_target::source::BytesSource;
+use overlaybd_target::source::LayerSource;
 use overlaybd_target::zfile::{Algorithm, WriterOptions, ZFileReader, ZFileWriter};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -128,10 +128,7 @@ async fn read_all(source: &dyn LayerSource, expect: Option<&[u8]>) -> Result<()>
     let mut at = 0;
     while at < size {
         let len = (size - at).min(READ as u64) as usize;
-        let got = source.read_at(at, len).await?;
-        if got.len() != len {
-            return Err(format!("short read at {at}").into());
-        }
+        let got = source.read_exact_at(at, len).await?;
         check(expect, at, &got)?;
         at += len as u64;
     }

@@ -6,6 +6,8 @@
 //! - [`block`]: the block-device trait every logical unit is backed by, with file and RAM backends;
 //! - [`overlaybd`]: the LSMT layer stack and image configs, as a block device;
 //! - [`zfile`]: random-access ZFile decompression;
+//! - [`source`]: the layer-bytes contract ([`source::LayerSource`]) and its typed errors, which
+//!   `zfile`, `overlaybd` and `cache` build on;
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
@@ -22,6 +24,7 @@ pub mod daemon;
 pub mod iscsi;
 pub mod overlaybd;
 pub mod scsi;
+pub mod source;
 pub(crate) mod sys;
 pub mod tools;
 pub mod zfile;

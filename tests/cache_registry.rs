@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use overlaybd_target::cache::http::push::sha256_digest;
 use overlaybd_target::cache::http::{CredentialStore, RegistryClient};
 use overlaybd_target::cache::settings::{DaemonSettings, DownloadConfig, HttpConfig};
-use overlaybd_target::cache::{CacheTiers, LayerSource, RemoteLayer, RemoteLayers};
+use overlaybd_target::cache::{CacheTiers, RemoteLayer, RemoteLayers};
+use overlaybd_target::source::{LayerSource, SourceError};
 use support::http_server::{blob_server, make_blob, serve_range, Reply, Request, TestServer};
 
 const REPO: &str = "/v2/team/app/blobs";
@@ -56,13 +57,16 @@ async fn check_reads(src: &dyn LayerSource, blob: &[u8]) {
         (0, blob.len()),
     ] {
         let got = src
-            .read_at(off as u64, len)
+            .read_exact_at(off as u64, len)
             .await
             .unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
         assert_eq!(&got[..], &blob[off..off + len], "read {off}+{len}");
     }
-    let err = src.read_at(blob.len() as u64 - 1, 2).await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    let err = src
+        .read_exact_at(blob.len() as u64 - 1, 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::OutOfRange { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -152,9 +156,9 @@ async fn wrong_partial_range_is_refused_not_misread() {
         .open_blob(&format!("{}{REPO}", server.url()), "sha256:aa", None)
         .await
         .unwrap();
-    assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
-    let err = src.read_at(100, 100).await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(&src.read_exact_at(0, 100).await.unwrap()[..], &blob[..100]);
+    let err = src.read_exact_at(100, 100).await.unwrap_err();
+    assert!(matches!(err, SourceError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("asked for bytes 100-199"), "{err}");
 }
 
@@ -281,7 +285,10 @@ async fn bearer_token_is_fetched_cached_and_refreshed_on_401() {
 
     // The registry revokes the token: the next read gets a 401, fetches a new token, succeeds.
     state.generation.store(2, Ordering::SeqCst);
-    assert_eq!(&src.read_at(7, 1000).await.unwrap()[..], &blob[7..1007]);
+    assert_eq!(
+        &src.read_exact_at(7, 1000).await.unwrap()[..],
+        &blob[7..1007]
+    );
     assert_eq!(state.tokens_issued.load(Ordering::SeqCst), 2);
 }
 
@@ -295,7 +302,7 @@ async fn bearer_token_is_renewed_before_it_expires() {
         .unwrap();
     let rejected = state.unauthorized.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(&src.read_at(0, 10).await.unwrap()[..], &blob[..10]);
+    assert_eq!(&src.read_exact_at(0, 10).await.unwrap()[..], &blob[..10]);
     assert_eq!(
         state.tokens_issued.load(Ordering::SeqCst),
         2,
@@ -359,7 +366,7 @@ async fn redirect_to_other_host_drops_authorization_and_is_cached() {
 
     // The signed URL expires: the client asks the registry again and carries on.
     expired.store(1, Ordering::SeqCst);
-    assert_eq!(&src.read_at(5, 50).await.unwrap()[..], &blob[5..55]);
+    assert_eq!(&src.read_exact_at(5, 50).await.unwrap()[..], &blob[5..55]);
     assert!(registry.requests().len() > before);
     assert!(storage
         .requests()
@@ -418,7 +425,7 @@ async fn transient_faults_are_retried() {
             .await
             .unwrap();
         let got = src
-            .read_at(100, 1000)
+            .read_exact_at(100, 1000)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&got[..], &blob[100..1100], "{name}");
@@ -433,17 +440,10 @@ async fn transient_faults_are_retried() {
 #[tokio::test]
 async fn persistent_faults_give_a_clean_bounded_error() {
     let blob = Arc::new(make_blob(20_000, 8));
-    let cases: Vec<(&str, Script, io::ErrorKind)> = vec![
-        (
-            "500",
-            Box::new(|_| Some(Reply::status(500))),
-            io::ErrorKind::Other,
-        ),
-        (
-            "reset",
-            Box::new(|_| Some(Reply::Reset)),
-            io::ErrorKind::Other,
-        ),
+    // Every persistent fault is the registry being unavailable (transient), by type.
+    let cases: Vec<(&str, Script)> = vec![
+        ("500", Box::new(|_| Some(Reply::status(500)))),
+        ("reset", Box::new(|_| Some(Reply::Reset))),
         (
             "truncated",
             Box::new(|_| {
@@ -454,23 +454,21 @@ async fn persistent_faults_give_a_clean_bounded_error() {
                     body: vec![1; 100],
                 })
             }),
-            io::ErrorKind::Other,
         ),
         (
             "stall",
             Box::new(|_| Some(Reply::Stall(Duration::from_secs(10)))),
-            io::ErrorKind::TimedOut,
         ),
     ];
-    for (name, script, kind) in cases {
+    for (name, script) in cases {
         let (server, data_requests) = faulty(Arc::clone(&blob), script).await;
         let src = client(CredentialStore::anonymous())
             .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
             .await
             .unwrap();
         let start = Instant::now();
-        let err = src.read_at(0, 5000).await.unwrap_err();
-        assert_eq!(err.kind(), kind, "{name}: {err}");
+        let err = src.read_exact_at(0, 5000).await.unwrap_err();
+        assert!(matches!(err, SourceError::Unavailable(_)), "{name}: {err}");
         assert!(
             err.to_string().contains("after 3 attempts"),
             "{name}: {err}"
@@ -524,13 +522,16 @@ async fn cached_layer_caches_only_good_data_and_shares_by_digest() {
         download: None,
     };
     let src = layers.open(&layer).await.unwrap();
-    assert!(src.read_at(9000, 10).await.is_err());
+    assert!(src.read_exact_at(9000, 10).await.is_err());
     assert_eq!(
         layers.tiers().memory_used(),
         0,
         "a failed read caches nothing"
     );
-    assert_eq!(&src.read_at(9000, 10).await.unwrap()[..], &blob[9000..9010]);
+    assert_eq!(
+        &src.read_exact_at(9000, 10).await.unwrap()[..],
+        &blob[9000..9010]
+    );
 
     // A second image with the same layer, in another repository, reads from the cache.
     server.clear();
@@ -540,7 +541,7 @@ async fn cached_layer_caches_only_good_data_and_shares_by_digest() {
     };
     let src2 = layers.open(&other).await.unwrap();
     assert_eq!(
-        &src2.read_at(8200, 4000).await.unwrap()[..],
+        &src2.read_exact_at(8200, 4000).await.unwrap()[..],
         &blob[8200..12200]
     );
     assert!(
@@ -625,7 +626,7 @@ async fn p2p_proxy_gets_the_full_blob_url() {
         })
         .await
         .unwrap();
-    assert_eq!(&src.read_at(0, 100).await.unwrap()[..], &blob[..100]);
+    assert_eq!(&src.read_exact_at(0, 100).await.unwrap()[..], &blob[..100]);
 }
 
 /// A loopback port with nothing listening (bound, then released).
@@ -654,7 +655,7 @@ async fn http_proxy_setting_routes_requests() {
         )
         .await
         .unwrap();
-    assert_eq!(&src.read_at(10, 10).await.unwrap()[..], &blob[10..20]);
+    assert_eq!(&src.read_exact_at(10, 10).await.unwrap()[..], &blob[10..20]);
     assert!(proxy
         .requests()
         .iter()
@@ -748,7 +749,7 @@ async fn background_download_rejects_flipped_bytes() {
     assert!(!layer_dir.path().join(".download").exists());
     // Reads stay remote (and return what the server has; the ZFile CRC layer above catches it).
     server.clear();
-    src.read_at(0, 10).await.unwrap();
+    src.read_exact_at(0, 10).await.unwrap();
     assert!(!server.requests().is_empty());
 }
 
@@ -772,7 +773,7 @@ async fn disk_cache_survives_restart_over_http() {
             .open(&layer)
             .await
             .unwrap()
-            .read_at(0, 40_000)
+            .read_exact_at(0, 40_000)
             .await
             .unwrap();
     }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use overlaybd_target::cache::http::push::push_blob;
 use overlaybd_target::cache::http::{CredentialStore, Credentials, RegistryClient};
 use overlaybd_target::cache::settings::{DaemonSettings, HttpConfig};
-use overlaybd_target::cache::{LayerSource, RemoteLayer, RemoteLayers};
+use overlaybd_target::cache::{RemoteLayer, RemoteLayers};
+use overlaybd_target::source::LayerSource;
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
@@ -180,7 +181,7 @@ async fn check_reads(src: &dyn LayerSource, data: &[u8]) {
         (0, data.len()),
     ] {
         let got = src
-            .read_at(off as u64, len)
+            .read_exact_at(off as u64, len)
             .await
             .unwrap_or_else(|e| panic!("read {off}+{len}: {e}"));
         assert_eq!(&got[..], &data[off..off + len], "read {off}+{len}");

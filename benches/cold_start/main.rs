@@ -29,11 +29,11 @@ use overlaybd_target::block::{BlockDevice, Provisioning};
 use overlaybd_target::cache::file::FileSource;
 use overlaybd_target::cache::http::push::push_blob;
 use overlaybd_target::cache::settings::DaemonSettings;
-use overlaybd_target::cache::LayerSource;
 use overlaybd_target::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource};
 use overlaybd_target::overlaybd::raw::import_raw;
 use overlaybd_target::overlaybd::writable::{CreateOptions, WritableLayer};
 use overlaybd_target::overlaybd::{ImageLuns, LayerStack};
+use overlaybd_target::source::LayerSource;
 use overlaybd_target::zfile::{WriterOptions, ZFileReader};
 use sha2::{Digest, Sha256};
 
@@ -339,7 +339,7 @@ async fn run() -> Result<(), Error> {
         let mut pos = 0;
         while pos < reader.size() {
             let n = (reader.size() - pos).min(8 << 20) as usize;
-            out.write_all(&reader.read_at(pos, n).await?)?;
+            out.write_all(&reader.read_exact_at(pos, n).await?)?;
             pos += n as u64;
         }
         out.into_inner()?.sync_all()?;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use divan::counter::BytesCount;
 use divan::Bencher;
-use overlaybd_target::cache::bytes_source::BytesSource;
 use overlaybd_target::cache::key::{BlobId, UnitKey};
 use overlaybd_target::cache::memory::MemoryTier;
-use overlaybd_target::cache::{CacheTiers, CachedSource, LayerSource};
+use overlaybd_target::cache::{CacheTiers, CachedSource};
+use overlaybd_target::source::BytesSource;
+use overlaybd_target::source::LayerSource;
 
 const BLOB: usize = 16 << 20;
 /// Refill unit (overlaybd's default refill size).
@@ -32,7 +33,8 @@ fn cached_source_hit(bencher: Bencher, len: usize) {
     let inner = Arc::new(BytesSource::new(blob, "blob"));
     let source = CachedSource::new(inner, DIGEST, tiers);
     // Fill every unit once, so the timed reads are all hits.
-    rt.block_on(source.read_at(0, BLOB)).expect("warm-up read");
+    rt.block_on(source.read_exact_at(0, BLOB))
+        .expect("warm-up read");
     // Centred on a unit boundary: a 4 KiB read stays inside one unit only if it is smaller
     // than the unit, so place it mid-unit; the 256 KiB read straddles units 3 and 4.
     let offset = if len < 8192 {
@@ -41,7 +43,7 @@ fn cached_source_hit(bencher: Bencher, len: usize) {
         4 * UNIT - len as u64 / 2
     };
     bencher.counter(BytesCount::new(len)).bench_local(|| {
-        rt.block_on(source.read_at(divan::black_box(offset), len))
+        rt.block_on(source.read_exact_at(divan::black_box(offset), len))
             .expect("cached read")
     });
 }

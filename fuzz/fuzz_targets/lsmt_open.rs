@@ -8,11 +8,11 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use overlaybd_target::cache::bytes_source::BytesSource;
-use overlaybd_target::cache::LayerSource;
 use overlaybd_target::overlaybd::writable::replay_records;
 use overlaybd_target::overlaybd::writable_index::WritableIndex;
 use overlaybd_target::overlaybd::{LayerStack, SealedLayer};
+use overlaybd_target::source::BytesSource;
+use overlaybd_target::source::LayerSource;
 
 /// Largest read tried, in sectors, so a huge virtual size cannot make the fuzzer allocate much.
 const MAX_READ_SECTORS: u64 = 256;
@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
     });
     let mut index = WritableIndex::new();
     let replay = replay_records(&mut index, blob, next(&mut state));
-    assert!(replay.applied as usize * 16 <= blob.len(), "replay consumed past the input");
+    assert!(
+        replay.applied as usize * 16 <= blob.len(),
+        "replay consumed past the input"
+    );
     let records = index.records();
     assert!(
         records.windows(2).all(|w| w[0].end() <= w[1].offset),

@@ -6,8 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use overlaybd_target::cache::bytes_source::BytesSource;
-use overlaybd_target::cache::LayerSource;
+use overlaybd_target::source::BytesSource;
+use overlaybd_target::source::LayerSource;
 use overlaybd_target::zfile::{open_payload, ZFileReader};
 
 /// Largest read tried, so a huge claimed size cannot make the fuzzer allocate gigabytes.
@@ -15,11 +15,17 @@ const MAX_READ: u64 = 1 << 20;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().expect("runtime"))
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((seed, blob)) = data.split_first_chunk::<8>() else { return };
+    let Some((seed, blob)) = data.split_first_chunk::<8>() else {
+        return;
+    };
     let mut state = u64::from_le_bytes(*seed) | 1;
     let source: Arc<dyn LayerSource> = Arc::new(BytesSource::new(blob.to_vec(), "fuzz"));
     runtime().block_on(async {
@@ -31,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 state ^= state << 17;
                 let offset = if size == 0 { 0 } else { state % size };
                 let len = (state >> 32).min(MAX_READ).min(size - offset) as usize;
-                if let Ok(bytes) = reader.read_at(offset, len).await {
+                if let Ok(bytes) = reader.read_exact_at(offset, len).await {
                     assert_eq!(bytes.len(), len);
                 }
             }

@@ -20,6 +20,8 @@ pub use unavailable::{Unavailable, UnavailableDevice};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::source::{range_end, SourceError};
+
 /// Why a block-device operation failed; the SCSI layer maps each kind to its sense data.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -70,6 +72,25 @@ impl From<std::io::Error> for BlockError {
             BlockError::Unavailable(Unavailable::Missing)
         } else {
             BlockError::Io(e)
+        }
+    }
+}
+
+impl BlockError {
+    /// The device error for a failed read of layer bytes, `context` naming the layer. Damaged
+    /// bytes (a ZFile CRC, a bad format structure) are [`BlockError::Corrupt`] by type; every
+    /// other kind becomes an [`std::io::Error`] of the kind [`SourceError`] gives it, sorted by
+    /// the `From<io::Error>` above (so a full disk still reads as out of space). All of them
+    /// reach the initiator as MEDIUM ERROR / UNRECOVERED READ ERROR: a layer read past its
+    /// blob is a damaged image, not the initiator's LBA OUT OF RANGE.
+    pub fn from_source(context: &str, e: SourceError) -> BlockError {
+        let message = format!("{context}: {e}");
+        match e {
+            SourceError::Corrupt(_) => BlockError::Corrupt(message),
+            other => {
+                let kind = std::io::Error::from(other).kind();
+                BlockError::from(std::io::Error::new(kind, message))
+            }
         }
     }
 }
@@ -135,10 +156,12 @@ pub trait BlockDevice: Send + Sync + 'static {
 }
 
 /// Checks that `[offset, offset+len)` lies inside a device of `size` bytes (overflow-safe).
+/// The rule is [`range_end`], shared with layer reads; only the error differs (a device
+/// request past the end is the initiator's LBA OUT OF RANGE).
 pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> BlockResult<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(BlockError::OutOfRange { offset, len, size }),
+    match range_end(size, offset, len) {
+        Some(_) => Ok(()),
+        None => Err(BlockError::OutOfRange { offset, len, size }),
     }
 }
 

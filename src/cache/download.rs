@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::cached_source::CachedSource;
+use super::read_path::CachedSource;
 use super::settings::DownloadConfig;
-use super::LayerSource;
+use crate::source::LayerSource;
 use crate::sys::blocking;
 
 /// What to download, where, and how fast.
@@ -131,13 +131,7 @@ async fn attempt(
             })
             .await?
         } else {
-            let block = source.read_at(offset, n as usize).await?;
-            if block.len() as u64 != n {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("short read at {offset}"),
-                ));
-            }
+            let block = source.read_exact_at(offset, n as usize).await?;
             let (f, b) = (Arc::clone(&file), block.clone());
             blocking(move || f.write_all_at(&b, offset)).await?;
             fetched += n;
@@ -251,6 +245,7 @@ pub fn spawn_background_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{SourceResult, Span};
     use bytes::Bytes;
 
     struct Mem(Vec<u8>);
@@ -260,9 +255,9 @@ mod tests {
         fn size(&self) -> u64 {
             self.0.len() as u64
         }
-        async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
             Ok(Bytes::copy_from_slice(
-                &self.0[offset as usize..offset as usize + len],
+                &self.0[span.offset() as usize..span.end() as usize],
             ))
         }
         fn describe(&self) -> String {
@@ -360,10 +355,10 @@ mod tests {
         fn size(&self) -> u64 {
             self.0.len() as u64
         }
-        async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-            self.1.lock().push(offset);
+        async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+            self.1.lock().push(span.offset());
             Ok(Bytes::copy_from_slice(
-                &self.0[offset as usize..offset as usize + len],
+                &self.0[span.offset() as usize..span.end() as usize],
             ))
         }
         fn describe(&self) -> String {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use super::{check_range, LayerSource};
 use crate::block::file::{read_cached, read_rest};
+use crate::source::{LayerSource, SourceError, SourceResult, Span};
 use crate::sys::blocking;
 
 /// Largest read tried inline. Above the block device's 128 KiB: a layer file is read by a
@@ -66,11 +66,8 @@ impl LayerSource for FileSource {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        check_range(self.size, offset, len)?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let (offset, len) = (span.offset(), span.len());
         // Not zeroed first: the reads fill it, and only what they filled is ever exposed.
         let mut buf = BytesMut::with_capacity(len);
         if len <= INLINE_READ_MAX && read_cached(&self.file, &mut buf, len, offset, &self.nowait) {
@@ -81,9 +78,10 @@ impl LayerSource for FileSource {
             // Continues after what the inline attempt got; retries short reads; a file shrunk
             // under us yields UnexpectedEof.
             read_rest(&file, &mut buf, len, offset)?;
-            Ok(buf.freeze())
+            Ok::<_, io::Error>(buf.freeze())
         })
         .await
+        .map_err(SourceError::from)
     }
 
     fn describe(&self) -> String {
@@ -110,12 +108,12 @@ mod tests {
         let src = FileSource::open(tmp.path()).await.unwrap();
         assert_eq!(src.size(), 10_000);
         assert_eq!(
-            &src.read_at(1234, 500).await.unwrap()[..],
+            &src.read_exact_at(1234, 500).await.unwrap()[..],
             &data[1234..1734]
         );
-        assert_eq!(src.read_at(10_000, 0).await.unwrap().len(), 0);
-        let err = src.read_at(9_990, 11).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(src.read_exact_at(10_000, 0).await.unwrap().len(), 0);
+        let err = src.read_exact_at(9_990, 11).await.unwrap_err();
+        assert!(matches!(err, SourceError::OutOfRange { .. }), "{err}");
         assert!(src
             .describe()
             .contains(tmp.path().file_name().unwrap().to_str().unwrap()));
@@ -141,7 +139,7 @@ mod tests {
             (0, 3 << 20),
         ] {
             for src in [&inline, &pool] {
-                let got = src.read_at(offset as u64, len).await.unwrap();
+                let got = src.read_exact_at(offset as u64, len).await.unwrap();
                 assert!(
                     got[..] == data[offset..offset + len],
                     "{len} bytes at {offset}"
@@ -156,10 +154,13 @@ mod tests {
         let src = FileSource::open(tmp.path()).await.unwrap();
         tmp.as_file().set_len(20_000).unwrap();
         for src in [src.clone(), src.without_inline_reads()] {
-            let err = src.read_at(10_000, 30_000).await.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            let err = src.read_exact_at(10_000, 30_000).await.unwrap_err();
+            assert!(
+                matches!(&err, SourceError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+                "{err}"
+            );
             assert_eq!(
-                &src.read_at(0, 20_000).await.unwrap()[..],
+                &src.read_exact_at(0, 20_000).await.unwrap()[..],
                 &[7u8; 20_000][..]
             );
         }

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cached_source::{CacheTiers, CachedSource};
 use super::download::{spawn_background_download, DownloadJob};
 use super::http::RegistryClient;
+use super::read_path::{CacheTiers, CachedSource};
 use super::settings::{DaemonSettings, DownloadConfig};
-use super::LayerSource;
+use crate::source::LayerSource;
 
 /// A remote layer as a layer config (`config.v1.json`) describes it.
 #[derive(Debug, Clone, Copy)]

@@ -14,6 +14,7 @@ use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::{Image, ImageConfig, ImageLuns, LocalOpener, LsmtError};
 use crate::scsi::LunConfig;
+use crate::source::SourceError;
 
 /// Why a backing string could not be parsed or its device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,15 @@ impl BackingError {
                 Unavailable::Unreachable
             }
             LsmtError::Io { .. } => Unavailable::Failed,
+            LsmtError::Source { source, .. } => match source {
+                SourceError::NotFound(_) => Unavailable::Missing,
+                SourceError::Unavailable(_) => Unavailable::Unreachable,
+                SourceError::Io(_) if remote => Unavailable::Unreachable,
+                SourceError::Denied(_) | SourceError::Io(_) => Unavailable::Failed,
+                SourceError::Corrupt(_)
+                | SourceError::OutOfRange { .. }
+                | SourceError::WrongLength { .. } => Unavailable::Corrupt,
+            },
             _ => Unavailable::Corrupt,
         };
         match self {

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::cache::bytes_source::BytesSource;
 use crate::overlaybd::{Image, LayerStack, LsmtError, SealedLayer};
+use crate::source::BytesSource;
 use crate::zfile::open_payload;
 
 /// The layer blob, embedded in the binary.

@@ -18,7 +18,7 @@ use super::index::{encode_padded, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
 use super::layer::{read, SealedLayer, DATA_START_SECTOR};
 use super::stack::{merge_indexes, LayerStack, MergeInput};
 use super::writable::WritableLayer;
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 use crate::zfile::{WriterOptions, ZFileWriter};
 
 /// Data is copied in chunks of this many sectors, one record per chunk before coalescing;

@@ -1,6 +1,7 @@
 //! The error type of the overlaybd layer code.
 
 use crate::block::BlockError;
+use crate::source::SourceError;
 
 /// Why opening, reading or writing an LSMT layer, a layer stack or an image config failed.
 ///
@@ -23,6 +24,16 @@ pub enum LsmtError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// Reading a layer's bytes failed; the [`SourceError`] says how (not found, unavailable,
+    /// corrupt, ...), and keeps saying it up to the SCSI layer.
+    #[error("{file}: {source}")]
+    Source {
+        /// Path or description of the layer's bytes.
+        file: String,
+        /// The typed failure.
+        #[source]
+        source: SourceError,
     },
     /// An image config (`config.v1.json`) is malformed or names something that does not work.
     #[error("{file}: field `{field}`: {reason}")]
@@ -51,6 +62,14 @@ impl LsmtError {
         }
     }
 
+    /// Builds a [`LsmtError::Source`] for `file`.
+    pub fn source(file: impl Into<String>, source: SourceError) -> Self {
+        LsmtError::Source {
+            file: file.into(),
+            source,
+        }
+    }
+
     /// Builds a [`LsmtError::Io`] for `file`.
     pub fn io(file: impl Into<String>, source: std::io::Error) -> Self {
         LsmtError::Io {
@@ -71,6 +90,7 @@ impl From<LsmtError> for BlockError {
                 source.kind(),
                 format!("{file}: {source}"),
             )),
+            LsmtError::Source { file, source } => BlockError::from_source(&file, source),
             LsmtError::Invalid(m) => {
                 BlockError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, m))
             }

@@ -12,11 +12,12 @@ use super::config::{ImageConfig, LayerLocation};
 use super::error::{LsmtError, LsmtResult};
 use super::index::{Record, SECTOR};
 use super::layer::SealedLayer;
-use super::stack::{read_extents, sector_range, LayerStack};
+use super::stack::{read_virtual, LayerStack, ZEROS};
 use super::writable::WritableLayer;
-use crate::block::{BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 use crate::cache::file::FileSource;
-use crate::cache::{LayerSource, RemoteLayer, RemoteLayers};
+use crate::cache::{RemoteLayer, RemoteLayers};
+use crate::source::LayerSource;
 use crate::zfile::{open_payload, BlobFormat, ZFileError};
 
 /// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
@@ -46,10 +47,7 @@ impl LocalOpener {
         let file = FileSource::open(path)
             .await
             .map_err(|e| LsmtError::io(&name, e))?;
-        let zfile_err = |e: ZFileError| match e {
-            ZFileError::Io(io) => LsmtError::io(&name, io),
-            other => LsmtError::corrupt(&name, other.to_string()),
-        };
+        let zfile_err = |e| zfile_error(&name, e);
         let payload = open_payload(Arc::new(file)).await.map_err(zfile_err)?;
         payload.decompressed().await.map_err(zfile_err)
     }
@@ -129,7 +127,7 @@ async fn decompressed(blob: Arc<dyn LayerSource>, name: &str) -> LsmtResult<Arc<
         payload.decompressed().await
     }
     let result = match attempt(Arc::clone(&blob), false).await {
-        Err(ZFileError::Io(e)) => Err(ZFileError::Io(e)),
+        Err(ZFileError::Source(e)) => Err(ZFileError::Source(e)),
         Err(first) => {
             tracing::warn!(blob = name, error = %first, "layer blob failed its checks; refetching once");
             blob.invalidate(0, blob.size()).await;
@@ -137,10 +135,16 @@ async fn decompressed(blob: Arc<dyn LayerSource>, name: &str) -> LsmtResult<Arc<
         }
         ok => ok,
     };
-    result.map_err(|e| match e {
-        ZFileError::Io(io) => LsmtError::io(name, io),
+    result.map_err(|e| zfile_error(name, e))
+}
+
+/// A failed unwrap or ZFile open of layer `name`: the source's own failure keeps its kind,
+/// a finding of the format makes the layer corrupt.
+fn zfile_error(name: &str, e: ZFileError) -> LsmtError {
+    match e {
+        ZFileError::Source(e) => LsmtError::source(name, e),
         other => LsmtError::corrupt(name, other.to_string()),
-    })
+    }
 }
 
 /// A stack of read-only layers with an optional writable layer on top.
@@ -285,20 +289,13 @@ impl Image {
     /// Reads `len` bytes of the virtual disk at `offset` (both multiples of 512); no range check
     /// against the device size (sectors past every layer read as zeros).
     pub async fn read_at(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
-        let (start, sectors) = sector_range(offset, len)?;
-        let extents = self.extents(start, sectors);
-        read_extents(start, sectors, &extents, |tag| self.source(tag)).await
-    }
-
-    fn check_range(&self, offset: u64, len: u64) -> BlockResult<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(BlockError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }),
-        }
+        read_virtual(
+            offset,
+            len,
+            |s, n| self.extents(s, n),
+            |tag| self.source(tag),
+        )
+        .await
     }
 
     fn writable(&self) -> BlockResult<&WritableLayer> {
@@ -321,13 +318,13 @@ impl BlockDevice for Image {
     }
 
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
-        self.check_range(offset, len as u64)?;
+        check_range(offset, len as u64, self.size)?;
         Ok(self.read_at(offset, len).await?)
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
         let upper = self.writable()?;
-        self.check_range(offset, data.len() as u64)?;
+        check_range(offset, data.len() as u64, self.size)?;
         upper.write(offset, data).await?;
         if fua {
             upper.flush().await?;
@@ -344,7 +341,7 @@ impl BlockDevice for Image {
 
     async fn unmap(&self, offset: u64, len: u64) -> BlockResult<()> {
         let upper = self.writable()?;
-        self.check_range(offset, len)?;
+        check_range(offset, len, self.size)?;
         if !upper.is_sparse() || offset % SECTOR != 0 || len % SECTOR != 0 {
             // Misaligned ranges get the layer's own error.
             return Ok(upper.discard(offset, len).await?);
@@ -391,9 +388,6 @@ impl BlockDevice for Image {
         })
     }
 }
-
-/// Zeros for [`write_zeros`]; zero-initialised, so it costs no space in the binary.
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// Writes `len` zero bytes at `offset` of `upper`, at most 1 MiB per write.
 async fn write_zeros(upper: &WritableLayer, offset: u64, len: u64) -> LsmtResult<()> {

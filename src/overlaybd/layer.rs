@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::error::{LsmtError, LsmtResult};
 use super::header::{Header, HEADER_SIZE};
 use super::index::{check_sorted_disjoint, decode_records, Record, RECORD_SIZE, SECTOR};
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 
 /// The reference's limit on stored records (padding included) in one read-only layer.
 pub const MAX_SEALED_RECORDS: u64 = 1_000_000;
@@ -215,20 +215,11 @@ impl SealedLayer {
     }
 }
 
-/// Reads exactly `len` bytes at `offset`, naming the source in errors.
+/// Reads exactly `len` bytes at `offset` of a layer's bytes, naming the source in errors: the
+/// one read helper of the LSMT code (layer open, stack and image reads).
 pub(crate) async fn read(source: &dyn LayerSource, offset: u64, len: usize) -> LsmtResult<Bytes> {
-    let b = source
-        .read_at(offset, len)
+    source
+        .read_exact_at(offset, len)
         .await
-        .map_err(|e| LsmtError::io(source.describe(), e))?;
-    if b.len() != len {
-        return Err(LsmtError::io(
-            source.describe(),
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("short read at {offset}: {} of {len} bytes", b.len()),
-            ),
-        ));
-    }
-    Ok(b)
+        .map_err(|e| LsmtError::source(source.describe(), e))
 }

@@ -6,7 +6,7 @@
 //! map is [`writable_index`]; [`commit`] writes sealed blobs; [`config`] parses image configs;
 //! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`lun`] opens a config as a
 //! LUN with the daemon's remote-layer caches; [`raw`] converts to and from
-//! raw disk images. Layer bytes are always read through [`crate::cache::LayerSource`].
+//! raw disk images. Layer bytes are always read through [`crate::source::LayerSource`].
 
 #![warn(missing_docs)]
 

@@ -9,15 +9,16 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::error::{LsmtError, LsmtResult};
 use super::index::{clip, first_ending_after, lookup, Record, SECTOR};
 use super::layer::{read, SealedLayer};
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 
 /// Most read-only layers one stack accepts.
 pub const MAX_LAYERS: usize = 255;
 /// Layer reads one request may have in flight at once.
 const MAX_CONCURRENT_READS: usize = 32;
 /// Zeros shared by reads that find no data (holes are common: a filesystem image maps only
-/// its used blocks). In `.bss`, so it costs no file size and only the pages a read touches.
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+/// its used blocks) and by image discards that write zeros. In `.bss`, so it costs no file
+/// size and only the pages a read touches.
+pub(crate) static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 /// The reference's limit on records in a merged index.
 pub const MAX_MERGED_RECORDS: usize = 128_000_000;
 
@@ -165,9 +166,13 @@ impl LayerStack {
 
     /// Reads `len` bytes of the virtual disk at byte `offset` (both multiples of 512).
     pub async fn read(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
-        let (start, sectors) = sector_range(offset, len)?;
-        let records = self.lookup(start, sectors);
-        read_extents(start, sectors, &records, |tag| self.source(tag)).await
+        read_virtual(
+            offset,
+            len,
+            |s, n| self.lookup(s, n),
+            |tag| self.source(tag),
+        )
+        .await
     }
 }
 
@@ -182,9 +187,24 @@ pub(crate) fn sector_range(offset: u64, len: usize) -> LsmtResult<(u64, u64)> {
     Ok((offset / SECTOR, len / SECTOR))
 }
 
+/// Reads `len` bytes of a virtual disk at byte `offset` (both multiples of 512): `lookup`
+/// gives the clipped, sorted extents of a sector range and `resolve` the source of an
+/// extent's tag. The one read helper of stacks, images and writable layers; each differs
+/// only in its extent map and its sources.
+pub(crate) async fn read_virtual(
+    offset: u64,
+    len: usize,
+    lookup: impl FnOnce(u64, u64) -> Vec<Record>,
+    resolve: impl Fn(u8) -> Option<Arc<dyn LayerSource>>,
+) -> LsmtResult<Bytes> {
+    let (start, sectors) = sector_range(offset, len)?;
+    let extents = lookup(start, sectors);
+    read_extents(start, sectors, &extents, resolve).await
+}
+
 /// Assembles `[start, start + sectors)` from clipped, sorted records: data records read from the
 /// source their tag resolves to (all concurrently), zeroed records and holes yield zeros.
-pub(crate) async fn read_extents(
+async fn read_extents(
     start: u64,
     sectors: u64,
     records: &[Record],
@@ -474,9 +494,7 @@ mod tests {
     /// A source of `len` bytes where byte `i` is `i % 251`, so misplaced bytes show.
     fn pattern_source(len: usize) -> Arc<dyn LayerSource> {
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        Arc::new(crate::cache::bytes_source::BytesSource::new(
-            bytes, "pattern",
-        ))
+        Arc::new(crate::source::BytesSource::new(bytes, "pattern"))
     }
 
     /// What `read_extents` must return: data sectors copied from the pattern at their moffset,

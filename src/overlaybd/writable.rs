@@ -65,9 +65,9 @@ use super::header::{flags, Header, LayerUuid, HEADER_SIZE, USER_TAG_LEN};
 use super::index::{decode_records, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
 use super::layer::DATA_START_SECTOR;
 use super::sparse;
-use super::stack::{read_extents, sector_range};
+use super::stack::{read_virtual, sector_range};
 use super::writable_index::WritableIndex;
-use crate::cache::LayerSource;
+use crate::source::{LayerSource, SourceResult, Span};
 use crate::sys::{blocking, run_blocking};
 
 /// The reference's limit on records in a writable index file.
@@ -122,14 +122,14 @@ impl LayerSource for DataFile {
         self.len.load(Ordering::Acquire)
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        let file = Arc::clone(&self.file);
-        blocking(move || {
-            let mut buf = vec![0u8; len];
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let (file, offset) = (Arc::clone(&self.file), span.offset());
+        let mut buf = vec![0u8; span.len()];
+        Ok(blocking(move || {
             file.read_exact_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
         })
-        .await
+        .await?)
     }
 
     fn describe(&self) -> String {
@@ -413,10 +413,9 @@ impl WritableLayer {
 
     /// Reads this layer alone (holes and zeroed ranges read as zeros).
     pub async fn read(&self, offset: u64, len: usize) -> LsmtResult<Bytes> {
-        let (start, sectors) = sector_range(offset, len)?;
-        let records = self.lookup(start, sectors);
         let source = self.data_source();
-        read_extents(start, sectors, &records, |_| Some(Arc::clone(&source))).await
+        let resolve = |_| Some(Arc::clone(&source));
+        read_virtual(offset, len, |s, n| self.lookup(s, n), resolve).await
     }
 
     /// Writes `data` at byte `offset` (both multiples of 512), in pieces of at most 4 MiB.

@@ -15,11 +15,11 @@ use clap::Args;
 use super::{is_config, ToolError};
 use crate::block::BlockDevice;
 use crate::cache::file::FileSource;
-use crate::cache::LayerSource;
 use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::header::{is_lsmt_header, Header, LayerUuid, HEADER_SIZE};
 use crate::overlaybd::layer::read;
 use crate::overlaybd::{Image, ImageConfig, LocalOpener, SealedLayer};
+use crate::source::LayerSource;
 use crate::zfile::{open_payload, Algorithm, BlobFormat, ZFileReader};
 
 /// Arguments of `inspect`.

@@ -14,7 +14,7 @@ use clap::Args;
 
 use super::{remove_existing, removing_partial_output, CodecArgs, ToolError};
 use crate::cache::file::FileSource;
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 use crate::zfile::{compress, open_payload, BlobFormat, ZFileError, ZFileReader};
 
 /// Bytes decompressed per step.
@@ -90,9 +90,9 @@ async fn decompress(source: &Path, target: &Path) -> Result<(), ToolError> {
         // CHUNK fits in usize.
         let len = (size - pos).min(CHUNK) as usize;
         let bytes = reader
-            .read_at(pos, len)
+            .read_exact_at(pos, len)
             .await
-            .map_err(|e| ToolError::io(source, e))?;
+            .map_err(|e| ToolError::io(source, e.into()))?;
         out.write_all(&bytes)
             .map_err(|e| ToolError::io(target, e))?;
         pos += len as u64;

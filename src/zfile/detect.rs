@@ -8,7 +8,7 @@ use super::header::{parse_header, STRUCT_SIZE};
 use super::reader::ZFileReader;
 use super::tar::{locate_payload, PREFIX_LEN};
 use super::view::RangeView;
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 
 /// LSMT `magic0` ‖ `magic1` (lsmt.md §3); checked here only to name the format.
 const LSMT_MAGIC: [u8; 24] = [
@@ -69,7 +69,7 @@ impl Payload {
 /// Unwraps a tar wrapper if present and detects the payload's format.
 pub async fn open_payload(blob: Arc<dyn LayerSource>) -> Result<Payload, ZFileError> {
     let prefix_len = blob.size().min(PREFIX_LEN as u64) as usize;
-    let prefix = blob.read_at(0, prefix_len).await?;
+    let prefix = blob.read_exact_at(0, prefix_len).await?;
     let (source, tar_offset): (Arc<dyn LayerSource>, _) =
         match locate_payload(&prefix, blob.size())? {
             Some(p) => (
@@ -79,7 +79,7 @@ pub async fn open_payload(blob: Arc<dyn LayerSource>) -> Result<Payload, ZFileEr
             None => (blob, None),
         };
     let head_len = source.size().min(STRUCT_SIZE as u64) as usize;
-    let head = source.read_at(0, head_len).await?;
+    let head = source.read_exact_at(0, head_len).await?;
     let format = detect_format(&head)?;
     Ok(Payload {
         source,

@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::source::SourceError;
+
 /// Why one stored block could not be turned back into its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockFault {
@@ -93,18 +95,33 @@ pub enum ZFileError {
     /// A tar wrapper could not be understood (image-config.md §7).
     #[error("bad tar wrapper: {0}")]
     Tar(String),
-    /// The underlying source failed.
+    /// The underlying source failed (its error already says how: not found, unavailable, ...).
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Source(#[from] SourceError),
+}
+
+impl From<io::Error> for ZFileError {
+    /// A local I/O error (the writer's output, a blocking task that died).
+    fn from(e: io::Error) -> Self {
+        ZFileError::Source(e.into())
+    }
+}
+
+impl From<ZFileError> for SourceError {
+    /// Source errors pass through with their kind; every finding of the format (a block's
+    /// CRC, a digest, the jump table, an unsupported field) makes the bytes
+    /// [`SourceError::Corrupt`], with the [`ZFileError`] kept inside for a downcast.
+    fn from(err: ZFileError) -> Self {
+        match err {
+            ZFileError::Source(e) => e,
+            other => SourceError::corrupt(other),
+        }
+    }
 }
 
 impl From<ZFileError> for io::Error {
-    /// Source errors keep their kind (an EOF stays an EOF); format problems become
-    /// `InvalidData` so callers can tell bad bytes from a failing medium.
+    /// For the tools, which speak `io::Error`: the [`SourceError`] kind's mapping.
     fn from(err: ZFileError) -> Self {
-        match err {
-            ZFileError::Io(e) => e,
-            other => io::Error::new(io::ErrorKind::InvalidData, other),
-        }
+        io::Error::from(SourceError::from(err))
     }
 }

@@ -4,7 +4,7 @@
 //! ZSTD, optionally followed by a CRC32C), with a jump table of stored lengths so any range can
 //! be read by fetching and decoding only the blocks covering it.
 //!
-//! - [`ZFileReader`] opens a ZFile held by any [`crate::cache::LayerSource`] and is itself a
+//! - [`ZFileReader`] opens a ZFile held by any [`crate::source::LayerSource`] and is itself a
 //!   `LayerSource` of the uncompressed bytes, so LSMT reads through it like through a file.
 //! - [`ZFileWriter`] / [`compress`] produce files the original overlaybd reads.
 //! - [`open_payload`] removes a tar wrapper and says whether the payload is a ZFile or LSMT.

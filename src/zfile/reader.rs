@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
 
 use super::codec::decode_block;
 use super::error::ZFileError;
 use super::header::{flag, parse_header, parse_trailer, ZFileInfo, STRUCT_SIZE};
 use super::jump_table::{JumpTable, JumpTableBuilder, ENTRY_LEN};
-use crate::cache::{check_range, LayerSource};
+use crate::source::{LayerSource, SourceResult, Span};
 
 /// The jump table is fetched in pieces of this size, so a huge table never needs one huge read.
 const TABLE_PIECE: u64 = 1 << 20;
@@ -58,7 +59,7 @@ impl ZFileReader {
                 size,
             });
         }
-        let header = parse_header(&source.read_at(0, STRUCT_SIZE).await?)?;
+        let header = parse_header(&source.read_exact_at(0, STRUCT_SIZE).await?)?;
         let overwrite = header.has(flag::HEADER_OVERWRITE);
         let used = if overwrite {
             header
@@ -73,7 +74,8 @@ impl ZFileReader {
                     size,
                 });
             }
-            let trailer = parse_trailer(&source.read_at(size - struct_len, STRUCT_SIZE).await?)?;
+            let trailer =
+                parse_trailer(&source.read_exact_at(size - struct_len, STRUCT_SIZE).await?)?;
             // Current writers set the digest flag in both structures, legacy ones in neither;
             // a mismatch means a flipped flag, which would silently disable digest checks.
             if header.has(flag::DIGEST) != trailer.has(flag::DIGEST) {
@@ -117,12 +119,9 @@ impl ZFileReader {
     /// does not decode) may have been damaged on the way or in a cache rather than in the blob,
     /// so the covering stored range is invalidated in the source and read once more; a second
     /// failure is returned (the SCSI layer reports it as a MEDIUM ERROR), never retried again.
-    async fn read_range(&self, offset: u64, len: usize) -> Result<Bytes, ZFileError> {
+    async fn read_range(&self, span: Span) -> Result<Bytes, ZFileError> {
         let info = &self.layout.info;
-        let end = check_range(info.original_file_size, offset, len)?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
+        let (offset, len, end) = (span.offset(), span.len(), span.end());
         let bs = u64::from(info.block_size);
         let (first, last) = (offset / bs, (end - 1) / bs);
         let (start, stop) = self.layout.span(first, last)?;
@@ -170,11 +169,13 @@ impl ZFileReader {
     }
 
     /// Splits a large read at block boundaries into `pieces` runs of blocks of about equal
-    /// size. Each piece reads its own stored bytes from the source and decodes them straight
-    /// into its own part of `out`: the calling task does the first piece while blocking
-    /// threads do the others, so file reads overlap decoding and both use every core. The
-    /// parts are rejoined without copying. The error of the first failing piece (in file
-    /// order) is the read's error.
+    /// size. Each piece's stored bytes are fetched asynchronously, all pieces at once, on the
+    /// calling task; as soon as a piece's bytes are in, they are decoded straight into its own
+    /// part of `out`, on a blocking thread for the later pieces and on the calling task for
+    /// the first. Blocking threads only ever decode: none waits on the network or a disk
+    /// (a remote fetch parked there would hold a thread of tokio's bounded pool for a round
+    /// trip). The parts are rejoined without copying. The error of the first failing piece
+    /// (in file order) is the read's error.
     async fn read_parallel(
         &self,
         offset: u64,
@@ -195,67 +196,44 @@ impl ZFileReader {
             block = next_block;
         }
         let mut parts = parts.into_iter();
-        let Some((mut joined, head_span, head_raw)) = parts.next() else {
+        let Some((joined, (s, e), head_raw)) = parts.next() else {
             return Ok(Bytes::new());
         };
-        // Hand out the later pieces first, so they run while this task does the first.
-        let runtime = tokio::runtime::Handle::current();
-        let tasks: Vec<_> = parts
-            .map(|(mut part, (s, e), at)| {
-                let (source, layout) = (Arc::clone(&self.source), Arc::clone(&self.layout));
-                let runtime = runtime.clone();
-                tokio::task::spawn_blocking(move || {
-                    // A blocking thread may drive a future to completion; a cached file
-                    // read completes inline, without another hand-off.
-                    let stored = runtime.block_on(fetch(source.as_ref(), s, e))?;
-                    layout.decode_into(&stored, s, at, &mut part)?;
-                    Ok::<_, ZFileError>(part)
-                })
+        let tail = parts.map(|(mut part, (s, e), at)| async move {
+            let stored = fetch(self.source.as_ref(), s, e).await?;
+            let layout = Arc::clone(&self.layout);
+            tokio::task::spawn_blocking(move || {
+                layout.decode_into(&stored, s, at, &mut part)?;
+                Ok::<_, ZFileError>(part)
             })
-            .collect();
-        let (s, e) = head_span;
-        let mut failure = match fetch(self.source.as_ref(), s, e).await {
-            Ok(stored) => self
-                .layout
-                .decode_into(&stored, s, head_raw, &mut joined)
-                .err(),
-            Err(err) => Some(err),
+            .await
+            .map_err(|e| ZFileError::Source(io::Error::other(e).into()))?
+        });
+        let head = async move {
+            let mut joined = joined;
+            let stored = fetch(self.source.as_ref(), s, e).await?;
+            self.layout.decode_into(&stored, s, head_raw, &mut joined)?;
+            Ok::<_, ZFileError>(joined)
         };
-        for task in tasks {
-            // Await every piece even after a failure, so a retry of this read never competes
-            // with its own leftover work for the cores.
-            match task.await.map_err(io::Error::other) {
-                Ok(Ok(part)) if failure.is_none() => joined.unsplit(part),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
-                }
-                Err(e) => {
-                    failure.get_or_insert(e.into());
-                }
-            }
+        // The later pieces are polled first, so their fetches start (and their decodes are
+        // handed out) before this task decodes the first piece. Every piece is awaited even
+        // after a failure, so a retry of this read never competes with its own leftovers.
+        let (tail, head) = futures_util::future::join(join_all(tail), head).await;
+        let mut joined = head?;
+        for part in tail {
+            joined.unsplit(part?);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(joined.freeze()),
-        }
+        Ok(joined.freeze())
     }
 }
 
-/// Reads the stored bytes `[start, stop)` from `source`, refusing a reply of the wrong length.
+/// Reads the stored bytes `[start, stop)` from `source`.
 async fn fetch(source: &dyn LayerSource, start: u64, stop: u64) -> Result<Bytes, ZFileError> {
     let len = stop
         .checked_sub(start)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| ZFileError::Corrupt("stored range exceeds memory".into()))?;
-    let stored = source.read_at(start, len).await?;
-    if stored.len() != len {
-        return Err(ZFileError::Corrupt(format!(
-            "source returned {} bytes for a {len}-byte read",
-            stored.len()
-        )));
-    }
-    Ok(stored)
+    Ok(source.read_exact_at(start, len).await?)
 }
 
 /// How many pieces a read of `len` bytes over `blocks` blocks is decoded in: one per worker,
@@ -277,7 +255,7 @@ async fn load_table(source: &dyn LayerSource, info: &ZFileInfo) -> Result<JumpTa
         let piece = (table_len - pos).min(TABLE_PIECE);
         builder.push(
             &source
-                .read_at(info.index_offset + pos, piece as usize)
+                .read_exact_at(info.index_offset + pos, piece as usize)
                 .await?,
         )?;
         pos += piece;
@@ -350,8 +328,8 @@ impl LayerSource for ZFileReader {
         self.layout.info.original_file_size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        self.read_range(offset, len).await.map_err(io::Error::from)
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        Ok(self.read_range(span).await?)
     }
 
     fn describe(&self) -> String {

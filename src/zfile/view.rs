@@ -1,13 +1,12 @@
 //! A window of another [`LayerSource`]: the payload of a tar-wrapped blob, read as if it were
 //! the whole blob (so ZFile and LSMT trailers are found at the payload's end).
 
-use std::io;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::cache::{check_range, LayerSource};
+use crate::source::{range_end, LayerSource, SourceError, SourceResult, Span};
 
 /// Bytes `[offset, offset + size)` of `inner`, addressed from 0.
 pub struct RangeView {
@@ -18,10 +17,14 @@ pub struct RangeView {
 
 impl RangeView {
     /// A view of `size` bytes at `offset`; fails if the window does not fit inside `inner`.
-    pub fn new(inner: Arc<dyn LayerSource>, offset: u64, size: u64) -> io::Result<RangeView> {
-        let len = usize::try_from(size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "view too large"))?;
-        check_range(inner.size(), offset, len)?;
+    pub fn new(inner: Arc<dyn LayerSource>, offset: u64, size: u64) -> SourceResult<RangeView> {
+        if range_end(inner.size(), offset, size).is_none() {
+            return Err(SourceError::OutOfRange {
+                offset,
+                len: size,
+                size: inner.size(),
+            });
+        }
         Ok(RangeView {
             inner,
             offset,
@@ -36,10 +39,11 @@ impl LayerSource for RangeView {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        check_range(self.size, offset, len)?;
-        // offset + len <= size and offset_of_view + size <= inner size: no overflow.
-        self.inner.read_at(self.offset + offset, len).await
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        // span.end() <= size and offset_of_view + size <= inner size: no overflow.
+        self.inner
+            .read_exact_at(self.offset + span.offset(), span.len())
+            .await
     }
 
     fn describe(&self) -> String {
@@ -60,7 +64,7 @@ impl LayerSource for RangeView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::bytes_source::BytesSource;
+    use crate::source::BytesSource;
 
     #[tokio::test]
     async fn window_is_shifted_and_bounded() {
@@ -68,12 +72,12 @@ mod tests {
             Arc::new(BytesSource::new((0u8..100).collect::<Vec<_>>(), "blob"));
         let view = RangeView::new(Arc::clone(&inner), 10, 50).unwrap();
         assert_eq!(view.size(), 50);
-        assert_eq!(&view.read_at(0, 3).await.unwrap()[..], &[10, 11, 12]);
-        assert_eq!(&view.read_at(47, 3).await.unwrap()[..], &[57, 58, 59]);
-        assert_eq!(
-            view.read_at(48, 3).await.unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
+        assert_eq!(&view.read_exact_at(0, 3).await.unwrap()[..], &[10, 11, 12]);
+        assert_eq!(&view.read_exact_at(47, 3).await.unwrap()[..], &[57, 58, 59]);
+        assert!(matches!(
+            view.read_exact_at(48, 3).await,
+            Err(SourceError::OutOfRange { .. })
+        ));
         assert_eq!(view.describe(), "blob@10");
         assert!(RangeView::new(Arc::clone(&inner), 60, 41).is_err());
         assert!(RangeView::new(inner, u64::MAX, 2).is_err());

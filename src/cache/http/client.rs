@@ -23,7 +23,7 @@ use super::auth::{
 use super::credentials::CredentialStore;
 use super::range::{plan_body, probe_total, range_header, RangeError};
 use crate::cache::settings::{DaemonSettings, HttpConfig};
-use crate::cache::LayerSource;
+use crate::source::{LayerSource, SourceError, SourceResult, Span};
 
 /// How many redirects one data request may follow before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -107,6 +107,21 @@ impl Failure {
             RangeError::RangeIgnored(_) | RangeError::InvalidRequest { .. }
         );
         Self::new(io::ErrorKind::InvalidData, e.to_string(), retry)
+    }
+}
+
+/// The typed form of a ranged read that failed for good. The kinds are the ones [`Failure`]
+/// gives (its constructors above are the only source of them), so this is the one place where
+/// a registry answer becomes a [`SourceError`]: 404 is not found, 401/403 denied, a request
+/// that could not be built (P2P URL, size) a local error, and everything else (transport
+/// errors, timeouts, 5xx and 429, truncated or malformed answers) unavailable: it may work on
+/// a later try.
+fn source_error(e: io::Error) -> SourceError {
+    match e.kind() {
+        io::ErrorKind::NotFound => SourceError::NotFound(e.to_string()),
+        io::ErrorKind::PermissionDenied => SourceError::Denied(e.to_string()),
+        io::ErrorKind::InvalidInput => SourceError::from(e),
+        _ => SourceError::Unavailable(e.to_string()),
     }
 }
 
@@ -645,13 +660,11 @@ impl LayerSource for HttpBlobSource {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = crate::cache::check_range(self.size, offset, len)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.describe())))?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let (data, _) = self.fetch(offset, end - offset, Some(self.size)).await?;
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let (data, _) = self
+            .fetch(span.offset(), span.len() as u64, Some(self.size))
+            .await
+            .map_err(source_error)?;
         Ok(data)
     }
 

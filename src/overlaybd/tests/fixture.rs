@@ -144,7 +144,7 @@ async fn ext4_64_recommit_is_byte_identical() {
     assert_eq!(summary.index_size, 8_448);
     let original = layer
         .source()
-        .read_at(0, layer.layout().size as usize)
+        .read_exact_at(0, layer.layout().size as usize)
         .await
         .unwrap();
     assert_eq!(out.len(), original.len());

@@ -10,6 +10,7 @@ mod examples;
 mod fixture;
 mod model;
 mod power_loss;
+mod read_errors;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,9 +27,9 @@ use super::stack::LayerStack;
 use super::writable::{CreateOptions, WritableLayer};
 use super::LsmtError;
 use crate::block::{BlockDevice, BlockError, Provisioning};
-use crate::cache::bytes_source::BytesSource;
 use crate::cache::file::FileSource;
-use crate::cache::LayerSource;
+use crate::source::BytesSource;
+use crate::source::LayerSource;
 
 const S: u64 = 512;
 

@@ -1,7 +1,7 @@
 //! Damaged files: every corruption is a clear error, never a panic and never wrong data.
 
 use super::{make_zfile, mem, sample_data};
-use crate::cache::LayerSource;
+use crate::source::{LayerSource, SourceError};
 use crate::zfile::header::{flag, parse_header, parse_trailer, Header};
 use crate::zfile::{Algorithm, BlockFault, WriterOptions, ZFileError, ZFileReader};
 
@@ -32,20 +32,21 @@ fn to_legacy(file: &mut [u8]) {
     edit_trailer(file, |t| t.flags = flag::DATA | flag::SEALED);
 }
 
-/// The [`ZFileError`] inside an error returned through `LayerSource`.
-pub(super) fn zfile_error(err: &std::io::Error) -> &ZFileError {
-    err.get_ref()
+/// The [`ZFileError`] inside an error returned through `LayerSource`: a corrupt finding, by
+/// type.
+pub(super) fn zfile_error(err: &SourceError) -> &ZFileError {
+    err.finding()
         .and_then(|e| e.downcast_ref::<ZFileError>())
-        .unwrap_or_else(|| panic!("not a ZFile error: {err}"))
+        .unwrap_or_else(|| panic!("not a corrupt ZFile finding: {err}"))
 }
 
 /// Opens and reads everything; Ok only with exactly the original bytes.
 async fn open_and_read(file: Vec<u8>, data: &[u8]) -> Result<(), ZFileError> {
     let reader = ZFileReader::open(mem(file)).await?;
     let got = reader
-        .read_at(0, data.len())
+        .read_exact_at(0, data.len())
         .await
-        .map_err(ZFileError::Io)?;
+        .map_err(ZFileError::Source)?;
     assert_eq!(reader.size(), data.len() as u64, "size changed silently");
     assert!(got[..] == data[..], "wrong data returned");
     Ok(())
@@ -64,7 +65,10 @@ async fn flipped_bit_in_a_block_names_the_block() {
             let mut file = clean.clone();
             file[((s + e) / 2) as usize] ^= 0x08;
             let reader = ZFileReader::open(mem(file)).await.unwrap();
-            let err = reader.read_at(k as u64 * 4096 + 10, 100).await.unwrap_err();
+            let err = reader
+                .read_exact_at(k as u64 * 4096 + 10, 100)
+                .await
+                .unwrap_err();
             match zfile_error(&err) {
                 ZFileError::Block {
                     index,
@@ -76,7 +80,7 @@ async fn flipped_bit_in_a_block_names_the_block() {
             // Other blocks stay readable.
             let other = (k as u64 + 1) % 3;
             let start = other as usize * 4096;
-            let got = reader.read_at(start as u64, 500).await.unwrap();
+            let got = reader.read_exact_at(start as u64, 500).await.unwrap();
             assert_eq!(&got[..], &data[start..start + 500]);
         }
     }
@@ -253,9 +257,12 @@ async fn legacy_jump_table_damage_is_caught_by_block_crc() {
     file[index_offset + 4..][..4].copy_from_slice(&(l1 - 1).to_le_bytes());
     file[index_offset + 8..][..4].copy_from_slice(&(l2 + 1).to_le_bytes());
     let reader = ZFileReader::open(mem(file.clone())).await.unwrap();
-    assert_eq!(&reader.read_at(0, 4096).await.unwrap()[..], &data[..4096]);
+    assert_eq!(
+        &reader.read_exact_at(0, 4096).await.unwrap()[..],
+        &data[..4096]
+    );
     for block in [1u64, 2] {
-        let err = reader.read_at(block * 4096, 1).await.unwrap_err();
+        let err = reader.read_exact_at(block * 4096, 1).await.unwrap_err();
         assert!(
             matches!(zfile_error(&err), ZFileError::Block { index, .. } if *index == block),
             "{err}"
@@ -279,11 +286,12 @@ async fn reads_outside_the_stream_are_eof() {
         .await
         .unwrap();
     for (offset, len) in [(LEN as u64, 1), (LEN as u64 - 1, 2), (u64::MAX, 1)] {
-        let err = reader.read_at(offset, len).await.unwrap_err();
-        assert!(matches!(
-            err.kind(),
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidInput
-        ));
+        let err = reader.read_exact_at(offset, len).await.unwrap_err();
+        assert!(matches!(err, SourceError::OutOfRange { .. }), "{err}");
     }
-    assert!(reader.read_at(LEN as u64, 0).await.unwrap().is_empty());
+    assert!(reader
+        .read_exact_at(LEN as u64, 0)
+        .await
+        .unwrap()
+        .is_empty());
 }

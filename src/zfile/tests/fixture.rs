@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cache::file::FileSource;
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 use crate::test_fixtures::{fixture, require};
 use crate::zfile::header::{flag, parse_header, parse_trailer, STRUCT_SIZE};
 use crate::zfile::tar::build;
@@ -45,7 +45,7 @@ async fn fixture_info_matches_readme() {
 async fn fixture_legacy_header_garbage_is_ignored() {
     let Some(_) = require("ext4_64") else { return };
     let (src, _) = open_fixture().await;
-    let head = src.read_at(0, STRUCT_SIZE).await.unwrap();
+    let head = src.read_exact_at(0, STRUCT_SIZE).await.unwrap();
     let header = parse_header(&head).unwrap();
     assert_eq!(header.flags & flag::MEANINGFUL, flag::HEADER | flag::DATA);
     assert!(!header.has(flag::HEADER_OVERWRITE));
@@ -54,7 +54,10 @@ async fn fixture_legacy_header_garbage_is_ignored() {
     assert_eq!(header.index_size, 1);
     assert_eq!(header.original_file_size, 0);
 
-    let tail = src.read_at(FILE_SIZE - 512, STRUCT_SIZE).await.unwrap();
+    let tail = src
+        .read_exact_at(FILE_SIZE - 512, STRUCT_SIZE)
+        .await
+        .unwrap();
     let trailer = parse_trailer(&tail).unwrap();
     assert_eq!(
         trailer.flags, 0x7FFE_A464_0B46,
@@ -89,7 +92,7 @@ async fn fixture_jump_table_values() {
     assert_eq!(max_delta, Some(21_349));
     // §10.1: the table's CRC a current writer would record.
     let table = src
-        .read_at(INDEX_OFFSET, (BLOCKS * 4) as usize)
+        .read_exact_at(INDEX_OFFSET, (BLOCKS * 4) as usize)
         .await
         .unwrap();
     assert_eq!(crate::zfile::checksum::crc32c_raw(&table), 0x71AC_C654);
@@ -99,13 +102,13 @@ async fn fixture_jump_table_values() {
 async fn fixture_block_checksums() {
     let Some(_) = require("ext4_64") else { return };
     let (src, _) = open_fixture().await;
-    let block0 = src.read_at(512, 129).await.unwrap();
+    let block0 = src.read_exact_at(512, 129).await.unwrap();
     assert_eq!(&block0[..6], &[0xFF, 0x0F, 0x4C, 0x53, 0x4D, 0x54]);
     assert_eq!(
         u32::from_le_bytes(block0[125..].try_into().unwrap()),
         0x85AA_FE22
     );
-    let block1 = src.read_at(641, 236).await.unwrap();
+    let block1 = src.read_exact_at(641, 236).await.unwrap();
     assert_eq!(
         u32::from_le_bytes(block1[232..].try_into().unwrap()),
         0xFB10_CE27
@@ -122,9 +125,12 @@ async fn fixture_ext4_magic_through_blob_offset() {
     let Some(_) = require("ext4_64") else { return };
     // Virtual byte 1080 maps to blob byte 5120 + 56 through the first LSMT record (§10).
     let (_, reader) = open_fixture().await;
-    assert_eq!(&reader.read_at(5176, 2).await.unwrap()[..], &[0x53, 0xEF]);
+    assert_eq!(
+        &reader.read_exact_at(5176, 2).await.unwrap()[..],
+        &[0x53, 0xEF]
+    );
     // The same bytes inside a larger unaligned read spanning blocks 0..2.
-    let wide = reader.read_at(100, 9000).await.unwrap();
+    let wide = reader.read_exact_at(100, 9000).await.unwrap();
     assert_eq!(&wide[5076..5078], &[0x53, 0xEF]);
 }
 
@@ -134,7 +140,10 @@ async fn fixture_current_format_structures() {
     // Re-encode the fixture's values as a current writer would (§10.1) and compare with the
     // spec's bytes and digests.
     let (src, _) = open_fixture().await;
-    let tail = src.read_at(FILE_SIZE - 512, STRUCT_SIZE).await.unwrap();
+    let tail = src
+        .read_exact_at(FILE_SIZE - 512, STRUCT_SIZE)
+        .await
+        .unwrap();
     let mut s = parse_trailer(&tail).unwrap();
     s.flags = flag::DATA | flag::SEALED | flag::DIGEST;
     s.index_crc = 0x71AC_C654;
@@ -191,7 +200,7 @@ async fn fixture_decompresses_fully_to_an_lsmt_blob() {
     let mut tail = Vec::new();
     while offset < ORIGINAL_SIZE {
         let len = (ORIGINAL_SIZE - offset).min(chunk) as usize;
-        let bytes = reader.read_at(offset, len).await.unwrap();
+        let bytes = reader.read_exact_at(offset, len).await.unwrap();
         assert_eq!(bytes.len(), len);
         head.get_or_insert_with(|| bytes.slice(..4096));
         tail = bytes[len - 4096..].to_vec();
@@ -202,8 +211,14 @@ async fn fixture_decompresses_fully_to_an_lsmt_blob() {
     assert_eq!(head[28] & 1, 1, "LSMT header flag");
     assert_eq!(&tail[..8], &LSMT_MAGIC0, "sealed LSMT trailer at the end");
     assert_eq!(tail[28] & 1, 0, "trailer flag");
-    let err = reader.read_at(ORIGINAL_SIZE - 1, 2).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    let err = reader
+        .read_exact_at(ORIGINAL_SIZE - 1, 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::source::SourceError::OutOfRange { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +232,10 @@ async fn fixture_tar_wrapped_is_detected_and_read() {
         assert_eq!(payload.source.size(), FILE_SIZE);
         let lsmt = payload.decompressed().await.unwrap();
         assert_eq!(lsmt.size(), ORIGINAL_SIZE);
-        assert_eq!(&lsmt.read_at(0, 8).await.unwrap()[..], &LSMT_MAGIC0);
-        assert_eq!(&lsmt.read_at(5176, 2).await.unwrap()[..], &[0x53, 0xEF]);
+        assert_eq!(&lsmt.read_exact_at(0, 8).await.unwrap()[..], &LSMT_MAGIC0);
+        assert_eq!(
+            &lsmt.read_exact_at(5176, 2).await.unwrap()[..],
+            &[0x53, 0xEF]
+        );
     }
 }

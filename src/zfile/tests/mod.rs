@@ -9,8 +9,8 @@ mod round_trip;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use crate::cache::bytes_source::BytesSource;
-use crate::cache::LayerSource;
+use crate::source::BytesSource;
+use crate::source::LayerSource;
 use crate::zfile::{compress, WriterOptions, ZFileWriter};
 
 /// A blob in memory as a shared source.

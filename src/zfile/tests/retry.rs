@@ -1,7 +1,6 @@
 //! A block that fails its checksum is invalidated in the source and fetched once more: damage
 //! in transit or in a cache heals, damage in the blob is an error after exactly one retry.
 
-use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -10,7 +9,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{make_zfile, mem, sample_data};
-use crate::cache::LayerSource;
+use crate::source::{LayerSource, SourceError, SourceResult, Span};
 use crate::zfile::{open_payload, BlockFault, WriterOptions, ZFileError, ZFileReader};
 
 /// Serves `clean`, but flips one byte at `flip_at` in the first `bad_reads` reads that cover it
@@ -41,8 +40,8 @@ impl LayerSource for Flipping {
         self.clean.len() as u64
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = crate::cache::check_range(self.size(), offset, len)?;
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let (offset, end) = (span.offset(), span.end());
         let mut out = self.clean[offset as usize..end as usize].to_vec();
         if (offset..end).contains(&self.flip_at) {
             self.reads_covering.fetch_add(1, Ordering::SeqCst);
@@ -89,7 +88,7 @@ async fn a_block_damaged_once_is_refetched_and_read_correctly() {
         .unwrap();
     // A read spanning blocks 1..=3: one bad fetch, one invalidation of the fetched range,
     // then the right bytes.
-    let got = reader.read_at(4096 + 100, 3 * 4096).await.unwrap();
+    let got = reader.read_exact_at(4096 + 100, 3 * 4096).await.unwrap();
     assert_eq!(&got[..], &data[4096 + 100..4 * 4096 + 100]);
     assert_eq!(source.reads_covering.load(Ordering::SeqCst), 2);
     let invalidated = source.invalidated.lock().clone();
@@ -108,9 +107,9 @@ async fn a_block_that_stays_bad_fails_after_exactly_one_retry() {
     let reader = ZFileReader::open(Arc::clone(&source) as Arc<dyn LayerSource>)
         .await
         .unwrap();
-    let err = reader.read_at(2 * 4096, 10).await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-    let inner = err.get_ref().and_then(|e| e.downcast_ref::<ZFileError>());
+    let err = reader.read_exact_at(2 * 4096, 10).await.unwrap_err();
+    assert!(matches!(err, SourceError::Corrupt(_)), "{err}");
+    let inner = err.finding().and_then(|e| e.downcast_ref::<ZFileError>());
     assert!(
         matches!(
             inner,
@@ -125,7 +124,7 @@ async fn a_block_that_stays_bad_fails_after_exactly_one_retry() {
     // Invalidated before the retry, and again so the known-bad bytes are not kept.
     assert_eq!(source.invalidated.lock().len(), 2);
     // Neighbouring blocks are unaffected and need no retry.
-    let got = reader.read_at(0, 4096).await.unwrap();
+    let got = reader.read_exact_at(0, 4096).await.unwrap();
     assert_eq!(&got[..], &data[..4096]);
     assert_eq!(source.invalidated.lock().len(), 2);
 }
@@ -142,7 +141,7 @@ async fn invalidation_passes_through_a_tar_wrapper_shifted() {
         .unwrap();
     assert_eq!(payload.tar_offset, Some(tar_offset));
     let reader = payload.decompressed().await.unwrap();
-    let got = reader.read_at(2 * 4096, 4096).await.unwrap();
+    let got = reader.read_exact_at(2 * 4096, 4096).await.unwrap();
     assert_eq!(&got[..], &data[2 * 4096..3 * 4096]);
     let invalidated = source.invalidated.lock().clone();
     assert_eq!(invalidated, vec![(tar_offset + s, e - s)]);

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::{make_zfile, mem, sample_data};
-use crate::cache::LayerSource;
+use crate::source::LayerSource;
 use crate::zfile::checksum::{crc32c_raw, crc32c_seeded, BLOCK_CRC_SEED};
 use crate::zfile::header::{parse_header, parse_trailer};
 use crate::zfile::{
@@ -41,10 +41,10 @@ proptest! {
             for (at, want) in reads {
                 let offset = if len == 0 { 0 } else { at % len as u64 };
                 let count = want.min(len - offset as usize);
-                let got = reader.read_at(offset, count).await.unwrap();
+                let got = reader.read_exact_at(offset, count).await.unwrap();
                 prop_assert_eq!(&got[..], &data[offset as usize..offset as usize + count]);
             }
-            let whole = reader.read_at(0, len).await.unwrap();
+            let whole = reader.read_exact_at(0, len).await.unwrap();
             prop_assert!(whole[..] == data[..]);
             Ok(())
         })?;
@@ -57,7 +57,7 @@ async fn large_read_uses_parallel_path_correctly() {
     let data = sample_data(3 << 20, 99);
     let file = make_zfile(&data, WriterOptions::default(), false);
     let reader = ZFileReader::open(mem(file)).await.unwrap();
-    let got = reader.read_at(1234, data.len() - 5000).await.unwrap();
+    let got = reader.read_exact_at(1234, data.len() - 5000).await.unwrap();
     assert!(got[..] == data[1234..data.len() - 3766]);
 }
 
@@ -77,7 +77,7 @@ async fn inline_and_parallel_decoding_agree() {
                 .await
                 .unwrap()
                 .with_decode_workers(workers);
-            let got = reader.read_at(777, data.len() - 1000).await.unwrap();
+            let got = reader.read_exact_at(777, data.len() - 1000).await.unwrap();
             assert!(
                 got[..] == data[777..data.len() - 223],
                 "{algorithm} with {workers} workers"
@@ -153,7 +153,10 @@ async fn header_overwrite_file_does_not_need_its_trailer() {
     file[end - 512..].fill(0);
     let reader = ZFileReader::open(mem(file)).await.unwrap();
     assert!(reader.info().header_overwrite);
-    assert_eq!(&reader.read_at(0, 30_000).await.unwrap()[..], &data[..]);
+    assert_eq!(
+        &reader.read_exact_at(0, 30_000).await.unwrap()[..],
+        &data[..]
+    );
 }
 
 #[tokio::test]
@@ -163,8 +166,8 @@ async fn empty_stream() {
     let reader = ZFileReader::open(mem(file)).await.unwrap();
     assert_eq!(reader.size(), 0);
     assert_eq!(reader.info().block_count, 0);
-    assert!(reader.read_at(0, 0).await.unwrap().is_empty());
-    assert!(reader.read_at(0, 1).await.is_err());
+    assert!(reader.read_exact_at(0, 0).await.unwrap().is_empty());
+    assert!(reader.read_exact_at(0, 1).await.is_err());
 }
 
 #[test]
@@ -214,7 +217,10 @@ async fn detection_of_plain_and_wrapped_blobs() {
         (BlobFormat::ZFile, Some(1536))
     );
     let stream = wrapped.decompressed().await.unwrap();
-    assert_eq!(&stream.read_at(0, 10_000).await.unwrap()[..], &data[..]);
+    assert_eq!(
+        &stream.read_exact_at(0, 10_000).await.unwrap()[..],
+        &data[..]
+    );
 
     let mut lsmt = vec![0u8; 8192];
     lsmt[..24].copy_from_slice(&[
@@ -290,7 +296,7 @@ async fn reader_accepts_small_block_sizes() {
             9_000u64.div_ceil(u64::from(block_size))
         );
         assert_eq!(
-            &reader.read_at(700, 5_000).await.unwrap()[..],
+            &reader.read_exact_at(700, 5_000).await.unwrap()[..],
             &data[700..5_700]
         );
     }
@@ -304,7 +310,10 @@ async fn reader_decodes_stored_blocks_over_64k() {
         let reader = ZFileReader::open(mem(super::assemble(&noise, algorithm, 65_536, true)))
             .await
             .unwrap();
-        assert_eq!(&reader.read_at(1, 99_999).await.unwrap()[..], &noise[1..]);
+        assert_eq!(
+            &reader.read_exact_at(1, 99_999).await.unwrap()[..],
+            &noise[1..]
+        );
     }
 }
 
@@ -325,5 +334,8 @@ async fn dictionary_size_shifts_the_data_area() {
     file.extend_from_slice(&trailer.encode());
     let reader = ZFileReader::open(mem(file)).await.unwrap();
     assert_eq!(reader.info().data_offset, 612);
-    assert_eq!(&reader.read_at(0, 20_000).await.unwrap()[..], &data[..]);
+    assert_eq!(
+        &reader.read_exact_at(0, 20_000).await.unwrap()[..],
+        &data[..]
+    );
 }

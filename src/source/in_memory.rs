@@ -1,11 +1,9 @@
 //! Bytes in memory as a [`LayerSource`] (tests, fuzzing, small blobs already fetched).
 
-use std::io;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_range, LayerSource};
+use super::{LayerSource, SourceResult, Span};
 
 /// An immutable in-memory blob; reads are zero-copy slices.
 #[derive(Debug, Clone)]
@@ -30,10 +28,11 @@ impl LayerSource for BytesSource {
         self.bytes.len() as u64
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let end = check_range(self.size(), offset, len)?;
-        // Both bounds are <= bytes.len(), which fits usize.
-        Ok(self.bytes.slice(offset as usize..end as usize))
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        // Both bounds are <= bytes.len() (the span is inside), which fits usize.
+        Ok(self
+            .bytes
+            .slice(span.offset() as usize..span.end() as usize))
     }
 
     fn describe(&self) -> String {
@@ -48,16 +47,14 @@ mod tests {
     #[tokio::test]
     async fn slices_and_bounds() {
         let src = BytesSource::new(vec![1u8, 2, 3, 4, 5], "mem");
-        assert_eq!(&src.read_at(1, 3).await.unwrap()[..], &[2, 3, 4]);
-        assert_eq!(src.read_at(5, 0).await.unwrap().len(), 0);
-        assert_eq!(
-            src.read_at(4, 2).await.unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-        assert_eq!(
-            src.read_at(u64::MAX, 2).await.unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(&src.read_exact_at(1, 3).await.unwrap()[..], &[2, 3, 4]);
+        assert_eq!(src.read_exact_at(5, 0).await.unwrap().len(), 0);
+        for (offset, len) in [(4, 2), (u64::MAX, 2)] {
+            assert!(matches!(
+                src.read_exact_at(offset, len).await,
+                Err(super::super::SourceError::OutOfRange { .. })
+            ));
+        }
         assert_eq!(src.describe(), "mem");
     }
 }

@@ -1,0 +1,211 @@
+//! [`CachedSource`]: a remote blob read through the tiers, the read path's composition.
+//!
+//! A read is four named steps: plan the units it covers ([`super::plan`]), look each up in
+//! memory then disk ([`super::tiers`]), fill the missing ones by claiming and fetching them or
+//! waiting for the reader that already does ([`super::inflight`], [`super::fetch`]), then cut
+//! each unit to the needed bytes and join them. The range and the result's length are checked
+//! once, by [`LayerSource::read_exact_at`]. After a background download completes, reads are
+//! served from the verified local file instead.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use super::inflight::{Claim, Slot};
+use super::plan::{plan, PlannedUnit};
+use super::tiers::{bump, CacheTiers, Found};
+use crate::cache::key::{BlobId, UnitKey};
+use crate::source::{LayerSource, SourceResult, Span};
+
+/// A blob read through the cache tiers, falling back to `inner` for missing units.
+pub struct CachedSource {
+    inner: Arc<dyn LayerSource>,
+    blob: BlobId,
+    tiers: Arc<CacheTiers>,
+    size: u64,
+    local: RwLock<Option<Arc<std::fs::File>>>,
+}
+
+impl CachedSource {
+    /// Caches `inner` (a blob named by `digest`) in `tiers`.
+    pub fn new(inner: Arc<dyn LayerSource>, digest: &str, tiers: Arc<CacheTiers>) -> Self {
+        let size = inner.size();
+        Self {
+            inner,
+            blob: BlobId::from_digest(digest),
+            tiers,
+            size,
+            local: RwLock::new(None),
+        }
+    }
+
+    /// The uncached source behind the tiers.
+    pub fn inner(&self) -> &Arc<dyn LayerSource> {
+        &self.inner
+    }
+
+    /// The blob's cache identity.
+    pub fn blob_id(&self) -> &BlobId {
+        &self.blob
+    }
+
+    /// The tiers this blob is cached in.
+    pub(super) fn tiers(&self) -> &CacheTiers {
+        &self.tiers
+    }
+
+    /// Serves every later read from `file`, a complete, verified copy of the blob.
+    pub fn use_local_file(&self, file: std::fs::File) {
+        *self.local.write() = Some(Arc::new(file));
+    }
+
+    /// Whether reads are served from a downloaded local copy.
+    pub fn is_local(&self) -> bool {
+        self.local.read().is_some()
+    }
+
+    fn key(&self, index: u64) -> UnitKey {
+        UnitKey {
+            blob: self.blob.clone(),
+            index,
+        }
+    }
+
+    /// Evicts the units covering `[offset, offset + len)` from both tiers, so the next read
+    /// refetches them (for a block whose checksum failed above the cache).
+    pub async fn invalidate_range(&self, offset: u64, len: u64) {
+        if len == 0 || offset >= self.size {
+            return;
+        }
+        let end = offset.saturating_add(len).min(self.size);
+        let (first, last) = (offset / self.tiers.unit, (end - 1) / self.tiers.unit);
+        for index in first..=last {
+            self.tiers.forget(self.key(index)).await;
+        }
+    }
+
+    async fn read_local(
+        &self,
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Bytes> {
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Fills every empty slot of `plan`: each round claims the missing units, fetches the
+    /// claimed ones (adjacent ones in one request) and waits for those another reader is
+    /// fetching. A unit whose fetcher was cancelled comes back empty and is claimed again in
+    /// the next round; a failed fetch, this reader's or another's, fails the read.
+    async fn fill_missing(
+        &self,
+        plan: &[PlannedUnit],
+        slots: &mut [Option<Found>],
+    ) -> SourceResult<()> {
+        while slots.iter().any(Option::is_none) {
+            let mut runs: Vec<(usize, Vec<Claim>)> = Vec::new();
+            let mut waits = Vec::new();
+            let mut prev_mine = false;
+            for (i, (unit, slot)) in plan.iter().zip(slots.iter_mut()).enumerate() {
+                if slot.is_some() {
+                    prev_mine = false;
+                    continue;
+                }
+                let key = self.key(unit.index);
+                let memory = &self.tiers.memory;
+                let lookup = key.clone();
+                prev_mine = match self.tiers.inflight.claim(key, || memory.get(&lookup)) {
+                    Slot::Ready(b) => {
+                        *slot = Some(Found::Whole(b));
+                        false
+                    }
+                    Slot::Mine(c) => {
+                        match runs.last_mut() {
+                            Some((_, run)) if prev_mine => run.push(c),
+                            _ => runs.push((i, vec![c])),
+                        }
+                        true
+                    }
+                    Slot::Theirs(w) => {
+                        waits.push((i, w));
+                        false
+                    }
+                };
+            }
+            for (base, run) in runs {
+                for (j, b) in self.fetch_run(run).await?.into_iter().enumerate() {
+                    slots[base + j] = Some(Found::Whole(b));
+                }
+            }
+            for (i, waiter) in waits {
+                match waiter.outcome().await {
+                    Some(Ok(b)) => {
+                        bump(&self.tiers.counters.shared_fetches, 1);
+                        slots[i] = Some(Found::Whole(b));
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cuts each unit to its needed bytes and joins them; a read inside one unit is a slice of
+/// it, without a copy.
+fn assemble(plan: &[PlannedUnit], slots: Vec<Option<Found>>, len: usize) -> Bytes {
+    let mut pieces: Vec<Bytes> = plan
+        .iter()
+        .zip(slots)
+        .filter_map(|(unit, slot)| slot.map(|found| found.needed(unit)))
+        .collect();
+    if pieces.len() == 1 {
+        return pieces.swap_remove(0);
+    }
+    let mut out = BytesMut::with_capacity(len);
+    for p in &pieces {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
+}
+
+#[async_trait]
+impl LayerSource for CachedSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+        let local = self.local.read().clone();
+        if let Some(file) = local {
+            return Ok(self.read_local(file, span.offset(), span.len()).await?);
+        }
+        let plan = plan(span, self.size, self.tiers.unit);
+        let mut slots = Vec::with_capacity(plan.len());
+        for unit in &plan {
+            slots.push(self.tiers.lookup(&self.key(unit.index), unit).await);
+        }
+        self.fill_missing(&plan, &mut slots).await?;
+        // Every slot is filled; were one not, the short result would be refused by
+        // `read_exact_at` as a wrong length, never served as data.
+        Ok(assemble(&plan, slots, span.len()))
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn invalidate(&self, offset: u64, len: u64) {
+        self.invalidate_range(offset, len).await;
+    }
+}

@@ -1,0 +1,222 @@
+//! The data tiers and the tier lookup: memory, then disk, before any fetch from the source.
+//!
+//! [`CacheTiers`] holds what every cached blob of the daemon shares: the memory tier, the
+//! optional disk tier, the refill unit, the in-flight table and the counters. Its lookup
+//! decides, per planned unit, where the bytes come from and what is admitted to memory:
+//! - a unit in memory is served from memory;
+//! - a read that needs at most a quarter of a unit ([`small_part`]) takes only its part from
+//!   the disk tier (which verifies just the 4 KiB chunks it covers) and leaves memory alone:
+//!   the part is not a unit, and random small reads over a working set larger than memory
+//!   would only churn it;
+//! - a larger read takes the whole unit from disk and puts it in memory;
+//! - anything else is missing, for the in-flight table and a fetch.
+//!
+//! Disk work runs on blocking threads; a disk tier that fails a read just misses (the unit is
+//! fetched), one that fails a write is logged, never failing a read that has its data.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::inflight::InFlight;
+use super::plan::PlannedUnit;
+use crate::cache::disk::DiskTier;
+use crate::cache::key::UnitKey;
+use crate::cache::memory::MemoryTier;
+use crate::cache::settings::EffectiveCache;
+
+/// Counters of where units came from, since the tiers were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Units found in memory.
+    pub memory_hits: u64,
+    /// Units, or parts of units for small reads, read from the disk tier.
+    pub disk_hits: u64,
+    /// Units a reader waited for while another reader fetched them.
+    pub shared_fetches: u64,
+    /// Requests sent to the source (each covers one or more adjacent units).
+    pub source_requests: u64,
+    /// Bytes received from the source.
+    pub source_bytes: u64,
+}
+
+/// The live counters behind [`CacheStats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) memory_hits: AtomicU64,
+    pub(super) disk_hits: AtomicU64,
+    pub(super) shared_fetches: AtomicU64,
+    pub(super) source_requests: AtomicU64,
+    pub(super) source_bytes: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub(super) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The largest part of a unit (a quarter) that a read takes from the disk tier on its own,
+/// without loading the whole unit into memory.
+pub(super) fn small_part(unit: u64) -> usize {
+    usize::try_from(unit / 4).unwrap_or(usize::MAX)
+}
+
+/// What the tier lookup found for one planned unit.
+pub(super) enum Found {
+    /// The whole unit (the read cuts its needed part).
+    Whole(Bytes),
+    /// Exactly the needed part of the unit (a small read served by the disk tier).
+    Part(Bytes),
+}
+
+impl Found {
+    /// The bytes of `unit` the read needs.
+    pub(super) fn needed(self, unit: &PlannedUnit) -> Bytes {
+        match self {
+            Found::Whole(b) => b.slice(unit.needed.clone()),
+            Found::Part(b) => b,
+        }
+    }
+}
+
+/// The tiers and the in-flight table shared by every cached blob of the daemon.
+pub struct CacheTiers {
+    pub(super) memory: MemoryTier,
+    pub(super) disk: Option<Arc<DiskTier>>,
+    pub(super) unit: u64,
+    pub(super) inflight: Arc<InFlight>,
+    pub(super) counters: Counters,
+}
+
+impl CacheTiers {
+    /// Tiers with a memory tier of `memory_bytes` (0 = none), an optional disk tier, and refill
+    /// unit `unit` bytes (a power of two, at least 512).
+    pub fn new(memory_bytes: u64, disk: Option<DiskTier>, unit: u64) -> io::Result<Arc<Self>> {
+        if unit < 512 || !unit.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("refill unit {unit} is not a power of two >= 512"),
+            ));
+        }
+        Ok(Arc::new(Self {
+            memory: MemoryTier::new(memory_bytes, unit),
+            disk: disk.map(Arc::new),
+            unit,
+            inflight: Arc::new(InFlight::default()),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// Tiers for the daemon's cache settings; the disk tier lives in the cache folder (none
+    /// when its size is 0).
+    pub fn from_settings(cache: &EffectiveCache) -> io::Result<Arc<Self>> {
+        let disk = if cache.disk_bytes > 0 {
+            Some(DiskTier::open(&cache.dir, cache.disk_bytes)?)
+        } else {
+            None
+        };
+        Self::new(cache.memory_bytes, disk, cache.refill_size)
+    }
+
+    /// The refill unit in bytes.
+    pub fn unit_size(&self) -> u64 {
+        self.unit
+    }
+
+    /// Bytes held by the memory tier.
+    pub fn memory_used(&self) -> u64 {
+        self.memory.used_bytes()
+    }
+
+    /// Bytes held by the disk tier (0 without one).
+    pub fn disk_used(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.used_bytes())
+    }
+
+    /// Where units came from so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            memory_hits: get(&c.memory_hits),
+            disk_hits: get(&c.disk_hits),
+            shared_fetches: get(&c.shared_fetches),
+            source_requests: get(&c.source_requests),
+            source_bytes: get(&c.source_bytes),
+        }
+    }
+
+    /// Memory, then disk, for one planned unit, with the admission rules of the module doc;
+    /// `None` when neither tier has it.
+    pub(super) async fn lookup(&self, key: &UnitKey, unit: &PlannedUnit) -> Option<Found> {
+        if let Some(b) = self.memory.get(key) {
+            bump(&self.counters.memory_hits, 1);
+            return Some(Found::Whole(b));
+        }
+        let needed = unit.needed.len();
+        let found = if needed <= small_part(self.unit) {
+            self.disk_get_range(key, unit.len, unit.needed.start, needed)
+                .await
+                .map(Found::Part)
+        } else {
+            let whole = self.disk_get(key, unit.len).await;
+            if let Some(b) = &whole {
+                self.memory.insert(key.clone(), b.clone());
+            }
+            whole.map(Found::Whole)
+        };
+        if found.is_some() {
+            bump(&self.counters.disk_hits, 1);
+        }
+        found
+    }
+
+    async fn disk_get(&self, key: &UnitKey, expected: usize) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let (key, unit) = (key.clone(), self.unit);
+        tokio::task::spawn_blocking(move || disk.get(&key, unit, expected))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Bytes `[start, start + len)` of a unit from the disk tier, reading only the chunks
+    /// they cover.
+    async fn disk_get_range(
+        &self,
+        key: &UnitKey,
+        expected: usize,
+        start: usize,
+        len: usize,
+    ) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let (key, unit) = (key.clone(), self.unit);
+        tokio::task::spawn_blocking(move || disk.get_range(&key, unit, expected, start, len))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Writes a fetched unit to the disk tier; a failure is logged, not returned.
+    pub(super) async fn disk_put(&self, key: UnitKey, data: Bytes) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        let unit = self.unit;
+        let result = tokio::task::spawn_blocking(move || disk.put(&key, unit, &data)).await;
+        // A full or broken cache disk must not fail the read that already has its data.
+        if let Ok(Err(e)) | Err(e) = result.map_err(io::Error::other) {
+            tracing::warn!(error = %e, "disk cache write failed");
+        }
+    }
+
+    /// Drops `key` from both tiers.
+    pub(super) async fn forget(&self, key: UnitKey) {
+        self.memory.remove(&key);
+        if let Some(disk) = self.disk.clone() {
+            let _ = tokio::task::spawn_blocking(move || disk.remove(&key)).await;
+        }
+    }
+}
