@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::error::{LsmtError, LsmtResult};
-use super::header::{flags, Header, LayerUuid, HEADER_SIZE, USER_TAG_LEN};
+use super::header::{flags, LayerUuid, LsmtHeader, HEADER_SIZE, USER_TAG_LEN};
 use super::index::{encode_padded, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
 use super::layer::{read, SealedLayer, DATA_START_SECTOR};
 use super::stack::{merge_indexes, LayerStack, MergeInput};
@@ -141,7 +141,7 @@ pub async fn write_commit<W: AsyncWrite + Unpin>(
             opts.user_tag.len()
         )));
     }
-    let mut header = Header::new(
+    let mut header = LsmtHeader::new(
         flags::HEADER | flags::DATA | flags::SEALED,
         src.virtual_size,
     );
@@ -327,7 +327,7 @@ pub async fn seal_in_place(layer: WritableLayer) -> LsmtResult<()> {
         while index.len() as u64 % SECTOR != 0 {
             index.extend_from_slice(&Record::PADDING.encode());
         }
-        let mut trailer = Header::new(
+        let mut trailer = LsmtHeader::new(
             flags::DATA | flags::SEALED | (header.flags & flags::SPARSE_RW),
             header.virtual_size,
         );

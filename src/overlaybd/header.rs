@@ -1,6 +1,6 @@
 //! The 4096-byte LSMT header / trailer structure (spec `lsmt.md` §3).
 //!
-//! Sans-IO: [`Header::decode`] and [`Header::encode`] work on byte slices only.
+//! Sans-IO: [`LsmtHeader::decode`] and [`LsmtHeader::encode`] work on byte slices only.
 
 use super::error::{LsmtError, LsmtResult};
 
@@ -123,7 +123,7 @@ impl std::fmt::Debug for LayerUuid {
 
 /// The decoded fields of an LSMT header or trailer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct LsmtHeader {
     /// Flag bits (see [`flags`]); unknown bits are kept as read.
     pub flags: u32,
     /// Byte offset of the index (meaning depends on the file kind, §3.2).
@@ -144,10 +144,10 @@ pub struct Header {
     pub user_tag: Vec<u8>,
 }
 
-impl Header {
+impl LsmtHeader {
     /// A header with the given flags and virtual size, nil UUIDs, version 1.1, no index.
     pub fn new(flags: u32, virtual_size: u64) -> Self {
-        Header {
+        LsmtHeader {
             flags,
             index_offset: 0,
             index_size: 0,
@@ -183,7 +183,7 @@ impl Header {
     /// Decodes the structure from at least [`HEADER_USED`] bytes; `file` names the source in errors.
     ///
     /// Only the magic is checked here; which flag bits a caller needs depends on the file kind.
-    pub fn decode(buf: &[u8], file: &str) -> LsmtResult<Header> {
+    pub fn decode(buf: &[u8], file: &str) -> LsmtResult<LsmtHeader> {
         let Some(b) = buf.get(..HEADER_USED as usize) else {
             return Err(LsmtError::corrupt(
                 file,
@@ -202,7 +202,7 @@ impl Header {
         parent.copy_from_slice(&b[OFF_PARENT..OFF_PARENT + UUID_FIELD_LEN]);
         let tag = &b[OFF_USER_TAG..OFF_USER_TAG + USER_TAG_LEN];
         let tag_len = tag.iter().position(|&c| c == 0).unwrap_or(USER_TAG_LEN);
-        Ok(Header {
+        Ok(LsmtHeader {
             flags: le_u32(b, OFF_FLAGS),
             index_offset: le_u64(b, OFF_INDEX_OFFSET),
             index_size: le_u64(b, OFF_INDEX_SIZE),
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn encode_layout_matches_spec_offsets() {
-        let mut h = Header::new(0x07, 64 << 30);
+        let mut h = LsmtHeader::new(0x07, 64 << 30);
         h.uuid = LayerUuid::parse("c02fb491-b4d4-4904-8684-a014d032af78").unwrap();
         h.user_tag = b"hello".to_vec();
         h.index_offset = 0x1122;
@@ -278,28 +278,28 @@ mod tests {
         assert_eq!(&b[130..134], &[0, 0, 1, 1]);
         assert_eq!(&b[134..139], b"hello");
         assert!(b[139..].iter().all(|&x| x == 0));
-        assert_eq!(Header::decode(&b, "t").unwrap(), h);
+        assert_eq!(LsmtHeader::decode(&b, "t").unwrap(), h);
     }
 
     #[test]
     fn decode_rejects_bad_magic_and_truncation() {
-        let b = Header::new(1, 0).encode();
+        let b = LsmtHeader::new(1, 0).encode();
         let mut bad = b;
         bad[9] ^= 1;
         assert!(matches!(
-            Header::decode(&bad, "x"),
+            LsmtHeader::decode(&bad, "x"),
             Err(LsmtError::Corrupt { .. })
         ));
-        let err = Header::decode(&b[..100], "x").unwrap_err().to_string();
+        let err = LsmtHeader::decode(&b[..100], "x").unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 
     #[test]
     fn full_user_tag_without_terminator_roundtrips() {
-        let mut h = Header::new(0x07, 0);
+        let mut h = LsmtHeader::new(0x07, 0);
         h.user_tag = vec![b'a'; 256];
         assert_eq!(
-            Header::decode(&h.encode(), "t").unwrap().user_tag.len(),
+            LsmtHeader::decode(&h.encode(), "t").unwrap().user_tag.len(),
             256
         );
     }
@@ -311,7 +311,7 @@ mod tests {
         assert!(LayerUuid::parse("C02FB491B4D449048684A014D032AF78").is_none());
         let garbage = LayerUuid::from_raw([0xff; UUID_FIELD_LEN]);
         assert!(garbage.to_uuid().is_none());
-        assert!(is_lsmt_header(&Header::new(3, 0).encode()));
-        assert!(!is_lsmt_header(&Header::new(2, 0).encode()));
+        assert!(is_lsmt_header(&LsmtHeader::new(3, 0).encode()));
+        assert!(!is_lsmt_header(&LsmtHeader::new(2, 0).encode()));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::{LsmtError, LsmtResult};
-use super::header::{Header, HEADER_SIZE};
+use super::header::{LsmtHeader, HEADER_SIZE};
 use super::index::{check_sorted_disjoint, decode_records, Record, RECORD_SIZE, SECTOR};
 use crate::source::LayerSource;
 
@@ -21,9 +21,9 @@ pub const DATA_START_SECTOR: u64 = (HEADER_SIZE as u64) / SECTOR;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedLayout {
     /// The header at offset 0 (its index fields are placeholders).
-    pub header: Header,
+    pub header: LsmtHeader,
     /// The trailer at `size − 4096`: the authority for index location and virtual size.
-    pub trailer: Header,
+    pub trailer: LsmtHeader,
     /// Size of the whole file in bytes.
     pub size: u64,
 }
@@ -39,7 +39,7 @@ impl SealedLayout {
                 format!("file size {size} is below the minimum {min} of a sealed LSMT layer"),
             ));
         }
-        let header = Header::decode(head, file)?;
+        let header = LsmtHeader::decode(head, file)?;
         if !header.is_header() || !header.is_data() {
             return Err(LsmtError::corrupt(
                 file,
@@ -49,7 +49,7 @@ impl SealedLayout {
                 ),
             ));
         }
-        let trailer = Header::decode(tail, file).map_err(|e| match e {
+        let trailer = LsmtHeader::decode(tail, file).map_err(|e| match e {
             LsmtError::Corrupt { file, reason } => {
                 LsmtError::corrupt(file, format!("trailer: {reason} (the layer is not sealed)"))
             }

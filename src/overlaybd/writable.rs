@@ -61,7 +61,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use super::error::{LsmtError, LsmtResult};
-use super::header::{flags, Header, LayerUuid, HEADER_SIZE, USER_TAG_LEN};
+use super::header::{flags, LayerUuid, LsmtHeader, HEADER_SIZE, USER_TAG_LEN};
 use super::index::{decode_records, Record, MAX_LENGTH, RECORD_SIZE, SECTOR};
 use super::layer::DATA_START_SECTOR;
 use super::sparse;
@@ -150,7 +150,7 @@ struct Inner {
     data_path: PathBuf,
     index_file: File,
     index_path: PathBuf,
-    header: Mutex<Header>,
+    header: Mutex<LsmtHeader>,
     tail: Mutex<Tail>,
     map: RwLock<WritableIndex>,
     vsize: AtomicU64,
@@ -160,7 +160,7 @@ struct Inner {
 
 /// What `assemble` needs besides the files.
 struct State {
-    header: Header,
+    header: LsmtHeader,
     map: WritableIndex,
     data_end: u64,
     index_end: u64,
@@ -182,7 +182,7 @@ impl WritableLayer {
                 opts.user_tag.len()
             )));
         }
-        let mut header = Header::new(flags::HEADER | flags::DATA, opts.virtual_size);
+        let mut header = LsmtHeader::new(flags::HEADER | flags::DATA, opts.virtual_size);
         header.uuid = LayerUuid::from_uuid(&opts.uuid.unwrap_or_else(uuid::Uuid::new_v4));
         header.parent_uuid = opts.parent_uuid;
         header.user_tag = opts.user_tag.clone();
@@ -236,7 +236,7 @@ impl WritableLayer {
             .write(true)
             .open(index_path)
             .map_err(|e| LsmtError::io(&iname, e))?;
-        let header = Header::decode(&read_header(&data, &dname)?, &dname)?;
+        let header = LsmtHeader::decode(&read_header(&data, &dname)?, &dname)?;
         if !header.is_header() {
             return Err(LsmtError::corrupt(
                 &dname,
@@ -246,7 +246,7 @@ impl WritableLayer {
         if header.is_sparse() {
             return Self::open_sparse(data, data_path, index, index_path, header);
         }
-        let index_header = Header::decode(&read_header(&index, &iname)?, &iname)?;
+        let index_header = LsmtHeader::decode(&read_header(&index, &iname)?, &iname)?;
         check_index_header(&index_header, &iname)?;
         let dsize = data.metadata().map_err(|e| LsmtError::io(&dname, e))?.len();
         let isize = index
@@ -315,7 +315,7 @@ impl WritableLayer {
         data_path: &Path,
         index: File,
         index_path: &Path,
-        header: Header,
+        header: LsmtHeader,
     ) -> LsmtResult<Self> {
         let dname = data_path.display().to_string();
         let regions = sparse::allocated_regions(&data, HEADER_SIZE as u64, &dname)?;
@@ -367,7 +367,7 @@ impl WritableLayer {
     }
 
     /// The data file's header as last written (uuid, parent, virtual size).
-    pub fn header(&self) -> Header {
+    pub fn header(&self) -> LsmtHeader {
         self.inner.header.lock().clone()
     }
 
@@ -559,7 +559,7 @@ impl Inner {
             self.data.len.store(len, Ordering::Release);
         } else {
             let iname = self.index_path.display().to_string();
-            let mut ih = Header::decode(&read_header(&self.index_file, &iname)?, &iname)?;
+            let mut ih = LsmtHeader::decode(&read_header(&self.index_file, &iname)?, &iname)?;
             ih.virtual_size = vsize;
             self.index_file
                 .write_all_at(&ih.encode(), 0)
@@ -573,7 +573,7 @@ impl Inner {
 }
 
 /// Checks an index-file header (§6.5 step 2).
-fn check_index_header(h: &Header, file: &str) -> LsmtResult<()> {
+fn check_index_header(h: &LsmtHeader, file: &str) -> LsmtResult<()> {
     if !h.is_header() || h.is_data() || h.is_sealed() {
         return Err(LsmtError::corrupt(
             file,
@@ -703,7 +703,7 @@ fn check_span(start: u64, sectors: u64) -> LsmtResult<()> {
 }
 
 /// Creates a file that must not exist, with `header` at offset 0 when given, made durable.
-fn create_new(path: &Path, header: Option<&Header>) -> LsmtResult<File> {
+fn create_new(path: &Path, header: Option<&LsmtHeader>) -> LsmtResult<File> {
     let name = path.display().to_string();
     let f = OpenOptions::new()
         .read(true)

@@ -16,7 +16,7 @@ use super::{is_config, ToolError};
 use crate::block::BlockDevice;
 use crate::cache::file::FileSource;
 use crate::overlaybd::config::LayerLocation;
-use crate::overlaybd::header::{is_lsmt_header, Header, LayerUuid, HEADER_SIZE};
+use crate::overlaybd::header::{is_lsmt_header, LayerUuid, LsmtHeader, HEADER_SIZE};
 use crate::overlaybd::layer::read;
 use crate::overlaybd::{Image, ImageConfig, LocalOpener, SealedLayer};
 use crate::source::LayerSource;
@@ -111,7 +111,7 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
         );
         return Ok(BlobReport { lines, uuids: None });
     }
-    let header = Header::decode(&head, &name)?;
+    let header = LsmtHeader::decode(&head, &name)?;
     let uuids = Some((header.uuid, header.parent_uuid));
     if header.is_sealed() {
         let layer = SealedLayer::open(lsmt).await?;
@@ -142,7 +142,7 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
     Ok(BlobReport { lines, uuids })
 }
 
-fn describe_header(lines: &mut Lines, h: &Header) {
+fn describe_header(lines: &mut Lines, h: &LsmtHeader) {
     push(lines, "lsmt.virtual_size", h.virtual_size);
     push(lines, "lsmt.uuid", h.uuid);
     push(lines, "lsmt.parent_uuid", h.parent_uuid);

@@ -55,8 +55,8 @@ const OFF_VERIFY: usize = 88;
 
 /// The fields of one header or trailer, exactly as stored (no interpretation yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
-    /// Raw flags, garbage bits included (see [`Header::has`]).
+pub(crate) struct ZFileHeader {
+    /// Raw flags, garbage bits included (see [`ZFileHeader::has`]).
     pub flags: u64,
     /// CRC32C of the structure; meaningful only with [`flag::DIGEST`].
     pub digest: u32,
@@ -96,13 +96,13 @@ fn compute_digest(buf: &[u8; STRUCT_SIZE]) -> u32 {
     crc32c_raw(&copy)
 }
 
-impl Header {
+impl ZFileHeader {
     /// Parses a structure that carries the ZFile magic; `None` without it.
-    fn decode(buf: &[u8; STRUCT_SIZE]) -> Option<Header> {
+    fn decode(buf: &[u8; STRUCT_SIZE]) -> Option<ZFileHeader> {
         if field::<8>(buf, 0) != MAGIC0 || field::<16>(buf, 8) != MAGIC1 {
             return None;
         }
-        Some(Header {
+        Some(ZFileHeader {
             flags: u64::from_le_bytes(field(buf, OFF_FLAGS)),
             digest: u32::from_le_bytes(field(buf, OFF_DIGEST)),
             index_offset: u64::from_le_bytes(field(buf, OFF_INDEX_OFFSET)),
@@ -179,9 +179,9 @@ fn as_struct<'a>(buf: &'a [u8], what: &'static str) -> Result<&'a [u8; STRUCT_SI
 }
 
 /// Parses and checks the header at offset 0 (§9.1 step 1).
-pub(crate) fn parse_header(buf: &[u8]) -> Result<Header, ZFileError> {
+pub(crate) fn parse_header(buf: &[u8]) -> Result<ZFileHeader, ZFileError> {
     let raw = as_struct(buf, "header")?;
-    let header = Header::decode(raw).ok_or(ZFileError::NotZFile("magic missing"))?;
+    let header = ZFileHeader::decode(raw).ok_or(ZFileError::NotZFile("magic missing"))?;
     if !header.has(flag::HEADER) {
         return Err(ZFileError::NotZFile("header flag clear at offset 0"));
     }
@@ -190,10 +190,10 @@ pub(crate) fn parse_header(buf: &[u8]) -> Result<Header, ZFileError> {
 }
 
 /// Parses and checks the trailer at EOF − 512 (§9.1 step 3).
-pub(crate) fn parse_trailer(buf: &[u8]) -> Result<Header, ZFileError> {
+pub(crate) fn parse_trailer(buf: &[u8]) -> Result<ZFileHeader, ZFileError> {
     let raw = as_struct(buf, "trailer")?;
-    let trailer =
-        Header::decode(raw).ok_or_else(|| ZFileError::Corrupt("trailer magic missing".into()))?;
+    let trailer = ZFileHeader::decode(raw)
+        .ok_or_else(|| ZFileError::Corrupt("trailer magic missing".into()))?;
     if trailer.has(flag::HEADER) || !trailer.has(flag::DATA) || !trailer.has(flag::SEALED) {
         return Err(ZFileError::Corrupt(format!(
             "trailer flags {:#x} lack data+sealed or claim header",
@@ -235,7 +235,7 @@ impl ZFileInfo {
     /// Validates the structure chosen by §2.2 against a blob of `blob_size` bytes
     /// (§9.1 steps 2–6, all arithmetic checked).
     pub(crate) fn from_structure(
-        s: &Header,
+        s: &ZFileHeader,
         blob_size: u64,
         header_overwrite: bool,
     ) -> Result<ZFileInfo, ZFileError> {

@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use super::checksum::crc32c_raw;
 use super::codec::{Algorithm, BlockEncoder};
 use super::error::ZFileError;
-use super::header::{flag, Header, ZFileInfo, MAX_BLOCK_SIZE, MAX_INDEX_SIZE, STRUCT_SIZE};
+use super::header::{flag, ZFileHeader, ZFileInfo, MAX_BLOCK_SIZE, MAX_INDEX_SIZE, STRUCT_SIZE};
 
 /// Smallest block size the writer accepts (the reference tools' `--bs 4`).
 const MIN_WRITE_BLOCK_SIZE: u32 = 4096;
@@ -48,8 +48,8 @@ impl WriterOptions {
     }
 
     /// The header/trailer fields that do not depend on the data.
-    fn structure(&self, flags: u64) -> Header {
-        Header {
+    fn structure(&self, flags: u64) -> ZFileHeader {
+        ZFileHeader {
             flags,
             digest: 0,
             index_offset: 0,
@@ -129,7 +129,7 @@ impl<W: Write> ZFileWriter<W> {
         Ok((self.out, info))
     }
 
-    fn write_tail(&mut self) -> io::Result<(Header, ZFileInfo)> {
+    fn write_tail(&mut self) -> io::Result<(ZFileHeader, ZFileInfo)> {
         if !self.pending.is_empty() {
             let last = std::mem::take(&mut self.pending);
             self.write_block(&last)?;

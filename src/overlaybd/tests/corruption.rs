@@ -138,7 +138,7 @@ async fn sealed_layer_corruptions_give_clear_errors() {
     assert!(open(blob[..n - 100].to_vec()).await.contains("trailer"));
     assert!(open(blob[..1000].to_vec()).await.contains("too small"));
     // An index record pointing past the data area.
-    let t = Header::decode(&blob[n - HEADER_SIZE..], "t").unwrap();
+    let t = LsmtHeader::decode(&blob[n - HEADER_SIZE..], "t").unwrap();
     let at = t.index_offset as usize;
     let mut b = blob.clone();
     b[at..at + 16].copy_from_slice(&Record::data(0, 40, 1 << 40).encode());

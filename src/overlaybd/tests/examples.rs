@@ -29,7 +29,7 @@ async fn writable_worked_example_end_to_end() {
 
     let log = std::fs::read(dir.path().join("w.index")).unwrap();
     assert_eq!(log.len(), HEADER_SIZE + 5 * RECORD_SIZE);
-    let ih = Header::decode(&log, "index").unwrap();
+    let ih = LsmtHeader::decode(&log, "index").unwrap();
     assert_eq!(
         (ih.flags, ih.index_offset, ih.index_size),
         (flags::HEADER, 4096, 0)
@@ -44,7 +44,8 @@ async fn writable_worked_example_end_to_end() {
             Record::data(137, 1, 28),
         ]
     );
-    let dh = Header::decode(&std::fs::read(dir.path().join("w.data")).unwrap(), "data").unwrap();
+    let dh =
+        LsmtHeader::decode(&std::fs::read(dir.path().join("w.data")).unwrap(), "data").unwrap();
     assert_eq!(
         (dh.flags, dh.index_offset, dh.uuid, dh.virtual_size),
         (0x03, 0, ih.uuid, 1 << 30)
@@ -71,10 +72,10 @@ async fn writable_worked_example_end_to_end() {
     };
     let blob = commit_bytes(&CommitSource::from_writable(&layer), &opts).await;
     assert_eq!(blob.len(), HEADER_SIZE + 13 * 512 + 4096 + HEADER_SIZE);
-    let h = Header::decode(&blob, "c").unwrap();
+    let h = LsmtHeader::decode(&blob, "c").unwrap();
     assert_eq!((h.flags, h.index_offset, h.index_size), (0x07, 0, 0));
     assert_eq!(h.uuid.raw(), b"C02FB491-B4D4-4904-8684-A014D032AF78\0");
-    let t = Header::decode(&blob[blob.len() - HEADER_SIZE..], "c").unwrap();
+    let t = LsmtHeader::decode(&blob[blob.len() - HEADER_SIZE..], "c").unwrap();
     assert_eq!(
         (t.flags, t.index_offset, t.index_size, t.user_tag.as_slice()),
         (0x06, 21 * 512, 256, &b"msg"[..])
@@ -136,7 +137,7 @@ async fn merge_stores_source_positions_as_tags() {
         &CommitOptions::default(),
     )
     .await;
-    let t = Header::decode(&merged[merged.len() - HEADER_SIZE..], "m").unwrap();
+    let t = LsmtHeader::decode(&merged[merged.len() - HEADER_SIZE..], "m").unwrap();
     let at = t.index_offset as usize;
     assert_eq!(
         decode_records(&merged[at..at + 4096]),

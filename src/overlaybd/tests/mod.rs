@@ -19,7 +19,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::commit::{seal_in_place, write_commit, CommitOptions, CommitSource};
-use super::header::{flags, Header, LayerUuid, HEADER_SIZE};
+use super::header::{flags, LayerUuid, LsmtHeader, HEADER_SIZE};
 use super::image::Image;
 use super::index::{decode_records, Record, RECORD_SIZE};
 use super::layer::SealedLayer;

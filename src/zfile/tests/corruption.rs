@@ -2,7 +2,7 @@
 
 use super::{make_zfile, mem, sample_data};
 use crate::source::{LayerSource, SourceError};
-use crate::zfile::header::{flag, parse_header, parse_trailer, Header};
+use crate::zfile::header::{flag, parse_header, parse_trailer, ZFileHeader};
 use crate::zfile::{Algorithm, BlockFault, WriterOptions, ZFileError, ZFileReader};
 
 const LEN: usize = 11_000;
@@ -16,7 +16,7 @@ fn options(algorithm: Algorithm) -> WriterOptions {
 }
 
 /// Rewrites the trailer (digest recomputed when its flag is set).
-fn edit_trailer(file: &mut [u8], edit: impl FnOnce(&mut Header)) {
+fn edit_trailer(file: &mut [u8], edit: impl FnOnce(&mut ZFileHeader)) {
     let at = file.len() - 512;
     let mut t = parse_trailer(&file[at..]).unwrap();
     edit(&mut t);
@@ -212,7 +212,7 @@ async fn header_and_trailer_damage_is_named() {
 async fn absurd_fields_are_refused() {
     let data = sample_data(LEN, 6);
     let clean = make_zfile(&data, options(Algorithm::Lz4), false);
-    type Edit = fn(&mut Header);
+    type Edit = fn(&mut ZFileHeader);
     let cases: [(&str, Edit); 14] = [
         ("index_size 1e9+1", |t| t.index_size = 1_000_000_001),
         ("index_size 2^62", |t| t.index_size = 1 << 62),

@@ -75,9 +75,9 @@ fn assemble(
 ) -> Vec<u8> {
     use crate::zfile::checksum::crc32c_raw;
     use crate::zfile::codec::BlockEncoder;
-    use crate::zfile::header::{flag, Header};
+    use crate::zfile::header::{flag, ZFileHeader};
 
-    let mut s = Header {
+    let mut s = ZFileHeader {
         flags: flag::HEADER | flag::DATA | flag::DIGEST,
         digest: 0,
         index_offset: 0,
