@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use overlaybd_target::config::{
-    self, Config, Digests, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGET_NAME,
+    self, Config, DigestSetting, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGET_NAME,
 };
 
 /// Command-line arguments of `overlaybd-target`.
@@ -130,7 +130,7 @@ pub struct Cli {
 
     /// HeaderDigest/DataDigest policy (overrides the config file; default prefer-none).
     #[arg(long, value_name = "POLICY", value_enum)]
-    pub digests: Option<Digests>,
+    pub digests: Option<DigestSetting>,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(config.targets[0].name, DEFAULT_TARGET_NAME);
         assert_eq!(config.portals, vec![DEFAULT_PORTAL]);
         assert_eq!(config.tuning.queue_depth, 128);
-        assert_eq!(config.tuning.digests, Digests::PreferNone);
+        assert_eq!(config.tuning.digests, DigestSetting::PreferNone);
         assert!(!config.strict && !config.targets[0].allow_target_reset);
         let c = cli(&["--lun", "ram:1M", "--strict", "--allow-target-reset"]).unwrap();
         let config = c.into_config().unwrap();
@@ -309,7 +309,7 @@ mod tests {
         let strict = cli(&["--lun", "ram:1M", "--digests", "require-crc32c"]).unwrap();
         assert_eq!(
             strict.into_config().unwrap().tuning.digests,
-            Digests::RequireCrc32c
+            DigestSetting::RequireCrc32c
         );
         assert!(cli(&["--lun", "ram:1M", "--digests", "crc16"]).is_err());
 

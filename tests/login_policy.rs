@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Initiator, LoginKeys, TestServer, IQN};
-use overlaybd_target::config::{Digests, Tuning};
+use overlaybd_target::config::{DigestSetting, Tuning};
 use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Pdu, Stage};
 use support::process::{tool, Target};
 
 fn require_crc32c() -> Tuning {
     Tuning {
         nop_interval: None,
-        digests: Digests::RequireCrc32c,
+        digests: DigestSetting::RequireCrc32c,
         ..Tuning::default()
     }
 }

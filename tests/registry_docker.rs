@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlaybd_target::cache::http::push::push_blob;
-use overlaybd_target::cache::http::{CredentialStore, Credentials, RegistryClient};
+use overlaybd_target::cache::http::{CredentialStore, RegistryClient, RegistryCredentials};
 use overlaybd_target::cache::settings::{DaemonSettings, HttpConfig};
 use overlaybd_target::cache::{RemoteLayer, RemoteLayers};
 use overlaybd_target::source::LayerSource;
@@ -247,7 +247,7 @@ async fn docker_registry_htpasswd_basic_auth() {
     )
     .await;
     let data = blob(300_000);
-    let creds = Credentials {
+    let creds = RegistryCredentials {
         username: "carol".into(),
         password: "pa55word".into(),
     };
@@ -379,7 +379,7 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
     )
     .await;
     let layer = std::fs::read(support::fixtures::fixture("ext4_64")).unwrap();
-    let creds = Credentials {
+    let creds = RegistryCredentials {
         username: "dave".into(),
         password: "s3cret-pass".into(),
     };

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Config, Credentials, InvalidField, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL};
+use super::{ChapCredentials, Config, InvalidField, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ struct RawGlobal {
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<u64>,
     max_recv_data_segment_length: Option<u32>,
-    digests: Option<super::Digests>,
+    digests: Option<super::DigestSetting>,
     memory_budget: Option<String>,
     data_out_timeout_secs: Option<u64>,
     max_sessions: Option<u32>,
@@ -97,8 +97,8 @@ struct RawTarget {
     alias: Option<String>,
     #[serde(default)]
     luns: Vec<RawLun>,
-    chap: Option<Credentials>,
-    mutual_chap: Option<Credentials>,
+    chap: Option<ChapCredentials>,
+    mutual_chap: Option<ChapCredentials>,
     #[serde(default)]
     allowed_initiators: Vec<String>,
     #[serde(default)]
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(c.tuning.nop_interval, None);
         assert_eq!(c.tuning.nop_timeout, Duration::from_secs(7));
         assert_eq!(c.tuning.max_recv_data_segment_length, 65536);
-        assert_eq!(c.tuning.digests, crate::config::Digests::PreferCrc32c);
+        assert_eq!(c.tuning.digests, crate::config::DigestSetting::PreferCrc32c);
         assert!(c.strict);
         let t = &c.targets[0];
         assert_eq!(t.alias.as_deref(), Some("A"));

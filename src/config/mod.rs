@@ -47,7 +47,7 @@ pub struct Tuning {
     /// The largest data segment the target accepts, declared at login.
     pub max_recv_data_segment_length: u32,
     /// Which HeaderDigest/DataDigest values the target accepts and prefers.
-    pub digests: Digests,
+    pub digests: DigestSetting,
     /// Bytes all sessions together may hold for solicited write data and for Data-In read but
     /// not yet sent; commands beyond it wait (backpressure) instead of failing.
     pub memory_budget: u64,
@@ -67,7 +67,7 @@ pub struct Tuning {
 /// merely allowed; the target's preference decides that second case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Digests {
+pub enum DigestSetting {
     /// Either value; `None` when both are offered (no CRC cost).
     #[default]
     PreferNone,
@@ -84,7 +84,7 @@ impl Default for Tuning {
             nop_interval: Some(Duration::from_secs(10)),
             nop_timeout: Duration::from_secs(15),
             max_recv_data_segment_length: 262_144,
-            digests: Digests::PreferNone,
+            digests: DigestSetting::PreferNone,
             memory_budget: 128 << 20,
             data_out_timeout: Some(Duration::from_secs(30)),
             max_sessions: 1024,
@@ -104,9 +104,9 @@ pub struct TargetConfig {
     /// LUNs, numbered from 0 in this order.
     pub luns: Vec<LunSpec>,
     /// CHAP credentials the initiator must prove (none: no authentication).
-    pub chap: Option<Credentials>,
+    pub chap: Option<ChapCredentials>,
     /// Credentials the target proves to the initiator (mutual CHAP); requires `chap`.
-    pub mutual_chap: Option<Credentials>,
+    pub mutual_chap: Option<ChapCredentials>,
     /// Initiator names allowed to log in; empty allows everyone.
     pub allowed_initiators: Vec<String>,
     /// Whether TARGET WARM RESET and TARGET COLD RESET are honoured. Off by default: a cold
@@ -162,17 +162,17 @@ impl TargetConfig {
 /// A CHAP user name and secret.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Credentials {
+pub struct ChapCredentials {
     /// CHAP name.
     pub user: String,
     /// CHAP secret.
     pub secret: String,
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for ChapCredentials {
     // Keeps secrets out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
+        f.debug_struct("ChapCredentials")
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
@@ -341,15 +341,15 @@ mod tests {
         );
 
         let mut c = one_target();
-        c.targets[0].mutual_chap = Some(Credentials {
+        c.targets[0].mutual_chap = Some(ChapCredentials {
             user: "t".into(),
             secret: "target-secret-1".into(),
         });
         assert_eq!(c.validate().unwrap_err().field, "targets[0].mutual_chap");
     }
 
-    fn creds(secret: &str) -> Option<Credentials> {
-        Some(Credentials {
+    fn creds(secret: &str) -> Option<ChapCredentials> {
+        Some(ChapCredentials {
             user: "u".into(),
             secret: secret.into(),
         })
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn credentials_debug_hides_the_secret() {
-        let c = Credentials {
+        let c = ChapCredentials {
             user: "alice".into(),
             secret: "hunter2hunter2".into(),
         };

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Credentials, LunSpec, TargetConfig};
+use crate::config::{ChapCredentials, LunSpec, TargetConfig};
 
 /// One target as declared: everything needed to serve it again after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,9 +16,9 @@ pub struct TargetDef {
     /// LUNs by number (numbers need not be contiguous).
     pub luns: BTreeMap<u64, LunSpec>,
     /// CHAP the initiator must prove.
-    pub chap: Option<Credentials>,
+    pub chap: Option<ChapCredentials>,
     /// CHAP the target proves back.
-    pub mutual_chap: Option<Credentials>,
+    pub mutual_chap: Option<ChapCredentials>,
     /// Initiator names allowed to log in; empty allows everyone.
     pub allowed_initiators: Vec<String>,
     /// TARGET WARM/COLD RESET are honoured.

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use crate::block::Unavailable;
 use crate::config::backing::ImageOpener;
-use crate::config::{BackingError, Config, Credentials, LunSpec, TargetConfig};
+use crate::config::{BackingError, ChapCredentials, Config, LunSpec, TargetConfig};
 use crate::iscsi::transport::{Catalog, ServedTarget, Server, ServerHandle};
 use crate::scsi::ScsiTarget;
 
@@ -403,8 +403,8 @@ fn negotiated_keys(p: &crate::iscsi::login::SessionParams) -> BTreeMap<String, S
 /// The management API's operations on a daemon.
 struct Control(Arc<Inner>);
 
-fn credentials(input: Option<ChapInput>) -> Option<Credentials> {
-    input.map(|c| Credentials {
+fn credentials(input: Option<ChapInput>) -> Option<ChapCredentials> {
+    input.map(|c| ChapCredentials {
         user: c.user,
         secret: c.secret,
     })

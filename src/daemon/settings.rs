@@ -1,7 +1,7 @@
 //! Translations from the declared configuration to what the protocol layers take: the
 //! transport's limits, login negotiation settings, and each target's login view.
 
-use crate::config::{Credentials, Digests, Tuning};
+use crate::config::{ChapCredentials, DigestSetting, Tuning};
 use crate::iscsi::login::{self, AuthConfig, ChapAccount, DigestPolicy, LoginSettings};
 use crate::iscsi::transport::Limits;
 
@@ -24,9 +24,9 @@ pub fn limits(tuning: &Tuning) -> Limits {
 /// Our side of login negotiation, from the configured tuning.
 pub fn login_settings(tuning: &Tuning) -> LoginSettings {
     let digest = match tuning.digests {
-        Digests::PreferNone => DigestPolicy::PreferNone,
-        Digests::PreferCrc32c => DigestPolicy::PreferCrc32c,
-        Digests::RequireCrc32c => DigestPolicy::Crc32cOnly,
+        DigestSetting::PreferNone => DigestPolicy::PreferNone,
+        DigestSetting::PreferCrc32c => DigestPolicy::PreferCrc32c,
+        DigestSetting::RequireCrc32c => DigestPolicy::Crc32cOnly,
     };
     LoginSettings {
         max_recv_data_segment_length: tuning.max_recv_data_segment_length,
@@ -39,7 +39,7 @@ pub fn login_settings(tuning: &Tuning) -> LoginSettings {
     }
 }
 
-fn account(c: &Credentials) -> ChapAccount {
+fn account(c: &ChapCredentials) -> ChapAccount {
     ChapAccount {
         user: c.user.clone(),
         secret: c.secret.as_bytes().to_vec(),
@@ -66,9 +66,9 @@ mod tests {
     #[test]
     fn digest_knob_sets_both_digest_policies() {
         for (knob, policy) in [
-            (Digests::PreferNone, DigestPolicy::PreferNone),
-            (Digests::PreferCrc32c, DigestPolicy::PreferCrc32c),
-            (Digests::RequireCrc32c, DigestPolicy::Crc32cOnly),
+            (DigestSetting::PreferNone, DigestPolicy::PreferNone),
+            (DigestSetting::PreferCrc32c, DigestPolicy::PreferCrc32c),
+            (DigestSetting::RequireCrc32c, DigestPolicy::Crc32cOnly),
         ] {
             let s = login_settings(&Tuning {
                 digests: knob,

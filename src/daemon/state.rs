@@ -113,7 +113,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::definition::TargetDef;
-use crate::config::{Credentials, LunSpec};
+use crate::config::{ChapCredentials, LunSpec};
 
 /// Where the state file lives unless `--state` says otherwise.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/overlaybd-target/state.json";
@@ -697,9 +697,9 @@ struct TargetEntry {
     #[serde(default)]
     luns: BTreeMap<u64, LunEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    chap: Option<Credentials>,
+    chap: Option<ChapCredentials>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    mutual_chap: Option<Credentials>,
+    mutual_chap: Option<ChapCredentials>,
     #[serde(default)]
     allowed_initiators: Vec<String>,
     #[serde(default)]
@@ -800,8 +800,8 @@ mod tests {
         defs.iter().map(|d| (d.name.clone(), d.clone())).collect()
     }
 
-    fn creds(user: &str) -> Option<Credentials> {
-        Some(Credentials {
+    fn creds(user: &str) -> Option<ChapCredentials> {
+        Some(ChapCredentials {
             user: user.to_string(),
             secret: format!("{user}-secret-0123456789"),
         })

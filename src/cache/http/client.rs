@@ -302,7 +302,7 @@ impl RegistryClient {
     async fn lookup_credentials(
         &self,
         blob_url: &Url,
-    ) -> Result<Option<super::Credentials>, Failure> {
+    ) -> Result<Option<super::RegistryCredentials>, Failure> {
         self.credentials
             .lookup(&self.http, blob_url.as_str())
             .await

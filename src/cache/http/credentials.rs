@@ -11,17 +11,17 @@ use serde::Deserialize;
 
 /// A username and password for a registry.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub struct RegistryCredentials {
     /// User name.
     pub username: String,
     /// Password or identity token.
     pub password: String,
 }
 
-impl fmt::Debug for Credentials {
+impl fmt::Debug for RegistryCredentials {
     // Never print the password, even in debug logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
+        f.debug_struct("RegistryCredentials")
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
@@ -39,7 +39,7 @@ struct AuthEntry {
 }
 
 impl AuthEntry {
-    fn credentials(&self) -> Option<Credentials> {
+    fn credentials(&self) -> Option<RegistryCredentials> {
         if let Some(auth) = self.auth.as_deref().filter(|a| !a.is_empty()) {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
@@ -48,13 +48,13 @@ impl AuthEntry {
             // overlaybd splits at the first `:`; a trailing newline (as `base64` of `echo`
             // output gives) is not part of the password.
             let (user, pass) = text.split_once(':')?;
-            return Some(Credentials {
+            return Some(RegistryCredentials {
                 username: user.into(),
                 password: pass.trim_end_matches(['\n', '\r']).into(),
             });
         }
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) if !u.is_empty() => Some(Credentials {
+            (Some(u), Some(p)) if !u.is_empty() => Some(RegistryCredentials {
                 username: u.clone(),
                 password: p.clone(),
             }),
@@ -126,7 +126,7 @@ impl AuthFile {
     /// The credentials of the first entry (in file order) whose key is one of `candidates`.
     /// Keys are compared without a scheme and trailing `/` (Docker writes
     /// `https://index.docker.io/v1/`, overlaybd writes bare hosts).
-    pub fn lookup(&self, candidates: &[String]) -> Option<Credentials> {
+    pub fn lookup(&self, candidates: &[String]) -> Option<RegistryCredentials> {
         self.entries
             .iter()
             .find(|(key, _)| {
@@ -222,7 +222,7 @@ impl CredentialStore {
         &self,
         client: &reqwest::Client,
         blob_url: &str,
-    ) -> std::io::Result<Option<Credentials>> {
+    ) -> std::io::Result<Option<RegistryCredentials>> {
         let candidates = candidate_keys(blob_url);
         if let Some((url, timeout)) = &self.service {
             let answer = client
@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credentials {
+        let c = RegistryCredentials {
             username: "u".into(),
             password: "secret".into(),
         };

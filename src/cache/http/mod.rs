@@ -10,7 +10,7 @@ pub mod push;
 pub mod range;
 
 pub use client::{HttpBlobSource, RegistryClient};
-pub use credentials::{CredentialStore, Credentials};
+pub use credentials::{CredentialStore, RegistryCredentials};
 
 /// Largest JSON answer (token, credential service) we read: these are small documents, and
 /// an endless body from a broken or hostile server must not exhaust memory.

@@ -8,7 +8,7 @@ use reqwest::{StatusCode, Url};
 use sha2::{Digest, Sha256};
 
 use super::auth::basic_header;
-use super::credentials::Credentials;
+use super::credentials::RegistryCredentials;
 
 /// `sha256:<hex>` of `data`, the form registries and layer configs use.
 pub fn sha256_digest(data: &[u8]) -> String {
@@ -23,7 +23,7 @@ pub async fn push_blob(
     registry: &str,
     repo: &str,
     data: Vec<u8>,
-    creds: Option<&Credentials>,
+    creds: Option<&RegistryCredentials>,
 ) -> io::Result<String> {
     let digest = sha256_digest(&data);
     let err =
