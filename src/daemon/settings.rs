@@ -47,8 +47,8 @@ fn account(c: &ChapCredentials) -> ChapAccount {
 }
 
 /// What login and discovery see of a target.
-pub fn login_view(def: &TargetDef) -> login::TargetConfig {
-    login::TargetConfig {
+pub fn login_view(def: &TargetDef) -> login::LoginTarget {
+    login::LoginTarget {
         name: def.name.clone(),
         alias: def.alias.clone(),
         auth: AuthConfig {

@@ -268,19 +268,19 @@ fn send_targets(ctx: &TextContext<'_>, value: &str, out: &mut TextWriter) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iscsi::login::{LoginSettings, StaticDirectory, TargetConfig};
+    use crate::iscsi::login::{LoginSettings, LoginTarget, StaticDirectory};
     use crate::iscsi::pdu::Lun;
 
     const INITIATOR: &str = "iqn.2026-11.test.vm-initiator:guest";
 
     fn dir() -> StaticDirectory {
-        let mut private = TargetConfig::open("iqn.2026-11.test:private");
+        let mut private = LoginTarget::open("iqn.2026-11.test:private");
         private.allowed_initiators = vec!["iqn.2026-11.test:other".into()];
         StaticDirectory::new(
             LoginSettings::default(),
             [
-                TargetConfig::open("iqn.2026-11.test:vm"),
-                TargetConfig::open("iqn.2026-11.test:db"),
+                LoginTarget::open("iqn.2026-11.test:vm"),
+                LoginTarget::open("iqn.2026-11.test:db"),
                 private,
             ],
         )
@@ -428,8 +428,8 @@ mod tests {
 
     #[test]
     fn long_response_continues_with_a_transfer_tag() {
-        let targets: Vec<TargetConfig> = (0..40)
-            .map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}")))
+        let targets: Vec<LoginTarget> = (0..40)
+            .map(|i| LoginTarget::open(format!("iqn.2026-11.test:disk-{i:03}")))
             .collect();
         let d = StaticDirectory::new(LoginSettings::default(), targets);
         let p = portal();
@@ -471,8 +471,8 @@ mod tests {
 
     #[test]
     fn continuation_errors_and_reset() {
-        let targets: Vec<TargetConfig> = (0..40)
-            .map(|i| TargetConfig::open(format!("iqn.2026-11.test:disk-{i:03}")))
+        let targets: Vec<LoginTarget> = (0..40)
+            .map(|i| LoginTarget::open(format!("iqn.2026-11.test:disk-{i:03}")))
             .collect();
         let d = StaticDirectory::new(LoginSettings::default(), targets);
         let p = portal();

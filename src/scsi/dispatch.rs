@@ -10,8 +10,8 @@ use super::lun::{self, Lun};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
-    inquiry, mode, provisioning, report, sbc, status, Failure, Nexus, ScsiRequest, ScsiResponse,
-    ScsiTarget,
+    inquiry, mode, provisioning, report, sbc, status, CommandFailure, Nexus, ScsiRequest,
+    ScsiResponse, ScsiTarget,
 };
 
 /// How many Data-Out bytes a command needs.
@@ -59,7 +59,7 @@ impl ScsiTarget {
                 }
             }
             if state.reservations.conflicts(nexus, access) {
-                return respond(Err(Failure::Conflict), &req, None);
+                return respond(Err(CommandFailure::Conflict), &req, None);
             }
         }
         let cmd = match parsed {
@@ -142,7 +142,7 @@ impl ScsiTarget {
             Ok(Command::ReportLuns { select, alloc_len }) => self
                 .report_luns(nexus, select, alloc_len)
                 .map(|d| cut(d, alloc_len))
-                .map_err(Failure::from),
+                .map_err(CommandFailure::from),
             Ok(Command::RequestSense { alloc_len, .. }) => {
                 Ok(cut(not_supported.encode(), alloc_len))
             }
@@ -159,8 +159,8 @@ impl ScsiTarget {
         cmd: Command,
         data: Bytes,
         expected_len: u32,
-    ) -> Result<Bytes, Failure> {
-        let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(Failure::from);
+    ) -> Result<Bytes, CommandFailure> {
+        let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(CommandFailure::from);
         match cmd {
             Command::TestUnitReady
             | Command::StartStopUnit { .. }
@@ -377,7 +377,7 @@ fn data_out(cmd: &Command, bs: u64) -> DataOut {
 /// between that length and what the command wanted to move (`wanted_out` bytes of Data-Out, or
 /// else the full Data-In).
 fn respond(
-    result: Result<Bytes, Failure>,
+    result: Result<Bytes, CommandFailure>,
     req: &ScsiRequest,
     wanted_out: Option<u64>,
 ) -> ScsiResponse {
@@ -396,8 +396,8 @@ fn respond(
         }
         Err(failure) => {
             let (status, sense) = match failure {
-                Failure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode())),
-                Failure::Conflict => (status::RESERVATION_CONFLICT, None),
+                CommandFailure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode())),
+                CommandFailure::Conflict => (status::RESERVATION_CONFLICT, None),
             };
             ScsiResponse {
                 status,

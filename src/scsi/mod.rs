@@ -124,16 +124,16 @@ pub mod status {
 
 /// Why a command did not complete with GOOD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub(crate) enum CommandFailure {
     /// CHECK CONDITION with this sense.
     Check(Sense),
     /// RESERVATION CONFLICT.
     Conflict,
 }
 
-impl From<Sense> for Failure {
+impl From<Sense> for CommandFailure {
     fn from(sense: Sense) -> Self {
-        Failure::Check(sense)
+        CommandFailure::Check(sense)
     }
 }
 

@@ -10,7 +10,7 @@ use super::cdb::service_action::{pr_in, pr_out as action};
 use super::identity::RELATIVE_TARGET_PORT;
 use super::sense::{asc, Sense};
 use super::unit_attention::UnitAttentions;
-use super::{Failure, Nexus};
+use super::{CommandFailure, Nexus};
 
 /// Persistent reservation types (SPC-4 table 170).
 pub mod pr_type {
@@ -130,12 +130,12 @@ impl Reservations {
     }
 
     /// RESERVE(6/10).
-    pub fn reserve(&mut self, nexus: &Nexus) -> Result<(), Failure> {
+    pub fn reserve(&mut self, nexus: &Nexus) -> Result<(), CommandFailure> {
         if !self.registrants.is_empty() || self.reservation.is_some() {
-            return Err(Failure::Conflict);
+            return Err(CommandFailure::Conflict);
         }
         match &self.legacy {
-            Some(holder) if holder != nexus => Err(Failure::Conflict),
+            Some(holder) if holder != nexus => Err(CommandFailure::Conflict),
             _ => {
                 self.legacy = Some(nexus.clone());
                 Ok(())
@@ -177,7 +177,7 @@ impl Reservations {
         kind: u8,
         params: &[u8],
         ua: &mut UnitAttentions,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), CommandFailure> {
         if params.len() != 24 {
             return Err(Sense::parameter_list_length().into());
         }
@@ -223,7 +223,7 @@ impl Reservations {
                         Ok(())
                     }
                     Some(r) if r.pr_type == kind && self.is_holder(nexus) => Ok(()),
-                    Some(_) => Err(Failure::Conflict),
+                    Some(_) => Err(CommandFailure::Conflict),
                 }
             }
             action::RELEASE => {
@@ -265,10 +265,10 @@ impl Reservations {
     }
 
     /// Fails with RESERVATION CONFLICT unless `nexus` is registered with `key`.
-    fn check_key(&self, nexus: &Nexus, key: u64) -> Result<(), Failure> {
+    fn check_key(&self, nexus: &Nexus, key: u64) -> Result<(), CommandFailure> {
         match self.key_of(nexus) {
             Some(k) if k == key => Ok(()),
-            _ => Err(Failure::Conflict),
+            _ => Err(CommandFailure::Conflict),
         }
     }
 
@@ -296,11 +296,11 @@ impl Reservations {
         sa_key: u64,
         ignore_existing: bool,
         ua: &mut UnitAttentions,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), CommandFailure> {
         match self.key_of(nexus) {
             None => {
                 if !ignore_existing && key != 0 {
-                    return Err(Failure::Conflict);
+                    return Err(CommandFailure::Conflict);
                 }
                 if sa_key != 0 {
                     if self.registrants.len() >= MAX_REGISTRANTS {
@@ -314,7 +314,7 @@ impl Reservations {
             }
             Some(current) => {
                 if !ignore_existing && key != current {
-                    return Err(Failure::Conflict);
+                    return Err(CommandFailure::Conflict);
                 }
                 if sa_key == 0 {
                     self.unregister(nexus, ua);
@@ -346,7 +346,7 @@ impl Reservations {
         sa_key: u64,
         kind: u8,
         ua: &mut UnitAttentions,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), CommandFailure> {
         let reservation = self.reservation.clone();
         let all_registrants = reservation
             .as_ref()
@@ -369,7 +369,7 @@ impl Reservations {
             None => false,
         };
         if victims.is_empty() && !takes_reservation {
-            return Err(Failure::Conflict);
+            return Err(CommandFailure::Conflict);
         }
         for v in &victims {
             ua.raise(v, asc::REGISTRATIONS_PREEMPTED);
@@ -397,7 +397,7 @@ impl Reservations {
 
     /// PERSISTENT RESERVE IN; the full parameter data (the caller applies the allocation
     /// length).
-    pub fn persistent_in(&self, act: u8) -> Result<Bytes, Failure> {
+    pub fn persistent_in(&self, act: u8) -> Result<Bytes, CommandFailure> {
         let mut out = BytesMut::new();
         match act {
             pr_in::READ_KEYS => {
@@ -523,7 +523,14 @@ mod tests {
             }
         }
 
-        fn out(&mut self, who: char, act: u8, kind: u8, key: u64, sa: u64) -> Result<(), Failure> {
+        fn out(
+            &mut self,
+            who: char,
+            act: u8,
+            kind: u8,
+            key: u64,
+            sa: u64,
+        ) -> Result<(), CommandFailure> {
             let n = if who == 'a' {
                 self.a.clone()
             } else {
@@ -566,11 +573,11 @@ mod tests {
         f.out('a', action::REGISTER, 0, 0, 0xa).unwrap();
         assert!(matches!(
             f.out('a', action::REGISTER, 0, 0xbad, 0xc),
-            Err(Failure::Conflict)
+            Err(CommandFailure::Conflict)
         ));
         assert!(matches!(
             f.out('b', action::RESERVE, 1, 0, 0),
-            Err(Failure::Conflict)
+            Err(CommandFailure::Conflict)
         ));
         f.out('a', action::REGISTER_AND_IGNORE, 0, 0xbad, 0xc)
             .unwrap();
@@ -578,7 +585,9 @@ mod tests {
             .res
             .persistent_out(&f.a, action::REGISTER, 0, 0, &[0; 20], &mut f.ua)
             .unwrap_err();
-        assert!(matches!(err, Failure::Check(s) if s.asc == asc::PARAMETER_LIST_LENGTH_ERROR));
+        assert!(
+            matches!(err, CommandFailure::Check(s) if s.asc == asc::PARAMETER_LIST_LENGTH_ERROR)
+        );
         let keys = f.res.persistent_in(0).unwrap();
         assert_eq!(
             &keys[..],
@@ -596,7 +605,7 @@ mod tests {
         let err = f
             .out('a', action::RELEASE, pr_type::WRITE_EXCLUSIVE, 0xa, 0)
             .unwrap_err();
-        assert!(matches!(err, Failure::Check(s) if s.asc == asc::INVALID_RELEASE_OF_PR));
+        assert!(matches!(err, CommandFailure::Check(s) if s.asc == asc::INVALID_RELEASE_OF_PR));
         // A non-holder's release is a no-op.
         f.out('b', action::RELEASE, pr_type::WRITE_EXCLUSIVE_RO, 0xb, 0)
             .unwrap();
@@ -617,7 +626,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             f.out('b', action::PREEMPT, 3, 0xb, 0x99),
-            Err(Failure::Conflict)
+            Err(CommandFailure::Conflict)
         ));
         f.out('b', action::PREEMPT, pr_type::WRITE_EXCLUSIVE, 0xb, 0xa)
             .unwrap();
@@ -639,7 +648,7 @@ mod tests {
         assert!(!f.res.conflicts(&f.b, Access::Always));
         assert!(f.res.conflicts(&f.b, Access::Status));
         assert!(!f.res.conflicts(&f.b, Access::Release));
-        assert!(matches!(f.res.reserve(&f.b), Err(Failure::Conflict)));
+        assert!(matches!(f.res.reserve(&f.b), Err(CommandFailure::Conflict)));
         f.res.release(&f.b);
         assert!(f.res.conflicts(&f.b, Access::Read));
         f.res.release(&f.a);

@@ -34,7 +34,7 @@ pub struct AuthConfig {
 
 /// One target as the login and discovery code sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetConfig {
+pub struct LoginTarget {
     /// iSCSI name, e.g. `iqn.2026-11.io.overlaybd:image`.
     pub name: String,
     /// Optional TargetAlias declared at login.
@@ -45,10 +45,10 @@ pub struct TargetConfig {
     pub allowed_initiators: Vec<String>,
 }
 
-impl TargetConfig {
+impl LoginTarget {
     /// A target open to every initiator without authentication.
     pub fn open(name: impl Into<String>) -> Self {
-        TargetConfig {
+        LoginTarget {
             name: name.into(),
             alias: None,
             auth: AuthConfig::default(),
@@ -144,9 +144,9 @@ pub trait TargetDirectory {
     /// Target-wide settings.
     fn settings(&self) -> &LoginSettings;
     /// The target with this exact name, if we serve it.
-    fn target(&self, name: &str) -> Option<TargetConfig>;
+    fn target(&self, name: &str) -> Option<LoginTarget>;
     /// Every target, in a stable order.
-    fn targets(&self) -> Vec<TargetConfig>;
+    fn targets(&self) -> Vec<LoginTarget>;
 }
 
 /// A fixed set of targets, kept in name order.
@@ -154,12 +154,12 @@ pub trait TargetDirectory {
 pub struct StaticDirectory {
     /// Target-wide settings.
     pub settings: LoginSettings,
-    targets: BTreeMap<String, TargetConfig>,
+    targets: BTreeMap<String, LoginTarget>,
 }
 
 impl StaticDirectory {
     /// A directory with the given settings and targets (a later duplicate name wins).
-    pub fn new(settings: LoginSettings, targets: impl IntoIterator<Item = TargetConfig>) -> Self {
+    pub fn new(settings: LoginSettings, targets: impl IntoIterator<Item = LoginTarget>) -> Self {
         StaticDirectory {
             settings,
             targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
@@ -172,11 +172,11 @@ impl TargetDirectory for StaticDirectory {
         &self.settings
     }
 
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         self.targets.get(name).cloned()
     }
 
-    fn targets(&self) -> Vec<TargetConfig> {
+    fn targets(&self) -> Vec<LoginTarget> {
         self.targets.values().cloned().collect()
     }
 }

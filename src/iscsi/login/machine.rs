@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::config::{AuthConfig, DigestPolicy, LoginSettings, TargetConfig, TargetDirectory};
+use super::config::{AuthConfig, DigestPolicy, LoginSettings, LoginTarget, TargetDirectory};
 use super::error::LoginError;
 use super::keys::{self, TextAssembler, TextSplitter, TextWriter};
 use super::params::SessionParams;
@@ -56,7 +56,7 @@ pub struct LoginOutcome {
     /// InitiatorAlias, if declared.
     pub initiator_alias: Option<String>,
     /// The target logged in to (None for discovery sessions).
-    pub target: Option<TargetConfig>,
+    pub target: Option<LoginTarget>,
     /// ISID from the Login Requests.
     pub isid: Isid,
     /// TSIH requested: 0 for a new session, else the session to join or reinstate.
@@ -109,7 +109,7 @@ pub(super) struct Session {
     pub(super) session_type: SessionType,
     pub(super) initiator_name: String,
     pub(super) initiator_alias: Option<String>,
-    pub(super) target: Option<TargetConfig>,
+    pub(super) target: Option<LoginTarget>,
     pub(super) auth: AuthConfig,
 }
 

@@ -60,7 +60,7 @@ mod throttle;
 mod tests;
 
 pub use config::{
-    AuthConfig, ChapAccount, DigestPolicy, LoginSettings, StaticDirectory, TargetConfig,
+    AuthConfig, ChapAccount, DigestPolicy, LoginSettings, LoginTarget, StaticDirectory,
     TargetDirectory,
 };
 pub use error::{AuthError, LoginError};

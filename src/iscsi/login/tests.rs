@@ -52,7 +52,7 @@ fn answer(rsp: &LoginResponse, key: &str) -> Option<String> {
 }
 
 fn open_dir() -> StaticDirectory {
-    StaticDirectory::new(LoginSettings::default(), [TargetConfig::open(TARGET)])
+    StaticDirectory::new(LoginSettings::default(), [LoginTarget::open(TARGET)])
 }
 
 fn account(user: &str, secret: &str) -> ChapAccount {
@@ -63,7 +63,7 @@ fn account(user: &str, secret: &str) -> ChapAccount {
 }
 
 fn chap_dir(mutual: bool) -> StaticDirectory {
-    let mut t = TargetConfig::open(TARGET);
+    let mut t = LoginTarget::open(TARGET);
     t.auth.chap = Some(account("alice", "initiator-secret"));
     if mutual {
         t.auth.mutual_chap = Some(account("target-user", "target-secret1"));
@@ -665,7 +665,7 @@ fn no_auth_target_rejects_chap_only_offer() {
 fn discovery_chap_uses_the_discovery_account() {
     let mut settings = LoginSettings::default();
     settings.discovery_auth.chap = Some(account("disc", "discovery-secret"));
-    let dir = StaticDirectory::new(settings, [TargetConfig::open(TARGET)]);
+    let dir = StaticDirectory::new(settings, [LoginTarget::open(TARGET)]);
     let status = fail_status(linux_discovery(&dir));
     assert_eq!(status, LoginStatus::AUTHENTICATION_FAILURE);
 }
@@ -690,7 +690,7 @@ fn first_pdu_status(dir: &StaticDirectory, r: LoginRequest) -> LoginStatus {
 #[test]
 fn leading_key_failures() {
     let dir = open_dir();
-    let mut restricted = TargetConfig::open(TARGET);
+    let mut restricted = LoginTarget::open(TARGET);
     restricted.allowed_initiators = vec!["iqn.2026-11.test:someone-else".into()];
     let restricted = StaticDirectory::new(LoginSettings::default(), [restricted]);
     let full = Stage::FullFeature;
@@ -987,7 +987,7 @@ fn discovery_answers_session_keys_irrelevant() {
 
 #[test]
 fn target_alias_is_declared_in_the_first_response() {
-    let mut t = TargetConfig::open(TARGET);
+    let mut t = LoginTarget::open(TARGET);
     t.alias = Some("vm disk".into());
     let dir = StaticDirectory::new(
         LoginSettings {
@@ -1249,7 +1249,7 @@ fn crc32c_dir() -> StaticDirectory {
         data_digest: DigestPolicy::Crc32cOnly,
         ..LoginSettings::default()
     };
-    StaticDirectory::new(settings, [TargetConfig::open(TARGET)])
+    StaticDirectory::new(settings, [LoginTarget::open(TARGET)])
 }
 
 /// LINUX_NORMAL with the digest keys replaced (`None` leaves a key out).
@@ -1418,7 +1418,7 @@ fn failures_name_their_reason_and_who_tried() {
 /// An initiator not on a target's list gets exactly the answer a missing target gets.
 #[test]
 fn protected_and_missing_targets_look_the_same_to_an_unlisted_initiator() {
-    let mut protected = TargetConfig::open(TARGET);
+    let mut protected = LoginTarget::open(TARGET);
     protected.allowed_initiators = vec!["iqn.2026-11.test:someone-else".into()];
     protected.auth.chap = Some(account("alice", "initiator-secret"));
     let dir = StaticDirectory::new(LoginSettings::default(), [protected]);

@@ -40,7 +40,7 @@ const RESET_CHANNEL: usize = 16;
 /// One served target.
 pub struct ServedTarget {
     /// What login and discovery see.
-    pub login: login::TargetConfig,
+    pub login: login::LoginTarget,
     /// The SCSI device server with the target's LUNs.
     pub scsi: Arc<ScsiTarget>,
     /// Announces resets to every session of the target.
@@ -53,11 +53,7 @@ pub struct ServedTarget {
 
 impl ServedTarget {
     /// A target with the login view `login` over the device server `scsi`.
-    pub fn new(
-        login: login::TargetConfig,
-        scsi: Arc<ScsiTarget>,
-        allow_target_reset: bool,
-    ) -> Self {
+    pub fn new(login: login::LoginTarget, scsi: Arc<ScsiTarget>, allow_target_reset: bool) -> Self {
         ServedTarget {
             login,
             scsi,
@@ -134,11 +130,11 @@ impl TargetDirectory for Catalog {
         &self.settings
     }
 
-    fn target(&self, name: &str) -> Option<login::TargetConfig> {
+    fn target(&self, name: &str) -> Option<login::LoginTarget> {
         self.get(name).map(|t| t.login.clone())
     }
 
-    fn targets(&self) -> Vec<login::TargetConfig> {
+    fn targets(&self) -> Vec<login::LoginTarget> {
         self.targets
             .read()
             .values()
