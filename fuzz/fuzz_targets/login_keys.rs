@@ -5,18 +5,18 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use overlaybd_target::iscsi::login::{
-    keys, AuthConfig, ChapAccount, Login, LoginSettings, LoginStep, StaticDirectory, TargetConfig,
+    keys, AuthConfig, ChapAccount, Login, LoginSettings, LoginStep, StaticDirectory, LoginTarget,
 };
 use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, Stage};
 
 fuzz_target!(|input: &[u8]| {
     let _ = keys::parse(input);
-    let mut chap = TargetConfig::open("iqn.2026-11.fuzz:chap");
+    let mut chap = LoginTarget::open("iqn.2026-11.fuzz:chap");
     chap.auth = AuthConfig {
         chap: Some(ChapAccount { user: "u".into(), secret: b"0123456789ab".to_vec() }),
         mutual_chap: Some(ChapAccount { user: "t".into(), secret: b"ba9876543210".to_vec() }),
     };
-    let dir = StaticDirectory::new(LoginSettings::default(), [TargetConfig::open("iqn.2026-11.fuzz:open"), chap]);
+    let dir = StaticDirectory::new(LoginSettings::default(), [LoginTarget::open("iqn.2026-11.fuzz:open"), chap]);
     let mut login = Login::new(std::time::Instant::now());
     // Each chunk: one flags byte (T, C, CSG, NSG) followed by text up to the next 0xff byte.
     for chunk in input.split(|&b| b == 0xff) {

@@ -16,7 +16,7 @@ use overlaybd_target::iscsi::pdu::{
     Lun, NopOut, Pdu, PduCodec, RejectReason, ScsiCommand, TaskAttribute, RESERVED_TAG,
 };
 use overlaybd_target::iscsi::session::{Event, Session, SessionOptions, SessionParams};
-use overlaybd_target::scsi::ScsiResponse;
+use overlaybd_target::scsi::CommandOutcome;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, wire)) = input.split_first() else {
@@ -70,7 +70,7 @@ fuzz_target!(|input: &[u8]| {
         while let Some(event) = session.poll_event() {
             if let Event::Execute { task, request } = event {
                 let len = request.expected_len.min(4096) as usize;
-                let response = ScsiResponse {
+                let response = CommandOutcome {
                     status: if len % 3 == 0 { 0x02 } else { 0 },
                     sense: (len % 3 == 0)
                         .then(|| Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10])),

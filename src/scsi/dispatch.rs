@@ -10,8 +10,8 @@ use super::lun::{self, Lun};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
-    inquiry, mode, provisioning, report, sbc, status, CommandFailure, Nexus, ScsiRequest,
-    ScsiResponse, ScsiTarget,
+    inquiry, mode, provisioning, report, sbc, status, CommandFailure, CommandOutcome, Nexus,
+    ScsiRequest, ScsiTarget,
 };
 
 /// How many Data-Out bytes a command needs.
@@ -30,7 +30,7 @@ enum DataOut {
 impl ScsiTarget {
     /// Runs one command: LUN lookup, CDB parsing, unit attentions, reservation conflicts,
     /// Data-Out length rules, the command itself, then residuals.
-    pub(super) async fn execute_command(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
+    pub(super) async fn execute_command(&self, nexus: &Nexus, req: ScsiRequest) -> CommandOutcome {
         let Some(lun) = self.lun(req.lun) else {
             return self.missing_lun(nexus, &req);
         };
@@ -131,7 +131,7 @@ impl ScsiTarget {
 
     /// Commands addressed to a LUN that does not exist (SPC-4 5.1: INQUIRY answers with
     /// peripheral qualifier 3, REPORT LUNS works, REQUEST SENSE reports the error as data).
-    fn missing_lun(&self, nexus: &Nexus, req: &ScsiRequest) -> ScsiResponse {
+    fn missing_lun(&self, nexus: &Nexus, req: &ScsiRequest) -> CommandOutcome {
         let not_supported = Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED);
         let result = match cdb::parse(&req.cdb) {
             Ok(Command::Inquiry {
@@ -380,14 +380,14 @@ fn respond(
     result: Result<Bytes, CommandFailure>,
     req: &ScsiRequest,
     wanted_out: Option<u64>,
-) -> ScsiResponse {
+) -> CommandOutcome {
     let expected = i64::from(req.expected_len);
     let residual_for = |moved: u64| expected - i64::try_from(moved).unwrap_or(i64::MAX);
     match result {
         Ok(data) => {
             let residual = residual_for(wanted_out.unwrap_or(data.len() as u64));
             let keep = data.len().min(req.expected_len as usize);
-            ScsiResponse {
+            CommandOutcome {
                 status: status::GOOD,
                 sense: None,
                 data_in: data.slice(..keep),
@@ -399,7 +399,7 @@ fn respond(
                 CommandFailure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode())),
                 CommandFailure::Conflict => (status::RESERVATION_CONFLICT, None),
             };
-            ScsiResponse {
+            CommandOutcome {
                 status,
                 sense,
                 data_in: Bytes::new(),

@@ -5,7 +5,7 @@
 //! INTERFACE CONTRACT (used by `src/iscsi/`; keep these names and shapes):
 //! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order);
 //!   [`ScsiTarget::named`] also gives the target name that I/O error log lines carry.
-//! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`ScsiResponse`].
+//! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`CommandOutcome`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.
 //! - [`ScsiTarget::insert_lun`], [`ScsiTarget::remove_lun`], [`ScsiTarget::replace_lun`] change
@@ -77,7 +77,7 @@ pub struct ScsiRequest {
 
 /// The outcome of a command.
 #[derive(Debug, Clone)]
-pub struct ScsiResponse {
+pub struct CommandOutcome {
     /// SCSI status byte (0x00 GOOD, 0x02 CHECK CONDITION, 0x18 RESERVATION CONFLICT, ...).
     pub status: u8,
     /// Fixed-format sense data when `status` is CHECK CONDITION.
@@ -89,11 +89,11 @@ pub struct ScsiResponse {
     pub residual: i64,
 }
 
-impl ScsiResponse {
+impl CommandOutcome {
     /// CHECK CONDITION with `sense` and no data: how the iSCSI layer ends a command it
     /// terminates itself (a broken Data-Out sequence, a timeout, a failed task).
     pub fn check_condition(sense: Sense) -> Self {
-        ScsiResponse {
+        CommandOutcome {
             status: status::CHECK_CONDITION,
             sense: Some(sense.encode()),
             data_in: Bytes::new(),
@@ -195,7 +195,7 @@ impl ScsiTarget {
     }
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.
-    pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
+    pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> CommandOutcome {
         self.execute_command(nexus, req).await
     }
 

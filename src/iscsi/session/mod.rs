@@ -43,7 +43,7 @@ use crate::iscsi::pdu::{
 };
 use crate::iscsi::text::{TextError, TextReply};
 use crate::scsi::sense::{asc, Sense};
-use crate::scsi::{ScsiRequest, ScsiResponse};
+use crate::scsi::{CommandOutcome, ScsiRequest};
 
 pub use crate::iscsi::login::SessionParams;
 
@@ -452,7 +452,7 @@ impl Session {
         match opcode {
             opcode::DATA_OUT => {
                 let lost = Sense::aborted_command(asc::PROTOCOL_SERVICE_CRC_ERROR);
-                self.fail_task(field(16), ScsiResponse::check_condition(lost))
+                self.fail_task(field(16), CommandOutcome::check_condition(lost))
             }
             opcode::SCSI_COMMAND
             | opcode::NOP_OUT

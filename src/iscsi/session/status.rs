@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::data_in::pieces;
 use super::STAMPED_AT_TRANSMIT;
 use crate::iscsi::pdu::{self, DataIn, Lun, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
-use crate::scsi::ScsiResponse;
+use crate::scsi::CommandOutcome;
 
 /// The command a status belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +43,7 @@ fn residual_fields(residual: i64) -> (bool, bool, u32) {
 }
 
 /// The PDUs that finish `cmd` with `resp`, in sending order.
-pub fn status_pdus(cmd: CommandRef, resp: &ScsiResponse, stamp: Stamp) -> Vec<Pdu> {
+pub fn status_pdus(cmd: CommandRef, resp: &CommandOutcome, stamp: Stamp) -> Vec<Pdu> {
     let mut data = if cmd.read {
         resp.data_in.clone()
     } else {
@@ -126,8 +126,8 @@ mod tests {
         }
     }
 
-    fn good(data: &[u8], residual: i64) -> ScsiResponse {
-        ScsiResponse {
+    fn good(data: &[u8], residual: i64) -> CommandOutcome {
+        CommandOutcome {
             status: GOOD,
             sense: None,
             data_in: Bytes::copy_from_slice(data),
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn sense_goes_in_a_separate_response_after_data() {
-        let mut resp = ScsiResponse::check_condition(Sense::new(
+        let mut resp = CommandOutcome::check_condition(Sense::new(
             key::MEDIUM_ERROR,
             asc::UNRECOVERED_READ_ERROR,
         ));

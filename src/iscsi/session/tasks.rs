@@ -13,7 +13,7 @@ use super::{
 };
 use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
 use crate::scsi::sense::{asc, Sense};
-use crate::scsi::{DataDirection, ScsiRequest, ScsiResponse};
+use crate::scsi::{CommandOutcome, DataDirection, ScsiRequest};
 
 /// Largest write the target buffers for one command (Expected Data Transfer Length); larger
 /// ones are refused with ILLEGAL REQUEST before any data is solicited.
@@ -42,7 +42,7 @@ pub(super) struct Task {
     transfer: Option<WriteTransfer>,
     /// Set when the iSCSI layer already decided the outcome (a refused or broken transfer);
     /// the response is sent when the task's turn comes instead of executing it.
-    verdict: Option<ScsiResponse>,
+    verdict: Option<CommandOutcome>,
     r2t_count: u32,
     /// Its memory is reserved (or it needs none): it may run or solicit data.
     reserved: bool,
@@ -63,12 +63,12 @@ pub(super) struct Task {
 
 /// ABORTED COMMAND for a Data-Out sequence error: DATA PHASE ERROR (4B/00), or
 /// INVALID TARGET PORT TRANSFER TAG RECEIVED (4B/01) for a bad tag.
-fn data_out_failure(err: DataOutError) -> ScsiResponse {
+fn data_out_failure(err: DataOutError) -> CommandOutcome {
     match err {
-        DataOutError::UnknownTtt(_) => ScsiResponse::check_condition(Sense::aborted_command(
+        DataOutError::UnknownTtt(_) => CommandOutcome::check_condition(Sense::aborted_command(
             asc::INVALID_TARGET_PORT_TRANSFER_TAG_RECEIVED,
         )),
-        _ => ScsiResponse::check_condition(Sense::aborted_command(asc::DATA_PHASE_ERROR)),
+        _ => CommandOutcome::check_condition(Sense::aborted_command(asc::DATA_PHASE_ERROR)),
     }
 }
 
@@ -121,7 +121,7 @@ impl Session {
         let (transfer, verdict) = if cmd.write {
             if cmd.expected_data_transfer_length > MAX_WRITE_LEN {
                 let refusal = Sense::illegal(asc::INVALID_FIELD_IN_CDB);
-                (None, Some(ScsiResponse::check_condition(refusal)))
+                (None, Some(CommandOutcome::check_condition(refusal)))
             } else {
                 match WriteTransfer::new(
                     cmd.expected_data_transfer_length,
@@ -396,7 +396,7 @@ impl Session {
                 task.data_wait = None;
             }
             let timeout = Sense::aborted_command(asc::INITIATOR_RESPONSE_TIMEOUT);
-            self.fail_task(itt, ScsiResponse::check_condition(timeout));
+            self.fail_task(itt, CommandOutcome::check_condition(timeout));
         }
     }
 
@@ -412,7 +412,7 @@ impl Session {
 
     /// Ends the task `itt` with `verdict` as soon as its CmdSN turn has come (at once if it
     /// has); its remaining Data-Out is ignored.
-    pub(super) fn fail_task(&mut self, itt: u32, verdict: ScsiResponse) {
+    pub(super) fn fail_task(&mut self, itt: u32, verdict: CommandOutcome) {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return;
         };
@@ -459,7 +459,7 @@ impl Session {
 
     /// Reports the outcome of a task started by [`Event::Execute`]. Completions of tasks that
     /// were aborted meanwhile are ignored.
-    pub fn complete(&mut self, task: TaskId, response: ScsiResponse) {
+    pub fn complete(&mut self, task: TaskId, response: CommandOutcome) {
         if self.closing.is_some() {
             return;
         }
@@ -467,7 +467,7 @@ impl Session {
     }
 
     /// Removes a task and queues its status PDUs.
-    fn finish(&mut self, id: TaskId, response: &ScsiResponse) {
+    fn finish(&mut self, id: TaskId, response: &CommandOutcome) {
         let Some(itt) = self.ids.remove(&id) else {
             return;
         };
@@ -477,7 +477,7 @@ impl Session {
         // Immediate commands took a slot too (`CommandWindow::take_immediate`).
         self.window.retire();
         // The Data-In reservations come back once the last PDU carrying the data is sent.
-        let response = &ScsiResponse {
+        let response = &CommandOutcome {
             data_in: std::mem::take(&mut task.read_holds).attach(response.data_in.clone()),
             ..response.clone()
         };

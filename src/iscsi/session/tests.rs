@@ -10,7 +10,7 @@ use crate::iscsi::pdu::{
     ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
 use crate::scsi::sense::{asc, key, Sense};
-use crate::scsi::{DataDirection, ScsiResponse};
+use crate::scsi::{CommandOutcome, DataDirection};
 
 const K: u32 = 1024;
 
@@ -127,8 +127,8 @@ fn tmf(
     })
 }
 
-fn good(data: Bytes, residual: i64) -> ScsiResponse {
-    ScsiResponse {
+fn good(data: Bytes, residual: i64) -> CommandOutcome {
+    CommandOutcome {
         status: 0,
         sense: None,
         data_in: data,
@@ -989,7 +989,7 @@ fn a_read_without_data_gives_its_budget_back_at_once() {
     s.handle_pdu(read(1, 1, 8 * K), now);
     let t = started(&mut s);
     let failed = Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
-    s.complete(t[0], ScsiResponse::check_condition(failed));
+    s.complete(t[0], CommandOutcome::check_condition(failed));
     let (own, _) = s.budgets();
     assert_eq!(own.used(), 0);
 }

@@ -28,7 +28,7 @@ use super::wire::{Incoming, PduReader};
 use crate::iscsi::pdu::{EncodedPdu, PduCodec, RejectReason};
 use crate::iscsi::session::{CloseReason, Event, Session, TaskId};
 use crate::scsi::sense::{asc, key, Sense};
-use crate::scsi::{Nexus, ScsiResponse, ScsiTarget};
+use crate::scsi::{CommandOutcome, Nexus, ScsiTarget};
 
 /// How long an initiator gets to log out after the target asked it to (Async Message).
 pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
@@ -111,7 +111,7 @@ fn on_incoming(session: &mut Session, incoming: Incoming) -> Option<Ended> {
 /// Hands a finished command task to the session.
 fn on_joined(
     session: &mut Session,
-    joined: Result<(tokio::task::Id, (TaskId, ScsiResponse)), tokio::task::JoinError>,
+    joined: Result<(tokio::task::Id, (TaskId, CommandOutcome)), tokio::task::JoinError>,
     handles: &mut HashMap<TaskId, AbortHandle>,
     by_tokio_id: &mut HashMap<tokio::task::Id, TaskId>,
 ) {
@@ -128,7 +128,7 @@ fn on_joined(
                     tracing::error!(?task, "SCSI command panicked");
                     handles.remove(&task);
                     let failure = Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE);
-                    session.complete(task, ScsiResponse::check_condition(failure));
+                    session.complete(task, CommandOutcome::check_condition(failure));
                 }
             }
         }
@@ -188,7 +188,7 @@ pub async fn drive<R: AsyncRead + Unpin>(
     mut reader: PduReader<R>,
     tx: mpsc::Sender<EncodedPdu>,
 ) -> Ended {
-    let mut running: JoinSet<(TaskId, ScsiResponse)> = JoinSet::new();
+    let mut running: JoinSet<(TaskId, CommandOutcome)> = JoinSet::new();
     let mut handles: HashMap<TaskId, AbortHandle> = HashMap::new();
     let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
     let mut logout_asked = false;

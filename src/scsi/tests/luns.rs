@@ -40,7 +40,7 @@ async fn assert_luns_changed_once(t: &ScsiTarget, n: &Nexus, lun: u64) {
 }
 
 /// The LUN fields of a REPORT LUNS answer.
-fn listed(r: &ScsiResponse) -> Vec<[u8; 8]> {
+fn listed(r: &CommandOutcome) -> Vec<[u8; 8]> {
     assert_eq!(r.status, status::GOOD);
     let len = u32::from_be_bytes([r.data_in[0], r.data_in[1], r.data_in[2], r.data_in[3]]);
     r.data_in[8..8 + len as usize]

@@ -52,7 +52,7 @@ async fn exec(
     cdb: &[u8],
     expected_len: u32,
     out: &[u8],
-) -> ScsiResponse {
+) -> CommandOutcome {
     exec_lun(t, n, 0, cdb, expected_len, out).await
 }
 
@@ -63,7 +63,7 @@ async fn exec_lun(
     cdb: &[u8],
     expected_len: u32,
     out: &[u8],
-) -> ScsiResponse {
+) -> CommandOutcome {
     let mut padded = cdb.to_vec();
     padded.resize(16.max(cdb.len()), 0);
     let direction = if out.is_empty() {
@@ -94,7 +94,7 @@ async fn ready(t: &ScsiTarget, name: &str) -> Nexus {
     n
 }
 
-fn assert_sense(r: &ScsiResponse, key: u8, asc: u8, ascq: u8) {
+fn assert_sense(r: &CommandOutcome, key: u8, asc: u8, ascq: u8) {
     assert_eq!(
         r.status,
         status::CHECK_CONDITION,
@@ -109,7 +109,7 @@ fn assert_sense(r: &ScsiResponse, key: u8, asc: u8, ascq: u8) {
     );
 }
 
-fn assert_field(r: &ScsiResponse, byte: u16, bit: Option<u8>) {
+fn assert_field(r: &CommandOutcome, byte: u16, bit: Option<u8>) {
     let s = r.sense.as_ref().expect("sense data");
     assert_eq!(s[15] & 0x80, 0x80, "SKSV");
     assert_eq!(u16::from_be_bytes([s[16], s[17]]), byte);

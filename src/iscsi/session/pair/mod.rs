@@ -51,7 +51,7 @@ use crate::iscsi::pdu::{
     DataOut, LogoutReason, LogoutRequest, Lun, NopIn, NopOut, Pdu, PduCodec, R2t, ScsiCommand,
     TaskAttribute, TaskMgmtRequest, TmfFunction, RESERVED_TAG,
 };
-use crate::scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiTarget};
+use crate::scsi::{CommandOutcome, Nexus, ScsiRequest, ScsiTarget};
 
 /// How the pair runs the SCSI commands the session starts.
 pub(crate) enum Backend {
@@ -73,7 +73,7 @@ pub(crate) enum Backend {
 struct Due {
     at: Instant,
     task: TaskId,
-    response: ScsiResponse,
+    response: CommandOutcome,
 }
 
 /// The initiator side: sequence numbers, request builders, and what arrived.
@@ -438,7 +438,7 @@ impl Pair {
     }
 
     /// Completes the held command `task` now with `response`, then drives.
-    pub fn complete(&mut self, task: TaskId, response: ScsiResponse) {
+    pub fn complete(&mut self, task: TaskId, response: CommandOutcome) {
         let Some(at) = self.held.iter().position(|(t, _)| *t == task) else {
             panic!("{task:?} is not held");
         };
@@ -612,7 +612,7 @@ impl Pair {
 
 /// Runs one command to completion on a throwaway single-threaded runtime (the RAM devices
 /// the pair's tests use never wait on anything, so this takes no real time to speak of).
-fn run_now(target: &ScsiTarget, nexus: &Nexus, request: ScsiRequest) -> ScsiResponse {
+fn run_now(target: &ScsiTarget, nexus: &Nexus, request: ScsiRequest) -> CommandOutcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

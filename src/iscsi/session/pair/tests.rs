@@ -363,7 +363,7 @@ fn completions_out_of_order_reopen_the_window_slot_by_slot() {
     assert_eq!(p.held().len(), 2, "C was dropped");
     let (task_a, task_b) = (p.held()[0].0, p.held()[1].0);
 
-    let block = |byte: u8| crate::scsi::ScsiResponse {
+    let block = |byte: u8| crate::scsi::CommandOutcome {
         status: status::GOOD,
         sense: None,
         data_in: Bytes::from(vec![byte; 512]),
