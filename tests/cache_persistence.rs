@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use overlaybd_target::block::{BlockDevice, BlockError};
 use overlaybd_target::cache::settings::DaemonSettings;
-use overlaybd_target::overlaybd::ImageLuns;
+use overlaybd_target::overlaybd::RemoteImages;
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::fixtures::{fixture, require, EXT4_64_DIGEST};
 use support::http_server::blob_server;
@@ -41,7 +41,7 @@ async fn reference(dir: &Path) -> Arc<dyn BlockDevice> {
     let sub = dir.join("reference");
     std::fs::create_dir_all(&sub).unwrap();
     let config = write_config(&sub, "", serde_json::json!({"file": fixture("ext4_64")}));
-    ImageLuns::new(settings(&sub.join("cache"), 1 << 20))
+    RemoteImages::new(settings(&sub.join("cache"), 1 << 20))
         .unwrap()
         .open(&config, true)
         .await
@@ -69,7 +69,7 @@ async fn crash_child() {
             (a.parse().unwrap(), b.parse().unwrap())
         })
         .collect();
-    let luns = ImageLuns::new(settings(&dir.join("cache"), 64 << 20)).unwrap();
+    let luns = RemoteImages::new(settings(&dir.join("cache"), 64 << 20)).unwrap();
     let image = luns.open(&dir.join("config.v1.json"), true).await.unwrap();
     let mut progress = std::fs::OpenOptions::new()
         .create(true)
@@ -127,7 +127,7 @@ async fn cache_survives_sigkill_and_serves_offline() {
     drop(proxy);
     drop(server);
 
-    let luns = ImageLuns::new(settings(&tmp.path().join("cache"), 64 << 20)).unwrap();
+    let luns = RemoteImages::new(settings(&tmp.path().join("cache"), 64 << 20)).unwrap();
     // Writes cut short by the kill (temporary files) were cleared at start-up.
     let mut stack = vec![tmp.path().join("cache")];
     while let Some(d) = stack.pop() {
@@ -206,7 +206,7 @@ async fn a_full_cache_stays_within_its_limit() {
     let config = write_config(tmp.path(), &format!("{}{REPO}/", server.url()), layer);
     let capacity = 256 << 10;
     let cache = tmp.path().join("cache");
-    let luns = ImageLuns::new(settings(&cache, capacity)).unwrap();
+    let luns = RemoteImages::new(settings(&cache, capacity)).unwrap();
     let image = luns.open(&config, true).await.unwrap();
     let ranges = scattered_reads(reference.as_ref(), 400).await;
     let mut peak = (0, 0);
@@ -240,7 +240,7 @@ async fn a_full_cache_stays_within_its_limit() {
     assert!(luns.layers().tiers().disk_used() <= capacity);
     // Reopened, the tier still respects the limit and serves right bytes.
     drop((image, luns));
-    let luns = ImageLuns::new(settings(&cache, capacity / 2)).unwrap();
+    let luns = RemoteImages::new(settings(&cache, capacity / 2)).unwrap();
     let image = luns.open(&config, true).await.unwrap();
     assert!(
         folder_usage(&cache).0 <= capacity / 2,

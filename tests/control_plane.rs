@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::pattern;
-use overlaybd_target::iscsi::pdu::{LoginStatus, Lun, Pdu, ASYNC_EVENT_LOGOUT_REQUESTED};
+use overlaybd_target::iscsi::pdu::{LoginStatus, LunField, Pdu, ASYNC_EVENT_LOGOUT_REQUESTED};
 use serde_json::Value;
 use support::fixtures::require;
 use support::images::write_config;
@@ -217,7 +217,7 @@ impl Session {
         out.data[8..8 + len]
             .chunks(8)
             .map(|field| {
-                Lun::from_bytes(field.try_into().unwrap())
+                LunField::from_bytes(field.try_into().unwrap())
                     .number()
                     .expect("a decodable LUN")
             })

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{pattern, Initiator, LoginKeys, TestServer, IQN};
 use overlaybd_target::config::Tuning;
 use overlaybd_target::iscsi::pdu::{
-    LoginStatus, LogoutResponseCode, Lun, NopOut, Pdu, RejectReason, TextRequest, RESERVED_TAG,
+    LoginStatus, LogoutResponseCode, LunField, NopOut, Pdu, RejectReason, TextRequest, RESERVED_TAG,
 };
 
 fn quiet() -> Tuning {
@@ -30,7 +30,7 @@ async fn discovery_reports_the_target_at_the_accepting_address() {
         immediate: true,
         is_final: true,
         continues: false,
-        lun: Lun::default(),
+        lun: LunField::default(),
         itt: 0x77,
         ttt: RESERVED_TAG,
         cmd_sn: ini.cmd_sn,
@@ -117,7 +117,7 @@ async fn nop_out_is_echoed_and_unknown_opcodes_are_rejected() {
     ini.login_normal(IQN, &LoginKeys::default()).await;
     let nop = NopOut {
         immediate: true,
-        lun: Lun::default(),
+        lun: LunField::default(),
         itt: 0x1234,
         ttt: RESERVED_TAG,
         cmd_sn: ini.cmd_sn,

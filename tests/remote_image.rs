@@ -1,5 +1,5 @@
 //! Images with remote layers opened the way a LUN `image:/path/config.v1.json` opens them
-//! ([`ImageLuns`]): layer resolution local-first, reads through a fault-injecting proxy that
+//! ([`RemoteImages`]): layer resolution local-first, reads through a fault-injecting proxy that
 //! never lead to a wrong byte served or kept, and the bytes a mount-like metadata walk of the
 //! real ext4_64 layer fetches.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use overlaybd_target::block::{BlockDevice, BlockError};
 use overlaybd_target::cache::settings::DaemonSettings;
-use overlaybd_target::overlaybd::{open_image_lun, ImageLuns};
+use overlaybd_target::overlaybd::{open_image_lun, RemoteImages};
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::fixtures::{fixture, require, EXT4_64_DIGEST};
 use support::http_server::blob_server;
@@ -58,7 +58,7 @@ async fn layer_resolution_prefers_local_copies_and_ro_refuses_writes() {
         "digest": EXT4_64_DIGEST, "size": blob.len(), "dir": layer_dir,
     });
     let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
-    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
 
     // Nothing local: the registry blob is read lazily.
     let remote = luns.open(&config, false).await.unwrap();
@@ -166,7 +166,7 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
     let (mut good, mut failed) = (0, 0);
     let mut images = Vec::new();
     for round in 0..4 {
-        let luns = ImageLuns::new(round_settings(round)).unwrap();
+        let luns = RemoteImages::new(round_settings(round)).unwrap();
         // Opening may fail under faults, but only cleanly; it succeeds within a few tries.
         let mut image = None;
         for _ in 0..10 {
@@ -210,7 +210,7 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
     // view of each disk cache (memory tier empty), so nothing wrong was kept anywhere.
     faulty.store(false, Ordering::SeqCst);
     for (round, image) in images.iter().enumerate() {
-        let fresh = ImageLuns::new(round_settings(round)).unwrap();
+        let fresh = RemoteImages::new(round_settings(round)).unwrap();
         let reopened = fresh.open(&config, false).await.unwrap();
         for &(offset, len) in &ranges {
             let want = reference.read(offset, len).await.unwrap();
@@ -294,7 +294,7 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
     let mut s = settings(&tmp.path().join("cache"));
     // overlaybd's default refill unit, as a real deployment would use.
     s.cache_config.refill_size = 262_144;
-    let luns = ImageLuns::new(s).unwrap();
+    let luns = RemoteImages::new(s).unwrap();
     let image = luns.open(&config, true).await.unwrap();
     let opened = proxy.body_bytes();
     for &(offset, len) in &ranges {
@@ -342,7 +342,7 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
 async fn open_fails_cleanly_when_the_registry_denies_or_nothing_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": 4_737_695});
-    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
     // A registry that lacks the blob: no fallback to the cache, whatever the config says.
     let missing =
         support::http_server::TestServer::start(|_| support::http_server::Reply::status(404)).await;
@@ -417,7 +417,7 @@ async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
     let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
     // A memory tier large enough to keep the bad unit, were it not invalidated.
-    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
     let image = luns.open(&config, true).await.unwrap();
     assert!(flipped.load(Ordering::SeqCst), "the fault was injected");
     assert_eq!(
@@ -464,7 +464,7 @@ async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
     let (offset, _) = runs[runs.len() / 2];
     let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
     let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
-    let luns = ImageLuns::new(settings(&tmp.path().join("cache"))).unwrap();
+    let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
     let device = luns.open(&config, true).await.unwrap();
     let target = ScsiTarget::new(vec![LunConfig {
         device,

@@ -32,7 +32,7 @@ use overlaybd_target::cache::settings::DaemonSettings;
 use overlaybd_target::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource};
 use overlaybd_target::overlaybd::raw::import_raw;
 use overlaybd_target::overlaybd::writable::{CreateOptions, WritableLayer};
-use overlaybd_target::overlaybd::{ImageLuns, LayerStack};
+use overlaybd_target::overlaybd::{LayerStack, RemoteImages};
 use overlaybd_target::source::LayerSource;
 use overlaybd_target::zfile::{WriterOptions, ZFileReader};
 use sha2::{Digest, Sha256};
@@ -286,7 +286,7 @@ async fn run() -> Result<(), Error> {
         &tmp.path().join("local"),
         serde_json::json!({"lowers": [{"file": layer}]}),
     )?;
-    let local = ImageLuns::new(settings(&tmp.path().join("local/cache")))?
+    let local = RemoteImages::new(settings(&tmp.path().join("local/cache")))?
         .open(&local_cfg, true)
         .await?;
     let set = working_set(local.as_ref(), args.working_set_pct).await?;
@@ -306,7 +306,7 @@ async fn run() -> Result<(), Error> {
         std::fs::create_dir_all(dir.join("fs"))?;
         let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
         let t = Instant::now();
-        let luns = ImageLuns::new(settings(&dir.join("cache")))?;
+        let luns = RemoteImages::new(settings(&dir.join("cache")))?;
         let image = luns.open(&cfg, true).await?;
         let got = read_set(image.as_ref(), &set).await?;
         let on_demand = t.elapsed();
@@ -345,7 +345,7 @@ async fn run() -> Result<(), Error> {
         out.into_inner()?.sync_all()?;
         let decompress = t.elapsed() - download;
         let cfg = write_config(&dir, serde_json::json!({"lowers": [{"file": lsmt}]}))?;
-        let image = ImageLuns::new(settings(&dir.join("cache")))?
+        let image = RemoteImages::new(settings(&dir.join("cache")))?
             .open(&cfg, true)
             .await?;
         let got = read_set(image.as_ref(), &set).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
-    serial, DataOut, Isid, LoginRequest, Lun, NopOut, Pdu, PduCodec, ScsiCommand, Stage,
+    serial, DataOut, Isid, LoginRequest, LunField, NopOut, Pdu, PduCodec, ScsiCommand, Stage,
     TaskAttribute, RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,7 +72,7 @@ pub struct Session {
     codec: PduCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    lun: Lun,
+    lun: LunField,
     cmd_sn: u32,
     max_cmd_sn: u32,
     exp_stat_sn: u32,
@@ -117,7 +117,7 @@ impl Session {
             codec: PduCodec::new(),
             rbuf: BytesMut::with_capacity(1 << 20),
             wbuf: BytesMut::with_capacity(1 << 16),
-            lun: Lun::from_number(lun).ok_or_else(|| bad("bad LUN"))?,
+            lun: LunField::from_number(lun).ok_or_else(|| bad("bad LUN"))?,
             cmd_sn: 1,
             max_cmd_sn: 1,
             exp_stat_sn: 0,

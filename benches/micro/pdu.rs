@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use divan::counter::BytesCount;
 use divan::Bencher;
 use overlaybd_target::iscsi::pdu::{
-    DataIn, Digests, Lun, Pdu, PduCodec, ScsiCommand, TaskAttribute,
+    DataIn, Digests, LunField, Pdu, PduCodec, ScsiCommand, TaskAttribute,
 };
 
 /// Data-In segment length (a common MaxRecvDataSegmentLength of Linux initiators).
@@ -31,7 +31,7 @@ fn read10() -> Pdu {
         read: true,
         write: false,
         attr: TaskAttribute::Simple,
-        lun: Lun::from_number(0).unwrap_or_default(),
+        lun: LunField::from_number(0).unwrap_or_default(),
         itt: 0x1234,
         expected_data_transfer_length: 65_536,
         cmd_sn: 77,
@@ -50,7 +50,7 @@ fn data_in() -> Pdu {
         overflow: false,
         underflow: false,
         status: Some(0),
-        lun: Lun::default(),
+        lun: LunField::default(),
         itt: 0x1234,
         ttt: 0xffff_ffff,
         stat_sn: 9,

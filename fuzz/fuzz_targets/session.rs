@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use overlaybd_target::iscsi::pdu::{
-    Lun, NopOut, Pdu, PduCodec, RejectReason, ScsiCommand, TaskAttribute, RESERVED_TAG,
+    LunField, NopOut, Pdu, PduCodec, RejectReason, ScsiCommand, TaskAttribute, RESERVED_TAG,
 };
 use overlaybd_target::iscsi::session::{Event, Session, SessionOptions, SessionParams};
 use overlaybd_target::scsi::CommandOutcome;
@@ -108,7 +108,7 @@ fn hostile_prefix(session: &mut Session, now: Instant, depth: u32, ping_len: usi
             read: true,
             write: false,
             attr: TaskAttribute::Simple,
-            lun: Lun::from_number(0).unwrap(),
+            lun: LunField::from_number(0).unwrap(),
             itt,
             expected_data_transfer_length: 4096,
             cmd_sn: 0,
@@ -122,7 +122,7 @@ fn hostile_prefix(session: &mut Session, now: Instant, depth: u32, ping_len: usi
     }
     let ping = NopOut {
         immediate: true,
-        lun: Lun::default(),
+        lun: LunField::default(),
         itt: depth + 5,
         ttt: RESERVED_TAG,
         cmd_sn: 0,

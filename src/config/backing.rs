@@ -12,7 +12,7 @@ use crate::block::{
 };
 use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
-use crate::overlaybd::{Image, ImageConfig, ImageLuns, LocalOpener, LsmtError};
+use crate::overlaybd::{Image, ImageConfig, LocalOpener, LsmtError, RemoteImages};
 use crate::scsi::LunConfig;
 use crate::source::SourceError;
 
@@ -288,11 +288,11 @@ impl fmt::Display for LunSpec {
 }
 
 /// Opens `image:` LUNs. Images whose layers are all local files are opened directly; images
-/// with registry layers share one set of remote-layer caches ([`ImageLuns`]), built on first
+/// with registry layers share one set of remote-layer caches ([`RemoteImages`]), built on first
 /// need, so a server that serves only local images never touches the cache folder.
 pub struct ImageOpener {
     settings: DaemonSettings,
-    remote: Mutex<Option<Arc<ImageLuns>>>,
+    remote: Mutex<Option<Arc<RemoteImages>>>,
 }
 
 impl ImageOpener {
@@ -351,12 +351,12 @@ impl ImageOpener {
     }
 
     /// The shared remote-layer caches, built on first use.
-    fn remote(&self) -> Result<Arc<ImageLuns>, LsmtError> {
+    fn remote(&self) -> Result<Arc<RemoteImages>, LsmtError> {
         let mut slot = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(luns) = slot.as_ref() {
             return Ok(luns.clone());
         }
-        let luns = Arc::new(ImageLuns::new(self.settings.clone())?);
+        let luns = Arc::new(RemoteImages::new(self.settings.clone())?);
         *slot = Some(luns.clone());
         Ok(luns)
     }

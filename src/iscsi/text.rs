@@ -269,7 +269,7 @@ fn send_targets(ctx: &TextContext<'_>, value: &str, out: &mut TextWriter) {
 mod tests {
     use super::*;
     use crate::iscsi::login::{LoginSettings, LoginTarget, StaticDirectory};
-    use crate::iscsi::pdu::Lun;
+    use crate::iscsi::pdu::LunField;
 
     const INITIATOR: &str = "iqn.2026-11.test.vm-initiator:guest";
 
@@ -302,7 +302,7 @@ mod tests {
             immediate: true,
             is_final: true,
             continues: false,
-            lun: Lun::default(),
+            lun: LunField::default(),
             itt,
             ttt,
             cmd_sn: 1,

@@ -4,7 +4,7 @@
 //! Layout: [`header`] and [`index`] are the on-disk structures (sans-IO); [`layer`] opens sealed
 //! layers; [`stack`] merges them; [`writable`] is the upper layer (append-only, or sparse) whose in-memory
 //! map is [`writable_index`]; [`commit`] writes sealed blobs; [`config`] parses image configs;
-//! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`lun`] opens a config as a
+//! [`image`] ties it together as a [`crate::block::BlockDevice`]; [`remote_images`] opens a config as a
 //! LUN with the daemon's remote-layer caches; [`raw`] converts to and from
 //! raw disk images. Layer bytes are always read through [`crate::source::LayerSource`].
 
@@ -17,8 +17,8 @@ pub mod header;
 pub mod image;
 pub mod index;
 pub mod layer;
-pub mod lun;
 pub mod raw;
+pub mod remote_images;
 mod sparse;
 pub mod stack;
 pub mod writable;
@@ -31,6 +31,6 @@ pub use config::ImageConfig;
 pub use error::{LsmtError, LsmtResult};
 pub use image::{Image, LayerOpener, LocalOpener};
 pub use layer::SealedLayer;
-pub use lun::{open_image_lun, ImageLuns};
+pub use remote_images::{open_image_lun, RemoteImages};
 pub use stack::LayerStack;
 pub use writable::WritableLayer;

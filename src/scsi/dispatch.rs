@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::cdb::{self, opcode, Command};
 use super::identity::ascii_field;
-use super::lun::{self, Lun};
+use super::lun::{self, LogicalUnit};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
@@ -15,7 +15,7 @@ use super::{
 };
 
 /// How many Data-Out bytes a command needs.
-enum DataOut {
+enum ExpectedDataOut {
     /// Whole blocks to write; a shorter or longer transport length moves only what both sides
     /// allow.
     Blocks(u64),
@@ -80,7 +80,7 @@ impl ScsiTarget {
         let bs = u64::from(lun.block_size());
         let edtl = u64::from(req.expected_len);
         let (cmd, data, wanted_out) = match data_out(&cmd, bs) {
-            DataOut::Blocks(want) if edtl != want => {
+            ExpectedDataOut::Blocks(want) if edtl != want => {
                 // SPDTL != EDTL (FCP-4 9.4.2 a): move only what both allow, in whole blocks,
                 // and report the difference as a residual. A partial block cannot be written.
                 let moved = edtl.min(want);
@@ -96,7 +96,7 @@ impl ScsiTarget {
                     residual,
                 )
             }
-            DataOut::Blocks(want) | DataOut::Exact(want) => {
+            ExpectedDataOut::Blocks(want) | ExpectedDataOut::Exact(want) => {
                 if edtl != want || (req.data_out.len() as u64) < want {
                     // A buffer that must match exactly (COMPARE AND WRITE, WRITE SAME,
                     // VERIFY with BYTCHK): refuse without touching the medium.
@@ -108,11 +108,11 @@ impl ScsiTarget {
                 }
                 (cmd, req.data_out.slice(..want as usize), Some(want))
             }
-            DataOut::Parameters(len) => {
+            ExpectedDataOut::Parameters(len) => {
                 let take = req.data_out.len().min(len as usize);
                 (cmd, req.data_out.slice(..take), Some(u64::from(len)))
             }
-            DataOut::Nothing => (cmd, Bytes::new(), None),
+            ExpectedDataOut::Nothing => (cmd, Bytes::new(), None),
         };
         // A READ reads only what the EDTL carries (`sbc::read`); a successful one's residual is
         // still counted against its whole extent.
@@ -154,7 +154,7 @@ impl ScsiTarget {
     /// Runs a parsed command that passed the unit attention and reservation checks.
     async fn run(
         &self,
-        lun: &Lun,
+        lun: &LogicalUnit,
         nexus: &Nexus,
         cmd: Command,
         data: Bytes,
@@ -353,23 +353,25 @@ fn with_blocks(cmd: Command, blocks: u32) -> Command {
 }
 
 /// Data-Out the command expects, given the block size.
-fn data_out(cmd: &Command, bs: u64) -> DataOut {
+fn data_out(cmd: &Command, bs: u64) -> ExpectedDataOut {
     match cmd {
         Command::Write(e) | Command::WriteAndVerify(e) | Command::OrWrite(e) => {
-            DataOut::Blocks(u64::from(e.blocks) * bs)
+            ExpectedDataOut::Blocks(u64::from(e.blocks) * bs)
         }
-        Command::CompareAndWrite(e) => DataOut::Exact(2 * u64::from(e.blocks) * bs),
+        Command::CompareAndWrite(e) => ExpectedDataOut::Exact(2 * u64::from(e.blocks) * bs),
         Command::Verify { extent, bytchk } => match bytchk {
-            1 => DataOut::Exact(u64::from(extent.blocks) * bs),
-            3 => DataOut::Exact(bs),
-            _ => DataOut::Exact(0),
+            1 => ExpectedDataOut::Exact(u64::from(extent.blocks) * bs),
+            3 => ExpectedDataOut::Exact(bs),
+            _ => ExpectedDataOut::Exact(0),
         },
-        Command::WriteSame { ndob: true, .. } => DataOut::Exact(0),
-        Command::WriteSame { .. } => DataOut::Exact(bs),
+        Command::WriteSame { ndob: true, .. } => ExpectedDataOut::Exact(0),
+        Command::WriteSame { .. } => ExpectedDataOut::Exact(bs),
         Command::ModeSelect { param_len, .. }
         | Command::Unmap { param_len, .. }
-        | Command::PersistentReserveOut { param_len, .. } => DataOut::Parameters(*param_len),
-        _ => DataOut::Nothing,
+        | Command::PersistentReserveOut { param_len, .. } => {
+            ExpectedDataOut::Parameters(*param_len)
+        }
+        _ => ExpectedDataOut::Nothing,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What names a logical unit and our target port on the wire: the T10 vendor, the relative
 //! target port identifier, and how the INQUIRY text fields and the NAA identifier are made.
 //!
-//! A leaf: INQUIRY formats these facts, a [`super::lun::Lun`] holds its own values of them,
+//! A leaf: INQUIRY formats these facts, a [`super::lun::LogicalUnit`] holds its own values of them,
 //! and the reservations report the port in READ FULL STATUS, all without importing each other.
 
 use sha2::{Digest, Sha256};

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::identity::{RELATIVE_TARGET_PORT, VENDOR};
 use super::lun::{
-    Lun, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_DESCRIPTORS,
+    LogicalUnit, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_DESCRIPTORS,
     MAX_WRITE_SAME_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS,
 };
 use super::sense::Sense;
@@ -36,7 +36,7 @@ pub fn standard(product: &[u8; 16], present: bool) -> Bytes {
 }
 
 /// INQUIRY against an existing logical unit.
-pub fn inquiry(lun: &Lun, evpd: bool, page: u8) -> Result<Bytes, Sense> {
+pub fn inquiry(lun: &LogicalUnit, evpd: bool, page: u8) -> Result<Bytes, Sense> {
     if !evpd {
         if page != 0 {
             return Err(Sense::invalid_cdb_field(2, None));
@@ -61,7 +61,7 @@ pub fn inquiry(lun: &Lun, evpd: bool, page: u8) -> Result<Bytes, Sense> {
 }
 
 /// VPD 0x83: NAA, T10 vendor ID and relative target port designators.
-fn device_identification(lun: &Lun) -> Bytes {
+fn device_identification(lun: &LogicalUnit) -> Bytes {
     let mut d = BytesMut::new();
     // NAA, binary, associated with the logical unit.
     d.put_slice(&[0x01, 0x03, 0x00, 0x08]);
@@ -79,7 +79,7 @@ fn device_identification(lun: &Lun) -> Bytes {
 }
 
 /// VPD 0xb0 (SBC-3 6.5.3): limits that the command handlers enforce.
-fn block_limits(lun: &Lun) -> Bytes {
+fn block_limits(lun: &LogicalUnit) -> Bytes {
     let mut d = BytesMut::zeroed(0x3c);
     d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
     d[2..4].copy_from_slice(&(OPTIMAL_GRANULARITY_BLOCKS as u16).to_be_bytes());
@@ -103,7 +103,7 @@ fn block_device_characteristics() -> Bytes {
 
 /// VPD 0xb2: thin provisioning with UNMAP and WRITE SAME(10/16) UNMAP when the device
 /// deallocates; deallocated blocks read as zeros (LBPRZ).
-fn logical_block_provisioning(lun: &Lun) -> Bytes {
+fn logical_block_provisioning(lun: &LogicalUnit) -> Bytes {
     let mut d = [0u8; 4];
     if lun.can_unmap() {
         d[1] = 0x80 | 0x40 | 0x20 | 0x04;

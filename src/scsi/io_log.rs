@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::lun::Lun;
+use super::lun::LogicalUnit;
 use crate::block::BlockError;
 
 /// How often one LUN may log an I/O error.
@@ -58,7 +58,7 @@ fn is_io_error(err: &BlockError) -> bool {
 }
 
 /// Logs `err` from `op` on `len` bytes at byte `offset` of `lun` at warn level, rate limited.
-pub fn io_failed(lun: &Lun, op: &'static str, offset: u64, len: u64, err: &BlockError) {
+pub fn io_failed(lun: &LogicalUnit, op: &'static str, offset: u64, len: u64, err: &BlockError) {
     if !is_io_error(err) {
         return;
     }

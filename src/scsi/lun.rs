@@ -35,7 +35,7 @@ pub struct LunState {
 }
 
 /// A logical unit of the target.
-pub struct Lun {
+pub struct LogicalUnit {
     /// Name of the target the LUN belongs to (for log lines).
     pub target_name: Arc<str>,
     /// The LUN number.
@@ -64,12 +64,12 @@ pub struct Lun {
     software_write_protect: AtomicBool,
 }
 
-impl Lun {
+impl LogicalUnit {
     /// Builds LUN `number` of target `target_name` from its configuration.
     pub fn new(config: LunConfig, target_name: Arc<str>, number: u64) -> Self {
         let naa = naa_from_serial(&config.serial);
         let size = config.device.size();
-        Lun {
+        LogicalUnit {
             target_name,
             number,
             io_log: parking_lot::Mutex::new(LogLimiter::new(IO_LOG_INTERVAL)),
@@ -93,7 +93,7 @@ impl Lun {
     /// CHANGED on the next command) and keeps the mode parameters initiators set, so nothing
     /// an initiator knew is lost.
     pub fn successor(&self, config: LunConfig) -> Self {
-        let mut next = Lun::new(config, self.target_name.clone(), self.number);
+        let mut next = LogicalUnit::new(config, self.target_name.clone(), self.number);
         next.state = self.state.clone();
         next.set_write_cache(self.write_cache_enabled());
         next.set_software_write_protect(self.software_write_protected());

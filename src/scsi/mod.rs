@@ -33,7 +33,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::block::BlockDevice;
-use lun::Lun;
+use lun::LogicalUnit;
 use sense::{asc, Sense};
 
 /// One I_T nexus: an initiator port (iSCSI initiator name + ISID) talking to this target.
@@ -168,7 +168,7 @@ pub struct ScsiTarget {
     name: Arc<str>,
     /// The logical units. Commands clone a LUN's `Arc` out under a short read lock, so one
     /// removed or replaced while its commands run keeps its device until they complete.
-    luns: RwLock<BTreeMap<u64, Arc<Lun>>>,
+    luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
 }
 
 impl ScsiTarget {
@@ -186,7 +186,12 @@ impl ScsiTarget {
         }
         let luns = (0..LUN_LIMIT)
             .zip(luns)
-            .map(|(number, config)| (number, Arc::new(Lun::new(config, name.clone(), number))))
+            .map(|(number, config)| {
+                (
+                    number,
+                    Arc::new(LogicalUnit::new(config, name.clone(), number)),
+                )
+            })
             .collect();
         ScsiTarget {
             name,
@@ -200,7 +205,7 @@ impl ScsiTarget {
     }
 
     /// The logical unit `number`, if the target has it now.
-    fn lun(&self, number: u64) -> Option<Arc<Lun>> {
+    fn lun(&self, number: u64) -> Option<Arc<LogicalUnit>> {
         self.luns.read().get(&number).cloned()
     }
 
@@ -214,7 +219,11 @@ impl ScsiTarget {
         let std::collections::btree_map::Entry::Vacant(slot) = luns.entry(number) else {
             return Err(LunError::Exists(number));
         };
-        slot.insert(Arc::new(Lun::new(config, self.name.clone(), number)));
+        slot.insert(Arc::new(LogicalUnit::new(
+            config,
+            self.name.clone(),
+            number,
+        )));
         // The new LUN has seen nobody yet, so raising on every LUN reaches only the others.
         raise_on_all(&luns, asc::REPORTED_LUNS_DATA_CHANGED);
         Ok(())
@@ -328,7 +337,7 @@ impl ScsiTarget {
 }
 
 /// Raises `code` for every nexus each of `luns` has seen.
-fn raise_on_all(luns: &BTreeMap<u64, Arc<Lun>>, code: sense::Asc) {
+fn raise_on_all(luns: &BTreeMap<u64, Arc<LogicalUnit>>, code: sense::Asc) {
     for lun in luns.values() {
         lun.state.lock().ua.raise_others(None, code);
     }

@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::lun::Lun;
+use super::lun::LogicalUnit;
 use super::sense::{asc, Sense};
 
 const CACHING: u8 = 0x08;
@@ -26,7 +26,7 @@ enum PageControl {
 }
 
 /// One mode page's bytes (including its 2-byte header) for `pc`.
-fn page(lun: &Lun, code: u8, pc: PageControl) -> Vec<u8> {
+fn page(lun: &LogicalUnit, code: u8, pc: PageControl) -> Vec<u8> {
     match code {
         CACHING => {
             let mut p = vec![0u8; 20];
@@ -76,7 +76,7 @@ fn page(lun: &Lun, code: u8, pc: PageControl) -> Vec<u8> {
 /// MODE SENSE; returns the whole mode parameter data (the caller applies the allocation
 /// length).
 pub fn mode_sense(
-    lun: &Lun,
+    lun: &LogicalUnit,
     long: bool,
     dbd: bool,
     llbaa: bool,
@@ -137,7 +137,7 @@ pub fn mode_sense(
 }
 
 /// Short (8-byte) or long (16-byte) block descriptor.
-fn block_descriptor(lun: &Lun, long_lba: bool) -> Vec<u8> {
+fn block_descriptor(lun: &LogicalUnit, long_lba: bool) -> Vec<u8> {
     let blocks = lun.blocks();
     let mut d = Vec::with_capacity(16);
     if long_lba {
@@ -155,7 +155,7 @@ fn block_descriptor(lun: &Lun, long_lba: bool) -> Vec<u8> {
 
 /// MODE SELECT: accepts parameter data whose pages match the current values except for the
 /// changeable bits (WCE, SWP). Returns true when something changed.
-pub fn mode_select(lun: &Lun, long: bool, pf: bool, data: &[u8]) -> Result<bool, Sense> {
+pub fn mode_select(lun: &LogicalUnit, long: bool, pf: bool, data: &[u8]) -> Result<bool, Sense> {
     if data.is_empty() {
         return Ok(false);
     }

@@ -4,7 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cdb::Extent;
-use super::lun::{Lun, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
+use super::lun::{LogicalUnit, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
 use super::sbc::{byte_range, read_error, write_error};
 use super::sense::Sense;
 use crate::block::Provisioning;
@@ -17,7 +17,7 @@ const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
 /// WRITE SAME(10/16). `data` is one block (empty with NDOB).
 pub async fn write_same(
-    lun: &Lun,
+    lun: &LogicalUnit,
     e: &Extent,
     unmap: bool,
     anchor: bool,
@@ -84,7 +84,7 @@ pub async fn write_same(
 }
 
 /// UNMAP: validates the whole parameter list before deallocating anything.
-pub async fn unmap(lun: &Lun, anchor: bool, params: &[u8]) -> Result<(), Sense> {
+pub async fn unmap(lun: &LogicalUnit, anchor: bool, params: &[u8]) -> Result<(), Sense> {
     lun.check_writable()?;
     if !lun.can_unmap() {
         return Err(Sense::invalid_opcode());
@@ -127,7 +127,7 @@ pub async fn unmap(lun: &Lun, anchor: bool, params: &[u8]) -> Result<(), Sense> 
 }
 
 /// GET LBA STATUS: descriptors from `lba` on, as many as fit in `alloc_len`.
-pub async fn get_lba_status(lun: &Lun, lba: u64, alloc_len: u32) -> Result<Bytes, Sense> {
+pub async fn get_lba_status(lun: &LogicalUnit, lba: u64, alloc_len: u32) -> Result<Bytes, Sense> {
     if lba >= lun.blocks() {
         return Err(Sense::lba_out_of_range());
     }

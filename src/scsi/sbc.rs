@@ -5,25 +5,31 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cdb::Extent;
 use super::io_log::io_failed;
-use super::lun::{Lun, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS};
+use super::lun::{LogicalUnit, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS};
 use super::sense::{asc, key, Sense};
 use crate::block::BlockError;
 
 /// Maps a backend error during a read of `len` bytes at byte `offset` to sense data; I/O
 /// errors are logged (rate limited) and a device found unavailable makes the LUN NOT READY.
-pub fn read_error(lun: &Lun, offset: u64, len: u64, err: BlockError) -> Sense {
+pub fn read_error(lun: &LogicalUnit, offset: u64, len: u64, err: BlockError) -> Sense {
     io_failed(lun, "read", offset, len, &err);
     sense_of(lun, err, asc::UNRECOVERED_READ_ERROR)
 }
 
 /// Maps a backend error during a write, unmap or flush to sense data, like [`read_error`].
-pub fn write_error(lun: &Lun, op: &'static str, offset: u64, len: u64, err: BlockError) -> Sense {
+pub fn write_error(
+    lun: &LogicalUnit,
+    op: &'static str,
+    offset: u64,
+    len: u64,
+    err: BlockError,
+) -> Sense {
     io_failed(lun, op, offset, len, &err);
     sense_of(lun, err, asc::WRITE_ERROR)
 }
 
 /// Sense for `err`; `medium` is the MEDIUM ERROR code for the direction.
-fn sense_of(lun: &Lun, err: BlockError, medium: super::sense::Asc) -> Sense {
+fn sense_of(lun: &LogicalUnit, err: BlockError, medium: super::sense::Asc) -> Sense {
     match err {
         BlockError::ReadOnly => Sense::write_protected(),
         BlockError::OutOfRange { .. } => Sense::lba_out_of_range(),
@@ -38,7 +44,7 @@ fn sense_of(lun: &Lun, err: BlockError, medium: super::sense::Asc) -> Sense {
 }
 
 /// Checks that `blocks` blocks at `lba` lie inside the LUN; returns (byte offset, byte length).
-pub fn byte_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
+pub fn byte_range(lun: &LogicalUnit, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
     match lba.checked_add(blocks) {
         Some(end) if end <= lun.blocks() && lba <= lun.blocks() => {}
         _ => return Err(Sense::lba_out_of_range()),
@@ -48,7 +54,7 @@ pub fn byte_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(u64, u64), Sense>
 }
 
 /// Range check plus the MAXIMUM TRANSFER LENGTH limit for READ/WRITE/VERIFY.
-fn transfer_range(lun: &Lun, e: &Extent) -> Result<(u64, u64), Sense> {
+fn transfer_range(lun: &LogicalUnit, e: &Extent) -> Result<(u64, u64), Sense> {
     let range = byte_range(lun, e.lba, u64::from(e.blocks))?;
     if e.blocks > MAX_TRANSFER_BLOCKS {
         return Err(Sense::invalid_cdb_field(e.length_byte, None));
@@ -59,7 +65,7 @@ fn transfer_range(lun: &Lun, e: &Extent) -> Result<(u64, u64), Sense> {
 /// READ(6/10/12/16) of which the transport carries at most `carried` bytes (its Expected Data
 /// Transfer Length): the whole extent is checked, but only the blocks that reach the initiator
 /// are read, so a READ of 32 MiB with an EDTL of 512 reads one block, not 32 MiB.
-pub async fn read(lun: &Lun, e: &Extent, carried: u32) -> Result<Bytes, Sense> {
+pub async fn read(lun: &LogicalUnit, e: &Extent, carried: u32) -> Result<Bytes, Sense> {
     let (offset, len) = transfer_range(lun, e)?;
     let bs = u64::from(lun.block_size());
     let len = len.min(u64::from(carried).div_ceil(bs) * bs);
@@ -71,7 +77,7 @@ pub async fn read(lun: &Lun, e: &Extent, carried: u32) -> Result<Bytes, Sense> {
 
 /// Reads `len` bytes (at most MAX_TRANSFER_BLOCKS or MAX_COMPARE_AND_WRITE_BLOCKS blocks, so
 /// the length fits in usize).
-async fn read_medium(lun: &Lun, offset: u64, len: u64) -> Result<Bytes, Sense> {
+async fn read_medium(lun: &LogicalUnit, offset: u64, len: u64) -> Result<Bytes, Sense> {
     lun.device
         .read(offset, len as usize)
         .await
@@ -79,7 +85,7 @@ async fn read_medium(lun: &Lun, offset: u64, len: u64) -> Result<Bytes, Sense> {
 }
 
 /// Writes with FUA when the CDB asks for it or the write cache is disabled (WCE = 0).
-async fn write_medium(lun: &Lun, offset: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
+async fn write_medium(lun: &LogicalUnit, offset: u64, data: Bytes, fua: bool) -> Result<(), Sense> {
     let fua = fua || !lun.write_cache_enabled();
     let len = data.len() as u64;
     lun.device
@@ -89,7 +95,7 @@ async fn write_medium(lun: &Lun, offset: u64, data: Bytes, fua: bool) -> Result<
 }
 
 /// WRITE(6/10/12/16) and WRITE AND VERIFY; `data` holds exactly the blocks to write.
-pub async fn write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+pub async fn write(lun: &LogicalUnit, e: &Extent, data: Bytes) -> Result<(), Sense> {
     lun.check_writable()?;
     let (offset, len) = transfer_range(lun, e)?;
     if len == 0 {
@@ -105,7 +111,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 
 /// VERIFY(10/12/16). BYTCHK 0 reads the medium; 1 compares `data` with it; 3 compares one
 /// block of `data` against every block.
-pub async fn verify(lun: &Lun, e: &Extent, bytchk: u8, data: &Bytes) -> Result<(), Sense> {
+pub async fn verify(lun: &LogicalUnit, e: &Extent, bytchk: u8, data: &Bytes) -> Result<(), Sense> {
     if bytchk == 2 {
         return Err(Sense::invalid_cdb_field(1, Some(2)));
     }
@@ -132,7 +138,7 @@ pub async fn verify(lun: &Lun, e: &Extent, bytchk: u8, data: &Bytes) -> Result<(
 }
 
 /// COMPARE AND WRITE: `data` is the verify blocks followed by the write blocks.
-pub async fn compare_and_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+pub async fn compare_and_write(lun: &LogicalUnit, e: &Extent, data: Bytes) -> Result<(), Sense> {
     lun.check_writable()?;
     if e.blocks > u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
         return Err(Sense::invalid_cdb_field(13, None));
@@ -151,7 +157,7 @@ pub async fn compare_and_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(),
 }
 
 /// ORWRITE(16): ORs `data` into the medium.
-pub async fn or_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
+pub async fn or_write(lun: &LogicalUnit, e: &Extent, data: Bytes) -> Result<(), Sense> {
     lun.check_writable()?;
     let (offset, len) = transfer_range(lun, e)?;
     if len == 0 {
@@ -167,7 +173,7 @@ pub async fn or_write(lun: &Lun, e: &Extent, data: Bytes) -> Result<(), Sense> {
 }
 
 /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole device is flushed.
-pub async fn synchronize_cache(lun: &Lun, lba: u64, blocks: u32) -> Result<(), Sense> {
+pub async fn synchronize_cache(lun: &LogicalUnit, lba: u64, blocks: u32) -> Result<(), Sense> {
     let (offset, len) = byte_range(lun, lba, u64::from(blocks))?;
     lun.device
         .flush()
@@ -176,12 +182,12 @@ pub async fn synchronize_cache(lun: &Lun, lba: u64, blocks: u32) -> Result<(), S
 }
 
 /// PRE-FETCH(10/16): range check only; we keep no cache of our own to fill.
-pub fn pre_fetch(lun: &Lun, lba: u64, blocks: u32) -> Result<(), Sense> {
+pub fn pre_fetch(lun: &LogicalUnit, lba: u64, blocks: u32) -> Result<(), Sense> {
     byte_range(lun, lba, u64::from(blocks)).map(|_| ())
 }
 
 /// READ CAPACITY(10).
-pub fn read_capacity10(lun: &Lun, lba: u32, pmi: bool) -> Result<Bytes, Sense> {
+pub fn read_capacity10(lun: &LogicalUnit, lba: u32, pmi: bool) -> Result<Bytes, Sense> {
     if !pmi && lba != 0 {
         return Err(Sense::invalid_cdb_field(2, None));
     }
@@ -193,7 +199,7 @@ pub fn read_capacity10(lun: &Lun, lba: u32, pmi: bool) -> Result<Bytes, Sense> {
 }
 
 /// READ CAPACITY(16): LBPME and LBPRZ when the LUN deallocates.
-pub fn read_capacity16(lun: &Lun) -> Bytes {
+pub fn read_capacity16(lun: &LogicalUnit) -> Bytes {
     let mut out = BytesMut::zeroed(32);
     out[0..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
     out[8..12].copy_from_slice(&lun.block_size().to_be_bytes());

@@ -11,7 +11,7 @@ use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    Lun, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
+    LunField, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
     TmfResponseCode, RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -360,7 +360,7 @@ impl Initiator {
             read,
             write,
             attr: TaskAttribute::Simple,
-            lun: Lun::from_number(lun).unwrap(),
+            lun: LunField::from_number(lun).unwrap(),
             itt,
             expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
@@ -452,7 +452,7 @@ impl Initiator {
                         let n = segment.min(end - offset);
                         let out = DataOut {
                             is_final: offset + n == end,
-                            lun: Lun::from_number(lun).unwrap(),
+                            lun: LunField::from_number(lun).unwrap(),
                             itt,
                             ttt: r2t.ttt,
                             exp_stat_sn: self.exp_stat_sn,
@@ -480,7 +480,7 @@ impl Initiator {
         let req = TaskMgmtRequest {
             immediate: true,
             function,
-            lun: Lun::from_number(0).unwrap(),
+            lun: LunField::from_number(0).unwrap(),
             itt: self.itt(),
             referenced_task_tag: RESERVED_TAG,
             cmd_sn: self.cmd_sn,
@@ -514,7 +514,7 @@ impl Initiator {
     pub fn answer(&self, r2t: &R2t, data: Bytes) -> Pdu {
         Pdu::DataOut(DataOut {
             is_final: true,
-            lun: Lun::from_number(0).unwrap(),
+            lun: LunField::from_number(0).unwrap(),
             itt: r2t.itt,
             ttt: r2t.ttt,
             exp_stat_sn: self.exp_stat_sn,
@@ -535,7 +535,7 @@ impl Initiator {
     ) {
         let out = DataOut {
             is_final: fin,
-            lun: Lun::from_number(0).unwrap(),
+            lun: LunField::from_number(0).unwrap(),
             itt,
             ttt: RESERVED_TAG,
             exp_stat_sn: self.exp_stat_sn,

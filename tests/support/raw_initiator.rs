@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
-    Isid, LoginRequest, LoginResponse, LoginStatus, Lun, NopOut, Pdu, PduCodec, Reject,
+    Isid, LoginRequest, LoginResponse, LoginStatus, LunField, NopOut, Pdu, PduCodec, Reject,
     ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
 };
 
@@ -292,7 +292,7 @@ impl RawConn {
             read: dir == Dir::Read,
             write: dir == Dir::Write,
             attr: TaskAttribute::Simple,
-            lun: Lun::from_number(lun).unwrap(),
+            lun: LunField::from_number(lun).unwrap(),
             itt,
             expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
@@ -314,7 +314,7 @@ impl RawConn {
         let itt = self.itt();
         let nop = NopOut {
             immediate: true,
-            lun: Lun::default(),
+            lun: LunField::default(),
             itt,
             ttt: RESERVED_TAG,
             cmd_sn: self.cmd_sn,

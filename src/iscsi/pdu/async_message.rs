@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// AsyncEvent 1: the target requests a Logout (Parameter3 = seconds to wait for it).
 pub const ASYNC_EVENT_LOGOUT_REQUESTED: u8 = 1;
@@ -16,7 +16,7 @@ pub const ASYNC_EVENT_DROPPING_ALL_CONNECTIONS: u8 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AsyncMessage {
     /// LUN (for SCSI async events), else zero.
-    pub lun: Lun,
+    pub lun: LunField,
     /// StatSN.
     pub stat_sn: u32,
     /// ExpCmdSN.

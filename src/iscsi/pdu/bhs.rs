@@ -94,11 +94,11 @@ impl Bhs {
     }
 
     /// Bytes 8..16: the LUN field of most PDUs.
-    pub(crate) fn lun(&self) -> super::Lun {
-        super::Lun::from_bytes(self.bytes::<8>(8))
+    pub(crate) fn lun(&self) -> super::LunField {
+        super::LunField::from_bytes(self.bytes::<8>(8))
     }
 
-    pub(crate) fn set_lun(&mut self, lun: super::Lun) {
+    pub(crate) fn set_lun(&mut self, lun: super::LunField) {
         self.set_bytes(8, &lun.to_bytes());
     }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A SCSI Data-In PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct DataIn {
     /// S bit and status byte: `Some(status)` when this PDU ends the command.
     pub status: Option<u8>,
     /// LUN (required with the A bit, else may be zero).
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag of the command.
     pub itt: u32,
     /// Target Transfer Tag: 0xffffffff unless `ack`.

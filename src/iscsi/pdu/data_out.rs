@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A SCSI Data-Out PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +11,7 @@ pub struct DataOut {
     /// F bit: the last PDU of this burst (unsolicited burst or R2T's sequence).
     pub is_final: bool,
     /// LUN (copied from the R2T for solicited data).
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag of the command.
     pub itt: u32,
     /// Target Transfer Tag of the R2T, or 0xffffffff for unsolicited data.

@@ -7,15 +7,15 @@
 
 /// A LUN field exactly as carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Lun([u8; 8]);
+pub struct LunField([u8; 8]);
 
-impl Lun {
-    /// Largest LUN number [`Lun::from_number`] can encode (flat space addressing, 14 bits).
+impl LunField {
+    /// Largest LUN number [`LunField::from_number`] can encode (flat space addressing, 14 bits).
     pub const MAX_NUMBER: u64 = 0x3fff;
 
     /// Wraps the raw 8 wire bytes.
     pub fn from_bytes(raw: [u8; 8]) -> Self {
-        Lun(raw)
+        LunField(raw)
     }
 
     /// The raw 8 wire bytes.
@@ -29,7 +29,7 @@ impl Lun {
     }
 
     /// Encodes a LUN number: peripheral addressing below 256, flat space addressing up to
-    /// [`Lun::MAX_NUMBER`]; `None` above that.
+    /// [`LunField::MAX_NUMBER`]; `None` above that.
     pub fn from_number(n: u64) -> Option<Self> {
         let mut raw = [0u8; 8];
         if n < 256 {
@@ -40,7 +40,7 @@ impl Lun {
         } else {
             return None;
         }
-        Some(Lun(raw))
+        Some(LunField(raw))
     }
 
     /// Decodes the LUN number from a single-level peripheral (bus 0) or flat space address;
@@ -64,46 +64,58 @@ mod tests {
 
     #[test]
     fn peripheral_and_flat_encoding() {
-        assert_eq!(Lun::from_number(0).map(Lun::to_bytes), Some([0; 8]));
         assert_eq!(
-            Lun::from_number(5).map(Lun::to_bytes),
+            LunField::from_number(0).map(LunField::to_bytes),
+            Some([0; 8])
+        );
+        assert_eq!(
+            LunField::from_number(5).map(LunField::to_bytes),
             Some([0, 5, 0, 0, 0, 0, 0, 0])
         );
         assert_eq!(
-            Lun::from_number(0x1234).map(Lun::to_bytes),
+            LunField::from_number(0x1234).map(LunField::to_bytes),
             Some([0x52, 0x34, 0, 0, 0, 0, 0, 0])
         );
-        assert_eq!(Lun::from_number(0x4000), None);
+        assert_eq!(LunField::from_number(0x4000), None);
     }
 
     #[test]
     fn decoding() {
-        assert_eq!(Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).number(), Some(1));
         assert_eq!(
-            Lun::from_bytes([0x40, 0x07, 0, 0, 0, 0, 0, 0]).number(),
+            LunField::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).number(),
+            Some(1)
+        );
+        assert_eq!(
+            LunField::from_bytes([0x40, 0x07, 0, 0, 0, 0, 0, 0]).number(),
             Some(7)
         );
         assert_eq!(
-            Lun::from_bytes([0x7f, 0xff, 0, 0, 0, 0, 0, 0]).number(),
+            LunField::from_bytes([0x7f, 0xff, 0, 0, 0, 0, 0, 0]).number(),
             Some(0x3fff)
         );
         // Bus number 1, second level present, extended addressing: not ours.
         assert_eq!(
-            Lun::from_bytes([0x01, 0x01, 0, 0, 0, 0, 0, 0]).number(),
+            LunField::from_bytes([0x01, 0x01, 0, 0, 0, 0, 0, 0]).number(),
             None
         );
-        assert_eq!(Lun::from_bytes([0, 1, 0, 2, 0, 0, 0, 0]).number(), None);
-        assert_eq!(Lun::from_bytes([0xc0, 0, 0, 0, 0, 0, 0, 0]).number(), None);
         assert_eq!(
-            Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).raw(),
+            LunField::from_bytes([0, 1, 0, 2, 0, 0, 0, 0]).number(),
+            None
+        );
+        assert_eq!(
+            LunField::from_bytes([0xc0, 0, 0, 0, 0, 0, 0, 0]).number(),
+            None
+        );
+        assert_eq!(
+            LunField::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]).raw(),
             0x0001_0000_0000_0000
         );
     }
 
     #[test]
     fn round_trip_all_numbers() {
-        for n in 0..=Lun::MAX_NUMBER {
-            assert_eq!(Lun::from_number(n).and_then(Lun::number), Some(n));
+        for n in 0..=LunField::MAX_NUMBER {
+            assert_eq!(LunField::from_number(n).and_then(LunField::number), Some(n));
         }
     }
 }

@@ -22,7 +22,7 @@
 //!     from the next PDU, which is what the switch at the end of login needs.
 //! * [`PduError`]: framing and decoding errors. Recoverable ones
 //!   ([`PduError::is_recoverable`]) consumed the bad PDU and carry its header for a Reject.
-//! * [`Lun`]: the 8-byte LUN field and flat LUN numbers.
+//! * [`LunField`]: the 8-byte LUN field and flat LUN numbers.
 //! * [`serial`]: RFC 1982 serial number comparisons for CmdSN/StatSN.
 //! * Field types: [`Stage`], [`Isid`], [`TaskAttribute`], [`LoginStatus`], and open code
 //!   newtypes [`TmfFunction`], [`TmfResponseCode`], [`LogoutReason`], [`LogoutResponseCode`],
@@ -79,7 +79,7 @@ pub use login_request::LoginRequest;
 pub use login_response::LoginResponse;
 pub use logout_request::LogoutRequest;
 pub use logout_response::LogoutResponse;
-pub use lun::Lun;
+pub use lun::LunField;
 pub use nop_in::NopIn;
 pub use nop_out::NopOut;
 pub use r2t::R2t;

@@ -3,13 +3,13 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A NOP-In PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NopIn {
     /// LUN (must be echoed by the initiator when TTT is not 0xffffffff).
-    pub lun: Lun,
+    pub lun: LunField,
     /// The NOP-Out's ITT when answering, 0xffffffff for a target ping.
     pub itt: u32,
     /// 0xffffffff when answering; a tag the initiator must echo for a target ping.

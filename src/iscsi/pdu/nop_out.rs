@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A NOP-Out PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +11,7 @@ pub struct NopOut {
     /// I bit: immediate delivery (CmdSN not advanced).
     pub immediate: bool,
     /// LUN (echoed from a NOP-In when answering one).
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag; 0xffffffff when this answers a NOP-In and wants no reply.
     pub itt: u32,
     /// Target Transfer Tag: 0xffffffff for an initiator ping, else the NOP-In's tag.

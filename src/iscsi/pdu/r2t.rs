@@ -3,13 +3,13 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_bare, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// An R2T PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct R2t {
     /// LUN of the command.
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag of the command.
     pub itt: u32,
     /// Target Transfer Tag the initiator copies into the solicited Data-Out PDUs.

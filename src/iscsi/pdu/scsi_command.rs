@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::bhs::{Bhs, Invalid, WirePdu};
 use super::fields::TaskAttribute;
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 const AHS_EXTENDED_CDB: u8 = 1;
 const AHS_BIDI_READ_LENGTH: u8 = 2;
@@ -29,7 +29,7 @@ pub struct ScsiCommand {
     /// Task attribute.
     pub attr: TaskAttribute,
     /// LUN.
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag.
     pub itt: u32,
     /// Expected Data Transfer Length (the write length for bidirectional commands).

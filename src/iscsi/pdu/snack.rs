@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::bhs::{expect_bare, Bhs, Invalid, WirePdu};
 use super::fields::SnackType;
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A SNACK Request PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct Snack {
     /// SNACK type (4 bits).
     pub snack_type: SnackType,
     /// LUN (DataACK) or reserved.
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag, or 0xffffffff for a status SNACK.
     pub itt: u32,
     /// Target Transfer Tag (DataACK) or SNACK Tag (R-Data), else 0xffffffff.

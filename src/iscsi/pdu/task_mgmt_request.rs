@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::bhs::{expect_bare, Bhs, Invalid, WirePdu};
 use super::fields::TmfFunction;
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A Task Management Function Request PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub struct TaskMgmtRequest {
     /// Function code (7 bits).
     pub function: TmfFunction,
     /// LUN the function applies to.
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag of this request.
     pub itt: u32,
     /// ITT of the task to abort (ABORT TASK), else 0xffffffff.

@@ -35,8 +35,8 @@ fn check(wire: &[u8], pdu: Pdu) {
     assert_eq!(encode_all(&codec, &pdu), wire);
 }
 
-fn lun(n: u64) -> Lun {
-    Lun::from_number(n).expect("small LUN")
+fn lun(n: u64) -> LunField {
+    LunField::from_number(n).expect("small LUN")
 }
 
 #[test]
@@ -977,7 +977,7 @@ fn arb_scsi_command() -> impl Strategy<Value = Pdu> {
                     read: r,
                     write: w,
                     attr: TaskAttribute::from_bits(attr),
-                    lun: Lun::from_bytes(l.to_be_bytes()),
+                    lun: LunField::from_bytes(l.to_be_bytes()),
                     itt,
                     expected_data_transfer_length: edtl,
                     cmd_sn: csn,

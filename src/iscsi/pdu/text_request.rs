@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A Text Request PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct TextRequest {
     /// C bit: the text in `data` continues in the next PDU.
     pub continues: bool,
     /// LUN (reserved unless a key needs it).
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag (the same for the whole exchange).
     pub itt: u32,
     /// Target Transfer Tag: 0xffffffff to start, else the tag of the response being continued.

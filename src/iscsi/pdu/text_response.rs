@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::bhs::{expect_no_ahs, Bhs, Invalid, WirePdu};
-use super::{opcode, Lun};
+use super::{opcode, LunField};
 
 /// A Text Response PDU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct TextResponse {
     /// C bit: the text in `data` continues in the next PDU.
     pub continues: bool,
     /// LUN, echoed.
-    pub lun: Lun,
+    pub lun: LunField,
     /// Initiator Task Tag, echoed.
     pub itt: u32,
     /// 0xffffffff on the final PDU, else a tag the initiator echoes to ask for more.

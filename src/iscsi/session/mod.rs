@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::iscsi::pdu::{
-    opcode, AsyncMessage, Lun, NopIn, Pdu, PduCodec, Reject, RejectReason, TextRequest,
+    opcode, AsyncMessage, LunField, NopIn, Pdu, PduCodec, Reject, RejectReason, TextRequest,
     ASYNC_EVENT_LOGOUT_REQUESTED, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::text::{TextError, TextReply};
@@ -516,7 +516,7 @@ impl Session {
             if now >= self.last_rx + interval {
                 let ttt = self.alloc_ttt();
                 let nop = NopIn {
-                    lun: Lun::default(),
+                    lun: LunField::default(),
                     itt: RESERVED_TAG,
                     ttt,
                     // A ping does not consume a StatSN.
@@ -542,7 +542,7 @@ impl Session {
         self.logout_deadline = Some(now + grace);
         let within_secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX);
         let msg = AsyncMessage {
-            lun: Lun::default(),
+            lun: LunField::default(),
             stat_sn: self.next_stat_sn(),
             exp_cmd_sn: STAMPED_AT_TRANSMIT,
             max_cmd_sn: STAMPED_AT_TRANSMIT,

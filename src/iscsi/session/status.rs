@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::data_in::pieces;
 use super::STAMPED_AT_TRANSMIT;
-use crate::iscsi::pdu::{self, DataIn, Lun, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
+use crate::iscsi::pdu::{self, DataIn, LunField, Pdu, RESERVED_TAG, RESPONSE_COMPLETED};
 use crate::scsi::CommandOutcome;
 
 /// The command a status belongs to.
@@ -15,7 +15,7 @@ pub struct CommandRef {
     /// Initiator Task Tag.
     pub itt: u32,
     /// LUN field as received.
-    pub lun: Lun,
+    pub lun: LunField,
     /// R bit: Data-In may be sent.
     pub read: bool,
     /// Expected length of Data-In (EDTL, or the bidirectional read length).
@@ -119,7 +119,7 @@ mod tests {
     fn read_cmd(len: u32) -> CommandRef {
         CommandRef {
             itt: 0x11,
-            lun: Lun::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]),
+            lun: LunField::from_bytes([0, 1, 0, 0, 0, 0, 0, 0]),
             read: true,
             read_len: len,
             r2t_count: 0,

@@ -11,7 +11,7 @@ use super::status::{status_pdus, CommandRef, Stamp};
 use super::{
     Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR, STAMPED_AT_TRANSMIT,
 };
-use crate::iscsi::pdu::{DataOut, Lun, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
+use crate::iscsi::pdu::{DataOut, LunField, Pdu, R2t, RejectReason, ScsiCommand, RESERVED_TAG};
 use crate::scsi::sense::{asc, Sense};
 use crate::scsi::{CommandOutcome, DataDirection, ScsiRequest};
 
@@ -32,7 +32,7 @@ pub(super) struct Task {
     pub(super) id: TaskId,
     pub(super) cmd_sn: u32,
     pub(super) immediate: bool,
-    pub(super) lun: Lun,
+    pub(super) lun: LunField,
     pub(super) phase: Phase,
     read: bool,
     read_len: u32,

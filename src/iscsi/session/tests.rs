@@ -63,8 +63,8 @@ fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
-fn lun(n: u64) -> Lun {
-    Lun::from_number(n).unwrap()
+fn lun(n: u64) -> LunField {
+    LunField::from_number(n).unwrap()
 }
 
 fn command(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, data: Bytes) -> ScsiCommand {

@@ -149,12 +149,12 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iscsi::pdu::{Lun, NopIn, RESERVED_TAG};
+    use crate::iscsi::pdu::{LunField, NopIn, RESERVED_TAG};
     use bytes::Bytes;
 
     fn nop_in(n: u32, data: &'static [u8]) -> Pdu {
         Pdu::NopIn(NopIn {
-            lun: Lun::default(),
+            lun: LunField::default(),
             itt: n,
             ttt: RESERVED_TAG,
             stat_sn: n,

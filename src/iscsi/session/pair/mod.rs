@@ -48,7 +48,7 @@ use bytes::{Bytes, BytesMut};
 use super::{CloseReason, Event, Session, SessionOptions, TaskId};
 use crate::iscsi::pdu::serial::sn_lt;
 use crate::iscsi::pdu::{
-    DataOut, LogoutReason, LogoutRequest, Lun, NopIn, NopOut, Pdu, PduCodec, R2t, ScsiCommand,
+    DataOut, LogoutReason, LogoutRequest, LunField, NopIn, NopOut, Pdu, PduCodec, R2t, ScsiCommand,
     TaskAttribute, TaskMgmtRequest, TmfFunction, RESERVED_TAG,
 };
 use crate::scsi::{CommandOutcome, Nexus, ScsiRequest, ScsiTarget};
@@ -302,8 +302,8 @@ impl Initiator {
 }
 
 /// The 8-byte LUN field of LUN `number` (LUN 0 for numbers beyond flat addressing).
-fn lun_field(number: u64) -> Lun {
-    Lun::from_number(number).unwrap_or_default()
+fn lun_field(number: u64) -> LunField {
+    LunField::from_number(number).unwrap_or_default()
 }
 
 /// A test initiator and a session joined in memory, on a simulated clock (see the module

@@ -4,19 +4,19 @@
 //! Lower layers resolve as the snapshotter lays them out (spec `image-config.md` §2.2):
 //! `file`, then `dir/overlaybd.commit`, `dir/.commit`, `dir/overlaybd.sealed`, then the
 //! registry blob `repoBlobUrl/digest`, read through the daemon's cache tiers. All LUNs of a
-//! process should share one [`ImageLuns`], so they share the cache folder (one disk tier per
+//! process should share one [`RemoteImages`], so they share the cache folder (one disk tier per
 //! folder), the single-flight table and the background download queue.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::path::Path;
 //! use overlaybd_target::cache::DaemonSettings;
-//! use overlaybd_target::overlaybd::ImageLuns;
+//! use overlaybd_target::overlaybd::RemoteImages;
 //!
 //! // overlaybd.json, then the command line's --cache-dir / --cache-size (bytes).
 //! let mut settings = DaemonSettings::from_file(Path::new("/etc/overlaybd/overlaybd.json"))?;
 //! settings.override_cache(Some(Path::new("/var/cache/obd")), Some(8 << 30));
-//! let images = ImageLuns::new(settings)?;
+//! let images = RemoteImages::new(settings)?;
 //! let config = Path::new("/var/lib/containerd/io.containerd.snapshotter.v1.overlaybd/snapshots/12/block/config.v1.json");
 //! let writable = images.open(config, false).await?; // image:PATH
 //! let read_only = images.open(config, true).await?; // ro:image:PATH
@@ -32,11 +32,11 @@ use crate::block::{BlockDevice, ReadOnlyDevice};
 use crate::cache::{DaemonSettings, RemoteLayers};
 
 /// Opens image configs as block devices, with one set of remote-layer caches for all of them.
-pub struct ImageLuns {
+pub struct RemoteImages {
     layers: RemoteLayers,
 }
 
-impl ImageLuns {
+impl RemoteImages {
     /// Builds the registry client and opens the cache folder named by `settings` (after any
     /// command-line override, see [`DaemonSettings::override_cache`]).
     pub fn new(settings: DaemonSettings) -> LsmtResult<Self> {
@@ -69,13 +69,13 @@ impl ImageLuns {
 }
 
 /// Opens one image config as a writable-if-possible block device with caches of its own.
-/// For a single LUN; several LUNs must share one [`ImageLuns`] instead, since two cache
+/// For a single LUN; several LUNs must share one [`RemoteImages`] instead, since two cache
 /// instances over one folder would each enforce the size limit on their own.
 pub async fn open_image_lun(
     config_path: &Path,
     settings: &DaemonSettings,
 ) -> LsmtResult<Arc<dyn BlockDevice>> {
-    ImageLuns::new(settings.clone())?
+    RemoteImages::new(settings.clone())?
         .open(config_path, false)
         .await
 }
