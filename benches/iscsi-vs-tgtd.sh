@@ -12,7 +12,9 @@
 # BENCH_DIR where the backing file lives (default /tmp; e.g. /dev/shm for tmpfs), FILL_BS the
 # dd block size that writes it (default 1M; the page cache keeps folios of about that size on
 # ext4, which makes later 4 KiB writes far costlier in the kernel, see benches/README.md),
-# OURS_BIN another build of our target to measure (e.g. a copy of an older one).
+# OURS_BIN another build of our target to measure (e.g. a copy of an older one), AGAINST_BIN a
+# build of our target to run in tgtd's place (before/after a change, in one run; the "tgtd"
+# columns are then that build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script_name=iscsi-vs-tgtd.sh
@@ -28,7 +30,10 @@ points=${POINTS:-$all_points}
 iqn_ours=iqn.2026-11.io.overlaybd:bench
 iqn_tgt=iqn.2026-11.org.tgt:bench
 
-for tool in iscsi-perf tgtd tgtadm python3; do
+against_bin=${AGAINST_BIN:-}
+needed="iscsi-perf python3"
+[ -n "$against_bin" ] || needed="$needed tgtd tgtadm"
+for tool in $needed; do
     command -v "$tool" >/dev/null || { echo "iscsi-vs-tgtd.sh: $tool is not installed" >&2; exit 2; }
 done
 
@@ -63,7 +68,17 @@ ours_pid=$!
 wait_port "$port_ours"
 
 port_tgt=$(free_port)
-start_tgtd "$port_tgt" "$tgt_ctrl" "$iqn_tgt" "$img" "$work/tgtd.log"
+tgt_lun=1
+if [ -n "$against_bin" ]; then
+    # The other side is a build of ours: same flags, its LUN 0 is the file.
+    "$against_bin" --portal "127.0.0.1:$port_tgt" --target "$iqn_tgt" --lun "file:$img" \
+        >"$work/against.log" 2>&1 &
+    tgt_pid=$!
+    tgt_lun=0
+    wait_port "$port_tgt"
+else
+    start_tgtd "$port_tgt" "$tgt_ctrl" "$iqn_tgt" "$img" "$work/tgtd.log"
+fi
 
 # One run of point $1 against side $2 (ours|tgtd); appends a result line to $work/results.
 run_point() {
@@ -71,7 +86,7 @@ run_point() {
     if [ "$side" = ours ]; then
         port=$port_ours iqn=$iqn_ours lun=0 pid=$ours_pid
     else
-        port=$port_tgt iqn=$iqn_tgt lun=1 pid=$tgt_pid
+        port=$port_tgt iqn=$iqn_tgt lun=$tgt_lun pid=$tgt_pid
     fi
     local lg=("$loadgen" --portal "127.0.0.1:$port" --target "$iqn" --lun "$lun"
         --duration "$duration" --warmup 1)
@@ -115,7 +130,12 @@ if command -v iperf3 >/dev/null; then
 fi
 
 echo
-echo "overlaybd-target vs tgtd $(tgtd --version 2>/dev/null | head -1), $(date -u +%F) on $(nproc) vCPU" \
+if [ -n "$against_bin" ]; then
+    other="$against_bin"
+else
+    other="tgtd $(tgtd --version 2>/dev/null | head -1)"
+fi
+echo "overlaybd-target ($ours_bin) vs $other, $(date -u +%F) on $(nproc) vCPU" \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), medians of $rounds rounds x ${duration}s"
 python3 - "$work/results" "$tcp_lg" "$tcp_iperf" <<'EOF'
 import statistics, sys
