@@ -12,3 +12,10 @@ sudo=""
 echo "install-deps: installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+# Debian's qemu-block-extra (qemu-img's iSCSI driver) requires qemu-utils of its own version: on
+# a machine with a newer qemu-utils from backports, installing it makes apt remove qemu-img.
+# Installing qemu-utils again then brings the matching version.
+if ! command -v qemu-img >/dev/null; then
+    echo "install-deps: qemu-img went missing (qemu-utils removed for qemu-block-extra's version); installing it again"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-utils >/dev/null
+fi
