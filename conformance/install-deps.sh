@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when they are missing.
 set -euo pipefail
-pkgs=(libiscsi-bin tgt qemu-utils qemu-block-extra e2fsprogs docker-registry curl apache2-utils)
+# prometheus: its promtool checks the /metrics text (tests/metrics.rs).
+pkgs=(libiscsi-bin tgt qemu-utils qemu-block-extra e2fsprogs docker-registry curl apache2-utils prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -132,6 +132,11 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY", value_enum)]
     pub digests: Option<DigestSetting>,
 
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (off by default; the management
+    /// API's GET /metrics has them too). README "Metrics" lists them.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

@@ -11,6 +11,7 @@
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
+//! - [`metrics`]: the Prometheus metrics every layer counts into, and their HTTP endpoint;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build);
 //! - `sys`: the ground floor, the file system calls made through `libc` (all of their
 //!   `unsafe`) and the one helper that runs blocking work off the async threads.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod iscsi;
+pub mod metrics;
 pub mod overlaybd;
 pub mod scsi;
 pub mod source;

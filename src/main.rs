@@ -79,6 +79,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| PathBuf::from(overlaybd_target::daemon::api::DEFAULT_API_SOCKET))
         }),
         api_explicit: cli.api.is_some(),
+        metrics: cli.metrics,
     };
     let config = match cli.into_config() {
         Ok(c) => c,

@@ -941,3 +941,74 @@ async fn redirect_loops_and_odd_locations_are_clean_errors() {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{location}: {err}");
     }
 }
+
+/// Every registry answer is counted by host and status, retries by host, and data bytes by
+/// host (the metrics an operator alerts on: README "Metrics").
+#[tokio::test]
+async fn registry_answers_are_counted_by_host_and_status() {
+    let blob = Arc::new(make_blob(20_000, 11));
+    let count = |host: &str, status: &str| {
+        let text = overlaybd_target::metrics::global().render();
+        let series = format!(
+            "overlaybd_target_registry_requests_total{{host=\"{host}\",status=\"{status}\"}}"
+        );
+        support::metrics::value(&text, &series)
+    };
+    let host_value = |name: &str, host: &str| {
+        let text = overlaybd_target::metrics::global().render();
+        support::metrics::value(
+            &text,
+            &format!("overlaybd_target_{name}{{host=\"{host}\"}}"),
+        )
+    };
+    for (code, retried) in [(500, true), (401, true), (404, false)] {
+        let (server, _) = faulty(Arc::clone(&blob), move |i| {
+            (i == 0).then(|| Reply::status(code))
+        })
+        .await;
+        let host = server.url().trim_start_matches("http://").to_string();
+        let src = client(CredentialStore::anonymous())
+            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+            .await
+            .unwrap();
+        let read = src.read_exact_at(0, 5000).await;
+        assert_eq!(read.is_ok(), retried, "{code}: {read:?}");
+        assert_eq!(count(&host, &code.to_string()), Some(1.0), "{code}");
+        if retried {
+            assert_eq!(
+                host_value("registry_retries_total", &host),
+                Some(1.0),
+                "{code}"
+            );
+            assert_eq!(
+                host_value("registry_bytes_total", &host),
+                Some(5000.0),
+                "{code}"
+            );
+            // The size probe, the probe again after the failure (it forgets the location) and
+            // the retried read were answered with 206.
+            assert_eq!(count(&host, "206"), Some(3.0), "{code}");
+        } else {
+            assert_eq!(host_value("registry_retries_total", &host), None, "{code}");
+            assert_eq!(count(&host, "206"), Some(1.0), "{code}: only the probe");
+        }
+        let text = overlaybd_target::metrics::global().render();
+        let latency =
+            format!("overlaybd_target_registry_request_duration_seconds_count{{host=\"{host}\"}}");
+        let requests = if retried { 4.0 } else { 2.0 };
+        assert_eq!(
+            support::metrics::value(&text, &latency),
+            Some(requests),
+            "{code}"
+        );
+    }
+    // A registry that does not answer at all is counted as `error`.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let opened = client(CredentialStore::anonymous())
+        .open_blob(&format!("http://{host}{REPO}"), "sha256:ee", None)
+        .await;
+    assert!(opened.is_err());
+    assert!(count(&host, "error").is_some_and(|n| n >= 1.0));
+}

@@ -140,6 +140,7 @@ async fn attempt(
         };
         hasher.update(&block);
         offset += n;
+        crate::metrics::global().download_ratio(&job.digest, offset as f64 / size as f64);
     }
     let got = hex::encode(hasher.finalize());
     if got != hex {

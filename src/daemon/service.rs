@@ -34,6 +34,7 @@ use super::model::{
 };
 use super::settings::{limits, login_settings, login_view};
 use super::state::{self, StateFile};
+use crate::metrics::MetricsServer;
 
 /// LUN numbers the API accepts: flat space addressing reaches 16383.
 pub const MAX_LUN: u64 = 16383;
@@ -66,6 +67,9 @@ pub enum StartError {
     /// The management API's socket could not be bound.
     #[error(transparent)]
     Api(#[from] super::api::ApiError),
+    /// The metrics address could not be bound (the message names it).
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// Where the daemon keeps its state and serves its management API.
@@ -78,6 +82,8 @@ pub struct DaemonOptions {
     /// The API socket was named by the operator: failing to bind it stops the start. The
     /// default one is best effort (another instance may hold it): a warning, and no API.
     pub api_explicit: bool,
+    /// Where to serve `GET /metrics` over plain HTTP; `None`: only through the API.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A started daemon: LUNs opening or open, portals and API socket bound.
@@ -85,6 +91,7 @@ pub struct Daemon {
     inner: Arc<Inner>,
     server: Server,
     api: Option<ApiServer>,
+    metrics: Option<MetricsServer>,
 }
 
 struct Inner {
@@ -185,6 +192,14 @@ impl Daemon {
                 }
             },
         };
+        let metrics = match options.metrics {
+            Some(addr) => Some(
+                MetricsServer::bind(addr)
+                    .await
+                    .map_err(StartError::Metrics)?,
+            ),
+            None => None,
+        };
         let server = Server::bind(
             &config.portals,
             limits(&config.tuning),
@@ -193,12 +208,22 @@ impl Daemon {
         .await?;
         let _ = inner.server.set(server.handle());
         let _ = inner.portals.set(server.local_addrs());
-        Ok(Daemon { inner, server, api })
+        Ok(Daemon {
+            inner,
+            server,
+            api,
+            metrics,
+        })
     }
 
     /// The addresses iSCSI is served on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.server.local_addrs()
+    }
+
+    /// The address metrics are served on, when `--metrics` asked for them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// The operations of the management API.
@@ -213,10 +238,16 @@ impl Daemon {
         let api = self
             .api
             .map(|api| tokio::spawn(api.serve(self.inner.clone().control(), stop_api.clone())));
+        let metrics = self
+            .metrics
+            .map(|m| tokio::spawn(crate::metrics::serve(m, stop_api.clone())));
         self.server.run(shutdown).await;
         stop_api.cancel();
         if let Some(api) = api {
             let _ = api.await;
+        }
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use bytes::Bytes;
 
+use crate::metrics::CommandKind;
+
 use super::cdb::{self, opcode, Command};
 use super::identity::ascii_field;
 use super::lun::{self, LogicalUnit};
@@ -13,6 +15,26 @@ use super::{
     inquiry, mode, provisioning, report, sbc, status, CommandFailure, CommandOutcome, Nexus,
     ScsiRequest, ScsiTarget,
 };
+
+/// What a command with operation code `code` does, for metrics: reads and writes of the
+/// medium's data, and the rest.
+pub(super) fn kind_of(code: u8) -> CommandKind {
+    match code {
+        opcode::READ_6 | opcode::READ_10 | opcode::READ_12 | opcode::READ_16 => CommandKind::Read,
+        opcode::WRITE_6
+        | opcode::WRITE_10
+        | opcode::WRITE_12
+        | opcode::WRITE_16
+        | opcode::WRITE_AND_VERIFY_10
+        | opcode::WRITE_AND_VERIFY_12
+        | opcode::WRITE_AND_VERIFY_16
+        | opcode::WRITE_SAME_10
+        | opcode::WRITE_SAME_16
+        | opcode::COMPARE_AND_WRITE
+        | opcode::ORWRITE_16 => CommandKind::Write,
+        _ => CommandKind::Other,
+    }
+}
 
 /// How many Data-Out bytes a command needs.
 enum ExpectedDataOut {
@@ -30,11 +52,12 @@ enum ExpectedDataOut {
 impl ScsiTarget {
     /// Runs one command: LUN lookup, CDB parsing, unit attentions, reservation conflicts,
     /// Data-Out length rules, the command itself, then residuals.
-    pub(super) async fn execute_command(&self, nexus: &Nexus, req: ScsiRequest) -> CommandOutcome {
-        let Some(lun) = self.lun(req.lun) else {
-            return self.missing_lun(nexus, &req);
-        };
-        let lun = &*lun;
+    pub(super) async fn execute_command(
+        &self,
+        lun: &LogicalUnit,
+        nexus: &Nexus,
+        req: ScsiRequest,
+    ) -> CommandOutcome {
         let parsed = cdb::parse(&req.cdb);
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear unit attentions.
         let code = req.cdb.first().copied().unwrap_or(0);
@@ -131,7 +154,7 @@ impl ScsiTarget {
 
     /// Commands addressed to a LUN that does not exist (SPC-4 5.1: INQUIRY answers with
     /// peripheral qualifier 3, REPORT LUNS works, REQUEST SENSE reports the error as data).
-    fn missing_lun(&self, nexus: &Nexus, req: &ScsiRequest) -> CommandOutcome {
+    pub(super) fn missing_lun(&self, nexus: &Nexus, req: &ScsiRequest) -> CommandOutcome {
         let not_supported = Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED);
         let result = match cdb::parse(&req.cdb) {
             Ok(Command::Inquiry {

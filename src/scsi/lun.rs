@@ -10,6 +10,7 @@ use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
 use super::LunConfig;
 use crate::block::{BlockDevice, Unavailable};
+use crate::metrics::LunMetrics;
 
 /// Largest READ/WRITE/VERIFY transfer in blocks (VPD b0 MAXIMUM TRANSFER LENGTH, 32 MiB of
 /// 512-byte blocks); bounds the buffers a single command can make us allocate.
@@ -46,6 +47,8 @@ pub struct LogicalUnit {
     failed: parking_lot::Mutex<Option<Unavailable>>,
     /// The backing device.
     pub device: Arc<dyn BlockDevice>,
+    /// This LUN's series of the process metrics.
+    pub metrics: LunMetrics,
     /// Unit serial number.
     pub serial: String,
     /// INQUIRY product identification (16 bytes, space padded).
@@ -69,6 +72,7 @@ impl LogicalUnit {
     pub fn new(config: LunConfig, target_name: Arc<str>, number: u64) -> Self {
         let naa = naa_from_serial(&config.serial);
         let size = config.device.size();
+        let metrics = crate::metrics::global().lun(&target_name, number);
         LogicalUnit {
             target_name,
             number,
@@ -85,6 +89,7 @@ impl LogicalUnit {
             write_cache: AtomicBool::new(true),
             software_write_protect: AtomicBool::new(false),
             device: config.device,
+            metrics,
         }
     }
 

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::block::BlockDevice;
+use crate::metrics::CommandKind;
 use lun::LogicalUnit;
 use sense::{asc, Sense};
 
@@ -200,8 +201,33 @@ impl ScsiTarget {
     }
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.
+    /// Each command to an existing LUN is counted in the LUN's metrics (kind, latency, bytes,
+    /// sense key).
     pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> CommandOutcome {
-        self.execute_command(nexus, req).await
+        let Some(lun) = self.lun(req.lun) else {
+            return self.missing_lun(nexus, &req);
+        };
+        let started = std::time::Instant::now();
+        let kind = dispatch::kind_of(req.cdb.first().copied().unwrap_or(0));
+        let sent = req.data_out.len() as u64;
+        let outcome = self.execute_command(&lun, nexus, req).await;
+        let good = outcome.status == status::GOOD;
+        let read = match kind {
+            CommandKind::Read if good => outcome.data_in.len() as u64,
+            _ => 0,
+        };
+        let written = match kind {
+            CommandKind::Write if good => sent,
+            _ => 0,
+        };
+        let sense_key = outcome
+            .sense
+            .as_ref()
+            .and_then(|s| s.get(2))
+            .map(|k| sense::key::name(k & 0x0f));
+        let elapsed = started.elapsed();
+        lun.metrics.command(kind, elapsed, read, written, sense_key);
+        outcome
     }
 
     /// The logical unit `number`, if the target has it now.

@@ -24,6 +24,28 @@ pub mod key {
     pub const ABORTED_COMMAND: u8 = 0xb;
     /// Source data did not match the medium (VERIFY, COMPARE AND WRITE).
     pub const MISCOMPARE: u8 = 0xe;
+
+    /// The sense key's name as SPC-4 table 48 gives it, in lower case with underscores (the
+    /// `sense_key` label of the metrics).
+    pub fn name(key: u8) -> &'static str {
+        match key {
+            NO_SENSE => "no_sense",
+            0x1 => "recovered_error",
+            NOT_READY => "not_ready",
+            MEDIUM_ERROR => "medium_error",
+            HARDWARE_ERROR => "hardware_error",
+            ILLEGAL_REQUEST => "illegal_request",
+            UNIT_ATTENTION => "unit_attention",
+            DATA_PROTECT => "data_protect",
+            0x8 => "blank_check",
+            0x9 => "vendor_specific",
+            0xa => "copy_aborted",
+            ABORTED_COMMAND => "aborted_command",
+            0xd => "volume_overflow",
+            MISCOMPARE => "miscompare",
+            _ => "reserved",
+        }
+    }
 }
 
 /// An additional sense code and qualifier.

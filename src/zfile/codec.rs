@@ -80,6 +80,7 @@ pub fn decode_block(
         let stored_crc = u32::from_le_bytes(crc_bytes);
         let computed = crc32c_seeded(payload, BLOCK_CRC_SEED);
         if computed != stored_crc {
+            crate::metrics::global().crc_failure();
             return Err(BlockFault::Crc {
                 stored: stored_crc,
                 computed,

@@ -23,6 +23,7 @@ use super::auth::{
 use super::credentials::CredentialStore;
 use super::range::{plan_body, probe_total, range_header, RangeError};
 use crate::cache::settings::{DaemonSettings, HttpConfig};
+use crate::metrics;
 use crate::source::{LayerSource, SourceError, SourceResult, Span};
 
 /// How many redirects one data request may follow before giving up.
@@ -267,11 +268,14 @@ impl RegistryClient {
         let url = challenge
             .token_url()
             .map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), false))?;
+        let token_url = url.clone();
         let mut req = self.http.get(url);
         if let Some(c) = self.lookup_credentials(blob_url).await? {
             req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
         }
-        let resp = req.send().await.map_err(Failure::transport)?;
+        let resp = send_counted(req, &token_url)
+            .await
+            .map_err(Failure::transport)?;
         if resp.status() != StatusCode::OK {
             let mut f = Failure::status(resp.status());
             f.message = format!("token service {}: {}", challenge.realm, f.message);
@@ -422,6 +426,7 @@ impl HttpBlobSource {
                 Ok(ok) => return Ok(ok),
                 Err(f) if f.retry && attempt < retries => {
                     tracing::debug!(blob = %self.describe(), what, attempt, error = %f.message, "retrying");
+                    metrics::global().registry_retry(&host_label(&self.blob_url));
                     tokio::time::sleep(self.client.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -478,8 +483,8 @@ impl HttpBlobSource {
             .client
             .http
             .get(self.blob_url.clone())
-            .header(RANGE, "bytes=0-0")
-            .send()
+            .header(RANGE, "bytes=0-0");
+        let probe = send_counted(probe, &self.blob_url)
             .await
             .map_err(Failure::transport)?;
         let status = probe.status();
@@ -546,11 +551,12 @@ impl HttpBlobSource {
                 })?,
                 None => loc.url.clone(),
             };
-            let mut req = self.client.http.get(target).header(RANGE, &range);
+            let host = host_label(&target);
+            let mut req = self.client.http.get(target.clone()).header(RANGE, &range);
             if let Some(auth) = &loc.auth {
                 req = req.header(AUTHORIZATION, auth.clone());
             }
-            let resp = req.send().await.map_err(|e| {
+            let resp = send_counted(req, &target).await.map_err(|e| {
                 self.forget_location();
                 Failure::transport(e)
             })?;
@@ -611,6 +617,7 @@ impl HttpBlobSource {
                 tracing::debug!(blob = %self.describe(), "server ignores Range; slicing a full answer");
             }
             let data = read_body(resp, plan.skip, len).await?;
+            metrics::global().registry_bytes(&host, data.len() as u64);
             return Ok((data, plan.total));
         }
         self.forget_location();
@@ -619,6 +626,28 @@ impl HttpBlobSource {
             format!("more than {MAX_REDIRECTS} redirects"),
             false,
         ))
+    }
+}
+
+/// Sends `req` to `url`, counted in the registry metrics by host and status (`error` when no
+/// answer came) with the time to the answer's headers.
+async fn send_counted(
+    req: reqwest::RequestBuilder,
+    url: &Url,
+) -> reqwest::Result<reqwest::Response> {
+    let started = Instant::now();
+    let result = req.send().await;
+    let status = result.as_ref().ok().map(|r| r.status().as_u16());
+    metrics::global().registry_request(&host_label(url), status, started.elapsed());
+    result
+}
+
+/// The `host` label of a URL: host, and port when the URL names one.
+fn host_label(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
     }
 }
 

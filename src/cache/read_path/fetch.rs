@@ -52,6 +52,7 @@ impl CachedSource {
         let len: usize = lens.iter().sum();
         let counters = &self.tiers().counters;
         bump(&counters.source_requests, 1);
+        crate::metrics::global().cache_misses(claims.len() as u64);
         let data = match self.inner().read_exact_at(first * unit, len).await {
             Ok(d) => d,
             Err(e) => {
@@ -69,6 +70,7 @@ impl CachedSource {
                 .insert(claim.key().clone(), unit.clone());
             claim.publish(Ok(unit.clone()));
         }
+        self.tiers().publish_sizes();
         // Waiters have their data; release the claims before the slower disk writes.
         let keys: Vec<UnitKey> = claims.iter().map(|c| c.key().clone()).collect();
         drop(claims);

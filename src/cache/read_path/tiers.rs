@@ -26,6 +26,7 @@ use crate::cache::disk::DiskTier;
 use crate::cache::key::UnitKey;
 use crate::cache::memory::MemoryTier;
 use crate::cache::settings::EffectiveCache;
+use crate::metrics::{self, Tier};
 
 /// Counters of where units came from, since the tiers were created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -153,6 +154,7 @@ impl CacheTiers {
     pub(super) async fn lookup(&self, key: &UnitKey, unit: &PlannedUnit) -> Option<Found> {
         if let Some(b) = self.memory.get(key) {
             bump(&self.counters.memory_hits, 1);
+            metrics::global().cache_hit(Tier::Memory);
             return Some(Found::Whole(b));
         }
         let needed = unit.needed.len();
@@ -164,11 +166,13 @@ impl CacheTiers {
             let whole = self.disk_get(key, unit.len).await;
             if let Some(b) = &whole {
                 self.memory.insert(key.clone(), b.clone());
+                self.publish_sizes();
             }
             whole.map(Found::Whole)
         };
         if found.is_some() {
             bump(&self.counters.disk_hits, 1);
+            metrics::global().cache_hit(Tier::Disk);
         }
         found
     }
@@ -209,6 +213,16 @@ impl CacheTiers {
         // A full or broken cache disk must not fail the read that already has its data.
         if let Ok(Err(e)) | Err(e) = result.map_err(io::Error::other) {
             tracing::warn!(error = %e, "disk cache write failed");
+        }
+        self.publish_sizes();
+    }
+
+    /// Sets the `cache_bytes` gauges to what the tiers hold now.
+    pub(super) fn publish_sizes(&self) {
+        let m = metrics::global();
+        m.cache_bytes(Tier::Memory, self.memory.used_bytes());
+        if let Some(disk) = &self.disk {
+            m.cache_bytes(Tier::Disk, disk.used_bytes());
         }
     }
 

@@ -439,6 +439,7 @@ impl From<ControlError> for Failure {
 /// The resources, by path.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
+    Metrics,
     Status,
     Sessions,
     Targets,
@@ -452,6 +453,7 @@ impl Route {
     fn of(segments: &[String]) -> Option<Route> {
         let s: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = match s.as_slice() {
+            ["v1", "metrics"] | ["metrics"] => Route::Metrics,
             ["v1", "status"] => Route::Status,
             ["v1", "sessions"] => Route::Sessions,
             ["v1", "targets"] => Route::Targets,
@@ -468,7 +470,7 @@ impl Route {
     /// The `Allow` header of a 405.
     fn allow(&self) -> &'static str {
         match self {
-            Route::Status | Route::Sessions => "GET",
+            Route::Metrics | Route::Status | Route::Sessions => "GET",
             Route::Targets => "GET, POST",
             Route::Target(_) => "GET, DELETE",
             Route::Luns(_) => "POST",
@@ -509,6 +511,10 @@ async fn route(
         )
     })?;
     match (&parts.method, route) {
+        (&Method::GET, Route::Metrics) => {
+            query.expect(&[])?;
+            Ok(crate::metrics::metrics_answer(&parts.headers))
+        }
         (&Method::GET, Route::Status) => {
             query.expect(&[])?;
             Ok(json_answer(StatusCode::OK, &control.status()))
@@ -899,6 +905,33 @@ mod tests {
             call(&p, Method::GET, &format!("/v1/targets/{IQN}"), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(error_of(&headers, &body), format!("no target {IQN}"));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_in_the_text_format_a_scraper_asks_for() {
+        let mut server = Running::start(FakeControl::default()).await;
+        let p = server.path.clone();
+        crate::metrics::global().registry_retry("api-metrics.example");
+        let series = "overlaybd_target_registry_retries_total{host=\"api-metrics.example\"}";
+        for path in ["/v1/metrics", "/metrics"] {
+            let (status, headers, body) = call(&p, Method::GET, path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(
+                headers[CONTENT_TYPE],
+                crate::metrics::CONTENT_TYPE,
+                "{path}"
+            );
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with(series)),
+                "{path}: {text}"
+            );
+            assert!(!text.contains("# EOF"), "{path}");
+        }
+        let (status, headers, _) = call(&p, Method::POST, "/v1/metrics", Some("{}")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers[ALLOW], "GET");
         server.stop().await;
     }
 

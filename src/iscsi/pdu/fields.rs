@@ -262,4 +262,30 @@ impl LoginStatus {
     pub fn code(self) -> u16 {
         u16::from_be_bytes([self.class, self.detail])
     }
+
+    /// The status's name as RFC 7143 §11.13.5 gives it, in lower case with underscores (the
+    /// `result` label of the login metrics); `other` for a status this target never sends.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SUCCESS => "success",
+            Self::TARGET_MOVED_TEMPORARILY => "target_moved_temporarily",
+            Self::TARGET_MOVED_PERMANENTLY => "target_moved_permanently",
+            Self::INITIATOR_ERROR => "initiator_error",
+            Self::AUTHENTICATION_FAILURE => "authentication_failure",
+            Self::AUTHORIZATION_FAILURE => "authorization_failure",
+            Self::NOT_FOUND => "not_found",
+            Self::TARGET_REMOVED => "target_removed",
+            Self::UNSUPPORTED_VERSION => "unsupported_version",
+            Self::TOO_MANY_CONNECTIONS => "too_many_connections",
+            Self::MISSING_PARAMETER => "missing_parameter",
+            Self::CANT_INCLUDE_IN_SESSION => "cant_include_in_session",
+            Self::SESSION_TYPE_NOT_SUPPORTED => "session_type_not_supported",
+            Self::SESSION_DOES_NOT_EXIST => "session_does_not_exist",
+            Self::INVALID_DURING_LOGIN => "invalid_during_login",
+            Self::TARGET_ERROR => "target_error",
+            Self::SERVICE_UNAVAILABLE => "service_unavailable",
+            Self::OUT_OF_RESOURCES => "out_of_resources",
+            _ => "other",
+        }
+    }
 }

@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::admission::PendingGuard;
+use super::catalog::Catalog;
 use super::driver::{drive, sleep_until_opt, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
 use crate::iscsi::login::{
     Login, LoginError, LoginOutcome, LoginStep, SessionParams, SessionType, TargetDirectory,
 };
-use crate::iscsi::pdu::{EncodedPdu, LoginResponse, Pdu, PduCodec};
+use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
 use crate::iscsi::session::{LunExists, Session, SessionOptions};
 use crate::scsi::Nexus;
@@ -291,6 +292,10 @@ fn failed_login(
     let (initiator, target) = (login.initiator_name(), login.target_name());
     let chap_user = login.chap_name();
     let status = format!("{:#06x}", reason.status().code());
+    crate::metrics::global().login(
+        &target_label(target, &shared.catalog),
+        reason.status().name(),
+    );
     if !reason.is_auth_failure() {
         tracing::info!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
         return Duration::ZERO;
@@ -298,6 +303,16 @@ fn failed_login(
     tracing::warn!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
     let now = std::time::Instant::now();
     shared.auth_throttle.lock().failed(now, initiator, peer)
+}
+
+/// The `target` label of a login's metrics: the name when this target serves it, else a
+/// fixed word, so names an initiator makes up cannot grow the metrics without bound.
+fn target_label(claimed: Option<&str>, catalog: &Catalog) -> String {
+    match claimed {
+        Some(name) if catalog.get(name).is_some() => name.to_string(),
+        Some(_) => "(unknown)".to_string(),
+        None => "(none)".to_string(),
+    }
 }
 
 /// Decides whether a negotiated login may become a session; assigns the TSIH, reinstating
@@ -426,6 +441,13 @@ async fn full_feature(
         outcome.initiator_name.clone(),
         served.as_ref().map(|t| t.login.name.clone()),
     ));
+    let target_label = match &served {
+        Some(target) => target.login.name.clone(),
+        None => "(discovery)".to_string(),
+    };
+    let metrics = crate::metrics::global();
+    metrics.login(&target_label, LoginStatus::SUCCESS.name());
+    let _counted = metrics.session(&target_label);
     let ended = async {
         tracing::info!(session_type = ?outcome.session_type, "logged in");
         let scsi = served.map(|target| ScsiBinding {

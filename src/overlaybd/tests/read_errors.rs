@@ -121,8 +121,18 @@ async fn a_crc_failure_in_a_zfile_layer_is_corrupt_and_a_medium_error() {
     )
     .await
     .unwrap();
+    let crc_failures = || {
+        let text = crate::metrics::global().render();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("overlaybd_target_crc_failures_total "));
+        line.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let before = crc_failures();
     let err = image.read(0, 4096).await.unwrap_err();
     assert!(matches!(err, BlockError::Corrupt(_)), "{err:?}");
+    // Counted (other tests of this process may add theirs in between).
+    assert!(crc_failures() > before, "the CRC failure is in the metrics");
     let device = image_over(Arc::new(ZFileReader::open(mem(bad)).await.unwrap())).await;
     assert_eq!(read_sense(device, 8).await, MEDIUM_ERROR);
     // The same image undamaged reads its data.
