@@ -11,7 +11,7 @@ use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    LunField, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
+    LunField, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskMgmtRequest, TmfFunction,
     TmfResponseCode, RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,22 +352,15 @@ impl Initiator {
         fin: bool,
     ) -> u32 {
         let itt = self.itt();
-        let mut cdb16 = cdb.to_vec();
-        cdb16.resize(16.max(cdb.len()), 0);
         let cmd = ScsiCommand {
-            immediate: false,
             is_final: fin,
             read,
             write,
-            attr: TaskAttribute::Simple,
-            lun: LunField::from_number(lun).unwrap(),
             itt,
-            expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: cdb16.into(),
-            bidi_read_length: None,
             data,
+            ..ScsiCommand::new(LunField::from_number(lun).unwrap(), cdb, edtl)
         };
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
         self.send(&Pdu::ScsiCommand(cmd)).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
     Isid, LoginRequest, LoginResponse, LoginStatus, LunField, NopOut, Pdu, PduCodec, Reject,
-    ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
+    ScsiCommand, Stage, RESERVED_TAG,
 };
 
 /// The initiator name every raw connection logs in with.
@@ -284,22 +284,15 @@ impl RawConn {
         immediate: bool,
     ) -> u32 {
         let itt = self.itt();
-        let mut cdb16 = cdb.to_vec();
-        cdb16.resize(16.max(cdb.len()), 0);
         let cmd = ScsiCommand {
             immediate,
-            is_final: true,
             read: dir == Dir::Read,
             write: dir == Dir::Write,
-            attr: TaskAttribute::Simple,
-            lun: LunField::from_number(lun).unwrap(),
             itt,
-            expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: cdb16.into(),
-            bidi_read_length: None,
             data,
+            ..ScsiCommand::new(LunField::from_number(lun).unwrap(), cdb, edtl)
         };
         if !immediate {
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
