@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Initiator, LoginKeys, TestServer, IQN};
 use overlaybd_target::config::{DigestSetting, Tuning};
-use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Pdu, Stage};
+use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Pdu};
 use support::process::{tool, Target};
 
 fn require_crc32c() -> Tuning {
@@ -96,17 +96,8 @@ fn key_flood() -> Vec<LoginRequest> {
         .map(|(i, piece)| LoginRequest {
             transit: i == last,
             continues: i != last,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid([0x80, 0, 0, 0, 0, 7]),
-            tsih: 0,
             itt: 1,
-            cid: 0,
-            cmd_sn: 0,
-            exp_stat_sn: 0,
-            data: Bytes::copy_from_slice(piece),
+            ..LoginRequest::operational(Isid([0x80, 0, 0, 0, 0, 7]), Bytes::copy_from_slice(piece))
         })
         .collect()
 }

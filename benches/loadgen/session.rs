@@ -140,19 +140,9 @@ impl Session {
         let mut data = Bytes::from(text.into_bytes());
         loop {
             let req = LoginRequest {
-                transit: true,
-                continues: false,
-                csg: Stage::Operational,
-                nsg: Stage::FullFeature,
-                version_max: 0,
-                version_min: 0,
-                isid: Isid([0x80, 0x4c, 0x47, 0x00, idx[0], idx[1]]),
-                tsih: 0,
-                itt: 0,
-                cid: 0,
                 cmd_sn: s.cmd_sn,
                 exp_stat_sn: s.exp_stat_sn,
-                data,
+                ..LoginRequest::operational(Isid([0x80, 0x4c, 0x47, 0x00, idx[0], idx[1]]), data)
             };
             s.send(&Pdu::LoginRequest(req))?;
             s.flush().await?;

@@ -11,7 +11,7 @@ use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    LunField, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskMgmtRequest, TmfFunction,
+    LunField, Pdu, PduCodec, R2t, ScsiCommand, TaskMgmtRequest, TmfFunction,
     TmfResponseCode, RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -252,19 +252,9 @@ impl Initiator {
             ]);
         }
         let req = LoginRequest {
-            transit: true,
-            continues: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid(keys.isid),
             tsih: keys.tsih,
-            itt: 0,
-            cid: 0,
             cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-            data: text(&pairs),
+            ..LoginRequest::operational(Isid(keys.isid), text(&pairs))
         };
         self.send(&Pdu::LoginRequest(req)).await;
         match self.recv().await {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
     Isid, LoginRequest, LoginResponse, LoginStatus, LunField, NopOut, Pdu, PduCodec, Reject,
-    ScsiCommand, Stage, RESERVED_TAG,
+    ScsiCommand, RESERVED_TAG,
 };
 
 /// The initiator name every raw connection logs in with.
@@ -207,21 +207,14 @@ impl RawConn {
         let isid = NEXT_ISID.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
+            // A random-type ISID (0x80) whose qualifier counts connections.
+            let isid = Isid([0x80, 0, isid[0], isid[1], isid[2], isid[3]]);
             let req = LoginRequest {
                 transit: last,
                 continues: !last,
-                csg: Stage::Operational,
-                nsg: Stage::FullFeature,
-                version_max: 0,
-                version_min: 0,
-                // A random-type ISID (0x80) whose qualifier counts connections.
-                isid: Isid([0x80, 0, isid[0], isid[1], isid[2], isid[3]]),
-                tsih: 0,
-                itt: 0,
-                cid: 0,
                 cmd_sn: self.cmd_sn,
                 exp_stat_sn: self.exp_stat_sn,
-                data: chunk.clone(),
+                ..LoginRequest::operational(isid, chunk.clone())
             };
             self.queue(&Pdu::LoginRequest(req));
             self.flush()?;

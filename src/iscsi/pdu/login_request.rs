@@ -37,6 +37,29 @@ pub struct LoginRequest {
     pub data: Bytes,
 }
 
+impl LoginRequest {
+    /// The one-PDU login of a new session that skips security: operational stage to full
+    /// feature phase (T set, C clear), version 0, TSIH, ITT, CID and sequence numbers zero.
+    /// Callers change what differs with struct update syntax.
+    pub fn operational(isid: Isid, data: Bytes) -> Self {
+        LoginRequest {
+            transit: true,
+            continues: false,
+            csg: Stage::Operational,
+            nsg: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid,
+            tsih: 0,
+            itt: 0,
+            cid: 0,
+            cmd_sn: 0,
+            exp_stat_sn: 0,
+            data,
+        }
+    }
+}
+
 impl WirePdu for LoginRequest {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;

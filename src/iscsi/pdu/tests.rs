@@ -187,19 +187,8 @@ fn login_request_as_linux_sends_it() {
     check(
         &wire,
         Pdu::LoginRequest(LoginRequest {
-            transit: true,
-            continues: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid([0, 2, 0x3d, 0, 0, 1]),
-            tsih: 0,
-            itt: 0,
-            cid: 0,
             cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: Bytes::from_static(text),
+            ..LoginRequest::operational(Isid([0, 2, 0x3d, 0, 0, 1]), Bytes::from_static(text))
         }),
     );
 }
