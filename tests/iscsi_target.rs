@@ -2,6 +2,7 @@
 //! integrity through R2T and Data-In splitting, NOP, Reject, reinstatement, pings, shutdown.
 
 mod common;
+mod support;
 
 use std::time::Duration;
 

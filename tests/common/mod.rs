@@ -1,5 +1,6 @@
 //! A small iSCSI initiator over the crate's own PDU codec, and helpers to run the real server
-//! in-process on 127.0.0.1 with a free port.
+//! in-process on 127.0.0.1 with a free port. It builds on `support` (login text, test data),
+//! which every test crate with `mod common` also declares.
 
 #![allow(dead_code)]
 
@@ -11,8 +12,8 @@ use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    LunField, Pdu, PduCodec, R2t, ScsiCommand, TaskMgmtRequest, TmfFunction,
-    TmfResponseCode, RESERVED_TAG,
+    LunField, Pdu, PduCodec, R2t, ScsiCommand, TaskMgmtRequest, TmfFunction, TmfResponseCode,
+    RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,14 +127,8 @@ pub struct Initiator {
 }
 
 fn text(pairs: &[(&str, String)]) -> Bytes {
-    let mut out = Vec::new();
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out.into()
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    crate::support::raw_initiator::text(&pairs).into()
 }
 
 fn parse_text(data: &[u8]) -> Vec<(String, String)> {
@@ -530,16 +525,7 @@ impl Initiator {
     }
 }
 
-/// Deterministic pseudo-random bytes.
+/// Deterministic pseudo-random bytes (the same generator the blob servers use).
 pub fn pattern(len: usize, seed: u32) -> Bytes {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    crate::support::http_server::make_blob(len, seed).into()
 }
