@@ -62,12 +62,11 @@ async fn initiator_offering_only_none_is_refused_with_missing_parameter() {
         assert!(ini.recv().await.is_none(), "the connection is closed");
     }
     // Offering CRC32C logs in, with both digests in force.
-    let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         crc32c: true,
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(
         (ini.key("HeaderDigest"), ini.key("DataDigest")),
         (Some("CRC32C"), Some("CRC32C"))
@@ -134,7 +133,6 @@ async fn login_with_64_kib_of_short_keys_is_refused_and_others_log_in() {
             Ok(None)
         ));
     }
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_eq!(ini.read10(0, 0, 1).await.len(), 512);
 }

@@ -147,6 +147,13 @@ impl Initiator {
         Self::over(TcpStream::connect(addr).await.unwrap())
     }
 
+    /// Connects to `addr` and logs in to [`IQN`] with `keys`, as [`Initiator::login_normal`].
+    pub async fn logged_in(addr: SocketAddr, keys: &LoginKeys) -> Initiator {
+        let mut ini = Self::connect(addr).await;
+        ini.login_normal(IQN, keys).await;
+        ini
+    }
+
     /// Connects to `addr` from the loopback address `local` (e.g. 127.0.0.2), so the target
     /// sees a source address other than the one attack connections come from.
     pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Initiator {
