@@ -359,7 +359,7 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
         return;
     };
     use sha2::Digest as _;
-    use support::process::{run, tool, Target};
+    use support::process::{copy_first_mib, Target};
 
     let reg = start_registry(
         Options {
@@ -428,17 +428,7 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
             all
         });
         let url = target.url("iqn.2026-11.io.overlaybd:registry", 0);
-        run(tool("qemu-img").args([
-            "dd",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &format!("if={url}"),
-            &format!("of={out_s}"),
-            "bs=1M",
-            "count=1",
-        ]));
+        copy_first_mib(&url, &out_s);
     })
     .await
     .unwrap();

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use support::fixtures::{fixture, require};
 use support::http_server::blob_server;
 use support::images::fixture_config;
-use support::process::{run, tool, Target};
+use support::process::{copy_first_mib, run, tool, Target};
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:registry";
 
@@ -62,17 +62,7 @@ async fn image_lun_reads_a_registry_layer_through_the_cache_dir() {
             ]
         });
         let cap = run(tool("iscsi-readcapacity16").arg(target.url(IQN, 0)));
-        run(tool("qemu-img").args([
-            "dd",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &format!("if={}", target.url(IQN, 0)),
-            &format!("of={out_s}"),
-            "bs=1M",
-            "count=1",
-        ]));
+        copy_first_mib(&target.url(IQN, 0), &out_s);
         cap
     })
     .await
