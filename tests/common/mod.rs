@@ -27,20 +27,13 @@ pub const PDU_WAIT: Duration = Duration::from_secs(10);
 
 /// One target [`IQN`] serving `luns` (backing strings) with `tuning`, on a free loopback port.
 pub fn config(luns: &[&str], tuning: Tuning) -> Config {
+    let luns = luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect();
     Config {
-        portals: vec!["127.0.0.1:0".parse().unwrap()],
         tuning,
-        images: Default::default(),
-        strict: false,
-        targets: vec![TargetConfig {
-            name: IQN.to_string(),
-            alias: None,
-            luns: luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect(),
-            chap: None,
-            mutual_chap: None,
-            allowed_initiators: vec![],
-            allow_target_reset: false,
-        }],
+        ..Config::single(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            TargetConfig::open(IQN, luns),
+        )
     }
 }
 
