@@ -108,8 +108,7 @@ async fn large_writes_and_discards_split_into_records() {
 async fn merge_stores_source_positions_as_tags() {
     // §11 example: A (bottom) (0,8), B (top) (4,8) → two records, tags 1 and 0.
     let dir = tempfile::tempdir().unwrap();
-    let a = new_layer(dir.path(), "a", 1 << 20);
-    a.write(0, Bytes::from(pattern(8, 1))).await.unwrap();
+    let a = patterned_layer(dir.path(), "a", 8, 1).await;
     let b = new_layer(dir.path(), "b", 1 << 20);
     b.write(4 * S, Bytes::from(pattern(8, 2))).await.unwrap();
     let la = committed(&a).await;
@@ -142,8 +141,7 @@ async fn merge_stores_source_positions_as_tags() {
 #[tokio::test]
 async fn sparse_layer_files_and_reopen_quirk() {
     let dir = tempfile::tempdir().unwrap();
-    let base = new_layer(dir.path(), "base", 1 << 20);
-    base.write(0, Bytes::from(pattern(64, 1))).await.unwrap();
+    let base = patterned_layer(dir.path(), "base", 64, 1).await;
     let lower = committed(&base).await;
 
     let up = create_layer(
