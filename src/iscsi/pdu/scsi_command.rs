@@ -127,6 +127,7 @@ impl WirePdu for ScsiCommand {
             }
         }
         let flags = h.u8(1);
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(ScsiCommand {
             immediate: h.immediate(),
             is_final: flags & 0x80 != 0,
@@ -136,8 +137,8 @@ impl WirePdu for ScsiCommand {
             lun: h.lun(),
             itt: h.itt(),
             expected_data_transfer_length: h.u32(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             cdb: Bytes::from(cdb),
             bidi_read_length,
             data,
@@ -153,8 +154,7 @@ impl WirePdu for ScsiCommand {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.expected_data_transfer_length);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         let head = &self.cdb[..self.cdb.len().min(BHS_CDB_LEN)];
         h.set_bytes(32, head);
         h
