@@ -380,10 +380,7 @@ impl Initiator {
     }
 
     pub async fn read10(&mut self, lun: u64, lba: u32, blocks: u16) -> Bytes {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x28;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = crate::support::raw_initiator::read10(lba, blocks);
         let itt = self
             .command(
                 lun,
@@ -411,10 +408,7 @@ impl Initiator {
         segment: usize,
     ) -> (u8, Option<Bytes>) {
         let blocks = (data.len() / 512) as u16;
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x2a;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = crate::support::raw_initiator::write10(lba, blocks);
         let imm = data.slice(..immediate.min(data.len()));
         let itt = self
             .command(lun, &cdb, false, true, data.len() as u32, imm, true)

@@ -108,11 +108,8 @@ pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
 
 /// READ(10) of `blocks` blocks from `lba`.
 pub fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut cdb = [0u8; 10];
-    cdb[0] = 0x28;
-    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    cdb
+    let (l, b) = (lba.to_be_bytes(), blocks.to_be_bytes());
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
 }
 
 /// WRITE(10) of `blocks` blocks at `lba`.
