@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use overlaybd_target::config::{
-    self, Config, DigestSetting, LunSpec, TargetConfig, Tuning, DEFAULT_PORTAL, DEFAULT_TARGET_NAME,
+    self, Config, DigestSetting, LunSpec, TargetConfig, DEFAULT_PORTAL, DEFAULT_TARGET_NAME,
 };
 
 /// Command-line arguments of `overlaybd-target`.
@@ -190,24 +190,15 @@ impl Cli {
                 } else {
                     self.luns.clone()
                 };
-                Config {
-                    portals: vec![],
-                    tuning: Tuning::default(),
-                    images: Default::default(),
-                    strict: false,
-                    targets: vec![TargetConfig {
-                        name: self
-                            .target
-                            .clone()
-                            .unwrap_or_else(|| DEFAULT_TARGET_NAME.to_string()),
-                        alias: None,
-                        luns,
-                        chap: None,
-                        mutual_chap: None,
-                        allowed_initiators: vec![],
-                        allow_target_reset: self.allow_target_reset,
-                    }],
-                }
+                let name = self
+                    .target
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TARGET_NAME.to_string());
+                let target = TargetConfig {
+                    allow_target_reset: self.allow_target_reset,
+                    ..TargetConfig::open(name, luns)
+                };
+                Config::single(vec![], target)
             }
         };
         if !self.portals.is_empty() {

@@ -4,9 +4,8 @@
 mod support;
 
 use std::io::Write;
-use std::process::Command;
 
-use support::process::{run, tool, Target};
+use support::process::{binary, run, run_fails, tool, Target};
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:quick";
 
@@ -73,20 +72,15 @@ fn quick_form_serves_luns_in_order_and_stops_on_sigterm() {
 fn bad_arguments_exit_with_a_message() {
     // A LUN that cannot be opened stops the start only with --strict (otherwise it is served
     // as NOT READY, see tests/iscsi_target.rs).
-    let out = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
-        .args([
-            "--portal",
-            "127.0.0.1:0",
-            "--strict",
-            "--lun",
-            "ram:1M",
-            "--lun",
-            "file:/nonexistent/overlaybd-test.img",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(binary().args([
+        "--portal",
+        "127.0.0.1:0",
+        "--strict",
+        "--lun",
+        "ram:1M",
+        "--lun",
+        "file:/nonexistent/overlaybd-test.img",
+    ]));
     assert!(
         err.contains("LUN 1") && err.contains("/nonexistent/overlaybd-test.img"),
         "{err}"
@@ -99,12 +93,7 @@ fn bad_arguments_exit_with_a_message() {
         "[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"tape:1\" }]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(binary().args(["--config", config.to_str().unwrap()]));
     assert!(
         err.contains("targets.toml") && err.contains("targets[0].luns[0].backing"),
         "{err}"

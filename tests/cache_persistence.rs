@@ -14,9 +14,9 @@ use overlaybd_target::block::{BlockDevice, BlockError};
 use overlaybd_target::cache::settings::DaemonSettings;
 use overlaybd_target::overlaybd::RemoteImages;
 use support::fault_proxy::{Fault, FaultProxy, Link};
-use support::fixtures::{fixture, require, EXT4_64_DIGEST};
+use support::fixtures::{fixture, require};
 use support::http_server::blob_server;
-use support::images::{mapped_runs, scattered_ranges, write_config};
+use support::images::{fixture_config, mapped_runs, scattered_ranges, write_config};
 
 const REPO: &str = "/v2/library/base/blobs";
 /// Where the parent tells the child process its working folder.
@@ -101,8 +101,7 @@ async fn cache_survives_sigkill_and_serves_offline() {
     let ranges = scattered_reads(reference.as_ref(), 300).await;
     let list: String = ranges.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
     std::fs::write(tmp.path().join("ranges.txt"), list).unwrap();
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}", proxy.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}", proxy.url()), blob.len());
 
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--ignored", "--nocapture"])
@@ -202,8 +201,7 @@ async fn a_full_cache_stays_within_its_limit() {
     let server = blob_server(&blob).await;
     let tmp = tempfile::tempdir().unwrap();
     let reference = reference(tmp.path()).await;
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}/", server.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}/", server.url()), blob.len());
     let capacity = 256 << 10;
     let cache = tmp.path().join("cache");
     let luns = RemoteImages::new(settings(&cache, capacity)).unwrap();

@@ -514,12 +514,10 @@ async fn cached_layer_caches_only_good_data_and_shares_by_digest() {
     .await;
     let cache_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let url = format!("{}{REPO}", server.url());
     let layer = RemoteLayer {
-        repo_blob_url: &format!("{}{REPO}", server.url()),
-        digest: &digest,
         size: Some(50_000),
-        dir: None,
-        download: None,
+        ..RemoteLayer::new(&url, &digest)
     };
     let src = layers.open(&layer).await.unwrap();
     assert!(src.read_exact_at(9000, 10).await.is_err());
@@ -568,7 +566,8 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     let blob = Arc::new(make_blob(30_000, 10));
     let digest = sha256_digest(&blob);
     let registry = blob_server(&blob).await;
-    let expected_target = format!("/accelerator/{}{REPO}/{digest}", registry.url());
+    let registry_url = format!("{}{REPO}", registry.url());
+    let expected_target = format!("/accelerator/{registry_url}/{digest}");
     let proxy = TestServer::start({
         let (blob, expected) = (Arc::clone(&blob), expected_target.clone());
         move |req| {
@@ -586,13 +585,7 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     settings.p2p_config.address = format!("{}/accelerator", proxy.url());
     let layers = RemoteLayers::new(settings).unwrap();
     let src = layers
-        .open(&RemoteLayer {
-            repo_blob_url: &format!("{}{REPO}", registry.url()),
-            digest: &digest,
-            size: None,
-            dir: None,
-            download: None,
-        })
+        .open(&RemoteLayer::new(&registry_url, &digest))
         .await
         .unwrap();
     check_reads(src.as_ref(), &blob).await;
@@ -617,13 +610,7 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     settings.p2p_config.address = format!("http://127.0.0.1:{dead}/accelerator");
     let layers = RemoteLayers::new(settings).unwrap();
     let src = layers
-        .open(&RemoteLayer {
-            repo_blob_url: &format!("{}{REPO}", registry.url()),
-            digest: &digest,
-            size: None,
-            dir: None,
-            download: None,
-        })
+        .open(&RemoteLayer::new(&registry_url, &digest))
         .await
         .unwrap();
     assert_eq!(&src.read_exact_at(0, 100).await.unwrap()[..], &blob[..100]);
@@ -673,8 +660,28 @@ async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// Opens the server's blob with background download into a fresh layer folder (no delay,
-/// no rate limit, 2 attempts, 16 KiB reads); the folders live as long as the returned guards.
+/// Background download without delay or rate limit, 2 attempts, 16 KiB reads.
+fn quick_download() -> DownloadConfig {
+    DownloadConfig {
+        enable: true,
+        delay: 0,
+        delay_extra: 1,
+        max_mbps: 0,
+        try_cnt: 2,
+        block_size: 16384,
+    }
+}
+
+/// How many of the server's requests read data: all but the `bytes=0-0` open probes.
+fn data_reads(s: &TestServer) -> usize {
+    s.requests()
+        .iter()
+        .filter(|r| r.header("range") != Some("bytes=0-0"))
+        .count()
+}
+
+/// Opens the server's blob with background download ([`quick_download`]) into a fresh layer
+/// folder; the folders live as long as the returned guards.
 async fn open_with_download(
     server: &TestServer,
     digest: &str,
@@ -682,21 +689,12 @@ async fn open_with_download(
     let cache_dir = tempfile::tempdir().unwrap();
     let layer_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-    let download = DownloadConfig {
-        enable: true,
-        delay: 0,
-        delay_extra: 1,
-        max_mbps: 0,
-        try_cnt: 2,
-        block_size: 16384,
-    };
+    let download = quick_download();
     let url = format!("{}{REPO}", server.url());
     let layer = RemoteLayer {
-        repo_blob_url: &url,
-        digest,
-        size: None,
         dir: Some(layer_dir.path()),
         download: Some(&download),
+        ..RemoteLayer::new(&url, digest)
     };
     (layers.open(&layer).await.unwrap(), layer_dir, cache_dir)
 }
@@ -730,14 +728,8 @@ async fn background_download_rejects_flipped_bytes() {
     let server = blob_server(&bad).await;
     let (src, layer_dir, _cache_dir) = open_with_download(&server, &digest).await;
     // Two full downloads (4 blocks each) after the open probe.
-    let full_reads = |s: &TestServer| {
-        s.requests()
-            .iter()
-            .filter(|r| r.header("range") != Some("bytes=0-0"))
-            .count()
-    };
     wait_for(
-        || full_reads(&server) >= 8 && !layer_dir.path().join(".download").exists(),
+        || data_reads(&server) >= 8 && !layer_dir.path().join(".download").exists(),
         "two download attempts",
     )
     .await;
@@ -760,13 +752,7 @@ async fn disk_cache_survives_restart_over_http() {
     let server = blob_server(&blob).await;
     let cache_dir = tempfile::tempdir().unwrap();
     let url = format!("{}{REPO}", server.url());
-    let layer = RemoteLayer {
-        repo_blob_url: &url,
-        digest: &digest,
-        size: None,
-        dir: None,
-        download: None,
-    };
+    let layer = RemoteLayer::new(&url, &digest);
     {
         let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
         layers
@@ -802,32 +788,17 @@ async fn two_devices_sharing_a_layer_download_it_once() {
     let cache_dir = tempfile::tempdir().unwrap();
     let layer_dir = tempfile::tempdir().unwrap();
     let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
-    let download = DownloadConfig {
-        enable: true,
-        delay: 0,
-        delay_extra: 1,
-        max_mbps: 0,
-        try_cnt: 2,
-        block_size: 16384,
-    };
+    let download = quick_download();
     let url = format!("{}{REPO}", server.url());
     let layer = RemoteLayer {
-        repo_blob_url: &url,
-        digest: &digest,
-        size: None,
         dir: Some(layer_dir.path()),
         download: Some(&download),
+        ..RemoteLayer::new(&url, &digest)
     };
     let (a, b) = (
         layers.open(&layer).await.unwrap(),
         layers.open(&layer).await.unwrap(),
     );
-    let data_reads = |s: &TestServer| {
-        s.requests()
-            .iter()
-            .filter(|r| r.header("range") != Some("bytes=0-0"))
-            .count()
-    };
     wait_for(
         || layer_dir.path().join("overlaybd.commit").exists(),
         "overlaybd.commit",

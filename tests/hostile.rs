@@ -749,25 +749,16 @@ fn unanswered_r2t_ends_after_the_data_out_timeout() {
 /// Response "invalid during login" (0x020b), then the connection closes.
 #[test]
 fn a_ping_in_the_middle_of_a_login_is_invalid_during_login() {
-    use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Stage};
+    use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus};
     let _serial = serial();
     let target = start(&["ram:64M"], &[]);
     let mut conn = RawConn::connect(target.addr()).expect("connect");
     // The first of two continued Login Requests: the login has started, its text not complete.
+    let keys = text(&[("InitiatorName", INITIATOR), ("TargetName", IQN)]);
     let first = LoginRequest {
         transit: false,
         continues: true,
-        csg: Stage::Operational,
-        nsg: Stage::FullFeature,
-        version_max: 0,
-        version_min: 0,
-        isid: Isid([0x80, 0, 0, 0, 0x0b, 1]),
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 0,
-        exp_stat_sn: 0,
-        data: Bytes::from(text(&[("InitiatorName", INITIATOR), ("TargetName", IQN)])),
+        ..LoginRequest::operational(Isid([0x80, 0, 0, 0, 0x0b, 1]), Bytes::from(keys))
     };
     conn.queue(&Pdu::LoginRequest(first));
     conn.flush().unwrap();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use support::fixtures::{fixture, require};
 use support::process::{binary, run, run_fails, tool, Target};
+use support::raw_initiator::read10;
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:images";
 const DEMO_IQN: &str = "iqn.2026-11.io.overlaybd:demo";
@@ -540,13 +541,7 @@ async fn a_corrupt_zfile_block_fails_only_the_reads_that_cover_it() {
     ]);
     let mut ini = Initiator::connect(target.addr()).await;
     ini.login_normal(IQN, &LoginKeys::default()).await;
-    let read = |lba: usize, blocks: usize| {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x28;
-        cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
-        cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes());
-        cdb
-    };
+    let read = |lba: usize, blocks: usize| read10(lba as u32, blocks as u16);
     let mut failed = Vec::new();
     for chunk in 0..DISK / CHUNK {
         let cdb = read(chunk * CHUNK / 512, CHUNK / 512);

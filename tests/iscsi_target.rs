@@ -2,6 +2,7 @@
 //! integrity through R2T and Data-In splitting, NOP, Reject, reinstatement, pings, shutdown.
 
 mod common;
+mod support;
 
 use std::time::Duration;
 
@@ -67,8 +68,7 @@ async fn unknown_target_is_refused() {
 #[tokio::test]
 async fn large_write_and_read_back_through_r2t_and_data_in_splits() {
     let server = TestServer::start(&["ram:8M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     // The target declares its own MaxRecvDataSegmentLength.
     assert_eq!(ini.key("MaxRecvDataSegmentLength"), Some("262144"));
 
@@ -86,12 +86,11 @@ async fn large_write_and_read_back_through_r2t_and_data_in_splits() {
 #[tokio::test]
 async fn unsolicited_data_out_when_initial_r2t_is_off() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         initial_r2t: false,
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(ini.key("InitialR2T"), Some("No"));
     let data = pattern(8192, 2);
     let cdb = [0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0];
@@ -113,8 +112,7 @@ async fn unsolicited_data_out_when_initial_r2t_is_off() {
 #[tokio::test]
 async fn nop_out_is_echoed_and_unknown_opcodes_are_rejected() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let nop = NopOut {
         immediate: true,
         lun: LunField::default(),
@@ -153,8 +151,7 @@ async fn nop_out_is_echoed_and_unknown_opcodes_are_rejected() {
 #[tokio::test]
 async fn logout_is_answered_then_the_connection_closes() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_eq!(ini.logout().await, LogoutResponseCode::CLOSED);
     assert!(ini.recv().await.is_none());
 }
@@ -162,15 +159,13 @@ async fn logout_is_answered_then_the_connection_closes() {
 #[tokio::test]
 async fn a_new_login_of_the_same_initiator_port_reinstates_the_session() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut old = Initiator::connect(server.addr).await;
-    old.login_normal(IQN, &LoginKeys::default()).await;
+    let mut old = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let data = pattern(512, 3);
     assert_eq!(old.write10(0, 5, &data, 512, 512).await.0, 0);
     let old_tsih = old.tsih;
 
     // Same InitiatorName and ISID, TSIH 0: the host reconnecting.
-    let mut new = Initiator::connect(server.addr).await;
-    new.login_normal(IQN, &LoginKeys::default()).await;
+    let mut new = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_ne!(new.tsih, old_tsih);
     assert!(
         old.recv().await.is_none(),
@@ -179,12 +174,11 @@ async fn a_new_login_of_the_same_initiator_port_reinstates_the_session() {
     assert_eq!(new.read10(0, 5, 1).await, data);
 
     // Another ISID is another session and leaves this one alone.
-    let mut other = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         isid: [0x00, 0x02, 0x3d, 0, 0, 2],
         ..LoginKeys::default()
     };
-    other.login_normal(IQN, &keys).await;
+    let mut other = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(other.read10(0, 5, 1).await, data);
     assert_eq!(new.read10(0, 5, 1).await, data);
 }
@@ -197,8 +191,7 @@ async fn idle_initiator_is_pinged_and_dropped_when_silent() {
         ..Tuning::default()
     };
     let server = TestServer::start(&["ram:1M"], tuning).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let Some(Pdu::NopIn(ping)) = ini.recv().await else {
         panic!("no ping")
     };
@@ -226,8 +219,7 @@ async fn idle_initiator_is_pinged_and_dropped_when_silent() {
 #[tokio::test]
 async fn shutdown_asks_initiators_to_log_out() {
     let mut server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     server.shutdown();
     let Some(Pdu::AsyncMessage(msg)) = ini.recv().await else {
         panic!("no Async Message")
@@ -243,12 +235,11 @@ async fn shutdown_asks_initiators_to_log_out() {
 /// One initiator with many commands in flight on its own LUN; responses may come back in any
 /// order.
 async fn pipelined_writes_then_reads(addr: std::net::SocketAddr, lun: u64) {
-    let mut ini = Initiator::connect(addr).await;
     let keys = LoginKeys {
         isid: [0x00, 0x02, 0x3d, 0, 1, lun as u8],
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(addr, &keys).await;
     ini.clear_unit_attention(lun).await;
     const N: u32 = 16;
     let blocks: Vec<Bytes> = (0..N)
@@ -314,14 +305,12 @@ async fn several_sessions_and_luns_at_once() {
 async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
     use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut a = Initiator::connect(server.addr).await;
-    a.login_normal(IQN, &LoginKeys::default()).await;
-    let mut b = Initiator::connect(server.addr).await;
+    let mut a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let keys = LoginKeys {
         isid: [0x00, 0x02, 0x3d, 0, 0, 9],
         ..LoginKeys::default()
     };
-    b.login_normal(IQN, &keys).await;
+    let mut b = Initiator::logged_in(server.addr, &keys).await;
 
     // A's write waits for its Data-Out.
     let (_, r2t) = a.start_write(0, 8).await;
@@ -354,12 +343,11 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
 #[tokio::test]
 async fn crc32c_digests_when_the_initiator_requires_them() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         crc32c: true,
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(ini.key("HeaderDigest"), Some("CRC32C"));
     assert_eq!(ini.key("DataDigest"), Some("CRC32C"));
     let data = pattern(64 * 1024, 11);
@@ -370,12 +358,11 @@ async fn crc32c_digests_when_the_initiator_requires_them() {
 #[tokio::test]
 async fn data_out_with_a_bad_data_digest_fails_its_command_only() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         crc32c: true,
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(server.addr, &keys).await;
     let (itt, r2t) = ini.start_write(0, 1).await;
     let out = ini.answer(&r2t, pattern(512, 5));
     // BHS (48) + header digest (4), then the data: flip one data byte.
@@ -401,14 +388,12 @@ async fn cold_reset_ends_every_session_of_the_target() {
     let mut config = common::config(&["ram:1M"], quiet());
     config.targets[0].allow_target_reset = true;
     let server = TestServer::start_config(config).await;
-    let mut a = Initiator::connect(server.addr).await;
-    a.login_normal(IQN, &LoginKeys::default()).await;
-    let mut b = Initiator::connect(server.addr).await;
+    let mut a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let keys = LoginKeys {
         isid: [0x00, 0x02, 0x3d, 0, 0, 4],
         ..LoginKeys::default()
     };
-    b.login_normal(IQN, &keys).await;
+    let mut b = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(
         b.task_management(TmfFunction::TARGET_COLD_RESET).await,
         TmfResponseCode::COMPLETE
@@ -438,8 +423,7 @@ async fn luns_that_fail_to_open_answer_not_ready_and_the_rest_serve() {
         quiet(),
     )
     .await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_eq!(ini.write10(0, 1, &pattern(512, 3), 512, 512).await.0, 0);
     assert_eq!(ini.read10(0, 1, 1).await, pattern(512, 3));
     // (LUN, ASC, ASCQ): MEDIUM NOT PRESENT, MEDIUM FORMAT CORRUPTED.
@@ -518,8 +502,7 @@ async fn a_full_file_system_under_a_thin_file_lun_answers_space_allocation_faile
         .set_len(1 << 20)
         .unwrap();
     let server = TestServer::start(&[&format!("file:{}", disk.display())], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let chunk = pattern(32 << 10, 9);
     let mut failure = None;
     for i in 0..32u32 {
@@ -545,16 +528,14 @@ async fn target_resets_are_refused_unless_the_target_allows_them() {
     use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
     // The default: an open target (no CHAP), target resets not enabled.
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut a = Initiator::connect(server.addr).await;
-    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_eq!(a.write10(0, 3, &pattern(512, 7), 512, 512).await.0, 0);
-    let mut b = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         initiator: "iqn.2026-11.io.overlaybd:intruder".into(),
         isid: [0x00, 0x02, 0x3d, 0, 0, 5],
         ..LoginKeys::default()
     };
-    b.login_normal(IQN, &keys).await;
+    let mut b = Initiator::logged_in(server.addr, &keys).await;
     for function in [
         TmfFunction::TARGET_COLD_RESET,
         TmfFunction::TARGET_WARM_RESET,
@@ -570,8 +551,7 @@ async fn target_resets_are_refused_unless_the_target_allows_them() {
 #[tokio::test]
 async fn logins_that_would_add_a_connection_are_refused() {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut a = Initiator::connect(server.addr).await;
-    a.login_normal(IQN, &LoginKeys::default()).await;
+    let mut a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     // MaxConnections=1: the live session's TSIH cannot take a second connection.
     let mut second = Initiator::connect(server.addr).await;
     let join = LoginKeys {

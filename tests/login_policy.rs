@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Initiator, LoginKeys, TestServer, IQN};
 use overlaybd_target::config::{DigestSetting, Tuning};
-use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Pdu, Stage};
+use overlaybd_target::iscsi::pdu::{Isid, LoginRequest, LoginStatus, Pdu};
 use support::process::{tool, Target};
 
 fn require_crc32c() -> Tuning {
@@ -62,12 +62,11 @@ async fn initiator_offering_only_none_is_refused_with_missing_parameter() {
         assert!(ini.recv().await.is_none(), "the connection is closed");
     }
     // Offering CRC32C logs in, with both digests in force.
-    let mut ini = Initiator::connect(server.addr).await;
     let keys = LoginKeys {
         crc32c: true,
         ..LoginKeys::default()
     };
-    ini.login_normal(IQN, &keys).await;
+    let mut ini = Initiator::logged_in(server.addr, &keys).await;
     assert_eq!(
         (ini.key("HeaderDigest"), ini.key("DataDigest")),
         (Some("CRC32C"), Some("CRC32C"))
@@ -96,17 +95,8 @@ fn key_flood() -> Vec<LoginRequest> {
         .map(|(i, piece)| LoginRequest {
             transit: i == last,
             continues: i != last,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid([0x80, 0, 0, 0, 0, 7]),
-            tsih: 0,
             itt: 1,
-            cid: 0,
-            cmd_sn: 0,
-            exp_stat_sn: 0,
-            data: Bytes::copy_from_slice(piece),
+            ..LoginRequest::operational(Isid([0x80, 0, 0, 0, 0, 7]), Bytes::copy_from_slice(piece))
         })
         .collect()
 }
@@ -143,7 +133,6 @@ async fn login_with_64_kib_of_short_keys_is_refused_and_others_log_in() {
             Ok(None)
         ));
     }
-    let mut ini = Initiator::connect(server.addr).await;
-    ini.login_normal(IQN, &LoginKeys::default()).await;
+    let mut ini = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     assert_eq!(ini.read10(0, 0, 1).await.len(), 512);
 }

@@ -216,11 +216,8 @@ async fn docker_registry_anonymous_push_and_ranged_reads() {
     let layers = RemoteLayers::new(settings(cache_dir.path())).unwrap();
     let url = format!("{}/v2/team/app/blobs/", reg.url);
     let layer = RemoteLayer {
-        repo_blob_url: &url,
-        digest: &digest,
         size: Some(700_000),
-        dir: None,
-        download: None,
+        ..RemoteLayer::new(&url, &digest)
     };
     check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
     assert!(layers.tiers().disk_used() >= 700_000);
@@ -332,13 +329,7 @@ async fn docker_registry_over_tls_with_client_certificate() {
 
     let layers = RemoteLayers::new(settings.clone()).unwrap();
     let url = format!("{}/v2/secure/app/blobs", reg.url);
-    let layer = RemoteLayer {
-        repo_blob_url: &url,
-        digest: &digest,
-        size: None,
-        dir: None,
-        download: None,
-    };
+    let layer = RemoteLayer::new(&url, &digest);
     check_reads(layers.open(&layer).await.unwrap().as_ref(), &data).await;
 
     // Without the client certificate the TLS handshake is refused; without our CA the
@@ -368,7 +359,7 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
         return;
     };
     use sha2::Digest as _;
-    use support::process::{run, tool, Target};
+    use support::process::{copy_first_mib, Target};
 
     let reg = start_registry(
         Options {
@@ -437,17 +428,7 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
             all
         });
         let url = target.url("iqn.2026-11.io.overlaybd:registry", 0);
-        run(tool("qemu-img").args([
-            "dd",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &format!("if={url}"),
-            &format!("of={out_s}"),
-            "bs=1M",
-            "count=1",
-        ]));
+        copy_first_mib(&url, &out_s);
     })
     .await
     .unwrap();

@@ -7,10 +7,10 @@ mod support;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use support::fixtures::{fixture, require, EXT4_64_DIGEST};
+use support::fixtures::{fixture, require};
 use support::http_server::blob_server;
-use support::images::write_config;
-use support::process::{run, tool, Target};
+use support::images::fixture_config;
+use support::process::{copy_first_mib, run, tool, Target};
 
 const IQN: &str = "iqn.2026-11.io.overlaybd:registry";
 
@@ -36,11 +36,10 @@ async fn image_lun_reads_a_registry_layer_through_the_cache_dir() {
     let server = blob_server(&blob).await;
     let tmp = tempfile::tempdir().unwrap();
     // No `file` and no `dir`: the only copy of the layer is the registry's.
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(
+    let config = fixture_config(
         tmp.path(),
         &format!("{}/v2/library/base/blobs", server.url()),
-        layer,
+        blob.len(),
     );
     let cache = tmp.path().join("cache");
     let (config_s, cache_s) = (config.display().to_string(), cache.display().to_string());
@@ -63,17 +62,7 @@ async fn image_lun_reads_a_registry_layer_through_the_cache_dir() {
             ]
         });
         let cap = run(tool("iscsi-readcapacity16").arg(target.url(IQN, 0)));
-        run(tool("qemu-img").args([
-            "dd",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &format!("if={}", target.url(IQN, 0)),
-            &format!("of={out_s}"),
-            "bs=1M",
-            "count=1",
-        ]));
+        copy_first_mib(&target.url(IQN, 0), &out_s);
         cap
     })
     .await

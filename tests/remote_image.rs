@@ -17,7 +17,7 @@ use overlaybd_target::overlaybd::{open_image_lun, RemoteImages};
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::fixtures::{fixture, require, EXT4_64_DIGEST};
 use support::http_server::blob_server;
-use support::images::{mapped_runs, scattered_ranges, write_config};
+use support::images::{fixture_config, mapped_runs, scattered_ranges, write_config};
 
 const REPO: &str = "/v2/library/base/blobs";
 
@@ -150,8 +150,7 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
     .await;
     let tmp = tempfile::tempdir().unwrap();
     let reference = local_image(tmp.path()).await;
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}", proxy.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}", proxy.url()), blob.len());
     let runs = mapped_runs(reference.as_ref()).await;
     let ranges = scattered_ranges(&runs, 200, 0x1234_5678, 8);
     // Small refill units and one retry: many requests, and some reads that fail for good.
@@ -289,8 +288,7 @@ async fn mounting_the_ext4_fetches_a_small_part_of_the_blob() {
     let reference = local_image(tmp.path()).await;
     let ranges = ext4_mount_reads(reference.as_ref()).await;
 
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}", proxy.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}", proxy.url()), blob.len());
     let mut s = settings(&tmp.path().join("cache"));
     // overlaybd's default refill unit, as a real deployment would use.
     s.cache_config.refill_size = 262_144;
@@ -394,28 +392,20 @@ async fn a_header_damaged_in_transit_is_dropped_from_the_cache_and_refetched() {
                 return reply;
             }
             covering.fetch_add(1, Ordering::SeqCst);
-            match reply {
-                support::http_server::Reply::Full {
-                    status,
-                    headers,
-                    mut body,
-                } if !flipped.swap(true, Ordering::SeqCst) => {
-                    body[3] ^= 0x20;
-                    support::http_server::Reply::Full {
-                        status,
-                        headers,
-                        body,
-                    }
-                }
-                other => other,
+            // Only the first covering answer is damaged (serve_range answers in full).
+            if flipped.swap(true, Ordering::SeqCst) {
+                return reply;
             }
+            reply.map_body(|mut body| {
+                body[3] ^= 0x20;
+                body
+            })
         }
     })
     .await;
     let tmp = tempfile::tempdir().unwrap();
     let reference = local_image(tmp.path()).await;
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}", server.url()), blob.len());
     // A memory tier large enough to keep the bad unit, were it not invalidated.
     let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
     let image = luns.open(&config, true).await.unwrap();
@@ -439,21 +429,13 @@ async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
     let corrupt = Arc::new(AtomicBool::new(false));
     let server = support::http_server::TestServer::start({
         let (blob, corrupt) = (Arc::clone(&blob), Arc::clone(&corrupt));
-        move |req| match support::http_server::serve_range(req, &blob) {
-            // Every byte inverted: each stored block in the answer fails its CRC.
-            support::http_server::Reply::Full {
-                status,
-                headers,
-                body,
-            } if corrupt.load(Ordering::SeqCst) => {
-                let body = body.iter().map(|b| !b).collect();
-                support::http_server::Reply::Full {
-                    status,
-                    headers,
-                    body,
-                }
+        move |req| {
+            let reply = support::http_server::serve_range(req, &blob);
+            if !corrupt.load(Ordering::SeqCst) {
+                return reply;
             }
-            other => other,
+            // Every byte inverted: each stored block in the answer fails its CRC.
+            reply.map_body(|body| body.iter().map(|b| !b).collect())
         }
     })
     .await;
@@ -462,8 +444,7 @@ async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
     let runs = mapped_runs(reference.as_ref()).await;
     // Data in the middle of the image: not in the units fetched at open.
     let (offset, _) = runs[runs.len() / 2];
-    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": blob.len()});
-    let config = write_config(tmp.path(), &format!("{}{REPO}", server.url()), layer);
+    let config = fixture_config(tmp.path(), &format!("{}{REPO}", server.url()), blob.len());
     let luns = RemoteImages::new(settings(&tmp.path().join("cache"))).unwrap();
     let device = luns.open(&config, true).await.unwrap();
     let target = ScsiTarget::new(vec![LunConfig {

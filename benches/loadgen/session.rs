@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
     serial, DataOut, Isid, LoginRequest, LunField, NopOut, Pdu, PduCodec, ScsiCommand, Stage,
-    TaskAttribute, RESERVED_TAG,
+    RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -140,19 +140,9 @@ impl Session {
         let mut data = Bytes::from(text.into_bytes());
         loop {
             let req = LoginRequest {
-                transit: true,
-                continues: false,
-                csg: Stage::Operational,
-                nsg: Stage::FullFeature,
-                version_max: 0,
-                version_min: 0,
-                isid: Isid([0x80, 0x4c, 0x47, 0x00, idx[0], idx[1]]),
-                tsih: 0,
-                itt: 0,
-                cid: 0,
                 cmd_sn: s.cmd_sn,
                 exp_stat_sn: s.exp_stat_sn,
-                data,
+                ..LoginRequest::operational(Isid([0x80, 0x4c, 0x47, 0x00, idx[0], idx[1]]), data)
             };
             s.send(&Pdu::LoginRequest(req))?;
             s.flush().await?;
@@ -200,7 +190,7 @@ impl Session {
     async fn read_capacity(&mut self) -> io::Result<u64> {
         let mut cdb = [0u8; 16];
         cdb[0] = 0x25;
-        let cmd = self.command(0x7000_0000, false, 8, Bytes::copy_from_slice(&cdb), true);
+        let cmd = self.command(0x7000_0000, false, 8, &cdb, true);
         self.send(&Pdu::ScsiCommand(cmd))?;
         self.flush().await?;
         let mut data = BytesMut::new();
@@ -241,23 +231,17 @@ impl Session {
     }
 
     /// A SCSI Command PDU numbered with the next CmdSN.
-    fn command(&mut self, itt: u32, write: bool, len: u32, cdb: Bytes, fin: bool) -> ScsiCommand {
+    fn command(&mut self, itt: u32, write: bool, len: u32, cdb: &[u8], fin: bool) -> ScsiCommand {
         let cmd_sn = self.cmd_sn;
         self.cmd_sn = cmd_sn.wrapping_add(1);
         ScsiCommand {
-            immediate: false,
             is_final: fin,
             read: !write && len > 0,
             write,
-            attr: TaskAttribute::Simple,
-            lun: self.lun,
             itt,
-            expected_data_transfer_length: len,
             cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb,
-            bidi_read_length: None,
-            data: Bytes::new(),
+            ..ScsiCommand::new(self.lun, cdb, len)
         }
     }
 
@@ -443,7 +427,7 @@ impl Session {
         cdb[0] = if write { 0x8a } else { 0x88 };
         cdb[2..10].copy_from_slice(&lba.to_be_bytes());
         cdb[10..14].copy_from_slice(&(len / 512).to_be_bytes());
-        let mut cmd = self.command(itt, write, len, Bytes::copy_from_slice(&cdb), true);
+        let mut cmd = self.command(itt, write, len, &cdb, true);
         if write && self.neg.immediate_data {
             let imm = len.min(self.neg.first_burst).min(self.neg.target_mrdsl);
             cmd.data = payload.slice(..imm as usize);

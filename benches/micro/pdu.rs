@@ -5,9 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use divan::counter::BytesCount;
 use divan::Bencher;
-use overlaybd_target::iscsi::pdu::{
-    DataIn, Digests, LunField, Pdu, PduCodec, ScsiCommand, TaskAttribute,
-};
+use overlaybd_target::iscsi::pdu::{DataIn, Digests, LunField, Pdu, PduCodec, ScsiCommand};
 
 /// Data-In segment length (a common MaxRecvDataSegmentLength of Linux initiators).
 const SEGMENT: usize = 256 * 1024;
@@ -26,19 +24,11 @@ fn codec(digests: bool) -> PduCodec {
 fn read10() -> Pdu {
     let cdb = [0x28, 0, 0, 0, 0x10, 0, 0, 0, 0x80, 0];
     Pdu::ScsiCommand(ScsiCommand {
-        immediate: false,
-        is_final: true,
         read: true,
-        write: false,
-        attr: TaskAttribute::Simple,
-        lun: LunField::from_number(0).unwrap_or_default(),
         itt: 0x1234,
-        expected_data_transfer_length: 65_536,
         cmd_sn: 77,
         exp_stat_sn: 76,
-        cdb: Bytes::copy_from_slice(&cdb),
-        bidi_read_length: None,
-        data: Bytes::new(),
+        ..ScsiCommand::new(LunField::from_number(0).unwrap_or_default(), &cdb, 65_536)
     })
 }
 

@@ -5,40 +5,21 @@
 
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+mod common;
 
+use common::{next, runtime, seeded_blob};
 use libfuzzer_sys::fuzz_target;
 use overlaybd_target::overlaybd::writable::replay_records;
 use overlaybd_target::overlaybd::writable_index::WritableIndex;
 use overlaybd_target::overlaybd::{LayerStack, SealedLayer};
-use overlaybd_target::source::BytesSource;
-use overlaybd_target::source::LayerSource;
 
 /// Largest read tried, in sectors, so a huge virtual size cannot make the fuzzer allocate much.
 const MAX_READ_SECTORS: u64 = 256;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-    })
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((seed, blob)) = data.split_first_chunk::<8>() else {
+    let Some((mut state, blob, source)) = seeded_blob(data) else {
         return;
     };
-    let mut state = u64::from_le_bytes(*seed) | 1;
-    let source: Arc<dyn LayerSource> = Arc::new(BytesSource::new(blob.to_vec(), "fuzz"));
     runtime().block_on(async {
         if let Ok(layer) = SealedLayer::open(source).await {
             let sectors = layer.virtual_size() / 512;

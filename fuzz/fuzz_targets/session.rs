@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use overlaybd_target::iscsi::pdu::{
-    LunField, NopOut, Pdu, PduCodec, RejectReason, ScsiCommand, TaskAttribute, RESERVED_TAG,
+    LunField, NopOut, Pdu, PduCodec, RejectReason, ScsiCommand, RESERVED_TAG,
 };
 use overlaybd_target::iscsi::session::{Event, Session, SessionOptions, SessionParams};
 use overlaybd_target::scsi::CommandOutcome;
@@ -102,20 +102,12 @@ fn assert_task_table_bounded(session: &Session, depth: u32) {
 /// immediate ping with `ping_len` bytes of data, more than the initiator's 512-byte limit.
 fn hostile_prefix(session: &mut Session, now: Instant, depth: u32, ping_len: usize) {
     for itt in 1..=depth + 4 {
+        let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
         let cmd = ScsiCommand {
             immediate: true,
-            is_final: true,
             read: true,
-            write: false,
-            attr: TaskAttribute::Simple,
-            lun: LunField::from_number(0).unwrap(),
             itt,
-            expected_data_transfer_length: 4096,
-            cmd_sn: 0,
-            exp_stat_sn: 0,
-            cdb: Bytes::from_static(&[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]),
-            bidi_read_length: None,
-            data: Bytes::new(),
+            ..ScsiCommand::new(LunField::from_number(0).unwrap(), &read10, 4096)
         };
         session.handle_pdu(Pdu::ScsiCommand(cmd), now);
         assert_task_table_bounded(session, depth);

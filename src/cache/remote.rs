@@ -28,6 +28,20 @@ pub struct RemoteLayer<'a> {
     pub download: Option<&'a DownloadConfig>,
 }
 
+impl<'a> RemoteLayer<'a> {
+    /// The layer `digest` under `repo_blob_url` with no size to check, no `dir` (so no
+    /// background download) and the daemon's download settings.
+    pub fn new(repo_blob_url: &'a str, digest: &'a str) -> Self {
+        RemoteLayer {
+            repo_blob_url,
+            digest,
+            size: None,
+            dir: None,
+            download: None,
+        }
+    }
+}
+
 /// Opens remote layers with shared client and cache tiers.
 pub struct RemoteLayers {
     settings: DaemonSettings,

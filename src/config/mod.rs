@@ -35,6 +35,19 @@ pub struct Config {
     pub images: crate::cache::DaemonSettings,
 }
 
+impl Config {
+    /// `target` alone on `portals`, with default tuning and image settings, not strict.
+    pub fn single(portals: Vec<SocketAddr>, target: TargetConfig) -> Self {
+        Config {
+            portals,
+            tuning: Tuning::default(),
+            targets: vec![target],
+            strict: false,
+            images: Default::default(),
+        }
+    }
+}
+
 /// Per-session limits and timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
@@ -115,6 +128,19 @@ pub struct TargetConfig {
 }
 
 impl TargetConfig {
+    /// A target serving `luns` to every initiator without CHAP, refusing target resets.
+    pub fn open(name: impl Into<String>, luns: Vec<LunSpec>) -> Self {
+        TargetConfig {
+            name: name.into(),
+            alias: None,
+            luns,
+            chap: None,
+            mutual_chap: None,
+            allowed_initiators: Vec::new(),
+            allow_target_reset: false,
+        }
+    }
+
     /// Checks the name, CHAP settings and access list (everything but the LUNs); `at` turns a
     /// field name into the path errors name it by.
     pub fn check_login(&self, at: &dyn Fn(&str) -> String) -> Result<(), InvalidField> {
@@ -304,21 +330,11 @@ mod tests {
     use super::*;
 
     fn one_target() -> Config {
-        Config {
-            portals: vec!["127.0.0.1:3260".parse().unwrap()],
-            tuning: Tuning::default(),
-            images: Default::default(),
-            strict: false,
-            targets: vec![TargetConfig {
-                name: DEFAULT_TARGET_NAME.to_string(),
-                alias: None,
-                luns: vec![LunSpec::parse("ram:1M").unwrap()],
-                chap: None,
-                mutual_chap: None,
-                allowed_initiators: vec![],
-                allow_target_reset: false,
-            }],
-        }
+        let luns = vec![LunSpec::parse("ram:1M").unwrap()];
+        Config::single(
+            vec!["127.0.0.1:3260".parse().unwrap()],
+            TargetConfig::open(DEFAULT_TARGET_NAME, luns),
+        )
     }
 
     #[test]

@@ -8,26 +8,16 @@ use std::path::Path;
 use super::control::ControlError;
 use super::model::{AddLun, AddTarget, LunState};
 use super::{Daemon, DaemonOptions};
-use crate::config::{Config, LunSpec, TargetConfig, Tuning};
+use crate::config::{Config, LunSpec, TargetConfig};
 
 const IQN: &str = "iqn.2026-12.io.overlaybd:unit";
 
 fn config(luns: &[&str]) -> Config {
-    Config {
-        portals: vec!["127.0.0.1:0".parse().unwrap()],
-        tuning: Tuning::default(),
-        images: Default::default(),
-        strict: false,
-        targets: vec![TargetConfig {
-            name: IQN.to_string(),
-            alias: None,
-            luns: luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect(),
-            chap: None,
-            mutual_chap: None,
-            allowed_initiators: vec![],
-            allow_target_reset: false,
-        }],
-    }
+    let luns = luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect();
+    Config::single(
+        vec!["127.0.0.1:0".parse().unwrap()],
+        TargetConfig::open(IQN, luns),
+    )
 }
 
 async fn start(luns: &[&str], state: Option<&Path>) -> Daemon {

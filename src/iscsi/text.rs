@@ -311,6 +311,25 @@ mod tests {
         }
     }
 
+    /// 40 open targets, whose SendTargets=All answer takes several 512-byte PDUs.
+    fn forty_targets() -> StaticDirectory {
+        let targets: Vec<LoginTarget> = (0..40)
+            .map(|i| LoginTarget::open(format!("iqn.2026-11.test:disk-{i:03}")))
+            .collect();
+        StaticDirectory::new(LoginSettings::default(), targets)
+    }
+
+    /// A new exchange that was sent SendTargets=All (ITT 9) in `c`, and the first PDU of its
+    /// answer.
+    fn send_targets_all(c: &TextContext<'_>) -> (TextExchange, TextResponse) {
+        let mut ex = TextExchange::new();
+        let first = ex
+            .handle(c, &req(9, RESERVED_TAG, b"SendTargets=All\0"))
+            .expect("ok")
+            .response;
+        (ex, first)
+    }
+
     fn portal() -> Vec<SocketAddr> {
         vec!["127.0.0.1:13260".parse().expect("addr")]
     }
@@ -428,18 +447,11 @@ mod tests {
 
     #[test]
     fn long_response_continues_with_a_transfer_tag() {
-        let targets: Vec<LoginTarget> = (0..40)
-            .map(|i| LoginTarget::open(format!("iqn.2026-11.test:disk-{i:03}")))
-            .collect();
-        let d = StaticDirectory::new(LoginSettings::default(), targets);
+        let d = forty_targets();
         let p = portal();
         let mut c = ctx(&d, &p);
         c.max_send_data_segment_length = 512;
-        let mut ex = TextExchange::new();
-        let first = ex
-            .handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0"))
-            .expect("ok")
-            .response;
+        let (mut ex, first) = send_targets_all(&c);
         assert!(!first.is_final && first.continues);
         assert_ne!(first.ttt, RESERVED_TAG);
         assert_eq!(first.data.len(), 512);
@@ -471,18 +483,11 @@ mod tests {
 
     #[test]
     fn continuation_errors_and_reset() {
-        let targets: Vec<LoginTarget> = (0..40)
-            .map(|i| LoginTarget::open(format!("iqn.2026-11.test:disk-{i:03}")))
-            .collect();
-        let d = StaticDirectory::new(LoginSettings::default(), targets);
+        let d = forty_targets();
         let p = portal();
         let mut c = ctx(&d, &p);
         c.max_send_data_segment_length = 512;
-        let mut ex = TextExchange::new();
-        let first = ex
-            .handle(&c, &req(9, RESERVED_TAG, b"SendTargets=All\0"))
-            .expect("ok")
-            .response;
+        let (mut ex, first) = send_targets_all(&c);
         assert_eq!(
             ex.handle(&c, &req(9, first.ttt.wrapping_add(1), b"")),
             Err(TextError::UnknownTransfer)

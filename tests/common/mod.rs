@@ -1,5 +1,6 @@
 //! A small iSCSI initiator over the crate's own PDU codec, and helpers to run the real server
-//! in-process on 127.0.0.1 with a free port.
+//! in-process on 127.0.0.1 with a free port. It builds on `support` (login text, test data),
+//! which every test crate with `mod common` also declares.
 
 #![allow(dead_code)]
 
@@ -11,8 +12,8 @@ use overlaybd_target::config::{Config, LunSpec, TargetConfig, Tuning};
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
 use overlaybd_target::iscsi::pdu::{
     DataOut, Isid, LoginRequest, LoginResponse, LogoutReason, LogoutRequest, LogoutResponseCode,
-    LunField, Pdu, PduCodec, R2t, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TmfFunction,
-    TmfResponseCode, RESERVED_TAG,
+    LunField, Pdu, PduCodec, R2t, ScsiCommand, TaskMgmtRequest, TmfFunction, TmfResponseCode,
+    RESERVED_TAG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,20 +27,13 @@ pub const PDU_WAIT: Duration = Duration::from_secs(10);
 
 /// One target [`IQN`] serving `luns` (backing strings) with `tuning`, on a free loopback port.
 pub fn config(luns: &[&str], tuning: Tuning) -> Config {
+    let luns = luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect();
     Config {
-        portals: vec!["127.0.0.1:0".parse().unwrap()],
         tuning,
-        images: Default::default(),
-        strict: false,
-        targets: vec![TargetConfig {
-            name: IQN.to_string(),
-            alias: None,
-            luns: luns.iter().map(|l| LunSpec::parse(l).unwrap()).collect(),
-            chap: None,
-            mutual_chap: None,
-            allowed_initiators: vec![],
-            allow_target_reset: false,
-        }],
+        ..Config::single(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            TargetConfig::open(IQN, luns),
+        )
     }
 }
 
@@ -126,14 +120,8 @@ pub struct Initiator {
 }
 
 fn text(pairs: &[(&str, String)]) -> Bytes {
-    let mut out = Vec::new();
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out.into()
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    crate::support::raw_initiator::text(&pairs).into()
 }
 
 fn parse_text(data: &[u8]) -> Vec<(String, String)> {
@@ -150,6 +138,13 @@ fn parse_text(data: &[u8]) -> Vec<(String, String)> {
 impl Initiator {
     pub async fn connect(addr: SocketAddr) -> Initiator {
         Self::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Connects to `addr` and logs in to [`IQN`] with `keys`, as [`Initiator::login_normal`].
+    pub async fn logged_in(addr: SocketAddr, keys: &LoginKeys) -> Initiator {
+        let mut ini = Self::connect(addr).await;
+        ini.login_normal(IQN, keys).await;
+        ini
     }
 
     /// Connects to `addr` from the loopback address `local` (e.g. 127.0.0.2), so the target
@@ -252,19 +247,9 @@ impl Initiator {
             ]);
         }
         let req = LoginRequest {
-            transit: true,
-            continues: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid(keys.isid),
             tsih: keys.tsih,
-            itt: 0,
-            cid: 0,
             cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-            data: text(&pairs),
+            ..LoginRequest::operational(Isid(keys.isid), text(&pairs))
         };
         self.send(&Pdu::LoginRequest(req)).await;
         match self.recv().await {
@@ -352,22 +337,15 @@ impl Initiator {
         fin: bool,
     ) -> u32 {
         let itt = self.itt();
-        let mut cdb16 = cdb.to_vec();
-        cdb16.resize(16.max(cdb.len()), 0);
         let cmd = ScsiCommand {
-            immediate: false,
             is_final: fin,
             read,
             write,
-            attr: TaskAttribute::Simple,
-            lun: LunField::from_number(lun).unwrap(),
             itt,
-            expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: cdb16.into(),
-            bidi_read_length: None,
             data,
+            ..ScsiCommand::new(LunField::from_number(lun).unwrap(), cdb, edtl)
         };
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
         self.send(&Pdu::ScsiCommand(cmd)).await;
@@ -402,10 +380,7 @@ impl Initiator {
     }
 
     pub async fn read10(&mut self, lun: u64, lba: u32, blocks: u16) -> Bytes {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x28;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = crate::support::raw_initiator::read10(lba, blocks);
         let itt = self
             .command(
                 lun,
@@ -433,10 +408,7 @@ impl Initiator {
         segment: usize,
     ) -> (u8, Option<Bytes>) {
         let blocks = (data.len() / 512) as u16;
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x2a;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = crate::support::raw_initiator::write10(lba, blocks);
         let imm = data.slice(..immediate.min(data.len()));
         let itt = self
             .command(lun, &cdb, false, true, data.len() as u32, imm, true)
@@ -547,16 +519,7 @@ impl Initiator {
     }
 }
 
-/// Deterministic pseudo-random bytes.
+/// Deterministic pseudo-random bytes (the same generator the blob servers use).
 pub fn pattern(len: usize, seed: u32) -> Bytes {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    crate::support::http_server::make_blob(len, seed).into()
 }

@@ -73,6 +73,23 @@ impl Reply {
     pub fn status(status: u16) -> Self {
         Self::new(status, &[], Vec::new())
     }
+
+    /// The same answer with `f` applied to the body of a complete one (how tests damage the
+    /// bytes a handler serves); any other answer is returned as is.
+    pub fn map_body(self, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Self {
+        match self {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => Reply::Full {
+                status,
+                headers,
+                body: f(body),
+            },
+            other => other,
+        }
+    }
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use overlaybd_target::block::{BlockDevice, Provisioning};
 
+use super::fixtures::EXT4_64_DIGEST;
+
 /// Writes `dir/config.v1.json` with one lower `layer` (a JSON object), the given
 /// `repoBlobUrl` and `resultFile = dir/init-debug.log`; returns its path.
 pub fn write_config(dir: &Path, repo_blob_url: &str, layer: serde_json::Value) -> PathBuf {
@@ -17,6 +19,13 @@ pub fn write_config(dir: &Path, repo_blob_url: &str, layer: serde_json::Value) -
     let path = dir.join("config.v1.json");
     std::fs::write(&path, config.to_string()).expect("write config.v1.json");
     path
+}
+
+/// [`write_config`] for the ext4_64 fixture (`size` bytes, digest [`EXT4_64_DIGEST`]) as the
+/// one lower layer, under `repo_blob_url`.
+pub fn fixture_config(dir: &Path, repo_blob_url: &str, size: usize) -> PathBuf {
+    let layer = serde_json::json!({"digest": EXT4_64_DIGEST, "size": size});
+    write_config(dir, repo_blob_url, layer)
 }
 
 /// The mapped (data-holding) runs of a device, found through its block status.

@@ -26,6 +26,22 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_overlaybd-target"))
 }
 
+/// Copies the first MiB of the iSCSI LUN at `url` into the file `out` with `qemu-img dd`,
+/// asserting success.
+pub fn copy_first_mib(url: &str, out: &str) {
+    run(tool("qemu-img").args([
+        "dd",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        &format!("if={url}"),
+        &format!("of={out}"),
+        "bs=1M",
+        "count=1",
+    ]));
+}
+
 /// Runs `cmd`, asserting success; returns its standard output.
 pub fn run(cmd: &mut Command) -> String {
     let Output {

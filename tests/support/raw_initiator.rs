@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use overlaybd_target::iscsi::pdu::{
     Isid, LoginRequest, LoginResponse, LoginStatus, LunField, NopOut, Pdu, PduCodec, Reject,
-    ScsiCommand, Stage, TaskAttribute, RESERVED_TAG,
+    ScsiCommand, RESERVED_TAG,
 };
 
 /// The initiator name every raw connection logs in with.
@@ -108,11 +108,8 @@ pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
 
 /// READ(10) of `blocks` blocks from `lba`.
 pub fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut cdb = [0u8; 10];
-    cdb[0] = 0x28;
-    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    cdb
+    let (l, b) = (lba.to_be_bytes(), blocks.to_be_bytes());
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
 }
 
 /// WRITE(10) of `blocks` blocks at `lba`.
@@ -207,21 +204,14 @@ impl RawConn {
         let isid = NEXT_ISID.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
+            // A random-type ISID (0x80) whose qualifier counts connections.
+            let isid = Isid([0x80, 0, isid[0], isid[1], isid[2], isid[3]]);
             let req = LoginRequest {
                 transit: last,
                 continues: !last,
-                csg: Stage::Operational,
-                nsg: Stage::FullFeature,
-                version_max: 0,
-                version_min: 0,
-                // A random-type ISID (0x80) whose qualifier counts connections.
-                isid: Isid([0x80, 0, isid[0], isid[1], isid[2], isid[3]]),
-                tsih: 0,
-                itt: 0,
-                cid: 0,
                 cmd_sn: self.cmd_sn,
                 exp_stat_sn: self.exp_stat_sn,
-                data: chunk.clone(),
+                ..LoginRequest::operational(isid, chunk.clone())
             };
             self.queue(&Pdu::LoginRequest(req));
             self.flush()?;
@@ -284,22 +274,15 @@ impl RawConn {
         immediate: bool,
     ) -> u32 {
         let itt = self.itt();
-        let mut cdb16 = cdb.to_vec();
-        cdb16.resize(16.max(cdb.len()), 0);
         let cmd = ScsiCommand {
             immediate,
-            is_final: true,
             read: dir == Dir::Read,
             write: dir == Dir::Write,
-            attr: TaskAttribute::Simple,
-            lun: LunField::from_number(lun).unwrap(),
             itt,
-            expected_data_transfer_length: edtl,
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: cdb16.into(),
-            bidi_read_length: None,
             data,
+            ..ScsiCommand::new(LunField::from_number(lun).unwrap(), cdb, edtl)
         };
         if !immediate {
             self.cmd_sn = self.cmd_sn.wrapping_add(1);

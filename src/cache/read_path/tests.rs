@@ -61,6 +61,17 @@ impl LayerSource for Fake {
     }
 }
 
+/// Tiers over a 1 MiB disk tier in `dir`, which outlives them as a cache folder outlives a
+/// process, with a memory tier of `memory_bytes` (0 = none) and `unit`-byte refill units.
+fn with_disk(dir: &std::path::Path, memory_bytes: u64, unit: u64) -> Arc<CacheTiers> {
+    CacheTiers::new(
+        memory_bytes,
+        Some(DiskTier::open(dir, 1 << 20).unwrap()),
+        unit,
+    )
+    .unwrap()
+}
+
 fn cached(fake: &Arc<Fake>, tiers: &Arc<CacheTiers>) -> CachedSource {
     CachedSource::new(
         Arc::clone(fake) as Arc<dyn LayerSource>,
@@ -143,12 +154,7 @@ async fn concurrent_reads_of_a_unit_fetch_once() {
 async fn a_failed_fetch_caches_nothing_and_waiters_see_the_error() {
     let fake = Fake::new(4096, Duration::from_millis(30));
     let dir = tempfile::tempdir().unwrap();
-    let tiers = CacheTiers::new(
-        1 << 20,
-        Some(DiskTier::open(dir.path(), 1 << 20).unwrap()),
-        1024,
-    )
-    .unwrap();
+    let tiers = with_disk(dir.path(), 1 << 20, 1024);
     let src = Arc::new(cached(&fake, &tiers));
     fake.fail_next.store(1, Ordering::SeqCst);
     let (a, b) = tokio::join!(src.read_exact_at(0, 10), src.read_exact_at(5, 10));
@@ -198,18 +204,12 @@ async fn disk_tier_serves_after_restart_and_invalidate_refetches() {
     let fake = Fake::new(5000, Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     {
-        let tiers = CacheTiers::new(
-            1 << 20,
-            Some(DiskTier::open(dir.path(), 1 << 20).unwrap()),
-            1024,
-        )
-        .unwrap();
+        let tiers = with_disk(dir.path(), 1 << 20, 1024);
         cached(&fake, &tiers).read_exact_at(0, 5000).await.unwrap();
     }
     fake.calls.lock().clear();
     // A new process: empty memory, same cache folder, no memory tier at all.
-    let tiers =
-        CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+    let tiers = with_disk(dir.path(), 0, 1024);
     let src = cached(&fake, &tiers);
     assert_eq!(
         &src.read_exact_at(0, 5000).await.unwrap()[..],
@@ -230,12 +230,10 @@ async fn a_changed_refill_unit_does_not_misread_old_entries() {
     let fake = Fake::new(8192, Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     {
-        let tiers =
-            CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 1024).unwrap();
+        let tiers = with_disk(dir.path(), 0, 1024);
         cached(&fake, &tiers).read_exact_at(0, 8192).await.unwrap();
     }
-    let tiers =
-        CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), 4096).unwrap();
+    let tiers = with_disk(dir.path(), 0, 4096);
     let src = cached(&fake, &tiers);
     assert_eq!(
         &src.read_exact_at(4096, 4096).await.unwrap()[..],
@@ -274,14 +272,12 @@ async fn small_disk_reads_take_parts_and_match_the_source() {
     let fake = Fake::new(SIZE, Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     {
-        let tiers =
-            CacheTiers::new(0, Some(DiskTier::open(dir.path(), 1 << 20).unwrap()), UNIT).unwrap();
+        let tiers = with_disk(dir.path(), 0, UNIT);
         cached(&fake, &tiers).read_exact_at(0, SIZE).await.unwrap();
     }
     fake.calls.lock().clear();
     // A restart with a memory tier of two units: the disk tier holds everything.
-    let disk = DiskTier::open(dir.path(), 1 << 20).unwrap();
-    let tiers = CacheTiers::new(2 * UNIT, Some(disk), UNIT).unwrap();
+    let tiers = with_disk(dir.path(), 2 * UNIT, UNIT);
     let src = cached(&fake, &tiers);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     // Small reads (some crossing a unit boundary, some in the short last unit).

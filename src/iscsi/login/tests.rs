@@ -25,18 +25,9 @@ fn text(pairs: &[&str]) -> Bytes {
 fn req(csg: Stage, nsg: Stage, transit: bool, pairs: &[&str]) -> LoginRequest {
     LoginRequest {
         transit,
-        continues: false,
         csg,
         nsg,
-        version_max: 0,
-        version_min: 0,
-        isid: ISID,
-        tsih: 0,
-        itt: 0,
-        cid: 0,
-        cmd_sn: 0,
-        exp_stat_sn: 0,
-        data: text(pairs),
+        ..LoginRequest::operational(ISID, text(pairs))
     }
 }
 

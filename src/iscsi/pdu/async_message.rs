@@ -40,11 +40,12 @@ pub struct AsyncMessage {
 impl WirePdu for AsyncMessage {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(AsyncMessage {
             lun: h.lun(),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             event: h.u8(36),
             vcode: h.u8(37),
             parameter1: h.u16(38),
@@ -60,9 +61,7 @@ impl WirePdu for AsyncMessage {
         h.set_lun(self.lun);
         // The ITT of an asynchronous message is always the reserved tag.
         h.set_u32(16, 0xffff_ffff);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u8(36, self.event);
         h.set_u8(37, self.vcode);
         h.set_u16(38, self.parameter1);

@@ -106,6 +106,29 @@ impl Bhs {
     pub(crate) fn itt(&self) -> u32 {
         self.u32(16)
     }
+
+    /// Bytes 24..36 of every target-to-initiator PDU: StatSN, ExpCmdSN and MaxCmdSN.
+    pub(crate) fn target_sns(&self) -> [u32; 3] {
+        [self.u32(24), self.u32(28), self.u32(32)]
+    }
+
+    /// Writes what [`Bhs::target_sns`] reads.
+    pub(crate) fn set_target_sns(&mut self, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) {
+        self.set_u32(24, stat_sn);
+        self.set_u32(28, exp_cmd_sn);
+        self.set_u32(32, max_cmd_sn);
+    }
+
+    /// Bytes 24..32 of the initiator-to-target PDUs that carry both: CmdSN and ExpStatSN.
+    pub(crate) fn initiator_sns(&self) -> [u32; 2] {
+        [self.u32(24), self.u32(28)]
+    }
+
+    /// Writes what [`Bhs::initiator_sns`] reads.
+    pub(crate) fn set_initiator_sns(&mut self, cmd_sn: u32, exp_stat_sn: u32) {
+        self.set_u32(24, cmd_sn);
+        self.set_u32(28, exp_stat_sn);
+    }
 }
 
 /// Why a framed PDU's content is invalid (turned into a recoverable `PduError` by the codec).

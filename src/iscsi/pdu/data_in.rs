@@ -45,6 +45,7 @@ impl WirePdu for DataIn {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
         let flags = h.u8(1);
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(DataIn {
             is_final: flags & 0x80 != 0,
             ack: flags & 0x40 != 0,
@@ -54,9 +55,9 @@ impl WirePdu for DataIn {
             lun: h.lun(),
             itt: h.itt(),
             ttt: h.u32(20),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             data_sn: h.u32(36),
             buffer_offset: h.u32(40),
             residual_count: h.u32(44),
@@ -77,9 +78,7 @@ impl WirePdu for DataIn {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.ttt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u32(36, self.data_sn);
         h.set_u32(40, self.buffer_offset);
         h.set_u32(44, self.residual_count);

@@ -37,10 +37,34 @@ pub struct LoginRequest {
     pub data: Bytes,
 }
 
+impl LoginRequest {
+    /// The one-PDU login of a new session that skips security: operational stage to full
+    /// feature phase (T set, C clear), version 0, TSIH, ITT, CID and sequence numbers zero.
+    /// Callers change what differs with struct update syntax.
+    pub fn operational(isid: Isid, data: Bytes) -> Self {
+        LoginRequest {
+            transit: true,
+            continues: false,
+            csg: Stage::Operational,
+            nsg: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid,
+            tsih: 0,
+            itt: 0,
+            cid: 0,
+            cmd_sn: 0,
+            exp_stat_sn: 0,
+            data,
+        }
+    }
+}
+
 impl WirePdu for LoginRequest {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
         let flags = h.u8(1);
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(LoginRequest {
             transit: flags & 0x80 != 0,
             continues: flags & 0x40 != 0,
@@ -52,8 +76,8 @@ impl WirePdu for LoginRequest {
             tsih: h.u16(14),
             itt: h.itt(),
             cid: h.u16(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             data,
         })
     }
@@ -70,8 +94,7 @@ impl WirePdu for LoginRequest {
         h.set_u16(14, self.tsih);
         h.set_u32(16, self.itt);
         h.set_u16(20, self.cid);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         h
     }
 

@@ -51,6 +51,7 @@ impl WirePdu for LoginResponse {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
         let flags = h.u8(1);
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(LoginResponse {
             transit: flags & 0x80 != 0,
             continues: flags & 0x40 != 0,
@@ -61,9 +62,9 @@ impl WirePdu for LoginResponse {
             isid: Isid(h.bytes::<6>(8)),
             tsih: h.u16(14),
             itt: h.itt(),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             status: LoginStatus::new(h.u8(36), h.u8(37)),
             data,
         })
@@ -80,9 +81,7 @@ impl WirePdu for LoginResponse {
         h.set_bytes(8, &self.isid.0);
         h.set_u16(14, self.tsih);
         h.set_u32(16, self.itt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u8(36, self.status.class);
         h.set_u8(37, self.status.detail);
         h

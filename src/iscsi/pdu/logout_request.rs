@@ -26,13 +26,14 @@ pub struct LogoutRequest {
 impl WirePdu for LogoutRequest {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_bare(ahs, &data)?;
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(LogoutRequest {
             immediate: h.immediate(),
             reason: LogoutReason(h.u8(1) & 0x7f),
             itt: h.itt(),
             cid: h.u16(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
         })
     }
 
@@ -41,8 +42,7 @@ impl WirePdu for LogoutRequest {
         h.set_u8(1, 0x80 | (self.reason.0 & 0x7f));
         h.set_u32(16, self.itt);
         h.set_u16(20, self.cid);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         h
     }
 }

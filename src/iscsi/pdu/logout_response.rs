@@ -28,12 +28,13 @@ pub struct LogoutResponse {
 impl WirePdu for LogoutResponse {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_bare(ahs, &data)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(LogoutResponse {
             response: LogoutResponseCode(h.u8(2)),
             itt: h.itt(),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             time2wait: h.u16(40),
             time2retain: h.u16(42),
         })
@@ -44,9 +45,7 @@ impl WirePdu for LogoutResponse {
         h.set_u8(1, 0x80);
         h.set_u8(2, self.response.0);
         h.set_u32(16, self.itt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u16(40, self.time2wait);
         h.set_u16(42, self.time2retain);
         h

@@ -27,13 +27,14 @@ pub struct NopOut {
 impl WirePdu for NopOut {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(NopOut {
             immediate: h.immediate(),
             lun: h.lun(),
             itt: h.itt(),
             ttt: h.u32(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             data,
         })
     }
@@ -44,8 +45,7 @@ impl WirePdu for NopOut {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.ttt);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         h
     }
 

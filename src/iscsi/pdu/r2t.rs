@@ -31,13 +31,14 @@ pub struct R2t {
 impl WirePdu for R2t {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_bare(ahs, &data)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(R2t {
             lun: h.lun(),
             itt: h.itt(),
             ttt: h.u32(20),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             r2t_sn: h.u32(36),
             buffer_offset: h.u32(40),
             desired_length: h.u32(44),
@@ -50,9 +51,7 @@ impl WirePdu for R2t {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.ttt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u32(36, self.r2t_sn);
         h.set_u32(40, self.buffer_offset);
         h.set_u32(44, self.desired_length);

@@ -42,11 +42,12 @@ impl Reject {
 impl WirePdu for Reject {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(Reject {
             reason: RejectReason(h.u8(2)),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             data_sn_or_r2t_sn: h.u32(36),
             data,
         })
@@ -57,9 +58,7 @@ impl WirePdu for Reject {
         h.set_u8(1, 0x80);
         h.set_u8(2, self.reason.0);
         h.set_u32(16, 0xffff_ffff);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u32(36, self.data_sn_or_r2t_sn);
         h
     }

@@ -48,6 +48,32 @@ pub struct ScsiCommand {
     pub data: Bytes,
 }
 
+impl ScsiCommand {
+    /// A final, non-immediate SIMPLE command to `lun` that moves no data and carries zero
+    /// tags and sequence numbers; callers fill in the rest with struct update syntax.
+    /// `cdb` is zero padded to the 16 bytes the BHS holds, so the command equals what
+    /// decoding it off the wire gives back.
+    pub fn new(lun: LunField, cdb: &[u8], expected_data_transfer_length: u32) -> Self {
+        let mut padded = cdb.to_vec();
+        padded.resize(BHS_CDB_LEN.max(cdb.len()), 0);
+        ScsiCommand {
+            immediate: false,
+            is_final: true,
+            read: false,
+            write: false,
+            attr: TaskAttribute::Simple,
+            lun,
+            itt: 0,
+            expected_data_transfer_length,
+            cmd_sn: 0,
+            exp_stat_sn: 0,
+            cdb: Bytes::from(padded),
+            bidi_read_length: None,
+            data: Bytes::new(),
+        }
+    }
+}
+
 /// Splits the AHS area into (type, AHS-specific bytes) records; each record is 3 header bytes
 /// plus AHSLength bytes, padded to a 4-byte boundary.
 fn ahs_records(mut ahs: &[u8]) -> Result<Vec<(u8, &[u8])>, Invalid> {
@@ -101,6 +127,7 @@ impl WirePdu for ScsiCommand {
             }
         }
         let flags = h.u8(1);
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(ScsiCommand {
             immediate: h.immediate(),
             is_final: flags & 0x80 != 0,
@@ -110,8 +137,8 @@ impl WirePdu for ScsiCommand {
             lun: h.lun(),
             itt: h.itt(),
             expected_data_transfer_length: h.u32(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             cdb: Bytes::from(cdb),
             bidi_read_length,
             data,
@@ -127,8 +154,7 @@ impl WirePdu for ScsiCommand {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.expected_data_transfer_length);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         let head = &self.cdb[..self.cdb.len().min(BHS_CDB_LEN)];
         h.set_bytes(32, head);
         h

@@ -76,6 +76,7 @@ impl WirePdu for ScsiResponse {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
         let flags = h.u8(1);
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(ScsiResponse {
             bidi_overflow: flags & 0x10 != 0,
             bidi_underflow: flags & 0x08 != 0,
@@ -85,9 +86,9 @@ impl WirePdu for ScsiResponse {
             status: h.u8(3),
             itt: h.itt(),
             snack_tag: h.u32(20),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             exp_data_sn: h.u32(36),
             bidi_read_residual_count: h.u32(40),
             residual_count: h.u32(44),
@@ -106,9 +107,7 @@ impl WirePdu for ScsiResponse {
         h.set_u8(3, self.status);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.snack_tag);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h.set_u32(36, self.exp_data_sn);
         h.set_u32(40, self.bidi_read_residual_count);
         h.set_u32(44, self.residual_count);

@@ -32,14 +32,15 @@ pub struct TaskMgmtRequest {
 impl WirePdu for TaskMgmtRequest {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_bare(ahs, &data)?;
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(TaskMgmtRequest {
             immediate: h.immediate(),
             function: TmfFunction(h.u8(1) & 0x7f),
             lun: h.lun(),
             itt: h.itt(),
             referenced_task_tag: h.u32(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             ref_cmd_sn: h.u32(32),
             exp_data_sn: h.u32(36),
         })
@@ -51,8 +52,7 @@ impl WirePdu for TaskMgmtRequest {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.referenced_task_tag);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         h.set_u32(32, self.ref_cmd_sn);
         h.set_u32(36, self.exp_data_sn);
         h

@@ -24,12 +24,13 @@ pub struct TaskMgmtResponse {
 impl WirePdu for TaskMgmtResponse {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_bare(ahs, &data)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(TaskMgmtResponse {
             response: TmfResponseCode(h.u8(2)),
             itt: h.itt(),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
         })
     }
 
@@ -38,9 +39,7 @@ impl WirePdu for TaskMgmtResponse {
         h.set_u8(1, 0x80);
         h.set_u8(2, self.response.0);
         h.set_u32(16, self.itt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h
     }
 }

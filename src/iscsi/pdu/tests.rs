@@ -187,19 +187,8 @@ fn login_request_as_linux_sends_it() {
     check(
         &wire,
         Pdu::LoginRequest(LoginRequest {
-            transit: true,
-            continues: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: Isid([0, 2, 0x3d, 0, 0, 1]),
-            tsih: 0,
-            itt: 0,
-            cid: 0,
             cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: Bytes::from_static(text),
+            ..LoginRequest::operational(Isid([0, 2, 0x3d, 0, 0, 1]), Bytes::from_static(text))
         }),
     );
 }
@@ -882,22 +871,12 @@ fn encode_rejects_segment_beyond_24_bits() {
 
 #[test]
 fn encode_rejects_oversized_cdb() {
-    let cmd = ScsiCommand {
-        immediate: false,
-        is_final: true,
-        read: false,
-        write: false,
-        attr: TaskAttribute::Simple,
-        lun: lun(0),
+    let pdu = Pdu::ScsiCommand(ScsiCommand {
         itt: 1,
-        expected_data_transfer_length: 0,
         cmd_sn: 1,
         exp_stat_sn: 1,
-        cdb: Bytes::from(vec![0u8; MAX_CDB_LEN + 1]),
-        bidi_read_length: None,
-        data: Bytes::new(),
-    };
-    let pdu = Pdu::ScsiCommand(cmd);
+        ..ScsiCommand::new(lun(0), &[0u8; MAX_CDB_LEN + 1], 0)
+    });
     assert!(pdu.is_initiator_opcode());
     assert!(matches!(
         PduCodec::new().encode(&pdu),

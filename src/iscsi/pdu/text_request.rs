@@ -31,6 +31,7 @@ pub struct TextRequest {
 impl WirePdu for TextRequest {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
+        let [cmd_sn, exp_stat_sn] = h.initiator_sns();
         Ok(TextRequest {
             immediate: h.immediate(),
             is_final: h.flag(1, 0x80),
@@ -38,8 +39,8 @@ impl WirePdu for TextRequest {
             lun: h.lun(),
             itt: h.itt(),
             ttt: h.u32(20),
-            cmd_sn: h.u32(24),
-            exp_stat_sn: h.u32(28),
+            cmd_sn,
+            exp_stat_sn,
             data,
         })
     }
@@ -51,8 +52,7 @@ impl WirePdu for TextRequest {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.ttt);
-        h.set_u32(24, self.cmd_sn);
-        h.set_u32(28, self.exp_stat_sn);
+        h.set_initiator_sns(self.cmd_sn, self.exp_stat_sn);
         h
     }
 

@@ -31,15 +31,16 @@ pub struct TextResponse {
 impl WirePdu for TextResponse {
     fn from_wire(h: &Bhs, ahs: &[u8], data: Bytes) -> Result<Self, Invalid> {
         expect_no_ahs(ahs)?;
+        let [stat_sn, exp_cmd_sn, max_cmd_sn] = h.target_sns();
         Ok(TextResponse {
             is_final: h.flag(1, 0x80),
             continues: h.flag(1, 0x40),
             lun: h.lun(),
             itt: h.itt(),
             ttt: h.u32(20),
-            stat_sn: h.u32(24),
-            exp_cmd_sn: h.u32(28),
-            max_cmd_sn: h.u32(32),
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
             data,
         })
     }
@@ -51,9 +52,7 @@ impl WirePdu for TextResponse {
         h.set_lun(self.lun);
         h.set_u32(16, self.itt);
         h.set_u32(20, self.ttt);
-        h.set_u32(24, self.stat_sn);
-        h.set_u32(28, self.exp_cmd_sn);
-        h.set_u32(32, self.max_cmd_sn);
+        h.set_target_sns(self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn);
         h
     }
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::iscsi::pdu::{
     DataIn, DataOut, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopOut,
-    ScsiCommand, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
+    ScsiCommand, TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponseCode,
 };
 use crate::scsi::sense::{asc, key, Sense};
 use crate::scsi::{CommandOutcome, DataDirection};
@@ -69,19 +69,12 @@ fn lun(n: u64) -> LunField {
 
 fn command(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, data: Bytes) -> ScsiCommand {
     ScsiCommand {
-        immediate: false,
-        is_final: true,
         read,
         write,
-        attr: TaskAttribute::Simple,
-        lun: lun(0),
         itt,
-        expected_data_transfer_length: edtl,
         cmd_sn,
-        exp_stat_sn: 0,
-        cdb: Bytes::from_static(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
-        bidi_read_length: None,
         data,
+        ..ScsiCommand::new(lun(0), &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], edtl)
     }
 }
 

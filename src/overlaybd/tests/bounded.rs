@@ -132,15 +132,7 @@ async fn image_upper_from_create_is_bounded_and_unmaps_stay_zero() {
         model[at + (512 << 10)..at + (1 << 20)].fill(0);
     }
     let blob = d.join("base.obd");
-    std::fs::write(
-        &blob,
-        commit_bytes(
-            &CommitSource::from_writable(&base),
-            &CommitOptions::default(),
-        )
-        .await,
-    )
-    .unwrap();
+    std::fs::write(&blob, commit_blob(&base).await).unwrap();
     let (data, index) = create_default(d, "upper");
     let config = d.join("config.v1.json");
     let json = serde_json::json!({

@@ -57,18 +57,13 @@ async fn sample_blob() -> Vec<u8> {
         ],
     )
     .await;
-    commit_bytes(
-        &CommitSource::from_writable(&layer),
-        &CommitOptions::default(),
-    )
-    .await
+    commit_blob(&layer).await
 }
 
 #[tokio::test]
 async fn reopen_ignores_torn_record_and_drops_dangling_data() {
     let dir = tempfile::tempdir().unwrap();
-    let layer = new_layer(dir.path(), "w", 1 << 20);
-    layer.write(0, Bytes::from(pattern(4, 1))).await.unwrap();
+    let layer = patterned_layer(dir.path(), "w", 4, 1).await;
     layer.flush().await.unwrap();
     drop(layer);
     let ipath = dir.path().join("w.index");

@@ -5,13 +5,8 @@ use super::*;
 #[tokio::test]
 async fn image_block_device_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let base = new_layer(dir.path(), "base", 1 << 20);
-    base.write(0, Bytes::from(pattern(16, 3))).await.unwrap();
-    let blob = commit_bytes(
-        &CommitSource::from_writable(&base),
-        &CommitOptions::default(),
-    )
-    .await;
+    let base = patterned_layer(dir.path(), "base", 16, 3).await;
+    let blob = commit_blob(&base).await;
 
     // Read-only image: writes and unmaps are refused, flush is a no-op.
     let ro = Image::new(
@@ -238,13 +233,8 @@ async fn concurrent_writes_and_reads() {
 #[tokio::test]
 async fn layer_count_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let one = new_layer(dir.path(), "one", 1 << 20);
-    one.write(0, Bytes::from(pattern(1, 1))).await.unwrap();
-    let blob = commit_bytes(
-        &CommitSource::from_writable(&one),
-        &CommitOptions::default(),
-    )
-    .await;
+    let one = patterned_layer(dir.path(), "one", 1, 1).await;
+    let blob = commit_blob(&one).await;
     let mut layers = Vec::new();
     for _ in 0..256 {
         layers.push(sealed(blob.clone()).await);

@@ -1,6 +1,7 @@
 //! The spec's worked examples, end to end and byte for byte.
 
 use super::*;
+use crate::overlaybd::writable_index::spec_example;
 
 /// §6.4 worked example: the index log, the replayed index and the commit, byte for byte.
 #[tokio::test]
@@ -34,16 +35,7 @@ async fn writable_worked_example_end_to_end() {
         (ih.flags, ih.index_offset, ih.index_size),
         (flags::HEADER, 4096, 0)
     );
-    assert_eq!(
-        decode_records(&log[HEADER_SIZE..]),
-        vec![
-            Record::data(0, 8, 8),
-            Record::data(2, 4, 16),
-            Record::data(128, 8, 20),
-            Record::zeroed(130, 4, 28),
-            Record::data(137, 1, 28),
-        ]
-    );
+    assert_eq!(decode_records(&log[HEADER_SIZE..]), spec_example::log());
     let dh =
         LsmtHeader::decode(&std::fs::read(dir.path().join("w.data")).unwrap(), "data").unwrap();
     assert_eq!(
@@ -53,16 +45,7 @@ async fn writable_worked_example_end_to_end() {
     assert!(dh.uuid.to_uuid().is_some() && !dh.uuid.is_nil());
 
     let layer = reopen(dir.path(), "w");
-    let expect_index = vec![
-        Record::data(0, 2, 8),
-        Record::data(2, 4, 16),
-        Record::data(6, 2, 14),
-        Record::data(128, 2, 20),
-        Record::zeroed(130, 4, 28),
-        Record::data(134, 2, 26),
-        Record::data(137, 1, 28),
-    ];
-    assert_eq!(layer.records(), expect_index);
+    assert_eq!(layer.records(), spec_example::replayed());
 
     let uuid = LayerUuid::parse("c02fb491-b4d4-4904-8684-a014d032af78").unwrap();
     let opts = CommitOptions {
@@ -125,8 +108,7 @@ async fn large_writes_and_discards_split_into_records() {
 async fn merge_stores_source_positions_as_tags() {
     // §11 example: A (bottom) (0,8), B (top) (4,8) → two records, tags 1 and 0.
     let dir = tempfile::tempdir().unwrap();
-    let a = new_layer(dir.path(), "a", 1 << 20);
-    a.write(0, Bytes::from(pattern(8, 1))).await.unwrap();
+    let a = patterned_layer(dir.path(), "a", 8, 1).await;
     let b = new_layer(dir.path(), "b", 1 << 20);
     b.write(4 * S, Bytes::from(pattern(8, 2))).await.unwrap();
     let la = committed(&a).await;
@@ -159,8 +141,7 @@ async fn merge_stores_source_positions_as_tags() {
 #[tokio::test]
 async fn sparse_layer_files_and_reopen_quirk() {
     let dir = tempfile::tempdir().unwrap();
-    let base = new_layer(dir.path(), "base", 1 << 20);
-    base.write(0, Bytes::from(pattern(64, 1))).await.unwrap();
+    let base = patterned_layer(dir.path(), "base", 64, 1).await;
     let lower = committed(&base).await;
 
     let up = create_layer(

@@ -78,6 +78,16 @@ fn new_layer(dir: &Path, name: &str, vsize: u64) -> WritableLayer {
     create_layer(dir, name, &CreateOptions::new(vsize))
 }
 
+/// A 1 MiB writable layer holding `pattern(sectors, seed)` from offset 0.
+async fn patterned_layer(dir: &Path, name: &str, sectors: u64, seed: u8) -> WritableLayer {
+    let layer = new_layer(dir, name, 1 << 20);
+    layer
+        .write(0, Bytes::from(pattern(sectors, seed)))
+        .await
+        .unwrap();
+    layer
+}
+
 fn create_layer(dir: &Path, name: &str, opts: &CreateOptions) -> WritableLayer {
     WritableLayer::create(
         &dir.join(format!("{name}.data")),
@@ -109,16 +119,18 @@ async fn sealed(bytes: Vec<u8>) -> SealedLayer {
     SealedLayer::open(mem(bytes)).await.unwrap()
 }
 
-/// `layer` committed (§8.2) and reopened as a sealed layer.
-async fn committed(layer: &WritableLayer) -> SealedLayer {
-    sealed(
-        commit_bytes(
-            &CommitSource::from_writable(layer),
-            &CommitOptions::default(),
-        )
-        .await,
+/// The blob `layer` commits to (§8.2) with default options.
+async fn commit_blob(layer: &WritableLayer) -> Vec<u8> {
+    commit_bytes(
+        &CommitSource::from_writable(layer),
+        &CommitOptions::default(),
     )
     .await
+}
+
+/// `layer` committed (§8.2) and reopened as a sealed layer.
+async fn committed(layer: &WritableLayer) -> SealedLayer {
+    sealed(commit_blob(layer).await).await
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -21,7 +21,7 @@ proptest! {
             drop(layer);
             let layer = reopen(dir.path(), "w");
             assert_eq!(layer.read(0, vsize as usize).await.unwrap(), model, "reopened");
-            let blob = commit_bytes(&CommitSource::from_writable(&layer), &CommitOptions::default()).await;
+            let blob = commit_blob(&layer).await;
             let stack = LayerStack::new(vec![sealed(blob.clone()).await]).unwrap();
             assert_eq!(stack.read(0, vsize as usize).await.unwrap(), model, "committed");
             seal_in_place(layer).await.unwrap();

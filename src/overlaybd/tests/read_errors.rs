@@ -41,11 +41,7 @@ async fn layer_file() -> (Vec<u8>, Vec<u8>) {
     let layer = new_layer(dir.path(), "w", 1 << 20);
     let data = pattern(DATA / S, 5);
     layer.write(0, Bytes::from(data.clone())).await.unwrap();
-    let file = commit_bytes(
-        &CommitSource::from_writable(&layer),
-        &CommitOptions::default(),
-    )
-    .await;
+    let file = commit_blob(&layer).await;
     (file, data)
 }
 

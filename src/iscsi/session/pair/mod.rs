@@ -49,7 +49,7 @@ use super::{CloseReason, Event, Session, SessionOptions, TaskId};
 use crate::iscsi::pdu::serial::sn_lt;
 use crate::iscsi::pdu::{
     DataOut, LogoutReason, LogoutRequest, LunField, NopIn, NopOut, Pdu, PduCodec, R2t, ScsiCommand,
-    TaskAttribute, TaskMgmtRequest, TmfFunction, RESERVED_TAG,
+    TaskMgmtRequest, TmfFunction, RESERVED_TAG,
 };
 use crate::scsi::{CommandOutcome, Nexus, ScsiRequest, ScsiTarget};
 
@@ -135,22 +135,14 @@ impl Initiator {
         data: Bytes,
     ) -> (u32, Pdu) {
         let itt = self.itt();
-        let mut cdb16 = cdb.to_vec();
-        cdb16.resize(16.max(cdb.len()), 0);
         let cmd = ScsiCommand {
-            immediate: false,
-            is_final: true,
             read,
             write,
-            attr: TaskAttribute::Simple,
-            lun: lun_field(lun),
             itt,
-            expected_data_transfer_length: edtl,
             cmd_sn: self.take_cmd_sn(),
             exp_stat_sn: self.exp_stat_sn,
-            cdb: cdb16.into(),
-            bidi_read_length: None,
             data,
+            ..ScsiCommand::new(lun_field(lun), cdb, edtl)
         };
         (itt, Pdu::ScsiCommand(cmd))
     }
