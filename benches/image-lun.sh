@@ -16,7 +16,9 @@
 #
 # Environment: ROUNDS (default 4), DURATION measured seconds per run (default 5), POINTS (default
 # "seq1m_qd8 rr4k_qd32", names as in iscsi-vs-tgtd.sh), TGTD (1), OBD_KEEP=1 keeps the raw
-# results, IMAGE_SOURCE (/usr/share) and IMAGE_SIZE (1G) for the first build.
+# results, IMAGE_SOURCE (/usr/share) and IMAGE_SIZE (1G) for the first build, OBD_BIN another
+# build of our target to serve every side (e.g. an older one: compare its image/raw ratios with
+# a run of the current build; the image, once built, is kept and shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script_name=image-lun.sh
@@ -47,7 +49,7 @@ for point in $points; do
 done
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-obd=$PWD/target/release/overlaybd-target
+obd=${OBD_BIN:-$PWD/target/release/overlaybd-target}
 loadgen=$PWD/target/release/examples/loadgen
 
 work=$(mktemp -d /tmp/obd-imglun.XXXXXX)
