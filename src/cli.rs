@@ -142,6 +142,25 @@ pub struct Cli {
     pub log_level: String,
 }
 
+/// The level words `--log-level` takes alone.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The log filter of `--log-level`: a level word, or a list of tracing directives
+/// (`info,overlaybd_target::cache=debug`). A lone word that is not a level is refused: the
+/// tracing syntax would take it as a module name and log everything of a module that does not
+/// exist, that is nothing.
+pub fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let lone_word = !text.contains(['=', ',', ':', '[']);
+    if lone_word && !LOG_LEVELS.contains(&text.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "invalid --log-level {text:?}: use one of {} or tracing directives such as info,overlaybd_target::cache=debug",
+            LOG_LEVELS.join(", ")
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map_err(|e| format!("invalid --log-level {text:?}: {e}"))
+}
+
 /// A size such as `4G` or `256M`.
 fn parse_cache_size(text: &str) -> Result<u64, String> {
     overlaybd_target::block::parse_size(text).map_err(|e| e.to_string())
@@ -324,5 +343,24 @@ mod tests {
             .unwrap()
             .into_config();
         assert!(matches!(bad, Err(CliError::Invalid(_))));
+    }
+
+    #[test]
+    fn log_levels_are_words_or_directives_and_nothing_else() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "debug,overlaybd_target::cache=trace",
+            "overlaybd_target=info",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "information", "", "warn,=x=y"] {
+            let err = log_filter(bad).unwrap_err();
+            assert!(err.contains("invalid --log-level"), "{bad}: {err}");
+        }
+        let err = log_filter("verbose").unwrap_err();
+        assert!(err.contains("error, warn, info"), "{err}");
     }
 }

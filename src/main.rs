@@ -12,7 +12,6 @@ use clap::Parser;
 use cli::{Cli, Command};
 use overlaybd_target::daemon::state::DEFAULT_STATE_PATH as DEFAULT_STATE;
 use overlaybd_target::daemon::{Daemon, DaemonOptions};
-use tracing_subscriber::EnvFilter;
 
 /// Keeps large buffers (1 MiB reads, Data-Out collection) in the heap instead of a fresh
 /// mmap per allocation: glibc's defaults mmap and unmap each one, and the page faults of
@@ -48,21 +47,29 @@ fn raise_fd_limit() {
     }
 }
 
+/// Colour in log lines only for a person at a terminal: not when stderr is a file or a pipe,
+/// not under journald (which sets `JOURNAL_STREAM` for the services it collects), and not when
+/// `NO_COLOR` is set (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+        && std::env::var_os("JOURNAL_STREAM").is_none()
+        && std::env::var_os("NO_COLOR").is_none()
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let mut cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log_level) {
+    let filter = match cli::log_filter(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!(
-                "overlaybd-target: invalid --log-level {:?}: {e}",
-                cli.log_level
-            );
+            eprintln!("overlaybd-target: {e}");
             return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr)
         .init();
     if let Some(command) = cli.command.take() {

@@ -98,6 +98,13 @@ fn bad_arguments_exit_with_a_message() {
         err.contains("targets.toml") && err.contains("targets[0].luns[0].backing"),
         "{err}"
     );
+
+    // A log level that is not a level word (tracing would take it for a module name and log
+    // nothing) is refused before anything starts.
+    let err = run_fails(binary().args(["--portal", "127.0.0.1:0", "--log-level", "verbose"]));
+    assert!(err.contains("invalid --log-level \"verbose\""), "{err}");
+    let err = run_fails(binary().args(["--portal", "127.0.0.1:0", "--metrics", "localhost:9863"]));
+    assert!(err.contains("--metrics"), "{err}");
 }
 
 #[test]
@@ -155,4 +162,83 @@ luns = [{{ backing = "ram:1M" }}]
     assert!(listing.contains(IQN), "{listing}");
     assert!(!listing.contains("overlaybd:other"), "{listing}");
     assert!(target.stop().success());
+}
+
+/// What an operator reads in the log: one line per LUN with its size, refused logins naming
+/// who and why without Rust's `Some(..)`, and no colour codes when stderr is a file.
+#[test]
+fn log_lines_are_plain_and_name_what_an_operator_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = binary()
+        .args(["--portal", &format!("127.0.0.1:{port}"), "--target", IQN])
+        .args([
+            "--lun",
+            "ram:3M",
+            "--no-api",
+            "--no-state",
+            "--log-level",
+            "info",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target did not listen"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the target exited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A login to a target that is not served.
+    let refused = tool("iscsi-inq")
+        .arg(format!(
+            "iscsi://127.0.0.1:{port}/iqn.2026-12.io.example:absent/0"
+        ))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let ready = text
+        .lines()
+        .find(|l| l.contains("LUN ready"))
+        .unwrap_or_else(|| panic!("no LUN line in:\n{text}"));
+    for field in [
+        &format!("target=\"{IQN}\"") as &str,
+        "lun=0",
+        "size=3145728",
+        "read_only=false",
+    ] {
+        assert!(ready.contains(field), "{field} missing from: {ready}");
+    }
+    let failed = text
+        .lines()
+        .find(|l| l.contains("login failed"))
+        .unwrap_or_else(|| panic!("no login failure in:\n{text}"));
+    for field in [
+        "initiator=\"iqn.",
+        "target=\"iqn.2026-12.io.example:absent\"",
+        "chap_user=-",
+        "reason=",
+        "status=0x0203",
+    ] {
+        assert!(failed.contains(field), "{field} missing from: {failed}");
+    }
+    assert!(!text.contains("Some("), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file:\n{text}"
+    );
 }

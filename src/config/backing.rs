@@ -357,6 +357,14 @@ impl ImageOpener {
             return Ok(luns.clone());
         }
         let luns = Arc::new(RemoteImages::new(self.settings.clone())?);
+        let cache = self.settings.cache();
+        tracing::info!(
+            folder = %cache.dir.display(),
+            disk_bytes = cache.disk_bytes,
+            memory_bytes = cache.memory_bytes,
+            cache_type = %cache.cache_type,
+            "registry layer cache in use"
+        );
         *slot = Some(luns.clone());
         Ok(luns)
     }

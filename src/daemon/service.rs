@@ -252,6 +252,18 @@ impl Daemon {
     }
 }
 
+/// The line an operator reads for each LUN at start: what serves it and how large it is.
+fn log_ready(target: &str, number: u64, spec: &LunSpec, config: &crate::scsi::LunConfig) {
+    tracing::info!(
+        target,
+        lun = number,
+        backing = %spec,
+        size = config.device.size(),
+        read_only = config.device.read_only(),
+        "LUN ready"
+    );
+}
+
 impl Inner {
     fn control(self: Arc<Self>) -> Arc<dyn ControlPlane> {
         Arc::new(Control(self))
@@ -297,6 +309,7 @@ impl Inner {
             let (config, state, size) = match opened.remove(&(def.name.clone(), number)) {
                 Some(config) => {
                     let size = config.device.size();
+                    log_ready(&def.name, number, spec, &config);
                     (config, LunState::Ready, Some(size))
                 }
                 None => {
@@ -354,8 +367,8 @@ impl Inner {
             Ok(config) => {
                 slot.size = Some(config.device.size());
                 slot.state = LunState::Ready;
+                log_ready(target, number, &spec, &config);
                 scsi.replace_lun(number, config);
-                tracing::info!(target, lun = number, backing = %spec, "LUN ready");
             }
             Err(cause) => {
                 let reason = cause.unavailable();

@@ -105,7 +105,8 @@ pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
-    let span = tracing::info_span!("conn", peer = ?peer);
+    let shown = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+    let span = tracing::info_span!("conn", peer = %shown);
     run(stream, local, peer, pending, shared)
         .instrument(span)
         .await;
@@ -191,7 +192,7 @@ async fn before_deadline<T>(login: &mut Login, work: impl Future<Output = T>) ->
             out = &mut work => return Some(out),
             _ = sleep_until_opt(deadline) => {
                 if login.handle_timeout(std::time::Instant::now()) {
-                    let (initiator, target) = (login.initiator_name(), login.target_name());
+                    let (initiator, target) = (Claimed(login.initiator_name()), Claimed(login.target_name()));
                     tracing::info!(?initiator, ?target, "login timed out");
                     return None;
                 }
@@ -289,20 +290,36 @@ fn failed_login(
     peer: Option<IpAddr>,
     shared: &Shared,
 ) -> Duration {
-    let (initiator, target) = (login.initiator_name(), login.target_name());
-    let chap_user = login.chap_name();
-    let status = format!("{:#06x}", reason.status().code());
     crate::metrics::global().login(
-        &target_label(target, &shared.catalog),
+        &target_label(login.target_name(), &shared.catalog),
         reason.status().name(),
     );
+    let (initiator, target) = (
+        Claimed(login.initiator_name()),
+        Claimed(login.target_name()),
+    );
+    let chap_user = Claimed(login.chap_name());
+    let status = format!("{:#06x}", reason.status().code());
     if !reason.is_auth_failure() {
         tracing::info!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
         return Duration::ZERO;
     }
     tracing::warn!(?initiator, ?target, ?chap_user, %reason, %status, "login failed");
     let now = std::time::Instant::now();
-    shared.auth_throttle.lock().failed(now, initiator, peer)
+    shared.auth_throttle.lock().failed(now, initiator.0, peer)
+}
+
+/// A name the initiator sent, for a log line: quoted and escaped by `Debug` (it comes from the
+/// network), or `-` when it sent none, never Rust's `Some(..)`.
+struct Claimed<'a>(Option<&'a str>);
+
+impl std::fmt::Debug for Claimed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(name) => std::fmt::Debug::fmt(name, f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The `target` label of a login's metrics: the name when this target serves it, else a
