@@ -137,6 +137,11 @@ pub struct Cli {
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
 
+    /// Check the configuration (command line, config file, overlaybd.json) and exit: 0 and a
+    /// summary when it is valid, 2 and the error otherwise. Backings are not opened.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

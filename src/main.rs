@@ -57,6 +57,14 @@ fn colour_logs() -> bool {
         && std::env::var_os("NO_COLOR").is_none()
 }
 
+/// Tells systemd (when it started us with `Type=notify`, i.e. `NOTIFY_SOCKET` is set) about
+/// the service's state; without systemd this does nothing.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let mut cli = Cli::parse();
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         api_explicit: cli.api.is_some(),
         metrics: cli.metrics,
     };
+    let check_only = cli.check_config;
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -95,6 +104,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        let luns: usize = config.targets.iter().map(|t| t.luns.len()).sum();
+        let portals: Vec<String> = config.portals.iter().map(|p| p.to_string()).collect();
+        println!(
+            "configuration valid: {} target(s), {luns} LUN(s), portals {}",
+            config.targets.len(),
+            if portals.is_empty() {
+                format!("{} (default)", overlaybd_target::config::DEFAULT_PORTAL)
+            } else {
+                portals.join(", ")
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
     raise_fd_limit();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
@@ -110,7 +133,16 @@ fn main() -> ExitCode {
         for addr in daemon.local_addrs() {
             tracing::info!(%addr, "listening");
         }
-        daemon.run(shutdown_signal()).await;
+        // Every portal listens and every LUN is served (ready, or NOT READY while it opens):
+        // initiators can log in, so a unit ordered after this service may start.
+        let signalled = shutdown_signal();
+        notify_systemd(sd_notify::NotifyState::Ready);
+        daemon
+            .run(async {
+                signalled.await;
+                notify_systemd(sd_notify::NotifyState::Stopping);
+            })
+            .await;
         ExitCode::SUCCESS
     })
 }
@@ -196,21 +228,26 @@ fn run_ctl(args: overlaybd_target::daemon::ctl::CtlArgs) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// A future that resolves at SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal sent right after readiness is
+/// announced is not lost (the default action would end the process without a clean logout).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                // Without signal handlers only Ctrl-C can stop us.
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        _ => {
-            // Without signal handlers only Ctrl-C can stop us.
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("signal received");
     }
-    tracing::info!("signal received");
 }
