@@ -11,6 +11,7 @@
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
+//! - [`audit`]: the audit log of remote fetches and slow commands;
 //! - [`metrics`]: the Prometheus metrics every layer counts into, and their HTTP endpoint;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build);
 //! - `sys`: the ground floor, the file system calls made through `libc` (all of their
@@ -18,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod block;
 pub mod cache;
 pub mod config;

@@ -393,9 +393,16 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
     )
     .unwrap();
     let daemon = dir.path().join("overlaybd.json");
+    let audit = dir.path().join("audit.log");
     std::fs::write(
         &daemon,
-        serde_json::json!({"credentialConfig": {"mode": "file", "path": cred_json}}).to_string(),
+        serde_json::json!({
+            "credentialConfig": {"mode": "file", "path": cred_json},
+            "auditPath": audit,
+            // Every command is "slow", so each read gets its line.
+            "auditSlowCommandMs": 0,
+        })
+        .to_string(),
     )
     .unwrap();
     let config = dir.path().join("config.v1.json");
@@ -441,5 +448,20 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
     assert!(
         std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) > 0,
         "the layer's blocks are kept under --cache-dir"
+    );
+    // overlaybd.json's audit log (enableAudit defaults to true): a line per registry fetch of
+    // the layer, and per command (the threshold is 0 here), reads with their LBA.
+    let audit = std::fs::read_to_string(&audit).unwrap();
+    let fetches: Vec<&str> = audit.lines().filter(|l| l.contains(" fetch ")).collect();
+    assert!(!fetches.is_empty(), "{audit}");
+    for line in &fetches {
+        assert!(line.contains(&format!("layer={digest} ")), "{line}");
+        assert!(line.ends_with("status=ok"), "{line}");
+    }
+    assert!(
+        audit.lines().any(|l| l.contains(
+            "slow_command target=iqn.2026-11.io.overlaybd:registry lun=0 kind=read lba=0 "
+        )),
+        "{audit}"
     );
 }

@@ -73,6 +73,20 @@ pub struct DaemonSettings {
     pub http_config: HttpConfig,
     /// `certConfig`: TLS client certificate presented to registries.
     pub cert_config: CertConfig,
+    /// `enableAudit`: write the audit log. overlaybd's default, true, applies to an
+    /// overlaybd.json that leaves the key out; with no overlaybd.json there is no audit log.
+    #[serde(default = "enabled")]
+    pub enable_audit: bool,
+    /// `auditPath`: the audit log file; empty disables it.
+    pub audit_path: String,
+    /// `auditSlowCommandMs` (ours): a SCSI command that takes at least this long gets an audit
+    /// line.
+    pub audit_slow_command_ms: u64,
+}
+
+/// The default of `enableAudit` in an overlaybd.json.
+fn enabled() -> bool {
+    true
 }
 
 /// `certConfig`: a TLS client certificate (both files are needed).
@@ -99,6 +113,9 @@ impl Default for DaemonSettings {
             user_agent: concat!("overlaybd-target/", env!("CARGO_PKG_VERSION")).into(),
             http_config: HttpConfig::default(),
             cert_config: CertConfig::default(),
+            enable_audit: false,
+            audit_path: "/var/log/overlaybd-audit.log".into(),
+            audit_slow_command_ms: 1000,
         }
     }
 }

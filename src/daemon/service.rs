@@ -113,6 +113,7 @@ impl Daemon {
     /// portals. LUNs open in the background and answer NOT READY, BECOMING READY until then;
     /// with `config.strict` every LUN is opened first and any failure stops the start.
     pub async fn start(config: Config, options: DaemonOptions) -> Result<Daemon, StartError> {
+        open_audit_log(&config.images);
         let declared: BTreeMap<String, TargetDef> = config
             .targets
             .iter()
@@ -249,6 +250,21 @@ impl Daemon {
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
+    }
+}
+
+/// Opens the audit log overlaybd.json asks for. One that cannot be opened is a warning, not a
+/// failed start: the log is for looking back, serving is what matters now.
+fn open_audit_log(settings: &crate::cache::DaemonSettings) {
+    if !settings.enable_audit || settings.audit_path.is_empty() {
+        return;
+    }
+    let slow = std::time::Duration::from_millis(settings.audit_slow_command_ms);
+    match crate::audit::open(std::path::Path::new(&settings.audit_path), slow) {
+        Ok(()) => {
+            tracing::info!(path = %settings.audit_path, slow_ms = settings.audit_slow_command_ms, "audit log open")
+        }
+        Err(e) => tracing::warn!(error = %e, "no audit log"),
     }
 }
 

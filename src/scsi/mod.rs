@@ -210,6 +210,7 @@ impl ScsiTarget {
         let started = std::time::Instant::now();
         let kind = dispatch::kind_of(req.cdb.first().copied().unwrap_or(0));
         let sent = req.data_out.len() as u64;
+        let cdb = req.cdb.clone();
         let outcome = self.execute_command(&lun, nexus, req).await;
         let good = outcome.status == status::GOOD;
         let read = match kind {
@@ -227,6 +228,13 @@ impl ScsiTarget {
             .map(|k| sense::key::name(k & 0x0f));
         let elapsed = started.elapsed();
         lun.metrics.command(kind, elapsed, read, written, sense_key);
+        if crate::audit::is_slow(elapsed) {
+            let lba = match cdb::parse(&cdb) {
+                Ok(cdb::Command::Read(e) | cdb::Command::Write(e)) => Some(e.lba),
+                _ => None,
+            };
+            crate::audit::slow_command(&self.name, lun.number, kind.label(), lba, elapsed);
+        }
         outcome
     }
 

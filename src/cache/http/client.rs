@@ -23,8 +23,8 @@ use super::auth::{
 use super::credentials::CredentialStore;
 use super::range::{plan_body, probe_total, range_header, RangeError};
 use crate::cache::settings::{DaemonSettings, HttpConfig};
-use crate::metrics;
 use crate::source::{LayerSource, SourceError, SourceResult, Span};
+use crate::{audit, metrics};
 
 /// How many redirects one data request may follow before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -407,8 +407,15 @@ impl HttpBlobSource {
         known_total: Option<u64>,
     ) -> io::Result<(Bytes, Option<u64>)> {
         let last = offset.saturating_add(len.saturating_sub(1));
-        self.retrying(&format!("bytes {offset}-{last}"), || {
-            self.fetch_once(offset, len, known_total)
+        self.retrying(&format!("bytes {offset}-{last}"), || async move {
+            let started = Instant::now();
+            let result = self.fetch_once(offset, len, known_total).await;
+            let outcome = match &result {
+                Ok((data, _)) => Ok(data.len() as u64),
+                Err(f) => Err(f.message.as_str()),
+            };
+            audit::fetch(self.digest(), offset, len, started.elapsed(), outcome);
+            result
         })
         .await
     }
