@@ -104,3 +104,69 @@ fn systemd_hears_ready_once_the_portal_listens_and_stopping_at_sigterm() {
     assert_eq!(&message[..n], b"STOPPING=1\n");
     assert!(child.wait().unwrap().success());
 }
+
+/// `cargo deb` (when cargo-deb is installed; run-tests installs it) packs the binary, the unit
+/// and the config; the package installs into a scratch root whose binary runs and accepts the
+/// installed config.
+#[test]
+fn the_debian_package_installs_a_runnable_binary_with_unit_and_config() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let has_cargo_deb = Command::new(&cargo)
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_deb {
+        eprintln!("skipped: cargo deb (cargo-deb is not installed; `cargo install cargo-deb`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The binary under test is the one cargo built for this run; pack it as it is.
+    let out = Command::new(&cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["deb", "--no-build", "--strip", "--output"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    for path in [
+        "./usr/bin/overlaybd-target",
+        "./usr/lib/systemd/system/overlaybd-target.service",
+        "./etc/overlaybd-target/config.toml",
+    ] {
+        assert!(listing.contains(path), "{path} not in:\n{listing}");
+    }
+    let conffiles = run(Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("conffiles"));
+    assert_eq!(conffiles.trim(), "/etc/overlaybd-target/config.toml");
+    // Install into an empty root with its own dpkg database.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-depends", "--force-not-root", "-i"])
+        .arg(&deb));
+    let installed = root.join("usr/bin/overlaybd-target");
+    let version = run(Command::new(&installed).arg("--version"));
+    assert!(version.starts_with("overlaybd-target "), "{version}");
+    let config = root.join("etc/overlaybd-target/config.toml");
+    let checked = run(Command::new(&installed).args([
+        "--config",
+        config.to_str().unwrap(),
+        "--check-config",
+    ]));
+    assert!(checked.contains("configuration valid"), "{checked}");
+}
