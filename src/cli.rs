@@ -56,7 +56,7 @@ pub struct Cli {
     pub no_api: bool,
 
     /// Address to listen on (repeatable). Default 0.0.0.0:3260.
-    #[arg(long = "portal", value_name = "IP:PORT")]
+    #[arg(long = "portal", value_name = "IP:PORT", value_parser = parse_socket_addr)]
     pub portals: Vec<SocketAddr>,
 
     /// Target IQN for the quick form. Default iqn.2026-11.io.overlaybd:demo.
@@ -134,7 +134,7 @@ pub struct Cli {
 
     /// Serve Prometheus metrics at http://IP:PORT/metrics (off by default; the management
     /// API's GET /metrics has them too). README "Metrics" lists them.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_socket_addr)]
     pub metrics: Option<SocketAddr>,
 
     /// Check the configuration (command line, config file, overlaybd.json) and exit: 0 and a
@@ -164,6 +164,14 @@ pub fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     }
     tracing_subscriber::EnvFilter::try_new(text)
         .map_err(|e| format!("invalid --log-level {text:?}: {e}"))
+}
+
+/// An address to listen on: an IP address and a port, not a host name (a name can stand for
+/// several addresses, and a listener binds one).
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not IP:PORT; give an IP address and a port, such as 0.0.0.0:3260, 127.0.0.1:3260 or [::1]:3260 (host names are not resolved)")
+    })
 }
 
 /// A size such as `4G` or `256M`.
@@ -367,5 +375,17 @@ mod tests {
         }
         let err = log_filter("verbose").unwrap_err();
         assert!(err.contains("error, warn, info"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_must_be_ip_and_port_and_say_so() {
+        assert!(cli(&["--portal", "[::1]:3260", "--metrics", "127.0.0.1:9863"]).is_ok());
+        for bad in ["localhost:3260", "3260", "10.0.0.1"] {
+            let err = cli(&["--portal", bad]).unwrap_err().to_string();
+            assert!(
+                err.contains("is not IP:PORT") && err.contains("0.0.0.0:3260"),
+                "{bad}: {err}"
+            );
+        }
     }
 }
