@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -158,10 +159,93 @@ fn initiator_work_shows_exactly_in_the_metrics() {
     target.stop();
 }
 
+/// Debian's Prometheus server scrapes the target every second while an initiator reads; its
+/// query API then answers with the bytes read, as an operator's dashboard would see them.
+#[test]
+fn a_prometheus_server_scrapes_the_target_during_a_workload() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: Prometheus scrape (prometheus is not installed; Debian package prometheus)"
+        );
+        return;
+    }
+    let (target, metrics) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: overlaybd-target\n    static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut server = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stop = KillOnDrop(&mut server);
+
+    // 64 MiB of reads, in READ(16)s of 256 KiB, while Prometheus scrapes.
+    let mut conn = RawConn::login_to(target.addr(), IQN, &[]);
+    conn.clear_unit_attention();
+    const TOTAL: u64 = 64 << 20;
+    for lba in (0..TOTAL / 512).step_by(512) {
+        let itt = conn.queue_command(&read16(lba, 512), Dir::Read, 512 * 512, Bytes::new(), false);
+        conn.flush().unwrap();
+        assert_eq!(conn.outcome(itt).status, 0);
+    }
+    // Prometheus has the total once a scrape after the reads is in (a few seconds).
+    let query = format!(
+        "/api/v1/query?query=overlaybd_target_read_bytes_total%7Btarget%3D%22{}%22%7D",
+        IQN.replace(':', "%3A")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let answer = std::net::TcpStream::connect(web)
+            .ok()
+            .map(|_| get(web, &query))
+            .filter(|(status, body)| *status == 200 && body.contains(&format!("\"{TOTAL}\"")));
+        if let Some((_, body)) = answer {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw {TOTAL} bytes read"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(answer.contains("\"job\":\"overlaybd-target\""), "{answer}");
+    // Its own view of the scrape: the target is up.
+    let (_, up) = get(web, "/api/v1/query?query=up");
+    assert!(up.contains("\"1\"]"), "{up}");
+    target.stop();
+}
+
+/// Kills a child process when dropped, so a failing test leaves no server behind.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `promtool check metrics` on `text` when Debian's prometheus is installed.
 fn promtool_accepts(text: &str) {
     use std::io::Write;
-    use std::process::{Command, Stdio};
     let Ok(mut child) = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
