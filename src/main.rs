@@ -136,6 +136,7 @@ fn main() -> ExitCode {
         // Every portal listens and every LUN is served (ready, or NOT READY while it opens):
         // initiators can log in, so a unit ordered after this service may start.
         let signalled = shutdown_signal();
+        reload_on_sighup(daemon.reloader());
         notify_systemd(sd_notify::NotifyState::Ready);
         daemon
             .run(async {
@@ -228,6 +229,40 @@ fn run_ctl(args: overlaybd_target::daemon::ctl::CtlArgs) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// At each SIGHUP, reads the command line's configuration again (the config file named by
+/// `--config`) and applies the difference to the running daemon; a configuration that does not
+/// parse is logged and changes nothing. The handler is installed before this returns.
+fn reload_on_sighup(reloader: overlaybd_target::daemon::Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; reloading needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the configuration again");
+            let config = Cli::try_parse()
+                .map_err(|e| e.to_string())
+                .and_then(|cli| cli.into_config().map_err(|e| e.to_string()));
+            match config {
+                Ok(config) => {
+                    let changes = reloader.reload(&config).await;
+                    if changes.is_empty() {
+                        tracing::info!("reload: nothing to change");
+                    }
+                    for change in changes {
+                        tracing::info!("reload: {change}");
+                    }
+                }
+                Err(e) => tracing::error!("reload refused, nothing changed: {e}"),
+            }
+        }
+    });
+}
+
 /// A future that resolves at SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled, so a signal sent right after readiness is
 /// announced is not lost (the default action would end the process without a clean logout).

@@ -770,3 +770,77 @@ fn concurrent_lun_adds_get_distinct_numbers() {
     let served = served.crash_and_restart();
     assert_eq!(served.luns(T), luns);
 }
+
+/// SIGHUP re-reads `--config` and serves what a restart would: targets and LUNs the edit adds
+/// or removes change at once, a LUN still in use stays (and the reload says why), changes made
+/// through the API stay on top, and a restart serves the same set.
+#[test]
+fn sighup_applies_the_edited_config_and_keeps_api_changes() {
+    const T3: &str = "iqn.2026-11.io.overlaybd:third";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("targets.toml");
+    let write = |targets: &[(&str, &[&str])]| {
+        let mut text = String::new();
+        for (name, luns) in targets {
+            let luns: Vec<String> = luns
+                .iter()
+                .map(|b| format!("{{ backing = \"{b}\" }}"))
+                .collect();
+            text += &format!(
+                "[[targets]]\nname = \"{name}\"\nluns = [{}]\n",
+                luns.join(", ")
+            );
+        }
+        std::fs::write(&config, text).unwrap();
+    };
+    write(&[(T, &["ram:1M", "ram:2M", "ram:3M"]), (T2, &["ram:1M"])]);
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let served = Served::start_in(dir, args);
+    // A change through the API, and a session using LUN 2 of T.
+    assert_eq!(served.add_lun(T, "ram:4M", &["--lun", "5"]), 5);
+    let mut s = served.login(T);
+    s.power_on(2);
+
+    // The edit: T loses LUNs 1 and 2 (2 is in use), T2 goes, T3 comes.
+    write(&[(T, &["ram:1M"]), (T3, &["ram:2M"])]);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(served.target.pid() as libc::pid_t, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let wanted = |status: &Value| {
+        let names: Vec<String> = targets(status).into_iter().map(|t| t.0).collect();
+        names == [T, T3]
+    };
+    while !wanted(&served.status()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            served.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // LUN 1 went; LUN 2 is in use and stays; the API's LUN 5 stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while numbers(&served.luns(T)) != [0, 2, 5] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", served.luns(T));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(served.luns(T3)[0]["size_bytes"], 2 << 20);
+    // The session hears that the LUN inventory changed, and LUN 2 still serves it.
+    assert_eq!(condition(&s.test_unit_ready(2)), LUNS_CHANGED);
+    good(s.test_unit_ready(2));
+    drop(s);
+
+    // Once nobody uses LUN 2, the next SIGHUP removes it.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(served.target.pid() as libc::pid_t, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while numbers(&served.luns(T)) != [0, 5] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", served.luns(T));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A restart with the edited file serves the same set.
+    let before = targets(&served.status());
+    let served = served.crash_and_restart();
+    assert_eq!(targets(&served.status()), before);
+}

@@ -24,7 +24,7 @@ mod service;
 mod settings;
 pub mod state;
 
-pub use service::{Daemon, DaemonOptions, StartError, MAX_LUN};
+pub use service::{Daemon, DaemonOptions, Reloader, StartError, MAX_LUN};
 
 #[cfg(test)]
 mod tests;

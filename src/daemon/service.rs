@@ -95,8 +95,8 @@ pub struct Daemon {
 }
 
 struct Inner {
-    /// What `--config` or the quick form declares.
-    declared: BTreeMap<String, TargetDef>,
+    /// What `--config` or the quick form declares; replaced by a reload.
+    declared: Mutex<BTreeMap<String, TargetDef>>,
     catalog: Arc<Catalog>,
     images: ImageOpener,
     inventory: Mutex<Inventory>,
@@ -148,7 +148,7 @@ impl Daemon {
             None => declared.clone(),
         };
         let inner = Arc::new(Inner {
-            declared,
+            declared: Mutex::new(declared),
             catalog: Arc::new(Catalog::new(login_settings(&config.tuning))),
             images: ImageOpener::new(config.images.clone()),
             inventory: Mutex::new(Inventory::default()),
@@ -227,6 +227,11 @@ impl Daemon {
         self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
+    /// A handle that applies a re-read configuration to this daemon ([`Reloader::reload`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.inner.clone())
+    }
+
     /// The operations of the management API.
     pub fn control(&self) -> Arc<dyn ControlPlane> {
         self.inner.clone().control()
@@ -251,6 +256,156 @@ impl Daemon {
             let _ = metrics.await;
         }
     }
+}
+
+/// Applies a re-read configuration (SIGHUP) to a running daemon.
+#[derive(Clone)]
+pub struct Reloader(Arc<Inner>);
+
+impl Reloader {
+    /// Serves what a restart with `config` would serve, without the restart: the targets and
+    /// LUNs it declares, with the changes made through the management API kept on top (the
+    /// state file's rules, see [`state`]). Each difference goes through the same operations as
+    /// the API, so sessions are told of LUN changes by unit attentions. A target or LUN still
+    /// in use is not removed: that is logged, and the API's `--force` or a later reload does
+    /// it. Portals, tuning and overlaybd.json settings need a restart. Returns one line per
+    /// change made or refused.
+    pub async fn reload(&self, config: &Config) -> Vec<String> {
+        let inner = &self.0;
+        let control = Control(inner.clone());
+        let new_declared: BTreeMap<String, TargetDef> = config
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), TargetDef::from_config(t)))
+            .collect();
+        let served = inner.inventory.lock().committed();
+        let api_changes = state::diff(&inner.declared.lock(), &served);
+        let (wanted, mut report) = state::apply(&new_declared, &api_changes);
+        *inner.declared.lock() = new_declared;
+        // What could not be removed (in use) stays declared, so neither the state file nor
+        // the next reload takes it for a change made through the API; a restart drops it.
+        let mut kept_targets: Vec<TargetDef> = Vec::new();
+        let mut kept_luns: Vec<(String, u64, LunSpec)> = Vec::new();
+        let mut note = |what: String, result: Result<(), ControlError>| {
+            report.push(match result {
+                Ok(()) => what,
+                Err(e) => format!("{what}: not done: {e}"),
+            });
+        };
+        for (name, def) in served.iter().filter(|(n, _)| !wanted.contains_key(*n)) {
+            let result = control.remove_target(name, false).await;
+            if result.is_err() {
+                kept_targets.push(def.clone());
+            }
+            note(format!("removed target {name}"), result);
+        }
+        for (name, def) in &wanted {
+            let current = served.get(name);
+            let same_settings = current.is_some_and(|c| {
+                TargetDef {
+                    luns: BTreeMap::new(),
+                    ..c.clone()
+                } == TargetDef {
+                    luns: BTreeMap::new(),
+                    ..def.clone()
+                }
+            });
+            if let Some(current) = current.filter(|_| same_settings) {
+                for (&number, spec) in &current.luns {
+                    if def.luns.get(&number) != Some(spec) {
+                        let result = control.remove_lun(name, number, false).await;
+                        if result.is_err() {
+                            kept_luns.push((name.clone(), number, spec.clone()));
+                        }
+                        note(format!("removed LUN {number} ({spec}) of {name}"), result);
+                    }
+                }
+                for (&number, spec) in &def.luns {
+                    let kept = kept_luns.iter().any(|(t, n, _)| t == name && *n == number);
+                    if current.luns.get(&number) != Some(spec) && !kept {
+                        let result = add_lun(&control, name, number, spec).await;
+                        note(format!("added LUN {number} ({spec}) to {name}"), result);
+                    }
+                }
+                continue;
+            }
+            if current.is_some() {
+                // Other login settings (CHAP, access list, alias): the target is rebuilt.
+                let result = control.remove_target(name, false).await;
+                let failed = result.is_err();
+                note(
+                    format!("removed target {name} to change its settings"),
+                    result,
+                );
+                if failed {
+                    kept_targets.extend(current.cloned());
+                    continue;
+                }
+            }
+            let result = control.add_target(add_request(def)).await.map(|_| ());
+            let failed = result.is_err();
+            note(format!("added target {name}"), result);
+            if failed {
+                continue;
+            }
+            for (&number, spec) in &def.luns {
+                let result = add_lun(&control, name, number, spec).await;
+                note(format!("added LUN {number} ({spec}) to {name}"), result);
+            }
+        }
+        if !kept_targets.is_empty() || !kept_luns.is_empty() {
+            let _change = inner.changes.lock().await;
+            {
+                let mut declared = inner.declared.lock();
+                for def in kept_targets {
+                    declared.insert(def.name.clone(), def);
+                }
+                for (target, number, spec) in kept_luns {
+                    if let Some(def) = declared.get_mut(&target) {
+                        def.luns.insert(number, spec);
+                    }
+                }
+            }
+            let committed = inner.inventory.lock().committed();
+            if let Err(e) = inner.persist(committed).await {
+                report.push(format!("state file not updated: {e}"));
+            }
+        }
+        report
+    }
+}
+
+/// The API request that adds `def`'s target (without its LUNs).
+fn add_request(def: &TargetDef) -> AddTarget {
+    let input = |c: &Option<ChapCredentials>| {
+        c.as_ref().map(|c| ChapInput {
+            user: c.user.clone(),
+            secret: c.secret.clone(),
+        })
+    };
+    AddTarget {
+        name: def.name.clone(),
+        alias: def.alias.clone(),
+        allowed_initiators: def.allowed_initiators.clone(),
+        chap: input(&def.chap),
+        mutual_chap: input(&def.mutual_chap),
+        allow_target_reset: def.allow_target_reset,
+    }
+}
+
+/// Adds LUN `number` backed by `spec` to `target` through the API's operation.
+async fn add_lun(
+    control: &Control,
+    target: &str,
+    number: u64,
+    spec: &LunSpec,
+) -> Result<(), ControlError> {
+    let request = AddLun {
+        backing: spec.to_string(),
+        lun: Some(number),
+        read_only: spec.read_only,
+    };
+    control.add_lun(target, request).await.map(|_| ())
 }
 
 /// Opens the audit log overlaybd.json asks for. One that cannot be opened is a warning, not a
@@ -414,7 +569,7 @@ impl Inner {
         let Some(file) = &self.state else {
             return Ok(());
         };
-        let diff = state::diff(&self.declared, &committed);
+        let diff = state::diff(&self.declared.lock(), &committed);
         let file = file.clone();
         let saved = match crate::sys::run_blocking(move || file.save(&diff)).await {
             Ok(saved) => saved.map_err(|e| e.to_string()),
