@@ -18,10 +18,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// Connections served at once; scrapers need one each.
-const MAX_CONNECTIONS: usize = 16;
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one client may hold: a connection serves one request (no keep-alive, so an idle
+/// scraper cannot keep a slot), must send its headers within `header_timeout`, and is dropped
+/// after `connection_timeout` whatever it does (a client that never reads its answer).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections served at once; scrapers need one each.
+    max_connections: usize,
+    header_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    max_connections: 16,
+    header_timeout: Duration::from_secs(10),
+    connection_timeout: Duration::from_secs(30),
+};
 
 /// The metrics endpoint, bound and not yet serving.
 pub struct MetricsServer {
@@ -48,11 +60,15 @@ impl MetricsServer {
 
 /// Serves `server` until `shutdown` is cancelled.
 pub async fn serve(server: MetricsServer, shutdown: CancellationToken) {
+    serve_with(server, shutdown, LIMITS).await
+}
+
+async fn serve_with(server: MetricsServer, shutdown: CancellationToken, limits: Limits) {
     let listener = server.listener;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics listening (GET /metrics)");
     }
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         // The permit first: surplus clients wait in the backlog instead of being accepted.
         let permit = tokio::select! {
@@ -73,7 +89,7 @@ pub async fn serve(server: MetricsServer, shutdown: CancellationToken) {
                 }
             },
         };
-        tokio::spawn(serve_connection(stream, permit, shutdown.clone()));
+        tokio::spawn(serve_connection(stream, permit, shutdown.clone(), limits));
     }
 }
 
@@ -81,6 +97,7 @@ async fn serve_connection(
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
+    limits: Limits,
 ) {
     let service =
         hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
@@ -89,15 +106,25 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .keep_alive(false)
+        .header_read_timeout(limits.header_timeout);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let served = tokio::time::timeout(limits.connection_timeout, async {
+        tokio::select! {
+            r = connection.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         }
+    });
+    let Ok(result) = served.await else {
+        tracing::debug!(
+            "metrics connection dropped after {:?}",
+            limits.connection_timeout
+        );
+        return;
     };
     if let Err(e) = result {
         tracing::debug!("metrics connection ended: {e}");
@@ -154,4 +181,55 @@ fn text_answer(
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A client that sends nothing holds its slot only until the header timeout; a scraper
+    /// waiting behind it is then served, and its connection closes after one answer.
+    #[tokio::test]
+    async fn a_silent_client_cannot_keep_the_only_slot() {
+        let server = MetricsServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(300),
+            connection_timeout: Duration::from_secs(5),
+        };
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve_with(server, stop.clone(), limits));
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let mut scraper = TcpStream::connect(addr).await.unwrap();
+        // No `Connection: close`: the server must close after one answer by itself.
+        scraper
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), scraper.read_to_string(&mut answer))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "served before the silent one left"
+        );
+        // The silent client was dropped: its read sees the end (or a reset).
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        stop.cancel();
+        serving.await.unwrap();
+    }
 }
