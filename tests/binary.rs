@@ -164,6 +164,62 @@ luns = [{{ backing = "ram:1M" }}]
     assert!(target.stop().success());
 }
 
+/// Discovery CHAP: `global.discovery_chap` makes SendTargets need CHAP (no credentials or
+/// wrong ones are refused); and a discovery that offers CHAP to a target without discovery
+/// CHAP logs in with `AuthMethod=None`, as libiscsi's `iscsi-ls` with URL credentials does.
+#[test]
+fn discovery_chap_from_the_config_and_chap_offered_to_open_discovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("targets.toml");
+    let target = Target::start_with(|port| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[global]
+portals = ["127.0.0.1:{port}"]
+discovery_chap = {{ user = "disc", secret = "discovery-secret" }}
+
+[[targets]]
+name = "{IQN}"
+luns = [{{ backing = "ram:1M" }}]
+"#
+            ),
+        )
+        .unwrap();
+        vec!["--config".into(), config.to_str().unwrap().into()]
+    });
+    let port = target.port;
+    let ls = |url: String| {
+        let out = tool("iscsi-ls").args(["-s", &url]).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = ls(format!("iscsi://disc%discovery-secret@127.0.0.1:{port}"));
+    assert!(ok && text.contains(IQN) && text.contains("Lun:0"), "{text}");
+    for url in [
+        format!("iscsi://127.0.0.1:{port}"),
+        format!("iscsi://disc%not-the-secret-1@127.0.0.1:{port}"),
+    ] {
+        let (ok, text) = ls(url.clone());
+        assert!(!ok && !text.contains(IQN), "{url}: {text}");
+    }
+    assert!(target.stop().success());
+
+    // No discovery CHAP configured: an initiator offering CHAP is answered AuthMethod=None.
+    let open = Target::start(&["--target", IQN, "--lun", "ram:1M"]);
+    let (ok, text) = ls(format!(
+        "iscsi://user%secret-secret-1@127.0.0.1:{}",
+        open.port
+    ));
+    assert!(ok && text.contains(IQN) && text.contains("Lun:0"), "{text}");
+    assert!(open.stop().success());
+}
+
 /// What an operator reads in the log: one line per LUN with its size, refused logins naming
 /// who and why without Rust's `Some(..)`, and no colour codes when stderr is a file.
 #[test]

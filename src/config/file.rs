@@ -9,6 +9,8 @@
 //! max_recv_data_segment_length = 262144
 //! digests = "prefer-none"       # or "prefer-crc32c", "require-crc32c" (header and data)
 //! strict = false                # true: exit at start if any LUN cannot be opened
+//! discovery_chap = { user = "disc", secret = "twelve+chars" }  # SendTargets needs CHAP
+//! discovery_mutual_chap = { user = "target", secret = "another+secret" }
 //!
 //! [[targets]]
 //! name = "iqn.2026-11.io.overlaybd:app"
@@ -86,6 +88,8 @@ struct RawGlobal {
     max_sessions: Option<u32>,
     max_pending_logins: Option<u32>,
     max_pending_logins_per_address: Option<u32>,
+    discovery_chap: Option<ChapCredentials>,
+    discovery_mutual_chap: Option<ChapCredentials>,
     #[serde(default)]
     strict: bool,
 }
@@ -180,6 +184,8 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         max_pending_logins_per_address: g
             .max_pending_logins_per_address
             .unwrap_or(defaults.max_pending_logins_per_address),
+        discovery_chap: g.discovery_chap,
+        discovery_mutual_chap: g.discovery_mutual_chap,
     };
     let mut targets = Vec::with_capacity(raw.targets.len());
     for (i, t) in raw.targets.into_iter().enumerate() {
@@ -314,6 +320,31 @@ mod tests {
             e.starts_with("/etc/t.toml: targets[0].chap.secret: must be at least 12"),
             "{e}"
         );
+
+        let target = "[[targets]]\nname = \"iqn.x:y\"\nluns = [{ backing = \"ram:1M\" }]\n";
+        let e = parse_str(&format!(
+            "[global]\ndiscovery_chap = {{ user = \"d\", secret = \"short\" }}\n{target}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/t.toml: global.discovery_chap.secret: must be at least 12"),
+            "{e}"
+        );
+        let e = parse_str(&format!(
+            "[global]\ndiscovery_mutual_chap = {{ user = \"t\", secret = \"long-enough-secret\" }}\n{target}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("global.discovery_mutual_chap: mutual CHAP requires chap"),
+            "{e}"
+        );
+        let c = parse_str(&format!(
+            "[global]\ndiscovery_chap = {{ user = \"d\", secret = \"long-enough-secret\" }}\n{target}"
+        ))
+        .unwrap();
+        assert_eq!(c.tuning.discovery_chap.unwrap().user, "d");
 
         let e = load(Path::new("/nonexistent/t.toml"))
             .unwrap_err()

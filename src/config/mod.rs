@@ -72,6 +72,10 @@ pub struct Tuning {
     pub max_pending_logins: u32,
     /// Connections from one source address that may be in login at once.
     pub max_pending_logins_per_address: u32,
+    /// CHAP credentials a discovery (SendTargets) session must prove; none: discovery is open.
+    pub discovery_chap: Option<ChapCredentials>,
+    /// Credentials the target answers with when a discovery initiator asks for mutual CHAP.
+    pub discovery_mutual_chap: Option<ChapCredentials>,
 }
 
 /// The target's digest policy, applied to both HeaderDigest and DataDigest.
@@ -103,6 +107,8 @@ impl Default for Tuning {
             max_sessions: 1024,
             max_pending_logins: 256,
             max_pending_logins_per_address: 16,
+            discovery_chap: None,
+            discovery_mutual_chap: None,
         }
     }
 }
@@ -145,38 +151,7 @@ impl TargetConfig {
     /// field name into the path errors name it by.
     pub fn check_login(&self, at: &dyn Fn(&str) -> String) -> Result<(), InvalidField> {
         check_iscsi_name(&self.name).map_err(|m| InvalidField::new(at("name"), m))?;
-        for (field, creds) in [("chap", &self.chap), ("mutual_chap", &self.mutual_chap)] {
-            if let Some(c) = creds {
-                if c.user.is_empty() || c.secret.is_empty() {
-                    return Err(InvalidField::new(
-                        at(field),
-                        "user and secret must be non-empty",
-                    ));
-                }
-                if c.secret.chars().count() < MIN_CHAP_SECRET_LEN {
-                    return Err(InvalidField::new(
-                        at(&format!("{field}.secret")),
-                        format!("must be at least {MIN_CHAP_SECRET_LEN} characters"),
-                    ));
-                }
-            }
-        }
-        if let (Some(chap), Some(mutual)) = (&self.chap, &self.mutual_chap) {
-            // With one secret for both directions, an attacker posing as the target can have
-            // the initiator answer the very challenge the real target sent it.
-            if chap.secret == mutual.secret {
-                return Err(InvalidField::new(
-                    at("mutual_chap.secret"),
-                    "must differ from chap.secret",
-                ));
-            }
-        }
-        if self.mutual_chap.is_some() && self.chap.is_none() {
-            return Err(InvalidField::new(
-                at("mutual_chap"),
-                "mutual CHAP requires chap",
-            ));
-        }
+        check_chap_pair(&self.chap, &self.mutual_chap, &|f| at(f))?;
         for (j, initiator) in self.allowed_initiators.iter().enumerate() {
             check_iscsi_name(initiator)
                 .map_err(|m| InvalidField::new(at(&format!("allowed_initiators[{j}]")), m))?;
@@ -202,6 +177,49 @@ impl std::fmt::Debug for ChapCredentials {
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
+}
+
+/// The rules for a CHAP account and its optional mutual account: both parts non-empty, a
+/// secret of at least [`MIN_CHAP_SECRET_LEN`], distinct secrets, no mutual without one-way.
+/// `at` names a field (`chap`, `mutual_chap.secret`, ...) for the error.
+fn check_chap_pair(
+    chap: &Option<ChapCredentials>,
+    mutual: &Option<ChapCredentials>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), InvalidField> {
+    for (field, creds) in [("chap", chap), ("mutual_chap", mutual)] {
+        if let Some(c) = creds {
+            if c.user.is_empty() || c.secret.is_empty() {
+                return Err(InvalidField::new(
+                    at(field),
+                    "user and secret must be non-empty",
+                ));
+            }
+            if c.secret.chars().count() < MIN_CHAP_SECRET_LEN {
+                return Err(InvalidField::new(
+                    at(&format!("{field}.secret")),
+                    format!("must be at least {MIN_CHAP_SECRET_LEN} characters"),
+                ));
+            }
+        }
+    }
+    if let (Some(chap), Some(mutual)) = (chap, mutual) {
+        // With one secret for both directions, an attacker posing as the target can have
+        // the initiator answer the very challenge the real target sent it.
+        if chap.secret == mutual.secret {
+            return Err(InvalidField::new(
+                at("mutual_chap.secret"),
+                "must differ from chap.secret",
+            ));
+        }
+    }
+    if mutual.is_some() && chap.is_none() {
+        return Err(InvalidField::new(
+            at("mutual_chap"),
+            "mutual CHAP requires chap",
+        ));
+    }
+    Ok(())
 }
 
 /// Shortest CHAP secret accepted, in characters. RFC 7143 asks for at least 96 bits of secret
@@ -299,6 +317,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        check_chap_pair(&t.discovery_chap, &t.discovery_mutual_chap, &|f| {
+            format!("global.discovery_{f}")
+        })?;
         if self.targets.is_empty() {
             return Err(InvalidField::new(
                 "targets",

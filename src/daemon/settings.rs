@@ -35,6 +35,10 @@ pub fn login_settings(tuning: &Tuning) -> LoginSettings {
         queue_depth: tuning.queue_depth,
         // The session handles unsolicited Data-Out, which saves a round trip per write.
         initial_r2t: false,
+        discovery_auth: AuthConfig {
+            chap: tuning.discovery_chap.as_ref().map(account),
+            mutual_chap: tuning.discovery_mutual_chap.as_ref().map(account),
+        },
         ..LoginSettings::default()
     }
 }

@@ -161,6 +161,9 @@ pub struct Login {
     pub(super) claimed: Claimed,
     pub(super) params: SessionParams,
     pub(super) seen_keys: HashSet<String>,
+    /// The leading keys of the first request with their values (a same-value repeat is
+    /// tolerated later, see `take_keys`).
+    pub(super) leading_keys: Vec<(String, String)>,
     text_bytes: usize,
     rx: TextAssembler,
     pending: Option<Pending>,
@@ -204,6 +207,7 @@ impl Login {
             claimed: Claimed::default(),
             params: SessionParams::default(),
             seen_keys: HashSet::new(),
+            leading_keys: Vec::new(),
             text_bytes: 0,
             rx: TextAssembler::new(),
             pending: None,

@@ -34,16 +34,34 @@ impl Login {
     /// Parses one request's complete text and records its keys: a key may be offered once
     /// per login (RFC 7143 §6.2), leading keys only in the first request, and a login offers
     /// at most [`MAX_LOGIN_KEYS`] keys in all.
+    ///
+    /// One tolerance: a leading key repeated later with the value the first request gave is
+    /// dropped, not refused. libiscsi resends InitiatorName and SessionType when it moves to
+    /// the operational stage after an AuthMethod=None answer (so `iscsi-ls` with CHAP
+    /// credentials fails against a strict target); tgtd and LIO accept it, and a repeat that
+    /// changes nothing cannot change who logs in. A leading key that was not in the first
+    /// request, or comes back with another value, is still refused.
     pub(super) fn take_keys(&mut self, text: &[u8]) -> Result<Vec<(String, String)>, LoginError> {
-        let pairs = keys::parse(text)?;
+        let mut pairs = keys::parse(text)?;
         let first = self.session.is_none();
-        for (k, _) in &pairs {
+        let mut repeats = Vec::new();
+        for (i, (k, v)) in pairs.iter().enumerate() {
             if !first && LEADING_KEYS.contains(&k.as_str()) {
+                if self.leading_keys.iter().any(|(lk, lv)| lk == k && lv == v) {
+                    repeats.push(i);
+                    continue;
+                }
                 return Err(LoginError::LeadingKeyLate(clip(k)));
             }
             if !self.seen_keys.insert(k.clone()) {
                 return Err(LoginError::KeyRenegotiated(clip(k)));
             }
+            if first && LEADING_KEYS.contains(&k.as_str()) {
+                self.leading_keys.push((k.clone(), v.clone()));
+            }
+        }
+        for i in repeats.into_iter().rev() {
+            pairs.remove(i);
         }
         if self.seen_keys.len() > MAX_LOGIN_KEYS {
             return Err(LoginError::TooManyKeys(MAX_LOGIN_KEYS));

@@ -1571,9 +1571,78 @@ fn key_violations_name_their_error() {
     );
     let mut l = security_login(&dir, &[]);
     assert_eq!(
-        fail_reason(l.handle(&dir, &req(Stage::Security, op, false, &[&t]))),
+        fail_reason(l.handle(
+            &dir,
+            &req(
+                Stage::Security,
+                op,
+                false,
+                &["TargetName=iqn.2026-11.test:other"]
+            )
+        )),
         LoginError::LeadingKeyLate("TargetName".into()),
-        "a leading key sent again is late before it is renegotiated"
+        "a leading key sent again with another value is late before it is renegotiated"
+    );
+    let mut l = security_login(&dir, &[]);
+    let rsp = respond(l.handle(&dir, &req(Stage::Security, op, false, &[&t, &i])));
+    assert!(
+        answers(&rsp).is_empty(),
+        "a same-value repeat of the leading keys is dropped, not answered: {:?}",
+        answers(&rsp)
+    );
+}
+
+/// What `iscsi-ls -s 'iscsi://user%secret@host'` sends (libiscsi 1.19, taken with strace)
+/// to a discovery session that needs no CHAP: it offers CHAP, takes our `AuthMethod=None`,
+/// and in its operational request sends InitiatorName and SessionType again.
+#[test]
+fn libiscsi_discovery_offering_chap_logs_in_without_it() {
+    let dir = open_dir();
+    let initiator = "InitiatorName=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls";
+    let mut login = Login::new(Instant::now());
+    let first = req(
+        Stage::Security,
+        Stage::Operational,
+        true,
+        &[initiator, "SessionType=Discovery", "AuthMethod=CHAP,None"],
+    );
+    let rsp = respond(login.handle(&dir, &first));
+    assert_eq!(answer(&rsp, "AuthMethod").as_deref(), Some("None"));
+    assert!(
+        rsp.transit,
+        "no CHAP configured: the security stage ends here"
+    );
+    let mut second = req(
+        Stage::Operational,
+        Stage::FullFeature,
+        true,
+        &[
+            initiator,
+            "SessionType=Discovery",
+            "HeaderDigest=None",
+            "DataDigest=None",
+            "InitialR2T=No",
+            "ImmediateData=Yes",
+            "MaxBurstLength=262144",
+            "FirstBurstLength=262144",
+            "DefaultTime2Wait=2",
+            "DefaultTime2Retain=0",
+            "MaxOutstandingR2T=1",
+            "ErrorRecoveryLevel=0",
+            "IFMarker=No",
+            "OFMarker=No",
+            "MaxConnections=1",
+            "MaxRecvDataSegmentLength=262144",
+            "DataPDUInOrder=Yes",
+            "DataSequenceInOrder=Yes",
+        ],
+    );
+    second.cmd_sn = 0;
+    let out = ready(login.handle(&dir, &second));
+    assert_eq!(out.session_type, SessionType::Discovery);
+    assert_eq!(
+        out.initiator_name,
+        "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls"
     );
 }
 
