@@ -489,7 +489,7 @@ async fn persistent_faults_give_a_clean_bounded_error() {
 fn settings_for(cache_dir: &std::path::Path) -> DaemonSettings {
     let mut s = DaemonSettings::default();
     s.cache_config.cache_type = "file".into();
-    s.cache_config.cache_dir = cache_dir.display().to_string();
+    s.cache_config.cache_dir = Some(cache_dir.display().to_string());
     s.cache_config.refill_size = 4096;
     s.http_config = http_config();
     s

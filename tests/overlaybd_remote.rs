@@ -46,7 +46,7 @@ async fn remote_base_layer_with_local_upper() {
 
     let mut settings = DaemonSettings::default();
     settings.cache_config.cache_type = "file".into();
-    settings.cache_config.cache_dir = dir.path().join("cache").display().to_string();
+    settings.cache_config.cache_dir = Some(dir.path().join("cache").display().to_string());
     let layers = RemoteLayers::new(settings).unwrap();
     let image = Image::open_config_file(&config_path, &layers)
         .await

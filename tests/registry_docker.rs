@@ -162,7 +162,7 @@ fn blob(len: usize) -> Vec<u8> {
 fn settings(cache_dir: &Path) -> DaemonSettings {
     let mut s = DaemonSettings::default();
     s.cache_config.cache_type = "file".into();
-    s.cache_config.cache_dir = cache_dir.display().to_string();
+    s.cache_config.cache_dir = Some(cache_dir.display().to_string());
     s.http_config = HttpConfig {
         retries: 1,
         request_timeout_ms: 10_000,

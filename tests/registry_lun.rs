@@ -87,3 +87,102 @@ async fn image_lun_reads_a_registry_layer_through_the_cache_dir() {
         "the cache under --cache-dir holds part of the blob ({cached} bytes)"
     );
 }
+
+/// A folder even root cannot write: `chattr +i` as root, mode 0500 otherwise. `None` (the
+/// test says it is skipped) where the file system has no immutable flag.
+struct UnwritableDir(std::path::PathBuf);
+
+impl UnwritableDir {
+    fn new(path: std::path::PathBuf) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(&path).unwrap();
+        if nix_is_root() {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&path)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipped: chattr +i is not supported here, and root writes anywhere");
+                return None;
+            }
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        Some(UnwritableDir(path))
+    }
+}
+
+impl Drop for UnwritableDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A cache folder that exists but cannot be written is one clear error when the first registry
+/// LUN opens (with `--strict`, the exit status), naming the folder and how to choose another,
+/// not a warning per refill later.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_cache_folder_is_one_clear_error_at_start() {
+    let blob = Arc::new(vec![0u8; 1 << 16]);
+    let server = blob_server(&blob).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixture_config(
+        tmp.path(),
+        &format!("{}/v2/library/base/blobs", server.url()),
+        blob.len(),
+    );
+    let Some(cache) = UnwritableDir::new(tmp.path().join("cache")) else {
+        return;
+    };
+    let args = [
+        "--portal".to_string(),
+        "127.0.0.1:0".into(),
+        "--target".into(),
+        IQN.into(),
+        "--lun".into(),
+        format!("image:{}", config.display()),
+        "--cache-dir".into(),
+        cache.0.display().to_string(),
+        "--strict".into(),
+        "--no-api".into(),
+        "--no-state".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        // `timeout`: were the folder accepted, the target would serve instead of exiting.
+        tool("timeout")
+            .arg("20")
+            .arg(env!("CARGO_BIN_EXE_overlaybd-target"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cache folder {} cannot be written",
+            cache.0.display()
+        )) && stderr.contains("--cache-dir"),
+        "{stderr}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "nothing is fetched before the cache is known to work"
+    );
+}

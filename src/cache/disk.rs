@@ -201,6 +201,23 @@ impl DiskTier {
     pub fn open(root: &Path, capacity: u64) -> io::Result<Self> {
         fs::create_dir_all(root)
             .map_err(|e| io::Error::new(e.kind(), format!("cache dir {}: {e}", root.display())))?;
+        // A folder that exists but cannot be written (another user's, read-only mount) would
+        // otherwise fail every refill later, one warning per unit: say so once, here.
+        let probe = root.join(format!(
+            ".write-test{TMP_MARK}{:08x}",
+            rand::random::<u32>()
+        ));
+        fs::File::create(&probe).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cache folder {} cannot be written: {e} (choose another with \
+                     cacheConfig.cacheDir in overlaybd.json or --cache-dir)",
+                    root.display()
+                ),
+            )
+        })?;
+        let _ = fs::remove_file(&probe);
         let mut found: Vec<(SystemTime, UnitKey, u64)> = Vec::new();
         // Only `<algo>/<hex>/<index>` entries are ours; anything else in the folder (e.g. the
         // reference daemon's own cache files) is left alone, and an unreadable sub-folder is

@@ -126,13 +126,17 @@ const DEFAULT_CACHE_DIR: &str = "/opt/overlaybd/registry_cache";
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CacheConfig {
-    /// `file`, `download` or `ocf`; empty selects the legacy top-level keys.
+    /// `file`, `download` or `ocf`; empty selects the legacy top-level `cacheType`.
     pub cache_type: String,
-    /// Folder of the disk tier (created if missing).
-    pub cache_dir: String,
-    /// Capacity of the disk tier in GiB; 0 disables the disk tier.
+    /// Folder of the disk tier (created if missing); default `/opt/overlaybd/registry_cache`.
+    ///
+    /// Unlike overlaybd, which ignores `cacheDir` and `cacheSizeGB` unless `cacheType` is set
+    /// (and silently uses the legacy `registryCacheDir`), a `cacheDir` or `cacheSizeGB` that
+    /// the file gives is always used: an operator who wrote it meant it.
+    pub cache_dir: Option<String>,
+    /// Capacity of the disk tier in GiB (default 4); 0 disables the disk tier.
     #[serde(rename = "cacheSizeGB")]
-    pub cache_size_gb: u32,
+    pub cache_size_gb: Option<u32>,
     /// Refill unit in bytes: a power of two, at least 4096.
     pub refill_size: u32,
     /// OCF block size (accepted for compatibility; unused).
@@ -151,8 +155,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             cache_type: String::new(),
-            cache_dir: DEFAULT_CACHE_DIR.into(),
-            cache_size_gb: 4,
+            cache_dir: None,
+            cache_size_gb: None,
             refill_size: 262_144,
             block_size: 65_536,
             memory_size_mb: 64,
@@ -410,17 +414,24 @@ impl DaemonSettings {
             .then(|| (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file)))
     }
 
-    /// The cache settings in force: `cacheConfig`, or the legacy keys when its type is empty.
+    /// The cache settings in force: `cacheConfig`'s keys where the file gives them; with an
+    /// empty `cacheConfig.cacheType`, the legacy top-level keys for the rest.
     pub fn cache(&self) -> EffectiveCache {
         let c = &self.cache_config;
         let (cache_type, dir, gb) = if c.cache_type.is_empty() {
             (
                 self.cache_type.clone(),
-                self.registry_cache_dir.clone(),
-                self.registry_cache_size_gb,
+                c.cache_dir
+                    .clone()
+                    .unwrap_or(self.registry_cache_dir.clone()),
+                c.cache_size_gb.unwrap_or(self.registry_cache_size_gb),
             )
         } else {
-            (c.cache_type.clone(), c.cache_dir.clone(), c.cache_size_gb)
+            (
+                c.cache_type.clone(),
+                c.cache_dir.clone().unwrap_or(DEFAULT_CACHE_DIR.into()),
+                c.cache_size_gb.unwrap_or(4),
+            )
         };
         EffectiveCache {
             cache_type,
@@ -442,10 +453,10 @@ impl DaemonSettings {
         let current = self.cache();
         let c = &mut self.cache_config;
         c.cache_type = current.cache_type;
-        c.cache_dir = current.dir.display().to_string();
+        c.cache_dir = Some(current.dir.display().to_string());
         c.cache_size_bytes = Some(current.disk_bytes);
         if let Some(dir) = dir {
-            c.cache_dir = dir.display().to_string();
+            c.cache_dir = Some(dir.display().to_string());
         }
         if let Some(bytes) = size_bytes {
             c.cache_size_bytes = Some(bytes);
@@ -552,6 +563,36 @@ mod tests {
                 cache.disk_bytes
             ),
             ("download", Path::new("/x"), 1 << 30)
+        );
+    }
+
+    #[test]
+    fn cache_config_folder_and_size_apply_without_cache_type() {
+        // The newcomer's file: overlaybd would ignore both keys and fill
+        // /opt/overlaybd/registry_cache; here they are used.
+        let text = r#"{"cacheConfig": {"cacheDir": "/srv/obd-cache", "cacheSizeGB": 1}}"#;
+        let cache = DaemonSettings::from_json(text, "o.json").unwrap().cache();
+        assert_eq!(
+            (
+                cache.cache_type.as_str(),
+                cache.dir.as_path(),
+                cache.disk_bytes
+            ),
+            ("file", Path::new("/srv/obd-cache"), 1 << 30)
+        );
+        // One key given: the other still comes from the legacy key.
+        let text = r#"{"cacheConfig": {"cacheSizeGB": 2}, "registryCacheDir": "/legacy"}"#;
+        let cache = DaemonSettings::from_json(text, "o.json").unwrap().cache();
+        assert_eq!(
+            (cache.dir.as_path(), cache.disk_bytes),
+            (Path::new("/legacy"), 2 << 30)
+        );
+        // With cacheType, absent keys take overlaybd's defaults, not the legacy keys.
+        let text = r#"{"cacheConfig": {"cacheType": "file"}, "registryCacheDir": "/legacy"}"#;
+        let cache = DaemonSettings::from_json(text, "o.json").unwrap().cache();
+        assert_eq!(
+            (cache.dir.as_path(), cache.disk_bytes),
+            (Path::new(DEFAULT_CACHE_DIR), 4 << 30)
         );
     }
 

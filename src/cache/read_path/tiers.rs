@@ -209,10 +209,11 @@ impl CacheTiers {
             return;
         };
         let unit = self.unit;
+        let folder = disk.root().to_path_buf();
         let result = tokio::task::spawn_blocking(move || disk.put(&key, unit, &data)).await;
         // A full or broken cache disk must not fail the read that already has its data.
         if let Ok(Err(e)) | Err(e) = result.map_err(io::Error::other) {
-            tracing::warn!(error = %e, "disk cache write failed");
+            tracing::warn!(folder = %folder.display(), error = %e, "disk cache write failed");
         }
         self.publish_sizes();
     }
