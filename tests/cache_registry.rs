@@ -718,6 +718,79 @@ async fn background_download_switches_to_local_copy() {
     );
 }
 
+/// Log lines gathered in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Without a layer `dir` (overlaybd then does nothing, silently), the download goes into the
+/// cache folder under `downloads/ALGO/HEX/`, reads switch to it, and the log shows it was
+/// scheduled, started, progressed and finished.
+#[tokio::test]
+async fn background_download_without_dir_goes_to_the_cache_folder_and_is_logged() {
+    let log = LogBuffer::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let blob = Arc::new(make_blob(200_000, 17));
+    let digest = sha256_digest(&blob);
+    let server = blob_server(&blob).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let layers = RemoteLayers::new(settings_for(cache_dir.path())).unwrap();
+    let download = quick_download();
+    let url = format!("{}{REPO}", server.url());
+    let layer = RemoteLayer {
+        download: Some(&download),
+        ..RemoteLayer::new(&url, &digest)
+    };
+    let src = layers.open(&layer).await.unwrap();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let commit = cache_dir
+        .path()
+        .join("downloads/sha256")
+        .join(hex)
+        .join("overlaybd.commit");
+    wait_for(|| commit.exists(), "downloads/sha256/HEX/overlaybd.commit").await;
+    assert_eq!(std::fs::read(&commit).unwrap(), *blob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.clear();
+    check_reads(src.as_ref(), &blob).await;
+    assert!(
+        server.requests().is_empty(),
+        "reads are served from the copy in the cache folder"
+    );
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    for what in [
+        "background download scheduled",
+        "background download started",
+        "background download progress",
+        "background download finished and verified",
+        "layer now served from its downloaded copy",
+    ] {
+        assert!(text.contains(what), "no {what:?} in the log:\n{text}");
+    }
+    // 200 000 bytes in 16 KiB reads: a line at each tenth, 10 % to 90 %, none at 100 %.
+    let progress: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("background download progress"))
+        .collect();
+    assert_eq!(progress.len(), 9, "{progress:#?}");
+    assert!(progress[0].contains("percent=1"), "{}", progress[0]);
+}
+
 #[tokio::test]
 async fn background_download_rejects_flipped_bytes() {
     let blob = Arc::new(make_blob(50_000, 13));

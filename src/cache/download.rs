@@ -3,6 +3,12 @@
 //! against the layer digest, rename it to `<dir>/overlaybd.commit`, and switch the layer's
 //! reads to that local file. A mismatch discards the copy and the next attempt starts over;
 //! after `tryCnt` attempts the layer simply stays remote.
+//!
+//! `<dir>` is the layer's own folder when the config gives one (overlaybd's only case: it
+//! does nothing, silently, for a layer without `dir`), otherwise
+//! `<cacheDir>/downloads/<algorithm>/<hex>/` in the cache folder, where every image that
+//! shares the layer finds the one verified copy. That folder is outside the disk tier's
+//! budget. Start, progress (every [`PROGRESS_STEP`] of the blob) and end are logged.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,7 +41,23 @@ pub struct DownloadJob {
     pub block_size: u64,
 }
 
+/// Share of a blob between two progress lines of a background download.
+pub const PROGRESS_STEP: f64 = 0.1;
+
 impl DownloadJob {
+    /// The job for a layer without a folder of its own: the layer's folder under
+    /// `<cache_dir>/downloads/`, named by its digest. `None` for a digest that is not a
+    /// well-formed `algorithm:hex` (it could not be verified, nor name a safe folder).
+    pub fn in_cache_folder(
+        cache_dir: &Path,
+        digest: &str,
+        config: &DownloadConfig,
+    ) -> Option<Self> {
+        let (algo, hex) = super::key::BlobId::parse(digest)?;
+        let dir = cache_dir.join("downloads").join(algo).join(hex);
+        Some(Self::for_layer_dir(&dir, digest, config))
+    }
+
     /// The job overlaybd runs for a layer directory: `.download`, then `overlaybd.commit`,
     /// with the delay, rate, attempts and read size of `config`.
     pub fn for_layer_dir(dir: &Path, digest: &str, config: &DownloadConfig) -> Self {
@@ -101,6 +123,9 @@ async fn attempt(
     let size = source.size();
     let temp = job.temp.clone();
     let (file, resumed) = blocking(move || {
+        if let Some(parent) = temp.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         let resumed = temp.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -112,9 +137,17 @@ async fn attempt(
         Ok((Arc::new(file), resumed))
     })
     .await?;
+    tracing::info!(
+        blob = %source.describe(),
+        bytes = size,
+        path = %job.temp.display(),
+        resumed,
+        "background download started"
+    );
     let mut hasher = Sha256::new();
     let start = Instant::now();
     let (mut offset, mut fetched) = (0u64, 0u64);
+    let mut next_report = PROGRESS_STEP;
     while offset < size {
         if !alive() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "layer closed"));
@@ -140,7 +173,20 @@ async fn attempt(
         };
         hasher.update(&block);
         offset += n;
-        crate::metrics::global().download_ratio(&job.digest, offset as f64 / size as f64);
+        let ratio = offset as f64 / size as f64;
+        crate::metrics::global().download_ratio(&job.digest, ratio);
+        if ratio >= next_report && offset < size {
+            tracing::info!(
+                blob = %source.describe(),
+                percent = (ratio * 100.0).floor() as u32,
+                bytes = offset,
+                of = size,
+                "background download progress"
+            );
+            while next_report <= ratio {
+                next_report += PROGRESS_STEP;
+            }
+        }
     }
     let got = hex::encode(hasher.finalize());
     if got != hex {
@@ -153,7 +199,18 @@ async fn attempt(
     let f = Arc::clone(&file);
     blocking(move || f.sync_all()).await?;
     drop(file);
-    tokio::fs::rename(&job.temp, &job.dest).await
+    tokio::fs::rename(&job.temp, &job.dest).await?;
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        blob = %source.describe(),
+        bytes = size,
+        fetched,
+        seconds = format!("{secs:.1}"),
+        mb_per_sec = format!("{:.1}", fetched as f64 / 1e6 / secs.max(1e-3)),
+        path = %job.dest.display(),
+        "background download finished and verified"
+    );
+    Ok(())
 }
 
 /// Checks an existing file against the expected sha256.
@@ -222,6 +279,12 @@ pub fn spawn_background_download(
     queue: Arc<tokio::sync::Semaphore>,
 ) -> tokio::task::JoinHandle<io::Result<PathBuf>> {
     let weak: Weak<CachedSource> = Arc::downgrade(layer);
+    tracing::info!(
+        blob = %layer.describe(),
+        path = %job.dest.display(),
+        delay_secs = job.delay.as_secs(),
+        "background download scheduled"
+    );
     tokio::spawn(async move {
         tokio::time::sleep(job.delay).await;
         let _turn = queue

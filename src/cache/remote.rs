@@ -83,8 +83,8 @@ impl RemoteLayers {
 
     /// Opens a remote layer. With a reachable P2P proxy the blob is read through it and the
     /// local cache is bypassed (the proxy caches); otherwise it is read through the cache tiers,
-    /// and, when download is enabled and the layer has a `dir`, fully downloaded in the
-    /// background. Authorization and size errors surface here, at open time.
+    /// and, when download is enabled, fully downloaded in the background (into the layer's
+    /// `dir`, or the cache folder without one). Authorization and size errors surface here, at open time.
     pub async fn open(&self, layer: &RemoteLayer<'_>) -> io::Result<Arc<dyn LayerSource>> {
         let p2p = &self.settings.p2p_config;
         let prefix = if p2p.enable && proxy_reachable(&p2p.address).await {
@@ -131,8 +131,22 @@ impl RemoteLayers {
             Arc::clone(&self.tiers),
         ));
         let download = layer.download.unwrap_or(&self.settings.download);
-        if let (true, Some(dir)) = (download.enable, layer.dir) {
-            let job = DownloadJob::for_layer_dir(dir, layer.digest, download);
+        let job = match (download.enable, layer.dir) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(DownloadJob::for_layer_dir(dir, layer.digest, download)),
+            (true, None) => {
+                let cache_dir = self.settings.cache().dir;
+                let job = DownloadJob::in_cache_folder(&cache_dir, layer.digest, download);
+                if job.is_none() {
+                    tracing::warn!(
+                        digest = layer.digest,
+                        "no background download: the digest is not algorithm:hex"
+                    );
+                }
+                job
+            }
+        };
+        if let Some(job) = job {
             // Detached: the task holds a weak reference and ends when the layer is closed.
             drop(spawn_background_download(
                 &cached,
