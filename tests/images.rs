@@ -642,9 +642,17 @@ fn zfile_round_trips_and_tools_refuse_bad_inputs_clearly() {
         err.contains("data.bin") && err.contains("not a ZFile"),
         "{err}"
     );
+    // `inspect` of a file that is no image prints what it found and fails.
+    let out = binary().arg("inspect").arg(&src).output().unwrap();
+    assert!(!out.status.success());
     assert_eq!(
-        field(&obd(&[&"inspect", &src]), "format"),
+        field(&String::from_utf8_lossy(&out.stdout), "format"),
         "unknown (neither ZFile nor LSMT)"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data.bin") && err.contains("not an overlaybd layer"),
+        "{err}"
     );
     let err = run_fails(binary().arg("export").arg(&src).arg(p(d, "x.raw")));
     assert!(err.contains("data.bin"), "{err}");
@@ -693,5 +701,150 @@ fn zfile_round_trips_and_tools_refuse_bad_inputs_clearly() {
     assert!(
         err.contains("bad.json") && err.contains("/nonexistent/layer.obd"),
         "{err}"
+    );
+}
+
+/// The first-run errors that used to mislead: a `lower` typo or empty `lowers` (was "smaller
+/// than one 512-byte block"), a layer blob given to `--lun image:` (was "stream did not contain
+/// valid UTF-8"; now served as a one-layer image), a file that is neither (names both), and a
+/// broken UUID chain (was served silently; now a warning naming the layer, as overlaybd serves
+/// it too).
+#[test]
+fn first_run_image_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [a, b, _] = three_trees(d);
+    let (a_raw, b_raw) = (p(d, "a.raw"), p(d, "b.raw"));
+    mkfs(&a, &a_raw);
+    mkfs(&b, &b_raw);
+    // Two independent bottom layers: each has the nil parent and its own uuid.
+    obd(&[&"import", &a_raw, &p(d, "a.obd"), &p(d, "a.json")]);
+    obd(&[&"import", &b_raw, &p(d, "b.obd"), &p(d, "b.json")]);
+    let a_uuid = field(&obd(&[&"inspect", &p(d, "a.obd")]), "lsmt.uuid");
+
+    let strict_start = |backing: String| {
+        run_fails(
+            binary()
+                .args([
+                    "--portal",
+                    "127.0.0.1:0",
+                    "--strict",
+                    "--no-api",
+                    "--no-state",
+                ])
+                .args(["--lun", &backing]),
+        )
+    };
+    let typo = p(d, "typo.json");
+    std::fs::write(
+        &typo,
+        format!(
+            r#"{{"lower": [{{"file": "{}"}}]}}"#,
+            p(d, "a.obd").display()
+        ),
+    )
+    .unwrap();
+    let err = strict_start(format!("image:{}", typo.display()));
+    assert!(
+        err.contains("typo.json")
+            && err.contains("`lowers`")
+            && err.contains("not read: `lower`")
+            && !err.contains("512-byte"),
+        "{err}"
+    );
+    let empty = p(d, "empty.json");
+    std::fs::write(&empty, r#"{"lowers": []}"#).unwrap();
+    let err = strict_start(format!("image:{}", empty.display()));
+    assert!(
+        err.contains("empty.json") && err.contains("no layer"),
+        "{err}"
+    );
+    let text = p(d, "notes.txt");
+    std::fs::write(&text, "not an image\n").unwrap();
+    let err = strict_start(format!("image:{}", text.display()));
+    assert!(
+        err.contains("notes.txt")
+            && err.contains("neither an image config")
+            && err.contains("layer blob"),
+        "{err}"
+    );
+
+    // A layer blob is served as a one-layer, read-only image of its file system.
+    let target = Target::start(&[
+        "--target",
+        IQN,
+        "--lun",
+        &format!("image:{}", p(d, "a.obd").display()),
+    ]);
+    let out = p(d, "blob-first-mib.raw");
+    support::process::copy_first_mib(&target.url(IQN, 0), out.to_str().unwrap());
+    let a_bytes = std::fs::read(&a_raw).unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == a_bytes[..1 << 20],
+        "the blob's first MiB is the raw file system's"
+    );
+    let inq = run(tool("iscsi-readcapacity16").arg(target.url(IQN, 0)));
+    assert!(
+        inq.contains(&format!(
+            "RETURNED LOGICAL BLOCK ADDRESS:{}",
+            FS_SIZE / 512 - 1
+        )),
+        "{inq}"
+    );
+    assert!(target.stop().success());
+
+    // A broken chain: b.obd's parent is nil, not a.obd's uuid.
+    let broken = p(d, "broken.json");
+    std::fs::write(
+        &broken,
+        format!(
+            r#"{{"lowers": [{{"file": "{}"}}, {{"file": "{}"}}]}}"#,
+            p(d, "a.obd").display(),
+            p(d, "b.obd").display()
+        ),
+    )
+    .unwrap();
+    let report = obd(&[&"inspect", &broken]);
+    assert!(
+        field(&report, "uuid_chain").starts_with("broken at lowers[1]"),
+        "{report}"
+    );
+    let log = p(d, "broken.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = binary()
+        .args(["--portal", &format!("127.0.0.1:{port}"), "--target", IQN])
+        .args(["--lun", &format!("image:{}", broken.display())])
+        .args(["--no-api", "--no-state", "--log-level", "info"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("LUN ready") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no LUN ready: {text}");
+        assert!(child.try_wait().unwrap().is_none(), "exited: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let warn = text
+        .lines()
+        .find(|l| l.contains("layer UUID chain"))
+        .unwrap_or_else(|| panic!("no chain warning: {text}"));
+    assert!(
+        warn.contains("WARN")
+            && warn.contains("broken.json")
+            && warn.contains("broken at lowers[1]")
+            && warn.contains(&a_uuid),
+        "{warn}"
     );
 }

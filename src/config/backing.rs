@@ -317,6 +317,18 @@ impl ImageOpener {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
+        let probe = path.to_path_buf();
+        let is_config = crate::sys::run_blocking(move || ImageConfig::is_config_file(&probe))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| image_err(LsmtError::io(path.display().to_string(), e)))?;
+        if !is_config {
+            // `image:layer.obd`: a sealed layer blob is served as a one-layer image.
+            let image = LocalOpener::open_blob_image(path)
+                .await
+                .map_err(image_err)?;
+            return Ok(Arc::new(image));
+        }
         let load = path.to_path_buf();
         let config = crate::sys::run_blocking(move || ImageConfig::load(&load))
             .await
@@ -325,24 +337,31 @@ impl ImageOpener {
         let name = path.display().to_string();
         let remote = (0..config.lowers.len())
             .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })));
-        let device: Arc<dyn BlockDevice> = if remote {
+        let image = if remote {
             let registry_err = |source: LsmtError| BackingError::Registry {
                 path: path.to_path_buf(),
                 source: Box::new(source),
             };
             let luns = self.remote().map_err(registry_err)?;
-            Arc::new(
-                Image::open_loaded(&config, &name, luns.layers())
-                    .await
-                    .map_err(registry_err)?,
-            )
+            Image::open_loaded(&config, &name, luns.layers())
+                .await
+                .map_err(registry_err)?
         } else {
-            Arc::new(
-                Image::open_loaded(&config, &name, &LocalOpener)
-                    .await
-                    .map_err(image_err)?,
-            )
+            Image::open_loaded(&config, &name, &LocalOpener)
+                .await
+                .map_err(image_err)?
         };
+        if let Some(why) = image.stack().uuid_chain_break() {
+            // overlaybd serves such a stack without a word; refusing it would break images
+            // the reference serves, so it is served, with the reason in the log.
+            tracing::warn!(
+                config = %path.display(),
+                "layer UUID chain {why}: the layers may come from different images, and \
+                 blocks an upper layer did not write read as the wrong image's data \
+                 (serving anyway, as overlaybd does; `overlaybd-target inspect` shows the chain)"
+            );
+        }
+        let device: Arc<dyn BlockDevice> = Arc::new(image);
         Ok(if read_only && !device.read_only() {
             Arc::new(ReadOnlyDevice::new(device))
         } else {

@@ -115,10 +115,39 @@ pub enum LayerLocation {
     },
 }
 
+/// The top-level keys of `config.v1.json` (`image-config.md` §2.1).
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "repoBlobUrl",
+    "lowers",
+    "upper",
+    "resultFile",
+    "download",
+    "accelerationLayer",
+    "recordTracePath",
+];
+
 /// Names of a committed blob inside a layer directory, in the order they are tried.
 pub const LAYER_DIR_CANDIDATES: [&str; 3] = ["overlaybd.commit", ".commit", "overlaybd.sealed"];
 
 impl ImageConfig {
+    /// True when `path` names an image config rather than a layer blob: it ends in `.json`
+    /// or its first non-blank byte is `{`.
+    pub fn is_config_file(path: &Path) -> std::io::Result<bool> {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            return Ok(true);
+        }
+        use std::io::Read;
+        let mut head = [0u8; 64];
+        let n = std::fs::File::open(path)?.read(&mut head)?;
+        Ok(head[..n]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'{'))
+    }
+
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> LsmtResult<Self> {
         let name = path.display().to_string();
@@ -209,6 +238,26 @@ impl ImageConfig {
             record_trace_path: p.string("recordTracePath")?,
         };
         cfg.validate(file)?;
+        if cfg.lowers.is_empty() && cfg.writable().is_none() {
+            // Without this, a typo such as `lower` gave an image of size 0 and the error
+            // "smaller than one 512-byte block" far from its cause.
+            let unread: Vec<String> = p
+                .obj
+                .keys()
+                .filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()))
+                .map(|k| format!("`{k}`"))
+                .collect();
+            let hint = if unread.is_empty() {
+                String::new()
+            } else {
+                format!(" (not read: {}; layers go in `lowers`)", unread.join(", "))
+            };
+            return Err(cfg_err(
+                file,
+                "lowers",
+                format!("missing or empty, and no `upper`: the image has no layer{hint}"),
+            ));
+        }
         Ok(cfg)
     }
 
@@ -482,10 +531,37 @@ mod tests {
         assert_eq!(c.result_file, "/b/init-debug.log");
         let again = ImageConfig::from_json(&c.to_json(), "again").unwrap();
         assert_eq!(again, c);
-        let d = ImageConfig::from_json(r#"{"download":{"enable":true,"maxMBps":7}}"#, "d").unwrap();
+        let d = ImageConfig::from_json(
+            r#"{"lowers":[{"file":"/a"}],"download":{"enable":true,"maxMBps":7}}"#,
+            "d",
+        )
+        .unwrap();
         let dl = d.download.as_ref().unwrap();
         assert!(dl.enable && dl.max_mbps == 7 && dl.delay == 300 && dl.block_size == 262_144);
         assert_eq!(ImageConfig::from_json(&d.to_json(), "again").unwrap(), d);
+    }
+
+    #[test]
+    fn an_image_without_layers_is_refused_naming_keys_not_read() {
+        for (text, names) in [
+            (r#"{"lower":[{"file":"/a"}]}"#, Some("`lower`")),
+            (r#"{"lowers":[]}"#, None),
+            (r#"{"lowers":[],"upper":{}}"#, None),
+        ] {
+            let e = ImageConfig::from_json(text, "c.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("c.json") && e.contains("lowers") && e.contains("no layer"),
+                "{text}: {e}"
+            );
+            match names {
+                Some(n) => assert!(e.contains(&format!("not read: {n}")), "{e}"),
+                None => assert!(!e.contains("not read"), "{e}"),
+            }
+        }
+        // An upper alone is an image (a writable disk with nothing below).
+        ImageConfig::from_json(r#"{"upper":{"index":"/i","data":"/d"}}"#, "c.json").unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BlockStatu
 use crate::cache::file::FileSource;
 use crate::cache::{RemoteLayer, RemoteLayers};
 use crate::source::LayerSource;
-use crate::zfile::{open_payload, BlobFormat, ZFileError};
+use crate::zfile::{open_payload, BlobFormat, Payload, ZFileError};
 
 /// Longest run [`BlockDevice::block_status`] reports at once; bounds the work per call.
 const STATUS_WINDOW_SECTORS: u64 = 1 << 21; // 1 GiB
@@ -43,18 +43,49 @@ pub struct LocalOpener;
 impl LocalOpener {
     /// The uncompressed LSMT bytes of the layer file at `path`.
     pub async fn open_path(path: &Path) -> LsmtResult<Arc<dyn LayerSource>> {
+        let (name, payload) = Self::payload(path).await?;
+        payload
+            .decompressed()
+            .await
+            .map_err(|e| zfile_error(&name, e))
+    }
+
+    /// The file at `path` (named for errors) with its format detected.
+    async fn payload(path: &Path) -> LsmtResult<(String, Payload)> {
         let name = path.display().to_string();
         let file = FileSource::open(path)
             .await
             .map_err(|e| LsmtError::io(&name, e))?;
-        let zfile_err = |e| zfile_error(&name, e);
-        let payload = open_payload(Arc::new(file)).await.map_err(zfile_err)?;
-        payload.decompressed().await.map_err(zfile_err)
+        let payload = open_payload(Arc::new(file))
+            .await
+            .map_err(|e| zfile_error(&name, e))?;
+        Ok((name, payload))
     }
 
     /// Opens and validates the sealed layer file at `path`.
     pub async fn open_layer(path: &Path) -> LsmtResult<SealedLayer> {
         SealedLayer::open(Self::open_path(path).await?).await
+    }
+
+    /// Opens the file at `path` as a one-layer image: a sealed layer blob (plain, ZFile or
+    /// tar-wrapped), read-only. A file that is none of these is refused saying what was
+    /// expected, not with whatever a JSON or LSMT parser makes of it.
+    pub async fn open_blob_image(path: &Path) -> LsmtResult<Image> {
+        let (name, payload) = Self::payload(path).await?;
+        if payload.format == BlobFormat::Unknown {
+            return Err(LsmtError::Corrupt {
+                file: name,
+                reason: "neither an image config (config.v1.json) nor an overlaybd layer \
+                         blob (ZFile or LSMT, plain or in a tar)"
+                    .into(),
+            });
+        }
+        let source = payload
+            .decompressed()
+            .await
+            .map_err(|e| zfile_error(&name, e))?;
+        let layer = SealedLayer::open(source).await?;
+        Image::new(LayerStack::new(vec![layer])?, None).await
     }
 }
 

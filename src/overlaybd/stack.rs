@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::error::{LsmtError, LsmtResult};
+use super::header::LayerUuid;
 use super::index::{clip, first_ending_after, lookup, Record, SECTOR};
 use super::layer::{read, SealedLayer};
 use crate::source::LayerSource;
@@ -75,6 +76,25 @@ fn merge_level(
     }
 }
 
+/// Where a chain of layers breaks: the first layer (bottom first; `None` for a layer whose
+/// header is not known, which restarts the chain) whose parent UUID is not the UUID of the
+/// known layer right below it, described for a log line or a report. The reference reader
+/// does not check the chain (`lsmt.md` §3.3), so a break is a warning: the layers may come
+/// from different images, and blocks one of them never wrote read as another image's data.
+pub fn uuid_chain_break(bottom_first: &[Option<(LayerUuid, LayerUuid)>]) -> Option<String> {
+    bottom_first.windows(2).enumerate().find_map(|(i, pair)| {
+        let (Some((below, _)), Some((_, parent))) = (pair[0], pair[1]) else {
+            return None;
+        };
+        (parent != below).then(|| {
+            format!(
+                "broken at lowers[{}]: parent {parent} is not the uuid {below} of lowers[{i}]",
+                i + 1
+            )
+        })
+    })
+}
+
 /// Read-only layers merged into one extent map. A record's tag is the position of its layer in
 /// the top-first list (0 = topmost), as in the reference.
 #[derive(Debug)]
@@ -122,6 +142,18 @@ impl LayerStack {
             merged,
             virtual_size,
         })
+    }
+
+    /// Where the layers' UUID chain breaks (see [`uuid_chain_break`]); `None` when each
+    /// layer names the one below it as its parent.
+    pub fn uuid_chain_break(&self) -> Option<String> {
+        let chain: Vec<_> = self
+            .layers
+            .iter()
+            .rev()
+            .map(|l| Some((l.layout().header.uuid, l.layout().header.parent_uuid)))
+            .collect();
+        uuid_chain_break(&chain)
     }
 
     /// Number of layers.

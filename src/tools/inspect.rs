@@ -18,7 +18,8 @@ use crate::cache::file::FileSource;
 use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::header::{is_lsmt_header, LayerUuid, LsmtHeader, HEADER_SIZE};
 use crate::overlaybd::layer::read;
-use crate::overlaybd::{Image, ImageConfig, LocalOpener, SealedLayer};
+use crate::overlaybd::stack::uuid_chain_break;
+use crate::overlaybd::{Image, ImageConfig, LocalOpener, LsmtError, SealedLayer};
 use crate::source::LayerSource;
 use crate::zfile::{open_payload, Algorithm, BlobFormat, ZFileReader};
 
@@ -31,13 +32,22 @@ pub struct InspectArgs {
 
 /// Runs `inspect`, printing the report.
 pub async fn run(a: InspectArgs) -> Result<(), ToolError> {
-    let lines = if is_config(&a.path)? {
-        inspect_config(&a.path).await?
+    let (lines, layer) = if is_config(&a.path)? {
+        (inspect_config(&a.path).await?, true)
     } else {
-        inspect_blob(&a.path).await?.lines
+        let report = inspect_blob(&a.path).await?;
+        (report.lines, report.known_format)
     };
     for (key, value) in lines {
         println!("{key}: {value}");
+    }
+    if !layer {
+        // What was found is printed; the exit status tells a script it was no image.
+        return Err(LsmtError::Corrupt {
+            file: a.path.display().to_string(),
+            reason: "not an overlaybd layer (ZFile or LSMT) nor an image config".into(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -50,6 +60,8 @@ struct BlobReport {
     lines: Lines,
     /// UUID and parent UUID, for chain checks (none for files that are not LSMT).
     uuids: Option<(LayerUuid, LayerUuid)>,
+    /// Whether the file is a ZFile or an LSMT file (whatever a ZFile holds).
+    known_format: bool,
 }
 
 fn push(lines: &mut Lines, key: &str, value: impl ToString) {
@@ -97,7 +109,11 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
         }
         BlobFormat::Unknown => {
             push(&mut lines, "format", "unknown (neither ZFile nor LSMT)");
-            return Ok(BlobReport { lines, uuids: None });
+            return Ok(BlobReport {
+                lines,
+                uuids: None,
+                known_format: false,
+            });
         }
     };
     let name = path.display().to_string();
@@ -109,7 +125,11 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
             "lsmt.kind",
             "none (the payload is not an LSMT layer)",
         );
-        return Ok(BlobReport { lines, uuids: None });
+        return Ok(BlobReport {
+            lines,
+            uuids: None,
+            known_format: true,
+        });
     }
     let header = LsmtHeader::decode(&head, &name)?;
     let uuids = Some((header.uuid, header.parent_uuid));
@@ -139,7 +159,11 @@ async fn inspect_blob(path: &Path) -> Result<BlobReport, ToolError> {
         push(&mut lines, "lsmt.kind", kind);
         describe_header(&mut lines, &header);
     }
-    Ok(BlobReport { lines, uuids })
+    Ok(BlobReport {
+        lines,
+        uuids,
+        known_format: true,
+    })
 }
 
 fn describe_header(lines: &mut Lines, h: &LsmtHeader) {
@@ -162,14 +186,13 @@ async fn inspect_config(path: &Path) -> Result<Lines, ToolError> {
     let mut lines = Lines::new();
     let lowers = config.data_lowers();
     push(&mut lines, "config.lowers", lowers.len());
-    let mut previous: Option<LayerUuid> = None;
-    let mut chain = Ok(());
+    let mut chain = Vec::with_capacity(lowers.len());
     for i in 0..lowers.len() {
         let prefix = format!("lowers[{i}]");
         let location = config.locate(i, &name)?;
         let LayerLocation::Local(file) = location else {
             push(&mut lines, &format!("{prefix}.location"), "registry blob");
-            previous = None;
+            chain.push(None);
             continue;
         };
         push(&mut lines, &format!("{prefix}.file"), file.display());
@@ -177,22 +200,12 @@ async fn inspect_config(path: &Path) -> Result<Lines, ToolError> {
         for (k, v) in report.lines {
             lines.push((format!("{prefix}.{k}"), v));
         }
-        if let (Some(below), Some((uuid, parent))) = (previous, report.uuids) {
-            if parent != below && chain.is_ok() {
-                chain = Err(format!(
-                    "broken at {prefix}: parent {parent} is not the uuid {below} of lowers[{}]",
-                    i - 1
-                ));
-            }
-            previous = Some(uuid);
-        } else {
-            previous = report.uuids.map(|(uuid, _)| uuid);
-        }
+        chain.push(report.uuids);
     }
     push(
         &mut lines,
         "uuid_chain",
-        chain.err().unwrap_or_else(|| "ok".into()),
+        uuid_chain_break(&chain).unwrap_or_else(|| "ok".into()),
     );
     if let Some(u) = config.writable() {
         push(&mut lines, "upper.data", &u.data);

@@ -21,7 +21,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::overlaybd::commit::{write_commit_file, CommitOptions, CommitSource, CommitSummary};
 use crate::overlaybd::header::LayerUuid;
-use crate::overlaybd::{Image, ImageConfig, LayerStack, LocalOpener, LsmtError};
+use crate::overlaybd::{Image, ImageConfig, LocalOpener, LsmtError};
 use crate::zfile::{Algorithm, WriterOptions, ZFileError};
 
 /// The image tools.
@@ -165,23 +165,10 @@ pub fn parse_uuid(text: &str) -> Result<LayerUuid, String> {
     LayerUuid::parse(text).ok_or_else(|| format!("{text:?} is not a UUID (8-4-4-4-12 hex digits)"))
 }
 
-/// True when `path` names an image config rather than a layer blob: it ends in `.json` or its
-/// first non-blank byte is `{`.
+/// True when `path` names an image config rather than a layer blob (see
+/// [`ImageConfig::is_config_file`]).
 pub fn is_config(path: &Path) -> Result<bool, ToolError> {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    {
-        return Ok(true);
-    }
-    use std::io::Read;
-    let mut head = [0u8; 64];
-    let mut file = std::fs::File::open(path).map_err(|e| ToolError::io(path, e))?;
-    let n = file.read(&mut head).map_err(|e| ToolError::io(path, e))?;
-    Ok(head[..n]
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|&b| b == b'{'))
+    ImageConfig::is_config_file(path).map_err(|e| ToolError::io(path, e))
 }
 
 /// Opens the image a `config.v1.json` with local layers describes. Unlike the daemon, tools
@@ -197,8 +184,7 @@ pub async fn open_image(path: &Path) -> Result<Image, ToolError> {
     if is_config(path)? {
         return open_config(path).await;
     }
-    let layer = LocalOpener::open_layer(path).await?;
-    Ok(Image::new(LayerStack::new(vec![layer])?, None).await?)
+    Ok(LocalOpener::open_blob_image(path).await?)
 }
 
 /// Runs `work`, which creates the file `output`; when it fails, a partial `output` it left is
