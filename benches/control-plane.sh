@@ -56,8 +56,9 @@ done
 [ -n "$layer" ] || { echo "$script_name: fixture ext4_64 not found (set OVERLAYBD_FIXTURES)" >&2; exit 2; }
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-obd=${OBD_BIN:-$PWD/target/release/overlaybd-target}
-loadgen=$PWD/target/release/examples/loadgen
+release=$(bash scripts/target-dir.sh)/release
+obd=${OBD_BIN:-$release/overlaybd-target}
+loadgen=$release/examples/loadgen
 adder=$PWD/benches/common/api_adds.py
 
 work=$(mktemp -d /tmp/obd-ctlplane.XXXXXX)

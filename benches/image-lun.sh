@@ -49,8 +49,9 @@ for point in $points; do
 done
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-obd=${OBD_BIN:-$PWD/target/release/overlaybd-target}
-loadgen=$PWD/target/release/examples/loadgen
+release=$(bash scripts/target-dir.sh)/release
+obd=${OBD_BIN:-$release/overlaybd-target}
+loadgen=$release/examples/loadgen
 
 work=$(mktemp -d /tmp/obd-imglun.XXXXXX)
 ours_pid="" cold_pid="" tgt_pid="" reg_pid=""

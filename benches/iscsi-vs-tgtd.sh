@@ -38,8 +38,9 @@ for tool in $needed; do
 done
 
 cargo build --release --quiet --bin overlaybd-target --example loadgen
-ours_bin=${OURS_BIN:-target/release/overlaybd-target}
-loadgen=target/release/examples/loadgen
+release=$(bash scripts/target-dir.sh)/release
+ours_bin=${OURS_BIN:-$release/overlaybd-target}
+loadgen=$release/examples/loadgen
 
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/obd-bench.XXXXXX")
 ours_pid=""

@@ -90,7 +90,7 @@ truncate -s 64M "$work/ours-ro.img"
 port_ours=$(free_port)
 # Target resets are refused by default; libiscsi's PreventAllow, Reserve6 and TMF tests send
 # TARGET WARM/COLD RESET and expect them to work (tgtd honours them too).
-target/release/overlaybd-target --portal "127.0.0.1:$port_ours" --target "$iqn_ours" \
+"$(bash scripts/target-dir.sh)/release/overlaybd-target" --portal "127.0.0.1:$port_ours" --target "$iqn_ours" \
     --lun "file:$work/ours.img" --lun "ro:file:$work/ours-ro.img" --log-level warn \
     --allow-target-reset \
     >"$work/ours-server.log" 2>&1 &

@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 bin=${BIN:-}
-if [ -z "$bin" ]; then cargo build --release --quiet; bin=target/release/overlaybd-target; fi
+if [ -z "$bin" ]; then cargo build --release --quiet; bin=$(bash scripts/target-dir.sh)/release/overlaybd-target; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/tree"

@@ -200,9 +200,15 @@ pub enum CliError {
     /// The configuration file was refused.
     #[error(transparent)]
     File(#[from] config::file::ConfigFileError),
-    /// A value is out of range.
+    /// A value is out of range (the field is named as the flag that set it, when one did).
     #[error("invalid option: {0}")]
     Invalid(#[from] config::InvalidField),
+    /// `--target` without `--lun`: the quick form has nothing to serve under that name.
+    #[error(
+        "--target {0} needs at least one --lun (file:PATH, ram:SIZE, image:CONFIG.json); \
+         without --target and --lun the embedded demo image is served"
+    )]
+    TargetWithoutLuns(String),
     /// The overlaybd.json daemon config was refused (the message names the file and key).
     #[error("{0}")]
     DaemonSettings(String),
@@ -214,6 +220,9 @@ impl Cli {
         let mut config = match &self.config {
             Some(path) => config::file::load(path)?,
             None => {
+                if let (Some(name), true) = (&self.target, self.luns.is_empty()) {
+                    return Err(CliError::TargetWithoutLuns(name.clone()));
+                }
                 // Nothing named: serve the embedded demo image.
                 let luns = if self.luns.is_empty() {
                     vec![LunSpec {
@@ -280,8 +289,34 @@ impl Cli {
         if let Some(digests) = self.digests {
             config.tuning.digests = digests;
         }
-        config.validate()?;
+        config.validate().map_err(|e| self.as_flag(e))?;
         Ok(config)
+    }
+
+    /// Renames a configuration field after the flag that set its value: the TOML path means
+    /// nothing to someone who typed `--queue-depth 0`. Fields a file set keep their path.
+    fn as_flag(&self, mut invalid: config::InvalidField) -> config::InvalidField {
+        let quick = self.config.is_none();
+        let flag = match invalid.field.as_str() {
+            "global.queue_depth" if self.queue_depth.is_some() => "--queue-depth",
+            "global.nop_timeout_secs" if self.nop_timeout.is_some() => "--nop-timeout",
+            "global.memory_budget" if self.memory_budget.is_some() => "--memory-budget",
+            "global.max_sessions" if self.max_sessions.is_some() => "--max-sessions",
+            "global.max_pending_logins" if self.max_pending_logins.is_some() => {
+                "--max-pending-logins"
+            }
+            "global.max_pending_logins_per_address"
+                if self.max_pending_logins_per_address.is_some() =>
+            {
+                "--max-pending-logins-per-address"
+            }
+            "global.portals" if !self.portals.is_empty() => "--portal",
+            "targets[0].name" if quick => "--target",
+            "targets[0].luns" if quick => "--lun",
+            _ => return invalid,
+        };
+        invalid.field = flag.to_string();
+        invalid
     }
 }
 
@@ -357,6 +392,59 @@ mod tests {
             .unwrap()
             .into_config();
         assert!(matches!(bad, Err(CliError::Invalid(_))));
+    }
+
+    #[test]
+    fn errors_name_the_flags_that_were_typed() {
+        for (args, flag) in [
+            (
+                &["--lun", "ram:1M", "--queue-depth", "0"][..],
+                "--queue-depth",
+            ),
+            (
+                &["--lun", "ram:1M", "--max-sessions", "0"][..],
+                "--max-sessions",
+            ),
+            (
+                &["--lun", "ram:1M", "--memory-budget", "1K"][..],
+                "--memory-budget",
+            ),
+            (
+                &["--lun", "ram:1M", "--nop-timeout", "0"][..],
+                "--nop-timeout",
+            ),
+            (
+                &["--lun", "ram:1M", "--target", "not-an-iqn"][..],
+                "--target",
+            ),
+        ] {
+            let err = cli(args).unwrap().into_config().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid option: {flag}: ")) && !err.contains("global."),
+                "{args:?}: {err}"
+            );
+        }
+        // A value from a file keeps its TOML path.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[[targets]]\nname = \"iqn.2026-12.test:x\"\nluns = [{ backing = \"ram:1M\" }]\n",
+        )
+        .unwrap();
+        let args = ["--config", file.to_str().unwrap(), "--queue-depth", "0"];
+        let err = cli(&args).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("--queue-depth"), "{err}");
+        // `--target` alone used to serve the demo under that name.
+        let err = cli(&["--target", "iqn.2026-12.test:mine"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(matches!(err, CliError::TargetWithoutLuns(_)));
+        assert!(
+            err.to_string().contains("needs at least one --lun"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -848,3 +848,88 @@ fn first_run_image_errors_say_what_is_wrong() {
         "{warn}"
     );
 }
+
+/// Tools on a pipe: `export` writes a progress line per tenth on stderr (stdout keeps the
+/// result line), an existing output names `-f`, and SIGINT during `zfile` (reading a FIFO the
+/// test holds open, so the signal surely lands mid-run) removes the partial output and exits
+/// with 130.
+#[test]
+fn tools_report_progress_name_force_and_clean_up_when_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [a, _, _] = three_trees(d);
+    let a_raw = p(d, "a.raw");
+    mkfs(&a, &a_raw);
+    obd(&[&"import", &a_raw, &p(d, "a.obd"), &p(d, "a.json")]);
+
+    let out = binary()
+        .arg("export")
+        .arg(p(d, "a.json"))
+        .arg(p(d, "x.raw"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("exported") && !stdout.contains('%'),
+        "{stdout}"
+    );
+    let tenths: Vec<&str> = stderr.lines().filter(|l| l.contains("% (")).collect();
+    assert_eq!(tenths.len(), 9, "{stderr}");
+    assert!(
+        tenths[0].starts_with(&format!("export {}: 1", p(d, "x.raw").display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\r'), "no terminal redraws on a pipe");
+
+    let err = run_fails(
+        binary()
+            .arg("export")
+            .arg(p(d, "a.json"))
+            .arg(p(d, "x.raw")),
+    );
+    assert!(
+        err.contains("x.raw: the output exists; -f replaces it"),
+        "{err}"
+    );
+
+    let fifo = p(d, "input.fifo");
+    run(tool("mkfifo").arg(&fifo));
+    let target = p(d, "out.zfile");
+    let child = binary()
+        .arg("zfile")
+        .arg(&fifo)
+        .arg(&target)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, &noise(1 << 20, 9)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !target.exists() {
+        assert!(std::time::Instant::now() < deadline, "no output appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    drop(writer);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!target.exists(), "the partial output is removed: {stderr}");
+    assert!(
+        stderr.contains("interrupted: removed 1 partial file(s)") && stderr.contains("out.zfile"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("out"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -103,7 +103,7 @@ async fn build_layer(args: &Args) -> Result<PathBuf, Error> {
     let _ = std::fs::remove_file(&data);
     let _ = std::fs::remove_file(&index);
     let upper = WritableLayer::create(&data, &index, &CreateOptions::new(args.image_mib << 20))?;
-    import_raw(&raw, &LayerStack::new(Vec::new())?, &upper).await?;
+    import_raw(&raw, &LayerStack::new(Vec::new())?, &upper, &|_| {}).await?;
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_file(&partial);
     write_commit_file(
@@ -111,6 +111,7 @@ async fn build_layer(args: &Args) -> Result<PathBuf, Error> {
         &CommitOptions::default(),
         &partial,
         Some(WriterOptions::default()),
+        &|_| {},
     )
     .await?;
     std::fs::rename(&partial, &out)?;

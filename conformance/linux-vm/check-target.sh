@@ -6,7 +6,7 @@
 #
 # Usage: check-target.sh [--bin PATH] [--lun N] [--strict-digests] [--quick] [--net auto|tap|user]
 #                        [-- run.sh options...]
-#   --bin PATH         the target binary (default: target/release/overlaybd-target of this repo)
+#   --bin PATH         the target binary (default: overlaybd-target in cargo's release folder)
 #   --lun N            the LUN the image appears on (default 0)
 #   --strict-digests   also require CRC32C header and data digests (offer CRC32C only)
 #   --quick            only the read-only pass
@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-bin="$repo/target/release/overlaybd-target"
+bin="$(bash "$repo/scripts/target-dir.sh")/release/overlaybd-target"
 lun=0 strict=0 quick=0 net=auto
 extra=()
 args=("$@")

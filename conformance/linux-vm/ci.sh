@@ -25,7 +25,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-bin="$repo/target/release/overlaybd-target"
+bin="$(bash "$repo/scripts/target-dir.sh")/release/overlaybd-target"
 build=1 only="" budget=540 net=auto iscsi_recv=""
 args=("$@")
 while [ $# -gt 0 ]; do

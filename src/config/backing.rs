@@ -38,6 +38,24 @@ pub enum BackingError {
     /// `ram:` with a size of zero or not a multiple of 512 bytes.
     #[error("LUN backing {0:?}: the size must be a non-zero multiple of 512 bytes")]
     BadRamSize(String),
+    /// `ram:` with a bare number under 1 MiB: almost surely a unit left out.
+    #[error(
+        "LUN backing {0:?}: a size without a unit is in bytes, and that is less than 1 MiB; \
+         give a unit (ram:64M, ram:1G) or, for bytes, a B (ram:4096B)"
+    )]
+    RamSizeWithoutUnit(String),
+    /// `ram:` larger than the machine's memory: the first writes past it would end the process.
+    #[error(
+        "LUN backing {text:?}: more than this machine's memory ({} MiB); a RAM LUN keeps \
+         what is written in memory",
+        memory >> 20
+    )]
+    RamLargerThanMemory {
+        /// The whole backing string.
+        text: String,
+        /// The machine's physical memory in bytes.
+        memory: u64,
+    },
     /// The backing file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -160,6 +178,17 @@ impl LunSpec {
             if bytes == 0 || bytes % 512 != 0 {
                 return Err(BackingError::BadRamSize(text.to_string()));
             }
+            // `ram:1024` is 1 KiB, which nobody means: a bare number is bytes only from 1 MiB
+            // on (state files and `ctl status` before units were written hold such numbers).
+            if size.trim().ends_with(|c: char| c.is_ascii_digit()) && bytes < 1 << 20 {
+                return Err(BackingError::RamSizeWithoutUnit(text.to_string()));
+            }
+            if let Some(memory) = crate::sys::physical_memory().filter(|m| bytes > *m) {
+                return Err(BackingError::RamLargerThanMemory {
+                    text: text.to_string(),
+                    memory,
+                });
+            }
             Backing::Ram(bytes)
         } else {
             return Err(BackingError::UnknownKind(text.to_string()));
@@ -273,6 +302,17 @@ impl LunSpec {
     }
 }
 
+/// A size in the largest unit that divides it (`1G`, `64M`, `4K`, or `4608B`), as
+/// [`parse_size`] reads it back.
+fn size_with_unit(bytes: u64) -> String {
+    for (shift, unit) in [(40, 'T'), (30, 'G'), (20, 'M'), (10, 'K')] {
+        if bytes != 0 && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
 impl fmt::Display for LunSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.read_only {
@@ -280,7 +320,7 @@ impl fmt::Display for LunSpec {
         }
         match &self.backing {
             Backing::File(path) => write!(f, "file:{}", path.display()),
-            Backing::Ram(size) => write!(f, "ram:{size}"),
+            Backing::Ram(size) => write!(f, "ram:{}", size_with_unit(*size)),
             Backing::Image(path) => write!(f, "image:{}", path.display()),
             Backing::Demo => f.write_str("demo:"),
         }
@@ -545,6 +585,43 @@ mod tests {
             LunSpec::parse("ram:1000"),
             Err(BackingError::BadRamSize(_))
         ));
+        // A bare number is bytes; under 1 MiB it is refused as a unit left out.
+        let e = LunSpec::parse("ram:1024").unwrap_err();
+        assert!(matches!(e, BackingError::RamSizeWithoutUnit(_)), "{e}");
+        assert!(e.to_string().contains("ram:64M"), "{e}");
+        assert_eq!(
+            LunSpec::parse("ram:4096B").unwrap().backing,
+            Backing::Ram(4096)
+        );
+        assert_eq!(
+            LunSpec::parse("ram:1073741824").unwrap().backing,
+            Backing::Ram(1 << 30),
+            "a bare byte count from an older state file"
+        );
+        // More than the machine has.
+        let memory = crate::sys::physical_memory().expect("/proc/meminfo or sysconf");
+        let too_big = format!("ram:{}K", (memory >> 10) + 1024);
+        let e = LunSpec::parse(&too_big).unwrap_err();
+        assert!(
+            matches!(e, BackingError::RamLargerThanMemory { .. })
+                && e.to_string().contains(&format!("{} MiB", memory >> 20)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ram_sizes_print_in_units_that_parse_back() {
+        for (text, shown) in [
+            ("ram:1G", "ram:1G"),
+            ("ram:1024M", "ram:1G"),
+            ("ram:1048576", "ram:1M"),
+            ("ram:4608B", "ram:4608B"),
+            ("ro:ram:6K", "ro:ram:6K"),
+        ] {
+            let spec = LunSpec::parse(text).unwrap();
+            assert_eq!(spec.to_string(), shown);
+            assert_eq!(LunSpec::parse(shown).unwrap(), spec);
+        }
     }
 
     #[test]

@@ -1060,9 +1060,9 @@ mod tests {
         );
         assert_eq!(json["added_targets"][0]["chap"]["user"], "host");
         let a = &json["changed_luns"]["iqn.a"];
-        assert_eq!(a["removed"]["0"]["backing"], "ram:1048576");
+        assert_eq!(a["removed"]["0"]["backing"], "ram:1M");
         assert_eq!(a["removed"]["1"]["backing"], "ro:file:/srv/a.img");
-        assert_eq!(a["added"]["0"]["backing"], "ram:2097152");
+        assert_eq!(a["added"]["0"]["backing"], "ram:2M");
         assert_eq!(a["added"]["4"]["backing"], "ro:image:/x/config.v1.json");
         // The example of the module documentation parses.
         let doc = r#"{
@@ -1234,7 +1234,7 @@ mod tests {
 
     fn arb_spec() -> impl Strategy<Value = LunSpec> {
         prop::sample::select(vec![
-            "ram:512",
+            "ram:512B",
             "ram:1M",
             "ro:ram:1M",
             "file:/srv/a.img",

@@ -214,6 +214,7 @@ pub async fn write_commit_file(
     opts: &CommitOptions,
     path: &Path,
     zfile: Option<WriterOptions>,
+    progress: super::OnProgress<'_>,
 ) -> LsmtResult<CommitSummary> {
     let name = path.display().to_string();
     let io = |e: std::io::Error| LsmtError::io(&name, e);
@@ -222,7 +223,11 @@ pub async fn write_commit_file(
         .create_new(true)
         .open(path)
         .map_err(io)?;
-    let out = BufWriter::new(file);
+    let out = BufWriter::new(Counting {
+        inner: file,
+        written: 0,
+        progress,
+    });
     let (summary, out) = match zfile {
         None => {
             let mut sink = SyncSink(out);
@@ -238,9 +243,48 @@ pub async fn write_commit_file(
             (summary, out)
         }
     };
-    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?.inner;
     file.sync_all().map_err(io)?;
     Ok(summary)
+}
+
+/// A file that reports how many bytes were written to it so far.
+struct Counting<'a> {
+    inner: std::fs::File,
+    written: u64,
+    progress: super::OnProgress<'a>,
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        (self.progress)(self.written);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl std::io::Seek for Counting<'_> {
+    // The ZFile writer seeks back to rewrite its header at the end; progress counts bytes
+    // written, so the position is the file's own.
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl CommitSource {
+    /// Bytes of data the records map (what a commit copies), for progress totals.
+    pub fn data_bytes(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| !r.zeroed)
+            .map(|r| u64::from(r.length) * 512)
+            .sum()
+    }
 }
 
 /// Greedy one-pass coalescing of emitted records (§8.2 step 5).

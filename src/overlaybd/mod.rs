@@ -27,6 +27,10 @@ pub mod writable_index;
 #[cfg(test)]
 mod tests;
 
+/// Called with the bytes done so far by the long operations (export, import, commit), for a
+/// progress display; `&|_| {}` when nobody watches.
+pub type OnProgress<'a> = &'a (dyn Fn(u64) + Sync);
+
 pub use config::ImageConfig;
 pub use error::{LsmtError, LsmtResult};
 pub use image::{Image, LayerOpener, LocalOpener};

@@ -32,7 +32,11 @@ pub struct RawSummary {
 
 /// Writes the whole virtual disk of `image` to a new file at `out` (it must not exist). Holes,
 /// zeroed extents and all-zero 4 KiB blocks are left unwritten, so the file stays sparse.
-pub async fn export_sparse(image: &Image, out: &Path) -> LsmtResult<RawSummary> {
+pub async fn export_sparse(
+    image: &Image,
+    out: &Path,
+    progress: super::OnProgress<'_>,
+) -> LsmtResult<RawSummary> {
     let name = out.display().to_string();
     let file = Arc::new(
         OpenOptions::new()
@@ -56,6 +60,7 @@ pub async fn export_sparse(image: &Image, out: &Path) -> LsmtResult<RawSummary> 
             summary.written += write_nonzero(&file, &name, pos, bytes).await?;
         }
         pos += len;
+        progress(pos);
     }
     let f = Arc::clone(&file);
     blocking(&name, move || {
@@ -74,6 +79,7 @@ pub async fn import_raw(
     raw: &Path,
     base: &LayerStack,
     upper: &WritableLayer,
+    progress: super::OnProgress<'_>,
 ) -> LsmtResult<RawSummary> {
     let name = raw.display().to_string();
     let file = Arc::new(File::open(raw).map_err(|e| LsmtError::io(&name, e))?);
@@ -123,6 +129,7 @@ pub async fn import_raw(
             }
         }
         pos += len as u64;
+        progress(pos);
     }
     upper.flush().await?;
     Ok(summary)

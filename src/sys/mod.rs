@@ -21,10 +21,12 @@
 //!
 //! [`blocking`] and [`run_blocking`] run a closure on tokio's blocking pool and turn a task
 //! that panicked or was cancelled (at runtime shutdown) into an `io::Error`, so no caller maps
-//! a `JoinError` itself.
+//! a `JoinError` itself. [`physical_memory`] reads the machine's memory size.
 
 mod blocking;
 pub(crate) mod file;
+mod memory;
 
 pub(crate) use blocking::{blocking, run_blocking};
 pub(crate) use file::{Nowait, Punch, Region};
+pub(crate) use memory::physical_memory;

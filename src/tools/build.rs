@@ -73,7 +73,9 @@ pub async fn run(a: BuildArgs) -> Result<(), ToolError> {
     let mut raw_name = a.layer.as_os_str().to_owned();
     raw_name.push(".build-raw");
     let raw = PathBuf::from(raw_name);
+    let tracked = super::interrupt::Partial::track(&raw);
     let result = build(&a, &raw, size).await;
+    drop(tracked);
     let _ = std::fs::remove_file(&raw);
     let summary = result?;
     println!(

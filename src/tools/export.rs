@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{open_image, remove_existing, ToolError};
+use super::progress::Progress;
+use super::{open_image, remove_existing, removing_partial_output, ToolError};
 use crate::block::BlockDevice;
 use crate::overlaybd::raw::export_sparse;
 
@@ -30,7 +31,12 @@ pub async fn run(a: ExportArgs) -> Result<(), ToolError> {
     if a.force {
         remove_existing(&a.output)?;
     }
-    let summary = export_sparse(&image, &a.output).await?;
+    let progress = Progress::new(format!("export {}", a.output.display()), image.size());
+    let summary = removing_partial_output(&a.output, async {
+        Ok(export_sparse(&image, &a.output, &|n| progress.set(n)).await?)
+    })
+    .await?;
+    progress.finish();
     println!(
         "exported {} bytes ({} bytes of data) to {}",
         image.size(),

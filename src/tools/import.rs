@@ -148,10 +148,16 @@ pub(super) async fn import(a: &ImportArgs) -> Result<RawSummary, ToolError> {
     };
     remove_existing(&scratch.data)?;
     remove_existing(&scratch.index)?;
+    let _tracked = [
+        super::interrupt::Partial::track(&scratch.data),
+        super::interrupt::Partial::track(&scratch.index),
+    ];
     let mut create = CreateOptions::new(vsize);
     create.parent_uuid = parent;
     let upper = WritableLayer::create(&scratch.data, &scratch.index, &create)?;
-    let summary = import_raw(&a.raw, stack, &upper).await?;
+    let progress = super::progress::Progress::new(format!("import {}", a.raw.display()), raw_size);
+    let summary = import_raw(&a.raw, stack, &upper, &|n| progress.set(n)).await?;
+    progress.finish();
     let uuid = uuid::Uuid::new_v4();
     let opts = CommitOptions {
         uuid: Some(LayerUuid::from_uuid(&uuid)),

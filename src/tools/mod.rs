@@ -12,7 +12,9 @@ pub mod create;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod interrupt;
 pub mod merge;
+pub mod progress;
 pub mod zfile;
 
 use std::path::{Path, PathBuf};
@@ -46,19 +48,55 @@ pub enum Tool {
 }
 
 impl Tool {
-    /// Runs the tool; progress and results go to standard output.
+    /// Runs the tool: results go to standard output, progress to standard error. SIGINT or
+    /// SIGTERM removes the outputs and scratch files still being written and ends the
+    /// process (status 128 + signal).
     pub async fn run(self) -> Result<(), ToolError> {
-        match self {
-            Tool::Create(a) => create::run(a),
-            Tool::Commit(a) => commit::run(a).await,
-            Tool::Zfile(a) => zfile::run(a).await,
-            Tool::Merge(a) => merge::run(a).await,
-            Tool::Inspect(a) => inspect::run(a).await,
-            Tool::Export(a) => export::run(a).await,
-            Tool::Import(a) => import::run(a).await,
-            Tool::Build(a) => build::run(a).await,
+        let work = async {
+            match self {
+                Tool::Create(a) => create::run(a),
+                Tool::Commit(a) => commit::run(a).await,
+                Tool::Zfile(a) => zfile::run(a).await,
+                Tool::Merge(a) => merge::run(a).await,
+                Tool::Inspect(a) => inspect::run(a).await,
+                Tool::Export(a) => export::run(a).await,
+                Tool::Import(a) => import::run(a).await,
+                Tool::Build(a) => build::run(a).await,
+            }
+        };
+        tokio::select! {
+            result = work => result.map_err(name_force_flag),
+            // The files go inside this branch's future: once a branch wins, select! drops the
+            // other one, and with it the guards that track the partial files.
+            (signal, removed) = async {
+                let signal = interrupt::interrupted().await;
+                (signal, interrupt::remove_partial_files())
+            } => {
+                eprintln!(
+                    "\ninterrupted: removed {} partial file(s){}",
+                    removed.len(),
+                    removed
+                        .iter()
+                        .map(|p| format!(" {}", p.display()))
+                        .collect::<String>()
+                );
+                // Exit at once: blocking threads still writing must not outlive the cleanup.
+                std::process::exit(128 + signal);
+            }
         }
     }
+}
+
+/// An output that exists is refused by opening it with `create_new`; the OS error alone
+/// ("File exists (os error 17)") does not say what to do.
+fn name_force_flag(e: ToolError) -> ToolError {
+    let exists = |source: &std::io::Error| source.kind() == std::io::ErrorKind::AlreadyExists;
+    let path = match &e {
+        ToolError::Io { path, source } if exists(source) => path.display().to_string(),
+        ToolError::Lsmt(LsmtError::Io { file, source }) if exists(source) => file.clone(),
+        _ => return e,
+    };
+    ToolError::Usage(format!("{path}: the output exists; -f replaces it"))
 }
 
 /// Why a tool failed.
@@ -113,7 +151,9 @@ pub struct CodecArgs {
     /// ZFile compression algorithm.
     #[arg(long, value_enum, default_value = "lz4")]
     pub algorithm: AlgorithmArg,
-    /// ZFile block size in KiB: a power of two from 4 to 64.
+    /// ZFile block size in KiB: a power of two from 4 to 32. (64, which the reference tools
+    /// accept, is refused: an incompressible 64 KiB block stores above the 64 KiB the
+    /// reference reader can read, and no codec has a stored-raw escape.)
     #[arg(long = "bs", value_name = "KB", default_value_t = 4)]
     pub block_size_kb: u32,
 }
@@ -122,9 +162,17 @@ impl CodecArgs {
     /// The writer options: per-block CRC32C always on, like the reference tools.
     pub fn writer_options(&self) -> Result<WriterOptions, ToolError> {
         let kb = self.block_size_kb;
-        if !kb.is_power_of_two() || !(4..=64).contains(&kb) {
+        if kb == 64 {
+            return Err(ToolError::Usage(
+                "--bs 64: incompressible 64 KiB blocks store above the 64 KiB overlaybd's \
+                 reader can read (the reference tools write them and then cannot read them); \
+                 use --bs 32 or less"
+                    .into(),
+            ));
+        }
+        if !kb.is_power_of_two() || !(4..=32).contains(&kb) {
             return Err(ToolError::Usage(format!(
-                "--bs {kb}: the block size must be a power of two from 4 to 64 (KiB)"
+                "--bs {kb}: the block size must be a power of two from 4 to 32 (KiB)"
             )));
         }
         Ok(WriterOptions {
@@ -194,6 +242,7 @@ pub async fn removing_partial_output<T>(
     work: impl std::future::Future<Output = Result<T, ToolError>>,
 ) -> Result<T, ToolError> {
     let existed = output.exists();
+    let _tracked = (!existed).then(|| interrupt::Partial::track(output));
     let result = work.await;
     if result.is_err() && !existed {
         let _ = std::fs::remove_file(output);
@@ -209,8 +258,13 @@ pub async fn write_layer(
     output: &Path,
     zfile: Option<WriterOptions>,
 ) -> Result<CommitSummary, ToolError> {
-    let writing = async { Ok(write_commit_file(source, opts, output, zfile).await?) };
-    removing_partial_output(output, writing).await
+    let progress =
+        progress::Progress::new(format!("writing {}", output.display()), source.data_bytes());
+    let writing =
+        async { Ok(write_commit_file(source, opts, output, zfile, &|n| progress.set(n)).await?) };
+    let result = removing_partial_output(output, writing).await;
+    progress.finish();
+    result
 }
 
 /// Removes `path` when it exists (`-f`).
@@ -235,7 +289,7 @@ mod tests {
         .writer_options()
         .unwrap();
         assert_eq!((ok.algorithm, ok.block_size), (Algorithm::Zstd, 16384));
-        for bad in [0, 2, 6, 128] {
+        for bad in [0, 2, 6, 64, 128] {
             let e = CodecArgs {
                 algorithm: AlgorithmArg::Lz4,
                 block_size_kb: bad,

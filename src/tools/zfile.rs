@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::progress::Progress;
 use super::{remove_existing, removing_partial_output, CodecArgs, ToolError};
 use crate::cache::file::FileSource;
 use crate::source::LayerSource;
@@ -53,13 +54,28 @@ pub async fn run(a: ZfileArgs) -> Result<(), ToolError> {
 async fn compress_file(a: &ZfileArgs) -> Result<(), ToolError> {
     let options = a.codec.writer_options()?;
     let input = File::open(&a.source).map_err(|e| ToolError::io(&a.source, e))?;
+    let len = input
+        .metadata()
+        .map_err(|e| ToolError::io(&a.source, e))?
+        .len();
     let out = create(&a.target)?;
     let zerr = |source| ToolError::ZFile {
         path: a.target.clone(),
         source,
     };
+    let progress = Arc::new(Progress::new(format!("zfile {}", a.target.display()), len));
+    let input = CountingReader {
+        inner: BufReader::new(input),
+        read: 0,
+        progress: Arc::clone(&progress),
+    };
+    // On a blocking thread, so that the tool's task stays free to act on SIGINT.
     let (out, info) =
-        compress(BufReader::new(input), BufWriter::new(out), options).map_err(zerr)?;
+        tokio::task::spawn_blocking(move || compress(input, BufWriter::new(out), options))
+            .await
+            .map_err(|e| ToolError::io(&a.target, std::io::Error::other(e)))?
+            .map_err(zerr)?;
+    progress.finish();
     finish(out, &a.target)?;
     println!(
         "compressed {} bytes into {} blocks: {}",
@@ -85,6 +101,7 @@ async fn decompress(source: &Path, target: &Path) -> Result<(), ToolError> {
     let reader = ZFileReader::open(payload.source).await.map_err(zerr)?;
     let mut out = BufWriter::new(create(target)?);
     let size = reader.size();
+    let progress = Progress::new(format!("zfile -d {}", target.display()), size);
     let mut pos = 0;
     while pos < size {
         // CHUNK fits in usize.
@@ -96,10 +113,28 @@ async fn decompress(source: &Path, target: &Path) -> Result<(), ToolError> {
         out.write_all(&bytes)
             .map_err(|e| ToolError::io(target, e))?;
         pos += len as u64;
+        progress.set(pos);
     }
+    progress.finish();
     finish(out, target)?;
     println!("decompressed {size} bytes into {}", target.display());
     Ok(())
+}
+
+/// A reader that reports how much was read to a [`Progress`].
+struct CountingReader<R> {
+    inner: R,
+    read: u64,
+    progress: Arc<Progress>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        self.progress.set(self.read);
+        Ok(n)
+    }
 }
 
 fn create(path: &Path) -> Result<File, ToolError> {

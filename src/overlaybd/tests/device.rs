@@ -89,12 +89,12 @@ async fn raw_export_and_import_roundtrip() {
     let raw = dir.path().join("want.raw");
     std::fs::write(&raw, &want).unwrap();
     let upper = new_layer(dir.path(), "up", vsize);
-    let summary = import_raw(&raw, &stack, &upper).await.unwrap();
+    let summary = import_raw(&raw, &stack, &upper, &|_| {}).await.unwrap();
     assert_eq!((summary.written, summary.discarded), (8192, 4096));
     let image = Image::new(stack, Some(upper)).await.unwrap();
     assert_eq!(image.read(0, vsize as usize).await.unwrap(), want);
     let out = dir.path().join("out.raw");
-    export_sparse(&image, &out).await.unwrap();
+    export_sparse(&image, &out, &|_| {}).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), want);
 }
 
@@ -123,6 +123,7 @@ async fn image_from_config_with_zfile_layers_and_upper() {
         &CommitOptions::default(),
         &commit,
         Some(WriterOptions::default()),
+        &|_| {},
     )
     .await
     .unwrap();
