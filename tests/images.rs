@@ -933,3 +933,27 @@ fn tools_report_progress_name_force_and_clean_up_when_interrupted() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A fresh clone has no `../shared`: a test that needs the upstream layer passes, saying it is
+/// skipped and why. Seen here by running this file's fixture test again in a child process
+/// whose fixture folder is empty (`OVERLAYBD_FIXTURES` set is the only folder tried).
+#[test]
+fn without_the_shared_fixtures_a_fixture_test_says_it_is_skipped() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fixture_exports_to_a_clean_ext4_and_inspects"])
+        .env("OVERLAYBD_FIXTURES", empty.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(
+        stderr.contains("skipped: fixture_exports_to_a_clean_ext4_and_inspects needs the upstream fixture ext4_64")
+            && stderr.contains("OVERLAYBD_FIXTURES"),
+        "{stderr}"
+    );
+}

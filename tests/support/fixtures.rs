@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub const EXT4_64_DIGEST: &str =
     "sha256:c3a417552a6cf9ffa959b541850bab7d7f08f4255425bf8b48c85f7b36b378d9";
 
-/// The fixture `name` from `$OVERLAYBD_FIXTURES`, else `../shared/fixtures` or
+/// The fixture `name` from `$OVERLAYBD_FIXTURES` when it is set, else `../shared/fixtures` or
 /// `../../shared/fixtures` from the crate root. A test calls [`require`] first; this panics
 /// when the fixture is missing, which then only happens to a test that forgot to.
 pub fn fixture(name: &str) -> PathBuf {
@@ -45,14 +45,15 @@ pub fn require(name: &str) -> Option<PathBuf> {
 /// a test that skips the part needing it and says so.
 pub fn find_fixture(name: &str) -> Result<PathBuf, Vec<PathBuf>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let tried: Vec<PathBuf> = std::env::var_os("OVERLAYBD_FIXTURES")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
+    // A folder named by the environment is the only one tried: that is also how a test sees
+    // what a fresh clone (no ../shared) does, on a machine that has ../shared.
+    let tried: Vec<PathBuf> = match std::env::var_os("OVERLAYBD_FIXTURES") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![
             root.join("../shared/fixtures"),
             root.join("../../shared/fixtures"),
-        ])
-        .collect();
+        ],
+    };
     tried
         .iter()
         .map(|dir| dir.join(name))
