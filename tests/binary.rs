@@ -298,3 +298,37 @@ fn log_lines_are_plain_and_name_what_an_operator_needs() {
         "colour codes in a log file:\n{text}"
     );
 }
+
+/// The scripts find the binary where cargo puts it: `scripts/target-dir.sh` follows
+/// `CARGO_TARGET_DIR` (relative ones from the repository) instead of assuming `target/`.
+#[test]
+fn scripts_follow_cargo_target_dir() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/target-dir.sh");
+    let dir = |value: Option<&str>| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(script);
+        match value {
+            Some(v) => cmd.env("CARGO_TARGET_DIR", v),
+            None => cmd.env_remove("CARGO_TARGET_DIR"),
+        };
+        run(&mut cmd).trim().to_string()
+    };
+    assert_eq!(dir(Some("/tmp/elsewhere")), "/tmp/elsewhere");
+    assert_eq!(
+        dir(Some("build-out")),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/build-out")
+    );
+    let default = dir(None);
+    assert!(
+        std::path::Path::new(&default).is_absolute() && default.ends_with("target"),
+        "{default}"
+    );
+    for script in ["conformance/libiscsi.sh", "conformance/linux-vm/ci.sh"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{script}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(
+            text.contains("scripts/target-dir.sh") && !text.contains("target/release/overlaybd"),
+            "{script} assumes target/release"
+        );
+    }
+}
