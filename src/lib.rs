@@ -11,6 +11,7 @@
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
+//! - [`registry`]: image references and registry manifests, turned into an image config;
 //! - [`audit`]: the audit log of remote fetches and slow commands;
 //! - [`metrics`]: the Prometheus metrics every layer counts into, and their HTTP endpoint;
 //! - [`tools`]: the image tools (create, commit, zfile, merge, inspect, export, import, build);
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod iscsi;
 pub mod metrics;
 pub mod overlaybd;
+pub mod registry;
 pub mod scsi;
 pub mod source;
 pub(crate) mod sys;

@@ -1,0 +1,16 @@
+//! Images by reference: what a user types (`HOST[:PORT]/REPOSITORY[:TAG|@DIGEST]`), the
+//! registry documents it names (an OCI index or Docker manifest list, then an OCI or Docker
+//! image manifest), and the overlaybd layers those describe (`../shared/spec/tools.md` §8.1).
+//!
+//! Both parts are free of I/O: [`reference`] turns text into the URLs to fetch, [`manifest`]
+//! turns fetched bytes into a platform choice and then into the lowers of a `config.v1.json`.
+//! Fetching, with the registry client's authentication, is the caller's.
+
+pub mod manifest;
+pub mod reference;
+
+pub use manifest::{
+    LayerRef, Manifest, ManifestError, OverlaybdImage, Platform, ANNOTATION_ACCELERATION,
+    ANNOTATION_BLOB_DIGEST, ANNOTATION_BLOB_SIZE,
+};
+pub use reference::{ImageReference, ReferenceError};
