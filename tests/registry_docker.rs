@@ -155,6 +155,23 @@ async fn start_registry(opts: Options<'_>, probe: &reqwest::Client) -> Registry 
     }
 }
 
+/// A registry with htpasswd auth for the user carol, and her credentials.
+async fn registry_with_carol() -> (Registry, RegistryCredentials) {
+    let reg = start_registry(
+        Options {
+            htpasswd: Some(("carol", "pa55word")),
+            ..Options::default()
+        },
+        &reqwest::Client::new(),
+    )
+    .await;
+    let creds = RegistryCredentials {
+        username: "carol".into(),
+        password: "pa55word".into(),
+    };
+    (reg, creds)
+}
+
 fn blob(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
 }
@@ -235,19 +252,8 @@ async fn docker_registry_anonymous_push_and_ranged_reads() {
 
 #[tokio::test]
 async fn docker_registry_htpasswd_basic_auth() {
-    let reg = start_registry(
-        Options {
-            htpasswd: Some(("carol", "pa55word")),
-            ..Options::default()
-        },
-        &reqwest::Client::new(),
-    )
-    .await;
+    let (reg, creds) = registry_with_carol().await;
     let data = blob(300_000);
-    let creds = RegistryCredentials {
-        username: "carol".into(),
-        password: "pa55word".into(),
-    };
     let http = reqwest::Client::new();
     assert!(
         push_blob(&http, &reg.url, "private/app", data.clone(), None)
@@ -463,5 +469,208 @@ async fn docker_registry_layer_served_as_a_lun_by_the_binary() {
             "slow_command target=iqn.2026-11.io.overlaybd:registry lun=0 kind=read lba=0 "
         )),
         "{audit}"
+    );
+}
+
+/// `pull HOST/REPO:TAG DIR` against `docker-registry` with htpasswd: a Docker manifest with
+/// the overlaybd annotations gives a config whose LUN reads the layer byte-exactly; a Docker
+/// manifest list and an OCI index pick the platform asked for; a plain image, an unknown tag,
+/// a platform the index lacks and wrong credentials are each refused with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_writes_the_config_of_an_image_by_reference() {
+    use overlaybd_target::cache::http::push::push_manifest;
+    use overlaybd_target::registry::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX};
+    use support::process::{binary, copy_first_mib, run, run_fails, Target};
+
+    let (reg, creds) = registry_with_carol().await;
+    let http = reqwest::Client::new();
+    let layer = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.obd")).unwrap();
+    let repo = "demo/app";
+    let layer_digest = push_blob(&http, &reg.url, repo, layer.clone(), Some(&creds))
+        .await
+        .unwrap();
+    let config_json = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
+    let config_digest = push_blob(
+        &http,
+        &reg.url,
+        repo,
+        config_json.clone().into_bytes(),
+        Some(&creds),
+    )
+    .await
+    .unwrap();
+    let manifest = |annotated: bool| {
+        let annotations = if annotated {
+            format!(
+                r#", "annotations": {{"containerd.io/snapshot/overlaybd/blob-digest": "{layer_digest}",
+                   "containerd.io/snapshot/overlaybd/blob-size": "{}",
+                   "containerd.io/snapshot/overlaybd/version": "0.1.0"}}"#,
+                layer.len()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{DOCKER_MANIFEST}",
+                "config": {{"mediaType": "application/vnd.docker.container.image.v1+json",
+                            "digest": "{config_digest}", "size": {}}},
+                "layers": [{{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                             "digest": "{layer_digest}", "size": {}{annotations}}}]}}"#,
+            config_json.len(),
+            layer.len()
+        )
+    };
+    let put = |tag: &'static str, media: &'static str, body: String| {
+        let (http, url, creds) = (http.clone(), reg.url.clone(), creds.clone());
+        async move {
+            let len = body.len();
+            let digest = push_manifest(
+                &http,
+                &url,
+                repo,
+                tag,
+                media,
+                body.into_bytes(),
+                Some(&creds),
+            )
+            .await
+            .unwrap();
+            (digest, len)
+        }
+    };
+    let (v1, v1_len) = put("v1", DOCKER_MANIFEST, manifest(true)).await;
+    let (plain, plain_len) = put("plain", DOCKER_MANIFEST, manifest(false)).await;
+    let index = |media: &str| {
+        format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{media}", "manifests": [
+                {{"mediaType": "{DOCKER_MANIFEST}", "digest": "{plain}", "size": {plain_len},
+                  "platform": {{"architecture": "arm64", "os": "linux"}}}},
+                {{"mediaType": "{DOCKER_MANIFEST}", "digest": "{v1}", "size": {v1_len},
+                  "platform": {{"architecture": "amd64", "os": "linux"}}}}]}}"#
+        )
+    };
+    put("list", DOCKER_LIST, index(DOCKER_LIST)).await;
+    put("oci", OCI_INDEX, index(OCI_INDEX)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cred_json = d.join("cred.json");
+    let host = reg.url.trim_start_matches("http://").to_string();
+    let write_creds = |password: &str| {
+        std::fs::write(
+            &cred_json,
+            format!(
+                r#"{{"auths": {{"{host}": {{"username": "carol", "password": "{password}"}}}}}}"#
+            ),
+        )
+        .unwrap()
+    };
+    write_creds("pa55word");
+    let obd_json = d.join("overlaybd.json");
+    std::fs::write(
+        &obd_json,
+        format!(
+            r#"{{"credentialConfig": {{"mode": "file", "path": "{}"}}, "enableAudit": false}}"#,
+            cred_json.display()
+        ),
+    )
+    .unwrap();
+    let obd = obd_json.display().to_string();
+    let pull = |reference: String, out: &str, platform: Option<&str>| {
+        let mut cmd = binary();
+        cmd.arg("pull").args(["--overlaybd-config", &obd]);
+        if let Some(p) = platform {
+            cmd.args(["--platform", p]);
+        }
+        cmd.arg(reference).arg(d.join(out));
+        cmd
+    };
+
+    let said = run(&mut pull(format!("{host}/{repo}:v1"), "v1", None));
+    assert!(
+        said.contains(&format!("1 layer(s) of {host}/{repo}:v1@{v1}")),
+        "{said}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("v1/config.v1.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["repoBlobUrl"],
+        format!("{}/v2/{repo}/blobs", reg.url)
+    );
+    assert_eq!(config["lowers"][0]["digest"], layer_digest.as_str());
+    assert_eq!(config["lowers"][0]["size"], layer.len() as u64);
+
+    for (tag, out) in [("list", "list"), ("oci", "oci")] {
+        run(&mut pull(
+            format!("{host}/{repo}:{tag}"),
+            out,
+            Some("linux/amd64"),
+        ));
+        assert_eq!(
+            std::fs::read(d.join(out).join("config.v1.json")).unwrap(),
+            std::fs::read(d.join("v1/config.v1.json")).unwrap(),
+            "{tag}: the amd64 entry is v1"
+        );
+    }
+    let err = run_fails(&mut pull(
+        format!("{host}/{repo}:oci"),
+        "x",
+        Some("linux/s390x"),
+    ));
+    assert!(
+        err.contains("no linux/s390x image in the index (it has linux/arm64, linux/amd64)"),
+        "{err}"
+    );
+    let err = run_fails(&mut pull(
+        format!("{host}/{repo}:list"),
+        "x",
+        Some("linux/arm64"),
+    ));
+    assert!(err.contains("not an overlaybd image"), "{err}");
+    let err = run_fails(&mut pull(format!("{host}/{repo}:plain"), "x", None));
+    assert!(err.contains("not an overlaybd image"), "{err}");
+    let err = run_fails(&mut pull(format!("{host}/{repo}:nope"), "x", None));
+    assert!(
+        err.contains(":nope") && err.contains("manifest unknown"),
+        "{err}"
+    );
+    let err = run_fails(&mut pull(format!("{host}/{repo}:v1"), "v1", None));
+    assert!(err.contains("-f replaces it"), "{err}");
+    write_creds("wrong");
+    let err = run_fails(&mut pull(format!("{host}/{repo}:v1"), "y", None));
+    assert!(err.contains("Authentication failed"), "{err}");
+    write_creds("pa55word");
+
+    // The pulled config serves the layer: the LUN reads what `export` of the blob writes.
+    let raw = d.join("demo.raw");
+    run(binary()
+        .arg("export")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.obd"))
+        .arg(&raw));
+    let config = d.join("v1/config.v1.json").display().to_string();
+    let cache = d.join("cache").display().to_string();
+    let first_mib = d.join("first-mib.raw");
+    let out = first_mib.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let iqn = "iqn.2026-12.io.overlaybd:pulled";
+        let target = Target::start(&[
+            "--target",
+            iqn,
+            "--lun",
+            &format!("image:{config}"),
+            "--overlaybd-config",
+            &obd,
+            "--cache-dir",
+            &cache,
+        ]);
+        copy_first_mib(&target.url(iqn, 0), &out);
+    })
+    .await
+    .unwrap();
+    assert!(
+        std::fs::read(&first_mib).unwrap() == std::fs::read(&raw).unwrap()[..1 << 20],
+        "the first MiB read through the pulled config is the layer's"
     );
 }

@@ -2,15 +2,18 @@
 //! registry documents it names (an OCI index or Docker manifest list, then an OCI or Docker
 //! image manifest), and the overlaybd layers those describe (`../shared/spec/tools.md` §8.1).
 //!
-//! Both parts are free of I/O: [`reference`] turns text into the URLs to fetch, [`manifest`]
-//! turns fetched bytes into a platform choice and then into the lowers of a `config.v1.json`.
-//! Fetching, with the registry client's authentication, is the caller's.
+//! [`reference`] and [`manifest`] are free of I/O: one turns text into the URLs to fetch,
+//! the other turns fetched bytes into a platform choice and then into the lowers of a
+//! `config.v1.json`. [`resolve`] does the fetching, through the registry client and its
+//! authentication.
 
 pub mod manifest;
 pub mod reference;
+pub mod resolve;
 
 pub use manifest::{
     LayerRef, Manifest, ManifestError, OverlaybdImage, Platform, ANNOTATION_ACCELERATION,
     ANNOTATION_BLOB_DIGEST, ANNOTATION_BLOB_SIZE,
 };
 pub use reference::{ImageReference, ReferenceError};
+pub use resolve::{resolve, ResolvedImage};

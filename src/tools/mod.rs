@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod interrupt;
 pub mod merge;
 pub mod progress;
+pub mod pull;
 pub mod zfile;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub enum Tool {
     Import(import::ImportArgs),
     /// Make an ext4 image of a directory (mkfs.ext4 -d) and import it as a new layer.
     Build(build::BuildArgs),
+    /// Write the config.v1.json of an image in a registry, by reference (HOST/REPO:TAG).
+    Pull(pull::PullArgs),
 }
 
 impl Tool {
@@ -62,6 +65,7 @@ impl Tool {
                 Tool::Export(a) => export::run(a).await,
                 Tool::Import(a) => import::run(a).await,
                 Tool::Build(a) => build::run(a).await,
+                Tool::Pull(a) => pull::run(a).await,
             }
         };
         tokio::select! {

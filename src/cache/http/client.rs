@@ -26,6 +26,20 @@ use crate::cache::settings::{DaemonSettings, HttpConfig};
 use crate::source::{LayerSource, SourceError, SourceResult, Span};
 use crate::{audit, metrics};
 
+/// Largest manifest body read (the distribution spec's registries cap manifests at 4 MiB).
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// A manifest as the registry answered it.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The `Content-Type` header, which names the manifest's media type.
+    pub content_type: Option<String>,
+    /// The body, exactly as served (its digest is the manifest's digest).
+    pub body: Bytes,
+    /// `sha256:…` of the body.
+    pub digest: String,
+}
+
 /// How many redirects one data request may follow before giving up.
 const MAX_REDIRECTS: usize = 5;
 
@@ -297,6 +311,107 @@ impl RegistryClient {
             .lock()
             .insert(challenge.clone(), (token.token.clone(), expiry));
         Ok((token.token, expiry))
+    }
+
+    /// Fetches the manifest at `url` (a registry `/v2/REPO/manifests/REF` URL), asking for
+    /// the media types in `accept`, with the same authorization as blob reads: anonymous
+    /// first, then Basic or a Bearer token as the registry's challenge asks. A body over
+    /// [`MAX_MANIFEST`] bytes is refused, and one whose sha256 contradicts the registry's
+    /// `Docker-Content-Digest` (or the digest the URL asked for) is an error.
+    pub async fn get_manifest(&self, url: &str, accept: &str) -> io::Result<FetchedManifest> {
+        let fail =
+            |kind: io::ErrorKind, what: String| io::Error::new(kind, format!("{url}: {what}"));
+        let url_parsed =
+            Url::parse(url).map_err(|e| fail(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut auth: Option<String> = None;
+        loop {
+            let mut req = self
+                .http
+                .get(url_parsed.clone())
+                .header(reqwest::header::ACCEPT, accept);
+            if let Some(a) = &auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = send_counted(req, &url_parsed).await.map_err(|e| {
+                let f = Failure::transport(e);
+                fail(f.kind, f.message)
+            })?;
+            let status = resp.status();
+            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                && auth.is_none()
+            {
+                let header = header_str(resp.headers(), WWW_AUTHENTICATE)
+                    .unwrap_or("")
+                    .to_string();
+                let challenge = parse_challenge(&header).map_err(|e| {
+                    fail(
+                        io::ErrorKind::PermissionDenied,
+                        format!("Authentication failed: {e}"),
+                    )
+                })?;
+                let value = match challenge {
+                    Challenge::Basic => {
+                        let creds = self
+                            .lookup_credentials(&url_parsed)
+                            .await
+                            .map_err(|f| fail(f.kind, f.message))?
+                            .ok_or_else(|| {
+                                fail(
+                                    io::ErrorKind::PermissionDenied,
+                                    "Authentication failed: the registry wants Basic auth and \
+                                     no credentials match"
+                                        .into(),
+                                )
+                            })?;
+                        basic_header(&creds.username, &creds.password)
+                    }
+                    Challenge::Bearer(b) => {
+                        let (token, _) = self
+                            .token(&b, &url_parsed)
+                            .await
+                            .map_err(|f| fail(f.kind, f.message))?;
+                        format!("Bearer {token}")
+                    }
+                };
+                auth = Some(value);
+                continue;
+            }
+            if status == StatusCode::NOT_FOUND {
+                return Err(fail(
+                    io::ErrorKind::NotFound,
+                    "manifest unknown (HTTP 404): no such tag, digest or repository".into(),
+                ));
+            }
+            if status != StatusCode::OK {
+                let f = Failure::status(status);
+                return Err(fail(f.kind, f.message));
+            }
+            let content_type =
+                header_str(resp.headers(), reqwest::header::CONTENT_TYPE).map(str::to_string);
+            let announced = header_str(
+                resp.headers(),
+                reqwest::header::HeaderName::from_static("docker-content-digest"),
+            )
+            .map(str::to_string);
+            let body = super::read_limited(resp, MAX_MANIFEST)
+                .await
+                .map_err(|e| fail(io::ErrorKind::InvalidData, e))?;
+            let digest = super::push::sha256_digest(&body);
+            let asked = url.rsplit('/').next().filter(|r| r.starts_with("sha256:"));
+            for expected in announced.iter().map(String::as_str).chain(asked) {
+                if expected.starts_with("sha256:") && expected != digest {
+                    return Err(fail(
+                        io::ErrorKind::InvalidData,
+                        format!("the manifest's sha256 is {digest}, not {expected}"),
+                    ));
+                }
+            }
+            return Ok(FetchedManifest {
+                content_type,
+                body,
+                digest,
+            });
+        }
     }
 
     fn forget_token(&self, challenge: &BearerChallenge) {

@@ -66,6 +66,33 @@ pub async fn push_blob(
     Ok(digest)
 }
 
+/// Puts `body` as the manifest `reference` (a tag or digest) of `repo`, with its media type
+/// and optional Basic credentials. Returns the manifest's digest.
+pub async fn push_manifest(
+    http: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: Vec<u8>,
+    creds: Option<&RegistryCredentials>,
+) -> io::Result<String> {
+    let digest = sha256_digest(&body);
+    let err = |e: String| io::Error::other(format!("push manifest {repo}:{reference}: {e}"));
+    let url = Url::parse(registry)
+        .and_then(|base| base.join(&format!("/v2/{repo}/manifests/{reference}")))
+        .map_err(|e| err(e.to_string()))?;
+    let mut put = http.put(url).header(CONTENT_TYPE, media_type).body(body);
+    if let Some(c) = creds {
+        put = put.header(AUTHORIZATION, basic_header(&c.username, &c.password));
+    }
+    let resp = put.send().await.map_err(|e| err(e.to_string()))?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(err(format!("status {}", resp.status())));
+    }
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
