@@ -64,8 +64,8 @@ pub struct Cli {
     pub target: Option<String>,
 
     /// A LUN of the quick-form target (repeatable, numbered from 0): file:PATH, ram:SIZE,
-    /// image:CONFIG.json (or image:LAYER.obd, one sealed layer), or any of them prefixed by ro:
-    /// for read-only.
+    /// image:CONFIG.json (or image:LAYER.obd, one sealed layer), registry:HOST/REPO:TAG, or any
+    /// of them prefixed by ro: for read-only.
     #[arg(long = "lun", value_name = "BACKING", value_parser = parse_lun, conflicts_with = "config")]
     pub luns: Vec<LunSpec>,
 

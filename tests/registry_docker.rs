@@ -649,10 +649,12 @@ async fn pull_writes_the_config_of_an_image_by_reference() {
         .arg("export")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.obd"))
         .arg(&raw));
+    // So does `registry:REF` as a LUN, resolved when the LUN opens (LUN 1).
     let config = d.join("v1/config.v1.json").display().to_string();
     let cache = d.join("cache").display().to_string();
-    let first_mib = d.join("first-mib.raw");
-    let out = first_mib.display().to_string();
+    let outs = [d.join("first-mib-0.raw"), d.join("first-mib-1.raw")];
+    let out_paths: Vec<String> = outs.iter().map(|p| p.display().to_string()).collect();
+    let by_reference = format!("registry:{host}/{repo}:oci");
     tokio::task::spawn_blocking(move || {
         let iqn = "iqn.2026-12.io.overlaybd:pulled";
         let target = Target::start(&[
@@ -660,17 +662,44 @@ async fn pull_writes_the_config_of_an_image_by_reference() {
             iqn,
             "--lun",
             &format!("image:{config}"),
+            "--lun",
+            &by_reference,
             "--overlaybd-config",
             &obd,
             "--cache-dir",
             &cache,
+            "--strict",
         ]);
-        copy_first_mib(&target.url(iqn, 0), &out);
+        for (lun, out) in out_paths.iter().enumerate() {
+            copy_first_mib(&target.url(iqn, lun as u32), out);
+        }
     })
     .await
     .unwrap();
+    let expected = &std::fs::read(&raw).unwrap()[..1 << 20];
+    for out in &outs {
+        assert!(
+            std::fs::read(out).unwrap() == expected,
+            "{}: the first MiB read through the pulled config and by reference is the layer's",
+            out.display()
+        );
+    }
+    // A reference with no such tag fails the LUN at start (with --strict), naming it.
+    let err = run_fails(
+        binary()
+            .args([
+                "--portal",
+                "127.0.0.1:0",
+                "--no-api",
+                "--no-state",
+                "--strict",
+            ])
+            .args(["--overlaybd-config", &obd_json.display().to_string()])
+            .arg("--lun")
+            .arg(format!("registry:{host}/{repo}:gone")),
+    );
     assert!(
-        std::fs::read(&first_mib).unwrap() == std::fs::read(&raw).unwrap()[..1 << 20],
-        "the first MiB read through the pulled config is the layer's"
+        err.contains(&format!("registry:{host}/{repo}:gone")) && err.contains("manifest unknown"),
+        "{err}"
     );
 }

@@ -81,6 +81,11 @@ impl RemoteLayers {
         &self.tiers
     }
 
+    /// The registry client (its credentials and tokens), for manifest requests.
+    pub fn client(&self) -> &Arc<RegistryClient> {
+        &self.client
+    }
+
     /// Opens a remote layer. With a reachable P2P proxy the blob is read through it and the
     /// local cache is bypassed (the proxy caches); otherwise it is read through the cache tiers,
     /// and, when download is enabled, fully downloaded in the background (into the layer's

@@ -56,6 +56,9 @@ pub enum BackingError {
         /// The machine's physical memory in bytes.
         memory: u64,
     },
+    /// `registry:` with a reference that does not parse (the message shows the form).
+    #[error("LUN backing registry: {0}")]
+    BadReference(String),
     /// The backing file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -136,6 +139,10 @@ pub enum Backing {
     Image(PathBuf),
     /// The demo image embedded in the binary (`demo:`), always read-only.
     Demo,
+    /// An overlaybd image in a registry, by reference (`registry:HOST/REPO:TAG`): the
+    /// manifest is resolved when the LUN opens (pinned by digest from then on) and the layers
+    /// are read lazily through the cache. Always read-only.
+    Registry(crate::registry::ImageReference),
 }
 
 /// A parsed LUN: its backing and whether writes are refused.
@@ -165,6 +172,13 @@ impl LunSpec {
                 return Err(BackingError::EmptyPath(text.to_string()));
             }
             Backing::Image(PathBuf::from(path))
+        } else if let Some(reference) = rest.strip_prefix("registry:") {
+            let reference = crate::registry::ImageReference::parse(reference)
+                .map_err(|e| BackingError::BadReference(e.to_string()))?;
+            return Ok(LunSpec {
+                backing: Backing::Registry(reference),
+                read_only: true,
+            });
         } else if rest == "demo:" {
             return Ok(LunSpec {
                 backing: Backing::Demo,
@@ -247,6 +261,7 @@ impl LunSpec {
                         })?;
                 Ok(Arc::new(image))
             }
+            Backing::Registry(reference) => images.open_reference(reference).await,
             Backing::Image(path) => {
                 let device = images.open(path, self.read_only).await?;
                 if device.size() == 0 {
@@ -291,7 +306,7 @@ impl LunSpec {
         let product = match self.backing {
             Backing::File(_) => "overlaybd file",
             Backing::Ram(_) => "overlaybd ram",
-            Backing::Image(_) => "overlaybd image",
+            Backing::Image(_) | Backing::Registry(_) => "overlaybd image",
             Backing::Demo => "overlaybd demo",
         };
         LunConfig {
@@ -315,13 +330,18 @@ fn size_with_unit(bytes: u64) -> String {
 
 impl fmt::Display for LunSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.read_only {
+        // `registry:` is read-only whatever the prefix; printing none keeps the text the user
+        // wrote. (`demo:` keeps its `ro:`: the text feeds the unit serial, which must not
+        // change across versions.)
+        let always_read_only = matches!(self.backing, Backing::Registry(_));
+        if self.read_only && !always_read_only {
             f.write_str("ro:")?;
         }
         match &self.backing {
             Backing::File(path) => write!(f, "file:{}", path.display()),
             Backing::Ram(size) => write!(f, "ram:{}", size_with_unit(*size)),
             Backing::Image(path) => write!(f, "image:{}", path.display()),
+            Backing::Registry(reference) => write!(f, "registry:{reference}"),
             Backing::Demo => f.write_str("demo:"),
         }
     }
@@ -407,6 +427,50 @@ impl ImageOpener {
         } else {
             device
         })
+    }
+
+    /// Opens the image `reference` names: resolves its manifest for this machine's platform
+    /// through the shared registry client (loopback registries over HTTP, others over HTTPS)
+    /// and reads its layers through the shared caches.
+    async fn open_reference(
+        &self,
+        reference: &crate::registry::ImageReference,
+    ) -> Result<Arc<dyn BlockDevice>, BackingError> {
+        let name = format!("registry:{reference}");
+        let registry_err = |source: LsmtError| BackingError::Registry {
+            path: PathBuf::from(&name),
+            source: Box::new(source),
+        };
+        let luns = self.remote().map_err(registry_err)?;
+        let platform = crate::registry::Platform::host();
+        let resolved = crate::registry::resolve(luns.layers().client(), reference, &platform, &[])
+            .await
+            .map_err(|e| {
+                let source = match e.kind() {
+                    std::io::ErrorKind::NotFound => SourceError::NotFound(e.to_string()),
+                    std::io::ErrorKind::PermissionDenied => SourceError::Denied(e.to_string()),
+                    std::io::ErrorKind::InvalidData => SourceError::Corrupt(Arc::new(e)),
+                    _ => SourceError::Unavailable(e.to_string()),
+                };
+                registry_err(LsmtError::Source {
+                    file: name.clone(),
+                    source,
+                })
+            })?;
+        tracing::info!(
+            reference = %reference,
+            pinned = %resolved.pinned,
+            layers = resolved.image.layers.len(),
+            "image reference resolved"
+        );
+        let config = resolved.image_config();
+        let image = Image::open(&config, &name, luns.layers())
+            .await
+            .map_err(registry_err)?;
+        if image.size() == 0 {
+            return Err(BackingError::Empty(PathBuf::from(name)));
+        }
+        Ok(Arc::new(image))
     }
 
     /// The shared remote-layer caches, built on first use.
@@ -605,6 +669,25 @@ mod tests {
         assert!(
             matches!(e, BackingError::RamLargerThanMemory { .. })
                 && e.to_string().contains(&format!("{} MiB", memory >> 20)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn registry_references_parse_read_only_and_print_back() {
+        let text = "registry:127.0.0.1:5000/team/app:v1";
+        let spec = LunSpec::parse(text).unwrap();
+        assert!(
+            spec.read_only,
+            "an image by reference has no writable layer"
+        );
+        assert_eq!(spec.to_string(), text);
+        assert_eq!(LunSpec::parse(&spec.to_string()).unwrap(), spec);
+        let e = LunSpec::parse("registry:ubuntu:22.04")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("registry:") && e.contains("HOST[:PORT]/REPOSITORY"),
             "{e}"
         );
     }
