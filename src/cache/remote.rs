@@ -89,7 +89,8 @@ impl RemoteLayers {
     /// Opens a remote layer. With a reachable P2P proxy the blob is read through it and the
     /// local cache is bypassed (the proxy caches); otherwise it is read through the cache tiers,
     /// and, when download is enabled, fully downloaded in the background (into the layer's
-    /// `dir`, or the cache folder without one). Authorization and size errors surface here, at open time.
+    /// `dir`, or the cache folder without one). Authorization and size errors surface here, at
+    /// open time.
     pub async fn open(&self, layer: &RemoteLayer<'_>) -> io::Result<Arc<dyn LayerSource>> {
         let p2p = &self.settings.p2p_config;
         let prefix = if p2p.enable && proxy_reachable(&p2p.address).await {

@@ -301,7 +301,13 @@ impl LunSpec {
 
     /// Describes `device` as LUN `number` of target `target_name`.
     fn describe(&self, target_name: &str, number: u64, device: Arc<dyn BlockDevice>) -> LunConfig {
-        let digest = Sha256::digest(format!("{target_name}/{number}/{self}").as_bytes());
+        // RAM sizes went into the serial as bytes before they printed with units; keep that
+        // text, so a RAM LUN's serial and WWN do not change across versions.
+        let text = match self.backing {
+            Backing::Ram(size) => format!("{}ram:{size}", if self.read_only { "ro:" } else { "" }),
+            _ => self.to_string(),
+        };
+        let digest = Sha256::digest(format!("{target_name}/{number}/{text}").as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
             Backing::File(_) => "overlaybd file",
@@ -690,6 +696,16 @@ mod tests {
             e.contains("registry:") && e.contains("HOST[:PORT]/REPOSITORY"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_ram_luns_serial_is_the_one_it_had_before_sizes_printed_with_units() {
+        let lun =
+            LunSpec::parse("ram:1M")
+                .unwrap()
+                .unavailable_lun("iqn.x", 0, Unavailable::Failed);
+        let before = hex::encode(&Sha256::digest(b"iqn.x/0/ram:1048576")[..8]);
+        assert_eq!(lun.serial, before);
     }
 
     #[test]
