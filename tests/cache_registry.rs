@@ -1056,3 +1056,160 @@ async fn registry_answers_are_counted_by_host_and_status() {
     assert!(opened.is_err());
     assert!(count(&host, "error").is_some_and(|n| n >= 1.0));
 }
+
+/// What the push fake registry stored, and what it saw.
+#[derive(Default)]
+struct PushStore {
+    blobs: std::collections::HashMap<String, Vec<u8>>,
+    manifests: std::collections::HashMap<String, (String, Vec<u8>)>,
+    token_scopes: Vec<String>,
+    /// Requests with a body that were refused for want of a valid token.
+    bodies_refused: usize,
+    generation: usize,
+}
+
+/// `push` to a registry that takes only Bearer tokens scoped `pull,push` (its token service
+/// wants Basic credentials), and revokes the token after the first upload: every blob and the
+/// manifest arrive intact (digests checked as the registry does), the token request names the
+/// push scope, a revoked token is replaced once, and no body is sent more than needed.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_with_bearer_tokens_scoped_for_push() {
+    use overlaybd_target::overlaybd::config::LowerLayer;
+    use overlaybd_target::overlaybd::ImageConfig;
+    use overlaybd_target::registry::compose::ManifestKind;
+    use overlaybd_target::registry::push::{push_image, BlobOutcome, PushOptions};
+    use overlaybd_target::registry::{ImageReference, Manifest, Platform};
+
+    let store = Arc::new(parking_lot::Mutex::new(PushStore {
+        generation: 1,
+        ..PushStore::default()
+    }));
+    let realm = Arc::new(parking_lot::Mutex::new(String::new()));
+    let server = TestServer::start({
+        let (store, realm) = (Arc::clone(&store), Arc::clone(&realm));
+        move |req: &Request| {
+            let mut s = store.lock();
+            if let Some(query) = req.target.strip_prefix("/token?") {
+                if req.header("authorization") != Some("Basic Ym9iOnB3") {
+                    return Reply::status(401);
+                }
+                s.token_scopes.push(query.to_string());
+                return Reply::new(200, &[], format!(r#"{{"token": "t{}"}}"#, s.generation));
+            }
+            if req.header("authorization") != Some(format!("Bearer t{}", s.generation).as_str()) {
+                if !req.body.is_empty() {
+                    s.bodies_refused += 1;
+                }
+                let challenge = format!(
+                    r#"Bearer realm="{}",service="fake",scope="repository:team/app:pull,push""#,
+                    realm.lock()
+                );
+                return Reply::new(401, &[("WWW-Authenticate", &challenge)], "");
+            }
+            let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+            match (req.method.as_str(), path) {
+                ("HEAD", p) if p.starts_with("/v2/team/app/blobs/sha256:") => {
+                    let digest = p.rsplit('/').next().unwrap();
+                    Reply::status(if s.blobs.contains_key(digest) { 200 } else { 404 })
+                }
+                ("POST", "/v2/team/app/blobs/uploads/") => {
+                    Reply::new(202, &[("Location", "/uploads/x1?state=abc")], "")
+                }
+                ("PUT", "/uploads/x1") => {
+                    let digest = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("digest="))
+                        .unwrap()
+                        .replace("%3A", ":");
+                    if sha256_digest(&req.body) != digest {
+                        return Reply::new(
+                            400,
+                            &[],
+                            r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#,
+                        );
+                    }
+                    s.blobs.insert(digest, req.body.clone());
+                    // The token is revoked after the first upload.
+                    if s.blobs.len() == 1 {
+                        s.generation += 1;
+                    }
+                    Reply::status(201)
+                }
+                ("PUT", "/v2/team/app/manifests/v1") => {
+                    let media = req.header("content-type").unwrap_or("").to_string();
+                    s.manifests.insert("v1".into(), (media, req.body.clone()));
+                    Reply::status(201)
+                }
+                _ => Reply::status(404),
+            }
+        }
+    })
+    .await;
+    *realm.lock() = format!("{}/token", server.url());
+
+    let dir = tempfile::tempdir().unwrap();
+    let layer_path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.obd");
+    let layer = std::fs::read(layer_path).unwrap();
+    let config = ImageConfig {
+        lowers: vec![LowerLayer {
+            file: layer_path.into(),
+            ..LowerLayer::default()
+        }],
+        ..ImageConfig::default()
+    };
+    let reference = ImageReference::parse(&format!("{}/team/app:v1", server.addr)).unwrap();
+    let progress = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&progress);
+    let pushed = push_image(
+        &client(cred_file(&dir, &server.addr.to_string(), "bob", "pw")),
+        &config,
+        "demo.json",
+        &reference,
+        &PushOptions {
+            kind: ManifestKind::Oci,
+            platform: Platform::parse("linux/arm64").unwrap(),
+            plain_http: vec![],
+        },
+        Arc::new(move |done, total| seen.lock().push((done, total))),
+    )
+    .await
+    .unwrap();
+
+    let s = store.lock();
+    assert_eq!(pushed.layers.len(), 1);
+    assert_eq!(pushed.layers[0].outcome, BlobOutcome::Uploaded);
+    assert_eq!(pushed.config.outcome, BlobOutcome::Uploaded);
+    let blob = &s.blobs[&pushed.layers[0].blob.digest];
+    assert_eq!(&blob[..16], b"overlaybd.commit");
+    assert_eq!(&blob[512..512 + layer.len()], &layer[..], "payload at 512");
+    assert_eq!(blob.len() as u64, pushed.layers[0].blob.size);
+    assert!(blob[512 + layer.len()..].iter().all(|&b| b == 0));
+    let (media, body) = &s.manifests["v1"];
+    assert_eq!(media, "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        pushed.pinned.to_string(),
+        format!("{reference}@{}", sha256_digest(body))
+    );
+    let Manifest::Image(m) = Manifest::parse(Some(media), body).unwrap() else {
+        panic!("not an image manifest");
+    };
+    assert_eq!(
+        m.overlaybd().unwrap().layers[0].digest,
+        pushed.layers[0].blob.digest
+    );
+    let config_blob: serde_json::Value =
+        serde_json::from_slice(&s.blobs[&m.config.digest]).unwrap();
+    assert_eq!(config_blob["architecture"], "arm64");
+    // Two tokens: the first, and one after the revocation; each asked for the push scope.
+    assert_eq!(s.token_scopes.len(), 2, "{:?}", s.token_scopes);
+    assert!(s
+        .token_scopes
+        .iter()
+        .all(|q| q.contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush")));
+    // Bodies are sent with a token learned before: none was refused.
+    assert_eq!(s.bodies_refused, 0);
+    // Progress ends at the total of the blobs.
+    let last = *progress.lock().last().unwrap();
+    assert_eq!(last.0, last.1);
+    assert_eq!(last.1, pushed.layers[0].blob.size + pushed.config.blob.size);
+}

@@ -556,28 +556,10 @@ async fn pull_writes_the_config_of_an_image_by_reference() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cred_json = d.join("cred.json");
     let host = reg.url.trim_start_matches("http://").to_string();
-    let write_creds = |password: &str| {
-        std::fs::write(
-            &cred_json,
-            format!(
-                r#"{{"auths": {{"{host}": {{"username": "carol", "password": "{password}"}}}}}}"#
-            ),
-        )
-        .unwrap()
-    };
-    write_creds("pa55word");
-    let obd_json = d.join("overlaybd.json");
-    std::fs::write(
-        &obd_json,
-        format!(
-            r#"{{"credentialConfig": {{"mode": "file", "path": "{}"}}, "enableAudit": false}}"#,
-            cred_json.display()
-        ),
-    )
-    .unwrap();
-    let obd = obd_json.display().to_string();
+    let write_creds = |password: &str| carol_overlaybd_json(d, &host, password);
+    let obd = write_creds("pa55word");
+    let obd_json = Path::new(&obd).to_path_buf();
     let pull = |reference: String, out: &str, platform: Option<&str>| {
         let mut cmd = binary();
         cmd.arg("pull").args(["--overlaybd-config", &obd]);
@@ -702,4 +684,203 @@ async fn pull_writes_the_config_of_an_image_by_reference() {
         err.contains(&format!("registry:{host}/{repo}:gone")) && err.contains("manifest unknown"),
         "{err}"
     );
+}
+
+/// Writes `DIR/cred.json` with carol's `password` for `host` and `DIR/overlaybd.json` naming
+/// it; returns the overlaybd.json path.
+fn carol_overlaybd_json(d: &Path, host: &str, password: &str) -> String {
+    let cred_json = d.join("cred.json");
+    std::fs::write(
+        &cred_json,
+        format!(r#"{{"auths": {{"{host}": {{"username": "carol", "password": "{password}"}}}}}}"#),
+    )
+    .unwrap();
+    let obd_json = d.join("overlaybd.json");
+    std::fs::write(
+        &obd_json,
+        format!(
+            r#"{{"credentialConfig": {{"mode": "file", "path": "{}"}}, "enableAudit": false}}"#,
+            cred_json.display()
+        ),
+    )
+    .unwrap();
+    obd_json.display().to_string()
+}
+
+/// `build` two layers from directories, `push` them to `docker-registry` with htpasswd, and
+/// get the same disk back three ways: `pull` + `export`, and `registry:REF` as a LUN read in
+/// full by qemu-img over iSCSI. A second push sends nothing; pushing the pulled config to
+/// another repository mounts the layers; `--oci` gives an OCI manifest `pull` reads alike;
+/// wrong credentials and an image with a writable layer are refused with clear messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn build_push_then_serve_and_pull_by_reference() {
+    use support::process::{binary, run, run_fails, tool, Target};
+
+    let (reg, _creds) = registry_with_carol().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let host = reg.url.trim_start_matches("http://").to_string();
+    let obd = carol_overlaybd_json(&d, &host, "pa55word");
+    let s = |p: &str| d.join(p).display().to_string();
+    for (tree, files) in [
+        (
+            "a",
+            &[("etc/hostname", "a\n"), ("app/run.sh", "echo one\n")][..],
+        ),
+        (
+            "b",
+            &[("etc/hostname", "b\n"), ("app/data.txt", "two\n")][..],
+        ),
+    ] {
+        for (name, text) in files {
+            let path = d.join(tree).join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text.repeat(5000)).unwrap();
+        }
+    }
+    run(binary()
+        .args(["build", "-z", "--size", "64M"])
+        .args([s("a"), s("l0.obd"), s("c0.json")]));
+    run(binary()
+        .args(["build", "-z", "--base", &s("c0.json")])
+        .args([s("b"), s("l1.obd"), s("c1.json")]));
+    let push = |args: &[&str]| {
+        let mut cmd = binary();
+        cmd.args(["push", "--overlaybd-config", &obd]).args(args);
+        cmd
+    };
+
+    let v1 = format!("{host}/team/app:v1");
+    let said = run(&mut push(&[&s("c1.json"), &v1]));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 4, "{said}");
+    for (i, line) in lines[..3].iter().enumerate() {
+        assert!(line.ends_with(": uploaded"), "blob {i}: {said}");
+    }
+    assert!(lines[0].starts_with("layer 1/2 sha256:"), "{said}");
+    let pinned = lines[3].strip_prefix("pushed ").unwrap().to_string();
+    assert!(pinned.starts_with(&format!("{v1}@sha256:")), "{said}");
+    // The layer blob is the sealed layer tar-wrapped: 512-byte header, padding, end blocks.
+    let l0_len = std::fs::metadata(d.join("l0.obd")).unwrap().len();
+    let wrapped = 512 + l0_len.next_multiple_of(512) + 1024;
+    assert!(lines[0].contains(&format!("({wrapped} bytes)")), "{said}");
+
+    let again = run(&mut push(&[&s("c1.json"), &v1]));
+    assert_eq!(again.matches(": already present").count(), 3, "{again}");
+    assert!(
+        again.contains(&format!("pushed {pinned}")),
+        "same manifest: {again}"
+    );
+
+    // pull + export reads the pushed image as the local one.
+    run(binary().args(["pull", "--overlaybd-config", &obd, &v1, &s("pulled")]));
+    run(binary().args(["export", &s("c1.json"), &s("local.raw")]));
+    run(binary()
+        .args([
+            "export",
+            "--overlaybd-config",
+            &obd,
+            "--cache-dir",
+            &s("export-cache"),
+        ])
+        .args([s("pulled/config.v1.json"), s("pulled.raw")]));
+    let local = std::fs::read(d.join("local.raw")).unwrap();
+    assert!(
+        std::fs::read(d.join("pulled.raw")).unwrap() == local,
+        "pull + export"
+    );
+
+    // The pulled config's lowers are registry blobs: pushed to another repository of the
+    // same registry they are mounted, not sent again; the manifest is the same.
+    let other = format!("{host}/other/app:v1");
+    let mounted = run(&mut push(&[&s("pulled/config.v1.json"), &other]));
+    assert_eq!(
+        mounted.matches(": mounted from team/app").count(),
+        2,
+        "{mounted}"
+    );
+    let digest = pinned.rsplit('@').next().unwrap();
+    assert!(
+        mounted.contains(&format!("pushed {other}@{digest}")),
+        "{mounted}"
+    );
+
+    // An OCI manifest of the same layers; `pull` gives the same lowers.
+    let oci = run(&mut push(&[
+        "--oci",
+        &s("c1.json"),
+        &format!("{host}/team/app:oci"),
+    ]));
+    assert!(!oci.contains(digest), "a different manifest: {oci}");
+    run(binary()
+        .args(["pull", "--overlaybd-config", &obd])
+        .args([format!("{host}/team/app:oci"), s("pulled-oci")]));
+    let lowers = |p: &str| {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(p)).unwrap()).unwrap();
+        v["lowers"].clone()
+    };
+    assert_eq!(
+        lowers("pulled/config.v1.json"),
+        lowers("pulled-oci/config.v1.json")
+    );
+
+    // Served by reference, the whole disk reads back byte-exactly over iSCSI.
+    let (cache, out, by_ref) = (s("cache"), s("by-ref.raw"), format!("registry:{v1}"));
+    let obd2 = obd.clone();
+    tokio::task::spawn_blocking(move || {
+        let iqn = "iqn.2026-12.io.overlaybd:pushed";
+        let target = Target::start(&[
+            "--target",
+            iqn,
+            "--lun",
+            &by_ref,
+            "--overlaybd-config",
+            &obd2,
+            "--cache-dir",
+            &cache,
+            "--strict",
+        ]);
+        run(tool("qemu-img").args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &target.url(iqn, 0),
+            &out,
+        ]));
+    })
+    .await
+    .unwrap();
+    assert!(
+        std::fs::read(d.join("by-ref.raw")).unwrap() == local,
+        "registry: LUN"
+    );
+
+    // One layer blob is a one-layer image, its blob the same as the first layer of v1's.
+    let single = run(&mut push(&[&s("l0.obd"), &format!("{host}/team/base:v1")]));
+    let l0_blob = lines[0].strip_prefix("layer 1/2 ").unwrap();
+    assert!(
+        single.contains(&format!("layer 1/1 {l0_blob}")),
+        "{single}\n{said}"
+    );
+
+    // Refusals: wrong credentials, and an image with a writable upper.
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).unwrap();
+    let wrong_obd = carol_overlaybd_json(&wrong, &host, "nope");
+    let err =
+        run_fails(binary().args(["push", "--overlaybd-config", &wrong_obd, &s("c1.json"), &v1]));
+    assert!(
+        err.contains("HTTP 401") || err.contains("Authentication failed"),
+        "{err}"
+    );
+    run(binary().args(["create", &s("up.data"), &s("up.index"), "64M"]));
+    let mut upper: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("c1.json")).unwrap()).unwrap();
+    upper["upper"] = serde_json::json!({"data": s("up.data"), "index": s("up.index")});
+    std::fs::write(d.join("rw.json"), upper.to_string()).unwrap();
+    let err = run_fails(&mut push(&[&s("rw.json"), &v1]));
+    assert!(err.contains("writable upper layer; seal it first"), "{err}");
 }

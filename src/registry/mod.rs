@@ -7,7 +7,9 @@
 //! `config.v1.json`. [`resolve`] does the fetching, through the registry client and its
 //! authentication.
 
+pub mod compose;
 pub mod manifest;
+pub mod push;
 pub mod reference;
 pub mod resolve;
 

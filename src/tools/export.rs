@@ -1,7 +1,8 @@
 //! `export`: the virtual disk of an image as a sparse raw file.
 //!
 //! ```text
-//! overlaybd-target export [-f] SOURCE OUTPUT.raw      # SOURCE: config.v1.json or a layer blob
+//! overlaybd-target export [-f] [--overlaybd-config FILE] [--cache-dir DIR] SOURCE OUTPUT.raw
+//! # SOURCE: config.v1.json (lowers local or in a registry) or a layer blob
 //! ```
 
 use std::path::PathBuf;
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::progress::Progress;
-use super::{open_image, remove_existing, removing_partial_output, ToolError};
+use super::registry_args::CacheArgs;
+use super::{open_image_with, remove_existing, removing_partial_output, ToolError};
 use crate::block::BlockDevice;
 use crate::overlaybd::raw::export_sparse;
 
@@ -23,11 +25,14 @@ pub struct ExportArgs {
     /// Replace an existing OUTPUT.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Settings and cache folder for lowers that are registry blobs.
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Runs `export`.
 pub async fn run(a: ExportArgs) -> Result<(), ToolError> {
-    let image = open_image(&a.source).await?;
+    let image = open_image_with(&a.source, &a.cache).await?;
     if a.force {
         remove_existing(&a.output)?;
     }

@@ -16,6 +16,8 @@ pub mod interrupt;
 pub mod merge;
 pub mod progress;
 pub mod pull;
+pub mod push;
+pub mod registry_args;
 pub mod zfile;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,8 @@ pub enum Tool {
     Build(build::BuildArgs),
     /// Write the config.v1.json of an image in a registry, by reference (HOST/REPO:TAG).
     Pull(pull::PullArgs),
+    /// Push an image (config.v1.json or layer blob) to a registry as an overlaybd image.
+    Push(push::PushArgs),
 }
 
 impl Tool {
@@ -66,6 +70,7 @@ impl Tool {
                 Tool::Import(a) => import::run(a).await,
                 Tool::Build(a) => build::run(a).await,
                 Tool::Pull(a) => pull::run(a).await,
+                Tool::Push(a) => push::run(a).await,
             }
         };
         tokio::select! {
@@ -233,10 +238,32 @@ pub async fn open_config(path: &Path) -> Result<Image, ToolError> {
 /// Opens what `path` names as an image: a `config.v1.json` with local layers, or a single
 /// sealed layer blob (plain, ZFile or tar-wrapped).
 pub async fn open_image(path: &Path) -> Result<Image, ToolError> {
-    if is_config(path)? {
-        return open_config(path).await;
+    open_image_with(path, &registry_args::CacheArgs::default()).await
+}
+
+/// [`open_image`], where a config's lowers may also be registry blobs: those are read through
+/// a cache with the settings and folder `cache` names, as a LUN would read them.
+pub async fn open_image_with(
+    path: &Path,
+    cache: &registry_args::CacheArgs,
+) -> Result<Image, ToolError> {
+    if !is_config(path)? {
+        return Ok(LocalOpener::open_blob_image(path).await?);
     }
-    Ok(LocalOpener::open_blob_image(path).await?)
+    let config = ImageConfig::load(path)?;
+    let name = path.display().to_string();
+    let remote = (0..config.lowers.len()).any(|i| {
+        matches!(
+            config.locate(i, &name),
+            Ok(crate::overlaybd::config::LayerLocation::Remote { .. })
+        )
+    });
+    if !remote {
+        return Ok(Image::open(&config, &name, &LocalOpener).await?);
+    }
+    let layers = crate::cache::RemoteLayers::new(cache.settings()?)
+        .map_err(|e| ToolError::Usage(format!("cache: {e}")))?;
+    Ok(Image::open(&config, &name, &layers).await?)
 }
 
 /// Runs `work`, which creates the file `output`; when it fails, a partial `output` it left is

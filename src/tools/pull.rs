@@ -15,23 +15,16 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::registry_args::{reference, RegistryArgs};
 use super::ToolError;
-use crate::cache::http::RegistryClient;
-use crate::cache::DaemonSettings;
-use crate::registry::{resolve, ImageReference, Platform};
+use crate::registry::resolve;
 
 /// Arguments of `pull`.
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Platform to pick from a multi-platform index (default: this machine's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: Option<String>,
-    /// A registry spoken to over plain HTTP (repeatable); loopback registries always are.
-    #[arg(long = "plain-http", value_name = "HOST[:PORT]")]
-    pub plain_http: Vec<String>,
-    /// overlaybd.json with the credentials, certificates and HTTP settings to use.
-    #[arg(long, value_name = "FILE")]
-    pub overlaybd_config: Option<PathBuf>,
+    /// Platform, plain-HTTP registries and settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Replace an existing DIR/config.v1.json.
     #[arg(short = 'f', long)]
     pub force: bool,
@@ -43,23 +36,10 @@ pub struct PullArgs {
 
 /// Runs `pull`.
 pub async fn run(a: PullArgs) -> Result<(), ToolError> {
-    let reference =
-        ImageReference::parse(&a.reference).map_err(|e| ToolError::Usage(e.to_string()))?;
-    let platform = match &a.platform {
-        Some(text) => {
-            Platform::parse(text).map_err(|e| ToolError::Usage(format!("--platform: {e}")))?
-        }
-        None => Platform::host(),
-    };
-    let settings = match &a.overlaybd_config {
-        Some(path) => {
-            DaemonSettings::from_file(path).map_err(|e| ToolError::Usage(e.to_string()))?
-        }
-        None => DaemonSettings::default(),
-    };
-    let client =
-        RegistryClient::from_settings(&settings).map_err(|e| ToolError::Usage(e.to_string()))?;
-    let resolved = resolve(&client, &reference, &platform, &a.plain_http)
+    let reference = reference(&a.reference)?;
+    let platform = a.registry.platform()?;
+    let client = a.registry.client()?;
+    let resolved = resolve(&client, &reference, &platform, &a.registry.plain_http)
         .await
         .map_err(|e| ToolError::Usage(e.to_string()))?;
     std::fs::create_dir_all(&a.dir).map_err(|e| ToolError::io(&a.dir, e))?;

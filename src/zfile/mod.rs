@@ -17,7 +17,7 @@ mod error;
 mod header;
 mod jump_table;
 mod reader;
-mod tar;
+pub(crate) mod tar;
 mod view;
 mod writer;
 

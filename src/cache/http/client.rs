@@ -323,94 +323,125 @@ impl RegistryClient {
             |kind: io::ErrorKind, what: String| io::Error::new(kind, format!("{url}: {what}"));
         let url_parsed =
             Url::parse(url).map_err(|e| fail(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let mut auth: Option<String> = None;
-        loop {
-            let mut req = self
-                .http
-                .get(url_parsed.clone())
-                .header(reqwest::header::ACCEPT, accept);
-            if let Some(a) = &auth {
-                req = req.header(AUTHORIZATION, a);
-            }
-            let resp = send_counted(req, &url_parsed).await.map_err(|e| {
-                let f = Failure::transport(e);
-                fail(f.kind, f.message)
-            })?;
-            let status = resp.status();
-            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-                && auth.is_none()
-            {
-                let header = header_str(resp.headers(), WWW_AUTHENTICATE)
-                    .unwrap_or("")
-                    .to_string();
-                let challenge = parse_challenge(&header).map_err(|e| {
-                    fail(
-                        io::ErrorKind::PermissionDenied,
-                        format!("Authentication failed: {e}"),
-                    )
-                })?;
-                let value = match challenge {
-                    Challenge::Basic => {
-                        let creds = self
-                            .lookup_credentials(&url_parsed)
-                            .await
-                            .map_err(|f| fail(f.kind, f.message))?
-                            .ok_or_else(|| {
-                                fail(
-                                    io::ErrorKind::PermissionDenied,
-                                    "Authentication failed: the registry wants Basic auth and \
-                                     no credentials match"
-                                        .into(),
-                                )
-                            })?;
-                        basic_header(&creds.username, &creds.password)
-                    }
-                    Challenge::Bearer(b) => {
-                        let (token, _) = self
-                            .token(&b, &url_parsed)
-                            .await
-                            .map_err(|f| fail(f.kind, f.message))?;
-                        format!("Bearer {token}")
-                    }
-                };
-                auth = Some(value);
-                continue;
-            }
-            if status == StatusCode::NOT_FOUND {
+        let resp = self
+            .send_authorized(&url_parsed, &mut None, |http| {
+                Ok(http
+                    .get(url_parsed.clone())
+                    .header(reqwest::header::ACCEPT, accept))
+            })
+            .await
+            .map_err(|e| fail(e.kind(), e.to_string()))?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(fail(
+                io::ErrorKind::NotFound,
+                "manifest unknown (HTTP 404): no such tag, digest or repository".into(),
+            ));
+        }
+        if status != StatusCode::OK {
+            let f = Failure::status(status);
+            return Err(fail(f.kind, f.message));
+        }
+        let content_type =
+            header_str(resp.headers(), reqwest::header::CONTENT_TYPE).map(str::to_string);
+        let announced = header_str(
+            resp.headers(),
+            reqwest::header::HeaderName::from_static("docker-content-digest"),
+        )
+        .map(str::to_string);
+        let body = super::read_limited(resp, MAX_MANIFEST)
+            .await
+            .map_err(|e| fail(io::ErrorKind::InvalidData, e))?;
+        let digest = super::push::sha256_digest(&body);
+        let asked = url.rsplit('/').next().filter(|r| r.starts_with("sha256:"));
+        for expected in announced.iter().map(String::as_str).chain(asked) {
+            if expected.starts_with("sha256:") && expected != digest {
                 return Err(fail(
-                    io::ErrorKind::NotFound,
-                    "manifest unknown (HTTP 404): no such tag, digest or repository".into(),
+                    io::ErrorKind::InvalidData,
+                    format!("the manifest's sha256 is {digest}, not {expected}"),
                 ));
             }
-            if status != StatusCode::OK {
-                let f = Failure::status(status);
-                return Err(fail(f.kind, f.message));
+        }
+        Ok(FetchedManifest {
+            content_type,
+            body,
+            digest,
+        })
+    }
+
+    /// Sends the request `make` builds to the registry at `url` with its authorization, for
+    /// requests other than ranged blob reads (manifests, uploads). `auth` is the
+    /// `Authorization` value to try first (learned by an earlier request of the same job);
+    /// when the registry answers 401 or 403, its challenge is answered (Basic from the
+    /// credentials, or a Bearer token for the scope it names) and the request is built and
+    /// sent once more, so `make` must be able to build it twice (a body is reopened). `auth`
+    /// keeps the value that was sent last. Any other answer is returned as it is.
+    pub async fn send_authorized(
+        &self,
+        url: &Url,
+        auth: &mut Option<String>,
+        make: impl Fn(&reqwest::Client) -> io::Result<reqwest::RequestBuilder>,
+    ) -> io::Result<reqwest::Response> {
+        let mut challenged = false;
+        loop {
+            let mut req = make(&self.http)?;
+            if let Some(a) = auth.as_deref() {
+                req = req.header(AUTHORIZATION, a);
             }
-            let content_type =
-                header_str(resp.headers(), reqwest::header::CONTENT_TYPE).map(str::to_string);
-            let announced = header_str(
-                resp.headers(),
-                reqwest::header::HeaderName::from_static("docker-content-digest"),
-            )
-            .map(str::to_string);
-            let body = super::read_limited(resp, MAX_MANIFEST)
-                .await
-                .map_err(|e| fail(io::ErrorKind::InvalidData, e))?;
-            let digest = super::push::sha256_digest(&body);
-            let asked = url.rsplit('/').next().filter(|r| r.starts_with("sha256:"));
-            for expected in announced.iter().map(String::as_str).chain(asked) {
-                if expected.starts_with("sha256:") && expected != digest {
-                    return Err(fail(
-                        io::ErrorKind::InvalidData,
-                        format!("the manifest's sha256 is {digest}, not {expected}"),
-                    ));
+            let resp = send_counted(req, url).await.map_err(|e| {
+                let f = Failure::transport(e);
+                io::Error::new(f.kind, f.message)
+            })?;
+            let status = resp.status();
+            if challenged || (status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN)
+            {
+                return Ok(resp);
+            }
+            challenged = true;
+            let header = header_str(resp.headers(), WWW_AUTHENTICATE)
+                .unwrap_or("")
+                .to_string();
+            let challenge = parse_challenge(&header).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("Authentication failed: {e}"),
+                )
+            })?;
+            let value = match challenge {
+                Challenge::Basic => {
+                    let creds = self
+                        .lookup_credentials(url)
+                        .await
+                        .map_err(|f| io::Error::new(f.kind, f.message))?
+                        .ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::PermissionDenied,
+                                "Authentication failed: the registry wants Basic auth and no \
+                                 credentials match",
+                            )
+                        })?;
+                    basic_header(&creds.username, &creds.password)
                 }
-            }
-            return Ok(FetchedManifest {
-                content_type,
-                body,
-                digest,
-            });
+                Challenge::Bearer(b) => {
+                    let rejected = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+                    let (mut token, _) = self
+                        .token(&b, url)
+                        .await
+                        .map_err(|f| io::Error::new(f.kind, f.message))?;
+                    if rejected == Some(token.as_str()) {
+                        // The cached token for this scope was just refused (revoked or
+                        // expired early): ask the token service again.
+                        self.forget_token(&b);
+                        token = self
+                            .token(&b, url)
+                            .await
+                            .map_err(|f| io::Error::new(f.kind, f.message))?
+                            .0;
+                    }
+                    format!("Bearer {token}")
+                }
+            };
+            *auth = Some(value);
         }
     }
 
