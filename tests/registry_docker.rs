@@ -825,34 +825,57 @@ async fn build_push_then_serve_and_pull_by_reference() {
         lowers("pulled-oci/config.v1.json")
     );
 
-    // Served by reference, the whole disk reads back byte-exactly over iSCSI.
-    let (cache, out, by_ref) = (s("cache"), s("by-ref.raw"), format!("registry:{v1}"));
+    // Served by reference, the whole disk reads back byte-exactly over iSCSI. The unit serial
+    // (and so the WWN) comes from the content: the tag and the digest it names give one
+    // serial on any target and LUN number; the pulled config (named by its layer chain) and
+    // a RAM LUN get others.
+    let (cache, out) = (s("cache"), s("by-ref.raw"));
+    let (by_tag, by_digest) = (format!("registry:{v1}"), format!("registry:{pinned}"));
+    let by_config = format!("image:{}", s("pulled/config.v1.json"));
     let obd2 = obd.clone();
-    tokio::task::spawn_blocking(move || {
-        let iqn = "iqn.2026-12.io.overlaybd:pushed";
-        let target = Target::start(&[
-            "--target",
-            iqn,
-            "--lun",
-            &by_ref,
+    let serials = tokio::task::spawn_blocking(move || {
+        let common = [
             "--overlaybd-config",
             &obd2,
             "--cache-dir",
             &cache,
             "--strict",
-        ]);
-        run(tool("qemu-img").args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &target.url(iqn, 0),
-            &out,
-        ]));
+        ];
+        let (a, b) = (
+            "iqn.2026-12.io.overlaybd:pushed",
+            "iqn.2026-12.io.overlaybd:other",
+        );
+        let mut args = vec!["--target", a, "--lun", &by_tag, "--lun", &by_digest];
+        args.extend(["--lun", &by_config, "--lun", "ram:64M"]);
+        args.extend(common);
+        let first = Target::start(&args);
+        run(tool("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &first.url(a, 0), &out]));
+        let mut args = vec!["--target", b, "--lun", "ram:1G", "--lun", &by_digest];
+        args.extend(common);
+        let second = Target::start(&args);
+        let serial = |url: String| {
+            let said = run(tool("iscsi-inq").args(["-e", "1", "-c", "128", &url]));
+            said.split_once("Unit Serial Number:[")
+                .unwrap()
+                .1
+                .split(']')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let mut serials: Vec<String> = (0..4).map(|lun| serial(first.url(a, lun))).collect();
+        serials.push(serial(second.url(b, 1)));
+        serials
     })
     .await
     .unwrap();
+    assert_eq!(serials[0], serials[1], "tag and digest: {serials:?}");
+    assert_eq!(
+        serials[0], serials[4],
+        "another target and LUN number: {serials:?}"
+    );
+    assert_ne!(serials[0], serials[2], "{serials:?}");
+    assert_ne!(serials[2], serials[3], "{serials:?}");
     assert!(
         std::fs::read(d.join("by-ref.raw")).unwrap() == local,
         "registry: LUN"

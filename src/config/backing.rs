@@ -226,7 +226,17 @@ impl LunSpec {
         &self,
         images: &ImageOpener,
     ) -> Result<Arc<dyn BlockDevice>, BackingError> {
-        match &self.backing {
+        Ok(self.open_identified(images).await?.0)
+    }
+
+    /// [`LunSpec::open_with`], also returning the manifest digest a `registry:` reference
+    /// resolved to (the LUN's content identity).
+    async fn open_identified(
+        &self,
+        images: &ImageOpener,
+    ) -> Result<(Arc<dyn BlockDevice>, Option<String>), BackingError> {
+        let mut resolved = None;
+        let device: Result<Arc<dyn BlockDevice>, BackingError> = match &self.backing {
             Backing::File(path) => {
                 let (path, read_only) = (path.clone(), self.read_only);
                 let opened = crate::sys::run_blocking(move || {
@@ -261,7 +271,11 @@ impl LunSpec {
                         })?;
                 Ok(Arc::new(image))
             }
-            Backing::Registry(reference) => images.open_reference(reference).await,
+            Backing::Registry(reference) => {
+                let (device, digest) = images.open_reference(reference).await?;
+                resolved = Some(digest);
+                Ok(device)
+            }
             Backing::Image(path) => {
                 let device = images.open(path, self.read_only).await?;
                 if device.size() == 0 {
@@ -269,7 +283,8 @@ impl LunSpec {
                 }
                 Ok(device)
             }
-        }
+        };
+        Ok((device?, resolved))
     }
 
     /// Opens the device and describes it as LUN `number` of target `target_name`. The serial
@@ -280,7 +295,9 @@ impl LunSpec {
         number: u64,
         images: &ImageOpener,
     ) -> Result<LunConfig, BackingError> {
-        Ok(self.describe(target_name, number, self.open_with(images).await?))
+        let (device, resolved) = self.open_identified(images).await?;
+        let identity = self.content_identity(resolved.as_deref());
+        Ok(self.describe(target_name, number, device, identity))
     }
 
     /// LUN `number` of target `target_name` whose backing is not open (still opening, or it
@@ -296,18 +313,49 @@ impl LunSpec {
             target_name,
             number,
             Arc::new(UnavailableDevice::new(reason)),
+            self.content_identity(None),
         )
     }
 
-    /// Describes `device` as LUN `number` of target `target_name`.
-    fn describe(&self, target_name: &str, number: u64, device: Arc<dyn BlockDevice>) -> LunConfig {
-        // RAM sizes went into the serial as bytes before they printed with units; keep that
-        // text, so a RAM LUN's serial and WWN do not change across versions.
-        let text = match self.backing {
-            Backing::Ram(size) => format!("{}ram:{size}", if self.read_only { "ro:" } else { "" }),
-            _ => self.to_string(),
+    /// What the LUN's content is named by, when it is known without opening it: a
+    /// `registry:` reference's manifest digest (`resolved` at open, or the one the reference
+    /// pins), or an image config's chain of layer digests ([`ImageConfig::content_identity`]).
+    fn content_identity(&self, resolved: Option<&str>) -> Option<String> {
+        match &self.backing {
+            Backing::Registry(reference) => resolved
+                .or(reference.digest.as_deref())
+                .map(|digest| format!("manifest {digest}")),
+            Backing::Image(path) => ImageConfig::load(path).ok()?.content_identity(),
+            Backing::File(_) | Backing::Ram(_) | Backing::Demo => None,
+        }
+    }
+
+    /// Describes `device` as LUN `number` of target `target_name`. An image whose content
+    /// `identity` is known gets a serial (and so an NAA WWN) from it alone, the same on every
+    /// target and LUN number, so `/dev/disk/by-id/wwn-0x…` names the image on any host;
+    /// other LUNs get one from the target, the number and the backing text.
+    fn describe(
+        &self,
+        target_name: &str,
+        number: u64,
+        device: Arc<dyn BlockDevice>,
+        identity: Option<String>,
+    ) -> LunConfig {
+        let named = match identity {
+            Some(identity) => format!("overlaybd image {identity}"),
+            None => {
+                // RAM sizes went into the serial as bytes before they printed with units;
+                // keep that text, so a RAM LUN's serial and WWN do not change across versions.
+                let text = match self.backing {
+                    Backing::Ram(size) => {
+                        format!("{}ram:{size}", if self.read_only { "ro:" } else { "" })
+                    }
+                    _ => self.to_string(),
+                };
+                format!("{target_name}/{number}/{text}")
+            }
         };
-        let digest = Sha256::digest(format!("{target_name}/{number}/{text}").as_bytes());
+        let digest = Sha256::digest(named.as_bytes());
         let serial = hex::encode(&digest[..8]);
         let product = match self.backing {
             Backing::File(_) => "overlaybd file",
@@ -441,7 +489,7 @@ impl ImageOpener {
     async fn open_reference(
         &self,
         reference: &crate::registry::ImageReference,
-    ) -> Result<Arc<dyn BlockDevice>, BackingError> {
+    ) -> Result<(Arc<dyn BlockDevice>, String), BackingError> {
         let name = format!("registry:{reference}");
         let registry_err = |source: LsmtError| BackingError::Registry {
             path: PathBuf::from(&name),
@@ -476,7 +524,8 @@ impl ImageOpener {
         if image.size() == 0 {
             return Err(BackingError::Empty(PathBuf::from(name)));
         }
-        Ok(Arc::new(image))
+        let digest = resolved.pinned.digest.unwrap_or_default();
+        Ok((Arc::new(image), digest))
     }
 
     /// The shared remote-layer caches, built on first use.
@@ -628,7 +677,12 @@ mod tests {
         };
         assert_eq!(registry.unavailable(), Unavailable::Unreachable);
         let lun = corrupt.unavailable_lun("iqn.x", 0, Unavailable::Corrupt);
-        let good = corrupt.describe("iqn.x", 0, Arc::new(RamDevice::new(512)));
+        let good = corrupt.describe(
+            "iqn.x",
+            0,
+            Arc::new(RamDevice::new(512)),
+            corrupt.content_identity(None),
+        );
         assert_eq!((lun.serial, lun.product), (good.serial, good.product));
         assert_eq!(lun.device.unavailable(), Some(Unavailable::Corrupt));
     }
@@ -706,6 +760,73 @@ mod tests {
                 .unavailable_lun("iqn.x", 0, Unavailable::Failed);
         let before = hex::encode(&Sha256::digest(b"iqn.x/0/ram:1048576")[..8]);
         assert_eq!(lun.serial, before);
+    }
+
+    /// The serial of an image follows its content: the same layers (or manifest digest) give
+    /// the same serial on any target and LUN number, while it is NOT READY as once it opens
+    /// (the identity needs no open); other layers, another writable layer, or a config with a
+    /// local blob (named by path: target, number and text as before) give others.
+    #[test]
+    fn an_images_serial_follows_its_content_not_where_it_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32]));
+        let config = |name: &str, body: serde_json::Value| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body.to_string()).unwrap();
+            LunSpec::parse(&format!("image:{}", path.display())).unwrap()
+        };
+        let lowers = |ds: &[u8]| {
+            serde_json::json!(ds
+                .iter()
+                .map(|&n| serde_json::json!({"digest": digest(n), "size": 1}))
+                .collect::<Vec<_>>())
+        };
+        let url = "http://127.0.0.1:1/v2/a/blobs";
+        let a = config(
+            "a.json",
+            serde_json::json!({"repoBlobUrl": url, "lowers": lowers(&[1, 2])}),
+        );
+        let same = config(
+            "same.json",
+            serde_json::json!({"repoBlobUrl": "http://elsewhere/v2/b/blobs", "lowers": lowers(&[1, 2])}),
+        );
+        let other = config(
+            "o.json",
+            serde_json::json!({"repoBlobUrl": url, "lowers": lowers(&[2, 1])}),
+        );
+        let local = config(
+            "l.json",
+            serde_json::json!({"lowers": [{"file": "/x.obd"}]}),
+        );
+        let serial = |spec: &LunSpec, target: &str, n: u64| {
+            spec.unavailable_lun(target, n, Unavailable::Opening).serial
+        };
+        assert_eq!(serial(&a, "iqn.a", 0), serial(&same, "iqn.b", 7));
+        assert_ne!(serial(&a, "iqn.a", 0), serial(&other, "iqn.a", 0));
+        assert_ne!(serial(&local, "iqn.a", 0), serial(&local, "iqn.a", 1));
+
+        let pinned = |text: &str| LunSpec::parse(&format!("registry:{text}")).unwrap();
+        let d = digest(9);
+        let by_digest = pinned(&format!("127.0.0.1:5000/app@{d}"));
+        let tagged_and_pinned = pinned(&format!("mirror.example/team/app:v1@{d}"));
+        assert_eq!(
+            serial(&by_digest, "iqn.a", 0),
+            serial(&tagged_and_pinned, "iqn.b", 3)
+        );
+        // Once a tag is resolved at open, the serial is the one its digest gives.
+        let tag = pinned("127.0.0.1:5000/app:v1");
+        let opened = tag.describe(
+            "iqn.c",
+            2,
+            Arc::new(RamDevice::new(512)),
+            tag.content_identity(Some(&d)),
+        );
+        assert_eq!(opened.serial, serial(&by_digest, "iqn.a", 0));
+        assert_ne!(
+            serial(&tag, "iqn.c", 2),
+            opened.serial,
+            "not known before open"
+        );
     }
 
     #[test]

@@ -378,6 +378,37 @@ impl ImageConfig {
         })
     }
 
+    /// What the image's content is named by, when the config alone tells it: the chain of
+    /// its data lowers' registry digests (bottom first), and for a writable image also the
+    /// upper's identity, the UUID in its data file's LSMT header (or, when that cannot be
+    /// read, the data file's absolute path). `None` when a data lower has no digest (a local
+    /// blob is known only by its path) or there are no lowers. The trace layer is not data
+    /// and is left out. LUN serials and WWNs derive from this, so that one image has one
+    /// WWN wherever it is served.
+    pub fn content_identity(&self) -> Option<String> {
+        let lowers = self.data_lowers();
+        if lowers.is_empty() || lowers.iter().any(|l| l.digest.is_empty()) {
+            return None;
+        }
+        let mut identity = String::from("lowers");
+        for l in lowers {
+            identity.push(' ');
+            identity.push_str(&l.digest);
+        }
+        if let Some(upper) = self.writable() {
+            let uuid = read_layer_uuid(Path::new(&upper.data));
+            match uuid {
+                Some(uuid) => identity.push_str(&format!(" upper {uuid}")),
+                None => {
+                    let path = std::path::absolute(&upper.data)
+                        .unwrap_or_else(|_| PathBuf::from(&upper.data));
+                    identity.push_str(&format!(" upper-path {}", path.display()));
+                }
+            }
+        }
+        Some(identity)
+    }
+
     /// Compact JSON, as the snapshotter writes it.
     pub fn to_json(&self) -> String {
         // Serializing plain strings, numbers and bools cannot fail.
@@ -513,6 +544,16 @@ impl Fields<'_> {
                 .ok_or_else(|| cfg_err(self.file, &self.name(key), "expected an integer")),
         }
     }
+}
+
+/// The UUID in the LSMT header at the start of `path`, unless it is missing, unreadable or
+/// nil.
+fn read_layer_uuid(path: &Path) -> Option<super::header::LayerUuid> {
+    use std::io::Read;
+    let mut buf = vec![0u8; super::header::HEADER_SIZE];
+    std::fs::File::open(path).ok()?.read_exact(&mut buf).ok()?;
+    let header = super::header::LsmtHeader::decode(&buf, &path.display().to_string()).ok()?;
+    (!header.uuid.is_nil()).then_some(header.uuid)
 }
 
 #[cfg(test)]
@@ -665,5 +706,58 @@ mod tests {
         );
         c.write_result(Ok(())).unwrap();
         assert_eq!(std::fs::read_to_string(&c.result_file).unwrap(), "success");
+    }
+
+    /// The identity is the chain of data-lower digests (order matters, the trace layer does
+    /// not), plus the writable layer's UUID from its header, or its absolute path when the
+    /// header has none; a lower without a digest leaves the image without one.
+    #[test]
+    fn content_identity_is_the_layer_chain_and_the_upper() {
+        let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32]));
+        let lower = |n: u8| LowerLayer {
+            digest: digest(n),
+            size: 10,
+            ..LowerLayer::default()
+        };
+        let mut c = ImageConfig {
+            lowers: vec![lower(1), lower(2)],
+            ..ImageConfig::default()
+        };
+        let base = c.content_identity().unwrap();
+        assert_eq!(base, format!("lowers {} {}", digest(1), digest(2)));
+        c.lowers.push(lower(3));
+        c.acceleration_layer = true;
+        assert_eq!(
+            c.content_identity().unwrap(),
+            base,
+            "the trace layer is not data"
+        );
+        c.lowers.swap(0, 1);
+        assert_ne!(c.content_identity().unwrap(), base);
+        c.lowers.swap(0, 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut header = super::super::header::LsmtHeader::new(1, 1 << 20);
+        header.uuid =
+            super::super::header::LayerUuid::parse("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
+        std::fs::write(&data, header.encode()).unwrap();
+        c.upper = Some(UpperLayer {
+            data: data.display().to_string(),
+            index: dir.path().join("index").display().to_string(),
+            ..UpperLayer::default()
+        });
+        assert_eq!(
+            c.content_identity().unwrap(),
+            format!("{base} upper 0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0")
+        );
+        std::fs::write(&data, b"no header").unwrap();
+        assert_eq!(
+            c.content_identity().unwrap(),
+            format!("{base} upper-path {}", data.display())
+        );
+        c.lowers[1].digest.clear();
+        c.lowers[1].file = "/layer.obd".into();
+        assert_eq!(c.content_identity(), None);
     }
 }
