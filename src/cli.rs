@@ -121,6 +121,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub overlaybd_config: Option<PathBuf>,
 
+    /// A registry that `registry:` LUNs speak to over plain HTTP (repeatable); loopback
+    /// registries always are.
+    #[arg(long = "plain-http", value_name = "HOST[:PORT]")]
+    pub plain_http: Vec<String>,
+
     /// Folder of the registry layer cache (overrides overlaybd.json's cacheConfig.cacheDir).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -192,6 +197,11 @@ pub enum Command {
     Tool(overlaybd_target::tools::Tool),
     /// Manage a running target through its API: targets, LUNs, sessions, status.
     Ctl(overlaybd_target::daemon::ctl::CtlArgs),
+    /// Attach an image (reference or config.v1.json) as a local disk through the target's API
+    /// and open-iscsi; prints the device.
+    Attach(overlaybd_target::host::AttachArgs),
+    /// Log out of an attached image's disk and remove it from the target.
+    Detach(overlaybd_target::host::DetachArgs),
 }
 
 /// Why the command line does not describe a usable configuration.
@@ -285,6 +295,7 @@ impl Cli {
         config
             .images
             .override_cache(self.cache_dir.as_deref(), self.cache_size);
+        config.images.plain_http.clone_from(&self.plain_http);
         config.strict |= self.strict;
         if let Some(digests) = self.digests {
             config.tuning.digests = digests;

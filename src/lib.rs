@@ -25,6 +25,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod iscsi;
 pub mod metrics;
 pub mod overlaybd;

@@ -84,6 +84,16 @@ fn main() -> ExitCode {
         return match command {
             Command::Tool(tool) => run_tool(tool),
             Command::Ctl(args) => run_ctl(args),
+            Command::Attach(args) => run_host(async move {
+                println!("{}", overlaybd_target::host::attach::attach(&args).await?);
+                Ok(())
+            }),
+            Command::Detach(args) => run_host(async move {
+                for line in overlaybd_target::host::attach::detach(&args).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }),
         };
     }
     let options = DaemonOptions {
@@ -220,6 +230,22 @@ fn run_ctl(args: overlaybd_target::daemon::ctl::CtlArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(overlaybd_target::daemon::ctl::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-target: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `attach` or `detach`; failures are one line.
+fn run_host(
+    work: impl std::future::Future<Output = Result<(), overlaybd_target::host::HostError>>,
+) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlaybd-target: {e}");

@@ -907,3 +907,178 @@ async fn build_push_then_serve_and_pull_by_reference() {
     let err = run_fails(&mut push(&[&s("rw.json"), &v1]));
     assert!(err.contains("writable upper layer; seal it first"), "{err}");
 }
+
+/// `attach` and `detach` up to the kernel, with a stand-in `iscsiadm` that records its
+/// arguments (the Linux VM suite runs the real one): a reference is pinned to its digest
+/// before it becomes LUN 0 of a target of its own; the node is created, given the longer
+/// replacement timeout of a registry-backed disk and logged in to; a disk that never appears
+/// is a clear error within `--wait`. Attaching again reuses the target; `--rw DIR` stacks a
+/// writable layer kept in DIR and refuses a DIR of another image; `detach` by reference
+/// forgets the node and removes the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_pins_the_reference_and_detach_removes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use support::process::{binary, run, run_fails, Target};
+
+    let (reg, _creds) = registry_with_carol().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let s = |p: &str| d.join(p).display().to_string();
+    let host = reg.url.trim_start_matches("http://").to_string();
+    let obd = carol_overlaybd_json(&d, &host, "pa55word");
+    // Two images with different files, each built and pushed; returns the pinned reference.
+    let build_and_push = |name: &str| {
+        std::fs::create_dir_all(d.join(name).join("etc")).unwrap();
+        std::fs::write(d.join(name).join("etc/hostname"), format!("{name}\n")).unwrap();
+        let (layer, config) = (s(&format!("{name}.obd")), s(&format!("{name}.json")));
+        run(binary().args(["build", "-z", "--size", "16M", &s(name), &layer, &config]));
+        let pushed = run(binary()
+            .args(["push", "--overlaybd-config", &obd, &config])
+            .arg(format!("{host}/team/{name}:v1")));
+        let last = pushed.lines().last().unwrap().to_string();
+        last.strip_prefix("pushed ").unwrap().to_string()
+    };
+    let pinned = build_and_push("app");
+    build_and_push("other");
+
+    std::fs::create_dir(d.join("bin")).unwrap();
+    let fake = d.join("bin/iscsiadm");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", s("iscsiadm.log")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", s("bin"), std::env::var("PATH").unwrap());
+    let sock = s("api.sock");
+    let (obd2, cache, sock2) = (obd.clone(), s("cache"), sock.clone());
+    let target = tokio::task::spawn_blocking(move || {
+        Target::start(&[
+            "--api",
+            &sock2,
+            "--no-state",
+            "--overlaybd-config",
+            &obd2,
+            "--cache-dir",
+            &cache,
+        ])
+    })
+    .await
+    .unwrap();
+    let portal = target.addr().to_string();
+    let host_cmd = |verb: &str, args: &[&str]| {
+        let mut cmd = binary();
+        cmd.env("PATH", &path)
+            .args([verb, "--api", &sock])
+            .args(args);
+        cmd
+    };
+    let attach = |args: &[&str]| {
+        let mut cmd = host_cmd("attach", &["--portal", &portal, "--wait", "2"]);
+        cmd.args(["--overlaybd-config", &obd]).args(args);
+        cmd
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&run(
+            binary().args(["ctl", "--api", &sock, "status", "--json"])
+        ))
+        .unwrap()
+    };
+    let attached = || -> Vec<(String, String, bool)> {
+        let st = status();
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] != "iqn.2026-11.io.overlaybd:demo")
+            .map(|t| {
+                let lun = &t["luns"][0];
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    lun["backing"].as_str().unwrap().to_string(),
+                    lun["read_only"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let reference = format!("{host}/team/app:v1");
+    let err = run_fails(&mut attach(&[&reference]));
+    assert!(
+        err.contains("no disk for LUN 0 appeared within 2 s"),
+        "{err}"
+    );
+    let targets = attached();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    let (iqn, backing, read_only) = &targets[0];
+    assert!(iqn.starts_with("iqn.2026-12.io.overlaybd.attach:"), "{iqn}");
+    assert_eq!(
+        backing,
+        &format!("registry:{pinned}"),
+        "pinned to the digest"
+    );
+    assert!(read_only);
+    let log = std::fs::read_to_string(d.join("iscsiadm.log")).unwrap();
+    let expected = [
+        format!("-m node -o new -T {iqn} -p {portal}"),
+        format!(
+            "-m node -T {iqn} -p {portal} -o update -n node.session.timeo.replacement_timeout -v 600"
+        ),
+        format!("-m node -T {iqn} -p {portal} --login"),
+    ];
+    assert_eq!(log.lines().collect::<Vec<_>>(), expected, "{log}");
+
+    // Again: the same target, nothing added.
+    run_fails(&mut attach(&[&reference]));
+    assert_eq!(attached().len(), 1);
+
+    // --rw DIR: a writable layer the size of the image, stacked in DIR/config.v1.json.
+    let err = run_fails(&mut attach(&["--rw", &s("rw"), &reference]));
+    assert!(err.contains("no disk for LUN 0"), "{err}");
+    let rw_config = s("rw/config.v1.json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rw_config).unwrap()).unwrap();
+    assert_eq!(config["upper"]["data"], s("rw/upper.data"));
+    assert!(d.join("rw/upper.index").exists());
+    assert!(
+        !d.join("rw/.size-probe-cache").exists(),
+        "scratch cache removed"
+    );
+    let inspect = run(binary().args(["inspect", &s("rw/upper.data")]));
+    assert!(inspect.contains("16777216"), "the image's size: {inspect}");
+    let targets = attached();
+    assert!(
+        targets.contains(&(
+            overlaybd_target::host::attach::target_name(&format!("image:{rw_config}")),
+            format!("image:{rw_config}"),
+            false
+        )),
+        "{targets:?}"
+    );
+    let err = run_fails(&mut attach(&[
+        "--rw",
+        &s("rw"),
+        &format!("{host}/team/other:v1"),
+    ]));
+    assert!(
+        err.contains("holds the writable layer of another image"),
+        "{err}"
+    );
+
+    // detach by reference: no session to log out of; the node is forgotten, the target gone.
+    let said = run(&mut host_cmd("detach", &[&reference]));
+    assert_eq!(said.trim(), format!("detached {iqn}"));
+    let log = std::fs::read_to_string(d.join("iscsiadm.log")).unwrap();
+    assert_eq!(
+        log.lines().last().unwrap(),
+        format!("-m node -T {iqn} -o delete")
+    );
+    assert_eq!(attached().len(), 1, "the --rw attach stays");
+    run(&mut host_cmd("detach", &[&s("rw")]));
+    assert!(attached().is_empty());
+    let err = run_fails(&mut host_cmd("detach", &[&reference]));
+    assert!(err.contains("is not attached"), "{err}");
+    let err = run_fails(&mut host_cmd("detach", &["/dev/sdzz"]));
+    assert!(err.contains("not a disk of an iSCSI session"), "{err}");
+    drop(target);
+}

@@ -82,6 +82,11 @@ pub struct DaemonSettings {
     /// `auditSlowCommandMs` (ours): a SCSI command that takes at least this long gets an audit
     /// line.
     pub audit_slow_command_ms: u64,
+    /// Registries (`HOST[:PORT]` as references name them) that `registry:` LUNs speak to over
+    /// plain HTTP, besides loopback ones. Set by `--plain-http`; not an overlaybd.json key
+    /// (overlaybd's configs carry the scheme in `repoBlobUrl`).
+    #[serde(skip)]
+    pub plain_http: Vec<String>,
 }
 
 /// The default of `enableAudit` in an overlaybd.json.
@@ -116,6 +121,7 @@ impl Default for DaemonSettings {
             enable_audit: false,
             audit_path: "/var/log/overlaybd-audit.log".into(),
             audit_slow_command_ms: 1000,
+            plain_http: Vec::new(),
         }
     }
 }

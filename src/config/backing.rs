@@ -497,20 +497,22 @@ impl ImageOpener {
         };
         let luns = self.remote().map_err(registry_err)?;
         let platform = crate::registry::Platform::host();
-        let resolved = crate::registry::resolve(luns.layers().client(), reference, &platform, &[])
-            .await
-            .map_err(|e| {
-                let source = match e.kind() {
-                    std::io::ErrorKind::NotFound => SourceError::NotFound(e.to_string()),
-                    std::io::ErrorKind::PermissionDenied => SourceError::Denied(e.to_string()),
-                    std::io::ErrorKind::InvalidData => SourceError::Corrupt(Arc::new(e)),
-                    _ => SourceError::Unavailable(e.to_string()),
-                };
-                registry_err(LsmtError::Source {
-                    file: name.clone(),
-                    source,
-                })
-            })?;
+        let plain_http = &self.settings.plain_http;
+        let resolved =
+            crate::registry::resolve(luns.layers().client(), reference, &platform, plain_http)
+                .await
+                .map_err(|e| {
+                    let source = match e.kind() {
+                        std::io::ErrorKind::NotFound => SourceError::NotFound(e.to_string()),
+                        std::io::ErrorKind::PermissionDenied => SourceError::Denied(e.to_string()),
+                        std::io::ErrorKind::InvalidData => SourceError::Corrupt(Arc::new(e)),
+                        _ => SourceError::Unavailable(e.to_string()),
+                    };
+                    registry_err(LsmtError::Source {
+                        file: name.clone(),
+                        source,
+                    })
+                })?;
         tracing::info!(
             reference = %reference,
             pinned = %resolved.pinned,
