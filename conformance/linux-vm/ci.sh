@@ -6,7 +6,8 @@
 # UNIT ATTENTION (with --scsi-log). The image and registry cases serve a 3-layer overlaybd image
 # built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
 # Debian's docker-registry). The hotplug case adds and force-removes a LUN with `ctl` while the
-# guest is logged in. See README.md beside this file.
+# guest is logged in. The container case runs our target and `attach` in the guest against images
+# pushed to a registry on the host. See README.md beside this file.
 #
 # Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS] [--net auto|tap|user]
 #              [--iscsi-recv softirq|workqueue]
@@ -82,6 +83,7 @@ stop_registry() {
 cleanup() {
     stop_target
     stop_registry
+    [ -z "${ctr_registry_pid:-}" ] || kill "$ctr_registry_pid" 2> /dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -313,6 +315,88 @@ echo "ctl lun remove $hp_lun --force done at \$(date +%T.%N)"
 EOF
 fi
 
+# The container case: a node's image service in the guest. Two images are built with our tools
+# from trees holding a static busybox (the guest's own) and a shell script as the application
+# (app: two layers, a base and the app on top; app2: one layer), pushed with `push` to an
+# anonymous docker-registry where the guest reaches it (10.0.2.2), and the guest runs our target
+# and `attach` (run.sh --container; guest-init.sh lists the steps).
+ctr=$work/container
+ctr_registry_pid=""
+prepare_container() {
+    local guest rport base_url push_args=() t
+    guest=$(bash "$here/build-guest.sh" --quiet) || return 1
+    mkdir -p "$ctr/base/bin" "$ctr/base/etc" "$ctr/base/tmp"
+    cpio -i --quiet --to-stdout bin/busybox < "$guest/initramfs.cpio" > "$ctr/base/bin/busybox"
+    chmod 755 "$ctr/base/bin/busybox"
+    [ -s "$ctr/base/bin/busybox" ] || { echo "ci.sh: no busybox in the guest's initramfs" >&2; return 1; }
+    for a in sh echo cat ls mkdir; do ln -s busybox "$ctr/base/bin/$a"; done
+    echo "base layer of ci/app, $(date +%s.%N)" > "$ctr/base/etc/base-marker"
+    for t in app app2; do
+        cp -a "$ctr/base" "$ctr/$t"
+        mkdir -p "$ctr/$t/app"
+        printf '#!/bin/sh\necho "hello from ci/%s v1"\ncat /etc/base-marker\nls /app\n' "$t" > "$ctr/$t/app/run.sh"
+        chmod 755 "$ctr/$t/app/run.sh"
+    done
+    "$bin" build -z --size 64M "$ctr/base" "$ctr/base.obd" "$ctr/base.json" &&
+        "$bin" build -z --base "$ctr/base.json" "$ctr/app" "$ctr/app.obd" "$ctr/app.json" &&
+        "$bin" build -z --size 64M "$ctr/app2" "$ctr/app2.obd" "$ctr/app2.json" || return 1
+    rport=$((20000 + RANDOM % 40000))
+    [ "$rport" != "$port" ] || rport=$((rport + 1))
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s:%s\n' \
+        "$ctr/registry" "$addr" "$rport" > "$ctr/registry.yml"
+    docker-registry serve "$ctr/registry.yml" > "$ctr/registry.log" 2>&1 &
+    ctr_registry_pid=$!
+    base_url=http://$addr:$rport
+    local up_by=$((SECONDS + 20))
+    until [ "$(http_code "$base_url/v2/")" = 200 ]; do
+        kill -0 "$ctr_registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
+    [ "$addr" = 127.0.0.1 ] || push_args=(--plain-http "$addr:$rport")
+    "$bin" push "${push_args[@]}" "$ctr/app.json" "$addr:$rport/ci/app:v1" > "$ctr/push.log" 2>&1 &&
+        "$bin" push "${push_args[@]}" "$ctr/app2.json" "$addr:$rport/ci/app2:v1" >> "$ctr/push.log" 2>&1 ||
+        { cat "$ctr/push.log" >&2; return 1; }
+    cat > "$ctr/guest.env" <<EOF
+REGISTRY=10.0.2.2:$rport
+APP_REF=ci/app:v1
+APP_FIRST_LINE='hello from ci/app v1'
+APP_OUTPUT_MD5=$(printf 'hello from ci/app v1\n%s\nrun.sh\n' "$(cat "$ctr/base/etc/base-marker")" | md5sum | cut -d' ' -f1)
+APP2_REF=ci/app2:v1
+APP2_FIRST_LINE='hello from ci/app2 v1'
+EOF
+}
+# container_case: the guest runs the node case against the images of prepare_container.
+container_case() {
+    local rc=0 why="" t0 left
+    selected container || return 0
+    echo "== ci.sh: case container"
+    t0=$(date +%s.%N)
+    left=$((ci_deadline - SECONDS))
+    [ "$left" -le 240 ] || left=240
+    if [ "$left" -lt 30 ]; then
+        why="not run: the ${budget}s budget is used up"
+    elif ! prepare_container > "$work/container.log" 2>&1; then
+        why="preparing the images and registry failed: $(tail -1 "$work/container.log")"
+    else
+        bash "$here/run.sh" --container "$ctr/guest.env" --bin "$bin" --mem 768 --timeout "$left" \
+            --logs "$logs/container" "${net_args[@]}" > "$logs/container.out" 2>&1 || rc=$?
+        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid))|^run.sh' "$logs/container.out" || true
+        [ "$rc" = 0 ] ||
+            why="$(grep -c '^RESULT .* FAIL' "$logs/container.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/container.out" | cut -d' ' -f2-)"
+    fi
+    [ -z "$ctr_registry_pid" ] || { kill "$ctr_registry_pid" 2> /dev/null; wait "$ctr_registry_pid" 2> /dev/null || true; }
+    ctr_registry_pid=""
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    if [ -z "$why" ]; then
+        results+=("CASE container PASS ${secs}s")
+    else
+        results+=("CASE container FAIL ${secs}s $why")
+        failed=$((failed + 1))
+    fi
+    echo "${results[-1]}"
+}
+
 t_all=$(date +%s.%N)
 ci_deadline=$((SECONDS + budget))
 
@@ -336,6 +420,7 @@ case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-rea
 case_ hotplug pass --target "$iqn" --lun "file:$disk" --api "$hp/api.sock" --state "$hp/state.json" -- \
     --hotplug "$hp/lun1.img" --hotplug-lun "$hp_lun" --on hotplug-add "bash $hp/add.sh" \
     --on hotplug-remove "bash $hp/remove.sh" --scsi-log
+container_case
 
 echo "== ci.sh: summary (logs in $logs)"
 printf '%s\n' "${results[@]}"

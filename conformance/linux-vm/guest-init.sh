@@ -124,6 +124,131 @@ else
     finish
 fi
 
+# --- container: the image service on this node (CONTAINER=1, run.sh --container) ----------------
+# Our target runs here, on the guest's loopback, with its API socket; `overlaybd-target attach`
+# turns image references on the host's registry (REGISTRY, plain HTTP) into disks through it and
+# this guest's open-iscsi; each image's application runs with chroot. Steps, one RESULT each:
+# container_target (the target answers on its API), container_run (attach, mount, run; the time
+# from attach to the application's first output), container_reattach (the same device again),
+# container_wwn (two images attached at once get distinct WWNs; detached and attached again, the
+# same), container_rw (--rw: a file written in the container survives detach and re-attach),
+# container_detach (every attached disk gone, the target serves none of them).
+OBD=/usr/local/bin/overlaybd-target
+API=/run/obd.sock
+obd_attach() {
+    timeout -s KILL 120 "$OBD" attach --api "$API" --plain-http "$REGISTRY" --wait 90 "$@" 2> /tmp/attach.err
+}
+wwid_of() { cat "/sys/block/${1#/dev/}/device/wwid" 2>/dev/null; }
+container_cases() {
+    start
+    mkdir -p /tmp/obd-cache /mnt/app /mnt/app2 /mnt/rw
+    "$OBD" --portal 127.0.0.1:3260 --api "$API" --no-state --plain-http "$REGISTRY" \
+        --cache-dir /tmp/obd-cache > /tmp/target.log 2>&1 &
+    target_up() { "$OBD" ctl --api "$API" status > /dev/null 2>&1; }
+    if wait_until 30 target_up; then
+        result container_target PASS "overlaybd-target answers on $API"
+    else
+        show TARGET cat /tmp/target.log
+        result container_target FAIL "the target did not answer on $API within 30 s"
+        return
+    fi
+
+    start
+    t0=$(now_cs)
+    dev=$(obd_attach "$REGISTRY/$APP_REF")
+    case "$dev" in
+        /dev/sd*) ;;
+        *) show ATTACH cat /tmp/attach.err; show TARGET cat /tmp/target.log
+           result container_run FAIL "attach printed '$dev': $(tail -1 /tmp/attach.err)"; return ;;
+    esac
+    t_attached=$(now_cs)
+    info "attach $REGISTRY/$APP_REF -> $dev in $(secs $((t_attached - t0)))s"
+    if ! mount -o ro "$dev" /mnt/app 2> /tmp/mount.err; then
+        result container_run FAIL "mount $dev: $(tail -1 /tmp/mount.err)"
+        return
+    fi
+    first=$(chroot /mnt/app /app/run.sh 2>&1 | head -1)
+    t_out=$(now_cs)
+    chroot /mnt/app /app/run.sh > /tmp/app.out 2>&1
+    show APP cat /tmp/app.out
+    if [ "$first" = "$APP_FIRST_LINE" ] && [ "$(md5sum < /tmp/app.out | cut -d' ' -f1)" = "$APP_OUTPUT_MD5" ]; then
+        info "attach_to_first_output $(secs $((t_out - t0)))s (attach $(secs $((t_attached - t0)))s)"
+        result container_run PASS "$dev: '$first' $(secs $((t_out - t0)))s after attach started"
+    else
+        result container_run FAIL "the application printed '$first' (output md5 $(md5sum < /tmp/app.out | cut -d' ' -f1))"
+        return
+    fi
+
+    start
+    again=$(obd_attach "$REGISTRY/$APP_REF")
+    if [ "$again" = "$dev" ]; then
+        result container_reattach PASS "attach again printed $again"
+    else
+        result container_reattach FAIL "attach again printed '$again', not $dev: $(tail -1 /tmp/attach.err)"
+    fi
+
+    start
+    dev2=$(obd_attach "$REGISTRY/$APP2_REF")
+    w1=$(wwid_of "$dev") w2=$(wwid_of "$dev2")
+    info "wwid $APP_REF $w1"
+    info "wwid $APP2_REF $w2"
+    ok=0
+    if [ -n "$w1" ] && [ -n "$w2" ] && [ "$w1" != "$w2" ] && mount -o ro "$dev2" /mnt/app2 &&
+        [ "$(chroot /mnt/app2 /app/run.sh 2>&1 | head -1)" = "$APP2_FIRST_LINE" ]; then
+        umount /mnt/app2
+        timeout -s KILL 60 "$OBD" detach --api "$API" "$dev2" > /tmp/detach.out 2>&1
+        dev2b=$(obd_attach "$REGISTRY/$APP2_REF")
+        w2b=$(wwid_of "$dev2b")
+        [ "$w2b" = "$w2" ] && ok=1
+    fi
+    if [ "$ok" = 1 ]; then
+        result container_wwn PASS "$dev $w1, $dev2 $w2; after detach and attach $dev2b $w2b"
+    else
+        show ATTACH cat /tmp/attach.err /tmp/detach.out
+        result container_wwn FAIL "wwids '$w1' and '$w2' (after re-attach '${w2b:-}'), $APP2_REF on '${dev2:-}'"
+    fi
+
+    start
+    rw=$(obd_attach --rw /tmp/rw1 "$REGISTRY/$APP_REF")
+    note="written in the container $(now_cs)"
+    ok=0
+    if mount "$rw" /mnt/rw 2> /tmp/mount.err &&
+        chroot /mnt/rw /bin/sh -c "mkdir -p /data && echo '$note' > /data/note.txt" && sync &&
+        umount /mnt/rw && timeout -s KILL 60 "$OBD" detach --api "$API" /tmp/rw1 > /tmp/detach.out 2>&1; then
+        rw2=$(obd_attach --rw /tmp/rw1 "$REGISTRY/$APP_REF")
+        if mount "$rw2" /mnt/rw 2>> /tmp/mount.err && [ "$(cat /mnt/rw/data/note.txt)" = "$note" ]; then
+            ok=1
+        fi
+        info "rw wwid $(wwid_of "$rw2")"
+        umount /mnt/rw 2>/dev/null
+    fi
+    if [ "$ok" = 1 ] && [ "$(wwid_of "$rw2")" != "$w1" ]; then
+        result container_rw PASS "$rw then $rw2: the note written in the container was there after detach and attach"
+    else
+        show ATTACH cat /tmp/attach.err /tmp/detach.out /tmp/mount.err
+        result container_rw FAIL "the note did not survive ($rw, then '${rw2:-}'), or the writable disk has the read-only one's WWN"
+    fi
+
+    start
+    umount /mnt/app 2>/dev/null
+    for d in "$dev" "$dev2b" "$rw2"; do
+        [ -n "$d" ] && timeout -s KILL 60 "$OBD" detach --api "$API" "$d" >> /tmp/detach.out 2>&1
+    done
+    left=$("$OBD" ctl --api "$API" status 2>&1 | grep -c 'overlaybd.attach')
+    sessions=$(iscsiadm -m session 2>/dev/null | grep -c 'overlaybd.attach')
+    if [ "$left" = 0 ] && [ "$sessions" = 0 ]; then
+        result container_detach PASS "no attached target or session left"
+    else
+        show DETACH cat /tmp/detach.out
+        result container_detach FAIL "$left attach target(s) and $sessions session(s) left"
+    fi
+    show TARGET cat /tmp/target.log
+}
+if [ "${CONTAINER:-0}" = 1 ]; then
+    container_cases
+    finish
+fi
+
 PORTAL="$PORTAL_HOST:$PORTAL_PORT"
 
 if [ "$SCSI_LOG" = 1 ]; then

@@ -247,8 +247,10 @@ pub async fn attach(a: &AttachArgs) -> Result<String, HostError> {
     let deadline = started + Duration::from_secs(a.wait);
     let disk = loop {
         if let Some(d) = sysfs::find_disk(sys, &target, 0) {
+            // The disk is usable once its node exists and sd has read its capacity.
             let dev = PathBuf::from(format!("/dev/{}", d.disk));
-            if dev.exists() {
+            let size = std::fs::read_to_string(sys.join("block").join(&d.disk).join("size"));
+            if dev.exists() && size.is_ok_and(|s| s.trim() != "0") {
                 break d.disk;
             }
         }
