@@ -906,6 +906,46 @@ async fn build_push_then_serve_and_pull_by_reference() {
     std::fs::write(d.join("rw.json"), upper.to_string()).unwrap();
     let err = run_fails(&mut push(&[&s("rw.json"), &v1]));
     assert!(err.contains("writable upper layer; seal it first"), "{err}");
+    // pull --download: every layer fetched, checked and named by folder; the image then reads
+    // without the registry (stopped here), byte-exactly.
+    let said = run(binary().args([
+        "pull",
+        "--download",
+        "--overlaybd-config",
+        &obd,
+        &v1,
+        &s("dl"),
+    ]));
+    assert_eq!(said.lines().count(), 3, "two layers and the config: {said}");
+    let dl: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dl/config.v1.json")).unwrap()).unwrap();
+    for lower in dl["lowers"].as_array().unwrap() {
+        let folder = Path::new(lower["dir"].as_str().unwrap());
+        let digest = lower["digest"].as_str().unwrap();
+        assert_eq!(
+            folder.file_name().unwrap().to_str().unwrap(),
+            digest.replace(':', "-")
+        );
+        let blob = std::fs::read(folder.join("overlaybd.commit")).unwrap();
+        assert_eq!(
+            overlaybd_target::cache::http::push::sha256_digest(&blob),
+            digest
+        );
+    }
+    drop(reg);
+    run(binary().args(["export", &s("dl/config.v1.json"), &s("dl.raw")]));
+    assert!(
+        std::fs::read(d.join("dl.raw")).unwrap() == local,
+        "downloaded layers"
+    );
+
+    // A file that is not a sealed layer is refused before anything is sent.
+    std::fs::write(d.join("junk.obd"), vec![7u8; 5000]).unwrap();
+    let err = run_fails(&mut push(&[
+        &s("junk.obd"),
+        &format!("{host}/team/junk:v1"),
+    ]));
+    assert!(err.contains("not an image push can publish"), "{err}");
 }
 
 /// `attach` and `detach` up to the kernel, with a stand-in `iscsiadm` that records its
@@ -1046,6 +1086,7 @@ async fn attach_pins_the_reference_and_detach_removes_it() {
     );
     let inspect = run(binary().args(["inspect", &s("rw/upper.data")]));
     assert!(inspect.contains("16777216"), "the image's size: {inspect}");
+    assert!(inspect.contains("writable data (sparse)"), "{inspect}");
     let targets = attached();
     assert!(
         targets.contains(&(

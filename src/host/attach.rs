@@ -170,7 +170,11 @@ async fn writable_config(a: &AttachArgs, dir: &Path, base: &ImageConfig) -> Resu
         .map_err(|e| fail("open the image", e.to_string()))?
         .size();
     let (data, index) = (dir.join("upper.data"), dir.join("upper.index"));
-    WritableLayer::create(&data, &index, &CreateOptions::new(size))
+    let mut options = CreateOptions::new(size);
+    // Sparse: data in place, so the layer never outgrows the disk whatever the container
+    // rewrites (the append layout grows with every overwrite).
+    options.sparse = true;
+    WritableLayer::create(&data, &index, &options)
         .map_err(|e| fail("create the writable layer", e.to_string()))?;
     let config = ImageConfig {
         upper: Some(UpperLayer {

@@ -26,7 +26,7 @@ use super::compose::{image_config, image_manifest, BlobRef, ManifestKind, TarWra
 use super::{ImageReference, Platform};
 use crate::cache::http::RegistryClient;
 use crate::overlaybd::config::LayerLocation;
-use crate::overlaybd::ImageConfig;
+use crate::overlaybd::{Image, ImageConfig, LocalOpener};
 use crate::source::LayerSource;
 
 /// Bytes per chunk of a streamed upload body.
@@ -124,6 +124,15 @@ pub async fn push_image(
              (overlaybd-target commit) and list the sealed layer as a lower"
         )));
     }
+    let local = (0..config.lowers.len())
+        .all(|i| matches!(config.locate(i, config_file), Ok(LayerLocation::Local(_))));
+    if local {
+        // Every layer is here: open the image as a LUN would, so a file that is not a sealed
+        // layer, or a stack that does not fit together, is refused before anything is sent.
+        Image::open(config, config_file, &LocalOpener)
+            .await
+            .map_err(|e| invalid(format!("not an image push can publish: {e}")))?;
+    }
     let mut layers = Vec::with_capacity(config.lowers.len());
     for i in 0..config.lowers.len() {
         layers.push(prepare_layer(client, config, config_file, i).await?);
@@ -148,15 +157,15 @@ pub async fn push_image(
             )));
         }
     }
-    layers.push(Layer {
+    let config_layer = Layer {
         blob: BlobRef {
             digest: sha256(&config_body),
             size: config_body.len() as u64,
         },
         bytes: LayerBytes::Memory(config_body),
-    });
+    };
 
-    let total: u64 = layers.iter().map(|l| l.blob.size).sum();
+    let total: u64 = layers.iter().map(|l| l.blob.size).sum::<u64>() + config_layer.blob.size;
     let mut session = Session {
         client: Arc::clone(client),
         repository_url: reference.repository_url(&options.plain_http),
@@ -167,27 +176,29 @@ pub async fn push_image(
         total,
     };
     (session.progress)(0, total);
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{reference}: {e}"));
     let mut pushed = Vec::with_capacity(layers.len());
     for layer in layers {
-        let outcome = session
-            .push_blob(&layer)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("{reference}: {e}")))?;
+        let outcome = session.push_blob(&layer).await.map_err(named)?;
         pushed.push(PushedBlob {
             blob: layer.blob,
             outcome,
         });
     }
+    // The config goes after the layers and the manifest last: a registry may refuse a
+    // manifest naming blobs it does not have.
+    let config_outcome = session.push_blob(&config_layer).await.map_err(named)?;
     session
         .put_manifest(reference.manifest_ref(), options.kind, manifest)
         .await
-        .map_err(|e| io::Error::new(e.kind(), format!("{reference}: {e}")))?;
-    debug_assert_eq!(session.done, total);
-    let config = pushed.pop().expect("the config blob was pushed last");
+        .map_err(named)?;
     Ok(PushedImage {
         pinned: reference.pinned(&manifest_digest),
         layers: pushed,
-        config,
+        config: PushedBlob {
+            blob: config_layer.blob,
+            outcome: config_outcome,
+        },
     })
 }
 

@@ -38,10 +38,15 @@ impl RegistryArgs {
         }
     }
 
+    /// The settings of `--overlaybd-config` (or the defaults).
+    pub fn settings(&self) -> Result<DaemonSettings, ToolError> {
+        load_settings(self.overlaybd_config.as_deref())
+    }
+
     /// A registry client with the settings of `--overlaybd-config` (or the defaults).
     pub fn client(&self) -> Result<Arc<RegistryClient>, ToolError> {
-        let settings = load_settings(self.overlaybd_config.as_deref())?;
-        RegistryClient::from_settings(&settings).map_err(|e| ToolError::Usage(e.to_string()))
+        RegistryClient::from_settings(&self.settings()?)
+            .map_err(|e| ToolError::Usage(e.to_string()))
     }
 }
 

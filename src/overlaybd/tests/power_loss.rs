@@ -2,8 +2,6 @@
 //! independently. Reopening keeps every flushed operation, drops the rest back to a consistent
 //! prefix (with a warning), and later appends survive the next reopen (`writable` module doc).
 
-use std::sync::Mutex;
-
 use super::*;
 
 /// Lengths of the two files of layer `name` in `dir`.
@@ -35,13 +33,21 @@ fn append(path: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
-/// A log sink for [`capture_warnings`].
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// What WARN events logged on this thread wrote, while a capture is running.
+    static CAPTURED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
 
-impl std::io::Write for Sink {
+/// Writes to this thread's capture, if one is running (else nowhere).
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        CAPTURED.with(|c| {
+            if let Some(buf) = c.borrow_mut().as_mut() {
+                buf.extend_from_slice(b);
+            }
+        });
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -49,18 +55,28 @@ impl std::io::Write for Sink {
     }
 }
 
-/// Runs `f` with a subscriber that records WARN and above; returns its result and the log.
+/// Runs `f` and returns its result and the WARN (and above) lines it logged on this thread.
+///
+/// One process-wide subscriber, installed on first use, writes each thread's events to that
+/// thread's capture. A scoped subscriber (`with_default`) per test lost events now and then
+/// (about one run in forty): a callsite whose interest another test's thread cached while no
+/// subscriber of its own was set stays "never" for everyone. With one global subscriber every
+/// thread agrees, so the interest is always right.
 fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, String) {
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || writer.clone())
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-    (out, log)
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(|| ThreadSink)
+            .finish();
+        // Fails only if another global subscriber exists, which the lib tests never set.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let log = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (out, String::from_utf8_lossy(&log).into_owned())
 }
 
 /// A write of `len` sectors at `sector`.
