@@ -184,6 +184,9 @@ pub struct Image {
     stack: LayerStack,
     upper: Option<WritableLayer>,
     size: u64,
+    /// Serialises the writes that fill part of a sparse layer's allocation unit from the
+    /// layers below (read, merge, write): two of them in one unit must not lose each other.
+    unit_fill: tokio::sync::Mutex<()>,
 }
 
 impl Image {
@@ -200,7 +203,12 @@ impl Image {
         };
         // The device exposes whole sectors only.
         let size = size - size % SECTOR;
-        Ok(Image { stack, upper, size })
+        Ok(Image {
+            stack,
+            upper,
+            size,
+            unit_fill: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Opens the image a config describes; `config_file` names the config in errors. Lowers are
@@ -332,6 +340,44 @@ impl Image {
     fn writable(&self) -> BlockResult<&WritableLayer> {
         self.upper.as_ref().ok_or(BlockError::ReadOnly)
     }
+
+    /// Writes `len` zero bytes at `offset` of `upper`, at most 1 MiB per write.
+    async fn write_zeros(&self, upper: &WritableLayer, offset: u64, len: u64) -> LsmtResult<()> {
+        let mut done = 0;
+        while done < len {
+            // At most 1 MiB, so the cast is lossless.
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            let zeros = Bytes::from_static(&ZEROS[..n]);
+            self.write_upper(upper, offset + done, zeros).await?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of the writable layer. A sparse layer only remembers which of
+    /// its file system's allocation units hold data (§7), so a write that covers part of a
+    /// unit first takes the rest of the unit from what the disk shows now (the layers below,
+    /// or earlier writes) and writes whole units: otherwise, after a reopen, the rest would
+    /// read as zeros instead of the lower data (a 1 KiB ext4 block write over an image would
+    /// damage its neighbours). Such writes are serialised among themselves.
+    async fn write_upper(&self, upper: &WritableLayer, offset: u64, data: Bytes) -> LsmtResult<()> {
+        let unit = upper.allocation_unit();
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset / unit * unit, end.div_ceil(unit) * unit);
+        // The disk's last unit may be cut short by its size; sectors past it are never read.
+        let last = last.min(self.size.max(end));
+        if !upper.is_sparse() || (first == offset && last == end) {
+            return upper.write(offset, data).await;
+        }
+        let _one_at_a_time = self.unit_fill.lock().await;
+        let head = self.read_at(first, (offset - first) as usize).await?;
+        let tail = self.read_at(end, (last - end) as usize).await?;
+        let mut whole = Vec::with_capacity((last - first) as usize);
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(&data);
+        whole.extend_from_slice(&tail);
+        upper.write(first, Bytes::from(whole)).await
+    }
 }
 
 #[async_trait]
@@ -356,7 +402,7 @@ impl BlockDevice for Image {
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> BlockResult<()> {
         let upper = self.writable()?;
         check_range(offset, data.len() as u64, self.size)?;
-        upper.write(offset, data).await?;
+        self.write_upper(upper, offset, data).await?;
         if fua {
             upper.flush().await?;
         }
@@ -392,7 +438,8 @@ impl BlockDevice for Image {
                     .discard(cur * SECTOR, (r.offset - cur) * SECTOR)
                     .await?;
             }
-            write_zeros(upper, r.offset * SECTOR, u64::from(r.length) * SECTOR).await?;
+            self.write_zeros(upper, r.offset * SECTOR, u64::from(r.length) * SECTOR)
+                .await?;
             cur = r.end();
         }
         if cur < end {
@@ -418,20 +465,6 @@ impl BlockDevice for Image {
             len: run * SECTOR,
         })
     }
-}
-
-/// Writes `len` zero bytes at `offset` of `upper`, at most 1 MiB per write.
-async fn write_zeros(upper: &WritableLayer, offset: u64, len: u64) -> LsmtResult<()> {
-    let mut done = 0;
-    while done < len {
-        // At most 1 MiB, so the cast is lossless.
-        let n = (len - done).min(ZEROS.len() as u64) as usize;
-        upper
-            .write(offset + done, Bytes::from_static(&ZEROS[..n]))
-            .await?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 /// State at `start` and how many sectors keep it, within `window` sectors: data extents are

@@ -156,6 +156,9 @@ struct Inner {
     vsize: AtomicU64,
     /// Sparse layer (§7): data in place, no index log, index rebuilt from the allocation map.
     sparse: bool,
+    /// Bytes the data file's file system allocates at once (see
+    /// [`WritableLayer::allocation_unit`]).
+    allocation_unit: u64,
 }
 
 /// What `assemble` needs besides the files.
@@ -343,6 +346,7 @@ impl WritableLayer {
             vsize,
         } = st;
         let sparse = header.is_sparse();
+        let allocation_unit = allocation_unit(&data);
         let data = Arc::new(DataFile {
             file: Arc::new(data),
             name: data_path.display().to_string(),
@@ -362,6 +366,7 @@ impl WritableLayer {
                 map: RwLock::new(map),
                 vsize: AtomicU64::new(vsize),
                 sparse,
+                allocation_unit,
             }),
         }
     }
@@ -379,6 +384,14 @@ impl WritableLayer {
     /// True for a sparse layer (§7: data in place, bounded by the virtual size).
     pub fn is_sparse(&self) -> bool {
         self.inner.sparse
+    }
+
+    /// The bytes the data file's file system allocates at once (its block size, at least
+    /// 4096). A sparse layer is rebuilt at reopen from what is allocated, in these units, so a
+    /// write covering part of a unit makes the rest of it read as zeros afterwards rather than
+    /// as the layers below: writers of sparse layers fill whole units ([`super::Image`] does).
+    pub fn allocation_unit(&self) -> u64 {
+        self.inner.allocation_unit
     }
 
     /// Path of the data file.
@@ -665,6 +678,18 @@ fn dropped_summary(index: &File, name: &str, first: u64, n: u64) -> LsmtResult<S
         text.push_str(&format!(" and {} more records", n - first - count));
     }
     Ok(text)
+}
+
+/// The allocation unit of `file`'s file system: `st_blksize` when it is a power of two from
+/// 4 KiB to 1 MiB, else 4 KiB (the page size, which tmpfs and most file systems use).
+fn allocation_unit(file: &File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let block = file.metadata().map(|m| m.blksize()).unwrap_or(0);
+    if block.is_power_of_two() && (4096..=1 << 20).contains(&block) {
+        block
+    } else {
+        4096
+    }
 }
 
 /// Overwritten bytes in an append layer's data file above which opening it warns.
