@@ -136,6 +136,22 @@ async fn image_upper_sector_writes_keep_the_lower_data_around_them_after_reopen(
     image_upper_round_trip(512, 11).await;
 }
 
+/// `base` committed as the lower of an image config in `d`, with an upper made by `create`;
+/// returns the config and the upper's data and index files.
+async fn config_over(d: &Path, base: &WritableLayer) -> (PathBuf, PathBuf, PathBuf) {
+    let blob = d.join("base.obd");
+    std::fs::write(&blob, commit_blob(base).await).unwrap();
+    let (data, index) = create_default(d, "upper");
+    let config = d.join("config.v1.json");
+    let json = serde_json::json!({
+        "lowers": [{ "file": blob }],
+        "upper": { "data": data, "index": index },
+        "resultFile": d.join("result"),
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+    (config, data, index)
+}
+
 async fn image_upper_round_trip(granule: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -154,16 +170,7 @@ async fn image_upper_round_trip(granule: u64, seed: u64) {
             .unwrap();
         model[at + (512 << 10)..at + (1 << 20)].fill(0);
     }
-    let blob = d.join("base.obd");
-    std::fs::write(&blob, commit_blob(&base).await).unwrap();
-    let (data, index) = create_default(d, "upper");
-    let config = d.join("config.v1.json");
-    let json = serde_json::json!({
-        "lowers": [{ "file": blob }],
-        "upper": { "data": data, "index": index },
-        "resultFile": d.join("result"),
-    });
-    std::fs::write(&config, json.to_string()).unwrap();
+    let (config, data, index) = config_over(d, &base).await;
 
     let image = Image::open_config_file(&config, &LocalOpener)
         .await
@@ -214,15 +221,7 @@ async fn concurrent_sector_writes_in_one_unit_all_land() {
     let base = new_layer(d, "base", VSIZE);
     let lower = pattern(VSIZE / S, 3);
     base.write(0, Bytes::from(lower.clone())).await.unwrap();
-    let blob = d.join("base.obd");
-    std::fs::write(&blob, commit_blob(&base).await).unwrap();
-    let (data, index) = create_default(d, "upper");
-    let config = d.join("config.v1.json");
-    let json = serde_json::json!({
-        "lowers": [{ "file": blob }],
-        "upper": { "data": data, "index": index },
-    });
-    std::fs::write(&config, json.to_string()).unwrap();
+    let (config, _, _) = config_over(d, &base).await;
     let image = Image::open_config_file(&config, &LocalOpener)
         .await
         .unwrap();
