@@ -1,7 +1,8 @@
 //! Image tools, run as subcommands of the `overlaybd-target` binary
 //! (`overlaybd-target TOOL ARGS…`): the counterparts of the reference `overlaybd-create`,
-//! `overlaybd-commit`, `overlaybd-zfile` and `overlaybd-merge`, plus `inspect`, and the raw-disk
-//! conversions `export`, `import` and `build` that make images from `mkfs.ext4 -d` trees.
+//! `overlaybd-commit`, `overlaybd-zfile` and `overlaybd-merge`, plus `inspect`, the raw-disk
+//! conversions `export`, `import` and `build` that make images from `mkfs.ext4 -d` trees, and
+//! `pull` and `push`, which move images between a registry and local configs.
 //!
 //! Each tool lives in its own file; this module holds the subcommand enum, the error type and
 //! the helpers several tools share (ZFile options, opening an image from a config or a blob).
