@@ -152,6 +152,23 @@ async fn config_over(d: &Path, base: &WritableLayer) -> (PathBuf, PathBuf, PathB
     (config, data, index)
 }
 
+/// Asserts `image` reads as `model`, then flushes, reopens it from `config` and asserts the
+/// same; returns the reopened image.
+async fn reads_as_model_live_and_reopened(image: Image, config: &Path, model: &[u8]) -> Image {
+    assert!(
+        image.read(0, VSIZE as usize).await.unwrap() == model,
+        "live"
+    );
+    image.flush().await.unwrap();
+    drop(image);
+    let image = Image::open_config_file(config, &LocalOpener).await.unwrap();
+    assert!(
+        image.read(0, VSIZE as usize).await.unwrap() == model,
+        "reopened"
+    );
+    image
+}
+
 async fn image_upper_round_trip(granule: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -183,19 +200,7 @@ async fn image_upper_round_trip(granule: u64, seed: u64) {
         }
     }
     assert_bounded(&data, &index, "image overwrites");
-    assert!(
-        image.read(0, VSIZE as usize).await.unwrap() == model,
-        "live"
-    );
-    image.flush().await.unwrap();
-    drop(image);
-    let image = Image::open_config_file(&config, &LocalOpener)
-        .await
-        .unwrap();
-    assert!(
-        image.read(0, VSIZE as usize).await.unwrap() == model,
-        "reopened"
-    );
+    let image = reads_as_model_live_and_reopened(image, &config, &model).await;
     // Unmapping everything leaves zeros, still bounded.
     image.unmap(0, VSIZE).await.unwrap();
     drop(image);
@@ -236,28 +241,16 @@ async fn concurrent_sector_writes_in_one_unit_all_land() {
             writes.push((at, Bytes::from(bytes)));
         }
     }
-    let image = std::sync::Arc::new(image);
+    let image = Arc::new(image);
     let tasks: Vec<_> = writes
         .into_iter()
         .map(|(at, bytes)| {
-            let image = std::sync::Arc::clone(&image);
+            let image = Arc::clone(&image);
             tokio::spawn(async move { image.write(at, bytes, false).await })
         })
         .collect();
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert!(
-        image.read(0, VSIZE as usize).await.unwrap() == model,
-        "live"
-    );
-    image.flush().await.unwrap();
-    drop(image);
-    let image = Image::open_config_file(&config, &LocalOpener)
-        .await
-        .unwrap();
-    assert!(
-        image.read(0, VSIZE as usize).await.unwrap() == model,
-        "reopened"
-    );
+    reads_as_model_live_and_reopened(Arc::try_unwrap(image).ok().unwrap(), &config, &model).await;
 }
