@@ -238,6 +238,7 @@ impl Cli {
                     vec![LunSpec {
                         backing: config::Backing::Demo,
                         read_only: true,
+                        remote_failure: None,
                     }]
                 } else {
                     self.luns.clone()

@@ -159,7 +159,7 @@ async fn cache_survives_sigkill_and_serves_offline() {
                 served += 1;
             }
             Err(e) => {
-                assert!(matches!(e, BlockError::Io(_)), "{e}");
+                assert!(matches!(e, BlockError::Remote(_)), "{e}");
                 refused += 1;
             }
         }

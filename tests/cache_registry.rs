@@ -437,6 +437,49 @@ async fn transient_faults_are_retried() {
     }
 }
 
+/// A connection that stops sending in the middle of a body is given up after the stall
+/// timeout and the range asked for again, long before the whole request's timeout.
+#[tokio::test]
+async fn a_body_stalled_midway_is_abandoned_and_fetched_again() {
+    let blob = Arc::new(make_blob(20_000, 6));
+    let half = blob[100..600].to_vec();
+    let (server, data_requests) = faulty(Arc::clone(&blob), move |i| {
+        (i == 0).then(|| Reply::StalledBody {
+            status: 206,
+            headers: vec![("Content-Range".into(), "bytes 100-1099/20000".into())],
+            declared: 1000,
+            body: half.clone(),
+            stall: Duration::from_secs(60),
+        })
+    })
+    .await;
+    let config = HttpConfig {
+        request_timeout_ms: 120_000,
+        stall_timeout_ms: 300,
+        ..http_config()
+    };
+    let client = RegistryClient::new(config, "t", CredentialStore::anonymous()).unwrap();
+    let src = client
+        .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), src.read_exact_at(100, 1000))
+        .await
+        .expect("not held until the stall ends")
+        .expect("fetched again");
+    assert_eq!(&got[..], &blob[100..1100]);
+    assert_eq!(
+        data_requests.load(Ordering::SeqCst),
+        2,
+        "stalled, then again"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "waited for the stall timeout"
+    );
+}
+
 #[tokio::test]
 async fn persistent_faults_give_a_clean_bounded_error() {
     let blob = Arc::new(make_blob(20_000, 8));

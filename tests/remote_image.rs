@@ -187,7 +187,10 @@ async fn faults_between_cache_and_registry_never_yield_wrong_bytes() {
                 }
                 Err(e) => {
                     assert!(
-                        matches!(e, BlockError::Io(_) | BlockError::Corrupt(_)),
+                        matches!(
+                            e,
+                            BlockError::Io(_) | BlockError::Remote(_) | BlockError::Corrupt(_)
+                        ),
                         "{e}"
                     );
                     failed += 1;

@@ -42,9 +42,12 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$build" = 1 ]; then
-    (cd "$repo" && cargo build --release --bin overlaybd-target) || { echo "ci.sh: build failed" >&2; exit 1; }
+    (cd "$repo" && cargo build --release --bin overlaybd-target --example fault_proxy) ||
+        { echo "ci.sh: build failed" >&2; exit 1; }
 fi
 [ -x "$bin" ] || { echo "ci.sh: no target binary at $bin" >&2; exit 2; }
+# The container case's fault proxy (conformance/linux-vm/fault_proxy.rs), built beside the binary.
+fault_proxy="$(dirname "$bin")/examples/fault_proxy"
 # The guest is built (or taken from the cache) once, before the timed cases (and before entering
 # a network namespace: it may download packages).
 bash "$here/build-guest.sh" --quiet > /dev/null || { echo "ci.sh: build-guest.sh failed" >&2; exit 1; }
@@ -84,6 +87,7 @@ cleanup() {
     stop_target
     stop_registry
     [ -z "${ctr_registry_pid:-}" ] || kill "$ctr_registry_pid" 2> /dev/null || true
+    [ -z "${ctr_proxy_pid:-}" ] || kill "$ctr_proxy_pid" 2> /dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -141,7 +145,7 @@ case_() {
         echo "${results[-1]}"
         return 0
     fi
-    [ "$left" -le 240 ] || left=240
+    [ "$left" -le 360 ] || left=360
     bash "$here/make-test-image.sh" "$work/disk.img" 64M > /dev/null
     : > "$work/target.log"
     if ! start_target "${targs[@]}"; then
@@ -319,11 +323,12 @@ fi
 # from trees holding a static busybox (the guest's own) and a shell script as the application
 # (app: two layers, a base and the app on top; app2: one layer), pushed with `push` to an
 # anonymous docker-registry where the guest reaches it (10.0.2.2), and the guest runs our target
-# and `attach` (run.sh --container; guest-init.sh lists the steps).
+# and `attach` (run.sh --container; guest-init.sh lists the steps). A third image, bulk (random
+# files), is read through fault_proxy, which the guest tells to black the registry out.
 ctr=$work/container
-ctr_registry_pid=""
+ctr_registry_pid="" ctr_proxy_pid=""
 prepare_container() {
-    local guest rport base_url push_args=() t
+    local guest rport pport base_url push_args=() t
     guest=$(bash "$here/build-guest.sh" --quiet) || return 1
     mkdir -p "$ctr/base/bin" "$ctr/base/etc" "$ctr/base/tmp"
     cpio -i --quiet --to-stdout bin/busybox < "$guest/initramfs.cpio" > "$ctr/base/bin/busybox"
@@ -337,7 +342,11 @@ prepare_container() {
         printf '#!/bin/sh\necho "hello from ci/%s v1"\ncat /etc/base-marker\nls /app\n' "$t" > "$ctr/$t/app/run.sh"
         chmod 755 "$ctr/$t/app/run.sh"
     done
-    "$bin" build -z --size 64M "$ctr/base" "$ctr/base.obd" "$ctr/base.json" &&
+    cp -a "$ctr/base" "$ctr/bulk"
+    mkdir -p "$ctr/bulk/data"
+    for t in 1 2 3 4 5 6; do head -c 1M /dev/urandom > "$ctr/bulk/data/file$t"; done
+    "$bin" build -z --size 64M "$ctr/bulk" "$ctr/bulk.obd" "$ctr/bulk.json" &&
+        "$bin" build -z --size 64M "$ctr/base" "$ctr/base.obd" "$ctr/base.json" &&
         "$bin" build -z --base "$ctr/base.json" "$ctr/app" "$ctr/app.obd" "$ctr/app.json" &&
         "$bin" build -z --size 64M "$ctr/app2" "$ctr/app2.obd" "$ctr/app2.json" || return 1
     rport=$((20000 + RANDOM % 40000))
@@ -354,8 +363,18 @@ prepare_container() {
     done
     [ "$addr" = 127.0.0.1 ] || push_args=(--plain-http "$addr:$rport")
     "$bin" push "${push_args[@]}" "$ctr/app.json" "$addr:$rport/ci/app:v1" > "$ctr/push.log" 2>&1 &&
-        "$bin" push "${push_args[@]}" "$ctr/app2.json" "$addr:$rport/ci/app2:v1" >> "$ctr/push.log" 2>&1 ||
+        "$bin" push "${push_args[@]}" "$ctr/app2.json" "$addr:$rport/ci/app2:v1" >> "$ctr/push.log" 2>&1 &&
+        "$bin" push "${push_args[@]}" "$ctr/bulk.json" "$addr:$rport/ci/bulk:v1" >> "$ctr/push.log" 2>&1 ||
         { cat "$ctr/push.log" >&2; return 1; }
+    pport=$((rport + 1))
+    [ "$pport" != "$port" ] || pport=$((pport + 1))
+    "$fault_proxy" --listen "$addr:$pport" --upstream "$addr:$rport" > "$ctr/proxy.log" 2>&1 &
+    ctr_proxy_pid=$!
+    up_by=$((SECONDS + 20))
+    until [ "$(http_code "http://$addr:$pport/v2/")" = 200 ]; do
+        kill -0 "$ctr_proxy_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
     cat > "$ctr/guest.env" <<EOF
 REGISTRY=10.0.2.2:$rport
 APP_REF=ci/app:v1
@@ -363,6 +382,10 @@ APP_FIRST_LINE='hello from ci/app v1'
 APP_OUTPUT_MD5=$(printf 'hello from ci/app v1\n%s\nrun.sh\n' "$(cat "$ctr/base/etc/base-marker")" | md5sum | cut -d' ' -f1)
 APP2_REF=ci/app2:v1
 APP2_FIRST_LINE='hello from ci/app2 v1'
+PROXY=10.0.2.2:$pport
+BULK_REF=ci/bulk:v1
+BULK_MD5S=$(cd "$ctr/bulk" && md5sum data/* | md5sum | cut -d' ' -f1)
+BLACKOUT_SECS=60
 EOF
 }
 # container_case: the guest runs the node case against the images of prepare_container.
@@ -380,12 +403,14 @@ container_case() {
     else
         bash "$here/run.sh" --container "$ctr/guest.env" --bin "$bin" --mem 768 --timeout "$left" \
             --logs "$logs/container" "${net_args[@]}" > "$logs/container.out" 2>&1 || rc=$?
-        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid))|^run.sh' "$logs/container.out" || true
+        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid|blackout))|^run.sh' "$logs/container.out" || true
+        grep -E 'blackout|refused' "$ctr/proxy.log" | tail -3 || true
         [ "$rc" = 0 ] ||
             why="$(grep -c '^RESULT .* FAIL' "$logs/container.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/container.out" | cut -d' ' -f2-)"
     fi
     [ -z "$ctr_registry_pid" ] || { kill "$ctr_registry_pid" 2> /dev/null; wait "$ctr_registry_pid" 2> /dev/null || true; }
-    ctr_registry_pid=""
+    [ -z "$ctr_proxy_pid" ] || { kill "$ctr_proxy_pid" 2> /dev/null; wait "$ctr_proxy_pid" 2> /dev/null || true; }
+    ctr_registry_pid="" ctr_proxy_pid=""
     local secs
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     if [ -z "$why" ]; then

@@ -132,7 +132,11 @@ fi
 # from attach to the application's first output), container_reattach (the same device again),
 # container_wwn (two images attached at once get distinct WWNs; detached and attached again, the
 # same), container_rw (--rw: a file written in the container survives detach and re-attach),
-# container_detach (every attached disk gone, the target serves none of them).
+# container_blackout (a third image, reached through the host's fault proxy at PROXY: with its
+# files not read yet, the proxy is told to refuse every request for BLACKOUT_SECS; the files'
+# checksums, read meanwhile, come out right once it passes, with no I/O or ext4 error in the
+# kernel log: the target held the reads), container_detach (every attached disk gone, the target
+# serves none of them).
 OBD=/usr/local/bin/overlaybd-target
 API=/run/obd.sock
 obd_attach() {
@@ -143,7 +147,7 @@ container_cases() {
     start
     mkdir -p /tmp/obd-cache /mnt/app /mnt/app2 /mnt/rw
     "$OBD" --portal 127.0.0.1:3260 --api "$API" --no-state --plain-http "$REGISTRY" \
-        --cache-dir /tmp/obd-cache > /tmp/target.log 2>&1 &
+        --plain-http "$PROXY" --cache-dir /tmp/obd-cache > /tmp/target.log 2>&1 &
     target_up() { "$OBD" ctl --api "$API" status > /dev/null 2>&1; }
     if wait_until 30 target_up; then
         result container_target PASS "overlaybd-target answers on $API"
@@ -230,8 +234,10 @@ container_cases() {
     fi
 
     start
+    container_blackout
+    start
     umount /mnt/app 2>/dev/null
-    for d in "$dev" "$dev2b" "$rw2"; do
+    for d in "$dev" "$dev2b" "$rw2" "$bulk"; do
         [ -n "$d" ] && timeout -s KILL 60 "$OBD" detach --api "$API" "$d" >> /tmp/detach.out 2>&1
     done
     left=$("$OBD" ctl --api "$API" status 2>&1 | grep -c 'overlaybd.attach')
@@ -243,6 +249,45 @@ container_cases() {
         result container_detach FAIL "$left attach target(s) and $sessions session(s) left"
     fi
     show TARGET cat /tmp/target.log
+}
+# The blackout step of container_cases; sets bulk (the device, for detach).
+container_blackout() {
+    local kernel_errors t_black t_read
+    mkdir -p /mnt/bulk
+    bulk=$(timeout -s KILL 120 "$OBD" attach --api "$API" --plain-http "$PROXY" --wait 90 \
+        "$PROXY/$BULK_REF" 2> /tmp/attach.err)
+    case "$bulk" in
+        /dev/sd*) ;;
+        *) show ATTACH cat /tmp/attach.err
+           result container_blackout FAIL "attach printed '$bulk': $(tail -1 /tmp/attach.err)"; return ;;
+    esac
+    if ! mount -o ro "$bulk" /mnt/bulk 2> /tmp/mount.err; then
+        result container_blackout FAIL "mount $bulk: $(tail -1 /tmp/mount.err)"
+        return
+    fi
+    dmesg -c > /dev/null
+    if ! wget -q -O /dev/null "http://$PROXY/__fault/blackout/$BLACKOUT_SECS"; then
+        result container_blackout FAIL "the fault proxy at $PROXY did not start the blackout"
+        return
+    fi
+    t_black=$(now_cs)
+    (cd /mnt/bulk && md5sum data/*) > /tmp/bulk.md5 2> /tmp/bulk.err
+    t_read=$(now_cs)
+    show BULK cat /tmp/bulk.md5 /tmp/bulk.err
+    kernel_errors=$(dmesg | grep -cE 'I/O error|EXT4-fs (error|warning)|critical medium error|timing out command')
+    show KERNEL dmesg
+    info "blackout ${BLACKOUT_SECS}s: checksums read in $(secs $((t_read - t_black)))s"
+    umount /mnt/bulk
+    if [ "$(md5sum < /tmp/bulk.md5 | cut -d' ' -f1)" != "$BULK_MD5S" ]; then
+        result container_blackout FAIL "wrong checksums after the blackout: $(head -c 200 /tmp/bulk.err)"
+    elif [ "$kernel_errors" != 0 ]; then
+        result container_blackout FAIL "$kernel_errors I/O or ext4 error line(s) in the kernel log"
+    elif [ $((t_read - t_black)) -lt $((BLACKOUT_SECS * 50)) ]; then
+        # Under half the blackout: the files were cached after all, so nothing was held.
+        result container_blackout FAIL "read in $(secs $((t_read - t_black)))s: not held by the blackout"
+    else
+        result container_blackout PASS "checksums right after a ${BLACKOUT_SECS}s blackout ($(secs $((t_read - t_black)))s), no kernel I/O error"
+    fi
 }
 if [ "${CONTAINER:-0}" = 1 ]; then
     container_cases

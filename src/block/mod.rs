@@ -5,6 +5,7 @@
 //! aligned to [`BlockDevice::block_size`] and inside [`BlockDevice::size`].
 
 pub mod file;
+pub mod hold;
 pub mod ram;
 pub mod read_only;
 mod size;
@@ -12,6 +13,7 @@ pub mod unavailable;
 mod write_queue;
 
 pub use file::FileDevice;
+pub use hold::{HeldDevice, RemoteFailurePolicy};
 pub use ram::RamDevice;
 pub use read_only::ReadOnlyDevice;
 pub use size::{parse_size, SizeError};
@@ -47,6 +49,11 @@ pub enum BlockError {
     /// An I/O error in the backend, local or remote (SCSI: MEDIUM ERROR).
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+    /// A registry (or other remote store) cannot serve the bytes now, but may later: network
+    /// errors, timeouts, HTTP 5xx and 429. A [`HeldDevice`] retries these under its LUN's
+    /// policy; what reaches the SCSI layer is MEDIUM ERROR.
+    #[error("remote store unavailable: {0}")]
+    Remote(String),
     /// A thin backend could not allocate space for a write: its file system is full or over
     /// quota, ENOSPC or EDQUOT (SCSI: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT).
     #[error("no space for the write: {0}")]
@@ -82,11 +89,13 @@ impl BlockError {
     /// other kind becomes an [`std::io::Error`] of the kind [`SourceError`] gives it, sorted by
     /// the `From<io::Error>` above (so a full disk still reads as out of space). All of them
     /// reach the initiator as MEDIUM ERROR / UNRECOVERED READ ERROR: a layer read past its
-    /// blob is a damaged image, not the initiator's LBA OUT OF RANGE.
+    /// blob is a damaged image, not the initiator's LBA OUT OF RANGE. A registry that cannot
+    /// answer now is [`BlockError::Remote`], which the LUN's policy may wait out.
     pub fn from_source(context: &str, e: SourceError) -> BlockError {
         let message = format!("{context}: {e}");
         match e {
             SourceError::Corrupt(_) => BlockError::Corrupt(message),
+            SourceError::Unavailable(_) => BlockError::Remote(message),
             other => {
                 let kind = std::io::Error::from(other).kind();
                 BlockError::from(std::io::Error::new(kind, message))

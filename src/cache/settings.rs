@@ -87,6 +87,9 @@ pub struct DaemonSettings {
     /// (overlaybd's configs carry the scheme in `repoBlobUrl`).
     #[serde(skip)]
     pub plain_http: Vec<String>,
+    /// `remoteFailure` (ours): what a LUN's commands do when its registry cannot serve them,
+    /// for LUNs that do not say (`hold`, `hold:10m`, `hold:forever`, `fail`, `fail:20s`).
+    pub remote_failure: crate::block::RemoteFailurePolicy,
 }
 
 /// The default of `enableAudit` in an overlaybd.json.
@@ -122,6 +125,7 @@ impl Default for DaemonSettings {
             audit_path: "/var/log/overlaybd-audit.log".into(),
             audit_slow_command_ms: 1000,
             plain_http: Vec::new(),
+            remote_failure: crate::block::RemoteFailurePolicy::default(),
         }
     }
 }
@@ -270,6 +274,9 @@ pub struct HttpConfig {
     pub connect_timeout_ms: u64,
     /// Timeout of one whole request (headers and body) in milliseconds.
     pub request_timeout_ms: u64,
+    /// A blob body that sends nothing for this many milliseconds is abandoned and the range
+    /// asked for again (a connection stalled mid-body).
+    pub stall_timeout_ms: u64,
     /// Retries after a failed attempt (so `retries + 1` attempts in all).
     pub retries: u32,
     /// First back-off pause in milliseconds; it doubles after each retry.
@@ -289,6 +296,7 @@ impl Default for HttpConfig {
         Self {
             connect_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
+            stall_timeout_ms: 10_000,
             retries: 3,
             retry_backoff_ms: 50,
             retry_backoff_max_ms: 2_000,
@@ -371,6 +379,9 @@ impl DaemonSettings {
                 "cacheConfig.cacheType",
                 format!("unknown cache type {ty:?}"),
             ));
+        }
+        if self.http_config.stall_timeout_ms == 0 {
+            return Err(invalid("httpConfig.stallTimeoutMs", "must be > 0".into()));
         }
         if self.download.block_size == 0 {
             return Err(invalid("download.blockSize", "must be > 0".into()));
@@ -615,6 +626,20 @@ mod tests {
         let err =
             DaemonSettings::from_json(r#"{"download": {"enable": 1}}"#, "d.json").unwrap_err();
         assert!(err.to_string().contains("download.enable"), "{err}");
+        let err = DaemonSettings::from_json(r#"{"remoteFailure": "wait"}"#, "r.json").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("r.json: field `remoteFailure`: remote failure policy \"wait\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn remote_failure_defaults_to_hold_and_is_read() {
+        let s = DaemonSettings::from_json("{}", "t.json").unwrap();
+        assert_eq!(s.remote_failure.to_string(), "hold:10m");
+        let s = DaemonSettings::from_json(r#"{"remoteFailure": "fail:15s"}"#, "t.json").unwrap();
+        assert_eq!(s.remote_failure.to_string(), "fail:15s");
     }
 
     #[test]
@@ -641,6 +666,10 @@ mod tests {
                 "p2pConfig.address",
             ),
             (r#"{"certConfig": {"certFile": "/c.pem"}}"#, "certConfig"),
+            (
+                r#"{"httpConfig": {"stallTimeoutMs": 0}}"#,
+                "httpConfig.stallTimeoutMs",
+            ),
         ] {
             match DaemonSettings::from_json(text, "x.json") {
                 Err(SettingsError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),

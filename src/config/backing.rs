@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::block::{
-    parse_size, BlockDevice, FileDevice, RamDevice, ReadOnlyDevice, Unavailable, UnavailableDevice,
+    parse_size, BlockDevice, FileDevice, HeldDevice, RamDevice, ReadOnlyDevice,
+    RemoteFailurePolicy, Unavailable, UnavailableDevice,
 };
 use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
@@ -21,7 +22,7 @@ use crate::source::SourceError;
 pub enum BackingError {
     /// The string has no known `KIND:` prefix.
     #[error(
-        "unknown LUN backing {0:?}: expected file:PATH, ram:SIZE or image:CONFIG.json, optionally prefixed by ro:"
+        "unknown LUN backing {0:?}: expected file:PATH, ram:SIZE, image:CONFIG.json, registry:REF or demo:, optionally prefixed by ro: and followed by ,remote_failure=POLICY"
     )]
     UnknownKind(String),
     /// `file:` or `image:` with an empty path.
@@ -59,6 +60,9 @@ pub enum BackingError {
     /// `registry:` with a reference that does not parse (the message shows the form).
     #[error("LUN backing registry: {0}")]
     BadReference(String),
+    /// A `,key=value` option that is unknown, repeated or has a bad value.
+    #[error("LUN backing {0}")]
+    BadOption(String),
     /// The backing file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -145,19 +149,82 @@ pub enum Backing {
     Registry(crate::registry::ImageReference),
 }
 
-/// A parsed LUN: its backing and whether writes are refused.
+/// A parsed LUN: its backing, whether writes are refused, and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSpec {
     /// What holds the data.
     pub backing: Backing,
     /// True when the LUN is exported read-only.
     pub read_only: bool,
+    /// What commands do when the image's registry cannot serve them (`remote_failure=`);
+    /// `None` takes the daemon's `remoteFailure` setting.
+    pub remote_failure: Option<RemoteFailurePolicy>,
+}
+
+/// The options a LUN text may carry after its backing, each as `,key=value`.
+const LUN_OPTIONS: &[&str] = &["remote_failure"];
+
+/// A LUN text cut in two: the backing, and its options as (key, value) pairs.
+type SplitLun<'a> = (&'a str, Vec<(&'a str, &'a str)>);
+
+/// Splits `text` into the backing and its options: these start at the first `,` followed by
+/// `key=` with a key of lower-case letters and underscores (so a path may hold commas, just
+/// not `,key=`). Unknown keys and repeated keys are refused.
+fn split_options(text: &str) -> Result<SplitLun<'_>, BackingError> {
+    let is_option = |rest: &str| {
+        rest.split_once('=').is_some_and(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    };
+    let start = text
+        .match_indices(',')
+        .map(|(i, _)| i)
+        .find(|&i| is_option(&text[i + 1..]));
+    let Some(start) = start else {
+        return Ok((text, Vec::new()));
+    };
+    let mut options: Vec<(&str, &str)> = Vec::new();
+    for item in text[start + 1..].split(',') {
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        if !LUN_OPTIONS.contains(&key) {
+            return Err(BackingError::BadOption(format!(
+                "{text}: unknown LUN option {key:?} (known: {})",
+                LUN_OPTIONS.join(", ")
+            )));
+        }
+        if options.iter().any(|(k, _)| *k == key) {
+            return Err(BackingError::BadOption(format!(
+                "{text}: option {key} given twice"
+            )));
+        }
+        options.push((key, value));
+    }
+    Ok((&text[..start], options))
 }
 
 impl LunSpec {
-    /// Parses `[ro:]file:PATH`, `[ro:]ram:SIZE` (SIZE like `1G`, `512M`, `4096`) or
-    /// `[ro:]image:CONFIG.json`.
+    /// Parses `[ro:]file:PATH`, `[ro:]ram:SIZE` (SIZE like `1G`, `512M`, `4096`),
+    /// `[ro:]image:CONFIG.json`, `registry:REF` or `demo:`, then options as `,key=value`:
+    /// `remote_failure=hold|hold:DURATION|hold:forever|fail|fail:DURATION`.
     pub fn parse(text: &str) -> Result<LunSpec, BackingError> {
+        let (backing_text, options) = split_options(text)?;
+        let mut spec = Self::parse_backing(backing_text)?;
+        for (key, value) in options {
+            match key {
+                "remote_failure" => {
+                    let policy = value
+                        .parse()
+                        .map_err(|e| BackingError::BadOption(format!("{text}: {e}")))?;
+                    spec.remote_failure = Some(policy);
+                }
+                _ => unreachable!("split_options admits only LUN_OPTIONS"),
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Parses the backing part of a LUN text (no options).
+    fn parse_backing(text: &str) -> Result<LunSpec, BackingError> {
         let (read_only, rest) = match text.strip_prefix("ro:") {
             Some(rest) => (true, rest),
             None => (false, text),
@@ -178,11 +245,13 @@ impl LunSpec {
             return Ok(LunSpec {
                 backing: Backing::Registry(reference),
                 read_only: true,
+                remote_failure: None,
             });
         } else if rest == "demo:" {
             return Ok(LunSpec {
                 backing: Backing::Demo,
                 read_only: true,
+                remote_failure: None,
             });
         } else if let Some(size) = rest.strip_prefix("ram:") {
             let bytes = parse_size(size).map_err(|source| BackingError::BadSize {
@@ -207,7 +276,11 @@ impl LunSpec {
         } else {
             return Err(BackingError::UnknownKind(text.to_string()));
         };
-        Ok(LunSpec { backing, read_only })
+        Ok(LunSpec {
+            backing,
+            read_only,
+            remote_failure: None,
+        })
     }
 
     /// Opens the device with registry layers read through a cache of its own (tests and
@@ -274,17 +347,37 @@ impl LunSpec {
             Backing::Registry(reference) => {
                 let (device, digest) = images.open_reference(reference).await?;
                 resolved = Some(digest);
-                Ok(device)
+                Ok(self.held(device, images))
             }
             Backing::Image(path) => {
                 let device = images.open(path, self.read_only).await?;
                 if device.size() == 0 {
                     return Err(BackingError::Empty(path.clone()));
                 }
-                Ok(device)
+                Ok(self.held(device, images))
             }
         };
         Ok((device?, resolved))
+    }
+
+    /// An image's device under the LUN's remote-failure policy (the daemon's when the LUN
+    /// names none). Images whose layers are all local never meet a remote failure, so the
+    /// wrapper only passes their answers through.
+    fn held(&self, device: Arc<dyn BlockDevice>, images: &ImageOpener) -> Arc<dyn BlockDevice> {
+        let policy = self
+            .remote_failure
+            .unwrap_or(images.settings.remote_failure);
+        Arc::new(HeldDevice::new(device, policy, self.without_options()))
+    }
+
+    /// The LUN's text without its options: what names the LUN in logs and, for LUNs without a
+    /// content identity, goes into the serial (options must not change a LUN's WWN).
+    fn without_options(&self) -> String {
+        LunSpec {
+            remote_failure: None,
+            ..self.clone()
+        }
+        .to_string()
     }
 
     /// Opens the device and describes it as LUN `number` of target `target_name`. The serial
@@ -350,7 +443,7 @@ impl LunSpec {
                     Backing::Ram(size) => {
                         format!("{}ram:{size}", if self.read_only { "ro:" } else { "" })
                     }
-                    _ => self.to_string(),
+                    _ => self.without_options(),
                 };
                 format!("{target_name}/{number}/{text}")
             }
@@ -397,7 +490,11 @@ impl fmt::Display for LunSpec {
             Backing::Image(path) => write!(f, "image:{}", path.display()),
             Backing::Registry(reference) => write!(f, "registry:{reference}"),
             Backing::Demo => f.write_str("demo:"),
+        }?;
+        if let Some(policy) = self.remote_failure {
+            write!(f, ",remote_failure={policy}")?;
         }
+        Ok(())
     }
 }
 
@@ -577,21 +674,24 @@ mod tests {
             LunSpec::parse("file:/tmp/x.img").unwrap(),
             LunSpec {
                 backing: Backing::File("/tmp/x.img".into()),
-                read_only: false
+                read_only: false,
+                remote_failure: None,
             }
         );
         assert_eq!(
             LunSpec::parse("ram:1G").unwrap(),
             LunSpec {
                 backing: Backing::Ram(1 << 30),
-                read_only: false
+                read_only: false,
+                remote_failure: None,
             }
         );
         assert_eq!(
             LunSpec::parse("ro:file:/a:b").unwrap(),
             LunSpec {
                 backing: Backing::File("/a:b".into()),
-                read_only: true
+                read_only: true,
+                remote_failure: None,
             }
         );
     }
@@ -752,6 +852,64 @@ mod tests {
             e.contains("registry:") && e.contains("HOST[:PORT]/REPOSITORY"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn options_follow_the_backing_and_print_back() {
+        let spec = LunSpec::parse("ro:file:/a,b/disk.img,remote_failure=fail:5s").unwrap();
+        assert_eq!(
+            spec.backing,
+            Backing::File("/a,b/disk.img".into()),
+            "a comma in a path"
+        );
+        assert!(spec.read_only);
+        assert_eq!(
+            spec.remote_failure,
+            Some(RemoteFailurePolicy::Fail {
+                deadline: std::time::Duration::from_secs(5)
+            })
+        );
+        assert_eq!(
+            spec.to_string(),
+            "ro:file:/a,b/disk.img,remote_failure=fail:5s"
+        );
+        let reg =
+            LunSpec::parse("registry:127.0.0.1:5000/app:v1,remote_failure=hold:forever").unwrap();
+        assert_eq!(
+            reg.remote_failure,
+            Some(RemoteFailurePolicy::Hold { deadline: None })
+        );
+        assert_eq!(LunSpec::parse(&reg.to_string()).unwrap(), reg);
+        // Options do not change the serial (and so the WWN) of a LUN named by its text.
+        let plain = LunSpec::parse("file:/x.img").unwrap();
+        let with = LunSpec::parse("file:/x.img,remote_failure=fail").unwrap();
+        assert_eq!(
+            plain
+                .unavailable_lun("iqn.x", 0, Unavailable::Failed)
+                .serial,
+            with.unavailable_lun("iqn.x", 0, Unavailable::Failed).serial
+        );
+        for (bad, says) in [
+            (
+                "file:/x.img,remote_falure=hold",
+                "unknown LUN option \"remote_falure\"",
+            ),
+            (
+                "file:/x.img,remote_failure=hold,remote_failure=fail",
+                "given twice",
+            ),
+            (
+                "file:/x.img,remote_failure=wait",
+                "remote failure policy \"wait\"",
+            ),
+            (
+                "file:/x.img,remote_failure=hold,junk",
+                "unknown LUN option \"junk\"",
+            ),
+        ] {
+            let e = LunSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("file:/x.img"), "{bad}: {e}");
+        }
     }
 
     #[test]

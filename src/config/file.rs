@@ -23,6 +23,8 @@
 //!     { backing = "file:/var/lib/disk.img" },
 //!     { backing = "file:/var/lib/base.img", read_only = true },
 //!     { backing = "image:/var/lib/app/config.v1.json" },     # an overlaybd image
+//!     # Registry unreachable: hold commands (default hold:10m; hold:forever) or fail them.
+//!     { backing = "registry:reg.example.com/team/app:v1", remote_failure = "fail:20s" },
 //! ]
 //! ```
 //!
@@ -115,6 +117,7 @@ struct RawLun {
     backing: String,
     #[serde(default)]
     read_only: bool,
+    remote_failure: Option<String>,
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -196,6 +199,15 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
                 message: e.to_string(),
             })?;
             spec.read_only |= lun.read_only;
+            if let Some(text) = &lun.remote_failure {
+                let policy =
+                    text.parse()
+                        .map_err(|e: crate::block::hold::PolicyError| InvalidField {
+                            field: format!("targets[{i}].luns[{j}].remote_failure"),
+                            message: e.to_string(),
+                        })?;
+                spec.remote_failure = Some(policy);
+            }
             luns.push(spec);
         }
         targets.push(TargetConfig {
@@ -250,7 +262,7 @@ mod tests {
             mutual_chap = { user = "t", secret = "other-secret" }
             allow_target_reset = true
             luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true },
-                    { backing = "image:/img/config.v1.json", read_only = true }]
+                    { backing = "image:/img/config.v1.json", read_only = true, remote_failure = "hold:forever" }]
             "#,
         )
         .unwrap();
@@ -270,6 +282,14 @@ mod tests {
             Backing::Image("/img/config.v1.json".into())
         );
         assert!(t.luns[2].read_only);
+        assert_eq!(
+            t.luns[2].remote_failure,
+            Some(crate::block::RemoteFailurePolicy::Hold { deadline: None })
+        );
+        assert_eq!(
+            t.luns[0].remote_failure, None,
+            "the daemon's setting applies"
+        );
         assert_eq!(t.chap.as_ref().unwrap().user, "u");
         assert_eq!(t.mutual_chap.as_ref().unwrap().user, "t");
         assert!(t.allow_target_reset);
@@ -292,6 +312,17 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("/etc/t.toml: targets[0].luns[0].backing:"),
+            "{e}"
+        );
+
+        let e = parse_str(
+            "[[targets]]\nname = \"iqn.x:y\"\n\
+             luns = [{ backing = \"ram:1M\", remote_failure = \"wait\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/t.toml: targets[0].luns[0].remote_failure: remote failure policy"),
             "{e}"
         );
 

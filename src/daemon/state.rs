@@ -1181,6 +1181,7 @@ mod tests {
             LunSpec {
                 backing: Backing::Ram(3),
                 read_only: false,
+                remote_failure: None,
             },
         );
         bad.added_targets.insert(t.name.clone(), t);

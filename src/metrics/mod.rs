@@ -166,6 +166,7 @@ pub struct Metrics {
     registry_retries: Family<HostLabels, Counter>,
     crc_failures: Counter,
     download_ratio: Family<LayerLabels, Gauge<f64, AtomicU64>>,
+    held_commands: Gauge,
 }
 
 /// The process's metrics.
@@ -195,6 +196,7 @@ impl Metrics {
             registry_retries: Family::default(),
             crc_failures: Counter::default(),
             download_ratio: Family::default(),
+            held_commands: Gauge::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
         let m = &metrics;
@@ -278,6 +280,11 @@ impl Metrics {
             "download_ratio",
             "Share of a layer held locally by the background download (0 to 1)",
             m.download_ratio.clone(),
+        );
+        r.register(
+            "held_commands",
+            "SCSI commands waiting for a registry that cannot serve their bytes now",
+            m.held_commands.clone(),
         );
         Metrics {
             registry,
@@ -394,6 +401,11 @@ impl Metrics {
             host: host.to_string(),
         };
         self.registry_retries.get_or_create(&host).inc();
+    }
+
+    /// `delta` commands started (1) or stopped (-1) waiting for an unavailable registry.
+    pub fn held_commands(&self, delta: i64) {
+        self.held_commands.inc_by(delta);
     }
 
     /// A ZFile block failed its CRC32C check.

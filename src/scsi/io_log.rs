@@ -51,6 +51,7 @@ fn is_io_error(err: &BlockError) -> bool {
     matches!(
         err,
         BlockError::Io(_)
+            | BlockError::Remote(_)
             | BlockError::Corrupt(_)
             | BlockError::NoSpace(_)
             | BlockError::Unavailable(_)

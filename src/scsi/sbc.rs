@@ -34,7 +34,9 @@ fn sense_of(lun: &LogicalUnit, err: BlockError, medium: super::sense::Asc) -> Se
         BlockError::ReadOnly => Sense::write_protected(),
         BlockError::OutOfRange { .. } => Sense::lba_out_of_range(),
         BlockError::Unsupported(_) => Sense::invalid_opcode(),
-        BlockError::Corrupt(_) | BlockError::Io(_) => Sense::new(key::MEDIUM_ERROR, medium),
+        BlockError::Corrupt(_) | BlockError::Io(_) | BlockError::Remote(_) => {
+            Sense::new(key::MEDIUM_ERROR, medium)
+        }
         BlockError::NoSpace(_) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
         BlockError::Unavailable(reason) => {
             lun.mark_unavailable(reason);

@@ -379,19 +379,24 @@ impl Initiator {
         }
     }
 
-    pub async fn read10(&mut self, lun: u64, lba: u32, blocks: u16) -> Bytes {
+    /// Sends READ(10) of `blocks` 512-byte blocks at `lba` and returns its ITT; the answer is
+    /// for [`Initiator::finish_read`].
+    pub async fn start_read10(&mut self, lun: u64, lba: u32, blocks: u16) -> u32 {
         let cdb = crate::support::raw_initiator::read10(lba, blocks);
-        let itt = self
-            .command(
-                lun,
-                &cdb,
-                true,
-                false,
-                u32::from(blocks) * 512,
-                Bytes::new(),
-                true,
-            )
-            .await;
+        self.command(
+            lun,
+            &cdb,
+            true,
+            false,
+            u32::from(blocks) * 512,
+            Bytes::new(),
+            true,
+        )
+        .await
+    }
+
+    pub async fn read10(&mut self, lun: u64, lba: u32, blocks: u16) -> Bytes {
+        let itt = self.start_read10(lun, lba, blocks).await;
         let (status, data, sense) = self.finish_read(itt).await;
         assert_eq!(status, 0, "READ(10) failed: {sense:?}");
         data

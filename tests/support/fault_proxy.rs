@@ -78,9 +78,20 @@ impl FaultProxy {
         link: Link,
         policy: impl Fn(u64, &str) -> Fault + Send + Sync + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().unwrap(), upstream, link, policy).await
+    }
+
+    /// [`FaultProxy::start`] listening on `listen` (a loopback address, or one in a network
+    /// namespace of the test's own).
+    pub async fn start_on(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        link: Link,
+        policy: impl Fn(u64, &str) -> Fault + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(listen)
             .await
-            .expect("bind 127.0.0.1");
+            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared {
             upstream,

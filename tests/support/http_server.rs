@@ -50,6 +50,15 @@ pub enum Reply {
         declared: usize,
         body: Vec<u8>,
     },
+    /// Headers promising `declared` bytes, then `body`, then nothing for `stall` (the
+    /// connection open), then close: a connection stuck mid-body.
+    StalledBody {
+        status: u16,
+        headers: Vec<(String, String)>,
+        declared: usize,
+        body: Vec<u8>,
+        stall: Duration,
+    },
     /// Close the connection with a TCP reset, without answering.
     Reset,
     /// Answer nothing for that long, then close.
@@ -220,6 +229,20 @@ async fn serve(
                 .write_all(&head_bytes(status, &headers, declared))
                 .await?;
             stream.write_all(&body).await?;
+        }
+        Reply::StalledBody {
+            status,
+            headers,
+            declared,
+            body,
+            stall,
+        } => {
+            stream
+                .write_all(&head_bytes(status, &headers, declared))
+                .await?;
+            stream.write_all(&body).await?;
+            stream.flush().await?;
+            tokio::time::sleep(stall).await;
         }
         Reply::Reset => {
             #[allow(deprecated)]

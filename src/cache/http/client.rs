@@ -769,7 +769,8 @@ impl HttpBlobSource {
             if status == StatusCode::OK && offset > 0 {
                 tracing::debug!(blob = %self.describe(), "server ignores Range; slicing a full answer");
             }
-            let data = read_body(resp, plan.skip, len).await?;
+            let stall = Duration::from_millis(self.client.config.stall_timeout_ms);
+            let data = read_body(resp, plan.skip, len, stall).await?;
             metrics::global().registry_bytes(&host, data.len() as u64);
             return Ok((data, plan.total));
         }
@@ -805,13 +806,33 @@ fn host_label(url: &Url) -> String {
 }
 
 /// Reads `len` bytes after discarding `skip`, from a streamed body; a body that ends early is
-/// a (retryable) truncation, never a short read handed upward.
-async fn read_body(mut resp: reqwest::Response, mut skip: u64, len: u64) -> Result<Bytes, Failure> {
+/// a (retryable) truncation, never a short read handed upward. A body that sends nothing for
+/// `stall` is abandoned (retryable): a connection stuck mid-body is not waited on until the
+/// whole request's timeout.
+async fn read_body(
+    mut resp: reqwest::Response,
+    mut skip: u64,
+    len: u64,
+    stall: Duration,
+) -> Result<Bytes, Failure> {
     let want = usize::try_from(len)
         .map_err(|_| Failure::new(io::ErrorKind::InvalidInput, "read too large", false))?;
     let mut out = BytesMut::new();
     loop {
-        let chunk = resp.chunk().await.map_err(Failure::transport)?;
+        let chunk = tokio::time::timeout(stall, resp.chunk())
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the body stalled: nothing for {} ms after {} of {want} bytes",
+                        stall.as_millis(),
+                        out.len()
+                    ),
+                    true,
+                )
+            })?
+            .map_err(Failure::transport)?;
         let Some(mut chunk) = chunk else {
             return Err(Failure::new(
                 io::ErrorKind::UnexpectedEof,

@@ -140,7 +140,8 @@ async fn a_crc_failure_in_a_zfile_layer_is_corrupt_and_a_medium_error() {
 async fn every_source_error_kind_maps_to_its_block_error_and_sense() {
     let (file, data) = layer_file().await;
     let eio = || std::io::Error::from_raw_os_error(libc::EIO);
-    // (the error, whether the device error is Corrupt (else Io), the io kind of an Io).
+    // (the error, whether the device error is Corrupt (else Io, or Remote for an
+    // unavailable registry), the io kind of an Io).
     let cases: Vec<(SourceError, bool, std::io::ErrorKind)> = vec![
         (
             SourceError::NotFound("blob not found (HTTP 404)".into()),
@@ -192,9 +193,11 @@ async fn every_source_error_kind_maps_to_its_block_error_and_sense() {
             }) as Arc<dyn LayerSource>
         };
         let device = image_over(failing()).await;
+        let remote = matches!(error, SourceError::Unavailable(_));
         match device.read(0, 4096).await.unwrap_err() {
             BlockError::Corrupt(m) if corrupt => assert!(m.starts_with("failing: "), "{m}"),
-            BlockError::Io(e) if !corrupt => {
+            BlockError::Remote(m) if remote => assert!(m.starts_with("failing: "), "{m}"),
+            BlockError::Io(e) if !corrupt && !remote => {
                 assert_eq!(e.kind(), kind, "{name}");
                 assert!(e.to_string().starts_with("failing: "), "{e}");
             }
