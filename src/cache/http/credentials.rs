@@ -144,7 +144,7 @@ struct AuthDoc {
     #[serde(default, deserialize_with = "ordered")]
     auths: Vec<(String, AuthEntry)>,
     #[serde(default, rename = "credHelpers")]
-    cred_helpers: std::collections::BTreeMap<String, String>,
+    cred_helpers: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default, rename = "credsStore")]
     creds_store: Option<String>,
 }
@@ -155,6 +155,7 @@ impl AuthDoc {
             entries: self.auths,
             helpers: self
                 .cred_helpers
+                .unwrap_or_default()
                 .into_iter()
                 .filter(|(_, name)| !name.is_empty())
                 .collect(),
@@ -725,6 +726,12 @@ mod tests {
         // Malformed helper sections are parse errors, not silently anonymous.
         assert!(AuthFile::parse(br#"{"credHelpers": {"r": 1}}"#).is_err());
         assert!(AuthFile::parse(br#"{"credsStore": ["x"]}"#).is_err());
+        // `null` (as Go writes an empty map) is no helper at all.
+        let null = AuthFile::parse(br#"{"auths": {}, "credHelpers": null, "credsStore": null}"#);
+        assert_eq!(
+            null.unwrap().docker_choice("https://r/v2/a/blobs/sha256:1"),
+            DockerChoice::Anonymous
+        );
         // A credential service cannot make us run programs.
         let served = AuthFile::parse_service_answer(
             br#"{"success":true,"data":{"auths":{},"credsStore":"evil"}}"#,
