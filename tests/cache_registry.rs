@@ -1537,7 +1537,8 @@ async fn unix_http_server(
 }
 
 /// overlaybd's `uds` credential mode: the http mode's request and answer over a Unix socket,
-/// with the configured timeout; failures name the socket.
+/// with the configured timeout; failures (refusal, oversized answer, no server, no answer)
+/// name the socket.
 #[tokio::test]
 async fn uds_credential_mode_supplies_basic_credentials() {
     let blob = Arc::new(make_blob(20_000, 23));
@@ -1583,8 +1584,11 @@ async fn uds_credential_mode_supplies_basic_credentials() {
         unix_http_server(refusing.clone(), Some(r#"{"success": false}"#.into())).await;
     let silent = dir.path().join("silent.sock");
     let (_, silent_task) = unix_http_server(silent.clone(), None).await;
+    let huge = dir.path().join("huge.sock");
+    let (_, huge_task) = unix_http_server(huge.clone(), Some(" ".repeat(2 << 20))).await;
     for (path, expected) in [
         (refusing, "success=false"),
+        (huge, "cannot read the answer"),
         (dir.path().join("absent.sock"), "cannot connect"),
         (silent, "no answer within 1 s"),
     ] {
@@ -1609,4 +1613,5 @@ async fn uds_credential_mode_supplies_basic_credentials() {
     }
     refuse_task.abort();
     silent_task.abort();
+    huge_task.abort();
 }
