@@ -89,13 +89,14 @@ fn first_line(stdout: &[u8], stderr: &[u8]) -> String {
 }
 
 /// The helper program `name` in the first of `search_path` holding an executable file of
-/// that name.
+/// that name. Relative folders (`.` or an empty entry in `$PATH`) are skipped: which program
+/// runs must not depend on the daemon's working directory.
 pub(super) fn find(name: &str, search_path: &[PathBuf]) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let program = program(name);
     search_path
         .iter()
-        .filter(|dir| !dir.as_os_str().is_empty())
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(&program))
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -329,6 +330,18 @@ mod tests {
         // A non-executable file of that name is not a helper.
         std::fs::write(dir.path().join(program("plain")), "").unwrap();
         assert!(get("plain", "r", &path, t).await.is_err());
+        // A relative folder is not searched, even when it holds the helper.
+        let cwd = std::env::current_dir().unwrap();
+        let relative = dir.path().strip_prefix(&cwd).map(Path::to_path_buf);
+        let relative = relative.unwrap_or_else(|_| {
+            // `../..` up to the root, then the absolute path without its leading `/`.
+            let ups = cwd.components().count() - 1;
+            let mut p: PathBuf = std::iter::repeat_n("..", ups).collect();
+            p.push(dir.path().strip_prefix("/").unwrap());
+            p
+        });
+        assert!(relative.is_relative() && relative.join(program("echo")).exists());
+        assert!(get("echo", "r", &[relative], t).await.is_err());
         let e = get("../echo", "r", &path, t).await.unwrap_err();
         assert!(e.to_string().contains("invalid helper name"), "{e}");
     }

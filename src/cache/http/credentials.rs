@@ -860,6 +860,13 @@ mod tests {
     fn docker_config_from_env_follows_docker() {
         // Reads the variables as they are (not set here: other tests run in parallel).
         let found = DockerConfig::from_env();
+        if let Some(found) = &found {
+            let path: Vec<PathBuf> = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect())
+                .unwrap_or_default();
+            assert_eq!(found.helper_path, path);
+            assert_eq!(found.helper_timeout, DEFAULT_HELPER_TIMEOUT);
+        }
         match std::env::var_os("DOCKER_CONFIG") {
             Some(d) => assert_eq!(found.unwrap().dir, PathBuf::from(d)),
             None => {
