@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlaybd_target::cache::http::push::sha256_digest;
-use overlaybd_target::cache::http::{CredentialStore, RegistryClient};
+use overlaybd_target::cache::http::{CredentialStore, DockerConfig, RegistryClient};
 use overlaybd_target::cache::settings::{DaemonSettings, DownloadConfig, HttpConfig};
 use overlaybd_target::cache::{CacheTiers, RemoteLayer, RemoteLayers};
 use overlaybd_target::source::{LayerSource, SourceError};
@@ -1255,4 +1255,406 @@ async fn push_with_bearer_tokens_scoped_for_push() {
     let last = *progress.lock().last().unwrap();
     assert_eq!(last.0, last.1);
     assert_eq!(last.1, pushed.layers[0].blob.size + pushed.config.blob.size);
+}
+
+/// A Docker config folder naming helper `test` for `host` in `credHelpers`, and a `bin`
+/// folder for helper scripts; the store searches only that folder (no process-global PATH or
+/// DOCKER_CONFIG, so tests running in parallel cannot disturb each other).
+fn docker_with_helper(host: &str) -> (tempfile::TempDir, CredentialStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(r#"{{"auths": {{}}, "credHelpers": {{"{host}": "test"}}}}"#);
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let store =
+        CredentialStore::anonymous().with_docker_config(DockerConfig::new(dir.path(), vec![bin]));
+    (dir, store)
+}
+
+/// Writes the helper script `docker-credential-test` into the config folder's `bin`.
+fn write_helper(dir: &tempfile::TempDir, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("bin/docker-credential-test");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn basic_value(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// A registry whose token service takes `helper-user` with the current secret only and issues
+/// tokens the registry honours for `TOKEN_LIFE` (and says so in `expires_in`).
+struct RotatingRegistry {
+    secret: parking_lot::Mutex<String>,
+    issued: parking_lot::Mutex<Vec<(String, Instant)>>,
+    /// Basic values of the token requests refused.
+    refused: parking_lot::Mutex<Vec<String>>,
+}
+
+const TOKEN_LIFE: Duration = Duration::from_secs(2);
+
+impl RotatingRegistry {
+    fn handle(&self, req: &Request, blob: &[u8], realm: &str) -> Reply {
+        if req.target.starts_with("/token?") {
+            let auth = req.header("authorization").unwrap_or("").to_string();
+            if auth != basic_value("helper-user", &self.secret.lock()) {
+                self.refused.lock().push(auth);
+                return Reply::status(401);
+            }
+            let mut issued = self.issued.lock();
+            let token = format!("tok-{}", issued.len());
+            issued.push((token.clone(), Instant::now()));
+            let body = format!(
+                r#"{{"token": "{token}", "expires_in": {}}}"#,
+                TOKEN_LIFE.as_secs()
+            );
+            return Reply::new(200, &[], body);
+        }
+        let live = req
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|t| {
+                self.issued
+                    .lock()
+                    .iter()
+                    .any(|(tok, at)| tok == t && at.elapsed() < TOKEN_LIFE)
+            });
+        if !live {
+            let challenge = format!(
+                r#"Bearer realm="{realm}",service="test-registry",scope="repository:team/app:pull""#
+            );
+            return Reply::new(401, &[("WWW-Authenticate", &challenge)], "");
+        }
+        serve_range(req, blob)
+    }
+}
+
+/// Credentials from a `credHelpers` helper whose secret rotates, with tokens lapsing every 2 s:
+/// reads keep working, the helper is run again for each token, and once the registry has moved
+/// on the old secret is refused until the helper hands out the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_helper_secrets_rotate_across_token_expiries() {
+    let blob = Arc::new(make_blob(30_000, 21));
+    let state = Arc::new(RotatingRegistry {
+        secret: parking_lot::Mutex::new("s1".into()),
+        issued: parking_lot::Mutex::new(Vec::new()),
+        refused: parking_lot::Mutex::new(Vec::new()),
+    });
+    let realm = Arc::new(parking_lot::Mutex::new(String::new()));
+    let server = TestServer::start({
+        let (state, blob, realm) = (Arc::clone(&state), Arc::clone(&blob), Arc::clone(&realm));
+        move |req| state.handle(req, &blob, &realm.lock())
+    })
+    .await;
+    *realm.lock() = format!("{}/token", server.url());
+    let host = server.addr.to_string();
+    let (dir, store) = docker_with_helper(&host);
+    let (secret, calls) = (dir.path().join("secret"), dir.path().join("calls"));
+    std::fs::write(&secret, "s1").unwrap();
+    // Logs the server URL it was asked for, one line per run, and answers the current secret.
+    write_helper(
+        &dir,
+        &format!(
+            r#"[ "$1" = get ] || exit 3
+read -r server
+echo "$server" >> {calls}
+printf '{{"ServerURL":"%s","Username":"helper-user","Secret":"%s"}}' "$server" "$(cat {secret})""#,
+            calls = calls.display(),
+            secret = secret.display()
+        ),
+    );
+    let runs = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .inspect(|l| assert_eq!(*l, host, "the helper gets the host as config.json keys it"))
+            .count()
+    };
+    let src = client(store)
+        .open_blob(&format!("{}{REPO}", server.url()), "sha256:dd", None)
+        .await
+        .unwrap();
+    check_reads(&src, &blob).await;
+    let first_runs = runs();
+    assert!(first_runs >= 1);
+
+    // Rotation on both sides, then the token lapses: the next read asks the helper again.
+    *state.secret.lock() = "s2".into();
+    std::fs::write(&secret, "s2").unwrap();
+    tokio::time::sleep(TOKEN_LIFE + Duration::from_millis(100)).await;
+    assert_eq!(
+        &src.read_exact_at(100, 5000).await.unwrap()[..],
+        &blob[100..5100]
+    );
+    assert!(runs() > first_runs, "the helper was not run again");
+    let tokens_after_rotation = state.issued.lock().len();
+    assert!(tokens_after_rotation >= 2);
+
+    // Tokens keep lapsing; reads across several expiries all succeed.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let off = 1000 * round;
+        assert_eq!(
+            &src.read_exact_at(off as u64, 20_000).await.unwrap()[..],
+            &blob[off..off + 20_000]
+        );
+    }
+    assert!(
+        state.issued.lock().len() > tokens_after_rotation,
+        "tokens were renewed"
+    );
+
+    // The registry moves to s3 while the helper still says s2: the old secret is refused and
+    // the read fails cleanly; once the helper has the new secret, reads work again.
+    *state.secret.lock() = "s3".into();
+    tokio::time::sleep(TOKEN_LIFE + Duration::from_millis(100)).await;
+    let before = runs();
+    let err = src.read_exact_at(0, 10).await.unwrap_err();
+    assert!(matches!(err, SourceError::Denied(_)), "{err}");
+    assert!(
+        state
+            .refused
+            .lock()
+            .contains(&basic_value("helper-user", "s2")),
+        "the old secret was not the one refused"
+    );
+    assert!(runs() > before);
+    std::fs::write(&secret, "s3").unwrap();
+    assert_eq!(&src.read_exact_at(0, 10).await.unwrap()[..], &blob[..10]);
+    assert!(
+        !state
+            .refused
+            .lock()
+            .contains(&basic_value("helper-user", "s1")),
+        "a secret from before the first rotation came back"
+    );
+}
+
+/// The token service of an OAuth2 registry: POST `/token` with the refresh-token form, or (when
+/// `post` is false, like a registry without OAuth2) 404 there and GET with Basic.
+fn oauth_registry(
+    blob: Arc<Vec<u8>>,
+    realm: Arc<parking_lot::Mutex<String>>,
+    post: bool,
+) -> impl Fn(&Request) -> Reply + Send + Sync {
+    move |req| {
+        if req.target == "/token" && req.method == "POST" {
+            if !post {
+                return Reply::status(404);
+            }
+            let expected = "grant_type=refresh_token&refresh_token=refresh-1\
+                            &service=test-registry&scope=repository%3Ateam%2Fapp%3Apull\
+                            &client_id=overlaybd-target";
+            if req.body != expected.as_bytes()
+                || req.header("content-type") != Some("application/x-www-form-urlencoded")
+            {
+                return Reply::status(400);
+            }
+            return Reply::new(200, &[], r#"{"access_token": "acc-1", "expires_in": 300}"#);
+        }
+        if req.target.starts_with("/token?") {
+            if post || req.header("authorization") != Some(&basic_value("<token>", "refresh-1")) {
+                return Reply::status(401);
+            }
+            return Reply::new(200, &[], r#"{"token": "acc-1"}"#);
+        }
+        if req.header("authorization") != Some("Bearer acc-1") {
+            let challenge = format!(
+                r#"Bearer realm="{}",service="test-registry",scope="repository:team/app:pull""#,
+                realm.lock()
+            );
+            return Reply::new(401, &[("WWW-Authenticate", &challenge)], "");
+        }
+        serve_range(req, &blob)
+    }
+}
+
+/// A helper answering `<token>` gives an identity token: it is exchanged with the OAuth2
+/// refresh-token POST (or GET with Basic when the POST is 404), never sent to the registry's
+/// data endpoints, and never to a token service on another host.
+#[tokio::test]
+async fn identity_token_uses_the_refresh_token_flow_on_the_registry_host_only() {
+    let blob = Arc::new(make_blob(10_000, 22));
+    for post in [true, false] {
+        let realm = Arc::new(parking_lot::Mutex::new(String::new()));
+        let server =
+            TestServer::start(oauth_registry(Arc::clone(&blob), Arc::clone(&realm), post)).await;
+        *realm.lock() = format!("{}/token", server.url());
+        let (dir, store) = docker_with_helper(&server.addr.to_string());
+        write_helper(
+            &dir,
+            r#"printf '{"ServerURL":"x","Username":"<token>","Secret":"refresh-1"}'"#,
+        );
+        let src = client(store)
+            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+            .await
+            .unwrap_or_else(|e| panic!("post={post}: {e}"));
+        check_reads(&src, &blob).await;
+        let reqs = server.requests();
+        let token_posts = reqs.iter().filter(|r| r.method == "POST").count();
+        let token_gets = reqs
+            .iter()
+            .filter(|r| r.target.starts_with("/token?"))
+            .count();
+        assert_eq!(
+            (token_posts, token_gets),
+            if post { (1, 0) } else { (1, 1) },
+            "post={post}"
+        );
+        assert!(reqs
+            .iter()
+            .filter(|r| r.target.starts_with(REPO))
+            .all(|r| !r.header("authorization").unwrap_or("").starts_with("Basic")));
+
+        // The same registry named `localhost` in its realm: another host, so the token is
+        // not sent there.
+        *realm.lock() = format!("http://localhost:{}/token", server.addr.port());
+        server.clear();
+        let (dir, store) = docker_with_helper(&server.addr.to_string());
+        write_helper(
+            &dir,
+            r#"printf '{"ServerURL":"x","Username":"<token>","Secret":"refresh-1"}'"#,
+        );
+        let err = client(store)
+            .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(
+            err.to_string().contains("identity token for 127.0.0.1"),
+            "{err}"
+        );
+        assert!(server
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/token")));
+    }
+}
+
+/// A one-request-per-connection HTTP server on a Unix socket, answering every request with
+/// `answer` (`None`: never answer), and logging each request's head.
+async fn unix_http_server(
+    path: std::path::PathBuf,
+    answer: Option<String>,
+) -> (
+    Arc<parking_lot::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let task = tokio::spawn({
+        let log = Arc::clone(&log);
+        async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (log, answer) = (Arc::clone(&log), answer.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    log.lock().push(String::from_utf8_lossy(&head).into_owned());
+                    let Some(body) = answer else {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        }
+    });
+    (log, task)
+}
+
+/// overlaybd's `uds` credential mode: the http mode's request and answer over a Unix socket,
+/// with the configured timeout; failures (refusal, oversized answer, no server, no answer)
+/// name the socket.
+#[tokio::test]
+async fn uds_credential_mode_supplies_basic_credentials() {
+    let blob = Arc::new(make_blob(20_000, 23));
+    let registry = TestServer::start(basic_registry(Arc::clone(&blob), "YWxpY2U6czNjcmV0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cred.sock");
+    let answer = format!(
+        r#"{{"traceId": "t1", "success": true, "data": {{"auths": {{"{}": {{"username": "alice", "password": "s3cret"}}}}}}}}"#,
+        registry.addr
+    );
+    let (log, task) = unix_http_server(socket.clone(), Some(answer)).await;
+    let mut settings = DaemonSettings::default();
+    settings.credential_config.mode = "uds".into();
+    settings.credential_config.path = socket.display().to_string();
+    settings.http_config = http_config();
+    let blob_url = format!("{}{REPO}", registry.url());
+    let src = RegistryClient::from_settings(&settings)
+        .unwrap()
+        .open_blob(&blob_url, "sha256:ab", None)
+        .await
+        .unwrap();
+    check_reads(&src, &blob).await;
+    let heads = log.lock().clone();
+    assert!(!heads.is_empty());
+    for head in &heads {
+        assert!(
+            head.starts_with(&format!(
+                "GET /auth?remote_url={blob_url}/sha256:ab HTTP/1.1\r\n"
+            )),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nhost: localhost\r\n"),
+            "{head}"
+        );
+    }
+    task.abort();
+
+    // A service that refuses, one that is not there, one that never answers.
+    let refusing = dir.path().join("refuse.sock");
+    let (_, refuse_task) =
+        unix_http_server(refusing.clone(), Some(r#"{"success": false}"#.into())).await;
+    let silent = dir.path().join("silent.sock");
+    let (_, silent_task) = unix_http_server(silent.clone(), None).await;
+    let huge = dir.path().join("huge.sock");
+    let (_, huge_task) = unix_http_server(huge.clone(), Some(" ".repeat(2 << 20))).await;
+    for (path, expected) in [
+        (refusing, "success=false"),
+        (huge, "cannot read the answer"),
+        (dir.path().join("absent.sock"), "cannot connect"),
+        (silent, "no answer within 1 s"),
+    ] {
+        settings.credential_config.path = path.display().to_string();
+        let started = Instant::now();
+        let err = RegistryClient::from_settings(&settings)
+            .unwrap()
+            .open_blob(&blob_url, "sha256:ab", None)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("credential service unix:{}", path.display()))
+                && text.contains(expected),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    refuse_task.abort();
+    silent_task.abort();
+    huge_task.abort();
 }

@@ -334,6 +334,13 @@ pub enum CredentialSource {
         /// Request timeout.
         timeout: Duration,
     },
+    /// The same service over the Unix socket `socket` (`GET /auth?remote_url=<blob URL>`).
+    Uds {
+        /// The socket path.
+        socket: PathBuf,
+        /// Request timeout.
+        timeout: Duration,
+    },
 }
 
 impl DaemonSettings {
@@ -387,7 +394,7 @@ impl DaemonSettings {
             return Err(invalid("download.blockSize", "must be > 0".into()));
         }
         match self.credential_config.mode.as_str() {
-            "" | "file" | "http" | "https" => {}
+            "" | "file" | "http" | "https" | "uds" => {}
             other => {
                 return Err(invalid(
                     "credentialConfig.mode",
@@ -486,6 +493,10 @@ impl DaemonSettings {
         match c.mode.as_str() {
             "http" | "https" => CredentialSource::Http {
                 url: c.path.clone(),
+                timeout: Duration::from_secs(c.timeout.max(1) as u64),
+            },
+            "uds" => CredentialSource::Uds {
+                socket: PathBuf::from(&c.path),
                 timeout: Duration::from_secs(c.timeout.max(1) as u64),
             },
             "file" => CredentialSource::File(PathBuf::from(&c.path)),
@@ -675,6 +686,34 @@ mod tests {
                 Err(SettingsError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
                 other => panic!("{text}: expected Invalid, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn uds_credential_mode_is_a_socket() {
+        let s = DaemonSettings::from_json(
+            r#"{"credentialConfig": {"mode": "uds", "path": "/run/cred.sock", "timeout": 3}}"#,
+            "u.json",
+        )
+        .unwrap();
+        assert_eq!(
+            s.credentials(),
+            CredentialSource::Uds {
+                socket: "/run/cred.sock".into(),
+                timeout: Duration::from_secs(3)
+            }
+        );
+        for text in [
+            r#"{"credentialConfig": {"mode": "uds"}}"#,
+            r#"{"credentialConfig": {"mode": "ftp", "path": "x"}}"#,
+        ] {
+            assert!(
+                matches!(
+                    DaemonSettings::from_json(text, "u.json"),
+                    Err(SettingsError::Invalid { .. })
+                ),
+                "{text}"
+            );
         }
     }
 

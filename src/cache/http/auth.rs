@@ -142,6 +142,39 @@ impl BearerChallenge {
     }
 }
 
+/// The `client_id` this client names itself with in the OAuth2 refresh-token flow.
+const OAUTH_CLIENT_ID: &str = "overlaybd-target";
+
+/// The characters `application/x-www-form-urlencoded` leaves as they are; all others are
+/// percent-encoded (a space as `%20`, which form decoders read as a space too).
+const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'*');
+
+impl BearerChallenge {
+    /// The form body of the OAuth2 refresh-token request, POSTed to `realm` in exchange for a
+    /// Bearer token when the credentials are an identity token:
+    /// `grant_type=refresh_token&refresh_token=…&service=…&scope=…&client_id=…`, values
+    /// form-encoded (`scope` left out when the challenge has none).
+    pub fn refresh_token_form(&self, refresh_token: &str) -> String {
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, FORM_VALUE).to_string();
+        let mut body = format!(
+            "grant_type=refresh_token&refresh_token={}&service={}",
+            enc(refresh_token),
+            enc(&self.service)
+        );
+        if !self.scope.is_empty() {
+            body.push_str("&scope=");
+            body.push_str(&enc(&self.scope));
+        }
+        body.push_str("&client_id=");
+        body.push_str(&enc(OAUTH_CLIENT_ID));
+        body
+    }
+}
+
 /// A bearer token and how long it may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -260,6 +293,29 @@ mod tests {
         assert_eq!(t.lifetime, Duration::from_secs(54));
         assert!(parse_token_response(br#"{"token":""}"#).is_err());
         assert!(parse_token_response(b"not json").is_err());
+    }
+
+    #[test]
+    fn refresh_token_form_is_encoded() {
+        let b = BearerChallenge {
+            realm: "https://r.example/oauth2/token".into(),
+            service: "r.example".into(),
+            scope: "repository:team/app:pull repository:x:pull".into(),
+        };
+        assert_eq!(
+            b.refresh_token_form("a+b/c=d&e"),
+            "grant_type=refresh_token&refresh_token=a%2Bb%2Fc%3Dd%26e&service=r.example\
+             &scope=repository%3Ateam%2Fapp%3Apull%20repository%3Ax%3Apull\
+             &client_id=overlaybd-target"
+        );
+        let no_scope = BearerChallenge {
+            scope: String::new(),
+            ..b
+        };
+        assert_eq!(
+            no_scope.refresh_token_form("t"),
+            "grant_type=refresh_token&refresh_token=t&service=r.example&client_id=overlaybd-target"
+        );
     }
 
     #[test]

@@ -279,17 +279,7 @@ impl RegistryClient {
                 return Ok((token.clone(), *expiry));
             }
         }
-        let url = challenge
-            .token_url()
-            .map_err(|e| Failure::new(io::ErrorKind::InvalidData, e.to_string(), false))?;
-        let token_url = url.clone();
-        let mut req = self.http.get(url);
-        if let Some(c) = self.lookup_credentials(blob_url).await? {
-            req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
-        }
-        let resp = send_counted(req, &token_url)
-            .await
-            .map_err(Failure::transport)?;
+        let resp = self.token_request(challenge, blob_url).await?;
         if resp.status() != StatusCode::OK {
             let mut f = Failure::status(resp.status());
             f.message = format!("token service {}: {}", challenge.realm, f.message);
@@ -311,6 +301,66 @@ impl RegistryClient {
             .lock()
             .insert(challenge.clone(), (token.token.clone(), expiry));
         Ok((token.token, expiry))
+    }
+
+    /// Asks the token service for a token: with an identity token, the OAuth2 refresh-token
+    /// flow (`POST <realm>`, falling back to the GET below when that answers 404, as
+    /// containerd does); otherwise `GET <realm>?service&scope`, with Basic credentials when
+    /// there are any. Credentials are looked up again for every token, so rotated secrets
+    /// and helpers' fresh answers are used.
+    async fn token_request(
+        &self,
+        challenge: &BearerChallenge,
+        blob_url: &Url,
+    ) -> Result<reqwest::Response, Failure> {
+        let bad_realm = |e: String| Failure::new(io::ErrorKind::InvalidData, e, false);
+        let token_url = challenge
+            .token_url()
+            .map_err(|e| bad_realm(e.to_string()))?;
+        let creds = self.lookup_credentials(blob_url).await?;
+        if let Some(refresh) = creds.as_ref().and_then(|c| c.identity_token()) {
+            // An identity token is the registry's own: it goes to a token service on the
+            // registry's host only, and never from https down to http.
+            let same_host = token_url
+                .host_str()
+                .zip(blob_url.host_str())
+                .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+            if !same_host || (blob_url.scheme() == "https" && token_url.scheme() != "https") {
+                return Err(Failure::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "Authentication failed: the identity token for {} is not sent to the \
+                         token service {} (another host or plain http)",
+                        host_label(blob_url),
+                        challenge.realm
+                    ),
+                    false,
+                ));
+            }
+            let realm = Url::parse(&challenge.realm).map_err(|e| bad_realm(e.to_string()))?;
+            let req = self
+                .http
+                .post(realm.clone())
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(challenge.refresh_token_form(refresh));
+            let resp = send_counted(req, &realm)
+                .await
+                .map_err(Failure::transport)?;
+            if resp.status() != StatusCode::NOT_FOUND {
+                return Ok(resp);
+            }
+            tracing::debug!(realm = %challenge.realm, "no OAuth2 POST at the token service; asking with GET");
+        }
+        let mut req = self.http.get(token_url.clone());
+        if let Some(c) = &creds {
+            req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
+        }
+        send_counted(req, &token_url)
+            .await
+            .map_err(Failure::transport)
     }
 
     /// Fetches the manifest at `url` (a registry `/v2/REPO/manifests/REF` URL), asking for

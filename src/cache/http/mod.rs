@@ -1,16 +1,19 @@
 //! Registry blobs over HTTP: Range reads, registry authorization, redirects, proxies, retries.
 //!
-//! `auth`, `credentials` and `range` are sans-IO (byte and string literals in, decisions out);
-//! `client` does the requests; `push` uploads a blob (used by tests and tools).
+//! `auth`, `credentials` and `range` are sans-IO (byte and string literals in, decisions out),
+//! apart from [`CredentialStore`]'s reading of its sources; `client` does the requests;
+//! `cred_helper` runs Docker credential helpers; `push` uploads a blob (used by tests and
+//! tools).
 
 pub mod auth;
 pub mod client;
+mod cred_helper;
 pub mod credentials;
 pub mod push;
 pub mod range;
 
 pub use client::{HttpBlobSource, RegistryClient};
-pub use credentials::{CredentialStore, RegistryCredentials};
+pub use credentials::{CredentialStore, DockerConfig, RegistryCredentials};
 
 /// Largest JSON answer (token, credential service) we read: these are small documents, and
 /// an endless body from a broken or hostile server must not exhaust memory.

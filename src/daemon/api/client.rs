@@ -71,6 +71,7 @@ pub enum ClientError {
 pub struct ApiClient {
     socket: PathBuf,
     timeout: Duration,
+    max_answer: usize,
 }
 
 impl ApiClient {
@@ -79,7 +80,16 @@ impl ApiClient {
         ApiClient {
             socket: socket.into(),
             timeout: DEFAULT_TIMEOUT,
+            max_answer: MAX_ANSWER,
         }
+    }
+
+    /// The same client reading answers of at most `limit` bytes (a longer one is a
+    /// [`ClientError::Protocol`]); for other services than the API that speak over a socket
+    /// (overlaybd's `uds` credential service).
+    pub(crate) fn with_answer_limit(mut self, limit: usize) -> ApiClient {
+        self.max_answer = limit;
+        self
     }
 
     /// The same client with another per-request timeout.
@@ -228,7 +238,7 @@ impl ApiClient {
             .await
             .map_err(|e| self.protocol(e.to_string()))?;
         let (parts, body) = answer.into_parts();
-        let body = Limited::new(body, MAX_ANSWER)
+        let body = Limited::new(body, self.max_answer)
             .collect()
             .await
             .map_err(|e| self.protocol(format!("cannot read the answer: {e}")))?
