@@ -646,7 +646,7 @@ async fn p2p_proxy_gets_the_full_blob_url() {
         "P2P reads bypass the local cache"
     );
 
-    // An unreachable proxy (nothing listens) falls back to direct, cached reads.
+    // An unreachable proxy (nothing listens): every read falls back to the registry.
     let dead = TcpListenerGone::port().await;
     let mut settings = settings_for(cache_dir.path());
     settings.p2p_config.enable = true;

@@ -16,6 +16,14 @@
 //! tier, weighted by entry size); an eviction deletes the entry's file. Recency survives
 //! restarts through file modification times: a hit refreshes them (at most once a minute per
 //! entry, to keep metadata writes off busy hits), and start-up admits entries oldest first.
+//!
+//! The tier also keeps a floor of free space on its file system ([`DiskTier::with_free_floor`];
+//! `cacheConfig.minFreeMB`, 1 GiB by default as overlaybd keeps): before a unit is stored, a
+//! file system with less free than the floor plus the unit evicts entries (the policy's
+//! coldest first) until it has, so the cache shrinks below its bound rather than fill the disk
+//! other programs share. If evicting everything is not enough (someone else filled it), the
+//! unit is not stored: a miss later, never a failed read.
+//!
 //! All methods block: call them from `spawn_blocking`.
 
 use std::fs;
@@ -163,9 +171,12 @@ impl quick_cache::Weighter<UnitKey, Entry> for EntryWeighter {
 }
 
 /// Collects the keys quick_cache evicts during one insert, so their files are deleted after
-/// the insert returns rather than inside the cache's lock.
-#[derive(Clone, Copy, Default)]
-struct CollectEvicted;
+/// the insert returns rather than inside the cache's lock. Evictions of requests that do not
+/// hand their keys back (a capacity change) are parked in `orphans` for the tier to delete.
+#[derive(Clone, Default)]
+struct CollectEvicted {
+    orphans: std::sync::Arc<parking_lot::Mutex<Vec<UnitKey>>>,
+}
 
 impl quick_cache::Lifecycle<UnitKey, Entry> for CollectEvicted {
     type RequestState = Vec<UnitKey>;
@@ -176,6 +187,10 @@ impl quick_cache::Lifecycle<UnitKey, Entry> for CollectEvicted {
 
     fn on_evict(&self, state: &mut Self::RequestState, key: UnitKey, _val: Entry) {
         state.push(key);
+    }
+
+    fn end_request(&self, state: Self::RequestState) {
+        self.orphans.lock().extend(state);
     }
 }
 
@@ -192,6 +207,14 @@ pub struct DiskTier {
     root: PathBuf,
     capacity: u64,
     index: Index,
+    /// Evictions parked by the index (see [`CollectEvicted`]).
+    orphans: std::sync::Arc<parking_lot::Mutex<Vec<UnitKey>>>,
+    /// Free bytes to leave on the file system; 0 for no floor.
+    free_floor: u64,
+    /// The root folder, open, for `fstatvfs`.
+    root_dir: Option<fs::File>,
+    /// When a unit was last refused for want of space (the warning is rate limited).
+    refused_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl DiskTier {
@@ -265,21 +288,75 @@ impl DiskTier {
             .shards(1)
             .build()
             .map_err(|e| io::Error::other(format!("disk cache index: {e:?}")))?;
+        let lifecycle = CollectEvicted::default();
         let tier = Self {
             root: root.to_path_buf(),
             capacity,
+            orphans: std::sync::Arc::clone(&lifecycle.orphans),
             index: Index::with_options(
                 options,
                 EntryWeighter,
                 quick_cache::DefaultHashBuilder::default(),
-                CollectEvicted,
+                lifecycle,
             ),
+            free_floor: 0,
+            root_dir: fs::File::open(root).ok(),
+            refused_at: parking_lot::Mutex::new(None),
         };
         // Oldest first, so the policy sees the last run's recency; a shrunk bound evicts here.
         for (touched, key, size) in found {
             tier.admit(key, Entry { size, touched });
         }
         Ok(tier)
+    }
+
+    /// Keeps at least `bytes` free on the tier's file system (see the module doc).
+    pub fn with_free_floor(mut self, bytes: u64) -> Self {
+        self.free_floor = bytes;
+        self
+    }
+
+    /// Makes room for a `size`-byte entry above the free-space floor, evicting entries if
+    /// needed; false when even that leaves too little (the entry is then not stored).
+    fn make_room(&self, size: u64) -> bool {
+        let Some(dir) = self.root_dir.as_ref().filter(|_| self.free_floor > 0) else {
+            return true;
+        };
+        let need = self.free_floor.saturating_add(size);
+        let Ok(free) = crate::sys::free_space(dir) else {
+            return true;
+        };
+        if free >= need {
+            return true;
+        }
+        // Shrink the index by the deficit (the policy picks what goes), then restore the
+        // bound: the floor, not the bound, is what limits the tier while the disk is short.
+        let used = self.index.weight();
+        self.index
+            .set_capacity(used.saturating_sub(need - free).max(1));
+        self.index.set_capacity(self.capacity.max(1));
+        let gone: Vec<UnitKey> = std::mem::take(&mut *self.orphans.lock());
+        for key in &gone {
+            if !self.index.contains_key(key) {
+                let _ = fs::remove_file(self.entry_path(key));
+            }
+        }
+        let free = crate::sys::free_space(dir).unwrap_or(0);
+        if free >= need {
+            return true;
+        }
+        let mut refused = self.refused_at.lock();
+        if !refused.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            *refused = Some(std::time::Instant::now());
+            tracing::warn!(
+                folder = %self.root.display(),
+                free_bytes = free,
+                floor_bytes = self.free_floor,
+                "the cache's file system is below its free-space floor even with the cache \
+                 emptied; not storing more until space is freed (reads still work)"
+            );
+        }
+        false
     }
 
     /// The folder of the tier.
@@ -409,6 +486,9 @@ impl DiskTier {
             || payload.len() > u32::MAX as usize
             || unit_size > u64::from(u32::MAX)
         {
+            return Ok(());
+        }
+        if !self.make_room(size) {
             return Ok(());
         }
         let path = self.entry_path(key);
@@ -564,6 +644,107 @@ mod tests {
         assert_eq!(t.get(&key(1, 0), 4096, 4096).unwrap(), vec![1u8; 4096]);
         assert_eq!(t.get(&key(1, 1), 4096, 100).unwrap(), vec![2u8; 100]);
         assert!(t.get(&key(2, 0), 4096, 4096).is_none());
+    }
+
+    /// A small tmpfs mounted for a test and unmounted when dropped; `None` (the test says it
+    /// is skipped) where mounting is not allowed.
+    struct SmallFs(PathBuf);
+
+    impl SmallFs {
+        fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+            let mnt = dir.join("small");
+            fs::create_dir_all(&mnt).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&mnt)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("skipped: cannot mount a tmpfs here (needs root and mount(8))");
+                return None;
+            }
+            Some(SmallFs(mnt))
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_small_file_system_keeps_its_free_space_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(small) = SmallFs::mount(dir.path(), "8m") else {
+            return;
+        };
+        let free = || crate::sys::free_space(&fs::File::open(&small.0).unwrap()).unwrap();
+        const MIB: u64 = 1 << 20;
+        let floor = 2 * MIB;
+        // A bound far above the file system's size: only the floor can stop it filling up.
+        let t = DiskTier::open(&small.0, 64 * MIB)
+            .unwrap()
+            .with_free_floor(floor);
+        let unit = patterned(256 << 10);
+        for i in 0..100 {
+            t.put(&key(1, i), 256 << 10, &unit).unwrap();
+            assert!(free() >= floor, "unit {i}: {} bytes free", free());
+            assert!(
+                t.contains(&key(1, i)),
+                "unit {i} was stored, by evicting older ones"
+            );
+        }
+        let entry = entry_len(256 << 10) as u64;
+        assert!(
+            t.used_bytes() >= 4 * MIB,
+            "the tier still caches: {}",
+            t.used_bytes()
+        );
+        assert_eq!(
+            walk_files(&small.0) as u64 * entry,
+            t.used_bytes(),
+            "no orphaned files"
+        );
+        // Someone else keeps filling the file system: each store evicts more, the floor
+        // holds while the tier has anything to give, and once it is empty a unit is simply
+        // not stored (no error).
+        let filler = small.0.join("filler");
+        let mut f = fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; MIB as usize];
+        let mut stored = 0;
+        for i in 0..100 {
+            while free() > MIB {
+                f.write_all(&chunk[..(free() - MIB).min(MIB) as usize])
+                    .unwrap();
+            }
+            f.sync_all().unwrap();
+            let before = t.used_bytes();
+            t.put(&key(2, i), 256 << 10, &unit).expect("never an error");
+            if !t.contains(&key(2, i)) {
+                assert_eq!(
+                    t.used_bytes(),
+                    0,
+                    "stored nothing while it had units to evict"
+                );
+                break;
+            }
+            stored += 1;
+            assert!(free() >= floor, "{} bytes free", free());
+            assert!(t.used_bytes() < before, "made room by evicting");
+        }
+        assert!(stored >= 1, "stores evicted before giving up");
+        assert_eq!(t.used_bytes(), 0);
+        assert_eq!(walk_files(&small.0), 1, "only the filler is left");
+        drop(f);
+        // Space comes back: storing resumes.
+        fs::remove_file(&filler).unwrap();
+        t.put(&key(3, 0), 256 << 10, &unit).unwrap();
+        assert_eq!(t.get(&key(3, 0), 256 << 10, unit.len()).unwrap(), unit);
     }
 
     #[test]

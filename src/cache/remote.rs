@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::download::{spawn_background_download, DownloadJob};
-use super::http::RegistryClient;
+use super::http::{RegistryClient, Route, RouteKind, RoutedBlob};
 use super::read_path::{CacheTiers, CachedSource};
 use super::settings::{DaemonSettings, DownloadConfig};
 use crate::source::LayerSource;
@@ -51,9 +51,6 @@ pub struct RemoteLayers {
     download_queue: Arc<tokio::sync::Semaphore>,
 }
 
-/// How long the P2P proxy's TCP port may take to accept before we read directly.
-const P2P_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
 impl RemoteLayers {
     /// Builds the client and opens the cache tiers (creating the cache folder) from settings.
     pub fn new(settings: DaemonSettings) -> io::Result<Self> {
@@ -86,53 +83,83 @@ impl RemoteLayers {
         &self.client
     }
 
-    /// Opens a remote layer. With a reachable P2P proxy the blob is read through it and the
-    /// local cache is bypassed (the proxy caches); otherwise it is read through the cache tiers,
-    /// and, when download is enabled, fully downloaded in the background (into the layer's
-    /// `dir`, or the cache folder without one). Authorization and size errors surface here, at
-    /// open time.
+    /// Opens a remote layer, read through its routes ([`RoutedBlob`]): the P2P proxy when
+    /// enabled, the registry's mirrors, then the registry, falling over per read. With P2P
+    /// the local cache is bypassed (the proxy caches, as in overlaybd); otherwise reads go
+    /// through the cache tiers, and, when download is enabled, the blob is fully downloaded
+    /// in the background (into the layer's `dir`, or the cache folder without one). The size
+    /// comes from the first route that answers; authorization and size errors surface here.
     pub async fn open(&self, layer: &RemoteLayer<'_>) -> io::Result<Arc<dyn LayerSource>> {
         let p2p = &self.settings.p2p_config;
-        let prefix = if p2p.enable && proxy_reachable(&p2p.address).await {
-            Some(p2p.address.as_str())
-        } else {
-            None
-        };
-        let blob = match self
-            .client
-            .open_blob(layer.repo_blob_url, layer.digest, prefix)
-            .await
-        {
-            Ok(blob) => blob,
+        let mut routes: Vec<(RouteKind, String, Option<&str>)> = Vec::new();
+        if p2p.enable {
+            let prefix = Some(p2p.address.as_str());
+            routes.push((RouteKind::P2p, layer.repo_blob_url.to_string(), prefix));
+        }
+        for mirror in self.settings.mirror_urls(layer.repo_blob_url) {
+            routes.push((RouteKind::Mirror, mirror, None));
+        }
+        routes.push((RouteKind::Origin, layer.repo_blob_url.to_string(), None));
+        let (mut size, mut opened) = (None, None);
+        let mut errors = Vec::new();
+        for (i, (kind, url, prefix)) in routes.iter().enumerate() {
+            match self.client.open_blob(url, layer.digest, *prefix).await {
+                Ok(blob) => {
+                    size = Some(blob.known_size());
+                    opened = Some((i, blob));
+                    break;
+                }
+                Err(e) if *kind == RouteKind::Origin => errors.push(e),
+                Err(e) => {
+                    tracing::warn!(route = ?kind, url, error = %e, "route failed at open; trying the next one");
+                }
+            }
+        }
+        let size = match (size, errors.pop()) {
+            (Some(size), _) => size,
             // The registry is down or failing, but the config tells the size: open anyway, so
             // what the disk cache holds stays readable (a daemon restarted during an outage);
-            // reads of uncached bytes fail cleanly until the registry is back.
-            Err(e) => match layer.size.filter(|s| *s != 0 && registry_unavailable(&e)) {
+            // reads of uncached bytes wait or fail as the LUN's policy says.
+            (None, Some(e)) => match layer.size.filter(|s| *s != 0 && registry_unavailable(&e)) {
                 Some(size) => {
                     tracing::warn!(error = %e, digest = layer.digest, "registry unavailable; serving from the cache");
-                    self.client
-                        .blob_of_size(layer.repo_blob_url, layer.digest, size, prefix)?
+                    size
                 }
                 None => return Err(e),
             },
+            (None, None) => unreachable!("the origin is always a route"),
         };
         if let Some(expected) = layer.size.filter(|s| *s != 0) {
-            if expected != blob.size() {
+            if expected != size {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "{}: layer config says {expected} bytes, registry says {}",
-                        blob.describe(),
-                        blob.size()
+                        "{}/{}: layer config says {expected} bytes, registry says {size}",
+                        layer.repo_blob_url.trim_end_matches('/'),
+                        layer.digest
                     ),
                 ));
             }
         }
-        if prefix.is_some() {
-            return Ok(Arc::new(blob));
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, url, prefix))| {
+                // The route that answered at open keeps its resolved authorization.
+                let blob = match opened.take_if(|(at, _)| *at == i) {
+                    Some((_, blob)) => blob,
+                    None => self.client.blob_of_size(url, layer.digest, size, *prefix)?,
+                };
+                Ok(Route::new(*kind, blob))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let backoff = Duration::from_millis(self.settings.http_config.failover_backoff_ms);
+        let blob: Arc<dyn LayerSource> = Arc::new(RoutedBlob::new(routes, size, backoff));
+        if p2p.enable {
+            return Ok(blob);
         }
         let cached = Arc::new(CachedSource::new(
-            Arc::new(blob),
+            blob,
             layer.digest,
             Arc::clone(&self.tiers),
         ));
@@ -173,24 +200,5 @@ fn registry_unavailable(e: &io::Error) -> bool {
             | io::ErrorKind::PermissionDenied
             | io::ErrorKind::InvalidData
             | io::ErrorKind::InvalidInput
-    )
-}
-
-/// Whether a TCP connection to the proxy's host and port succeeds (overlaybd's check at
-/// device-open time).
-async fn proxy_reachable(address: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(address) else {
-        return false;
-    };
-    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(
-            P2P_PROBE_TIMEOUT,
-            tokio::net::TcpStream::connect((host, port))
-        )
-        .await,
-        Ok(Ok(_))
     )
 }

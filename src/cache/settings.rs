@@ -87,6 +87,11 @@ pub struct DaemonSettings {
     /// (overlaybd's configs carry the scheme in `repoBlobUrl`).
     #[serde(skip)]
     pub plain_http: Vec<String>,
+    /// `mirrors` (ours): per registry host (`HOST[:PORT]` as in `repoBlobUrl`, or `*` for
+    /// any), base URLs of mirrors tried in order before the registry itself, e.g.
+    /// `{"registry.example.com": ["http://10.0.0.5:8080"]}`. A mirror serves the registry's
+    /// paths (`/v2/REPO/blobs/DIGEST`); credentials are looked up for the mirror's own host.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// `remoteFailure` (ours): what a LUN's commands do when its registry cannot serve them,
     /// for LUNs that do not say (`hold`, `hold:10m`, `hold:forever`, `fail`, `fail:20s`).
     pub remote_failure: crate::block::RemoteFailurePolicy,
@@ -125,6 +130,7 @@ impl Default for DaemonSettings {
             audit_path: "/var/log/overlaybd-audit.log".into(),
             audit_slow_command_ms: 1000,
             plain_http: Vec::new(),
+            mirrors: Default::default(),
             remote_failure: crate::block::RemoteFailurePolicy::default(),
         }
     }
@@ -154,6 +160,10 @@ pub struct CacheConfig {
     /// Capacity of the memory tier in MiB (ours); 0 disables the memory tier.
     #[serde(rename = "memorySizeMB")]
     pub memory_size_mb: u32,
+    /// Free space in MiB the disk tier leaves on its file system (ours; overlaybd keeps 1 GiB
+    /// free); the tier evicts rather than go below it. 0 disables the floor.
+    #[serde(rename = "minFreeMB")]
+    pub min_free_mb: u32,
     /// Capacity of the disk tier in bytes, overriding `cacheSizeGB` when set. Not read from
     /// JSON: set by [`DaemonSettings::override_cache`] from command-line options, which may
     /// give sizes that are not whole GiB.
@@ -170,6 +180,7 @@ impl Default for CacheConfig {
             refill_size: 262_144,
             block_size: 65_536,
             memory_size_mb: 64,
+            min_free_mb: 1024,
             cache_size_bytes: None,
         }
     }
@@ -277,6 +288,9 @@ pub struct HttpConfig {
     /// A blob body that sends nothing for this many milliseconds is abandoned and the range
     /// asked for again (a connection stalled mid-body).
     pub stall_timeout_ms: u64,
+    /// How long a failing mirror or P2P proxy is passed over before a read tries it again (in
+    /// milliseconds; doubles with each failure in a row, up to 64 times this).
+    pub failover_backoff_ms: u64,
     /// Retries after a failed attempt (so `retries + 1` attempts in all).
     pub retries: u32,
     /// First back-off pause in milliseconds; it doubles after each retry.
@@ -297,6 +311,7 @@ impl Default for HttpConfig {
             connect_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
             stall_timeout_ms: 10_000,
+            failover_backoff_ms: 5_000,
             retries: 3,
             retry_backoff_ms: 50,
             retry_backoff_max_ms: 2_000,
@@ -320,6 +335,8 @@ pub struct EffectiveCache {
     pub memory_bytes: u64,
     /// Refill unit in bytes.
     pub refill_size: u64,
+    /// Free bytes the disk tier leaves on its file system.
+    pub min_free_bytes: u64,
 }
 
 /// Where credentials are looked up, after applying the legacy fallback.
@@ -387,6 +404,25 @@ impl DaemonSettings {
                 format!("unknown cache type {ty:?}"),
             ));
         }
+        for (host, urls) in &self.mirrors {
+            for url in urls {
+                let bad = match reqwest::Url::parse(url) {
+                    Ok(u) if !matches!(u.scheme(), "http" | "https") => Some("not http or https"),
+                    Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                        Some("has a query or fragment")
+                    }
+                    Ok(u) if !u.has_host() => Some("has no host"),
+                    Ok(_) => None,
+                    Err(_) => Some("not a URL"),
+                };
+                if let Some(why) = bad {
+                    return Err(invalid(
+                        &format!("mirrors.{host}"),
+                        format!("{url:?} is {why}"),
+                    ));
+                }
+            }
+        }
         if self.http_config.stall_timeout_ms == 0 {
             return Err(invalid("httpConfig.stallTimeoutMs", "must be > 0".into()));
         }
@@ -431,6 +467,26 @@ impl DaemonSettings {
         Ok(())
     }
 
+    /// The mirrors to try, in order, before the registry of `repo_blob_url`: the blob URL
+    /// with its scheme and authority replaced by each mirror's (a mirror's own path, if any,
+    /// is put in front of the registry's).
+    pub fn mirror_urls(&self, repo_blob_url: &str) -> Vec<String> {
+        let Ok(url) = reqwest::Url::parse(repo_blob_url) else {
+            return Vec::new();
+        };
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => return Vec::new(),
+        };
+        let mirrors = self.mirrors.get(&host).or_else(|| self.mirrors.get("*"));
+        mirrors
+            .into_iter()
+            .flatten()
+            .map(|base| format!("{}{}", base.trim_end_matches('/'), url.path()))
+            .collect()
+    }
+
     /// The TLS client certificate and key files, when configured.
     pub fn client_cert(&self) -> Option<(PathBuf, PathBuf)> {
         let c = &self.cert_config;
@@ -463,6 +519,7 @@ impl DaemonSettings {
             disk_bytes: c.cache_size_bytes.unwrap_or(u64::from(gb) << 30),
             memory_bytes: u64::from(c.memory_size_mb) << 20,
             refill_size: u64::from(c.refill_size),
+            min_free_bytes: u64::from(c.min_free_mb) << 20,
         }
     }
 
@@ -539,6 +596,11 @@ mod tests {
         assert_eq!(cache.dir, PathBuf::from("/opt/overlaybd/registry_cache"));
         assert_eq!(cache.disk_bytes, 4 << 30);
         assert_eq!(cache.refill_size, 262_144);
+        assert_eq!(
+            cache.min_free_bytes,
+            1 << 30,
+            "overlaybd's 1 GiB of free space"
+        );
         assert_eq!(s.download, DownloadConfig::default());
         assert_eq!(s.download.delay, 300);
         assert_eq!(s.download.try_cnt, 5);
@@ -643,6 +705,46 @@ mod tests {
             msg.starts_with("r.json: field `remoteFailure`: remote failure policy \"wait\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn mirrors_replace_the_registrys_origin_in_order() {
+        let s = DaemonSettings::from_json(
+            r#"{"mirrors": {"reg.example.com": ["http://10.0.0.5:8080", "https://m.corp/cache/"],
+                            "*": ["http://any:1"]}}"#,
+            "m.json",
+        )
+        .unwrap();
+        assert_eq!(
+            s.mirror_urls("https://reg.example.com/v2/team/app/blobs"),
+            [
+                "http://10.0.0.5:8080/v2/team/app/blobs",
+                "https://m.corp/cache/v2/team/app/blobs"
+            ]
+        );
+        assert_eq!(
+            s.mirror_urls("http://127.0.0.1:5000/v2/x/blobs"),
+            ["http://any:1/v2/x/blobs"],
+            "the wildcard, for a host:port with no entry"
+        );
+        assert!(DaemonSettings::default()
+            .mirror_urls("https://r/v2/x/blobs")
+            .is_empty());
+        for (bad, why) in [
+            ("ftp://m", "not http or https"),
+            ("http://m/?a=1", "has a query or fragment"),
+            ("m:8080", "not http or https"),
+            ("no url", "not a URL"),
+        ] {
+            let text = format!(r#"{{"mirrors": {{"r": ["{bad}"]}}}}"#);
+            match DaemonSettings::from_json(&text, "m.json") {
+                Err(SettingsError::Invalid { field, message, .. }) => {
+                    assert_eq!(field, "mirrors.r");
+                    assert!(message.ends_with(why), "{bad}: {message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -264,6 +264,19 @@ pub(crate) fn block_device_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
+/// Bytes an unprivileged writer may still use on the file system holding `file` (an open
+/// file or folder): `fstatvfs`'s available blocks times the fragment size.
+pub(crate) fn free_space(file: &File) -> io::Result<u64> {
+    // SAFETY: statvfs is plain data; an all-zero value is valid, and fstatvfs only writes it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open (`file` is borrowed) and `st` is alive for the call.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 //! | [`file::punch_hole`] | [`Punch::Unsupported`] | EOPNOTSUPP, ENOSYS | the file system cannot deallocate: each caller picks its fallback (report unmap unsupported, or write zeros) |
 //! | [`file::seek_data`], [`file::seek_hole`] | [`Region::None`] | ENXIO | no data at or after the offset, or the offset is at or past the end of the file: not an error, the end of the map |
 //! | [`file::block_device_size`] | `io::Error` | all errors | only asked of block devices |
+//! | [`file::free_space`] | `io::Error` | all errors | the caller goes on without the figure |
 //!
 //! Offsets and lengths that do not fit `off_t` are refused with `InvalidInput` before any
 //! system call. `lseek` moves the file's shared offset; every file these wrappers see is read
@@ -30,6 +31,6 @@ mod memory;
 mod process;
 
 pub(crate) use blocking::{blocking, run_blocking};
-pub(crate) use file::{Nowait, Punch, Region};
+pub(crate) use file::{free_space, Nowait, Punch, Region};
 pub(crate) use memory::physical_memory;
 pub(crate) use process::kill_process_group;

@@ -263,6 +263,7 @@ impl RegistryClient {
             digest: digest.to_string(),
             size,
             p2p_prefix: p2p_prefix.map(|p| p.trim_end_matches('/').to_string()),
+            retries: self.config.retries,
             location: Mutex::new(None),
             probed_total: Mutex::new(None),
         })
@@ -558,6 +559,8 @@ pub struct HttpBlobSource {
     digest: String,
     size: u64,
     p2p_prefix: Option<String>,
+    /// Retries after a failed attempt; the client's setting unless a route asks for fewer.
+    retries: u32,
     location: Mutex<Option<Location>>,
     /// The size revealed by an anonymous probe that needed no authorization (saves a request
     /// at open).
@@ -594,6 +597,18 @@ impl HttpBlobSource {
         &self.blob_url
     }
 
+    /// The same blob with at most `retries` retries per read: a route that another one backs
+    /// (a mirror, the P2P proxy) gives up early, so a read moves on instead of waiting.
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The size of the blob (from the open, or as given).
+    pub fn known_size(&self) -> u64 {
+        self.size
+    }
+
     /// Reads `len` bytes at `offset` with retries; also returns the blob size if the answer
     /// told it. `len` must be > 0.
     async fn fetch(
@@ -622,7 +637,7 @@ impl HttpBlobSource {
     where
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let retries = self.client.config.retries;
+        let retries = self.retries;
         let mut attempt = 0;
         loop {
             match op().await {
@@ -764,6 +779,16 @@ impl HttpBlobSource {
                 Failure::transport(e)
             })?;
             let status = resp.status();
+            if status.is_redirection() && self.p2p_prefix.is_some() {
+                // The proxy is sent the registry's URL and fetches (and follows redirects)
+                // itself; following its redirect would send the next request through it to a
+                // pre-signed URL that every node gets differently (overlaybd's #326, #361).
+                return Err(Failure::new(
+                    io::ErrorKind::Other,
+                    format!("the P2P proxy answered HTTP {status} instead of the bytes"),
+                    false,
+                ));
+            }
             if status.is_redirection() {
                 let next = header_str(resp.headers(), LOCATION)
                     .and_then(|l| loc.url.join(l).ok())
@@ -922,7 +947,10 @@ impl LayerSource for HttpBlobSource {
     }
 
     fn describe(&self) -> String {
-        self.blob_url.to_string()
+        match &self.p2p_prefix {
+            Some(prefix) => format!("{} via {prefix}", self.blob_url),
+            None => self.blob_url.to_string(),
+        }
     }
 }
 

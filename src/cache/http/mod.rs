@@ -2,7 +2,8 @@
 //!
 //! `auth`, `credentials` and `range` are sans-IO (byte and string literals in, decisions out),
 //! apart from [`CredentialStore`]'s reading of its sources; `client` does the requests;
-//! `cred_helper` runs Docker credential helpers; `push` uploads a blob (used by tests and
+//! `routes` reads a blob through the P2P proxy, mirrors and the registry, falling over per
+//! read; `cred_helper` runs Docker credential helpers; `push` uploads a blob (used by tests and
 //! tools).
 
 pub mod auth;
@@ -11,9 +12,11 @@ mod cred_helper;
 pub mod credentials;
 pub mod push;
 pub mod range;
+pub mod routes;
 
 pub use client::{HttpBlobSource, RegistryClient};
 pub use credentials::{CredentialStore, DockerConfig, RegistryCredentials};
+pub use routes::{Route, RouteKind, RoutedBlob};
 
 /// Largest JSON answer (token, credential service) we read: these are small documents, and
 /// an endless body from a broken or hostile server must not exhaust memory.

@@ -114,7 +114,9 @@ impl CacheTiers {
     /// when its size is 0).
     pub fn from_settings(cache: &EffectiveCache) -> io::Result<Arc<Self>> {
         let disk = if cache.disk_bytes > 0 {
-            Some(DiskTier::open(&cache.dir, cache.disk_bytes)?)
+            Some(
+                DiskTier::open(&cache.dir, cache.disk_bytes)?.with_free_floor(cache.min_free_bytes),
+            )
         } else {
             None
         };
