@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when they are missing.
 set -euo pipefail
-# prometheus: its promtool checks the /metrics text (tests/metrics.rs).
-pkgs=(libiscsi-bin tgt qemu-utils qemu-block-extra e2fsprogs docker-registry curl apache2-utils prometheus)
+# prometheus: its promtool checks the /metrics text (tests/metrics.rs). nginx: a caching mirror
+# in front of docker-registry (tests/registry_docker.rs).
+pkgs=(libiscsi-bin tgt qemu-utils qemu-block-extra e2fsprogs docker-registry curl apache2-utils prometheus nginx)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

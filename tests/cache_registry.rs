@@ -703,7 +703,7 @@ async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// Background download without delay or rate limit, 2 attempts, 16 KiB reads.
+/// Background download without delay or rate limit, 2 attempts, 16 KiB reads, 4 at a time.
 fn quick_download() -> DownloadConfig {
     DownloadConfig {
         enable: true,
@@ -712,6 +712,7 @@ fn quick_download() -> DownloadConfig {
         max_mbps: 0,
         try_cnt: 2,
         block_size: 16384,
+        parallel: 4,
     }
 }
 

@@ -205,10 +205,10 @@ async fn check_reads(src: &dyn LayerSource, data: &[u8]) {
     }
 }
 
-#[tokio::test]
-async fn docker_registry_anonymous_push_and_ranged_reads() {
+/// An anonymous docker-registry holding a `len`-byte blob in team/app; the blob and its digest.
+async fn anonymous_registry_with_blob(len: usize) -> (Registry, Vec<u8>, String) {
     let reg = start_registry(Options::default(), &reqwest::Client::new()).await;
-    let data = blob(700_000);
+    let data = blob(len);
     let digest = push_blob(
         &reqwest::Client::new(),
         &reg.url,
@@ -218,6 +218,12 @@ async fn docker_registry_anonymous_push_and_ranged_reads() {
     )
     .await
     .unwrap();
+    (reg, data, digest)
+}
+
+#[tokio::test]
+async fn docker_registry_anonymous_push_and_ranged_reads() {
+    let (reg, data, digest) = anonymous_registry_with_blob(700_000).await;
 
     // Uncached source: every read is a ranged GET against the registry.
     let client =
@@ -1122,4 +1128,198 @@ async fn attach_pins_the_reference_and_detach_removes_it() {
     let err = run_fails(&mut host_cmd("detach", &["/dev/sdzz"]));
     assert!(err.contains("not a disk of an iSCSI session"), "{err}");
     drop(target);
+}
+
+/// nginx as a caching mirror (proxy_cache with the slice module), as a fleet would run one.
+struct Nginx {
+    child: tokio::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts Debian's nginx on a free loopback port, caching 256 KiB slices of what it proxies
+/// from `upstream` (`127.0.0.1:PORT`).
+async fn start_nginx(upstream: &str) -> Nginx {
+    let nginx = tool_path("nginx", "nginx");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let port = free_port().await;
+    let config = format!(
+        "user root;\nworker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           proxy_cache_path {d}/cache levels=1:2 keys_zone=blobs:4m max_size=256m inactive=1h use_temp_path=off;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location /v2/ {{\n      slice 262144;\n\
+               proxy_cache blobs;\n      proxy_cache_key $uri$slice_range;\n\
+               proxy_set_header Range $slice_range;\n      proxy_http_version 1.1;\n\
+               proxy_cache_valid 200 206 1h;\n      proxy_pass http://{upstream};\n    }}\n  }}\n}}\n"
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let child = tokio::process::Command::new(nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nginx");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Nginx {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// The path of a Debian tool, or a failure that says which package installs it.
+fn tool_path(name: &str, package: &str) -> std::path::PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is missing: install Debian's {package} (conformance/install-deps.sh does)")
+}
+
+/// Debian's nginx caching 256 KiB slices in front of docker-registry, as the layer's mirror for
+/// two nodes (two caches): both read through it and the registry sees each range once; when
+/// nginx is stopped in the middle of a third node's reads, they go on from the registry
+/// without an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_nginx_caching_mirror_serves_two_nodes_and_its_loss_falls_back_to_the_registry() {
+    use support::fault_proxy::{Fault, FaultProxy, Link};
+    let (reg, data, digest) = anonymous_registry_with_blob(3 << 20).await;
+    // The registry as the nodes name it: a counting pass-through, so what reaches the
+    // registry is seen request by request.
+    let heads = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let reg_addr: std::net::SocketAddr = reg.url.trim_start_matches("http://").parse().unwrap();
+    let origin = FaultProxy::start(reg_addr, Link::default(), {
+        let heads = Arc::clone(&heads);
+        move |_, head| {
+            heads.lock().push(head.to_string());
+            Fault::Pass
+        }
+    })
+    .await;
+    let origin_host = origin.url().trim_start_matches("http://").to_string();
+    let nginx = start_nginx(&origin_host).await;
+    let repo = format!("{}/v2/team/app/blobs", origin.url());
+    let node = |cache: &Path| {
+        let mut s = settings(cache);
+        s.mirrors
+            .insert(origin_host.clone(), vec![nginx.url.clone()]);
+        s.http_config.failover_backoff_ms = 60_000;
+        RemoteLayers::new(s).unwrap()
+    };
+    // Blob ranges the registry answered: (path, Range header) of each GET.
+    let ranges_at_origin = || -> Vec<String> {
+        heads
+            .lock()
+            .iter()
+            .filter(|h| h.starts_with("GET ") && h.contains("/blobs/"))
+            .map(|h| {
+                let range = h
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("range:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .unwrap_or_else(|| "(whole)".into());
+                format!("{} {range}", h.split_whitespace().nth(1).unwrap_or(""))
+            })
+            .collect()
+    };
+    let pieces: Vec<(u64, usize)> = (0..data.len() / 65_536)
+        .map(|i| ((i * 65_536) as u64, 65_536))
+        .collect();
+    let read_all = |src: Arc<dyn LayerSource>, pieces: Vec<(u64, usize)>| {
+        let data = &data;
+        async move {
+            for (at, len) in pieces {
+                let got = src
+                    .read_exact_at(at, len)
+                    .await
+                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert!(
+                    got[..] == data[at as usize..at as usize + len],
+                    "wrong bytes at {at}"
+                );
+            }
+        }
+    };
+
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node_a = node(a.path());
+    let src_a = node_a
+        .open(&RemoteLayer::new(&repo, &digest))
+        .await
+        .unwrap();
+    read_all(src_a, pieces.clone()).await;
+    let after_a = ranges_at_origin();
+    let node_b = node(b.path());
+    let src_b = node_b
+        .open(&RemoteLayer::new(&repo, &digest))
+        .await
+        .unwrap();
+    read_all(src_b, pieces.clone()).await;
+    let after_b = ranges_at_origin();
+    assert!(!after_a.is_empty(), "nginx fetched from the registry");
+    assert_eq!(
+        after_b, after_a,
+        "the second node was served by nginx's cache alone"
+    );
+    let mut unique = after_b.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        after_b.len(),
+        "a range was fetched twice: {after_b:?}"
+    );
+
+    // A third node: nginx is stopped halfway through its reads.
+    let c = tempfile::tempdir().unwrap();
+    let node_c = node(c.path());
+    let src_c = node_c
+        .open(&RemoteLayer::new(&repo, &digest))
+        .await
+        .unwrap();
+    let (first, second) = pieces.split_at(pieces.len() / 2);
+    read_all(Arc::clone(&src_c), first.to_vec()).await;
+    assert_eq!(
+        ranges_at_origin(),
+        after_b,
+        "the first half came from nginx's cache"
+    );
+    drop(nginx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    read_all(src_c, second.to_vec()).await;
+    assert!(
+        ranges_at_origin().len() > after_b.len(),
+        "the second half came from the registry itself"
+    );
 }

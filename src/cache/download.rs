@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::read_path::CachedSource;
@@ -39,6 +40,8 @@ pub struct DownloadJob {
     pub tries: u32,
     /// Bytes per read.
     pub block_size: u64,
+    /// Reads in flight at once (the blob is still hashed and written in order).
+    pub parallel: usize,
 }
 
 /// Share of a blob between two progress lines of a background download.
@@ -69,6 +72,7 @@ impl DownloadJob {
             bytes_per_sec: config.bytes_per_sec(),
             tries: config.try_cnt.clamp(1, 100) as u32,
             block_size: u64::from(config.block_size.max(4096)),
+            parallel: config.parallel.clamp(1, 64) as usize,
         }
     }
 }
@@ -148,29 +152,41 @@ async fn attempt(
     let start = Instant::now();
     let (mut offset, mut fetched) = (0u64, 0u64);
     let mut next_report = PROGRESS_STEP;
-    while offset < size {
-        if !alive() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "layer closed"));
-        }
-        let n = job.block_size.min(size - offset);
-        let f = Arc::clone(&file);
-        let local = resumed && blocking(move || Ok(block_present(&f, offset, n))).await?;
-        let block = if local {
-            let f = Arc::clone(&file);
-            blocking(move || {
-                let mut buf = vec![0u8; n as usize];
-                f.read_exact_at(&mut buf, offset)?;
-                Ok(bytes::Bytes::from(buf))
-            })
-            .await?
-        } else {
-            let block = source.read_exact_at(offset, n as usize).await?;
-            let (f, b) = (Arc::clone(&file), block.clone());
-            blocking(move || f.write_all_at(&b, offset)).await?;
+    // Up to `parallel` blocks are read at once; they are hashed and counted in order.
+    let bs = job.block_size;
+    let blocks = (0..size.div_ceil(bs)).map(|i| (i * bs, bs.min(size - i * bs)));
+    let mut blocks = futures_util::stream::iter(blocks)
+        .map(|(at, n)| {
+            let file = Arc::clone(&file);
+            async move {
+                if !alive() {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "layer closed"));
+                }
+                let f = Arc::clone(&file);
+                let local = resumed && blocking(move || Ok(block_present(&f, at, n))).await?;
+                if local {
+                    let block = blocking(move || {
+                        let mut buf = vec![0u8; n as usize];
+                        file.read_exact_at(&mut buf, at)?;
+                        Ok(bytes::Bytes::from(buf))
+                    })
+                    .await?;
+                    return Ok((block, false));
+                }
+                let block = source.read_exact_at(at, n as usize).await?;
+                let b = block.clone();
+                blocking(move || file.write_all_at(&b, at)).await?;
+                Ok::<_, io::Error>((block, true))
+            }
+        })
+        .buffered(job.parallel.max(1));
+    while let Some(next) = blocks.next().await {
+        let (block, was_fetched) = next?;
+        let n = block.len() as u64;
+        if was_fetched {
             fetched += n;
             throttle(start, fetched, job.bytes_per_sec).await;
-            block
-        };
+        }
         hasher.update(&block);
         offset += n;
         let ratio = offset as f64 / size as f64;
@@ -188,6 +204,7 @@ async fn attempt(
             }
         }
     }
+    drop(blocks);
     let got = hex::encode(hasher.finalize());
     if got != hex {
         return Err(io::Error::new(
@@ -338,6 +355,7 @@ mod tests {
             bytes_per_sec: rate,
             tries: 2,
             block_size: 4096,
+            parallel: 3,
         }
     }
 
@@ -430,6 +448,60 @@ mod tests {
         }
     }
 
+    /// A source whose reads take a while, recording the most reads in flight at once.
+    struct Slow {
+        data: Vec<u8>,
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl LayerSource for Slow {
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            // Later blocks answer sooner, so completion order differs from blob order.
+            let wait = 40 - (span.offset() / 4096 % 4) * 10;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            self.now.fetch_sub(1, SeqCst);
+            Ok(Bytes::copy_from_slice(
+                &self.data[span.offset() as usize..span.end() as usize],
+            ))
+        }
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn blocks_are_fetched_several_at_once_and_hashed_in_order() {
+        let data: Vec<u8> = (0..16 * 4096u32)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(
+            dir.path(),
+            &crate::cache::http::push::sha256_digest(&data),
+            None,
+        );
+        let src = Slow {
+            data: data.clone(),
+            now: Default::default(),
+            most: Default::default(),
+        };
+        download(&src, &j, &|| true).await.expect("verified");
+        assert_eq!(std::fs::read(&j.dest).unwrap(), data);
+        assert_eq!(
+            src.most.load(std::sync::atomic::Ordering::SeqCst),
+            j.parallel,
+            "reads in flight at once"
+        );
+    }
+
     #[tokio::test]
     async fn interrupted_copy_is_resumed_and_still_verified() {
         use std::os::unix::fs::FileExt;
@@ -451,6 +523,8 @@ mod tests {
         let src = Counting(data.clone(), Default::default());
         download(&src, &j, &|| true).await.unwrap();
         assert_eq!(std::fs::read(&j.dest).unwrap(), data);
+        // Blocks are fetched several at a time, so in any order.
+        src.1.lock().sort();
         assert_eq!(
             *src.1.lock(),
             vec![3 * 4096, 4 * 4096, 6 * 4096, 7 * 4096],

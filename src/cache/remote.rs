@@ -127,7 +127,8 @@ impl RemoteLayers {
                 }
                 None => return Err(e),
             },
-            (None, None) => unreachable!("the origin is always a route"),
+            // Not reached: the registry is always the last route, and its failure is kept.
+            (None, None) => return Err(io::Error::other("no route to the blob answered")),
         };
         if let Some(expected) = layer.size.filter(|s| *s != 0) {
             if expected != size {

@@ -225,6 +225,8 @@ pub struct DownloadConfig {
     pub try_cnt: i64,
     /// Bytes per request.
     pub block_size: u32,
+    /// Requests in flight at once (ours; overlaybd reads one block at a time).
+    pub parallel: u32,
 }
 
 impl Default for DownloadConfig {
@@ -236,6 +238,7 @@ impl Default for DownloadConfig {
             max_mbps: 100,
             try_cnt: 5,
             block_size: 262_144,
+            parallel: 4,
         }
     }
 }

@@ -225,6 +225,12 @@ impl ImageConfig {
                             cfg_err(file, "download.blockSize", format!("{v} is too large"))
                         })?,
                     },
+                    parallel: match d.opt_u64("parallel")? {
+                        None => def.parallel,
+                        Some(v) => u32::try_from(v).map_err(|_| {
+                            cfg_err(file, "download.parallel", format!("{v} is too large"))
+                        })?,
+                    },
                 })
             }
         };
