@@ -158,8 +158,14 @@ impl LayerSource for RoutedBlob {
                     return Ok(bytes);
                 }
                 Err(e @ SourceError::Unavailable(_)) => {
-                    let pause = route.health.lock().failed(Instant::now(), self.backoff);
-                    if !is_last {
+                    let (pause, first) = {
+                        let mut health = route.health.lock();
+                        let first = health.failures == 0;
+                        (health.failed(Instant::now(), self.backoff), first)
+                    };
+                    // Once per outage of the route: while the registry is out too, held
+                    // commands retry every few seconds, and each would log it again.
+                    if first && !is_last {
                         tracing::warn!(
                             route = ?route.kind,
                             blob = %route.source.describe(),
