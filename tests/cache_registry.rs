@@ -1486,11 +1486,16 @@ async fn identity_token_uses_the_refresh_token_flow_on_the_registry_host_only() 
         let server =
             TestServer::start(oauth_registry(Arc::clone(&blob), Arc::clone(&realm), post)).await;
         *realm.lock() = format!("{}/token", server.url());
-        let (dir, store) = docker_with_helper(&server.addr.to_string());
-        write_helper(
-            &dir,
-            r#"printf '{"ServerURL":"x","Username":"<token>","Secret":"refresh-1"}'"#,
-        );
+        // A helper that hands out an identity token (the `<token>` user).
+        let token_helper = || {
+            let (dir, store) = docker_with_helper(&server.addr.to_string());
+            write_helper(
+                &dir,
+                r#"printf '{"ServerURL":"x","Username":"<token>","Secret":"refresh-1"}'"#,
+            );
+            (dir, store)
+        };
+        let (_dir, store) = token_helper();
         let src = client(store)
             .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
             .await
@@ -1516,11 +1521,7 @@ async fn identity_token_uses_the_refresh_token_flow_on_the_registry_host_only() 
         // not sent there.
         *realm.lock() = format!("http://localhost:{}/token", server.addr.port());
         server.clear();
-        let (dir, store) = docker_with_helper(&server.addr.to_string());
-        write_helper(
-            &dir,
-            r#"printf '{"ServerURL":"x","Username":"<token>","Secret":"refresh-1"}'"#,
-        );
+        let (_dir, store) = token_helper();
         let err = client(store)
             .open_blob(&format!("{}{REPO}", server.url()), "sha256:ee", None)
             .await
