@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 /// A blob's identity in the caches, always of the form `<algorithm>:<lowercase hex>` so it
 /// maps to a safe folder name (a digest from a config file is untrusted text).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobId(Arc<str>);
 
 impl BlobId {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::key::UnitKey;
+use super::key::{BlobId, UnitKey};
 
 #[derive(Clone, Copy, Default)]
 struct ByteWeighter;
@@ -55,6 +55,13 @@ impl MemoryTier {
     pub fn remove(&self, key: &UnitKey) {
         if let Some(c) = &self.cache {
             c.remove(key);
+        }
+    }
+
+    /// Drops every unit of `blob`.
+    pub fn remove_blob(&self, blob: &BlobId) {
+        if let Some(cache) = &self.cache {
+            cache.retain(|key, _| key.blob != *blob);
         }
     }
 

@@ -23,14 +23,17 @@
 //! [`blocking`] and [`run_blocking`] run a closure on tokio's blocking pool and turn a task
 //! that panicked or was cancelled (at runtime shutdown) into an `io::Error`, so no caller maps
 //! a `JoinError` itself. [`physical_memory`] reads the machine's memory size.
+//! [`open_file_limit`] reads the descriptor budget.
 //! [`kill_process_group`] ends a child (a credential helper that hangs) with its own children.
 
 mod blocking;
 pub(crate) mod file;
+mod limits;
 mod memory;
 mod process;
 
 pub(crate) use blocking::{blocking, run_blocking};
 pub(crate) use file::{free_space, Nowait, Punch, Region};
+pub(crate) use limits::open_file_limit;
 pub(crate) use memory::physical_memory;
 pub(crate) use process::kill_process_group;

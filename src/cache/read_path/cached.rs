@@ -7,6 +7,7 @@
 //! once, by [`LayerSource::read_exact_at`]. After a background download completes, reads are
 //! served from the verified local file instead.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use parking_lot::RwLock;
 use super::inflight::{Claim, Slot};
 use super::plan::{plan, PlannedUnit};
 use super::tiers::{bump, CacheTiers, Found};
+use crate::block::file::{read_cached, read_rest};
 use crate::cache::key::{BlobId, UnitKey};
 use crate::source::{LayerSource, SourceResult, Span};
 
@@ -26,7 +28,13 @@ pub struct CachedSource {
     tiers: Arc<CacheTiers>,
     size: u64,
     local: RwLock<Option<Arc<std::fs::File>>>,
+    /// Cleared when the downloaded copy's file system refuses `RWF_NOWAIT` reads.
+    nowait: AtomicBool,
 }
+
+/// The largest read of the downloaded copy tried on the calling thread (as for a local
+/// layer file, [`crate::cache::file::FileSource`]).
+const LOCAL_INLINE_MAX: usize = 1 << 20;
 
 impl CachedSource {
     /// Caches `inner` (a blob named by `digest`) in `tiers`.
@@ -38,6 +46,7 @@ impl CachedSource {
             tiers,
             size,
             local: RwLock::new(None),
+            nowait: AtomicBool::new(true),
         }
     }
 
@@ -86,20 +95,23 @@ impl CachedSource {
         }
     }
 
+    /// Reads from the downloaded copy: from the page cache on this thread when it can, the
+    /// rest on a blocking thread.
     async fn read_local(
         &self,
         file: Arc<std::fs::File>,
         offset: u64,
         len: usize,
     ) -> std::io::Result<Bytes> {
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
+        let mut buf = BytesMut::with_capacity(len);
+        if len <= LOCAL_INLINE_MAX && read_cached(&file, &mut buf, len, offset, &self.nowait) {
+            return Ok(buf.freeze());
+        }
+        crate::sys::blocking(move || {
+            read_rest(&file, &mut buf, len, offset)?;
+            Ok(buf.freeze())
         })
         .await
-        .map_err(std::io::Error::other)?
     }
 
     /// Fills every empty slot of `plan`: each round claims the missing units, fetches the

@@ -11,8 +11,11 @@
 //! - a larger read takes the whole unit from disk and puts it in memory;
 //! - anything else is missing, for the in-flight table and a fetch.
 //!
-//! Disk work runs on blocking threads; a disk tier that fails a read just misses (the unit is
-//! fetched), one that fails a write is logged, never failing a read that has its data.
+//! A disk hit is first tried on the calling thread ([`DiskTier::try_get_range`]: an entry
+//! already open, bytes in the page cache), and a unit the disk tier does not hold is a miss at
+//! once; only the rest (opening an entry, waiting for the disk) and all writes run on blocking
+//! threads. A disk tier that fails a read just misses (the unit is fetched), one that fails a
+//! write is logged, never failing a read that has its data.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +25,7 @@ use bytes::Bytes;
 
 use super::inflight::InFlight;
 use super::plan::PlannedUnit;
-use crate::cache::disk::DiskTier;
+use crate::cache::disk::{DiskTier, Quick};
 use crate::cache::key::UnitKey;
 use crate::cache::memory::MemoryTier;
 use crate::cache::settings::EffectiveCache;
@@ -161,11 +164,11 @@ impl CacheTiers {
         }
         let needed = unit.needed.len();
         let found = if needed <= small_part(self.unit) {
-            self.disk_get_range(key, unit.len, unit.needed.start, needed)
+            self.disk_read(key, unit.len, unit.needed.start, needed)
                 .await
                 .map(Found::Part)
         } else {
-            let whole = self.disk_get(key, unit.len).await;
+            let whole = self.disk_read(key, unit.len, 0, unit.len).await;
             if let Some(b) = &whole {
                 self.memory.insert(key.clone(), b.clone());
                 self.publish_sizes();
@@ -179,26 +182,22 @@ impl CacheTiers {
         found
     }
 
-    async fn disk_get(&self, key: &UnitKey, expected: usize) -> Option<Bytes> {
-        let disk = self.disk.clone()?;
-        let (key, unit) = (key.clone(), self.unit);
-        tokio::task::spawn_blocking(move || disk.get(&key, unit, expected))
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Bytes `[start, start + len)` of a unit from the disk tier, reading only the chunks
-    /// they cover.
-    async fn disk_get_range(
+    /// Bytes `[start, start + len)` of a unit (`expected` bytes long) from the disk tier,
+    /// reading only the chunks they cover: without leaving this thread when it can.
+    async fn disk_read(
         &self,
         key: &UnitKey,
         expected: usize,
         start: usize,
         len: usize,
     ) -> Option<Bytes> {
-        let disk = self.disk.clone()?;
-        let (key, unit) = (key.clone(), self.unit);
+        let disk = self.disk.as_ref()?;
+        match disk.try_get_range(key, self.unit, expected, start, len) {
+            Quick::Hit(b) => return Some(b),
+            Quick::Absent => return None,
+            Quick::WouldBlock => {}
+        }
+        let (disk, key, unit) = (Arc::clone(disk), key.clone(), self.unit);
         tokio::task::spawn_blocking(move || disk.get_range(&key, unit, expected, start, len))
             .await
             .ok()

@@ -24,16 +24,42 @@
 //! other programs share. If evicting everything is not enough (someone else filled it), the
 //! unit is not stored: a miss later, never a failed read.
 //!
-//! All methods block: call them from `spawn_blocking`.
+//! Hits are the fast path. An entry file whose header and table passed their checks stays
+//! open (up to a quarter of the process's open-file limit, the coldest closed first), so a
+//! later read of the unit is one `pread` of the chunks it covers and their CRCs: no open, no
+//! fstat, no header read. [`DiskTier::try_get_range`] does that read without blocking
+//! (`preadv2(RWF_NOWAIT)`, page cache only) so the async caller skips the hop to a blocking
+//! thread; what it cannot serve that way it hands to [`DiskTier::get_range`]. An open file
+//! outlives nothing it should not: evicting or dropping a unit closes it too, so the space of
+//! a deleted entry is not held by a descriptor (a read racing an eviction may reopen the old
+//! file for one unit; its bytes are still that unit's, and the descriptor is closed when the
+//! open-file table next drops it). Entry content never changes under a key (a unit of an
+//! immutable blob), so a kept descriptor always reads the right bytes or fails a chunk CRC.
+//!
+//! Layers can be pinned ([`DiskTier::set_pinned`], kept in `pins.json` in the folder, see
+//! [`pins`]): the policy passes over their units, so they stay whatever else is read. Pinned
+//! units count against the bound like any other; a unit of an unpinned layer that does not fit
+//! beside them is not kept, and pinned units alone may take the tier past its bound (the
+//! operator asked for them), never past the free-space floor. [`DiskTier::purge`] drops every
+//! unit of a layer.
+//!
+//! All methods except [`DiskTier::try_get_range`] block: call them from `spawn_blocking`.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+
+use self::pins::Pins;
 use super::key::{BlobId, UnitKey};
+use crate::block::file::{read_cached, read_rest};
+
+mod pins;
 
 /// Version 2: per-chunk CRCs. Version-1 files (one CRC over the whole payload) fail the magic
 /// check, so they are dropped and refetched like any damaged entry.
@@ -44,6 +70,9 @@ const HEADER_LEN: usize = 32;
 const CHUNK: usize = 4096;
 const CRC_LEN: usize = 4;
 const TMP_MARK: &str = ".tmp-";
+/// The largest read [`DiskTier::try_get_range`] copies on the async thread: a 256 KiB unit
+/// from the page cache takes some 20 µs, about what the hand-off to a blocking thread costs.
+const INLINE_READ_MAX: usize = 1 << 20;
 
 /// Bytes before the payload (header and chunk table) for a payload of `len` bytes, `None` on
 /// overflow.
@@ -135,6 +164,56 @@ fn check_chunks(table: &[u32], first_chunk: usize, data: &[u8]) -> Result<(), &'
     Ok(())
 }
 
+/// The chunks around `[start, end)` of a payload of `len` bytes: (first chunk, first byte,
+/// end byte), whole chunks because a CRC only vouches for a whole chunk.
+fn chunk_span(start: usize, end: usize, len: usize) -> (usize, usize, usize) {
+    let first_chunk = start / CHUNK;
+    let to = end
+        .div_ceil(CHUNK)
+        .checked_mul(CHUNK)
+        .map_or(len, |t| t.min(len));
+    (first_chunk, first_chunk * CHUNK, to)
+}
+
+/// An entry file kept open after its length, header and table passed their checks.
+struct OpenEntry {
+    file: fs::File,
+    /// The CRC of each chunk of the payload.
+    table: Box<[u32]>,
+    /// Where the payload starts in the file.
+    prefix_len: usize,
+    /// The unit size and payload length the checks were made for.
+    unit_size: u64,
+    expected_len: usize,
+}
+
+impl OpenEntry {
+    /// Whether this open entry was checked as the unit a caller asks for.
+    fn is(&self, unit_size: u64, expected_len: usize) -> bool {
+        self.unit_size == unit_size && self.expected_len == expected_len
+    }
+}
+
+/// What [`DiskTier::try_get_range`] found.
+pub enum Quick {
+    /// The bytes, read and verified without blocking.
+    Hit(Bytes),
+    /// The tier does not hold the unit (or the range is outside it): a miss.
+    Absent,
+    /// The tier holds it, but reading it now might block: call [`DiskTier::get_range`] from
+    /// a blocking thread.
+    WouldBlock,
+}
+
+/// How many entry files the tier keeps open: a quarter of the open-file limit (connections,
+/// layers and file LUNs need the rest), at least 16 and at most 65 536.
+fn open_file_budget() -> usize {
+    let limit = crate::sys::open_file_limit().unwrap_or(1024);
+    usize::try_from(limit / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 65_536)
+}
+
 /// Why a read of an entry failed: the file could not be read (logged quietly) or its content
 /// is damaged (logged as a warning). Either way the entry is dropped.
 enum ReadFailure {
@@ -173,13 +252,19 @@ impl quick_cache::Weighter<UnitKey, Entry> for EntryWeighter {
 /// Collects the keys quick_cache evicts during one insert, so their files are deleted after
 /// the insert returns rather than inside the cache's lock. Evictions of requests that do not
 /// hand their keys back (a capacity change) are parked in `orphans` for the tier to delete.
-#[derive(Clone, Default)]
+/// Units of pinned layers are never chosen.
+#[derive(Clone)]
 struct CollectEvicted {
     orphans: std::sync::Arc<parking_lot::Mutex<Vec<UnitKey>>>,
+    pins: Arc<Pins>,
 }
 
 impl quick_cache::Lifecycle<UnitKey, Entry> for CollectEvicted {
     type RequestState = Vec<UnitKey>;
+
+    fn is_pinned(&self, key: &UnitKey, _val: &Entry) -> bool {
+        self.pins.contains(&key.blob)
+    }
 
     fn begin_request(&self) -> Self::RequestState {
         Vec::new()
@@ -202,6 +287,19 @@ type Index = quick_cache::sync::Cache<
     CollectEvicted,
 >;
 
+/// What the disk tier holds of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerUsage {
+    /// The layer's blob.
+    pub blob: BlobId,
+    /// Refill units stored.
+    pub units: u64,
+    /// Bytes of their entry files.
+    pub bytes: u64,
+    /// Whether the layer is pinned.
+    pub pinned: bool,
+}
+
 /// Refill units persisted in a folder, at most `capacity` bytes of entry files in all.
 pub struct DiskTier {
     root: PathBuf,
@@ -215,6 +313,12 @@ pub struct DiskTier {
     root_dir: Option<fs::File>,
     /// When a unit was last refused for want of space (the warning is rate limited).
     refused_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Entry files kept open (see the module doc), bounded in count.
+    open_files: quick_cache::sync::Cache<UnitKey, Arc<OpenEntry>>,
+    /// Cleared when the file system refuses `RWF_NOWAIT` reads: every read then blocks.
+    nowait: AtomicBool,
+    /// The pinned layers (shared with the index's lifecycle).
+    pins: Arc<Pins>,
 }
 
 impl DiskTier {
@@ -288,7 +392,11 @@ impl DiskTier {
             .shards(1)
             .build()
             .map_err(|e| io::Error::other(format!("disk cache index: {e:?}")))?;
-        let lifecycle = CollectEvicted::default();
+        let pins = Arc::new(Pins::load(root));
+        let lifecycle = CollectEvicted {
+            orphans: Arc::default(),
+            pins: Arc::clone(&pins),
+        };
         let tier = Self {
             root: root.to_path_buf(),
             capacity,
@@ -302,6 +410,9 @@ impl DiskTier {
             free_floor: 0,
             root_dir: fs::File::open(root).ok(),
             refused_at: parking_lot::Mutex::new(None),
+            open_files: quick_cache::sync::Cache::new(open_file_budget()),
+            nowait: AtomicBool::new(true),
+            pins,
         };
         // Oldest first, so the policy sees the last run's recency; a shrunk bound evicts here.
         for (touched, key, size) in found {
@@ -337,9 +448,7 @@ impl DiskTier {
         self.index.set_capacity(self.capacity.max(1));
         let gone: Vec<UnitKey> = std::mem::take(&mut *self.orphans.lock());
         for key in &gone {
-            if !self.index.contains_key(key) {
-                let _ = fs::remove_file(self.entry_path(key));
-            }
+            self.drop_file(key);
         }
         let free = crate::sys::free_space(dir).unwrap_or(0);
         if free >= need {
@@ -377,6 +486,53 @@ impl DiskTier {
     /// of `unit_size`). A damaged entry is deleted and reported as a miss.
     pub fn get(&self, key: &UnitKey, unit_size: u64, expected_len: usize) -> Option<Bytes> {
         self.get_range(key, unit_size, expected_len, 0, expected_len)
+    }
+
+    /// [`DiskTier::get_range`] without blocking: from an entry already open and checked, and
+    /// only from the page cache. [`Quick::WouldBlock`] when it would have to open the file,
+    /// wait for the disk, or refresh the entry's modification time, and when a chunk fails
+    /// its CRC (the blocking read checks again and drops the entry). Never blocks.
+    pub fn try_get_range(
+        &self,
+        key: &UnitKey,
+        unit_size: u64,
+        expected_len: usize,
+        start: usize,
+        len: usize,
+    ) -> Quick {
+        let Some(end) = start.checked_add(len).filter(|&e| e <= expected_len) else {
+            return Quick::Absent;
+        };
+        let Some(entry) = self.index.get(key) else {
+            return Quick::Absent;
+        };
+        if is_stale(entry.touched, SystemTime::now()) {
+            return Quick::WouldBlock;
+        }
+        let Some(open) = self
+            .open_files
+            .get(key)
+            .filter(|o| o.is(unit_size, expected_len))
+        else {
+            return Quick::WouldBlock;
+        };
+        if start == end {
+            return Quick::Hit(Bytes::new());
+        }
+        let (first_chunk, from, to) = chunk_span(start, end, expected_len);
+        let Some(at) = open.prefix_len.checked_add(from) else {
+            return Quick::WouldBlock;
+        };
+        if to - from > INLINE_READ_MAX {
+            return Quick::WouldBlock;
+        }
+        let mut buf = BytesMut::with_capacity(to - from);
+        if !read_cached(&open.file, &mut buf, to - from, at as u64, &self.nowait)
+            || check_chunks(&open.table, first_chunk, &buf).is_err()
+        {
+            return Quick::WouldBlock;
+        }
+        Quick::Hit(buf.freeze().slice(start - from..end - from))
     }
 
     /// Bytes `[start, start + len)` of the unit's payload, reading and verifying only the
@@ -422,28 +578,11 @@ impl DiskTier {
         start: usize,
         end: usize,
     ) -> Result<Bytes, ReadFailure> {
-        use std::os::unix::fs::FileExt;
-        let damaged = ReadFailure::Damaged;
-        let file = fs::File::open(path)?;
-        let prefix_len = prefix_len(expected_len).ok_or(damaged("payload length overflows"))?;
-        let whole_len = prefix_len
-            .checked_add(expected_len)
-            .ok_or(damaged("payload length overflows"))?;
-        // A torn write leaves a short file; a length check (one fstat) catches it even when the
-        // chunks this read needs happen to be intact.
-        if file.metadata()?.len() != whole_len as u64 {
-            return Err(damaged("length mismatch (torn entry)"));
-        }
-        let mut prefix = vec![0u8; prefix_len];
-        file.read_exact_at(&mut prefix, 0)?;
-        let table = check_prefix(&prefix, key.index, unit_size, expected_len).map_err(damaged)?;
+        let open = self.open_entry(key, path, unit_size, expected_len)?;
         let now = SystemTime::now();
-        let stale = now
-            .duration_since(entry.touched)
-            .map_or(true, |age| age >= TOUCH_EVERY);
         // Persist the recency for the next start; best effort (a read-only cache dir still
         // serves).
-        if stale && file.set_modified(now).is_ok() {
+        if is_stale(entry.touched, now) && open.file.set_modified(now).is_ok() {
             self.index
                 .replace(
                     key.clone(),
@@ -458,20 +597,63 @@ impl DiskTier {
         if start == end {
             return Ok(Bytes::new());
         }
-        // Whole chunks around the range: a CRC only vouches for a whole chunk.
-        let first_chunk = start / CHUNK;
-        let from = first_chunk * CHUNK;
-        let to = end
-            .div_ceil(CHUNK)
-            .checked_mul(CHUNK)
-            .map_or(expected_len, |t| t.min(expected_len));
-        let mut data = vec![0u8; to - from];
-        let at = prefix_len
+        let (first_chunk, from, to) = chunk_span(start, end, expected_len);
+        let at = open
+            .prefix_len
             .checked_add(from)
+            .ok_or(ReadFailure::Damaged("payload length overflows"))?;
+        let mut data = BytesMut::with_capacity(to - from);
+        read_rest(&open.file, &mut data, to - from, at as u64)?;
+        check_chunks(&open.table, first_chunk, &data).map_err(ReadFailure::Damaged)?;
+        Ok(data.freeze().slice(start - from..end - from))
+    }
+
+    /// The unit's entry file, open and checked: the kept one, or the file opened now, whose
+    /// length, header and table are checked before it is kept.
+    fn open_entry(
+        &self,
+        key: &UnitKey,
+        path: &Path,
+        unit_size: u64,
+        expected_len: usize,
+    ) -> Result<Arc<OpenEntry>, ReadFailure> {
+        if let Some(open) = self
+            .open_files
+            .get(key)
+            .filter(|o| o.is(unit_size, expected_len))
+        {
+            return Ok(open);
+        }
+        use std::os::unix::fs::FileExt;
+        let damaged = ReadFailure::Damaged;
+        let file = fs::File::open(path)?;
+        let prefix_len = prefix_len(expected_len).ok_or(damaged("payload length overflows"))?;
+        let whole_len = prefix_len
+            .checked_add(expected_len)
             .ok_or(damaged("payload length overflows"))?;
-        file.read_exact_at(&mut data, at as u64)?;
-        check_chunks(&table, first_chunk, &data).map_err(damaged)?;
-        Ok(Bytes::from(data).slice(start - from..end - from))
+        // A torn write leaves a short file; a length check (one fstat) catches it even when the
+        // chunks a read needs happen to be intact.
+        if file.metadata()?.len() != whole_len as u64 {
+            return Err(damaged("length mismatch (torn entry)"));
+        }
+        let mut prefix = vec![0u8; prefix_len];
+        file.read_exact_at(&mut prefix, 0)?;
+        let table = check_prefix(&prefix, key.index, unit_size, expected_len).map_err(damaged)?;
+        let open = Arc::new(OpenEntry {
+            file,
+            table: table.into_boxed_slice(),
+            prefix_len,
+            unit_size,
+            expected_len,
+        });
+        self.open_files.insert(key.clone(), Arc::clone(&open));
+        // An eviction that ran between this read's index lookup and the insert above has
+        // already closed what it could: close this one too, so no descriptor keeps a
+        // deleted entry's space.
+        if !self.index.contains_key(key) {
+            self.open_files.remove(key);
+        }
+        Ok(open)
     }
 
     /// Stores a unit; the units the policy evicts to make room lose their files.
@@ -514,6 +696,10 @@ impl DiskTier {
                 touched: SystemTime::now(),
             },
         );
+        // With pinned layers filling the bound, the policy found nothing to evict for it.
+        if self.index.weight() > self.capacity && !self.pins.contains(&key.blob) {
+            self.remove(key);
+        }
         Ok(())
     }
 
@@ -523,16 +709,94 @@ impl DiskTier {
     /// never wrong data.
     fn admit(&self, key: UnitKey, entry: Entry) {
         for gone in self.index.insert_with_lifecycle(key, entry) {
-            if !self.index.contains_key(&gone) {
-                let _ = fs::remove_file(self.entry_path(&gone));
-            }
+            self.drop_file(&gone);
+        }
+    }
+
+    /// Closes and deletes the file of a unit the index evicted, unless it was stored again.
+    fn drop_file(&self, key: &UnitKey) {
+        if !self.index.contains_key(key) {
+            self.open_files.remove(key);
+            let _ = fs::remove_file(self.entry_path(key));
         }
     }
 
     /// Deletes a unit's entry, if any.
     pub fn remove(&self, key: &UnitKey) {
         self.index.remove(key);
+        self.open_files.remove(key);
         let _ = fs::remove_file(self.entry_path(key));
+    }
+
+    /// Every layer the tier holds units of, and every pinned one, in digest order.
+    pub fn layers(&self) -> Vec<LayerUsage> {
+        let mut by_blob: std::collections::BTreeMap<BlobId, (u64, u64)> = Default::default();
+        for blob in self.pins.list() {
+            by_blob.entry(blob).or_default();
+        }
+        for (key, entry) in self.index.iter() {
+            let usage = by_blob.entry(key.blob).or_default();
+            usage.0 += 1;
+            usage.1 += entry.size;
+        }
+        by_blob
+            .into_iter()
+            .map(|(blob, (units, bytes))| LayerUsage {
+                pinned: self.pins.contains(&blob),
+                blob,
+                units,
+                bytes,
+            })
+            .collect()
+    }
+
+    /// Whether `blob` is pinned.
+    pub fn is_pinned(&self, blob: &BlobId) -> bool {
+        self.pins.contains(blob)
+    }
+
+    /// Pins (or unpins) a layer and saves the pin list; false when it already was so. A
+    /// failed save changes nothing.
+    pub fn set_pinned(&self, blob: &BlobId, pinned: bool) -> io::Result<bool> {
+        self.pins.set(blob, pinned)
+    }
+
+    /// Deletes every unit of `blob` (pinned or not: callers decide); returns what it held.
+    pub fn purge(&self, blob: &BlobId) -> LayerUsage {
+        let keys: Vec<(UnitKey, u64)> = self
+            .index
+            .iter()
+            .filter(|(key, _)| key.blob == *blob)
+            .map(|(key, entry)| (key, entry.size))
+            .collect();
+        let mut gone = LayerUsage {
+            blob: blob.clone(),
+            units: 0,
+            bytes: 0,
+            pinned: self.pins.contains(blob),
+        };
+        for (key, size) in keys {
+            self.remove(&key);
+            gone.units += 1;
+            gone.bytes += size;
+        }
+        // The blob's folder, now empty unless a unit was stored meanwhile (then it stays).
+        if let Some(folder) = self
+            .entry_path(&UnitKey {
+                blob: blob.clone(),
+                index: 0,
+            })
+            .parent()
+        {
+            let _ = fs::remove_dir(folder);
+        }
+        gone
+    }
+
+    /// How many entry files are open now (tests check the eviction closes them).
+    #[cfg(test)]
+    fn open_count(&self) -> usize {
+        self.open_files.len()
     }
 
     /// Bytes of entry files currently accounted.
@@ -544,6 +808,12 @@ impl DiskTier {
     pub fn contains(&self, key: &UnitKey) -> bool {
         self.index.contains_key(key)
     }
+}
+
+/// Whether an entry last touched at `touched` should have its modification time refreshed.
+fn is_stale(touched: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(touched)
+        .map_or(true, |age| age >= TOUCH_EVERY)
 }
 
 /// The sub-folders of `dir` (none if it cannot be read).
@@ -565,437 +835,4 @@ fn file_name(p: &Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(blob: u8, index: u64) -> UnitKey {
-        UnitKey {
-            blob: BlobId::from_digest(&format!("sha256:{}", format!("{blob:02x}").repeat(32))),
-            index,
-        }
-    }
-
-    /// Size of an entry file for a payload of `len` bytes.
-    fn entry_len(len: usize) -> usize {
-        prefix_len(len).unwrap() + len
-    }
-
-    /// A payload whose every byte depends on its position, so a misplaced chunk shows.
-    fn patterned(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 + i / 4096) as u8).collect()
-    }
-
-    #[test]
-    fn prefix_roundtrip_and_damage_detection() {
-        let payload = patterned(10_000); // two full chunks and a short one
-        let p = encode_prefix(7, 16_384, &payload);
-        assert_eq!(p.len(), HEADER_LEN + 3 * CRC_LEN);
-        let table = check_prefix(&p, 7, 16_384, payload.len()).unwrap();
-        assert_eq!(table.len(), 3);
-        assert_eq!(check_chunks(&table, 0, &payload), Ok(()));
-        assert_eq!(check_chunks(&table, 2, &payload[8192..]), Ok(()));
-        assert_eq!(
-            check_chunks(&table, 1, &payload[..4096]),
-            Err("chunk CRC mismatch"),
-            "a chunk checked against another chunk's CRC"
-        );
-        assert!(
-            check_chunks(&table, 3, &payload[..1]).is_err(),
-            "past the table"
-        );
-        assert!(
-            check_prefix(&p, 8, 16_384, payload.len()).is_err(),
-            "wrong index"
-        );
-        assert!(
-            check_prefix(&p, 7, 8192, payload.len()).is_err(),
-            "wrong unit size"
-        );
-        assert!(check_prefix(&p, 7, 16_384, 9000).is_err(), "wrong length");
-        assert!(
-            check_prefix(&p[..p.len() - 1], 7, 16_384, payload.len()).is_err(),
-            "torn"
-        );
-        assert!(
-            check_prefix(&p[..10], 7, 16_384, payload.len()).is_err(),
-            "torn header"
-        );
-        // Every single-bit flip in the header or the table is caught.
-        for byte in 0..p.len() {
-            let mut bad = p.clone();
-            bad[byte] ^= 0x10;
-            assert!(
-                check_prefix(&bad, 7, 16_384, payload.len()).is_err(),
-                "byte {byte}"
-            );
-        }
-    }
-
-    #[test]
-    fn persists_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-            t.put(&key(1, 0), 4096, &[1u8; 4096]).unwrap();
-            t.put(&key(1, 1), 4096, &[2u8; 100]).unwrap();
-        }
-        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(t.used_bytes(), (entry_len(4096) + entry_len(100)) as u64);
-        assert_eq!(t.get(&key(1, 0), 4096, 4096).unwrap(), vec![1u8; 4096]);
-        assert_eq!(t.get(&key(1, 1), 4096, 100).unwrap(), vec![2u8; 100]);
-        assert!(t.get(&key(2, 0), 4096, 4096).is_none());
-    }
-
-    /// A small tmpfs mounted for a test and unmounted when dropped; `None` (the test says it
-    /// is skipped) where mounting is not allowed.
-    struct SmallFs(PathBuf);
-
-    impl SmallFs {
-        fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
-            let mnt = dir.join("small");
-            fs::create_dir_all(&mnt).unwrap();
-            let mounted = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&mnt)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !mounted {
-                eprintln!("skipped: cannot mount a tmpfs here (needs root and mount(8))");
-                return None;
-            }
-            Some(SmallFs(mnt))
-        }
-    }
-
-    impl Drop for SmallFs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
-    #[test]
-    fn a_small_file_system_keeps_its_free_space_floor() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(small) = SmallFs::mount(dir.path(), "8m") else {
-            return;
-        };
-        let free = || crate::sys::free_space(&fs::File::open(&small.0).unwrap()).unwrap();
-        const MIB: u64 = 1 << 20;
-        let floor = 2 * MIB;
-        // A bound far above the file system's size: only the floor can stop it filling up.
-        let t = DiskTier::open(&small.0, 64 * MIB)
-            .unwrap()
-            .with_free_floor(floor);
-        let unit = patterned(256 << 10);
-        for i in 0..100 {
-            t.put(&key(1, i), 256 << 10, &unit).unwrap();
-            assert!(free() >= floor, "unit {i}: {} bytes free", free());
-            assert!(
-                t.contains(&key(1, i)),
-                "unit {i} was stored, by evicting older ones"
-            );
-        }
-        let entry = entry_len(256 << 10) as u64;
-        assert!(
-            t.used_bytes() >= 4 * MIB,
-            "the tier still caches: {}",
-            t.used_bytes()
-        );
-        assert_eq!(
-            walk_files(&small.0) as u64 * entry,
-            t.used_bytes(),
-            "no orphaned files"
-        );
-        // Someone else keeps filling the file system: each store evicts more, the floor
-        // holds while the tier has anything to give, and once it is empty a unit is simply
-        // not stored (no error).
-        let filler = small.0.join("filler");
-        let mut f = fs::File::create(&filler).unwrap();
-        let chunk = vec![7u8; MIB as usize];
-        let mut stored = 0;
-        for i in 0..100 {
-            while free() > MIB {
-                f.write_all(&chunk[..(free() - MIB).min(MIB) as usize])
-                    .unwrap();
-            }
-            f.sync_all().unwrap();
-            let before = t.used_bytes();
-            t.put(&key(2, i), 256 << 10, &unit).expect("never an error");
-            if !t.contains(&key(2, i)) {
-                assert_eq!(
-                    t.used_bytes(),
-                    0,
-                    "stored nothing while it had units to evict"
-                );
-                break;
-            }
-            stored += 1;
-            assert!(free() >= floor, "{} bytes free", free());
-            assert!(t.used_bytes() < before, "made room by evicting");
-        }
-        assert!(stored >= 1, "stores evicted before giving up");
-        assert_eq!(t.used_bytes(), 0);
-        assert_eq!(walk_files(&small.0), 1, "only the filler is left");
-        drop(f);
-        // Space comes back: storing resumes.
-        fs::remove_file(&filler).unwrap();
-        t.put(&key(3, 0), 256 << 10, &unit).unwrap();
-        assert_eq!(t.get(&key(3, 0), 256 << 10, unit.len()).unwrap(), unit);
-    }
-
-    #[test]
-    fn size_bound_evicts_cold_units_and_their_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let entry = entry_len(1000) as u64;
-        let t = DiskTier::open(dir.path(), 10 * entry).unwrap();
-        for i in 0..10 {
-            t.put(&key(1, i), 4096, &[i as u8; 1000]).unwrap();
-        }
-        // Units 0-4 are read again (a working set); then a one-off scan of 10 new units.
-        for _ in 0..3 {
-            for i in 0..5 {
-                assert!(t.get(&key(1, i), 4096, 1000).is_some());
-            }
-        }
-        for i in 10..20 {
-            t.put(&key(1, i), 4096, &[i as u8; 1000]).unwrap();
-        }
-        assert!(t.used_bytes() <= 10 * entry);
-        // Every unit the index dropped lost its file, and every unit it kept has one.
-        for i in 0..20 {
-            assert_eq!(
-                t.contains(&key(1, i)),
-                t.entry_path(&key(1, i)).exists(),
-                "unit {i}"
-            );
-        }
-        assert_eq!(walk_files(dir.path()) as u64 * entry, t.used_bytes());
-        let kept = |r: std::ops::Range<u64>| r.filter(|&i| t.contains(&key(1, i))).count();
-        assert_eq!(kept(0..5), 5, "the re-read units survive the scan");
-        assert!(kept(5..10) < 5, "units read once go first");
-        for i in 0..5 {
-            assert_eq!(t.get(&key(1, i), 4096, 1000).unwrap(), vec![i as u8; 1000]);
-        }
-        // Reopening with a smaller bound evicts at start-up.
-        drop(t);
-        let t = DiskTier::open(dir.path(), 4 * entry).unwrap();
-        assert!(t.used_bytes() <= 4 * entry && t.used_bytes() > 0);
-        let files = walk_files(dir.path()) as u64;
-        assert_eq!(
-            files * entry,
-            t.used_bytes(),
-            "files on disk match the index"
-        );
-    }
-
-    fn walk_files(p: &Path) -> usize {
-        fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
-            .sum()
-    }
-
-    #[test]
-    fn torn_entry_is_detected_deleted_and_not_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        t.put(&key(1, 0), 4096, &[9u8; 4096]).unwrap();
-        let path = t.entry_path(&key(1, 0));
-        drop(t);
-        // Simulate a crash that left a partly written file under the final name, plus a
-        // temporary file that never got renamed.
-        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(2000).unwrap();
-        fs::write(
-            path.with_file_name(format!("0000000000000001{TMP_MARK}1234")),
-            b"junk",
-        )
-        .unwrap();
-        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(walk_files(dir.path()), 1, "temporary file removed at open");
-        assert!(t.get(&key(1, 0), 4096, 4096).is_none());
-        assert!(!path.exists(), "damaged entry deleted");
-        assert_eq!(t.used_bytes(), 0);
-    }
-
-    #[test]
-    fn foreign_files_in_the_cache_folder_are_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let foreign = dir.path().join(format!("sha256:{}", "ab".repeat(32)));
-        fs::write(&foreign, b"overlaybd's own sparse cache file").unwrap();
-        fs::create_dir_all(dir.path().join("notes/readme")).unwrap();
-        fs::write(dir.path().join("notes/readme/0000000000000000"), b"x").unwrap();
-        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(t.used_bytes(), 0);
-        t.put(&key(1, 0), 4096, &[1; 10]).unwrap();
-        assert!(foreign.exists() && dir.path().join("notes/readme/0000000000000000").exists());
-    }
-
-    #[test]
-    fn entry_larger_than_capacity_is_not_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = DiskTier::open(dir.path(), 100).unwrap();
-        t.put(&key(1, 0), 4096, &[0u8; 200]).unwrap();
-        assert_eq!(t.used_bytes(), 0);
-        assert!(t.get(&key(1, 0), 4096, 200).is_none());
-    }
-
-    /// A tier holding one 10_000-byte unit (two full chunks and a short one) as key (1, 0).
-    fn tier_with_unit(dir: &Path) -> (DiskTier, Vec<u8>) {
-        let t = DiskTier::open(dir, 1 << 20).unwrap();
-        let payload = patterned(10_000);
-        t.put(&key(1, 0), 16_384, &payload).unwrap();
-        (t, payload)
-    }
-
-    #[test]
-    fn range_reads_return_exactly_the_requested_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (t, payload) = tier_with_unit(dir.path());
-        let n = payload.len();
-        for (start, len) in [
-            (0, 4096),    // one whole chunk
-            (4096, 4096), // a chunk boundary to the next
-            (0, 1),
-            (4095, 2),    // straddles two chunks
-            (100, 200),   // inside a chunk
-            (3000, 6000), // mid-chunk start and end over three chunks
-            (8192, 1808), // the short last chunk, whole
-            (9000, 1000), // ends at the payload's end
-            (n - 1, 1),
-            (0, n), // the whole unit
-            (5000, 0),
-        ] {
-            let got = t.get_range(&key(1, 0), 16_384, n, start, len);
-            assert_eq!(
-                got.as_deref(),
-                Some(&payload[start..start + len]),
-                "{start}+{len}"
-            );
-        }
-        assert_eq!(t.get(&key(1, 0), 16_384, n).as_deref(), Some(&payload[..]));
-        // A range beyond the payload is refused, not clamped.
-        assert!(t.get_range(&key(1, 0), 16_384, n, n - 10, 11).is_none());
-        assert!(t.get_range(&key(1, 0), 16_384, n, usize::MAX, 2).is_none());
-    }
-
-    #[test]
-    fn a_flipped_payload_byte_fails_only_reads_of_its_chunk_and_drops_the_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let (t, payload) = tier_with_unit(dir.path());
-        let n = payload.len();
-        let path = t.entry_path(&key(1, 0));
-        let mut raw = fs::read(&path).unwrap();
-        let prefix = prefix_len(n).unwrap();
-        raw[prefix + 5000] ^= 0x01; // inside chunk 1
-        fs::write(&path, &raw).unwrap();
-        // Ranges that avoid chunk 1 still verify and are right.
-        for (start, len) in [(0, 4096), (8192, 1808), (100, 3000)] {
-            let got = t.get_range(&key(1, 0), 16_384, n, start, len);
-            assert_eq!(
-                got.as_deref(),
-                Some(&payload[start..start + len]),
-                "{start}+{len}"
-            );
-        }
-        // A range touching it (even without the flipped byte itself) misses and drops the entry.
-        assert!(t.get_range(&key(1, 0), 16_384, n, 4096, 10).is_none());
-        assert!(!path.exists() && !t.contains(&key(1, 0)), "entry removed");
-        assert_eq!(t.used_bytes(), 0);
-        assert!(
-            t.get_range(&key(1, 0), 16_384, n, 0, 10).is_none(),
-            "stays gone"
-        );
-    }
-
-    #[test]
-    fn corrupt_payload_anywhere_never_yields_wrong_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let n = 10_000;
-        let payload = patterned(n);
-        let ranges = [(0, n), (0, 4096), (4000, 200), (8192, 1808), (6000, 100)];
-        let (mut hits, mut misses) = (0, 0);
-        for flip in (0..entry_len(n)).step_by(397) {
-            for &(start, len) in &ranges {
-                let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-                t.put(&key(1, 0), 16_384, &payload).unwrap();
-                let path = t.entry_path(&key(1, 0));
-                let mut raw = fs::read(&path).unwrap();
-                raw[flip] ^= 0x80;
-                fs::write(&path, &raw).unwrap();
-                if let Some(got) = t.get_range(&key(1, 0), 16_384, n, start, len) {
-                    assert_eq!(
-                        &got[..],
-                        &payload[start..start + len],
-                        "flip {flip}, {start}+{len}"
-                    );
-                    hits += 1;
-                } else {
-                    assert!(!path.exists(), "a miss drops the entry (flip {flip})");
-                    misses += 1;
-                }
-            }
-        }
-        // Both outcomes occur: flips outside a range's chunks spare it, the rest are caught.
-        assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
-    }
-
-    #[test]
-    fn corrupt_header_or_table_is_a_miss() {
-        let dir = tempfile::tempdir().unwrap();
-        let n = 10_000;
-        // Byte 20 is the payload length in the header; byte HEADER_LEN + 4 is chunk 1's CRC.
-        for flip in [0, 9, 20, 25, HEADER_LEN - 1, HEADER_LEN + 4] {
-            let (t, _) = tier_with_unit(dir.path());
-            let path = t.entry_path(&key(1, 0));
-            let mut raw = fs::read(&path).unwrap();
-            raw[flip] ^= 0x04;
-            fs::write(&path, &raw).unwrap();
-            // Even a range far from the damaged table entry misses: the header CRC covers it.
-            assert!(
-                t.get_range(&key(1, 0), 16_384, n, 0, 10).is_none(),
-                "flip {flip}"
-            );
-            assert!(!path.exists(), "flip {flip}: entry removed");
-        }
-    }
-
-    #[test]
-    fn an_old_format_entry_is_a_miss_and_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let payload = patterned(4096);
-        // A version-1 entry, as the previous release wrote it: header (magic, index, unit
-        // size, payload length, payload CRC, header CRC) then the payload.
-        let mut old = Vec::new();
-        old.extend_from_slice(b"OBDUNIT1");
-        old.extend_from_slice(&0u64.to_le_bytes());
-        old.extend_from_slice(&16_384u32.to_le_bytes());
-        old.extend_from_slice(&4096u32.to_le_bytes());
-        old.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        let hcrc = crc32c::crc32c(&old);
-        old.extend_from_slice(&hcrc.to_le_bytes());
-        old.extend_from_slice(&payload);
-        let path = {
-            let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-            t.entry_path(&key(1, 0))
-        };
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, &old).unwrap();
-        // The start-up walk admits it by name; the first read finds it foreign.
-        let t = DiskTier::open(dir.path(), 1 << 20).unwrap();
-        assert!(t.contains(&key(1, 0)));
-        assert!(t.get_range(&key(1, 0), 16_384, 4096, 0, 10).is_none());
-        assert!(!path.exists() && !t.contains(&key(1, 0)));
-        // Stored again, it reads back in the new format.
-        t.put(&key(1, 0), 16_384, &payload).unwrap();
-        assert_eq!(
-            t.get(&key(1, 0), 16_384, 4096).as_deref(),
-            Some(&payload[..])
-        );
-    }
-}
+mod tests;
