@@ -200,6 +200,9 @@ pub enum Command {
     /// Attach an image (reference or config.v1.json) as a local disk through the target's API
     /// and open-iscsi; prints the device.
     Attach(overlaybd_target::host::AttachArgs),
+    /// Fetch every byte of an image's registry layers into the running target's cache
+    /// (through its API), so its first start reads nothing from the network.
+    Warm(overlaybd_target::daemon::ctl::WarmArgs),
     /// Log out of an attached image's disk and remove it from the target.
     Detach(overlaybd_target::host::DetachArgs),
 }

@@ -83,7 +83,8 @@ fn main() -> ExitCode {
     if let Some(command) = cli.command.take() {
         return match command {
             Command::Tool(tool) => run_tool(tool),
-            Command::Ctl(args) => run_ctl(args),
+            Command::Ctl(args) => run_ctl(overlaybd_target::daemon::ctl::run(args)),
+            Command::Warm(args) => run_ctl(overlaybd_target::daemon::ctl::run_warm(args)),
             Command::Attach(args) => run_host(async move {
                 println!("{}", overlaybd_target::host::attach::attach(&args).await?);
                 Ok(())
@@ -225,11 +226,13 @@ fn run_tool(tool: overlaybd_target::tools::Tool) -> ExitCode {
 }
 
 /// Runs one management command against a running target; failures are one line.
-fn run_ctl(args: overlaybd_target::daemon::ctl::CtlArgs) -> ExitCode {
+fn run_ctl(
+    work: impl std::future::Future<Output = Result<(), overlaybd_target::daemon::ctl::CtlError>>,
+) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(overlaybd_target::daemon::ctl::run(args)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlaybd-target: {e}");

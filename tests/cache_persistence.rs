@@ -252,3 +252,123 @@ async fn a_full_cache_stays_within_its_limit() {
         );
     }
 }
+
+/// Bytes of `path` actually allocated on disk (a sparse `.download` holds only what was
+/// written).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// The bytes the blob server sent for ranged reads, size probes (`bytes=0-0`) left out.
+fn range_bytes(server: &support::http_server::TestServer) -> u64 {
+    server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            ((a, b) != (0, 0)).then_some(b + 1 - a)
+        })
+        .sum()
+}
+
+/// A target process downloading a layer in the background (overlaybd.json `download`, 1 MB/s)
+/// is killed with SIGKILL once 60 % of the blob is in its `.download` file. Started again, it
+/// fetches only the rest from the registry, and the verified copy is the blob.
+#[test]
+fn a_background_download_killed_at_60_percent_resumes_from_there() {
+    use sha2::{Digest, Sha256};
+    use support::process::{binary, run, Target};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let raw = work.path().join("image.raw");
+    std::fs::write(&raw, support::http_server::make_blob(4 << 20, 31)).unwrap();
+    let layer = work.path().join("layer.obd");
+    run(binary()
+        .arg("import")
+        .arg("-z")
+        .arg(&raw)
+        .arg(&layer)
+        .arg(work.path().join("local.json")));
+    let blob = Arc::new(std::fs::read(&layer).unwrap());
+    let size = blob.len() as u64;
+    let hex = hex::encode(Sha256::digest(&blob[..]));
+    let server = runtime.block_on(blob_server(&blob));
+    let config = write_config(
+        work.path(),
+        &format!("{}/v2/team/app/blobs", server.url()),
+        serde_json::json!({ "digest": format!("sha256:{hex}"), "size": size }),
+    );
+    let daemon = work.path().join("overlaybd.json");
+    let settings = serde_json::json!({
+        "download": {"enable": true, "delay": 0, "delayExtra": 1, "maxMBps": 1,
+                     "blockSize": 65536, "parallel": 2}
+    });
+    std::fs::write(&daemon, settings.to_string()).unwrap();
+    let cache = work.path().join("cache");
+    let folder = cache.join("downloads/sha256").join(&hex);
+    let (partial, commit) = (folder.join(".download"), folder.join("overlaybd.commit"));
+    let start = || {
+        let lun = format!("image:{}", config.display());
+        let (daemon, cache) = (daemon.display().to_string(), cache.display().to_string());
+        Target::start(&[
+            "--target",
+            "iqn.2026-12.io.overlaybd:dl",
+            "--lun",
+            &lun,
+            "--overlaybd-config",
+            &daemon,
+            "--cache-dir",
+            &cache,
+            "--no-api",
+            "--no-state",
+        ])
+    };
+
+    let target = start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while allocated(&partial) < size * 6 / 10 {
+        assert!(Instant::now() < deadline, "the download never reached 60 %");
+        assert!(!commit.exists(), "the download finished before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on our own child's pid; dropping the handle reaps it.
+    unsafe { libc::kill(target.pid() as libc::pid_t, libc::SIGKILL) };
+    drop(target);
+    let written = allocated(&partial);
+    assert!(
+        written < size * 9 / 10,
+        "killed at {written} of {size} bytes"
+    );
+    assert!(!commit.exists());
+
+    server.clear();
+    let target = start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !commit.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed download never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read(&commit).unwrap() == *blob,
+        "the copy is not the blob"
+    );
+    let fetched = range_bytes(&server);
+    // What was missing, give or take the blocks in flight at the kill (2 × 64 KiB) and the
+    // cache's refill of the bytes the LUN's open reads (a few 256 KiB units).
+    let missing = size - written.min(size);
+    eprintln!("killed with {written} of {size} bytes written; {fetched} fetched after the restart");
+    assert!(
+        fetched >= missing.saturating_sub(2 << 16) && fetched <= missing + (1 << 20),
+        "fetched {fetched} bytes after the restart; {missing} were missing of {size}"
+    );
+    drop(target);
+}

@@ -844,3 +844,156 @@ fn sighup_applies_the_edited_config_and_keeps_api_changes() {
     let served = served.crash_and_restart();
     assert_eq!(targets(&served.status()), before);
 }
+
+/// The `(start, end)` byte ranges the blob server was asked for, sorted, without the size
+/// probes (`bytes=0-0`).
+fn ranges_served(server: &support::http_server::TestServer) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .filter(|&(a, b)| (a, b) != (0, 0))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+}
+
+/// `overlaybd-target warm CONFIG --pin`: every unit of the layer is fetched once (the ranges
+/// the registry sees tile the blob exactly) and pinned; a second warm fetches nothing. With
+/// the registry gone, the image added as a LUN reads every byte right from the cache. `ctl
+/// cache` shows it, refuses to purge it while pinned, and after `unpin` purges it.
+#[test]
+fn warm_fills_the_cache_and_the_image_reads_without_the_registry() {
+    use sha2::{Digest, Sha256};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let content = pattern(3 << 20, 77);
+    let raw = work.path().join("image.raw");
+    std::fs::write(&raw, &content).unwrap();
+    let layer = work.path().join("layer.obd");
+    run(binary()
+        .arg("import")
+        .arg("-z")
+        .arg(&raw)
+        .arg(&layer)
+        .arg(work.path().join("local.json")));
+    let blob = std::sync::Arc::new(std::fs::read(&layer).unwrap());
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob[..])));
+    let server = runtime.block_on(support::http_server::blob_server(&blob));
+    let config = write_config(
+        work.path(),
+        &format!("{}/v2/team/app/blobs", server.url()),
+        serde_json::json!({ "digest": digest, "size": blob.len() }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = quick(&["ram:1M"]);
+    let cache = dir.path().join("cache");
+    args.extend(["--cache-dir".to_string(), cache.display().to_string()]);
+    let served = Served::start_in(dir, args);
+    let warm = |extra: &[&str]| -> Value {
+        let mut cmd = binary();
+        cmd.arg("warm")
+            .arg(&config)
+            .arg("--api")
+            .arg(served.api())
+            .args(extra);
+        serde_json::from_str(&run(&mut cmd)).expect("warm --json")
+    };
+
+    let units_total = (blob.len() as u64).div_ceil(256 << 10);
+    let first = warm(&["--pin", "--json"]);
+    let l = &first["layers"][0];
+    assert_eq!(l["digest"], digest.as_str(), "{first}");
+    assert_eq!(l["units_before"], 0);
+    assert_eq!(l["units_after"], units_total);
+    assert_eq!(l["units_total"], units_total);
+    assert_eq!(l["pinned"], true);
+    assert_eq!(l["cached_locally"], true);
+    // The ranges asked for tile the blob: every byte fetched, none twice.
+    let ranges = ranges_served(&server);
+    let mut next = 0;
+    for &(a, b) in &ranges {
+        assert_eq!(a, next, "ranges {ranges:?}");
+        next = b + 1;
+    }
+    assert_eq!(next, blob.len() as u64);
+
+    server.clear();
+    let again = warm(&["--json"]);
+    assert_eq!(again["layers"][0]["units_before"], units_total);
+    assert_eq!(
+        ranges_served(&server),
+        vec![],
+        "a warm cache fetches nothing"
+    );
+    let text = {
+        let mut cmd = binary();
+        cmd.arg("warm").arg(&config).arg("--api").arg(served.api());
+        run(&mut cmd)
+    };
+    assert!(text.starts_with("warmed "), "{text}");
+    assert!(
+        text.contains(&format!("{units_total} of {units_total}")),
+        "{text}"
+    );
+
+    let shown: Value = serde_json::from_str(&served.ctl_ok(&["cache", "show", "--json"])).unwrap();
+    let layers = shown["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{shown}");
+    assert_eq!(layers[0]["units"], units_total);
+    assert_eq!(layers[0]["pinned"], true);
+    assert_eq!(layers[0]["size_bytes"], blob.len() as u64);
+    let table = served.ctl_ok(&["cache", "show"]);
+    assert!(
+        table.contains(&digest) && table.contains("(100 %)"),
+        "{table}"
+    );
+
+    // The registry is gone: the image still opens and reads right, from the cache alone.
+    drop(server);
+    let backing = format!("image:{},remote_failure=fail:2s", config.display());
+    let lun = served.add_lun(T, &backing, &[]);
+    let mut s = served.login(T);
+    s.power_on(lun);
+    let per_read = 256u16;
+    for (i, chunk) in content.chunks(usize::from(per_read) * BLOCK).enumerate() {
+        let lba = u32::try_from(i).unwrap() * u32::from(per_read);
+        assert!(
+            s.read_ok(lun, lba, per_read) == chunk,
+            "blocks at {lba} differ"
+        );
+    }
+
+    let layer_folder = cache.join("sha256").join(&digest["sha256:".len()..]);
+    assert!(
+        layer_folder.is_dir(),
+        "{} is missing",
+        layer_folder.display()
+    );
+    let err = served.ctl_fails(&["cache", "purge", &digest]);
+    assert!(err.contains("pinned"), "{err}");
+    assert_eq!(served.ctl_ok(&["cache", "unpin", &digest]), "");
+    let purged = served.ctl_ok(&["cache", "purge", &digest]);
+    assert_eq!(
+        purged.lines().collect::<Vec<_>>().len(),
+        1,
+        "one line per purged layer: {purged}"
+    );
+    assert!(
+        purged.starts_with(&format!("purged {digest} ({units_total} units")),
+        "{purged}"
+    );
+    let shown: Value = serde_json::from_str(&served.ctl_ok(&["cache", "show", "--json"])).unwrap();
+    assert_eq!(shown["layers"], serde_json::json!([]), "{shown}");
+    assert!(!layer_folder.exists(), "{} is left", layer_folder.display());
+    // Purged with the registry gone, a read of the image now fails within its policy.
+    assert_eq!(s.read(lun, 0, 8).status, CHECK_CONDITION);
+    drop(runtime);
+}

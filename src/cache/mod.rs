@@ -17,6 +17,7 @@ pub mod memory;
 pub mod read_path;
 pub mod remote;
 pub mod settings;
+pub mod warm;
 
 pub use read_path::{CacheStats, CacheTiers, CachedSource};
 pub use remote::{RemoteLayer, RemoteLayers};

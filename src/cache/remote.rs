@@ -2,6 +2,7 @@
 //! the P2P proxy and background download according to the daemon settings. The image side
 //! (LSMT) calls [`RemoteLayers::open`] for a layer it cannot find locally.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use super::download::{spawn_background_download, DownloadJob};
 use super::http::{RegistryClient, Route, RouteKind, RoutedBlob};
+use super::key::BlobId;
 use super::read_path::{CacheTiers, CachedSource};
 use super::settings::{DaemonSettings, DownloadConfig};
 use crate::source::LayerSource;
@@ -49,6 +51,8 @@ pub struct RemoteLayers {
     tiers: Arc<CacheTiers>,
     /// One background download at a time, as in overlaybd.
     download_queue: Arc<tokio::sync::Semaphore>,
+    /// The size of every blob opened so far, for reports of what the cache holds.
+    sizes: parking_lot::Mutex<BTreeMap<BlobId, u64>>,
 }
 
 impl RemoteLayers {
@@ -70,7 +74,18 @@ impl RemoteLayers {
             client,
             tiers,
             download_queue: Arc::new(tokio::sync::Semaphore::new(1)),
+            sizes: Default::default(),
         }
+    }
+
+    /// The settings the layers are opened with.
+    pub fn settings(&self) -> &DaemonSettings {
+        &self.settings
+    }
+
+    /// The size of `blob`, when a layer of it was opened since the start.
+    pub fn known_size(&self, blob: &BlobId) -> Option<u64> {
+        self.sizes.lock().get(blob).copied()
     }
 
     /// The shared cache tiers.
@@ -154,6 +169,9 @@ impl RemoteLayers {
                 Ok(Route::new(*kind, blob))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        self.sizes
+            .lock()
+            .insert(BlobId::from_digest(layer.digest), size);
         let backoff = Duration::from_millis(self.settings.http_config.failover_backoff_ms);
         let blob: Arc<dyn LayerSource> = Arc::new(RoutedBlob::new(routes, size, backoff));
         if p2p.enable {

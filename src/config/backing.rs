@@ -553,7 +553,7 @@ impl ImageOpener {
                 path: path.to_path_buf(),
                 source: Box::new(source),
             };
-            let luns = self.remote().map_err(registry_err)?;
+            let luns = self.remote_images().map_err(registry_err)?;
             Image::open_loaded(&config, &name, luns.layers())
                 .await
                 .map_err(registry_err)?
@@ -592,7 +592,7 @@ impl ImageOpener {
             path: PathBuf::from(&name),
             source: Box::new(source),
         };
-        let luns = self.remote().map_err(registry_err)?;
+        let luns = self.remote_images().map_err(registry_err)?;
         let platform = crate::registry::Platform::host();
         let plain_http = &self.settings.plain_http;
         let resolved =
@@ -627,8 +627,9 @@ impl ImageOpener {
         Ok((Arc::new(image), digest))
     }
 
-    /// The shared remote-layer caches, built on first use.
-    fn remote(&self) -> Result<Arc<RemoteImages>, LsmtError> {
+    /// The shared remote-layer caches (the cache folder, the registry client), built on
+    /// first use: by the first image with registry layers, or a cache request of the API.
+    pub fn remote_images(&self) -> Result<Arc<RemoteImages>, LsmtError> {
         let mut slot = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(luns) = slot.as_ref() {
             return Ok(luns.clone());

@@ -4,7 +4,10 @@
 
 use async_trait::async_trait;
 
-use super::model::{AddLun, AddTarget, LunInfo, SessionInfo, Status, TargetInfo};
+use super::model::{
+    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, SessionInfo, Status, TargetInfo,
+    WarmReport, WarmRequest,
+};
 
 /// Why an operation was refused or failed; the message is one line meant for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,4 +68,24 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Removes a LUN. In use by a session, `Conflict` unless `force`; with `force` its
     /// outstanding commands complete and new ones get LOGICAL UNIT NOT SUPPORTED.
     async fn remove_lun(&self, target: &str, lun: u64, force: bool) -> Result<(), ControlError>;
+
+    /// The registry layer cache: its bounds, its use and what it holds per layer. Opens the
+    /// cache folder if no image has yet.
+    async fn cache(&self) -> Result<CacheReport, ControlError>;
+
+    /// Drops the cached units of the layer `digest`, or with `None` those of every unpinned
+    /// layer, and returns what was dropped. Naming a pinned layer is `Conflict` unless
+    /// `force` (its pin stays). Images using a purged layer fetch what they read next again.
+    async fn purge_cache(
+        &self,
+        digest: Option<&str>,
+        force: bool,
+    ) -> Result<Vec<CachedLayer>, ControlError>;
+
+    /// Pins (`true`) or unpins the layer `digest`, so its units are kept whatever else is
+    /// read (saved across restarts); returns the layer. `Conflict` without a disk tier.
+    async fn pin_layer(&self, digest: &str, pinned: bool) -> Result<CachedLayer, ControlError>;
+
+    /// Fetches every byte of an image's registry layers into the cache; returns when done.
+    async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError>;
 }

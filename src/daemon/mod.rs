@@ -15,6 +15,7 @@
 //! - [`ctl`]: `overlaybd-target ctl`, the command-line client of the API.
 
 pub mod api;
+mod cache;
 pub mod control;
 pub mod ctl;
 pub mod definition;

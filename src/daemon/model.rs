@@ -175,3 +175,84 @@ pub struct ErrorBody {
     /// One line saying what went wrong.
     pub error: String,
 }
+
+/// The registry layer cache: `GET /v1/cache`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The cache folder.
+    pub folder: String,
+    /// The refill unit in bytes.
+    pub unit_bytes: u64,
+    /// Bytes held in the memory tier, and its bound.
+    pub memory_bytes: u64,
+    /// The memory tier's bound in bytes.
+    pub memory_capacity_bytes: u64,
+    /// Bytes of entry files in the disk tier.
+    pub disk_bytes: u64,
+    /// The disk tier's bound in bytes (0: no disk tier).
+    pub disk_capacity_bytes: u64,
+    /// Free bytes the disk tier leaves on its file system.
+    pub min_free_bytes: u64,
+    /// Every layer the disk tier holds units of, and every pinned one, by digest.
+    pub layers: Vec<CachedLayer>,
+}
+
+/// What the disk tier holds of one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// The layer's blob digest.
+    pub digest: String,
+    /// Refill units stored.
+    pub units: u64,
+    /// Bytes of their entry files.
+    pub bytes: u64,
+    /// Kept whatever else is read (see `ctl cache pin`).
+    pub pinned: bool,
+    /// The blob's size, when an image opened since the start uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// `POST /v1/cache/warm`: fetch an image's registry layers into the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmRequest {
+    /// An image reference (`registry/repo:tag`, `…@sha256:…`) or the absolute path of a
+    /// `config.v1.json`.
+    pub image: String,
+    /// Pin the layers as well, so they stay cached.
+    #[serde(default)]
+    pub pin: bool,
+}
+
+/// What a warm did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmReport {
+    /// The image as asked (a reference is reported pinned to its digest).
+    pub image: String,
+    /// Each registry layer, bottom first.
+    pub layers: Vec<WarmedLayer>,
+    /// Lower layers served from local files, which need no warming.
+    pub local_layers: usize,
+    /// Seconds the warm took.
+    pub seconds: f64,
+}
+
+/// One warmed layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmedLayer {
+    /// The layer's blob digest.
+    pub digest: String,
+    /// The blob's size in bytes.
+    pub size_bytes: u64,
+    /// Refill units cached before the warm.
+    pub units_before: u64,
+    /// Refill units cached after it.
+    pub units_after: u64,
+    /// Refill units the blob spans.
+    pub units_total: u64,
+    /// False when P2P is enabled: the reads filled the proxy's cache, not this one.
+    pub cached_locally: bool,
+    /// Whether the layer is pinned now.
+    pub pinned: bool,
+}

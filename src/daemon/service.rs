@@ -30,7 +30,8 @@ use super::control::{ControlError, ControlPlane};
 use super::definition::TargetDef;
 use super::inventory::{Inventory, LunSlot, TargetEntry};
 use super::model::{
-    AddLun, AddTarget, CacheInfo, ChapInput, LunInfo, LunState, SessionInfo, Status, TargetInfo,
+    AddLun, AddTarget, CacheInfo, CacheReport, CachedLayer, ChapInput, LunInfo, LunState,
+    SessionInfo, Status, TargetInfo, WarmReport, WarmRequest,
 };
 use super::settings::{limits, login_settings, login_view};
 use super::state::{self, StateFile};
@@ -903,5 +904,25 @@ impl ControlPlane for Control {
         }
         tracing::info!(target = %canonical, lun, force, "LUN removed");
         Ok(())
+    }
+
+    async fn cache(&self) -> Result<CacheReport, ControlError> {
+        super::cache::report(&self.0.images)
+    }
+
+    async fn purge_cache(
+        &self,
+        digest: Option<&str>,
+        force: bool,
+    ) -> Result<Vec<CachedLayer>, ControlError> {
+        super::cache::purge(&self.0.images, digest, force).await
+    }
+
+    async fn pin_layer(&self, digest: &str, pinned: bool) -> Result<CachedLayer, ControlError> {
+        super::cache::pin(&self.0.images, digest, pinned).await
+    }
+
+    async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError> {
+        super::cache::warm(&self.0.images, request).await
     }
 }

@@ -300,6 +300,18 @@ pub struct LayerUsage {
     pub pinned: bool,
 }
 
+impl LayerUsage {
+    /// A layer with nothing stored.
+    pub fn empty(blob: BlobId, pinned: bool) -> LayerUsage {
+        LayerUsage {
+            blob,
+            units: 0,
+            bytes: 0,
+            pinned,
+        }
+    }
+}
+
 /// Refill units persisted in a folder, at most `capacity` bytes of entry files in all.
 pub struct DiskTier {
     root: PathBuf,
@@ -769,12 +781,7 @@ impl DiskTier {
             .filter(|(key, _)| key.blob == *blob)
             .map(|(key, entry)| (key, entry.size))
             .collect();
-        let mut gone = LayerUsage {
-            blob: blob.clone(),
-            units: 0,
-            bytes: 0,
-            pinned: self.pins.contains(blob),
-        };
+        let mut gone = LayerUsage::empty(blob.clone(), self.pins.contains(blob));
         for (key, size) in keys {
             self.remove(&key);
             gone.units += 1;

@@ -25,8 +25,8 @@ use bytes::Bytes;
 
 use super::inflight::InFlight;
 use super::plan::PlannedUnit;
-use crate::cache::disk::{DiskTier, Quick};
-use crate::cache::key::UnitKey;
+use crate::cache::disk::{DiskTier, LayerUsage, Quick};
+use crate::cache::key::{BlobId, UnitKey};
 use crate::cache::memory::MemoryTier;
 use crate::cache::settings::EffectiveCache;
 use crate::metrics::{self, Tier};
@@ -139,6 +139,46 @@ impl CacheTiers {
     /// Bytes held by the disk tier (0 without one).
     pub fn disk_used(&self) -> u64 {
         self.disk.as_ref().map_or(0, |d| d.used_bytes())
+    }
+
+    /// What the disk tier holds per layer, pinned layers included (nothing without one).
+    pub fn layers(&self) -> Vec<LayerUsage> {
+        self.disk.as_ref().map_or_else(Vec::new, |d| d.layers())
+    }
+
+    /// What the disk tier holds of one layer.
+    pub fn layer(&self, blob: &BlobId) -> LayerUsage {
+        self.layers()
+            .into_iter()
+            .find(|l| l.blob == *blob)
+            .unwrap_or_else(|| LayerUsage::empty(blob.clone(), false))
+    }
+
+    /// Pins or unpins a layer in the disk tier (saving the pin list); false when it already
+    /// was so. `Unsupported` without a disk tier.
+    pub async fn set_pinned(&self, blob: &BlobId, pinned: bool) -> io::Result<bool> {
+        let Some(disk) = self.disk.clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the cache has no disk tier (its size is 0): nothing to pin",
+            ));
+        };
+        let blob = blob.clone();
+        crate::sys::blocking(move || disk.set_pinned(&blob, pinned)).await
+    }
+
+    /// Drops every unit of a layer from both tiers; returns what the disk tier held.
+    pub async fn purge(&self, blob: &BlobId) -> LayerUsage {
+        self.memory.remove_blob(blob);
+        let gone = match self.disk.clone() {
+            Some(disk) => {
+                let id = blob.clone();
+                crate::sys::run_blocking(move || disk.purge(&id)).await.ok()
+            }
+            None => None,
+        };
+        self.publish_sizes();
+        gone.unwrap_or_else(|| LayerUsage::empty(blob.clone(), false))
     }
 
     /// Where units came from so far.

@@ -16,7 +16,8 @@ use tokio::net::UnixStream;
 
 use super::encode_segment;
 use crate::daemon::model::{
-    AddLun, AddTarget, ErrorBody, LunInfo, SessionInfo, Status, TargetInfo,
+    AddLun, AddTarget, CacheReport, CachedLayer, ErrorBody, LunInfo, SessionInfo, Status,
+    TargetInfo, WarmReport, WarmRequest,
 };
 
 /// How long a request may take by default. Generous because adding a LUN answers only once
@@ -148,6 +149,40 @@ impl ApiClient {
             encode_segment(target)
         );
         self.delete(&path).await
+    }
+
+    /// `GET /v1/cache`.
+    pub async fn cache(&self) -> Result<CacheReport, ClientError> {
+        self.get("/v1/cache").await
+    }
+
+    /// `DELETE /v1/cache/layers/{digest}?force=…`, or `DELETE /v1/cache/layers` (every
+    /// unpinned layer) without a digest.
+    pub async fn purge_cache(
+        &self,
+        digest: Option<&str>,
+        force: bool,
+    ) -> Result<Vec<CachedLayer>, ClientError> {
+        let path = match digest {
+            Some(d) => format!("/v1/cache/layers/{}?force={force}", encode_segment(d)),
+            None => "/v1/cache/layers".to_string(),
+        };
+        let answer = self.send(Method::DELETE, &path, None).await?;
+        self.decode(answer.body())
+    }
+
+    /// `PUT` (pin) or `DELETE` (unpin) `/v1/cache/pins/{digest}`.
+    pub async fn pin_layer(&self, digest: &str, pinned: bool) -> Result<CachedLayer, ClientError> {
+        let method = if pinned { Method::PUT } else { Method::DELETE };
+        let path = format!("/v1/cache/pins/{}", encode_segment(digest));
+        let answer = self.send(method, &path, None).await?;
+        self.decode(answer.body())
+    }
+
+    /// `POST /v1/cache/warm`; answers when the warm is done, so give the client a timeout
+    /// long enough for the image ([`ApiClient::with_timeout`]).
+    pub async fn warm(&self, request: &WarmRequest) -> Result<WarmReport, ClientError> {
+        self.post("/v1/cache/warm", request).await
     }
 
     /// A GET whose answer is decoded as `T` (`serde_json::Value` keeps it as the server sent

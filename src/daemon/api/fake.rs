@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::{ApiLimits, ApiServer};
 use crate::daemon::control::{ControlError, ControlPlane};
-use crate::daemon::model::{AddLun, AddTarget, LunInfo, LunState, SessionInfo, Status, TargetInfo};
+use crate::daemon::model::{
+    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, LunState, SessionInfo, Status,
+    TargetInfo, WarmReport, WarmRequest, WarmedLayer,
+};
 
 /// Targets in a map; a backing starting with `bad:` fails to open; removals are recorded with
 /// their `force` flag.
@@ -20,11 +23,17 @@ pub(crate) struct FakeControl {
     pub sessions: Vec<SessionInfo>,
     /// (target, LUN, force) of each successful removal.
     pub removed: Mutex<Vec<(String, Option<u64>, bool)>>,
+    /// The cached layers, by digest; a digest must start with `sha256:`.
+    pub layers: Mutex<BTreeMap<String, CachedLayer>>,
 }
 
 impl FakeControl {
     fn targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TargetInfo>> {
         self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn layers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CachedLayer>> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn record(&self, target: &str, lun: Option<u64>, force: bool) {
@@ -143,6 +152,92 @@ impl ControlPlane for FakeControl {
         drop(targets);
         self.record(target, Some(lun), force);
         Ok(())
+    }
+
+    async fn cache(&self) -> Result<CacheReport, ControlError> {
+        let layers: Vec<CachedLayer> = self.layers().values().cloned().collect();
+        Ok(CacheReport {
+            folder: "/var/cache/test".to_string(),
+            unit_bytes: 262_144,
+            memory_bytes: 0,
+            memory_capacity_bytes: 64 << 20,
+            disk_bytes: layers.iter().map(|l| l.bytes).sum(),
+            disk_capacity_bytes: 4 << 30,
+            min_free_bytes: 1 << 30,
+            layers,
+        })
+    }
+
+    async fn purge_cache(
+        &self,
+        digest: Option<&str>,
+        force: bool,
+    ) -> Result<Vec<CachedLayer>, ControlError> {
+        let mut layers = self.layers();
+        let names: Vec<String> = match digest {
+            Some(d) if !d.starts_with("sha256:") => {
+                return Err(ControlError::Invalid(format!(
+                    "{d:?} is not a layer digest"
+                )))
+            }
+            Some(d) if layers.get(d).is_some_and(|l| l.pinned) && !force => {
+                return Err(ControlError::Conflict(format!("layer {d} is pinned")))
+            }
+            Some(d) => vec![d.to_string()],
+            None => layers
+                .values()
+                .filter(|l| !l.pinned)
+                .map(|l| l.digest.clone())
+                .collect(),
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|name| layers.remove(&name))
+            .collect())
+    }
+
+    async fn pin_layer(&self, digest: &str, pinned: bool) -> Result<CachedLayer, ControlError> {
+        if !digest.starts_with("sha256:") {
+            return Err(ControlError::Invalid(format!(
+                "{digest:?} is not a layer digest"
+            )));
+        }
+        let mut layers = self.layers();
+        let layer = layers
+            .entry(digest.to_string())
+            .or_insert_with(|| CachedLayer {
+                digest: digest.to_string(),
+                units: 0,
+                bytes: 0,
+                pinned,
+                size_bytes: None,
+            });
+        layer.pinned = pinned;
+        Ok(layer.clone())
+    }
+
+    async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError> {
+        if request.image.starts_with("bad") {
+            return Err(ControlError::Invalid(format!(
+                "cannot resolve {}",
+                request.image
+            )));
+        }
+        let layer = WarmedLayer {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size_bytes: 1 << 20,
+            units_before: 1,
+            units_after: 4,
+            units_total: 4,
+            cached_locally: true,
+            pinned: request.pin,
+        };
+        Ok(WarmReport {
+            image: request.image,
+            layers: vec![layer],
+            local_layers: 0,
+            seconds: 0.5,
+        })
     }
 }
 

@@ -12,6 +12,12 @@
 //! | `DELETE /v1/targets/{name}?force=BOOL`   |          | 204                         |
 //! | `POST /v1/targets/{name}/luns`           | `AddLun` | 201 `LunInfo`               |
 //! | `DELETE /v1/targets/{name}/luns/{n}?force=BOOL` |   | 204                         |
+//! | `GET /v1/cache`                          |          | 200 `CacheReport`           |
+//! | `DELETE /v1/cache/layers`                |          | 200 `[CachedLayer]` purged (every unpinned layer) |
+//! | `DELETE /v1/cache/layers/{digest}?force=BOOL` |     | 200 `[CachedLayer]` purged  |
+//! | `PUT /v1/cache/pins/{digest}`            |          | 200 `CachedLayer`           |
+//! | `DELETE /v1/cache/pins/{digest}`         |          | 200 `CachedLayer`           |
+//! | `POST /v1/cache/warm`                    | `WarmRequest` | 200 `WarmReport` (when done) |
 //!
 //! Path segments are percent-decoded. Every error answer is an
 //! [`ErrorBody`](super::model::ErrorBody) with the status of its

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::encode_segment;
 use crate::daemon::control::{ControlError, ControlPlane};
-use crate::daemon::model::{AddLun, AddTarget, ErrorBody};
+use crate::daemon::model::{AddLun, AddTarget, ErrorBody, WarmRequest};
 
 /// The largest request body accepted; the biggest real one (an `AddTarget` with a long
 /// initiator list) is a few KiB.
@@ -368,9 +368,10 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
     limits: ApiLimits,
 ) {
+    let stop = shutdown.clone();
     let service = hyper::service::service_fn(move |request| {
-        let control = control.clone();
-        async move { Ok::<_, Infallible>(handle(control.as_ref(), request, &limits).await) }
+        let (control, stop) = (control.clone(), stop.clone());
+        async move { Ok::<_, Infallible>(handle(control.as_ref(), request, &limits, &stop).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -446,6 +447,11 @@ enum Route {
     Target(String),
     Luns(String),
     Lun(String, String),
+    Cache,
+    CacheLayers,
+    CacheLayer(String),
+    Pin(String),
+    Warm,
 }
 
 impl Route {
@@ -462,6 +468,13 @@ impl Route {
             ["v1", "targets", name, "luns", lun] if !name.is_empty() => {
                 Route::Lun(name.to_string(), lun.to_string())
             }
+            ["v1", "cache"] => Route::Cache,
+            ["v1", "cache", "layers"] => Route::CacheLayers,
+            ["v1", "cache", "layers", digest] if !digest.is_empty() => {
+                Route::CacheLayer(digest.to_string())
+            }
+            ["v1", "cache", "pins", digest] if !digest.is_empty() => Route::Pin(digest.to_string()),
+            ["v1", "cache", "warm"] => Route::Warm,
             _ => return None,
         };
         Some(route)
@@ -473,8 +486,10 @@ impl Route {
             Route::Metrics | Route::Status | Route::Sessions => "GET",
             Route::Targets => "GET, POST",
             Route::Target(_) => "GET, DELETE",
-            Route::Luns(_) => "POST",
-            Route::Lun(..) => "DELETE",
+            Route::Luns(_) | Route::Warm => "POST",
+            Route::Lun(..) | Route::CacheLayers | Route::CacheLayer(_) => "DELETE",
+            Route::Cache => "GET",
+            Route::Pin(_) => "PUT, DELETE",
         }
     }
 }
@@ -484,10 +499,11 @@ async fn handle(
     control: &dyn ControlPlane,
     request: Request<Incoming>,
     limits: &ApiLimits,
+    shutdown: &CancellationToken,
 ) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let answer = match route(control, request, limits).await {
+    let answer = match route(control, request, limits, shutdown).await {
         Ok(answer) => answer,
         Err(failure) => failure.into_answer(),
     };
@@ -500,6 +516,7 @@ async fn route(
     control: &dyn ControlPlane,
     request: Request<Incoming>,
     limits: &ApiLimits,
+    shutdown: &CancellationToken,
 ) -> Result<Answer, Failure> {
     let (parts, body) = request.into_parts();
     let segments = decode_path(parts.uri.path())?;
@@ -560,6 +577,44 @@ async fn route(
             let force = query.flag("force")?;
             control.remove_lun(&name, lun, force).await?;
             Ok(no_content())
+        }
+        (&Method::GET, Route::Cache) => {
+            query.expect(&[])?;
+            Ok(json_answer(StatusCode::OK, &control.cache().await?))
+        }
+        (&Method::DELETE, Route::CacheLayers) => {
+            query.expect(&[])?;
+            let purged = control.purge_cache(None, false).await?;
+            Ok(json_answer(StatusCode::OK, &purged))
+        }
+        (&Method::DELETE, Route::CacheLayer(digest)) => {
+            query.expect(&["force"])?;
+            let force = query.flag("force")?;
+            let purged = control.purge_cache(Some(&digest), force).await?;
+            Ok(json_answer(StatusCode::OK, &purged))
+        }
+        (&Method::PUT, Route::Pin(digest)) => {
+            query.expect(&[])?;
+            let layer = control.pin_layer(&digest, true).await?;
+            Ok(json_answer(StatusCode::OK, &layer))
+        }
+        (&Method::DELETE, Route::Pin(digest)) => {
+            query.expect(&[])?;
+            let layer = control.pin_layer(&digest, false).await?;
+            Ok(json_answer(StatusCode::OK, &layer))
+        }
+        (&Method::POST, Route::Warm) => {
+            query.expect(&[])?;
+            let request: WarmRequest = read_json(body, &parts.headers, limits).await?;
+            // A warm may take minutes; the daemon's shutdown ends it (every other request is
+            // short, and completes or changes nothing).
+            let report = tokio::select! {
+                report = control.warm(request) => report?,
+                _ = shutdown.cancelled() => return Err(ControlError::Unavailable(
+                    "the target is shutting down; the warm was stopped".to_string(),
+                ).into()),
+            };
+            Ok(json_answer(StatusCode::OK, &report))
         }
         (method, route) => Err(Failure {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -762,7 +817,9 @@ mod tests {
     use super::{ApiError, ApiLimits, ApiServer};
     use crate::daemon::api::client::{ApiClient, ClientError};
     use crate::daemon::api::fake::{FakeControl, Running};
-    use crate::daemon::model::{ErrorBody, LunInfo, SessionInfo, Status, TargetInfo};
+    use crate::daemon::model::{
+        CacheReport, CachedLayer, ErrorBody, LunInfo, SessionInfo, Status, TargetInfo, WarmReport,
+    };
 
     const IQN: &str = "iqn.2026-11.io.overlaybd:a";
     const IQN_ENCODED: &str = "iqn.2026-11.io.overlaybd%3Aa";
@@ -803,6 +860,108 @@ mod tests {
             target: Some(IQN.into()),
             keys: [("HeaderDigest".to_string(), "CRC32C".to_string())].into(),
         }
+    }
+
+    #[tokio::test]
+    async fn cache_routes_show_pin_purge_and_warm() {
+        let mut server = Running::start(FakeControl::default()).await;
+        let p = server.path.clone();
+        let a = format!("sha256:{}", "aa".repeat(32));
+        let b = format!("sha256:{}", "bb".repeat(32));
+        for digest in [&a, &b] {
+            let (status, _, body) =
+                call(&p, Method::PUT, &format!("/v1/cache/pins/{digest}"), None).await;
+            assert_eq!(status, StatusCode::OK);
+            let layer: CachedLayer = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (layer.digest.as_str(), layer.pinned),
+                (digest.as_str(), true)
+            );
+        }
+        let (status, _, body) =
+            call(&p, Method::DELETE, &format!("/v1/cache/pins/{b}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!serde_json::from_slice::<CachedLayer>(&body).unwrap().pinned);
+
+        let (status, _, body) = call(&p, Method::GET, "/v1/cache", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let report: CacheReport = serde_json::from_slice(&body).unwrap();
+        let pins: Vec<_> = report.layers.iter().map(|l| l.pinned).collect();
+        assert_eq!(pins, [true, false]);
+
+        // A pinned layer is purged only with force; purging all leaves pinned ones.
+        let (status, headers, body) =
+            call(&p, Method::DELETE, &format!("/v1/cache/layers/{a}"), None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(error_of(&headers, &body).contains("pinned"));
+        let (status, _, body) = call(&p, Method::DELETE, "/v1/cache/layers", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let purged: Vec<CachedLayer> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(purged.iter().map(|l| &l.digest).collect::<Vec<_>>(), [&b]);
+        let uri = format!("/v1/cache/layers/{a}?force=true");
+        let (status, _, body) = call(&p, Method::DELETE, &uri, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_slice::<Vec<CachedLayer>>(&body)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let (status, _, body) = call(
+            &p,
+            Method::POST,
+            "/v1/cache/warm",
+            Some(r#"{"image":"registry.local/app:1","pin":true}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let report: WarmReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(report.image, "registry.local/app:1");
+        assert!(report.layers[0].pinned);
+
+        // Malformed requests: their status and a message naming the problem.
+        for (method, uri, body, want, says) in [
+            (
+                Method::POST,
+                "/v1/cache/warm",
+                Some(r#"{"image":"x","fast":1}"#),
+                400,
+                "fast",
+            ),
+            (
+                Method::POST,
+                "/v1/cache/warm",
+                Some(r#"{"image":"bad"}"#),
+                400,
+                "bad",
+            ),
+            (Method::PUT, "/v1/cache/pins/md5:1", None, 400, "digest"),
+            (
+                Method::DELETE,
+                "/v1/cache/layers/x?force=yes",
+                None,
+                400,
+                "force",
+            ),
+            (Method::GET, "/v1/cache?all=true", None, 400, "all"),
+        ] {
+            let (status, headers, answer) = call(&p, method.clone(), uri, body).await;
+            assert_eq!(status.as_u16(), want, "{method} {uri}");
+            let message = error_of(&headers, &answer);
+            assert!(message.contains(says), "{method} {uri}: {message}");
+        }
+        for (method, uri, allow) in [
+            (Method::POST, "/v1/cache", "GET"),
+            (Method::GET, "/v1/cache/warm", "POST"),
+            (Method::GET, "/v1/cache/pins/sha256:x", "PUT, DELETE"),
+            (Method::PUT, "/v1/cache/layers", "DELETE"),
+        ] {
+            let (status, headers, _) = call(&p, method.clone(), uri, None).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert_eq!(headers[ALLOW], allow, "{method} {uri}");
+        }
+        server.stop().await;
     }
 
     #[tokio::test]

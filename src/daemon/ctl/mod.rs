@@ -9,6 +9,11 @@
 //! overlaybd-target ctl target remove IQN [--force]
 //! overlaybd-target ctl lun add IQN BACKING [--lun N] [--read-only]    # prints the LUN number
 //! overlaybd-target ctl lun remove IQN N [--force]
+//! overlaybd-target ctl cache show [--json]
+//! overlaybd-target ctl cache purge (DIGEST [--force] | --all)  # prints what was purged
+//! overlaybd-target ctl cache pin DIGEST
+//! overlaybd-target ctl cache unpin DIGEST
+//! overlaybd-target warm (CONFIG.json | REFERENCE) [--pin] [--json] [--api PATH]
 //! ```
 //!
 //! `--json` prints the API's JSON as it sent it (pretty-printed); without it, a table meant for
@@ -23,6 +28,10 @@ use clap::{Args, Subcommand};
 pub use super::api::DEFAULT_API_SOCKET;
 use super::api::{ApiClient, ClientError};
 use super::model::{AddLun, AddTarget, ChapInput, LunState, SessionInfo, Status, TargetInfo};
+
+mod cache;
+
+pub use cache::{warm, CacheCommand, WarmArgs};
 
 /// Arguments of `overlaybd-target ctl`.
 #[derive(Debug, Args)]
@@ -57,6 +66,9 @@ pub enum CtlCommand {
     /// Add or remove a LUN of a target.
     #[command(subcommand)]
     Lun(LunCommand),
+    /// Show, purge and pin the registry layer cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 /// `ctl target …`.
@@ -145,7 +157,16 @@ pub enum CtlError {
 
 /// Runs a `ctl` command and prints its output on standard output.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
-    let text = execute(&args).await?;
+    print(&execute(&args).await?)
+}
+
+/// Runs `overlaybd-target warm` and prints its report on standard output.
+pub async fn run_warm(args: WarmArgs) -> Result<(), CtlError> {
+    print(&warm(&args).await?)
+}
+
+/// Writes a command's output on standard output.
+fn print(text: &str) -> Result<(), CtlError> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -197,6 +218,7 @@ pub async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             client.remove_lun(iqn, *lun, *force).await?;
             String::new()
         }
+        CtlCommand::Cache(command) => cache::execute(&client, command).await?,
     };
     Ok(text)
 }
@@ -430,6 +452,59 @@ mod tests {
         argv.extend_from_slice(args);
         let args = parse(&argv).map_err(|e| e.to_string())?;
         execute(&args).await.map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn cache_commands_print_the_layers_and_what_they_purged() {
+        let mut server = Running::start(FakeControl::default()).await;
+        let p = server.path.clone();
+        let (a, b) = (
+            format!("sha256:{}", "aa".repeat(32)),
+            format!("sha256:{}", "bb".repeat(32)),
+        );
+        assert_eq!(ctl(&p, &["cache", "pin", &a]).await.unwrap(), "");
+        assert_eq!(ctl(&p, &["cache", "pin", &b]).await.unwrap(), "");
+        assert_eq!(ctl(&p, &["cache", "unpin", &b]).await.unwrap(), "");
+        server
+            .control
+            .layers
+            .lock()
+            .unwrap()
+            .get_mut(&a)
+            .unwrap()
+            .size_bytes = Some(1 << 20);
+        let shown = ctl(&p, &["cache", "show"]).await.unwrap();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], "folder  /var/cache/test");
+        assert!(lines.contains(&"disk    0 B of 4 GiB, keeping 1 GiB free on its file system"));
+        let row_a = lines.iter().find(|l| l.starts_with(&a)).unwrap();
+        assert!(
+            row_a.contains("0 B of 1 MiB (0 %)") && row_a.ends_with("yes"),
+            "{row_a}"
+        );
+        let err = ctl(&p, &["cache", "purge", &a]).await.unwrap_err();
+        assert!(err.contains("pinned"), "{err}");
+        assert_eq!(
+            ctl(&p, &["cache", "purge", "--all"]).await.unwrap(),
+            format!("purged {b} (0 units, 0 B)\n")
+        );
+        assert_eq!(
+            ctl(&p, &["cache", "purge", &a, "--force"]).await.unwrap(),
+            format!("purged {a} (0 units, 0 B)\n")
+        );
+        assert!(ctl(&p, &["cache", "show"])
+            .await
+            .unwrap()
+            .ends_with("\nno layers cached\n"));
+        // A digest or --all, not both, and --force only with a digest.
+        for bad in [
+            &["cache", "purge"][..],
+            &["cache", "purge", &a, "--all"],
+            &["cache", "purge", "--all", "--force"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        server.stop().await;
     }
 
     #[tokio::test]
