@@ -623,14 +623,20 @@ async fn p2p_proxy_gets_the_full_blob_url() {
     })
     .await;
     let cache_dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_for(cache_dir.path());
-    settings.p2p_config.enable = true;
-    settings.p2p_config.address = format!("{}/accelerator", proxy.url());
-    let layers = RemoteLayers::new(settings).unwrap();
-    let src = layers
-        .open(&RemoteLayer::new(&registry_url, &digest))
-        .await
-        .unwrap();
+    // The blob through the proxy, its reads cached here or not.
+    let through_proxy = |cache_locally: bool| {
+        let mut settings = settings_for(cache_dir.path());
+        settings.p2p_config.enable = true;
+        settings.p2p_config.cache_locally = cache_locally;
+        settings.p2p_config.address = format!("{}/accelerator", proxy.url());
+        let layers = RemoteLayers::new(settings).unwrap();
+        let (url, digest) = (registry_url.clone(), digest.clone());
+        async move {
+            let src = layers.open(&RemoteLayer::new(&url, &digest)).await.unwrap();
+            (layers, src)
+        }
+    };
+    let (layers, src) = through_proxy(false).await;
     check_reads(src.as_ref(), &blob).await;
     assert!(
         proxy.requests().len() >= 6 && proxy.requests().iter().all(|r| r.target == expected_target)
@@ -645,6 +651,20 @@ async fn p2p_proxy_gets_the_full_blob_url() {
         0,
         "P2P reads bypass the local cache"
     );
+
+    // With `cacheLocally` the proxy's bytes go through the tiers: read twice, asked once.
+    let (layers, src) = through_proxy(true).await;
+    proxy.clear();
+    check_reads(src.as_ref(), &blob).await;
+    let asked = proxy.requests().len();
+    assert!(asked >= 1, "the proxy serves the first reads");
+    check_reads(src.as_ref(), &blob).await;
+    assert_eq!(
+        proxy.requests().len(),
+        asked,
+        "the second reads come from the cache"
+    );
+    assert!(layers.tiers().memory_used() > 0);
 
     // An unreachable proxy (nothing listens): every read falls back to the registry.
     let dead = TcpListenerGone::port().await;

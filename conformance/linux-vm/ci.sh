@@ -386,6 +386,7 @@ PROXY=10.0.2.2:$pport
 BULK_REF=ci/bulk:v1
 BULK_MD5S=$(cd "$ctr/bulk" && md5sum data/* | md5sum | cut -d' ' -f1)
 BLACKOUT_SECS=60
+FAIL_SECS=10
 EOF
 }
 # container_case: the guest runs the node case against the images of prepare_container.
@@ -403,7 +404,7 @@ container_case() {
     else
         bash "$here/run.sh" --container "$ctr/guest.env" --bin "$bin" --mem 768 --timeout "$left" \
             --logs "$logs/container" "${net_args[@]}" > "$logs/container.out" 2>&1 || rc=$?
-        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid|blackout))|^run.sh' "$logs/container.out" || true
+        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid|blackout|fail))|^run.sh' "$logs/container.out" || true
         grep -E 'blackout|refused' "$ctr/proxy.log" | tail -3 || true
         [ "$rc" = 0 ] ||
             why="$(grep -c '^RESULT .* FAIL' "$logs/container.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/container.out" | cut -d' ' -f2-)"

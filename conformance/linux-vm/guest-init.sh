@@ -135,8 +135,11 @@ fi
 # container_blackout (a third image, reached through the host's fault proxy at PROXY: with its
 # files not read yet, the proxy is told to refuse every request for BLACKOUT_SECS; the files'
 # checksums, read meanwhile, come out right once it passes, with no I/O or ext4 error in the
-# kernel log: the target held the reads), container_detach (every attached disk gone, the target
-# serves none of them).
+# kernel log: the target held the reads), container_fail (the same image attached again with
+# --remote-failure fail:FAIL_SECS after `ctl cache purge --all`: during a second blackout a file
+# read before still reads, a file not read yet fails with EIO within the deadline, with a
+# medium error and no ext4 error in the kernel log, and reads right once the blackout is over),
+# container_detach (every attached disk gone, the target serves none of them).
 OBD=/usr/local/bin/overlaybd-target
 API=/run/obd.sock
 obd_attach() {
@@ -236,8 +239,10 @@ container_cases() {
     start
     container_blackout
     start
+    container_fail
+    start
     umount /mnt/app 2>/dev/null
-    for d in "$dev" "$dev2b" "$rw2" "$bulk"; do
+    for d in "$dev" "$dev2b" "$rw2" "$bulk" "$bulkf"; do
         [ -n "$d" ] && timeout -s KILL 60 "$OBD" detach --api "$API" "$d" >> /tmp/detach.out 2>&1
     done
     left=$("$OBD" ctl --api "$API" status 2>&1 | grep -c 'overlaybd.attach')
@@ -287,6 +292,66 @@ container_blackout() {
         result container_blackout FAIL "read in $(secs $((t_read - t_black)))s: not held by the blackout"
     else
         result container_blackout PASS "checksums right after a ${BLACKOUT_SECS}s blackout ($(secs $((t_read - t_black)))s), no kernel I/O error"
+    fi
+}
+# The fail-policy step of container_cases; sets bulkf (the device, for detach).
+container_fail() {
+    local cached uncached want got t0 t1 t_fail blackout kernel_errors medium cached_ok failed
+    mkdir -p /mnt/bulkf
+    # Nothing is cached after this: every image's next reads come from its registry again.
+    "$OBD" ctl --api "$API" cache purge --all > /tmp/purge.out 2>&1
+    info "fail: purged $(grep -c '^purged' /tmp/purge.out) layer(s) from the cache"
+    bulkf=$(timeout -s KILL 120 "$OBD" attach --api "$API" --plain-http "$PROXY" --wait 90 \
+        --remote-failure "fail:${FAIL_SECS}s" "$PROXY/$BULK_REF" 2> /tmp/attach.err)
+    case "$bulkf" in
+        /dev/sd*) ;;
+        *) show ATTACH cat /tmp/attach.err
+           result container_fail FAIL "attach --remote-failure printed '$bulkf': $(tail -1 /tmp/attach.err)"; return ;;
+    esac
+    if ! mount -o ro "$bulkf" /mnt/bulkf 2> /tmp/mount.err; then
+        result container_fail FAIL "mount $bulkf: $(tail -1 /tmp/mount.err)"
+        return
+    fi
+    set -- /mnt/bulkf/data/*
+    cached=$1 uncached=$2
+    want=$(grep " data/${uncached##*/}\$" /tmp/bulk.md5 | cut -d' ' -f1)
+    md5sum "$cached" > /dev/null
+    # The guest's page cache would answer without asking the target: drop it.
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    dmesg -c > /dev/null
+    blackout=$((FAIL_SECS * 2))
+    if ! wget -q -O /dev/null "http://$PROXY/__fault/blackout/$blackout"; then
+        result container_fail FAIL "the fault proxy at $PROXY did not start the blackout"
+        return
+    fi
+    t0=$(now_cs)
+    cached_ok=0
+    md5sum "$cached" > /dev/null 2> /tmp/cached.err && cached_ok=1
+    t1=$(now_cs)
+    failed=0
+    dd if="$uncached" of=/dev/null bs=1048576 count=1 iflag=direct 2> /tmp/dd.err || failed=1
+    t_fail=$(now_cs)
+    kernel_errors=$(dmesg | grep -cE 'EXT4-fs (error|warning)|timing out command')
+    medium=$(dmesg | grep -ciE 'medium error')
+    show KERNEL dmesg
+    info "fail: cached read $(secs $((t1 - t0)))s, uncached read failed=$failed after $(secs $((t_fail - t1)))s"
+    # Once the blackout is over the same file reads right.
+    while [ "$(now_cs)" -lt $((t0 + blackout * 100 + 100)) ]; do sleep 0.5; done
+    got=$(md5sum < "$uncached" | cut -d' ' -f1)
+    umount /mnt/bulkf
+    if [ "$cached_ok" != 1 ]; then
+        result container_fail FAIL "a cached file failed to read during the blackout: $(tail -1 /tmp/cached.err)"
+    elif [ "$failed" != 1 ]; then
+        result container_fail FAIL "an uncached read succeeded during the blackout (was it cached?)"
+    elif [ $((t_fail - t1)) -gt $(((FAIL_SECS + 8) * 100)) ] || [ $((t_fail - t1)) -lt $(((FAIL_SECS - 1) * 100)) ]; then
+        result container_fail FAIL "the uncached read failed after $(secs $((t_fail - t1)))s, not within ${FAIL_SECS}s (+8)"
+    elif [ "$kernel_errors" != 0 ] || [ "$medium" = 0 ]; then
+        result container_fail FAIL "$kernel_errors ext4/timeout line(s) and $medium medium error line(s) in the kernel log"
+    elif [ -z "$want" ] || [ "$got" != "$want" ]; then
+        result container_fail FAIL "after the blackout ${uncached##*/} has md5 $got, not '$want'"
+    else
+        result container_fail PASS "cached file read in the blackout; uncached read failed after $(secs $((t_fail - t1)))s (fail:${FAIL_SECS}s), right after it"
     fi
 }
 if [ "${CONTAINER:-0}" = 1 ]; then

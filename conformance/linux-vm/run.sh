@@ -476,7 +476,7 @@ fi
 
 if [ -n "$container" ]; then
     expected=(boot iscsid container_target container_run container_reattach container_wwn container_rw
-        container_blackout container_detach)
+        container_blackout container_fail container_detach)
 else
     expected=(boot iscsid discovery login login_disk session_params size first_mib)
     [ "$raw_write" = 1 ] && expected+=(raw_write raw_restore)

@@ -58,6 +58,17 @@ impl MemoryTier {
         }
     }
 
+    /// Bytes held per blob.
+    pub fn blobs(&self) -> std::collections::BTreeMap<BlobId, u64> {
+        let mut held = std::collections::BTreeMap::new();
+        if let Some(cache) = &self.cache {
+            for (key, data) in cache.iter() {
+                *held.entry(key.blob).or_default() += data.len() as u64;
+            }
+        }
+        held
+    }
+
     /// Drops every unit of `blob`.
     pub fn remove_blob(&self, blob: &BlobId) {
         if let Some(cache) = &self.cache {

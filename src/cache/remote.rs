@@ -100,7 +100,8 @@ impl RemoteLayers {
 
     /// Opens a remote layer, read through its routes ([`RoutedBlob`]): the P2P proxy when
     /// enabled, the registry's mirrors, then the registry, falling over per read. With P2P
-    /// the local cache is bypassed (the proxy caches, as in overlaybd); otherwise reads go
+    /// the local cache is bypassed (the proxy caches, as in overlaybd) unless
+    /// `p2pConfig.cacheLocally`; otherwise reads go
     /// through the cache tiers, and, when download is enabled, the blob is fully downloaded
     /// in the background (into the layer's `dir`, or the cache folder without one). The size
     /// comes from the first route that answers; authorization and size errors surface here.
@@ -174,7 +175,7 @@ impl RemoteLayers {
             .insert(BlobId::from_digest(layer.digest), size);
         let backoff = Duration::from_millis(self.settings.http_config.failover_backoff_ms);
         let blob: Arc<dyn LayerSource> = Arc::new(RoutedBlob::new(routes, size, backoff));
-        if p2p.enable {
+        if p2p.enable && !p2p.cache_locally {
             return Ok(blob);
         }
         let cached = Arc::new(CachedSource::new(

@@ -269,6 +269,10 @@ pub struct P2pConfig {
     pub enable: bool,
     /// Proxy prefix; the full blob URL is appended after a `/`.
     pub address: String,
+    /// Ours: read P2P blobs through the local cache tiers too (overlaybd bypasses them, as
+    /// the proxy caches). Off by default, as in overlaybd.
+    #[serde(rename = "cacheLocally")]
+    pub cache_locally: bool,
 }
 
 impl Default for P2pConfig {
@@ -276,6 +280,7 @@ impl Default for P2pConfig {
         Self {
             enable: false,
             address: "http://localhost:9731/accelerator".into(),
+            cache_locally: false,
         }
     }
 }

@@ -5,9 +5,9 @@
 //! cache tiers), in pieces of a few refill units, `download.parallel` pieces at a time: what is
 //! cached already costs a local read, what is missing is fetched (adjacent units in one
 //! request) and stored in the disk tier. Nothing is downloaded in the background meanwhile:
-//! warming is the download. With P2P enabled reads go through the proxy and bypass the local
-//! cache (as every P2P read does), so warming then fills the proxy's cache, not ours; the
-//! result says so.
+//! warming is the download. With P2P enabled (and not `p2pConfig.cacheLocally`) reads go
+//! through the proxy and bypass the local cache, as every P2P read then does, so warming fills
+//! the proxy's cache, not ours; the result says so.
 
 use std::io;
 
@@ -52,6 +52,7 @@ pub async fn warm_layer(layers: &RemoteLayers, layer: &RemoteLayer<'_>) -> io::R
         ..*layer
     };
     let tiers = layers.tiers();
+    let p2p = &layers.settings().p2p_config;
     let blob = BlobId::from_digest(layer.digest);
     let units_before = tiers.layer(&blob).units;
     let source = layers.open(&layer).await?;
@@ -80,6 +81,6 @@ pub async fn warm_layer(layers: &RemoteLayers, layer: &RemoteLayer<'_>) -> io::R
         units_before,
         units_after: tiers.layer(&blob).units,
         units_total: size.div_ceil(unit),
-        cached_locally: !layers.settings().p2p_config.enable,
+        cached_locally: !p2p.enable || p2p.cache_locally,
     })
 }

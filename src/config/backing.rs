@@ -167,6 +167,12 @@ const LUN_OPTIONS: &[&str] = &["remote_failure"];
 /// A LUN text cut in two: the backing, and its options as (key, value) pairs.
 type SplitLun<'a> = (&'a str, Vec<(&'a str, &'a str)>);
 
+/// The backing part of a LUN text, without its `,key=value` options (as `ctl status` shows
+/// a LUN, to compare it with a backing given without them).
+pub fn without_lun_options(text: &str) -> &str {
+    split_options(text).map_or(text, |(backing, _)| backing)
+}
+
 /// Splits `text` into the backing and its options: these start at the first `,` followed by
 /// `key=` with a key of lower-case letters and underscores (so a path may hold commas, just
 /// not `,key=`). Unknown keys and repeated keys are refused.
@@ -881,6 +887,11 @@ mod tests {
             Some(RemoteFailurePolicy::Hold { deadline: None })
         );
         assert_eq!(LunSpec::parse(&reg.to_string()).unwrap(), reg);
+        assert_eq!(
+            without_lun_options("ro:file:/a,b/disk.img,remote_failure=fail:5s"),
+            "ro:file:/a,b/disk.img"
+        );
+        assert_eq!(without_lun_options("file:/a,b/c.img"), "file:/a,b/c.img");
         // Options do not change the serial (and so the WWN) of a LUN named by its text.
         let plain = LunSpec::parse("file:/x.img").unwrap();
         let with = LunSpec::parse("file:/x.img,remote_failure=fail").unwrap();

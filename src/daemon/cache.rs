@@ -35,9 +35,11 @@ fn blob_id(digest: &str) -> Result<BlobId, ControlError> {
     }
 }
 
-fn layer_info(layers: &RemoteLayers, usage: LayerUsage) -> CachedLayer {
+/// The API's view of a layer: what the disk tier holds of it, `memory_bytes` in memory.
+fn layer_info(layers: &RemoteLayers, usage: LayerUsage, memory_bytes: u64) -> CachedLayer {
     CachedLayer {
         size_bytes: layers.known_size(&usage.blob),
+        memory_bytes,
         digest: usage.blob.as_str().to_string(),
         units: usage.units,
         bytes: usage.bytes,
@@ -51,6 +53,7 @@ pub(super) fn report(images: &ImageOpener) -> Result<CacheReport, ControlError> 
     let layers = remote.layers();
     let tiers = layers.tiers();
     let cache = layers.settings().cache();
+    let memory = tiers.memory_by_layer();
     Ok(CacheReport {
         folder: cache.dir.display().to_string(),
         unit_bytes: tiers.unit_size(),
@@ -62,7 +65,10 @@ pub(super) fn report(images: &ImageOpener) -> Result<CacheReport, ControlError> 
         layers: tiers
             .layers()
             .into_iter()
-            .map(|usage| layer_info(layers, usage))
+            .map(|usage| {
+                let in_memory = memory.get(&usage.blob).copied().unwrap_or(0);
+                layer_info(layers, usage, in_memory)
+            })
             .collect(),
     })
 }
@@ -94,11 +100,19 @@ pub(super) async fn purge(
             .map(|l| l.blob)
             .collect(),
     };
+    let memory = tiers.memory_by_layer();
     let mut purged = Vec::new();
     for blob in targets {
+        let in_memory = memory.get(&blob).copied().unwrap_or(0);
         let gone = tiers.purge(&blob).await;
-        tracing::info!(digest = %blob.as_str(), units = gone.units, bytes = gone.bytes, "purged a layer from the cache");
-        purged.push(layer_info(layers, gone));
+        tracing::info!(
+            digest = %blob.as_str(),
+            units = gone.units,
+            bytes = gone.bytes,
+            memory_bytes = in_memory,
+            "purged a layer from the cache"
+        );
+        purged.push(layer_info(layers, gone, in_memory));
     }
     Ok(purged)
 }
@@ -113,7 +127,13 @@ pub(super) async fn pin(
     let remote = remote(images)?;
     let layers = remote.layers();
     set_pinned(layers, &blob, pinned).await?;
-    Ok(layer_info(layers, layers.tiers().layer(&blob)))
+    let in_memory = layers
+        .tiers()
+        .memory_by_layer()
+        .get(&blob)
+        .copied()
+        .unwrap_or(0);
+    Ok(layer_info(layers, layers.tiers().layer(&blob), in_memory))
 }
 
 async fn set_pinned(

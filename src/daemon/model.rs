@@ -193,7 +193,7 @@ pub struct CacheReport {
     pub disk_capacity_bytes: u64,
     /// Free bytes the disk tier leaves on its file system.
     pub min_free_bytes: u64,
-    /// Every layer the disk tier holds units of, and every pinned one, by digest.
+    /// Every layer either tier holds units of, and every pinned one, by digest.
     pub layers: Vec<CachedLayer>,
 }
 
@@ -208,6 +208,9 @@ pub struct CachedLayer {
     pub bytes: u64,
     /// Kept whatever else is read (see `ctl cache pin`).
     pub pinned: bool,
+    /// Bytes of it in the memory tier.
+    #[serde(default)]
+    pub memory_bytes: u64,
     /// The blob's size, when an image opened since the start uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,

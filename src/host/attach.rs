@@ -61,6 +61,11 @@ pub struct AttachArgs {
     /// (its default is 120).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub replacement_timeout: u64,
+    /// What the disk's reads do while the registry cannot serve them: `hold[:DURATION]`
+    /// (wait; the target's default, 10 minutes) or `fail[:DURATION]` (MEDIUM ERROR once the
+    /// duration, 20 s by default, has passed). A registry-backed image only.
+    #[arg(long, value_name = "POLICY")]
+    pub remote_failure: Option<crate::block::RemoteFailurePolicy>,
     /// Platform, plain-HTTP registries and credentials for resolving a reference.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -124,10 +129,21 @@ async fn plan(a: &AttachArgs) -> Result<Plan, HostError> {
         (resolved.image_config(), name, Some(resolved.pinned))
     };
     let remote = has_remote_lowers(&base, &base_name);
+    // The LUN option after the backing; another policy is another disk (another target).
+    let options = match (&a.remote_failure, remote) {
+        (Some(policy), true) => format!(",remote_failure={policy}"),
+        (Some(_), false) => {
+            return Err(usage(format!(
+                "--remote-failure applies to images with registry layers; {} has none",
+                a.image
+            )))
+        }
+        (None, _) => String::new(),
+    };
     let Some(dir) = &a.rw else {
         let backing = match pinned {
-            Some(pinned) => format!("registry:{pinned}"),
-            None => format!("image:{base_name}"),
+            Some(pinned) => format!("registry:{pinned}{options}"),
+            None => format!("image:{base_name}{options}"),
         };
         return Ok(Plan { backing, remote });
     };
@@ -145,7 +161,7 @@ async fn plan(a: &AttachArgs) -> Result<Plan, HostError> {
         writable_config(a, &dir, &base).await?;
     }
     Ok(Plan {
-        backing: format!("image:{}", config_path.display()),
+        backing: format!("image:{}{options}", config_path.display()),
         remote,
     })
 }
@@ -305,6 +321,8 @@ async fn targets_of(api: &ApiClient, what: &str) -> Result<Vec<String>, HostErro
         wanted.push(format!("registry:{reference}"));
     }
     let matches = |backing: &str| {
+        // A disk attached with --remote-failure has the option after its backing.
+        let backing = crate::config::backing::without_lun_options(backing);
         wanted.iter().any(|w| {
             backing == w || (w.starts_with("registry:") && backing.starts_with(&format!("{w}@")))
         })

@@ -387,3 +387,26 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_layer_only_in_memory_is_listed_and_purged() {
+    // No disk tier: what a full cache disk (below its free-space floor) leaves too.
+    let tiers = CacheTiers::new(1 << 20, None, 4096).unwrap();
+    let fake = Fake::new(20_000, Duration::ZERO);
+    let src = CachedSource::new(fake.clone(), DIGEST, Arc::clone(&tiers));
+    src.read_exact_at(0, 10_000).await.unwrap();
+    let blob = BlobId::from_digest(DIGEST);
+    let layers = tiers.layers();
+    assert_eq!(layers.len(), 1);
+    assert_eq!((&layers[0].blob, layers[0].units), (&blob, 0));
+    assert_eq!(tiers.memory_by_layer()[&blob], 12_288, "three 4 KiB units");
+    tiers.purge(&blob).await;
+    assert_eq!(tiers.memory_used(), 0);
+    assert!(tiers.layers().is_empty());
+    let before = fake.calls().len();
+    src.read_exact_at(0, 10_000).await.unwrap();
+    assert!(
+        fake.calls().len() > before,
+        "a purged unit is fetched again"
+    );
+}

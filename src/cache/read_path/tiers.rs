@@ -141,9 +141,22 @@ impl CacheTiers {
         self.disk.as_ref().map_or(0, |d| d.used_bytes())
     }
 
-    /// What the disk tier holds per layer, pinned layers included (nothing without one).
+    /// What the disk tier holds per layer, pinned layers included, then the layers only the
+    /// memory tier holds units of (with no disk units), in digest order.
     pub fn layers(&self) -> Vec<LayerUsage> {
-        self.disk.as_ref().map_or_else(Vec::new, |d| d.layers())
+        let mut layers = self.disk.as_ref().map_or_else(Vec::new, |d| d.layers());
+        for blob in self.memory.blobs().into_keys() {
+            if !layers.iter().any(|l| l.blob == blob) {
+                layers.push(LayerUsage::empty(blob, false));
+            }
+        }
+        layers.sort_by(|a, b| a.blob.cmp(&b.blob));
+        layers
+    }
+
+    /// Bytes the memory tier holds of each layer.
+    pub fn memory_by_layer(&self) -> std::collections::BTreeMap<BlobId, u64> {
+        self.memory.blobs()
     }
 
     /// What the disk tier holds of one layer.

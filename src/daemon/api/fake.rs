@@ -210,6 +210,7 @@ impl ControlPlane for FakeControl {
                 units: 0,
                 bytes: 0,
                 pinned,
+                memory_bytes: 0,
                 size_bytes: None,
             });
         layer.pinned = pinned;

@@ -171,9 +171,10 @@ pub fn format_cache(report: &CacheReport) -> String {
     out
 }
 
-/// A table of layers: digest, what is cached (of the blob's size when known), pinned.
+/// A table of layers: digest, what is on disk (of the blob's size when known), what is in
+/// memory, pinned.
 fn layer_rows(layers: &[CachedLayer], unit: u64) -> Vec<Vec<String>> {
-    let mut rows = vec![row(["LAYER", "UNITS", "CACHED", "PINNED"])];
+    let mut rows = vec![row(["LAYER", "UNITS", "ON DISK", "IN MEMORY", "PINNED"])];
     for l in layers {
         // Entry files hold a little more than the payload (a header and a CRC per 4 KiB);
         // the share is of units, whose payload is what the blob's bytes are.
@@ -186,6 +187,7 @@ fn layer_rows(layers: &[CachedLayer], unit: u64) -> Vec<Vec<String>> {
             &l.digest,
             &l.units.to_string(),
             &cached,
+            &format_size(l.memory_bytes),
             if l.pinned { "yes" } else { "no" },
         ]));
     }
@@ -198,10 +200,11 @@ fn format_purged(purged: &[CachedLayer]) -> String {
         .iter()
         .map(|l| {
             format!(
-                "purged {} ({} units, {})\n",
+                "purged {} ({} units, {} on disk, {} in memory)\n",
                 l.digest,
                 l.units,
-                format_size(l.bytes)
+                format_size(l.bytes),
+                format_size(l.memory_bytes)
             )
         })
         .collect()

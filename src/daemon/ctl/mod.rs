@@ -486,11 +486,11 @@ mod tests {
         assert!(err.contains("pinned"), "{err}");
         assert_eq!(
             ctl(&p, &["cache", "purge", "--all"]).await.unwrap(),
-            format!("purged {b} (0 units, 0 B)\n")
+            format!("purged {b} (0 units, 0 B on disk, 0 B in memory)\n")
         );
         assert_eq!(
             ctl(&p, &["cache", "purge", &a, "--force"]).await.unwrap(),
-            format!("purged {a} (0 units, 0 B)\n")
+            format!("purged {a} (0 units, 0 B on disk, 0 B in memory)\n")
         );
         assert!(ctl(&p, &["cache", "show"])
             .await
