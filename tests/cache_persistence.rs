@@ -260,49 +260,27 @@ fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
-/// The bytes the blob server sent for ranged reads, size probes (`bytes=0-0`) left out.
-fn range_bytes(server: &support::http_server::TestServer) -> u64 {
-    server
-        .requests()
-        .iter()
-        .filter_map(|r| {
-            let (a, b) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
-            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-            ((a, b) != (0, 0)).then_some(b + 1 - a)
-        })
-        .sum()
-}
-
 /// A target process downloading a layer in the background (overlaybd.json `download`, 1 MB/s)
 /// is killed with SIGKILL once 60 % of the blob is in its `.download` file. Started again, it
 /// fetches only the rest from the registry, and the verified copy is the blob.
 #[test]
 fn a_background_download_killed_at_60_percent_resumes_from_there() {
-    use sha2::{Digest, Sha256};
-    use support::process::{binary, run, Target};
+    use support::process::Target;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let raw = work.path().join("image.raw");
-    std::fs::write(&raw, support::http_server::make_blob(4 << 20, 31)).unwrap();
-    let layer = work.path().join("layer.obd");
-    run(binary()
-        .arg("import")
-        .arg("-z")
-        .arg(&raw)
-        .arg(&layer)
-        .arg(work.path().join("local.json")));
-    let blob = Arc::new(std::fs::read(&layer).unwrap());
+    let content = support::http_server::make_blob(4 << 20, 31);
+    let (blob, digest) = support::images::imported_layer(work.path(), &content);
     let size = blob.len() as u64;
-    let hex = hex::encode(Sha256::digest(&blob[..]));
+    let hex = digest["sha256:".len()..].to_string();
     let server = runtime.block_on(blob_server(&blob));
     let config = write_config(
         work.path(),
         &format!("{}/v2/team/app/blobs", server.url()),
-        serde_json::json!({ "digest": format!("sha256:{hex}"), "size": size }),
+        serde_json::json!({ "digest": digest, "size": size }),
     );
     let daemon = work.path().join("overlaybd.json");
     let settings = serde_json::json!({
@@ -361,7 +339,10 @@ fn a_background_download_killed_at_60_percent_resumes_from_there() {
         std::fs::read(&commit).unwrap() == *blob,
         "the copy is not the blob"
     );
-    let fetched = range_bytes(&server);
+    let fetched: u64 = support::http_server::ranges_served(&server)
+        .iter()
+        .map(|(a, b)| b + 1 - a)
+        .sum();
     // What was missing, give or take the blocks in flight at the kill (2 × 64 KiB) and the
     // cache's refill of the bytes the LUN's open reads (a few 256 KiB units).
     let missing = size - written.min(size);

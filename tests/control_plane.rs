@@ -845,29 +845,13 @@ fn sighup_applies_the_edited_config_and_keeps_api_changes() {
     assert_eq!(targets(&served.status()), before);
 }
 
-/// The `(start, end)` byte ranges the blob server was asked for, sorted, without the size
-/// probes (`bytes=0-0`).
-fn ranges_served(server: &support::http_server::TestServer) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = server
-        .requests()
-        .iter()
-        .filter_map(|r| {
-            let (a, b) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .filter(|&(a, b)| (a, b) != (0, 0))
-        .collect();
-    ranges.sort_unstable();
-    ranges
-}
-
 /// `overlaybd-target warm CONFIG --pin`: every unit of the layer is fetched once (the ranges
 /// the registry sees tile the blob exactly) and pinned; a second warm fetches nothing. With
 /// the registry gone, the image added as a LUN reads every byte right from the cache. `ctl
 /// cache` shows it, refuses to purge it while pinned, and after `unpin` purges it.
 #[test]
 fn warm_fills_the_cache_and_the_image_reads_without_the_registry() {
-    use sha2::{Digest, Sha256};
+    use support::http_server::ranges_served;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -875,17 +859,7 @@ fn warm_fills_the_cache_and_the_image_reads_without_the_registry() {
         .unwrap();
     let work = tempfile::tempdir().unwrap();
     let content = pattern(3 << 20, 77);
-    let raw = work.path().join("image.raw");
-    std::fs::write(&raw, &content).unwrap();
-    let layer = work.path().join("layer.obd");
-    run(binary()
-        .arg("import")
-        .arg("-z")
-        .arg(&raw)
-        .arg(&layer)
-        .arg(work.path().join("local.json")));
-    let blob = std::sync::Arc::new(std::fs::read(&layer).unwrap());
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob[..])));
+    let (blob, digest) = support::images::imported_layer(work.path(), &content);
     let server = runtime.block_on(support::http_server::blob_server(&blob));
     let config = write_config(
         work.path(),

@@ -19,11 +19,9 @@ use overlaybd_target::config::Tuning;
 use overlaybd_target::iscsi::pdu::{
     LunField, NopOut, Pdu, TaskMgmtRequest, TmfFunction, TmfResponseCode, RESERVED_TAG,
 };
-use sha2::{Digest, Sha256};
 use support::fault_proxy::{Fault, FaultProxy, Link};
 use support::http_server::{blob_server, TestServer as HttpServer};
 use support::images::write_config;
-use support::process::{binary, run};
 
 /// The image's size: 8 MiB of incompressible data, so every 256 KiB of the device is its own
 /// cache unit.
@@ -43,17 +41,7 @@ impl Registry {
     async fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let content = pattern(IMAGE, 71);
-        let raw = dir.path().join("image.raw");
-        std::fs::write(&raw, &content).unwrap();
-        let layer = dir.path().join("layer.obd");
-        run(binary()
-            .arg("import")
-            .arg("-z")
-            .arg(&raw)
-            .arg(&layer)
-            .arg(dir.path().join("local.json")));
-        let blob = Arc::new(std::fs::read(&layer).unwrap());
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob[..])));
+        let (blob, digest) = support::images::imported_layer(dir.path(), &content);
         let server = blob_server(&blob).await;
         let blackout = Arc::new(AtomicBool::new(false));
         let proxy = FaultProxy::start(server.addr, Link::default(), {

@@ -227,7 +227,10 @@ pub(super) async fn warm(
         };
         let warmed = crate::cache::warm::warm_layer(layers, &layer)
             .await
-            .map_err(|e| ControlError::Unavailable(format!("warming layer {digest}: {e}")))?;
+            .map_err(|e| {
+                tracing::warn!(image = %name, digest, error = %e, "warming a layer failed");
+                ControlError::Unavailable(format!("warming layer {digest}: {e}"))
+            })?;
         tracing::info!(
             image = %name,
             digest,

@@ -301,3 +301,19 @@ pub async fn blob_server(blob: &std::sync::Arc<Vec<u8>>) -> TestServer {
     let blob = std::sync::Arc::clone(blob);
     TestServer::start(move |req| serve_range(req, &blob)).await
 }
+
+/// The `(first, last)` byte ranges `server` was asked for, sorted, without the size probes
+/// (`bytes=0-0`) the registry client sends when it opens a blob.
+pub fn ranges_served(server: &TestServer) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .filter(|&(a, b)| (a, b) != (0, 0))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+}

@@ -66,3 +66,23 @@ pub fn scattered_ranges(
         })
         .collect()
 }
+
+/// A registry layer made by the binary: `content` written to `dir/image.raw`, imported with
+/// `overlaybd-target import -z` into `dir/layer.obd`. Returns the blob and its digest.
+pub fn imported_layer(dir: &Path, content: &[u8]) -> (std::sync::Arc<Vec<u8>>, String) {
+    use sha2::{Digest, Sha256};
+    let raw = dir.join("image.raw");
+    std::fs::write(&raw, content).expect("write image.raw");
+    let layer = dir.join("layer.obd");
+    super::process::run(
+        super::process::binary()
+            .arg("import")
+            .arg("-z")
+            .arg(&raw)
+            .arg(&layer)
+            .arg(dir.join("local.json")),
+    );
+    let blob = std::fs::read(&layer).expect("read layer.obd");
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+    (std::sync::Arc::new(blob), digest)
+}

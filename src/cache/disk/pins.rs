@@ -30,6 +30,13 @@ impl Pins {
     /// The pins saved in `root`, or none.
     pub(super) fn load(root: &Path) -> Pins {
         let path = root.join(PINS_FILE);
+        // A save cut short by a crash leaves its temporary file: garbage now.
+        let leftover = format!("{PINS_FILE}.tmp-");
+        for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&leftover) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         let set = match fs::read(&path) {
             Ok(text) => parse(&text).unwrap_or_else(|why| {
                 tracing::warn!(file = %path.display(), why, "ignoring the unreadable pin list");
@@ -93,7 +100,7 @@ fn parse(text: &[u8]) -> Result<BTreeSet<BlobId>, &'static str> {
 fn save(path: &Path, set: &BTreeSet<BlobId>) -> io::Result<()> {
     let ids: Vec<&str> = set.iter().map(BlobId::as_str).collect();
     let text = serde_json::to_vec_pretty(&ids).map_err(io::Error::other)?;
-    let tmp = path.with_extension(format!("json.tmp-{:08x}", rand::random::<u32>()));
+    let tmp = path.with_file_name(format!("{PINS_FILE}.tmp-{:08x}", rand::random::<u32>()));
     let written = fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(&text)?;
         f.sync_all()
@@ -148,7 +155,11 @@ mod tests {
         }
         let pins = Pins::load(dir.path());
         pins.set(&blob(3), true).unwrap();
+        // A save a crash cut short is cleaned up at the next load.
+        let leftover = dir.path().join(format!("{PINS_FILE}.tmp-0badf00d"));
+        fs::write(&leftover, b"[").unwrap();
         assert_eq!(Pins::load(dir.path()).list(), vec![blob(3)]);
+        assert!(!leftover.exists());
     }
 
     #[test]
