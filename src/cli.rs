@@ -242,6 +242,7 @@ impl Cli {
                         backing: config::Backing::Demo,
                         read_only: true,
                         remote_failure: None,
+                        unit: Default::default(),
                     }]
                 } else {
                     self.luns.clone()

@@ -20,19 +20,14 @@ fn quiet() -> Tuning {
     }
 }
 
-#[tokio::test]
-async fn discovery_reports_the_target_at_the_accepting_address() {
-    let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut ini = Initiator::connect(server.addr).await;
-    let rsp = ini.login(None, &LoginKeys::default()).await;
-    assert_eq!(rsp.status, LoginStatus::SUCCESS);
-    assert_ne!(rsp.tsih, 0);
+/// SendTargets=All through `ini` (logged in), as text.
+async fn send_targets(ini: &mut Initiator) -> String {
     let req = TextRequest {
         immediate: true,
         is_final: true,
         continues: false,
         lun: LunField::default(),
-        itt: 0x77,
+        itt: 0x78,
         ttt: RESERVED_TAG,
         cmd_sn: ini.cmd_sn,
         exp_stat_sn: ini.exp_stat_sn,
@@ -42,13 +37,95 @@ async fn discovery_reports_the_target_at_the_accepting_address() {
     let Some(Pdu::TextResponse(rsp)) = ini.recv().await else {
         panic!("no text response")
     };
-    let text = String::from_utf8_lossy(&rsp.data).to_string();
     assert!(rsp.is_final);
+    String::from_utf8_lossy(&rsp.data).to_string()
+}
+
+#[tokio::test]
+async fn discovery_reports_the_target_at_the_accepting_address() {
+    let server = TestServer::start(&["ram:1M"], quiet()).await;
+    let mut ini = Initiator::connect(server.addr).await;
+    let rsp = ini.login(None, &LoginKeys::default()).await;
+    assert_eq!(rsp.status, LoginStatus::SUCCESS);
+    assert_ne!(rsp.tsih, 0);
+    let text = send_targets(&mut ini).await;
     assert!(text.contains(&format!("TargetName={IQN}\0")), "{text:?}");
     assert!(
         text.contains(&format!("TargetAddress={},1\0", server.addr)),
         "{text:?}"
     );
+}
+
+#[tokio::test]
+async fn each_portal_is_a_target_port_in_a_port_group_of_its_own() {
+    let server = TestServer::start_portals(common::config(&["ram:1M"], quiet()), 2).await;
+    let (first, second) = (server.addrs[0], server.addrs[1]);
+    // Discovery through either portal finds both paths, the one asked first.
+    let mut ini = Initiator::connect(second).await;
+    ini.login(None, &LoginKeys::default()).await;
+    let text = send_targets(&mut ini).await;
+    assert_eq!(
+        text,
+        format!("TargetName={IQN}\0TargetAddress={second},2\0TargetAddress={first},1\0")
+    );
+
+    // A session through the second portal is told its tag, and the LUN names that port and
+    // group; the same initiator port through the first is another nexus on port 1.
+    for (addr, tag) in [(second, 2u16), (first, 1)] {
+        let mut ini = Initiator::connect(addr).await;
+        ini.login_normal(IQN, &LoginKeys::default()).await;
+        assert_eq!(
+            ini.key("TargetPortalGroupTag"),
+            Some(tag.to_string().as_str())
+        );
+        let itt = ini
+            .command(
+                0,
+                &[0x12, 1, 0x83, 0, 255, 0],
+                true,
+                false,
+                255,
+                Bytes::new(),
+                true,
+            )
+            .await;
+        let (status, vpd, _) = ini.finish_read(itt).await;
+        assert_eq!(status, 0);
+        let port = [0x51, 0x94, 0, 4, 0, 0, 0, tag as u8];
+        let group = [0x51, 0x95, 0, 4, 0, 0, 0, tag as u8];
+        assert!(
+            vpd.windows(8).any(|w| w == port),
+            "relative target port {tag}: {vpd:02x?}"
+        );
+        assert!(
+            vpd.windows(8).any(|w| w == group),
+            "target port group {tag}: {vpd:02x?}"
+        );
+        // REPORT TARGET PORT GROUPS: both groups, active/optimized, one port each.
+        let rtpg = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        let itt = ini
+            .command(0, &rtpg, true, false, 256, Bytes::new(), true)
+            .await;
+        let (status, groups, _) = ini.finish_read(itt).await;
+        assert_eq!(status, 0);
+        assert_eq!(
+            &groups[..],
+            &[0, 0, 0, 24, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2]
+        );
+        let itt = ini
+            .command(
+                0,
+                &[0x12, 0, 0, 0, 36, 0],
+                true,
+                false,
+                36,
+                Bytes::new(),
+                true,
+            )
+            .await;
+        let (_, inquiry, _) = ini.finish_read(itt).await;
+        assert_eq!(inquiry[5] & 0x30, 0x10, "TPGS: implicit ALUA");
+    }
 }
 
 #[tokio::test]

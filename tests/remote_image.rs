@@ -454,6 +454,7 @@ async fn a_block_corrupt_on_every_fetch_is_a_medium_error_after_one_retry() {
         device,
         serial: "remote0".into(),
         product: "overlaybd image".into(),
+        options: Default::default(),
     }]);
     let nexus = Nexus {
         initiator_name: "iqn.2026-11.test:init".into(),

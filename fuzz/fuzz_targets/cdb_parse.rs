@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use overlaybd_target::block::RamDevice;
-use overlaybd_target::scsi::{cdb, DataDirection, LunConfig, Nexus, ScsiRequest, ScsiTarget};
+use overlaybd_target::scsi::{
+    cdb, DataDirection, LunConfig, Nexus, ScsiRequest, ScsiTarget, UnitOptions,
+};
 
 fn target() -> &'static ScsiTarget {
     static TARGET: OnceLock<ScsiTarget> = OnceLock::new();
@@ -16,6 +18,12 @@ fn target() -> &'static ScsiTarget {
             device: Arc::new(RamDevice::new(1 << 20)),
             serial: "fuzz".into(),
             product: "fuzz".into(),
+            // Removable, so load, eject and prevent are reached too.
+            options: UnitOptions {
+                removable: true,
+                physical_block_exponent: 3,
+                ..UnitOptions::default()
+            },
         }])
     })
 }

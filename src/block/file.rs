@@ -159,6 +159,10 @@ impl BlockDevice for FileDevice {
         self.can_unmap
     }
 
+    fn erasable(&self) -> bool {
+        true
+    }
+
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
         let mut buf = BytesMut::with_capacity(len);

@@ -142,6 +142,13 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// True when [`BlockDevice::unmap`] really deallocates (thin provisioning).
     fn can_unmap(&self) -> bool;
 
+    /// True when every byte of the device is its own, so SANITIZE may destroy all of them:
+    /// files and RAM disks. An overlaybd image is not: its lower layers are shared, immutable
+    /// blobs.
+    fn erasable(&self) -> bool {
+        false
+    }
+
     /// Reads `len` bytes at `offset`.
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes>;
 

@@ -80,6 +80,10 @@ impl BlockDevice for RamDevice {
         !self.read_only
     }
 
+    fn erasable(&self) -> bool {
+        true
+    }
+
     async fn read(&self, offset: u64, len: usize) -> BlockResult<Bytes> {
         check_range(offset, len as u64, self.size)?;
         let mut out = BytesMut::zeroed(len);

@@ -14,7 +14,7 @@ use crate::block::{
 use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::{Image, ImageConfig, LocalOpener, LsmtError, RemoteImages};
-use crate::scsi::LunConfig;
+use crate::scsi::{LunConfig, UnitOptions};
 use crate::source::SourceError;
 
 /// Why a backing string could not be parsed or its device could not be opened.
@@ -159,10 +159,30 @@ pub struct LunSpec {
     /// What commands do when the image's registry cannot serve them (`remote_failure=`);
     /// `None` takes the daemon's `remoteFailure` setting.
     pub remote_failure: Option<RemoteFailurePolicy>,
+    /// What the SCSI unit says about its medium (`physical_block_size=`, `removable=`,
+    /// `thin=`).
+    pub unit: UnitSpec,
 }
 
+/// The SCSI options of a LUN as written; what is not set takes the backing's default when
+/// the LUN is described ([`LunSpec::lun_config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnitSpec {
+    /// Physical block size in bytes (`physical_block_size=4096`); `None`: 4096 for overlaybd
+    /// images, whose blocks are 4 KiB, and the logical block size for files and RAM.
+    pub physical_block_size: Option<u32>,
+    /// A removable medium (`removable=true`).
+    pub removable: bool,
+    /// Thin provisioning not advertised although the device could deallocate (`thin=false`).
+    pub thick: bool,
+}
+
+/// Largest physical block size a LUN may declare (a 4-bit exponent allows more; no real
+/// medium has blocks this large).
+const MAX_PHYSICAL_BLOCK: u32 = 64 << 10;
+
 /// The options a LUN text may carry after its backing, each as `,key=value`.
-const LUN_OPTIONS: &[&str] = &["remote_failure"];
+const LUN_OPTIONS: &[&str] = &["remote_failure", "physical_block_size", "removable", "thin"];
 
 /// A LUN text cut in two: the backing, and its options as (key, value) pairs.
 type SplitLun<'a> = (&'a str, Vec<(&'a str, &'a str)>);
@@ -216,17 +236,47 @@ impl LunSpec {
         let (backing_text, options) = split_options(text)?;
         let mut spec = Self::parse_backing(backing_text)?;
         for (key, value) in options {
-            match key {
-                "remote_failure" => {
-                    let policy = value
-                        .parse()
-                        .map_err(|e| BackingError::BadOption(format!("{text}: {e}")))?;
-                    spec.remote_failure = Some(policy);
-                }
-                _ => unreachable!("split_options admits only LUN_OPTIONS"),
-            }
+            spec.set_option(key, value)
+                .map_err(|e| BackingError::BadOption(format!("{text}: {e}")))?;
         }
         Ok(spec)
+    }
+
+    /// Sets option `key` (one of the LUN options, as in the quick form and TOML) from its
+    /// text; the error says what the value should be.
+    pub fn set_option(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let boolean = |value: &str| match value {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("{key}={value:?}: expected true or false")),
+        };
+        match key {
+            "remote_failure" => {
+                self.remote_failure = Some(value.parse().map_err(|e| format!("{e}"))?);
+            }
+            "physical_block_size" => {
+                let size = parse_size(value)
+                    .ok()
+                    .and_then(|b| u32::try_from(b).ok())
+                    .filter(|b| b.is_power_of_two() && (512..=MAX_PHYSICAL_BLOCK).contains(b))
+                    .ok_or_else(|| {
+                        format!(
+                            "physical_block_size={value:?}: expected a power of two from 512 \
+                             to {MAX_PHYSICAL_BLOCK} bytes (e.g. 4096 or 4K)"
+                        )
+                    })?;
+                self.unit.physical_block_size = Some(size);
+            }
+            "removable" => self.unit.removable = boolean(value)?,
+            "thin" => self.unit.thick = !boolean(value)?,
+            _ => {
+                return Err(format!(
+                    "unknown LUN option {key:?} (known: {})",
+                    LUN_OPTIONS.join(", ")
+                ))
+            }
+        }
+        Ok(())
     }
 
     /// Parses the backing part of a LUN text (no options).
@@ -252,12 +302,14 @@ impl LunSpec {
                 backing: Backing::Registry(reference),
                 read_only: true,
                 remote_failure: None,
+                unit: UnitSpec::default(),
             });
         } else if rest == "demo:" {
             return Ok(LunSpec {
                 backing: Backing::Demo,
                 read_only: true,
                 remote_failure: None,
+                unit: UnitSpec::default(),
             });
         } else if let Some(size) = rest.strip_prefix("ram:") {
             let bytes = parse_size(size).map_err(|source| BackingError::BadSize {
@@ -286,6 +338,7 @@ impl LunSpec {
             backing,
             read_only,
             remote_failure: None,
+            unit: UnitSpec::default(),
         })
     }
 
@@ -381,6 +434,7 @@ impl LunSpec {
     fn without_options(&self) -> String {
         LunSpec {
             remote_failure: None,
+            unit: UnitSpec::default(),
             ..self.clone()
         }
         .to_string()
@@ -462,10 +516,22 @@ impl LunSpec {
             Backing::Image(_) | Backing::Registry(_) => "overlaybd image",
             Backing::Demo => "overlaybd demo",
         };
+        let logical = device.block_size().max(1);
+        let physical = self.unit.physical_block_size.unwrap_or(match self.backing {
+            Backing::Image(_) | Backing::Registry(_) | Backing::Demo => 4096,
+            Backing::File(_) | Backing::Ram(_) => logical,
+        });
+        let options = UnitOptions {
+            // Both are powers of two; a physical block below the logical one is one block.
+            physical_block_exponent: (physical.max(logical) / logical).trailing_zeros() as u8,
+            removable: self.unit.removable,
+            thin: !self.unit.thick,
+        };
         LunConfig {
             device,
             serial,
             product: product.to_string(),
+            options,
         }
     }
 }
@@ -499,6 +565,15 @@ impl fmt::Display for LunSpec {
         }?;
         if let Some(policy) = self.remote_failure {
             write!(f, ",remote_failure={policy}")?;
+        }
+        if let Some(size) = self.unit.physical_block_size {
+            write!(f, ",physical_block_size={size}")?;
+        }
+        if self.unit.removable {
+            f.write_str(",removable=true")?;
+        }
+        if self.unit.thick {
+            f.write_str(",thin=false")?;
         }
         Ok(())
     }
@@ -683,6 +758,7 @@ mod tests {
                 backing: Backing::File("/tmp/x.img".into()),
                 read_only: false,
                 remote_failure: None,
+                unit: UnitSpec::default(),
             }
         );
         assert_eq!(
@@ -691,6 +767,7 @@ mod tests {
                 backing: Backing::Ram(1 << 30),
                 read_only: false,
                 remote_failure: None,
+                unit: UnitSpec::default(),
             }
         );
         assert_eq!(
@@ -699,6 +776,7 @@ mod tests {
                 backing: Backing::File("/a:b".into()),
                 read_only: true,
                 remote_failure: None,
+                unit: UnitSpec::default(),
             }
         );
     }
@@ -918,6 +996,58 @@ mod tests {
                 "file:/x.img,remote_failure=hold,junk",
                 "unknown LUN option \"junk\"",
             ),
+        ] {
+            let e = LunSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("file:/x.img"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unit_options_set_the_scsi_view_but_not_the_serial() {
+        let text = "file:/x.img,physical_block_size=4K,removable=true,thin=false";
+        let spec = LunSpec::parse(text).unwrap();
+        assert_eq!(
+            spec.unit,
+            UnitSpec {
+                physical_block_size: Some(4096),
+                removable: true,
+                thick: true,
+            }
+        );
+        assert_eq!(
+            spec.to_string(),
+            "file:/x.img,physical_block_size=4096,removable=true,thin=false"
+        );
+        assert_eq!(LunSpec::parse(&spec.to_string()).unwrap(), spec);
+        let lun = spec.unavailable_lun("iqn.x", 0, Unavailable::Failed);
+        assert_eq!(
+            lun.options,
+            UnitOptions {
+                physical_block_exponent: 3,
+                removable: true,
+                thin: false,
+            }
+        );
+        let plain = LunSpec::parse("file:/x.img").unwrap();
+        let plain_lun = plain.unavailable_lun("iqn.x", 0, Unavailable::Failed);
+        assert_eq!(lun.serial, plain_lun.serial);
+        assert_eq!(plain_lun.options, UnitOptions::default());
+        // Images default to their 4 KiB blocks; an explicit size wins.
+        let image = LunSpec::parse("image:/i/config.v1.json").unwrap();
+        let exponent = |spec: &LunSpec| {
+            spec.unavailable_lun("iqn.x", 0, Unavailable::Failed)
+                .options
+                .physical_block_exponent
+        };
+        assert_eq!(exponent(&image), 3);
+        let image = LunSpec::parse("image:/i/config.v1.json,physical_block_size=512").unwrap();
+        assert_eq!(exponent(&image), 0);
+        for (bad, says) in [
+            ("file:/x.img,physical_block_size=3000", "a power of two"),
+            ("file:/x.img,physical_block_size=256", "a power of two"),
+            ("file:/x.img,physical_block_size=1M", "a power of two"),
+            ("file:/x.img,removable=yes", "expected true or false"),
+            ("file:/x.img,thin=", "expected true or false"),
         ] {
             let e = LunSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains("file:/x.img"), "{bad}: {e}");

@@ -118,6 +118,9 @@ struct RawLun {
     #[serde(default)]
     read_only: bool,
     remote_failure: Option<String>,
+    physical_block_size: Option<u32>,
+    removable: Option<bool>,
+    thin: Option<bool>,
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -199,14 +202,23 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
                 message: e.to_string(),
             })?;
             spec.read_only |= lun.read_only;
-            if let Some(text) = &lun.remote_failure {
-                let policy =
-                    text.parse()
-                        .map_err(|e: crate::block::hold::PolicyError| InvalidField {
-                            field: format!("targets[{i}].luns[{j}].remote_failure"),
-                            message: e.to_string(),
+            let options = [
+                ("remote_failure", lun.remote_failure),
+                (
+                    "physical_block_size",
+                    lun.physical_block_size.map(|n| n.to_string()),
+                ),
+                ("removable", lun.removable.map(|b| b.to_string())),
+                ("thin", lun.thin.map(|b| b.to_string())),
+            ];
+            for (key, value) in options {
+                if let Some(value) = value {
+                    spec.set_option(key, &value)
+                        .map_err(|message| InvalidField {
+                            field: format!("targets[{i}].luns[{j}].{key}"),
+                            message,
                         })?;
-                spec.remote_failure = Some(policy);
+                }
             }
             luns.push(spec);
         }
@@ -261,7 +273,8 @@ mod tests {
             chap = { user = "u", secret = "s3cret-s3cret" }
             mutual_chap = { user = "t", secret = "other-secret" }
             allow_target_reset = true
-            luns = [{ backing = "ram:1M" }, { backing = "file:/x.img", read_only = true },
+            luns = [{ backing = "ram:1M" },
+                    { backing = "file:/x.img", read_only = true, physical_block_size = 4096, removable = true, thin = false },
                     { backing = "image:/img/config.v1.json", read_only = true, remote_failure = "hold:forever" }]
             "#,
         )
@@ -277,6 +290,15 @@ mod tests {
         assert_eq!(t.alias.as_deref(), Some("A"));
         assert_eq!(t.luns[0].backing, Backing::Ram(1 << 20));
         assert!(t.luns[1].read_only);
+        assert_eq!(
+            t.luns[1].unit,
+            crate::config::UnitSpec {
+                physical_block_size: Some(4096),
+                removable: true,
+                thick: true,
+            }
+        );
+        assert_eq!(t.luns[0].unit, crate::config::UnitSpec::default());
         assert_eq!(
             t.luns[2].backing,
             Backing::Image("/img/config.v1.json".into())
@@ -323,6 +345,17 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("/etc/t.toml: targets[0].luns[0].remote_failure: remote failure policy"),
+            "{e}"
+        );
+        let e = parse_str(
+            "[[targets]]\nname = \"iqn.x:y\"\n\
+             luns = [{ backing = \"ram:1M\", physical_block_size = 1000 }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/t.toml: targets[0].luns[0].physical_block_size: ")
+                && e.contains("a power of two"),
             "{e}"
         );
 

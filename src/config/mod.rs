@@ -9,7 +9,7 @@ pub mod file;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-pub use backing::{Backing, BackingError, LunSpec};
+pub use backing::{Backing, BackingError, LunSpec, UnitSpec};
 
 /// The target IQN used when none is given on the command line.
 pub const DEFAULT_TARGET_NAME: &str = "iqn.2026-11.io.overlaybd:demo";

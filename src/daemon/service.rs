@@ -103,6 +103,8 @@ struct Inner {
     inventory: Mutex<Inventory>,
     server: OnceLock<ServerHandle>,
     portals: OnceLock<Vec<SocketAddr>>,
+    /// The portal group tags, 1 to the number of portals: every target's SCSI ports.
+    port_tags: Vec<u16>,
     state: Option<StateFile>,
     /// Serialises changes: each computes the state from what the previous one left.
     changes: tokio::sync::Mutex<()>,
@@ -155,6 +157,7 @@ impl Daemon {
             inventory: Mutex::new(Inventory::default()),
             server: OnceLock::new(),
             portals: OnceLock::new(),
+            port_tags: (1u16..).take(config.portals.len()).collect(),
             state,
             changes: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -473,7 +476,7 @@ impl Inner {
         def: &TargetDef,
         opened: &mut BTreeMap<(String, u64), crate::scsi::LunConfig>,
     ) -> Vec<(String, u64, u64, LunSpec)> {
-        let scsi = Arc::new(ScsiTarget::named(&def.name, Vec::new()));
+        let scsi = Arc::new(ScsiTarget::named(&def.name, Vec::new()).with_ports(&self.port_tags));
         let mut slots = BTreeMap::new();
         let mut opening = Vec::new();
         for (&number, spec) in &def.luns {
@@ -719,7 +722,7 @@ impl ControlPlane for Control {
         inner.persist(committed).await?;
         let served = Arc::new(ServedTarget::new(
             login_view(&def),
-            Arc::new(ScsiTarget::named(&def.name, Vec::new())),
+            Arc::new(ScsiTarget::named(&def.name, Vec::new()).with_ports(&inner.port_tags)),
             def.allow_target_reset,
         ));
         inner

@@ -1182,6 +1182,7 @@ mod tests {
                 backing: Backing::Ram(3),
                 read_only: false,
                 remote_failure: None,
+                unit: Default::default(),
             },
         );
         bad.added_targets.insert(t.name.clone(), t);

@@ -58,8 +58,9 @@ pub struct TextContext<'a> {
     pub initiator_name: &'a str,
     /// The target of a normal session (answers `SendTargets=` with an empty value).
     pub target_name: Option<&'a str>,
-    /// Portals to report in TargetAddress, normally the accepting socket's local address.
-    pub portals: &'a [SocketAddr],
+    /// Portals to report in TargetAddress, each with its target portal group tag: the one the
+    /// connection came in on first, then the target's other portal groups.
+    pub portals: &'a [(SocketAddr, u16)],
     /// The initiator's MaxRecvDataSegmentLength: longest data segment we may send.
     pub max_send_data_segment_length: u32,
 }
@@ -256,11 +257,10 @@ fn send_targets(ctx: &TextContext<'_>, value: &str, out: &mut TextWriter) {
         }
         _ => return out.push("SendTargets", "Reject"),
     };
-    let tpgt = ctx.directory.settings().target_portal_group_tag;
     for target in visible.into_iter().filter(|t| t.allows(ctx.initiator_name)) {
         out.push("TargetName", &target.name);
-        for portal in ctx.portals {
-            out.push("TargetAddress", &target_address(*portal, tpgt));
+        for &(portal, tpgt) in ctx.portals {
+            out.push("TargetAddress", &target_address(portal, tpgt));
         }
     }
 }
@@ -286,7 +286,7 @@ mod tests {
         )
     }
 
-    fn ctx<'a>(d: &'a StaticDirectory, portals: &'a [SocketAddr]) -> TextContext<'a> {
+    fn ctx<'a>(d: &'a StaticDirectory, portals: &'a [(SocketAddr, u16)]) -> TextContext<'a> {
         TextContext {
             directory: d,
             session_type: SessionType::Discovery,
@@ -330,8 +330,8 @@ mod tests {
         (ex, first)
     }
 
-    fn portal() -> Vec<SocketAddr> {
-        vec!["127.0.0.1:13260".parse().expect("addr")]
+    fn portal() -> Vec<(SocketAddr, u16)> {
+        vec![("127.0.0.1:13260".parse().expect("addr"), 1)]
     }
 
     #[test]
@@ -355,9 +355,9 @@ mod tests {
     #[test]
     fn send_targets_by_name_and_for_the_current_target() {
         let d = dir();
-        let p: Vec<SocketAddr> = vec![
-            "[fe80::1]:3260".parse().expect("v6"),
-            "[::ffff:10.0.0.2]:3260".parse().expect("mapped"),
+        let p: Vec<(SocketAddr, u16)> = vec![
+            ("[fe80::1]:3260".parse().expect("v6"), 1),
+            ("[::ffff:10.0.0.2]:3260".parse().expect("mapped"), 2),
         ];
         let mut ex = TextExchange::new();
         let r = ex
@@ -368,7 +368,7 @@ mod tests {
             .expect("ok");
         assert_eq!(
             &r.response.data[..],
-            &b"TargetName=iqn.2026-11.test:vm\0TargetAddress=[fe80::1]:3260,1\0TargetAddress=10.0.0.2:3260,1\0"[..]
+            &b"TargetName=iqn.2026-11.test:vm\0TargetAddress=[fe80::1]:3260,1\0TargetAddress=10.0.0.2:3260,2\0"[..]
         );
         // A target the initiator may not see, or that does not exist, yields nothing.
         for name in ["iqn.2026-11.test:private", "iqn.2026-11.test:nope"] {

@@ -46,12 +46,16 @@ pub mod opcode {
     pub const VERIFY_10: u8 = 0x2f;
     /// PRE-FETCH(10).
     pub const PRE_FETCH_10: u8 = 0x34;
+    /// READ DEFECT DATA(10).
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     /// SYNCHRONIZE CACHE(10).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     /// WRITE SAME(10).
     pub const WRITE_SAME_10: u8 = 0x41;
     /// UNMAP.
     pub const UNMAP: u8 = 0x42;
+    /// SANITIZE (service actions in [`super::service_action::sanitize`]).
+    pub const SANITIZE: u8 = 0x48;
     /// MODE SELECT(10).
     pub const MODE_SELECT_10: u8 = 0x55;
     /// RESERVE(10).
@@ -82,11 +86,13 @@ pub mod opcode {
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     /// WRITE SAME(16).
     pub const WRITE_SAME_16: u8 = 0x93;
+    /// WRITE ATOMIC(16).
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     /// SERVICE ACTION IN(16): READ CAPACITY(16) and GET LBA STATUS.
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     /// REPORT LUNS.
     pub const REPORT_LUNS: u8 = 0xa0;
-    /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
+    /// MAINTENANCE IN: REPORT TARGET PORT GROUPS and REPORT SUPPORTED OPERATION CODES.
     pub const MAINTENANCE_IN: u8 = 0xa3;
     /// READ(12).
     pub const READ_12: u8 = 0xa8;
@@ -96,6 +102,8 @@ pub mod opcode {
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
     /// VERIFY(12).
     pub const VERIFY_12: u8 = 0xaf;
+    /// READ DEFECT DATA(12).
+    pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 }
 
 /// Service actions (byte 1 bits 4..0) of the opcodes that carry one.
@@ -104,8 +112,22 @@ pub mod service_action {
     pub const READ_CAPACITY_16: u8 = 0x10;
     /// SERVICE ACTION IN(16): GET LBA STATUS.
     pub const GET_LBA_STATUS: u8 = 0x12;
+    /// MAINTENANCE IN: REPORT TARGET PORT GROUPS.
+    pub const REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
     /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
     pub const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+
+    /// SANITIZE service actions (SBC-4 5.30).
+    pub mod sanitize {
+        /// OVERWRITE.
+        pub const OVERWRITE: u8 = 0x01;
+        /// BLOCK ERASE.
+        pub const BLOCK_ERASE: u8 = 0x02;
+        /// CRYPTOGRAPHIC ERASE.
+        pub const CRYPTO_ERASE: u8 = 0x03;
+        /// EXIT FAILURE MODE.
+        pub const EXIT_FAILURE_MODE: u8 = 0x1f;
+    }
 
     /// PERSISTENT RESERVE IN service actions (SPC-4 6.15).
     pub mod pr_in {
@@ -138,7 +160,7 @@ pub mod service_action {
     }
 }
 
-use service_action::{pr_in, pr_out};
+use service_action::{pr_in, pr_out, sanitize};
 
 /// One supported operation code (and service action) with its CDB usage bitmap.
 #[derive(Debug)]
@@ -172,7 +194,8 @@ macro_rules! op {
 }
 
 /// Opcodes whose byte 1 bits 4..0 hold a service action.
-const SERVICE_ACTION_OPCODES: [u8; 4] = [
+const SERVICE_ACTION_OPCODES: [u8; 5] = [
+    opcode::SANITIZE,
     opcode::PERSISTENT_RESERVE_IN,
     opcode::PERSISTENT_RESERVE_OUT,
     opcode::SERVICE_ACTION_IN_16,
@@ -185,7 +208,7 @@ const SERVICE_ACTION_OPCODES: [u8; 4] = [
 #[rustfmt::skip]
 pub static SUPPORTED: &[OpInfo] = &[
     op!(TEST_UNIT_READY => [0, 0, 0, 0, 0]),
-    op!(REQUEST_SENSE => [0x00, 0, 0, 0xff, 0]),
+    op!(REQUEST_SENSE => [0x01, 0, 0, 0xff, 0]),
     op!(READ_6 => [0x1f, 0xff, 0xff, 0xff, 0]),
     op!(WRITE_6 => [0x1f, 0xff, 0xff, 0xff, 0]),
     op!(INQUIRY => [0x01, 0xff, 0xff, 0xff, 0]),
@@ -202,8 +225,13 @@ pub static SUPPORTED: &[OpInfo] = &[
     op!(VERIFY_10 => [0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
     op!(PRE_FETCH_10 => [0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
     op!(SYNCHRONIZE_CACHE_10 => [0x06, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    op!(READ_DEFECT_DATA_10 => [0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0]),
     op!(WRITE_SAME_10 => [0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
     op!(UNMAP => [0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0]),
+    op!(SANITIZE, sanitize::OVERWRITE => [0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(SANITIZE, sanitize::BLOCK_ERASE => [0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(SANITIZE, sanitize::CRYPTO_ERASE => [0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op!(SANITIZE, sanitize::EXIT_FAILURE_MODE => [0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
     op!(MODE_SELECT_10 => [0x10, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
     op!(RESERVE_10 => [0, 0, 0, 0, 0, 0, 0, 0, 0]),
     op!(RELEASE_10 => [0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -239,17 +267,22 @@ pub static SUPPORTED: &[OpInfo] = &[
         [0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
     op!(WRITE_SAME_16 =>
         [0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(WRITE_ATOMIC_16 =>
+        [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0x1f, 0]),
     op!(SERVICE_ACTION_IN_16, service_action::READ_CAPACITY_16 =>
         [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0]),
     op!(SERVICE_ACTION_IN_16, service_action::GET_LBA_STATUS =>
         [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
     op!(REPORT_LUNS => [0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(MAINTENANCE_IN, service_action::REPORT_TARGET_PORT_GROUPS =>
+        [0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
     op!(MAINTENANCE_IN, service_action::REPORT_SUPPORTED_OPERATION_CODES =>
         [0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
     op!(READ_12 => [0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
     op!(WRITE_12 => [0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
     op!(WRITE_AND_VERIFY_12 => [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
     op!(VERIFY_12 => [0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    op!(READ_DEFECT_DATA_12 => [0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
 ];
 
 /// Finds the table entry for `opcode` (and `service_action` when the opcode has one).
@@ -346,6 +379,17 @@ pub enum Command {
         /// The PREVENT field.
         prevent: u8,
     },
+    /// READ DEFECT DATA(10/12).
+    ReadDefectData {
+        /// The 12-byte form (8-byte header).
+        long: bool,
+        /// REQ_PLIST (0x10) and REQ_GLIST (0x08) as they sit in the CDB.
+        lists: u8,
+        /// DEFECT LIST FORMAT.
+        format: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
     /// READ CAPACITY(10).
     ReadCapacity10 {
         /// Logical block address field (must be 0 unless PMI).
@@ -373,6 +417,8 @@ pub enum Command {
     },
     /// ORWRITE(16).
     OrWrite(Extent),
+    /// WRITE ATOMIC(16): written whole or not at all, never interleaved with other commands.
+    WriteAtomic(Extent),
     /// COMPARE AND WRITE.
     CompareAndWrite(Extent),
     /// SYNCHRONIZE CACHE(10/16).
@@ -407,6 +453,17 @@ pub enum Command {
         /// Parameter list length.
         param_len: u32,
     },
+    /// SANITIZE.
+    Sanitize {
+        /// Return status at once and sanitize in the background.
+        immed: bool,
+        /// Allow unrestricted sanitize exit: EXIT FAILURE MODE may end a failure of this one.
+        ause: bool,
+        /// Service action ([`service_action::sanitize`]).
+        action: u8,
+        /// Parameter list length.
+        param_len: u32,
+    },
     /// GET LBA STATUS.
     GetLbaStatus {
         /// Starting block.
@@ -436,6 +493,13 @@ pub enum Command {
     ReportLuns {
         /// SELECT REPORT.
         select: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// REPORT TARGET PORT GROUPS.
+    ReportTargetPortGroups {
+        /// PARAMETER DATA FORMAT: 000b length only, 001b the extended header.
+        format: u8,
         /// Allocation length.
         alloc_len: u32,
     },
@@ -590,6 +654,31 @@ fn decode(c: &[u8], sa: u16) -> Command {
             power_condition: c[4] >> 4,
         },
         opcode::PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllow { prevent: c[4] & 3 },
+        opcode::READ_DEFECT_DATA_10 => Command::ReadDefectData {
+            long: false,
+            lists: c[2] & 0x18,
+            format: c[2] & 0x07,
+            alloc_len: u32::from(be16(c, 7)),
+        },
+        opcode::READ_DEFECT_DATA_12 => Command::ReadDefectData {
+            long: true,
+            lists: c[1] & 0x18,
+            format: c[1] & 0x07,
+            alloc_len: be32(c, 6),
+        },
+        opcode::SANITIZE => Command::Sanitize {
+            immed: c[1] & 0x80 != 0,
+            ause: c[1] & 0x20 != 0,
+            action: sa as u8,
+            param_len: u32::from(be16(c, 7)),
+        },
+        opcode::WRITE_ATOMIC_16 => Command::WriteAtomic(Extent {
+            lba: be64(c, 2),
+            blocks: u32::from(be16(c, 12)),
+            dpo: c[1] & 0x10 != 0,
+            fua: c[1] & 0x08 != 0,
+            length_byte: 12,
+        }),
         opcode::READ_CAPACITY_10 => Command::ReadCapacity10 {
             lba: be32(c, 2),
             pmi: c[8] & 1 != 0,
@@ -660,6 +749,12 @@ fn decode(c: &[u8], sa: u16) -> Command {
             select: c[2],
             alloc_len: be32(c, 6),
         },
+        opcode::MAINTENANCE_IN if sa == u16::from(service_action::REPORT_TARGET_PORT_GROUPS) => {
+            Command::ReportTargetPortGroups {
+                format: c[1] >> 5,
+                alloc_len: be32(c, 6),
+            }
+        }
         opcode::MAINTENANCE_IN => Command::ReportSupportedOpcodes {
             rctd: c[2] & 0x80 != 0,
             options: c[2] & 0x07,

@@ -12,8 +12,8 @@ use super::lun::{self, LogicalUnit};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
-    inquiry, mode, provisioning, report, sbc, status, CommandFailure, CommandOutcome, Nexus,
-    ScsiRequest, ScsiTarget,
+    alua, inquiry, mode, provisioning, report, sanitize, sbc, status, CommandFailure,
+    CommandOutcome, Nexus, ScsiRequest, ScsiTarget,
 };
 
 /// What a command with operation code `code` does, for metrics: reads and writes of the
@@ -31,6 +31,7 @@ pub(super) fn kind_of(code: u8) -> CommandKind {
         | opcode::WRITE_SAME_10
         | opcode::WRITE_SAME_16
         | opcode::COMPARE_AND_WRITE
+        | opcode::WRITE_ATOMIC_16
         | opcode::ORWRITE_16 => CommandKind::Write,
         _ => CommandKind::Other,
     }
@@ -84,14 +85,31 @@ impl ScsiTarget {
             if state.reservations.conflicts(nexus, access) {
                 return respond(Err(CommandFailure::Conflict), &req, None);
             }
+            if let Ok(cmd) = &parsed {
+                if let Err(sense) = check_sanitize(&state, cmd) {
+                    return respond(Err(sense.into()), &req, None);
+                }
+            }
         }
         let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(sense) => return respond(Err(sense.into()), &req, None),
         };
+        if let Err(sense) = offered(lun, &req.cdb) {
+            return respond(Err(sense.into()), &req, None);
+        }
         if let Some(reason) = lun.not_ready() {
             if needs_medium(&cmd) {
                 return respond(Err(Sense::not_ready(reason).into()), &req, None);
+            }
+        }
+        // START STOP UNIT is what loads an ejected medium, so it is let through.
+        if lun.options.removable
+            && needs_medium(&cmd)
+            && !matches!(cmd, Command::StartStopUnit { .. })
+        {
+            if let Err(sense) = lun.state.lock().medium.check_present() {
+                return respond(Err(sense.into()), &req, None);
             }
         }
         if modifies_medium(&cmd) {
@@ -161,13 +179,16 @@ impl ScsiTarget {
                 evpd: false,
                 page: 0,
                 alloc_len,
-            }) => Ok(cut(inquiry::standard(&ascii_field(""), false), alloc_len)),
+            }) => Ok(cut(
+                inquiry::standard(&ascii_field(""), false, false),
+                alloc_len,
+            )),
             Ok(Command::ReportLuns { select, alloc_len }) => self
                 .report_luns(nexus, select, alloc_len)
                 .map(|d| cut(d, alloc_len))
                 .map_err(CommandFailure::from),
-            Ok(Command::RequestSense { alloc_len, .. }) => {
-                Ok(cut(not_supported.encode(), alloc_len))
+            Ok(Command::RequestSense { desc, alloc_len }) => {
+                Ok(cut(sense_data(&not_supported, desc), alloc_len))
             }
             _ => Err(not_supported.into()),
         };
@@ -184,25 +205,83 @@ impl ScsiTarget {
         expected_len: u32,
     ) -> Result<Bytes, CommandFailure> {
         let none = |r: Result<(), Sense>| r.map(|()| Bytes::new()).map_err(CommandFailure::from);
+        // Held until the command ends, so an atomic write never interleaves with another.
+        let _gate = match gate_of(&cmd) {
+            Gate::Free => None,
+            Gate::Shared => Some(Held::Shared(lun.atomic_gate.read().await)),
+            Gate::Exclusive => Some(Held::Exclusive(lun.atomic_gate.write().await)),
+        };
         match cmd {
-            Command::TestUnitReady
-            | Command::StartStopUnit { .. }
-            | Command::PreventAllow { .. } => Ok(Bytes::new()),
-            Command::RequestSense { alloc_len, .. } => {
-                let pending = lun.state.lock().ua.take(nexus);
-                let sense = match (pending, lun.not_ready()) {
-                    (Some(code), _) => Sense::unit_attention(code),
-                    // SPC-4 5.11: REQUEST SENSE reports the not-ready condition as data.
-                    (None, Some(reason)) => Sense::not_ready(reason),
-                    (None, None) => Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+            Command::TestUnitReady => Ok(Bytes::new()),
+            Command::StartStopUnit {
+                loej,
+                start,
+                power_condition,
+            } => {
+                // A power condition other than START_VALID leaves LOEJ and START unused.
+                if lun.options.removable && loej && power_condition == 0 {
+                    let mut state = lun.state.lock();
+                    if state.medium.load_eject(start)? {
+                        state
+                            .ua
+                            .raise_others(Some(nexus), asc::MEDIUM_MAY_HAVE_CHANGED);
+                    }
+                    tracing::info!(
+                        target = %lun.target_name,
+                        lun = lun.number,
+                        initiator = %nexus.initiator_name,
+                        loaded = start,
+                        "removable medium loaded or ejected"
+                    );
+                }
+                Ok(Bytes::new())
+            }
+            Command::PreventAllow { prevent } => {
+                if lun.options.removable {
+                    lun.state.lock().medium.prevent_allow(nexus, prevent)?;
+                }
+                Ok(Bytes::new())
+            }
+            Command::ReadDefectData {
+                long,
+                lists,
+                format,
+                alloc_len,
+            } => Ok(cut(sbc::read_defect_data(long, lists, format), alloc_len)),
+            Command::RequestSense { desc, alloc_len } => {
+                let (pending, sanitizing) = {
+                    let mut state = lun.state.lock();
+                    (state.ua.take(nexus), state.sanitize.check_idle().err())
                 };
-                Ok(cut(sense.encode(), alloc_len))
+                let sense = match (pending, sanitizing, lun.not_ready()) {
+                    (Some(code), _, _) => Sense::unit_attention(code),
+                    // SBC-4 4.11: how far a sanitize has come is read with REQUEST SENSE.
+                    (None, Some(progress), _) => progress,
+                    // SPC-4 5.11: REQUEST SENSE reports the not-ready condition as data.
+                    (None, None, Some(reason)) => Sense::not_ready(reason),
+                    (None, None, None) => {
+                        Sense::new(sense::key::NO_SENSE, asc::NO_ADDITIONAL_SENSE)
+                    }
+                };
+                Ok(cut(sense_data(&sense, desc), alloc_len))
             }
             Command::Inquiry {
                 evpd,
                 page,
                 alloc_len,
-            } => Ok(cut(inquiry::inquiry(lun, evpd, page)?, alloc_len)),
+            } => Ok(cut(
+                inquiry::inquiry(lun, evpd, page, nexus.tpgt)?,
+                alloc_len,
+            )),
+            Command::ReportTargetPortGroups { format, alloc_len } => {
+                if format > 1 {
+                    return Err(Sense::invalid_cdb_field(1, Some(7)).into());
+                }
+                Ok(cut(
+                    alua::report_target_port_groups(&self.ports, format == 1),
+                    alloc_len,
+                ))
+            }
             Command::ReportLuns { select, alloc_len } => {
                 Ok(cut(self.report_luns(nexus, select, alloc_len)?, alloc_len))
             }
@@ -213,13 +292,9 @@ impl ScsiTarget {
                 service_action,
                 alloc_len,
             } => Ok(cut(
-                report::report_supported_opcodes(
-                    rctd,
-                    options,
-                    opcode,
-                    service_action,
-                    lun.offers_unmap(),
-                )?,
+                report::report_supported_opcodes(rctd, options, opcode, service_action, &|info| {
+                    lun.offers(info)
+                })?,
                 alloc_len,
             )),
             Command::ModeSense {
@@ -279,6 +354,7 @@ impl ScsiTarget {
                 none(sbc::verify(lun, &extent, bytchk, &data).await)
             }
             Command::OrWrite(e) => none(sbc::or_write(lun, &e, data).await),
+            Command::WriteAtomic(e) => none(sbc::write_atomic(lun, &e, data).await),
             Command::CompareAndWrite(e) => none(sbc::compare_and_write(lun, &e, data).await),
             Command::SyncCache { lba, blocks } => {
                 none(sbc::synchronize_cache(lun, lba, blocks).await)
@@ -291,12 +367,61 @@ impl ScsiTarget {
                 ndob,
             } => none(provisioning::write_same(lun, &extent, unmap, anchor, ndob, &data).await),
             Command::Unmap { anchor, .. } => none(provisioning::unmap(lun, anchor, &data).await),
+            Command::Sanitize {
+                immed,
+                ause,
+                action,
+                param_len,
+            } => none(sanitize::sanitize(lun, immed, ause, action, param_len, &data).await),
             Command::GetLbaStatus { lba, alloc_len } => Ok(cut(
                 provisioning::get_lba_status(lun, lba, alloc_len).await?,
                 alloc_len,
             )),
             Command::Unsupported { .. } => Err(Sense::invalid_opcode().into()),
         }
+    }
+}
+
+/// How a command stands to WRITE ATOMIC (SBC-4 4.29): commands that read or change the
+/// medium run side by side, an atomic write alone.
+enum Gate {
+    /// Touches no data.
+    Free,
+    /// Reads or changes blocks: may run beside any command but an atomic write.
+    Shared,
+    /// WRITE ATOMIC: waits for the commands before it and holds back the ones after it.
+    Exclusive,
+}
+
+/// A held [`Gate`]: kept for its release when dropped.
+#[allow(dead_code)]
+enum Held<'a> {
+    Shared(tokio::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(tokio::sync::RwLockWriteGuard<'a, ()>),
+}
+
+/// The gate `cmd` needs.
+fn gate_of(cmd: &Command) -> Gate {
+    match cmd {
+        Command::WriteAtomic(_) => Gate::Exclusive,
+        Command::Read(_)
+        | Command::Write(_)
+        | Command::WriteAndVerify(_)
+        | Command::Verify { .. }
+        | Command::OrWrite(_)
+        | Command::CompareAndWrite(_)
+        | Command::WriteSame { .. }
+        | Command::Unmap { .. } => Gate::Shared,
+        _ => Gate::Free,
+    }
+}
+
+/// REQUEST SENSE's data: descriptor format when DESC is set, else fixed.
+fn sense_data(sense: &Sense, desc: bool) -> Bytes {
+    if desc {
+        sense.encode_descriptor()
+    } else {
+        sense.encode()
     }
 }
 
@@ -313,6 +438,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::ReportLuns { .. }
         | Command::RequestSense { .. }
         | Command::ReportSupportedOpcodes { .. }
+        | Command::ReportTargetPortGroups { .. }
         | Command::Unsupported { .. } => Access::Always,
         Command::TestUnitReady
         | Command::ReadCapacity10 { .. }
@@ -321,6 +447,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::PersistentReserveOut { .. }
         | Command::PreventAllow { prevent: 0 } => Access::Status,
         Command::Read(_)
+        | Command::ReadDefectData { .. }
         | Command::Verify { .. }
         | Command::ModeSense { .. }
         | Command::GetLbaStatus { .. }
@@ -334,21 +461,18 @@ fn access_of(cmd: &Command) -> Access {
 /// INQUIRY, REPORT LUNS, REQUEST SENSE, the opcode list, mode pages and reservations still
 /// work, so an initiator can see the LUN and why it is not ready (SPC-4 5.1).
 fn needs_medium(cmd: &Command) -> bool {
-    !matches!(
-        cmd,
-        Command::Inquiry { .. }
-            | Command::ReportLuns { .. }
-            | Command::RequestSense { .. }
-            | Command::ReportSupportedOpcodes { .. }
-            | Command::ModeSense { .. }
-            | Command::ModeSelect { .. }
-            | Command::Reserve
-            | Command::Release
-            | Command::PersistentReserveIn { .. }
-            | Command::PersistentReserveOut { .. }
-            | Command::PreventAllow { .. }
-            | Command::Unsupported { .. }
-    )
+    !describes_unit(cmd)
+        && !matches!(
+            cmd,
+            Command::ModeSense { .. }
+                | Command::ModeSelect { .. }
+                | Command::Reserve
+                | Command::Release
+                | Command::PersistentReserveIn { .. }
+                | Command::PersistentReserveOut { .. }
+                | Command::PreventAllow { .. }
+                | Command::Unsupported { .. }
+        )
 }
 
 /// Commands that change the medium (refused with WRITE PROTECTED on read-only LUNs).
@@ -357,11 +481,59 @@ fn modifies_medium(cmd: &Command) -> bool {
         cmd,
         Command::Write(_)
             | Command::WriteAndVerify(_)
+            | Command::WriteAtomic(_)
             | Command::OrWrite(_)
             | Command::CompareAndWrite(_)
             | Command::WriteSame { .. }
             | Command::Unmap { .. }
+            | Command::Sanitize { .. }
     )
+}
+
+/// NOT READY while a sanitize runs, for all but the commands that follow it; MEDIUM ERROR for
+/// media commands while a failed sanitize left the LUN in failure mode (a new SANITIZE may
+/// still run).
+fn check_sanitize(state: &lun::LunState, cmd: &Command) -> Result<(), Sense> {
+    if describes_unit(cmd) {
+        return Ok(());
+    }
+    state.sanitize.check_idle()?;
+    if needs_medium(cmd) && !matches!(cmd, Command::Sanitize { .. }) {
+        state.sanitize.check_not_failed()?;
+    }
+    Ok(())
+}
+
+/// Commands that describe the unit and its paths rather than use it: they work while a
+/// sanitize runs (SBC-4 4.11.1) and on a LUN that is not ready, so an initiator can always see
+/// the LUN and follow what is going on.
+fn describes_unit(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Inquiry { .. }
+            | Command::ReportLuns { .. }
+            | Command::RequestSense { .. }
+            | Command::ReportSupportedOpcodes { .. }
+            | Command::ReportTargetPortGroups { .. }
+    )
+}
+
+/// INVALID COMMAND OPERATION CODE (or, for one service action of an opcode, INVALID FIELD IN
+/// CDB at the service action) for a command the LUN does not offer ([`LogicalUnit::offers`]).
+fn offered(lun: &LogicalUnit, cdb: &[u8]) -> Result<(), Sense> {
+    let code = cdb.first().copied().unwrap_or(0);
+    let sa = match cdb.get(1) {
+        Some(b) if cdb::has_service_action(code) => u16::from(b & 0x1f),
+        _ => 0,
+    };
+    match cdb::lookup(code, sa) {
+        Some(info) if !lun.offers(info) => Err(if info.service_action.is_some() {
+            Sense::invalid_cdb_field(1, Some(4))
+        } else {
+            Sense::invalid_opcode()
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A block write command cut down to `blocks` blocks.
@@ -382,6 +554,8 @@ fn data_out(cmd: &Command, bs: u64) -> ExpectedDataOut {
             ExpectedDataOut::Blocks(u64::from(e.blocks) * bs)
         }
         Command::CompareAndWrite(e) => ExpectedDataOut::Exact(2 * u64::from(e.blocks) * bs),
+        // Moving only part of an atomic write would break it in two: all or nothing.
+        Command::WriteAtomic(e) => ExpectedDataOut::Exact(u64::from(e.blocks) * bs),
         Command::Verify { extent, bytchk } => match bytchk {
             1 => ExpectedDataOut::Exact(u64::from(extent.blocks) * bs),
             3 => ExpectedDataOut::Exact(bs),
@@ -390,6 +564,7 @@ fn data_out(cmd: &Command, bs: u64) -> ExpectedDataOut {
         Command::WriteSame { ndob: true, .. } => ExpectedDataOut::Exact(0),
         Command::WriteSame { .. } => ExpectedDataOut::Exact(bs),
         Command::ModeSelect { param_len, .. }
+        | Command::Sanitize { param_len, .. }
         | Command::Unmap { param_len, .. }
         | Command::PersistentReserveOut { param_len, .. } => {
             ExpectedDataOut::Parameters(*param_len)

@@ -1,17 +1,14 @@
-//! What names a logical unit and our target port on the wire: the T10 vendor, the relative
-//! target port identifier, and how the INQUIRY text fields and the NAA identifier are made.
+//! What names a logical unit on the wire: the T10 vendor, and how the INQUIRY text fields and
+//! the NAA identifier are made. (A target port is named by its portal group tag, which each
+//! nexus carries; see `alua`.)
 //!
-//! A leaf: INQUIRY formats these facts, a [`super::lun::LogicalUnit`] holds its own values of them,
-//! and the reservations report the port in READ FULL STATUS, all without importing each other.
+//! A leaf: INQUIRY formats these facts and a [`super::lun::LogicalUnit`] holds its own values
+//! of them, without importing each other.
 
 use sha2::{Digest, Sha256};
 
 /// T10 vendor identification reported in INQUIRY and VPD 0x83.
 pub const VENDOR: &[u8; 8] = b"OVERLAYB";
-
-/// Relative target port identifier of our single target port (VPD 0x83, PERSISTENT RESERVE IN
-/// READ FULL STATUS).
-pub const RELATIVE_TARGET_PORT: u16 = 1;
 
 /// Space-pads `text` (printable ASCII only) to `N` bytes, as INQUIRY's text fields are.
 pub fn ascii_field<const N: usize>(text: &str) -> [u8; N] {

@@ -2,10 +2,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::identity::{RELATIVE_TARGET_PORT, VENDOR};
+use super::cdb::service_action::sanitize;
+use super::cdb::{lookup, opcode};
+use super::identity::VENDOR;
 use super::lun::{
-    LogicalUnit, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_DESCRIPTORS,
-    MAX_WRITE_SAME_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS,
+    LogicalUnit, MAX_ATOMIC_BLOCKS, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS,
 };
 use super::sense::Sense;
 
@@ -18,10 +20,15 @@ const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
 /// Length of the standard INQUIRY data we return.
 const STANDARD_LEN: usize = 96;
 
-/// Standard INQUIRY data; `present` false gives the "no logical unit" form (PQ 3, type 1Fh).
-pub fn standard(product: &[u8; 16], present: bool) -> Bytes {
+/// Standard INQUIRY data; `present` false gives the "no logical unit" form (PQ 3, type 1Fh);
+/// `removable` sets RMB.
+pub fn standard(product: &[u8; 16], present: bool, removable: bool) -> Bytes {
     let mut d = BytesMut::zeroed(STANDARD_LEN);
     d[0] = if present { 0x00 } else { 0x7f };
+    d[1] = if removable { 0x80 } else { 0x00 };
+    if present {
+        d[5] = 0x10; // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS)
+    }
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
     d[4] = (STANDARD_LEN - 5) as u8;
@@ -35,20 +42,20 @@ pub fn standard(product: &[u8; 16], present: bool) -> Bytes {
     d.freeze()
 }
 
-/// INQUIRY against an existing logical unit.
-pub fn inquiry(lun: &LogicalUnit, evpd: bool, page: u8) -> Result<Bytes, Sense> {
+/// INQUIRY against an existing logical unit, received through target port `port`.
+pub fn inquiry(lun: &LogicalUnit, evpd: bool, page: u8, port: u16) -> Result<Bytes, Sense> {
     if !evpd {
         if page != 0 {
             return Err(Sense::invalid_cdb_field(2, None));
         }
-        return Ok(standard(&lun.product, true));
+        return Ok(standard(&lun.product, true, lun.options.removable));
     }
     let body = match page {
         0x00 => Bytes::from_static(&VPD_PAGES),
         0x80 => Bytes::copy_from_slice(lun.serial.as_bytes()),
-        0x83 => device_identification(lun),
+        0x83 => device_identification(lun, port),
         0xb0 => block_limits(lun),
-        0xb1 => block_device_characteristics(),
+        0xb1 => block_device_characteristics(lun),
         0xb2 => logical_block_provisioning(lun),
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     };
@@ -60,8 +67,10 @@ pub fn inquiry(lun: &LogicalUnit, evpd: bool, page: u8) -> Result<Bytes, Sense> 
     Ok(out.freeze())
 }
 
-/// VPD 0x83: NAA, T10 vendor ID and relative target port designators.
-fn device_identification(lun: &LogicalUnit) -> Bytes {
+/// VPD 0x83: NAA, T10 vendor ID, and the relative target port and target port group the
+/// command came through (the same number: each portal group is one port in a group of its own,
+/// see `alua`).
+fn device_identification(lun: &LogicalUnit, port: u16) -> Bytes {
     let mut d = BytesMut::new();
     // NAA, binary, associated with the logical unit.
     d.put_slice(&[0x01, 0x03, 0x00, 0x08]);
@@ -74,30 +83,47 @@ fn device_identification(lun: &LogicalUnit) -> Bytes {
     d.put_slice(serial);
     // Relative target port identifier, iSCSI, associated with the target port (PIV set).
     d.put_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0]);
-    d.put_u16(RELATIVE_TARGET_PORT);
+    d.put_u16(port);
+    // Target port group, associated with the target port (PIV set).
+    d.put_slice(&[0x51, 0x95, 0x00, 0x04, 0, 0]);
+    d.put_u16(port);
     d.freeze()
 }
 
 /// VPD 0xb0 (SBC-3 6.5.3): limits that the command handlers enforce.
 fn block_limits(lun: &LogicalUnit) -> Bytes {
+    // Transfers and unmaps are best in whole physical blocks, and never below 4 KiB.
+    let granularity = OPTIMAL_GRANULARITY_BLOCKS.max(lun.blocks_per_physical());
     let mut d = BytesMut::zeroed(0x3c);
     d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
-    d[2..4].copy_from_slice(&(OPTIMAL_GRANULARITY_BLOCKS as u16).to_be_bytes());
+    d[2..4].copy_from_slice(&(granularity as u16).to_be_bytes());
     d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
     d[8..12].copy_from_slice(&2048u32.to_be_bytes());
     if lun.can_unmap() {
         d[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
         d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-        d[24..28].copy_from_slice(&OPTIMAL_GRANULARITY_BLOCKS.to_be_bytes());
+        d[24..28].copy_from_slice(&granularity.to_be_bytes());
     }
     d[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and GRANULARITY 0: any block, any
+    // length; no atomic boundaries.
+    d[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes());
     d.freeze()
 }
 
-/// VPD 0xb1: a non-rotating medium.
-fn block_device_characteristics() -> Bytes {
+/// VPD 0xb1: a non-rotating medium; reads succeed after a SANITIZE BLOCK ERASE or
+/// CRYPTOGRAPHIC ERASE (WABEREQ, WACEREQ = 01b) where the LUN offers them.
+fn block_device_characteristics(lun: &LogicalUnit) -> Bytes {
     let mut d = BytesMut::zeroed(0x3c);
     d[1] = 0x01;
+    let offered =
+        |sa: u8| lookup(opcode::SANITIZE, u16::from(sa)).is_some_and(|info| lun.offers(info));
+    if offered(sanitize::BLOCK_ERASE) {
+        d[3] |= 0x40;
+    }
+    if offered(sanitize::CRYPTO_ERASE) {
+        d[3] |= 0x10;
+    }
     d.freeze()
 }
 

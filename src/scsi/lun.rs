@@ -3,12 +3,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::cdb::service_action::sanitize;
+use super::cdb::{opcode, OpInfo};
 use super::identity::{ascii_field, naa_from_serial};
 use super::io_log::{LogLimiter, IO_LOG_INTERVAL};
+use super::medium::Medium;
 use super::reservations::Reservations;
+use super::sanitize::SanitizeState;
 use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
-use super::LunConfig;
+use super::{LunConfig, UnitOptions};
 use crate::block::{BlockDevice, Unavailable};
 use crate::metrics::LunMetrics;
 
@@ -21,6 +25,9 @@ pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 pub const MAX_WRITE_SAME_BLOCKS: u64 = 65536;
 /// Most block descriptors in one UNMAP (VPD b0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest WRITE ATOMIC(16) in blocks (VPD b0 MAXIMUM ATOMIC TRANSFER LENGTH, 1 MiB of
+/// 512-byte blocks): it holds back every other data command of the LUN while it runs.
+pub const MAX_ATOMIC_BLOCKS: u32 = 2048;
 /// Preferred granularity for transfers and unmaps, in 512-byte blocks (4 KiB).
 pub const OPTIMAL_GRANULARITY_BLOCKS: u32 = 8;
 
@@ -33,6 +40,10 @@ pub struct LunState {
     pub reservations: Reservations,
     /// Capacity last reported, to raise CAPACITY DATA HAS CHANGED when it moves.
     pub last_size: u64,
+    /// Load state and prevents of a removable medium (unused on fixed ones).
+    pub medium: Medium,
+    /// A sanitize in progress, or the failure mode a failed one left.
+    pub sanitize: SanitizeState,
 }
 
 /// A logical unit of the target.
@@ -55,16 +66,22 @@ pub struct LogicalUnit {
     pub product: [u8; 16],
     /// NAA locally-assigned identifier (VPD 0x83), derived from the serial.
     pub naa: [u8; 8],
+    /// Physical block size, removable medium, thin or thick.
+    pub options: UnitOptions,
     /// Unit attentions and reservations; shared with the LUN's successor when
     /// [`super::ScsiTarget::replace_lun`] swaps the device, so commands still running on this
     /// one and new ones on the successor see the same state.
     pub state: Arc<parking_lot::Mutex<LunState>>,
     /// Serialises COMPARE AND WRITE and ORWRITE (read-modify-write) on this LUN.
     pub rmw_lock: tokio::sync::Mutex<()>,
+    /// Data commands hold it shared, WRITE ATOMIC(16) exclusively.
+    pub atomic_gate: tokio::sync::RwLock<()>,
     /// Caching mode page WCE: when clear every write is forced to media (FUA).
     write_cache: AtomicBool,
     /// Control mode page SWP: software write protection set by MODE SELECT.
     software_write_protect: AtomicBool,
+    /// Control mode page D_SENSE: sense data in descriptor format.
+    descriptor_sense: AtomicBool,
 }
 
 impl LogicalUnit {
@@ -81,13 +98,16 @@ impl LogicalUnit {
             product: ascii_field(&config.product),
             serial: config.serial,
             naa,
+            options: config.options,
             state: Arc::new(parking_lot::Mutex::new(LunState {
                 last_size: size,
                 ..LunState::default()
             })),
             rmw_lock: tokio::sync::Mutex::new(()),
+            atomic_gate: tokio::sync::RwLock::new(()),
             write_cache: AtomicBool::new(true),
             software_write_protect: AtomicBool::new(false),
+            descriptor_sense: AtomicBool::new(false),
             device: config.device,
             metrics,
         }
@@ -102,6 +122,7 @@ impl LogicalUnit {
         next.state = self.state.clone();
         next.set_write_cache(self.write_cache_enabled());
         next.set_software_write_protect(self.software_write_protected());
+        next.set_descriptor_sense(self.descriptor_sense());
         next
     }
 
@@ -129,6 +150,11 @@ impl LogicalUnit {
     /// Logical block size in bytes.
     pub fn block_size(&self) -> u32 {
         self.device.block_size()
+    }
+
+    /// Logical blocks per physical block (a power of two).
+    pub fn blocks_per_physical(&self) -> u32 {
+        1 << self.options.physical_block_exponent
     }
 
     /// Number of logical blocks.
@@ -165,13 +191,40 @@ impl LogicalUnit {
     /// True when UNMAP and WRITE SAME with UNMAP really deallocate (thin provisioning). SWP does
     /// not change this, so what the LUN advertises stays stable.
     pub fn can_unmap(&self) -> bool {
-        !self.device.read_only() && self.device.can_unmap()
+        self.options.thin && !self.device.read_only() && self.device.can_unmap()
+    }
+
+    /// True when the command `info` is one this LUN offers: REPORT SUPPORTED OPERATION CODES
+    /// lists only these, and the others are refused as unsupported.
+    pub fn offers(&self, info: &OpInfo) -> bool {
+        match (info.opcode, info.service_action) {
+            (opcode::UNMAP, _) => self.offers_unmap(),
+            (opcode::SANITIZE, Some(sa))
+                if sa == u16::from(sanitize::BLOCK_ERASE)
+                    || sa == u16::from(sanitize::CRYPTO_ERASE) =>
+            {
+                self.device.erasable() && self.can_unmap()
+            }
+            (opcode::SANITIZE, _) => self.device.erasable(),
+            _ => true,
+        }
     }
 
     /// True when UNMAP is a supported command here: it deallocates, or the device is read-only
     /// and UNMAP answers WRITE PROTECTED (REPORT SUPPORTED OPERATION CODES lists it then).
     pub fn offers_unmap(&self) -> bool {
         self.device.read_only() || self.can_unmap()
+    }
+
+    /// Current D_SENSE bit of the Control mode page: CHECK CONDITION carries descriptor-format
+    /// sense data.
+    pub fn descriptor_sense(&self) -> bool {
+        self.descriptor_sense.load(Ordering::Relaxed)
+    }
+
+    /// Sets D_SENSE (MODE SELECT).
+    pub fn set_descriptor_sense(&self, on: bool) {
+        self.descriptor_sense.store(on, Ordering::Relaxed);
     }
 
     /// Current WCE bit of the caching mode page.

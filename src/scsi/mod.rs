@@ -4,7 +4,8 @@
 //!
 //! INTERFACE CONTRACT (used by `src/iscsi/`; keep these names and shapes):
 //! - [`ScsiTarget::new`] builds a target from its logical units (LUN numbers from 0 in order);
-//!   [`ScsiTarget::named`] also gives the target name that I/O error log lines carry.
+//!   [`ScsiTarget::named`] also gives the target name that I/O error log lines carry;
+//!   [`ScsiTarget::with_ports`] names its target ports (one per portal group, for ALUA).
 //! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`CommandOutcome`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
 //!   session teardown and task management.
@@ -12,16 +13,19 @@
 //!   the logical units while sessions run; [`ScsiTarget::has_lun`] and
 //!   [`ScsiTarget::lun_users`] answer what exists and who uses it.
 
+mod alua;
 pub mod cdb;
 mod dispatch;
 mod identity;
 mod inquiry;
 pub(crate) mod io_log;
 mod lun;
+mod medium;
 mod mode;
 mod provisioning;
 mod report;
 mod reservations;
+mod sanitize;
 mod sbc;
 pub mod sense;
 mod unit_attention;
@@ -46,6 +50,18 @@ pub struct Nexus {
     pub isid: [u8; 6],
     /// The target portal group tag the session logged in through.
     pub tpgt: u16,
+}
+
+#[cfg(test)]
+impl Nexus {
+    /// A nexus of initiator `name` with ISID 0 through portal group 1 (unit tests).
+    pub(crate) fn for_test(name: &str) -> Nexus {
+        Nexus {
+            initiator_name: name.to_string(),
+            isid: [0; 6],
+            tpgt: 1,
+        }
+    }
 }
 
 /// Data direction of a command as the transport declared it.
@@ -111,6 +127,35 @@ pub struct LunConfig {
     pub serial: String,
     /// Product identification (INQUIRY), at most 16 bytes.
     pub product: String,
+    /// What the unit tells initiators about its medium beyond the device itself.
+    pub options: UnitOptions,
+}
+
+/// Per-LUN SCSI options: `,key=value` after the backing in the quick form, keys of the LUN
+/// table in TOML (README "LUN options").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitOptions {
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY(16)): the physical block is
+    /// `2^exponent` logical blocks. Initiators align I/O to it (Linux: `physical_block_size`,
+    /// `minimum_io_size`).
+    pub physical_block_exponent: u8,
+    /// Removable medium (INQUIRY RMB): PREVENT ALLOW MEDIUM REMOVAL is honoured and START
+    /// STOP UNIT with LOEJ ejects and loads the medium.
+    pub removable: bool,
+    /// Thin provisioning is advertised (LBPME, UNMAP, WRITE SAME with UNMAP, SANITIZE BLOCK
+    /// ERASE) when the device can deallocate; false exports a thick LUN.
+    pub thin: bool,
+}
+
+impl Default for UnitOptions {
+    /// Physical block = logical block, fixed medium, thin when the device can deallocate.
+    fn default() -> Self {
+        UnitOptions {
+            physical_block_exponent: 0,
+            removable: false,
+            thin: true,
+        }
+    }
 }
 
 /// SCSI status codes (SAM-5 5.3).
@@ -170,6 +215,9 @@ pub struct ScsiTarget {
     /// The logical units. Commands clone a LUN's `Arc` out under a short read lock, so one
     /// removed or replaced while its commands run keeps its device until they complete.
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
+    /// The target's ports: one per portal group, numbered by its tag, each its own target port
+    /// group (REPORT TARGET PORT GROUPS).
+    ports: Arc<[u16]>,
 }
 
 impl ScsiTarget {
@@ -197,7 +245,18 @@ impl ScsiTarget {
         ScsiTarget {
             name,
             luns: RwLock::new(luns),
+            ports: Arc::from([1u16].as_slice()),
         }
+    }
+
+    /// The target reachable through the portal groups tagged `ports` (the default is one, tag
+    /// 1): each is a target port and a target port group of its own for ALUA. An empty list
+    /// keeps the default.
+    pub fn with_ports(mut self, ports: &[u16]) -> Self {
+        if !ports.is_empty() {
+            self.ports = Arc::from(ports);
+        }
+        self
     }
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.
@@ -228,6 +287,13 @@ impl ScsiTarget {
             .map(|k| sense::key::name(k & 0x0f));
         let elapsed = started.elapsed();
         lun.metrics.command(kind, elapsed, read, written, sense_key);
+        let mut outcome = outcome;
+        if lun.descriptor_sense() {
+            // D_SENSE: the same sense, in descriptor format (SPC-4 4.5.2).
+            outcome.sense = outcome
+                .sense
+                .map(|fixed| sense::fixed_to_descriptor(&fixed));
+        }
         if crate::audit::is_slow(elapsed) {
             let lba = match cdb::parse(&cdb) {
                 Ok(cdb::Command::Read(e) | cdb::Command::Write(e)) => Some(e.lba),
@@ -317,6 +383,7 @@ impl ScsiTarget {
             let mut state = lun.state.lock();
             state.ua.forget(nexus);
             state.reservations.nexus_gone(nexus);
+            state.medium.nexus_gone(nexus);
         }
     }
 
@@ -329,6 +396,7 @@ impl ScsiTarget {
         };
         let mut state = lun.state.lock();
         state.reservations.clear_legacy();
+        state.medium.reset();
         state.ua.raise_others(None, asc::BUS_DEVICE_RESET);
         tracing::debug!(initiator = %by.initiator_name, "logical unit reset");
         true
@@ -340,11 +408,13 @@ impl ScsiTarget {
         for lun in self.luns.read().values() {
             let mut state = lun.state.lock();
             state.reservations.clear_legacy();
+            state.medium.reset();
             if cold {
                 // No APTPL support: a power cycle forgets persistent reservations too.
                 state.reservations.clear_all();
                 lun.set_write_cache(true);
                 lun.set_software_write_protect(false);
+                lun.set_descriptor_sense(false);
                 state.ua.raise_others(None, asc::POWER_ON_RESET);
             } else {
                 state.ua.raise_others(None, asc::BUS_DEVICE_RESET);

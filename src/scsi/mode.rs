@@ -1,7 +1,7 @@
 //! MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-4 6.11-6.14, 7.5; SBC-3 6.4).
 //!
-//! Pages: Caching (08h, only WCE is changeable), Control (0Ah) and Informational Exceptions
-//! Control (1Ch), all without subpages.
+//! Pages: Caching (08h, only WCE is changeable), Control (0Ah, SWP and D_SENSE changeable) and
+//! Informational Exceptions Control (1Ch), all without subpages.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -14,6 +14,8 @@ const INFO_EXCEPTIONS: u8 = 0x1c;
 const ALL_PAGES: u8 = 0x3f;
 /// Control mode page byte 4: software write protect.
 const SWP: u8 = 0x08;
+/// Control mode page byte 2: descriptor-format sense data.
+const D_SENSE: u8 = 0x04;
 /// Caching mode page byte 2: write cache enable.
 const WCE: u8 = 0x04;
 
@@ -44,6 +46,7 @@ fn page(lun: &LogicalUnit, code: u8, pc: PageControl) -> Vec<u8> {
             p[0] = CONTROL;
             p[1] = 10;
             if pc == PageControl::Changeable {
+                p[2] = D_SENSE;
                 // SWP can be changed unless the device itself is read-only.
                 if !lun.device.read_only() {
                     p[4] = SWP;
@@ -57,6 +60,9 @@ fn page(lun: &LogicalUnit, code: u8, pc: PageControl) -> Vec<u8> {
             }
             if pc == PageControl::Current && lun.software_write_protected() {
                 p[4] |= SWP;
+            }
+            if pc == PageControl::Current && lun.descriptor_sense() {
+                p[2] |= D_SENSE;
             }
             p
         }
@@ -154,7 +160,7 @@ fn block_descriptor(lun: &LogicalUnit, long_lba: bool) -> Vec<u8> {
 }
 
 /// MODE SELECT: accepts parameter data whose pages match the current values except for the
-/// changeable bits (WCE, SWP). Returns true when something changed.
+/// changeable bits (WCE, SWP, D_SENSE). Returns true when something changed.
 pub fn mode_select(lun: &LogicalUnit, long: bool, pf: bool, data: &[u8]) -> Result<bool, Sense> {
     if data.is_empty() {
         return Ok(false);
@@ -196,6 +202,7 @@ pub fn mode_select(lun: &LogicalUnit, long: bool, pf: bool, data: &[u8]) -> Resu
     }
     let mut new_wce = None;
     let mut new_swp = None;
+    let mut new_d_sense = None;
     let mut at = pages_at;
     while at < data.len() {
         let rest = &data[at..];
@@ -228,7 +235,10 @@ pub fn mode_select(lun: &LogicalUnit, long: bool, pf: bool, data: &[u8]) -> Resu
         }
         match code {
             CACHING => new_wce = Some(given[2] & WCE != 0),
-            CONTROL => new_swp = Some(given[4] & SWP != 0),
+            CONTROL => {
+                new_swp = Some(given[4] & SWP != 0);
+                new_d_sense = Some(given[2] & D_SENSE != 0);
+            }
             _ => {}
         }
         at += current.len();
@@ -241,6 +251,10 @@ pub fn mode_select(lun: &LogicalUnit, long: bool, pf: bool, data: &[u8]) -> Resu
     }
     if let Some(swp) = new_swp.filter(|&s| s != lun.software_write_protected()) {
         lun.set_software_write_protect(swp);
+        changed = true;
+    }
+    if let Some(d_sense) = new_d_sense.filter(|&d| d != lun.descriptor_sense()) {
+        lun.set_descriptor_sense(d_sense);
         changed = true;
     }
     Ok(changed)

@@ -29,6 +29,11 @@ pub async fn write_same(
         // ANC_SUP = 0: anchored blocks are not supported.
         return Err(Sense::invalid_cdb_field(1, Some(4)));
     }
+    if unmap && !lun.can_unmap() {
+        // LBPWS = LBPWS10 = 0: a LUN that does not deallocate says so rather than writing
+        // the block in silence (libiscsi's WriteSame*.UnmapVPD checks the two agree).
+        return Err(Sense::invalid_cdb_field(1, Some(3)));
+    }
     // WSNZ = 0: zero blocks means "to the end of the medium".
     let blocks = match e.blocks {
         0 => lun
@@ -53,10 +58,10 @@ pub async fn write_same(
     if len == 0 {
         return Ok(());
     }
-    if unmap && lun.can_unmap() {
+    if unmap {
         // UNMAP = 1, ANCHOR = 0 asks for an unmap operation whatever the block holds (SBC-3
         // table "ANCHOR bit, UNMAP bit and ANC_SUP bit relationships"); reads then return
-        // zeros (LBPRZ). A LUN that cannot deallocate writes the block instead.
+        // zeros (LBPRZ).
         return lun
             .device
             .unmap(offset, len)

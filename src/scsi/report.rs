@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cdb::{has_service_action, lookup, opcode, OpInfo, SUPPORTED};
+use super::cdb::{has_service_action, lookup, OpInfo, SUPPORTED};
 use super::sense::Sense;
 
 /// REPORT LUNS for a target whose logical units have `numbers` (ascending, each below
@@ -45,21 +45,21 @@ fn put_timeouts(out: &mut BytesMut) {
     out.put_u32(RECOMMENDED_TIMEOUT_SECS);
 }
 
-/// REPORT SUPPORTED OPERATION CODES. `unmap_supported` removes UNMAP for LUNs that cannot
-/// deallocate, so the list is exactly what the LUN honours.
+/// REPORT SUPPORTED OPERATION CODES. `offered` leaves out what the LUN does not offer (UNMAP
+/// on a LUN that cannot deallocate, SANITIZE on an image), so the list is exactly what the
+/// LUN honours.
 pub fn report_supported_opcodes(
     rctd: bool,
     options: u8,
     opcode: u8,
     service_action: u16,
-    unmap_supported: bool,
+    offered: &dyn Fn(&OpInfo) -> bool,
 ) -> Result<Bytes, Sense> {
-    let listed = |info: &&OpInfo| unmap_supported || info.opcode != opcode::UNMAP;
     let mut out = BytesMut::new();
     match options {
         0 => {
             let mut body = BytesMut::new();
-            for info in SUPPORTED.iter().filter(listed) {
+            for info in SUPPORTED.iter().filter(|info| offered(info)) {
                 body.put_u8(info.opcode);
                 body.put_u8(0);
                 body.put_u16(info.service_action.unwrap_or(0));
@@ -81,7 +81,7 @@ pub fn report_supported_opcodes(
             let sa = if with_sa { service_action } else { 0 };
             let found = lookup(opcode, sa)
                 .filter(|info| info.service_action.is_none() || with_sa)
-                .filter(|info| listed(info));
+                .filter(|info| offered(info));
             out.put_u8(0);
             match found {
                 Some(info) => {
@@ -128,15 +128,23 @@ mod tests {
         assert_eq!(&big[24..26], &[0x7f, 0xff]);
     }
 
+    fn all(_: &OpInfo) -> bool {
+        true
+    }
+
+    fn no_unmap(info: &OpInfo) -> bool {
+        info.opcode != crate::scsi::cdb::opcode::UNMAP
+    }
+
     #[test]
     fn rsoc_all_lists_every_command() {
-        let data = report_supported_opcodes(false, 0, 0, 0, true).unwrap();
+        let data = report_supported_opcodes(false, 0, 0, 0, &all).unwrap();
         let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
         assert_eq!(len, 8 * SUPPORTED.len());
         // READ(10) descriptor: opcode, no service action, CDB length 10.
         let read10 = data[4..].chunks(8).find(|d| d[0] == 0x28).unwrap();
         assert_eq!(read10, &[0x28, 0, 0, 0, 0, 0, 0, 10]);
-        let without_unmap = report_supported_opcodes(true, 0, 0, 0, false).unwrap();
+        let without_unmap = report_supported_opcodes(true, 0, 0, 0, &no_unmap).unwrap();
         assert_eq!(without_unmap.len(), 4 + 20 * (SUPPORTED.len() - 1));
         assert!(without_unmap[4..]
             .chunks(20)
@@ -145,19 +153,19 @@ mod tests {
 
     #[test]
     fn rsoc_one_command() {
-        let data = report_supported_opcodes(false, 1, 0x2a, 0, true).unwrap();
+        let data = report_supported_opcodes(false, 1, 0x2a, 0, &all).unwrap();
         assert_eq!(
             &data[..],
             &[0, 0x03, 0, 10, 0x2a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]
         );
-        let data = report_supported_opcodes(true, 2, 0x9e, 0x10, true).unwrap();
+        let data = report_supported_opcodes(true, 2, 0x9e, 0x10, &all).unwrap();
         assert_eq!(&data[..4], &[0, 0x83, 0, 16]);
         assert_eq!(&data[4..6], &[0x9e, 0x1f]);
         assert_eq!(data.len(), 4 + 16 + 12);
-        let data = report_supported_opcodes(false, 1, 0x04, 0, true).unwrap();
+        let data = report_supported_opcodes(false, 1, 0x04, 0, &all).unwrap();
         assert_eq!(&data[..], &[0, 0x01, 0, 0]);
-        assert!(report_supported_opcodes(false, 1, 0x9e, 0, true).is_err());
-        assert!(report_supported_opcodes(false, 2, 0x28, 0, true).is_err());
-        assert!(report_supported_opcodes(false, 5, 0x28, 0, true).is_err());
+        assert!(report_supported_opcodes(false, 1, 0x9e, 0, &all).is_err());
+        assert!(report_supported_opcodes(false, 2, 0x28, 0, &all).is_err());
+        assert!(report_supported_opcodes(false, 5, 0x28, 0, &all).is_err());
     }
 }

@@ -7,7 +7,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cdb::service_action::{pr_in, pr_out as action};
-use super::identity::RELATIVE_TARGET_PORT;
 use super::sense::{asc, Sense};
 use super::unit_attention::UnitAttentions;
 use super::{CommandFailure, Nexus};
@@ -452,7 +451,8 @@ impl Reservations {
                     };
                     body.put_u8(scope_type);
                     body.put_u32(0);
-                    body.put_u16(RELATIVE_TARGET_PORT);
+                    // The relative target port the registrant came through (its portal group).
+                    body.put_u16(r.nexus.tpgt);
                     body.put_u32(tid.len() as u32);
                     body.put_slice(&tid);
                 }

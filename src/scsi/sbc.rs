@@ -5,7 +5,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cdb::Extent;
 use super::io_log::io_failed;
-use super::lun::{LogicalUnit, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS};
+use super::lun::{
+    LogicalUnit, MAX_ATOMIC_BLOCKS, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS,
+};
 use super::sense::{asc, key, Sense};
 use crate::block::BlockError;
 
@@ -106,6 +108,22 @@ pub async fn write(lun: &LogicalUnit, e: &Extent, data: Bytes) -> Result<(), Sen
     write_medium(lun, offset, data, e.fua).await
 }
 
+/// WRITE ATOMIC(16): one write of at most [`MAX_ATOMIC_BLOCKS`]. The dispatcher holds the
+/// LUN's atomic gate exclusively around it, so no other command of this target sees or
+/// writes part of it; the device gets it as one write. What a host crash leaves of a write
+/// still in its page cache is up to the host's file system (FUA makes it durable first).
+pub async fn write_atomic(lun: &LogicalUnit, e: &Extent, data: Bytes) -> Result<(), Sense> {
+    lun.check_writable()?;
+    let (offset, len) = byte_range(lun, e.lba, u64::from(e.blocks))?;
+    if e.blocks > MAX_ATOMIC_BLOCKS {
+        return Err(Sense::invalid_cdb_field(e.length_byte, None));
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    write_medium(lun, offset, data, e.fua).await
+}
+
 /// Index of the first differing byte of `a` and `b` (equal lengths).
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
@@ -200,13 +218,30 @@ pub fn read_capacity10(lun: &LogicalUnit, lba: u32, pmi: bool) -> Result<Bytes, 
     Ok(out.freeze())
 }
 
-/// READ CAPACITY(16): LBPME and LBPRZ when the LUN deallocates.
+/// READ CAPACITY(16): the physical block exponent, and LBPME and LBPRZ when the LUN
+/// deallocates.
 pub fn read_capacity16(lun: &LogicalUnit) -> Bytes {
     let mut out = BytesMut::zeroed(32);
     out[0..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
     out[8..12].copy_from_slice(&lun.block_size().to_be_bytes());
+    // LOWEST ALIGNED LOGICAL BLOCK ADDRESS stays 0: block 0 starts a physical block.
+    out[13] = lun.options.physical_block_exponent & 0x0f;
     if lun.can_unmap() {
         out[14] = 0x80 | 0x40;
     }
     out.freeze()
+}
+
+/// READ DEFECT DATA(10/12) (SBC-3 5.12, 5.13): the primary and grown lists asked for (`lists`:
+/// REQ_PLIST 0x10, REQ_GLIST 0x08) are valid and empty, in the format asked for: a virtual
+/// medium has no defects to report.
+pub fn read_defect_data(long: bool, lists: u8, format: u8) -> Bytes {
+    let flags = (lists & 0x18) | (format & 0x07);
+    if long {
+        // Header of the 12-byte form: flags, a generation code (0: not tracked), a 4-byte
+        // list length.
+        Bytes::copy_from_slice(&[0, flags, 0, 0, 0, 0, 0, 0])
+    } else {
+        Bytes::copy_from_slice(&[0, flags, 0, 0])
+    }
 }

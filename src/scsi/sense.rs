@@ -63,6 +63,8 @@ pub mod asc {
     pub const BECOMING_READY: Asc = Asc(0x04, 0x01);
     /// 04/03 LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
     pub const NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
+    /// LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS.
+    pub const SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1b);
     /// 08/00 LOGICAL UNIT COMMUNICATION FAILURE.
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x08, 0x00);
     /// 0C/00 WRITE ERROR.
@@ -95,6 +97,8 @@ pub mod asc {
     /// 27/07 SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3: a thin LUN ran out of backing
     /// space).
     pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
+    /// NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED (a removable medium was loaded).
+    pub const MEDIUM_MAY_HAVE_CHANGED: Asc = Asc(0x28, 0x00);
     /// 29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
     /// 29/03 BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
@@ -113,6 +117,8 @@ pub mod asc {
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Asc = Asc(0x2f, 0x00);
     /// 31/00 MEDIUM FORMAT CORRUPTED.
     pub const MEDIUM_FORMAT_CORRUPTED: Asc = Asc(0x31, 0x00);
+    /// SANITIZE COMMAND FAILED (the medium is in sanitize failure mode).
+    pub const SANITIZE_COMMAND_FAILED: Asc = Asc(0x31, 0x03);
     /// 39/00 SAVING PARAMETERS NOT SUPPORTED.
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = Asc(0x39, 0x00);
     /// 3A/00 MEDIUM NOT PRESENT.
@@ -131,6 +137,8 @@ pub mod asc {
     pub const INITIATOR_RESPONSE_TIMEOUT: Asc = Asc(0x4b, 0x06);
     /// 55/04 INSUFFICIENT REGISTRATION RESOURCES.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
+    /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL is in force).
+    pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x53, 0x02);
 }
 
 /// Where in the CDB or parameter list an invalid field sits (sense-key specific bytes).
@@ -155,6 +163,8 @@ pub struct Sense {
     pub information: Option<u32>,
     /// Sense-key-specific field pointer for ILLEGAL REQUEST.
     pub field: Option<FieldPointer>,
+    /// Sense-key-specific progress indication for NOT READY (done / 65536).
+    pub progress: Option<u16>,
 }
 
 /// Length of the fixed-format sense data this target produces.
@@ -168,6 +178,7 @@ impl Sense {
             asc,
             information: None,
             field: None,
+            progress: None,
         }
     }
 
@@ -244,6 +255,14 @@ impl Sense {
         Sense::new(key::ABORTED_COMMAND, code)
     }
 
+    /// NOT READY, SANITIZE IN PROGRESS, with how far the sanitize has come (`done` of 65536).
+    pub const fn sanitizing(done: u16) -> Self {
+        Sense {
+            progress: Some(done),
+            ..Sense::new(key::NOT_READY, asc::SANITIZE_IN_PROGRESS)
+        }
+    }
+
     /// UNIT ATTENTION with the given code.
     pub const fn unit_attention(code: Asc) -> Self {
         Sense::new(key::UNIT_ATTENTION, code)
@@ -255,6 +274,23 @@ impl Sense {
             information: Some(offset),
             ..Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY)
         }
+    }
+
+    /// Encodes descriptor-format (response code 0x72, current error) sense data: the
+    /// information descriptor when there is an INFORMATION field, the sense-key-specific
+    /// descriptor when there is a field pointer or progress indication.
+    pub fn encode_descriptor(&self) -> Bytes {
+        let fixed = self.encode();
+        let mut out = vec![0x72, self.key & 0x0f, self.asc.0, self.asc.1, 0, 0, 0, 0];
+        if let Some(info) = self.information {
+            out.extend_from_slice(&[0x00, 0x0a, 0x80, 0x00, 0, 0, 0, 0]);
+            out.extend_from_slice(&info.to_be_bytes());
+        }
+        if fixed[15] & 0x80 != 0 {
+            out.extend_from_slice(&[0x02, 0x06, 0x00, 0x00, fixed[15], fixed[16], fixed[17], 0]);
+        }
+        out[7] = (out.len() - 8) as u8;
+        Bytes::from(out)
     }
 
     /// Encodes fixed-format (response code 0x70, current error) sense data.
@@ -280,14 +316,74 @@ impl Sense {
             }
             out[15] = b15;
             out[16..18].copy_from_slice(&field.byte.to_be_bytes());
+        } else if let Some(progress) = self.progress {
+            out[15] = 0x80;
+            out[16..18].copy_from_slice(&progress.to_be_bytes());
         }
         Bytes::copy_from_slice(&out)
     }
 }
 
+/// The descriptor-format form of fixed-format sense data this module encoded (what a LUN
+/// with D_SENSE set answers); anything else is returned as it is.
+pub fn fixed_to_descriptor(fixed: &[u8]) -> Bytes {
+    if fixed.len() < SENSE_LEN || fixed[0] & 0x7f != 0x70 {
+        return Bytes::copy_from_slice(fixed);
+    }
+    let sks = fixed[15] & 0x80 != 0;
+    let field = (sks && fixed[2] & 0x0f == key::ILLEGAL_REQUEST).then(|| FieldPointer {
+        in_cdb: fixed[15] & 0x40 != 0,
+        byte: u16::from_be_bytes([fixed[16], fixed[17]]),
+        bit: (fixed[15] & 0x08 != 0).then_some(fixed[15] & 0x07),
+    });
+    let progress = (sks && field.is_none()).then(|| u16::from_be_bytes([fixed[16], fixed[17]]));
+    Sense {
+        key: fixed[2] & 0x0f,
+        asc: Asc(fixed[12], fixed[13]),
+        information: (fixed[0] & 0x80 != 0)
+            .then(|| u32::from_be_bytes([fixed[3], fixed[4], fixed[5], fixed[6]])),
+        field,
+        progress,
+    }
+    .encode_descriptor()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_format_carries_the_same_facts() {
+        for sense in [
+            Sense::invalid_cdb_field(2, Some(5)),
+            Sense::invalid_param_field(0x0102, None),
+            Sense::miscompare(0x1234),
+            Sense::sanitizing(0x4000),
+            Sense::unit_attention(asc::POWER_ON_RESET),
+        ] {
+            assert_eq!(
+                fixed_to_descriptor(&sense.encode()),
+                sense.encode_descriptor()
+            );
+        }
+        assert_eq!(
+            &Sense::invalid_cdb_field(2, Some(5)).encode_descriptor()[..],
+            &[0x72, 0x05, 0x24, 0x00, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xcd, 0, 2, 0]
+        );
+        assert_eq!(
+            &Sense::miscompare(0x1234).encode_descriptor()[..],
+            &[
+                0x72, 0x0e, 0x1d, 0x00, 0, 0, 0, 12, 0x00, 0x0a, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x12,
+                0x34
+            ]
+        );
+        assert_eq!(
+            &Sense::unit_attention(asc::POWER_ON_RESET).encode_descriptor()[..],
+            &[0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]
+        );
+        // Sense this module did not make is passed on untouched.
+        assert_eq!(&fixed_to_descriptor(&[0x71, 0, 5])[..], &[0x71, 0, 5]);
+    }
 
     #[test]
     fn encodes_invalid_field_with_pointer() {
@@ -315,6 +411,15 @@ mod tests {
         assert_eq!(
             &bytes[..],
             &[0x70, 0, 0x0b, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn encodes_sanitize_progress() {
+        let bytes = Sense::sanitizing(0x4000).encode();
+        assert_eq!(
+            &bytes[..],
+            &[0x70, 0, 0x02, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x04, 0x1b, 0, 0x80, 0x40, 0]
         );
     }
 

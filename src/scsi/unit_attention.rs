@@ -104,11 +104,7 @@ mod tests {
     use super::*;
 
     fn nexus(name: &str) -> Nexus {
-        Nexus {
-            initiator_name: name.to_string(),
-            isid: [0; 6],
-            tpgt: 1,
-        }
+        Nexus::for_test(name)
     }
 
     #[test]

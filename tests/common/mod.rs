@@ -40,6 +40,8 @@ pub fn config(luns: &[&str], tuning: Tuning) -> Config {
 /// A running in-process server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Every portal, in portal group order (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<()>,
 }
@@ -51,19 +53,26 @@ impl TestServer {
     }
 
     /// Serves `config` (its portals are replaced by one free loopback port).
-    pub async fn start_config(mut config: Config) -> TestServer {
-        config.portals = vec!["127.0.0.1:0".parse().unwrap()];
+    pub async fn start_config(config: Config) -> TestServer {
+        TestServer::start_portals(config, 1).await
+    }
+
+    /// Serves `config` on `portals` free loopback ports, portal groups 1 to `portals`.
+    pub async fn start_portals(mut config: Config, portals: usize) -> TestServer {
+        config.portals = vec!["127.0.0.1:0".parse().unwrap(); portals];
         config.validate().unwrap();
         let daemon = Daemon::start(config, DaemonOptions::default())
             .await
             .unwrap();
-        let addr = daemon.local_addrs()[0];
+        let addrs = daemon.local_addrs();
+        let addr = addrs[0];
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            addrs,
             stop: Some(stop),
             task,
         }

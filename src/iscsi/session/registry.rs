@@ -18,6 +18,9 @@ pub struct SessionKey {
     pub isid: [u8; 6],
     /// TargetName.
     pub target: String,
+    /// The target portal group tag the session logged in through: a session is named by the
+    /// initiator, ISID, target and portal group together (RFC 7143 4.4.2).
+    pub tpgt: u16,
 }
 
 /// Live sessions by identity, with unique non-zero TSIHs.
@@ -113,6 +116,7 @@ mod tests {
         SessionKey {
             initiator: initiator.into(),
             isid: [0, 2, 0x3d, 0, 0, last],
+            tpgt: 1,
             target: "iqn.t".into(),
         }
     }

@@ -481,6 +481,7 @@ fn lun_reset_reaches_a_lun_added_after_login() {
         device: Arc::new(crate::block::RamDevice::new(1 << 20)),
         serial: "S".to_string(),
         product: "P".to_string(),
+        options: Default::default(),
     };
     let target = Arc::new(ScsiTarget::new(vec![ram()]));
     let scsi = target.clone();

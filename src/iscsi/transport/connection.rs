@@ -19,7 +19,8 @@ use super::driver::{drive, sleep_until_opt, DriverContext, Ended, ScsiBinding};
 use super::wire::{write_loop, Incoming, PduReader};
 use super::{discovery, Shared};
 use crate::iscsi::login::{
-    Login, LoginError, LoginOutcome, LoginStep, SessionParams, SessionType, TargetDirectory,
+    Login, LoginError, LoginOutcome, LoginSettings, LoginStep, LoginTarget, SessionParams,
+    SessionType, TargetDirectory,
 };
 use crate::iscsi::pdu::{EncodedPdu, LoginResponse, LoginStatus, Pdu, PduCodec};
 use crate::iscsi::session::registry::SessionKey;
@@ -93,7 +94,7 @@ impl SessionHandle {
 
 /// Serves one accepted connection until it closes; `pending` is its place among the
 /// connections in login, given up once login ends.
-pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>) {
+pub async fn serve(stream: TcpStream, tag: u16, pending: PendingGuard, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -107,14 +108,42 @@ pub async fn serve(stream: TcpStream, pending: PendingGuard, shared: Arc<Shared>
     }
     let shown = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     let span = tracing::info_span!("conn", peer = %shown);
-    run(stream, local, peer, pending, shared)
+    run(stream, Portal { local, tag }, peer, pending, shared)
         .instrument(span)
         .await;
 }
 
+/// Where a connection came in: the local address and its portal group's tag.
+#[derive(Debug, Clone, Copy)]
+struct Portal {
+    local: SocketAddr,
+    tag: u16,
+}
+
+/// The target directory as one portal group shows it: the catalog's, with that group's
+/// TargetPortalGroupTag in the login response.
+struct PortalDirectory<'a> {
+    catalog: &'a Catalog,
+    settings: LoginSettings,
+}
+
+impl TargetDirectory for PortalDirectory<'_> {
+    fn settings(&self) -> &LoginSettings {
+        &self.settings
+    }
+
+    fn target(&self, name: &str) -> Option<LoginTarget> {
+        self.catalog.target(name)
+    }
+
+    fn targets(&self) -> Vec<LoginTarget> {
+        self.catalog.targets()
+    }
+}
+
 async fn run(
     stream: TcpStream,
-    local: SocketAddr,
+    portal: Portal,
     peer: Option<SocketAddr>,
     pending: PendingGuard,
     shared: Arc<Shared>,
@@ -128,7 +157,7 @@ async fn run(
 
     // The login's deadline is the login machine's (see `before_deadline`).
     let admitted = tokio::select! {
-        r = login(&mut reader, &tx, &codec, peer, &shared) => r,
+        r = login(&mut reader, &tx, &codec, peer, portal.tag, &shared) => r,
         _ = shared.shutdown.cancelled() => None,
     };
     drop(pending);
@@ -140,7 +169,7 @@ async fn run(
         reader
             .codec
             .set_max_recv_data_segment_length(params.max_recv_data_segment_length);
-        stalled = full_feature(admitted, reader, tx, written, codec, local, &shared).await
+        stalled = full_feature(admitted, reader, tx, written, codec, portal, &shared).await
             == Ended::Stalled;
     } else {
         drop(tx);
@@ -207,10 +236,17 @@ async fn login(
     tx: &mpsc::Sender<EncodedPdu>,
     codec: &PduCodec,
     peer_addr: Option<SocketAddr>,
+    tag: u16,
     shared: &Arc<Shared>,
 ) -> Option<Admitted> {
     let peer = peer_addr.map(|p| p.ip());
     let mut login = Login::new(std::time::Instant::now());
+    let mut settings = shared.catalog.settings().clone();
+    settings.target_portal_group_tag = tag;
+    let directory = PortalDirectory {
+        catalog: &shared.catalog,
+        settings,
+    };
     loop {
         let req = match before_deadline(&mut login, reader.next()).await? {
             Incoming::Pdu(Pdu::LoginRequest(req)) => req,
@@ -232,7 +268,7 @@ async fn login(
             }
             Incoming::TooLong(_) | Incoming::Closed(_) => return None,
         };
-        match login.handle(&*shared.catalog, &req) {
+        match login.handle(&directory, &req) {
             LoginStep::Respond(rsp) => {
                 if !before_deadline(&mut login, send(tx, codec, rsp)).await? {
                     return None;
@@ -252,7 +288,7 @@ async fn login(
                     shared.auth_throttle.lock().succeeded(now, name, peer);
                 }
                 let admitted =
-                    before_deadline(&mut login, admit(*outcome, peer_addr, shared)).await?;
+                    before_deadline(&mut login, admit(*outcome, peer_addr, tag, shared)).await?;
                 return match admitted {
                     Ok(a) => {
                         let sent = match login.accept(a.tsih) {
@@ -337,6 +373,7 @@ fn target_label(claimed: Option<&str>, catalog: &Catalog) -> String {
 async fn admit(
     outcome: LoginOutcome,
     peer: Option<SocketAddr>,
+    tag: u16,
     shared: &Arc<Shared>,
 ) -> Result<Admitted, LoginError> {
     let target = match outcome.session_type {
@@ -352,6 +389,7 @@ async fn admit(
         initiator: outcome.initiator_name.clone(),
         isid: outcome.isid.0,
         target,
+        tpgt: tag,
     };
     if outcome.requested_tsih != 0 {
         // Joining an existing session needs MaxConnections > 1, continuing one needs ERL 2.
@@ -398,7 +436,7 @@ async fn full_feature(
     tx: mpsc::Sender<EncodedPdu>,
     written: Arc<AtomicU64>,
     codec: PduCodec,
-    local: SocketAddr,
+    portal: Portal,
     shared: &Arc<Shared>,
 ) -> Ended {
     let Admitted {
@@ -453,7 +491,7 @@ async fn full_feature(
     let mut session = Session::new(opts, std::time::Instant::now());
     session.set_text_handler(discovery::text_handler(
         shared.catalog.clone(),
-        local,
+        discovery::advertised(portal.local, portal.tag, &shared.portal_groups),
         outcome.session_type,
         outcome.initiator_name.clone(),
         served.as_ref().map(|t| t.login.name.clone()),
@@ -472,7 +510,7 @@ async fn full_feature(
             nexus: Nexus {
                 initiator_name: outcome.initiator_name.clone(),
                 isid: outcome.isid.0,
-                tpgt: shared.catalog.settings().target_portal_group_tag,
+                tpgt: portal.tag,
             },
             tsih,
             resets: target.resets.clone(),

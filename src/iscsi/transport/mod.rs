@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     budget: Arc<MemoryBudget>,
     /// Connections that have not finished login.
     pending: Arc<Mutex<PendingLogins>>,
+    /// Every portal group: the address it listens on and its tag (1, 2, … in `--portal`
+    /// order). Each is a target port of every target (see `scsi::alua`).
+    portal_groups: Vec<(SocketAddr, u16)>,
 }
 
 /// A bound iSCSI server.
@@ -101,10 +104,12 @@ impl Server {
         catalog: Arc<Catalog>,
     ) -> Result<Server, BindError> {
         let mut listeners = Vec::with_capacity(portals.len());
-        for &portal in portals {
+        let mut portal_groups = Vec::with_capacity(portals.len());
+        for (&portal, tag) in portals.iter().zip(1u16..) {
             let listener = TcpListener::bind(portal)
                 .await
                 .map_err(|source| BindError { portal, source })?;
+            portal_groups.push((listener.local_addr().unwrap_or(portal), tag));
             listeners.push(listener);
         }
         Ok(Server {
@@ -120,6 +125,7 @@ impl Server {
                     limits.max_pending_logins_per_address,
                 ))),
                 limits,
+                portal_groups,
             }),
         })
     }
@@ -142,10 +148,10 @@ impl Server {
     /// Serves until `shutdown` resolves, then logs every session out (waiting at most a few
     /// seconds) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (accepted_tx, mut accepted_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let (accepted_tx, mut accepted_rx) = mpsc::channel::<Accepted>(64);
         let mut acceptors = JoinSet::new();
-        for listener in self.listeners {
-            acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
+        for (listener, tag) in self.listeners.into_iter().zip(1u16..) {
+            acceptors.spawn(accept_loop(listener, tag, accepted_tx.clone()));
         }
         drop(accepted_tx);
         let mut connections = JoinSet::new();
@@ -153,10 +159,10 @@ impl Server {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                Some((stream, peer)) = accepted_rx.recv() => {
+                Some((stream, peer, tag)) = accepted_rx.recv() => {
                     match PendingGuard::enter(&self.shared.pending, peer.ip()) {
                         Ok(guard) => {
-                            connections.spawn(connection::serve(stream, guard, self.shared.clone()));
+                            connections.spawn(connection::serve(stream, tag, guard, self.shared.clone()));
                         }
                         Err(why) => {
                             // Closed at once: its descriptor is free again.
@@ -261,13 +267,16 @@ impl ServerHandle {
 }
 
 /// Accepts connections on one portal and hands them to the server loop.
-async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
+/// A connection accepted by the listener of portal group `.2`.
+type Accepted = (TcpStream, SocketAddr, u16);
+
+async fn accept_loop(listener: TcpListener, tag: u16, tx: mpsc::Sender<Accepted>) {
     let mut failures = LogLimiter::new(Duration::from_secs(1));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tracing::debug!(%peer, "accepted");
-                if tx.send((stream, peer)).await.is_err() {
+                tracing::debug!(%peer, tag, "accepted");
+                if tx.send((stream, peer, tag)).await.is_err() {
                     return;
                 }
             }

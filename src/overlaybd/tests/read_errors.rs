@@ -57,6 +57,7 @@ async fn read_sense(device: Arc<dyn BlockDevice>, blocks: u16) -> Option<(u8, u8
         device,
         serial: "errors0".into(),
         product: "overlaybd image".into(),
+        options: Default::default(),
     }]);
     let nexus = Nexus {
         initiator_name: "iqn.2026-11.test:init".into(),

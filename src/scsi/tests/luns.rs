@@ -1,13 +1,9 @@
 //! Logical units added, removed and replaced while nexuses use the target: REPORTED LUNS DATA
 //! HAS CHANGED, sparse REPORT LUNS, and commands in flight on a removed LUN.
 
-use tokio::sync::{Notify, Semaphore};
-
 use super::*;
 use crate::block::{Unavailable, UnavailableDevice};
 
-/// TEST UNIT READY.
-const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
 /// REPORT LUNS, all logical units, allocation length 256.
 const REPORT_LUNS: [u8; 12] = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
 /// PERSISTENT RESERVE IN, READ KEYS, allocation length 255.
@@ -134,30 +130,9 @@ async fn a_removed_lun_is_not_supported_and_the_others_hear_of_it() {
     assert!(!t.lun_reset(1, &a));
 }
 
-/// Reads announce themselves, then wait for a permit.
-struct HoldReads {
-    entered: Notify,
-    gate: Semaphore,
-}
-
-#[async_trait]
-impl RamHook for HoldReads {
-    async fn before_read(&self, _: usize) {
-        self.entered.notify_one();
-        // The gate is never closed, so acquiring only fails if it were; either way, go on.
-        let _permit = self.gate.acquire().await;
-    }
-}
-
 #[tokio::test]
 async fn a_read_in_flight_on_a_removed_lun_completes_with_its_data() {
-    let device = HookedRam::new(
-        BLOCKS * 512,
-        HoldReads {
-            entered: Notify::new(),
-            gate: Semaphore::new(0),
-        },
-    );
+    let device = HookedRam::new(BLOCKS * 512, HoldReads::default());
     device
         .ram
         .write(512, Bytes::from(vec![0x5a; 512]), false)

@@ -6,8 +6,10 @@ mod model;
 mod not_ready;
 mod provisioning;
 mod reservations;
+mod sanitize;
 mod sbc;
 mod spc;
+mod unit_options;
 
 use std::sync::Arc;
 
@@ -18,6 +20,9 @@ use super::*;
 use crate::block::{BlockError, BlockResult, BlockStatus, RamDevice};
 
 const BLOCKS: u64 = 2048; // 1 MiB of 512-byte blocks
+
+/// TEST UNIT READY.
+const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
 
 fn nexus(name: &str) -> Nexus {
     Nexus {
@@ -32,6 +37,7 @@ fn lun_config(device: Arc<dyn BlockDevice>) -> LunConfig {
         device,
         serial: "SERIAL0001".to_string(),
         product: "TESTDISK".to_string(),
+        options: Default::default(),
     }
 }
 
@@ -154,6 +160,9 @@ impl BlockDevice for BrokenDevice {
     fn can_unmap(&self) -> bool {
         false
     }
+    fn erasable(&self) -> bool {
+        true
+    }
     async fn read(&self, _: u64, _: usize) -> BlockResult<Bytes> {
         Err(BlockError::Io(std::io::Error::other("disk on fire")))
     }
@@ -269,6 +278,31 @@ impl<H: RamHook> BlockDevice for HookedRam<H> {
     }
     async fn block_status(&self, offset: u64) -> BlockResult<BlockStatus> {
         self.ram.block_status(offset).await
+    }
+}
+
+/// Reads announce themselves, then wait for a permit.
+struct HoldReads {
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for HoldReads {
+    /// Every read waits until the test adds a permit.
+    fn default() -> Self {
+        HoldReads {
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl RamHook for HoldReads {
+    async fn before_read(&self, _: usize) {
+        self.entered.notify_one();
+        // The gate is never closed, so acquiring only fails if it were; either way, go on.
+        let _permit = self.gate.acquire().await;
     }
 }
 

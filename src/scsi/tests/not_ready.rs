@@ -6,9 +6,6 @@ use std::sync::Mutex;
 use super::*;
 use crate::block::{Unavailable, UnavailableDevice};
 
-/// TEST UNIT READY.
-const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
-
 /// A target whose LUN 0 works and LUN 1 failed to open for `reason`.
 fn target_with_broken_lun(reason: Unavailable) -> ScsiTarget {
     ScsiTarget::new(vec![

@@ -312,3 +312,85 @@ async fn sync_cache_prefetch_start_stop() {
     .await;
     assert_sense(&r, 5, 0x21, 0);
 }
+
+fn write_atomic16(lba: u64, blocks: u16, flags: u8) -> Vec<u8> {
+    let mut cdb = vec![0x9c, flags, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[12..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+#[tokio::test]
+async fn write_atomic_checks_its_range_length_and_flags() {
+    let t = ram_target();
+    let n = ready(&t, "a").await;
+    let r = exec(&t, &n, &write_atomic16(8, 2, 0x18), 1024, &[0x77; 1024]).await;
+    assert_eq!(r.status, status::GOOD, "{:02x?}", r.sense);
+    let back = exec(&t, &n, &read10(8, 2), 1024, &[]).await;
+    assert_eq!(&back.data_in[..], &[0x77; 1024][..]);
+    // Zero blocks at the end is fine; past it is not.
+    let r = exec(&t, &n, &write_atomic16(BLOCKS, 0, 0), 0, &[]).await;
+    assert_eq!(r.status, status::GOOD);
+    let r = exec(&t, &n, &write_atomic16(BLOCKS + 1, 0, 0), 0, &[]).await;
+    assert_sense(&r, 0x05, 0x21, 0x00);
+    let r = exec(&t, &n, &write_atomic16(BLOCKS - 1, 2, 0), 1024, &[0; 1024]).await;
+    assert_sense(&r, 0x05, 0x21, 0x00);
+    // WRPROTECT without protection information; longer than advertised.
+    let r = exec(&t, &n, &write_atomic16(0, 1, 0x20), 512, &[0; 512]).await;
+    assert_field(&r, 1, Some(5));
+    let vpd = exec(&t, &n, &[0x12, 1, 0xb0, 0, 64, 0], 64, &[]).await;
+    let max = u32::from_be_bytes(vpd.data_in[44..48].try_into().unwrap());
+    assert_eq!(max, lun::MAX_ATOMIC_BLOCKS);
+    let big = ScsiTarget::new(vec![lun_config(Arc::new(RamDevice::new(4 << 20)))]);
+    let big_n = ready(&big, "a").await;
+    let long = (max + 1) as u16;
+    let data = vec![0; long as usize * 512];
+    let r = exec(
+        &big,
+        &big_n,
+        &write_atomic16(0, long, 0),
+        data.len() as u32,
+        &data,
+    )
+    .await;
+    assert_field(&r, 12, None);
+    // A transfer that does not carry the whole write moves nothing.
+    let r = exec(&t, &n, &write_atomic16(8, 2, 0), 512, &[0x11; 512]).await;
+    assert_sense(&r, 0x05, 0x0e, 0x03);
+    let back = exec(&t, &n, &read10(8, 1), 512, &[]).await;
+    assert_eq!(&back.data_in[..], &[0x77; 512][..]);
+}
+
+#[tokio::test]
+async fn an_atomic_write_waits_for_earlier_commands_and_holds_back_later_ones() {
+    let device = HookedRam::new(BLOCKS * 512, HoldReads::default());
+    let t = Arc::new(ScsiTarget::new(vec![lun_config(device.clone())]));
+    let n = ready(&t, "a").await;
+    let spawn = |cdb: Vec<u8>, len: u32, out: Vec<u8>| {
+        let (t, n) = (t.clone(), n.clone());
+        tokio::spawn(async move { exec(&t, &n, &cdb, len, &out).await })
+    };
+    // A read is inside the device when the atomic write arrives.
+    let first_read = spawn(read10(0, 4), 2048, Vec::new());
+    device.hook.entered.notified().await;
+    let atomic = spawn(write_atomic16(0, 4, 0), 2048, vec![0xab; 2048]);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!atomic.is_finished(), "the atomic write waits for the read");
+    // A write sent after it waits behind it, so it lands last.
+    let later_write = spawn(write10(0, 4), 2048, vec![0xcd; 2048]);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !later_write.is_finished(),
+        "a later write waits for the atomic one"
+    );
+    device.hook.gate.add_permits(10);
+    let first = first_read.await.unwrap();
+    assert!(
+        first.data_in.iter().all(|&b| b == 0),
+        "the read saw none of it"
+    );
+    assert_eq!(atomic.await.unwrap().status, status::GOOD);
+    assert_eq!(later_write.await.unwrap().status, status::GOOD);
+    let back = exec(&t, &n, &read10(0, 4), 2048, &[]).await;
+    assert!(back.data_in.iter().all(|&b| b == 0xcd));
+}

@@ -25,10 +25,9 @@ async fn power_on_unit_attention_and_request_sense() {
         &[0x70, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     assert_eq!(rs.residual, 252 - 18);
-    // DESC = 1 (descriptor format) is not supported.
+    // DESC = 1: descriptor format, an 8-byte header with nothing to add here.
     let desc = exec(&t, &n, &[0x03, 1, 0, 0, 18, 0], 18, &[]).await;
-    assert_sense(&desc, 5, 0x24, 0);
-    assert_field(&desc, 1, Some(0));
+    assert_eq!(&desc.data_in[..], &[0x72, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 #[tokio::test]
@@ -38,7 +37,8 @@ async fn standard_inquiry_bytes() {
     let r = exec(&t, &n, &[0x12, 0, 0, 0, 96, 0], 96, &[]).await;
     let d = &r.data_in;
     assert_eq!(d.len(), 96);
-    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+    // Byte 5: TPGS 01b (implicit ALUA).
+    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02]);
     assert_eq!(&d[8..16], b"OVERLAYB");
     assert_eq!(&d[16..32], b"TESTDISK        ");
     assert_eq!(
@@ -181,7 +181,7 @@ async fn reserved_bits_and_control_byte() {
 async fn unsupported_opcode() {
     let t = ram_target();
     let n = ready(&t, "a").await;
-    let r = exec(&t, &n, &[0x37, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).await;
+    let r = exec(&t, &n, &[0x3b, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).await;
     assert_sense(&r, 5, 0x20, 0);
     // Unknown service action of a known opcode.
     let r = exec(&t, &n, &[0x9e, 0x1f], 32, &[]).await;
@@ -326,9 +326,9 @@ async fn software_write_protect_through_control_page() {
     let t = ram_target();
     let a = ready(&t, "a").await;
     let b = ready(&t, "b").await;
-    // Changeable values advertise SWP.
+    // Changeable values advertise SWP (and D_SENSE).
     let r = exec(&t, &a, &[0x1a, 0x08, 0x4a, 0, 255, 0], 255, &[]).await;
-    assert_eq!(&r.data_in[4..9], &[0x0a, 10, 0, 0, 0x08]);
+    assert_eq!(&r.data_in[4..9], &[0x0a, 10, 0x04, 0, 0x08]);
     let params = control_page_params(0x08);
     let r = exec(&t, &a, &[0x15, 0x10, 0, 0, 16, 0], 16, &params).await;
     assert_eq!(r.status, status::GOOD);
@@ -377,4 +377,90 @@ async fn software_write_protect_through_control_page() {
     )
     .await;
     assert_sense(&r, 5, 0x26, 0);
+}
+
+#[tokio::test]
+async fn target_port_groups_follow_the_portal_group_of_the_nexus() {
+    let t = ScsiTarget::new(vec![lun_config(Arc::new(RamDevice::new(BLOCKS * 512)))])
+        .with_ports(&[1, 3]);
+    let n = Nexus {
+        tpgt: 3,
+        ..nexus("a")
+    };
+    assert_sense(&exec(&t, &n, &[0, 0, 0, 0, 0, 0], 0, &[]).await, 6, 0x29, 0);
+    let vpd = exec(&t, &n, &[0x12, 1, 0x83, 0, 255, 0], 255, &[]).await;
+    let tail = &vpd.data_in[vpd.data_in.len() - 16..];
+    assert_eq!(
+        tail,
+        &[0x51, 0x94, 0, 4, 0, 0, 0, 3, 0x51, 0x95, 0, 4, 0, 0, 0, 3]
+    );
+    let rtpg = |format: u8| [0xa3, 0x0a | format << 5, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let r = exec(&t, &n, &rtpg(0), 256, &[]).await;
+    assert_eq!(r.status, status::GOOD);
+    assert_eq!(&r.data_in[..4], &[0, 0, 0, 24]);
+    assert_eq!(
+        &r.data_in[16..20],
+        &[0, 1, 0, 3],
+        "the second group is port 3"
+    );
+    let r = exec(&t, &n, &rtpg(1), 256, &[]).await;
+    assert_eq!(&r.data_in[..5], &[0, 0, 0, 28, 0x10]);
+    let r = exec(&t, &n, &rtpg(2), 256, &[]).await;
+    assert_sense(&r, 5, 0x24, 0);
+    assert_field(&r, 1, Some(7));
+    // A LUN that does not exist answers INQUIRY without TPGS.
+    let missing = exec_lun(&t, &n, 9, &[0x12, 0, 0, 0, 36, 0], 36, &[]).await;
+    assert_eq!(missing.data_in[5], 0);
+}
+
+#[tokio::test]
+async fn d_sense_switches_check_condition_to_descriptor_format() {
+    let t = ram_target();
+    let n = ready(&t, "a").await;
+    let other = ready(&t, "b").await;
+    // The Control page says D_SENSE is changeable.
+    let r = exec(&t, &n, &[0x1a, 0x08, 0x4a, 0, 64, 0], 64, &[]).await;
+    assert_eq!(r.data_in[4 + 2] & 0x04, 0x04, "{:02x?}", r.data_in);
+    let bad_lba = read10(BLOCKS as u32, 1);
+    assert_eq!(
+        exec(&t, &n, &bad_lba, 512, &[]).await.sense.unwrap()[0],
+        0x70
+    );
+    // MODE SELECT(6) of the Control page with D_SENSE set.
+    let mut params = vec![0, 0, 0, 0];
+    let mut control = exec(&t, &n, &[0x1a, 0x08, 0x0a, 0, 64, 0], 64, &[])
+        .await
+        .data_in[4..]
+        .to_vec();
+    control[2] |= 0x04;
+    params.extend_from_slice(&control);
+    let r = exec(
+        &t,
+        &n,
+        &[0x15, 0x10, 0, 0, params.len() as u8, 0],
+        params.len() as u32,
+        &params,
+    )
+    .await;
+    assert_eq!(r.status, status::GOOD, "{:02x?}", r.sense);
+    // Every nexus now gets descriptor format, with the field pointer in its descriptor.
+    let r = exec(&t, &n, &[0x28, 0x01, 0, 0, 0, 0, 0, 0, 1, 0], 512, &[]).await;
+    let s = r.sense.unwrap();
+    assert_eq!(&s[..8], &[0x72, 0x05, 0x24, 0x00, 0, 0, 0, 8]);
+    assert_eq!(&s[8..12], &[0x02, 0x06, 0, 0]);
+    let s = exec(&t, &other, &TUR, 0, &[]).await.sense.unwrap();
+    assert_eq!(
+        &s[..4],
+        &[0x72, 0x06, 0x2a, 0x01],
+        "MODE PARAMETERS CHANGED"
+    );
+    // REQUEST SENSE follows its own DESC bit.
+    let r = exec(&t, &n, &[0x03, 0x01, 0, 0, 252, 0], 252, &[]).await;
+    assert_eq!(&r.data_in[..], &[0x72, 0, 0, 0, 0, 0, 0, 0]);
+    let r = exec(&t, &n, &[0x03, 0x00, 0, 0, 252, 0], 252, &[]).await;
+    assert_eq!(r.data_in[0], 0x70);
+    // A cold reset brings back fixed format.
+    t.target_reset(true, &n);
+    let s = exec(&t, &n, &TUR, 0, &[]).await.sense.unwrap();
+    assert_eq!(s[0], 0x70);
 }

@@ -39,6 +39,7 @@ fn on_ram(opts: SessionOptions, service: Duration) -> (Pair, Arc<ScsiTarget>) {
         device: Arc::new(RamDevice::new(1 << 20)),
         serial: "PAIR0".to_string(),
         product: "pair".to_string(),
+        options: Default::default(),
     }]));
     let scsi = target.clone();
     let opts = SessionOptions {
