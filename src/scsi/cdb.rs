@@ -68,6 +68,10 @@ pub mod opcode {
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
     /// PERSISTENT RESERVE OUT (service actions in [`super::service_action::pr_out`]).
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    /// EXTENDED COPY (service action in [`super::service_action::EXTENDED_COPY_LID1`]).
+    pub const EXTENDED_COPY: u8 = 0x83;
+    /// RECEIVE COPY RESULTS (service actions in [`super::service_action::copy_results`]).
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// READ(16).
     pub const READ_16: u8 = 0x88;
     /// COMPARE AND WRITE.
@@ -117,6 +121,17 @@ pub mod service_action {
     /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
     pub const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
 
+    /// EXTENDED COPY: the LID1 form (one-byte list identifiers).
+    pub const EXTENDED_COPY_LID1: u8 = 0x00;
+
+    /// RECEIVE COPY RESULTS service actions (SPC-4 6.20).
+    pub mod copy_results {
+        /// COPY STATUS of one held copy.
+        pub const COPY_STATUS: u8 = 0x00;
+        /// OPERATING PARAMETERS: the copy manager's limits.
+        pub const OPERATING_PARAMETERS: u8 = 0x03;
+    }
+
     /// SANITIZE service actions (SBC-4 5.30).
     pub mod sanitize {
         /// OVERWRITE.
@@ -160,7 +175,7 @@ pub mod service_action {
     }
 }
 
-use service_action::{pr_in, pr_out, sanitize};
+use service_action::{copy_results, pr_in, pr_out, sanitize};
 
 /// One supported operation code (and service action) with its CDB usage bitmap.
 #[derive(Debug)]
@@ -194,10 +209,12 @@ macro_rules! op {
 }
 
 /// Opcodes whose byte 1 bits 4..0 hold a service action.
-const SERVICE_ACTION_OPCODES: [u8; 5] = [
+const SERVICE_ACTION_OPCODES: [u8; 7] = [
     opcode::SANITIZE,
     opcode::PERSISTENT_RESERVE_IN,
     opcode::PERSISTENT_RESERVE_OUT,
+    opcode::EXTENDED_COPY,
+    opcode::RECEIVE_COPY_RESULTS,
     opcode::SERVICE_ACTION_IN_16,
     opcode::MAINTENANCE_IN,
 ];
@@ -249,6 +266,12 @@ pub static SUPPORTED: &[OpInfo] = &[
         [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
     op!(PERSISTENT_RESERVE_OUT, pr_out::REGISTER_AND_IGNORE =>
         [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(EXTENDED_COPY, service_action::EXTENDED_COPY_LID1 =>
+        [0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(RECEIVE_COPY_RESULTS, copy_results::COPY_STATUS =>
+        [0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op!(RECEIVE_COPY_RESULTS, copy_results::OPERATING_PARAMETERS =>
+        [0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
     op!(READ_16 =>
         [0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
     op!(COMPARE_AND_WRITE =>
@@ -489,6 +512,20 @@ pub enum Command {
         /// Parameter list length.
         param_len: u32,
     },
+    /// EXTENDED COPY (LID1).
+    ExtendedCopy {
+        /// Parameter list length.
+        param_len: u32,
+    },
+    /// RECEIVE COPY RESULTS.
+    ReceiveCopyResults {
+        /// Service action ([`service_action::copy_results`]).
+        action: u8,
+        /// LIST IDENTIFIER of the copy asked about (COPY STATUS).
+        list_id: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
     /// REPORT LUNS.
     ReportLuns {
         /// SELECT REPORT.
@@ -523,15 +560,18 @@ pub enum Command {
     },
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+/// Big-endian field at byte `at` (the caller has checked the length).
+pub(super) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+/// Big-endian field at byte `at` (the caller has checked the length).
+pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+/// Big-endian field at byte `at` (the caller has checked the length).
+pub(super) fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
@@ -743,6 +783,14 @@ fn decode(c: &[u8], sa: u16) -> Command {
         }
         opcode::SERVICE_ACTION_IN_16 => Command::GetLbaStatus {
             lba: be64(c, 2),
+            alloc_len: be32(c, 10),
+        },
+        opcode::EXTENDED_COPY => Command::ExtendedCopy {
+            param_len: be32(c, 10),
+        },
+        opcode::RECEIVE_COPY_RESULTS => Command::ReceiveCopyResults {
+            action: sa as u8,
+            list_id: c[2],
             alloc_len: be32(c, 10),
         },
         opcode::REPORT_LUNS => Command::ReportLuns {

@@ -6,13 +6,14 @@ use bytes::Bytes;
 
 use crate::metrics::CommandKind;
 
+use super::cdb::service_action::copy_results;
 use super::cdb::{self, opcode, Command};
 use super::identity::ascii_field;
 use super::lun::{self, LogicalUnit};
 use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
-    alua, inquiry, mode, provisioning, report, sanitize, sbc, status, CommandFailure,
+    alua, inquiry, mode, provisioning, report, sanitize, sbc, status, xcopy, CommandFailure,
     CommandOutcome, Nexus, ScsiRequest, ScsiTarget,
 };
 
@@ -285,6 +286,22 @@ impl ScsiTarget {
             Command::ReportLuns { select, alloc_len } => {
                 Ok(cut(self.report_luns(nexus, select, alloc_len)?, alloc_len))
             }
+            Command::ExtendedCopy { .. } => self
+                .extended_copy(lun, nexus, &data)
+                .await
+                .map(|()| Bytes::new()),
+            Command::ReceiveCopyResults {
+                action,
+                list_id,
+                alloc_len,
+            } => {
+                let data = if action == copy_results::COPY_STATUS {
+                    lun.state.lock().copies.copy_status(nexus, list_id)?
+                } else {
+                    xcopy::operating_parameters()
+                };
+                Ok(cut(data, alloc_len))
+            }
             Command::ReportSupportedOpcodes {
                 rctd,
                 options,
@@ -445,6 +462,9 @@ fn access_of(cmd: &Command) -> Access {
         | Command::ReadCapacity16 { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
+        | Command::ReceiveCopyResults { .. }
+        // The copy's own reads and writes are checked against each LUN's reservations.
+        | Command::ExtendedCopy { .. }
         | Command::PreventAllow { prevent: 0 } => Access::Status,
         Command::Read(_)
         | Command::ReadDefectData { .. }
@@ -471,6 +491,9 @@ fn needs_medium(cmd: &Command) -> bool {
                 | Command::PersistentReserveIn { .. }
                 | Command::PersistentReserveOut { .. }
                 | Command::PreventAllow { .. }
+                | Command::ReceiveCopyResults { .. }
+                // Checks each LUN it copies from or to when it does (`xcopy`).
+                | Command::ExtendedCopy { .. }
                 | Command::Unsupported { .. }
         )
 }
@@ -566,6 +589,7 @@ fn data_out(cmd: &Command, bs: u64) -> ExpectedDataOut {
         Command::ModeSelect { param_len, .. }
         | Command::Sanitize { param_len, .. }
         | Command::Unmap { param_len, .. }
+        | Command::ExtendedCopy { param_len }
         | Command::PersistentReserveOut { param_len, .. } => {
             ExpectedDataOut::Parameters(*param_len)
         }

@@ -16,7 +16,7 @@ const REVISION: &[u8; 4] = b"0001";
 /// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3 (no version claimed).
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 /// Supported VPD pages, in ascending order.
-const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 /// Length of the standard INQUIRY data we return.
 const STANDARD_LEN: usize = 96;
 
@@ -27,7 +27,8 @@ pub fn standard(product: &[u8; 16], present: bool, removable: bool) -> Bytes {
     d[0] = if present { 0x00 } else { 0x7f };
     d[1] = if removable { 0x80 } else { 0x00 };
     if present {
-        d[5] = 0x10; // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS)
+        // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS); 3PC: EXTENDED COPY.
+        d[5] = 0x10 | 0x08;
     }
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
@@ -54,6 +55,7 @@ pub fn inquiry(lun: &LogicalUnit, evpd: bool, page: u8, port: u16) -> Result<Byt
         0x00 => Bytes::from_static(&VPD_PAGES),
         0x80 => Bytes::copy_from_slice(lun.serial.as_bytes()),
         0x83 => device_identification(lun, port),
+        0x8f => super::xcopy::third_party_copy_vpd(),
         0xb0 => block_limits(lun),
         0xb1 => block_device_characteristics(lun),
         0xb2 => logical_block_provisioning(lun),

@@ -12,6 +12,7 @@ use super::reservations::Reservations;
 use super::sanitize::SanitizeState;
 use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
+use super::xcopy::CopyResults;
 use super::{LunConfig, UnitOptions};
 use crate::block::{BlockDevice, Unavailable};
 use crate::metrics::LunMetrics;
@@ -44,6 +45,8 @@ pub struct LunState {
     pub medium: Medium,
     /// A sanitize in progress, or the failure mode a failed one left.
     pub sanitize: SanitizeState,
+    /// EXTENDED COPY operations running or held for RECEIVE COPY RESULTS.
+    pub copies: CopyResults,
 }
 
 /// A logical unit of the target.

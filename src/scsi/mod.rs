@@ -29,6 +29,7 @@ mod sanitize;
 mod sbc;
 pub mod sense;
 mod unit_attention;
+mod xcopy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -384,6 +385,7 @@ impl ScsiTarget {
             state.ua.forget(nexus);
             state.reservations.nexus_gone(nexus);
             state.medium.nexus_gone(nexus);
+            state.copies.nexus_gone(nexus);
         }
     }
 

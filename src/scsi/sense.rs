@@ -20,6 +20,8 @@ pub mod key {
     pub const UNIT_ATTENTION: u8 = 0x6;
     /// The medium is write protected.
     pub const DATA_PROTECT: u8 = 0x7;
+    /// EXTENDED COPY stopped: a copy target could not be reached or failed.
+    pub const COPY_ABORTED: u8 = 0xa;
     /// The command was aborted.
     pub const ABORTED_COMMAND: u8 = 0xb;
     /// Source data did not match the medium (VERIFY, COMPARE AND WRITE).
@@ -39,7 +41,7 @@ pub mod key {
             DATA_PROTECT => "data_protect",
             0x8 => "blank_check",
             0x9 => "vendor_specific",
-            0xa => "copy_aborted",
+            COPY_ABORTED => "copy_aborted",
             ABORTED_COMMAND => "aborted_command",
             0xd => "volume_overflow",
             MISCOMPARE => "miscompare",
@@ -59,6 +61,8 @@ pub mod asc {
     use super::Asc;
     /// 00/00 NO ADDITIONAL SENSE INFORMATION.
     pub const NO_ADDITIONAL_SENSE: Asc = Asc(0x00, 0x00);
+    /// 00/16 OPERATION IN PROGRESS.
+    pub const OPERATION_IN_PROGRESS: Asc = Asc(0x00, 0x16);
     /// 04/01 LOGICAL UNIT IS IN PROCESS OF BECOMING READY.
     pub const BECOMING_READY: Asc = Asc(0x04, 0x01);
     /// 04/03 LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.
@@ -67,8 +71,14 @@ pub mod asc {
     pub const SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1b);
     /// 08/00 LOGICAL UNIT COMMUNICATION FAILURE.
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: Asc = Asc(0x08, 0x00);
+    /// 08/04 UNREACHABLE COPY TARGET.
+    pub const UNREACHABLE_COPY_TARGET: Asc = Asc(0x08, 0x04);
     /// 0C/00 WRITE ERROR.
     pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
+    /// 0D/01 THIRD PARTY DEVICE FAILURE.
+    pub const THIRD_PARTY_DEVICE_FAILURE: Asc = Asc(0x0d, 0x01);
+    /// 0D/02 COPY TARGET DEVICE NOT REACHABLE.
+    pub const COPY_TARGET_NOT_REACHABLE: Asc = Asc(0x0d, 0x02);
     /// 0E/03 INVALID FIELD IN COMMAND INFORMATION UNIT (the transfer length disagrees with
     /// the transport's).
     pub const INVALID_FIELD_IN_CDB_IU: Asc = Asc(0x0e, 0x03);
@@ -90,6 +100,14 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc(0x26, 0x00);
     /// 26/04 INVALID RELEASE OF PERSISTENT RESERVATION.
     pub const INVALID_RELEASE_OF_PR: Asc = Asc(0x26, 0x04);
+    /// 26/06 TOO MANY TARGET DESCRIPTORS.
+    pub const TOO_MANY_TARGET_DESCRIPTORS: Asc = Asc(0x26, 0x06);
+    /// 26/07 UNSUPPORTED TARGET DESCRIPTOR TYPE CODE.
+    pub const UNSUPPORTED_TARGET_DESCRIPTOR: Asc = Asc(0x26, 0x07);
+    /// 26/08 TOO MANY SEGMENT DESCRIPTORS.
+    pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x26, 0x08);
+    /// 26/09 UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE.
+    pub const UNSUPPORTED_SEGMENT_DESCRIPTOR: Asc = Asc(0x26, 0x09);
     /// 27/00 WRITE PROTECTED.
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
     /// 27/02 LOGICAL UNIT SOFTWARE WRITE PROTECTED (the SWP bit of the Control mode page).
@@ -135,6 +153,8 @@ pub mod asc {
     pub const INVALID_TARGET_PORT_TRANSFER_TAG_RECEIVED: Asc = Asc(0x4b, 0x01);
     /// 4B/06 INITIATOR RESPONSE TIMEOUT (iSCSI: the solicited Data-Out never came).
     pub const INITIATOR_RESPONSE_TIMEOUT: Asc = Asc(0x4b, 0x06);
+    /// 55/03 INSUFFICIENT RESOURCES.
+    pub const INSUFFICIENT_RESOURCES: Asc = Asc(0x55, 0x03);
     /// 55/04 INSUFFICIENT REGISTRATION RESOURCES.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
     /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL is in force).

@@ -10,6 +10,7 @@ mod sanitize;
 mod sbc;
 mod spc;
 mod unit_options;
+mod xcopy;
 
 use std::sync::Arc;
 

@@ -37,8 +37,8 @@ async fn standard_inquiry_bytes() {
     let r = exec(&t, &n, &[0x12, 0, 0, 0, 96, 0], 96, &[]).await;
     let d = &r.data_in;
     assert_eq!(d.len(), 96);
-    // Byte 5: TPGS 01b (implicit ALUA).
-    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02]);
+    // Byte 5: TPGS 01b (implicit ALUA), 3PC (EXTENDED COPY).
+    assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
     assert_eq!(&d[8..16], b"OVERLAYB");
     assert_eq!(&d[16..32], b"TESTDISK        ");
     assert_eq!(
@@ -61,7 +61,7 @@ async fn vpd_pages() {
     let r = exec(&t, &n, &[0x12, 1, 0x00, 0, 255, 0], 255, &[]).await;
     assert_eq!(
         &r.data_in[..],
-        &[0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+        &[0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2]
     );
     let r = exec(&t, &n, &[0x12, 1, 0x80, 0, 255, 0], 255, &[]).await;
     assert_eq!(&r.data_in[..], b"\x00\x80\x00\x0aSERIAL0001");
