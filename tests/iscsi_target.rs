@@ -652,3 +652,82 @@ async fn logins_that_would_add_a_connection_are_refused() {
     // The live session is untouched.
     assert_eq!(a.read10(0, 0, 1).await.len(), 512);
 }
+
+/// PERSISTENT RESERVE OUT `action` of type `pr_type` with reservation key `key`, service
+/// action key `sa_key` and APTPL `aptpl`, through `ini`; the status.
+async fn pr_out(
+    ini: &mut Initiator,
+    action: u8,
+    pr_type: u8,
+    key: u64,
+    sa_key: u64,
+    aptpl: bool,
+) -> u8 {
+    let mut params = vec![0u8; 24];
+    params[0..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    params[20] = u8::from(aptpl);
+    let cdb = [0x5f, action, pr_type, 0, 0, 0, 0, 0, 24, 0];
+    ini.write_command(0, &cdb, &Bytes::from(params), 0, 4096)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn aptpl_reservations_hold_across_a_restart_of_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let config = common::config(&[&format!("file:{}", disk.display())], quiet());
+    let options = || overlaybd_target::daemon::DaemonOptions {
+        state: Some(tmp.path().join("state.json")),
+        ..Default::default()
+    };
+    let holder_keys = LoginKeys::default();
+    let other_keys = LoginKeys {
+        initiator: "iqn.2026-11.io.overlaybd:other-host".into(),
+        ..LoginKeys::default()
+    };
+
+    let mut server = TestServer::start_with(config.clone(), 1, options()).await;
+    let mut holder = Initiator::logged_in(server.addr, &holder_keys).await;
+    holder.clear_unit_attention(0).await;
+    // REGISTER with APTPL, then RESERVE, WRITE EXCLUSIVE.
+    assert_eq!(pr_out(&mut holder, 0, 0, 0, 0x5eed, true).await, 0);
+    assert_eq!(pr_out(&mut holder, 1, 1, 0x5eed, 0, false).await, 0);
+    holder.logout().await;
+    server.shutdown();
+    server.task.await.unwrap();
+    let saved: Vec<_> = std::fs::read_dir(tmp.path().join("reservations"))
+        .unwrap()
+        .collect();
+    assert_eq!(saved.len(), 1, "one saved document for the LUN");
+
+    let mut server = TestServer::start_with(config, 1, options()).await;
+    let mut other = Initiator::logged_in(server.addr, &other_keys).await;
+    other.clear_unit_attention(0).await;
+    // READ RESERVATION: the holder's key, WRITE EXCLUSIVE.
+    let itt = other
+        .command(
+            0,
+            &[0x5e, 1, 0, 0, 0, 0, 0, 0, 24, 0],
+            true,
+            false,
+            24,
+            Bytes::new(),
+            true,
+        )
+        .await;
+    let (status, data, _) = other.finish_read(itt).await;
+    assert_eq!(status, 0);
+    assert_eq!(&data[4..16], &[0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x5e, 0xed]);
+    assert_eq!(data[21], 0x01);
+    let (status, _) = other.write10(0, 0, &pattern(512, 1), 0, 512).await;
+    assert_eq!(status, 0x18, "RESERVATION CONFLICT for another host");
+    // The holder, back on the same initiator port, still holds it and writes.
+    let mut holder = Initiator::logged_in(server.addr, &holder_keys).await;
+    holder.clear_unit_attention(0).await;
+    let (status, _) = holder.write10(0, 0, &pattern(512, 1), 0, 512).await;
+    assert_eq!(status, 0);
+    server.shutdown();
+}

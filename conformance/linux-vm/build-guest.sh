@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the test guest: a Debian 12 kernel plus a base initramfs holding
-# busybox, open-iscsi (iscsid, iscsiadm and their shared libraries) and the kernel modules the iSCSI
-# initiator, sd and ext4 need. Prints the cache directory, which holds `vmlinuz` (bzImage),
-# `vmlinux` (the same kernel uncompressed, for a fast PVH boot), `initramfs.cpio` and
-# `kernel-version`. run.sh appends a second, per-run archive with /init (from guest-init.sh) and
-# the run's parameters, so editing the guest script never rebuilds this.
+# busybox, open-iscsi (iscsid, iscsiadm and their shared libraries), the kernel modules the iSCSI
+# initiator, sd and ext4 need, and for the multipath case multipath-tools (multipathd, multipath,
+# their checker/prioritizer plugins), dmsetup and the device-mapper multipath modules. Prints the
+# cache directory, which holds `vmlinuz` (bzImage), `vmlinux` (the same kernel uncompressed, for a
+# fast PVH boot), `initramfs.cpio` and `kernel-version`. run.sh appends a second, per-run archive
+# with /init (from guest-init.sh) and the run's parameters, so editing the guest script never
+# rebuilds this.
 #
 # Everything downloaded lives under the cache (outside the repo); nothing fetched is committed. The
 # cache key covers the package versions and this directory's scripts, so a rerun with nothing changed
@@ -68,9 +70,11 @@ candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2; e
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 to a kernel package (apt lists missing?)"
 
-# The packages unpacked into the guest. open-iscsi's own libraries come along so that ldd resolves
-# them from the unpacked tree; the rest of the closure (libc, libssl's deps...) comes from the host.
-pkgs=("$kpkg" busybox-static open-iscsi libopeniscsiusr libisns0 libkmod2 libssl3)
+# The packages unpacked into the guest. open-iscsi's and multipath-tools' own libraries come along
+# so that ldd resolves them from the unpacked tree; the rest of the closure (libc, libssl's deps,
+# libudev...) comes from the host.
+pkgs=("$kpkg" busybox-static open-iscsi libopeniscsiusr libisns0 libkmod2 libssl3
+    multipath-tools libdevmapper1.02.1 dmsetup liburcu8 libaio1)
 versions=""
 for p in "${pkgs[@]}"; do
     v=$(candidate "$p")
@@ -171,22 +175,33 @@ add_module() {
     order+=("$m")
 }
 # iscsi_tcp: the initiator; sd_mod: the disk; ext4 for the mount checks; crc32c for digests;
-# virtio_net/virtio_pci for the user-mode network.
+# virtio_net/virtio_pci for the user-mode network. Every case loads these (etc/modules.order).
 for m in virtio_pci virtio_net iscsi_tcp sd_mod ext4 crc32c_generic crc32c_intel; do add_module "$m"; done
+base_count=${#order[@]}
+# Only the multipath case loads these (etc/modules.multipath, in dependency order): device-mapper
+# multipath with its round-robin path selector, and the ALUA device handler, which must be loaded
+# before the login so that it attaches to the disks as sd finds them.
+for m in dm_mod dm_multipath dm_round_robin scsi_dh_alua; do add_module "$m"; done
 
 dest_moddir="$rootfs/lib/modules/$kver"
 mkdir -p "$dest_moddir"
 : > "$rootfs/etc/modules.order"
-for m in "${order[@]}"; do
+: > "$rootfs/etc/modules.multipath"
+for i in "${!order[@]}"; do
+    m=${order[i]}
     f=${modpath[$m]}
     rel=${f#"$moddir"/}
     rel=${rel%%.ko*}.ko
     mkdir -p "$dest_moddir/$(dirname "$rel")"
     module_bytes "$f" > "$dest_moddir/$rel"
-    echo "/lib/modules/$kver/$rel" >> "$rootfs/etc/modules.order"
+    if [ "$i" -lt "$base_count" ]; then
+        echo "/lib/modules/$kver/$rel" >> "$rootfs/etc/modules.order"
+    else
+        echo "/lib/modules/$kver/$rel" >> "$rootfs/etc/modules.multipath"
+    fi
 done
 cp "$builtin_list" "$dest_moddir/" 2>/dev/null || true
-log "kernel $kver, modules: ${order[*]}"
+log "kernel $kver, modules: ${order[*]:0:base_count}; multipath case: ${order[*]:base_count}"
 
 # --- busybox ------------------------------------------------------------------------------------
 cp "$pkgroot/bin/busybox" "$rootfs/bin/busybox"
@@ -195,13 +210,15 @@ for applet in $("$rootfs/bin/busybox" --list); do
 done
 for applet in modprobe insmod depmod poweroff; do ln -sf ../bin/busybox "$rootfs/sbin/$applet"; done
 
-# --- open-iscsi with its shared-library closure -------------------------------------------------
-libpath="$pkgroot/lib/x86_64-linux-gnu:$pkgroot/usr/lib/x86_64-linux-gnu"
-for b in iscsid iscsiadm; do
-    src="$pkgroot/sbin/$b"
-    [ -f "$src" ] || src="$pkgroot/usr/sbin/$b"
-    [ -f "$src" ] || die "$b not found in open-iscsi"
-    cp "$src" "$rootfs/sbin/$b"
+# --- open-iscsi and multipath-tools with their shared-library closure -----------------------------
+# multipath-tools keeps libmultipath, libmpathutil... in /lib itself.
+libpath="$pkgroot/lib:$pkgroot/lib/x86_64-linux-gnu:$pkgroot/usr/lib/x86_64-linux-gnu"
+# copy_with_libs FILE DEST: copies FILE (an executable or a plugin) to DEST in the guest, and every
+# shared library ldd finds for it under the same path as in the tree it was resolved from.
+copy_with_libs() {
+    local src=$1 b=${1##*/} lib target
+    mkdir -p "$rootfs$(dirname "$2")"
+    cp "$src" "$rootfs$2"
     LD_LIBRARY_PATH=$libpath ldd "$src" | while read -r a b2 c _; do
         if [ "$b2" = "=>" ]; then
             [ "$c" = "not" ] && die "$b: $a not found"
@@ -218,9 +235,27 @@ for b in iscsid iscsiadm; do
         mkdir -p "$rootfs$(dirname "$target")"
         cp -L "$lib" "$rootfs$target"
     done
+}
+for b in iscsid iscsiadm multipathd multipath dmsetup; do
+    src="$pkgroot/sbin/$b"
+    [ -f "$src" ] || src="$pkgroot/usr/sbin/$b"
+    [ -f "$src" ] || die "$b not found in the unpacked packages"
+    copy_with_libs "$src" "/sbin/$b"
 done
+# multipathd loads its path checkers and prioritizers (tur, alua...) from /lib/multipath.
+[ -d "$pkgroot/lib/multipath" ] || die "no /lib/multipath plugins in multipath-tools"
+for f in "$pkgroot"/lib/multipath/*.so; do copy_with_libs "$f" "/lib/multipath/${f##*/}"; done
 # usr-merged lookups: the loader searches /lib/x86_64-linux-gnu and /usr/lib/x86_64-linux-gnu.
 mkdir -p "$rootfs/usr/lib/x86_64-linux-gnu" "$rootfs/lib/x86_64-linux-gnu"
+# glibc loads libgcc_s when a thread is cancelled; multipathd cancels threads, and without it
+# glibc aborts multipathd at start ("libgcc_s.so.1 must be installed for pthread_cancel to
+# work"). ldd cannot see a dlopen, so it comes from the host by name.
+gcc_s=""
+for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
+    if [ -f "$d/libgcc_s.so.1" ]; then gcc_s=$d/libgcc_s.so.1; break; fi
+done
+[ -n "$gcc_s" ] || die "libgcc_s.so.1 not found on the host (package libgcc-s1)"
+cp -L "$gcc_s" "$rootfs/lib/x86_64-linux-gnu/libgcc_s.so.1"
 cp "$pkgroot/etc/iscsi/iscsid.conf" "$rootfs/etc/iscsi/iscsid.conf.dist"
 
 # iscsid refuses iscsiadm's requests when uid 0 has no passwd entry.

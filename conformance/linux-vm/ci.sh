@@ -6,8 +6,10 @@
 # UNIT ATTENTION (with --scsi-log). The image and registry cases serve a 3-layer overlaybd image
 # built with the binary's own tools (the latter from a docker-registry on loopback, needs curl and
 # Debian's docker-registry). The hotplug case adds and force-removes a LUN with `ctl` while the
-# guest is logged in. The container case runs our target and `attach` in the guest against images
-# pushed to a registry on the host. See README.md beside this file.
+# guest is logged in. The multipath case serves the LUN through two portals, the second behind
+# fault_proxy --tcp, and cuts and restores that link under multipathd in the guest. The container
+# case runs our target and `attach` in the guest against images pushed to a registry on the host.
+# See README.md beside this file.
 #
 # Usage: ci.sh [--bin PATH] [--no-build] [--only CASE[,CASE...]] [--budget SECS] [--net auto|tap|user]
 #              [--iscsi-recv softirq|workqueue]
@@ -86,6 +88,7 @@ stop_registry() {
 cleanup() {
     stop_target
     stop_registry
+    stop_mp_proxy
     [ -z "${ctr_registry_pid:-}" ] || kill "$ctr_registry_pid" 2> /dev/null || true
     [ -z "${ctr_proxy_pid:-}" ] || kill "$ctr_proxy_pid" 2> /dev/null || true
     rm -rf "$work"
@@ -109,6 +112,15 @@ start_target() {
         fi
         sleep 0.1
     done
+}
+
+# The multipath case's TCP fault proxy, in front of the target's second portal.
+mp_proxy_pid=""
+stop_mp_proxy() {
+    [ -n "$mp_proxy_pid" ] || return 0
+    kill "$mp_proxy_pid" 2> /dev/null || true
+    wait "$mp_proxy_pid" 2> /dev/null || true
+    mp_proxy_pid=""
 }
 
 # The --on-read hook of the restart case: kill -9 while the guest reads, 2 s down, same port again.
@@ -175,11 +187,12 @@ case_() {
         local bad
         # The restart case also sees commands the kernel failed itself while the connection was
         # down (host=DID_TRANSPORT_*, retried after the reconnect); those are not our answers.
+        # So does the multipath case, for the commands on the path whose link was cut.
         # The hotplug case changes the LUN inventory on purpose: UNIT ATTENTION 3F/0E REPORTED
         # LUNS DATA HAS CHANGED after the add and the removal, and ILLEGAL REQUEST 25/00 LOGICAL
         # UNIT NOT SUPPORTED for commands to the removed LUN (its number, $hp_lun, only).
         bad=$(grep 'INFO not_good' "$logs/$name.out" | grep -v 'Unit Attention.*Power on, reset' |
-            { [ "$name" = restart ] && grep CHECK_CONDITION || cat; } |
+            { { [ "$name" = restart ] || [ "$name" = multipath ]; } && grep CHECK_CONDITION || cat; } |
             { [ "$name" = hotplug ] && grep -v -e 'Unit Attention.*Reported luns data has changed' \
                 -e "lun=$hp_lun .*Illegal Request.*Logical unit not supported" || cat; } || true)
         [ -z "$bad" ] || why="${why:+$why; }unexpected not-GOOD status: $(echo "$bad" | head -1 | sed 's/^ *INFO not_good //')"
@@ -319,6 +332,35 @@ echo "ctl lun remove $hp_lun --force done at \$(date +%T.%N)"
 EOF
 fi
 
+# The multipath case: the target listens on a second portal ($mp_port2, portal group 2), which
+# the guest reaches only through fault_proxy --tcp ($mp_pport); the guest's hooks (run.sh --on)
+# cut that link (SIGUSR1: the proxy holds every connection silent, as a network outage would)
+# and restore it (SIGUSR2: the held connections are reset, new ones pass).
+mp=$work/multipath
+mp_port2=$((port + 1)) mp_pport=$((port + 2))
+start_mp_proxy() {
+    "$fault_proxy" --tcp --listen "$addr:$mp_pport" --upstream "$addr:$mp_port2" >> "$mp/proxy.log" 2>&1 &
+    mp_proxy_pid=$!
+    local up_by=$((SECONDS + 20))
+    until grep -q '^fault_proxy: tcp ' "$mp/proxy.log"; do
+        kill -0 "$mp_proxy_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
+    for sig in USR1 USR2; do
+        cat > "$mp/$sig.sh" << EOF
+set -euo pipefail
+kill -$sig $mp_proxy_pid
+echo "SIG$sig sent to fault_proxy at \$(date +%T.%N)"
+EOF
+    done
+}
+if selected multipath; then
+    mkdir -p "$mp"
+    : > "$mp/proxy.log"
+    [ -x "$fault_proxy" ] || { echo "ci.sh: no fault_proxy at $fault_proxy" >&2; exit 1; }
+    start_mp_proxy || { cat "$mp/proxy.log" >&2; echo "ci.sh: fault_proxy --tcp did not start" >&2; exit 1; }
+fi
+
 # The container case: a node's image service in the guest. Two images are built with our tools
 # from trees holding a static busybox (the guest's own) and a shell script as the application
 # (app: two layers, a base and the app on top; app2: one layer), pushed with `push` to an
@@ -446,6 +488,13 @@ case_ restart pass --target "$iqn" --lun "file:$disk" -- --restart-read --on-rea
 case_ hotplug pass --target "$iqn" --lun "file:$disk" --api "$hp/api.sock" --state "$hp/state.json" -- \
     --hotplug "$hp/lun1.img" --hotplug-lun "$hp_lun" --on hotplug-add "bash $hp/add.sh" \
     --on hotplug-remove "bash $hp/remove.sh" --scsi-log
+case_ multipath pass --portal "$addr:$mp_port2" --target "$iqn" --lun "file:$disk" -- \
+    --multipath "$addr:$mp_pport" --on mp-cut "bash $mp/USR1.sh" --on mp-restore "bash $mp/USR2.sh" --scsi-log
+if [ -n "$mp_proxy_pid" ]; then
+    stop_mp_proxy
+    cp "$mp/proxy.log" "$logs/multipath.proxy.log"
+    grep -E 'cut|restored|ended' "$logs/multipath.proxy.log" | sed 's/^/  /' || true
+fi
 container_case
 
 echo "== ci.sh: summary (logs in $logs)"

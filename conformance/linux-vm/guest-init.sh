@@ -75,12 +75,16 @@ finish() {
 start
 # ISCSI_RECV=workqueue: iscsi_tcp reads the socket from its workqueue instead of the network softirq
 # (recv_from_iscsi_q=1); run.sh explains when that matters (--iscsi-recv).
-while read -r ko; do
+# The multipath case also loads device-mapper multipath and the ALUA device handler (before the
+# login, so that scsi_dh_alua attaches to the disks as sd finds them).
+mod_lists=/etc/modules.order
+[ "${MULTIPATH:-0}" = 1 ] && mod_lists="$mod_lists /etc/modules.multipath"
+cat $mod_lists | while read -r ko; do
     args=""
     case "$ko" in */iscsi_tcp.ko*) [ "${ISCSI_RECV:-softirq}" = workqueue ] && args=recv_from_iscsi_q=1 ;; esac
     # shellcheck disable=SC2086
     insmod "$ko" $args 2>/dev/null || info "insmod $ko $args failed"
-done < /etc/modules.order
+done
 info "iscsi_tcp recv_from_iscsi_q=$(cat /sys/module/iscsi_tcp/parameters/recv_from_iscsi_q 2>/dev/null)"
 depmod 2>/dev/null # lets the kernel's request_module find crypto algorithms through modprobe
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
@@ -370,6 +374,419 @@ if [ "$SCSI_LOG" = 1 ]; then
     # SCSI_LOG_MLCOMPLETE level 1 (bits 12-14): sd logs every command that did not complete GOOD,
     # with its CDB and decoded sense, to the kernel log.
     echo 4096 > /proc/sys/dev/scsi/logging_level
+fi
+
+# --- SCSI command log ---------------------------------------------------------------------------
+# scsi_log_report: the scsi_log step (with --scsi-log), at the end of the disk checks and of the
+# multipath case.
+scsi_log_report() {
+    start
+    cat "$T/trace" > /tmp/trace
+    n=$(grep -c scsi_dispatch_cmd_start /tmp/trace)
+    # "SCSI start|done <uptime seconds> <fields>"
+    sed -n 's/^.* \([0-9]*\.[0-9]*\): scsi_dispatch_cmd_\(start\|done\): /\2 \1 /p' /tmp/trace |
+        sed 's/^/SCSI /' > /dev/console
+    grep scsi_dispatch_cmd_done /tmp/trace | grep -v 'host=DID_OK.*status=SAM_STAT_GOOD)' > /tmp/bad
+    dmesg | grep -E 'tag#[0-9]+ (Sense Key|Add\. Sense)' > /tmp/sense
+    # One line per command that did not complete GOOD: LUN, CDB, result and the sense sd decoded.
+    # sd logs the sense with the same tag the trace shows as driver_tag; tags are reused, so the
+    # n-th failed command with tag X takes the n-th "Sense Key"/"Add. Sense" pair logged for X.
+    awk '
+        FILENAME == "/tmp/sense" {
+            match($0, /tag#[0-9]+/); t = substr($0, RSTART + 4, RLENGTH - 4)
+            line = $0; sub(/^.*tag#[0-9]+ /, "", line)
+            if (line ~ /^Sense Key/) { nk[t]++; key[t, nk[t]] = line } else { na[t]++; asc[t, na[t]] = line }
+            next
+        }
+        {
+            match($0, /lun=[0-9]+/); lun = substr($0, RSTART, RLENGTH)
+            match($0, /driver_tag=[0-9-]+/); t = substr($0, RSTART + 11, RLENGTH - 11)
+            match($0, /cmnd=\([^)]*\)/); cmd = substr($0, RSTART + 6, RLENGTH - 7)
+            match($0, /result=\([^)]*\)/); res = substr($0, RSTART + 8, RLENGTH - 9)
+            sense = ""
+            if (res ~ /CHECK_CONDITION/) { used[t]++; sense = " | " key[t, used[t]] " | " asc[t, used[t]] }
+            print lun " " cmd " -> " res sense
+        }' /tmp/sense /tmp/bad > /tmp/cc
+    while read -r l; do info "not_good $l"; done < /tmp/cc
+    info "commands $(sed -n 's/^.*scsi_dispatch_cmd_start: .*cmnd=(\([A-Z_0-9]*\).*$/\1/p' /tmp/trace |
+        sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')"
+    if [ "$n" -gt 0 ]; then
+        result scsi_log PASS "$n commands, $(grep -c CHECK_CONDITION /tmp/cc) CHECK CONDITION, $(grep -vc CHECK_CONDITION /tmp/cc) other not GOOD"
+    else
+        result scsi_log FAIL "no scsi_dispatch_cmd_start events recorded"
+    fi
+}
+
+# --- multipath (MULTIPATH=1, run.sh --multipath) -------------------------------------------------
+# One LUN through two portals of the same target: PORTAL, straight, and PORTAL2, the host's TCP
+# fault proxy in front of the target's second portal. Debian's multipath-tools assembles one
+# device-mapper device of the two sd disks, and a write/read workload on it survives the proxy
+# cutting its link (no FIN, no reset: an outage of the network) and the link coming back.
+# The guest has no udev: libdevmapper makes its own nodes (DM_DISABLE_UDEV=1), multipathd reads
+# the WWID from sysfs (VPD 0x83; uid_attribute ""), is told about each disk with
+# `multipathd add path` (what udev's add event would do), and waits only missing_uev_wait_timeout
+# for the creation uevent no udev will relay. Its path checker (tur) reinstates the path. Steps:
+# mp_discovery (SendTargets through PORTAL lists the IQN in two portal groups), mp_login (a
+# session through each portal, each with a disk of LUN $LUN, both with the same WWID), mp_map
+# (one multipath map of both disks, each path active in the kernel's map, active and ready for
+# multipathd, "active ready running" in `multipath -ll`; ALUA: the alua hardware handler, the
+# kernel's port groups of the two paths differ, the alua prioritizer gives both the same
+# priority), mp_io (a pass of the workload whose I/O went through both disks), mp_cut (the host
+# cuts PORTAL2's link on `VMI: mp-cut`; passes continue, each writes new random data and reads
+# it back, until the kernel failed the cut path and MP_ONE_PATH passes ran on the other path
+# alone), mp_restore (on `VMI: mp-restore` the host restores the link; passes continue until
+# both paths are up again as in mp_map, then a pass must go through both disks), mp_logout (map
+# removed, sessions closed). On the host, run.sh compares the region in the image with the last
+# pass's data (mp_host_verify). Every wait is bounded.
+MP_AT=16 MP_MIB=8 MP_ONE_PATH=2
+MP_DEV="" MP_NAME="" MP_WANT=""
+# mp_paths: "sdX PORT" for each disk of LUN $LUN on an iSCSI session (PORT: where the session's
+# connection goes, from the guest's side).
+mp_paths() {
+    for d in /sys/class/scsi_device/*:*:*:"$LUN"; do
+        [ -e "$d" ] || continue
+        h=${d##*/}
+        h=${h%%:*}
+        [ -e "/sys/class/iscsi_host/host$h" ] || continue
+        sid=$(readlink -f "$d/device" | sed -n 's|.*/session\([0-9]*\)/.*|\1|p')
+        port=$(cat "/sys/class/iscsi_connection/connection$sid:0/persistent_port" 2>/dev/null)
+        for b in "$d"/device/block/*; do
+            [ -e "$b" ] && [ "$(cat "$b/size")" != 0 ] && echo "${b##*/} $port"
+        done
+    done
+}
+mp_two_disks() { [ "$(mp_paths | wc -l)" = 2 ]; }
+# mp_state DEV: the kernel's state of path DEV (sdX) in the map: A (active) or F (failed).
+mp_state() {
+    dmsetup status "$MP_NAME" 2>/dev/null | awk -v d="$(cat "/sys/block/$1/dev")" \
+        '{ for (i = 1; i < NF; i++) if ($i == d && ($(i + 1) == "A" || $(i + 1) == "F")) print $(i + 1) }'
+}
+# mp_checker DEV: multipathd's view of path DEV: "dm-state checker-state device-state priority".
+mp_checker() { multipathd show paths raw format "%d %t %T %o %p" 2>/dev/null | awk -v d="$1" '$1 == d { print $2, $3, $4, $5 }'; }
+# mp_ll: the paths `multipath -ll` (which runs the checkers itself) shows active ready running.
+mp_ll() { multipath -ll "$MP_NAME" 2>/dev/null | grep -cE ' active +ready +running'; }
+# mp_both_up: both paths active in the kernel's map, active and ready for multipathd, and for
+# `multipath -ll`.
+mp_both_up() {
+    [ "$(mp_state "$MP_D1")" = A ] && [ "$(mp_state "$MP_D2")" = A ] &&
+        [ "$(mp_checker "$MP_D1" | cut -d' ' -f1-2)" = "active ready" ] &&
+        [ "$(mp_checker "$MP_D2" | cut -d' ' -f1-2)" = "active ready" ] && [ "$(mp_ll)" = 2 ]
+}
+mp_cut_failed() { [ "$(mp_state "$MP_D2")" = F ]; }
+# I/O requests completed by disk DEV (reads + writes).
+mp_ios() { awk '{ print $1 + $5 }' "/sys/block/$1/stat"; }
+# mp_pass: one pass of the workload: new random data for the region (two halves), each half
+# written by its own dd at once (O_DIRECT, 1 MiB requests, fsync), then both read back the same
+# way; the md5 of what was read must be the md5 of what was written. Sets MP_WANT; says why not.
+mp_pass() {
+    h=$((MP_MIB / 2))
+    dd if=/dev/urandom of=/tmp/mp.a bs=1048576 count=$h 2>/dev/null
+    dd if=/dev/urandom of=/tmp/mp.b bs=1048576 count=$h 2>/dev/null
+    want=$(cat /tmp/mp.a /tmp/mp.b | md5sum | cut -d' ' -f1)
+    timeout -s KILL 150 dd if=/tmp/mp.a of="$MP_DEV" bs=1048576 seek=$MP_AT oflag=direct conv=notrunc,fsync 2> /tmp/mp.ea &
+    wa=$!
+    timeout -s KILL 150 dd if=/tmp/mp.b of="$MP_DEV" bs=1048576 seek=$((MP_AT + h)) oflag=direct conv=notrunc,fsync 2> /tmp/mp.eb &
+    wb=$!
+    wait $wa
+    ra=$?
+    wait $wb
+    rb=$?
+    if [ "$ra" != 0 ] || [ "$rb" != 0 ]; then
+        echo "a write failed (exit $ra, $rb): $(tail -1 /tmp/mp.ea) $(tail -1 /tmp/mp.eb)"
+        return 1
+    fi
+    timeout -s KILL 150 dd if="$MP_DEV" of=/tmp/mp.ra bs=1048576 skip=$MP_AT count=$h iflag=direct 2> /tmp/mp.ea &
+    wa=$!
+    timeout -s KILL 150 dd if="$MP_DEV" of=/tmp/mp.rb bs=1048576 skip=$((MP_AT + h)) count=$h iflag=direct 2> /tmp/mp.eb &
+    wb=$!
+    wait $wa
+    ra=$?
+    wait $wb
+    rb=$?
+    got=$(cat /tmp/mp.ra /tmp/mp.rb | md5sum | cut -d' ' -f1)
+    rm -f /tmp/mp.a /tmp/mp.b /tmp/mp.ra /tmp/mp.rb
+    if [ "$ra" != 0 ] || [ "$rb" != 0 ]; then
+        echo "a read failed (exit $ra, $rb): $(tail -1 /tmp/mp.ea) $(tail -1 /tmp/mp.eb)"
+        return 1
+    fi
+    if [ "$got" != "$want" ]; then
+        echo "read back md5 $got, wrote $want"
+        return 1
+    fi
+    MP_WANT=$want
+}
+# mp_passes SECS COND N: passes until N passes that started with COND true are done, or SECS
+# pass. Sets MP_N (passes), MP_SLOW (the slowest, cs), MP_BAD (why a pass failed).
+mp_passes() {
+    until=$(($(now_cs) + $1 * 100))
+    cond=$2 need=$3 held=0
+    MP_N=0 MP_SLOW=0 MP_BAD=""
+    while [ "$(now_cs)" -lt "$until" ]; do
+        before=0
+        $cond && before=1
+        t=$(now_cs)
+        if ! mp_pass > /tmp/mp.why; then
+            MP_BAD="pass $((MP_N + 1)): $(cat /tmp/mp.why)"
+            return 1
+        fi
+        dt=$(($(now_cs) - t))
+        [ "$dt" -gt "$MP_SLOW" ] && MP_SLOW=$dt
+        MP_N=$((MP_N + 1))
+        [ "$before" = 1 ] && held=$((held + 1))
+        [ "$held" -ge "$need" ] && return 0
+    done
+    return 1
+}
+
+# mp_show: the state of the map and its paths, to the console.
+mp_show() {
+    show "MULTIPATH $1" multipath -ll "$MP_NAME"
+    show "MULTIPATH $1" dmsetup status "$MP_NAME"
+}
+multipath_cases() {
+    # mp_discovery: the node records SendTargets makes are replaced by one per path below (the
+    # target reports its own addresses, and PORTAL2 must go through the proxy).
+    start
+    timeout -s KILL 30 iscsiadm -m discovery -t sendtargets -p "$PORTAL" > /tmp/disc.out 2> /tmp/disc.err
+    rc=$?
+    show DISCOVERY cat /tmp/disc.out /tmp/disc.err
+    tpgts=$(awk -v q="$IQN" '$2 == q { sub(/^.*,/, "", $1); print $1 }' /tmp/disc.out | sort -u | tr '\n' ' ')
+    tpgts=${tpgts% }
+    if [ "$rc" = 0 ] && [ "$(echo "$tpgts" | wc -w)" = 2 ]; then
+        result mp_discovery PASS "$IQN in portal groups $tpgts: $(awk -v q="$IQN" '$2 == q { print $1 }' /tmp/disc.out | tr '\n' ' ')"
+    else
+        result mp_discovery FAIL "SendTargets (exit $rc) lists $IQN in portal groups '$tpgts', not two"
+        return
+    fi
+    iscsiadm -m node -o delete > /dev/null 2>&1
+
+    # mp_login: a session through each portal. Failing over must not wait long: a lost session
+    # fails its commands after 5 s (replacement_timeout), and NOP-Outs every 2 s find a silent
+    # link within 5 s; a login that gets no answer is given up after 5 s and tried again.
+    start
+    ok=1
+    for p in "$PORTAL" "$PORTAL2"; do
+        iscsiadm -m node -o new -T "$IQN" -p "$p" > /dev/null 2>&1
+        for kv in node.session.timeo.replacement_timeout=5 'node.conn[0].timeo.noop_out_interval=2' \
+            'node.conn[0].timeo.noop_out_timeout=5' 'node.conn[0].timeo.login_timeout=5'; do
+            iscsiadm -m node -T "$IQN" -p "$p" -o update -n "${kv%%=*}" -v "${kv#*=}" > /dev/null
+        done
+        if ! timeout -s KILL 45 iscsiadm -m node -T "$IQN" -p "$p" --login > /tmp/login.out 2>&1; then
+            show LOGIN cat /tmp/login.out
+            ok=0
+            why="login through $p: $(grep -i 'error\|fail' /tmp/login.out | tail -1)"
+            break
+        fi
+    done
+    if [ "$ok" = 1 ] && ! wait_until "$DISK_WAIT" mp_two_disks; then
+        ok=0
+        why="$(mp_paths | wc -l) disk(s) for LUN $LUN within ${DISK_WAIT}s, not 2"
+    fi
+    if [ "$ok" = 1 ]; then
+        mp_paths > /tmp/mp.paths
+        MP_D1=$(awk -v p="$PORTAL_PORT" '$2 == p { print $1 }' /tmp/mp.paths)
+        MP_D2=$(awk -v p="${PORTAL2##*:}" '$2 == p { print $1 }' /tmp/mp.paths)
+        w1=$(cat "/sys/block/$MP_D1/device/wwid" 2>/dev/null)
+        w2=$(cat "/sys/block/$MP_D2/device/wwid" 2>/dev/null)
+        if [ -z "$MP_D1" ] || [ -z "$MP_D2" ]; then
+            ok=0
+            why="disks and ports: $(tr '\n' ' ' < /tmp/mp.paths)(want one through $PORTAL_PORT, one through ${PORTAL2##*:})"
+        elif [ -z "$w1" ] || [ "$w1" != "$w2" ]; then
+            ok=0
+            why="$MP_D1 and $MP_D2 have WWIDs '$w1' and '$w2'"
+        fi
+    fi
+    iscsiadm -m session -P 3 > /tmp/session.out 2>&1
+    show SESSION cat /tmp/session.out
+    if [ "$ok" = 1 ]; then
+        info "mp_paths $MP_D1 through $PORTAL, $MP_D2 through $PORTAL2 (the cut one)"
+        result mp_login PASS "/dev/$MP_D1 through $PORTAL, /dev/$MP_D2 through $PORTAL2, both $w1"
+    else
+        show SCSIDEVS ls -l /sys/class/scsi_device/
+        result mp_login FAIL "$why"
+        return
+    fi
+
+    # mp_map: multipathd, told about both disks, makes one map of them.
+    start
+    mkdir -p /etc/multipath /run/multipath
+    cat > /etc/multipath.conf << 'CONF'
+defaults {
+	user_friendly_names no
+	find_multipaths no
+	uid_attribute ""
+	polling_interval 2
+	missing_uev_wait_timeout 2
+}
+devices {
+	device {
+		vendor "OVERLAYB"
+		product ".*"
+		path_grouping_policy group_by_prio
+		detect_prio no
+		prio alua
+		hardware_handler "1 alua"
+		path_selector "round-robin 0"
+		rr_min_io_rq 1
+		path_checker tur
+		failback immediate
+		no_path_retry 10
+	}
+}
+CONF
+    export DM_DISABLE_UDEV=1
+    multipathd -d -s -v3 > /tmp/multipathd.log 2>&1 &
+    mpd_up() { multipathd show daemon > /dev/null 2>&1; }
+    mp_map_full() {
+        MP_NAME=$(dmsetup ls --target multipath 2>/dev/null | awk 'NR == 1 && $1 != "No" { print $1 }')
+        [ -n "$MP_NAME" ] && [ "$(mp_state "$MP_D1")" = A ] && [ "$(mp_state "$MP_D2")" = A ]
+    }
+    if ! wait_until 20 mpd_up; then
+        show MULTIPATHD cat /tmp/multipathd.log
+        result mp_map FAIL "multipathd did not answer within 20 s"
+        return
+    fi
+    for d in "$MP_D1" "$MP_D2"; do
+        info "multipathd add path $d: $(multipathd add path "$d" 2>&1 | tr '\n' ' ')"
+    done
+    if ! wait_until 30 mp_map_full; then
+        show MULTIPATHD cat /tmp/multipathd.log
+        show DMSETUP dmsetup table
+        result mp_map FAIL "no map with both paths active within 30 s (map '${MP_NAME}')"
+        return
+    fi
+    minor=$(dmsetup info -c --noheadings -o minor "$MP_NAME" 2>/dev/null | tr -d ' ')
+    MP_DEV=/dev/dm-$minor
+    # multipathd's checker has to find both paths ready too.
+    wait_until 20 mp_both_up
+    mp_show map
+    table=$(dmsetup table "$MP_NAME")
+    c1=$(mp_checker "$MP_D1") c2=$(mp_checker "$MP_D2")
+    size=$(($(cat "/sys/block/dm-$minor/size") * 512))
+    # The kernel's ALUA handler logs the target port group it found for each disk (VPD 0x83 and
+    # REPORT TARGET PORT GROUPS), e.g. "sd 2:0:0:0: alua: port group 01 state A non-preferred".
+    for d in "$MP_D1" "$MP_D2"; do
+        dmesg | grep "sd $(lun_sdev_of "$d"): alua: " | while read -r l; do info "mp_alua_kernel $d: ${l#*alua: }"; done
+    done
+    g1=$(alua_group "$MP_D1") g2=$(alua_group "$MP_D2")
+    info "mp_map $MP_NAME on $MP_DEV: $table"
+    info "mp_alua $MP_D1: group ${g1:-?} $(cat "/sys/block/$MP_D1/device/dh_state") $(cat "/sys/block/$MP_D1/device/access_state" 2>/dev/null); $MP_D2: group ${g2:-?} $(cat "/sys/block/$MP_D2/device/dh_state") $(cat "/sys/block/$MP_D2/device/access_state" 2>/dev/null)"
+    info "mp_checker $MP_D1: $c1; $MP_D2: $c2"
+    p1=${c1##* } p2=${c2##* }
+    ll=$(mp_ll)
+    if ! mp_both_up; then
+        result mp_map FAIL "multipathd: $MP_D1 '$c1', $MP_D2 '$c2' (want active ready); multipath -ll: $ll active ready running"
+    elif [ "$size" != "$EXP_SIZE" ]; then
+        result mp_map FAIL "$MP_DEV has $size bytes, the image $EXP_SIZE"
+    elif ! echo "$table" | grep -q ' 1 alua '; then
+        result mp_map FAIL "no alua hardware handler in the table: $table"
+    elif [ -z "$g1" ] || [ -z "$g2" ] || [ "$g1" = "$g2" ]; then
+        result mp_map FAIL "the kernel's ALUA port groups: '$g1' ($MP_D1) and '$g2' ($MP_D2), want two different ones"
+    elif [ "$p1" != "$p2" ] || [ "${p1:-0}" -le 0 ]; then
+        result mp_map FAIL "alua priorities $p1 ($MP_D1) and $p2 ($MP_D2), want equal and positive (both active/optimized)"
+    else
+        result mp_map PASS "$MP_NAME ($MP_DEV, $size bytes): multipath -ll shows $ll paths active ready running, alua handler, port groups $g1 and $g2, prio $p1"
+    fi
+
+    # mp_io: both paths carry the workload (round-robin, one request each).
+    start
+    a1=$(mp_ios "$MP_D1") a2=$(mp_ios "$MP_D2")
+    if ! mp_pass > /tmp/mp.why; then
+        result mp_io FAIL "$(cat /tmp/mp.why)"
+        return
+    fi
+    n1=$(($(mp_ios "$MP_D1") - a1)) n2=$(($(mp_ios "$MP_D2") - a2))
+    if [ "$n1" -gt 0 ] && [ "$n2" -gt 0 ]; then
+        result mp_io PASS "$MP_MIB MiB written and read back through $MP_DEV, md5 $MP_WANT; requests: $MP_D1 $n1, $MP_D2 $n2"
+    else
+        result mp_io FAIL "requests: $MP_D1 $n1, $MP_D2 $n2: not both paths used"
+    fi
+
+    # mp_cut: the host cuts PORTAL2's link; the workload goes on.
+    start
+    a1=$(mp_ios "$MP_D1") a2=$(mp_ios "$MP_D2")
+    say "VMI: mp-cut"
+    mp_passes 60 mp_cut_failed "$MP_ONE_PATH"
+    rc=$?
+    n1=$(($(mp_ios "$MP_D1") - a1)) n2=$(($(mp_ios "$MP_D2") - a2))
+    # The kernel fails a path when I/O on it fails ("Failing path MAJ:MIN" after "I/O error, dev
+    # sdX"); multipathd's checker may fail it first, without an I/O error.
+    failing=$(dmesg | grep -c 'multipath: .*Failing path')
+    path_errors=$(dmesg | grep -c "I/O error, dev $MP_D2,")
+    dm_errors=$(dmesg | grep -cE 'dm-[0-9]+.*error|I/O error, dev dm-')
+    s1=$(mp_state "$MP_D1")
+    mp_show cut
+    info "mp_cut $MP_N passes, slowest $(secs "$MP_SLOW")s; requests $MP_D1 $n1, $MP_D2 $n2; kernel: $path_errors I/O errors on $MP_D2, $failing 'Failing path', $dm_errors dm I/O errors"
+    info "mp_cut paths: $MP_D1 $s1 ($(mp_checker "$MP_D1")), $MP_D2 $(mp_state "$MP_D2") ($(mp_checker "$MP_D2"))"
+    if [ -n "$MP_BAD" ]; then
+        result mp_cut FAIL "$MP_BAD"
+        return
+    elif [ "$rc" != 0 ]; then
+        result mp_cut FAIL "$MP_D2 not failed, or not $MP_ONE_PATH passes on $MP_D1 alone, within 60 s ($MP_N passes; did the host cut the link?)"
+    elif [ "$s1" != A ]; then
+        result mp_cut FAIL "$MP_D1, whose link was not cut, is $s1 in the map"
+    elif [ "$dm_errors" != 0 ]; then
+        result mp_cut FAIL "$dm_errors I/O error line(s) for the dm device in the kernel log"
+    else
+        result mp_cut PASS "$MP_D2 failed, $MP_N passes with the right data (the slowest $(secs "$MP_SLOW")s), the last $MP_ONE_PATH on $MP_D1 alone"
+    fi
+
+    # mp_restore: the host restores the link; the path must come back and carry I/O again.
+    start
+    say "VMI: mp-restore"
+    mp_passes 60 mp_both_up 1
+    rc=$?
+    t_back=$(secs $(($(now_cs) - CASE_T0)))
+    if [ -n "$MP_BAD" ]; then
+        result mp_restore FAIL "$MP_BAD"
+        return
+    elif [ "$rc" != 0 ]; then
+        mp_show restore
+        result mp_restore FAIL "$MP_D2 not back within 60 s: $(mp_state "$MP_D2") ($(mp_checker "$MP_D2")), multipath -ll: $(mp_ll) active ready running"
+    else
+        a1=$(mp_ios "$MP_D1") a2=$(mp_ios "$MP_D2")
+        if ! mp_pass > /tmp/mp.why; then
+            result mp_restore FAIL "after the path came back: $(cat /tmp/mp.why)"
+            return
+        fi
+        n1=$(($(mp_ios "$MP_D1") - a1)) n2=$(($(mp_ios "$MP_D2") - a2))
+        mp_show restored
+        info "mp_restore back after ${t_back}s ($MP_N passes meanwhile); last pass requests $MP_D1 $n1, $MP_D2 $n2; kernel: $(dmesg | grep -c 'multipath: .*Reinstating path') 'Reinstating path'"
+        if [ "$n1" -gt 0 ] && [ "$n2" -gt 0 ]; then
+            result mp_restore PASS "$MP_D2 active ready again after ${t_back}s; a pass through both paths read back right"
+        else
+            result mp_restore FAIL "$MP_D2 is back, but the last pass made requests $MP_D1 $n1, $MP_D2 $n2"
+        fi
+    fi
+    # What run.sh compares with the image after the run.
+    info "mp_final $MP_AT $MP_MIB $MP_WANT"
+
+    # mp_logout: the map goes, then both sessions.
+    start
+    multipathd del map "$MP_NAME" > /tmp/mp.del 2>&1
+    multipathd shutdown > /dev/null 2>&1
+    timeout -s KILL 30 iscsiadm -m node -U all > /tmp/logout.out 2>&1
+    left=$(dmsetup ls --target multipath 2>/dev/null | grep -vc '^No devices')
+    iscsiadm -m session > /dev/null 2>&1
+    src=$?
+    show MULTIPATHD cat /tmp/multipathd.log
+    if [ "$left" = 0 ] && [ "$src" = 21 ]; then
+        result mp_logout PASS "map removed, both sessions closed"
+    else
+        show LOGOUT cat /tmp/mp.del /tmp/logout.out
+        result mp_logout FAIL "$left map(s) left; iscsiadm -m session exit $src (21: no session)"
+    fi
+}
+# lun_sdev_of DEV: the H:C:T:L of disk DEV.
+lun_sdev_of() { d=$(readlink -f "/sys/block/$1/device"); echo "${d##*/}"; }
+# alua_group DEV: the last target port group (hex, as the kernel printed it after RTPG) of DEV.
+alua_group() {
+    dmesg | sed -n "s/^.*sd $(lun_sdev_of "$1"): alua: port group \([0-9a-f]*\) state .*$/\1/p" | tail -1
+}
+if [ "${MULTIPATH:-0}" = 1 ]; then
+    multipath_cases
+    [ "$SCSI_LOG" = 1 ] && scsi_log_report
+    finish
 fi
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -862,43 +1279,6 @@ fi
 
 logout logout
 
-# --- SCSI command log ---------------------------------------------------------------------------
-if [ "$SCSI_LOG" = 1 ]; then
-    start
-    cat "$T/trace" > /tmp/trace
-    n=$(grep -c scsi_dispatch_cmd_start /tmp/trace)
-    # "SCSI start|done <uptime seconds> <fields>"
-    sed -n 's/^.* \([0-9]*\.[0-9]*\): scsi_dispatch_cmd_\(start\|done\): /\2 \1 /p' /tmp/trace |
-        sed 's/^/SCSI /' > /dev/console
-    grep scsi_dispatch_cmd_done /tmp/trace | grep -v 'host=DID_OK.*status=SAM_STAT_GOOD)' > /tmp/bad
-    dmesg | grep -E 'tag#[0-9]+ (Sense Key|Add\. Sense)' > /tmp/sense
-    # One line per command that did not complete GOOD: LUN, CDB, result and the sense sd decoded.
-    # sd logs the sense with the same tag the trace shows as driver_tag; tags are reused, so the
-    # n-th failed command with tag X takes the n-th "Sense Key"/"Add. Sense" pair logged for X.
-    awk '
-        FILENAME == "/tmp/sense" {
-            match($0, /tag#[0-9]+/); t = substr($0, RSTART + 4, RLENGTH - 4)
-            line = $0; sub(/^.*tag#[0-9]+ /, "", line)
-            if (line ~ /^Sense Key/) { nk[t]++; key[t, nk[t]] = line } else { na[t]++; asc[t, na[t]] = line }
-            next
-        }
-        {
-            match($0, /lun=[0-9]+/); lun = substr($0, RSTART, RLENGTH)
-            match($0, /driver_tag=[0-9-]+/); t = substr($0, RSTART + 11, RLENGTH - 11)
-            match($0, /cmnd=\([^)]*\)/); cmd = substr($0, RSTART + 6, RLENGTH - 7)
-            match($0, /result=\([^)]*\)/); res = substr($0, RSTART + 8, RLENGTH - 9)
-            sense = ""
-            if (res ~ /CHECK_CONDITION/) { used[t]++; sense = " | " key[t, used[t]] " | " asc[t, used[t]] }
-            print lun " " cmd " -> " res sense
-        }' /tmp/sense /tmp/bad > /tmp/cc
-    while read -r l; do info "not_good $l"; done < /tmp/cc
-    info "commands $(sed -n 's/^.*scsi_dispatch_cmd_start: .*cmnd=(\([A-Z_0-9]*\).*$/\1/p' /tmp/trace |
-        sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')"
-    if [ "$n" -gt 0 ]; then
-        result scsi_log PASS "$n commands, $(grep -c CHECK_CONDITION /tmp/cc) CHECK CONDITION, $(grep -vc CHECK_CONDITION /tmp/cc) other not GOOD"
-    else
-        result scsi_log FAIL "no scsi_dispatch_cmd_start events recorded"
-    fi
-fi
+[ "$SCSI_LOG" = 1 ] && scsi_log_report
 
 finish

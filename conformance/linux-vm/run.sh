@@ -51,7 +51,8 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          (the same as --on reading CMD)
   --on MARK CMD          host command run (bash -c, in the background, once) when the guest prints
                          `VMI: MARK` on its result port; its output goes to LOGS/on-MARK.log. Marks:
-                         reading (--restart-read), hotplug-add and hotplug-remove (--hotplug)
+                         reading (--restart-read), hotplug-add and hotplug-remove (--hotplug),
+                         mp-cut and mp-restore (--multipath)
   --hotplug IMAGE        after the checks of --lun, a LUN is added and force-removed on the host
                          while the session is up: the guest prints `VMI: hotplug-add` (the hook
                          must add IMAGE as --hotplug-lun), rescans until that disk shows up, mounts
@@ -86,6 +87,12 @@ usage: run.sh --portal HOST:PORT --iqn IQN (--image PATH | --expect-size N --exp
                          APP2_FIRST_LINE). --portal, --iqn and --image are then not used
   --bin PATH             the overlaybd-target binary put into the guest (stripped, with the shared
                          libraries it needs) for --container
+  --multipath HOST:PORT  the multipath case instead of the disk checks: LUN --lun of --iqn through
+                         --portal and through this second portal (e.g. a fault proxy in front of
+                         the target's second portal), assembled by multipathd into one device; a
+                         write/read workload on it while the host cuts the second path (hook mark
+                         mp-cut) and restores it (mp-restore); with --image, the region the
+                         guest wrote last is compared with the image afterwards (mp_host_verify)
 EOF
 }
 
@@ -99,7 +106,7 @@ chap_in_user="" chap_in_secret="" restart_read=0 read_loop=0
 hotplug="" hotplug_lun=1 hotplug_marker=marker.txt
 # The host hooks: on_marks[i] is the guest's mark, on_cmds[i] the command it fires.
 on_marks=() on_cmds=()
-container="" bin=""
+container="" bin="" portal2=""
 rw=0 raw_write=0 rw_kib=256 host_verify=1 full_md5=0 scsi_log=0 timeout=300 disk_wait=20 accel=auto logs="" mem=512 smp=1 tap="" pcap="" iscsi_recv=softirq
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -150,6 +157,7 @@ while [ $# -gt 0 ]; do
         --pcap) pcap=$2; shift ;;
         --container) container=$2; shift ;;
         --bin) bin=$2; shift ;;
+        --multipath) portal2=$2; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument $1" ;;
     esac
@@ -177,6 +185,8 @@ fi
 case "$fs" in "" | ext4 | none | auto) ;; *) die "--fs takes ext4, none or auto" ;; esac
 case "$iscsi_recv" in softirq | workqueue) ;; *) die "--iscsi-recv takes softirq or workqueue" ;; esac
 [[ "$portal" == *:* ]] || die "--portal must be HOST:PORT"
+[ -z "$portal2" ] || [[ "$portal2" == *:* ]] || die "--multipath takes HOST:PORT"
+[ -z "$portal2" ] || [ -z "$container" ] || die "--multipath and --container exclude each other"
 for n in "$read_loop" "$lun" "$hotplug_lun" "$rw_kib" "$timeout" "$disk_wait" "$mem" "$smp"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "--lun, --hotplug-lun, --rw-kib, --timeout, --disk-wait, --mem and --smp take numbers, not '$n'"
 done
@@ -295,7 +305,9 @@ if [ "$rw" = 1 ] && [ "$fs" = none ]; then echo "run.sh: warning: --rw needs ext
 # --- the per-run archive: /init plus parameters, appended to the cached base initramfs ----------
 host=${portal%:*}
 port=${portal##*:}
-case "$host" in 127.* | localhost | 0.0.0.0) ghost=10.0.2.2 ;; *) ghost=$host ;; esac
+# guest_host HOST: how the guest reaches HOST (this host's loopback is 10.0.2.2 for it).
+guest_host() { case "$1" in 127.* | localhost | 0.0.0.0) echo 10.0.2.2 ;; *) echo "$1" ;; esac; }
+ghost=$(guest_host "$host")
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 mkdir -p "$scratch/run/etc"
 cp "$here/guest-init.sh" "$scratch/run/init"
@@ -333,6 +345,10 @@ cp "$scratch/hotplug.files" "$scratch/run/etc/vmi.hotplug.files"
     echo "HOTPLUG_MARKER_MD5=$hp_marker_md5"
     echo "HOTPLUG_LIST_MD5=$hp_list_md5"
     echo "INITIATOR_NAME='iqn.2026-11.test.vm-initiator:guest'"
+    if [ -n "$portal2" ]; then
+        echo "MULTIPATH=1"
+        echo "PORTAL2=$(sq "$(guest_host "${portal2%:*}"):${portal2##*:}")"
+    fi
 } > "$scratch/run/etc/vmi.conf"
 if [ -n "$container" ]; then
     echo "CONTAINER=1" >> "$scratch/run/etc/vmi.conf"
@@ -474,7 +490,28 @@ if [ "$rw" = 1 ] && [ "$efs" = ext4 ] && [ "$host_verify" = 1 ]; then
     fi
 fi
 
-if [ -n "$container" ]; then
+# --multipath: the region the guest wrote last (INFO mp_final MIB-OFFSET MIBS MD5) must be in the
+# image: the target wrote what the guest read back through either path.
+if [ -n "$portal2" ] && [ -n "$image" ]; then
+    t0=$(date +%s.%N)
+    read -r _ _ at mibs want < <(grep '^INFO mp_final ' "$scratch/results" | tail -1) || true
+    dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    if [[ "${at:-}" =~ ^[0-9]+$ ]] && [[ "${mibs:-}" =~ ^[0-9]+$ ]] && [ -n "${want:-}" ]; then
+        got=$(dd if="$image" bs=1M skip="$at" count="$mibs" 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$got" = "$want" ]; then
+            echo "RESULT mp_host_verify PASS ${dt}s MiB $at..$((at + mibs - 1)) of the image: md5 $got, as the guest wrote last" >> "$scratch/results"
+        else
+            echo "RESULT mp_host_verify FAIL ${dt}s MiB $at..$((at + mibs - 1)) of the image: md5 $got, the guest wrote $want" >> "$scratch/results"
+        fi
+    else
+        echo "RESULT mp_host_verify FAIL ${dt}s the guest reported no final region (INFO mp_final)" >> "$scratch/results"
+    fi
+fi
+
+if [ -n "$portal2" ]; then
+    expected=(boot iscsid mp_discovery mp_login mp_map mp_io mp_cut mp_restore mp_logout)
+    [ -n "$image" ] && expected+=(mp_host_verify)
+elif [ -n "$container" ]; then
     expected=(boot iscsid container_target container_run container_reattach container_wwn container_rw
         container_blackout container_fail container_detach)
 else

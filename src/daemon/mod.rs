@@ -11,6 +11,7 @@
 //! - [`control`]: the operations on them ([`control::ControlPlane`]) and their errors, which the
 //!   HTTP layer maps to status codes;
 //! - [`state`]: the state file, which keeps what the management API changed across restarts;
+//!   `reservations.rs` keeps persistent reservations with APTPL beside it;
 //! - [`api`]: the management API over a Unix socket, its server and its client;
 //! - [`ctl`]: `overlaybd-target ctl`, the command-line client of the API.
 
@@ -21,6 +22,7 @@ pub mod ctl;
 pub mod definition;
 mod inventory;
 pub mod model;
+mod reservations;
 mod service;
 mod settings;
 pub mod state;

@@ -21,7 +21,7 @@ use crate::block::Unavailable;
 use crate::config::backing::ImageOpener;
 use crate::config::{BackingError, ChapCredentials, Config, LunSpec, TargetConfig};
 use crate::iscsi::transport::{Catalog, ServedTarget, Server, ServerHandle};
-use crate::scsi::ScsiTarget;
+use crate::scsi::{ReservationStore, ScsiTarget};
 
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,7 @@ use super::model::{
     AddLun, AddTarget, CacheInfo, CacheReport, CachedLayer, ChapInput, LunInfo, LunState,
     SessionInfo, Status, TargetInfo, WarmReport, WarmRequest,
 };
+use super::reservations::ReservationDir;
 use super::settings::{limits, login_settings, login_view};
 use super::state::{self, StateFile};
 use crate::metrics::MetricsServer;
@@ -105,6 +106,9 @@ struct Inner {
     portals: OnceLock<Vec<SocketAddr>>,
     /// The portal group tags, 1 to the number of portals: every target's SCSI ports.
     port_tags: Vec<u16>,
+    /// Where persistent reservations with APTPL are saved: beside the state file, so without
+    /// one they cannot be (PTPL_C 0).
+    pr_store: Option<Arc<dyn ReservationStore>>,
     state: Option<StateFile>,
     /// Serialises changes: each computes the state from what the previous one left.
     changes: tokio::sync::Mutex<()>,
@@ -158,6 +162,9 @@ impl Daemon {
             server: OnceLock::new(),
             portals: OnceLock::new(),
             port_tags: (1u16..).take(config.portals.len()).collect(),
+            pr_store: state.as_ref().map(|file| {
+                Arc::new(ReservationDir::beside(file.path())) as Arc<dyn ReservationStore>
+            }),
             state,
             changes: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -469,6 +476,15 @@ impl Inner {
         Ok(opened.into_iter().collect())
     }
 
+    /// An empty SCSI target `name` with this daemon's ports and reservation store.
+    fn scsi_target(&self, name: &str) -> ScsiTarget {
+        let target = ScsiTarget::named(name, Vec::new()).with_ports(&self.port_tags);
+        match &self.pr_store {
+            Some(store) => target.with_reservation_store(store.clone()),
+            None => target,
+        }
+    }
+
     /// Puts a declared target in the catalog. LUNs already in `opened` serve at once; the
     /// others serve NOT READY (becoming ready) and are returned to be opened.
     fn serve_declared(
@@ -476,7 +492,7 @@ impl Inner {
         def: &TargetDef,
         opened: &mut BTreeMap<(String, u64), crate::scsi::LunConfig>,
     ) -> Vec<(String, u64, u64, LunSpec)> {
-        let scsi = Arc::new(ScsiTarget::named(&def.name, Vec::new()).with_ports(&self.port_tags));
+        let scsi = Arc::new(self.scsi_target(&def.name));
         let mut slots = BTreeMap::new();
         let mut opening = Vec::new();
         for (&number, spec) in &def.luns {
@@ -722,7 +738,7 @@ impl ControlPlane for Control {
         inner.persist(committed).await?;
         let served = Arc::new(ServedTarget::new(
             login_view(&def),
-            Arc::new(ScsiTarget::named(&def.name, Vec::new()).with_ports(&inner.port_tags)),
+            Arc::new(inner.scsi_target(&def.name)),
             def.allow_target_reset,
         ));
         inner

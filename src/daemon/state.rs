@@ -504,7 +504,8 @@ fn temp_pid(name: &str, file_name: &str) -> Option<u32> {
     (hex && parts.next().is_none()).then_some(pid)
 }
 
-fn parent_dir(path: &Path) -> &Path {
+/// The folder `path` is in (`.` for a bare file name).
+pub(super) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -513,7 +514,7 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Creates `dir` and its missing ancestors with mode 0700 and makes their entries durable;
 /// on failure, returns the directory that failed.
-fn ensure_dir(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+pub(super) fn ensure_dir(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -536,7 +537,7 @@ fn ensure_dir(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
 }
 
 /// Writes a new file readable by its owner only and flushes it to disk.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -548,7 +549,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Flushes the entries of `dir` (a rename or removal in it) to disk.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

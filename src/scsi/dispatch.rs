@@ -359,9 +359,9 @@ impl ScsiTarget {
                 let lun::LunState {
                     ua, reservations, ..
                 } = &mut *state;
-                reservations
-                    .persistent_out(nexus, action, scope, pr_type, &data, ua)
-                    .map(|()| Bytes::new())
+                reservations.persistent_out(nexus, action, scope, pr_type, &data, ua)?;
+                lun.persist_reservations(reservations)?;
+                Ok(Bytes::new())
             }
             Command::ReadCapacity10 { lba, pmi } => Ok(sbc::read_capacity10(lun, lba, pmi)?),
             Command::ReadCapacity16 { alloc_len } => Ok(cut(sbc::read_capacity16(lun), alloc_len)),

@@ -8,7 +8,7 @@ use super::cdb::{opcode, OpInfo};
 use super::identity::{ascii_field, naa_from_serial};
 use super::io_log::{LogLimiter, IO_LOG_INTERVAL};
 use super::medium::Medium;
-use super::reservations::Reservations;
+use super::reservations::{ReservationStore, Reservations};
 use super::sanitize::SanitizeState;
 use super::sense::{asc, key, Sense};
 use super::unit_attention::UnitAttentions;
@@ -79,6 +79,8 @@ pub struct LogicalUnit {
     pub rmw_lock: tokio::sync::Mutex<()>,
     /// Data commands hold it shared, WRITE ATOMIC(16) exclusively.
     pub atomic_gate: tokio::sync::RwLock<()>,
+    /// Where persistent reservations with APTPL are saved; `None`: they cannot be (PTPL_C 0).
+    pr_store: Option<Arc<dyn ReservationStore>>,
     /// Caching mode page WCE: when clear every write is forced to media (FUA).
     write_cache: AtomicBool,
     /// Control mode page SWP: software write protection set by MODE SELECT.
@@ -88,9 +90,19 @@ pub struct LogicalUnit {
 }
 
 impl LogicalUnit {
-    /// Builds LUN `number` of target `target_name` from its configuration.
-    pub fn new(config: LunConfig, target_name: Arc<str>, number: u64) -> Self {
+    /// Builds LUN `number` of target `target_name` from its configuration. With `pr_store`,
+    /// persistent reservations that an earlier LUN with this serial saved (APTPL) come back.
+    pub fn new(
+        config: LunConfig,
+        target_name: Arc<str>,
+        number: u64,
+        pr_store: Option<Arc<dyn ReservationStore>>,
+    ) -> Self {
         let naa = naa_from_serial(&config.serial);
+        let reservations = match &pr_store {
+            Some(store) => restore_reservations(&**store, &config.serial, &target_name, number),
+            None => Reservations::default(),
+        };
         let size = config.device.size();
         let metrics = crate::metrics::global().lun(&target_name, number);
         LogicalUnit {
@@ -104,10 +116,12 @@ impl LogicalUnit {
             options: config.options,
             state: Arc::new(parking_lot::Mutex::new(LunState {
                 last_size: size,
+                reservations,
                 ..LunState::default()
             })),
             rmw_lock: tokio::sync::Mutex::new(()),
             atomic_gate: tokio::sync::RwLock::new(()),
+            pr_store,
             write_cache: AtomicBool::new(true),
             software_write_protect: AtomicBool::new(false),
             descriptor_sense: AtomicBool::new(false),
@@ -121,12 +135,41 @@ impl LogicalUnit {
     /// CHANGED on the next command) and keeps the mode parameters initiators set, so nothing
     /// an initiator knew is lost.
     pub fn successor(&self, config: LunConfig) -> Self {
-        let mut next = LogicalUnit::new(config, self.target_name.clone(), self.number);
+        let mut next = LogicalUnit::new(config, self.target_name.clone(), self.number, None);
         next.state = self.state.clone();
+        next.pr_store = self.pr_store.clone();
         next.set_write_cache(self.write_cache_enabled());
         next.set_software_write_protect(self.software_write_protected());
         next.set_descriptor_sense(self.descriptor_sense());
         next
+    }
+
+    /// Saves the persistent reservations after a PERSISTENT RESERVE OUT changed them, while
+    /// APTPL asks for it (or drops the saved copy once it no longer does). Called with the LUN
+    /// state locked, so saves happen in the order of the changes; it blocks on the store, which
+    /// only PERSISTENT RESERVE OUT pays for. HARDWARE ERROR when the store fails.
+    pub fn persist_reservations(&self, reservations: &mut Reservations) -> Result<(), Sense> {
+        let (Some(store), Some(document)) = (&self.pr_store, reservations.snapshot()) else {
+            return Ok(());
+        };
+        match store.save(&self.serial, document.as_deref()) {
+            Ok(()) => {
+                reservations.saved(document.is_some());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    target = %self.target_name,
+                    lun = self.number,
+                    error = %e,
+                    "cannot save the persistent reservations (APTPL)"
+                );
+                Err(Sense::new(
+                    key::HARDWARE_ERROR,
+                    asc::INTERNAL_TARGET_FAILURE,
+                ))
+            }
+        }
     }
 
     /// Why media commands answer NOT READY: the backing failed to open, or the device later
@@ -239,4 +282,32 @@ impl LogicalUnit {
     pub fn set_write_cache(&self, on: bool) {
         self.write_cache.store(on, Ordering::Relaxed);
     }
+}
+
+/// The persistent reservations `store` holds for the unit with `serial` (APTPL), or none; a
+/// document that cannot be read is reported and left for the next change to replace.
+fn restore_reservations(
+    store: &dyn ReservationStore,
+    serial: &str,
+    target: &str,
+    lun: u64,
+) -> Reservations {
+    let problem = match store.load(serial) {
+        Ok(None) => return Reservations::persistable(),
+        Ok(Some(document)) => match Reservations::restore(&document) {
+            Ok(restored) => {
+                tracing::info!(target, lun, "persistent reservations restored (APTPL)");
+                return restored;
+            }
+            Err(e) => e,
+        },
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(
+        target,
+        lun,
+        problem = %problem,
+        "saved persistent reservations ignored; the LUN starts without them"
+    );
+    Reservations::persistable()
 }

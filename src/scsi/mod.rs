@@ -40,6 +40,7 @@ use parking_lot::RwLock;
 use crate::block::BlockDevice;
 use crate::metrics::CommandKind;
 use lun::LogicalUnit;
+pub use reservations::ReservationStore;
 use sense::{asc, Sense};
 
 /// One I_T nexus: an initiator port (iSCSI initiator name + ISID) talking to this target.
@@ -219,6 +220,8 @@ pub struct ScsiTarget {
     /// The target's ports: one per portal group, numbered by its tag, each its own target port
     /// group (REPORT TARGET PORT GROUPS).
     ports: Arc<[u16]>,
+    /// Where LUNs inserted from now on save persistent reservations with APTPL.
+    pr_store: Option<Arc<dyn ReservationStore>>,
 }
 
 impl ScsiTarget {
@@ -239,7 +242,7 @@ impl ScsiTarget {
             .map(|(number, config)| {
                 (
                     number,
-                    Arc::new(LogicalUnit::new(config, name.clone(), number)),
+                    Arc::new(LogicalUnit::new(config, name.clone(), number, None)),
                 )
             })
             .collect();
@@ -247,7 +250,15 @@ impl ScsiTarget {
             name,
             luns: RwLock::new(luns),
             ports: Arc::from([1u16].as_slice()),
+            pr_store: None,
         }
+    }
+
+    /// LUNs inserted from now on ([`ScsiTarget::insert_lun`]) keep persistent reservations
+    /// with APTPL in `store`, by serial number, and restore what it holds for their serial.
+    pub fn with_reservation_store(mut self, store: Arc<dyn ReservationStore>) -> Self {
+        self.pr_store = Some(store);
+        self
     }
 
     /// The target reachable through the portal groups tagged `ports` (the default is one, tag
@@ -324,6 +335,7 @@ impl ScsiTarget {
             config,
             self.name.clone(),
             number,
+            self.pr_store.clone(),
         )));
         // The new LUN has seen nobody yet, so raising on every LUN reaches only the others.
         raise_on_all(&luns, asc::REPORTED_LUNS_DATA_CHANGED);
@@ -412,7 +424,7 @@ impl ScsiTarget {
             state.reservations.clear_legacy();
             state.medium.reset();
             if cold {
-                // No APTPL support: a power cycle forgets persistent reservations too.
+                // A power cycle forgets persistent reservations, unless APTPL keeps them.
                 state.reservations.clear_all();
                 lun.set_write_cache(true);
                 lun.set_software_write_protect(false);

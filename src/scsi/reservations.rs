@@ -1,8 +1,14 @@
 //! Reservations: RESERVE/RELEASE(6/10) and PERSISTENT RESERVE IN/OUT (SPC-4 5.13, 6.15, 6.16),
 //! and the conflict check every command passes before it runs.
 //!
-//! Persistent reservations live only in memory (no APTPL), so REPORT CAPABILITIES reports
-//! PTPL_C = 0 and a cold target reset clears them like a power cycle.
+//! Persist through power loss (APTPL): when the target has a [`ReservationStore`] it reports
+//! PTPL_C, and a REGISTER (or REGISTER AND IGNORE EXISTING KEY) with APTPL set makes the LUN
+//! save its registrations and reservation after every change ([`Reservations::snapshot`]), as a
+//! small JSON document the store writes atomically, keyed by the unit's serial number. A LUN
+//! created with that serial later (the next start of the process) comes back with them
+//! ([`Reservations::restore`]); a REGISTER with APTPL clear drops the saved copy. Without a
+//! store, or with APTPL clear, reservations live in memory only and a cold target reset clears
+//! them like a power cycle.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -44,13 +50,13 @@ pub enum Access {
     Release,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Registrant {
     nexus: Nexus,
     key: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Reservation {
     holder: Nexus,
     pr_type: u8,
@@ -65,7 +71,57 @@ pub struct Reservations {
     generation: u32,
     registrants: Vec<Registrant>,
     reservation: Option<Reservation>,
+    /// PTPL_C: the target can persist through power loss (it has a store).
+    ptpl_capable: bool,
+    /// PTPL_A: the last REGISTER asked for persistence through power loss.
+    aptpl: bool,
+    /// A saved copy exists (it must be replaced or dropped on the next change).
+    saved: bool,
 }
+
+/// Where reservations with APTPL are kept across restarts of the process: one small document
+/// per logical unit, named by the unit's serial number. Implementations write atomically (a
+/// crash leaves the old or the new document) and durably, and may block.
+pub trait ReservationStore: Send + Sync {
+    /// The document saved for the unit with `serial`, if any.
+    fn load(&self, serial: &str) -> std::io::Result<Option<Vec<u8>>>;
+    /// Replaces the document of the unit with `serial`; `None` removes it.
+    fn save(&self, serial: &str, document: Option<&[u8]>) -> std::io::Result<()>;
+}
+
+/// The saved form of a unit's persistent reservations (JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    /// Format version: 1.
+    version: u32,
+    generation: u32,
+    registrants: Vec<SavedRegistrant>,
+    reservation: Option<SavedReservation>,
+}
+
+/// A registered I_T nexus and its key.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedRegistrant {
+    initiator: String,
+    /// The ISID, 12 hex digits.
+    isid: String,
+    /// The portal group (relative target port) it registered through.
+    portal_group: u16,
+    key: u64,
+}
+
+/// The reservation: its holder (an index into the registrants) and type.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedReservation {
+    holder: usize,
+    pr_type: u8,
+}
+
+/// The version of [`Saved`] this build writes and reads.
+const SAVED_VERSION: u32 = 1;
 
 fn is_all_registrants(t: u8) -> bool {
     matches!(
@@ -154,12 +210,115 @@ impl Reservations {
         self.legacy = None;
     }
 
-    /// Drops everything a power cycle drops (no APTPL support, so all of it).
+    /// Drops everything a power cycle drops: RESERVE(6), and the persistent reservations unless
+    /// APTPL keeps them.
     pub fn clear_all(&mut self) {
-        *self = Reservations {
-            generation: self.generation,
+        self.legacy = None;
+        if !self.aptpl {
+            self.registrants.clear();
+            self.reservation = None;
+        }
+    }
+
+    /// Reservations of a unit whose target can save them ([`ReservationStore`]): PTPL_C.
+    pub fn persistable() -> Reservations {
+        Reservations {
+            ptpl_capable: true,
             ..Reservations::default()
+        }
+    }
+
+    /// What to save after a change: `Some(document)` while APTPL is active, `Some(None)` when
+    /// the saved copy is to be dropped, `None` when there is nothing to do. Call
+    /// [`Reservations::saved`] once the store has done it.
+    pub fn snapshot(&self) -> Option<Option<Vec<u8>>> {
+        if !self.aptpl {
+            return self.saved.then_some(None);
+        }
+        let index = |n: &Nexus| self.registrants.iter().position(|r| &r.nexus == n);
+        let saved = Saved {
+            version: SAVED_VERSION,
+            generation: self.generation,
+            registrants: self
+                .registrants
+                .iter()
+                .map(|r| SavedRegistrant {
+                    initiator: r.nexus.initiator_name.clone(),
+                    isid: hex::encode(r.nexus.isid),
+                    portal_group: r.nexus.tpgt,
+                    key: r.key,
+                })
+                .collect(),
+            reservation: self.reservation.as_ref().and_then(|res| {
+                Some(SavedReservation {
+                    holder: index(&res.holder)?,
+                    pr_type: res.pr_type,
+                })
+            }),
         };
+        Some(Some(serde_json::to_vec_pretty(&saved).unwrap_or_default()))
+    }
+
+    /// The store holds what [`Reservations::snapshot`] last returned.
+    pub fn saved(&mut self, present: bool) {
+        self.saved = present;
+    }
+
+    /// The persistent reservations saved in `document`, with APTPL active; an error names what
+    /// is wrong with the document.
+    pub fn restore(document: &[u8]) -> Result<Reservations, String> {
+        let saved: Saved = serde_json::from_slice(document).map_err(|e| e.to_string())?;
+        if saved.version != SAVED_VERSION {
+            return Err(format!(
+                "version {} (this build reads {SAVED_VERSION})",
+                saved.version
+            ));
+        }
+        if saved.registrants.len() > MAX_REGISTRANTS {
+            return Err(format!("more than {MAX_REGISTRANTS} registrants"));
+        }
+        let mut registrants = Vec::with_capacity(saved.registrants.len());
+        for r in saved.registrants {
+            let isid = hex::decode(&r.isid)
+                .ok()
+                .and_then(|b| <[u8; 6]>::try_from(b).ok())
+                .ok_or_else(|| format!("ISID {:?} is not 12 hex digits", r.isid))?;
+            if r.key == 0 {
+                return Err("a registration with key 0".to_string());
+            }
+            registrants.push(Registrant {
+                nexus: Nexus {
+                    initiator_name: r.initiator,
+                    isid,
+                    tpgt: r.portal_group,
+                },
+                key: r.key,
+            });
+        }
+        let reservation = match saved.reservation {
+            None => None,
+            Some(res) => {
+                let holder = registrants.get(res.holder).ok_or_else(|| {
+                    format!("reservation holder {} is not registered", res.holder)
+                })?;
+                if !valid_type(res.pr_type) {
+                    return Err(format!("reservation type {}", res.pr_type));
+                }
+                Some(Reservation {
+                    holder: holder.nexus.clone(),
+                    pr_type: res.pr_type,
+                })
+            }
+        };
+        Ok(Reservations {
+            legacy: None,
+            generation: saved.generation,
+            registrants,
+            reservation,
+            ptpl_capable: true,
+            aptpl: true,
+            saved: true,
+        })
     }
 
     /// The session of `nexus` ended: its RESERVE(6) reservation goes; registrations persist.
@@ -191,8 +350,9 @@ impl Reservations {
             // ALL_TG_PT: ATP_C = 0.
             return Err(Sense::invalid_param_field(20, Some(2)).into());
         }
-        if flags & 0x01 != 0 {
-            // APTPL: PTPL_C = 0, reservations do not survive power loss.
+        let aptpl = flags & 0x01 != 0;
+        if aptpl && !self.ptpl_capable {
+            // PTPL_C = 0: nowhere to keep reservations through power loss.
             return Err(Sense::invalid_param_field(20, Some(0)).into());
         }
         let needs_type = matches!(
@@ -209,7 +369,11 @@ impl Reservations {
         }
         match act {
             action::REGISTER | action::REGISTER_AND_IGNORE => {
-                self.register(nexus, key, sa_key, act == action::REGISTER_AND_IGNORE, ua)
+                self.register(nexus, key, sa_key, act == action::REGISTER_AND_IGNORE, ua)?;
+                // SPC-4 5.13.6: the APTPL of the last REGISTER applies to the whole unit (the
+                // other service actions ignore it).
+                self.aptpl = aptpl;
+                Ok(())
             }
             action::RESERVE => {
                 self.check_key(nexus, key)?;
@@ -427,10 +591,10 @@ impl Reservations {
             }
             pr_in::REPORT_CAPABILITIES => {
                 out.put_u16(8);
-                // CRH = 1: RESERVE/RELEASE follow SPC-4 5.13.3 (conflict with PRs).
-                out.put_u8(0x10);
-                // TMV = 1, ALLOW COMMANDS = 0 (not reported).
-                out.put_u8(0x80);
+                // CRH = 1: RESERVE/RELEASE follow SPC-4 5.13.3 (conflict with PRs); PTPL_C.
+                out.put_u8(0x10 | u8::from(self.ptpl_capable));
+                // TMV = 1, ALLOW COMMANDS = 0 (not reported); PTPL_A.
+                out.put_u8(0x80 | u8::from(self.aptpl));
                 // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX / EX_AC_AR.
                 out.put_u8(0x80 | 0x40 | 0x20 | 0x08 | 0x02);
                 out.put_u8(0x01);

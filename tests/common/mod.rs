@@ -58,12 +58,19 @@ impl TestServer {
     }
 
     /// Serves `config` on `portals` free loopback ports, portal groups 1 to `portals`.
-    pub async fn start_portals(mut config: Config, portals: usize) -> TestServer {
+    pub async fn start_portals(config: Config, portals: usize) -> TestServer {
+        TestServer::start_with(config, portals, DaemonOptions::default()).await
+    }
+
+    /// Serves `config` on `portals` free loopback ports with daemon `options` (a state file).
+    pub async fn start_with(
+        mut config: Config,
+        portals: usize,
+        options: DaemonOptions,
+    ) -> TestServer {
         config.portals = vec!["127.0.0.1:0".parse().unwrap(); portals];
         config.validate().unwrap();
-        let daemon = Daemon::start(config, DaemonOptions::default())
-            .await
-            .unwrap();
+        let daemon = Daemon::start(config, options).await.unwrap();
         let addrs = daemon.local_addrs();
         let addr = addrs[0];
         let (stop, stopped) = oneshot::channel::<()>();
@@ -423,9 +430,22 @@ impl Initiator {
     ) -> (u8, Option<Bytes>) {
         let blocks = (data.len() / 512) as u16;
         let cdb = crate::support::raw_initiator::write10(lba, blocks);
+        self.write_command(lun, &cdb, data, immediate, segment)
+            .await
+    }
+
+    /// Any command with Data-Out `data`, sent like [`Initiator::write10`]. Returns (status, sense).
+    pub async fn write_command(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data: &Bytes,
+        immediate: usize,
+        segment: usize,
+    ) -> (u8, Option<Bytes>) {
         let imm = data.slice(..immediate.min(data.len()));
         let itt = self
-            .command(lun, &cdb, false, true, data.len() as u32, imm, true)
+            .command(lun, cdb, false, true, data.len() as u32, imm, true)
             .await;
         loop {
             match self.recv().await {

@@ -165,3 +165,121 @@ async fn cold_reset_clears_persistent_reservations() {
     let keys = exec(&t, &b, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
     assert_eq!(&keys.data_in[4..8], &[0, 0, 0, 0]);
 }
+
+/// A [`ReservationStore`] in memory: what survives a "restart" of the target in these tests.
+#[derive(Default)]
+struct MemoryStore(parking_lot::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+impl ReservationStore for MemoryStore {
+    fn load(&self, serial: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.lock().get(serial).cloned())
+    }
+    fn save(&self, serial: &str, document: Option<&[u8]>) -> std::io::Result<()> {
+        match document {
+            Some(d) => self.0.lock().insert(serial.to_string(), d.to_vec()),
+            None => self.0.lock().remove(serial),
+        };
+        Ok(())
+    }
+}
+
+/// A target whose LUN 0 (serial SERIAL0001) keeps reservations in `store`, as the daemon
+/// builds one at every start.
+fn stored_target(store: &Arc<MemoryStore>) -> ScsiTarget {
+    let t = ScsiTarget::named("t", Vec::new()).with_reservation_store(store.clone());
+    let device = Arc::new(RamDevice::new(BLOCKS * 512));
+    t.insert_lun(0, lun_config(device)).unwrap();
+    t
+}
+
+/// PERSISTENT RESERVE OUT parameters with APTPL set.
+fn aptpl_params(key: u64, sa_key: u64) -> Vec<u8> {
+    let mut p = pr_params(key, sa_key).to_vec();
+    p[20] |= 0x01;
+    p
+}
+
+#[tokio::test]
+async fn aptpl_reservations_survive_a_restart_of_the_target() {
+    let store = Arc::new(MemoryStore::default());
+    let t = stored_target(&store);
+    let a = ready(&t, "a").await;
+    let b = ready(&t, "b").await;
+    let r = exec(&t, &a, &prout(0, 0), 24, &aptpl_params(0, 0xaa)).await;
+    assert_eq!(r.status, status::GOOD);
+    // Each REGISTER's APTPL applies to the whole unit: B asks for it too.
+    let r = exec(&t, &b, &prout(0, 0), 24, &aptpl_params(0, 0xbb)).await;
+    assert_eq!(r.status, status::GOOD);
+    let r = exec(&t, &a, &prout(1, 1), 24, &pr_params(0xaa, 0)).await;
+    assert_eq!(r.status, status::GOOD);
+    // PTPL_C and PTPL_A.
+    let caps = exec(&t, &a, &[0x5e, 2, 0, 0, 0, 0, 0, 0, 8, 0], 8, &[]).await;
+    assert_eq!(&caps.data_in[2..4], &[0x11, 0x81]);
+    let before = exec(&t, &a, &[0x5e, 3, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    drop(t);
+
+    // The next start: same serial, same store, fresh everything else.
+    let t = stored_target(&store);
+    let a = ready(&t, "a").await;
+    let b = ready(&t, "b").await;
+    let c = ready(&t, "c").await;
+    let after = exec(&t, &a, &[0x5e, 3, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(after.data_in, before.data_in, "READ FULL STATUS");
+    let res = exec(&t, &c, &[0x5e, 1, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(
+        &res.data_in[4..16],
+        &[0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xaa]
+    );
+    assert_eq!(res.data_in[21], 0x01, "WRITE EXCLUSIVE");
+    // The holder writes, a registrant and a stranger may not (WRITE EXCLUSIVE).
+    assert_eq!(write_status(&t, &a).await, status::GOOD);
+    assert_eq!(write_status(&t, &b).await, status::RESERVATION_CONFLICT);
+    assert_eq!(write_status(&t, &c).await, status::RESERVATION_CONFLICT);
+    // A cold target reset is a power cycle: APTPL keeps them through it too.
+    t.target_reset(true, &a);
+    for n in [&a, &b, &c] {
+        assert_sense(&exec(&t, n, &TUR, 0, &[]).await, 6, 0x29, 0x00);
+    }
+    assert_eq!(write_status(&t, &c).await, status::RESERVATION_CONFLICT);
+
+    // A REGISTER with APTPL clear ends the persistence: the next start has none.
+    let r = exec(&t, &b, &prout(6, 0), 24, &pr_params(0, 0xbc)).await;
+    assert_eq!(r.status, status::GOOD);
+    assert!(store.0.lock().is_empty(), "the saved copy is dropped");
+    let caps = exec(&t, &a, &[0x5e, 2, 0, 0, 0, 0, 0, 0, 8, 0], 8, &[]).await;
+    assert_eq!(&caps.data_in[2..4], &[0x11, 0x80]);
+    drop(t);
+    let t = stored_target(&store);
+    let c = ready(&t, "c").await;
+    assert_eq!(write_status(&t, &c).await, status::GOOD);
+}
+
+/// The status of a one-block WRITE(10) by `n`.
+async fn write_status(t: &ScsiTarget, n: &Nexus) -> u8 {
+    exec(t, n, &write10(0, 1), 512, &[0; 512]).await.status
+}
+
+#[tokio::test]
+async fn aptpl_is_refused_without_a_store_and_a_bad_saved_copy_is_ignored() {
+    let t = ram_target();
+    let a = ready(&t, "a").await;
+    let r = exec(&t, &a, &prout(0, 0), 24, &aptpl_params(0, 0xaa)).await;
+    assert_sense(&r, 5, 0x26, 0x00);
+    assert_field(&r, 20, Some(0));
+    let caps = exec(&t, &a, &[0x5e, 2, 0, 0, 0, 0, 0, 0, 8, 0], 8, &[]).await;
+    assert_eq!(&caps.data_in[2..4], &[0x10, 0x80]);
+
+    let store = Arc::new(MemoryStore::default());
+    store
+        .save("SERIAL0001", Some(br#"{"version": 1, "generation": 3"#))
+        .unwrap();
+    let t = stored_target(&store);
+    let a = ready(&t, "a").await;
+    let keys = exec(&t, &a, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(&keys.data_in[..8], &[0, 0, 0, 0, 0, 0, 0, 0]);
+    // The next change with APTPL replaces it.
+    let r = exec(&t, &a, &prout(0, 0), 24, &aptpl_params(0, 0xaa)).await;
+    assert_eq!(r.status, status::GOOD);
+    let saved = store.load("SERIAL0001").unwrap().unwrap();
+    assert!(String::from_utf8(saved).unwrap().contains("\"key\": 170"));
+}
