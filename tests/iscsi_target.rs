@@ -10,7 +10,8 @@ use bytes::Bytes;
 use common::{pattern, Initiator, LoginKeys, TestServer, IQN};
 use overlaybd_target::config::Tuning;
 use overlaybd_target::iscsi::pdu::{
-    LoginStatus, LogoutResponseCode, LunField, NopOut, Pdu, RejectReason, TextRequest, RESERVED_TAG,
+    LoginStatus, LogoutResponseCode, LunField, NopOut, Pdu, R2t, RejectReason, TextRequest,
+    RESERVED_TAG,
 };
 
 fn quiet() -> Tuning {
@@ -378,16 +379,22 @@ async fn several_sessions_and_luns_at_once() {
     }
 }
 
-#[tokio::test]
-async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
-    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+/// A server with one 1 MiB RAM LUN, and two sessions of one initiator (two ISIDs) on it.
+async fn two_sessions_on_a_ram_lun() -> (TestServer, Initiator, Initiator) {
     let server = TestServer::start(&["ram:1M"], quiet()).await;
-    let mut a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
+    let a = Initiator::logged_in(server.addr, &LoginKeys::default()).await;
     let keys = LoginKeys {
         isid: [0x00, 0x02, 0x3d, 0, 0, 9],
         ..LoginKeys::default()
     };
-    let mut b = Initiator::logged_in(server.addr, &keys).await;
+    let b = Initiator::logged_in(server.addr, &keys).await;
+    (server, a, b)
+}
+
+#[tokio::test]
+async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() {
+    use overlaybd_target::iscsi::pdu::{TmfFunction, TmfResponseCode};
+    let (_server, mut a, mut b) = two_sessions_on_a_ram_lun().await;
 
     // A's write waits for its Data-Out.
     let (_, r2t) = a.start_write(0, 8).await;
@@ -397,24 +404,30 @@ async fn lun_reset_by_one_session_aborts_the_other_sessions_tasks_on_that_lun() 
         TmfResponseCode::COMPLETE
     );
 
-    // A's task is gone: its data is ignored and it never gets a response.
+    // The reset shows up as a UNIT ATTENTION for A; the block was never written.
+    assert_aborted_then_told(&mut a, &r2t, (0x29, 0x03)).await;
+    assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
+}
+
+/// `ini`'s task that was waiting for the Data-Out `r2t` asked for is gone: its data is ignored
+/// and it never gets a response; the next command gets UNIT ATTENTION `why` (ASC, ASCQ).
+async fn assert_aborted_then_told(ini: &mut Initiator, r2t: &R2t, why: (u8, u8)) {
     tokio::time::sleep(Duration::from_millis(100)).await;
-    a.send(&a.answer(&r2t, pattern(4096, 7))).await;
+    ini.send(&ini.answer(r2t, pattern(r2t.desired_length as usize, 7)))
+        .await;
     assert!(
-        a.recv_within(Duration::from_millis(500)).await.is_err(),
+        ini.recv_within(Duration::from_millis(500)).await.is_err(),
         "no response for the aborted task"
     );
-    // The reset shows up as a UNIT ATTENTION for A; the block was never written.
-    let tur = a
+    let tur = ini
         .command(0, &[0; 6], false, false, 0, Bytes::new(), true)
         .await;
-    let (status, _, sense) = a.finish_read(tur).await;
+    let (status, _, sense) = ini.finish_read(tur).await;
     let sense = sense.expect("sense");
     assert_eq!(
         (status, sense[2] & 0x0f, sense[12], sense[13]),
-        (2, 6, 0x29, 0x03)
+        (2, 6, why.0, why.1)
     );
-    assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
 }
 
 #[tokio::test]
@@ -730,4 +743,36 @@ async fn aptpl_reservations_hold_across_a_restart_of_the_daemon() {
     let (status, _) = holder.write10(0, 0, &pattern(512, 1), 0, 512).await;
     assert_eq!(status, 0);
     server.shutdown();
+}
+
+#[tokio::test]
+async fn preempt_and_abort_drops_the_preempted_sessions_tasks_on_that_lun() {
+    let (_server, mut a, mut b) = two_sessions_on_a_ram_lun().await;
+    a.clear_unit_attention(0).await;
+    b.clear_unit_attention(0).await;
+    // A registers and holds WRITE EXCLUSIVE; B registers.
+    assert_eq!(pr_out(&mut a, 0, 0, 0, 0xa, false).await, 0);
+    assert_eq!(pr_out(&mut a, 1, 1, 0xa, 0, false).await, 0);
+    assert_eq!(pr_out(&mut b, 0, 0, 0, 0xb, false).await, 0);
+
+    // A's write waits for its Data-Out when B preempts A's key, and aborts.
+    let (_, r2t) = a.start_write(0, 8).await;
+    assert_eq!(pr_out(&mut b, 5, 1, 0xb, 0xa, false).await, 0);
+
+    // A's task is gone, and A learns why (REGISTRATIONS PREEMPTED); B holds the reservation
+    // now, so A may not write.
+    assert_aborted_then_told(&mut a, &r2t, (0x2a, 0x05)).await;
+    let (status, _) = a.write10(0, 0, &pattern(512, 1), 0, 512).await;
+    assert_eq!(status, 0x18);
+    assert_eq!(a.read10(0, 0, 8).await, Bytes::from(vec![0u8; 4096]));
+    // A plain PREEMPT takes a registration without aborting anything.
+    assert_eq!(pr_out(&mut a, 0, 0, 0, 0xc, false).await, 0);
+    let (_, r2t) = a.start_write(0, 1).await;
+    assert_eq!(pr_out(&mut b, 4, 1, 0xb, 0xc, false).await, 0);
+    a.send(&a.answer(&r2t, pattern(512, 8))).await;
+    let response = a.recv_within(Duration::from_secs(5)).await;
+    assert!(
+        matches!(response, Ok(Some(Pdu::ScsiResponse(_)))),
+        "the task of a plain PREEMPT's victim completes: {response:?}"
+    );
 }

@@ -172,6 +172,8 @@ pub mod service_action {
         pub const PREEMPT_AND_ABORT: u8 = 5;
         /// REGISTER AND IGNORE EXISTING KEY.
         pub const REGISTER_AND_IGNORE: u8 = 6;
+        /// REGISTER AND MOVE.
+        pub const REGISTER_AND_MOVE: u8 = 7;
     }
 }
 
@@ -265,6 +267,8 @@ pub static SUPPORTED: &[OpInfo] = &[
     op!(PERSISTENT_RESERVE_OUT, pr_out::PREEMPT_AND_ABORT =>
         [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
     op!(PERSISTENT_RESERVE_OUT, pr_out::REGISTER_AND_IGNORE =>
+        [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    op!(PERSISTENT_RESERVE_OUT, pr_out::REGISTER_AND_MOVE =>
         [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
     op!(EXTENDED_COPY, service_action::EXTENDED_COPY_LID1 =>
         [0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),

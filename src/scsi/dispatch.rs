@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::metrics::CommandKind;
 
-use super::cdb::service_action::copy_results;
+use super::cdb::service_action::{copy_results, pr_out};
 use super::cdb::{self, opcode, Command};
 use super::identity::ascii_field;
 use super::lun::{self, LogicalUnit};
@@ -14,7 +14,7 @@ use super::reservations::Access;
 use super::sense::{self, asc, Sense};
 use super::{
     alua, inquiry, mode, provisioning, report, sanitize, sbc, status, xcopy, CommandFailure,
-    CommandOutcome, Nexus, ScsiRequest, ScsiTarget,
+    CommandOutcome, Nexus, ScsiRequest, ScsiTarget, TaskAbort,
 };
 
 /// What a command with operation code `code` does, for metrics: reads and writes of the
@@ -359,8 +359,20 @@ impl ScsiTarget {
                 let lun::LunState {
                     ua, reservations, ..
                 } = &mut *state;
-                reservations.persistent_out(nexus, action, scope, pr_type, &data, ua)?;
+                let preempted = if action == pr_out::REGISTER_AND_MOVE {
+                    reservations.register_and_move(nexus, &data, &self.ports)?;
+                    Vec::new()
+                } else {
+                    reservations.persistent_out(nexus, action, scope, pr_type, &data, ua)?
+                };
                 lun.persist_reservations(reservations)?;
+                for nexus in preempted {
+                    // Nobody listening (no sessions) is fine.
+                    let _ = self.aborts.send(TaskAbort {
+                        lun: lun.number,
+                        nexus,
+                    });
+                }
                 Ok(Bytes::new())
             }
             Command::ReadCapacity10 { lba, pmi } => Ok(sbc::read_capacity10(lun, lba, pmi)?),

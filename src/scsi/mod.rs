@@ -8,7 +8,8 @@
 //!   [`ScsiTarget::with_ports`] names its target ports (one per portal group, for ALUA).
 //! - [`ScsiTarget::execute`] runs one command for one I_T nexus and returns a [`CommandOutcome`].
 //! - [`ScsiTarget::nexus_gone`], [`ScsiTarget::lun_reset`], [`ScsiTarget::target_reset`] for
-//!   session teardown and task management.
+//!   session teardown and task management; [`ScsiTarget::task_aborts`] for the tasks a
+//!   command of another nexus aborted (PREEMPT AND ABORT).
 //! - [`ScsiTarget::insert_lun`], [`ScsiTarget::remove_lun`], [`ScsiTarget::replace_lun`] change
 //!   the logical units while sessions run; [`ScsiTarget::has_lun`] and
 //!   [`ScsiTarget::lun_users`] answer what exists and who uses it.
@@ -222,7 +223,23 @@ pub struct ScsiTarget {
     ports: Arc<[u16]>,
     /// Where LUNs inserted from now on save persistent reservations with APTPL.
     pr_store: Option<Arc<dyn ReservationStore>>,
+    /// Tasks the transport must abort (PREEMPT AND ABORT); see [`ScsiTarget::task_aborts`].
+    aborts: tokio::sync::broadcast::Sender<TaskAbort>,
 }
+
+/// A request to the transport: abort every task of `nexus` on LUN `lun` without a response
+/// (TAS = 0; the nexus learns why from a unit attention), as PREEMPT AND ABORT asks for the
+/// nexuses it preempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskAbort {
+    /// The LUN whose tasks go.
+    pub lun: u64,
+    /// The I_T nexus whose tasks go.
+    pub nexus: Nexus,
+}
+
+/// Abort requests are rare; a session that lags behind them is told and misses only aborts.
+const ABORT_CHANNEL: usize = 64;
 
 impl ScsiTarget {
     /// Builds a target; LUN numbers are the indexes of `luns`.
@@ -251,7 +268,14 @@ impl ScsiTarget {
             luns: RwLock::new(luns),
             ports: Arc::from([1u16].as_slice()),
             pr_store: None,
+            aborts: tokio::sync::broadcast::channel(ABORT_CHANNEL).0,
         }
+    }
+
+    /// The requests to abort tasks that commands of this target make (PREEMPT AND ABORT):
+    /// each session honours those for its own nexus.
+    pub fn task_aborts(&self) -> tokio::sync::broadcast::Receiver<TaskAbort> {
+        self.aborts.subscribe()
     }
 
     /// LUNs inserted from now on ([`ScsiTarget::insert_lun`]) keep persistent reservations

@@ -326,7 +326,8 @@ impl Reservations {
         self.release(nexus);
     }
 
-    /// PERSISTENT RESERVE OUT.
+    /// PERSISTENT RESERVE OUT. Returns the I_T nexuses whose tasks on this LUN must be
+    /// aborted: those a PREEMPT AND ABORT took the registration of (SPC-4 5.13.11.2.4).
     pub fn persistent_out(
         &mut self,
         nexus: &Nexus,
@@ -335,7 +336,7 @@ impl Reservations {
         kind: u8,
         params: &[u8],
         ua: &mut UnitAttentions,
-    ) -> Result<(), CommandFailure> {
+    ) -> Result<Vec<Nexus>, CommandFailure> {
         if params.len() != 24 {
             return Err(Sense::parameter_list_length().into());
         }
@@ -373,7 +374,7 @@ impl Reservations {
                 // SPC-4 5.13.6: the APTPL of the last REGISTER applies to the whole unit (the
                 // other service actions ignore it).
                 self.aptpl = aptpl;
-                Ok(())
+                Ok(Vec::new())
             }
             action::RESERVE => {
                 self.check_key(nexus, key)?;
@@ -383,25 +384,25 @@ impl Reservations {
                             holder: nexus.clone(),
                             pr_type: kind,
                         });
-                        Ok(())
+                        Ok(Vec::new())
                     }
-                    Some(r) if r.pr_type == kind && self.is_holder(nexus) => Ok(()),
+                    Some(r) if r.pr_type == kind && self.is_holder(nexus) => Ok(Vec::new()),
                     Some(_) => Err(CommandFailure::Conflict),
                 }
             }
             action::RELEASE => {
                 self.check_key(nexus, key)?;
                 let Some(res) = &self.reservation else {
-                    return Ok(());
+                    return Ok(Vec::new());
                 };
                 if !self.is_holder(nexus) {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 if res.pr_type != kind {
                     return Err(Sense::illegal(asc::INVALID_RELEASE_OF_PR).into());
                 }
                 self.drop_reservation(Some(nexus), ua);
-                Ok(())
+                Ok(Vec::new())
             }
             action::CLEAR => {
                 self.check_key(nexus, key)?;
@@ -413,14 +414,85 @@ impl Reservations {
                 self.registrants.clear();
                 self.reservation = None;
                 self.bump();
-                Ok(())
+                Ok(Vec::new())
             }
             action::PREEMPT | action::PREEMPT_AND_ABORT => {
                 self.check_key(nexus, key)?;
-                self.preempt(nexus, sa_key, kind, ua)
+                let victims = self.preempt(nexus, sa_key, kind, ua)?;
+                Ok(if act == action::PREEMPT_AND_ABORT {
+                    victims
+                } else {
+                    Vec::new()
+                })
             }
             _ => Err(Sense::invalid_cdb_field(1, Some(4)).into()),
         }
+    }
+
+    /// PERSISTENT RESERVE OUT, REGISTER AND MOVE (SPC-4 5.13.7): the reservation `nexus` holds
+    /// goes, with its type, to the I_T nexus the parameter list names (a TransportID with ISID
+    /// and the relative target port, one of `ports`), which is registered with the service
+    /// action key; with UNREG the caller's registration then goes.
+    pub fn register_and_move(
+        &mut self,
+        nexus: &Nexus,
+        params: &[u8],
+        ports: &[u16],
+    ) -> Result<(), CommandFailure> {
+        if params.len() < 24 {
+            return Err(Sense::parameter_list_length().into());
+        }
+        let key = u64::from_be_bytes(params[0..8].try_into().unwrap_or_default());
+        let sa_key = u64::from_be_bytes(params[8..16].try_into().unwrap_or_default());
+        let (unreg, aptpl) = (params[17] & 0x02 != 0, params[17] & 0x01 != 0);
+        let port = u16::from_be_bytes([params[18], params[19]]);
+        let tid_len = u32::from_be_bytes([params[20], params[21], params[22], params[23]]);
+        if 24 + u64::from(tid_len) != params.len() as u64 {
+            return Err(Sense::parameter_list_length().into());
+        }
+        self.check_key(nexus, key)?;
+        if aptpl && !self.ptpl_capable {
+            return Err(Sense::invalid_param_field(17, Some(0)).into());
+        }
+        if sa_key == 0 {
+            return Err(Sense::invalid_param_field(8, None).into());
+        }
+        if !ports.contains(&port) {
+            return Err(Sense::invalid_param_field(18, None).into());
+        }
+        let to = parse_transport_id(&params[24..], port)?;
+        if &to == nexus {
+            // Moving to oneself is refused (SPC-4 6.16.4).
+            return Err(Sense::invalid_param_field(24, None).into());
+        }
+        let kind = match &self.reservation {
+            None => return Err(Sense::invalid_cdb_field(1, Some(4)).into()),
+            Some(r) if is_all_registrants(r.pr_type) || &r.holder != nexus => {
+                return Err(CommandFailure::Conflict)
+            }
+            Some(r) => r.pr_type,
+        };
+        let full = self.registrants.len() >= MAX_REGISTRANTS;
+        match self.registrants.iter_mut().find(|r| r.nexus == to) {
+            Some(r) => r.key = sa_key,
+            None if full => {
+                return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES).into())
+            }
+            None => self.registrants.push(Registrant {
+                nexus: to.clone(),
+                key: sa_key,
+            }),
+        }
+        self.reservation = Some(Reservation {
+            holder: to,
+            pr_type: kind,
+        });
+        if unreg {
+            self.registrants.retain(|r| &r.nexus != nexus);
+        }
+        self.aptpl = aptpl;
+        self.bump();
+        Ok(())
     }
 
     fn bump(&mut self) {
@@ -509,7 +581,7 @@ impl Reservations {
         sa_key: u64,
         kind: u8,
         ua: &mut UnitAttentions,
-    ) -> Result<(), CommandFailure> {
+    ) -> Result<Vec<Nexus>, CommandFailure> {
         let reservation = self.reservation.clone();
         let all_registrants = reservation
             .as_ref()
@@ -555,7 +627,7 @@ impl Reservations {
             });
         }
         self.bump();
-        Ok(())
+        Ok(victims)
     }
 
     /// PERSISTENT RESERVE IN; the full parameter data (the caller applies the allocation
@@ -627,6 +699,40 @@ impl Reservations {
         }
         Ok(out.freeze())
     }
+}
+
+/// The I_T nexus an iSCSI TransportID with ISID (format 01b) names, through target port
+/// `port`; INVALID FIELD IN PARAMETER LIST (pointing into the TransportID at byte 24 of the
+/// list) for any other form.
+fn parse_transport_id(tid: &[u8], port: u16) -> Result<Nexus, Sense> {
+    let bad = |at: u16| Sense::invalid_param_field(24 + at, None);
+    // FORMAT CODE 01b, PROTOCOL IDENTIFIER 5 (iSCSI).
+    if tid.len() < 4 || tid[0] != 0x45 {
+        return Err(bad(0));
+    }
+    let len = usize::from(u16::from_be_bytes([tid[2], tid[3]]));
+    let Some(text) = tid.get(4..4 + len) else {
+        return Err(bad(2));
+    };
+    let text = &text[..text.iter().position(|&b| b == 0).ok_or(bad(4))?];
+    let text = std::str::from_utf8(text).map_err(|_| bad(4))?;
+    let (name, isid) = text
+        .rsplit_once(",i,0x")
+        .or_else(|| text.rsplit_once(",I,0X"))
+        .or_else(|| text.rsplit_once(",i,0X"))
+        .ok_or(bad(4))?;
+    let isid = hex::decode(isid)
+        .ok()
+        .and_then(|b| <[u8; 6]>::try_from(b).ok())
+        .ok_or(bad(4))?;
+    if name.is_empty() {
+        return Err(bad(4));
+    }
+    Ok(Nexus {
+        initiator_name: name.to_string(),
+        isid,
+        tpgt: port,
+    })
 }
 
 /// iSCSI TransportID with ISID (SPC-4 7.6.4.6): "name,i,0x<isid>", NUL-terminated, padded to
@@ -702,6 +808,7 @@ mod tests {
             };
             self.res
                 .persistent_out(&n, act, 0, kind, &params(key, sa), &mut self.ua)
+                .map(drop)
         }
     }
 

@@ -193,6 +193,7 @@ pub async fn drive<R: AsyncRead + Unpin>(
     let mut by_tokio_id: HashMap<tokio::task::Id, TaskId> = HashMap::new();
     let mut logout_asked = false;
     let mut resets = ctx.scsi.as_ref().map(|s| s.resets.subscribe());
+    let mut aborts = ctx.scsi.as_ref().map(|s| s.target.task_aborts());
     let mut outbox = Outbox {
         queue: VecDeque::new(),
         encoded: 0,
@@ -325,7 +326,14 @@ pub async fn drive<R: AsyncRead + Unpin>(
                     break Ended::Stalled;
                 }
             }
-            Some(notice) = recv_reset(&mut resets) => {
+            Some(abort) = recv_notice(&mut aborts, "task aborts") => {
+                // PREEMPT AND ABORT through another session took this nexus's registration.
+                if ctx.scsi.as_ref().is_some_and(|s| s.nexus == abort.nexus) {
+                    let dropped = session.abort_for_foreign_reset(Some(abort.lun));
+                    tracing::info!(lun = abort.lun, dropped, "tasks aborted by PREEMPT AND ABORT");
+                }
+            }
+            Some(notice) = recv_notice(&mut resets, "reset notices") => {
                 let own = ctx.scsi.as_ref().map(|s| s.tsih);
                 match notice.scope {
                     _ if Some(notice.origin_tsih) == own => {}
@@ -383,8 +391,9 @@ impl ScsiBinding {
     }
 }
 
-/// The next reset notice; `None` when the channel is gone (then never again).
-async fn recv_reset(rx: &mut Option<broadcast::Receiver<ResetNotice>>) -> Option<ResetNotice> {
+/// The next notice on `rx` (reset notices, task aborts); never resolves once the channel is
+/// gone. `what` names the notices in the warning about missed ones.
+async fn recv_notice<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>, what: &str) -> Option<T> {
     loop {
         let Some(r) = rx.as_mut() else {
             return std::future::pending().await;
@@ -392,7 +401,7 @@ async fn recv_reset(rx: &mut Option<broadcast::Receiver<ResetNotice>>) -> Option
         match r.recv().await {
             Ok(notice) => return Some(notice),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "missed reset notices");
+                tracing::warn!(missed = n, "missed {what}");
             }
             Err(broadcast::error::RecvError::Closed) => *rx = None,
         }

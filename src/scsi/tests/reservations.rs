@@ -283,3 +283,120 @@ async fn aptpl_is_refused_without_a_store_and_a_bad_saved_copy_is_ignored() {
     let saved = store.load("SERIAL0001").unwrap().unwrap();
     assert!(String::from_utf8(saved).unwrap().contains("\"key\": 170"));
 }
+
+/// REGISTER AND MOVE parameters: keys, UNREG, the relative target port and an iSCSI
+/// TransportID with ISID for `to`.
+fn move_params(key: u64, sa_key: u64, unreg: bool, port: u16, to: &Nexus) -> Vec<u8> {
+    let mut name = format!("{},i,0x{}", to.initiator_name, hex::encode(to.isid)).into_bytes();
+    name.push(0);
+    name.resize(name.len().div_ceil(4) * 4, 0);
+    let mut p = pr_params(key, sa_key);
+    p[17] = if unreg { 0x02 } else { 0 };
+    p[18..20].copy_from_slice(&port.to_be_bytes());
+    p[20..24].copy_from_slice(&((4 + name.len()) as u32).to_be_bytes());
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    p.extend_from_slice(&name);
+    p
+}
+
+/// PERSISTENT RESERVE OUT, REGISTER AND MOVE with a parameter list of `len` bytes.
+fn move_cdb(len: usize) -> Vec<u8> {
+    let mut c = prout(7, 0);
+    c[5..9].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+#[tokio::test]
+async fn register_and_move_hands_the_reservation_to_another_nexus() {
+    let t = ram_target().with_ports(&[1, 2]);
+    let a = ready(&t, "a").await;
+    // B comes in through the second port.
+    let b = Nexus {
+        tpgt: 2,
+        ..nexus("b")
+    };
+    exec(&t, &b, &TUR, 0, &[]).await;
+    let mv = |p: Vec<u8>, by: Nexus| {
+        let t = &t;
+        async move { exec(t, &by, &move_cdb(p.len()), p.len() as u32, &p).await }
+    };
+    // Not registered: conflict. No reservation yet: invalid.
+    let r = mv(move_params(0xa, 0xbb, true, 2, &b), a.clone()).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    assert_eq!(
+        exec(&t, &a, &prout(0, 0), 24, &pr_params(0, 0xa))
+            .await
+            .status,
+        status::GOOD
+    );
+    let r = mv(move_params(0xa, 0xbb, true, 2, &b), a.clone()).await;
+    assert_sense(&r, 5, 0x24, 0);
+    // A holds EXCLUSIVE ACCESS; B cannot read.
+    assert_eq!(
+        exec(&t, &a, &prout(1, 3), 24, &pr_params(0xa, 0))
+            .await
+            .status,
+        status::GOOD
+    );
+    let r = exec(&t, &b, &read10(0, 1), 512, &[]).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    // Malformed moves change nothing: a port the target lacks, a TransportID without ISID,
+    // a length that disagrees with the TransportID's, a move to oneself, a zero key.
+    let r = mv(move_params(0xa, 0xbb, true, 9, &b), a.clone()).await;
+    assert_field(&r, 18, None);
+    let mut no_isid = move_params(0xa, 0xbb, true, 2, &b);
+    no_isid[24] = 0x05;
+    assert_field(&mv(no_isid, a.clone()).await, 24, None);
+    let mut long = move_params(0xa, 0xbb, true, 2, &b);
+    long.extend_from_slice(&[0; 4]);
+    assert_sense(&mv(long, a.clone()).await, 5, 0x1a, 0);
+    assert_field(
+        &mv(move_params(0xa, 0xbb, true, 1, &a), a.clone()).await,
+        24,
+        None,
+    );
+    assert_field(
+        &mv(move_params(0xa, 0, true, 2, &b), a.clone()).await,
+        8,
+        None,
+    );
+    let r = exec(&t, &b, &read10(0, 1), 512, &[]).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+
+    // The move: B holds EXCLUSIVE ACCESS with key 0xbb, A is unregistered (UNREG).
+    let r = mv(move_params(0xa, 0xbb, true, 2, &b), a.clone()).await;
+    assert_eq!(r.status, status::GOOD, "{:02x?}", r.sense);
+    let res = exec(&t, &b, &[0x5e, 1, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(&res.data_in[8..16], &0xbbu64.to_be_bytes());
+    assert_eq!(res.data_in[21], 0x03);
+    let keys = exec(&t, &b, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0], 255, &[]).await;
+    assert_eq!(
+        &keys.data_in[4..16],
+        &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xbb]
+    );
+    assert_eq!(
+        exec(&t, &b, &read10(0, 1), 512, &[]).await.status,
+        status::GOOD
+    );
+    let r = exec(&t, &a, &read10(0, 1), 512, &[]).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    // A's registration is gone, so A cannot move it back.
+    let r = mv(move_params(0xa, 0xa, false, 1, &a), a.clone()).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    // An all-registrants reservation cannot be moved.
+    assert_eq!(
+        exec(&t, &b, &prout(2, 3), 24, &pr_params(0xbb, 0))
+            .await
+            .status,
+        status::GOOD
+    );
+    assert_eq!(
+        exec(&t, &b, &prout(1, 8), 24, &pr_params(0xbb, 0))
+            .await
+            .status,
+        status::GOOD
+    );
+    let r = mv(move_params(0xbb, 0xa, false, 1, &a), b.clone()).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+}
