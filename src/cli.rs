@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long = "portal", value_name = "IP:PORT", value_parser = parse_socket_addr)]
     pub portals: Vec<SocketAddr>,
 
+    /// ALUA access state of a portal group (repeatable), TAG=STATE: TAG 1 is the first
+    /// `--portal`; STATE active-optimized (the default), active-non-optimized, standby or
+    /// unavailable. Overrides the config file's `alua` table entry for that group.
+    #[arg(long = "alua", value_name = "TAG=STATE", value_parser = parse_alua)]
+    pub alua: Vec<(u16, overlaybd_target::scsi::AccessState)>,
+
     /// Target IQN for the quick form. Default iqn.2026-11.io.overlaybd:demo.
     #[arg(long, value_name = "IQN", conflicts_with = "config")]
     pub target: Option<String>,
@@ -180,6 +186,24 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `TAG=STATE` of `--alua`.
+fn parse_alua(text: &str) -> Result<(u16, overlaybd_target::scsi::AccessState), String> {
+    use overlaybd_target::scsi::AccessState;
+    let (tag, state) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not TAG=STATE, such as 2=standby"))?;
+    let tag = tag.parse().map_err(|_| {
+        format!("{tag:?} is not a portal group tag (1 for the first --portal, ...)")
+    })?;
+    let state = AccessState::parse(state).ok_or_else(|| {
+        format!(
+            "{state:?} is not an ALUA state; one of {}",
+            AccessState::NAMES
+        )
+    })?;
+    Ok((tag, state))
+}
+
 /// A size such as `4G` or `256M`.
 fn parse_cache_size(text: &str) -> Result<u64, String> {
     overlaybd_target::block::parse_size(text).map_err(|e| e.to_string())
@@ -264,6 +288,7 @@ impl Cli {
         if config.portals.is_empty() {
             config.portals = vec![DEFAULT_PORTAL];
         }
+        config.alua.extend(self.alua.iter().copied());
         if let Some(depth) = self.queue_depth {
             config.tuning.queue_depth = depth;
         }
@@ -327,6 +352,7 @@ impl Cli {
                 "--max-pending-logins-per-address"
             }
             "global.portals" if !self.portals.is_empty() => "--portal",
+            "global.alua" if !self.alua.is_empty() => "--alua",
             "targets[0].name" if quick => "--target",
             "targets[0].luns" if quick => "--lun",
             _ => return invalid,
@@ -373,6 +399,28 @@ mod tests {
         assert_eq!(t.luns[0].backing, Backing::File("/a.img".into()));
         assert_eq!(t.luns[1].backing, Backing::Ram(1 << 30));
         assert!(t.luns[2].read_only && !t.luns[0].read_only);
+    }
+
+    #[test]
+    fn alua_states_name_portal_groups() {
+        use overlaybd_target::scsi::AccessState;
+        let two = ["--portal", "127.0.0.1:3260", "--portal", "127.0.0.1:3261"];
+        let args = [&two[..], &["--lun", "ram:1M", "--alua", "2=standby"]].concat();
+        let config = cli(&args).unwrap().into_config().unwrap();
+        assert_eq!(config.alua.get(&2), Some(&AccessState::Standby));
+        let err = cli(&["--alua", "2=passive"]).err().unwrap().to_string();
+        assert!(err.contains("active-non-optimized"), "{err}");
+        assert!(cli(&["--alua", "standby"]).is_err());
+        // Checked against the portals, and named by the flag.
+        let err = cli(&["--lun", "ram:1M", "--alua", "3=standby"])
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--alua") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

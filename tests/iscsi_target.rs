@@ -111,7 +111,10 @@ async fn each_portal_is_a_target_port_in_a_port_group_of_its_own() {
         assert_eq!(status, 0);
         assert_eq!(
             &groups[..],
-            &[0, 0, 0, 24, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2]
+            &[
+                0, 0, 0, 24, 0, 0x0f, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0x0f, 0, 2, 0, 0, 0, 1, 0,
+                0, 0, 2
+            ]
         );
         let itt = ini
             .command(
@@ -775,4 +778,41 @@ async fn preempt_and_abort_drops_the_preempted_sessions_tasks_on_that_lun() {
         matches!(response, Ok(Some(Pdu::ScsiResponse(_)))),
         "the task of a plain PREEMPT's victim completes: {response:?}"
     );
+}
+
+#[tokio::test]
+async fn a_standby_portal_group_answers_not_ready_to_media_commands() {
+    let mut config = common::config(&["ram:1M"], quiet());
+    config
+        .alua
+        .insert(2, overlaybd_target::scsi::AccessState::Standby);
+    let server = TestServer::start_portals(config, 2).await;
+    let rtpg = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    for (addr, tur_sense) in [
+        (server.addrs[0], None),
+        (server.addrs[1], Some((2, 0x04, 0x0b))),
+    ] {
+        let mut ini = Initiator::connect(addr).await;
+        ini.login_normal(IQN, &LoginKeys::default()).await;
+        // A power-on UNIT ATTENTION may come first.
+        let (mut status, mut sense) = (0, None);
+        for _ in 0..2 {
+            let itt = ini
+                .command(0, &[0; 6], false, false, 0, Bytes::new(), true)
+                .await;
+            (status, _, sense) = ini.finish_read(itt).await;
+            if !sense.as_ref().is_some_and(|s| s[2] & 0x0f == 6) {
+                break;
+            }
+        }
+        let got = sense.map(|s| (s[2] & 0x0f, s[12], s[13]));
+        assert_eq!((status != 0, got), (tur_sense.is_some(), tur_sense));
+        // Both paths say which group is which.
+        let itt = ini
+            .command(0, &rtpg, true, false, 256, Bytes::new(), true)
+            .await;
+        let (status, groups, _) = ini.finish_read(itt).await;
+        assert_eq!(status, 0);
+        assert_eq!((groups[4] & 0x0f, groups[16] & 0x0f), (0x0, 0x2));
+    }
 }

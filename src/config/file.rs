@@ -94,6 +94,8 @@ struct RawGlobal {
     discovery_mutual_chap: Option<ChapCredentials>,
     #[serde(default)]
     strict: bool,
+    /// Portal group tag (as a string key) to ALUA access state name.
+    alua: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -235,12 +237,30 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
     if portals.is_empty() {
         portals.push(DEFAULT_PORTAL);
     }
+    let mut alua = std::collections::BTreeMap::new();
+    for (tag, state) in g.alua.iter().flatten() {
+        let field = format!("global.alua.{tag}");
+        let tag: u16 = tag.parse().map_err(|_| InvalidField {
+            field: field.clone(),
+            message: "the key is a portal group tag: 1 for the first portal, 2 for the second, ..."
+                .to_string(),
+        })?;
+        let state = crate::scsi::AccessState::parse(state).ok_or_else(|| InvalidField {
+            field: field.clone(),
+            message: format!(
+                "{state:?} is not an ALUA state; one of {}",
+                crate::scsi::AccessState::NAMES
+            ),
+        })?;
+        alua.insert(tag, state);
+    }
     Ok(Config {
         portals,
         tuning,
         targets,
         images: Default::default(),
         strict: g.strict,
+        alua,
     })
 }
 
@@ -251,6 +271,11 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, ConfigFileError> {
         parse(text, Path::new("/etc/t.toml"))
+    }
+
+    /// `global` followed by one small target.
+    fn with_target(global: &str) -> String {
+        format!("{global}[[targets]]\nname = \"iqn.x:y\"\nluns = [{{ backing = \"ram:1M\" }}]\n")
     }
 
     #[test]
@@ -325,6 +350,40 @@ mod tests {
         assert_eq!(c.tuning, Tuning::default());
         assert!(!c.targets[0].allow_target_reset);
         assert!(!c.strict);
+    }
+
+    #[test]
+    fn alua_states_are_read_by_portal_group_and_checked() {
+        let c = parse_str(&with_target(
+            "[global]\nportals = [\"127.0.0.1:3260\", \"127.0.0.1:3261\"]\nalua = { 2 = \"standby\" }\n",
+        ))
+        .unwrap();
+        use crate::scsi::AccessState;
+        assert_eq!(
+            c.port_states(),
+            vec![(1, AccessState::ActiveOptimized), (2, AccessState::Standby)]
+        );
+        c.validate().unwrap();
+        let e = parse_str(&with_target("[global]\nalua = { 1 = \"passive\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global.alua.1") && e.contains("standby"), "{e}");
+        let e = parse_str(&with_target("[global]\nalua = { one = \"standby\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("portal group tag"), "{e}");
+        // A group the portals do not have, and no active group at all.
+        let e = parse_str(&with_target("[global]\nalua = { 2 = \"standby\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let e = parse_str(&with_target("[global]\nalua = { 1 = \"unavailable\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("at least one portal group must be active"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Config {
     /// Daemon settings for `image:` LUNs with registry layers: overlaybd.json's keys (cache,
     /// credentials, download, P2P) after the command line's `--cache-dir` / `--cache-size`.
     pub images: crate::cache::DaemonSettings,
+    /// ALUA access state of portal groups (tag: 1 for the first portal, ...); the others are
+    /// active/optimized.
+    pub alua: std::collections::BTreeMap<u16, crate::scsi::AccessState>,
 }
 
 impl Config {
@@ -44,7 +47,16 @@ impl Config {
             targets: vec![target],
             strict: false,
             images: Default::default(),
+            alua: Default::default(),
         }
+    }
+
+    /// Every portal group's tag (1, 2, ... in portal order) with its ALUA access state.
+    pub fn port_states(&self) -> Vec<(u16, crate::scsi::AccessState)> {
+        (1u16..)
+            .take(self.portals.len())
+            .map(|tag| (tag, self.alua.get(&tag).copied().unwrap_or_default()))
+            .collect()
     }
 }
 
@@ -277,6 +289,26 @@ impl Config {
             return Err(InvalidField::new(
                 "global.portals",
                 "at least one portal is needed",
+            ));
+        }
+        if let Some(tag) = self
+            .alua
+            .keys()
+            .find(|&&t| t == 0 || usize::from(t) > self.portals.len())
+        {
+            return Err(InvalidField::new(
+                "global.alua",
+                format!(
+                    "portal group {tag} does not exist: the {} portal(s) are groups 1 to {}",
+                    self.portals.len(),
+                    self.portals.len()
+                ),
+            ));
+        }
+        if !self.port_states().iter().any(|(_, s)| s.is_active()) {
+            return Err(InvalidField::new(
+                "global.alua",
+                "at least one portal group must be active (active-optimized or active-non-optimized)",
             ));
         }
         let t = &self.tuning;

@@ -104,8 +104,9 @@ struct Inner {
     inventory: Mutex<Inventory>,
     server: OnceLock<ServerHandle>,
     portals: OnceLock<Vec<SocketAddr>>,
-    /// The portal group tags, 1 to the number of portals: every target's SCSI ports.
-    port_tags: Vec<u16>,
+    /// The portal group tags, 1 to the number of portals, with their ALUA access states:
+    /// every target's SCSI ports.
+    ports: Vec<(u16, crate::scsi::AccessState)>,
     /// Where persistent reservations with APTPL are saved: beside the state file, so without
     /// one they cannot be (PTPL_C 0).
     pr_store: Option<Arc<dyn ReservationStore>>,
@@ -161,7 +162,7 @@ impl Daemon {
             inventory: Mutex::new(Inventory::default()),
             server: OnceLock::new(),
             portals: OnceLock::new(),
-            port_tags: (1u16..).take(config.portals.len()).collect(),
+            ports: config.port_states(),
             pr_store: state.as_ref().map(|file| {
                 Arc::new(ReservationDir::beside(file.path())) as Arc<dyn ReservationStore>
             }),
@@ -478,7 +479,7 @@ impl Inner {
 
     /// An empty SCSI target `name` with this daemon's ports and reservation store.
     fn scsi_target(&self, name: &str) -> ScsiTarget {
-        let target = ScsiTarget::named(name, Vec::new()).with_ports(&self.port_tags);
+        let target = ScsiTarget::named(name, Vec::new()).with_port_states(&self.ports);
         match &self.pr_store {
             Some(store) => target.with_reservation_store(store.clone()),
             None => target,

@@ -96,6 +96,9 @@ impl ScsiTarget {
             Ok(cmd) => cmd,
             Err(sense) => return respond(Err(sense.into()), &req, None),
         };
+        if let Err(sense) = alua::check_access(self.access_state(nexus.tpgt), &cmd) {
+            return respond(Err(sense.into()), &req, None);
+        }
         if let Err(sense) = offered(lun, &req.cdb) {
             return respond(Err(sense.into()), &req, None);
         }
@@ -360,7 +363,8 @@ impl ScsiTarget {
                     ua, reservations, ..
                 } = &mut *state;
                 let preempted = if action == pr_out::REGISTER_AND_MOVE {
-                    reservations.register_and_move(nexus, &data, &self.ports)?;
+                    let ports: Vec<u16> = self.ports.iter().map(|&(tag, _)| tag).collect();
+                    reservations.register_and_move(nexus, &data, &ports)?;
                     Vec::new()
                 } else {
                     reservations.persistent_out(nexus, action, scope, pr_type, &data, ua)?

@@ -15,6 +15,7 @@
 //!   [`ScsiTarget::lun_users`] answer what exists and who uses it.
 
 mod alua;
+pub use alua::AccessState;
 pub mod cdb;
 mod dispatch;
 mod identity;
@@ -219,8 +220,8 @@ pub struct ScsiTarget {
     /// removed or replaced while its commands run keeps its device until they complete.
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
     /// The target's ports: one per portal group, numbered by its tag, each its own target port
-    /// group (REPORT TARGET PORT GROUPS).
-    ports: Arc<[u16]>,
+    /// group (REPORT TARGET PORT GROUPS) in its access state.
+    ports: Arc<[(u16, AccessState)]>,
     /// Where LUNs inserted from now on save persistent reservations with APTPL.
     pr_store: Option<Arc<dyn ReservationStore>>,
     /// Tasks the transport must abort (PREEMPT AND ABORT); see [`ScsiTarget::task_aborts`].
@@ -266,7 +267,7 @@ impl ScsiTarget {
         ScsiTarget {
             name,
             luns: RwLock::new(luns),
-            ports: Arc::from([1u16].as_slice()),
+            ports: Arc::from([(1u16, AccessState::ActiveOptimized)].as_slice()),
             pr_store: None,
             aborts: tokio::sync::broadcast::channel(ABORT_CHANNEL).0,
         }
@@ -286,13 +287,30 @@ impl ScsiTarget {
     }
 
     /// The target reachable through the portal groups tagged `ports` (the default is one, tag
-    /// 1): each is a target port and a target port group of its own for ALUA. An empty list
-    /// keeps the default.
-    pub fn with_ports(mut self, ports: &[u16]) -> Self {
+    /// 1), all active/optimized: each is a target port and a target port group of its own for
+    /// ALUA. An empty list keeps the default.
+    pub fn with_ports(self, ports: &[u16]) -> Self {
+        let states: Vec<_> = ports
+            .iter()
+            .map(|&p| (p, AccessState::ActiveOptimized))
+            .collect();
+        self.with_port_states(&states)
+    }
+
+    /// [`ScsiTarget::with_ports`] with each group's ALUA access state.
+    pub fn with_port_states(mut self, ports: &[(u16, AccessState)]) -> Self {
         if !ports.is_empty() {
             self.ports = Arc::from(ports);
         }
         self
+    }
+
+    /// The access state of the port group `tag` (active/optimized for one the target lacks).
+    fn access_state(&self, tag: u16) -> AccessState {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == tag)
+            .map_or(AccessState::ActiveOptimized, |(_, s)| *s)
     }
 
     /// Executes one command for `nexus`. Never panics on any CDB or data.

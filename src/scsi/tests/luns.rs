@@ -230,3 +230,22 @@ async fn insert_refuses_a_taken_or_out_of_range_number() {
     let r = exec(&t, &nexus("a"), &REPORT_LUNS, 256, &[]).await;
     assert_eq!(listed(&r)[1], [0x7f, 0xff, 0, 0, 0, 0, 0, 0]);
 }
+
+#[tokio::test]
+async fn a_standby_port_reports_unit_attentions_first_then_not_ready() {
+    let t = ram_target()
+        .with_port_states(&[(1, AccessState::ActiveOptimized), (2, AccessState::Standby)]);
+    let standby = Nexus {
+        tpgt: 2,
+        ..nexus("s")
+    };
+    assert_sense(&exec(&t, &standby, &TUR, 0, &[]).await, 6, 0x29, 0x00);
+    assert_sense(&exec(&t, &standby, &TUR, 0, &[]).await, 2, 0x04, 0x0b);
+    let inquiry = exec(&t, &standby, &[0x12, 0, 0, 0, 36, 0], 36, &[]).await;
+    assert_eq!(inquiry.status, status::GOOD);
+    let active = ready(&t, "a").await;
+    assert_eq!(
+        exec(&t, &active, &read10(0, 1), 512, &[]).await.status,
+        status::GOOD
+    );
+}

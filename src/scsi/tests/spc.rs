@@ -400,7 +400,7 @@ async fn target_port_groups_follow_the_portal_group_of_the_nexus() {
     assert_eq!(&r.data_in[..4], &[0, 0, 0, 24]);
     assert_eq!(
         &r.data_in[16..20],
-        &[0, 1, 0, 3],
+        &[0, 0x0f, 0, 3],
         "the second group is port 3"
     );
     let r = exec(&t, &n, &rtpg(1), 256, &[]).await;
