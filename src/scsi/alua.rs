@@ -74,14 +74,7 @@ impl AccessState {
 /// NOT READY for `cmd` received through a port group in `state` when the state does not
 /// serve it.
 pub fn check_access(state: AccessState, cmd: &Command) -> Result<(), Sense> {
-    let describes = matches!(
-        cmd,
-        Command::Inquiry { .. }
-            | Command::ReportLuns { .. }
-            | Command::RequestSense { .. }
-            | Command::ReportTargetPortGroups { .. }
-            | Command::ReportSupportedOpcodes { .. }
-    );
+    let describes = cmd.describes_unit();
     let standby_also = matches!(
         cmd,
         Command::ModeSense { .. }

@@ -564,6 +564,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Commands that describe the unit and its paths rather than use it: they work while a
+    /// sanitize runs (SBC-4 4.11.1), on a LUN that is not ready and through a standby or
+    /// unavailable ALUA path, so an initiator can always see the LUN and follow what is going
+    /// on.
+    pub fn describes_unit(&self) -> bool {
+        matches!(
+            self,
+            Command::Inquiry { .. }
+                | Command::ReportLuns { .. }
+                | Command::RequestSense { .. }
+                | Command::ReportSupportedOpcodes { .. }
+                | Command::ReportTargetPortGroups { .. }
+        )
+    }
+}
+
 /// Big-endian field at byte `at` (the caller has checked the length).
 pub(super) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])

@@ -497,7 +497,7 @@ fn access_of(cmd: &Command) -> Access {
 /// INQUIRY, REPORT LUNS, REQUEST SENSE, the opcode list, mode pages and reservations still
 /// work, so an initiator can see the LUN and why it is not ready (SPC-4 5.1).
 fn needs_medium(cmd: &Command) -> bool {
-    !describes_unit(cmd)
+    !cmd.describes_unit()
         && !matches!(
             cmd,
             Command::ModeSense { .. }
@@ -533,7 +533,7 @@ fn modifies_medium(cmd: &Command) -> bool {
 /// media commands while a failed sanitize left the LUN in failure mode (a new SANITIZE may
 /// still run).
 fn check_sanitize(state: &lun::LunState, cmd: &Command) -> Result<(), Sense> {
-    if describes_unit(cmd) {
+    if cmd.describes_unit() {
         return Ok(());
     }
     state.sanitize.check_idle()?;
@@ -541,20 +541,6 @@ fn check_sanitize(state: &lun::LunState, cmd: &Command) -> Result<(), Sense> {
         state.sanitize.check_not_failed()?;
     }
     Ok(())
-}
-
-/// Commands that describe the unit and its paths rather than use it: they work while a
-/// sanitize runs (SBC-4 4.11.1) and on a LUN that is not ready, so an initiator can always see
-/// the LUN and follow what is going on.
-fn describes_unit(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Inquiry { .. }
-            | Command::ReportLuns { .. }
-            | Command::RequestSense { .. }
-            | Command::ReportSupportedOpcodes { .. }
-            | Command::ReportTargetPortGroups { .. }
-    )
 }
 
 /// INVALID COMMAND OPERATION CODE (or, for one service action of an opcode, INVALID FIELD IN
