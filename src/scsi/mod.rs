@@ -226,6 +226,8 @@ pub struct ScsiTarget {
     pr_store: Option<Arc<dyn ReservationStore>>,
     /// Tasks the transport must abort (PREEMPT AND ABORT); see [`ScsiTarget::task_aborts`].
     aborts: tokio::sync::broadcast::Sender<TaskAbort>,
+    /// Chunk buffers EXTENDED COPY may hold at once (`xcopy::MAX_CHUNKS_IN_FLIGHT`).
+    copy_slots: tokio::sync::Semaphore,
 }
 
 /// A request to the transport: abort every task of `nexus` on LUN `lun` without a response
@@ -270,6 +272,7 @@ impl ScsiTarget {
             ports: Arc::from([(1u16, AccessState::ActiveOptimized)].as_slice()),
             pr_store: None,
             aborts: tokio::sync::broadcast::channel(ABORT_CHANNEL).0,
+            copy_slots: tokio::sync::Semaphore::new(xcopy::MAX_CHUNKS_IN_FLIGHT),
         }
     }
 

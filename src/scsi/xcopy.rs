@@ -16,6 +16,8 @@
 //!   written under the destination's read-modify-write lock, like COMPARE AND WRITE. Where
 //!   source and destination overlap on one LUN the chunks go backwards when needed, so the
 //!   result is that of a copy through a buffer (no smearing).
+//! - A target moves at most [`MAX_CHUNKS_IN_FLIGHT`] chunks at once across all its copies, so
+//!   copies an initiator piles up wait for a slot rather than each holding a buffer.
 //! - Each chunk holds the LUN's atomic gate shared while it reads or writes, so a WRITE ATOMIC
 //!   never sees half of a chunk; gates are taken one at a time, never nested.
 //! - The copy runs as the issuing I_T nexus: reservations of the source and destination LUNs
@@ -47,6 +49,10 @@ pub const MAX_SEGMENT_BYTES: u32 = MAX_TRANSFER_BLOCKS * 512;
 pub const MAX_TRACKED: usize = 64;
 /// Bytes moved per read and write of a segment.
 pub const CHUNK_BYTES: u64 = 1 << 20;
+/// Chunks the copy manager of one target moves at once, whatever the number of EXTENDED COPY
+/// commands running: bounds its buffers to this many [`CHUNK_BYTES`] (the session budgets do
+/// not see them, since a copy sends no Data-In).
+pub const MAX_CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Length of the parameter list header.
 const HEADER_LEN: usize = 16;
@@ -564,7 +570,7 @@ impl ScsiTarget {
             .map(|s| check_segment(nexus, s, &luns))
             .collect::<Result<Vec<_>, CommandFailure>>()?;
         for m in moves {
-            copy_range(&m).await.map_err(|sense| {
+            copy_range(&m, &self.copy_slots).await.map_err(|sense| {
                 // A copy target failed under way: the copy manager reports it as its own
                 // failure, pointing at the segment.
                 tracing::debug!(asc = sense.asc.0, ascq = sense.asc.1, "copy target failed");
@@ -695,13 +701,15 @@ fn ready(lun: &LogicalUnit) -> Result<(), Sense> {
 
 /// Copies one checked segment in chunks; backwards when it overlaps itself on one LUN with the
 /// destination after the source, so every byte is read before it is overwritten.
-async fn copy_range(m: &Move) -> Result<(), Sense> {
+async fn copy_range(m: &Move, slots: &tokio::sync::Semaphore) -> Result<(), Sense> {
     let chunks = m.len.div_ceil(CHUNK_BYTES);
     let backwards = Arc::ptr_eq(&m.src, &m.dst) && m.to > m.from && m.to < m.from + m.len;
     for i in 0..chunks {
         let i = if backwards { chunks - 1 - i } else { i };
         let at = i * CHUNK_BYTES;
         let n = (m.len - at).min(CHUNK_BYTES);
+        // The semaphore is never closed; a slot is held until the chunk is written.
+        let _slot = slots.acquire().await.ok();
         let data = read_bytes(&m.src, m.from + at, n).await?;
         write_bytes(&m.dst, m.to + at, data).await?;
     }

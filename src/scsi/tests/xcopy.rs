@@ -491,6 +491,73 @@ async fn operating_parameters_and_vpd_8f_state_the_limits_that_are_enforced() {
     assert_eq!(r.data_in[5] & 0x08, 0x08);
 }
 
+/// Reads count themselves, then wait for a permit.
+struct CountAndHold {
+    entered: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for CountAndHold {
+    /// Every read waits until the test adds a permit.
+    fn default() -> Self {
+        CountAndHold {
+            entered: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl RamHook for CountAndHold {
+    async fn before_read(&self, _len: usize) {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
+#[tokio::test]
+async fn copies_piled_up_wait_for_one_of_a_few_chunk_slots() {
+    use std::sync::atomic::Ordering;
+    let device = HookedRam::new(BLOCKS * 512, CountAndHold::default());
+    let t = Arc::new(ScsiTarget::new(vec![LunConfig {
+        serial: "XC0".into(),
+        ..lun_config(device.clone())
+    }]));
+    let n = ready(&t, "xc").await;
+    let copies = xcopy::MAX_CHUNKS_IN_FLIGHT + 3;
+    let tasks: Vec<_> = (0..copies as u64)
+        .map(|i| {
+            let (t, n) = (t.clone(), n.clone());
+            tokio::spawn(async move {
+                let p = list(0, 0b11, &[naa_target("XC0")], &[b2b(0, 0, 1, i, 100 + i)]);
+                xcopy(&t, &n, &p).await.status
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while device.hook.entered.load(Ordering::SeqCst) < xcopy::MAX_CHUNKS_IN_FLIGHT {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        device.hook.entered.load(Ordering::SeqCst),
+        xcopy::MAX_CHUNKS_IN_FLIGHT,
+        "no more chunks in flight than slots"
+    );
+    device.hook.gate.add_permits(copies);
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), status::GOOD);
+    }
+    assert_eq!(device.hook.entered.load(Ordering::SeqCst), copies);
+}
+
 proptest! {
     /// Any bytes, and any mutation of a good list, parse to a plan or a sense; never a panic,
     /// and a plan's segments always refer to descriptors by index only.
