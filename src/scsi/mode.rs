@@ -52,6 +52,9 @@ fn page(lun: &LogicalUnit, code: u8, pc: PageControl) -> Vec<u8> {
                     p[4] = SWP;
                 }
             } else {
+                // TST 001: a task set per I_T nexus, which is where task attributes are
+                // honoured (the iSCSI session orders its own commands).
+                p[2] = 0x20;
                 // Queue algorithm modifier 1 (unrestricted reordering), QERR 0.
                 p[3] = 0x10;
                 // Busy timeout: unlimited.

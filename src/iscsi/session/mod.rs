@@ -20,6 +20,7 @@ pub mod budget;
 mod control;
 pub mod data_in;
 pub mod data_out;
+mod ordering;
 pub mod registry;
 pub mod status;
 mod tasks;
@@ -240,6 +241,14 @@ pub struct Session {
     stamp_due: bool,
     /// When the initiator asked to log out must have done so.
     logout_deadline: Option<Instant>,
+    /// The admission number of the next task to join its LUN's task set (`ordering.rs`).
+    next_admission: u64,
+    /// Admitted ORDERED and HEAD OF QUEUE tasks still in the table.
+    blocking: usize,
+    /// Tasks waiting for older tasks to leave.
+    dormant: usize,
+    /// Several tasks are being dropped at once: dormant ones wait until all are gone.
+    wakes_held: bool,
 }
 
 /// Answers a Text Request (SendTargets and other keys) given the initiator's current
@@ -295,6 +304,10 @@ impl Session {
             now,
             stamp_due: false,
             logout_deadline: None,
+            next_admission: 0,
+            blocking: 0,
+            dormant: 0,
+            wakes_held: false,
         }
     }
 

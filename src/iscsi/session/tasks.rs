@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::budget::{Hold, Holds};
 use super::data_out::{DataOutError, WriteTransfer};
+use super::ordering::Ordering;
 use super::status::{status_pdus, CommandRef, Stamp};
 use super::{
     Event, Ordered, Phase, Session, TaskId, MAX_GAP_BYTES, SESSION_FLOOR, STAMPED_AT_TRANSMIT,
@@ -59,6 +60,14 @@ pub(super) struct Task {
     data_wait: Option<Instant>,
     /// It started waiting for Data-Out; the wait is stamped at the next clock reading.
     needs_stamp: bool,
+    /// How its task attribute orders it against older tasks of its LUN.
+    pub(super) ordering: Ordering,
+    /// Its place in the LUN's task set, once its CmdSN turn came (see `ordering.rs`).
+    pub(super) admitted: Option<u64>,
+    /// The tasks it had to wait for have left: it may take memory and run.
+    pub(super) enabled: bool,
+    /// It is waiting for older tasks to leave (counted in `Session::dormant`).
+    pub(super) dormant: bool,
 }
 
 /// ABORTED COMMAND for a Data-Out sequence error: DATA PHASE ERROR (4B/00), or
@@ -142,6 +151,10 @@ impl Session {
         } else {
             (None, None)
         };
+        let (ordering, verdict) = match Ordering::of(cmd.attr) {
+            Ok(o) => (o, verdict),
+            Err(refusal) => (Ordering::Simple, verdict.or(Some(refusal))),
+        };
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
         // Data of a command that will wait behind a CmdSN gap is counted until its turn.
@@ -171,6 +184,10 @@ impl Session {
             gap_held,
             data_wait: None,
             needs_stamp: false,
+            ordering,
+            admitted: None,
+            enabled: false,
+            dormant: false,
         };
         self.tasks.insert(cmd.itt, task);
         self.ids.insert(id, cmd.itt);
@@ -209,11 +226,13 @@ impl Session {
         task.phase = Phase::Collecting;
         let held = std::mem::take(&mut task.gap_held);
         self.gap.shrink(held);
+        self.admit(itt);
         self.advance(itt);
     }
 
-    /// Moves a delivered task on: answer a verdict, solicit data, or start it.
-    fn advance(&mut self, itt: u32) {
+    /// Moves a delivered task on: answer a verdict, or (once its task attribute lets it)
+    /// solicit data and start it.
+    pub(super) fn advance(&mut self, itt: u32) {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return;
         };
@@ -225,6 +244,12 @@ impl Session {
             self.finish(id, &verdict);
             return;
         }
+        if !self.may_start(itt) {
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
         // Memory is taken when the task is about to solicit data or run, not while its
         // unsolicited data is still arriving (that is bounded by the window).
         let due = task
@@ -524,14 +549,16 @@ impl Session {
     }
 
     /// Gives back a finished or dropped task's memory (its holds go with it) and lets
-    /// waiting commands start.
+    /// waiting commands start, and the tasks that waited for it to leave (task attributes).
     fn release_memory(&mut self, task: Task) {
         self.write_reserved = self.write_reserved.saturating_sub(task.write_local);
+        self.left_task_set(&task);
         let reserved = task.reserved;
         drop(task);
         if reserved {
             self.retry_memory_waiting();
         }
+        self.wake_dormant();
     }
 
     /// Starts waiting commands, oldest first, until one still does not fit.
@@ -560,9 +587,13 @@ impl Session {
             .filter(|(_, t)| doomed(t))
             .map(|(itt, _)| *itt)
             .collect();
+        // No task they held back starts before all of them are gone: it may be doomed too.
+        self.wakes_held = true;
         for itt in &itts {
             self.drop_task(*itt);
         }
+        self.wakes_held = false;
+        self.wake_dormant();
         itts.len()
     }
 

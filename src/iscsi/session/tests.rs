@@ -1241,3 +1241,193 @@ fn queued_pdus_leave_with_the_window_of_the_moment_they_are_sent() {
         assert_eq!((*exp, *max), (s.exp_cmd_sn(), s.max_cmd_sn()), "{pdu:?}");
     }
 }
+
+/// `p` (a SCSI command) with task attribute `attr` and LUN `lun_no`.
+fn tagged(mut p: Pdu, attr: crate::iscsi::pdu::TaskAttribute, lun_no: u64) -> Pdu {
+    if let Pdu::ScsiCommand(c) = &mut p {
+        c.attr = attr;
+        c.lun = lun(lun_no);
+    }
+    p
+}
+
+#[test]
+fn ordered_from_wire_waits_for_older_tasks_and_holds_back_younger_simple_ones() {
+    use crate::iscsi::pdu::TaskAttribute::Simple;
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (first, _) = executed(&mut s);
+    // SCSI Command, F|R|ATTR=2 (ORDERED), LUN 0, ITT 2, EDTL 512, CmdSN 2, READ(10) of 1 block.
+    #[rustfmt::skip]
+    let ordered = wire(&[
+        0x01, 0xc2, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 2, 0, 0, 0x02, 0,
+        0, 0, 0, 2, 0, 0, 0, 0,
+        0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    s.handle_pdu(ordered, now);
+    s.handle_pdu(tagged(read(3, 3, 512), Simple, 0), now);
+    assert!(
+        events(&mut s).is_empty(),
+        "ORDERED waits for the older read"
+    );
+
+    s.complete(first, good(Bytes::from(vec![1; 512]), 0));
+    let (second, request) = executed(&mut s);
+    assert_eq!(&request.cdb[..6], &[0x28, 0, 0, 0, 0, 8]);
+    assert!(
+        events(&mut s).is_empty(),
+        "SIMPLE waits for the ORDERED one"
+    );
+
+    s.complete(second, good(Bytes::from(vec![2; 512]), 0));
+    let (third, _) = executed(&mut s);
+    s.complete(third, good(Bytes::from(vec![3; 512]), 0));
+    let itts: Vec<u32> = sent(&mut s)
+        .iter()
+        .filter_map(|p| match p {
+            Pdu::DataIn(d) if d.status.is_some() => Some(d.itt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(itts, vec![1, 2, 3]);
+}
+
+#[test]
+fn head_of_queue_starts_at_once_and_younger_simple_tasks_wait_for_it() {
+    use crate::iscsi::pdu::TaskAttribute::{HeadOfQueue, Ordered, Simple};
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (first, _) = executed(&mut s);
+    s.handle_pdu(tagged(read(2, 2, 512), Ordered, 0), now);
+    s.handle_pdu(tagged(read(3, 3, 512), HeadOfQueue, 0), now);
+    let (hoq, _) = executed(&mut s);
+    s.handle_pdu(tagged(read(4, 4, 512), Simple, 0), now);
+    assert!(events(&mut s).is_empty());
+
+    s.complete(hoq, good(Bytes::new(), 512));
+    assert!(events(&mut s).is_empty(), "the ORDERED one still waits");
+    s.complete(first, good(Bytes::new(), 512));
+    let (ordered, _) = executed(&mut s);
+    assert!(
+        events(&mut s).is_empty(),
+        "the SIMPLE one waits for the ORDERED one"
+    );
+    s.complete(ordered, good(Bytes::new(), 512));
+    assert_eq!(started(&mut s).len(), 1);
+}
+
+#[test]
+fn task_sets_are_per_lun() {
+    use crate::iscsi::pdu::TaskAttribute::{Ordered, Simple};
+    let (mut s, now) = session();
+    s.handle_pdu(tagged(read(1, 1, 512), Simple, 0), now);
+    let (first, _) = executed(&mut s);
+    s.handle_pdu(tagged(read(2, 2, 512), Ordered, 0), now);
+    s.handle_pdu(tagged(read(3, 3, 512), Ordered, 1), now);
+    s.handle_pdu(tagged(read(4, 4, 512), Simple, 1), now);
+    let lun1 = events(&mut s);
+    assert_eq!(
+        lun1.len(),
+        1,
+        "LUN 1's ORDERED task waits for nothing: {lun1:?}"
+    );
+    let Event::Execute { task, request } = &lun1[0] else {
+        panic!("{lun1:?}")
+    };
+    assert_eq!(request.lun, 1);
+    s.complete(*task, good(Bytes::new(), 512));
+    let (simple1, request) = executed(&mut s);
+    assert_eq!(request.lun, 1);
+    s.complete(simple1, good(Bytes::new(), 512));
+    assert!(
+        events(&mut s).is_empty(),
+        "LUN 0's ORDERED task still waits"
+    );
+    s.complete(first, good(Bytes::new(), 512));
+    assert_eq!(executed(&mut s).1.lun, 0);
+}
+
+#[test]
+fn a_dormant_write_solicits_no_data_until_its_turn() {
+    use crate::iscsi::pdu::TaskAttribute::Ordered;
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (first, _) = executed(&mut s);
+    s.handle_pdu(tagged(write(2, 2, 4096, Bytes::new()), Ordered, 0), now);
+    assert!(sent(&mut s).is_empty(), "no R2T while it is dormant");
+    s.complete(first, good(Bytes::new(), 512));
+    let out = sent(&mut s);
+    let r2t = out
+        .iter()
+        .find_map(|p| match p {
+            Pdu::R2t(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("an R2T once the read left");
+    assert!(events(&mut s).is_empty());
+    s.handle_pdu(data_out(2, r2t.ttt, 0, 0, 4096, true), now);
+    let (_, request) = executed(&mut s);
+    assert_eq!(request.data_out.len(), 4096);
+}
+
+#[test]
+fn aborting_the_task_set_drops_dormant_tasks_without_starting_them() {
+    use crate::iscsi::pdu::TaskAttribute::{Ordered, Simple};
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (first, _) = executed(&mut s);
+    s.handle_pdu(tagged(read(2, 2, 512), Ordered, 0), now);
+    s.handle_pdu(tagged(read(3, 3, 512), Simple, 0), now);
+    s.handle_pdu(tmf(9, TmfFunction::ABORT_TASK_SET, 0, 0, 0, 4), now);
+    assert_eq!(
+        events(&mut s)
+            .iter()
+            .map(|e| match e {
+                Event::Cancel(t) => Ok(*t),
+                other => Err(format!("{other:?}")),
+            })
+            .collect::<Vec<_>>(),
+        vec![Ok(first)],
+        "only the running read is cancelled; the dormant ones never start"
+    );
+    assert_eq!(s.task_count(), 0);
+    // The set is empty: a new ORDERED task starts at once.
+    s.handle_pdu(tagged(read(4, 4, 512), Ordered, 0), now);
+    assert_eq!(started(&mut s).len(), 1);
+}
+
+#[test]
+fn aborting_the_older_task_lets_the_ordered_one_start() {
+    use crate::iscsi::pdu::TaskAttribute::Ordered;
+    let (mut s, now) = session();
+    s.handle_pdu(read(1, 1, 512), now);
+    let (first, _) = executed(&mut s);
+    s.handle_pdu(tagged(read(2, 2, 512), Ordered, 0), now);
+    assert!(events(&mut s).is_empty());
+    s.handle_pdu(tmf(9, TmfFunction::ABORT_TASK, 0, 1, 1, 3), now);
+    let after = events(&mut s);
+    assert!(
+        matches!(&after[0], Event::Cancel(t) if *t == first),
+        "{after:?}"
+    );
+    assert!(matches!(&after[1..], [Event::Execute { .. }]), "{after:?}");
+}
+
+#[test]
+fn aca_and_reserved_attributes_are_refused() {
+    use crate::iscsi::pdu::TaskAttribute::{Aca, Reserved};
+    let (mut s, now) = session();
+    for (itt, attr) in [(1, Aca), (2, Reserved(5))] {
+        s.handle_pdu(tagged(read(itt, itt, 512), attr, 0), now);
+        assert!(events(&mut s).is_empty());
+        let out = sent(&mut s);
+        let [Pdu::ScsiResponse(r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.status, 0x02);
+        let sense = r.sense().unwrap();
+        assert_eq!((sense[2], sense[12], sense[13]), (0x05, 0x24, 0x00));
+    }
+}

@@ -314,10 +314,11 @@ async fn capacity_change_raises_unit_attention() {
     assert_eq!(&r.data_in[..4], &[0, 0, 0x07, 0xff]);
 }
 
-/// MODE SELECT(6) parameter list holding just the Control page with `byte4`.
+/// MODE SELECT(6) parameter list holding just the Control page with `byte4` (TST 001 as the
+/// target reports it).
 fn control_page_params(byte4: u8) -> Vec<u8> {
     vec![
-        0u8, 0, 0, 0, 0x0a, 10, 0, 0x10, byte4, 0, 0, 0, 0xff, 0xff, 0, 0,
+        0u8, 0, 0, 0, 0x0a, 10, 0x20, 0x10, byte4, 0, 0, 0, 0xff, 0xff, 0, 0,
     ]
 }
 
@@ -432,6 +433,7 @@ async fn d_sense_switches_check_condition_to_descriptor_format() {
         .await
         .data_in[4..]
         .to_vec();
+    assert_eq!(control[2] >> 5, 1, "TST: a task set per I_T nexus");
     control[2] |= 0x04;
     params.extend_from_slice(&control);
     let r = exec(
