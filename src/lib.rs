@@ -10,6 +10,8 @@
 //!   `zfile`, `overlaybd` and `cache` build on;
 //! - [`config`]: what the server serves (command line and TOML file);
 //! - [`daemon`]: the composition root: live catalog, state file, management API;
+//! - [`prefetch`]: recording which layer bytes a container start reads, and replaying them to
+//!   warm the cache at later starts (overlaybd's trace format);
 //! - [`cache`]: layer bytes (local files, registry blobs) behind memory and disk caches;
 //! - [`registry`]: image references and registry manifests, turned into an image config;
 //! - [`audit`]: the audit log of remote fetches and slow commands;
@@ -29,6 +31,7 @@ pub mod host;
 pub mod iscsi;
 pub mod metrics;
 pub mod overlaybd;
+pub mod prefetch;
 pub mod registry;
 pub mod scsi;
 pub mod source;

@@ -67,6 +67,8 @@ pub struct DaemonSettings {
     pub download: DownloadConfig,
     /// `p2pConfig`: route blob reads through a P2P proxy (e.g. Dragonfly's).
     pub p2p_config: P2pConfig,
+    /// `prefetchConfig`: replay of recorded traces (`trace-prefetch.md` §5).
+    pub prefetch_config: PrefetchConfig,
     /// `userAgent` sent with every registry request.
     pub user_agent: String,
     /// `httpConfig` (ours): timeouts, retries and proxy of the registry client.
@@ -123,6 +125,7 @@ impl Default for DaemonSettings {
             credential_file_path: "/opt/overlaybd/cred.json".into(),
             download: DownloadConfig::default(),
             p2p_config: P2pConfig::default(),
+            prefetch_config: PrefetchConfig::default(),
             user_agent: concat!("overlaybd-target/", env!("CARGO_PKG_VERSION")).into(),
             http_config: HttpConfig::default(),
             cert_config: CertConfig::default(),
@@ -205,6 +208,31 @@ impl Default for CredentialConfig {
             path: String::new(),
             timeout: 1,
         }
+    }
+}
+
+/// `prefetchConfig`: how a device replays its prefetch trace (`trace-prefetch.md` §5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PrefetchConfig {
+    /// Replay workers per device (16 by default). A value ≤ 0 starts none, so no trace is
+    /// replayed; at most [`crate::prefetch::replay::MAX_CONCURRENCY`] are used.
+    pub concurrency: i64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: crate::prefetch::replay::DEFAULT_CONCURRENCY as i64,
+        }
+    }
+}
+
+impl PrefetchConfig {
+    /// The number of replay workers: 0 when replay is off, else `concurrency` capped.
+    pub fn workers(&self) -> usize {
+        let max = crate::prefetch::replay::MAX_CONCURRENCY;
+        usize::try_from(self.concurrency.max(0)).map_or(max, |n| n.min(max))
     }
 }
 
@@ -614,6 +642,7 @@ mod tests {
         assert_eq!(s.download.try_cnt, 5);
         assert!(!s.p2p_config.enable);
         assert_eq!(s.p2p_config.address, "http://localhost:9731/accelerator");
+        assert_eq!(s.prefetch_config.workers(), 16);
         assert_eq!(
             s.credentials(),
             CredentialSource::File("/opt/overlaybd/cred.json".into())
@@ -630,9 +659,11 @@ mod tests {
             "credentialConfig": {"mode": "file", "path": "/etc/cred.json"},
             "download": {"enable": true, "delay": 600, "delayExtra": 30, "maxMBps": 100},
             "p2pConfig": {"enable": true, "address": "http://127.0.0.1:65001/accelerator"},
-            "enableAudit": true, "registryFsVersion": "v2"
+            "enableAudit": true, "registryFsVersion": "v2",
+            "prefetchConfig": {"concurrency": 4}
         }"#;
         let s = DaemonSettings::from_json(text, "overlaybd.json").unwrap();
+        assert_eq!(s.prefetch_config.workers(), 4);
         let cache = s.cache();
         assert_eq!(cache.dir, PathBuf::from("/var/cache/obd"));
         assert_eq!(cache.disk_bytes, 2 << 30);
@@ -647,6 +678,13 @@ mod tests {
             CredentialSource::File("/etc/cred.json".into())
         );
         assert!(s.p2p_config.enable);
+    }
+
+    #[test]
+    fn prefetch_workers_are_off_below_one_and_capped() {
+        let workers = |n: i64| PrefetchConfig { concurrency: n }.workers();
+        assert_eq!((workers(0), workers(-3), workers(1)), (0, 0, 1));
+        assert_eq!(workers(i64::MAX), crate::prefetch::replay::MAX_CONCURRENCY);
     }
 
     #[test]

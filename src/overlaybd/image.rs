@@ -16,7 +16,9 @@ use super::stack::{read_virtual, LayerStack, ZEROS};
 use super::writable::WritableLayer;
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BlockStatus, Provisioning};
 use crate::cache::file::FileSource;
+use crate::cache::settings::DownloadConfig;
 use crate::cache::{RemoteLayer, RemoteLayers};
+use crate::prefetch::{self, Mode, Prefetch, RecordingSource};
 use crate::source::LayerSource;
 use crate::zfile::{open_payload, BlobFormat, Payload, ZFileError};
 
@@ -33,6 +35,12 @@ pub trait LayerOpener: Send + Sync {
         index: usize,
         location: &LayerLocation,
     ) -> LsmtResult<Arc<dyn LayerSource>>;
+
+    /// Workers replaying a device's prefetch trace (`prefetchConfig.concurrency`,
+    /// `trace-prefetch.md` §5); 0 turns replay off.
+    fn prefetch_workers(&self) -> usize {
+        prefetch::DEFAULT_CONCURRENCY
+    }
 }
 
 /// Opens lower layers stored locally: a file, tar-unwrapped and ZFile-decompressed when
@@ -139,6 +147,10 @@ impl LayerOpener for RemoteLayers {
         // Source errors already name the blob URL; name the layer around them.
         decompressed(blob, &format!("lowers[{index}]")).await
     }
+
+    fn prefetch_workers(&self) -> usize {
+        self.settings().prefetch_config.workers()
+    }
 }
 
 /// Removes a tar wrapper and decompresses a ZFile, naming `name` in errors. A registry blob
@@ -187,6 +199,9 @@ pub struct Image {
     /// Serialises the writes that fill part of a sparse layer's allocation unit from the
     /// layers below (read, merge, write): two of them in one unit must not lose each other.
     unit_fill: tokio::sync::Mutex<()>,
+    /// The trace being recorded or replayed for this device, if any: dropping the image
+    /// (closing the device) ends the recording, whose trace is then written, or the replay.
+    prefetch: Option<Prefetch>,
 }
 
 impl Image {
@@ -208,15 +223,94 @@ impl Image {
             upper,
             size,
             unit_fill: tokio::sync::Mutex::new(()),
+            prefetch: None,
         })
     }
 
     /// Opens the image a config describes; `config_file` names the config in errors. Lowers are
-    /// opened concurrently through `opener`.
+    /// opened concurrently through `opener`. This is the plain open of tools (inspect, export,
+    /// push...): a `recordTracePath` or acceleration-layer trace is neither recorded nor
+    /// replayed, which only the device's owner does ([`Image::open_loaded`]).
     pub async fn open(
         config: &ImageConfig,
         config_file: &str,
         opener: &dyn LayerOpener,
+    ) -> LsmtResult<Self> {
+        Image::open_with(config, config_file, opener, false).await
+    }
+
+    /// [`Image::open`], with the trace prefetch of `trace-prefetch.md` §2 when `prefetch`:
+    /// recording wraps each lower's bytes in a [`RecordingSource`] before the layer is opened
+    /// (so header and index reads are recorded too) and suppresses background download (§4.4);
+    /// replay starts once the image is open. Either is tied to the image's lifetime.
+    async fn open_with(
+        config: &ImageConfig,
+        config_file: &str,
+        opener: &dyn LayerOpener,
+        prefetch: bool,
+    ) -> LsmtResult<Self> {
+        if config.acceleration_layer && !config.record_trace_path.is_empty() {
+            return Err(LsmtError::Config {
+                file: config_file.into(),
+                field: "recordTracePath".into(),
+                reason: "cannot be combined with accelerationLayer".into(),
+            });
+        }
+        let mode = match prefetch {
+            true => Mode::select(config).await,
+            false => Mode::Off,
+        };
+        let recorder = match &mode {
+            Mode::Record(path) => Prefetch::start_recording(path).await,
+            _ => None,
+        };
+        let recording_config;
+        let config = match recorder {
+            Some(_) => {
+                // No background download while recording (§4.4).
+                recording_config = ImageConfig {
+                    download: Some(DownloadConfig {
+                        enable: false,
+                        ..DownloadConfig::default()
+                    }),
+                    ..config.clone()
+                };
+                &recording_config
+            }
+            None => config,
+        };
+        let opened = Image::open_layers(config, config_file, opener, recorder.as_ref()).await;
+        let mut image = match opened {
+            Ok(image) => image,
+            Err(e) => {
+                if let Some(recorder) = &recorder {
+                    // A later open records again into the still empty trace.
+                    recorder.abandon();
+                }
+                return Err(e);
+            }
+        };
+        image.prefetch = match mode {
+            Mode::Record(_) => recorder.as_ref().map(Prefetch::recording),
+            Mode::Replay(path) => {
+                // Trace layer indexes count from the bottom, stack tags from the top.
+                let sources = (image.stack.layers_top_first().iter().rev())
+                    .map(|l| Arc::clone(l.source()))
+                    .collect();
+                Prefetch::replay_file(&path, sources, opener.prefetch_workers()).await
+            }
+            Mode::Off => None,
+        };
+        Ok(image)
+    }
+
+    /// Opens the layers and the writable layer; with `recorder`, each lower's reads are
+    /// recorded under its index.
+    async fn open_layers(
+        config: &ImageConfig,
+        config_file: &str,
+        opener: &dyn LayerOpener,
+        recorder: Option<&Arc<prefetch::Recorder>>,
     ) -> LsmtResult<Self> {
         let lowers = config.data_lowers();
         for (i, l) in lowers.iter().enumerate() {
@@ -230,7 +324,12 @@ impl Image {
         }
         let opening = (0..lowers.len()).map(|i| async move {
             let location = config.locate(i, config_file)?;
-            let source = opener.open(config, i, &location).await?;
+            let mut source = opener.open(config, i, &location).await?;
+            if let Some(recorder) = recorder {
+                // At most MAX_LAYERS (255) lowers, so the index fits.
+                let layer = u32::try_from(i).unwrap_or(u32::MAX);
+                source = Arc::new(RecordingSource::new(source, layer, Arc::clone(recorder)));
+            }
             SealedLayer::open(source).await
         });
         let layers = try_join_all(opening).await?;
@@ -252,21 +351,23 @@ impl Image {
         Image::new(stack, upper).await
     }
 
-    /// Loads `config.v1.json` at `path`, opens the image, and writes the config's result file
-    /// (`success` or `failed:<reason>`) as the reference daemon does.
+    /// Loads `config.v1.json` at `path` and opens the image as [`Image::open_loaded`] does (with
+    /// its trace prefetch, writing the config's result file).
     pub async fn open_config_file(path: &Path, opener: &dyn LayerOpener) -> LsmtResult<Self> {
         let config = ImageConfig::load(path)?;
         Image::open_loaded(&config, &path.display().to_string(), opener).await
     }
 
-    /// [`Image::open`] for a config already loaded from `config_file`, then writes its result
-    /// file (`success` or `failed:<reason>`) as the reference daemon does.
+    /// Opens the image a config already loaded from `config_file` describes, as the device's
+    /// owner: with its trace prefetch (recording or replay, `trace-prefetch.md` §2) tied to
+    /// the image's lifetime, and the config's result file (`success` or `failed:<reason>`)
+    /// written as the reference daemon does.
     pub async fn open_loaded(
         config: &ImageConfig,
         config_file: &str,
         opener: &dyn LayerOpener,
     ) -> LsmtResult<Self> {
-        let result = Image::open(config, config_file, opener).await;
+        let result = Image::open_with(config, config_file, opener, true).await;
         let outcome = match &result {
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
@@ -285,6 +386,11 @@ impl Image {
     /// The writable layer, if any.
     pub fn upper(&self) -> Option<&WritableLayer> {
         self.upper.as_ref()
+    }
+
+    /// The trace this device records or replays, if any.
+    pub fn prefetch(&self) -> Option<&Prefetch> {
+        self.prefetch.as_ref()
     }
 
     /// Tag of the writable layer's records in [`Image::extents`] (the number of lowers, §9.7).

@@ -21,6 +21,8 @@ pub(crate) mod tar;
 mod view;
 mod writer;
 
+// The raw CRC-32C (zfile.md §4), shared with the prefetch trace format (trace-prefetch.md §3.3).
+pub(crate) use checksum::crc32c_raw;
 pub use codec::{decode_block, Algorithm};
 pub use detect::{detect_format, open_payload, BlobFormat, Payload};
 pub use error::{BlockFault, ZFileError};

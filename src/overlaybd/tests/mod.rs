@@ -10,6 +10,7 @@ mod examples;
 mod fixture;
 mod model;
 mod power_loss;
+mod prefetch;
 mod read_errors;
 
 use std::path::Path;
