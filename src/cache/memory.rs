@@ -44,6 +44,11 @@ impl MemoryTier {
         self.cache.as_ref()?.get(key)
     }
 
+    /// Whether the unit is held (without counting as a use of it).
+    pub fn contains(&self, key: &UnitKey) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains_key(key))
+    }
+
     /// Holds `data` for `key`, evicting others as needed.
     pub fn insert(&self, key: UnitKey, data: Bytes) {
         if let Some(c) = &self.cache {

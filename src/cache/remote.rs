@@ -178,11 +178,7 @@ impl RemoteLayers {
         if p2p.enable && !p2p.cache_locally {
             return Ok(blob);
         }
-        let cached = Arc::new(CachedSource::new(
-            blob,
-            layer.digest,
-            Arc::clone(&self.tiers),
-        ));
+        let cached = CachedSource::shared(blob, layer.digest, Arc::clone(&self.tiers));
         let download = layer.download.unwrap_or(&self.settings.download);
         let job = match (download.enable, layer.dir) {
             (false, _) => None,

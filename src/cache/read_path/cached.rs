@@ -7,15 +7,17 @@
 //! once, by [`LayerSource::read_exact_at`]. After a background download completes, reads are
 //! served from the verified local file instead.
 
+use std::ops::Range;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::inflight::{Claim, Slot};
-use super::plan::{plan, PlannedUnit};
+use super::plan::{plan, unit_len, PlannedUnit};
+use super::readahead::{ReadAhead, MAX_BYTES};
 use super::tiers::{bump, CacheTiers, Found};
 use crate::block::file::{read_cached, read_rest};
 use crate::cache::key::{BlobId, UnitKey};
@@ -30,6 +32,19 @@ pub struct CachedSource {
     local: RwLock<Option<Arc<std::fs::File>>>,
     /// Cleared when the downloaded copy's file system refuses `RWF_NOWAIT` reads.
     nowait: AtomicBool,
+    /// This source, for the read-ahead task to hold while it runs (empty: no read-ahead).
+    me: Weak<CachedSource>,
+    /// Sequential-stream detection ([`super::readahead`]).
+    readahead: Mutex<ReadAhead>,
+}
+
+/// Reports a read-ahead batch done however its task ends (finished, failed or dropped).
+struct BatchDone(Arc<CachedSource>);
+
+impl Drop for BatchDone {
+    fn drop(&mut self) {
+        self.0.readahead.lock().finished();
+    }
 }
 
 /// The largest read of the downloaded copy tried on the calling thread (as for a local
@@ -37,9 +52,26 @@ pub struct CachedSource {
 const LOCAL_INLINE_MAX: usize = 1 << 20;
 
 impl CachedSource {
-    /// Caches `inner` (a blob named by `digest`) in `tiers`.
+    /// Caches `inner` (a blob named by `digest`) in `tiers`, without read-ahead.
     pub fn new(inner: Arc<dyn LayerSource>, digest: &str, tiers: Arc<CacheTiers>) -> Self {
+        Self::build(inner, digest, tiers, Weak::new())
+    }
+
+    /// Caches `inner` (a blob named by `digest`) in `tiers`, with adaptive read-ahead for
+    /// sequential reads that miss ([`super::readahead`]).
+    pub fn shared(inner: Arc<dyn LayerSource>, digest: &str, tiers: Arc<CacheTiers>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(inner, digest, tiers, me.clone()))
+    }
+
+    fn build(
+        inner: Arc<dyn LayerSource>,
+        digest: &str,
+        tiers: Arc<CacheTiers>,
+        me: Weak<CachedSource>,
+    ) -> Self {
         let size = inner.size();
+        let unit = tiers.unit;
+        let readahead = ReadAhead::new(size.div_ceil(unit), MAX_BYTES / unit);
         Self {
             inner,
             blob: BlobId::from_digest(digest),
@@ -47,6 +79,8 @@ impl CachedSource {
             size,
             local: RwLock::new(None),
             nowait: AtomicBool::new(true),
+            me,
+            readahead: Mutex::new(readahead),
         }
     }
 
@@ -112,6 +146,77 @@ impl CachedSource {
             Ok(buf.freeze())
         })
         .await
+    }
+
+    /// Tells the read-ahead about a read of `plan` (`missed`: some unit was in no tier) and
+    /// starts the batch it asks for in the background.
+    fn note_read(&self, plan: &[PlannedUnit], missed: bool) {
+        let (Some(first), Some(last)) = (plan.first(), plan.last()) else {
+            return;
+        };
+        let (first, last) = (first.index, last.index);
+        let batch = {
+            let mut ra = self.readahead.lock();
+            let counts = missed || ra.in_window(first, last);
+            ra.observe(first, last, counts)
+        };
+        let Some(batch) = batch else {
+            return;
+        };
+        let (Some(this), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            self.readahead.lock().finished();
+            return;
+        };
+        // Claimed now, before the read returns: the stream's next read joins these fetches
+        // instead of racing them with fetches of its own.
+        let runs = self.claim_batch(batch);
+        runtime.spawn(async move {
+            let done = BatchDone(this);
+            done.0.fetch_batch(runs).await;
+        });
+    }
+
+    /// Claims the units of `batch` that no tier holds and nobody fetches, grouped into runs
+    /// of adjacent units.
+    fn claim_batch(&self, batch: Range<u64>) -> Vec<Vec<Claim>> {
+        let mut runs: Vec<Vec<Claim>> = Vec::new();
+        let mut prev_mine = false;
+        for index in batch {
+            let key = self.key(index);
+            if unit_len(self.size, self.tiers.unit, index) == 0 || self.tiers.holds(&key) {
+                prev_mine = false;
+                continue;
+            }
+            let memory = &self.tiers.memory;
+            let lookup = key.clone();
+            prev_mine = match self.tiers.inflight.claim(key, || memory.get(&lookup)) {
+                Slot::Mine(c) => {
+                    match runs.last_mut() {
+                        Some(run) if prev_mine => run.push(c),
+                        _ => runs.push(vec![c]),
+                    }
+                    true
+                }
+                Slot::Ready(_) | Slot::Theirs(_) => false,
+            };
+        }
+        runs
+    }
+
+    /// Fetches claimed runs, one request each; after a failure the rest are released for the
+    /// stream's own reads to fetch (or fail on).
+    async fn fetch_batch(&self, runs: Vec<Vec<Claim>>) {
+        for run in runs {
+            let units = run.len() as u64;
+            match self.fetch_run(run).await {
+                Ok(_) => bump(&self.tiers.counters.readahead_units, units),
+                Err(e) => {
+                    tracing::debug!(blob = %self.describe(), error = %e, "read-ahead failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Fills every empty slot of `plan`: each round claims the missing units, fetches the
@@ -207,6 +312,7 @@ impl LayerSource for CachedSource {
         for unit in &plan {
             slots.push(self.tiers.lookup(&self.key(unit.index), unit).await);
         }
+        self.note_read(&plan, slots.iter().any(Option::is_none));
         self.fill_missing(&plan, &mut slots).await?;
         // Every slot is filled; were one not, the short result would be refused by
         // `read_exact_at` as a wrong length, never served as data.

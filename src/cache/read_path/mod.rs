@@ -10,7 +10,9 @@
 //!    them: single-flight, kept apart from the data tiers;
 //! 4. [`fetch`]: claimed adjacent units fetched in one ranged request and handed to memory,
 //!    to the waiting readers, then to disk (the copy and admission rules live there);
-//! 5. [`cached`]: the composition, which cuts the units to the read and joins them.
+//! 5. [`cached`]: the composition, which cuts the units to the read and joins them;
+//! 6. [`readahead`]: a stream of sequential reads that miss gets the units ahead of it fetched
+//!    in the background (bounded, one batch per blob, nothing for random reads).
 //!
 //! A failed fetch caches nothing and fails every reader waiting on it with the same typed
 //! error; a cancelled fetch releases its waiters to fetch for themselves.
@@ -19,6 +21,7 @@ mod cached;
 mod fetch;
 mod inflight;
 mod plan;
+mod readahead;
 mod tiers;
 
 #[cfg(test)]

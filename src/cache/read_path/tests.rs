@@ -410,3 +410,73 @@ async fn a_layer_only_in_memory_is_listed_and_purged() {
         "a purged unit is fetched again"
     );
 }
+
+/// Reads `units` (unit numbers of `unit` bytes) one by one through `src`, checking the bytes.
+async fn read_units(src: &CachedSource, fake: &Fake, unit: usize, units: &[usize]) {
+    for &u in units {
+        let got = src.read_exact_at((u * unit) as u64, unit).await.unwrap();
+        assert_eq!(&got[..], &fake.data[u * unit..(u + 1) * unit], "unit {u}");
+    }
+}
+
+#[tokio::test]
+async fn a_sequential_stream_is_fetched_ahead_in_few_requests() {
+    let unit = 4096;
+    let fake = Fake::new(64 * unit, Duration::from_millis(5));
+    let tiers = CacheTiers::new(1 << 20, None, unit as u64).unwrap();
+    let src = CachedSource::shared(
+        Arc::clone(&fake) as Arc<dyn LayerSource>,
+        DIGEST,
+        Arc::clone(&tiers),
+    );
+    read_units(&src, &fake, unit, &(0..64).collect::<Vec<_>>()).await;
+    let stats = tiers.stats();
+    assert!(
+        stats.source_requests <= 12,
+        "64 units in {} requests: {:?}",
+        stats.source_requests,
+        fake.calls()
+    );
+    assert!(stats.readahead_units >= 48, "{stats:?}");
+    // Nothing was fetched twice.
+    let fetched: usize = fake.calls().iter().map(|c| c.1).sum();
+    assert_eq!(fetched, 64 * unit);
+}
+
+#[tokio::test]
+async fn random_reads_are_not_fetched_ahead() {
+    let unit = 4096;
+    let fake = Fake::new(64 * unit, Duration::from_millis(1));
+    let tiers = CacheTiers::new(1 << 20, None, unit as u64).unwrap();
+    let src = CachedSource::shared(
+        Arc::clone(&fake) as Arc<dyn LayerSource>,
+        DIGEST,
+        Arc::clone(&tiers),
+    );
+    // Every unit once, in a stride-7 order: no read follows the one before.
+    let order: Vec<usize> = (0..64).map(|i| (i * 7) % 64).collect();
+    read_units(&src, &fake, unit, &order).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = tiers.stats();
+    assert_eq!(stats.readahead_units, 0);
+    assert_eq!(stats.source_requests, 64);
+}
+
+#[tokio::test]
+async fn a_cached_stream_fetches_nothing_ahead() {
+    let unit = 4096;
+    let fake = Fake::new(32 * unit, Duration::ZERO);
+    let tiers = CacheTiers::new(1 << 20, None, unit as u64).unwrap();
+    let src = CachedSource::shared(
+        Arc::clone(&fake) as Arc<dyn LayerSource>,
+        DIGEST,
+        Arc::clone(&tiers),
+    );
+    // All of it cached in one read, then a sequential stream over it.
+    src.read_exact_at(0, 32 * unit).await.unwrap();
+    fake.calls.lock().clear();
+    read_units(&src, &fake, unit, &(0..32).collect::<Vec<_>>()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert_eq!(tiers.stats().readahead_units, 0);
+}

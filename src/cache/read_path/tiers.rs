@@ -44,6 +44,8 @@ pub struct CacheStats {
     pub source_requests: u64,
     /// Bytes received from the source.
     pub source_bytes: u64,
+    /// Units fetched ahead of a sequential stream (also counted in the two above).
+    pub readahead_units: u64,
 }
 
 /// The live counters behind [`CacheStats`].
@@ -54,6 +56,7 @@ pub(super) struct Counters {
     pub(super) shared_fetches: AtomicU64,
     pub(super) source_requests: AtomicU64,
     pub(super) source_bytes: AtomicU64,
+    pub(super) readahead_units: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -204,6 +207,7 @@ impl CacheTiers {
             shared_fetches: get(&c.shared_fetches),
             source_requests: get(&c.source_requests),
             source_bytes: get(&c.source_bytes),
+            readahead_units: get(&c.readahead_units),
         }
     }
 
@@ -233,6 +237,11 @@ impl CacheTiers {
             metrics::global().cache_hit(Tier::Disk);
         }
         found
+    }
+
+    /// Whether memory or disk holds `key` (nothing is read).
+    pub(super) fn holds(&self, key: &UnitKey) -> bool {
+        self.memory.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
     }
 
     /// Bytes `[start, start + len)` of a unit (`expected` bytes long) from the disk tier,
