@@ -8,7 +8,10 @@
 //! - on demand: open the image from a `config.v1.json` naming the registry blob, with an
 //!   empty cache folder, and read the working set;
 //! - full: download the blob through the same proxy, decompress the ZFile to a plain LSMT
-//!   file, open that locally and read the working set.
+//!   file, open that locally and read the working set;
+//! - with trace: as on demand, with the trace of the working set's layer reads (recorded once
+//!   before the runs by opening the image with an empty `recordTracePath`) replayed in the
+//!   background from the open on (`trace-prefetch.md` §5).
 //!
 //! Options (all optional): `--work DIR` (built layer kept here between runs, default
 //! `target/bench-cold-start`), `--source DIR` (files for the image, default `/usr/share`),
@@ -180,10 +183,18 @@ fn write_config(dir: &Path, config: serde_json::Value) -> Result<PathBuf, Error>
     Ok(path)
 }
 
-/// Settings with the cache in `dir` (overlaybd's defaults otherwise: 256 KiB refill units).
+/// Settings with the cache in `dir` (overlaybd's defaults otherwise: 256 KiB refill units;
+/// our 4 MiB read-ahead).
 fn settings(dir: &Path) -> DaemonSettings {
     let mut s = DaemonSettings::default();
     s.override_cache(Some(dir), Some(4 << 30));
+    s
+}
+
+/// [`settings`] without read-ahead (`cacheConfig.readAheadKB = 0`).
+fn settings_no_read_ahead(dir: &Path) -> DaemonSettings {
+    let mut s = settings(dir);
+    s.cache_config.read_ahead_kb = 0;
     s
 }
 
@@ -241,9 +252,53 @@ struct Run {
     on_demand: Duration,
     on_demand_bytes: u64,
     on_demand_requests: u64,
+    traced: Duration,
+    traced_bytes: u64,
+    traced_requests: u64,
+    plain: Duration,
+    plain_bytes: u64,
+    plain_requests: u64,
     full: Duration,
     download: Duration,
     decompress: Duration,
+}
+
+/// Opens the image with an empty `recordTracePath`, reads the working set, closes it and
+/// returns the trace file once overlaybd's `.ok` marker says it is complete.
+async fn record_trace(
+    tmp: &Path,
+    repo_blob_url: &str,
+    digest: &str,
+    blob_len: u64,
+    set: &[(u64, usize)],
+) -> Result<PathBuf, Error> {
+    let dir = tmp.join("record");
+    std::fs::create_dir_all(dir.join("fs"))?;
+    let trace = dir.join("trace");
+    std::fs::write(&trace, b"")?;
+    let cfg = write_config(
+        &dir,
+        serde_json::json!({"repoBlobUrl": repo_blob_url, "recordTracePath": trace,
+            "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
+    )?;
+    let luns = RemoteImages::new(settings(&dir.join("cache")))?;
+    let image = luns.open(&cfg, true).await?;
+    read_set(image.as_ref(), set).await?;
+    drop((image, luns));
+    let ok = dir.join("trace.ok");
+    let t = Instant::now();
+    while !ok.exists() {
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err("the recorded trace was not written within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let len = std::fs::metadata(&trace)?.len();
+    eprintln!(
+        "recorded trace: {len} bytes ({} reads)",
+        len.saturating_sub(24) / 24
+    );
+    Ok(trace)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -295,8 +350,58 @@ async fn run() -> Result<(), Error> {
     let expected = read_set(local.as_ref(), &set).await?;
     drop(local);
 
+    // A recording start: the trace of the working set's layer reads (trace-prefetch.md §4),
+    // written when the device closes.
+    let trace = record_trace(tmp.path(), &repo_blob_url, &digest, blob_len, &set).await?;
+
     let mut runs = Vec::new();
     for i in 0..args.runs {
+        // On demand with the recorded trace replayed from the open on, cold cache.
+        let dir = tmp.path().join(format!("traced{i}"));
+        std::fs::create_dir_all(dir.join("fs"))?;
+        let replay = dir.join("trace");
+        std::fs::copy(&trace, &replay)?;
+        let cfg = write_config(
+            &dir,
+            serde_json::json!({"repoBlobUrl": repo_blob_url, "recordTracePath": replay,
+                "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
+        )?;
+        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
+        let t = Instant::now();
+        let luns = RemoteImages::new(settings(&dir.join("cache")))?;
+        let image = luns.open(&cfg, true).await?;
+        let got = read_set(image.as_ref(), &set).await?;
+        let traced = t.elapsed();
+        let traced_bytes = proxy.body_bytes() - before;
+        let traced_requests = proxy.requests() - requests_before;
+        if got != expected {
+            return Err("on-demand reads with a replayed trace returned wrong data".into());
+        }
+        drop((image, luns));
+        // Let the cancelled replay's requests drain before the next measurement.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // On demand without read-ahead, cold cache.
+        let dir = tmp.path().join(format!("plain{i}"));
+        let cfg = write_config(
+            &dir,
+            serde_json::json!({"repoBlobUrl": repo_blob_url,
+                "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
+        )?;
+        std::fs::create_dir_all(dir.join("fs"))?;
+        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
+        let t = Instant::now();
+        let luns = RemoteImages::new(settings_no_read_ahead(&dir.join("cache")))?;
+        let image = luns.open(&cfg, true).await?;
+        let got = read_set(image.as_ref(), &set).await?;
+        let plain = t.elapsed();
+        let plain_bytes = proxy.body_bytes() - before;
+        let plain_requests = proxy.requests() - requests_before;
+        if got != expected {
+            return Err("on-demand reads without read-ahead returned wrong data".into());
+        }
+        drop((image, luns));
+
         // On demand, cold cache.
         let dir = tmp.path().join(format!("ondemand{i}"));
         let cfg = write_config(
@@ -356,9 +461,13 @@ async fn run() -> Result<(), Error> {
         }
         std::fs::remove_dir_all(&dir)?;
         eprintln!(
-            "run {i}: on demand {:.3} s ({on_demand_bytes} bytes in {on_demand_requests} \
+            "run {i}: with trace {:.3} s ({traced_bytes} bytes in {traced_requests} requests); \
+             no read-ahead {:.3} s ({plain_bytes} bytes in {plain_requests} requests); \
+             on demand {:.3} s ({on_demand_bytes} bytes in {on_demand_requests} \
              requests); full {:.3} s \
              (download {:.3} s, decompress {:.3} s)",
+            traced.as_secs_f64(),
+            plain.as_secs_f64(),
             on_demand.as_secs_f64(),
             full.as_secs_f64(),
             download.as_secs_f64(),
@@ -368,14 +477,22 @@ async fn run() -> Result<(), Error> {
             on_demand,
             on_demand_bytes,
             on_demand_requests,
+            traced,
+            traced_bytes,
+            traced_requests,
+            plain,
+            plain_bytes,
+            plain_requests,
             full,
             download,
             decompress,
         });
     }
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
-    let (od, full) = (
+    let (od, plain, traced, full) = (
         m(|r| r.on_demand.as_secs_f64()),
+        m(|r| r.plain.as_secs_f64()),
+        m(|r| r.traced.as_secs_f64()),
         m(|r| r.full.as_secs_f64()),
     );
     println!("cold start, {} runs (medians)", runs.len());
@@ -404,7 +521,23 @@ async fn run() -> Result<(), Error> {
         m(|r| r.download.as_secs_f64()),
         m(|r| r.decompress.as_secs_f64())
     );
+    println!(
+        "  on demand without read-ahead: {plain:.3} s, {:.0} bytes fetched in {:.0} requests",
+        m(|r| r.plain_bytes as f64),
+        m(|r| r.plain_requests as f64),
+    );
+    println!(
+        "  on demand with the recorded trace replayed: {traced:.3} s, {:.0} bytes fetched in \
+         {:.0} requests",
+        m(|r| r.traced_bytes as f64),
+        m(|r| r.traced_requests as f64),
+    );
     println!("  ratio full / on demand: {:.1}x", full / od);
+    println!(
+        "  ratio full / on demand without read-ahead: {:.1}x",
+        full / plain
+    );
+    println!("  ratio full / on demand with trace: {:.1}x", full / traced);
     drop(proxy);
     drop(registry);
     net.shutdown_background();

@@ -167,6 +167,10 @@ pub struct CacheConfig {
     /// free); the tier evicts rather than go below it. 0 disables the floor.
     #[serde(rename = "minFreeMB")]
     pub min_free_mb: u32,
+    /// Read-ahead bound per remote layer in KiB (ours, default 4096): how far ahead of a
+    /// stream of sequential misses units are fetched. 0 turns read-ahead off.
+    #[serde(rename = "readAheadKB")]
+    pub read_ahead_kb: u32,
     /// Capacity of the disk tier in bytes, overriding `cacheSizeGB` when set. Not read from
     /// JSON: set by [`DaemonSettings::override_cache`] from command-line options, which may
     /// give sizes that are not whole GiB.
@@ -184,6 +188,7 @@ impl Default for CacheConfig {
             block_size: 65_536,
             memory_size_mb: 64,
             min_free_mb: 1024,
+            read_ahead_kb: 4096,
             cache_size_bytes: None,
         }
     }
@@ -373,6 +378,8 @@ pub struct EffectiveCache {
     pub refill_size: u64,
     /// Free bytes the disk tier leaves on its file system.
     pub min_free_bytes: u64,
+    /// Read-ahead bound per remote layer in bytes (0: off).
+    pub read_ahead_bytes: u64,
 }
 
 /// Where credentials are looked up, after applying the legacy fallback.
@@ -556,6 +563,7 @@ impl DaemonSettings {
             memory_bytes: u64::from(c.memory_size_mb) << 20,
             refill_size: u64::from(c.refill_size),
             min_free_bytes: u64::from(c.min_free_mb) << 20,
+            read_ahead_bytes: u64::from(c.read_ahead_kb) << 10,
         }
     }
 

@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::inflight::{Claim, Slot};
 use super::plan::{plan, unit_len, PlannedUnit};
-use super::readahead::{ReadAhead, MAX_BYTES};
+use super::readahead::ReadAhead;
 use super::tiers::{bump, CacheTiers, Found};
 use crate::block::file::{read_cached, read_rest};
 use crate::cache::key::{BlobId, UnitKey};
@@ -71,7 +71,7 @@ impl CachedSource {
     ) -> Self {
         let size = inner.size();
         let unit = tiers.unit;
-        let readahead = ReadAhead::new(size.div_ceil(unit), MAX_BYTES / unit);
+        let readahead = ReadAhead::new(size.div_ceil(unit), tiers.read_ahead / unit);
         Self {
             inner,
             blob: BlobId::from_digest(digest),

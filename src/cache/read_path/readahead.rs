@@ -6,8 +6,11 @@
 //! - A read is *sequential* when it starts in the unit after the previous read's last unit,
 //!   or in that last unit itself (reads smaller than a unit). Anything else is random I/O: the
 //!   stream ends and nothing is fetched ahead, so random reads cost nothing extra.
-//! - The second sequential read in a row starts a stream; its window starts at
-//!   [`FIRST_WINDOW`] units and doubles at each refill up to `max_units` (4 MiB by default).
+//! - A stream starts once sequential reads have moved into [`START_STREAK`] new units in a row
+//!   (three units read in order). A small file read whole spans a unit or two of a compressed
+//!   blob, so those short runs fetch nothing ahead that would be thrown away.
+//! - The window starts at [`FIRST_WINDOW`] units and doubles at each refill up to `max_units`
+//!   (4 MiB by default).
 //! - The units fetched ahead reach a window past the read; a new batch is asked for once the
 //!   stream has consumed half of what was fetched ahead (so the next batch arrives before the
 //!   stream catches up), and never twice for the same unit.
@@ -21,10 +24,14 @@
 
 use std::ops::Range;
 
+/// New units sequential reads must move into, in a row, before a stream is fetched ahead.
+pub(super) const START_STREAK: u32 = 2;
+
 /// Units in the first batch of a stream.
 pub(super) const FIRST_WINDOW: u64 = 2;
 
-/// Read-ahead bound per blob, in bytes (divided into units by the caller).
+/// Read-ahead bound per blob by default, in bytes (divided into units by the caller;
+/// `cacheConfig.readAheadKB` sets another).
 pub(super) const MAX_BYTES: u64 = 4 << 20;
 
 /// The read-ahead state of one blob.
@@ -36,7 +43,7 @@ pub(super) struct ReadAhead {
     total_units: u64,
     /// The unit after the previous read's last unit (`u64::MAX`: no previous read).
     next: u64,
-    /// Sequential reads in a row, the first included.
+    /// New units sequential reads moved into, in a row.
     streak: u32,
     /// The current window in units (0: no stream).
     window: u64,
@@ -65,15 +72,18 @@ impl ReadAhead {
     /// then reports [`ReadAhead::finished`]).
     pub(super) fn observe(&mut self, first: u64, last: u64, counts: bool) -> Option<Range<u64>> {
         let sequential = self.next != u64::MAX && (first == self.next || first + 1 == self.next);
+        let moved_on = sequential && last >= self.next;
         self.next = last.saturating_add(1);
         if !sequential {
-            self.streak = 1;
+            self.streak = 0;
             self.window = 0;
             self.ahead_end = 0;
             return None;
         }
-        self.streak = self.streak.saturating_add(1);
-        if self.streak < 2 || self.max_units == 0 || !counts || self.busy {
+        if moved_on {
+            self.streak = self.streak.saturating_add(1);
+        }
+        if self.streak < START_STREAK || self.max_units == 0 || !counts || self.busy {
             return None;
         }
         let from = self.next.max(self.ahead_end);
@@ -127,10 +137,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_starts_at_the_second_sequential_read_and_its_window_doubles_to_the_bound() {
+    fn a_stream_starts_at_the_third_unit_read_in_order_and_its_window_doubles_to_the_bound() {
         let mut ra = ReadAhead::new(1000, 16);
-        let got = batches(&mut ra, &[10, 11]);
-        assert_eq!(got, vec![None, Some(12..14)]);
+        let got = batches(&mut ra, &[9, 10, 11]);
+        assert_eq!(got, vec![None, None, Some(12..14)]);
         // The stream reads what was fetched ahead; a new batch once half of it is consumed.
         assert_eq!(ra.observe(12, 12, true), Some(14..17));
         ra.finished();
@@ -167,14 +177,27 @@ mod tests {
         let mut ra = ReadAhead::new(1000, 16);
         batches(&mut ra, &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(ra.observe(500, 500, true), None);
-        assert_eq!(ra.observe(501, 501, true), Some(502..504));
+        assert_eq!(ra.observe(501, 501, true), None);
+        assert_eq!(ra.observe(502, 502, true), Some(503..505));
     }
 
     #[test]
-    fn reads_within_one_unit_continue_a_stream() {
+    fn reads_within_one_unit_keep_a_stream_but_do_not_start_it() {
         let mut ra = ReadAhead::new(1000, 16);
-        assert_eq!(ra.observe(3, 3, true), None);
-        assert_eq!(ra.observe(3, 3, true), Some(4..6));
+        let got = batches(&mut ra, &[3, 3, 3, 4, 4, 4]);
+        assert!(got.iter().all(Option::is_none), "{got:?}");
+        assert_eq!(ra.observe(5, 5, true), Some(6..8));
+    }
+
+    #[test]
+    fn a_small_file_spanning_two_units_fetches_nothing_ahead() {
+        let mut ra = ReadAhead::new(1000, 16);
+        // Four 128 KiB reads of a file whose compressed bytes span units 40 and 41.
+        let got: Vec<_> = [(40, 40), (40, 40), (40, 41), (41, 41)]
+            .iter()
+            .map(|&(f, l)| ra.observe(f, l, true))
+            .collect();
+        assert!(got.iter().all(Option::is_none), "{got:?}");
     }
 
     #[test]

@@ -95,12 +95,25 @@ pub struct CacheTiers {
     pub(super) unit: u64,
     pub(super) inflight: Arc<InFlight>,
     pub(super) counters: Counters,
+    /// Read-ahead bound per blob in bytes (0: off).
+    pub(super) read_ahead: u64,
 }
 
 impl CacheTiers {
     /// Tiers with a memory tier of `memory_bytes` (0 = none), an optional disk tier, and refill
     /// unit `unit` bytes (a power of two, at least 512).
+    /// Blobs opened with [`super::CachedSource::shared`] read ahead up to 4 MiB.
     pub fn new(memory_bytes: u64, disk: Option<DiskTier>, unit: u64) -> io::Result<Arc<Self>> {
+        Self::with_read_ahead(memory_bytes, disk, unit, super::readahead::MAX_BYTES)
+    }
+
+    /// [`CacheTiers::new`] with a read-ahead bound of `read_ahead` bytes per blob (0: off).
+    pub fn with_read_ahead(
+        memory_bytes: u64,
+        disk: Option<DiskTier>,
+        unit: u64,
+        read_ahead: u64,
+    ) -> io::Result<Arc<Self>> {
         if unit < 512 || !unit.is_power_of_two() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -113,6 +126,7 @@ impl CacheTiers {
             unit,
             inflight: Arc::new(InFlight::default()),
             counters: Counters::default(),
+            read_ahead,
         }))
     }
 
@@ -126,7 +140,12 @@ impl CacheTiers {
         } else {
             None
         };
-        Self::new(cache.memory_bytes, disk, cache.refill_size)
+        Self::with_read_ahead(
+            cache.memory_bytes,
+            disk,
+            cache.refill_size,
+            cache.read_ahead_bytes,
+        )
     }
 
     /// The refill unit in bytes.
