@@ -16,7 +16,7 @@
 //! Options (all optional): `--work DIR` (built layer kept here between runs, default
 //! `target/bench-cold-start`), `--source DIR` (files for the image, default `/usr/share`),
 //! `--image-mib N` (1024), `--runs N` (3), `--latency-ms N` (5), `--mbps N` (100),
-//! `--working-set-pct P` (3).
+//! `--working-set-pct P` (3), `--sequential-mib N` (64: the sequential read-ahead check).
 
 #[path = "../../tests/support/fault_proxy.rs"]
 mod fault_proxy;
@@ -53,6 +53,7 @@ struct Args {
     latency_ms: u64,
     mbps: u64,
     working_set_pct: f64,
+    sequential_mib: u64,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -64,6 +65,7 @@ fn parse_args() -> Result<Args, Error> {
         latency_ms: 5,
         mbps: 100,
         working_set_pct: 3.0,
+        sequential_mib: 64,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +79,7 @@ fn parse_args() -> Result<Args, Error> {
             "--latency-ms" => a.latency_ms = value()?.parse()?,
             "--mbps" => a.mbps = value()?.parse()?,
             "--working-set-pct" => a.working_set_pct = value()?.parse()?,
+            "--sequential-mib" => a.sequential_mib = value()?.parse()?,
             _ => {}
         }
     }
@@ -488,6 +491,49 @@ async fn run() -> Result<(), Error> {
             decompress,
         });
     }
+    // A sequential stream (a large file read whole, `dd`): the first `--sequential-mib` MiB
+    // of the image in 128 KiB reads, cold cache, without and with read-ahead, alternately.
+    let (mut seq_off, mut seq_on) = (Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        for read_ahead in [false, true] {
+            let dir = tmp.path().join(format!("seq{i}-{read_ahead}"));
+            let cfg = write_config(
+                &dir,
+                serde_json::json!({"repoBlobUrl": repo_blob_url,
+                    "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
+            )?;
+            std::fs::create_dir_all(dir.join("fs"))?;
+            let cache = dir.join("cache");
+            let s = match read_ahead {
+                true => settings(&cache),
+                false => settings_no_read_ahead(&cache),
+            };
+            let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
+            let t = Instant::now();
+            let luns = RemoteImages::new(s)?;
+            let image = luns.open(&cfg, true).await?;
+            let len = (args.sequential_mib << 20).min(image.size());
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(128 << 10) as usize;
+                image.read(at, n).await?;
+                at += n as u64;
+            }
+            let took = t.elapsed().as_secs_f64();
+            let fetched = (proxy.body_bytes() - before, proxy.requests() - requests_before);
+            drop((image, luns));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            eprintln!(
+                "sequential {} MiB, read-ahead {read_ahead}: {took:.3} s ({} bytes in {} requests)",
+                args.sequential_mib, fetched.0, fetched.1
+            );
+            match read_ahead {
+                true => seq_on.push(took),
+                false => seq_off.push(took),
+            }
+        }
+    }
+
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let (od, plain, traced, full) = (
         m(|r| r.on_demand.as_secs_f64()),
@@ -538,6 +584,12 @@ async fn run() -> Result<(), Error> {
         full / plain
     );
     println!("  ratio full / on demand with trace: {:.1}x", full / traced);
+    let (off, on) = (median(seq_off), median(seq_on));
+    println!(
+        "  sequential {} MiB: {off:.3} s without read-ahead, {on:.3} s with ({:.1}x)",
+        args.sequential_mib,
+        off / on
+    );
     drop(proxy);
     drop(registry);
     net.shutdown_background();
