@@ -1323,3 +1323,198 @@ async fn an_nginx_caching_mirror_serves_two_nodes_and_its_loss_falls_back_to_the
         "the second half came from the registry itself"
     );
 }
+
+/// `trace attach` on an image pushed to `docker-registry`, then the image opened by reference
+/// as the device's owner (what a `registry:` LUN does) with a disk cache: the acceleration
+/// layer is found last in the manifest, its trace fetched from the registry and replayed, so
+/// every byte of both layers is in the cache before any read of the disk, and reading the whole
+/// disk afterwards fetches nothing and gives the local image's bytes. A plain open (tools)
+/// fetches only headers and indexes. `trace inspect` summarises the trace; damaged traces and
+/// traces of another image are refused before anything is pushed; a second attach replaces
+/// the acceleration layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attached_trace_is_replayed_from_the_registry_by_reference() {
+    use overlaybd_target::block::BlockDevice;
+    use overlaybd_target::overlaybd::{Image, ImageConfig, LocalOpener};
+    use overlaybd_target::prefetch::trace::{decode, encode};
+    use overlaybd_target::prefetch::TraceRecord;
+    use overlaybd_target::registry::acceleration::extract_trace;
+    use overlaybd_target::registry::{resolve, ImageReference, Platform};
+    use support::process::{binary, run, run_fails};
+
+    let reg = start_registry(Options::default(), &reqwest::Client::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let host = reg.url.trim_start_matches("http://").to_string();
+    let s = |p: &str| d.join(p).display().to_string();
+    // Incompressible files of a few MiB: layers of many cache units, of which an open reads
+    // only the few holding headers and indexes.
+    for (tree, name, seed) in [("a", "etc/a.bin", 1u64), ("b", "srv/b.bin", 2)] {
+        let path = d.join(tree).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut x = seed;
+        let bytes: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        std::fs::write(path, bytes).unwrap();
+    }
+    run(binary()
+        .args(["build", "-z", "--size", "64M"])
+        .args([s("a"), s("l0.obd"), s("c0.json")]));
+    run(binary()
+        .args(["build", "-z", "--base", &s("c0.json")])
+        .args([s("b"), s("l1.obd"), s("c1.json")]));
+    let v1 = format!("{host}/team/app:v1");
+    run(binary().args(["push", &s("c1.json"), &v1]));
+
+    // A trace reading every byte of both layers' uncompressed LSMT blobs.
+    let mut records = Vec::new();
+    for (i, blob) in ["l0.obd", "l1.obd"].iter().enumerate() {
+        let layer = LocalOpener::open_path(&d.join(blob)).await.unwrap();
+        records.push(TraceRecord::read(i as u32, 0, layer.size()));
+    }
+    let trace = encode(&records);
+    std::fs::write(d.join("trace"), &trace).unwrap();
+    let said = run(binary().args(["trace", "inspect", &s("trace")]));
+    assert!(said.contains("binary trace, 2 records: 2 reads"), "{said}");
+    assert!(
+        said.contains(&format!("layer 1: 1 reads, {} bytes", records[1].count)),
+        "{said}"
+    );
+    let said = run(binary().args(["trace", "inspect", "--records", &s("trace")]));
+    assert!(said.contains("#1 R layer 1 offset 0 count"), "{said}");
+
+    // Refused before anything is pushed: a damaged trace, one naming a third layer.
+    let mut damaged = trace.clone();
+    damaged[30] ^= 1;
+    std::fs::write(d.join("damaged"), &damaged).unwrap();
+    let err = run_fails(binary().args(["trace", "inspect", &s("damaged")]));
+    assert!(err.contains("not a valid trace"), "{err}");
+    let err = run_fails(binary().args(["trace", "attach", &s("damaged"), &v1]));
+    assert!(err.contains("not a valid trace"), "{err}");
+    std::fs::write(d.join("other"), encode(&[TraceRecord::read(2, 0, 512)])).unwrap();
+    let err = run_fails(binary().args(["trace", "attach", &s("other"), &v1]));
+    assert!(err.contains("a trace of another image"), "{err}");
+
+    let said = run(binary().args(["trace", "attach", &s("trace"), &v1]));
+    assert!(said.contains(": uploaded"), "{said}");
+    assert!(!said.contains("replaced"), "{said}");
+    assert!(said.contains(&format!("pushed {v1}@sha256:")), "{said}");
+
+    // resolve finds two data layers and the acceleration layer, whose tar holds the trace.
+    let cache = d.join("cache");
+    let mut cfg = settings(&cache);
+    cfg.download.enable = false;
+    let client = RegistryClient::from_settings(&cfg).unwrap();
+    let reference = ImageReference::parse(&v1).unwrap();
+    let resolved = resolve(&client, &reference, &Platform::host(), &[])
+        .await
+        .unwrap();
+    assert_eq!(resolved.image.layers.len(), 2);
+    let accel = resolved.image.acceleration.clone().unwrap();
+    let blob = client
+        .open_blob(&resolved.repo_blob_url, &accel.digest, None)
+        .await
+        .unwrap();
+    let tar = blob.read_exact_at(0, accel.size as usize).await.unwrap();
+    assert_eq!(decode(&extract_trace(&tar).unwrap()).unwrap(), records);
+
+    // The local image, for the bytes the disk must show.
+    let local_config = ImageConfig::load(&d.join("c1.json")).unwrap();
+    let local = Image::open(&local_config, "c1.json", &LocalOpener)
+        .await
+        .unwrap();
+    let layer_bytes: u64 = resolved.image.layers.iter().map(|l| l.size).sum();
+    let config = resolved.image_config();
+    assert!(config.acceleration_layer);
+
+    // Baseline: a plain open (no prefetch) fetches only headers and indexes.
+    let mut plain_cfg = settings(&d.join("plain-cache"));
+    plain_cfg.download.enable = false;
+    let plain_layers = RemoteLayers::new(plain_cfg).unwrap();
+    let plain = Image::open(&config, "registry", &plain_layers)
+        .await
+        .unwrap();
+    assert!(plain.prefetch().is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fetched = plain_layers.tiers().stats().source_bytes;
+    assert!(fetched < layer_bytes, "{fetched} of {layer_bytes}");
+    drop(plain);
+
+    // The owner's open replays the trace: every layer byte arrives without a disk read.
+    let layers = RemoteLayers::new(cfg).unwrap();
+    let image = Image::open_loaded(&config, "registry", &layers)
+        .await
+        .unwrap();
+    assert!(image.prefetch().unwrap().is_replaying());
+    assert_eq!(
+        image.stack().len(),
+        2,
+        "the acceleration layer is no data layer"
+    );
+    let start = Instant::now();
+    while layers.tiers().stats().source_bytes < layer_bytes {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replay fetched {:?} of {layer_bytes}",
+            layers.tiers().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = layers.tiers().stats().source_bytes;
+    let size = local.size();
+    assert_eq!(image.size(), size);
+    let chunk = 4 << 20;
+    let mut offset = 0;
+    while offset < size {
+        let len = chunk.min(size - offset) as usize;
+        let got = image.read_at(offset, len).await.unwrap();
+        assert!(
+            got == local.read_at(offset, len).await.unwrap(),
+            "disk bytes at {offset}"
+        );
+        offset += len as u64;
+    }
+    assert_eq!(
+        layers.tiers().stats().source_bytes,
+        before,
+        "the disk read fetched what replay should have"
+    );
+    drop(image);
+
+    // A second attach replaces the acceleration layer: still two data layers, one trace.
+    std::fs::write(d.join("trace2"), encode(&records[1..])).unwrap();
+    let said = run(binary().args(["trace", "attach", &s("trace2"), &v1]));
+    assert!(
+        said.contains(&format!("replaced trace layer {}", accel.digest)),
+        "{said}"
+    );
+    let again = resolve(&client, &reference, &Platform::host(), &[])
+        .await
+        .unwrap();
+    assert_eq!(again.image.layers, resolved.image.layers);
+    let accel2 = again.image.acceleration.unwrap();
+    assert_ne!(accel2.digest, accel.digest);
+    // Pushed elsewhere with --to: the layers are mounted, the manifest is the same kind.
+    let said = run(binary().args([
+        "trace",
+        "attach",
+        "--to",
+        &format!("{host}/other/app:fast"),
+        &s("trace"),
+        &v1,
+    ]));
+    assert!(said.contains("replaced trace layer"), "{said}");
+    let other = ImageReference::parse(&format!("{host}/other/app:fast")).unwrap();
+    let moved = resolve(&client, &other, &Platform::host(), &[])
+        .await
+        .unwrap();
+    assert_eq!(moved.image.acceleration.unwrap().digest, accel.digest);
+    assert_eq!(moved.image.layers, resolved.image.layers);
+}

@@ -520,7 +520,10 @@ async fn run() -> Result<(), Error> {
                 at += n as u64;
             }
             let took = t.elapsed().as_secs_f64();
-            let fetched = (proxy.body_bytes() - before, proxy.requests() - requests_before);
+            let fetched = (
+                proxy.body_bytes() - before,
+                proxy.requests() - requests_before,
+            );
             drop((image, luns));
             tokio::time::sleep(Duration::from_millis(200)).await;
             eprintln!(

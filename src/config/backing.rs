@@ -13,7 +13,9 @@ use crate::block::{
 };
 use crate::cache::DaemonSettings;
 use crate::overlaybd::config::LayerLocation;
-use crate::overlaybd::{Image, ImageConfig, LocalOpener, LsmtError, RemoteImages};
+use crate::overlaybd::{
+    Image, ImageConfig, LocalOpener, LsmtError, RemoteImages, WithPrefetchWorkers,
+};
 use crate::scsi::{LunConfig, UnitOptions};
 use crate::source::SourceError;
 
@@ -639,7 +641,12 @@ impl ImageOpener {
                 .await
                 .map_err(registry_err)?
         } else {
-            Image::open_loaded(&config, &name, &LocalOpener)
+            // The daemon's `prefetchConfig.concurrency` for replay, as registry images get.
+            let opener = WithPrefetchWorkers {
+                opener: LocalOpener,
+                workers: self.settings.prefetch_config.workers(),
+            };
+            Image::open_loaded(&config, &name, &opener)
                 .await
                 .map_err(image_err)?
         };
@@ -698,7 +705,9 @@ impl ImageOpener {
             "image reference resolved"
         );
         let config = resolved.image_config();
-        let image = Image::open(&config, &name, luns.layers())
+        // As the device's owner, so an acceleration layer's trace is replayed; the config has
+        // no `resultFile`, so nothing is written.
+        let image = Image::open_loaded(&config, &name, luns.layers())
             .await
             .map_err(registry_err)?;
         if image.size() == 0 {

@@ -41,6 +41,69 @@ pub trait LayerOpener: Send + Sync {
     fn prefetch_workers(&self) -> usize {
         prefetch::DEFAULT_CONCURRENCY
     }
+
+    /// The raw bytes of lower `index` of `config` found at `location`, neither tar-unwrapped
+    /// nor decompressed: the acceleration layer, a tar holding the prefetch trace
+    /// (`trace-prefetch.md` §7). This default reads local files and refuses registry blobs.
+    async fn open_raw(
+        &self,
+        _config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        match location {
+            LayerLocation::Local(path) => {
+                let file = FileSource::open(path)
+                    .await
+                    .map_err(|e| LsmtError::io(path.display().to_string(), e))?;
+                Ok(Arc::new(file))
+            }
+            LayerLocation::Remote { url, .. } => Err(not_local(index, url)),
+        }
+    }
+}
+
+/// The refusal of openers that read local files only, for registry blob `url` at lower `index`.
+fn not_local(index: usize, url: &str) -> LsmtError {
+    LsmtError::Unsupported(format!(
+        "lowers[{index}] is a registry blob ({url}); this opener reads local files only"
+    ))
+}
+
+/// An opener whose trace replay uses `workers` workers (`prefetchConfig.concurrency`) and
+/// otherwise opens layers as `opener` does: gives local-only images the daemon's setting,
+/// which [`LocalOpener`] itself does not know.
+#[derive(Debug, Clone, Copy)]
+pub struct WithPrefetchWorkers<O> {
+    /// The opener of the layers.
+    pub opener: O,
+    /// Replay workers; 0 turns replay off.
+    pub workers: usize,
+}
+
+#[async_trait]
+impl<O: LayerOpener> LayerOpener for WithPrefetchWorkers<O> {
+    async fn open(
+        &self,
+        config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        self.opener.open(config, index, location).await
+    }
+
+    fn prefetch_workers(&self) -> usize {
+        self.workers
+    }
+
+    async fn open_raw(
+        &self,
+        config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        self.opener.open_raw(config, index, location).await
+    }
 }
 
 /// Opens lower layers stored locally: a file, tar-unwrapped and ZFile-decompressed when
@@ -107,9 +170,7 @@ impl LayerOpener for LocalOpener {
     ) -> LsmtResult<Arc<dyn LayerSource>> {
         match location {
             LayerLocation::Local(path) => Self::open_path(path).await,
-            LayerLocation::Remote { url, .. } => Err(LsmtError::Unsupported(format!(
-                "lowers[{index}] is a registry blob ({url}); this opener reads local files only"
-            ))),
+            LayerLocation::Remote { url, .. } => Err(not_local(index, url)),
         }
     }
 }
@@ -151,6 +212,76 @@ impl LayerOpener for RemoteLayers {
     fn prefetch_workers(&self) -> usize {
         self.settings().prefetch_config.workers()
     }
+
+    /// A registry blob through the routes and cache tiers of [`RemoteLayers::open`], without
+    /// background download (the one user, the acceleration layer, is read once and whole).
+    async fn open_raw(
+        &self,
+        config: &ImageConfig,
+        index: usize,
+        location: &LayerLocation,
+    ) -> LsmtResult<Arc<dyn LayerSource>> {
+        let (url, digest, size) = match location {
+            LayerLocation::Local(_) => return LocalOpener.open_raw(config, index, location).await,
+            LayerLocation::Remote {
+                url, digest, size, ..
+            } => (url, digest, size),
+        };
+        let no_download = DownloadConfig {
+            enable: false,
+            ..DownloadConfig::default()
+        };
+        let layer = RemoteLayer {
+            repo_blob_url: &config.repo_blob_url,
+            digest,
+            size: Some(*size).filter(|&s| s != 0),
+            dir: None,
+            download: Some(&no_download),
+        };
+        RemoteLayers::open(self, &layer)
+            .await
+            .map_err(|e| LsmtError::io(format!("lowers[{index}] ({url})"), e))
+    }
+}
+
+/// The prefetch file in the acceleration layer blob of `config` (its last lower), named for
+/// logs. Any failure to locate, fetch or read it is returned for the caller to log: the
+/// device opens without prefetch, never fails because of its trace.
+async fn acceleration_trace(
+    config: &ImageConfig,
+    config_file: &str,
+    opener: &dyn LayerOpener,
+) -> (String, Result<prefetch::TraceFile, prefetch::LoadError>) {
+    let index = config.lowers.len().saturating_sub(1);
+    let named = |what: &str| format!("{config_file}: lowers[{index}] ({what})");
+    if config
+        .lowers
+        .get(index)
+        .is_some_and(|l| l.size > prefetch::MAX_LAYER_BLOB)
+    {
+        let size = config.lowers[index].size;
+        let err = prefetch::ExtractError::TooLarge {
+            size,
+            max: prefetch::MAX_LAYER_BLOB,
+        };
+        return (named("acceleration layer"), Err(err.into()));
+    }
+    let location = match config.locate(index, config_file) {
+        Ok(location) => location,
+        Err(e) => {
+            let e = std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string());
+            return (named("acceleration layer"), Err(e.into()));
+        }
+    };
+    let name = match &location {
+        LayerLocation::Local(path) => named(&path.display().to_string()),
+        LayerLocation::Remote { url, .. } => named(url),
+    };
+    let loaded = match opener.open_raw(config, index, &location).await {
+        Ok(blob) => prefetch::load_layer_blob(blob.as_ref()).await,
+        Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+    };
+    (name, loaded)
 }
 
 /// Removes a tar wrapper and decompresses a ZFile, naming `name` in errors. A registry blob
@@ -279,7 +410,19 @@ impl Image {
             }
             None => config,
         };
-        let opened = Image::open_layers(config, config_file, opener, recorder.as_ref()).await;
+        // The acceleration layer's blob is fetched while the layers open: one more round trip
+        // to the registry, hidden behind theirs.
+        let from_blob = mode == Mode::ReplayLayerBlob;
+        let layer_trace = async {
+            match from_blob {
+                true => Some(acceleration_trace(config, config_file, opener).await),
+                false => None,
+            }
+        };
+        let (opened, layer_trace) = tokio::join!(
+            Image::open_layers(config, config_file, opener, recorder.as_ref()),
+            layer_trace
+        );
         let mut image = match opened {
             Ok(image) => image,
             Err(e) => {
@@ -290,16 +433,20 @@ impl Image {
                 return Err(e);
             }
         };
-        image.prefetch = match mode {
-            Mode::Record(_) => recorder.as_ref().map(Prefetch::recording),
-            Mode::Replay(path) => {
-                // Trace layer indexes count from the bottom, stack tags from the top.
-                let sources = (image.stack.layers_top_first().iter().rev())
-                    .map(|l| Arc::clone(l.source()))
-                    .collect();
-                Prefetch::replay_file(&path, sources, opener.prefetch_workers()).await
+        // Trace layer indexes count from the bottom, stack tags from the top.
+        let sources = || {
+            (image.stack.layers_top_first().iter().rev())
+                .map(|l| Arc::clone(l.source()))
+                .collect()
+        };
+        let workers = opener.prefetch_workers();
+        image.prefetch = match (mode, layer_trace) {
+            (Mode::Record(_), _) => recorder.as_ref().map(Prefetch::recording),
+            (Mode::Replay(path), _) => Prefetch::replay_file(&path, sources(), workers).await,
+            (Mode::ReplayLayerBlob, Some((name, loaded))) => {
+                Prefetch::replay_loaded(&name, loaded, sources(), workers)
             }
-            Mode::Off => None,
+            (Mode::ReplayLayerBlob | Mode::Off, _) => None,
         };
         Ok(image)
     }

@@ -33,7 +33,7 @@ pub type OnProgress<'a> = &'a (dyn Fn(u64) + Sync);
 
 pub use config::ImageConfig;
 pub use error::{LsmtError, LsmtResult};
-pub use image::{Image, LayerOpener, LocalOpener};
+pub use image::{Image, LayerOpener, LocalOpener, WithPrefetchWorkers};
 pub use layer::SealedLayer;
 pub use remote_images::{open_image_lun, RemoteImages};
 pub use stack::LayerStack;

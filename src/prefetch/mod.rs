@@ -29,8 +29,15 @@
 //! Prefetch is best effort everywhere: a trace that cannot be read, decoded or recorded is
 //! logged and the device opens without it; replay failures are logged and ignored.
 //!
+//! An acceleration layer without a local `dir` (a config made from a registry reference,
+//! where the layer is only a blob in the registry, or a `file` naming the layer's tar) is read
+//! as a blob: [`Mode::ReplayLayerBlob`] has the image's opener fetch the layer's raw bytes
+//! (bounded by [`MAX_LAYER_BLOB`], through the cache like any registry blob), and
+//! [`load_layer_blob`] takes the file `trace` out of the tar
+//! ([`crate::registry::acceleration`]) and decodes it.
+//!
 //! Not yet supported: Dynamic mode (a file list instead of a binary trace, §6), which is
-//! logged and skipped, and an acceleration layer that is only a registry blob (no `dir`).
+//! logged and skipped.
 //!
 //! [`LayerSource`]: crate::source::LayerSource
 //! [`SealedLayer`]: crate::overlaybd::SealedLayer
@@ -50,6 +57,7 @@ pub use replay::{replay, ReplayStats, DEFAULT_CONCURRENCY};
 pub use trace::{FileKind, Op, TraceError, TraceRecord};
 
 use crate::overlaybd::ImageConfig;
+pub use crate::registry::acceleration::{ExtractError, MAX_LAYER_BLOB};
 use crate::source::LayerSource;
 
 /// What an image does about prefetch at open, from its config (§2).
@@ -62,11 +70,17 @@ pub enum Mode {
     Record(PathBuf),
     /// Replay the trace (or, for a file list, prefetch the files) in this non-empty file.
     Replay(PathBuf),
+    /// Replay the trace in the acceleration layer's blob (the last lower has no `dir`, §7):
+    /// the layer is located like any lower (`file`, then the registry) and its raw bytes,
+    /// a tar, are read ([`load_layer_blob`]).
+    ReplayLayerBlob,
 }
 
 impl Mode {
     /// Applies §2's decision table. The acceleration layer's trace is `<dir>/trace` of the
-    /// last lower; an acceleration layer without `dir` (a registry blob) is not read yet.
+    /// last lower; an acceleration layer without `dir` but with a `file` or `digest` is read
+    /// as a blob ([`Mode::ReplayLayerBlob`]): the snapshotter always gives a `dir` (the
+    /// unpacked layer), configs made from a registry reference never do.
     /// Setting both inputs is refused by the caller (config validation, `Image::open`); here
     /// the acceleration layer wins. A path that exists but is not a regular file, or cannot
     /// be examined, is logged and means no prefetch.
@@ -74,10 +88,12 @@ impl Mode {
         let (path, accelerated) = if config.acceleration_layer {
             match config.lowers.last() {
                 Some(l) if !l.dir.is_empty() => (Path::new(&l.dir).join("trace"), true),
+                Some(l) if !l.file.is_empty() || !l.digest.is_empty() => {
+                    return Mode::ReplayLayerBlob
+                }
                 _ => {
-                    tracing::info!(
-                        "the acceleration layer has no local `dir`; its trace is not read \
-                         (not supported yet)"
+                    tracing::warn!(
+                        "the acceleration layer has no `dir`, `file` or `digest`; no prefetch"
                     );
                     return Mode::Off;
                 }
@@ -124,6 +140,48 @@ pub enum LoadError {
     /// The file starts like a binary trace but fails its checks (§3.3).
     #[error("{0}")]
     Trace(#[from] TraceError),
+    /// The acceleration layer blob holds no usable trace file (too large, not a tar, no
+    /// `trace` in it).
+    #[error("{0}")]
+    Layer(#[from] ExtractError),
+}
+
+/// Classifies and, for a binary trace, decodes the whole prefetch file `bytes` (§2.1, §3).
+pub fn parse(bytes: &[u8]) -> Result<TraceFile, TraceError> {
+    match trace::classify(&bytes[..bytes.len().min(trace::HEADER_SIZE)]) {
+        FileKind::Empty => Ok(TraceFile::Empty),
+        FileKind::FileList => Ok(TraceFile::FileList),
+        FileKind::Binary => Ok(TraceFile::Binary(trace::decode(bytes)?)),
+    }
+}
+
+/// Reads the acceleration layer blob `blob` (a tar, §7) and the prefetch file `trace` in it.
+/// A blob over [`MAX_LAYER_BLOB`] is refused before anything is read, and it is read in
+/// pieces, so memory stays bounded by that size.
+pub async fn load_layer_blob(blob: &dyn LayerSource) -> Result<TraceFile, LoadError> {
+    /// Bytes per read of the blob.
+    const PIECE: u64 = 4 << 20;
+    let size = blob.size();
+    if size > MAX_LAYER_BLOB {
+        return Err(ExtractError::TooLarge {
+            size,
+            max: MAX_LAYER_BLOB,
+        }
+        .into());
+    }
+    // At most MAX_LAYER_BLOB (checked above), so the casts are lossless.
+    let mut bytes = Vec::with_capacity(size as usize);
+    while (bytes.len() as u64) < size {
+        let len = (size - bytes.len() as u64).min(PIECE) as usize;
+        let piece = blob
+            .read_exact_at(bytes.len() as u64, len)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        bytes.extend_from_slice(&piece);
+    }
+    let trace = crate::registry::acceleration::extract_trace(&bytes)?;
+    drop(bytes);
+    Ok(parse(&trace)?)
 }
 
 /// Reads the prefetch file at `path`: classifies it from its first 24 bytes, and for a binary
@@ -202,23 +260,44 @@ impl Prefetch {
         sources: Vec<Arc<dyn LayerSource>>,
         workers: usize,
     ) -> Option<Prefetch> {
-        let records = match load(path).await {
+        let loaded = load(path).await;
+        Prefetch::replay_loaded(&path.display().to_string(), loaded, sources, workers)
+    }
+
+    /// Starts replaying `loaded`, the prefetch file named `name` in logs (a path, or the
+    /// acceleration layer blob), when it is a valid binary trace, as [`Prefetch::replay_file`]
+    /// does. Must be called within a Tokio runtime.
+    pub fn replay_loaded(
+        name: &str,
+        loaded: Result<TraceFile, LoadError>,
+        sources: Vec<Arc<dyn LayerSource>>,
+        workers: usize,
+    ) -> Option<Prefetch> {
+        let records = match loaded {
             Ok(TraceFile::Binary(records)) => records,
             Ok(TraceFile::Empty) => return None,
             Ok(TraceFile::FileList) => {
-                tracing::info!(trace = %path.display(), "the prefetch file is a file list (Dynamic mode), not supported yet; no prefetch");
+                tracing::info!(trace = name, "the prefetch file is a file list (Dynamic mode), not supported yet; no prefetch");
                 return None;
             }
             Err(e) => {
-                tracing::warn!(trace = %path.display(), error = %e, "unusable prefetch trace; no prefetch");
+                tracing::warn!(trace = name, error = %e, "unusable prefetch trace; no prefetch");
                 return None;
             }
         };
         if workers == 0 {
-            tracing::info!(trace = %path.display(), "prefetchConfig.concurrency is 0; the trace is not replayed");
+            tracing::info!(
+                trace = name,
+                "prefetchConfig.concurrency is 0; the trace is not replayed"
+            );
             return None;
         }
-        tracing::info!(trace = %path.display(), records = records.len(), workers, "replaying the prefetch trace");
+        tracing::info!(
+            trace = name,
+            records = records.len(),
+            workers,
+            "replaying the prefetch trace"
+        );
         let cancel = CancellationToken::new();
         // Detached: the task ends when done or when the guard below is dropped.
         drop(replay(records, sources, workers, cancel.clone()));
@@ -301,11 +380,19 @@ mod tests {
         assert_eq!(Mode::select(&accelerated(dir.path())).await, Mode::Off);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(Mode::select(&accelerated(dir.path())).await, Mode::Off);
+        // Without `dir`, a registry blob or a local tar is read as the layer's blob.
         let mut no_dir = accelerated(dir.path());
         no_dir.lowers[1] = LowerLayer {
             digest: format!("sha256:{}", "a".repeat(64)),
             ..LowerLayer::default()
         };
+        assert_eq!(Mode::select(&no_dir).await, Mode::ReplayLayerBlob);
+        no_dir.lowers[1] = LowerLayer {
+            file: "/accel.tar".into(),
+            ..LowerLayer::default()
+        };
+        assert_eq!(Mode::select(&no_dir).await, Mode::ReplayLayerBlob);
+        no_dir.lowers[1] = LowerLayer::default();
         assert_eq!(Mode::select(&no_dir).await, Mode::Off);
     }
 
@@ -339,6 +426,54 @@ mod tests {
         assert!(matches!(
             load(&dir.path().join("missing")).await,
             Err(LoadError::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_trace_of_a_layer_blob_is_read_bounded_and_checked() {
+        use crate::registry::acceleration::layer_tar;
+        use crate::source::BytesSource;
+        let records = vec![TraceRecord::read(1, 8192, 4096), TraceRecord::read(0, 0, 1)];
+        let blob = BytesSource::new(layer_tar(&trace::encode(&records)), "accel");
+        assert_eq!(
+            load_layer_blob(&blob).await.unwrap(),
+            TraceFile::Binary(records)
+        );
+        let list = BytesSource::new(layer_tar(b"/usr/bin/containerd\n"), "accel");
+        assert_eq!(load_layer_blob(&list).await.unwrap(), TraceFile::FileList);
+        let damaged = BytesSource::new(
+            layer_tar(b"\x20\x18\xEF\xC2 but this is not a trace at all"),
+            "accel",
+        );
+        assert!(matches!(
+            load_layer_blob(&damaged).await,
+            Err(LoadError::Trace(_))
+        ));
+        let not_tar = BytesSource::new(vec![9u8; 4096], "accel");
+        assert!(matches!(
+            load_layer_blob(&not_tar).await,
+            Err(LoadError::Layer(ExtractError::BadTar(_)))
+        ));
+        // A blob over the bound is refused from its size, without reading it.
+        struct Huge;
+        #[async_trait::async_trait]
+        impl LayerSource for Huge {
+            fn size(&self) -> u64 {
+                MAX_LAYER_BLOB + 1
+            }
+            async fn read_span(
+                &self,
+                _: crate::source::Span,
+            ) -> crate::source::SourceResult<bytes::Bytes> {
+                panic!("a blob over the bound must not be read")
+            }
+            fn describe(&self) -> String {
+                "huge".into()
+            }
+        }
+        assert!(matches!(
+            load_layer_blob(&Huge).await,
+            Err(LoadError::Layer(ExtractError::TooLarge { .. }))
         ));
     }
 

@@ -7,6 +7,7 @@
 //! `config.v1.json`. [`resolve`] does the fetching, through the registry client and its
 //! authentication.
 
+pub mod acceleration;
 pub mod compose;
 pub mod manifest;
 pub mod push;
@@ -18,4 +19,4 @@ pub use manifest::{
     ANNOTATION_BLOB_DIGEST, ANNOTATION_BLOB_SIZE,
 };
 pub use reference::{ImageReference, ReferenceError};
-pub use resolve::{resolve, ResolvedImage};
+pub use resolve::{fetch_image_manifest, resolve, FetchedImage, ResolvedImage};

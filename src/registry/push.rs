@@ -148,6 +148,78 @@ pub async fn push_image(
         &refs,
         config.acceleration_layer,
     );
+    // The config goes after the layers: the registry sees the blobs in order.
+    let mut blobs: Vec<BlobToPush> = layers.into_iter().map(BlobToPush).collect();
+    blobs.push(BlobToPush::memory(config_body));
+    let (pinned, mut pushed) = push_manifest(
+        client,
+        reference,
+        &options.plain_http,
+        blobs,
+        options.kind,
+        manifest,
+        progress,
+    )
+    .await?;
+    // `push_manifest` returns one entry per blob given, the config last.
+    let config = pushed
+        .pop()
+        .ok_or_else(|| io::Error::other("push_manifest lost the config blob"))?;
+    Ok(PushedImage {
+        pinned,
+        layers: pushed,
+        config,
+    })
+}
+
+/// A blob [`push_manifest`] makes sure the destination repository has.
+pub struct BlobToPush(Layer);
+
+impl BlobToPush {
+    /// Bytes in memory (an image config, an acceleration layer).
+    pub fn memory(bytes: Bytes) -> Self {
+        BlobToPush(Layer {
+            blob: BlobRef {
+                digest: sha256(&bytes),
+                size: bytes.len() as u64,
+            },
+            bytes: LayerBytes::Memory(bytes),
+        })
+    }
+
+    /// The blob `blob` of the repository whose blob URL prefix is `repo_blob_url`: nothing
+    /// is sent when the destination has it, it is mounted when that repository is on the
+    /// destination's registry, else streamed from there.
+    pub fn from_registry(repo_blob_url: &str, blob: BlobRef) -> Self {
+        BlobToPush(Layer {
+            blob,
+            bytes: LayerBytes::Remote {
+                repo_blob_url: repo_blob_url.to_string(),
+            },
+        })
+    }
+
+    /// Its digest and size.
+    pub fn blob(&self) -> &BlobRef {
+        &self.0.blob
+    }
+}
+
+/// Pushes `blobs` in order to the repository of `reference`, then `manifest` (of `kind`) as
+/// its tag or digest: the manifest goes last, since a registry may refuse one naming blobs it
+/// does not have. A reference naming a digest other than the manifest's is refused before
+/// anything is sent. Returns the reference pinned to the manifest's digest and what happened
+/// to each blob, in the order given. `progress` sees the bytes handled out of the blobs'
+/// total.
+pub async fn push_manifest(
+    client: &Arc<RegistryClient>,
+    reference: &ImageReference,
+    plain_http: &[String],
+    blobs: Vec<BlobToPush>,
+    kind: ManifestKind,
+    manifest: Vec<u8>,
+    progress: PushProgress,
+) -> io::Result<(ImageReference, Vec<PushedBlob>)> {
     let manifest_digest = sha256(&manifest);
     if let Some(wanted) = &reference.digest {
         if *wanted != manifest_digest {
@@ -157,18 +229,10 @@ pub async fn push_image(
             )));
         }
     }
-    let config_layer = Layer {
-        blob: BlobRef {
-            digest: sha256(&config_body),
-            size: config_body.len() as u64,
-        },
-        bytes: LayerBytes::Memory(config_body),
-    };
-
-    let total: u64 = layers.iter().map(|l| l.blob.size).sum::<u64>() + config_layer.blob.size;
+    let total: u64 = blobs.iter().map(|b| b.0.blob.size).sum();
     let mut session = Session {
         client: Arc::clone(client),
-        repository_url: reference.repository_url(&options.plain_http),
+        repository_url: reference.repository_url(plain_http),
         repository: reference.repository.clone(),
         auth: None,
         progress,
@@ -177,29 +241,19 @@ pub async fn push_image(
     };
     (session.progress)(0, total);
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{reference}: {e}"));
-    let mut pushed = Vec::with_capacity(layers.len());
-    for layer in layers {
+    let mut pushed = Vec::with_capacity(blobs.len());
+    for BlobToPush(layer) in blobs {
         let outcome = session.push_blob(&layer).await.map_err(named)?;
         pushed.push(PushedBlob {
             blob: layer.blob,
             outcome,
         });
     }
-    // The config goes after the layers and the manifest last: a registry may refuse a
-    // manifest naming blobs it does not have.
-    let config_outcome = session.push_blob(&config_layer).await.map_err(named)?;
     session
-        .put_manifest(reference.manifest_ref(), options.kind, manifest)
+        .put_manifest(reference.manifest_ref(), kind, manifest)
         .await
         .map_err(named)?;
-    Ok(PushedImage {
-        pinned: reference.pinned(&manifest_digest),
-        layers: pushed,
-        config: PushedBlob {
-            blob: config_layer.blob,
-            outcome: config_outcome,
-        },
-    })
+    Ok((reference.pinned(&manifest_digest), pushed))
 }
 
 /// `sha256:<hex>` of `data`.

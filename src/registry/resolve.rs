@@ -5,8 +5,9 @@
 
 use std::io;
 
-use super::manifest::{select_platform, Manifest, ACCEPT};
+use super::manifest::{select_platform, ImageManifest, Manifest, ACCEPT};
 use super::{ImageReference, OverlaybdImage, Platform};
+use crate::cache::http::client::FetchedManifest;
 use crate::cache::http::RegistryClient;
 use crate::overlaybd::ImageConfig;
 
@@ -38,6 +39,38 @@ pub async fn resolve(
     plain_http: &[String],
 ) -> io::Result<ResolvedImage> {
     let named = |e: String| format!("{reference}: {e}");
+    let fetched = fetch_image_manifest(client, reference, platform, plain_http).await?;
+    let image = fetched
+        .manifest
+        .overlaybd()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, named(e.to_string())))?;
+    Ok(ResolvedImage {
+        pinned: reference.pinned(&fetched.raw.digest),
+        repo_blob_url: reference.repo_blob_url(plain_http),
+        image,
+    })
+}
+
+/// An image manifest fetched by reference.
+#[derive(Debug, Clone)]
+pub struct FetchedImage {
+    /// The manifest, parsed.
+    pub manifest: ImageManifest,
+    /// The manifest as served: its bytes, media type and digest.
+    pub raw: FetchedManifest,
+    /// True when the reference named an index, of which the platform's entry was taken.
+    pub via_index: bool,
+}
+
+/// Fetches the image manifest `reference` names for `platform` (through an index when it
+/// names one), as [`resolve`] does, without reading its layers.
+pub async fn fetch_image_manifest(
+    client: &RegistryClient,
+    reference: &ImageReference,
+    platform: &Platform,
+    plain_http: &[String],
+) -> io::Result<FetchedImage> {
+    let named = |e: String| format!("{reference}: {e}");
     let url = reference.manifest_url(plain_http, reference.manifest_ref());
     let first = client
         .get_manifest(&url, ACCEPT)
@@ -47,8 +80,8 @@ pub async fn resolve(
         Manifest::parse(fetched.content_type.as_deref(), &fetched.body)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, named(e.to_string())))
     };
-    let (manifest, digest) = match parse(&first)? {
-        Manifest::Image(m) => (m, first.digest),
+    let (manifest, raw, via_index) = match parse(&first)? {
+        Manifest::Image(m) => (m, first, false),
         Manifest::Index(entries) => {
             let entry = select_platform(&entries, platform)
                 .map_err(|e| io::Error::new(io::ErrorKind::NotFound, named(e.to_string())))?;
@@ -58,7 +91,7 @@ pub async fn resolve(
                 .await
                 .map_err(|e| io::Error::new(e.kind(), named(e.to_string())))?;
             match parse(&second)? {
-                Manifest::Image(m) => (m, second.digest),
+                Manifest::Image(m) => (m, second, true),
                 Manifest::Index(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -68,12 +101,9 @@ pub async fn resolve(
             }
         }
     };
-    let image = manifest
-        .overlaybd()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, named(e.to_string())))?;
-    Ok(ResolvedImage {
-        pinned: reference.pinned(&digest),
-        repo_blob_url: reference.repo_blob_url(plain_http),
-        image,
+    Ok(FetchedImage {
+        manifest,
+        raw,
+        via_index,
     })
 }

@@ -1,8 +1,9 @@
 //! Image tools, run as subcommands of the `overlaybd-target` binary
 //! (`overlaybd-target TOOL ARGS…`): the counterparts of the reference `overlaybd-create`,
 //! `overlaybd-commit`, `overlaybd-zfile` and `overlaybd-merge`, plus `inspect`, the raw-disk
-//! conversions `export`, `import` and `build` that make images from `mkfs.ext4 -d` trees, and
-//! `pull` and `push`, which move images between a registry and local configs.
+//! conversions `export`, `import` and `build` that make images from `mkfs.ext4 -d` trees,
+//! `pull` and `push`, which move images between a registry and local configs, and `trace`,
+//! which inspects prefetch traces and attaches them to registry images.
 //!
 //! Each tool lives in its own file; this module holds the subcommand enum, the error type and
 //! the helpers several tools share (ZFile options, opening an image from a config or a blob).
@@ -19,6 +20,7 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod registry_args;
+pub mod trace;
 pub mod zfile;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub enum Tool {
     Pull(pull::PullArgs),
     /// Push an image (config.v1.json or layer blob) to a registry as an overlaybd image.
     Push(push::PushArgs),
+    /// Inspect a prefetch trace, or attach one to a registry image as its acceleration layer.
+    Trace(trace::TraceArgs),
 }
 
 impl Tool {
@@ -72,6 +76,7 @@ impl Tool {
                 Tool::Build(a) => build::run(a).await,
                 Tool::Pull(a) => pull::run(a).await,
                 Tool::Push(a) => push::run(a).await,
+                Tool::Trace(a) => trace::run(a).await,
             }
         };
         tokio::select! {

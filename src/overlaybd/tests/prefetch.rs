@@ -258,9 +258,21 @@ async fn wait_until_read(log: &Mutex<Vec<(u8, u64, u64)>>, layer: u8, offset: u6
     );
 }
 
+/// Where a test puts its trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TraceIn {
+    /// `recordTracePath`.
+    Path,
+    /// `<dir>/trace` of the acceleration layer (unpacked by the snapshotter).
+    Dir,
+    /// The acceleration layer's tar blob itself, as the last lower's `file` (no `dir`).
+    Tar,
+}
+
 #[tokio::test]
 async fn a_trace_is_replayed_from_record_trace_path_or_an_acceleration_layer() {
-    for accelerated in [false, true] {
+    for place in [TraceIn::Path, TraceIn::Dir, TraceIn::Tar] {
+        let accelerated = place != TraceIn::Path;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let mut lowers = two_lowers(d).await;
@@ -274,7 +286,12 @@ async fn a_trace_is_replayed_from_record_trace_path_or_an_acceleration_layer() {
             write,
         ];
         let bytes = trace::encode(&records);
-        let extra = if accelerated {
+        let extra = if place == TraceIn::Tar {
+            let tar = d.join("accel.tar");
+            std::fs::write(&tar, crate::registry::acceleration::layer_tar(&bytes)).unwrap();
+            lowers.push(serde_json::json!({ "file": tar }));
+            serde_json::json!({ "accelerationLayer": true })
+        } else if accelerated {
             let accel = d.join("accel");
             std::fs::create_dir(&accel).unwrap();
             std::fs::write(accel.join("trace"), &bytes).unwrap();
@@ -295,7 +312,7 @@ async fn a_trace_is_replayed_from_record_trace_path_or_an_acceleration_layer() {
             2,
             "the acceleration layer is no data layer"
         );
-        assert!(image.prefetch().unwrap().is_replaying());
+        assert!(image.prefetch().unwrap().is_replaying(), "{place:?}");
         wait_until_read(&log, 1, 4096, 8192).await;
         wait_until_read(&log, 0, 8192, 16384).await;
         // Give the (finished) replay a moment, then check what it must not have read.
@@ -314,15 +331,12 @@ async fn a_trace_is_replayed_from_record_trace_path_or_an_acceleration_layer() {
             "the 'W' record was replayed: {log:?}"
         );
         // The trace file is untouched: replay does not record.
-        assert_eq!(
-            std::fs::read(if accelerated {
-                d.join("accel/trace")
-            } else {
-                d.join("trace")
-            })
-            .unwrap(),
-            bytes
-        );
+        let trace_file = match place {
+            TraceIn::Path => d.join("trace"),
+            TraceIn::Dir => d.join("accel/trace"),
+            TraceIn::Tar => continue,
+        };
+        assert_eq!(std::fs::read(trace_file).unwrap(), bytes);
         assert!(!companion(&d.join("trace"), ".lock").exists());
     }
 }
@@ -354,6 +368,48 @@ async fn damaged_traces_and_file_lists_open_without_prefetch() {
         .await
         .unwrap();
     assert!(image.prefetch().is_none());
+
+    // An acceleration layer blob that is no tar, a tar without `trace`, a damaged trace in
+    // it, a missing file, and a registry blob without `repoBlobUrl` to fetch it from: the
+    // device opens, without prefetch (and the layer is still no data layer).
+    let tar_without = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("other").unwrap();
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let mut bad_trace = trace::encode(&[TraceRecord::read(0, 0, 4096)]);
+    bad_trace[30] ^= 1;
+    let blobs = [
+        vec![3u8; 4096],
+        tar_without,
+        crate::registry::acceleration::layer_tar(&bad_trace),
+    ];
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let tar_file = serde_json::json!({ "file": d.join("accel.tar") });
+    let mut cases: Vec<(serde_json::Value, Option<Vec<u8>>)> = blobs
+        .into_iter()
+        .map(|blob| (tar_file.clone(), Some(blob)))
+        .collect();
+    cases.push((serde_json::json!({ "file": d.join("missing.tar") }), None));
+    cases.push((serde_json::json!({ "digest": digest, "size": 2048 }), None));
+    for (accel, blob) in cases {
+        if let Some(blob) = &blob {
+            std::fs::write(d.join("accel.tar"), blob).unwrap();
+        }
+        let mut all = lowers.clone();
+        all.push(accel.clone());
+        let config = write_config(d, &all, serde_json::json!({ "accelerationLayer": true }));
+        let image = Image::open_config_file(&config, &LocalOpener)
+            .await
+            .unwrap_or_else(|e| panic!("{accel}: {e}"));
+        assert!(image.prefetch().is_none(), "{accel}");
+        assert_eq!(image.stack().len(), 2);
+        assert_eq!(std::fs::read(d.join("result")).unwrap(), b"success");
+    }
 }
 
 #[tokio::test]
