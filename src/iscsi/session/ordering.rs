@@ -61,7 +61,7 @@ impl Session {
     /// Task `itt` joins its LUN's task set (its CmdSN turn came).
     pub(super) fn admit(&mut self, itt: u32) {
         let seq = self.next_admission;
-        let Some(task) = self.tasks.get_mut(&itt) else {
+        let Some(task) = self.tasks.get_mut(&itt).filter(|t| t.admitted.is_none()) else {
             return;
         };
         self.next_admission += 1;
