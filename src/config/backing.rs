@@ -16,6 +16,8 @@ use crate::overlaybd::config::LayerLocation;
 use crate::overlaybd::{
     Image, ImageConfig, LocalOpener, LsmtError, RemoteImages, WithPrefetchWorkers,
 };
+use crate::prefetch::learn::{Learn, LearnStore};
+use crate::prefetch::{PrefetchHandle, RecordOptions};
 use crate::scsi::{LunConfig, UnitOptions};
 use crate::source::SourceError;
 
@@ -364,12 +366,14 @@ impl LunSpec {
     }
 
     /// [`LunSpec::open_with`], also returning the manifest digest a `registry:` reference
-    /// resolved to (the LUN's content identity).
+    /// resolved to (the LUN's content identity) and, for an image, a handle on its trace
+    /// prefetch.
     async fn open_identified(
         &self,
         images: &ImageOpener,
-    ) -> Result<(Arc<dyn BlockDevice>, Option<String>), BackingError> {
+    ) -> Result<(Arc<dyn BlockDevice>, Option<String>, Option<PrefetchHandle>), BackingError> {
         let mut resolved = None;
+        let mut prefetch = None;
         let device: Result<Arc<dyn BlockDevice>, BackingError> = match &self.backing {
             Backing::File(path) => {
                 let (path, read_only) = (path.clone(), self.read_only);
@@ -406,19 +410,21 @@ impl LunSpec {
                 Ok(Arc::new(image))
             }
             Backing::Registry(reference) => {
-                let (device, digest) = images.open_reference(reference).await?;
+                let (device, digest, handle) = images.open_reference(reference).await?;
                 resolved = Some(digest);
+                prefetch = handle;
                 Ok(self.held(device, images))
             }
             Backing::Image(path) => {
-                let device = images.open(path, self.read_only).await?;
+                let (device, handle) = images.open(path, self.read_only).await?;
+                prefetch = handle;
                 if device.size() == 0 {
                     return Err(BackingError::Empty(path.clone()));
                 }
                 Ok(self.held(device, images))
             }
         };
-        Ok((device?, resolved))
+        Ok((device?, resolved, prefetch))
     }
 
     /// An image's device under the LUN's remote-failure policy (the daemon's when the LUN
@@ -450,7 +456,10 @@ impl LunSpec {
         number: u64,
         images: &ImageOpener,
     ) -> Result<LunConfig, BackingError> {
-        let (device, resolved) = self.open_identified(images).await?;
+        // A failed open must not leave the handle of a previous device at this number.
+        images.set_prefetch(target_name, number, None);
+        let (device, resolved, prefetch) = self.open_identified(images).await?;
+        images.set_prefetch(target_name, number, prefetch);
         let identity = self.content_identity(resolved.as_deref());
         Ok(self.describe(target_name, number, device, identity))
     }
@@ -587,6 +596,11 @@ impl fmt::Display for LunSpec {
 pub struct ImageOpener {
     settings: DaemonSettings,
     remote: Mutex<Option<Arc<RemoteImages>>>,
+    /// Where images without a trace learn one; `None`: learning is off.
+    learn: Option<LearnStore>,
+    /// The trace prefetch of the image opened last for each (target, LUN number), for the
+    /// management API. Weak handles: a device that is gone reports no prefetch.
+    prefetch: Mutex<std::collections::HashMap<(String, u64), PrefetchHandle>>,
 }
 
 impl ImageOpener {
@@ -596,6 +610,114 @@ impl ImageOpener {
         ImageOpener {
             settings,
             remote: Mutex::new(None),
+            learn: None,
+            prefetch: Mutex::new(Default::default()),
+        }
+    }
+
+    /// This opener, with images that have no trace of their own learning one in `store`
+    /// ([`crate::prefetch::learn`]).
+    pub fn with_learning(mut self, store: LearnStore) -> Self {
+        self.learn = Some(store);
+        self
+    }
+
+    /// The store of learned traces, when learning is on.
+    pub fn learning(&self) -> Option<&LearnStore> {
+        self.learn.as_ref()
+    }
+
+    /// The trace prefetch of LUN `number` of `target` as last opened (an image's), if any.
+    pub fn prefetch_of(&self, target: &str, number: u64) -> Option<PrefetchHandle> {
+        let map = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(target.to_string(), number)).cloned()
+    }
+
+    /// Records (or with `None` forgets) the trace prefetch of LUN `number` of `target`.
+    fn set_prefetch(&self, target: &str, number: u64, handle: Option<PrefetchHandle>) {
+        let mut map = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (target.to_string(), number);
+        match handle {
+            Some(h) => map.insert(key, h),
+            None => map.remove(&key),
+        };
+    }
+
+    /// What learning makes of `config` (named `name` in logs): the config to open (with
+    /// `recordTracePath` naming the learned trace to replay or record) and the recording's
+    /// limits. Without learning, or for an image that does not learn, the config as it is.
+    async fn learned(
+        &self,
+        config: ImageConfig,
+        name: &str,
+    ) -> (ImageConfig, RecordOptions, Option<Learn>) {
+        let Some(store) = &self.learn else {
+            return (config, RecordOptions::default(), None);
+        };
+        let plan = store.plan(&config, name).await;
+        match &plan {
+            Some(Learn::Replay(path) | Learn::Record(path)) => {
+                let config = ImageConfig {
+                    record_trace_path: path.display().to_string(),
+                    ..config
+                };
+                (config, store.record_options(), plan)
+            }
+            Some(Learn::Busy(path)) => {
+                tracing::info!(image = name, trace = %path.display(), "another LUN is learning this image's trace; this one neither records nor replays it");
+                (config, RecordOptions::default(), plan)
+            }
+            None => (config, RecordOptions::default(), None),
+        }
+    }
+
+    /// Logs what learning does for the open `image` (named `name`), and once a learning
+    /// recording has written its trace, what it holds. A learned trace that could not be
+    /// replayed loses its `.ok`, so the next open learns it again.
+    async fn report_learning(&self, learn: Option<Learn>, image: &Image, name: &str) {
+        let window = self
+            .learn
+            .as_ref()
+            .map(LearnStore::window)
+            .unwrap_or_default();
+        match learn {
+            Some(Learn::Record(path)) => {
+                let Some(recorder) = image.prefetch().and_then(|p| p.recorder()).cloned() else {
+                    return;
+                };
+                tracing::info!(image = name, trace = %path.display(), window_secs = window.as_secs(), "learning the image's prefetch trace from its first start");
+                let name = name.to_string();
+                // Detached: ends when the recording does (at the latest when the device closes).
+                drop(tokio::spawn(async move {
+                    let outcome = recorder.outcome().await;
+                    match outcome.error {
+                        None if outcome.reason == crate::prefetch::StopReason::Abandoned => {
+                            tracing::info!(image = name, trace = %path.display(), "the LUN closed before it was read; nothing learned, the next open learns again");
+                        }
+                        None => {
+                            let bytes = crate::prefetch::trace::HEADER_SIZE
+                                + outcome.records * crate::prefetch::trace::RECORD_SIZE;
+                            tracing::info!(image = name, trace = %path.display(), records = outcome.records, bytes, reason = ?outcome.reason, "learned prefetch trace written");
+                        }
+                        Some(e) => {
+                            tracing::warn!(image = name, trace = %path.display(), error = e, "could not write the learned prefetch trace")
+                        }
+                    }
+                }));
+            }
+            Some(Learn::Replay(path)) => {
+                if image.prefetch().is_some_and(|p| p.is_replaying()) {
+                    tracing::info!(image = name, trace = %path.display(), "replaying the image's learned prefetch trace");
+                } else if crate::prefetch::load(&path).await.is_err() {
+                    let ok = crate::prefetch::record::companion(&path, ".ok");
+                    if let Err(e) = std::fs::remove_file(&ok) {
+                        tracing::warn!(trace = %path.display(), error = %e, "cannot discard an unusable learned trace");
+                    } else {
+                        tracing::info!(trace = %path.display(), "the learned trace is unusable; the next open learns it again");
+                    }
+                }
+            }
+            Some(Learn::Busy(_)) | None => {}
         }
     }
 
@@ -606,7 +728,7 @@ impl ImageOpener {
         &self,
         path: &Path,
         read_only: bool,
-    ) -> Result<Arc<dyn BlockDevice>, BackingError> {
+    ) -> Result<(Arc<dyn BlockDevice>, Option<PrefetchHandle>), BackingError> {
         let image_err = |source: LsmtError| BackingError::Image {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -621,7 +743,7 @@ impl ImageOpener {
             let image = LocalOpener::open_blob_image(path)
                 .await
                 .map_err(image_err)?;
-            return Ok(Arc::new(image));
+            return Ok((Arc::new(image), None));
         }
         let load = path.to_path_buf();
         let config = crate::sys::run_blocking(move || ImageConfig::load(&load))
@@ -629,6 +751,7 @@ impl ImageOpener {
             .map_err(|e| image_err(LsmtError::Invalid(format!("reading the config: {e}"))))?
             .map_err(image_err)?;
         let name = path.display().to_string();
+        let (config, record, learn) = self.learned(config, &name).await;
         let remote = (0..config.lowers.len())
             .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })));
         let image = if remote {
@@ -637,7 +760,7 @@ impl ImageOpener {
                 source: Box::new(source),
             };
             let luns = self.remote_images().map_err(registry_err)?;
-            Image::open_loaded(&config, &name, luns.layers())
+            Image::open_owned(&config, &name, luns.layers(), record)
                 .await
                 .map_err(registry_err)?
         } else {
@@ -646,10 +769,12 @@ impl ImageOpener {
                 opener: LocalOpener,
                 workers: self.settings.prefetch_config.workers(),
             };
-            Image::open_loaded(&config, &name, &opener)
+            Image::open_owned(&config, &name, &opener, record)
                 .await
                 .map_err(image_err)?
         };
+        self.report_learning(learn, &image, &name).await;
+        let handle = image.prefetch().map(|p| p.handle());
         if let Some(why) = image.stack().uuid_chain_break() {
             // overlaybd serves such a stack without a word; refusing it would break images
             // the reference serves, so it is served, with the reason in the log.
@@ -661,11 +786,12 @@ impl ImageOpener {
             );
         }
         let device: Arc<dyn BlockDevice> = Arc::new(image);
-        Ok(if read_only && !device.read_only() {
+        let device = if read_only && !device.read_only() {
             Arc::new(ReadOnlyDevice::new(device))
         } else {
             device
-        })
+        };
+        Ok((device, handle))
     }
 
     /// Opens the image `reference` names: resolves its manifest for this machine's platform
@@ -674,7 +800,7 @@ impl ImageOpener {
     async fn open_reference(
         &self,
         reference: &crate::registry::ImageReference,
-    ) -> Result<(Arc<dyn BlockDevice>, String), BackingError> {
+    ) -> Result<(Arc<dyn BlockDevice>, String, Option<PrefetchHandle>), BackingError> {
         let name = format!("registry:{reference}");
         let registry_err = |source: LsmtError| BackingError::Registry {
             path: PathBuf::from(&name),
@@ -704,17 +830,19 @@ impl ImageOpener {
             layers = resolved.image.layers.len(),
             "image reference resolved"
         );
-        let config = resolved.image_config();
+        let (config, record, learn) = self.learned(resolved.image_config(), &name).await;
         // As the device's owner, so an acceleration layer's trace is replayed; the config has
         // no `resultFile`, so nothing is written.
-        let image = Image::open_loaded(&config, &name, luns.layers())
+        let image = Image::open_owned(&config, &name, luns.layers(), record)
             .await
             .map_err(registry_err)?;
         if image.size() == 0 {
             return Err(BackingError::Empty(PathBuf::from(name)));
         }
+        self.report_learning(learn, &image, &name).await;
+        let handle = image.prefetch().map(|p| p.handle());
         let digest = resolved.pinned.digest.unwrap_or_default();
-        Ok((Arc::new(image), digest))
+        Ok((Arc::new(image), digest, handle))
     }
 
     /// The shared remote-layer caches (the cache folder, the registry client), built on

@@ -11,6 +11,8 @@
 //! strict = false                # true: exit at start if any LUN cannot be opened
 //! discovery_chap = { user = "disc", secret = "twelve+chars" }  # SendTargets needs CHAP
 //! discovery_mutual_chap = { user = "target", secret = "another+secret" }
+//! learn_traces = false          # true: images without a trace learn one (needs --state)
+//! learn_seconds = 60            # a learning recording's window, from the first read
 //!
 //! [[targets]]
 //! name = "iqn.2026-11.io.overlaybd:app"
@@ -96,6 +98,9 @@ struct RawGlobal {
     strict: bool,
     /// Portal group tag (as a string key) to ALUA access state name.
     alua: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    learn_traces: bool,
+    learn_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +259,20 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         })?;
         alua.insert(tag, state);
     }
+    let mut learn = super::LearnSettings {
+        enabled: g.learn_traces,
+        ..Default::default()
+    };
+    match g.learn_seconds {
+        Some(0) => {
+            return Err(InvalidField {
+                field: "global.learn_seconds".to_string(),
+                message: "the recording window must be at least 1 second".to_string(),
+            })
+        }
+        Some(secs) => learn.window = Duration::from_secs(secs),
+        None => {}
+    }
     Ok(Config {
         portals,
         tuning,
@@ -261,6 +280,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
         images: Default::default(),
         strict: g.strict,
         alua,
+        learn,
     })
 }
 
@@ -473,5 +493,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/nonexistent/t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn learning_keys_are_read_and_checked() {
+        let c = parse_str(&with_target("")).unwrap();
+        assert_eq!(c.learn, crate::config::LearnSettings::default());
+        assert!(!c.learn.enabled);
+        assert_eq!(c.learn.window, Duration::from_secs(60));
+        let c = parse_str(&with_target(
+            "[global]\nlearn_traces = true\nlearn_seconds = 5\n",
+        ))
+        .unwrap();
+        assert!(c.learn.enabled);
+        assert_eq!(c.learn.window, Duration::from_secs(5));
+        let e = parse_str(&with_target("[global]\nlearn_seconds = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global.learn_seconds"), "{e}");
+        let e = parse_str(&with_target("[global]\nlearn_traces = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("learn_traces"), "{e}");
     }
 }

@@ -36,6 +36,29 @@ pub struct Config {
     /// ALUA access state of portal groups (tag: 1 for the first portal, ...); the others are
     /// active/optimized.
     pub alua: std::collections::BTreeMap<u16, crate::scsi::AccessState>,
+    /// Self-learning of prefetch traces for images without one (`[global] learn_traces`,
+    /// `learn_seconds`).
+    pub learn: LearnSettings,
+}
+
+/// Whether images without a trace learn one (`crate::prefetch::learn`), and for how long a
+/// learning recording runs once the device is first read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnSettings {
+    /// `learn_traces`: on or off (default off). Needs a state file, beside which the traces
+    /// are kept.
+    pub enabled: bool,
+    /// `learn_seconds`: the recording window (default 60 s).
+    pub window: Duration,
+}
+
+impl Default for LearnSettings {
+    fn default() -> Self {
+        LearnSettings {
+            enabled: false,
+            window: crate::prefetch::learn::DEFAULT_WINDOW,
+        }
+    }
 }
 
 impl Config {
@@ -48,6 +71,7 @@ impl Config {
             strict: false,
             images: Default::default(),
             alua: Default::default(),
+            learn: LearnSettings::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::model::{
     AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, SessionInfo, Status, TargetInfo,
-    WarmReport, WarmRequest,
+    TraceInfo, WarmReport, WarmRequest,
 };
 
 /// Why an operation was refused or failed; the message is one line meant for the operator.
@@ -88,4 +88,12 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// Fetches every byte of an image's registry layers into the cache; returns when done.
     async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError>;
+
+    /// What the LUN's trace prefetch does (recording, replaying, none). `NotFound` without
+    /// such a LUN.
+    async fn trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError>;
+
+    /// Ends the LUN's trace recording now and returns once the trace is written (with its
+    /// `.ok`). `NotFound` without such a LUN, `Conflict` when it is not recording.
+    async fn stop_trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError>;
 }

@@ -259,3 +259,68 @@ pub struct WarmedLayer {
     /// Whether the layer is pinned now.
     pub pinned: bool,
 }
+
+/// What a LUN's trace prefetch is doing (`trace-prefetch.md`; learned traces in README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceMode {
+    /// Neither recording nor replaying.
+    None,
+    /// Recording the reads into a trace.
+    Recording,
+    /// The recording ended; its trace was written (or the write failed, see `error`).
+    Recorded,
+    /// Replaying a trace in the background.
+    Replaying,
+}
+
+/// A LUN's trace prefetch (`GET /v1/targets/{name}/luns/{n}/trace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// The LUN number.
+    pub lun: u64,
+    /// What it does.
+    pub mode: TraceMode,
+    /// The trace file (or, replaying an acceleration layer, the layer), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Records held (recording), written (recorded) or replayed (replaying).
+    pub records: u64,
+    /// Why writing the trace failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TraceInfo {
+    /// LUN `lun` whose prefetch is in `state`.
+    pub fn of(lun: u64, state: crate::prefetch::PrefetchState) -> TraceInfo {
+        use crate::prefetch::PrefetchState as S;
+        let (mode, path, records, error) = match state {
+            S::None => (TraceMode::None, None, 0, None),
+            S::Recording { path, records } => (
+                TraceMode::Recording,
+                Some(path.display().to_string()),
+                records,
+                None,
+            ),
+            S::Recorded {
+                path,
+                records,
+                error,
+            } => (
+                TraceMode::Recorded,
+                Some(path.display().to_string()),
+                records,
+                error,
+            ),
+            S::Replaying { name, records } => (TraceMode::Replaying, Some(name), records, None),
+        };
+        TraceInfo {
+            lun,
+            mode,
+            path,
+            records: records as u64,
+            error,
+        }
+    }
+}

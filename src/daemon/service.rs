@@ -31,7 +31,7 @@ use super::definition::TargetDef;
 use super::inventory::{Inventory, LunSlot, TargetEntry};
 use super::model::{
     AddLun, AddTarget, CacheInfo, CacheReport, CachedLayer, ChapInput, LunInfo, LunState,
-    SessionInfo, Status, TargetInfo, WarmReport, WarmRequest,
+    SessionInfo, Status, TargetInfo, TraceInfo, WarmReport, WarmRequest,
 };
 use super::reservations::ReservationDir;
 use super::settings::{limits, login_settings, login_view};
@@ -155,10 +155,15 @@ impl Daemon {
             },
             None => declared.clone(),
         };
+        let images = learning(
+            ImageOpener::new(config.images.clone()),
+            &config.learn,
+            state.as_ref(),
+        );
         let inner = Arc::new(Inner {
             declared: Mutex::new(declared),
             catalog: Arc::new(Catalog::new(login_settings(&config.tuning))),
-            images: ImageOpener::new(config.images.clone()),
+            images,
             inventory: Mutex::new(Inventory::default()),
             server: OnceLock::new(),
             portals: OnceLock::new(),
@@ -422,6 +427,39 @@ async fn add_lun(
 
 /// Opens the audit log overlaybd.json asks for. One that cannot be opened is a warning, not a
 /// failed start: the log is for looking back, serving is what matters now.
+/// `images` with learned traces when `learn` turns them on: kept in `traces/` beside the state
+/// file, so without one learning is off (a warning). Stale locks of a previous run are
+/// removed first (see [`crate::prefetch::learn::LearnStore::prepare`]).
+fn learning(
+    images: ImageOpener,
+    learn: &crate::config::LearnSettings,
+    state: Option<&StateFile>,
+) -> ImageOpener {
+    if !learn.enabled {
+        return images;
+    }
+    let Some(state) = state else {
+        tracing::warn!("learn_traces needs a state file (--state), beside which traces are kept; learning is off");
+        return images;
+    };
+    let store = crate::prefetch::learn::LearnStore::beside(state.path(), learn.window);
+    match store.prepare() {
+        Ok(stale) => {
+            tracing::info!(
+                store = %store.dir().display(),
+                window_secs = learn.window.as_secs(),
+                stale_locks_removed = stale,
+                "images without a prefetch trace learn one"
+            );
+            images.with_learning(store)
+        }
+        Err(e) => {
+            tracing::warn!(store = %store.dir().display(), error = %e, "cannot use the learned trace folder; learning is off");
+            images
+        }
+    }
+}
+
 fn open_audit_log(settings: &crate::cache::DaemonSettings) {
     if !settings.enable_audit || settings.audit_path.is_empty() {
         return;
@@ -478,6 +516,19 @@ impl Inner {
     }
 
     /// An empty SCSI target `name` with this daemon's ports and reservation store.
+    /// The canonical name of `target` when it has the committed LUN `lun`; `NotFound` else.
+    fn lun_name(&self, target: &str, lun: u64) -> Result<String, ControlError> {
+        let inventory = self.inventory.lock();
+        let entry = inventory.get(target).ok_or_else(|| not_found(target))?;
+        let canonical = entry.def.name.clone();
+        if !entry.luns.get(&lun).is_some_and(|s| s.committed) {
+            return Err(ControlError::NotFound(format!(
+                "target {canonical} has no LUN {lun}"
+            )));
+        }
+        Ok(canonical)
+    }
+
     fn scsi_target(&self, name: &str) -> ScsiTarget {
         let target = ScsiTarget::named(name, Vec::new()).with_port_states(&self.ports);
         match &self.pr_store {
@@ -944,5 +995,36 @@ impl ControlPlane for Control {
 
     async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError> {
         super::cache::warm(&self.0.images, request).await
+    }
+
+    async fn trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError> {
+        let canonical = self.0.lun_name(target, lun)?;
+        let state = match self.0.images.prefetch_of(&canonical, lun) {
+            Some(handle) => handle.state(),
+            None => crate::prefetch::PrefetchState::None,
+        };
+        Ok(TraceInfo::of(lun, state))
+    }
+
+    async fn stop_trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError> {
+        let canonical = self.0.lun_name(target, lun)?;
+        let recorder = self
+            .0
+            .images
+            .prefetch_of(&canonical, lun)
+            .and_then(|h| h.recorder())
+            .filter(|r| r.is_recording())
+            .ok_or_else(|| {
+                ControlError::Conflict(format!("LUN {lun} of {canonical} is not recording a trace"))
+            })?;
+        // Bounded: the trace is at most 24 MiB, written and flushed once.
+        let outcome = recorder.finish().await;
+        tracing::info!(target = %canonical, lun, records = outcome.records, "trace recording stopped through the API");
+        let state = crate::prefetch::PrefetchState::Recorded {
+            path: recorder.path().to_path_buf(),
+            records: outcome.records,
+            error: outcome.error,
+        };
+        Ok(TraceInfo::of(lun, state))
     }
 }

@@ -367,18 +367,19 @@ impl Image {
         config_file: &str,
         opener: &dyn LayerOpener,
     ) -> LsmtResult<Self> {
-        Image::open_with(config, config_file, opener, false).await
+        Image::open_with(config, config_file, opener, None).await
     }
 
     /// [`Image::open`], with the trace prefetch of `trace-prefetch.md` §2 when `prefetch`:
     /// recording wraps each lower's bytes in a [`RecordingSource`] before the layer is opened
     /// (so header and index reads are recorded too) and suppresses background download (§4.4);
-    /// replay starts once the image is open. Either is tied to the image's lifetime.
+    /// replay starts once the image is open. Either is tied to the image's lifetime. A
+    /// recording has the limits of `prefetch` (`None`: no prefetch at all).
     async fn open_with(
         config: &ImageConfig,
         config_file: &str,
         opener: &dyn LayerOpener,
-        prefetch: bool,
+        prefetch: Option<prefetch::RecordOptions>,
     ) -> LsmtResult<Self> {
         if config.acceleration_layer && !config.record_trace_path.is_empty() {
             return Err(LsmtError::Config {
@@ -388,11 +389,13 @@ impl Image {
             });
         }
         let mode = match prefetch {
-            true => Mode::select(config).await,
-            false => Mode::Off,
+            Some(_) => Mode::select(config).await,
+            None => Mode::Off,
         };
-        let recorder = match &mode {
-            Mode::Record(path) => Prefetch::start_recording(path).await,
+        let recorder = match (&mode, prefetch) {
+            (Mode::Record(path), Some(options)) => {
+                Prefetch::start_recording_with(path, options).await
+            }
             _ => None,
         };
         let recording_config;
@@ -440,6 +443,11 @@ impl Image {
                 .collect()
         };
         let workers = opener.prefetch_workers();
+        if let Some(recorder) = &recorder {
+            // The open's own reads are recorded; a window that starts at the first read after
+            // the open starts with the next one.
+            recorder.opened();
+        }
         image.prefetch = match (mode, layer_trace) {
             (Mode::Record(_), _) => recorder.as_ref().map(Prefetch::recording),
             (Mode::Replay(path), _) => Prefetch::replay_file(&path, sources(), workers).await,
@@ -514,7 +522,25 @@ impl Image {
         config_file: &str,
         opener: &dyn LayerOpener,
     ) -> LsmtResult<Self> {
-        let result = Image::open_with(config, config_file, opener, true).await;
+        Image::open_owned(
+            config,
+            config_file,
+            opener,
+            prefetch::RecordOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Image::open_loaded`], a recording (if the config asks for one) having the limits of
+    /// `record` (the daemon's learned traces record for a time window, see
+    /// [`prefetch::learn`]).
+    pub async fn open_owned(
+        config: &ImageConfig,
+        config_file: &str,
+        opener: &dyn LayerOpener,
+        record: prefetch::RecordOptions,
+    ) -> LsmtResult<Self> {
+        let result = Image::open_with(config, config_file, opener, Some(record)).await;
         let outcome = match &result {
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),

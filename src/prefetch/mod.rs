@@ -42,17 +42,20 @@
 //! [`LayerSource`]: crate::source::LayerSource
 //! [`SealedLayer`]: crate::overlaybd::SealedLayer
 
+pub mod learn;
 pub mod record;
 pub mod replay;
 pub mod trace;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use record::{RecordOptions, RecordOutcome, Recorder, RecordingSource, StopGuard, StopReason};
+pub use record::{
+    RecordOptions, RecordOutcome, Recorder, RecordingSource, StopGuard, StopReason, WindowStart,
+};
 pub use replay::{replay, ReplayStats, DEFAULT_CONCURRENCY};
 pub use trace::{FileKind, Op, TraceError, TraceRecord};
 
@@ -228,14 +231,112 @@ enum Active {
     /// Held for its drop, which cancels the replay.
     Replaying {
         _cancel: DropGuard,
+        /// What [`PrefetchHandle`]s report; they hold it weakly, so it lives as long as the
+        /// replay's owner.
+        info: Arc<ReplayInfo>,
     },
+}
+
+/// What is replayed: the trace's name and its record count.
+#[derive(Debug)]
+struct ReplayInfo {
+    name: String,
+    records: usize,
+}
+
+/// A weak view of an open image's prefetch, for the management API: it reports the state
+/// and can end a recording, but does not keep the image (or its replay) alive.
+#[derive(Debug, Clone)]
+pub struct PrefetchHandle(Handle);
+
+#[derive(Debug, Clone)]
+enum Handle {
+    Recording(Weak<Recorder>),
+    Replaying(Weak<ReplayInfo>),
+}
+
+/// What a device does about prefetch, as the management API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefetchState {
+    /// Neither recording nor replaying (or the device is gone).
+    None,
+    /// Recording into `path` (or writing the trace once stopped); `records` held so far.
+    Recording {
+        /// The trace file.
+        path: PathBuf,
+        /// Records held so far.
+        records: usize,
+    },
+    /// The recording ended and its trace was written (`records` of them) or failed.
+    Recorded {
+        /// The trace file.
+        path: PathBuf,
+        /// Records written (0 when the write failed).
+        records: usize,
+        /// The write failure, if any.
+        error: Option<String>,
+    },
+    /// Replaying the trace `name` of `records` records.
+    Replaying {
+        /// The trace file, or the acceleration layer blob, as logs name it.
+        name: String,
+        /// Records in the trace.
+        records: usize,
+    },
+}
+
+impl PrefetchHandle {
+    /// The recorder, while its device is open (or its trace is being written).
+    pub fn recorder(&self) -> Option<Arc<Recorder>> {
+        match &self.0 {
+            Handle::Recording(r) => r.upgrade(),
+            Handle::Replaying(_) => None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> PrefetchState {
+        match &self.0 {
+            Handle::Recording(weak) => match weak.upgrade() {
+                None => PrefetchState::None,
+                // Until the trace is written (or failed) it is still being recorded: a
+                // stopped recording is only "recorded" once its file is complete.
+                Some(r) => match r.written() {
+                    None => PrefetchState::Recording {
+                        path: r.path().to_path_buf(),
+                        records: r.len(),
+                    },
+                    Some(outcome) => PrefetchState::Recorded {
+                        path: r.path().to_path_buf(),
+                        records: outcome.records,
+                        error: outcome.error,
+                    },
+                },
+            },
+            Handle::Replaying(weak) => match weak.upgrade() {
+                None => PrefetchState::None,
+                Some(info) => PrefetchState::Replaying {
+                    name: info.name.clone(),
+                    records: info.records,
+                },
+            },
+        }
+    }
 }
 
 impl Prefetch {
     /// Starts a recording into the empty file `path` (§4), before the layers are opened.
     /// `None`, logged, when it cannot start (e.g. another recorder holds `<path>.lock`).
     pub async fn start_recording(path: &Path) -> Option<Arc<Recorder>> {
-        match Recorder::start(path, RecordOptions::default()).await {
+        Prefetch::start_recording_with(path, RecordOptions::default()).await
+    }
+
+    /// [`Prefetch::start_recording`] with the limits of `options`.
+    pub async fn start_recording_with(
+        path: &Path,
+        options: RecordOptions,
+    ) -> Option<Arc<Recorder>> {
+        match Recorder::start(path, options).await {
             Ok(recorder) => {
                 tracing::info!(trace = %path.display(), "recording a prefetch trace");
                 Some(recorder)
@@ -298,12 +399,25 @@ impl Prefetch {
             workers,
             "replaying the prefetch trace"
         );
+        let info = Arc::new(ReplayInfo {
+            name: name.to_string(),
+            records: records.len(),
+        });
         let cancel = CancellationToken::new();
         // Detached: the task ends when done or when the guard below is dropped.
         drop(replay(records, sources, workers, cancel.clone()));
         Some(Prefetch(Active::Replaying {
             _cancel: cancel.drop_guard(),
+            info,
         }))
+    }
+
+    /// A weak handle reporting this prefetch's state (see [`PrefetchHandle`]).
+    pub fn handle(&self) -> PrefetchHandle {
+        PrefetchHandle(match &self.0 {
+            Active::Recording(guard) => Handle::Recording(Arc::downgrade(guard.recorder())),
+            Active::Replaying { info, .. } => Handle::Replaying(Arc::downgrade(info)),
+        })
     }
 
     /// The recorder, while the device records a trace.
@@ -475,6 +589,61 @@ mod tests {
             load_layer_blob(&Huge).await,
             Err(LoadError::Layer(ExtractError::TooLarge { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn handles_report_the_state_without_keeping_it_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace");
+        std::fs::write(&path, b"").unwrap();
+        let recorder = Recorder::start(&path, RecordOptions::default())
+            .await
+            .unwrap();
+        let prefetch = Prefetch::recording(&recorder);
+        let handle = prefetch.handle();
+        recorder.record(0, 0, 512);
+        assert_eq!(
+            handle.state(),
+            PrefetchState::Recording {
+                path: path.clone(),
+                records: 1
+            }
+        );
+        assert_eq!(handle.recorder().unwrap().finish().await.records, 1);
+        assert_eq!(
+            handle.state(),
+            PrefetchState::Recorded {
+                path: path.clone(),
+                records: 1,
+                error: None
+            }
+        );
+        drop((prefetch, recorder));
+        // The recorder's task holds it until its trace is written, which it is.
+        for _ in 0..100 {
+            if handle.state() == PrefetchState::None {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(handle.state(), PrefetchState::None);
+        assert!(handle.recorder().is_none());
+
+        let source: Arc<dyn LayerSource> =
+            Arc::new(crate::source::BytesSource::new(vec![0u8; 4096], "mem"));
+        std::fs::write(&path, trace::encode(&[TraceRecord::read(0, 0, 512)])).unwrap();
+        let replaying = Prefetch::replay_file(&path, vec![source], 2).await.unwrap();
+        let handle = replaying.handle();
+        assert_eq!(
+            handle.state(),
+            PrefetchState::Replaying {
+                name: path.display().to_string(),
+                records: 1
+            }
+        );
+        assert!(handle.recorder().is_none());
+        drop(replaying);
+        assert_eq!(handle.state(), PrefetchState::None);
     }
 
     #[tokio::test]

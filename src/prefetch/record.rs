@@ -13,6 +13,11 @@
 //! file is truncated to 0 and no `.ok` is created (the recording tool, which waits for it,
 //! then reports the failure instead of packaging an empty trace).
 //!
+//! The time limit counts from the recorder's creation, or with
+//! [`WindowStart::FirstReadAfterOpen`] from the first read after the device is open (the
+//! daemon's learned traces, [`super::learn`]); such a recording closed before that read
+//! writes nothing (see [`StopGuard`]).
+//!
 //! [`Recorder::start`] creates `<trace>.lock` exclusively. If it already exists another
 //! device may be recording into the same file (or one crashed while recording): start fails
 //! with `AlreadyExists` and the caller opens the device without recording, rather than have
@@ -21,6 +26,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +49,10 @@ pub struct RecordOptions {
     /// Records kept at most; recording stops when this many are held. Clamped to
     /// [`trace::MAX_RECORDS`] so every trace written can be decoded.
     pub max_records: usize,
-    /// Recording stops this long after it started, if set.
+    /// Recording stops this long after the window opened ([`RecordOptions::window`]), if set.
     pub max_duration: Option<Duration>,
+    /// When the [`RecordOptions::max_duration`] window opens.
+    pub window: WindowStart,
     /// How often the presence of `<trace>.lock` is checked (§4.1: once a second).
     pub lock_poll: Duration,
 }
@@ -54,11 +62,24 @@ impl Default for RecordOptions {
         RecordOptions {
             max_records: DEFAULT_MAX_RECORDS,
             max_duration: None,
+            window: WindowStart::Creation,
             lock_poll: Duration::from_secs(1),
         }
     }
 }
 
+/// When the time limit of a recording starts counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WindowStart {
+    /// When the recorder is created (before the layers are opened).
+    #[default]
+    Creation,
+    /// At the first read recorded after [`Recorder::opened`] was called: a device that learns
+    /// its trace is opened long before a host logs in and starts the container, and the
+    /// window must cover that start, not the idle time before it. Reads before (the header
+    /// and index reads of the open) are recorded all the same.
+    FirstReadAfterOpen,
+}
 /// Why a recording stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -70,7 +91,8 @@ pub enum StopReason {
     RecordLimit,
     /// [`Recorder::stop`] or [`Recorder::finish`] was called, or the device was closed.
     Stopped,
-    /// [`Recorder::abandon`] was called (the device failed to open): nothing is written.
+    /// [`Recorder::abandon`] was called (the device failed to open), or the device closed before
+    /// a [`WindowStart::FirstReadAfterOpen`] window opened: nothing is written.
     Abandoned,
 }
 
@@ -103,6 +125,12 @@ pub struct Recorder {
     wake: CancellationToken,
     /// The outcome, once the background task is done.
     done: watch::Sender<Option<RecordOutcome>>,
+    /// When the time limit starts counting.
+    window: WindowStart,
+    /// Set by [`Recorder::opened`]: the device is open, its next read opens the time window.
+    opened: AtomicBool,
+    /// Cancelled at the first read recorded after [`Recorder::opened`].
+    first_read: CancellationToken,
 }
 
 impl Recorder {
@@ -119,12 +147,15 @@ impl Recorder {
         let recorder = Arc::new(Recorder {
             path: path.to_path_buf(),
             max_records: options.max_records.min(MAX_RECORDS),
+            window: options.window,
             state: Mutex::new(State {
                 records: Vec::new(),
                 stopped: None,
             }),
             wake: CancellationToken::new(),
             done: watch::channel(None).0,
+            opened: AtomicBool::new(false),
+            first_read: CancellationToken::new(),
         });
         tokio::spawn(run(Arc::clone(&recorder), options));
         Ok(recorder)
@@ -143,10 +174,26 @@ impl Recorder {
             return;
         }
         state.records.push(TraceRecord::read(layer, offset, count));
+        // Checked before the token so a recording of an open device costs one load per read.
+        if self.opened.load(Ordering::Relaxed) && !self.first_read.is_cancelled() {
+            self.first_read.cancel();
+        }
         if state.records.len() >= self.max_records {
             state.stopped = Some(StopReason::RecordLimit);
             self.wake.cancel();
         }
+    }
+
+    /// Marks the device as open: with [`WindowStart::FirstReadAfterOpen`], the next recorded
+    /// read starts the time limit.
+    pub fn opened(&self) {
+        self.opened.store(true, Ordering::Relaxed);
+    }
+
+    /// The outcome once the trace is written (or failed), without waiting; `None` while
+    /// recording or writing.
+    pub fn written(&self) -> Option<RecordOutcome> {
+        self.done.borrow().clone()
     }
 
     /// Whether records are still being collected.
@@ -177,6 +224,20 @@ impl Recorder {
     /// Stops recording; the trace is written in the background.
     pub fn stop(&self) {
         self.stop_for(StopReason::Stopped);
+    }
+
+    /// The device was closed: stops recording, and writes the trace unless the recording was
+    /// to start its window at the first read after the open and no such read came. Such a
+    /// trace would hold only the open's reads and, complete with its `.ok`, keep the start it
+    /// was meant to capture from ever being recorded: it is abandoned instead (the trace file
+    /// stays empty, so the next open records again).
+    fn close(&self) {
+        let unused =
+            self.window == WindowStart::FirstReadAfterOpen && !self.first_read.is_cancelled();
+        self.stop_for(match unused {
+            true => StopReason::Abandoned,
+            false => StopReason::Stopped,
+        });
     }
 
     /// Stops recording without writing a trace (the device failed to open): the lock file is
@@ -213,7 +274,8 @@ impl Recorder {
     }
 }
 
-/// Stops a [`Recorder`] when dropped: the trace is then written in the background.
+/// Stops a [`Recorder`] when dropped (the device closed): the trace is then written in the
+/// background, unless a window that opens at the first read after the open never opened.
 #[derive(Debug)]
 pub struct StopGuard(Arc<Recorder>);
 
@@ -226,7 +288,7 @@ impl StopGuard {
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
-        self.0.stop();
+        self.0.close();
     }
 }
 
@@ -240,9 +302,12 @@ pub fn companion(path: &Path, suffix: &str) -> PathBuf {
 /// The background task of a recording: waits for a stop, then writes the trace.
 async fn run(recorder: Arc<Recorder>, options: RecordOptions) {
     let lock = companion(&recorder.path, ".lock");
-    let deadline = options
-        .max_duration
-        .map(|d| tokio::time::Instant::now() + d);
+    let mut deadline = match options.window {
+        WindowStart::Creation => options
+            .max_duration
+            .map(|d| tokio::time::Instant::now() + d),
+        WindowStart::FirstReadAfterOpen => None,
+    };
     let poll = options.lock_poll.max(Duration::from_millis(1));
     loop {
         let time_limit = async {
@@ -251,8 +316,21 @@ async fn run(recorder: Arc<Recorder>, options: RecordOptions) {
                 None => std::future::pending().await,
             }
         };
+        // The window opens at the first read after the open, once.
+        let window_opens = async {
+            match (options.max_duration, deadline) {
+                (Some(d), None) => {
+                    recorder.first_read.cancelled().await;
+                    d
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = recorder.wake.cancelled() => break,
+            d = window_opens => {
+                deadline = Some(tokio::time::Instant::now() + d);
+            }
             _ = time_limit => {
                 recorder.stop_for(StopReason::TimeLimit);
                 break;
@@ -260,7 +338,7 @@ async fn run(recorder: Arc<Recorder>, options: RecordOptions) {
             _ = tokio::time::sleep(poll) => {
                 if Arc::strong_count(&recorder) == 1 {
                     // Every other holder (shims, guard) is gone: the recorder was dropped.
-                    recorder.stop_for(StopReason::Stopped);
+                    recorder.close();
                     break;
                 }
                 // An error other than "not found" (a transient one) keeps recording.
@@ -576,6 +654,65 @@ mod tests {
         assert_eq!(outcome.reason, StopReason::TimeLimit);
         assert_eq!(trace::decode(&std::fs::read(&path).unwrap()).unwrap(), []);
         assert!(companion(&path, ".ok").exists());
+    }
+
+    #[tokio::test]
+    async fn a_window_from_the_first_read_after_open_starts_there() {
+        let (_dir, path) = empty_trace();
+        let opts = RecordOptions {
+            max_duration: Some(Duration::from_millis(100)),
+            window: WindowStart::FirstReadAfterOpen,
+            lock_poll: Duration::from_secs(3600),
+            ..options()
+        };
+        let recorder = Recorder::start(&path, opts).await.unwrap();
+        // Reads of the open do not start the window...
+        recorder.record(0, 0, 512);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(recorder.is_recording());
+        // ...nor does the open itself, or time...
+        recorder.opened();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(recorder.is_recording());
+        // ...the first read after it does.
+        recorder.record(1, 4096, 512);
+        let outcome = await_outcome(&recorder).await;
+        assert_eq!(outcome.reason, StopReason::TimeLimit);
+        assert_eq!(outcome.records, 2);
+        assert_eq!(recorder.written(), Some(outcome));
+        assert!(companion(&path, ".ok").exists());
+    }
+
+    #[tokio::test]
+    async fn closing_before_the_window_opened_writes_nothing() {
+        let (_dir, path) = empty_trace();
+        let opts = RecordOptions {
+            max_duration: Some(Duration::from_secs(60)),
+            window: WindowStart::FirstReadAfterOpen,
+            ..options()
+        };
+        let recorder = Recorder::start(&path, opts.clone()).await.unwrap();
+        recorder.record(0, 0, 512);
+        recorder.opened();
+        drop(recorder.stop_guard());
+        let outcome = await_outcome(&recorder).await;
+        assert_eq!(outcome.reason, StopReason::Abandoned);
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        assert!(!companion(&path, ".ok").exists());
+        assert!(!companion(&path, ".lock").exists());
+        // Once read after the open, closing writes what was recorded.
+        let recorder = Recorder::start(&path, opts.clone()).await.unwrap();
+        recorder.opened();
+        recorder.record(0, 4096, 512);
+        drop(recorder.stop_guard());
+        assert_eq!(await_outcome(&recorder).await.records, 1);
+        assert!(companion(&path, ".ok").exists());
+        // An explicit stop writes whatever was read.
+        std::fs::write(&path, b"").unwrap();
+        let recorder = Recorder::start(&path, opts).await.unwrap();
+        recorder.record(0, 0, 512);
+        recorder.opened();
+        assert_eq!(recorder.finish().await.records, 1);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod http_server;

@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use super::encode_segment;
 use crate::daemon::model::{
     AddLun, AddTarget, CacheReport, CachedLayer, ErrorBody, LunInfo, SessionInfo, Status,
-    TargetInfo, WarmReport, WarmRequest,
+    TargetInfo, TraceInfo, WarmReport, WarmRequest,
 };
 
 /// How long a request may take by default. Generous because adding a LUN answers only once
@@ -149,6 +149,22 @@ impl ApiClient {
             encode_segment(target)
         );
         self.delete(&path).await
+    }
+
+    /// `GET /v1/targets/{name}/luns/{n}/trace`.
+    pub async fn trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ClientError> {
+        let path = format!("/v1/targets/{}/luns/{lun}/trace", encode_segment(target));
+        self.get(&path).await
+    }
+
+    /// `POST /v1/targets/{name}/luns/{n}/trace/stop`: answers once the trace is written.
+    pub async fn stop_trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ClientError> {
+        let path = format!(
+            "/v1/targets/{}/luns/{lun}/trace/stop",
+            encode_segment(target)
+        );
+        let answer = self.send(Method::POST, &path, None).await?;
+        self.decode(answer.body())
     }
 
     /// `GET /v1/cache`.

@@ -12,7 +12,7 @@ use super::server::{ApiLimits, ApiServer};
 use crate::daemon::control::{ControlError, ControlPlane};
 use crate::daemon::model::{
     AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, LunState, SessionInfo, Status,
-    TargetInfo, WarmReport, WarmRequest, WarmedLayer,
+    TargetInfo, TraceInfo, TraceMode, WarmReport, WarmRequest, WarmedLayer,
 };
 
 /// Targets in a map; a backing starting with `bad:` fails to open; removals are recorded with
@@ -25,6 +25,8 @@ pub(crate) struct FakeControl {
     pub removed: Mutex<Vec<(String, Option<u64>, bool)>>,
     /// The cached layers, by digest; a digest must start with `sha256:`.
     pub layers: Mutex<BTreeMap<String, CachedLayer>>,
+    /// LUNs (target, number) that record a trace until stopped.
+    pub recording: Mutex<Vec<(String, u64)>>,
 }
 
 impl FakeControl {
@@ -34,6 +36,18 @@ impl FakeControl {
 
     fn layers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CachedLayer>> {
         self.layers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `NotFound` unless `target` has LUN `lun`.
+    fn check_lun(&self, target: &str, lun: u64) -> Result<(), ControlError> {
+        let targets = self.targets();
+        let t = targets
+            .get(target)
+            .ok_or_else(|| ControlError::NotFound(format!("no target {target}")))?;
+        if !t.luns.iter().any(|l| l.lun == lun) {
+            return Err(ControlError::NotFound(format!("no LUN {lun} in {target}")));
+        }
+        Ok(())
     }
 
     fn record(&self, target: &str, lun: Option<u64>, force: bool) {
@@ -215,6 +229,41 @@ impl ControlPlane for FakeControl {
             });
         layer.pinned = pinned;
         Ok(layer.clone())
+    }
+
+    async fn trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError> {
+        self.check_lun(target, lun)?;
+        let recording = self.recording.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = match recording.contains(&(target.to_string(), lun)) {
+            true => TraceMode::Recording,
+            false => TraceMode::None,
+        };
+        Ok(TraceInfo {
+            lun,
+            mode,
+            path: (mode == TraceMode::Recording).then(|| "/traces/k.trace".to_string()),
+            records: 0,
+            error: None,
+        })
+    }
+
+    async fn stop_trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError> {
+        self.check_lun(target, lun)?;
+        let mut recording = self.recording.lock().unwrap_or_else(|e| e.into_inner());
+        let before = recording.len();
+        recording.retain(|r| r != &(target.to_string(), lun));
+        if recording.len() == before {
+            return Err(ControlError::Conflict(format!(
+                "LUN {lun} of {target} is not recording a trace"
+            )));
+        }
+        Ok(TraceInfo {
+            lun,
+            mode: TraceMode::Recorded,
+            path: Some("/traces/k.trace".to_string()),
+            records: 3,
+            error: None,
+        })
     }
 
     async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError> {

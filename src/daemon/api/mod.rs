@@ -12,6 +12,8 @@
 //! | `DELETE /v1/targets/{name}?force=BOOL`   |          | 204                         |
 //! | `POST /v1/targets/{name}/luns`           | `AddLun` | 201 `LunInfo`               |
 //! | `DELETE /v1/targets/{name}/luns/{n}?force=BOOL` |   | 204                         |
+//! | `GET /v1/targets/{name}/luns/{n}/trace`  |          | 200 `TraceInfo`             |
+//! | `POST /v1/targets/{name}/luns/{n}/trace/stop` |     | 200 `TraceInfo` (trace written; 409 when not recording) |
 //! | `GET /v1/cache`                          |          | 200 `CacheReport`           |
 //! | `DELETE /v1/cache/layers`                |          | 200 `[CachedLayer]` purged (every unpinned layer) |
 //! | `DELETE /v1/cache/layers/{digest}?force=BOOL` |     | 200 `[CachedLayer]` purged  |

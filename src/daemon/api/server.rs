@@ -447,6 +447,8 @@ enum Route {
     Target(String),
     Luns(String),
     Lun(String, String),
+    Trace(String, String),
+    TraceStop(String, String),
     Cache,
     CacheLayers,
     CacheLayer(String),
@@ -468,6 +470,12 @@ impl Route {
             ["v1", "targets", name, "luns", lun] if !name.is_empty() => {
                 Route::Lun(name.to_string(), lun.to_string())
             }
+            ["v1", "targets", name, "luns", lun, "trace"] if !name.is_empty() => {
+                Route::Trace(name.to_string(), lun.to_string())
+            }
+            ["v1", "targets", name, "luns", lun, "trace", "stop"] if !name.is_empty() => {
+                Route::TraceStop(name.to_string(), lun.to_string())
+            }
             ["v1", "cache"] => Route::Cache,
             ["v1", "cache", "layers"] => Route::CacheLayers,
             ["v1", "cache", "layers", digest] if !digest.is_empty() => {
@@ -486,7 +494,8 @@ impl Route {
             Route::Metrics | Route::Status | Route::Sessions => "GET",
             Route::Targets => "GET, POST",
             Route::Target(_) => "GET, DELETE",
-            Route::Luns(_) | Route::Warm => "POST",
+            Route::Luns(_) | Route::Warm | Route::TraceStop(..) => "POST",
+            Route::Trace(..) => "GET",
             Route::Lun(..) | Route::CacheLayers | Route::CacheLayer(_) => "DELETE",
             Route::Cache => "GET",
             Route::Pin(_) => "PUT, DELETE",
@@ -577,6 +586,22 @@ async fn route(
             let force = query.flag("force")?;
             control.remove_lun(&name, lun, force).await?;
             Ok(no_content())
+        }
+        (&Method::GET, Route::Trace(name, lun)) => {
+            query.expect(&[])?;
+            let lun = parse_lun(&lun)?;
+            Ok(json_answer(
+                StatusCode::OK,
+                &control.trace(&name, lun).await?,
+            ))
+        }
+        (&Method::POST, Route::TraceStop(name, lun)) => {
+            query.expect(&[])?;
+            let lun = parse_lun(&lun)?;
+            Ok(json_answer(
+                StatusCode::OK,
+                &control.stop_trace(&name, lun).await?,
+            ))
         }
         (&Method::GET, Route::Cache) => {
             query.expect(&[])?;
@@ -1188,6 +1213,8 @@ mod tests {
             (Method::POST, "/v1/targets/t", "GET, DELETE"),
             (Method::GET, "/v1/targets/t/luns", "POST"),
             (Method::GET, "/v1/targets/t/luns/0", "DELETE"),
+            (Method::POST, "/v1/targets/t/luns/0/trace", "GET"),
+            (Method::GET, "/v1/targets/t/luns/0/trace/stop", "POST"),
         ];
         for (method, uri, allow) in cases {
             let (status, headers, body) = call(&p, method.clone(), uri, None).await;
@@ -1198,6 +1225,51 @@ mod tests {
                 format!("{method} is not allowed on {uri} (allowed: {allow})")
             );
         }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn trace_routes_show_and_stop_a_recording() {
+        use crate::daemon::model::{AddLun, AddTarget, TraceMode};
+        let mut server = Running::start(FakeControl::default()).await;
+        let client = ApiClient::new(&server.path).with_timeout(Duration::from_secs(10));
+        let target = AddTarget {
+            name: IQN.into(),
+            alias: None,
+            allowed_initiators: vec![],
+            chap: None,
+            mutual_chap: None,
+            allow_target_reset: false,
+        };
+        client.add_target(&target).await.unwrap();
+        let lun = AddLun {
+            backing: "ram:1M".into(),
+            lun: Some(0),
+            read_only: false,
+        };
+        client.add_lun(IQN, &lun).await.unwrap();
+        (server.control.recording.lock().unwrap()).push((IQN.to_string(), 0));
+        let info = client.trace(IQN, 0).await.unwrap();
+        assert_eq!(info.mode, TraceMode::Recording);
+        let stopped = client.stop_trace(IQN, 0).await.unwrap();
+        assert_eq!((stopped.mode, stopped.records), (TraceMode::Recorded, 3));
+        assert_eq!(client.trace(IQN, 0).await.unwrap().mode, TraceMode::None);
+        // Not recording: 409; no such LUN or target: 404; a bad number: 400.
+        let status = |e: ClientError| match e {
+            ClientError::Api { status, .. } => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(client.stop_trace(IQN, 0).await.unwrap_err()), 409);
+        assert_eq!(status(client.stop_trace(IQN, 5).await.unwrap_err()), 404);
+        assert_eq!(
+            status(client.trace("iqn.x:none", 0).await.unwrap_err()),
+            404
+        );
+        let uri = format!("/v1/targets/{IQN_ENCODED}/luns/x/trace");
+        assert_eq!(
+            call(&server.path, Method::GET, &uri, None).await.0,
+            StatusCode::BAD_REQUEST
+        );
         server.stop().await;
     }
 

@@ -13,6 +13,8 @@
 //! overlaybd-target ctl cache purge (DIGEST [--force] | --all)  # prints what was purged
 //! overlaybd-target ctl cache pin DIGEST
 //! overlaybd-target ctl cache unpin DIGEST
+//! overlaybd-target ctl trace show IQN N [--json]       # recording, replaying or none
+//! overlaybd-target ctl trace stop IQN N                 # ends a recording, trace written
 //! overlaybd-target warm (CONFIG.json | REFERENCE) [--pin] [--json] [--api PATH]
 //! ```
 //!
@@ -27,7 +29,9 @@ use clap::{Args, Subcommand};
 
 pub use super::api::DEFAULT_API_SOCKET;
 use super::api::{ApiClient, ClientError};
-use super::model::{AddLun, AddTarget, ChapInput, LunState, SessionInfo, Status, TargetInfo};
+use super::model::{
+    AddLun, AddTarget, ChapInput, LunState, SessionInfo, Status, TargetInfo, TraceInfo, TraceMode,
+};
 
 mod cache;
 
@@ -69,6 +73,35 @@ pub enum CtlCommand {
     /// Show, purge and pin the registry layer cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Show or stop a LUN's trace recording (learned traces, recordTracePath).
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+/// `ctl trace …`.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Show whether the LUN records a trace, replays one, or neither.
+    Show {
+        /// The target's iSCSI name.
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        /// The LUN number.
+        #[arg(value_name = "N")]
+        lun: u64,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the LUN's recording now; returns once the trace is written.
+    Stop {
+        /// The target's iSCSI name.
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        /// The LUN number.
+        #[arg(value_name = "N")]
+        lun: u64,
+    },
 }
 
 /// `ctl target …`.
@@ -219,8 +252,51 @@ pub async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             String::new()
         }
         CtlCommand::Cache(command) => cache::execute(&client, command).await?,
+        CtlCommand::Trace(TraceCommand::Show {
+            iqn,
+            lun,
+            json: true,
+        }) => {
+            let path = format!(
+                "/v1/targets/{}/luns/{lun}/trace",
+                super::api::encode_segment(iqn)
+            );
+            pretty(&client.get::<serde_json::Value>(&path).await?)
+        }
+        CtlCommand::Trace(TraceCommand::Show {
+            iqn,
+            lun,
+            json: false,
+        }) => format_trace(&client.trace(iqn, *lun).await?),
+        CtlCommand::Trace(TraceCommand::Stop { iqn, lun }) => {
+            client.stop_trace(iqn, *lun).await?;
+            String::new()
+        }
     };
     Ok(text)
+}
+
+/// A LUN's trace prefetch as text.
+fn format_trace(info: &TraceInfo) -> String {
+    let mode = match info.mode {
+        TraceMode::None => "none",
+        TraceMode::Recording => "recording",
+        TraceMode::Recorded => "recorded",
+        TraceMode::Replaying => "replaying",
+    };
+    let mut rows = vec![row(["mode", mode])];
+    if let Some(path) = &info.path {
+        rows.push(row(["trace", path]));
+    }
+    if info.mode != TraceMode::None {
+        rows.push(row(["records", &info.records.to_string()]));
+    }
+    if let Some(error) = &info.error {
+        rows.push(row(["error", error]));
+    }
+    let mut out = String::new();
+    push_lines(&mut out, &table(&rows), "");
+    out
 }
 
 /// `USER:SECRET`, split at the first ':' (a secret may contain more).
