@@ -252,42 +252,77 @@ async fn read_set(dev: &dyn BlockDevice, set: &[(u64, usize)]) -> Result<String,
 }
 
 struct Run {
-    on_demand: Duration,
-    on_demand_bytes: u64,
-    on_demand_requests: u64,
-    traced: Duration,
-    traced_bytes: u64,
-    traced_requests: u64,
-    plain: Duration,
-    plain_bytes: u64,
-    plain_requests: u64,
+    on_demand: Measured,
+    traced: Measured,
+    plain: Measured,
     full: Duration,
     download: Duration,
     decompress: Duration,
+}
+
+/// The pushed layer blob as the image configs name it.
+struct Blob<'a> {
+    repo_blob_url: &'a str,
+    digest: &'a str,
+    len: u64,
+}
+
+/// One open of the registry image plus a read of the working set.
+struct Measured {
+    time: Duration,
+    bytes: u64,
+    requests: u64,
+    digest: String,
+}
+
+/// Opens the registry image from a fresh config and cache in `dir` with `settings` (and
+/// `recordTracePath` = `trace` when given), reads the working set in order and closes the
+/// device: the time from the open, the bytes and requests that crossed `proxy`, and the
+/// digest of what was read.
+async fn on_demand(
+    dir: &Path,
+    blob: &Blob<'_>,
+    trace: Option<&Path>,
+    settings: DaemonSettings,
+    proxy: &FaultProxy,
+    set: &[(u64, usize)],
+) -> Result<Measured, Error> {
+    std::fs::create_dir_all(dir.join("fs"))?;
+    let mut config = serde_json::json!({"repoBlobUrl": blob.repo_blob_url,
+        "lowers": [{"digest": blob.digest, "size": blob.len, "dir": dir.join("fs")}]});
+    if let Some(trace) = trace {
+        config["recordTracePath"] = serde_json::json!(trace);
+    }
+    let cfg = write_config(dir, config)?;
+    let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
+    let t = Instant::now();
+    let luns = RemoteImages::new(settings)?;
+    let image = luns.open(&cfg, true).await?;
+    let digest = read_set(image.as_ref(), set).await?;
+    let time = t.elapsed();
+    drop((image, luns));
+    Ok(Measured {
+        time,
+        bytes: proxy.body_bytes() - before,
+        requests: proxy.requests() - requests_before,
+        digest,
+    })
 }
 
 /// Opens the image with an empty `recordTracePath`, reads the working set, closes it and
 /// returns the trace file once overlaybd's `.ok` marker says it is complete.
 async fn record_trace(
     tmp: &Path,
-    repo_blob_url: &str,
-    digest: &str,
-    blob_len: u64,
+    blob: &Blob<'_>,
+    proxy: &FaultProxy,
     set: &[(u64, usize)],
 ) -> Result<PathBuf, Error> {
     let dir = tmp.join("record");
-    std::fs::create_dir_all(dir.join("fs"))?;
+    std::fs::create_dir_all(&dir)?;
     let trace = dir.join("trace");
     std::fs::write(&trace, b"")?;
-    let cfg = write_config(
-        &dir,
-        serde_json::json!({"repoBlobUrl": repo_blob_url, "recordTracePath": trace,
-            "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
-    )?;
-    let luns = RemoteImages::new(settings(&dir.join("cache")))?;
-    let image = luns.open(&cfg, true).await?;
-    read_set(image.as_ref(), set).await?;
-    drop((image, luns));
+    let cache = settings(&dir.join("cache"));
+    on_demand(&dir, blob, Some(&trace), cache, proxy, set).await?;
     let ok = dir.join("trace.ok");
     let t = Instant::now();
     while !ok.exists() {
@@ -355,76 +390,43 @@ async fn run() -> Result<(), Error> {
 
     // A recording start: the trace of the working set's layer reads (trace-prefetch.md §4),
     // written when the device closes.
-    let trace = record_trace(tmp.path(), &repo_blob_url, &digest, blob_len, &set).await?;
+    let blob = Blob {
+        repo_blob_url: &repo_blob_url,
+        digest: &digest,
+        len: blob_len,
+    };
+    let trace = record_trace(tmp.path(), &blob, &proxy, &set).await?;
 
     let mut runs = Vec::new();
     for i in 0..args.runs {
         // On demand with the recorded trace replayed from the open on, cold cache.
         let dir = tmp.path().join(format!("traced{i}"));
-        std::fs::create_dir_all(dir.join("fs"))?;
+        std::fs::create_dir_all(&dir)?;
         let replay = dir.join("trace");
         std::fs::copy(&trace, &replay)?;
-        let cfg = write_config(
-            &dir,
-            serde_json::json!({"repoBlobUrl": repo_blob_url, "recordTracePath": replay,
-                "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
-        )?;
-        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
-        let t = Instant::now();
-        let luns = RemoteImages::new(settings(&dir.join("cache")))?;
-        let image = luns.open(&cfg, true).await?;
-        let got = read_set(image.as_ref(), &set).await?;
-        let traced = t.elapsed();
-        let traced_bytes = proxy.body_bytes() - before;
-        let traced_requests = proxy.requests() - requests_before;
-        if got != expected {
-            return Err("on-demand reads with a replayed trace returned wrong data".into());
-        }
-        drop((image, luns));
+        let cache = settings(&dir.join("cache"));
+        let traced = on_demand(&dir, &blob, Some(&replay), cache, &proxy, &set).await?;
         // Let the cancelled replay's requests drain before the next measurement.
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         // On demand without read-ahead, cold cache.
         let dir = tmp.path().join(format!("plain{i}"));
-        let cfg = write_config(
-            &dir,
-            serde_json::json!({"repoBlobUrl": repo_blob_url,
-                "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
-        )?;
-        std::fs::create_dir_all(dir.join("fs"))?;
-        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
-        let t = Instant::now();
-        let luns = RemoteImages::new(settings_no_read_ahead(&dir.join("cache")))?;
-        let image = luns.open(&cfg, true).await?;
-        let got = read_set(image.as_ref(), &set).await?;
-        let plain = t.elapsed();
-        let plain_bytes = proxy.body_bytes() - before;
-        let plain_requests = proxy.requests() - requests_before;
-        if got != expected {
-            return Err("on-demand reads without read-ahead returned wrong data".into());
-        }
-        drop((image, luns));
+        let cache = settings_no_read_ahead(&dir.join("cache"));
+        let plain = on_demand(&dir, &blob, None, cache, &proxy, &set).await?;
 
         // On demand, cold cache.
         let dir = tmp.path().join(format!("ondemand{i}"));
-        let cfg = write_config(
-            &dir,
-            serde_json::json!({"repoBlobUrl": repo_blob_url,
-                "lowers": [{"digest": digest, "size": blob_len, "dir": dir.join("fs")}]}),
-        )?;
-        std::fs::create_dir_all(dir.join("fs"))?;
-        let (before, requests_before) = (proxy.body_bytes(), proxy.requests());
-        let t = Instant::now();
-        let luns = RemoteImages::new(settings(&dir.join("cache")))?;
-        let image = luns.open(&cfg, true).await?;
-        let got = read_set(image.as_ref(), &set).await?;
-        let on_demand = t.elapsed();
-        let on_demand_bytes = proxy.body_bytes() - before;
-        let on_demand_requests = proxy.requests() - requests_before;
-        if got != expected {
-            return Err("on-demand reads returned wrong data".into());
+        let cache = settings(&dir.join("cache"));
+        let demand = on_demand(&dir, &blob, None, cache, &proxy, &set).await?;
+        for (what, m) in [
+            ("with a replayed trace", &traced),
+            ("without read-ahead", &plain),
+            ("on demand", &demand),
+        ] {
+            if m.digest != expected {
+                return Err(format!("reads {what} returned wrong data").into());
+            }
         }
-        drop((image, luns));
 
         // Full download, decompress, then read locally.
         let dir = tmp.path().join(format!("full{i}"));
@@ -463,29 +465,28 @@ async fn run() -> Result<(), Error> {
             return Err("reads after the full download returned wrong data".into());
         }
         std::fs::remove_dir_all(&dir)?;
+        let line = |m: &Measured| {
+            format!(
+                "{:.3} s ({} bytes in {} requests)",
+                m.time.as_secs_f64(),
+                m.bytes,
+                m.requests
+            )
+        };
         eprintln!(
-            "run {i}: with trace {:.3} s ({traced_bytes} bytes in {traced_requests} requests); \
-             no read-ahead {:.3} s ({plain_bytes} bytes in {plain_requests} requests); \
-             on demand {:.3} s ({on_demand_bytes} bytes in {on_demand_requests} \
-             requests); full {:.3} s \
+            "run {i}: with trace {}; no read-ahead {}; on demand {}; full {:.3} s \
              (download {:.3} s, decompress {:.3} s)",
-            traced.as_secs_f64(),
-            plain.as_secs_f64(),
-            on_demand.as_secs_f64(),
+            line(&traced),
+            line(&plain),
+            line(&demand),
             full.as_secs_f64(),
             download.as_secs_f64(),
             decompress.as_secs_f64()
         );
         runs.push(Run {
-            on_demand,
-            on_demand_bytes,
-            on_demand_requests,
+            on_demand: demand,
             traced,
-            traced_bytes,
-            traced_requests,
             plain,
-            plain_bytes,
-            plain_requests,
             full,
             download,
             decompress,
@@ -539,9 +540,9 @@ async fn run() -> Result<(), Error> {
 
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let (od, plain, traced, full) = (
-        m(|r| r.on_demand.as_secs_f64()),
-        m(|r| r.plain.as_secs_f64()),
-        m(|r| r.traced.as_secs_f64()),
+        m(|r| r.on_demand.time.as_secs_f64()),
+        m(|r| r.plain.time.as_secs_f64()),
+        m(|r| r.traced.time.as_secs_f64()),
         m(|r| r.full.as_secs_f64()),
     );
     println!("cold start, {} runs (medians)", runs.len());
@@ -561,9 +562,9 @@ async fn run() -> Result<(), Error> {
     );
     println!(
         "  on demand: {od:.3} s, {:.0} bytes fetched in {:.0} requests ({:.1}% of the blob)",
-        m(|r| r.on_demand_bytes as f64),
-        m(|r| r.on_demand_requests as f64),
-        100.0 * m(|r| r.on_demand_bytes as f64) / blob_len as f64
+        m(|r| r.on_demand.bytes as f64),
+        m(|r| r.on_demand.requests as f64),
+        100.0 * m(|r| r.on_demand.bytes as f64) / blob_len as f64
     );
     println!(
         "  full download + decompress + read: {full:.3} s (download {:.3} s, decompress {:.3} s)",
@@ -572,14 +573,14 @@ async fn run() -> Result<(), Error> {
     );
     println!(
         "  on demand without read-ahead: {plain:.3} s, {:.0} bytes fetched in {:.0} requests",
-        m(|r| r.plain_bytes as f64),
-        m(|r| r.plain_requests as f64),
+        m(|r| r.plain.bytes as f64),
+        m(|r| r.plain.requests as f64),
     );
     println!(
         "  on demand with the recorded trace replayed: {traced:.3} s, {:.0} bytes fetched in \
          {:.0} requests",
-        m(|r| r.traced_bytes as f64),
-        m(|r| r.traced_requests as f64),
+        m(|r| r.traced.bytes as f64),
+        m(|r| r.traced.requests as f64),
     );
     println!("  ratio full / on demand: {:.1}x", full / od);
     println!(
