@@ -91,6 +91,7 @@ cleanup() {
     stop_mp_proxy
     [ -z "${ctr_registry_pid:-}" ] || kill "$ctr_registry_pid" 2> /dev/null || true
     [ -z "${ctr_proxy_pid:-}" ] || kill "$ctr_proxy_pid" 2> /dev/null || true
+    [ -z "${ctr_slow_pid:-}" ] || kill "$ctr_slow_pid" 2> /dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -366,11 +367,21 @@ fi
 # (app: two layers, a base and the app on top; app2: one layer), pushed with `push` to an
 # anonymous docker-registry where the guest reaches it (10.0.2.2), and the guest runs our target
 # and `attach` (run.sh --container; guest-init.sh lists the steps). A third image, bulk (random
-# files), is read through fault_proxy, which the guest tells to black the registry out.
+# files), is read through fault_proxy, which the guest tells to black the registry out, and
+# through a second one 25 ms away per request, whose start a learning target records and, cold
+# again, replays (the trace step).
 ctr=$work/container
-ctr_registry_pid="" ctr_proxy_pid=""
+ctr_registry_pid="" ctr_proxy_pid="" ctr_slow_pid=""
+# wait_http URL PID: true once URL answers 200; false if PID exits or 20 s pass first.
+wait_http() {
+    local up_by=$((SECONDS + 20))
+    until [ "$(http_code "$1")" = 200 ]; do
+        kill -0 "$2" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
+        sleep 0.1
+    done
+}
 prepare_container() {
-    local guest rport pport base_url push_args=() t
+    local guest rport pport sport base_url push_args=() t
     guest=$(bash "$here/build-guest.sh" --quiet) || return 1
     mkdir -p "$ctr/base/bin" "$ctr/base/etc" "$ctr/base/tmp"
     cpio -i --quiet --to-stdout bin/busybox < "$guest/initramfs.cpio" > "$ctr/base/bin/busybox"
@@ -398,11 +409,7 @@ prepare_container() {
     docker-registry serve "$ctr/registry.yml" > "$ctr/registry.log" 2>&1 &
     ctr_registry_pid=$!
     base_url=http://$addr:$rport
-    local up_by=$((SECONDS + 20))
-    until [ "$(http_code "$base_url/v2/")" = 200 ]; do
-        kill -0 "$ctr_registry_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
-        sleep 0.1
-    done
+    wait_http "$base_url/v2/" "$ctr_registry_pid" || return 1
     [ "$addr" = 127.0.0.1 ] || push_args=(--plain-http "$addr:$rport")
     "$bin" push "${push_args[@]}" "$ctr/app.json" "$addr:$rport/ci/app:v1" > "$ctr/push.log" 2>&1 &&
         "$bin" push "${push_args[@]}" "$ctr/app2.json" "$addr:$rport/ci/app2:v1" >> "$ctr/push.log" 2>&1 &&
@@ -412,11 +419,13 @@ prepare_container() {
     [ "$pport" != "$port" ] || pport=$((pport + 1))
     "$fault_proxy" --listen "$addr:$pport" --upstream "$addr:$rport" > "$ctr/proxy.log" 2>&1 &
     ctr_proxy_pid=$!
-    up_by=$((SECONDS + 20))
-    until [ "$(http_code "http://$addr:$pport/v2/")" = 200 ]; do
-        kill -0 "$ctr_proxy_pid" 2> /dev/null && [ "$SECONDS" -lt "$up_by" ] || return 1
-        sleep 0.1
-    done
+    wait_http "http://$addr:$pport/v2/" "$ctr_proxy_pid" || return 1
+    # The trace step's distant registry: the same one, 25 ms away per request.
+    sport=$((pport + 1))
+    [ "$sport" != "$port" ] || sport=$((sport + 1))
+    "$fault_proxy" --listen "$addr:$sport" --upstream "$addr:$rport" --latency-ms 25 > "$ctr/slow.log" 2>&1 &
+    ctr_slow_pid=$!
+    wait_http "http://$addr:$sport/v2/" "$ctr_slow_pid" || return 1
     cat > "$ctr/guest.env" <<EOF
 REGISTRY=10.0.2.2:$rport
 APP_REF=ci/app:v1
@@ -425,6 +434,7 @@ APP_OUTPUT_MD5=$(printf 'hello from ci/app v1\n%s\nrun.sh\n' "$(cat "$ctr/base/e
 APP2_REF=ci/app2:v1
 APP2_FIRST_LINE='hello from ci/app2 v1'
 PROXY=10.0.2.2:$pport
+SLOW=10.0.2.2:$sport
 BULK_REF=ci/bulk:v1
 BULK_MD5S=$(cd "$ctr/bulk" && md5sum data/* | md5sum | cut -d' ' -f1)
 BLACKOUT_SECS=60
@@ -438,7 +448,7 @@ container_case() {
     echo "== ci.sh: case container"
     t0=$(date +%s.%N)
     left=$((ci_deadline - SECONDS))
-    [ "$left" -le 240 ] || left=240
+    [ "$left" -le 300 ] || left=300
     if [ "$left" -lt 30 ]; then
         why="not run: the ${budget}s budget is used up"
     elif ! prepare_container > "$work/container.log" 2>&1; then
@@ -446,14 +456,15 @@ container_case() {
     else
         bash "$here/run.sh" --container "$ctr/guest.env" --bin "$bin" --mem 768 --timeout "$left" \
             --logs "$logs/container" "${net_args[@]}" > "$logs/container.out" 2>&1 || rc=$?
-        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid|blackout|fail))|^run.sh' "$logs/container.out" || true
+        grep -E '^(RESULT|  INFO (attach|wwid|rw wwid|blackout|fail|trace))|^run.sh' "$logs/container.out" || true
         grep -E 'blackout|refused' "$ctr/proxy.log" | tail -3 || true
         [ "$rc" = 0 ] ||
             why="$(grep -c '^RESULT .* FAIL' "$logs/container.out") checks failed: $(grep -m1 '^RESULT .* FAIL' "$logs/container.out" | cut -d' ' -f2-)"
     fi
     [ -z "$ctr_registry_pid" ] || { kill "$ctr_registry_pid" 2> /dev/null; wait "$ctr_registry_pid" 2> /dev/null || true; }
     [ -z "$ctr_proxy_pid" ] || { kill "$ctr_proxy_pid" 2> /dev/null; wait "$ctr_proxy_pid" 2> /dev/null || true; }
-    ctr_registry_pid="" ctr_proxy_pid=""
+    [ -z "$ctr_slow_pid" ] || { kill "$ctr_slow_pid" 2> /dev/null; wait "$ctr_slow_pid" 2> /dev/null || true; }
+    ctr_registry_pid="" ctr_proxy_pid="" ctr_slow_pid=""
     local secs
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     if [ -z "$why" ]; then

@@ -8,6 +8,9 @@
 //! proxy logs to standard error when a blackout starts and ends, and every 5 s a line
 //! `fault_proxy: requests N refused M` (M counts requests refused by blackouts).
 //!
+//! `--latency-ms N` delays every request by N ms before it is forwarded (a distant registry;
+//! the trace step of the container case starts an image through such a proxy).
+//!
 //! `fault_proxy --tcp --listen ADDR:PORT --upstream ADDR:PORT` forwards raw TCP instead (one
 //! upstream connection per client connection; the multipath case puts it in front of one
 //! iSCSI portal). SIGUSR1 cuts the link as an outage of the network would: every connection
@@ -31,22 +34,30 @@ use fault_proxy::{Fault, FaultProxy, Link};
 use parking_lot::Mutex;
 
 fn usage() -> ! {
-    eprintln!("usage: fault_proxy [--tcp] --listen ADDR:PORT --upstream ADDR:PORT");
+    eprintln!(
+        "usage: fault_proxy [--tcp] --listen ADDR:PORT --upstream ADDR:PORT [--latency-ms N]"
+    );
     std::process::exit(2)
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut upstream, mut tcp) = (None, None, false);
+    let mut link = Link::default();
     while let Some(flag) = args.next() {
         if flag == "--tcp" {
             tcp = true;
             continue;
         }
-        let value: Option<SocketAddr> = args.next().and_then(|v| v.parse().ok());
-        match (flag.as_str(), value) {
-            ("--listen", Some(v)) => listen = Some(v),
-            ("--upstream", Some(v)) => upstream = Some(v),
+        let Some(value) = args.next() else { usage() };
+        match flag.as_str() {
+            "--listen" => listen = Some(value.parse::<SocketAddr>().unwrap_or_else(|_| usage())),
+            "--upstream" => {
+                upstream = Some(value.parse::<SocketAddr>().unwrap_or_else(|_| usage()))
+            }
+            "--latency-ms" => {
+                link.latency = Duration::from_millis(value.parse().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }
@@ -57,14 +68,14 @@ fn main() {
     if tcp {
         runtime.block_on(tcp_link::serve(listen, upstream));
     } else {
-        runtime.block_on(serve(listen, upstream));
+        runtime.block_on(serve(listen, upstream, link));
     }
 }
 
-async fn serve(listen: SocketAddr, upstream: SocketAddr) {
+async fn serve(listen: SocketAddr, upstream: SocketAddr, link: Link) {
     let until: Arc<Mutex<Option<Instant>>> = Arc::default();
     let refused = Arc::new(AtomicU64::new(0));
-    let proxy = FaultProxy::start_on(listen, upstream, Link::default(), {
+    let proxy = FaultProxy::start_on(listen, upstream, link, {
         let (until, refused) = (Arc::clone(&until), Arc::clone(&refused));
         move |_, head| {
             let path = head.split_whitespace().nth(1).unwrap_or("");

@@ -143,6 +143,10 @@ fi
 # --remote-failure fail:FAIL_SECS after `ctl cache purge --all`: during a second blackout a file
 # read before still reads, a file not read yet fails with EIO within the deadline, with a
 # medium error and no ext4 error in the kernel log, and reads right once the blackout is over),
+# container_trace (a second target, learning traces, reaches the bulk image through the host's
+# slow proxy at SLOW: the first start, a mount and a read of every file, records a trace; after
+# detach and a purge of its cache, the second start replays it; both starts' times from attach
+# to the first output, and what each fetched, are reported),
 # container_detach (every attached disk gone, the target serves none of them).
 OBD=/usr/local/bin/overlaybd-target
 API=/run/obd.sock
@@ -244,6 +248,8 @@ container_cases() {
     container_blackout
     start
     container_fail
+    start
+    container_trace
     start
     umount /mnt/app 2>/dev/null
     for d in "$dev" "$dev2b" "$rw2" "$bulk" "$bulkf"; do
@@ -356,6 +362,105 @@ container_fail() {
         result container_fail FAIL "after the blackout ${uncached##*/} has md5 $got, not '$want'"
     else
         result container_fail PASS "cached file read in the blackout; uncached read failed after $(secs $((t_fail - t1)))s (fail:${FAIL_SECS}s), right after it"
+    fi
+}
+# One start for container_trace: attach the bulk image through the learning target at LAPI,
+# mount it, read every file (the application's start), print its first line. Sets start_dev,
+# start_secs (attach to first output), start_app_secs (mount and application, from the disk's
+# arrival to the first output) and start_fetched (the registry requests the start made).
+trace_start() {
+    local t0 t_attached before after first
+    before=$(learn_requests)
+    t0=$(now_cs)
+    start_dev=$(timeout -s KILL 120 "$OBD" attach --api "$LAPI" --portal 127.0.0.1:3261 --plain-http "$SLOW" --wait 90 \
+        "$SLOW/$BULK_REF" 2> /tmp/attach.err)
+    case "$start_dev" in
+        /dev/sd*) ;;
+        *) show ATTACH cat /tmp/attach.err; return 1 ;;
+    esac
+    t_attached=$(now_cs)
+    mount -o ro "$start_dev" /mnt/start 2> /tmp/mount.err || { show MOUNT cat /tmp/mount.err; return 1; }
+    # The image has no /dev: its application reads every file into a checksum, then prints it.
+    first=$(chroot /mnt/start /bin/sh -c 'cat /data/* | /bin/busybox md5sum' 2>&1 | head -1)
+    start_secs=$(secs $(($(now_cs) - t0)))
+    start_app_secs=$(secs $(($(now_cs) - t_attached)))
+    after=$(learn_requests)
+    start_fetched=$((after - before))
+    case "$first" in
+        [0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]*) ;;
+        *) info "trace: the start printed '$first'"; return 1 ;;
+    esac
+    [ -z "$start_sum" ] || [ "$first" = "$start_sum" ] || { info "trace: checksum $first, first start $start_sum"; return 1; }
+    start_sum=$first
+}
+# Registry requests the learning target has made (its status's cache line).
+learn_requests() {
+    "$OBD" ctl --api "$LAPI" status 2>/dev/null | sed -n 's/.*registry requests \([0-9]*\).*/\1/p' | head -1
+}
+# The attach target's IQN on the learning target (one is attached at a time).
+learn_iqn() {
+    "$OBD" ctl --api "$LAPI" status 2>/dev/null | awk '$1 == "target" && $2 ~ /overlaybd.attach/ { print $2; exit }'
+}
+LAPI=/run/obd-learn.sock
+# After a failed step of container_trace: nothing of the learning target is left.
+trace_cleanup() {
+    show LEARN cat /tmp/learn.log
+    umount /mnt/start 2>/dev/null
+    [ -z "$start_dev" ] || timeout -s KILL 60 "$OBD" detach --api "$LAPI" "$start_dev" >> /tmp/detach-learn.out 2>&1
+    kill "$learn_pid" 2>/dev/null
+    wait "$learn_pid" 2>/dev/null
+}
+container_trace() {
+    start_dev="" start_sum=""
+    local first_secs first_app first_fetched mode1 records replay
+    mkdir -p /tmp/obd-learn /tmp/obd-learn-cache /mnt/start
+    # A config file declares at least one target: a small RAM disk nobody uses.
+    printf '[global]\nlearn_traces = true\nlearn_seconds = 60\n\n[[targets]]\nname = "iqn.2026-12.io.overlaybd:learn"\nluns = [{ backing = "ram:1M" }]\n' > /tmp/learn.toml
+    "$OBD" --config /tmp/learn.toml --state /tmp/obd-learn/state.toml --portal 127.0.0.1:3261 \
+        --api "$LAPI" --plain-http "$SLOW" --cache-dir /tmp/obd-learn-cache > /tmp/learn.log 2>&1 &
+    learn_pid=$!
+    learn_up() { "$OBD" ctl --api "$LAPI" status > /dev/null 2>&1; }
+    if ! wait_until 30 learn_up; then
+        trace_cleanup
+        result container_trace FAIL "the learning target did not answer on $LAPI within 30 s"
+        return
+    fi
+    if ! trace_start; then
+        trace_cleanup
+        result container_trace FAIL "the first start failed ($start_dev)"
+        return
+    fi
+    first_secs=$start_secs first_app=$start_app_secs first_fetched=$start_fetched
+    mode1=$("$OBD" ctl --api "$LAPI" trace show "$(learn_iqn)" 0 2>&1 | awk '$1 == "mode" { print $2 }')
+    umount /mnt/start
+    # Detaching closes the LUN, which ends the recording and writes the trace.
+    timeout -s KILL 60 "$OBD" detach --api "$LAPI" "$start_dev" > /tmp/detach-learn.out 2>&1
+    # The trace is written in the background once the LUN is gone: wait for its ok file.
+    learned() { set -- /tmp/obd-learn/traces/*.trace.ok; [ -e "$1" ]; }
+    wait_until 10 learned || info "trace: no trace's ok file after 10 s: $(ls /tmp/obd-learn/traces)"
+    set -- /tmp/obd-learn/traces/*.trace
+    records=$("$OBD" trace inspect "$1" 2>/dev/null | sed -n 's/.*binary trace, \([0-9]*\) records.*/\1/p' | head -1)
+    info "trace: first start $first_secs s ($first_app s after the disk appeared), $first_fetched registry requests; LUN $mode1; learned $1 (${records:-no} records)"
+    # A cold second start: nothing of the image in the target's cache, nor in the page cache.
+    "$OBD" ctl --api "$LAPI" cache purge --all > /tmp/purge-learn.out 2>&1
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    if ! trace_start; then
+        trace_cleanup
+        result container_trace FAIL "the second start failed ($start_dev)"
+        return
+    fi
+    replay=$("$OBD" ctl --api "$LAPI" trace show "$(learn_iqn)" 0 2>&1 | awk '$1 == "mode" { print $2 }')
+    umount /mnt/start
+    timeout -s KILL 60 "$OBD" detach --api "$LAPI" "$start_dev" >> /tmp/detach-learn.out 2>&1
+    info "trace: second start $start_secs s ($start_app_secs s after the disk appeared), $start_fetched registry requests; LUN $replay"
+    kill "$learn_pid" 2>/dev/null
+    wait "$learn_pid" 2>/dev/null
+    if [ "$mode1" != recording ] || [ -z "$records" ] || [ "$records" = 0 ] || [ "$replay" != replaying ]; then
+        show LEARN cat /tmp/learn.log
+        result container_trace FAIL "first start: LUN '$mode1', trace of '${records:-no}' records; second start: LUN '$replay' (want recording, some records, replaying)"
+    else
+        result container_trace PASS "learned $records reads at the first start ($first_secs s from attach to first output, $first_app s after the disk appeared), replayed them at the cold second start ($start_secs s, $start_app_secs s)"
     fi
 }
 if [ "${CONTAINER:-0}" = 1 ]; then

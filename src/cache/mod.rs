@@ -19,6 +19,6 @@ pub mod remote;
 pub mod settings;
 pub mod warm;
 
-pub use read_path::{CacheStats, CacheTiers, CachedSource};
+pub use read_path::{background, CacheStats, CacheTiers, CachedSource};
 pub use remote::{RemoteLayer, RemoteLayers};
 pub use settings::DaemonSettings;

@@ -19,6 +19,8 @@
 //! - **Errors.** A failed piece is logged (the first at `warn`, the rest at `debug`) and the
 //!   rest of its read is dropped (its later pieces would most likely fail the same way); the
 //!   workers go on with the next read.
+//! - **Foreground first.** Reads run as background reads ([`crate::cache::background`]): on
+//!   a registry-backed layer none starts a fetch while a read of the host's is fetching.
 //! - **Cancellation.** The replay stops when its token is cancelled: workers check it before
 //!   each piece and race it against the read in flight, which is dropped.
 
@@ -248,7 +250,7 @@ async fn worker(
             let read = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                read = source.read_exact_at(at, len) => read,
+                read = crate::cache::background(source.read_exact_at(at, len)) => read,
             };
             match read {
                 Ok(bytes) => {
@@ -296,6 +298,8 @@ mod tests {
         max_in_flight: AtomicUsize,
         dropped: AtomicUsize,
         started: tokio::sync::Notify,
+        /// Reads not marked as background reads ([`crate::cache::background`]).
+        foreground: AtomicUsize,
     }
 
     impl Probe {
@@ -334,6 +338,9 @@ mod tests {
             let mut guard = InFlight(self, false);
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             self.reads.lock().push((span.offset(), span.len()));
+            if !crate::cache::read_path::is_background() {
+                self.foreground.fetch_add(1, Ordering::SeqCst);
+            }
             self.started.notify_one();
             if self.hang {
                 std::future::pending::<()>().await;
@@ -412,6 +419,8 @@ mod tests {
         assert_eq!(stats.reads, 4);
         assert_eq!(stats.bytes, 10240 + 4096 + 512 + 4096);
         assert_eq!((stats.errors, stats.cancelled), (0, false));
+        let foreground = a.foreground.load(Ordering::SeqCst) + b.foreground.load(Ordering::SeqCst);
+        assert_eq!(foreground, 0, "every replay read gives way to the host's");
         for rec in records.iter().filter(|rec| rec.offset < 64 << 20) {
             let reads = if rec.layer == 0 { a.reads() } else { b.reads() };
             assert!(

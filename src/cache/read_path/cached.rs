@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::inflight::{Claim, Slot};
 use super::plan::{plan, unit_len, PlannedUnit};
+use super::priority::is_background;
 use super::readahead::ReadAhead;
 use super::tiers::{bump, CacheTiers, Found};
 use crate::block::file::{read_cached, read_rest};
@@ -223,12 +224,18 @@ impl CachedSource {
     /// claimed ones (adjacent ones in one request) and waits for those another reader is
     /// fetching. A unit whose fetcher was cancelled comes back empty and is claimed again in
     /// the next round; a failed fetch, this reader's or another's, fails the read.
+    /// A `background` reader waits for its turn before each round's claims, a foreground one
+    /// holds the gate while it fetches ([`super::priority`]).
     async fn fill_missing(
         &self,
         plan: &[PlannedUnit],
         slots: &mut [Option<Found>],
+        background: bool,
     ) -> SourceResult<()> {
         while slots.iter().any(Option::is_none) {
+            if background {
+                self.tiers.gate.background_turn().await;
+            }
             let mut runs: Vec<(usize, Vec<Claim>)> = Vec::new();
             let mut waits = Vec::new();
             let mut prev_mine = false;
@@ -258,11 +265,16 @@ impl CachedSource {
                     }
                 };
             }
+            // Held while this reader's own fetches are on the wire, not while it waits for
+            // another reader's.
+            let foreground =
+                (!background && !runs.is_empty()).then(|| self.tiers.gate.foreground());
             for (base, run) in runs {
                 for (j, b) in self.fetch_run(run).await?.into_iter().enumerate() {
                     slots[base + j] = Some(Found::Whole(b));
                 }
             }
+            drop(foreground);
             for (i, waiter) in waits {
                 match waiter.outcome().await {
                     Some(Ok(b)) => {
@@ -312,8 +324,11 @@ impl LayerSource for CachedSource {
         for unit in &plan {
             slots.push(self.tiers.lookup(&self.key(unit.index), unit).await);
         }
-        self.note_read(&plan, slots.iter().any(Option::is_none));
-        self.fill_missing(&plan, &mut slots).await?;
+        let background = is_background();
+        if !background {
+            self.note_read(&plan, slots.iter().any(Option::is_none));
+        }
+        self.fill_missing(&plan, &mut slots, background).await?;
         // Every slot is filled; were one not, the short result would be refused by
         // `read_exact_at` as a wrong length, never served as data.
         Ok(assemble(&plan, slots, span.len()))

@@ -12,7 +12,9 @@
 //!    to the waiting readers, then to disk (the copy and admission rules live there);
 //! 5. [`cached`]: the composition, which cuts the units to the read and joins them;
 //! 6. [`readahead`]: a stream of sequential reads that miss gets the units ahead of it fetched
-//!    in the background (bounded, one batch per blob, nothing for random reads).
+//!    in the background (bounded, one batch per blob, nothing for random reads);
+//! 7. [`priority`]: background reads (a trace replay) start no fetch while a foreground miss
+//!    is being fetched.
 //!
 //! A failed fetch caches nothing and fails every reader waiting on it with the same typed
 //! error; a cancelled fetch releases its waiters to fetch for themselves.
@@ -21,6 +23,7 @@ mod cached;
 mod fetch;
 mod inflight;
 mod plan;
+mod priority;
 mod readahead;
 mod tiers;
 
@@ -28,4 +31,7 @@ mod tiers;
 mod tests;
 
 pub use cached::CachedSource;
+pub use priority::background;
+#[cfg(test)]
+pub(crate) use priority::is_background;
 pub use tiers::{CacheStats, CacheTiers};

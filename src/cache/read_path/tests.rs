@@ -23,6 +23,8 @@ struct Fake {
     calls: Mutex<Vec<(u64, usize)>>,
     fail_next: AtomicU32,
     delay: Duration,
+    /// When set, each read waits for a permit of its own ([`Fake::release`]).
+    held: Option<tokio::sync::Semaphore>,
 }
 
 impl Fake {
@@ -33,10 +35,33 @@ impl Fake {
             calls: Mutex::new(Vec::new()),
             fail_next: AtomicU32::new(0),
             delay,
+            held: None,
         })
+    }
+    /// A blob whose reads each wait until [`Fake::release`] lets one go.
+    fn held(size: usize) -> Arc<Self> {
+        let mut fake = Arc::into_inner(Fake::new(size, Duration::ZERO)).unwrap();
+        fake.held = Some(tokio::sync::Semaphore::new(0));
+        Arc::new(fake)
+    }
+    /// Lets one held read (the next to take a permit) finish.
+    fn release(&self) {
+        self.held.as_ref().unwrap().add_permits(1);
     }
     fn calls(&self) -> Vec<(u64, usize)> {
         self.calls.lock().clone()
+    }
+    /// Waits (up to 5 s) until the source has been asked `n` times.
+    async fn asked(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.calls.lock().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "asked {:?}, not {n} times",
+                self.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 
@@ -48,6 +73,9 @@ impl LayerSource for Fake {
     async fn read_span(&self, span: Span) -> SourceResult<Bytes> {
         self.calls.lock().push((span.offset(), span.len()));
         tokio::time::sleep(self.delay).await;
+        if let Some(held) = &self.held {
+            held.acquire().await.unwrap().forget();
+        }
         if self.fail_next.load(Ordering::SeqCst) > 0 {
             self.fail_next.fetch_sub(1, Ordering::SeqCst);
             return Err(SourceError::Unavailable("injected failure".into()));
@@ -479,4 +507,120 @@ async fn a_cached_stream_fetches_nothing_ahead() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     assert_eq!(tiers.stats().readahead_units, 0);
+}
+
+/// A background read of unit `index` (1 KiB units), spawned.
+fn spawn_background(
+    src: &Arc<CachedSource>,
+    index: u64,
+) -> tokio::task::JoinHandle<SourceResult<Bytes>> {
+    let src = Arc::clone(src);
+    tokio::spawn(async move { super::background(src.read_exact_at(index * 1024, 1024)).await })
+}
+
+/// A foreground read of unit `index` (1 KiB units), spawned.
+fn spawn_foreground(
+    src: &Arc<CachedSource>,
+    index: u64,
+) -> tokio::task::JoinHandle<SourceResult<Bytes>> {
+    let src = Arc::clone(src);
+    tokio::spawn(async move { src.read_exact_at(index * 1024, 1024).await })
+}
+
+async fn done(read: tokio::task::JoinHandle<SourceResult<Bytes>>) -> Bytes {
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the read finishes")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_background_read_starts_no_fetch_while_a_foreground_one_is_in_flight() {
+    let fake = Fake::held(8192);
+    let tiers = CacheTiers::new(1 << 20, None, 1024).unwrap();
+    let src = Arc::new(cached(&fake, &tiers));
+    let fg = spawn_foreground(&src, 0);
+    fake.asked(1).await;
+    let bg = spawn_background(&src, 4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fake.calls(), [(0, 1024)], "the background read waits");
+    fake.release();
+    assert_eq!(&done(fg).await[..], &fake.data[..1024]);
+    fake.asked(2).await;
+    assert_eq!(fake.calls()[1], (4096, 1024));
+    fake.release();
+    assert_eq!(&done(bg).await[..], &fake.data[4096..5120]);
+    assert_eq!(tiers.stats().background_waits, 1);
+}
+
+#[tokio::test]
+async fn a_foreground_read_never_waits_for_background_ones() {
+    let fake = Fake::held(8192);
+    let tiers = CacheTiers::new(1 << 20, None, 1024).unwrap();
+    let src = Arc::new(cached(&fake, &tiers));
+    let bg = spawn_background(&src, 4);
+    fake.asked(1).await;
+    // The background fetch is on the wire; a foreground miss goes out beside it.
+    let fg = spawn_foreground(&src, 0);
+    fake.asked(2).await;
+    // A foreground read of the unit the background fetch is bringing joins that fetch.
+    let joined = spawn_foreground(&src, 4);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(fake.calls(), [(4096, 1024), (0, 1024)]);
+    fake.release();
+    fake.release();
+    assert_eq!(&done(fg).await[..], &fake.data[..1024]);
+    assert_eq!(&done(bg).await[..], &fake.data[4096..5120]);
+    assert_eq!(&done(joined).await[..], &fake.data[4096..5120]);
+    let stats = tiers.stats();
+    assert_eq!((stats.background_waits, stats.shared_fetches), (0, 1));
+}
+
+#[tokio::test]
+async fn a_waiting_background_read_holds_no_claim() {
+    let fake = Fake::held(8192);
+    let tiers = CacheTiers::new(1 << 20, None, 1024).unwrap();
+    let src = Arc::new(cached(&fake, &tiers));
+    let first = spawn_foreground(&src, 0);
+    fake.asked(1).await;
+    let bg = spawn_background(&src, 4);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Had the waiting background read claimed unit 4, this read would wait behind it, and
+    // behind the first foreground fetch with it.
+    let second = spawn_foreground(&src, 4);
+    fake.asked(2).await;
+    assert_eq!(
+        fake.calls()[1],
+        (4096, 1024),
+        "fetched by the foreground read itself"
+    );
+    fake.release();
+    fake.release();
+    assert_eq!(&done(first).await[..], &fake.data[..1024]);
+    assert_eq!(&done(second).await[..], &fake.data[4096..5120]);
+    assert_eq!(&done(bg).await[..], &fake.data[4096..5120]);
+    assert_eq!(
+        fake.calls().len(),
+        2,
+        "the background read found the unit fetched"
+    );
+    assert_eq!(tiers.stats().background_waits, 1);
+}
+
+#[tokio::test]
+async fn background_reads_do_not_drive_read_ahead() {
+    let unit = 4096;
+    let fake = Fake::new(64 * unit, Duration::ZERO);
+    let tiers = CacheTiers::new(1 << 20, None, unit as u64).unwrap();
+    let src = CachedSource::shared(
+        Arc::clone(&fake) as Arc<dyn LayerSource>,
+        DIGEST,
+        Arc::clone(&tiers),
+    );
+    super::background(read_units(&src, &fake, unit, &(0..16).collect::<Vec<_>>())).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(tiers.stats().readahead_units, 0);
+    let fetched: usize = fake.calls().iter().map(|c| c.1).sum();
+    assert_eq!(fetched, 16 * unit, "only what was read: {:?}", fake.calls());
 }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use super::inflight::InFlight;
 use super::plan::PlannedUnit;
+use super::priority::Gate;
 use crate::cache::disk::{DiskTier, LayerUsage, Quick};
 use crate::cache::key::{BlobId, UnitKey};
 use crate::cache::memory::MemoryTier;
@@ -46,6 +47,8 @@ pub struct CacheStats {
     pub source_bytes: u64,
     /// Units fetched ahead of a sequential stream (also counted in the two above).
     pub readahead_units: u64,
+    /// Times a background read (a trace replay) waited for foreground fetches to finish.
+    pub background_waits: u64,
 }
 
 /// The live counters behind [`CacheStats`].
@@ -97,6 +100,8 @@ pub struct CacheTiers {
     pub(super) counters: Counters,
     /// Read-ahead bound per blob in bytes (0: off).
     pub(super) read_ahead: u64,
+    /// Foreground fetches before background ones ([`super::priority`]).
+    pub(super) gate: Gate,
 }
 
 impl CacheTiers {
@@ -127,6 +132,7 @@ impl CacheTiers {
             inflight: Arc::new(InFlight::default()),
             counters: Counters::default(),
             read_ahead,
+            gate: Gate::default(),
         }))
     }
 
@@ -227,6 +233,7 @@ impl CacheTiers {
             source_requests: get(&c.source_requests),
             source_bytes: get(&c.source_bytes),
             readahead_units: get(&c.readahead_units),
+            background_waits: get(&self.gate.waits),
         }
     }
 
