@@ -1518,3 +1518,205 @@ async fn an_attached_trace_is_replayed_from_the_registry_by_reference() {
     assert_eq!(moved.image.acceleration.unwrap().digest, accel.digest);
     assert_eq!(moved.image.layers, resolved.image.layers);
 }
+
+/// A node (daemon) serving `registry:REFERENCE` as LUN 0 of [`LEARN_T`], with `global` in
+/// its `[global]` table, its API socket, state file and cache in `dir`.
+fn learning_node(dir: &Path, reference: &str, global: &str) -> support::process::Target {
+    std::fs::create_dir_all(dir).unwrap();
+    let toml = format!(
+        "[global]\n{global}\n[[targets]]\nname = \"{LEARN_T}\"\nluns = [{{ backing = \"registry:{reference}\" }}]\n"
+    );
+    std::fs::write(dir.join("targets.toml"), toml).unwrap();
+    let dir = dir.to_path_buf();
+    support::process::Target::start_with(move |port| {
+        let p = |name: &str| dir.join(name).display().to_string();
+        [
+            "--portal".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--api".to_string(),
+            p("api.sock"),
+            "--state".to_string(),
+            p("state.json"),
+            "--config".to_string(),
+            p("targets.toml"),
+            "--cache-dir".to_string(),
+            p("cache"),
+            "--nop-interval".to_string(),
+            "0".to_string(),
+        ]
+        .to_vec()
+    })
+}
+
+const LEARN_T: &str = "iqn.2026-12.io.overlaybd:publish";
+
+/// The node's LUN 0 trace state once the LUN is ready (it opens in the background).
+fn ready_trace(api: &Path) -> serde_json::Value {
+    use support::api::http;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = http(api, "GET", "/v1/status", None);
+        let ready = status["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t["luns"].as_array().into_iter().flatten())
+            .any(|l| l["state"] == "ready");
+        if ready {
+            let (code, trace) = http(api, "GET", &learn_path(""), None);
+            assert_eq!(code, 200, "{trace}");
+            return trace;
+        }
+        assert!(Instant::now() < deadline, "LUN 0 not ready: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn learn_path(tail: &str) -> String {
+    format!("/v1/targets/{LEARN_T}/luns/0/trace{tail}")
+}
+
+/// Reads `blocks` 512-byte blocks at each LBA of `lbas` from LUN 0 through a raw session.
+fn read_lun0(target: &support::process::Target, lbas: &[u32], blocks: u16) {
+    use bytes::Bytes;
+    use support::raw_initiator::{read10, Dir, RawConn};
+    let mut conn = RawConn::login_to(target.addr(), LEARN_T, &[]);
+    // The first command meets the power-on UNIT ATTENTION.
+    let itt = conn.queue_command_to(0, &[0; 6], Dir::None, 0, Bytes::new(), false);
+    conn.flush().unwrap();
+    conn.outcome(itt);
+    for &lba in lbas {
+        let len = u32::from(blocks) * 512;
+        let cdb = read10(lba, blocks);
+        let itt = conn.queue_command_to(0, &cdb, Dir::Read, len, Bytes::new(), false);
+        conn.flush().unwrap();
+        let out = conn.outcome(itt);
+        assert_eq!(out.status, 0, "READ at {lba}: sense {:02x?}", out.sense);
+    }
+}
+
+/// Self-learning, published: a node with `learn_traces` learns a `registry:` LUN's start and,
+/// asked through the API, pushes that trace as the image's acceleration layer (refusing while
+/// it still records, or a bad destination); the registry's manifest then carries it, and a
+/// node without learning replays it from there. A node with `publish_learned_traces` pushes
+/// by itself once its recording ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learned_trace_is_published_and_the_next_node_replays_it() {
+    use overlaybd_target::prefetch::trace::decode;
+    use overlaybd_target::registry::acceleration::extract_trace;
+    use overlaybd_target::registry::{resolve, ImageReference, Platform};
+    use support::api::http;
+    use support::process::{binary, run};
+
+    let reg = start_registry(Options::default(), &reqwest::Client::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let host = reg.url.trim_start_matches("http://").to_string();
+    let s = |p: &str| d.join(p).display().to_string();
+    std::fs::create_dir_all(d.join("tree/srv")).unwrap();
+    std::fs::write(d.join("tree/srv/data.bin"), blob(3 << 20)).unwrap();
+    run(binary().args(["build", "-z", "--size", "64M"]).args([
+        s("tree"),
+        s("l0.obd"),
+        s("c0.json"),
+    ]));
+    let (v1, v2) = (
+        format!("{host}/team/learn:v1"),
+        format!("{host}/team/learn:v2"),
+    );
+    run(binary().args(["push", &s("c0.json"), &v1]));
+    run(binary().args(["push", &s("c0.json"), &v2]));
+    let client = RegistryClient::from_settings(&settings(&d.join("probe-cache"))).unwrap();
+    let accel_of = |reference: &str| {
+        let reference = ImageReference::parse(reference).unwrap();
+        let client = client.clone();
+        async move {
+            resolve(&client, &reference, &Platform::host(), &[])
+                .await
+                .unwrap()
+                .image
+                .acceleration
+        }
+    };
+    assert!(accel_of(&v1).await.is_none());
+
+    // Node A learns the start of v1; publishing waits for the recording to end.
+    let a_dir = d.join("a");
+    let a = learning_node(&a_dir, &v1, "learn_traces = true");
+    let api = a_dir.join("api.sock");
+    let state = ready_trace(&api);
+    assert_eq!(state["mode"], "recording", "{state}");
+    let (code, body) = http(&api, "POST", &learn_path("/publish"), Some("{}"));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("still recording"), "{body}");
+    read_lun0(&a, &[0, 2048, 40_000], 64);
+    let (code, stopped) = http(&api, "POST", &learn_path("/stop"), None);
+    assert_eq!(code, 200, "{stopped}");
+    assert!(stopped["records"].as_u64().unwrap() > 0, "{stopped}");
+    let learned = std::fs::read(stopped["path"].as_str().unwrap()).unwrap();
+    let (code, body) = http(
+        &api,
+        "POST",
+        &learn_path("/publish"),
+        Some(r#"{"to": "not a reference"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, published) = http(&api, "POST", &learn_path("/publish"), Some("{}"));
+    assert_eq!(code, 200, "{published}");
+    assert!(
+        published["pushed"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{v1}@sha256:")),
+        "{published}"
+    );
+    let accel = accel_of(&v1)
+        .await
+        .expect("the manifest has the trace layer");
+    assert_eq!(published["layer"], accel.digest.as_str());
+    let tar = client
+        .open_blob(
+            &ImageReference::parse(&v1).unwrap().repo_blob_url(&[]),
+            &accel.digest,
+            None,
+        )
+        .await
+        .unwrap()
+        .read_exact_at(0, accel.size as usize)
+        .await
+        .unwrap();
+    assert_eq!(
+        decode(&extract_trace(&tar).unwrap()).unwrap(),
+        decode(&learned).unwrap(),
+        "the layer holds the learned trace"
+    );
+    drop(a);
+
+    // Node B does not learn: its cold open of v1 replays the published trace.
+    let b_dir = d.join("b");
+    let _b = learning_node(&b_dir, &v1, "");
+    let state = ready_trace(&b_dir.join("api.sock"));
+    assert_eq!(state["mode"], "replaying", "{state}");
+    assert_eq!(state["records"], stopped["records"], "{state}");
+
+    // Node C publishes by itself once its recording of v2 ends.
+    let c_dir = d.join("c");
+    let c = learning_node(
+        &c_dir,
+        &v2,
+        "learn_traces = true\npublish_learned_traces = true",
+    );
+    let api = c_dir.join("api.sock");
+    assert_eq!(ready_trace(&api)["mode"], "recording");
+    read_lun0(&c, &[0, 4096], 32);
+    let (code, body) = http(&api, "POST", &learn_path("/stop"), None);
+    assert_eq!(code, 200, "{body}");
+    let start = Instant::now();
+    while accel_of(&v2).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "v2 got no acceleration layer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -590,6 +590,41 @@ impl fmt::Display for LunSpec {
     }
 }
 
+/// Publishes the trace at `trace` as the acceleration layer of `reference` (to `to`, else
+/// its tag) through the registry client of `luns`.
+async fn publish_trace(
+    luns: &RemoteImages,
+    plain_http: &[String],
+    trace: &Path,
+    reference: &crate::registry::ImageReference,
+    to: Option<crate::registry::ImageReference>,
+) -> Result<crate::registry::publish::Published, crate::registry::publish::PublishError> {
+    use crate::registry::publish::{self, PublishError};
+    let records = match crate::prefetch::load(trace).await {
+        Ok(crate::prefetch::TraceFile::Binary(records)) if !records.is_empty() => records,
+        Ok(_) => {
+            return Err(PublishError::Refused(format!(
+                "{}: no recorded reads to publish",
+                trace.display()
+            )))
+        }
+        Err(e) => return Err(PublishError::Refused(format!("{}: {e}", trace.display()))),
+    };
+    let to_given = to.is_some();
+    let dest = publish::destination(reference, to)?;
+    publish::publish(
+        luns.layers().client(),
+        &records,
+        reference,
+        &dest,
+        to_given,
+        &crate::registry::Platform::host(),
+        plain_http,
+        Arc::new(|_, _| {}),
+    )
+    .await
+}
+
 /// Opens `image:` LUNs. Images whose layers are all local files are opened directly; images
 /// with registry layers share one set of remote-layer caches ([`RemoteImages`]), built on first
 /// need, so a server that serves only local images never touches the cache folder.
@@ -598,6 +633,9 @@ pub struct ImageOpener {
     remote: Mutex<Option<Arc<RemoteImages>>>,
     /// Where images without a trace learn one; `None`: learning is off.
     learn: Option<LearnStore>,
+    /// Whether a `registry:` LUN's learned trace is published as its image's acceleration
+    /// layer once written (`publish_learned_traces`).
+    publish_learned: bool,
     /// The trace prefetch of the image opened last for each (target, LUN number), for the
     /// management API. Weak handles: a device that is gone reports no prefetch.
     prefetch: Mutex<std::collections::HashMap<(String, u64), PrefetchHandle>>,
@@ -611,6 +649,7 @@ impl ImageOpener {
             settings,
             remote: Mutex::new(None),
             learn: None,
+            publish_learned: false,
             prefetch: Mutex::new(Default::default()),
         }
     }
@@ -620,6 +659,28 @@ impl ImageOpener {
     pub fn with_learning(mut self, store: LearnStore) -> Self {
         self.learn = Some(store);
         self
+    }
+
+    /// This opener, publishing each learned trace of a `registry:` LUN as the image's
+    /// acceleration layer, to the reference's tag, once written ([`ImageOpener::publish_trace`]).
+    pub fn publishing_learned(mut self) -> Self {
+        self.publish_learned = true;
+        self
+    }
+
+    /// Publishes the trace at `trace` as the acceleration layer of the image `reference`, to
+    /// `to` or else the reference's tag ([`crate::registry::publish`]), with the daemon's
+    /// registry client (its credentials) and settings.
+    pub async fn publish_trace(
+        &self,
+        trace: &Path,
+        reference: &crate::registry::ImageReference,
+        to: Option<crate::registry::ImageReference>,
+    ) -> Result<crate::registry::publish::Published, crate::registry::publish::PublishError> {
+        let luns = self
+            .remote_images()
+            .map_err(|e| crate::registry::publish::PublishError::Registry(e.to_string()))?;
+        publish_trace(&luns, &self.settings.plain_http, trace, reference, to).await
     }
 
     /// The store of learned traces, when learning is on.
@@ -674,7 +735,15 @@ impl ImageOpener {
     /// Logs what learning does for the open `image` (named `name`), and once a learning
     /// recording has written its trace, what it holds. A learned trace that could not be
     /// replayed loses its `.ok`, so the next open learns it again.
-    async fn report_learning(&self, learn: Option<Learn>, image: &Image, name: &str) {
+    /// With `publish_learned`, a trace learned from a `registry:` LUN (`reference`) is then
+    /// published to the reference's tag.
+    async fn report_learning(
+        &self,
+        learn: Option<Learn>,
+        image: &Image,
+        name: &str,
+        reference: Option<&crate::registry::ImageReference>,
+    ) {
         let window = self
             .learn
             .as_ref()
@@ -687,6 +756,10 @@ impl ImageOpener {
                 };
                 tracing::info!(image = name, trace = %path.display(), window_secs = window.as_secs(), "learning the image's prefetch trace from its first start");
                 let name = name.to_string();
+                let publish = reference.filter(|_| self.publish_learned).and_then(|r| {
+                    let luns = self.remote_images().ok()?;
+                    Some((luns, self.settings.plain_http.clone(), r.clone()))
+                });
                 // Detached: ends when the recording does (at the latest when the device closes).
                 drop(tokio::spawn(async move {
                     let outcome = recorder.outcome().await;
@@ -698,6 +771,20 @@ impl ImageOpener {
                             let bytes = crate::prefetch::trace::HEADER_SIZE
                                 + outcome.records * crate::prefetch::trace::RECORD_SIZE;
                             tracing::info!(image = name, trace = %path.display(), records = outcome.records, bytes, reason = ?outcome.reason, "learned prefetch trace written");
+                            if let Some((luns, plain_http, reference)) =
+                                publish.filter(|_| outcome.records > 0)
+                            {
+                                match publish_trace(&luns, &plain_http, &path, &reference, None)
+                                    .await
+                                {
+                                    Ok(p) => {
+                                        tracing::info!(image = name, pushed = %p.pinned, layer = %p.layer.digest, "learned prefetch trace published as the image's acceleration layer")
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(image = name, error = %e, "could not publish the learned prefetch trace")
+                                    }
+                                }
+                            }
                         }
                         Some(e) => {
                             tracing::warn!(image = name, trace = %path.display(), error = e, "could not write the learned prefetch trace")
@@ -773,7 +860,7 @@ impl ImageOpener {
                 .await
                 .map_err(image_err)?
         };
-        self.report_learning(learn, &image, &name).await;
+        self.report_learning(learn, &image, &name, None).await;
         let handle = image.prefetch().map(|p| p.handle());
         if let Some(why) = image.stack().uuid_chain_break() {
             // overlaybd serves such a stack without a word; refusing it would break images
@@ -839,7 +926,8 @@ impl ImageOpener {
         if image.size() == 0 {
             return Err(BackingError::Empty(PathBuf::from(name)));
         }
-        self.report_learning(learn, &image, &name).await;
+        self.report_learning(learn, &image, &name, Some(reference))
+            .await;
         let handle = image.prefetch().map(|p| p.handle());
         let digest = resolved.pinned.digest.unwrap_or_default();
         Ok((Arc::new(image), digest, handle))

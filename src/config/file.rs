@@ -13,6 +13,7 @@
 //! discovery_mutual_chap = { user = "target", secret = "another+secret" }
 //! learn_traces = false          # true: images without a trace learn one (needs --state)
 //! learn_seconds = 60            # a learning recording's window, from the first read
+//! publish_learned_traces = false # true: a registry: LUN's learned trace is pushed to its tag
 //!
 //! [[targets]]
 //! name = "iqn.2026-11.io.overlaybd:app"
@@ -101,6 +102,8 @@ struct RawGlobal {
     #[serde(default)]
     learn_traces: bool,
     learn_seconds: Option<u64>,
+    #[serde(default)]
+    publish_learned_traces: bool,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +264,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
     }
     let mut learn = super::LearnSettings {
         enabled: g.learn_traces,
+        publish: g.publish_learned_traces,
         ..Default::default()
     };
     match g.learn_seconds {
@@ -507,6 +511,12 @@ mod tests {
         .unwrap();
         assert!(c.learn.enabled);
         assert_eq!(c.learn.window, Duration::from_secs(5));
+        assert!(!c.learn.publish);
+        let c = parse_str(&with_target(
+            "[global]\nlearn_traces = true\npublish_learned_traces = true\n",
+        ))
+        .unwrap();
+        assert!(c.learn.publish);
         let e = parse_str(&with_target("[global]\nlearn_seconds = 0\n"))
             .unwrap_err()
             .to_string();

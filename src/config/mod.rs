@@ -50,6 +50,9 @@ pub struct LearnSettings {
     pub enabled: bool,
     /// `learn_seconds`: the recording window (default 60 s).
     pub window: Duration,
+    /// `publish_learned_traces`: push each trace learned from a `registry:` LUN as its
+    /// image's acceleration layer, to the reference's tag (default off).
+    pub publish: bool,
 }
 
 impl Default for LearnSettings {
@@ -57,6 +60,7 @@ impl Default for LearnSettings {
         LearnSettings {
             enabled: false,
             window: crate::prefetch::learn::DEFAULT_WINDOW,
+            publish: false,
         }
     }
 }

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use super::model::{
-    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, SessionInfo, Status, TargetInfo,
-    TraceInfo, WarmReport, WarmRequest,
+    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, PublishInfo, SessionInfo, Status,
+    TargetInfo, TraceInfo, WarmReport, WarmRequest,
 };
 
 /// Why an operation was refused or failed; the message is one line meant for the operator.
@@ -96,4 +96,16 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Ends the LUN's trace recording now and returns once the trace is written (with its
     /// `.ok`). `NotFound` without such a LUN, `Conflict` when it is not recording.
     async fn stop_trace(&self, target: &str, lun: u64) -> Result<TraceInfo, ControlError>;
+
+    /// Publishes the trace the `registry:` LUN learned as its image's acceleration layer, to
+    /// `to` (a reference with a tag) or else the LUN's own tag, with the daemon's registry
+    /// credentials. `NotFound` without such a LUN; `Conflict` when the LUN is not a
+    /// `registry:` one, has no learned trace (or is still recording it), or the registry
+    /// refuses; `Invalid` for a malformed `to`.
+    async fn publish_trace(
+        &self,
+        target: &str,
+        lun: u64,
+        to: Option<String>,
+    ) -> Result<PublishInfo, ControlError>;
 }

@@ -274,6 +274,32 @@ pub enum TraceMode {
     Replaying,
 }
 
+/// The body of `POST /v1/targets/{name}/luns/{n}/trace/publish`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Where to push the image with the trace (`HOST/REPOSITORY:TAG`); absent: the LUN's
+    /// own reference's tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// What `POST …/trace/publish` pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishInfo {
+    /// The LUN number.
+    pub lun: u64,
+    /// The learned trace published.
+    pub trace: String,
+    /// The image pushed, pinned to its new manifest's digest.
+    pub pushed: String,
+    /// The acceleration layer's digest.
+    pub layer: String,
+    /// The acceleration layer it replaced, if the image had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+}
+
 /// A LUN's trace prefetch (`GET /v1/targets/{name}/luns/{n}/trace`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceInfo {

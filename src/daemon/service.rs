@@ -31,7 +31,7 @@ use super::definition::TargetDef;
 use super::inventory::{Inventory, LunSlot, TargetEntry};
 use super::model::{
     AddLun, AddTarget, CacheInfo, CacheReport, CachedLayer, ChapInput, LunInfo, LunState,
-    SessionInfo, Status, TargetInfo, TraceInfo, WarmReport, WarmRequest,
+    PublishInfo, SessionInfo, Status, TargetInfo, TraceInfo, WarmReport, WarmRequest,
 };
 use super::reservations::ReservationDir;
 use super::settings::{limits, login_settings, login_view};
@@ -449,9 +449,15 @@ fn learning(
                 store = %store.dir().display(),
                 window_secs = learn.window.as_secs(),
                 stale_locks_removed = stale,
+                publish = learn.publish,
                 "images without a prefetch trace learn one"
             );
-            images.with_learning(store)
+            let images = images.with_learning(store);
+            if learn.publish {
+                images.publishing_learned()
+            } else {
+                images
+            }
         }
         Err(e) => {
             tracing::warn!(store = %store.dir().display(), error = %e, "cannot use the learned trace folder; learning is off");
@@ -1026,5 +1032,81 @@ impl ControlPlane for Control {
             error: outcome.error,
         };
         Ok(TraceInfo::of(lun, state))
+    }
+
+    async fn publish_trace(
+        &self,
+        target: &str,
+        lun: u64,
+        to: Option<String>,
+    ) -> Result<PublishInfo, ControlError> {
+        use crate::config::backing::Backing;
+        use crate::prefetch::PrefetchState as S;
+        let canonical = self.0.lun_name(target, lun)?;
+        let backing = {
+            let inventory = self.0.inventory.lock();
+            inventory
+                .get(&canonical)
+                .and_then(|e| e.def.luns.get(&lun))
+                .map(|spec| spec.backing.clone())
+        };
+        let Some(Backing::Registry(reference)) = backing else {
+            return Err(ControlError::Conflict(format!(
+                "LUN {lun} of {canonical} is not a registry: LUN, so it names no image to publish to; use `overlaybd-target trace attach TRACE REF`"
+            )));
+        };
+        let to = to
+            .map(|text| crate::registry::ImageReference::parse(&text))
+            .transpose()
+            .map_err(|e| ControlError::Invalid(format!("to: {e}")))?;
+        let store = self.0.images.learning().map(|s| s.dir().to_path_buf());
+        let state = self
+            .0
+            .images
+            .prefetch_of(&canonical, lun)
+            .map_or(S::None, |h| h.state());
+        let learned = |path: &std::path::Path| store.as_ref().is_some_and(|d| path.starts_with(d));
+        let trace = match state {
+            S::Recorded {
+                path,
+                records,
+                error: None,
+            } if records > 0 && learned(&path) => path,
+            S::Replaying { name, .. } if learned(std::path::Path::new(&name)) => name.into(),
+            S::Recording { .. } => {
+                return Err(ControlError::Conflict(format!(
+                    "LUN {lun} of {canonical} is still recording its trace; stop it (ctl trace stop) or wait for its window to end"
+                )))
+            }
+            _ => {
+                return Err(ControlError::Conflict(format!(
+                    "LUN {lun} of {canonical} has no learned trace to publish (learning needs learn_traces and a state file; an image with an acceleration layer learns none)"
+                )))
+            }
+        };
+        let published = self
+            .0
+            .images
+            .publish_trace(&trace, &reference, to)
+            .await
+            .map_err(|e| {
+                let message = format!("publishing {}: {e}", trace.display());
+                match e {
+                    crate::registry::publish::PublishError::Refused(_) => {
+                        ControlError::Conflict(message)
+                    }
+                    crate::registry::publish::PublishError::Registry(_) => {
+                        ControlError::Unavailable(message)
+                    }
+                }
+            })?;
+        tracing::info!(target = %canonical, lun, trace = %trace.display(), pushed = %published.pinned, "learned trace published through the API");
+        Ok(PublishInfo {
+            lun,
+            trace: trace.display().to_string(),
+            pushed: published.pinned.to_string(),
+            layer: published.layer.digest,
+            replaced: published.replaced.map(|b| b.digest),
+        })
     }
 }

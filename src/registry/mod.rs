@@ -10,6 +10,7 @@
 pub mod acceleration;
 pub mod compose;
 pub mod manifest;
+pub mod publish;
 pub mod push;
 pub mod reference;
 pub mod resolve;

@@ -25,24 +25,16 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
 
 use super::progress::Progress;
 use super::registry_args::{reference, RegistryArgs};
 use super::ToolError;
-use crate::cache::http::RegistryClient;
-use crate::prefetch::trace::{self, Op, TraceRecord};
+use crate::prefetch::trace::{Op, TraceRecord};
 use crate::prefetch::{self, TraceFile};
 use crate::registry::acceleration::{self, MAX_LAYER_BLOB};
-use crate::registry::compose::{BlobRef, ManifestKind};
-use crate::registry::manifest::{Descriptor, DOCKER_MANIFEST};
-use crate::registry::push::{push_manifest, BlobOutcome, BlobToPush};
-use crate::registry::{fetch_image_manifest, ImageReference};
-use crate::source::LayerSource;
-
-/// Largest image config blob read (configs with a long history are a few hundred KiB).
-const MAX_CONFIG: u64 = 16 << 20;
+use crate::registry::push::BlobOutcome;
+use crate::registry::{publish, ImageReference};
 
 /// Arguments of `trace`.
 #[derive(Debug, Args)]
@@ -179,59 +171,10 @@ async fn inspect(a: InspectArgs) -> Result<(), ToolError> {
     Ok(())
 }
 
-/// The destination of `attach`: `--to`, else REFERENCE's tag. Pushing creates a new
-/// manifest, so a destination naming a digest could only be refused by the registry.
+/// The destination of `attach`: `--to`, else REFERENCE's tag ([`publish::destination`]).
 fn destination(source: &ImageReference, to: Option<&str>) -> Result<ImageReference, ToolError> {
-    let dest = match to {
-        Some(text) => reference(text)?,
-        None if source.tag.is_none() && source.digest.is_some() => {
-            return Err(ToolError::Usage(format!(
-                "{source} names no tag to update; give --to HOST/REPOSITORY:TAG"
-            )))
-        }
-        None => ImageReference {
-            digest: None,
-            ..source.clone()
-        },
-    };
-    if dest.digest.is_some() {
-        return Err(ToolError::Usage(format!(
-            "--to {dest}: the new manifest has a new digest; name a tag, not a digest"
-        )));
-    }
-    Ok(dest)
-}
-
-/// Fetches the blob `descriptor` of the repository `repo_blob_url`, at most `max` bytes,
-/// checked against its digest.
-async fn fetch_small_blob(
-    client: &Arc<RegistryClient>,
-    repo_blob_url: &str,
-    descriptor: &Descriptor,
-    max: u64,
-) -> Result<Bytes, ToolError> {
-    let what = format!("blob {}", descriptor.digest);
-    if descriptor.size > max {
-        return Err(ToolError::Usage(format!(
-            "{what}: {} bytes, more than the {max} accepted",
-            descriptor.size
-        )));
-    }
-    let source = client
-        .blob_of_size(repo_blob_url, &descriptor.digest, descriptor.size, None)
-        .map_err(|e| ToolError::Usage(format!("{what}: {e}")))?;
-    // At most `max` (16 MiB), so the cast is lossless.
-    let bytes = source
-        .read_exact_at(0, descriptor.size as usize)
-        .await
-        .map_err(|e| ToolError::Usage(format!("{what}: {e}")))?;
-    let digest = crate::cache::http::push::sha256_digest(&bytes);
-    if digest != descriptor.digest {
-        return Err(ToolError::Usage(format!(
-            "{what}: the registry sent bytes whose digest is {digest}"
-        )));
-    }
-    Ok(bytes)
+    let to = to.map(reference).transpose()?;
+    publish::destination(source, to).map_err(|e| ToolError::Usage(e.to_string()))
 }
 
 async fn attach(a: AttachArgs) -> Result<(), ToolError> {
@@ -254,72 +197,18 @@ async fn attach(a: AttachArgs) -> Result<(), ToolError> {
     let source = reference(&a.reference)?;
     let dest = destination(&source, a.to.as_deref())?;
     let platform = a.registry.platform()?;
-    let plain_http = &a.registry.plain_http;
     let client = a.registry.client()?;
-    let fetched = fetch_image_manifest(&client, &source, &platform, plain_http)
-        .await
-        .map_err(|e| ToolError::Usage(e.to_string()))?;
-    if fetched.via_index && a.to.is_none() {
-        return Err(ToolError::Usage(format!(
-            "{source} is a multi-platform index: attach makes a new image of the {platform} \
-             manifest alone, which must not replace the index; give --to HOST/REPOSITORY:TAG"
-        )));
-    }
-    let manifest = &fetched.manifest;
-    let image = manifest
-        .overlaybd()
-        .map_err(|e| ToolError::Usage(format!("{source}: {e}")))?;
-    if let Some(r) = records
-        .iter()
-        .find(|r| r.op == Op::Read && r.layer as usize >= image.layers.len())
-    {
-        return Err(ToolError::Usage(format!(
-            "{}: a record reads layer {}, but {source} has {} data layer(s): a trace of \
-             another image?",
-            a.trace.display(),
-            r.layer,
-            image.layers.len()
-        )));
-    }
-    let source_blobs = source.repo_blob_url(plain_http);
-    let config = fetch_small_blob(&client, &source_blobs, &manifest.config, MAX_CONFIG).await?;
-
-    // The trace as validated, re-encoded: the same bytes for a valid trace whose padding is
-    // zero, and zeroed padding otherwise (writers should zero it, §3.3).
-    let layer_tar = Bytes::from(acceleration::layer_tar(&trace::encode(&records)));
-    let layer = BlobToPush::memory(layer_tar);
-    let layer_ref: BlobRef = layer.blob().clone();
-    let attached = acceleration::attach(&fetched.raw.body, &config, &layer_ref)
-        .map_err(|e| ToolError::Usage(format!("{source}: {e}")))?;
-    let kind = if manifest.media_type == DOCKER_MANIFEST {
-        ManifestKind::Docker
-    } else {
-        ManifestKind::Oci
-    };
-    let mut blobs: Vec<BlobToPush> = image
-        .layers
-        .iter()
-        .map(|l| {
-            let blob = BlobRef {
-                digest: l.digest.clone(),
-                size: l.size,
-            };
-            BlobToPush::from_registry(&source_blobs, blob)
-        })
-        .collect();
-    blobs.push(layer);
-    blobs.push(BlobToPush::memory(Bytes::from(attached.config)));
-
     let progress: Arc<OnceLock<Progress>> = Arc::default();
     let shown = Arc::clone(&progress);
     let what = format!("push {dest}");
-    let (pinned, pushed) = push_manifest(
+    let published = publish::publish(
         &client,
+        &records,
+        &source,
         &dest,
-        plain_http,
-        blobs,
-        kind,
-        attached.manifest,
+        a.to.is_some(),
+        &platform,
+        &a.registry.plain_http,
         Arc::new(move |done, total| {
             shown
                 .get_or_init(|| Progress::new(what.clone(), total))
@@ -327,12 +216,13 @@ async fn attach(a: AttachArgs) -> Result<(), ToolError> {
         }),
     )
     .await
-    .map_err(|e| ToolError::Usage(e.to_string()))?;
+    .map_err(|e| ToolError::Usage(format!("{}: {e}", a.trace.display())))?;
     if let Some(p) = progress.get() {
         p.finish();
     }
     let outcome = |digest: &str| {
-        pushed
+        published
+            .blobs
             .iter()
             .find(|p| p.blob.digest == digest)
             .map(|p| match &p.outcome {
@@ -342,22 +232,24 @@ async fn attach(a: AttachArgs) -> Result<(), ToolError> {
             })
             .unwrap_or_default()
     };
+    let (layer, config) = (&published.layer, &published.config);
     println!(
         "trace layer {} ({} bytes, {} records): {}",
-        layer_ref.digest,
-        layer_ref.size,
+        layer.digest,
+        layer.size,
         records.len(),
-        outcome(&layer_ref.digest)
+        outcome(&layer.digest)
     );
-    if let Some(old) = &attached.replaced {
+    if let Some(old) = &published.replaced {
         println!("replaced trace layer {}", old.digest);
     }
     println!(
         "config {} ({} bytes): {}",
-        attached.config_blob.digest,
-        attached.config_blob.size,
-        outcome(&attached.config_blob.digest)
+        config.digest,
+        config.size,
+        outcome(&config.digest)
     );
+    let pinned = &published.pinned;
     println!("pushed {pinned}");
     Ok(())
 }
@@ -365,6 +257,7 @@ async fn attach(a: AttachArgs) -> Result<(), ToolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefetch::trace;
 
     #[test]
     fn the_summary_counts_reads_per_layer() {

@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 
 use super::encode_segment;
 use crate::daemon::model::{
-    AddLun, AddTarget, CacheReport, CachedLayer, ErrorBody, LunInfo, SessionInfo, Status,
-    TargetInfo, TraceInfo, WarmReport, WarmRequest,
+    AddLun, AddTarget, CacheReport, CachedLayer, ErrorBody, LunInfo, PublishInfo, PublishRequest,
+    SessionInfo, Status, TargetInfo, TraceInfo, WarmReport, WarmRequest,
 };
 
 /// How long a request may take by default. Generous because adding a LUN answers only once
@@ -165,6 +165,23 @@ impl ApiClient {
         );
         let answer = self.send(Method::POST, &path, None).await?;
         self.decode(answer.body())
+    }
+
+    /// `POST /v1/targets/{name}/luns/{n}/trace/publish`: answers once the image is pushed.
+    pub async fn publish_trace(
+        &self,
+        target: &str,
+        lun: u64,
+        to: Option<&str>,
+    ) -> Result<PublishInfo, ClientError> {
+        let path = format!(
+            "/v1/targets/{}/luns/{lun}/trace/publish",
+            encode_segment(target)
+        );
+        let request = PublishRequest {
+            to: to.map(str::to_string),
+        };
+        self.post(&path, &request).await
     }
 
     /// `GET /v1/cache`.

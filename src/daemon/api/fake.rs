@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::server::{ApiLimits, ApiServer};
 use crate::daemon::control::{ControlError, ControlPlane};
 use crate::daemon::model::{
-    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, LunState, SessionInfo, Status,
-    TargetInfo, TraceInfo, TraceMode, WarmReport, WarmRequest, WarmedLayer,
+    AddLun, AddTarget, CacheReport, CachedLayer, LunInfo, LunState, PublishInfo, SessionInfo,
+    Status, TargetInfo, TraceInfo, TraceMode, WarmReport, WarmRequest, WarmedLayer,
 };
 
 /// Targets in a map; a backing starting with `bad:` fails to open; removals are recorded with
@@ -264,6 +264,25 @@ impl ControlPlane for FakeControl {
             records: 3,
             error: None,
         })
+    }
+
+    async fn publish_trace(
+        &self,
+        target: &str,
+        lun: u64,
+        to: Option<String>,
+    ) -> Result<PublishInfo, ControlError> {
+        self.check_lun(target, lun)?;
+        match to {
+            Some(to) if !to.contains(':') => Err(ControlError::Invalid(format!("{to}: no tag"))),
+            to => Ok(PublishInfo {
+                lun,
+                trace: "/traces/k.trace".to_string(),
+                pushed: to.unwrap_or_else(|| "reg.example/app:v1".to_string()),
+                layer: format!("sha256:{}", "0".repeat(64)),
+                replaced: None,
+            }),
+        }
     }
 
     async fn warm(&self, request: WarmRequest) -> Result<WarmReport, ControlError> {

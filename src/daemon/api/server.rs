@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::encode_segment;
 use crate::daemon::control::{ControlError, ControlPlane};
-use crate::daemon::model::{AddLun, AddTarget, ErrorBody, WarmRequest};
+use crate::daemon::model::{AddLun, AddTarget, ErrorBody, PublishRequest, WarmRequest};
 
 /// The largest request body accepted; the biggest real one (an `AddTarget` with a long
 /// initiator list) is a few KiB.
@@ -449,6 +449,7 @@ enum Route {
     Lun(String, String),
     Trace(String, String),
     TraceStop(String, String),
+    TracePublish(String, String),
     Cache,
     CacheLayers,
     CacheLayer(String),
@@ -476,6 +477,9 @@ impl Route {
             ["v1", "targets", name, "luns", lun, "trace", "stop"] if !name.is_empty() => {
                 Route::TraceStop(name.to_string(), lun.to_string())
             }
+            ["v1", "targets", name, "luns", lun, "trace", "publish"] if !name.is_empty() => {
+                Route::TracePublish(name.to_string(), lun.to_string())
+            }
             ["v1", "cache"] => Route::Cache,
             ["v1", "cache", "layers"] => Route::CacheLayers,
             ["v1", "cache", "layers", digest] if !digest.is_empty() => {
@@ -494,7 +498,7 @@ impl Route {
             Route::Metrics | Route::Status | Route::Sessions => "GET",
             Route::Targets => "GET, POST",
             Route::Target(_) => "GET, DELETE",
-            Route::Luns(_) | Route::Warm | Route::TraceStop(..) => "POST",
+            Route::Luns(_) | Route::Warm | Route::TraceStop(..) | Route::TracePublish(..) => "POST",
             Route::Trace(..) => "GET",
             Route::Lun(..) | Route::CacheLayers | Route::CacheLayer(_) => "DELETE",
             Route::Cache => "GET",
@@ -601,6 +605,15 @@ async fn route(
             Ok(json_answer(
                 StatusCode::OK,
                 &control.stop_trace(&name, lun).await?,
+            ))
+        }
+        (&Method::POST, Route::TracePublish(name, lun)) => {
+            query.expect(&[])?;
+            let lun = parse_lun(&lun)?;
+            let request: PublishRequest = read_json(body, &parts.headers, limits).await?;
+            Ok(json_answer(
+                StatusCode::OK,
+                &control.publish_trace(&name, lun, request.to).await?,
             ))
         }
         (&Method::GET, Route::Cache) => {
@@ -1215,6 +1228,7 @@ mod tests {
             (Method::GET, "/v1/targets/t/luns/0", "DELETE"),
             (Method::POST, "/v1/targets/t/luns/0/trace", "GET"),
             (Method::GET, "/v1/targets/t/luns/0/trace/stop", "POST"),
+            (Method::GET, "/v1/targets/t/luns/0/trace/publish", "POST"),
         ];
         for (method, uri, allow) in cases {
             let (status, headers, body) = call(&p, method.clone(), uri, None).await;
@@ -1269,6 +1283,24 @@ mod tests {
         assert_eq!(
             call(&server.path, Method::GET, &uri, None).await.0,
             StatusCode::BAD_REQUEST
+        );
+        // Publish: the body's `to` reaches the control plane; errors keep their status.
+        let published = client.publish_trace(IQN, 0, None).await.unwrap();
+        assert_eq!(published.pushed, "reg.example/app:v1");
+        let to = client.publish_trace(IQN, 0, Some("reg.example/b:v2")).await;
+        assert_eq!(to.unwrap().pushed, "reg.example/b:v2");
+        let bad = client.publish_trace(IQN, 0, Some("nope")).await;
+        assert_eq!(status(bad.unwrap_err()), 400);
+        assert_eq!(
+            status(client.publish_trace(IQN, 9, None).await.unwrap_err()),
+            404
+        );
+        let uri = format!("/v1/targets/{IQN_ENCODED}/luns/0/trace/publish");
+        let unknown = call(&server.path, Method::POST, &uri, Some(r#"{"too":"x"}"#)).await;
+        assert_eq!(
+            unknown.0,
+            StatusCode::BAD_REQUEST,
+            "unknown fields are refused"
         );
         server.stop().await;
     }

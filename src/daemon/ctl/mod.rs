@@ -102,6 +102,19 @@ pub enum TraceCommand {
         #[arg(value_name = "N")]
         lun: u64,
     },
+    /// Push the trace a registry: LUN learned as its image's acceleration layer (to its own
+    /// tag, or --to), with the target's registry credentials.
+    Publish {
+        /// The target's iSCSI name.
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        /// The LUN number.
+        #[arg(value_name = "N")]
+        lun: u64,
+        /// Push to this reference (HOST/REPOSITORY:TAG) instead of the LUN's own tag.
+        #[arg(long, value_name = "REFERENCE")]
+        to: Option<String>,
+    },
 }
 
 /// `ctl target …`.
@@ -271,6 +284,14 @@ pub async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
         CtlCommand::Trace(TraceCommand::Stop { iqn, lun }) => {
             client.stop_trace(iqn, *lun).await?;
             String::new()
+        }
+        CtlCommand::Trace(TraceCommand::Publish { iqn, lun, to }) => {
+            let p = client.publish_trace(iqn, *lun, to.as_deref()).await?;
+            let mut text = format!("pushed {}\ntrace layer {}\n", p.pushed, p.layer);
+            if let Some(old) = p.replaced {
+                text.push_str(&format!("replaced trace layer {old}\n"));
+            }
+            text
         }
     };
     Ok(text)
