@@ -1020,7 +1020,8 @@ async fn attach_pins_the_reference_and_detach_removes_it() {
         cmd
     };
     let attach = |args: &[&str]| {
-        let mut cmd = host_cmd("attach", &["--portal", &portal, "--wait", "2"]);
+        // No --portal: attach asks the target where it listens.
+        let mut cmd = host_cmd("attach", &["--wait", "2"]);
         cmd.args(["--overlaybd-config", &obd]).args(args);
         cmd
     };

@@ -372,7 +372,7 @@ trace_start() {
     local t0 t_attached before after first
     before=$(learn_requests)
     t0=$(now_cs)
-    start_dev=$(timeout -s KILL 120 "$OBD" attach --api "$LAPI" --portal 127.0.0.1:3261 --plain-http "$SLOW" --wait 90 \
+    start_dev=$(timeout -s KILL 120 "$OBD" attach --api "$LAPI" --plain-http "$SLOW" --wait 90 \
         "$SLOW/$BULK_REF" 2> /tmp/attach.err)
     case "$start_dev" in
         /dev/sd*) ;;

@@ -45,9 +45,10 @@ pub struct AttachArgs {
     /// The management API's socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCKET)]
     pub api: PathBuf,
-    /// The target's portal, as the initiator reaches it.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:3260")]
-    pub portal: String,
+    /// The target's portal, as the initiator reaches it (default: the target's first portal,
+    /// as its API reports it, with a wildcard address taken as loopback).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub portal: Option<String>,
     /// Keep a writable layer in DIR (created on first use): the disk is then writable.
     #[arg(long, value_name = "DIR")]
     pub rw: Option<PathBuf>,
@@ -204,6 +205,23 @@ async fn writable_config(a: &AttachArgs, dir: &Path, base: &ImageConfig) -> Resu
     std::fs::write(&path, config.to_json()).map_err(|e| fail("write", e.to_string()))
 }
 
+/// The portal this host reaches the target at: its first listening address, a wildcard
+/// (`0.0.0.0`, `::`) read as the loopback address of its family; 127.0.0.1:3260 when the
+/// target reports none that parses.
+fn reachable_portal(portals: &[String]) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let Some(mut addr) = portals.iter().find_map(|p| p.parse::<SocketAddr>().ok()) else {
+        return "127.0.0.1:3260".to_string();
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    addr.to_string()
+}
+
 fn not_found(e: &ClientError) -> bool {
     matches!(e, ClientError::Api { status: 404, .. })
 }
@@ -250,19 +268,21 @@ pub async fn attach(a: &AttachArgs) -> Result<String, HostError> {
             return Err(e.into());
         }
     }
+    let portal = match &a.portal {
+        Some(portal) => portal.clone(),
+        None => reachable_portal(&api.status().await?.portals),
+    };
     let iscsiadm = Iscsiadm::default();
     if sysfs::sessions_of(sys, &target).is_empty() {
-        iscsiadm
-            .run(&iscsiadm::new_node(&target, &a.portal))
-            .await?;
+        iscsiadm.run(&iscsiadm::new_node(&target, &portal)).await?;
         if plan.remote {
             let seconds = a.replacement_timeout.to_string();
             let name = "node.session.timeo.replacement_timeout";
             iscsiadm
-                .run(&iscsiadm::update(&target, &a.portal, name, &seconds))
+                .run(&iscsiadm::update(&target, &portal, name, &seconds))
                 .await?;
         }
-        iscsiadm.run(&iscsiadm::login(&target, &a.portal)).await?;
+        iscsiadm.run(&iscsiadm::login(&target, &portal)).await?;
     }
     let deadline = started + Duration::from_secs(a.wait);
     let disk = loop {
@@ -278,7 +298,7 @@ pub async fn attach(a: &AttachArgs) -> Result<String, HostError> {
             return Err(HostError::Timeout(format!(
                 "logged in to {target} at {}, but no disk for LUN 0 appeared within {} s \
                  (see `iscsiadm -m session -P 3` and the kernel log)",
-                a.portal, a.wait
+                portal, a.wait
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -369,6 +389,18 @@ pub async fn detach(a: &DetachArgs) -> Result<Vec<String>, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_portal_is_the_targets_first_with_wildcards_as_loopback() {
+        let p = |list: &[&str]| {
+            reachable_portal(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(p(&["0.0.0.0:3261", "10.0.0.5:3260"]), "127.0.0.1:3261");
+        assert_eq!(p(&["[::]:3262"]), "[::1]:3262");
+        assert_eq!(p(&["10.0.0.5:3263"]), "10.0.0.5:3263");
+        assert_eq!(p(&["not an address", "127.0.0.1:4000"]), "127.0.0.1:4000");
+        assert_eq!(p(&[]), "127.0.0.1:3260");
+    }
 
     #[test]
     fn target_names_follow_the_backing_and_are_valid_iqns() {
