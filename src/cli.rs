@@ -246,6 +246,12 @@ pub enum CliError {
          without --target and --lun the embedded demo image is served"
     )]
     TargetWithoutLuns(String),
+    /// A config file without targets while `--no-api` leaves no way to add one.
+    #[error(
+        "{0} declares no target and --no-api leaves no way to add one: declare a [[targets]] \
+         entry, or serve the management API"
+    )]
+    NothingToServe(String),
     /// The overlaybd.json daemon config was refused (the message names the file and key).
     #[error("{0}")]
     DaemonSettings(String),
@@ -255,7 +261,13 @@ impl Cli {
     /// Builds the validated configuration the arguments describe.
     pub fn into_config(self) -> Result<Config, CliError> {
         let mut config = match &self.config {
-            Some(path) => config::file::load(path)?,
+            Some(path) => {
+                let config = config::file::load(path)?;
+                if config.targets.is_empty() && self.no_api {
+                    return Err(CliError::NothingToServe(path.display().to_string()));
+                }
+                config
+            }
             None => {
                 if let (Some(name), true) = (&self.target, self.luns.is_empty()) {
                     return Err(CliError::TargetWithoutLuns(name.clone()));
@@ -369,6 +381,22 @@ mod tests {
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("overlaybd-target").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_config_without_targets_needs_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("global.toml");
+        std::fs::write(&path, "[global]\nlearn_traces = true\n").unwrap();
+        let file = path.to_str().unwrap();
+        let config = cli(&["--config", file]).unwrap().into_config().unwrap();
+        assert!(config.targets.is_empty(), "the API adds them");
+        let e = cli(&["--config", file, "--no-api"])
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("declares no target and --no-api"), "{e}");
     }
 
     #[test]

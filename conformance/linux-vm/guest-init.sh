@@ -414,8 +414,8 @@ container_trace() {
     start_dev="" start_sum=""
     local first_secs first_app first_fetched mode1 records replay
     mkdir -p /tmp/obd-learn /tmp/obd-learn-cache /mnt/start
-    # A config file declares at least one target: a small RAM disk nobody uses.
-    printf '[global]\nlearn_traces = true\nlearn_seconds = 60\n\n[[targets]]\nname = "iqn.2026-12.io.overlaybd:learn"\nluns = [{ backing = "ram:1M" }]\n' > /tmp/learn.toml
+    # Global settings only: attach adds the targets through the API.
+    printf '[global]\nlearn_traces = true\nlearn_seconds = 60\n' > /tmp/learn.toml
     "$OBD" --config /tmp/learn.toml --state /tmp/obd-learn/state.toml --portal 127.0.0.1:3261 \
         --api "$LAPI" --plain-http "$SLOW" --cache-dir /tmp/obd-learn-cache > /tmp/learn.log 2>&1 &
     learn_pid=$!

@@ -380,12 +380,8 @@ impl Config {
         check_chap_pair(&t.discovery_chap, &t.discovery_mutual_chap, &|f| {
             format!("global.discovery_{f}")
         })?;
-        if self.targets.is_empty() {
-            return Err(InvalidField::new(
-                "targets",
-                "at least one target is needed",
-            ));
-        }
+        // No target is valid: a node's image service may get all of them through the API
+        // (the command line refuses it when the API is off, see `cli`).
         for (i, target) in self.targets.iter().enumerate() {
             let at = |field: &str| format!("targets[{i}].{field}");
             target.check_login(&at)?;
