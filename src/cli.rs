@@ -279,6 +279,7 @@ impl Cli {
                         read_only: true,
                         remote_failure: None,
                         unit: Default::default(),
+                        learn: None,
                     }]
                 } else {
                     self.luns.clone()

@@ -316,3 +316,35 @@ fn the_window_starts_at_the_first_read_and_stale_locks_are_cleared() {
         .unwrap()
         .is_empty());
 }
+
+/// `learn=` per LUN overrides `learn_traces` both ways: with learning off, the LUN that asks
+/// records and its neighbour does nothing; with learning on, the LUN that declines does
+/// nothing while its neighbour records. Both LUNs serve the same image.
+#[test]
+fn the_learn_option_overrides_learn_traces_per_lun() {
+    for (global, first, modes) in [
+        ("", "learn = true", ["recording", "none"]),
+        (
+            "learn_traces = true",
+            "learn = false",
+            ["none", "recording"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        image_and_config(dir.path(), 600);
+        let config = dir.path().join("local.json");
+        let toml = format!(
+            "[global]\n{global}\n\n[[targets]]\nname = \"{T}\"\nluns = [\n\
+             {{ backing = \"image:{0}\", {first} }},\n{{ backing = \"image:{0}\" }},\n]\n",
+            config.display()
+        );
+        std::fs::write(dir.path().join("targets.toml"), toml).unwrap();
+        let served = Served::start(dir);
+        served.wait_ready(0);
+        served.wait_ready(1);
+        for (lun, mode) in modes.iter().enumerate() {
+            let state = served.trace(lun as u64);
+            assert_eq!(state["mode"], *mode, "{global:?}, LUN {lun}: {state}");
+        }
+    }
+}

@@ -166,6 +166,9 @@ pub struct LunSpec {
     /// What the SCSI unit says about its medium (`physical_block_size=`, `removable=`,
     /// `thin=`).
     pub unit: UnitSpec,
+    /// `learn=`: whether this `image:` or `registry:` LUN learns its start's trace and
+    /// replays what was learned (`crate::prefetch::learn`); `None` takes `learn_traces`.
+    pub learn: Option<bool>,
 }
 
 /// The SCSI options of a LUN as written; what is not set takes the backing's default when
@@ -186,7 +189,13 @@ pub struct UnitSpec {
 const MAX_PHYSICAL_BLOCK: u32 = 64 << 10;
 
 /// The options a LUN text may carry after its backing, each as `,key=value`.
-const LUN_OPTIONS: &[&str] = &["remote_failure", "physical_block_size", "removable", "thin"];
+const LUN_OPTIONS: &[&str] = &[
+    "remote_failure",
+    "physical_block_size",
+    "removable",
+    "thin",
+    "learn",
+];
 
 /// A LUN text cut in two: the backing, and its options as (key, value) pairs.
 type SplitLun<'a> = (&'a str, Vec<(&'a str, &'a str)>);
@@ -273,6 +282,14 @@ impl LunSpec {
             }
             "removable" => self.unit.removable = boolean(value)?,
             "thin" => self.unit.thick = !boolean(value)?,
+            "learn" => {
+                if !matches!(self.backing, Backing::Image(_) | Backing::Registry(_)) {
+                    return Err(format!(
+                        "learn={value}: only image: and registry: LUNs learn a prefetch trace"
+                    ));
+                }
+                self.learn = Some(boolean(value)?);
+            }
             _ => {
                 return Err(format!(
                     "unknown LUN option {key:?} (known: {})",
@@ -307,6 +324,7 @@ impl LunSpec {
                 read_only: true,
                 remote_failure: None,
                 unit: UnitSpec::default(),
+                learn: None,
             });
         } else if rest == "demo:" {
             return Ok(LunSpec {
@@ -314,6 +332,7 @@ impl LunSpec {
                 read_only: true,
                 remote_failure: None,
                 unit: UnitSpec::default(),
+                learn: None,
             });
         } else if let Some(size) = rest.strip_prefix("ram:") {
             let bytes = parse_size(size).map_err(|source| BackingError::BadSize {
@@ -343,6 +362,7 @@ impl LunSpec {
             read_only,
             remote_failure: None,
             unit: UnitSpec::default(),
+            learn: None,
         })
     }
 
@@ -410,13 +430,13 @@ impl LunSpec {
                 Ok(Arc::new(image))
             }
             Backing::Registry(reference) => {
-                let (device, digest, handle) = images.open_reference(reference).await?;
+                let (device, digest, handle) = images.open_reference(reference, self.learn).await?;
                 resolved = Some(digest);
                 prefetch = handle;
                 Ok(self.held(device, images))
             }
             Backing::Image(path) => {
-                let (device, handle) = images.open(path, self.read_only).await?;
+                let (device, handle) = images.open(path, self.read_only, self.learn).await?;
                 prefetch = handle;
                 if device.size() == 0 {
                     return Err(BackingError::Empty(path.clone()));
@@ -443,6 +463,7 @@ impl LunSpec {
         LunSpec {
             remote_failure: None,
             unit: UnitSpec::default(),
+            learn: None,
             ..self.clone()
         }
         .to_string()
@@ -586,6 +607,9 @@ impl fmt::Display for LunSpec {
         if self.unit.thick {
             f.write_str(",thin=false")?;
         }
+        if let Some(on) = self.learn {
+            write!(f, ",learn={on}")?;
+        }
         Ok(())
     }
 }
@@ -631,8 +655,10 @@ async fn publish_trace(
 pub struct ImageOpener {
     settings: DaemonSettings,
     remote: Mutex<Option<Arc<RemoteImages>>>,
-    /// Where images without a trace learn one; `None`: learning is off.
+    /// Where images without a trace learn one; `None`: learning is off (no state file).
     learn: Option<LearnStore>,
+    /// Whether LUNs without a `learn=` option learn (`learn_traces`).
+    learn_by_default: bool,
     /// Whether a `registry:` LUN's learned trace is published as its image's acceleration
     /// layer once written (`publish_learned_traces`).
     publish_learned: bool,
@@ -649,6 +675,7 @@ impl ImageOpener {
             settings,
             remote: Mutex::new(None),
             learn: None,
+            learn_by_default: false,
             publish_learned: false,
             prefetch: Mutex::new(Default::default()),
         }
@@ -658,6 +685,14 @@ impl ImageOpener {
     /// ([`crate::prefetch::learn`]).
     pub fn with_learning(mut self, store: LearnStore) -> Self {
         self.learn = Some(store);
+        self.learn_by_default = true;
+        self
+    }
+
+    /// This opener, with only LUNs that ask for it (`learn=true`) learning in `store`.
+    pub fn with_learning_when_asked(mut self, store: LearnStore) -> Self {
+        self.learn = Some(store);
+        self.learn_by_default = false;
         self
     }
 
@@ -707,14 +742,22 @@ impl ImageOpener {
     /// What learning makes of `config` (named `name` in logs): the config to open (with
     /// `recordTracePath` naming the learned trace to replay or record) and the recording's
     /// limits. Without learning, or for an image that does not learn, the config as it is.
+    /// `lun` is the LUN's `learn=` option.
     async fn learned(
         &self,
         config: ImageConfig,
         name: &str,
+        lun: Option<bool>,
     ) -> (ImageConfig, RecordOptions, Option<Learn>) {
         let Some(store) = &self.learn else {
+            if lun == Some(true) {
+                tracing::warn!(image = name, "learn=true needs a state file (--state), beside which traces are kept; this LUN does not learn");
+            }
             return (config, RecordOptions::default(), None);
         };
+        if !lun.unwrap_or(self.learn_by_default) {
+            return (config, RecordOptions::default(), None);
+        }
         let plan = store.plan(&config, name).await;
         match &plan {
             Some(Learn::Replay(path) | Learn::Record(path)) => {
@@ -815,6 +858,7 @@ impl ImageOpener {
         &self,
         path: &Path,
         read_only: bool,
+        learn: Option<bool>,
     ) -> Result<(Arc<dyn BlockDevice>, Option<PrefetchHandle>), BackingError> {
         let image_err = |source: LsmtError| BackingError::Image {
             path: path.to_path_buf(),
@@ -838,7 +882,7 @@ impl ImageOpener {
             .map_err(|e| image_err(LsmtError::Invalid(format!("reading the config: {e}"))))?
             .map_err(image_err)?;
         let name = path.display().to_string();
-        let (config, record, learn) = self.learned(config, &name).await;
+        let (config, record, learn) = self.learned(config, &name, learn).await;
         let remote = (0..config.lowers.len())
             .any(|i| matches!(config.locate(i, &name), Ok(LayerLocation::Remote { .. })));
         let image = if remote {
@@ -887,6 +931,7 @@ impl ImageOpener {
     async fn open_reference(
         &self,
         reference: &crate::registry::ImageReference,
+        learn: Option<bool>,
     ) -> Result<(Arc<dyn BlockDevice>, String, Option<PrefetchHandle>), BackingError> {
         let name = format!("registry:{reference}");
         let registry_err = |source: LsmtError| BackingError::Registry {
@@ -917,7 +962,7 @@ impl ImageOpener {
             layers = resolved.image.layers.len(),
             "image reference resolved"
         );
-        let (config, record, learn) = self.learned(resolved.image_config(), &name).await;
+        let (config, record, learn) = self.learned(resolved.image_config(), &name, learn).await;
         // As the device's owner, so an acceleration layer's trace is replayed; the config has
         // no `resultFile`, so nothing is written.
         let image = Image::open_owned(&config, &name, luns.layers(), record)
@@ -984,6 +1029,7 @@ mod tests {
                 read_only: false,
                 remote_failure: None,
                 unit: UnitSpec::default(),
+                learn: None,
             }
         );
         assert_eq!(
@@ -993,6 +1039,7 @@ mod tests {
                 read_only: false,
                 remote_failure: None,
                 unit: UnitSpec::default(),
+                learn: None,
             }
         );
         assert_eq!(
@@ -1002,6 +1049,7 @@ mod tests {
                 read_only: true,
                 remote_failure: None,
                 unit: UnitSpec::default(),
+                learn: None,
             }
         );
     }
@@ -1225,6 +1273,34 @@ mod tests {
             let e = LunSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains("file:/x.img"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn learn_is_an_option_of_image_and_registry_luns() {
+        let reg = LunSpec::parse("registry:127.0.0.1:5000/app:v1,learn=false").unwrap();
+        assert_eq!(reg.learn, Some(false));
+        assert_eq!(LunSpec::parse(&reg.to_string()).unwrap(), reg);
+        let image = LunSpec::parse("image:/c.json,learn=true").unwrap();
+        assert_eq!(
+            (image.learn, image.to_string().as_str()),
+            (Some(true), "image:/c.json,learn=true")
+        );
+        assert_eq!(LunSpec::parse("image:/c.json").unwrap().learn, None);
+        for bad in [
+            "file:/x.img,learn=true",
+            "ram:1M,learn=false",
+            "demo:,learn=true",
+        ] {
+            let e = LunSpec::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("only image: and registry: LUNs learn"),
+                "{bad}: {e}"
+            );
+        }
+        let e = LunSpec::parse("image:/c.json,learn=yes")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected true or false"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //!     { backing = "image:/var/lib/app/config.v1.json" },     # an overlaybd image
 //!     # Registry unreachable: hold commands (default hold:10m; hold:forever) or fail them.
 //!     { backing = "registry:reg.example.com/team/app:v1", remote_failure = "fail:20s" },
+//!     { backing = "registry:reg.example.com/team/db:v1", learn = false },
 //! ]
 //! ```
 //!
@@ -131,6 +132,7 @@ struct RawLun {
     physical_block_size: Option<u32>,
     removable: Option<bool>,
     thin: Option<bool>,
+    learn: Option<bool>,
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -220,6 +222,7 @@ fn from_raw(raw: RawFile) -> Result<Config, InvalidField> {
                 ),
                 ("removable", lun.removable.map(|b| b.to_string())),
                 ("thin", lun.thin.map(|b| b.to_string())),
+                ("learn", lun.learn.map(|b| b.to_string())),
             ];
             for (key, value) in options {
                 if let Some(value) = value {

@@ -425,34 +425,44 @@ async fn add_lun(
     control.add_lun(target, request).await.map(|_| ())
 }
 
-/// Opens the audit log overlaybd.json asks for. One that cannot be opened is a warning, not a
-/// failed start: the log is for looking back, serving is what matters now.
-/// `images` with learned traces when `learn` turns them on: kept in `traces/` beside the state
-/// file, so without one learning is off (a warning). Stale locks of a previous run are
-/// removed first (see [`crate::prefetch::learn::LearnStore::prepare`]).
+/// `images` with a store of learned traces: `traces/` beside the state file, so without one
+/// learning is off (a warning when `learn_traces` asks for it). Every LUN learns with
+/// `learn_traces`, else only LUNs with `learn=true`. Stale locks of a previous run are removed
+/// first (see [`crate::prefetch::learn::LearnStore::prepare`]).
 fn learning(
     images: ImageOpener,
     learn: &crate::config::LearnSettings,
     state: Option<&StateFile>,
 ) -> ImageOpener {
-    if !learn.enabled {
-        return images;
-    }
     let Some(state) = state else {
-        tracing::warn!("learn_traces needs a state file (--state), beside which traces are kept; learning is off");
+        if learn.enabled {
+            tracing::warn!("learn_traces needs a state file (--state), beside which traces are kept; learning is off");
+        }
         return images;
     };
     let store = crate::prefetch::learn::LearnStore::beside(state.path(), learn.window);
+    if !learn.enabled && !store.dir().exists() {
+        // Nothing learned yet and nothing to clean: the folder is made by the first LUN
+        // that learns (learn=true), not beside every state file.
+        return images.with_learning_when_asked(store);
+    }
     match store.prepare() {
         Ok(stale) => {
-            tracing::info!(
-                store = %store.dir().display(),
-                window_secs = learn.window.as_secs(),
-                stale_locks_removed = stale,
-                publish = learn.publish,
-                "images without a prefetch trace learn one"
-            );
-            let images = images.with_learning(store);
+            if learn.enabled {
+                tracing::info!(
+                    store = %store.dir().display(),
+                    window_secs = learn.window.as_secs(),
+                    stale_locks_removed = stale,
+                    publish = learn.publish,
+                    "images without a prefetch trace learn one"
+                );
+            }
+            // Without learn_traces the store still serves LUNs with learn=true.
+            let images = if learn.enabled {
+                images.with_learning(store)
+            } else {
+                images.with_learning_when_asked(store)
+            };
             if learn.publish {
                 images.publishing_learned()
             } else {
@@ -466,6 +476,8 @@ fn learning(
     }
 }
 
+/// Opens the audit log overlaybd.json asks for. One that cannot be opened is a warning, not a
+/// failed start: the log is for looking back, serving is what matters now.
 fn open_audit_log(settings: &crate::cache::DaemonSettings) {
     if !settings.enable_audit || settings.audit_path.is_empty() {
         return;

@@ -1185,6 +1185,7 @@ mod tests {
                 read_only: false,
                 remote_failure: None,
                 unit: Default::default(),
+                learn: None,
             },
         );
         bad.added_targets.insert(t.name.clone(), t);
