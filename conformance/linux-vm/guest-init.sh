@@ -454,6 +454,7 @@ container_trace() {
     umount /mnt/start
     timeout -s KILL 60 "$OBD" detach --api "$LAPI" "$start_dev" >> /tmp/detach-learn.out 2>&1
     info "trace: second start $start_secs s ($start_app_secs s after the disk appeared), $start_fetched registry requests; LUN $replay"
+    show LEARNLOG grep -E 'LUN added|replay|learned|recording' /tmp/learn.log
     kill "$learn_pid" 2>/dev/null
     wait "$learn_pid" 2>/dev/null
     if [ "$mode1" != recording ] || [ -z "$records" ] || [ "$records" = 0 ] || [ "$replay" != replaying ]; then
