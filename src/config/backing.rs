@@ -682,7 +682,7 @@ impl ImageOpener {
     }
 
     /// This opener, with images that have no trace of their own learning one in `store`
-    /// ([`crate::prefetch::learn`]).
+    /// ([`crate::prefetch::learn`]), unless their LUN says `learn=false`.
     pub fn with_learning(mut self, store: LearnStore) -> Self {
         self.learn = Some(store);
         self.learn_by_default = true;
@@ -718,7 +718,8 @@ impl ImageOpener {
         publish_trace(&luns, &self.settings.plain_http, trace, reference, to).await
     }
 
-    /// The store of learned traces, when learning is on.
+    /// The store of learned traces, when there is one (a state file): every LUN learns with
+    /// `learn_traces`, else only those with `learn=true`.
     pub fn learning(&self) -> Option<&LearnStore> {
         self.learn.as_ref()
     }
