@@ -348,3 +348,36 @@ fn the_learn_option_overrides_learn_traces_per_lun() {
         }
     }
 }
+
+/// A SIGHUP reload applies the learning settings to LUNs opened from then on: LUN 0, open
+/// before with learning off, keeps doing nothing; LUN 1, which the edited file adds along
+/// with `learn_traces = true`, records.
+#[test]
+fn a_reload_turns_learning_on_for_luns_opened_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    image_and_config(dir.path(), 600);
+    let folder = dir.path().to_path_buf();
+    let config = folder.join("local.json");
+    let write = |global: &str, luns: usize| {
+        let lun = format!("{{ backing = \"image:{}\" }}", config.display());
+        let toml = format!(
+            "[global]\n{global}\n\n[[targets]]\nname = \"{T}\"\nluns = [{}]\n",
+            vec![lun; luns].join(", ")
+        );
+        std::fs::write(folder.join("targets.toml"), toml).unwrap();
+    };
+    write("", 1);
+    let served = Served::start(dir);
+    served.wait_ready(0);
+    assert_eq!(served.trace(0)["mode"], "none");
+    write("learn_traces = true", 2);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(served.target.pid() as libc::pid_t, libc::SIGHUP) };
+    served.wait_ready(1);
+    assert_eq!(served.trace(1)["mode"], "recording", "{}", served.trace(1));
+    assert_eq!(
+        served.trace(0)["mode"],
+        "none",
+        "an open LUN is not reopened"
+    );
+}

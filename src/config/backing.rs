@@ -649,19 +649,24 @@ async fn publish_trace(
     .await
 }
 
+/// Who learns traces ([`ImageOpener`]): the store (none without a state file), whether LUNs
+/// without `learn=` learn, and whether learned traces are published.
+#[derive(Default)]
+struct LearnMode {
+    store: Option<LearnStore>,
+    by_default: bool,
+    publish: bool,
+}
+
 /// Opens `image:` LUNs. Images whose layers are all local files are opened directly; images
 /// with registry layers share one set of remote-layer caches ([`RemoteImages`]), built on first
 /// need, so a server that serves only local images never touches the cache folder.
 pub struct ImageOpener {
     settings: DaemonSettings,
     remote: Mutex<Option<Arc<RemoteImages>>>,
-    /// Where images without a trace learn one; `None`: learning is off (no state file).
-    learn: Option<LearnStore>,
-    /// Whether LUNs without a `learn=` option learn (`learn_traces`).
-    learn_by_default: bool,
-    /// Whether a `registry:` LUN's learned trace is published as its image's acceleration
-    /// layer once written (`publish_learned_traces`).
-    publish_learned: bool,
+    /// Who learns, where and for how long; a SIGHUP reload may change it
+    /// ([`ImageOpener::relearn`]).
+    learn: Mutex<LearnMode>,
     /// The trace prefetch of the image opened last for each (target, LUN number), for the
     /// management API. Weak handles: a device that is gone reports no prefetch.
     prefetch: Mutex<std::collections::HashMap<(String, u64), PrefetchHandle>>,
@@ -674,33 +679,71 @@ impl ImageOpener {
         ImageOpener {
             settings,
             remote: Mutex::new(None),
-            learn: None,
-            learn_by_default: false,
-            publish_learned: false,
+            learn: Mutex::new(LearnMode::default()),
             prefetch: Mutex::new(Default::default()),
         }
     }
 
     /// This opener, with images that have no trace of their own learning one in `store`
     /// ([`crate::prefetch::learn`]), unless their LUN says `learn=false`.
-    pub fn with_learning(mut self, store: LearnStore) -> Self {
-        self.learn = Some(store);
-        self.learn_by_default = true;
+    pub fn with_learning(self, store: LearnStore) -> Self {
+        {
+            let mut mode = self.learn_mode();
+            mode.store = Some(store);
+            mode.by_default = true;
+        }
         self
     }
 
     /// This opener, with only LUNs that ask for it (`learn=true`) learning in `store`.
-    pub fn with_learning_when_asked(mut self, store: LearnStore) -> Self {
-        self.learn = Some(store);
-        self.learn_by_default = false;
+    pub fn with_learning_when_asked(self, store: LearnStore) -> Self {
+        {
+            let mut mode = self.learn_mode();
+            mode.store = Some(store);
+            mode.by_default = false;
+        }
         self
     }
 
     /// This opener, publishing each learned trace of a `registry:` LUN as the image's
     /// acceleration layer, to the reference's tag, once written ([`ImageOpener::publish_trace`]).
-    pub fn publishing_learned(mut self) -> Self {
-        self.publish_learned = true;
+    pub fn publishing_learned(self) -> Self {
+        self.learn_mode().publish = true;
         self
+    }
+
+    /// Applies reloaded learning settings to LUNs opened from now on (those already open
+    /// keep what they do); `None` when nothing changed, else what changed, for the reload's
+    /// report. Without a store (no state file) learning stays off whatever is asked.
+    pub fn relearn(&self, settings: &crate::config::LearnSettings) -> Option<String> {
+        let mut mode = self.learn_mode();
+        let Some(store) = mode.store.clone() else {
+            return (settings.enabled || settings.publish).then(|| {
+                "learn_traces: needs a state file (--state), beside which traces are kept; learning stays off".to_string()
+            });
+        };
+        let store = LearnStore::new(store.dir(), settings.window);
+        let before = (
+            mode.by_default,
+            mode.publish,
+            mode.store.as_ref().map(LearnStore::window),
+        );
+        mode.store = Some(store);
+        mode.by_default = settings.enabled;
+        mode.publish = settings.publish;
+        let after = (mode.by_default, mode.publish, Some(settings.window));
+        (before != after).then(|| {
+            format!(
+                "learning for LUNs opened from now on: learn_traces {}, learn_seconds {}, publish_learned_traces {}",
+                settings.enabled,
+                settings.window.as_secs(),
+                settings.publish
+            )
+        })
+    }
+
+    fn learn_mode(&self) -> std::sync::MutexGuard<'_, LearnMode> {
+        self.learn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes the trace at `trace` as the acceleration layer of the image `reference`, to
@@ -720,8 +763,8 @@ impl ImageOpener {
 
     /// The store of learned traces, when there is one (a state file): every LUN learns with
     /// `learn_traces`, else only those with `learn=true`.
-    pub fn learning(&self) -> Option<&LearnStore> {
-        self.learn.as_ref()
+    pub fn learning(&self) -> Option<LearnStore> {
+        self.learn_mode().store.clone()
     }
 
     /// The trace prefetch of LUN `number` of `target` as last opened (an image's), if any.
@@ -750,13 +793,17 @@ impl ImageOpener {
         name: &str,
         lun: Option<bool>,
     ) -> (ImageConfig, RecordOptions, Option<Learn>) {
-        let Some(store) = &self.learn else {
+        let (store, by_default) = {
+            let mode = self.learn_mode();
+            (mode.store.clone(), mode.by_default)
+        };
+        let Some(store) = store else {
             if lun == Some(true) {
                 tracing::warn!(image = name, "learn=true needs a state file (--state), beside which traces are kept; this LUN does not learn");
             }
             return (config, RecordOptions::default(), None);
         };
-        if !lun.unwrap_or(self.learn_by_default) {
+        if !lun.unwrap_or(by_default) {
             return (config, RecordOptions::default(), None);
         }
         let plan = store.plan(&config, name).await;
@@ -788,11 +835,16 @@ impl ImageOpener {
         name: &str,
         reference: Option<&crate::registry::ImageReference>,
     ) {
-        let window = self
-            .learn
-            .as_ref()
-            .map(LearnStore::window)
-            .unwrap_or_default();
+        let (window, publish_learned) = {
+            let mode = self.learn_mode();
+            (
+                mode.store
+                    .as_ref()
+                    .map(LearnStore::window)
+                    .unwrap_or_default(),
+                mode.publish,
+            )
+        };
         match learn {
             Some(Learn::Record(path)) => {
                 let Some(recorder) = image.prefetch().and_then(|p| p.recorder()).cloned() else {
@@ -800,7 +852,7 @@ impl ImageOpener {
                 };
                 tracing::info!(image = name, trace = %path.display(), window_secs = window.as_secs(), "learning the image's prefetch trace from its first start");
                 let name = name.to_string();
-                let publish = reference.filter(|_| self.publish_learned).and_then(|r| {
+                let publish = reference.filter(|_| publish_learned).and_then(|r| {
                     let luns = self.remote_images().ok()?;
                     Some((luns, self.settings.plain_http.clone(), r.clone()))
                 });

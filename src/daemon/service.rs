@@ -285,7 +285,8 @@ impl Reloader {
     /// state file's rules, see [`state`]). Each difference goes through the same operations as
     /// the API, so sessions are told of LUN changes by unit attentions. A target or LUN still
     /// in use is not removed: that is logged, and the API's `--force` or a later reload does
-    /// it. Portals, tuning and overlaybd.json settings need a restart. Returns one line per
+    /// it. The learning settings apply to LUNs opened from now on. Portals, tuning and
+    /// overlaybd.json settings need a restart. Returns one line per
     /// change made or refused.
     pub async fn reload(&self, config: &Config) -> Vec<String> {
         let inner = &self.0;
@@ -299,6 +300,8 @@ impl Reloader {
         let api_changes = state::diff(&inner.declared.lock(), &served);
         let (wanted, mut report) = state::apply(&new_declared, &api_changes);
         *inner.declared.lock() = new_declared;
+        // Before any LUN this reload adds is opened, so those learn as the new settings say.
+        report.extend(inner.images.relearn(&config.learn));
         // What could not be removed (in use) stays declared, so neither the state file nor
         // the next reload takes it for a change made through the API; a restart drops it.
         let mut kept_targets: Vec<TargetDef> = Vec::new();
